@@ -1,0 +1,50 @@
+# privacy-gateway: a menu. `make demo` and `make test` work on a fresh machine with only Python 3.11+ and make.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
+
+.PHONY: help install demo serve test test-fast bench proto lint typecheck clean
+
+help:        ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	@echo ">> creating virtual environment in $(VENV) and installing the project (first run: about a minute)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
+	@echo ">> installed"
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+demo: $(STAMP)  ## generate example data, start sandbox + gateway (mTLS), run an example enterprise session, stop
+	@$(PY) -m gateway demo
+
+serve: $(STAMP)  ## run sandbox + gateway in the foreground with the example policies (Ctrl-C stops)
+	@$(PY) -m gateway serve --dev
+
+test: $(STAMP)  ## what CI runs: lint, types, then every test (statistical and slow ones included)
+	@$(PY) -m ruff check gateway sandbox examples tests
+	@$(PY) -m mypy
+	@$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## the inner loop: skip slow and statistical tests
+	@$(PY) -m pytest -q -m "not slow and not statistical"
+
+bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md
+	@$(PY) -m examples.bench
+
+proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
+	@$(PY) -m gateway.protogen
+
+lint: $(STAMP)  ## ruff
+	@$(PY) -m ruff check gateway sandbox examples tests
+
+typecheck: $(STAMP)  ## mypy --strict on gateway/ and sandbox/
+	@$(PY) -m mypy
+
+clean:  ## remove the venv, caches, demo state and generated example data
+	rm -rf $(VENV) .demo .state examples/data .pytest_cache .mypy_cache .ruff_cache *.egg-info

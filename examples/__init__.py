@@ -1,0 +1,1 @@
+"""Example data, clients and benchmarks for the privacy gateway."""

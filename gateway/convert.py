@@ -1,0 +1,208 @@
+"""Pure conversions from domain values (plans, releases, grants, catalog) to the v1 protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
+from privacy_gateway.v1 import common_pb2 as common_pb
+from privacy_gateway.v1 import query_service_pb2 as q_pb
+
+from gateway.ledger import PrivacyLoss
+from gateway.policy import Grant
+from sandbox import mechanisms
+from sandbox.protocol import (
+    AggregateKind,
+    ColumnInfo,
+    DatasetInfo,
+    ExecuteResult,
+    NoisyValue,
+    QueryPlan,
+    ReleaseCost,
+    Scalar,
+)
+
+_COLUMN_TYPES = {
+    "int64": common_pb.COLUMN_TYPE_INT64,
+    "float64": common_pb.COLUMN_TYPE_DOUBLE,
+    "string": common_pb.COLUMN_TYPE_STRING,
+    "bool": common_pb.COLUMN_TYPE_BOOL,
+}
+
+
+def privacy_loss(loss: PrivacyLoss) -> common_pb.PrivacyLoss:
+    """PrivacyLoss -> proto."""
+    return common_pb.PrivacyLoss(epsilon=loss.epsilon, delta=loss.delta)
+
+
+def budget_status(grant: Grant, spent: PrivacyLoss) -> common_pb.BudgetStatus:
+    """A grant and what it has spent -> BudgetStatus."""
+    return common_pb.BudgetStatus(
+        dataset=grant.dataset,
+        purpose=grant.purpose,
+        budget=common_pb.PrivacyLoss(epsilon=grant.epsilon, delta=grant.delta),
+        spent=privacy_loss(spent),
+        remaining=common_pb.PrivacyLoss(
+            epsilon=max(grant.epsilon - spent.epsilon, 0.0),
+            delta=max(grant.delta - spent.delta, 0.0),
+        ),
+        max_per_query=common_pb.PrivacyLoss(epsilon=grant.max_epsilon_per_query, delta=0.0),
+        privacy_definition=grant.privacy_definition,
+    )
+
+
+def _aggregate_name(kind: AggregateKind) -> str:
+    return {"count": "count", "count_column": "count", "sum": "sum", "avg": "avg"}[kind.value]
+
+
+def plan_info(
+    plan: QueryPlan, dataset: DatasetInfo, costs: Sequence[ReleaseCost]
+) -> q_pb.QueryPlanInfo:
+    """The plan facts shown by ExplainQuery and RunQuery."""
+    table = dataset.table(plan.table)
+    assert table is not None
+    names = {o.aggregate_index: o.name for o in plan.outputs if o.aggregate_index is not None}
+    rows = 1
+    for key in plan.group_by:
+        col = table.column(key)
+        assert col is not None and col.domain is not None
+        rows *= len(col.domain)
+    return q_pb.QueryPlanInfo(
+        table=plan.table,
+        group_by=list(plan.group_by),
+        group_by_mode="public_domain" if plan.group_by else "none",
+        row_count=rows,
+        max_rows_per_unit=table.max_rows_per_unit,
+        privacy_unit=dataset.privacy_unit,
+        releases=[
+            q_pb.ReleaseCost(
+                output=names.get(c.aggregate_index, f"aggregate_{c.aggregate_index}"),
+                component=c.component,
+                mechanism=c.mechanism,
+                sensitivity=c.sensitivity,
+                scale=c.scale,
+                privacy_loss=common_pb.PrivacyLoss(epsilon=c.epsilon, delta=c.delta),
+                half_width_95=mechanisms.half_width(c),
+            )
+            for c in costs
+        ],
+    )
+
+
+def _scalar_cell(value: Scalar) -> q_pb.Cell:
+    if value is None:
+        return q_pb.Cell(null_value=True)
+    if isinstance(value, bool):
+        return q_pb.Cell(bool_value=value)
+    if isinstance(value, int):
+        return q_pb.Cell(int64_value=value)
+    if isinstance(value, float):
+        return q_pb.Cell(double_value=value)
+    return q_pb.Cell(string_value=value)
+
+
+def _noisy_cell(v: NoisyValue) -> q_pb.Cell:
+    cell = (
+        q_pb.Cell(int64_value=v.value)
+        if isinstance(v.value, int)
+        else q_pb.Cell(double_value=v.value)
+    )
+    cell.noise.CopyFrom(q_pb.NoiseInfo(mechanism=v.mechanism, scale=v.scale, stddev=v.stddev))
+    cell.confidence_interval.CopyFrom(
+        q_pb.ConfidenceInterval(
+            lower=v.ci_lower, upper=v.ci_upper, level=mechanisms.CONFIDENCE_LEVEL
+        )
+    )
+    return cell
+
+
+def _output_type(plan: QueryPlan, dataset: DatasetInfo, index: int) -> int:
+    table = dataset.table(plan.table)
+    assert table is not None
+    out = plan.outputs[index]
+    if out.group_index is not None:
+        col = table.column(plan.group_by[out.group_index])
+        assert col is not None
+        return _COLUMN_TYPES[col.type]
+    assert out.aggregate_index is not None
+    agg = plan.aggregates[out.aggregate_index]
+    if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):
+        return common_pb.COLUMN_TYPE_INT64
+    if agg.kind is AggregateKind.SUM:
+        col = table.column(agg.column or "")
+        assert col is not None
+        integer = mechanisms.is_integer_sum(col)
+        return common_pb.COLUMN_TYPE_INT64 if integer else common_pb.COLUMN_TYPE_DOUBLE
+    return common_pb.COLUMN_TYPE_DOUBLE
+
+
+def answer(
+    plan: QueryPlan, dataset: DatasetInfo, result: ExecuteResult
+) -> tuple[list[q_pb.ResultColumn], list[q_pb.Row]]:
+    """The sandbox's noisy rows -> answer columns and rows, in select-list order."""
+    columns = []
+    for i, out in enumerate(plan.outputs):
+        agg = "" if out.aggregate_index is None else _aggregate_name(
+            plan.aggregates[out.aggregate_index].kind
+        )
+        columns.append(
+            q_pb.ResultColumn(
+                name=out.name,
+                type=_output_type(plan, dataset, i),  # type: ignore[arg-type]
+                noisy=out.aggregate_index is not None,
+                aggregate=agg,
+            )
+        )
+    rows = []
+    for r in result.rows:
+        cells = []
+        for out in plan.outputs:
+            if out.group_index is not None:
+                cells.append(_scalar_cell(r.keys[out.group_index]))
+            else:
+                assert out.aggregate_index is not None
+                cells.append(_noisy_cell(r.values[out.aggregate_index]))
+        rows.append(q_pb.Row(cells=cells))
+    return columns, rows
+
+
+def _column_schema(c: ColumnInfo) -> cat_pb.ColumnSchema:
+    has_bounds = c.lower is not None and c.upper is not None
+    return cat_pb.ColumnSchema(
+        name=c.name,
+        type=_COLUMN_TYPES[c.type],  # type: ignore[arg-type]
+        grade=c.grade,
+        has_bounds=has_bounds,
+        lower=c.lower if c.lower is not None else 0.0,
+        upper=c.upper if c.upper is not None else 0.0,
+        domain=[] if c.domain is None else [_render(v) for v in c.domain],
+        description=c.description,
+        groupable=c.grade != "identifier" and c.domain is not None,
+        summable=c.grade != "identifier" and has_bounds and c.type in ("int64", "float64"),
+    )
+
+
+def _render(v: Scalar) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "NULL" if v is None else str(v)
+
+
+def dataset(d: DatasetInfo, purposes: Sequence[str]) -> cat_pb.Dataset:
+    """A dataset's public description -> proto."""
+    return cat_pb.Dataset(
+        name=d.name,
+        description=d.description,
+        owner=d.owner,
+        privacy_unit=d.privacy_unit,
+        version=d.version,
+        purposes=sorted(purposes),
+        tables=[
+            cat_pb.Table(
+                name=t.name,
+                max_rows_per_unit=t.max_rows_per_unit,
+                columns=[_column_schema(c) for c in t.columns],
+            )
+            for t in d.tables
+        ],
+    )

@@ -1,0 +1,138 @@
+"""The gateway's one error hierarchy, each class mapped to a gRPC status code and an ErrorInfo reason.
+
+GatewayError                         code                 ErrorInfo.reason
+├── InvalidArgumentError             INVALID_ARGUMENT     INVALID_PRIVACY_LOSS, INVALID_REQUEST, ...
+│   └── InvalidQueryError            INVALID_ARGUMENT     SQL_PARSE_FAILED, QUERY_NOT_SUPPORTED, ...
+├── UnauthenticatedError             UNAUTHENTICATED      UNKNOWN_IDENTITY
+├── PermissionDeniedError            PERMISSION_DENIED    DATASET_ACCESS_DENIED, PURPOSE_NOT_GRANTED
+├── PrivacyBudgetExhaustedError      RESOURCE_EXHAUSTED   PRIVACY_BUDGET_EXHAUSTED
+├── RequestIdConflictError           ALREADY_EXISTS       REQUEST_ID_REUSED
+├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS
+├── QueryExecutionError              ABORTED              QUERY_EXECUTION_FAILED (uniform; engine text never sent)
+├── SandboxUnavailableError          UNAVAILABLE          SANDBOX_UNAVAILABLE
+└── GatewayInternalError             INTERNAL             INTERNAL_ERROR ("probably a bug", with an incident id)
+
+ConfigError (not a gRPC error, defined in sandbox.errors): a policy or catalog file is invalid; names the file, the key and the problem.
+
+Rules: a message never contains data values, only facts about the request and the policy. Anything dynamic
+in a message is also in `metadata` (lowerCamelCase keys), so clients never parse text.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+import grpc
+
+from sandbox.errors import ConfigError
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "ConfigError",
+    "GatewayError",
+    "GatewayInternalError",
+    "InvalidArgumentError",
+    "InvalidQueryError",
+    "PermissionDeniedError",
+    "PrivacyBudgetExhaustedError",
+    "QueryExecutionError",
+    "RequestIdConflictError",
+    "RequestInProgressError",
+    "SandboxUnavailableError",
+    "UnauthenticatedError",
+]
+
+ERROR_DOMAIN = "privacy-gateway.example.org"
+
+
+class GatewayError(Exception):
+    """Base class: an error that is rendered to the client as a gRPC status with ErrorInfo."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    default_reason: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = {k: str(v) for k, v in metadata.items()}
+
+
+class InvalidArgumentError(GatewayError):
+    """A request field is malformed (epsilon NaN or negative, empty dataset name, ...)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_REQUEST"
+
+
+class InvalidQueryError(InvalidArgumentError):
+    """The SQL is not allowed; the message names the construct and depends only on the query text."""
+
+    default_reason = "QUERY_NOT_SUPPORTED"
+
+
+class UnauthenticatedError(GatewayError):
+    """The caller's certificate identity is not a known consumer."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNKNOWN_IDENTITY"
+
+
+class PermissionDeniedError(GatewayError):
+    """No grant for this dataset or purpose (unknown datasets look exactly the same, AIP-193)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "DATASET_ACCESS_DENIED"
+
+
+class PrivacyBudgetExhaustedError(GatewayError):
+    """The release would exceed the remaining privacy budget; nothing was charged."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "PRIVACY_BUDGET_EXHAUSTED"
+
+
+class RequestIdConflictError(GatewayError):
+    """A request_id was reused for a different request."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "REQUEST_ID_REUSED"
+
+
+class RequestInProgressError(GatewayError):
+    """A request with this request_id is still running, or was charged but never completed."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "REQUEST_IN_PROGRESS"
+
+
+class QueryExecutionError(GatewayError):
+    """Uniform failure after the data was touched (timeout, memory, engine error). Charged like an answer."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "QUERY_EXECUTION_FAILED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the query could not be completed inside the sandbox's limits; "
+            "its privacy cost stays charged"
+        )
+
+
+class SandboxUnavailableError(GatewayError):
+    """The sandbox process is not reachable; nothing was charged."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "SANDBOX_UNAVAILABLE"
+
+
+class GatewayInternalError(GatewayError):
+    """Our bug. The client gets an incident id; the details stay in the server log."""
+
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL_ERROR"
+
+    def __init__(self, message: str = "internal error (probably a bug)") -> None:
+        incident = uuid.uuid4().hex[:12]
+        super().__init__(f"{message}; incident {incident}", incidentId=incident)

@@ -1,0 +1,194 @@
+"""The operator's policy: which consumers (certificate identities) may spend what, on which dataset and purpose.
+
+Format (TOML, `schema = "privacy_gateway.operator.v1"`), complete example in `policies/operator.toml`:
+
+    [consumers.acme-bank-analyst]          # the consumer's certificate common name
+    organization = "ACME Bank"
+
+    [[grants]]
+    consumer = "acme-bank-analyst"
+    dataset = "registry"
+    purpose = "credit-risk"
+    privacy_definition = "pure_dp"         # the only definition so far
+    epsilon = 10.0                         # total budget of the grant
+    delta = 0.0
+    max_epsilon_per_query = 1.0
+
+Privacy-relevant numbers have no defaults. Every problem raises ConfigError naming the file, the key and
+the problem; the loaded policy is frozen.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+SCHEMA = "privacy_gateway.operator.v1"
+PRIVACY_DEFINITIONS = frozenset({"pure_dp"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A consumer identified by its client certificate's common name."""
+
+    identity: str
+    organization: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A consumer's budget on one dataset for one purpose."""
+
+    consumer: str
+    dataset: str
+    purpose: str
+    privacy_definition: str
+    epsilon: float
+    delta: float
+    max_epsilon_per_query: float
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The validated operator policy."""
+
+    consumers: dict[str, Consumer]
+    grants: tuple[Grant, ...]
+    source: str
+
+    def consumer(self, identity: str) -> Consumer | None:
+        """The consumer with this certificate identity, or None."""
+        return self.consumers.get(identity)
+
+    def grant(self, consumer: str, dataset: str, purpose: str) -> Grant | None:
+        """The grant for (consumer, dataset, purpose), or None."""
+        for g in self.grants:
+            if (g.consumer, g.dataset, g.purpose) == (consumer, dataset, purpose):
+                return g
+        return None
+
+    def grants_of(self, consumer: str) -> tuple[Grant, ...]:
+        """All grants of one consumer."""
+        return tuple(g for g in self.grants if g.consumer == consumer)
+
+
+def _number(file: str, key: str, value: Any, *, positive: bool, below_one: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(file, key, f"must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(file, key, f"must be finite, got {value!r}")
+    if positive and v <= 0:
+        raise ConfigError(file, key, f"must be positive, got {value!r}")
+    if v < 0:
+        raise ConfigError(file, key, f"must not be negative, got {value!r}")
+    if below_one and v >= 1:
+        raise ConfigError(file, key, f"must be below 1, got {value!r}")
+    return v
+
+
+def _string(file: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ConfigError(
+            file, key, "must be a name of letters, digits, '.', '_' or '-' (at most 128 characters)"
+        )
+    return value
+
+
+def _check_keys(file: str, prefix: str, table: dict[str, Any], allowed: set[str]) -> None:
+    for k in table:
+        if k not in allowed:
+            raise ConfigError(file, f"{prefix}{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    for k in allowed:
+        if k not in table and k not in ("description",):
+            raise ConfigError(file, f"{prefix}{k}", "is required")
+
+
+def parse_policy(data: dict[str, Any], file: str) -> Policy:
+    """Validate a parsed TOML document as an operator policy."""
+    _check_keys(file, "", data, {"schema", "consumers", "grants"})
+    if data["schema"] != SCHEMA:
+        raise ConfigError(file, "schema", f"must be {SCHEMA!r}, got {data['schema']!r}")
+    raw_consumers = data["consumers"]
+    if not isinstance(raw_consumers, dict):
+        raise ConfigError(file, "consumers", "must be a table of consumers")
+    consumers: dict[str, Consumer] = {}
+    for identity, body in raw_consumers.items():
+        prefix = f"consumers.{identity}."
+        _string(file, f"consumers.{identity}", identity)
+        if not isinstance(body, dict):
+            raise ConfigError(file, f"consumers.{identity}", "must be a table")
+        _check_keys(file, prefix, body, {"organization", "description"})
+        if not isinstance(body["organization"], str) or not body["organization"].strip():
+            raise ConfigError(file, prefix + "organization", "must be a non-empty string")
+        consumers[identity] = Consumer(identity, body["organization"], str(body.get("description", "")))
+    raw_grants = data["grants"]
+    if not isinstance(raw_grants, list):
+        raise ConfigError(file, "grants", "must be an array of tables ([[grants]])")
+    grants: list[Grant] = []
+    seen: set[tuple[str, str, str]] = set()
+    for i, g in enumerate(raw_grants):
+        prefix = f"grants[{i}]."
+        if not isinstance(g, dict):
+            raise ConfigError(file, f"grants[{i}]", "must be a table")
+        _check_keys(
+            file,
+            prefix,
+            g,
+            {"consumer", "dataset", "purpose", "privacy_definition", "epsilon", "delta",
+             "max_epsilon_per_query", "description"},
+        )
+        consumer = _string(file, prefix + "consumer", g["consumer"])
+        if consumer not in consumers:
+            raise ConfigError(file, prefix + "consumer", f"unknown consumer {consumer!r}")
+        definition = g["privacy_definition"]
+        if definition not in PRIVACY_DEFINITIONS:
+            raise ConfigError(
+                file, prefix + "privacy_definition",
+                f"must be one of {sorted(PRIVACY_DEFINITIONS)}, got {definition!r}",
+            )
+        grant = Grant(
+            consumer=consumer,
+            dataset=_string(file, prefix + "dataset", g["dataset"]),
+            purpose=_string(file, prefix + "purpose", g["purpose"]),
+            privacy_definition=definition,
+            epsilon=_number(file, prefix + "epsilon", g["epsilon"], positive=True),
+            delta=_number(file, prefix + "delta", g["delta"], positive=False, below_one=True),
+            max_epsilon_per_query=_number(
+                file, prefix + "max_epsilon_per_query", g["max_epsilon_per_query"], positive=True
+            ),
+        )
+        if grant.max_epsilon_per_query > grant.epsilon:
+            raise ConfigError(file, prefix + "max_epsilon_per_query", "must not exceed epsilon")
+        if grant.privacy_definition == "pure_dp" and grant.delta != 0:
+            raise ConfigError(file, prefix + "delta", "must be 0 for privacy_definition 'pure_dp'")
+        key = (grant.consumer, grant.dataset, grant.purpose)
+        if key in seen:
+            raise ConfigError(file, f"grants[{i}]", f"duplicate grant for {key}")
+        seen.add(key)
+        grants.append(grant)
+    return Policy(consumers=consumers, grants=tuple(grants), source=file)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate an operator policy file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or invalid; the message names file, key and problem.
+    """
+    file = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(file, "-", "file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "-", f"not valid TOML: {exc}") from exc
+    return parse_policy(data, file)

@@ -1,0 +1,195 @@
+"""gRPC servicers: authenticate from the certificate, convert requests, call the query logic, render errors.
+
+Every RPC goes through `_rpc`, the one place that turns a GatewayError into a `google.rpc.Status` with
+an `ErrorInfo` (reason, domain, metadata) and turns anything unexpected into INTERNAL with an incident id.
+No library exception text reaches a client.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from privacy_gateway.v1 import budget_service_pb2 as b_pb
+from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
+from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
+from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
+from privacy_gateway.v1 import query_service_pb2 as q_pb
+from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
+
+from gateway import convert
+from gateway.auth import authenticate
+from gateway.errors import (
+    ERROR_DOMAIN,
+    GatewayError,
+    GatewayInternalError,
+    PermissionDeniedError,
+    PrivacyBudgetExhaustedError,
+)
+from gateway.queries import QueryRequest, QueryService
+
+log = logging.getLogger("gateway.service")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def status_for(error: GatewayError) -> status_pb2.Status:
+    """The rich status for an error: ErrorInfo always, plus QuotaFailure or BadRequest where they fit."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details = [info]
+    if isinstance(error, PrivacyBudgetExhaustedError):
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=error.metadata.get("grant", ""), description=error.message
+                    )
+                ]
+            )
+        )
+    elif error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.metadata.get("field", "sql"), description=error.message
+                    )
+                ]
+            )
+        )
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
+
+
+def _rpc(
+    method: Callable[[Any, Req, grpc.ServicerContext], Resp],
+) -> Callable[[Any, Req, grpc.ServicerContext], Resp]:
+    """Render GatewayErrors as rich statuses; anything else becomes INTERNAL with an incident id."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
+        try:
+            return method(self, request, context)
+        except GatewayError as exc:
+            error: GatewayError = exc
+        except Exception:
+            error = GatewayInternalError()
+            log.exception("unexpected error in %s (%s)", method.__name__, error.message)
+        context.abort_with_status(rpc_status.to_status(status_for(error)))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    return wrapper
+
+
+def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryRequest:
+    return QueryRequest(
+        consumer=consumer,
+        dataset=req.dataset,
+        sql=req.sql,
+        purpose=req.purpose,
+        epsilon=req.privacy_loss.epsilon if req.HasField("privacy_loss") else float("nan"),
+        delta=req.privacy_loss.delta if req.HasField("privacy_loss") else 0.0,
+        request_id=request_id,
+    )
+
+
+class QueryServicer(q_grpc.QueryServiceServicer):
+    """privacy_gateway.v1.QueryService."""
+
+    def __init__(self, core: QueryService) -> None:
+        """Serve `core`."""
+        self.core = core
+
+    @_rpc
+    def RunQuery(  # noqa: N802 (gRPC method name)
+        self, request: q_pb.RunQueryRequest, context: grpc.ServicerContext
+    ) -> q_pb.RunQueryResponse:
+        """Run one query."""
+        consumer = authenticate(context, self.core.policy)
+        return self.core.run(_query_request(consumer, request, request.request_id))
+
+    @_rpc
+    def ExplainQuery(  # noqa: N802
+        self, request: q_pb.ExplainQueryRequest, context: grpc.ServicerContext
+    ) -> q_pb.ExplainQueryResponse:
+        """Explain one query."""
+        consumer = authenticate(context, self.core.policy)
+        return self.core.explain(_query_request(consumer, request))
+
+
+class CatalogServicer(cat_grpc.CatalogServiceServicer):
+    """privacy_gateway.v1.CatalogService: the public catalog, limited to granted datasets."""
+
+    def __init__(self, core: QueryService) -> None:
+        """Serve `core`."""
+        self.core = core
+
+    def _granted(self, consumer: str) -> dict[str, list[str]]:
+        purposes: dict[str, list[str]] = {}
+        for g in self.core.policy.grants_of(consumer):
+            purposes.setdefault(g.dataset, []).append(g.purpose)
+        return purposes
+
+    @_rpc
+    def ListDatasets(  # noqa: N802
+        self, request: cat_pb.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> cat_pb.ListDatasetsResponse:
+        """List granted datasets."""
+        consumer = authenticate(context, self.core.policy)
+        granted = self._granted(consumer)
+        return cat_pb.ListDatasetsResponse(
+            datasets=[
+                convert.dataset(d, granted[d.name])
+                for d in self.core.catalog.datasets
+                if d.name in granted
+            ]
+        )
+
+    @_rpc
+    def GetDataset(  # noqa: N802
+        self, request: cat_pb.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> cat_pb.Dataset:
+        """One granted dataset."""
+        consumer = authenticate(context, self.core.policy)
+        granted = self._granted(consumer)
+        info = self.core.catalog.dataset(request.name)
+        if info is None or request.name not in granted:
+            raise PermissionDeniedError(
+                f"no grant for dataset {request.name!r}", dataset=request.name
+            )
+        return convert.dataset(info, granted[request.name])
+
+
+class BudgetServicer(b_grpc.BudgetServiceServicer):
+    """privacy_gateway.v1.BudgetService."""
+
+    def __init__(self, core: QueryService) -> None:
+        """Serve `core`."""
+        self.core = core
+
+    @_rpc
+    def GetPrivacyBudget(  # noqa: N802
+        self, request: b_pb.GetPrivacyBudgetRequest, context: grpc.ServicerContext
+    ) -> b_pb.GetPrivacyBudgetResponse:
+        """The caller's grants and what remains of them."""
+        consumer = authenticate(context, self.core.policy)
+        statuses = []
+        for g in self.core.policy.grants_of(consumer):
+            if request.dataset and g.dataset != request.dataset:
+                continue
+            spent, _ = self.core.budget_response(g)
+            statuses.append(convert.budget_status(g, spent))
+        return b_pb.GetPrivacyBudgetResponse(consumer=consumer, grants=statuses)

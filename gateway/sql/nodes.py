@@ -1,0 +1,259 @@
+"""Parse-tree leaves shared by the analyzer: the query's table scope, literals and call checks.
+
+`Scope.resolve` maps a column reference to its catalog column (refusing identifiers and unknown
+names); `literal` turns a constant into a typed plan `Literal`; `function_keys_ok` refuses DISTINCT,
+FILTER, ORDER BY, qualified names and named arguments on a function call the analyzer accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from gateway.sql.tree import EMPTY_ORDER, MAX_STRING_LITERAL, check_keys, fold, reject, show
+from sandbox.protocol import ColumnInfo, Literal, TableInfo
+
+__all__ = ["Kind", "Scope", "column_kind", "function_keys_ok", "literal", "operator_label"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INTEGER_TEXT = re.compile(r"-?[0-9][0-9_]{0,99}")
+_NUMERIC_TEXT = re.compile(r"-?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][+-]?[0-9]+)?")
+
+_LABELS = {
+    "~~": "LIKE",
+    "!~~": "NOT LIKE",
+    "~~*": "ILIKE",
+    "!~~*": "NOT ILIKE",
+    "~~~": "GLOB",
+    "regexp_full_match": "SIMILAR TO",
+    "OPERATOR_CAST": "CAST",
+    "CASE_EXPR": "CASE",
+    "COLLATE": "COLLATE",
+    "VALUE_PARAMETER": "query parameters",
+    "LAMBDA": "lambda expressions",
+    "STAR": "* and COLUMNS(...)",
+    "POSITIONAL_REFERENCE": "positional references (#n)",
+    "ARRAY_EXTRACT": "subscripts",
+    "ARRAY_SLICE": "slices",
+    "STRUCT_EXTRACT": "struct fields",
+    "COMPARE_DISTINCT_FROM": "IS DISTINCT FROM",
+    "COMPARE_NOT_DISTINCT_FROM": "IS NOT DISTINCT FROM",
+    "list_value": "list literals",
+    "struct_pack": "struct literals",
+    "row": "row values",
+}
+
+
+def operator_label(name: str) -> str:
+    """Return the SQL spelling of a parse-tree node type or operator, for messages."""
+    return _LABELS.get(name, show(name))
+
+
+class Kind(Enum):
+    """The static type of an expression."""
+
+    NUMBER = "number"
+    STRING = "string"
+    BOOLEAN = "boolean"
+    NULL = "NULL"
+
+
+_COLUMN_KINDS = {
+    "int64": Kind.NUMBER,
+    "float64": Kind.NUMBER,
+    "string": Kind.STRING,
+    "bool": Kind.BOOLEAN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The one table a query reads, and the names it may be referred to by."""
+
+    table: TableInfo
+    qualifier: str  # folded alias, or folded table name when there is no alias
+
+    def resolve(self, node: dict[str, Any]) -> ColumnInfo:
+        """Resolve a COLUMN_REF node to its catalog column.
+
+        Args:
+            node: A `COLUMN_REF` node; `column_names` is `[column]` or `[table_or_alias, column]`.
+
+        Returns:
+            The catalog column (never an identifier column).
+
+        Raises:
+            InvalidQueryError: UNKNOWN_COLUMN, IDENTIFIER_COLUMN or UNSUPPORTED_EXPRESSION.
+        """
+        check_keys(
+            node,
+            "column reference",
+            defaults={"alias": ""},
+            free=frozenset({"column_names"}),
+            reason="UNSUPPORTED_EXPRESSION",
+        )
+        names = node.get("column_names")
+        if (
+            not isinstance(names, list)
+            or not 1 <= len(names) <= 2
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise reject("UNSUPPORTED_EXPRESSION", "unsupported column reference")
+        written = ".".join(names)
+        if len(names) == 2 and fold(names[0]) != self.qualifier:
+            raise reject("UNKNOWN_COLUMN", f"unknown column {show(written)}", column=show(written))
+        wanted = fold(names[-1])
+        for col in self.table.columns:
+            if fold(col.name) == wanted:
+                if col.grade == "identifier":
+                    raise reject(
+                        "IDENTIFIER_COLUMN",
+                        f"column {col.name} is an identifier and never appears in queries "
+                        "or answers",
+                        column=col.name,
+                    )
+                return col
+        raise reject("UNKNOWN_COLUMN", f"unknown column {show(written)}", column=show(written))
+
+
+def function_keys_ok(node: dict[str, Any], what: str, *, is_operator: bool) -> None:
+    """Check the keys of a FUNCTION node that the analyzer is about to accept.
+
+    Refuses qualified names (`main.sum`), DISTINCT, FILTER, ORDER BY inside the call, named
+    arguments and anything else unexpected.
+
+    Args:
+        node: A `FUNCTION` node.
+        what: The construct's name, for messages.
+        is_operator: Whether the node must be an operator (`a + b`) rather than a call.
+
+    Raises:
+        InvalidQueryError: UNSUPPORTED_CONSTRUCT or UNSUPPORTED_EXPRESSION.
+    """
+    name = node.get("function_name")
+    if node.get("distinct", False) is not False:
+        raise reject(
+            "UNSUPPORTED_CONSTRUCT",
+            f"DISTINCT inside {what} is not supported",
+            construct="DISTINCT",
+        )
+    if node.get("filter") is not None:
+        raise reject(
+            "UNSUPPORTED_CONSTRUCT", f"FILTER on {what} is not supported", construct="FILTER"
+        )
+    if node.get("order_bys", EMPTY_ORDER) != EMPTY_ORDER:
+        raise reject(
+            "UNSUPPORTED_CONSTRUCT",
+            f"ORDER BY inside {what} is not supported",
+            construct="ORDER_BY",
+        )
+    if (
+        node.get("schema", "") != ""
+        or node.get("catalog", "") != ""
+        or node.get("qualified_name") != {"path": [name]}
+    ):
+        raise reject(
+            "UNSUPPORTED_EXPRESSION",
+            f"qualified function names are not supported ({what})",
+            construct="QUALIFIED_FUNCTION",
+        )
+    check_keys(
+        node,
+        what,
+        defaults={
+            "alias": "",
+            "export_state": False,
+            "is_legacy_function_call": False,
+            "is_operator": is_operator,
+        },
+        free=frozenset(
+            {
+                "function_name",
+                "arguments",
+                "qualified_name",
+                "schema",
+                "catalog",
+                "filter",
+                "order_bys",
+                "distinct",
+            }
+        ),
+        reason="UNSUPPORTED_EXPRESSION",
+    )
+    args = node.get("arguments")
+    if not isinstance(args, list) or not all(
+        isinstance(a, dict) and set(a) == {"name", "expression"} and a["name"] == "" for a in args
+    ):
+        raise reject(
+            "UNSUPPORTED_EXPRESSION", f"named or malformed arguments in {what}", construct="ARGS"
+        )
+
+
+def literal(node: dict[str, Any]) -> tuple[Literal, Kind]:
+    """Translate a VALUE_CONSTANT node into a plan literal and its static type.
+
+    Raises:
+        InvalidQueryError: INVALID_LITERAL (integer beyond 64 bits, non-finite decimal),
+            QUERY_TOO_LARGE (string over 1,000 characters) or UNSUPPORTED_EXPRESSION (other kinds).
+    """
+    check_keys(
+        node,
+        "literal",
+        defaults={"alias": ""},
+        free=frozenset({"literal"}),
+        reason="UNSUPPORTED_EXPRESSION",
+    )
+    lit = node.get("literal")
+    if not isinstance(lit, dict) or set(lit) != {"kind", "text"}:
+        raise reject("UNSUPPORTED_EXPRESSION", "unsupported literal", construct="LITERAL")
+    kind, text = lit["kind"], lit["text"]
+    if not isinstance(text, str):
+        raise reject("UNSUPPORTED_EXPRESSION", "unsupported literal", construct="LITERAL")
+    if kind == "INTEGER":
+        if not _INTEGER_TEXT.fullmatch(text):
+            raise _bad_number(text)
+        value = int(text.replace("_", ""))
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise _bad_number(text)
+        return Literal(value), Kind.NUMBER
+    if kind == "NUMERIC":
+        digits = any(c.isdigit() for c in text)
+        if len(text) > 100 or not digits or not _NUMERIC_TEXT.fullmatch(text):
+            raise _bad_number(text)
+        number = float(text.replace("_", ""))
+        if not math.isfinite(number):
+            raise _bad_number(text)
+        return Literal(number), Kind.NUMBER
+    if kind == "STRING":
+        if len(text) > MAX_STRING_LITERAL:
+            raise reject(
+                "QUERY_TOO_LARGE",
+                f"string literals are limited to {MAX_STRING_LITERAL} characters",
+                limit=str(MAX_STRING_LITERAL),
+            )
+        return Literal(text), Kind.STRING
+    if kind == "BOOLEAN" and text in ("true", "false"):
+        return Literal(text == "true"), Kind.BOOLEAN
+    if kind == "NULL_LITERAL":
+        return Literal(None), Kind.NULL
+    raise reject(
+        "UNSUPPORTED_EXPRESSION",
+        f"{show(str(kind))} literals are not supported",
+        construct=f"LITERAL_{show(str(kind))}",
+    )
+
+
+def _bad_number(text: str) -> Exception:
+    return reject(
+        "INVALID_LITERAL",
+        f"the number {show(text)} is out of range (integers must fit in 64 bits, "
+        "decimals must be finite)",
+    )
+
+
+def column_kind(column: ColumnInfo) -> Kind:
+    """Return the static type of a catalog column."""
+    return _COLUMN_KINDS[column.type]

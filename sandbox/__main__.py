@@ -1,0 +1,82 @@
+"""`python -m sandbox --catalog FILE --socket PATH [...]`: run the sandbox process.
+
+Order: cap the address space, load and lock the engine, then bind the socket and print
+`sandbox ready socket=<path> pid=<pid>`. Nothing is served before the lock-down is verified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+from pathlib import Path
+
+from sandbox.errors import ConfigError
+from sandbox.limits import Limits
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = Limits()
+    p = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    p.add_argument("--catalog", type=Path, required=True, help="the data owner's catalog TOML")
+    p.add_argument("--data-dir", type=Path, default=None, help="overrides the catalog's data_dir")
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to create")
+    p.add_argument("--memory-limit", default=d.memory_limit, help="DuckDB memory_limit")
+    p.add_argument("--threads", type=int, default=d.threads, help="DuckDB threads")
+    p.add_argument("--query-timeout-ms", type=int, default=d.query_timeout_ms)
+    p.add_argument("--max-groups", type=int, default=d.max_groups)
+    p.add_argument(
+        "--address-space-bytes",
+        type=int,
+        default=d.address_space_bytes,
+        help="RLIMIT_AS for this process (0 = unlimited)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s sandbox %(levelname)s %(message)s",
+    )
+    try:
+        limits = Limits(
+            memory_limit=args.memory_limit,
+            threads=args.threads,
+            query_timeout_ms=args.query_timeout_ms,
+            max_groups=args.max_groups,
+            address_space_bytes=args.address_space_bytes,
+        )
+    except ValueError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    if limits.address_space_bytes:
+        resource.setrlimit(
+            resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes)
+        )
+    # Imported after the rlimit so that DuckDB and OpenDP start under it.
+    from sandbox.catalog import load_catalog
+    from sandbox.engine import Engine
+    from sandbox.server import SandboxServer, serve
+
+    try:
+        engine = Engine(load_catalog(args.catalog, args.data_dir), limits)
+    except ConfigError as exc:
+        print(f"sandbox: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = SandboxServer(args.socket, engine)
+    except OSError as exc:
+        print(f"sandbox: cannot bind {args.socket}: {exc}", file=sys.stderr)
+        return 2
+    serve(server, f"sandbox ready socket={args.socket} pid={os.getpid()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The data owner's catalog: which files hold which tables, and what may be said about them.
+
+The sandbox reads this TOML file itself (the gateway never supplies it). Every privacy-relevant
+number (`max_rows_per_unit`, bounds, domains) must be written down: nothing has a default. Any
+problem raises `ConfigError(file, dotted.key, problem)`.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
+
+from sandbox.errors import ConfigError
+from sandbox.protocol import (
+    CatalogInfo,
+    ColumnInfo,
+    ColumnType,
+    DatasetInfo,
+    Grade,
+    Scalar,
+    TableInfo,
+)
+
+SCHEMA = "privacy_gateway.catalog.v1"
+COLUMN_TYPES: tuple[ColumnType, ...] = ("int64", "float64", "string", "bool")
+GRADES: tuple[Grade, ...] = ("public", "internal", "sensitive", "identifier")
+MAX_DOMAIN = 10_000
+MAX_INT_BOUND = 2**53  # integer bounds and sums stay exact on OpenDP's i64 path
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+RESERVED_PREFIX = "__pgw_"
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """One table: its resolved file and its public description."""
+
+    name: str
+    file: Path
+    key: str  # dotted catalog key of the table, for error messages
+    info: TableInfo
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """One dataset: its privacy unit and tables (the data version is computed at load)."""
+
+    name: str
+    privacy_unit: str
+    description: str
+    owner: str
+    tables: tuple[TableSpec, ...]
+
+    def table(self, name: str) -> TableSpec | None:
+        """Return the table called `name`, or None."""
+        return next((t for t in self.tables if t.name == name), None)
+
+    def public(self, version: str) -> DatasetInfo:
+        """The public description of this dataset at data version `version`."""
+        return DatasetInfo(
+            name=self.name,
+            privacy_unit=self.privacy_unit,
+            tables=tuple(t.info for t in self.tables),
+            version=version,
+            description=self.description,
+            owner=self.owner,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The whole catalog file, validated."""
+
+    path: Path
+    data_dir: Path
+    datasets: tuple[DatasetSpec, ...]
+
+    def dataset(self, name: str) -> DatasetSpec | None:
+        """Return the dataset called `name`, or None."""
+        return next((d for d in self.datasets if d.name == name), None)
+
+    def public(self, versions: Mapping[str, str]) -> CatalogInfo:
+        """The public part; each dataset carries its data version from `versions` (by name)."""
+        return CatalogInfo(tuple(d.public(versions[d.name]) for d in self.datasets))
+
+
+class _Reader:
+    """Validation helpers that know the file name for error messages."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = str(file)
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, key, problem)
+
+    def table(self, d: Mapping[str, Any], key: str, required: set[str], optional: set[str]) -> None:
+        if not isinstance(d, dict):
+            raise self.fail(key, "must be a table")
+        for k in sorted(set(d) - required - optional):
+            raise self.fail(f"{key}.{k}" if key else k, "unknown key")
+        for k in sorted(required - set(d)):
+            raise self.fail(f"{key}.{k}" if key else k, "missing (required, no default)")
+
+    def string(self, d: Mapping[str, Any], k: str, key: str, default: str | None = None) -> str:
+        v = d.get(k, default)
+        if not isinstance(v, str):
+            raise self.fail(key, "must be a string")
+        return v
+
+    def name(self, n: str, key: str) -> str:
+        if not n or len(n) > 63 or not set(n) <= NAME_CHARS or "__" in n or n[0].isdigit():
+            raise self.fail(key, "must be 1-63 letters, digits or _ (no '__', not digit-first)")
+        return n
+
+
+def load_catalog(path: Path, data_dir: Path | None = None) -> Catalog:
+    """Read and validate a catalog file.
+
+    Args:
+        path: the TOML file.
+        data_dir: overrides the file's `data_dir` (which is relative to the catalog file).
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid (names file, dotted key, problem).
+    """
+    r = _Reader(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise r.fail("(file)", f"cannot read: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise r.fail("(file)", f"not valid TOML: {exc}") from exc
+    r.table(raw, "", {"schema", "datasets"}, {"data_dir"})
+    if raw["schema"] != SCHEMA:
+        raise r.fail("schema", f"must be {SCHEMA!r}")
+    if data_dir is None:
+        if "data_dir" not in raw:
+            raise r.fail("data_dir", "missing (or pass --data-dir)")
+        data_dir = path.parent / r.string(raw, "data_dir", "data_dir")
+    datasets = raw["datasets"]
+    r.table(datasets, "datasets", set(), set(datasets) if isinstance(datasets, dict) else set())
+    if not datasets:
+        raise r.fail("datasets", "at least one dataset is required")
+    specs = tuple(
+        _dataset(r, r.name(n, f"datasets.{n}"), d, data_dir.resolve()) for n, d in datasets.items()
+    )
+    return Catalog(path=path, data_dir=data_dir.resolve(), datasets=specs)
+
+
+def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
+    key = f"datasets.{name}"
+    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner"})
+    unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
+    tables = d["tables"]
+    r.table(tables, f"{key}.tables", set(), set(tables) if isinstance(tables, dict) else set())
+    if not tables:
+        raise r.fail(f"{key}.tables", "at least one table is required")
+    specs = []
+    for tname, t in tables.items():
+        tkey = f"{key}.tables.{r.name(tname, f'{key}.tables.{tname}')}"
+        spec = _table(r, tname, t, tkey, data_dir)
+        if spec.info.column(unit) is None:
+            raise r.fail(f"{key}.privacy_unit", f"{unit!r} is not a column of table {tname!r}")
+        specs.append(spec)
+    return DatasetSpec(
+        name=name,
+        privacy_unit=unit,
+        description=r.string(d, "description", f"{key}.description", ""),
+        owner=r.string(d, "owner", f"{key}.owner", ""),
+        tables=tuple(specs),
+    )
+
+
+def _table(r: _Reader, name: str, t: Any, key: str, data_dir: Path) -> TableSpec:
+    r.table(t, key, {"file", "max_rows_per_unit", "columns"}, set())
+    file = r.string(t, "file", f"{key}.file")
+    rel = PurePosixPath(file)
+    if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() not in (".parquet", ".csv"):
+        raise r.fail(f"{key}.file", "must be a relative .parquet or .csv path inside data_dir")
+    k = t["max_rows_per_unit"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise r.fail(f"{key}.max_rows_per_unit", "must be an integer >= 1")
+    cols = t["columns"]
+    r.table(cols, f"{key}.columns", set(), set(cols) if isinstance(cols, dict) else set())
+    if not cols:
+        raise r.fail(f"{key}.columns", "at least one column is required")
+    infos = tuple(_column(r, c, spec, f"{key}.columns.{c}") for c, spec in cols.items())
+    info = TableInfo(name=name, columns=infos, max_rows_per_unit=k)
+    return TableSpec(name=name, file=data_dir / rel, key=key, info=info)
+
+
+def _column(r: _Reader, name: str, c: Any, key: str) -> ColumnInfo:
+    if not name or len(name) > 255 or any(ord(ch) < 32 for ch in name):
+        raise r.fail(key, "column name must be 1-255 printable characters")
+    if name.startswith(RESERVED_PREFIX):
+        raise r.fail(key, f"column names starting with {RESERVED_PREFIX!r} are reserved")
+    r.table(c, key, {"type", "grade"}, {"lower", "upper", "domain", "description"})
+    typ = c["type"]
+    if typ not in COLUMN_TYPES:
+        raise r.fail(f"{key}.type", f"must be one of {', '.join(COLUMN_TYPES)}")
+    grade = c["grade"]
+    if grade not in GRADES:
+        raise r.fail(f"{key}.grade", f"must be one of {', '.join(GRADES)}")
+    lower, upper = _bounds(r, c, typ, key)
+    domain = _domain(r, c["domain"], typ, f"{key}.domain") if "domain" in c else None
+    return ColumnInfo(
+        name=name,
+        type=cast(ColumnType, typ),
+        grade=cast(Grade, grade),
+        lower=lower,
+        upper=upper,
+        domain=domain,
+        description=r.string(c, "description", f"{key}.description", ""),
+    )
+
+
+def _bounds(
+    r: _Reader, c: Mapping[str, Any], typ: str, key: str
+) -> tuple[float | None, float | None]:
+    if ("lower" in c) != ("upper" in c):
+        missing = "upper" if "lower" in c else "lower"
+        raise r.fail(f"{key}.{missing}", "lower and upper must be given together")
+    if "lower" not in c:
+        return None, None
+    out: list[float] = []
+    for k in ("lower", "upper"):
+        v = c[k]
+        if typ not in ("int64", "float64"):
+            raise r.fail(f"{key}.{k}", f"bounds apply only to numeric columns, not {typ}")
+        if typ == "int64" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise r.fail(f"{key}.{k}", "must be an integer for an int64 column")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise r.fail(f"{key}.{k}", "must be a finite number")
+        if abs(v) > MAX_INT_BOUND:
+            raise r.fail(f"{key}.{k}", f"magnitude must be at most 2**53 ({MAX_INT_BOUND})")
+        out.append(v)
+    if out[0] > out[1]:
+        raise r.fail(f"{key}.lower", "must not exceed upper")
+    return out[0], out[1]
+
+
+def _domain(r: _Reader, dom: Any, typ: str, key: str) -> tuple[Scalar, ...]:
+    if not isinstance(dom, list) or not dom:
+        raise r.fail(key, "must be a non-empty list")
+    if len(dom) > MAX_DOMAIN:
+        raise r.fail(key, f"at most {MAX_DOMAIN} values")
+    values: list[Scalar] = []
+    for i, v in enumerate(dom):
+        ok = {
+            "int64": isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
+            "float64": isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+            "string": isinstance(v, str) and "\x00" not in v,
+            "bool": isinstance(v, bool),
+        }[typ]
+        if not ok:
+            raise r.fail(f"{key}[{i}]", f"{v!r} is not a valid {typ} value")
+        values.append(float(v) if typ == "float64" else v)
+    if len(set(values)) != len(values):
+        raise r.fail(key, "values must be distinct")
+    return tuple(values)

@@ -1,0 +1,221 @@
+"""Talking to the sandbox process: `SandboxClient` (one connection per call) and `SandboxProcess`.
+
+The gateway imports this module; it imports nothing of the engine (no DuckDB in the gateway).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from sandbox.protocol import (
+    MAX_FRAME_BYTES,
+    CatalogInfo,
+    DescribeRequest,
+    ErrorReply,
+    ExecuteRequest,
+    ExecuteResult,
+    HealthReply,
+    HealthRequest,
+    Message,
+    ProtocolError,
+    decode_body,
+    encode_frame,
+)
+
+READY_PREFIX = "sandbox ready "
+
+
+class SandboxConnectionError(OSError):
+    """The sandbox could not be reached, closed the connection, timed out or answered garbage."""
+
+
+class SandboxStartError(RuntimeError):
+    """The sandbox process did not become ready."""
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise SandboxConnectionError("the sandbox closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+class SandboxClient:
+    """Thread-safe client: every call opens its own connection (about 0.1 ms on a Unix socket)."""
+
+    def __init__(self, socket_path: Path, timeout_s: float = 30.0) -> None:
+        """Client for the sandbox on `socket_path`; `timeout_s` is the default deadline."""
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+
+    def call(self, msg: Message, timeout_s: float | None = None) -> Message:
+        """Send one message and return the reply.
+
+        Raises:
+            SandboxConnectionError: unreachable, closed, timed out, or a malformed reply.
+        """
+        deadline = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(deadline)
+                sock.connect(str(self.socket_path))
+                sock.sendall(encode_frame(msg))
+                (length,) = struct.unpack(">I", _recv_exact(sock, 4))
+                if length > MAX_FRAME_BYTES:
+                    raise SandboxConnectionError("reply frame too large")
+                return decode_body(_recv_exact(sock, length))
+        except SandboxConnectionError:
+            raise
+        except ProtocolError as exc:
+            raise SandboxConnectionError(f"malformed reply from the sandbox: {exc}") from exc
+        except OSError as exc:  # includes socket.timeout
+            raise SandboxConnectionError(f"sandbox unreachable: {exc}") from exc
+
+    def describe(self) -> CatalogInfo:
+        """The public catalog."""
+        reply = self.call(DescribeRequest())
+        if not isinstance(reply, CatalogInfo):
+            raise SandboxConnectionError(f"unexpected reply to describe: {reply!r}")
+        return reply
+
+    def health(self) -> HealthReply:
+        """Liveness and lock-down state."""
+        reply = self.call(HealthRequest())
+        if not isinstance(reply, HealthReply):
+            raise SandboxConnectionError(f"unexpected reply to health: {reply!r}")
+        return reply
+
+    def execute(
+        self, req: ExecuteRequest, timeout_s: float | None = None
+    ) -> ExecuteResult | ErrorReply:
+        """Run a plan; a refusal or uniform failure comes back as ErrorReply.
+
+        Privacy: the reply holds only noisy values computed inside the sandbox.
+        """
+        reply = self.call(req, timeout_s)
+        if not isinstance(reply, ExecuteResult | ErrorReply):
+            raise SandboxConnectionError(f"unexpected reply to execute: {type(reply).__name__}")
+        return reply
+
+
+class SandboxProcess:
+    """A `python -m sandbox` child process owned by the caller."""
+
+    def __init__(
+        self,
+        catalog: Path,
+        socket_path: Path,
+        data_dir: Path | None = None,
+        extra_args: list[str] | None = None,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        """Describe the process; `start` (or the classmethod `SandboxProcess.start`) launches it."""
+        self.catalog = catalog
+        self.socket_path = socket_path
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args or [])
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
+
+    @classmethod
+    def start(
+        cls,
+        catalog: Path,
+        socket: Path,
+        data_dir: Path | None = None,
+        extra_args: list[str] | None = None,
+        ready_timeout_s: float = 120.0,
+    ) -> SandboxProcess:
+        """Spawn the sandbox and wait for its ready line.
+
+        Raises:
+            SandboxStartError: the child exited or did not print the ready line in time.
+        """
+        p = cls(catalog, socket, data_dir, extra_args, ready_timeout_s)
+        p._spawn()
+        return p
+
+    @property
+    def alive(self) -> bool:
+        """True while the child process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The child's pid (0 if not started)."""
+        return self.proc.pid if self.proc else 0
+
+    def client(self, timeout_s: float = 30.0) -> SandboxClient:
+        """A client for this process's socket."""
+        return SandboxClient(self.socket_path, timeout_s)
+
+    def _spawn(self) -> None:
+        cmd = [sys.executable, "-m", "sandbox", "--catalog", str(self.catalog)]
+        cmd += ["--socket", str(self.socket_path)]
+        if self.data_dir is not None:
+            cmd += ["--data-dir", str(self.data_dir)]
+        cmd += self.extra_args
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.stderr_tail.clear()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, bufsize=1
+        )
+        self.proc = proc
+        ready = threading.Event()
+        assert proc.stdout is not None and proc.stderr is not None
+        threading.Thread(target=self._drain_stdout, args=(proc.stdout, ready), daemon=True).start()
+        threading.Thread(target=self._drain_stderr, args=(proc.stderr,), daemon=True).start()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not ready.wait(0.05):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    self.stop()
+                else:
+                    proc.wait()
+                time.sleep(0.1)  # let the stderr reader catch the last lines
+                tail = "".join(list(self.stderr_tail)[-30:])
+                raise SandboxStartError(
+                    f"sandbox did not become ready (exit code {proc.returncode}):\n{tail}"
+                )
+
+    def _drain_stdout(self, stream: IO[str], ready: threading.Event) -> None:
+        for line in stream:
+            if line.startswith(READY_PREFIX):
+                ready.set()
+
+    def _drain_stderr(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.stderr_tail.append(line)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`; waits for the child."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> None:
+        """Stop the child (if running) and start a fresh one with the same arguments."""
+        self.stop()
+        self._spawn()

@@ -1,0 +1,267 @@
+"""The sandbox engine: loads the owner's files, locks DuckDB, answers plans with noisy values only.
+
+Privacy: every release goes through `sandbox.mechanisms` with a cost the sandbox computes from its
+own catalog. Each unit keeps at most K rows per table (chosen once per data version by a salted hash
+of the row, independently per unit), every summed value is clamped to the catalog bounds, and group
+keys come only from declared domains, so the L1 sensitivity of every released vector is what
+`mechanisms` assumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+from typing import Any
+
+import duckdb
+
+from sandbox import mechanisms
+from sandbox.catalog import Catalog, DatasetSpec, TableSpec
+from sandbox.compile import CompiledPlan, compile_plan, quote_ident, render_literal
+from sandbox.duckdb_config import connect, lock_down, verify_locked
+from sandbox.errors import ConfigError, PlanRejectedError
+from sandbox.guard import check_select
+from sandbox.limits import Limits
+from sandbox.protocol import (
+    AggregateKind,
+    CatalogInfo,
+    ErrorReply,
+    ExecuteRequest,
+    ExecuteResult,
+    NoisyValue,
+    ReleaseCost,
+    ReleaseRow,
+)
+
+log = logging.getLogger("sandbox.engine")
+
+# DuckDB source types accepted for each catalog type (converted losslessly at load).
+_ACCEPT = {
+    "int64": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"),
+    "float64": ("FLOAT", "DOUBLE", "DECIMAL"),
+    "string": ("VARCHAR",),
+    "bool": ("BOOLEAN",),
+}
+_SQL_TYPE = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}
+
+
+def sql_table_name(dataset: str, table: str) -> str:
+    """The DuckDB table holding `dataset.table` (names cannot contain '__', so this is unique)."""
+    return f"{dataset}__{table}"
+
+
+def data_version(ds: DatasetSpec) -> tuple[str, str]:
+    """(public version, private salt): sha256 over the dataset's files, first 16 hex / full."""
+    h = hashlib.sha256()
+    for t in sorted(ds.tables, key=lambda t: t.name):
+        h.update(f"{t.name}\x00{t.file.name}\x00".encode())
+        with t.file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\x00")
+    full = h.hexdigest()
+    return full[:16], full
+
+
+class Engine:
+    """Owns the locked DuckDB connection and answers `ExecuteRequest`s."""
+
+    def __init__(self, catalog: Catalog, limits: Limits | None = None) -> None:
+        """Load every table of `catalog`, truncate, validate types, then lock down.
+
+        Raises:
+            ConfigError: a file is missing or unreadable, or its columns do not match the catalog.
+            LockDownError: DuckDB did not reach the locked state.
+        """
+        self.catalog = catalog
+        self.limits = limits or Limits()
+        self._con = connect(self.limits)
+        self.row_counts: dict[str, int] = {}
+        versions: dict[str, str] = {}
+        for ds in catalog.datasets:
+            for t in ds.tables:
+                if not t.file.is_file():
+                    raise ConfigError(str(catalog.path), f"{t.key}.file", f"no such file: {t.file}")
+            versions[ds.name], salt = data_version(ds)
+            for t in ds.tables:
+                self._load(ds, t, salt)
+        lock_down(self._con)
+        self.locked_down = True
+        self._info = catalog.public(versions)
+        self._tables = frozenset(self.row_counts)
+
+    def _source(self, t: TableSpec) -> str:
+        path = render_literal(str(t.file))
+        if t.file.suffix.lower() == ".parquet":
+            return f"read_parquet({path})"
+        types = ", ".join(
+            f"{render_literal(c.name)}: {render_literal(_SQL_TYPE[c.type])}" for c in t.info.columns
+        )
+        return f"read_csv({path}, header = true, types = {{{types}}})"
+
+    def _load(self, ds: DatasetSpec, t: TableSpec, salt: str) -> None:
+        src = self._source(t)
+        cfile = str(self.catalog.path)
+        try:
+            described = self._con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
+            found = {r[0]: r[1] for r in described}
+        except duckdb.Error as exc:
+            raise ConfigError(cfile, f"{t.key}.file", f"cannot read {t.file}: {exc}") from exc
+        for c in t.info.columns:
+            if c.name not in found:
+                raise ConfigError(cfile, f"{t.key}.columns.{c.name}", f"not a column of {t.file}")
+            src_type = str(found[c.name]).split("(")[0]
+            if src_type not in _ACCEPT[c.type]:
+                raise ConfigError(
+                    cfile,
+                    f"{t.key}.columns.{c.name}.type",
+                    f"declared {c.type} but {t.file} has {found[c.name]}",
+                )
+        cols = ", ".join(
+            f"CAST({quote_ident(c.name)} AS {_SQL_TYPE[c.type]}) AS {quote_ident(c.name)}"
+            for c in t.info.columns
+        )
+        row = ", ".join(quote_ident(c.name) for c in t.info.columns)
+        unit = quote_ident(ds.privacy_unit)
+        name = sql_table_name(ds.name, t.name)
+        k = t.info.max_rows_per_unit
+        # Per-unit truncation: keep the K rows of each unit with the smallest salted row hash. The
+        # choice for one unit depends only on its own rows and the data version, so it is stable.
+        self._con.execute(
+            f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM ("
+            f"SELECT *, row_number() OVER (PARTITION BY {unit} ORDER BY __pgw_h) AS __pgw_rn FROM ("
+            f"SELECT *, hash({render_literal(salt)}, {row}) AS __pgw_h FROM {src})"
+            f") WHERE __pgw_rn <= {k}"
+        )
+        count = self._con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()
+        self.row_counts[name] = int(count[0]) if count else 0
+        log.info("loaded %s.%s: %d rows after truncation to %d per unit", ds.name, t.name,
+                 self.row_counts[name], k)
+
+    def describe(self) -> CatalogInfo:
+        """The public catalog (names, grades, bounds, domains, data versions); no data."""
+        return self._info
+
+    def verify(self) -> bool:
+        """True when the DuckDB connection is still locked down."""
+        try:
+            cur = self._con.cursor()
+            try:
+                verify_locked(cur)
+            finally:
+                cur.close()
+        except Exception:  # any doubt means "not locked"
+            return False
+        return True
+
+    def run_select(self, sql: str, timeout_ms: int | None = None) -> list[tuple[Any, ...]]:
+        """Run one guarded SELECT on a fresh cursor, interrupting it at the deadline.
+
+        Raises:
+            PlanRejectedError: `sql` is not one SELECT over loaded tables (see `sandbox.guard`).
+            duckdb.Error: the engine failed or the query was interrupted.
+        """
+        deadline = (timeout_ms or self.limits.query_timeout_ms) / 1000
+        cur = self._con.cursor()
+        timer = threading.Timer(deadline, cur.interrupt)
+        timer.daemon = True
+        try:
+            check_select(cur, sql, self._tables)
+            timer.start()
+            return cur.execute(sql).fetchall()
+        finally:
+            timer.cancel()
+            cur.close()
+
+    def execute(self, req: ExecuteRequest) -> ExecuteResult | ErrorReply:
+        """Price, compile, run and noise one plan.
+
+        Privacy: the sandbox prices the plan with its own catalog and refuses it if the cost
+        exceeds `req.epsilon`; each component is released once with `mechanisms.release_vector`
+        over all cells. Refusals depend only on the plan and the catalog; any failure after
+        touching data is the uniform ErrorReply('failed', '') (engine text goes to stderr only).
+        """
+        plan = req.plan
+        ds = self.catalog.dataset(plan.dataset)
+        info = self._info.dataset(plan.dataset)
+        spec = ds.table(plan.table) if ds else None
+        if ds is None or info is None or spec is None:
+            return ErrorReply("rejected", "unknown dataset or table")
+        try:
+            compiled = compile_plan(
+                plan,
+                spec.info,
+                sql_table=sql_table_name(ds.name, spec.name),
+                unit=ds.privacy_unit,
+                max_cells=self.limits.max_groups,
+            )
+            costs = mechanisms.price(plan, info, req.epsilon)
+            if not mechanisms.total_epsilon(costs) <= req.epsilon:
+                raise PlanRejectedError("the plan costs more than the authorised epsilon")
+        except PlanRejectedError as exc:
+            return ErrorReply("rejected", str(exc))
+        try:
+            rows = self._release(req, compiled, costs, spec)
+        except Exception:  # uniform failure; details stay in the sandbox log
+            log.exception("request %s failed after touching data", req.request_id)
+            return ErrorReply("failed", "")
+        return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
+
+    def _release(
+        self,
+        req: ExecuteRequest,
+        compiled: CompiledPlan,
+        costs: tuple[ReleaseCost, ...],
+        spec: TableSpec,
+    ) -> tuple[ReleaseRow, ...]:
+        n_keys = len(req.plan.group_by)
+        exact = {cell: [0] * len(compiled.components) for cell in compiled.cells}
+        for r in self.run_select(compiled.sql):
+            cell = tuple(r[:n_keys])
+            if cell not in exact:
+                raise RuntimeError("engine returned a group outside the declared domain")
+            exact[cell] = list(r[n_keys:])
+        for vector in exact.values():
+            for v in vector:
+                if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+                    raise RuntimeError("non-numeric exact aggregate")
+                if not math.isfinite(v):
+                    raise RuntimeError("non-finite exact aggregate")
+        column = {comp: j for j, comp in enumerate(compiled.components)}
+        noisy: dict[tuple[int, str], list[int | float]] = {}
+        for cost in costs:
+            j = column[(cost.aggregate_index, cost.component)]
+            noisy[(cost.aggregate_index, cost.component)] = mechanisms.release_vector(
+                cost, [exact[cell][j] for cell in compiled.cells]
+            )
+        by_comp = {(c.aggregate_index, c.component): c for c in costs}
+        rows: list[ReleaseRow] = []
+        for n, cell in enumerate(compiled.cells):
+            values: list[NoisyValue] = []
+            for i, agg in enumerate(req.plan.aggregates):
+                if agg.kind is AggregateKind.AVG:
+                    assert agg.column is not None
+                    col = spec.info.column(agg.column)
+                    assert col is not None and col.lower is not None and col.upper is not None
+                    values.append(
+                        mechanisms.noisy_average(
+                            by_comp[(i, "sum")],
+                            by_comp[(i, "count")],
+                            float(noisy[(i, "sum")][n]),
+                            float(noisy[(i, "count")][n]),
+                            float(col.lower),
+                            float(col.upper),
+                        )
+                    )
+                else:
+                    comp = "sum" if agg.kind is AggregateKind.SUM else "count"
+                    values.append(
+                        mechanisms.noisy_count_or_sum(
+                            by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=comp == "count"
+                        )
+                    )
+            rows.append(ReleaseRow(keys=cell, values=tuple(values)))
+        return tuple(rows)
+

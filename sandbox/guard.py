@@ -1,0 +1,118 @@
+"""Defence in depth: the only SQL shape the sandbox will run, checked on DuckDB's own parse tree.
+
+`compile.py` is the only producer of SQL, so this guard should never fire. It exists so that a
+bug there cannot become a file read, a metadata leak or a second statement (THREATS.md 1, FACTS.md
+A.2): exactly one SELECT statement; one base table that the engine loaded; no subqueries, CTEs,
+joins, table functions, SHOW/SUMMARIZE, VALUES, samples, time travel, modifiers, windows or star;
+only the functions, operators and casts that `compile.py` emits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Set
+from typing import Any
+
+import duckdb
+
+from sandbox.errors import PlanRejectedError
+
+_NODE_KEYS = frozenset(
+    {"type", "cte_map", "select_list", "from_table", "where_clause", "group_expressions",
+     "group_sets", "aggregate_handling", "query_location", "query_location_length"}
+)
+_TABLE_KEYS = frozenset(
+    {"type", "table_name", "qualified_name", "query_location", "query_location_length"}
+)
+_FUNCTIONS = frozenset(
+    {"count_star", "count", "sum", "fsum", "least", "greatest", "isnan", "+", "-", "*", "/", "%"}
+)
+_FUNCTION_KEYS = frozenset(
+    {"class", "type", "function_name", "arguments", "order_bys", "is_operator", "qualified_name",
+     "query_location", "query_location_length"}
+)
+_CLASSES = frozenset(
+    {"COLUMN_REF", "CONSTANT", "FUNCTION", "CAST", "COMPARISON", "CONJUNCTION", "OPERATOR",
+     "BETWEEN", "CASE", "TYPE"}
+)
+_OPERATORS = frozenset(
+    {"OPERATOR_COALESCE", "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL",
+     "COMPARE_IN", "COMPARE_NOT_IN"}
+)
+_CAST_TYPES = frozenset({"DOUBLE", "BIGINT"})
+
+
+def _refuse(why: str) -> PlanRejectedError:
+    return PlanRejectedError(f"refused by the SQL guard: {why}")
+
+
+def check_select(con: duckdb.DuckDBPyConnection, sql: str, tables: Set[str]) -> None:
+    """Refuse `sql` unless it is one plain aggregate SELECT over one table of `tables`.
+
+    Args:
+        con: a connection or cursor of the locked database (only parses; runs nothing on data).
+        sql: the statement text.
+        tables: names of the tables the engine loaded.
+
+    Raises:
+        PlanRejectedError: anything else.
+    """
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise _refuse("does not parse") from exc
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise _refuse("exactly one SELECT statement is allowed")
+    row = con.execute(
+        "SELECT json_serialize_sql(?, skip_null := true, skip_empty := true, skip_default := true)",
+        [sql],
+    ).fetchone()
+    tree = json.loads(row[0]) if row else {}
+    if tree.get("error") is not False or len(tree.get("statements", ())) != 1:
+        raise _refuse("not a serialisable single SELECT")
+    node = tree["statements"][0].get("node", {})
+    if node.get("type") != "SELECT_NODE" or not set(node) <= _NODE_KEYS:
+        raise _refuse(f"unsupported query shape {sorted(set(node) - _NODE_KEYS)}")
+    if node.get("cte_map", {}) not in ({}, {"map": []}):
+        raise _refuse("common table expressions")
+    if node.get("aggregate_handling", "STANDARD_HANDLING") != "STANDARD_HANDLING":
+        raise _refuse("non-standard aggregate handling")
+    src = node.get("from_table", {})
+    if src.get("type") != "BASE_TABLE" or not set(src) <= _TABLE_KEYS:
+        raise _refuse("the source must be one loaded table")
+    name = src.get("table_name")
+    if name not in tables or src.get("qualified_name", {"path": [name]}) != {"path": [name]}:
+        raise _refuse("unknown table")
+    for key in ("select_list", "where_clause", "group_expressions"):
+        _walk(node.get(key), 0)
+
+
+def _walk(e: Any, depth: int) -> None:
+    if depth > 600:
+        raise _refuse("expression too deep")
+    if isinstance(e, list):
+        for x in e:
+            _walk(x, depth + 1)
+        return
+    if not isinstance(e, dict):
+        return
+    cls = e.get("class")
+    if cls is not None:
+        if cls not in _CLASSES:
+            raise _refuse(f"expression class {cls}")
+        if cls == "FUNCTION":
+            if e.get("function_name") not in _FUNCTIONS or not set(e) <= _FUNCTION_KEYS:
+                raise _refuse(f"function {e.get('function_name')!r}")
+            if e.get("order_bys", {"type": "ORDER_MODIFIER"}) != {"type": "ORDER_MODIFIER"}:
+                raise _refuse("ordered aggregate")
+        if cls == "OPERATOR" and e.get("type") not in _OPERATORS:
+            raise _refuse(f"operator {e.get('type')}")
+        if cls == "TYPE" and (e.get("type_name") not in _CAST_TYPES or e.get("children")):
+            raise _refuse("cast target")
+        if cls == "CAST" and e.get("try_cast"):
+            raise _refuse("try_cast")
+        if cls == "COLUMN_REF" and len(e.get("column_names", ())) != 1:
+            raise _refuse("qualified column reference")
+    for k, v in e.items():
+        if k != "qualified_name":
+            _walk(v, depth + 1)

@@ -1,0 +1,38 @@
+"""Resource limits of the sandbox process (set by the data owner on the command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits the sandbox enforces on itself.
+
+    Attributes:
+        memory_limit: DuckDB `memory_limit` (binary units, e.g. '2GiB'); nothing spills to disk.
+        threads: DuckDB worker threads.
+        query_timeout_ms: per-query deadline: DuckDB `max_execution_time` plus a watchdog interrupt.
+        max_groups: most cells (product of group-key domain sizes) a plan may ask for.
+        address_space_bytes: RLIMIT_AS for the whole sandbox process; 0 leaves it unset.
+    """
+
+    memory_limit: str = "2GiB"
+    threads: int = 2
+    query_timeout_ms: int = 10_000
+    max_groups: int = 100_000
+    address_space_bytes: int = 8 * GIB
+
+    def __post_init__(self) -> None:
+        if not self.memory_limit or any(c in self.memory_limit for c in "'\"\\;\x00"):
+            raise ValueError("memory_limit must be a size such as '2GiB'")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if self.query_timeout_ms < 1:
+            raise ValueError("query_timeout_ms must be at least 1")
+        if self.max_groups < 1:
+            raise ValueError("max_groups must be at least 1")
+        if self.address_space_bytes < 0:
+            raise ValueError("address_space_bytes must be >= 0 (0 = no limit)")

@@ -1,0 +1,664 @@
+"""What crosses the trust boundary: plans go into the sandbox, noisy releases come out. Nothing else.
+
+The gateway sends a `QueryPlan`: a typed, closed expression tree built by its analyzer from a validated
+parse tree. It never sends SQL text; the sandbox regenerates SQL from the tree itself (`sandbox/compile.py`),
+so a plan can only express what these node types can express.
+
+The sandbox answers with an `ExecuteResult`: per output row the public group keys and, per aggregate,
+a `NoisyValue` (noisy value, mechanism, scale, standard deviation, 95% interval). The exact aggregates
+never leave the sandbox process; no type here can carry them.
+
+Wire format: one JSON object per frame (`encode_frame`/`decode_frame`: 4-byte big-endian length, then
+UTF-8 JSON). Decoding is strict: unknown node types or keys are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal as TypingLiteral, TypeAlias
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+# ---------------------------------------------------------------------------------------------------
+# Expression tree (a closed set of node types; the analyzer builds it, the sandbox compiles it)
+# ---------------------------------------------------------------------------------------------------
+
+Scalar: TypeAlias = int | float | str | bool | None
+
+ARITHMETIC_OPS = frozenset({"+", "-", "*", "/", "%"})
+COMPARISON_OPS = frozenset({"=", "<>", "<", "<=", ">", ">="})
+LOGICAL_OPS = frozenset({"AND", "OR"})
+BINARY_OPS = ARITHMETIC_OPS | COMPARISON_OPS | LOGICAL_OPS
+UNARY_OPS = frozenset({"-", "NOT"})
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of the plan's table, by its catalog name."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A constant: integer, finite float, string, boolean or NULL."""
+
+    value: Scalar
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise ValueError("literal must be finite")
+
+
+@dataclass(frozen=True, slots=True)
+class Unary:
+    """`-x` or `NOT x`."""
+
+    op: str
+    operand: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in UNARY_OPS:
+            raise ValueError(f"unknown unary operator {self.op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """Arithmetic, comparison or AND/OR."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in BINARY_OPS:
+            raise ValueError(f"unknown binary operator {self.op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull:
+    """`x IS [NOT] NULL`."""
+
+    operand: Expr
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InList:
+    """`x [NOT] IN (literal, ...)`."""
+
+    operand: Expr
+    values: tuple[Literal, ...]
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Between:
+    """`x [NOT] BETWEEN low AND high`."""
+
+    operand: Expr
+    low: Expr
+    high: Expr
+    negated: bool = False
+
+
+Expr: TypeAlias = Column | Literal | Unary | Binary | IsNull | InList | Between
+
+
+class AggregateKind(StrEnum):
+    """The aggregates a plan may ask for."""
+
+    COUNT = "count"  # COUNT(*): rows after contribution bounding
+    COUNT_COLUMN = "count_column"  # COUNT(col): non-NULL values of col
+    SUM = "sum"  # SUM(col), col clamped to the catalog bounds
+    AVG = "avg"  # AVG(col) = noisy SUM(col) / noisy COUNT(col): two releases
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One aggregate of the select list; `weight` is its share of the query's epsilon."""
+
+    kind: AggregateKind
+    column: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.column is None) != (self.kind is AggregateKind.COUNT):
+            raise ValueError("COUNT(*) takes no column; every other aggregate takes one")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError("aggregate weight must be finite and positive")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    """A column of the answer: a group key (`group_index`) or an aggregate (`aggregate_index`)."""
+
+    name: str
+    group_index: int | None = None
+    aggregate_index: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.group_index is None) == (self.aggregate_index is None):
+            raise ValueError("an output column refers to exactly one group key or aggregate")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPlan:
+    """A validated query over one table of one dataset."""
+
+    dataset: str
+    table: str
+    aggregates: tuple[Aggregate, ...]
+    outputs: tuple[OutputColumn, ...]
+    where: Expr | None = None
+    group_by: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.aggregates:
+            raise ValueError("a plan needs at least one aggregate")
+        for out in self.outputs:
+            if out.group_index is not None and not 0 <= out.group_index < len(self.group_by):
+                raise ValueError("output refers to a missing group key")
+            if out.aggregate_index is not None and not (
+                0 <= out.aggregate_index < len(self.aggregates)
+            ):
+                raise ValueError("output refers to a missing aggregate")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The public part of the data owner's catalog (what the gateway may learn)
+# ---------------------------------------------------------------------------------------------------
+
+ColumnType: TypeAlias = TypingLiteral["int64", "float64", "string", "bool"]
+Grade: TypeAlias = TypingLiteral["public", "internal", "sensitive", "identifier"]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """A column's public description. Identifiers never appear in any query or answer."""
+
+    name: str
+    type: ColumnType
+    grade: Grade
+    lower: float | None = None
+    upper: float | None = None
+    domain: tuple[Scalar, ...] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A table's public description; each privacy unit keeps at most `max_rows_per_unit` rows."""
+
+    name: str
+    columns: tuple[ColumnInfo, ...]
+    max_rows_per_unit: int
+
+    def column(self, name: str) -> ColumnInfo | None:
+        """Return the column called `name`, or None."""
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    """A dataset's public description: its privacy unit, tables and data version."""
+
+    name: str
+    privacy_unit: str
+    tables: tuple[TableInfo, ...]
+    version: str
+    description: str = ""
+    owner: str = ""
+
+    def table(self, name: str) -> TableInfo | None:
+        """Return the table called `name`, or None."""
+        for t in self.tables:
+            if t.name == name:
+                return t
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogInfo:
+    """Everything public about the data the sandbox holds."""
+
+    datasets: tuple[DatasetInfo, ...]
+
+    def dataset(self, name: str) -> DatasetInfo | None:
+        """Return the dataset called `name`, or None."""
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Releases (what comes out)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoisyValue:
+    """One released value with its noise description and a 95% confidence interval."""
+
+    value: float | int
+    mechanism: str
+    scale: float
+    stddev: float
+    ci_lower: float
+    ci_upper: float
+
+    def __post_init__(self) -> None:
+        for name in ("value", "scale", "stddev", "ci_lower", "ci_upper"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"NoisyValue.{name} must be a finite number")
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    """One answer row: public group keys (from the declared domain) and one noisy value per aggregate."""
+
+    keys: tuple[Scalar, ...]
+    values: tuple[NoisyValue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseCost:
+    """What one measurement of the plan cost, from its OpenDP privacy map."""
+
+    aggregate_index: int
+    component: str  # "count" or "sum"
+    mechanism: str
+    sensitivity: float
+    scale: float
+    epsilon: float
+    delta: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteRequest:
+    """Run `plan`, spending at most `epsilon` (the gateway has already charged it)."""
+
+    request_id: str
+    plan: QueryPlan
+    epsilon: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteResult:
+    """The sandbox's answer: noisy rows and the cost of every measurement that produced them."""
+
+    rows: tuple[ReleaseRow, ...]
+    costs: tuple[ReleaseCost, ...]
+    dataset_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A refusal before touching data (`rejected`, with a data-independent message) or a uniform failure."""
+
+    kind: TypingLiteral["rejected", "failed", "bad_request"]
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeRequest:
+    """Ask for the public catalog."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRequest:
+    """Liveness probe."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReply:
+    """Liveness answer with the sandbox's lock-down state."""
+
+    serving: bool
+    locked_down: bool
+    pid: int = field(default=0)
+
+
+Message: TypeAlias = (
+    ExecuteRequest
+    | ExecuteResult
+    | ErrorReply
+    | DescribeRequest
+    | CatalogInfo
+    | HealthRequest
+    | HealthReply
+)
+
+# ---------------------------------------------------------------------------------------------------
+# JSON codec (strict)
+# ---------------------------------------------------------------------------------------------------
+
+
+class ProtocolError(ValueError):
+    """A frame or message is malformed."""
+
+
+def _expr_to_json(e: Expr) -> dict[str, Any]:
+    match e:
+        case Column(name):
+            return {"t": "col", "name": name}
+        case Literal(value):
+            return {"t": "lit", "value": value}
+        case Unary(op, operand):
+            return {"t": "unary", "op": op, "operand": _expr_to_json(operand)}
+        case Binary(op, left, right):
+            return {"t": "bin", "op": op, "l": _expr_to_json(left), "r": _expr_to_json(right)}
+        case IsNull(operand, negated):
+            return {"t": "isnull", "operand": _expr_to_json(operand), "negated": negated}
+        case InList(operand, values, negated):
+            return {
+                "t": "in",
+                "operand": _expr_to_json(operand),
+                "values": [v.value for v in values],
+                "negated": negated,
+            }
+        case Between(operand, low, high, negated):
+            return {
+                "t": "between",
+                "operand": _expr_to_json(operand),
+                "low": _expr_to_json(low),
+                "high": _expr_to_json(high),
+                "negated": negated,
+            }
+    raise ProtocolError(f"not an expression: {type(e).__name__}")
+
+
+def _keys(d: dict[str, Any], allowed: set[str]) -> None:
+    extra = set(d) - allowed
+    if extra:
+        raise ProtocolError(f"unexpected keys {sorted(extra)}")
+
+
+def _scalar(v: Any) -> Scalar:
+    if v is None or isinstance(v, bool | int | str):
+        return v  # type: ignore[no-any-return]
+    if isinstance(v, float) and math.isfinite(v):
+        return v
+    raise ProtocolError("literal must be a finite number, string, boolean or null")
+
+
+def _expr_from_json(d: Any, depth: int = 0) -> Expr:
+    if depth > 64:
+        raise ProtocolError("expression nested too deeply")
+    if not isinstance(d, dict):
+        raise ProtocolError("expression must be an object")
+    t = d.get("t")
+    try:
+        if t == "col":
+            _keys(d, {"t", "name"})
+            if not isinstance(d["name"], str):
+                raise ProtocolError("column name must be a string")
+            return Column(d["name"])
+        if t == "lit":
+            _keys(d, {"t", "value"})
+            return Literal(_scalar(d["value"]))
+        if t == "unary":
+            _keys(d, {"t", "op", "operand"})
+            return Unary(str(d["op"]), _expr_from_json(d["operand"], depth + 1))
+        if t == "bin":
+            _keys(d, {"t", "op", "l", "r"})
+            return Binary(
+                str(d["op"]), _expr_from_json(d["l"], depth + 1), _expr_from_json(d["r"], depth + 1)
+            )
+        if t == "isnull":
+            _keys(d, {"t", "operand", "negated"})
+            return IsNull(_expr_from_json(d["operand"], depth + 1), bool(d["negated"]))
+        if t == "in":
+            _keys(d, {"t", "operand", "values", "negated"})
+            return InList(
+                _expr_from_json(d["operand"], depth + 1),
+                tuple(Literal(_scalar(v)) for v in d["values"]),
+                bool(d["negated"]),
+            )
+        if t == "between":
+            _keys(d, {"t", "operand", "low", "high", "negated"})
+            return Between(
+                _expr_from_json(d["operand"], depth + 1),
+                _expr_from_json(d["low"], depth + 1),
+                _expr_from_json(d["high"], depth + 1),
+                bool(d["negated"]),
+            )
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed expression node {t!r}") from exc
+    except ValueError as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(str(exc)) from exc
+    raise ProtocolError(f"unknown expression node {t!r}")
+
+
+def plan_to_json(p: QueryPlan) -> dict[str, Any]:
+    """Serialize a plan."""
+    return {
+        "dataset": p.dataset,
+        "table": p.table,
+        "aggregates": [
+            {"kind": a.kind.value, "column": a.column, "weight": a.weight} for a in p.aggregates
+        ],
+        "outputs": [
+            {"name": o.name, "group_index": o.group_index, "aggregate_index": o.aggregate_index}
+            for o in p.outputs
+        ],
+        "where": None if p.where is None else _expr_to_json(p.where),
+        "group_by": list(p.group_by),
+    }
+
+
+def plan_from_json(d: Any) -> QueryPlan:
+    """Deserialize and validate a plan."""
+    if not isinstance(d, dict):
+        raise ProtocolError("plan must be an object")
+    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by"})
+    try:
+        return QueryPlan(
+            dataset=str(d["dataset"]),
+            table=str(d["table"]),
+            aggregates=tuple(
+                Aggregate(AggregateKind(a["kind"]), a["column"], float(a["weight"]))
+                for a in d["aggregates"]
+            ),
+            outputs=tuple(
+                OutputColumn(str(o["name"]), o["group_index"], o["aggregate_index"])
+                for o in d["outputs"]
+            ),
+            where=None if d["where"] is None else _expr_from_json(d["where"]),
+            group_by=tuple(str(g) for g in d["group_by"]),
+        )
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed plan: {exc}") from exc
+
+
+def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
+    return {
+        "datasets": [
+            {
+                "name": d.name,
+                "privacy_unit": d.privacy_unit,
+                "version": d.version,
+                "description": d.description,
+                "owner": d.owner,
+                "tables": [
+                    {
+                        "name": t.name,
+                        "max_rows_per_unit": t.max_rows_per_unit,
+                        "columns": [
+                            {
+                                "name": col.name,
+                                "type": col.type,
+                                "grade": col.grade,
+                                "lower": col.lower,
+                                "upper": col.upper,
+                                "domain": None if col.domain is None else list(col.domain),
+                                "description": col.description,
+                            }
+                            for col in t.columns
+                        ],
+                    }
+                    for t in d.tables
+                ],
+            }
+            for d in c.datasets
+        ]
+    }
+
+
+def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
+    return CatalogInfo(
+        datasets=tuple(
+            DatasetInfo(
+                name=ds["name"],
+                privacy_unit=ds["privacy_unit"],
+                version=ds["version"],
+                description=ds["description"],
+                owner=ds["owner"],
+                tables=tuple(
+                    TableInfo(
+                        name=t["name"],
+                        max_rows_per_unit=int(t["max_rows_per_unit"]),
+                        columns=tuple(
+                            ColumnInfo(
+                                name=c["name"],
+                                type=c["type"],
+                                grade=c["grade"],
+                                lower=c["lower"],
+                                upper=c["upper"],
+                                domain=None if c["domain"] is None else tuple(c["domain"]),
+                                description=c["description"],
+                            )
+                            for c in t["columns"]
+                        ),
+                    )
+                    for t in ds["tables"]
+                ),
+            )
+            for ds in d["datasets"]
+        )
+    )
+
+
+def _noisy_to_json(v: NoisyValue) -> list[Any]:
+    return [v.value, v.mechanism, v.scale, v.stddev, v.ci_lower, v.ci_upper]
+
+
+def to_json(msg: Message) -> dict[str, Any]:
+    """Serialize any protocol message to a JSON-compatible dict tagged with its type."""
+    match msg:
+        case ExecuteRequest():
+            return {
+                "type": "execute",
+                "request_id": msg.request_id,
+                "plan": plan_to_json(msg.plan),
+                "epsilon": msg.epsilon,
+            }
+        case ExecuteResult():
+            return {
+                "type": "result",
+                "dataset_version": msg.dataset_version,
+                "rows": [
+                    {"keys": list(r.keys), "values": [_noisy_to_json(v) for v in r.values]}
+                    for r in msg.rows
+                ],
+                "costs": [
+                    [c.aggregate_index, c.component, c.mechanism, c.sensitivity, c.scale,
+                     c.epsilon, c.delta]
+                    for c in msg.costs
+                ],
+            }
+        case ErrorReply():
+            return {"type": "error", "kind": msg.kind, "message": msg.message}
+        case DescribeRequest():
+            return {"type": "describe"}
+        case CatalogInfo():
+            return {"type": "catalog", **_catalog_to_json(msg)}
+        case HealthRequest():
+            return {"type": "health"}
+        case HealthReply():
+            return {
+                "type": "health_reply",
+                "serving": msg.serving,
+                "locked_down": msg.locked_down,
+                "pid": msg.pid,
+            }
+    raise ProtocolError(f"not a protocol message: {type(msg).__name__}")
+
+
+def from_json(d: Any) -> Message:
+    """Deserialize and validate a protocol message."""
+    if not isinstance(d, dict):
+        raise ProtocolError("message must be an object")
+    t = d.get("type")
+    try:
+        if t == "execute":
+            _keys(d, {"type", "request_id", "plan", "epsilon"})
+            eps = d["epsilon"]
+            if isinstance(eps, bool) or not isinstance(eps, int | float):
+                raise ProtocolError("epsilon must be a number")
+            return ExecuteRequest(str(d["request_id"]), plan_from_json(d["plan"]), float(eps))
+        if t == "result":
+            return ExecuteResult(
+                rows=tuple(
+                    ReleaseRow(
+                        keys=tuple(_scalar(k) for k in r["keys"]),
+                        values=tuple(NoisyValue(*v) for v in r["values"]),
+                    )
+                    for r in d["rows"]
+                ),
+                costs=tuple(ReleaseCost(*c) for c in d["costs"]),
+                dataset_version=str(d["dataset_version"]),
+            )
+        if t == "error":
+            kind = d["kind"]
+            if kind not in ("rejected", "failed", "bad_request"):
+                raise ProtocolError("unknown error kind")
+            return ErrorReply(kind, str(d["message"]))
+        if t == "describe":
+            return DescribeRequest()
+        if t == "catalog":
+            return _catalog_from_json(d)
+        if t == "health":
+            return HealthRequest()
+        if t == "health_reply":
+            return HealthReply(bool(d["serving"]), bool(d["locked_down"]), int(d["pid"]))
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed {t!r} message") from exc
+    raise ProtocolError(f"unknown message type {t!r}")
+
+
+def encode_frame(msg: Message) -> bytes:
+    """Length-prefixed JSON frame for a message."""
+    body = json.dumps(to_json(msg), separators=(",", ":"), allow_nan=False).encode()
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame too large")
+    return struct.pack(">I", len(body)) + body
+
+
+def decode_body(body: bytes) -> Message:
+    """Decode a frame body (without its length prefix)."""
+    try:
+        obj = json.loads(body.decode(), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("frame is not valid JSON") from exc
+    return from_json(obj)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"non-finite number {name} in frame")

@@ -1,0 +1,153 @@
+"""The sandbox's Unix-socket server: length-prefixed JSON frames (`sandbox.protocol`), one thread
+per connection, several request/response frames per connection in sequence.
+
+The socket is created only after the engine has loaded the data and locked DuckDB, with mode 0600
+in a directory the data owner controls. A malformed frame gets ErrorReply('bad_request'); an
+oversized frame gets the same reply and closes the connection (its boundary is lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import socketserver
+import stat
+import struct
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sandbox.engine import Engine
+from sandbox.protocol import (
+    MAX_FRAME_BYTES,
+    DescribeRequest,
+    ErrorReply,
+    ExecuteRequest,
+    HealthReply,
+    HealthRequest,
+    Message,
+    ProtocolError,
+    decode_body,
+    encode_frame,
+)
+
+log = logging.getLogger("sandbox.server")
+IDLE_TIMEOUT_S = 300.0
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Read exactly `n` bytes; None if the peer closed the connection first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: SandboxServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(IDLE_TIMEOUT_S)
+        try:
+            while True:
+                header = recv_exact(sock, 4)
+                if header is None:
+                    return
+                (length,) = struct.unpack(">I", header)
+                if length > MAX_FRAME_BYTES:
+                    sock.sendall(encode_frame(ErrorReply("bad_request", "frame too large")))
+                    return
+                body = recv_exact(sock, length)
+                if body is None:
+                    return
+                sock.sendall(encode_frame(self.server.dispatch(body)))
+        except OSError as exc:  # timeouts, resets: drop this connection only
+            log.info("connection closed: %s", exc)
+
+
+class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Serves one `Engine` on a Unix domain socket."""
+
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, socket_path: Path, engine: Engine) -> None:
+        """Bind `socket_path` (mode 0600) for `engine`.
+
+        Raises:
+            OSError: the parent directory is missing, the path is not a socket, or another server
+                answers on it.
+        """
+        self.engine = engine
+        self.socket_path = socket_path
+        _remove_stale(socket_path)
+        old = os.umask(0o177)
+        try:
+            super().__init__(str(socket_path), _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(socket_path, 0o600)
+
+    def dispatch(self, body: bytes) -> Message:
+        """Answer one frame body."""
+        try:
+            msg = decode_body(body)
+        except ProtocolError as exc:
+            return ErrorReply("bad_request", str(exc))
+        if isinstance(msg, ExecuteRequest):
+            return self.engine.execute(msg)
+        if isinstance(msg, DescribeRequest):
+            return self.engine.describe()
+        if isinstance(msg, HealthRequest):
+            return HealthReply(serving=True, locked_down=self.engine.verify(), pid=os.getpid())
+        return ErrorReply("bad_request", f"unexpected message {type(msg).__name__}")
+
+    def close_and_unlink(self) -> None:
+        """Close the listening socket and remove its file."""
+        self.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+
+def _remove_stale(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"socket directory {path.parent} does not exist")
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: a stale socket from a previous run
+        return
+    finally:
+        probe.close()
+    raise FileExistsError(f"another server is listening on {path}")
+
+
+def serve(server: SandboxServer, ready_line: str) -> None:
+    """Print `ready_line`, serve until SIGTERM/SIGINT, then close and remove the socket."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        print(ready_line, flush=True)
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.close_and_unlink()

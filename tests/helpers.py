@@ -1,0 +1,128 @@
+"""Test helpers: the test policy, environment paths, mTLS channels and stubs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import duckdb
+import grpc
+from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
+from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
+from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
+
+from gateway.settings import Settings
+
+PEOPLE = 3000
+
+# The test operator policy: small budgets so exhaustion is easy to reach.
+TEST_POLICY = """
+schema = "privacy_gateway.operator.v1"
+
+[consumers.analyst]
+organization = "Test Bank"
+
+[consumers.planner]
+organization = "Test Institute"
+
+[consumers.racer]
+organization = "Concurrency Tests"
+
+[consumers.restarter]
+organization = "Restart Tests"
+
+[[grants]]
+consumer = "analyst"
+dataset = "registry"
+purpose = "testing"
+privacy_definition = "pure_dp"
+epsilon = 1000.0
+delta = 0.0
+max_epsilon_per_query = 100.0
+
+[[grants]]
+consumer = "planner"
+dataset = "registry"
+purpose = "planning"
+privacy_definition = "pure_dp"
+epsilon = 1.0
+delta = 0.0
+max_epsilon_per_query = 0.5
+
+[[grants]]
+consumer = "racer"
+dataset = "registry"
+purpose = "racing"
+privacy_definition = "pure_dp"
+epsilon = 1.0
+delta = 0.0
+max_epsilon_per_query = 1.0
+
+[[grants]]
+consumer = "restarter"
+dataset = "registry"
+purpose = "restarting"
+privacy_definition = "pure_dp"
+epsilon = 1.0
+delta = 0.0
+max_epsilon_per_query = 1.0
+"""
+
+CLIENTS = ["analyst", "planner", "racer", "restarter", "stranger"]  # stranger: valid CA, no policy entry
+
+
+@dataclass(frozen=True)
+class Env:
+    """Paths of the test environment."""
+
+    root: Path
+    data_dir: Path
+    tls_dir: Path
+    foreign_tls_dir: Path
+    settings: Settings
+
+    def exact(self, sql: str) -> list[tuple[object, ...]]:
+        """Exact answers, computed by the test straight from the files (the gateway never does this)."""
+        con = duckdb.connect()
+        for name in ("residents", "social_insurance", "enterprises"):
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{self.data_dir / name}.parquet')"
+            )
+        return con.execute(sql).fetchall()
+
+
+def channel_for(env: Env, port: int, name: str, tls_dir: Path | None = None) -> grpc.Channel:
+    """An mTLS channel with client `name`'s certificate."""
+    d = tls_dir or env.tls_dir
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(env.tls_dir / "ca.crt").read_bytes(),
+        private_key=(d / f"{name}.key").read_bytes(),
+        certificate_chain=(d / f"{name}.crt").read_bytes(),
+    )
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+@dataclass
+class Stubs:
+    """The generated stubs on one channel, as a client would use them."""
+
+    channel: grpc.Channel
+    query: q_grpc.QueryServiceStub
+    catalog: cat_grpc.CatalogServiceStub
+    budget: b_grpc.BudgetServiceStub
+
+
+def stubs_for(channel: grpc.Channel) -> Stubs:
+    """Stubs on a channel."""
+    return Stubs(
+        channel,
+        q_grpc.QueryServiceStub(channel),
+        cat_grpc.CatalogServiceStub(channel),
+        b_grpc.BudgetServiceStub(channel),
+    )
+
+
+def isolated_settings(env: Env, name: str) -> Settings:
+    """Settings for a second gateway with its own state directory (restart tests)."""
+    state = env.root / f"state-{name}"
+    return replace(env.settings, state_dir=state, sandbox_socket=state / "sandbox.sock")

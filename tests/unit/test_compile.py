@@ -1,0 +1,208 @@
+"""SQL regeneration from plan trees: exact output, quoting that cannot be escaped, static refusals."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from sandbox.compile import compile_plan, quote_ident, render_literal
+from sandbox.errors import PlanRejectedError
+from sandbox.guard import check_select
+from sandbox.protocol import (
+    Aggregate,
+    AggregateKind,
+    Between,
+    Binary,
+    Column,
+    ColumnInfo,
+    Expr,
+    InList,
+    IsNull,
+    Literal,
+    OutputColumn,
+    QueryPlan,
+    TableInfo,
+    Unary,
+)
+
+EVIL_COL = 'x"; DROP TABLE t; -- /*'
+EVIL_STR = "it's'); DROP TABLE t; -- /* \" \\"
+TABLE = TableInfo(
+    name="people",
+    max_rows_per_unit=2,
+    columns=(
+        ColumnInfo("pid", "int64", "identifier"),
+        ColumnInfo("ssn", "string", "identifier"),
+        ColumnInfo("pseudo", "int64", "public"),
+        ColumnInfo("region", "string", "public", domain=("a", "b")),
+        ColumnInfo("flag", "bool", "internal", domain=(False, True)),
+        ColumnInfo("income", "int64", "sensitive", lower=0, upper=100),
+        ColumnInfo("score", "float64", "sensitive", lower=-1.0, upper=1.0),
+        ColumnInfo(EVIL_COL, "string", "public", domain=(EVIL_STR, "plain")),
+        ColumnInfo("free", "string", "public"),
+    ),
+)
+
+
+def _plan(*aggs: Aggregate, where: Expr | None = None, group_by: tuple[str, ...] = ()) -> QueryPlan:
+    return QueryPlan(
+        dataset="d",
+        table="people",
+        aggregates=aggs or (Aggregate(AggregateKind.COUNT),),
+        outputs=(OutputColumn("n", aggregate_index=0),),
+        where=where,
+        group_by=group_by,
+    )
+
+
+def _compile(plan: QueryPlan, max_cells: int = 1000) -> str:
+    return compile_plan(plan, TABLE, sql_table="d__people", unit="pid", max_cells=max_cells).sql
+
+
+def _con() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute(
+        f'CREATE TABLE "d__people" (pid BIGINT, ssn VARCHAR, pseudo BIGINT, region VARCHAR, '
+        f"flag BOOLEAN, income BIGINT, score DOUBLE, {quote_ident(EVIL_COL)} VARCHAR, "
+        f"free VARCHAR)"
+    )
+    con.execute(
+        "INSERT INTO d__people VALUES "
+        "(1, 's1', 7, 'a', true, 50, 0.5, ?, 'z'), (2, 's2', 8, 'b', false, 500, 'nan', 'plain', 'y'),"
+        "(3, 's3', 9, 'c', NULL, -5, 3.0, 'other', NULL)",
+        [EVIL_STR],
+    )
+    return con
+
+
+def test_known_plan_sql() -> None:
+    """A plan with every aggregate, a group key and a filter compiles to the expected SQL."""
+    plan = _plan(
+        Aggregate(AggregateKind.COUNT),
+        Aggregate(AggregateKind.SUM, "income"),
+        Aggregate(AggregateKind.AVG, "score"),
+        Aggregate(AggregateKind.COUNT_COLUMN, "free"),
+        where=Binary(">", Binary("*", Column("income"), Literal(2)), Literal(-1.5)),
+        group_by=("region",),
+    )
+    clamp = (
+        'CASE WHEN isnan(CAST("score" AS DOUBLE)) THEN NULL ELSE least(greatest(CAST("score" AS '
+        "DOUBLE), CAST(-1.0 AS DOUBLE)), CAST(1.0 AS DOUBLE)) END"
+    )
+    assert _compile(plan) == (
+        'SELECT "region", count(*), '
+        'coalesce(sum(least(greatest("income", CAST(0 AS BIGINT)), CAST(100 AS BIGINT))), 0), '
+        f'coalesce(fsum({clamp}), 0), count({clamp}), count("free") FROM "d__people" '
+        "WHERE (\"region\" IN ('a', 'b')) AND "
+        '((CAST("income" AS DOUBLE) * CAST(2 AS DOUBLE)) > CAST(-1.5 AS DOUBLE)) '
+        'GROUP BY "region"'
+    )
+
+
+def test_literal_rendering() -> None:
+    """Literals render by value: quotes doubled, floats cast, booleans and NULL as keywords."""
+    assert render_literal("a'b") == "'a''b'"
+    assert render_literal(True) == "TRUE" and render_literal(None) == "NULL"
+    assert render_literal(-3) == "-3"
+    assert render_literal(1e300) == "CAST(1e+300 AS DOUBLE)"
+    assert quote_ident('a"b') == '"a""b"'
+    for bad in (2**63, float("nan"), "nul\x00"):
+        with pytest.raises(PlanRejectedError):
+            render_literal(bad)
+
+
+def test_quotes_in_names_and_literals_cannot_escape() -> None:
+    """A column name and literals full of quotes, ';' and comments stay one SELECT and match exactly."""
+    plan = _plan(
+        Aggregate(AggregateKind.COUNT),
+        where=Binary(
+            "OR",
+            Binary("=", Column(EVIL_COL), Literal(EVIL_STR)),
+            InList(Column("free"), (Literal("-- x"), Literal("'; SELECT 1; --"))),
+        ),
+        group_by=(EVIL_COL,),
+    )
+    sql = _compile(plan)
+    con = _con()
+    statements = con.extract_statements(sql)
+    assert len(statements) == 1 and statements[0].type == duckdb.StatementType.SELECT
+    check_select(con, sql, {"d__people"})
+    assert con.execute(sql).fetchall() == [(EVIL_STR, 1)]
+    assert con.execute("SELECT count(*) FROM d__people").fetchone() == (3,)
+
+
+def test_compiled_sql_runs_and_clamps() -> None:
+    """Compiled SUM/AVG clamp to the bounds, NaN counts as missing, and the guard accepts the SQL."""
+    plan = _plan(
+        Aggregate(AggregateKind.SUM, "income"),
+        Aggregate(AggregateKind.AVG, "score"),
+        Aggregate(AggregateKind.COUNT_COLUMN, "flag"),
+        where=Binary(
+            "AND",
+            Unary("NOT", IsNull(Column("pseudo"))),
+            Between(Unary("-", Column("pseudo")), Literal(-100), Literal(0), negated=False),
+        ),
+    )
+    sql = _compile(plan)
+    con = _con()
+    check_select(con, sql, {"d__people"})
+    # income 50, 500->100, -5->0; score 0.5, NaN (missing), 3.0->1.0; flag non-NULL twice
+    assert con.execute(sql).fetchall() == [(150, 1.5, 2, 2)]
+
+
+def test_arithmetic_cannot_raise() -> None:
+    """Arithmetic runs in DOUBLE: overflow and division by zero give no data-dependent error."""
+    big = Binary("*", Binary("*", Column("income"), Literal(2**62)), Literal(2**62))
+    where = Binary("AND", Binary(">", big, Literal(0)), Binary("<>", Binary("/", Column(
+        "income"), Literal(0)), Binary("%", Column("pseudo"), Literal(0))))
+    sql = _compile(_plan(where=where))
+    assert _con().execute(sql).fetchall() == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("plan", "match"),
+    [
+        (_plan(where=Binary("=", Column("nope"), Literal(1))), "unknown column"),
+        (_plan(Aggregate(AggregateKind.SUM, "nope")), "unknown column"),
+        (_plan(where=Binary("=", Column("ssn"), Literal("x"))), "identifier"),
+        (_plan(Aggregate(AggregateKind.COUNT_COLUMN, "pid")), "identifier"),
+        (_plan(group_by=("pid",)), "identifier"),
+        (_plan(group_by=("free",)), "no declared domain"),
+        (_plan(group_by=("region", "region")), "twice"),
+        (_plan(Aggregate(AggregateKind.SUM, "free")), "numeric bounds"),
+        (_plan(Aggregate(AggregateKind.AVG, "pseudo")), "numeric bounds"),
+        (_plan(where=Binary("=", Column("region"), Literal(1))), "compares str with num"),
+        (_plan(where=Binary("+", Column("region"), Literal("x"))), "needs num"),
+        (_plan(where=Column("income")), "WHERE needs bool"),
+        (_plan(where=Binary("AND", Column("flag"), Literal(1))), "needs bool"),
+        (_plan(where=InList(Column("income"), (Literal("1"),))), "IN compares"),
+        (_plan(where=InList(Column("income"), ())), "IN needs"),
+        (_plan(where=Between(Column("free"), Literal(1), Literal(2))), "BETWEEN"),
+        (_plan(where=Binary(">", Column("income"), Literal(2**70))), "outside int64"),
+    ],
+)
+def test_static_refusals(plan: QueryPlan, match: str) -> None:
+    """Plans with unknown/identifier columns, type errors or bad keys are refused before any SQL."""
+    with pytest.raises(PlanRejectedError, match=match):
+        _compile(plan)
+
+
+def test_cell_limit_and_depth_limit() -> None:
+    """Too many group cells and too deep expressions are refused."""
+    with pytest.raises(PlanRejectedError, match="combinations"):
+        _compile(_plan(group_by=("region", "flag")), max_cells=3)
+    assert "GROUP BY" in _compile(_plan(group_by=("region", "flag")), max_cells=4)
+    e: Expr = Column("income")
+    for _ in range(70):
+        e = Unary("-", e)
+    with pytest.raises(PlanRejectedError, match="depth"):
+        _compile(_plan(where=Binary(">", e, Literal(0))))
+
+
+def test_cells_are_the_domain_product_in_order() -> None:
+    """The compiled cells list every domain combination in catalog order."""
+    c = compile_plan(
+        _plan(group_by=("flag", "region")), TABLE, sql_table="t", unit="pid", max_cells=10
+    )
+    assert c.cells == ((False, "a"), (False, "b"), (True, "a"), (True, "b"))
+    assert compile_plan(_plan(), TABLE, sql_table="t", unit="pid", max_cells=1).cells == ((),)
