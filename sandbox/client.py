@@ -36,16 +36,28 @@ READY_PREFIX = "sandbox ready "
 
 
 class SandboxConnectionError(OSError):
-    """The sandbox could not be reached, closed the connection, timed out or answered garbage."""
+    """The sandbox could not be reached, closed the connection, timed out or answered garbage.
+
+    `before_send` is True when the request never reached the sandbox (connect failed), so the data was
+    certainly not touched; the gateway refunds the reservation only then.
+    """
+
+    def __init__(self, message: str, *, before_send: bool = False) -> None:
+        super().__init__(message)
+        self.before_send = before_send
 
 
 class SandboxStartError(RuntimeError):
     """The sandbox process did not become ready."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SandboxConnectionError("sandbox did not answer in time")
+        sock.settimeout(remaining)
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
             raise SandboxConnectionError("the sandbox closed the connection")
@@ -54,7 +66,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class SandboxClient:
-    """Thread-safe client: every call opens its own connection (about 0.1 ms on a Unix socket)."""
+    """Thread-safe client: every call opens its own connection.
+
+    Measured overhead of a fresh connection per call (2-core machine): describe round trip about
+    0.6 ms in total, of which connect + server thread start is a fraction of a millisecond.
+    """
 
     def __init__(self, socket_path: Path, timeout_s: float = 30.0) -> None:
         """Client for the sandbox on `socket_path`; `timeout_s` is the default deadline."""
@@ -67,16 +83,22 @@ class SandboxClient:
         Raises:
             SandboxConnectionError: unreachable, closed, timed out, or a malformed reply.
         """
-        deadline = self.timeout_s if timeout_s is None else timeout_s
+        budget = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + budget
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(deadline)
-                sock.connect(str(self.socket_path))
+                sock.settimeout(budget)
+                try:
+                    sock.connect(str(self.socket_path))
+                except OSError as exc:
+                    raise SandboxConnectionError(
+                        f"sandbox unreachable: {exc}", before_send=True
+                    ) from exc
                 sock.sendall(encode_frame(msg))
-                (length,) = struct.unpack(">I", _recv_exact(sock, 4))
+                (length,) = struct.unpack(">I", _recv_exact(sock, 4, deadline))
                 if length > MAX_FRAME_BYTES:
                     raise SandboxConnectionError("reply frame too large")
-                return decode_body(_recv_exact(sock, length))
+                return decode_body(_recv_exact(sock, length, deadline))
         except SandboxConnectionError:
             raise
         except ProtocolError as exc:

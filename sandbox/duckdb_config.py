@@ -37,7 +37,8 @@ def connect_config(limits: Limits) -> dict[str, str | bool | int | float | list[
         # Threat 8 (CPU exhaustion): bounded parallelism per query.
         "threads": limits.threads,
         # Threat 8 (runaway queries): DuckDB's per-statement timeout (plus a watchdog interrupt).
-        "max_execution_time": limits.query_timeout_ms,
+        # Off (0) while the sandbox loads the data; `lock_down` sets the query deadline.
+        "max_execution_time": 0,
         # Threat 1 / 3: settings that may still change after the lock: none.
         "allowed_configs": [],
     }
@@ -48,12 +49,15 @@ def connect(limits: Limits) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(":memory:", config=connect_config(limits))
 
 
-def lock_down(con: duckdb.DuckDBPyConnection) -> None:
-    """Switch external access off, lock the configuration, and verify the result.
+def lock_down(con: duckdb.DuckDBPyConnection, limits: Limits | None = None) -> None:
+    """Set the per-query deadline, switch external access off, lock, and verify the result.
 
     Raises:
         LockDownError: a setting is not as required (then the sandbox must refuse to serve).
     """
+    if limits is not None:
+        # Threat 8: from now on every statement is interrupted after the query deadline.
+        con.execute(f"SET max_execution_time = {int(limits.query_timeout_ms)}")
     # Threat 1: every file, network and extension operation now fails with PermissionException.
     con.execute("SET enable_external_access = false")
     # Threat 1 / 3: no SET (limits, access, allowed paths, profiling) can change anything now.

@@ -47,6 +47,19 @@ _ACCEPT = {
 _SQL_TYPE = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}
 
 
+def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
+    """Clamp an exact aggregate into the range `release_vector` accepts.
+
+    Clamping each coordinate is 1-Lipschitz, so the L1 sensitivity is unchanged; it replaces a
+    data-dependent failure (a sum beyond 2**53 or 1e15) by a biased but private answer.
+    """
+    if cost.mechanism == mechanisms.DISCRETE_LAPLACE:
+        lim_i = mechanisms.MAX_EXACT_INT - 1
+        return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
+    lim_f = 1e15 * (1 - 1e-9)
+    return max(-lim_f, min(lim_f, float(v)))
+
+
 def sql_table_name(dataset: str, table: str) -> str:
     """The DuckDB table holding `dataset.table` (names cannot contain '__', so this is unique)."""
     return f"{dataset}__{table}"
@@ -87,7 +100,7 @@ class Engine:
             versions[ds.name], salt = data_version(ds)
             for t in ds.tables:
                 self._load(ds, t, salt)
-        lock_down(self._con)
+        lock_down(self._con, self.limits)
         self.locked_down = True
         self._info = catalog.public(versions)
         self._tables = frozenset(self.row_counts)
@@ -217,14 +230,15 @@ class Engine:
         spec: TableSpec,
     ) -> tuple[ReleaseRow, ...]:
         n_keys = len(req.plan.group_by)
-        exact = {cell: [0] * len(compiled.components) for cell in compiled.cells}
+        zeros: list[int | float] = [0] * len(compiled.components)
+        exact = {cell: list(zeros) for cell in compiled.cells}
         for r in self.run_select(compiled.sql):
             cell = tuple(r[:n_keys])
             if cell not in exact:
                 raise RuntimeError("engine returned a group outside the declared domain")
             exact[cell] = list(r[n_keys:])
-        for vector in exact.values():
-            for v in vector:
+        for row in exact.values():
+            for v in row:
                 if v is None or isinstance(v, bool) or not isinstance(v, int | float):
                     raise RuntimeError("non-numeric exact aggregate")
                 if not math.isfinite(v):
@@ -233,9 +247,8 @@ class Engine:
         noisy: dict[tuple[int, str], list[int | float]] = {}
         for cost in costs:
             j = column[(cost.aggregate_index, cost.component)]
-            noisy[(cost.aggregate_index, cost.component)] = mechanisms.release_vector(
-                cost, [exact[cell][j] for cell in compiled.cells]
-            )
+            vector = [_within_range(cost, exact[cell][j]) for cell in compiled.cells]
+            noisy[(cost.aggregate_index, cost.component)] = mechanisms.release_vector(cost, vector)
         by_comp = {(c.aggregate_index, c.component): c for c in costs}
         rows: list[ReleaseRow] = []
         for n, cell in enumerate(compiled.cells):

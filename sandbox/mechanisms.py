@@ -140,7 +140,7 @@ def calibrate(integer: bool, sensitivity: float, epsilon: float) -> tuple[float,
     if not (math.isfinite(scale) and scale > 0):
         raise PlanRejectedError("noise scale is not a positive finite number")
     for _ in range(64):
-        cost = float(make_measurement(integer, scale).map(d_in))
+        cost = float(make_measurement(integer, scale).map(d_in))  # type: ignore[no-untyped-call]
         if cost <= epsilon:
             return scale, cost
         scale = math.nextafter(scale, math.inf) * (1 + 1e-15)

@@ -67,7 +67,12 @@ class _Handler(socketserver.BaseRequestHandler):
                 body = recv_exact(sock, length)
                 if body is None:
                     return
-                sock.sendall(encode_frame(self.server.dispatch(body)))
+                try:
+                    reply = self.server.dispatch(body)
+                except Exception:  # a bug must not leak engine text: uniform failure
+                    log.exception("request handling failed")
+                    reply = ErrorReply("failed", "")
+                sock.sendall(encode_frame(reply))
         except OSError as exc:  # timeouts, resets: drop this connection only
             log.info("connection closed: %s", exc)
 

@@ -16,12 +16,11 @@ joins, subqueries, CASE, functions and more aggregates later.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from gateway.sql.expressions import convert_filter
-from gateway.sql.nodes import Scope, function_keys_ok, operator_label
+from gateway.sql.nodes import Scope, check_bounded, describe, forbid_nested, function_keys_ok
 from gateway.sql.parse import aggregate_function_names, parse_select
 from gateway.sql.tree import (
     MAX_GROUP_KEYS,
@@ -132,7 +131,7 @@ class _Analyzer:
         self._check_modifiers(node.get("modifiers"))
         self._check_clauses(node)
         for clause in ("select_list", "where_clause", "group_expressions"):
-            _forbid_nested(node.get(clause))
+            forbid_nested(node.get(clause))
         self._check_group_by(node.get("group_expressions"), node.get("group_sets"), scope)
         self._check_select_list(node.get("select_list"), scope)
         where = node.get("where_clause")
@@ -188,7 +187,7 @@ class _Analyzer:
         if kind == "SHOW_REF":
             what = _SHOW.get(str(ref.get("show_type")), "SHOW")
             raise _unsupported(
-                what, f"{what} is not supported; the catalog is public through the describe call"
+                what, f"{what} is not supported; the public catalog describes the tables"
             )
         if kind in _TABLE_REFS:
             raise _unsupported(*_TABLE_REFS[kind])
@@ -274,10 +273,9 @@ class _Analyzer:
         groups = 1
         for expr in exprs:
             if not isinstance(expr, dict) or expr.get("type") != "COLUMN_REF":
-                what = operator_label(str(expr.get("type"))) if isinstance(expr, dict) else "?"
                 raise reject(
                     "UNSUPPORTED_EXPRESSION",
-                    f"GROUP BY accepts only column names, not {what}",
+                    f"GROUP BY accepts only column names, not {describe(expr)[1]}",
                     construct="GROUP_BY_EXPRESSION",
                 )
             col = scope.resolve(expr)
@@ -335,11 +333,11 @@ class _Analyzer:
             return OutputColumn(alias or col.name, group_index=self.group_by.index(col.name))
         if kind == "FUNCTION" and item.get("is_operator") is False:
             return self._aggregate(item, alias, scope)
+        construct, text = describe(item)
         raise reject(
             "UNSUPPORTED_EXPRESSION",
-            f"{operator_label(kind if kind != 'FUNCTION' else str(item.get('function_name')))} "
-            "is not supported in the select list; select group columns and aggregates",
-            construct=operator_label(kind),
+            f"{text} cannot be used in the select list; select group columns and aggregates",
+            construct=construct,
         )
 
     def _aggregate(self, item: dict[str, Any], alias: str, scope: Scope) -> OutputColumn:
@@ -379,7 +377,7 @@ class _Analyzer:
                 )
             column = scope.resolve(arg)
             if kind in (AggregateKind.SUM, AggregateKind.AVG):
-                _check_bounded(column, shown)
+                check_bounded(column, shown)
         aggregate = Aggregate(kind, None if column is None else column.name, 1.0)
         if aggregate in self.aggregates:
             index = self.aggregates.index(aggregate)
@@ -388,30 +386,3 @@ class _Analyzer:
             self.aggregates.append(aggregate)
         default = "count" if column is None else _DEFAULT_PREFIX[kind] + column.name
         return OutputColumn(alias or default, aggregate_index=index)
-
-
-def _check_bounded(column: ColumnInfo, what: str) -> None:
-    if column.type not in ("int64", "float64"):
-        raise reject(
-            "UNBOUNDED_COLUMN",
-            f"{what} needs a numeric column with declared bounds; column {column.name} is "
-            f"{column.type}",
-            column=column.name,
-        )
-    lo, hi = column.lower, column.upper
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise reject(
-            "UNBOUNDED_COLUMN",
-            f"{what} needs declared bounds; column {column.name} has none",
-            column=column.name,
-        )
-
-
-def _forbid_nested(part: Any) -> None:
-    """Refuse subqueries and window functions anywhere in an expression, before anything else."""
-    for obj in walk(part):
-        kind = obj.get("type")
-        if kind == "SUBQUERY":
-            raise _unsupported("SUBQUERY", "subqueries are not supported yet")
-        if isinstance(kind, str) and kind.startswith("WINDOW_"):
-            raise _unsupported("WINDOW", "window functions are not supported")

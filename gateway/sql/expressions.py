@@ -17,11 +17,11 @@ from gateway.sql.nodes import (
     Kind,
     Scope,
     column_kind,
+    describe,
     function_keys_ok,
     literal,
-    operator_label,
 )
-from gateway.sql.tree import MAX_EXPRESSION_DEPTH, MAX_IN_LIST, check_keys, reject, show
+from gateway.sql.tree import MAX_EXPRESSION_DEPTH, MAX_IN_LIST, check_keys, reject
 from sandbox.protocol import Between, Binary, Column, Expr, InList, IsNull, Literal, Unary
 
 __all__ = ["convert_filter"]
@@ -134,7 +134,7 @@ class _Converter:
             return self._between(node, level, negated=False)
         if t == "FUNCTION":
             return self._function(node, level)
-        raise _unsupported(t)
+        raise _unsupported(node)
 
     def _children(
         self, node: dict[str, Any], what: str, *, minimum: int, maximum: int | None = None
@@ -171,7 +171,7 @@ class _Converter:
             if not isinstance(child, dict) or child.get("type") != "VALUE_CONSTANT":
                 ctype = child.get("type") if isinstance(child, dict) else None
                 if ctype == "SUBQUERY":
-                    raise _unsupported("SUBQUERY")
+                    raise _unsupported(child)
                 raise reject(
                     "UNSUPPORTED_EXPRESSION",
                     "IN lists may only hold literal values",
@@ -208,7 +208,7 @@ class _Converter:
             and name in _ARITHMETIC
             and (arity == 2 or (name == "-" and arity == 1))
         ):
-            raise _unsupported(str(name), function=True)
+            raise _unsupported(node)
         assert isinstance(args, list)
         function_keys_ok(node, f"operator {name}", is_operator=True)
         op = str(name)
@@ -241,7 +241,8 @@ def _too_deep() -> Exception:
     )
 
 
-def _unsupported(t: str, *, function: bool = False) -> Exception:
+def _unsupported(node: dict[str, Any]) -> Exception:
+    t = str(node.get("type"))
     if t == "SUBQUERY":
         return reject(
             "UNSUPPORTED_CONSTRUCT", "subqueries are not supported yet", construct="SUBQUERY"
@@ -250,14 +251,10 @@ def _unsupported(t: str, *, function: bool = False) -> Exception:
         return reject(
             "UNSUPPORTED_CONSTRUCT", "window functions are not supported", construct="WINDOW"
         )
-    label = operator_label(t)
-    if function and label == show(t):
-        return reject(
-            "UNSUPPORTED_EXPRESSION",
-            f"the function or operator {label} is not supported in filters",
-            construct=label,
-        )
-    return reject("UNSUPPORTED_EXPRESSION", f"{label} is not supported in filters", construct=label)
+    construct, text = describe(node)
+    return reject(
+        "UNSUPPORTED_EXPRESSION", f"{text} cannot be used in filters", construct=construct
+    )
 
 
 def convert_filter(node: Any, scope: Scope) -> Expr:

@@ -1,8 +1,9 @@
-"""Parse-tree leaves shared by the analyzer: the query's table scope, literals and call checks.
+"""Parse-tree pieces shared by the analyzer: table scope, literals, calls and catalog checks.
 
 `Scope.resolve` maps a column reference to its catalog column (refusing identifiers and unknown
 names); `literal` turns a constant into a typed plan `Literal`; `function_keys_ok` refuses DISTINCT,
-FILTER, ORDER BY, qualified names and named arguments on a function call the analyzer accepts.
+FILTER, ORDER BY, qualified names and named arguments on a function call the analyzer accepts;
+`describe` names a refused expression; `check_bounded` and `forbid_nested` are clause-level checks.
 """
 
 from __future__ import annotations
@@ -13,43 +14,78 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from gateway.sql.tree import EMPTY_ORDER, MAX_STRING_LITERAL, check_keys, fold, reject, show
+from gateway.sql.tree import (
+    EMPTY_ORDER,
+    MAX_STRING_LITERAL,
+    check_keys,
+    fold,
+    reject,
+    show,
+    walk,
+)
 from sandbox.protocol import ColumnInfo, Literal, TableInfo
 
-__all__ = ["Kind", "Scope", "column_kind", "function_keys_ok", "literal", "operator_label"]
+__all__ = [
+    "Kind",
+    "Scope",
+    "check_bounded",
+    "column_kind",
+    "describe",
+    "forbid_nested",
+    "function_keys_ok",
+    "literal",
+]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INTEGER_TEXT = re.compile(r"-?[0-9][0-9_]{0,99}")
 _NUMERIC_TEXT = re.compile(r"-?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][+-]?[0-9]+)?")
 
-_LABELS = {
-    "~~": "LIKE",
-    "!~~": "NOT LIKE",
-    "~~*": "ILIKE",
-    "!~~*": "NOT ILIKE",
-    "~~~": "GLOB",
-    "regexp_full_match": "SIMILAR TO",
-    "OPERATOR_CAST": "CAST",
-    "CASE_EXPR": "CASE",
-    "COLLATE": "COLLATE",
-    "VALUE_PARAMETER": "query parameters",
-    "LAMBDA": "lambda expressions",
-    "STAR": "* and COLUMNS(...)",
-    "POSITIONAL_REFERENCE": "positional references (#n)",
-    "ARRAY_EXTRACT": "subscripts",
-    "ARRAY_SLICE": "slices",
-    "STRUCT_EXTRACT": "struct fields",
-    "COMPARE_DISTINCT_FROM": "IS DISTINCT FROM",
-    "COMPARE_NOT_DISTINCT_FROM": "IS NOT DISTINCT FROM",
-    "list_value": "list literals",
-    "struct_pack": "struct literals",
-    "row": "row values",
+_LABELS: dict[str, tuple[str, str]] = {
+    "~~": ("LIKE", "LIKE"),
+    "!~~": ("LIKE", "NOT LIKE"),
+    "~~*": ("ILIKE", "ILIKE"),
+    "!~~*": ("ILIKE", "NOT ILIKE"),
+    "~~~": ("GLOB", "GLOB"),
+    "regexp_full_match": ("SIMILAR_TO", "SIMILAR TO"),
+    "OPERATOR_CAST": ("CAST", "CAST"),
+    "CASE_EXPR": ("CASE", "CASE"),
+    "OPERATOR_TRY": ("TRY", "TRY(...)"),
+    "COLLATE": ("COLLATE", "COLLATE"),
+    "VALUE_PARAMETER": ("PARAMETER", "query parameters"),
+    "LAMBDA": ("LAMBDA", "lambda expressions"),
+    "STAR": ("STAR", "* and COLUMNS(...)"),
+    "POSITIONAL_REFERENCE": ("POSITIONAL_REFERENCE", "positional references (#n)"),
+    "ARRAY_EXTRACT": ("SUBSCRIPT", "subscripts"),
+    "ARRAY_SLICE": ("SLICE", "slices"),
+    "STRUCT_EXTRACT": ("STRUCT_FIELD", "struct fields"),
+    "COMPARE_DISTINCT_FROM": ("IS_DISTINCT_FROM", "IS DISTINCT FROM"),
+    "COMPARE_NOT_DISTINCT_FROM": ("IS_NOT_DISTINCT_FROM", "IS NOT DISTINCT FROM"),
+    "VALUE_CONSTANT": ("CONSTANT", "constants"),
+    "list_value": ("LIST_LITERAL", "list literals"),
+    "struct_pack": ("STRUCT_LITERAL", "struct literals"),
+    "row": ("ROW", "row values"),
 }
 
 
-def operator_label(name: str) -> str:
-    """Return the SQL spelling of a parse-tree node type or operator, for messages."""
-    return _LABELS.get(name, show(name))
+def describe(node: Any) -> tuple[str, str]:
+    """Return the construct code and the SQL wording of an expression node, for refusals.
+
+    Args:
+        node: A parse-tree expression.
+
+    Returns:
+        `(construct, text)`, e.g. `("LIKE", "LIKE")` or
+        `("upper", "the function or operator upper")`.
+    """
+    if not isinstance(node, dict):
+        return "EXPRESSION", "this expression"
+    kind = str(node.get("type"))
+    if kind == "FUNCTION":
+        name = str(node.get("function_name"))
+        if name in _LABELS:
+            return _LABELS[name]
+        return show(name), f"the function or operator {show(name)}"
+    return _LABELS.get(kind, (show(kind), show(kind)))
 
 
 class Kind(Enum):
@@ -257,3 +293,44 @@ def _bad_number(text: str) -> Exception:
 def column_kind(column: ColumnInfo) -> Kind:
     """Return the static type of a catalog column."""
     return _COLUMN_KINDS[column.type]
+
+
+def check_bounded(column: ColumnInfo, what: str) -> None:
+    """Refuse SUM/AVG over a column without a numeric type and finite bounds (UNBOUNDED_COLUMN).
+
+    Args:
+        column: The aggregated catalog column.
+        what: The aggregate's name, for the message.
+    """
+    if column.type not in ("int64", "float64"):
+        raise reject(
+            "UNBOUNDED_COLUMN",
+            f"{what} needs a numeric column with declared bounds; column {column.name} is "
+            f"{column.type}",
+            column=column.name,
+        )
+    lo, hi = column.lower, column.upper
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise reject(
+            "UNBOUNDED_COLUMN",
+            f"{what} needs declared bounds; column {column.name} has none",
+            column=column.name,
+        )
+
+
+def forbid_nested(part: Any) -> None:
+    """Refuse subqueries and window functions anywhere in a clause, before anything else.
+
+    Args:
+        part: A clause of the parse tree (select list, WHERE, GROUP BY), or None.
+    """
+    for obj in walk(part):
+        kind = obj.get("type")
+        if kind == "SUBQUERY":
+            raise reject(
+                "UNSUPPORTED_CONSTRUCT", "subqueries are not supported yet", construct="SUBQUERY"
+            )
+        if isinstance(kind, str) and kind.startswith("WINDOW_"):
+            raise reject(
+                "UNSUPPORTED_CONSTRUCT", "window functions are not supported", construct="WINDOW"
+            )

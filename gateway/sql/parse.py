@@ -89,7 +89,7 @@ def _parse_failed(detail: str) -> InvalidQueryError:
 
 def _too_complex() -> InvalidQueryError:
     return InvalidQueryError(
-        "the query is nested too deeply", reason="QUERY_TOO_COMPLEX", limit="32"
+        "expressions may be nested at most 32 levels deep", reason="QUERY_TOO_COMPLEX", limit="32"
     )
 
 

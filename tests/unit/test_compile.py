@@ -1,4 +1,4 @@
-"""SQL regeneration from plan trees: exact output, quoting that cannot be escaped, static refusals."""
+"""SQL regeneration from plan trees: exact output, unescapable quoting, static refusals."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def _con() -> duckdb.DuckDBPyConnection:
     )
     con.execute(
         "INSERT INTO d__people VALUES "
-        "(1, 's1', 7, 'a', true, 50, 0.5, ?, 'z'), (2, 's2', 8, 'b', false, 500, 'nan', 'plain', 'y'),"
+        "(1, 's1', 7, 'a', true, 50, 0.5, ?, 'z'), "
+        "(2, 's2', 8, 'b', false, 500, 'nan', 'plain', 'y'),"
         "(3, 's3', 9, 'c', NULL, -5, 3.0, 'other', NULL)",
         [EVIL_STR],
     )
@@ -112,7 +113,7 @@ def test_literal_rendering() -> None:
 
 
 def test_quotes_in_names_and_literals_cannot_escape() -> None:
-    """A column name and literals full of quotes, ';' and comments stay one SELECT and match exactly."""
+    """Names and literals full of quotes, ';' and comments stay one SELECT and match exactly."""
     plan = _plan(
         Aggregate(AggregateKind.COUNT),
         where=Binary(
@@ -132,7 +133,7 @@ def test_quotes_in_names_and_literals_cannot_escape() -> None:
 
 
 def test_compiled_sql_runs_and_clamps() -> None:
-    """Compiled SUM/AVG clamp to the bounds, NaN counts as missing, and the guard accepts the SQL."""
+    """Compiled SUM/AVG clamp to the bounds, NaN counts as missing; the guard accepts the SQL."""
     plan = _plan(
         Aggregate(AggregateKind.SUM, "income"),
         Aggregate(AggregateKind.AVG, "score"),

@@ -14,8 +14,8 @@ from sandbox.protocol import (
     Between,
     Binary,
     CatalogInfo,
-    ColumnInfo,
     Column,
+    ColumnInfo,
     DatasetInfo,
     DescribeRequest,
     ErrorReply,
@@ -171,7 +171,8 @@ def test_bad_literals_and_ops_refused() -> None:
     d["where"] = {"t": "lit", "value": [1, 2]}
     with pytest.raises(ProtocolError):
         plan_from_json(d)
-    d["where"] = {"t": "bin", "op": "||", "l": {"t": "lit", "value": 1}, "r": {"t": "lit", "value": 2}}
+    one = {"t": "lit", "value": 1}
+    d["where"] = {"t": "bin", "op": "||", "l": one, "r": one}
     with pytest.raises(ProtocolError):
         plan_from_json(d)
 

@@ -1,0 +1,2 @@
+-- why: AVG of a bounded column
+SELECT AVG(income) FROM residents

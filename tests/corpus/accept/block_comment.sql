@@ -1,0 +1,2 @@
+-- why: leading block comment
+/* hello */ SELECT COUNT(*) FROM residents

@@ -1,0 +1,2 @@
+-- why: alias with AS
+SELECT COUNT(*) AS n FROM residents

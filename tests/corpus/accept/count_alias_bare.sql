@@ -1,0 +1,2 @@
+-- why: alias without AS
+SELECT COUNT(*) n FROM residents

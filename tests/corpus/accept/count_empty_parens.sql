@@ -1,0 +1,2 @@
+-- why: count() parses as count_star
+SELECT count() FROM residents

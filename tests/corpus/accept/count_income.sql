@@ -1,0 +1,2 @@
+-- why: COUNT(col) counts non-NULL values
+SELECT COUNT(income) FROM residents

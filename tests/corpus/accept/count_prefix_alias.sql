@@ -1,0 +1,2 @@
+-- why: DuckDB prefix alias syntax
+SELECT n: COUNT(*) FROM residents

@@ -1,0 +1,2 @@
+-- why: the simplest DP query
+SELECT COUNT(*) FROM residents

@@ -1,0 +1,2 @@
+-- why: keywords and names are case-insensitive
+select count(*) from residents

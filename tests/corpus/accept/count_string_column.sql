@@ -1,0 +1,2 @@
+-- why: COUNT(col) needs no bounds
+SELECT COUNT(sex) FROM residents

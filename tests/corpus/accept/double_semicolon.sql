@@ -1,0 +1,2 @@
+-- why: empty statements are dropped by the parser
+SELECT COUNT(*) FROM residents;;

@@ -1,0 +1,2 @@
+-- why: DuckDB FROM-first syntax
+FROM residents SELECT COUNT(*)

@@ -1,0 +1,2 @@
+-- why: boolean domain key
+SELECT employed, COUNT(*) FROM residents GROUP BY employed

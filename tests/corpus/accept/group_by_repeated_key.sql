@@ -1,0 +1,2 @@
+-- why: duplicate keys collapse
+SELECT sex, COUNT(*) FROM residents GROUP BY sex, sex

@@ -1,0 +1,2 @@
+-- why: output order is free
+SELECT COUNT(*), sex FROM residents GROUP BY sex

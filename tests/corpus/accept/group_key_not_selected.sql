@@ -1,0 +1,2 @@
+-- why: keys need not be selected
+SELECT COUNT(*) FROM residents GROUP BY sex

@@ -1,0 +1,2 @@
+-- why: one key, two output columns
+SELECT sex, sex AS s2, COUNT(*) FROM residents GROUP BY sex

@@ -1,0 +1,2 @@
+-- why: public domain key
+SELECT sex, COUNT(*) FROM residents GROUP BY sex

@@ -1,0 +1,3 @@
+-- why: line comment inside the query
+SELECT COUNT(*) -- the count
+FROM residents

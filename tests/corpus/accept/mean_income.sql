@@ -1,0 +1,2 @@
+-- why: mean is AVG
+SELECT mean(income) FROM residents

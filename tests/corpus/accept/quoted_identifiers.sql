@@ -1,0 +1,2 @@
+-- why: quoted identifiers
+SELECT "sex", COUNT(*) FROM "residents" GROUP BY "sex"

@@ -1,0 +1,2 @@
+-- why: DuckDB matches quoted names case-insensitively too
+SELECT COUNT(*) FROM "Residents"

@@ -1,0 +1,2 @@
+-- why: identical aggregates share one release
+SELECT COUNT(*) AS a, COUNT(*) AS b FROM residents

@@ -1,0 +1,2 @@
+-- why: second table
+SELECT month, SUM(contribution) FROM social_insurance GROUP BY month

@@ -1,0 +1,2 @@
+-- why: public bounded column
+SELECT SUM(birth_year) FROM residents

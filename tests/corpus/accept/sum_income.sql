@@ -1,0 +1,2 @@
+-- why: bounded sensitive column
+SELECT SUM(income) FROM residents

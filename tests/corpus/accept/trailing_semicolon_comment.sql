@@ -1,0 +1,2 @@
+-- why: one statement followed by a comment
+SELECT COUNT(*) FROM residents; -- x

@@ -1,0 +1,2 @@
+-- why: identifiers are case-insensitive
+SELECT SEX, COUNT(*) FROM RESIDENTS GROUP BY SEX

@@ -1,0 +1,2 @@
+-- why: BETWEEN
+SELECT COUNT(*) FROM residents WHERE birth_year BETWEEN 1950 AND 1960

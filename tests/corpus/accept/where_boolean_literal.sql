@@ -1,0 +1,2 @@
+-- why: boolean literal
+SELECT COUNT(*) FROM residents WHERE employed = TRUE

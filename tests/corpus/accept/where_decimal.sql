@@ -1,0 +1,2 @@
+-- why: decimal literal
+SELECT COUNT(*) FROM residents WHERE income > 1234.5

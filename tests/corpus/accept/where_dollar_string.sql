@@ -1,0 +1,2 @@
+-- why: dollar-quoted literal
+SELECT COUNT(*) FROM residents WHERE sex = $$F$$

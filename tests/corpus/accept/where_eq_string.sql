@@ -1,0 +1,2 @@
+-- why: equality
+SELECT COUNT(*) FROM residents WHERE sex = 'F'

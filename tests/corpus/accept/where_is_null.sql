@@ -1,0 +1,2 @@
+-- why: IS NULL
+SELECT COUNT(*) FROM residents WHERE income IS NULL

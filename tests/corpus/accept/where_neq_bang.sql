@@ -1,0 +1,2 @@
+-- why: != maps to <>
+SELECT COUNT(*) FROM residents WHERE sex != 'F'

@@ -1,0 +1,2 @@
+-- why: <>
+SELECT COUNT(*) FROM residents WHERE sex <> 'F'

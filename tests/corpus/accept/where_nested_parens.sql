@@ -1,0 +1,2 @@
+-- why: parentheses add no nodes
+SELECT COUNT(*) FROM residents WHERE ((sex = 'F') AND (((income > 0))))

@@ -1,0 +1,2 @@
+-- why: NOT
+SELECT COUNT(*) FROM residents WHERE NOT (sex = 'F')

@@ -1,0 +1,2 @@
+-- why: nesting below the limit
+SELECT COUNT(*) FROM residents WHERE NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT NOT employed

@@ -1,0 +1,2 @@
+-- why: NOT BETWEEN
+SELECT COUNT(*) FROM residents WHERE birth_year NOT BETWEEN 1950 AND 1960

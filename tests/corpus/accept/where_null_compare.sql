@@ -1,0 +1,2 @@
+-- why: always unknown, but harmless
+SELECT COUNT(*) FROM residents WHERE income = NULL

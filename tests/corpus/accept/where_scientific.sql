@@ -1,0 +1,2 @@
+-- why: scientific notation
+SELECT COUNT(*) FROM residents WHERE income > 1e5

@@ -1,0 +1,2 @@
+-- why: escaped quote in a literal
+SELECT COUNT(*) FROM residents WHERE sex = 'O''Brien'

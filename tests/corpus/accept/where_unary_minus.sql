@@ -1,0 +1,2 @@
+-- why: unary minus
+SELECT COUNT(*) FROM residents WHERE -income < -100

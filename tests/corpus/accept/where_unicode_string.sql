@@ -1,0 +1,2 @@
+-- why: unicode literal
+SELECT COUNT(*) FROM residents WHERE sex = '女'

@@ -1,0 +1,8 @@
+-- why: tabs and newlines
+SELECT
+	sex ,
+	COUNT ( * )
+FROM
+	residents
+GROUP   BY
+	sex

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_AGGREGATE
+-- why: histogram is not a DP aggregate here
+SELECT histogram(income) FROM residents

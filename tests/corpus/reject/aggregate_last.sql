@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_AGGREGATE
+-- why: last is not a DP aggregate here
+SELECT last(income) FROM residents

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_AGGREGATE
+-- why: list is not a DP aggregate here
+SELECT list(income) FROM residents

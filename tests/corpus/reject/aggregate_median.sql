@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_AGGREGATE
+-- why: median is not a DP aggregate here
+SELECT median(income) FROM residents

@@ -1,0 +1,3 @@
+-- reason: INVALID_ALIAS
+-- why: invisible characters in names
+SELECT COUNT(*) AS "n​" FROM residents

@@ -1,0 +1,3 @@
+-- reason: INVALID_ALIAS
+-- why: alias must be an identifier
+SELECT COUNT(*) AS "weird name" FROM residents

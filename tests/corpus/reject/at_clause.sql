@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: time travel
+SELECT COUNT(*) FROM residents AT (VERSION => 1)

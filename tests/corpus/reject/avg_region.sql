@@ -1,0 +1,3 @@
+-- reason: UNBOUNDED_COLUMN
+-- why: not numeric
+SELECT AVG(region) FROM residents

@@ -1,0 +1,3 @@
+-- reason: BARE_COLUMN
+-- why: releases rows
+SELECT income FROM residents

@@ -1,0 +1,3 @@
+-- reason: BARE_COLUMN
+-- why: region is not grouped
+SELECT region, COUNT(*) FROM residents GROUP BY sex

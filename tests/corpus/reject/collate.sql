@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: COLLATE
+SELECT COUNT(*) FROM residents WHERE sex COLLATE nocase = 'f'

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: distinct counts have other sensitivity
+SELECT COUNT(DISTINCT income) FROM residents

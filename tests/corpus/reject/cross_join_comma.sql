@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: cross join
+SELECT COUNT(*) FROM residents, residents

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: several groupings
+SELECT sex, region, COUNT(*) FROM residents GROUP BY CUBE (sex, region)

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: configuration read
+SELECT COUNT(*) FROM residents WHERE current_setting('threads') = 1

@@ -1,0 +1,4 @@
+-- reason: SQL_PARSE_FAILED
+-- why: no statement
+-- nothing here
+

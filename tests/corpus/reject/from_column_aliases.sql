@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: renames catalog columns
+SELECT COUNT(*) FROM residents AS r(a, b)

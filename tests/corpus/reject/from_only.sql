@@ -1,0 +1,3 @@
+-- reason: SELECT_STAR
+-- why: FROM-first without SELECT means SELECT *
+FROM residents

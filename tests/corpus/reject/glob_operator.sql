@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: GLOB
+SELECT COUNT(*) FROM residents WHERE sex GLOB 'F*'

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: implicit keys
+SELECT sex, COUNT(*) FROM residents GROUP BY ALL

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: grand-total grouping set
+SELECT COUNT(*) FROM residents GROUP BY ()

@@ -1,0 +1,3 @@
+-- reason: UNKNOWN_TABLE
+-- why: Cyrillic e is a different name
+SELECT COUNT(*) FROM rеsidents

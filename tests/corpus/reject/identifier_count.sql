@@ -1,0 +1,3 @@
+-- reason: IDENTIFIER_COLUMN
+-- why: identifiers never appear
+SELECT COUNT(id_number) FROM residents

@@ -1,0 +1,3 @@
+-- reason: IDENTIFIER_COLUMN
+-- why: singles out one person
+SELECT SUM(income) FROM residents WHERE name = 'Alice'

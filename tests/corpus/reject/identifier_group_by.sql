@@ -1,0 +1,3 @@
+-- reason: IDENTIFIER_COLUMN
+-- why: would publish the keys
+SELECT COUNT(*) FROM residents GROUP BY id_number

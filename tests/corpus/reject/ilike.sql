@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: ILIKE comes later
+SELECT COUNT(*) FROM residents WHERE sex ILIKE 'f'

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: empty IN parses as a function call
+SELECT COUNT(*) FROM residents WHERE sex IN ()

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: set operation
+SELECT COUNT(*) FROM residents INTERSECT SELECT COUNT(*) FROM residents

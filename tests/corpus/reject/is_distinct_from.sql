@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: not yet supported
+SELECT COUNT(*) FROM residents WHERE sex IS DISTINCT FROM 'F'

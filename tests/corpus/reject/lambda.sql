@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: lambdas
+SELECT COUNT(*) FROM residents WHERE len(list_filter([income], x -> x > 1)) > 0

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: LIKE comes later
+SELECT COUNT(*) FROM residents WHERE sex LIKE 'F%'

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: not yet supported
+SELECT COUNT(*) FROM residents LIMIT 1

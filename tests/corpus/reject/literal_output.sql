@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: constants in outputs are not supported
+SELECT 1, COUNT(*) FROM residents

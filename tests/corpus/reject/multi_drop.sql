@@ -1,0 +1,3 @@
+-- reason: MULTIPLE_STATEMENTS
+-- why: execute() would run both
+SELECT 1; DROP TABLE x

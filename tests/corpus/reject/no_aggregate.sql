@@ -1,0 +1,3 @@
+-- reason: NO_AGGREGATE
+-- why: only keys, no aggregate
+SELECT sex FROM residents GROUP BY sex

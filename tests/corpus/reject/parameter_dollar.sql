@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: parameters
+SELECT COUNT(*) FROM residents WHERE income > $1

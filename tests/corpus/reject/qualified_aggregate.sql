@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: qualified function names
+SELECT main.sum(income) FROM residents

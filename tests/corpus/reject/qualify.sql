@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: window filter
+SELECT COUNT(*) FROM residents QUALIFY row_number() OVER () = 1

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: memory bomb
+SELECT COUNT(*) FROM residents WHERE length(repeat('x', 2000000000)) > 0

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: DISTINCT
+SELECT DISTINCT sex FROM residents

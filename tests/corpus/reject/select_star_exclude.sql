@@ -1,0 +1,3 @@
+-- reason: SELECT_STAR
+-- why: releases rows
+SELECT * EXCLUDE (name) FROM residents

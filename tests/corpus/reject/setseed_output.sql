@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: state that survives requests
+SELECT setseed(0.5), COUNT(*) FROM residents

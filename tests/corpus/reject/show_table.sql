@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: parses as SELECT over SHOW_REF
+SHOW residents

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: star expression
+SELECT COUNT(*) FROM residents WHERE COLUMNS('inc.*') > 0

@@ -1,0 +1,3 @@
+-- reason: NOT_A_SELECT
+-- why: only SELECT statements are analyzed
+VACUUM

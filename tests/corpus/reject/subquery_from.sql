@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: subquery in FROM
+SELECT COUNT(*) FROM (SELECT * FROM residents)

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: subscripts
+SELECT COUNT(*) FROM residents WHERE sex[1] = 'F'

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: distinct sums
+SELECT SUM(DISTINCT income) FROM residents

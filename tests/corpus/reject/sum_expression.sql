@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: expressions inside aggregates come later
+SELECT SUM(income * 2) FROM residents

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: expressions inside aggregates come later
+SELECT SUM(least(income, 10)) FROM residents

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: would leak min/max/quantiles
+SUMMARIZE residents

@@ -1,0 +1,3 @@
+-- reason: SQL_PARSE_FAILED
+-- why: typo
+SELEC COUNT(*) FROM residents

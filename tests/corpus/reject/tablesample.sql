@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_CONSTRUCT
+-- why: sampling
+SELECT COUNT(*) FROM residents TABLESAMPLE 10%

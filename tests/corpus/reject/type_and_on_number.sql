@@ -1,0 +1,3 @@
+-- reason: TYPE_MISMATCH
+-- why: AND on a number
+SELECT COUNT(*) FROM residents WHERE employed AND 1

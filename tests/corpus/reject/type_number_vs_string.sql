@@ -1,0 +1,3 @@
+-- reason: TYPE_MISMATCH
+-- why: string against number
+SELECT COUNT(*) FROM residents WHERE income = 'abc'

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_EXPRESSION
+-- why: only unary minus
+SELECT COUNT(*) FROM residents WHERE +income > 10

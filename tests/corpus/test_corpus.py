@@ -1,0 +1,91 @@
+"""The query corpus: every file under accept/ must analyze to a plan; every file under reject/
+must be refused with exactly the reason in its `-- reason:` header.
+
+Each file holds one query; the header lines are SQL comments and stay part of the text analyzed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.errors import InvalidQueryError
+from gateway.sql.analyze import analyze
+from sandbox.protocol import ColumnInfo, DatasetInfo, QueryPlan, TableInfo
+
+HERE = Path(__file__).parent
+ACCEPT = sorted((HERE / "accept").glob("*.sql"))
+REJECT = sorted((HERE / "reject").glob("*.sql"))
+REASON = re.compile(r"-- reason: ([A-Z][A-Z0-9_]*)\n-- why: \S.*\n")
+
+REGIONS = (
+    "110000", "120000", "130000", "140000", "150000", "210000", "220000", "230000",
+    "310000", "320000", "330000", "340000", "350000", "360000", "370000", "410000",
+    "420000", "430000", "440000", "450000", "460000", "500000", "510000", "520000",
+    "530000", "540000", "610000", "620000", "630000", "640000", "650000",
+)  # fmt: skip
+MONTHS = tuple(f"2025-{m:02d}" for m in range(1, 13))
+
+REGISTRY = DatasetInfo(
+    name="registry",
+    privacy_unit="person_id",
+    version="test",
+    tables=(
+        TableInfo(
+            "residents",
+            (
+                ColumnInfo("person_id", "int64", "identifier"),
+                ColumnInfo("id_number", "string", "identifier"),
+                ColumnInfo("name", "string", "identifier"),
+                ColumnInfo("birth_year", "int64", "public", lower=1930, upper=2007),
+                ColumnInfo("sex", "string", "public", domain=("F", "M")),
+                ColumnInfo("region", "string", "internal", domain=REGIONS),
+                ColumnInfo("income", "int64", "sensitive", lower=0, upper=2_000_000),
+                ColumnInfo("employed", "bool", "internal", domain=(False, True)),
+            ),
+            max_rows_per_unit=1,
+        ),
+        TableInfo(
+            "social_insurance",
+            (
+                ColumnInfo("person_id", "int64", "identifier"),
+                ColumnInfo("month", "string", "public", domain=MONTHS),
+                ColumnInfo("contribution", "int64", "sensitive", lower=0, upper=10_000),
+                ColumnInfo("employer_credit_code", "string", "identifier"),
+                ColumnInfo("region", "string", "internal", domain=REGIONS),
+            ),
+            max_rows_per_unit=12,
+        ),
+    ),
+)
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(ACCEPT) >= 60
+    assert len(REJECT) >= 80
+
+
+@pytest.mark.parametrize("path", ACCEPT, ids=[p.name for p in ACCEPT])
+def test_accepted(path: Path) -> None:
+    plan = analyze(path.read_text(encoding="utf-8"), REGISTRY)
+    assert isinstance(plan, QueryPlan)
+    assert plan.dataset == "registry"
+    assert plan.aggregates
+
+
+@pytest.mark.parametrize("path", REJECT, ids=[p.name for p in REJECT])
+def test_rejected(path: Path) -> None:
+    sql = path.read_text(encoding="utf-8")
+    header = REASON.match(sql)
+    assert header, f"{path.name} must start with '-- reason: <REASON>' and '-- why: <sentence>'"
+    with pytest.raises(InvalidQueryError) as info:
+        analyze(sql, REGISTRY)
+    err = info.value
+    assert err.reason == header.group(1), err.message
+    assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.message.strip()
+    assert len(err.message) <= 300
+    assert all(re.fullmatch(r"[a-z][A-Za-z0-9]*", key) for key in err.metadata)
