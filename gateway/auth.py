@@ -19,7 +19,7 @@ def authenticate(context: grpc.ServicerContext, policy: Policy) -> str:
     Raises:
         UnauthenticatedError: no verified certificate, or its common name is not a known consumer.
     """
-    auth = context.auth_context()
+    auth: dict[str, list[bytes]] = dict(context.auth_context())  # type: ignore[arg-type]
     if auth.get("transport_security_type") != [b"ssl"]:
         raise UnauthenticatedError("a client certificate is required")
     names = auth.get("x509_common_name") or []

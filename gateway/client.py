@@ -47,8 +47,8 @@ class ErrorDetails:
 def error_details(error: grpc.RpcError) -> ErrorDetails:
     """Decode the status code, message and ErrorInfo of a failed call."""
     call = error  # grpc.Call and grpc.RpcError are the same object for unary calls
-    code: grpc.StatusCode = call.code()  # type: ignore[attr-defined]
-    message: str = call.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = call.code()
+    message: str = call.details() or ""
     reason, metadata = "", {}
     status = rpc_status.from_call(call)  # type: ignore[arg-type]
     if status is not None:

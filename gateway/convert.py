@@ -170,7 +170,7 @@ def _column_schema(c: ColumnInfo) -> cat_pb.ColumnSchema:
     has_bounds = c.lower is not None and c.upper is not None
     return cat_pb.ColumnSchema(
         name=c.name,
-        type=_COLUMN_TYPES[c.type],  # type: ignore[arg-type]
+        type=_COLUMN_TYPES[c.type],
         grade=c.grade,
         has_bounds=has_bounds,
         lower=c.lower if c.lower is not None else 0.0,

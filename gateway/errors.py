@@ -12,7 +12,8 @@ GatewayError                         code                 ErrorInfo.reason
 ├── SandboxUnavailableError          UNAVAILABLE          SANDBOX_UNAVAILABLE
 └── GatewayInternalError             INTERNAL             INTERNAL_ERROR ("probably a bug", with an incident id)
 
-ConfigError (not a gRPC error, defined in sandbox.errors): a policy or catalog file is invalid; names the file, the key and the problem.
+ConfigError (not a gRPC error, defined in sandbox.errors): a policy or catalog file is invalid; its message
+names the file, the key and the problem.
 
 Rules: a message never contains data values, only facts about the request and the policy. Anything dynamic
 in a message is also in `metadata` (lowerCamelCase keys), so clients never parse text.

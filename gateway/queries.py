@@ -77,6 +77,7 @@ class PricedQuery:
     plan: QueryPlan
     costs: tuple[ReleaseCost, ...]
     cost: PrivacyLoss
+    requested_epsilon: float  # what the scales were calibrated for; the charge `cost` is <= it
 
 
 def validate_privacy_loss(epsilon: float, delta: float) -> None:
@@ -166,7 +167,7 @@ class QueryService:
         total = mechanisms.total_epsilon(costs)
         if total > req.epsilon:  # Tumult's re-check: never charge more than the caller allowed
             raise GatewayInternalError("priced cost exceeds the requested privacy loss")
-        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, 0.0))
+        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, 0.0), req.epsilon)
 
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
         """What a grant has spent."""
@@ -227,7 +228,9 @@ class QueryService:
 
     def _execute(self, key: GrantKey, request_id: str, priced: PricedQuery) -> ExecuteResult:
         """Run the charged plan in the sandbox; map every failure to the right ledger state."""
-        request = ExecuteRequest(request_id, priced.plan, priced.cost.epsilon)
+        # The sandbox calibrates with the same epsilon (so it derives the same scales) and refuses
+        # to spend more than it.
+        request = ExecuteRequest(request_id, priced.plan, priced.requested_epsilon)
         try:
             reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)
         except SandboxConnectionError as exc:

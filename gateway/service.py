@@ -114,7 +114,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         self.core = core
 
     @_rpc
-    def RunQuery(  # noqa: N802 (gRPC method name)
+    def RunQuery(
         self, request: q_pb.RunQueryRequest, context: grpc.ServicerContext
     ) -> q_pb.RunQueryResponse:
         """Run one query."""
@@ -122,7 +122,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         return self.core.run(_query_request(consumer, request, request.request_id))
 
     @_rpc
-    def ExplainQuery(  # noqa: N802
+    def ExplainQuery(
         self, request: q_pb.ExplainQueryRequest, context: grpc.ServicerContext
     ) -> q_pb.ExplainQueryResponse:
         """Explain one query."""
@@ -144,7 +144,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         return purposes
 
     @_rpc
-    def ListDatasets(  # noqa: N802
+    def ListDatasets(
         self, request: cat_pb.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> cat_pb.ListDatasetsResponse:
         """List granted datasets."""
@@ -159,7 +159,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         )
 
     @_rpc
-    def GetDataset(  # noqa: N802
+    def GetDataset(
         self, request: cat_pb.GetDatasetRequest, context: grpc.ServicerContext
     ) -> cat_pb.Dataset:
         """One granted dataset."""
@@ -181,7 +181,7 @@ class BudgetServicer(b_grpc.BudgetServiceServicer):
         self.core = core
 
     @_rpc
-    def GetPrivacyBudget(  # noqa: N802
+    def GetPrivacyBudget(
         self, request: b_pb.GetPrivacyBudgetRequest, context: grpc.ServicerContext
     ) -> b_pb.GetPrivacyBudgetResponse:
         """The caller's grants and what remains of them."""

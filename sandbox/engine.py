@@ -33,6 +33,7 @@ from sandbox.protocol import (
     NoisyValue,
     ReleaseCost,
     ReleaseRow,
+    TableInfo,
 )
 
 log = logging.getLogger("sandbox.engine")
@@ -270,11 +271,19 @@ class Engine:
                     )
                 else:
                     comp = "sum" if agg.kind is AggregateKind.SUM else "count"
+                    # Post-processing: a count, or a sum of values clamped to [L >= 0, U], cannot be
+                    # negative; clamping the noisy value and its interval at 0 keeps the truth inside.
+                    nonnegative = comp == "count" or _nonnegative_column(spec.info, agg.column)
                     values.append(
                         mechanisms.noisy_count_or_sum(
-                            by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=comp == "count"
+                            by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=nonnegative
                         )
                     )
             rows.append(ReleaseRow(keys=cell, values=tuple(values)))
         return tuple(rows)
 
+
+def _nonnegative_column(table: TableInfo, column: str | None) -> bool:
+    """True if every clamped value of `column` is >= 0 (its declared lower bound is >= 0)."""
+    col = table.column(column) if column is not None else None
+    return col is not None and col.lower is not None and col.lower >= 0

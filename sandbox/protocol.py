@@ -19,7 +19,8 @@ import math
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal as TypingLiteral, TypeAlias
+from typing import Any, TypeAlias
+from typing import Literal as TypingLiteral
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -386,7 +387,7 @@ def _keys(d: dict[str, Any], allowed: set[str]) -> None:
 
 def _scalar(v: Any) -> Scalar:
     if v is None or isinstance(v, bool | int | str):
-        return v  # type: ignore[no-any-return]
+        return v
     if isinstance(v, float) and math.isfinite(v):
         return v
     raise ProtocolError("literal must be a finite number, string, boolean or null")
