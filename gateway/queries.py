@@ -35,6 +35,7 @@ from gateway.errors import (
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss
 from gateway.policy import Grant, Policy
 from gateway.sql.analyze import analyze
+from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import PlanRejectedError
@@ -120,14 +121,15 @@ class QueryService:
 
     def __init__(
         self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
-        *, sandbox_timeout_s: float,
+        *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
     ) -> None:
-        """Wire the policy, the public catalog, the ledger and the sandbox client."""
+        """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
         self.policy = policy
         self.catalog = catalog
         self.ledger = ledger
         self.sandbox = sandbox
         self.sandbox_timeout_s = sandbox_timeout_s
+        self.supervisor = supervisor
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -226,6 +228,10 @@ class QueryService:
         self.ledger.complete(key, request_id, response.SerializeToString(deterministic=True))
         return response
 
+    def _recover(self, *, hung: bool) -> None:
+        if self.supervisor is not None:
+            self.supervisor.recover_in_background(hung=hung)
+
     def _execute(self, key: GrantKey, request_id: str, priced: PricedQuery) -> ExecuteResult:
         """Run the charged plan in the sandbox; map every failure to the right ledger state."""
         # The sandbox calibrates with the same epsilon (so it derives the same scales) and refuses
@@ -236,9 +242,11 @@ class QueryService:
         except SandboxConnectionError as exc:
             if exc.before_send:  # nothing reached the sandbox: data untouched, refund
                 self.ledger.release_unused(key, request_id)
+                self._recover(hung=False)
                 raise SandboxUnavailableError("the sandbox is not reachable; nothing was charged") from exc
             log.warning("sandbox connection lost during request %s: %s", request_id, exc)
             self.ledger.fail(key, request_id)
+            self._recover(hung=exc.timed_out)
             raise QueryExecutionError() from exc
         if isinstance(reply, ErrorReply):
             if reply.kind == "failed":

@@ -21,6 +21,7 @@ from gateway.policy import load_policy
 from gateway.queries import QueryService
 from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
 from gateway.settings import Settings
+from gateway.supervisor import SandboxSupervisor
 from sandbox.client import SandboxClient, SandboxProcess
 
 log = logging.getLogger("gateway.server")
@@ -85,7 +86,8 @@ def start_gateway(settings: Settings) -> Gateway:
         catalog = client.describe()
         ledger = Ledger(settings.ledger_path)
         core = QueryService(
-            policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s
+            policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
+            supervisor=SandboxSupervisor(process, client),
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),

@@ -42,9 +42,10 @@ class SandboxConnectionError(OSError):
     certainly not touched; the gateway refunds the reservation only then.
     """
 
-    def __init__(self, message: str, *, before_send: bool = False) -> None:
+    def __init__(self, message: str, *, before_send: bool = False, timed_out: bool = False) -> None:
         super().__init__(message)
         self.before_send = before_send
+        self.timed_out = timed_out
 
 
 class SandboxStartError(RuntimeError):
@@ -56,7 +57,7 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
     while len(buf) < n:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise SandboxConnectionError("sandbox did not answer in time")
+            raise SandboxConnectionError("sandbox did not answer in time", timed_out=True)
         sock.settimeout(remaining)
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
@@ -103,7 +104,9 @@ class SandboxClient:
             raise
         except ProtocolError as exc:
             raise SandboxConnectionError(f"malformed reply from the sandbox: {exc}") from exc
-        except OSError as exc:  # includes socket.timeout
+        except TimeoutError as exc:
+            raise SandboxConnectionError(f"sandbox did not answer: {exc}", timed_out=True) from exc
+        except OSError as exc:
             raise SandboxConnectionError(f"sandbox unreachable: {exc}") from exc
 
     def describe(self) -> CatalogInfo:
@@ -113,9 +116,9 @@ class SandboxClient:
             raise SandboxConnectionError(f"unexpected reply to describe: {reply!r}")
         return reply
 
-    def health(self) -> HealthReply:
+    def health(self, timeout_s: float | None = None) -> HealthReply:
         """Liveness and lock-down state."""
-        reply = self.call(HealthRequest())
+        reply = self.call(HealthRequest(), timeout_s)
         if not isinstance(reply, HealthReply):
             raise SandboxConnectionError(f"unexpected reply to health: {reply!r}")
         return reply
