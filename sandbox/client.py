@@ -89,12 +89,7 @@ class SandboxClient:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(budget)
-                try:
-                    sock.connect(str(self.socket_path))
-                except OSError as exc:
-                    raise SandboxConnectionError(
-                        f"sandbox unreachable: {exc}", before_send=True
-                    ) from exc
+                self._connect(sock, deadline)
                 sock.sendall(encode_frame(msg))
                 (length,) = struct.unpack(">I", _recv_exact(sock, 4, deadline))
                 if length > MAX_FRAME_BYTES:
@@ -108,6 +103,21 @@ class SandboxClient:
             raise SandboxConnectionError(f"sandbox did not answer: {exc}", timed_out=True) from exc
         except OSError as exc:
             raise SandboxConnectionError(f"sandbox unreachable: {exc}") from exc
+
+    def _connect(self, sock: socket.socket, deadline: float) -> None:
+        """Connect, retrying briefly while the listen backlog is full (EAGAIN) within the deadline."""
+        delay = 0.005
+        while True:
+            try:
+                sock.connect(str(self.socket_path))
+                return
+            except BlockingIOError as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise SandboxConnectionError(f"sandbox busy: {exc}", before_send=True) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            except OSError as exc:
+                raise SandboxConnectionError(f"sandbox unreachable: {exc}", before_send=True) from exc
 
     def describe(self) -> CatalogInfo:
         """The public catalog."""

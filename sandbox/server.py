@@ -80,6 +80,9 @@ class _Handler(socketserver.BaseRequestHandler):
 class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Serves one `Engine` on a Unix domain socket."""
 
+    # The gateway opens one connection per request; socketserver's default backlog of 5 makes
+    # concurrent connects fail with EAGAIN under load (seen with 40 concurrent requests).
+    request_queue_size = 256
     daemon_threads = True
     allow_reuse_address = False
 
