@@ -20,11 +20,12 @@ import json
 import logging
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway import convert
+from gateway.cache import ReleaseCache, cache_key
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
@@ -40,6 +41,7 @@ from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
+    AggregateKind,
     CatalogInfo,
     DatasetInfo,
     ErrorReply,
@@ -57,8 +59,19 @@ MIN_EPSILON = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
+class AccuracyRequest:
+    """Accuracy-first: wanted 95% half-widths (one for every COUNT/SUM output, or per output name)."""
+
+    half_width_95: float
+    per_output: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class QueryRequest:
-    """A validated-at-the-boundary query request (from RunQuery or ExplainQuery)."""
+    """A validated-at-the-boundary query request (from RunQuery or ExplainQuery).
+
+    `epsilon` is NaN when the request carried no privacy loss (allowed only with `accuracy`).
+    """
 
     consumer: str
     dataset: str
@@ -67,6 +80,8 @@ class QueryRequest:
     epsilon: float
     delta: float
     request_id: str = ""
+    weights: tuple[tuple[str, float], ...] = ()
+    accuracy: AccuracyRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +124,95 @@ def _require(value: str, field: str) -> None:
 
 def fingerprint(req: QueryRequest) -> str:
     """What a request_id is bound to: a retry must repeat the same request."""
+    accuracy = None if req.accuracy is None else [
+        repr(req.accuracy.half_width_95), [[k, repr(v)] for k, v in req.accuracy.per_output]]
     body = json.dumps(
-        [req.dataset, req.purpose, req.sql, repr(req.epsilon), repr(req.delta)],
+        [req.dataset, req.purpose, req.sql, repr(req.epsilon), repr(req.delta),
+         [[k, repr(v)] for k, v in req.weights], accuracy],
         separators=(",", ":"),
     )
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _output_aggregates(plan: QueryPlan) -> dict[str, int]:
+    return {o.name: o.aggregate_index for o in plan.outputs if o.aggregate_index is not None}
+
+
+def apply_weights(plan: QueryPlan, weights: tuple[tuple[str, float], ...]) -> QueryPlan:
+    """Set each aggregate's epsilon weight from the caller's per-output weights (default 1).
+
+    Raises:
+        InvalidArgumentError: a weight names no aggregate output, or is not finite and positive.
+    """
+    if not weights:
+        return plan
+    outputs = _output_aggregates(plan)
+    new = list(plan.aggregates)
+    for name, weight in weights:
+        if name not in outputs:
+            raise InvalidArgumentError(
+                f"weights: {name!r} is not an aggregate output of the query",
+                reason="INVALID_WEIGHTS", field="weights", output=name)
+        if not (math.isfinite(weight) and weight > 0):
+            raise InvalidArgumentError(
+                f"weights: the weight of {name!r} must be finite and positive, got {weight!r}",
+                reason="INVALID_WEIGHTS", field="weights", output=name)
+        new[outputs[name]] = replace(new[outputs[name]], weight=weight)
+    return replace(plan, aggregates=tuple(new))
+
+
+def solve_for_accuracy(
+    plan: QueryPlan, dataset: DatasetInfo, accuracy: AccuracyRequest
+) -> tuple[QueryPlan, float]:
+    """The plan re-weighted, and the total epsilon, that give every COUNT/SUM its target half-width.
+
+    For a component with L1 sensitivity d and target half-width a, OpenDP's accuracy function gives the
+    scale s (`accuracy_to_discrete_laplacian_scale` / `accuracy_to_laplacian_scale`, alpha = 0.05), and
+    epsilon = d / s. The plan's weights become these epsilons, so `mechanisms.price` at their sum
+    calibrates each component to (up to float rounding) exactly scale s.
+
+    Raises:
+        InvalidArgumentError: a target is not finite and positive, names no output, or an aggregate has
+            no closed-form accuracy (AVG and other derived values: ask with an epsilon instead).
+    """
+    targets = dict(accuracy.per_output)
+    outputs = _output_aggregates(plan)
+    for name, value in [("half_width_95", accuracy.half_width_95), *targets.items()]:
+        if not (math.isfinite(value) and value > 0) and not (name == "half_width_95" and targets):
+            raise InvalidArgumentError(
+                f"accuracy: {name} must be finite and positive, got {value!r}",
+                reason="INVALID_ACCURACY_TARGET", field="accuracy")
+        if name != "half_width_95" and name not in outputs:
+            raise InvalidArgumentError(
+                f"accuracy: {name!r} is not an aggregate output of the query",
+                reason="INVALID_ACCURACY_TARGET", field="accuracy", output=name)
+    wanted: dict[int, float] = {}
+    for name, index in outputs.items():
+        target = targets.get(name, accuracy.half_width_95)
+        if math.isfinite(target) and target > 0:
+            wanted[index] = min(target, wanted.get(index, math.inf))
+    epsilons: dict[int, float] = {}
+    for c in mechanisms.components(plan, dataset):
+        agg = plan.aggregates[c.aggregate_index]
+        if agg.kind not in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN, AggregateKind.SUM):
+            raise InvalidArgumentError(
+                "accuracy targets apply to COUNT and SUM outputs; ask for "
+                f"{agg.kind.value.upper()} with an epsilon instead",
+                reason="ACCURACY_TARGET_UNSUPPORTED", field="accuracy")
+        if c.aggregate_index not in wanted:
+            raise InvalidArgumentError(
+                "accuracy: every aggregate output needs a target",
+                reason="INVALID_ACCURACY_TARGET", field="accuracy")
+        scale = mechanisms.accuracy_to_scale(c.integer, wanted[c.aggregate_index])
+        epsilons[c.aggregate_index] = epsilons.get(c.aggregate_index, 0.0) + c.sensitivity / scale
+    aggregates = tuple(replace(a, weight=epsilons[i]) for i, a in enumerate(plan.aggregates))
+    return replace(plan, aggregates=aggregates), math.fsum(epsilons.values())
+
+
+def _replayed(prior: PriorRelease) -> q_pb.RunQueryResponse:
+    replay = q_pb.RunQueryResponse.FromString(prior.response)
+    replay.replayed = True
+    return replay
 
 
 class QueryService:
@@ -122,6 +221,7 @@ class QueryService:
     def __init__(
         self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
+        cache: ReleaseCache | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
         self.policy = policy
@@ -130,6 +230,7 @@ class QueryService:
         self.sandbox = sandbox
         self.sandbox_timeout_s = sandbox_timeout_s
         self.supervisor = supervisor
+        self.cache = cache
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -147,29 +248,47 @@ class QueryService:
         return grant, info
 
     def price(self, req: QueryRequest) -> PricedQuery:
-        """Run checks 1-4 and price the plan with OpenDP."""
-        validate_privacy_loss(req.epsilon, req.delta)
+        """Run checks 1-4 and price the plan with OpenDP (epsilon-first or accuracy-first)."""
+        if req.accuracy is None or not math.isnan(req.epsilon):
+            validate_privacy_loss(req.epsilon, req.delta)
+        elif not math.isfinite(req.delta) or not 0 <= req.delta < 1:
+            validate_privacy_loss(1.0, req.delta)
         _require(req.dataset, "dataset")
         _require(req.purpose, "purpose")
         grant, info = self.grant_for(req.consumer, req.dataset, req.purpose)
-        if req.epsilon > grant.max_epsilon_per_query:
-            raise InvalidArgumentError(
-                f"privacy_loss.epsilon {req.epsilon!r} exceeds the grant's per-query maximum "
-                f"{grant.max_epsilon_per_query!r}",
-                reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
-                field="privacy_loss.epsilon",
-                maxEpsilonPerQuery=repr(grant.max_epsilon_per_query),
-            )
         _require(req.sql, "sql")
-        plan = analyze(req.sql, info)
+        plan = apply_weights(analyze(req.sql, info), req.weights)
+        if req.accuracy is not None:
+            plan, epsilon = solve_for_accuracy(plan, info, req.accuracy)
+            cap = grant.max_epsilon_per_query if math.isnan(req.epsilon) else min(
+                req.epsilon, grant.max_epsilon_per_query)
+            if epsilon > cap:
+                raise InvalidArgumentError(
+                    f"the accuracy target needs epsilon {epsilon:.6g}, more than the {cap!r} "
+                    "this request may spend",
+                    reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
+                    field="accuracy",
+                    requiredEpsilon=repr(epsilon),
+                    maxEpsilonPerQuery=repr(cap),
+                )
+        else:
+            epsilon = req.epsilon
+            if epsilon > grant.max_epsilon_per_query:
+                raise InvalidArgumentError(
+                    f"privacy_loss.epsilon {epsilon!r} exceeds the grant's per-query maximum "
+                    f"{grant.max_epsilon_per_query!r}",
+                    reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
+                    field="privacy_loss.epsilon",
+                    maxEpsilonPerQuery=repr(grant.max_epsilon_per_query),
+                )
         try:
-            costs = mechanisms.price(plan, info, req.epsilon)
+            costs = mechanisms.price(plan, info, epsilon)
         except PlanRejectedError as exc:  # analyzer and catalog disagree: our bug
             raise GatewayInternalError("the query could not be priced") from exc
         total = mechanisms.total_epsilon(costs)
-        if total > req.epsilon:  # Tumult's re-check: never charge more than the caller allowed
+        if total > epsilon:  # Tumult's re-check: never charge more than the caller allowed
             raise GatewayInternalError("priced cost exceeds the requested privacy loss")
-        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, 0.0), req.epsilon)
+        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, 0.0), epsilon)
 
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
         """What a grant has spent."""
@@ -205,15 +324,28 @@ class QueryService:
             )
         priced = self.price(req)
         key = GrantKey(req.consumer, req.dataset, req.purpose)
+        ckey = cache_key(req.consumer, req.dataset, req.purpose, priced.dataset.version,
+                         priced.plan, priced.requested_epsilon)
+        cached = self.cache.get(ckey) if self.cache is not None else None
         budget = PrivacyLoss(priced.grant.epsilon, priced.grant.delta)
+        if cached is not None:  # the same release again: post-processing, recorded at zero cost
+            prior = self.ledger.reserve(key, request_id=request_id, fingerprint=fingerprint(req),
+                                        cost=PrivacyLoss(0.0, 0.0), budget=budget)
+            if isinstance(prior, PriorRelease):
+                return _replayed(prior)
+            hit = q_pb.RunQueryResponse.FromString(cached)
+            hit.cached = True
+            hit.request_id = request_id
+            hit.budget.CopyFrom(convert.budget_status(priced.grant, prior.spent_after))
+            hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))
+            self.ledger.complete(key, request_id, hit.SerializeToString(deterministic=True))
+            return hit
         outcome = self.ledger.reserve(
             key, request_id=request_id, fingerprint=fingerprint(req), cost=priced.cost,
             budget=budget,
         )
         if isinstance(outcome, PriorRelease):
-            replay = q_pb.RunQueryResponse.FromString(outcome.response)
-            replay.replayed = True
-            return replay
+            return _replayed(outcome)
         result = self._execute(key, request_id, priced)
         columns, rows = convert.answer(priced.plan, priced.dataset, result)
         response = q_pb.RunQueryResponse(
@@ -225,7 +357,10 @@ class QueryService:
             request_id=request_id,
             dataset_version=result.dataset_version,
         )
-        self.ledger.complete(key, request_id, response.SerializeToString(deterministic=True))
+        body = response.SerializeToString(deterministic=True)
+        self.ledger.complete(key, request_id, body)
+        if self.cache is not None:
+            self.cache.put(ckey, req.consumer, body)
         return response
 
     def _recover(self, *, hung: bool) -> None:

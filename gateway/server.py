@@ -15,6 +15,7 @@ from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
+from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError
 from gateway.ledger import Ledger
 from gateway.policy import load_policy
@@ -88,6 +89,7 @@ def start_gateway(settings: Settings) -> Gateway:
         core = QueryService(
             policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
             supervisor=SandboxSupervisor(process, client),
+            cache=ReleaseCache(settings.state_dir / "cache.sqlite3"),
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),

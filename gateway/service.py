@@ -32,7 +32,7 @@ from gateway.errors import (
     PermissionDeniedError,
     PrivacyBudgetExhaustedError,
 )
-from gateway.queries import QueryRequest, QueryService
+from gateway.queries import AccuracyRequest, QueryRequest, QueryService
 
 log = logging.getLogger("gateway.service")
 
@@ -95,14 +95,23 @@ def _rpc(
 
 
 def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryRequest:
+    accuracy = None
+    if req.HasField("accuracy"):
+        accuracy = AccuracyRequest(
+            half_width_95=req.accuracy.half_width_95 or float("nan"),
+            per_output=tuple(sorted(req.accuracy.per_output.items())),
+        )
+    has_loss = req.HasField("privacy_loss") and (accuracy is None or req.privacy_loss.epsilon != 0)
     return QueryRequest(
         consumer=consumer,
         dataset=req.dataset,
         sql=req.sql,
         purpose=req.purpose,
-        epsilon=req.privacy_loss.epsilon if req.HasField("privacy_loss") else float("nan"),
+        epsilon=req.privacy_loss.epsilon if has_loss else float("nan"),
         delta=req.privacy_loss.delta if req.HasField("privacy_loss") else 0.0,
         request_id=request_id,
+        weights=tuple(sorted(req.weights.items())),
+        accuracy=accuracy,
     )
 
 

@@ -179,14 +179,27 @@ class Engine:
         """
         deadline = (timeout_ms or self.limits.query_timeout_ms) / 1000
         cur = self._con.cursor()
-        timer = threading.Timer(deadline, cur.interrupt)
-        timer.daemon = True
+        done = threading.Event()
+
+        def watchdog() -> None:
+            # An interrupt that arrives while DuckDB is still binding/optimizing can be lost, so keep
+            # interrupting every 50 ms after the deadline until the statement returns.
+            if done.wait(deadline):
+                return
+            while not done.is_set():
+                try:
+                    cur.interrupt()
+                except duckdb.Error:  # the cursor closed between the check and the call
+                    return
+                done.wait(0.05)
+
+        timer = threading.Thread(target=watchdog, daemon=True)
         try:
             check_select(cur, sql, self._tables)
             timer.start()
             return cur.execute(sql).fetchall()
         finally:
-            timer.cancel()
+            done.set()
             cur.close()
 
     def execute(self, req: ExecuteRequest) -> ExecuteResult | ErrorReply:

@@ -147,6 +147,13 @@ def calibrate(integer: bool, sensitivity: float, epsilon: float) -> tuple[float,
     raise PlanRejectedError("could not calibrate the noise scale")  # pragma: no cover
 
 
+def accuracy_to_scale(integer: bool, half_width: float, alpha: float = ALPHA) -> float:
+    """The noise scale whose (1 - alpha) interval has half-width `half_width` (OpenDP's accuracy inverse)."""
+    if integer:
+        return float(dp.accuracy_to_discrete_laplacian_scale(half_width, alpha))
+    return float(dp.accuracy_to_laplacian_scale(half_width, alpha))
+
+
 def mechanism_name(integer: bool) -> str:
     """Public name of the mechanism used for a component."""
     return DISCRETE_LAPLACE if integer else LAPLACE

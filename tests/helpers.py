@@ -126,3 +126,14 @@ def isolated_settings(env: Env, name: str) -> Settings:
     """Settings for a second gateway with its own state directory (restart tests)."""
     state = env.root / f"state-{name}"
     return replace(env.settings, state_dir=state, sandbox_socket=state / "sandbox.sock")
+
+
+_SEQ = iter(range(10**9))
+
+
+def fresh(sql: str) -> str:
+    """`sql` with an always-true filter that makes it a distinct query (the release cache would
+    otherwise answer a repeated query with the earlier release). `sql` must have no WHERE clause."""
+    n = next(_SEQ)
+    head, sep, tail = sql.partition(" GROUP BY ")
+    return f"{head} WHERE birth_year < {3000 + n}{sep}{tail}"

@@ -15,7 +15,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.client import error_details
-from tests.helpers import Env, Stubs, channel_for, stubs_for
+from tests.helpers import Env, Stubs, channel_for, fresh, stubs_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,7 @@ def test_count_varies_and_centres_on_truth(analyst: Stubs, env: Env) -> None:
     truth = env.exact("SELECT COUNT(*) FROM residents")[0][0]
     answers, covered = [], 0
     for _ in range(200):
-        cell = run(analyst, "SELECT COUNT(*) FROM residents", epsilon=1.0).rows[0].cells[0]
+        cell = run(analyst, fresh("SELECT COUNT(*) FROM residents"), epsilon=1.0).rows[0].cells[0]
         answers.append(value(cell))
         covered += cell.confidence_interval.lower <= truth <= cell.confidence_interval.upper
     assert binomial_cdf(172, 200, 0.95) < 1e-6
@@ -88,13 +88,13 @@ def test_count_varies_and_centres_on_truth(analyst: Stubs, env: Env) -> None:
 def test_avg_and_sum_intervals_are_honest(analyst: Stubs, env: Env) -> None:
     """100 AVG+SUM answers: each interval covers the truth at >= 95% (false failure < 1e-6)."""
     sql = ("SELECT AVG(income) AS a, SUM(income) AS s FROM residents "
-           "WHERE birth_year BETWEEN 1960 AND 1990")
+           "WHERE birth_year BETWEEN 1960 AND 1990 AND birth_year < {}")
     exact = env.exact(
         "SELECT AVG(LEAST(GREATEST(income, 0), 2000000)), SUM(LEAST(GREATEST(income, 0), 2000000))"
         " FROM residents WHERE birth_year BETWEEN 1960 AND 1990")[0]
     cover_a = cover_s = 0
-    for _ in range(100):
-        row = run(analyst, sql, epsilon=2.0).rows[0]
+    for i in range(100):
+        row = run(analyst, sql.format(3000 + i), epsilon=2.0).rows[0]
         a, s = row.cells
         cover_a += a.confidence_interval.lower <= exact[0] <= a.confidence_interval.upper
         cover_s += s.confidence_interval.lower <= exact[1] <= s.confidence_interval.upper
@@ -243,8 +243,8 @@ def test_budget_exhaustion_refuses_and_charges_nothing(env: Env, gateway) -> Non
     s = stubs_for(ch)
     sql = "SELECT COUNT(*) FROM residents"
     for _ in range(2):
-        run(s, sql, epsilon=0.5, purpose="planning")
-    err = fails(run, s, sql, epsilon=0.5, purpose="planning")
+        run(s, fresh(sql), epsilon=0.5, purpose="planning")
+    err = fails(run, s, fresh(sql), epsilon=0.5, purpose="planning")
     assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.reason == "PRIVACY_BUDGET_EXHAUSTED"
     assert {"requestedEpsilon", "remainingEpsilon"} <= set(err.metadata)
@@ -258,9 +258,11 @@ def test_concurrent_queries_never_overspend(env: Env, gateway) -> None:  # type:
     ch = channel_for(env, gateway.port, "racer")
     s = stubs_for(ch)
 
-    def one(_: int) -> grpc.StatusCode:
+    queries = [fresh("SELECT COUNT(*) FROM residents") for _ in range(32)]
+
+    def one(i: int) -> grpc.StatusCode:
         try:
-            run(s, "SELECT COUNT(*) FROM residents", epsilon=0.125, purpose="racing")
+            run(s, queries[i], epsilon=0.125, purpose="racing")
             return grpc.StatusCode.OK
         except grpc.RpcError as exc:
             return exc.code()  # type: ignore[no-any-return,attr-defined]
@@ -277,7 +279,7 @@ def test_concurrent_queries_never_overspend(env: Env, gateway) -> None:  # type:
 def test_retry_with_same_request_id_replays_release(analyst: Stubs) -> None:
     """The same request_id returns the identical release and is charged once."""
     rid = str(uuid.uuid4())
-    sql = "SELECT sex, AVG(income) FROM residents GROUP BY sex"
+    sql = fresh("SELECT sex, AVG(income) FROM residents GROUP BY sex")
     first = run(analyst, sql, request_id=rid)
     spent = analyst.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent.epsilon
     second = run(analyst, sql, request_id=rid)
@@ -285,8 +287,62 @@ def test_retry_with_same_request_id_replays_release(analyst: Stubs) -> None:
     assert second.replayed and not first.replayed
     assert list(second.rows) == list(first.rows)
     assert spent == after
-    err = fails(run, analyst, "SELECT COUNT(*) FROM residents", request_id=rid)
+    err = fails(run, analyst, fresh("SELECT COUNT(*) FROM residents"), request_id=rid)
     assert err.code == grpc.StatusCode.ALREADY_EXISTS and err.reason == "REQUEST_ID_REUSED"
+
+
+def test_same_query_again_is_the_same_release_at_no_cost(analyst: Stubs) -> None:
+    """The charge-once cache: an identical query (even rewritten with other spacing/case) is free."""
+    sql = fresh("SELECT COUNT(*) AS n, SUM(income) AS s FROM residents")
+    first = run(analyst, sql, epsilon=0.5)
+    spent = analyst.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent.epsilon
+    second = run(analyst, "  " + sql.lower().replace("select", "SELECT"), epsilon=0.5)
+    assert second.cached and not first.cached
+    assert list(second.rows) == list(first.rows)
+    assert second.privacy_cost.epsilon == 0.0
+    assert analyst.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent.epsilon == spent
+    other_epsilon = run(analyst, sql, epsilon=0.25)
+    assert not other_epsilon.cached and other_epsilon.privacy_cost.epsilon > 0
+
+
+def test_weights_split_epsilon(analyst: Stubs) -> None:
+    """Per-output weights split epsilon exactly in proportion (3:1 here)."""
+    req = q_pb.ExplainQueryRequest(
+        dataset="registry", purpose="testing", sql="SELECT COUNT(*) AS n, SUM(income) AS s FROM residents",
+        privacy_loss=common_pb.PrivacyLoss(epsilon=1.0), weights={"n": 3.0, "s": 1.0})
+    ex = analyst.query.ExplainQuery(req)
+    eps = {r.output: r.privacy_loss.epsilon for r in ex.plan.releases}
+    assert eps["n"] == pytest.approx(0.75, rel=1e-12) and eps["s"] == pytest.approx(0.25, rel=1e-12)
+    bad = q_pb.ExplainQueryRequest(
+        dataset="registry", purpose="testing", sql="SELECT COUNT(*) AS n FROM residents",
+        privacy_loss=common_pb.PrivacyLoss(epsilon=1.0), weights={"nope": 1.0})
+    assert fails(analyst.query.ExplainQuery, bad).reason == "INVALID_WEIGHTS"
+
+
+def test_accuracy_first_solves_for_epsilon(analyst: Stubs) -> None:
+    """A target 95% half-width yields the epsilon whose interval has exactly that half-width."""
+    req = q_pb.ExplainQueryRequest(
+        dataset="registry", purpose="testing", sql="SELECT COUNT(*) AS n FROM residents",
+        accuracy=q_pb.AccuracyTarget(half_width_95=20.0))
+    ex = analyst.query.ExplainQuery(req)
+    assert ex.plan.releases[0].half_width_95 == pytest.approx(20.0, rel=1e-9)
+    # discrete Laplace: scale = accuracy_to_discrete_laplacian_scale(20, 0.05) = 6.5157, eps = 1/scale
+    assert ex.privacy_cost.epsilon == pytest.approx(1 / 6.515657600399921, rel=1e-9)
+    resp = analyst.query.RunQuery(q_pb.RunQueryRequest(
+        dataset="registry", purpose="testing", sql=fresh("SELECT COUNT(*) AS n FROM residents"),
+        accuracy=q_pb.AccuracyTarget(half_width_95=20.0)))
+    ci = resp.rows[0].cells[0].confidence_interval
+    assert ci.upper - ci.lower == pytest.approx(40.0, rel=1e-9)  # ~3000 residents: no clamping at 0
+    assert resp.privacy_cost.epsilon == pytest.approx(ex.privacy_cost.epsilon, rel=1e-12)
+    too_tight = q_pb.ExplainQueryRequest(
+        dataset="registry", purpose="testing", sql="SELECT SUM(income) FROM residents",
+        accuracy=q_pb.AccuracyTarget(half_width_95=1.0))
+    err = fails(analyst.query.ExplainQuery, too_tight)
+    assert err.reason == "PRIVACY_LOSS_ABOVE_QUERY_CAP" and "requiredEpsilon" in err.metadata
+    avg = q_pb.ExplainQueryRequest(
+        dataset="registry", purpose="testing", sql="SELECT AVG(income) FROM residents",
+        accuracy=q_pb.AccuracyTarget(half_width_95=100.0))
+    assert fails(analyst.query.ExplainQuery, avg).reason == "ACCURACY_TARGET_UNSUPPORTED"
 
 
 def test_health_and_reflection(env: Env, gateway) -> None:  # type: ignore[no-untyped-def]

@@ -12,15 +12,15 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.server import start_gateway
-from tests.helpers import Env, channel_for, isolated_settings, stubs_for
+from tests.helpers import Env, channel_for, fresh, isolated_settings, stubs_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SQL = "SELECT COUNT(*) FROM residents"
 
 
-def _request(rid: str, epsilon: float = 0.25) -> q_pb.RunQueryRequest:
-    return q_pb.RunQueryRequest(dataset="registry", sql=SQL, purpose="restarting", request_id=rid,
+def _request(rid: str, epsilon: float = 0.25, sql: str = SQL) -> q_pb.RunQueryRequest:
+    return q_pb.RunQueryRequest(dataset="registry", sql=sql, purpose="restarting", request_id=rid,
                                 privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon))
 
 
@@ -57,14 +57,14 @@ def test_killed_sandbox_is_replaced_and_nothing_is_lost(env: Env) -> None:
     try:
         ch = channel_for(env, gw.port, "restarter")
         s = stubs_for(ch)
-        s.query.RunQuery(_request(str(uuid.uuid4()), 0.125))
+        s.query.RunQuery(_request(str(uuid.uuid4()), 0.125, fresh(SQL)))
         spent_before = s.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent
         assert gw.sandbox_process is not None and gw.sandbox_process.proc is not None
         old_pid = gw.sandbox_process.pid
         gw.sandbox_process.proc.kill()
         gw.sandbox_process.proc.wait()
         with pytest.raises(grpc.RpcError) as info:
-            s.query.RunQuery(_request(str(uuid.uuid4()), 0.125))
+            s.query.RunQuery(_request(str(uuid.uuid4()), 0.125, fresh(SQL)))
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
         after = s.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent
         if info.value.code() == grpc.StatusCode.UNAVAILABLE:  # never reached the sandbox: refunded
@@ -72,7 +72,7 @@ def test_killed_sandbox_is_replaced_and_nothing_is_lost(env: Env) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                s.query.RunQuery(_request(str(uuid.uuid4()), 0.125))
+                s.query.RunQuery(_request(str(uuid.uuid4()), 0.125, fresh(SQL)))
                 break
             except grpc.RpcError as exc:
                 assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)

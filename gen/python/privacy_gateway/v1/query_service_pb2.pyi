@@ -8,21 +8,47 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunQueryRequest(_message.Message):
-    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "request_id")
+    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "request_id", "weights", "accuracy")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SQL_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_LOSS_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     sql: str
     privacy_loss: _common_pb2.PrivacyLoss
     purpose: str
     request_id: str
-    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    accuracy: AccuracyTarget
+    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., request_id: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[_Union[AccuracyTarget, _Mapping]] = ...) -> None: ...
+
+class AccuracyTarget(_message.Message):
+    __slots__ = ("half_width_95", "per_output")
+    class PerOutputEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    HALF_WIDTH_95_FIELD_NUMBER: _ClassVar[int]
+    PER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    half_width_95: float
+    per_output: _containers.ScalarMap[str, float]
+    def __init__(self, half_width_95: _Optional[float] = ..., per_output: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RunQueryResponse(_message.Message):
-    __slots__ = ("columns", "rows", "plan", "privacy_cost", "budget", "request_id", "dataset_version", "replayed")
+    __slots__ = ("columns", "rows", "plan", "privacy_cost", "budget", "request_id", "dataset_version", "replayed", "cached")
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +57,7 @@ class RunQueryResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     columns: _containers.RepeatedCompositeFieldContainer[ResultColumn]
     rows: _containers.RepeatedCompositeFieldContainer[Row]
     plan: QueryPlanInfo
@@ -39,19 +66,31 @@ class RunQueryResponse(_message.Message):
     request_id: str
     dataset_version: str
     replayed: bool
-    def __init__(self, columns: _Optional[_Iterable[_Union[ResultColumn, _Mapping]]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., plan: _Optional[_Union[QueryPlanInfo, _Mapping]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    cached: bool
+    def __init__(self, columns: _Optional[_Iterable[_Union[ResultColumn, _Mapping]]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., plan: _Optional[_Union[QueryPlanInfo, _Mapping]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class ExplainQueryRequest(_message.Message):
-    __slots__ = ("dataset", "sql", "privacy_loss", "purpose")
+    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "weights", "accuracy")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SQL_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_LOSS_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     sql: str
     privacy_loss: _common_pb2.PrivacyLoss
     purpose: str
-    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    accuracy: AccuracyTarget
+    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[_Union[AccuracyTarget, _Mapping]] = ...) -> None: ...
 
 class ExplainQueryResponse(_message.Message):
     __slots__ = ("plan", "privacy_cost", "budget", "affordable")

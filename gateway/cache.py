@@ -1,0 +1,81 @@
+"""The charge-once release cache: the same normalized query, caller and data version gets the same release.
+
+Returning an earlier release again is post-processing of an output the caller already paid for, so it
+costs nothing; and it takes away the cheapest way to average noise out (asking the same question again).
+Equivalent rewrites that normalize to the same plan hit the cache too, because the key is the analyzer's
+typed plan, not the SQL text. It is no substitute for charging every distinct release (THREATS.md 5).
+
+The key covers: consumer, dataset, purpose, dataset version, the canonical plan (JSON of the typed tree
+with its epsilon weights) and the epsilon the scales were calibrated for. Stored in its own SQLite file
+(WAL) under the state directory, so it survives restarts and is shared by gateway processes. Two identical
+requests racing each other may both be charged; the first stored release wins for later ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from sandbox.protocol import QueryPlan, plan_to_json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    key        TEXT PRIMARY KEY,
+    consumer   TEXT NOT NULL,
+    response   BLOB NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def cache_key(
+    consumer: str, dataset: str, purpose: str, version: str, plan: QueryPlan, epsilon: float
+) -> str:
+    """The cache key of a priced query (hex SHA-256 of its canonical description)."""
+    body = json.dumps(
+        [consumer, dataset, purpose, version, plan_to_json(plan), repr(epsilon)],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class ReleaseCache:
+    """Durable key -> serialized release."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        """Open (and create) the cache database."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def get(self, key: str) -> bytes | None:
+        """The stored release for `key`, if any."""
+        con = self._connect()
+        try:
+            row = con.execute("SELECT response FROM releases WHERE key = ?", (key,)).fetchone()
+        finally:
+            con.close()
+        return None if row is None else bytes(row[0])
+
+    def put(self, key: str, consumer: str, response: bytes) -> None:
+        """Store a release; an existing entry for `key` is kept (the first release wins)."""
+        con = self._connect()
+        try:
+            con.execute(
+                "INSERT OR IGNORE INTO releases (key, consumer, response, created_at) VALUES (?,?,?,?)",
+                (key, consumer, response, time.time()),
+            )
+        finally:
+            con.close()
