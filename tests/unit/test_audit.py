@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import random
@@ -93,7 +94,7 @@ def test_append_and_verify(log12: AuditLog) -> None:
     entries = log12.entries()
     assert [e.seq for e in entries] == list(range(1, 13))
     assert entries[0].prev_hash == GENESIS_HASH
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert all(entry_hash(e) == e.hash for e in entries)
     assert [s.seq for s in log12.seals()] == [5, 10, 12]
     assert log12.seal() is None  # the head is already sealed
@@ -309,7 +310,9 @@ def test_append_only_triggers(log12: AuditLog) -> None:
     con.close()
 
 
-def _process_worker(state: str, n_threads: int, per_thread: int, barrier: ProcessBarrier, out: Queue[list[str]]) -> None:
+def _process_worker(
+    state: str, n_threads: int, per_thread: int, barrier: ProcessBarrier, out: Queue[list[str]]
+) -> None:
     audit = _open(Path(state), seal_every=20)
     errors: list[str] = []
     guard = threading.Lock()
@@ -369,21 +372,36 @@ def test_export_and_offline_verify(log12: AuditLog, state: Path, tmp_path: Path)
     assert not verify_export(whole, Signer.generate().public_pem).ok
 
 
-def test_offline_verify_catches_any_one_bit_change(log12: AuditLog, state: Path, tmp_path: Path) -> None:
-    """Flipping any one of 600 sampled bits (and every bit of one entry line) fails offline verification."""
-    out = log12.export(1, 6, tmp_path / "audit.jsonl")
-    pub = (state / "keys" / "signing.pub").read_bytes()
-    data = out.read_bytes()
-    rng = random.Random(20240611)
-    positions = set(rng.sample(range(len(data) * 8), 600))
-    first_entry = data.index(b"\n") + 1
-    positions |= set(range(first_entry * 8, data.index(b"\n", first_entry) * 8))
+def _assert_every_flip_fails(path: Path, pub: bytes, positions: set[int], tmp_path: Path) -> None:
+    data = path.read_bytes()
     corrupted = tmp_path / "corrupted.jsonl"
     for bit in sorted(positions):
         flipped = bytearray(data)
         flipped[bit // 8] ^= 1 << (bit % 8)
         corrupted.write_bytes(bytes(flipped))
         assert not verify_export(corrupted, pub).ok, f"bit {bit} flip went unnoticed"
+
+
+def test_offline_verify_catches_any_one_bit_change(log12: AuditLog, state: Path, tmp_path: Path) -> None:
+    """Flipping any one of 400 sampled bits of an export fails offline verification."""
+    out = log12.export(1, 6, tmp_path / "audit.jsonl")
+    pub = (state / "keys" / "signing.pub").read_bytes()
+    bits = len(out.read_bytes()) * 8
+    _assert_every_flip_fails(out, pub, set(random.Random(20240611).sample(range(bits), 400)), tmp_path)
+
+
+@pytest.mark.slow
+def test_offline_verify_catches_every_bit_of_an_entry_and_a_seal(
+    log12: AuditLog, state: Path, tmp_path: Path
+) -> None:
+    """Flipping each bit of the first entry line and of the seal line fails offline verification."""
+    out = log12.export(1, 5, tmp_path / "audit.jsonl")
+    pub = (state / "keys" / "signing.pub").read_bytes()
+    data = out.read_bytes()
+    starts = [0] + [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    entry_line, seal_line = (starts[1], starts[2]), (starts[-3], starts[-2])
+    positions = {b for lo, hi in (entry_line, seal_line) for b in range(lo * 8, hi * 8)}
+    _assert_every_flip_fails(out, pub, positions, tmp_path)
 
 
 def test_offline_verify_catches_removed_and_reordered_lines(log12: AuditLog, state: Path, tmp_path: Path) -> None:
