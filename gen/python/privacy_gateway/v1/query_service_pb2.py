@@ -23,37 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from privacy_gateway.v1 import common_pb2 as privacy__gateway_dot_v1_dot_common__pb2
+from privacy_gateway.v1 import receipt_pb2 as privacy__gateway_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/query_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\"\x8b\x01\n\x0fRunQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xc5\x02\n\x10RunQueryResponse\x12\x31\n\x07\x63olumns\x18\x01 \x03(\x0b\x32 .privacy_gateway.v1.ResultColumn\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.privacy_gateway.v1.Row\x12/\n\x04plan\x18\x03 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x05 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x07 \x01(\t\x12\x10\n\x08replayed\x18\x08 \x01(\x08\"{\n\x13\x45xplainQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\"\xc4\x01\n\x14\x45xplainQueryResponse\x12/\n\x04plan\x18\x01 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x03 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\naffordable\x18\x04 \x01(\x08\"l\n\x0cResultColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04type\x18\x02 \x01(\x0e\x32\x1e.privacy_gateway.v1.ColumnType\x12\r\n\x05noisy\x18\x03 \x01(\x08\x12\x11\n\taggregate\x18\x04 \x01(\t\".\n\x03Row\x12\'\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x18.privacy_gateway.v1.Cell\"\xf5\x01\n\x04\x43\x65ll\x12\x15\n\x0bint64_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x14\n\nnull_value\x18\x05 \x01(\x08H\x00\x12,\n\x05noise\x18\x06 \x01(\x0b\x32\x1d.privacy_gateway.v1.NoiseInfo\x12\x43\n\x13\x63onfidence_interval\x18\x07 \x01(\x0b\x32&.privacy_gateway.v1.ConfidenceIntervalB\x07\n\x05value\"=\n\tNoiseInfo\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0e\n\x06stddev\x18\x03 \x01(\x01\"A\n\x12\x43onfidenceInterval\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\r\n\x05level\x18\x03 \x01(\x01\"\xbe\x01\n\rQueryPlanInfo\x12\r\n\x05table\x18\x01 \x01(\t\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x15\n\rgroup_by_mode\x18\x03 \x01(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x12\x31\n\x08releases\x18\x05 \x03(\x0b\x32\x1f.privacy_gateway.v1.ReleaseCost\x12\x19\n\x11max_rows_per_unit\x18\x06 \x01(\x03\x12\x14\n\x0cprivacy_unit\x18\x07 \x01(\t\"\xb5\x01\n\x0bReleaseCost\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x11\n\tcomponent\x18\x02 \x01(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x13\n\x0bsensitivity\x18\x04 \x01(\x01\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x35\n\x0cprivacy_loss\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x15\n\rhalf_width_95\x18\x07 \x01(\x01\x32\xc8\x01\n\x0cQueryService\x12U\n\x08RunQuery\x12#.privacy_gateway.v1.RunQueryRequest\x1a$.privacy_gateway.v1.RunQueryResponse\x12\x61\n\x0c\x45xplainQuery\x12\'.privacy_gateway.v1.ExplainQueryRequest\x1a(.privacy_gateway.v1.ExplainQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/query_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\x1a privacy_gateway/v1/receipt.proto\"\x8b\x01\n\x0fRunQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xf3\x02\n\x10RunQueryResponse\x12\x31\n\x07\x63olumns\x18\x01 \x03(\x0b\x32 .privacy_gateway.v1.ResultColumn\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.privacy_gateway.v1.Row\x12/\n\x04plan\x18\x03 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x05 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x07 \x01(\t\x12\x10\n\x08replayed\x18\x08 \x01(\x08\x12,\n\x07receipt\x18\t \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt\"{\n\x13\x45xplainQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\"\xc4\x01\n\x14\x45xplainQueryResponse\x12/\n\x04plan\x18\x01 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x03 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\naffordable\x18\x04 \x01(\x08\"l\n\x0cResultColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04type\x18\x02 \x01(\x0e\x32\x1e.privacy_gateway.v1.ColumnType\x12\r\n\x05noisy\x18\x03 \x01(\x08\x12\x11\n\taggregate\x18\x04 \x01(\t\".\n\x03Row\x12\'\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x18.privacy_gateway.v1.Cell\"\xf5\x01\n\x04\x43\x65ll\x12\x15\n\x0bint64_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x14\n\nnull_value\x18\x05 \x01(\x08H\x00\x12,\n\x05noise\x18\x06 \x01(\x0b\x32\x1d.privacy_gateway.v1.NoiseInfo\x12\x43\n\x13\x63onfidence_interval\x18\x07 \x01(\x0b\x32&.privacy_gateway.v1.ConfidenceIntervalB\x07\n\x05value\"=\n\tNoiseInfo\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0e\n\x06stddev\x18\x03 \x01(\x01\"A\n\x12\x43onfidenceInterval\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\r\n\x05level\x18\x03 \x01(\x01\"\xbe\x01\n\rQueryPlanInfo\x12\r\n\x05table\x18\x01 \x01(\t\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x15\n\rgroup_by_mode\x18\x03 \x01(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x12\x31\n\x08releases\x18\x05 \x03(\x0b\x32\x1f.privacy_gateway.v1.ReleaseCost\x12\x19\n\x11max_rows_per_unit\x18\x06 \x01(\x03\x12\x14\n\x0cprivacy_unit\x18\x07 \x01(\t\"\xb5\x01\n\x0bReleaseCost\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x11\n\tcomponent\x18\x02 \x01(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x13\n\x0bsensitivity\x18\x04 \x01(\x01\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x35\n\x0cprivacy_loss\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x15\n\rhalf_width_95\x18\x07 \x01(\x01\x32\xc8\x01\n\x0cQueryService\x12U\n\x08RunQuery\x12#.privacy_gateway.v1.RunQueryRequest\x1a$.privacy_gateway.v1.RunQueryResponse\x12\x61\n\x0c\x45xplainQuery\x12\'.privacy_gateway.v1.ExplainQueryRequest\x1a(.privacy_gateway.v1.ExplainQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'privacy_gateway.v1.query_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNQUERYREQUEST']._serialized_start=96
-  _globals['_RUNQUERYREQUEST']._serialized_end=235
-  _globals['_RUNQUERYRESPONSE']._serialized_start=238
-  _globals['_RUNQUERYRESPONSE']._serialized_end=563
-  _globals['_EXPLAINQUERYREQUEST']._serialized_start=565
-  _globals['_EXPLAINQUERYREQUEST']._serialized_end=688
-  _globals['_EXPLAINQUERYRESPONSE']._serialized_start=691
-  _globals['_EXPLAINQUERYRESPONSE']._serialized_end=887
-  _globals['_RESULTCOLUMN']._serialized_start=889
-  _globals['_RESULTCOLUMN']._serialized_end=997
-  _globals['_ROW']._serialized_start=999
-  _globals['_ROW']._serialized_end=1045
-  _globals['_CELL']._serialized_start=1048
-  _globals['_CELL']._serialized_end=1293
-  _globals['_NOISEINFO']._serialized_start=1295
-  _globals['_NOISEINFO']._serialized_end=1356
-  _globals['_CONFIDENCEINTERVAL']._serialized_start=1358
-  _globals['_CONFIDENCEINTERVAL']._serialized_end=1423
-  _globals['_QUERYPLANINFO']._serialized_start=1426
-  _globals['_QUERYPLANINFO']._serialized_end=1616
-  _globals['_RELEASECOST']._serialized_start=1619
-  _globals['_RELEASECOST']._serialized_end=1800
-  _globals['_QUERYSERVICE']._serialized_start=1803
-  _globals['_QUERYSERVICE']._serialized_end=2003
+  _globals['_RUNQUERYREQUEST']._serialized_start=130
+  _globals['_RUNQUERYREQUEST']._serialized_end=269
+  _globals['_RUNQUERYRESPONSE']._serialized_start=272
+  _globals['_RUNQUERYRESPONSE']._serialized_end=643
+  _globals['_EXPLAINQUERYREQUEST']._serialized_start=645
+  _globals['_EXPLAINQUERYREQUEST']._serialized_end=768
+  _globals['_EXPLAINQUERYRESPONSE']._serialized_start=771
+  _globals['_EXPLAINQUERYRESPONSE']._serialized_end=967
+  _globals['_RESULTCOLUMN']._serialized_start=969
+  _globals['_RESULTCOLUMN']._serialized_end=1077
+  _globals['_ROW']._serialized_start=1079
+  _globals['_ROW']._serialized_end=1125
+  _globals['_CELL']._serialized_start=1128
+  _globals['_CELL']._serialized_end=1373
+  _globals['_NOISEINFO']._serialized_start=1375
+  _globals['_NOISEINFO']._serialized_end=1436
+  _globals['_CONFIDENCEINTERVAL']._serialized_start=1438
+  _globals['_CONFIDENCEINTERVAL']._serialized_end=1503
+  _globals['_QUERYPLANINFO']._serialized_start=1506
+  _globals['_QUERYPLANINFO']._serialized_end=1696
+  _globals['_RELEASECOST']._serialized_start=1699
+  _globals['_RELEASECOST']._serialized_end=1880
+  _globals['_QUERYSERVICE']._serialized_start=1883
+  _globals['_QUERYSERVICE']._serialized_end=2083
 # @@protoc_insertion_point(module_scope)
