@@ -14,9 +14,12 @@ from privacy_gateway.v1 import budget_service_pb2, catalog_service_pb2, query_se
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
+from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 
 from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError
+from gateway.governance import Governance
+from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
 from gateway.ledger import Ledger
 from gateway.policy import load_policy
 from gateway.queries import QueryService
@@ -31,6 +34,7 @@ SERVICE_NAMES = (
     query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    KEY_SERVICE_NAME,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -56,6 +60,7 @@ class Gateway:
     ledger: Ledger
     sandbox_process: SandboxProcess | None = None
     health: health.HealthServicer = field(default_factory=health.HealthServicer)
+    governance: Governance | None = None
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Stop serving, then stop the sandbox and close the ledger."""
@@ -65,6 +70,8 @@ class Gateway:
         if self.sandbox_process is not None:
             self.sandbox_process.stop()
         self.ledger.close()
+        if self.governance is not None:
+            self.governance.close()  # seals the audit log
 
 
 def start_gateway(settings: Settings) -> Gateway:
@@ -101,6 +108,8 @@ def start_gateway(settings: Settings) -> Gateway:
         q_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
         cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
+        governance = Governance.open(settings.state_dir, settings.policy)
+        key_grpc.add_KeyServiceServicer_to_server(KeyServicer(governance.signer), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -119,4 +128,4 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     log.info("gateway serving on port %d", port)
-    return Gateway(server, port, core, ledger, process, health_servicer)
+    return Gateway(server, port, core, ledger, process, health_servicer, governance)

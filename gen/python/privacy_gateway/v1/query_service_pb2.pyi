@@ -1,4 +1,5 @@
 from privacy_gateway.v1 import common_pb2 as _common_pb2
+from privacy_gateway.v1 import receipt_pb2 as _receipt_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -48,7 +49,7 @@ class AccuracyTarget(_message.Message):
     def __init__(self, half_width_95: _Optional[float] = ..., per_output: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RunQueryResponse(_message.Message):
-    __slots__ = ("columns", "rows", "plan", "privacy_cost", "budget", "request_id", "dataset_version", "replayed", "cached")
+    __slots__ = ("columns", "rows", "plan", "privacy_cost", "budget", "request_id", "dataset_version", "replayed", "receipt", "cached")
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +58,7 @@ class RunQueryResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     columns: _containers.RepeatedCompositeFieldContainer[ResultColumn]
     rows: _containers.RepeatedCompositeFieldContainer[Row]
@@ -66,8 +68,9 @@ class RunQueryResponse(_message.Message):
     request_id: str
     dataset_version: str
     replayed: bool
+    receipt: _receipt_pb2.Receipt
     cached: bool
-    def __init__(self, columns: _Optional[_Iterable[_Union[ResultColumn, _Mapping]]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., plan: _Optional[_Union[QueryPlanInfo, _Mapping]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., cached: _Optional[bool] = ...) -> None: ...
+    def __init__(self, columns: _Optional[_Iterable[_Union[ResultColumn, _Mapping]]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., plan: _Optional[_Union[QueryPlanInfo, _Mapping]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., receipt: _Optional[_Union[_receipt_pb2.Receipt, _Mapping]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class ExplainQueryRequest(_message.Message):
     __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "weights", "accuracy")

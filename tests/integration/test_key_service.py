@@ -1,0 +1,29 @@
+"""KeyService over the real mTLS server, and the governance objects the server opens."""
+
+from __future__ import annotations
+
+import pytest
+from privacy_gateway.v1 import receipt_pb2
+from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
+
+from gateway.server import Gateway
+from gateway.signing import public_key_id
+from tests.helpers import Env, channel_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_get_public_key(env: Env, gateway: Gateway) -> None:
+    """GetPublicKey returns the key in <state_dir>/keys/signing.pub and its id; the audit log is open."""
+    channel = channel_for(env, gateway.port, "stranger")  # the key is public: any mTLS client may fetch it
+    try:
+        resp = key_grpc.KeyServiceStub(channel).GetPublicKey(receipt_pb2.GetPublicKeyRequest(), timeout=10)
+    finally:
+        channel.close()
+    pub = (env.settings.state_dir / "keys" / "signing.pub").read_bytes()
+    assert resp.public_key_pem.encode() == pub
+    assert resp.key_id == public_key_id(pub) and resp.algorithm == "Ed25519"
+    assert gateway.governance is not None
+    assert gateway.governance.signer.key_id == resp.key_id
+    assert gateway.governance.audit.path == env.settings.state_dir / "audit.sqlite3"
+    assert gateway.governance.audit.verify().ok
