@@ -21,6 +21,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
+from gateway import cli_governance
 from gateway.client import ClientIdentity, describe_error, secure_channel
 from gateway.errors import ConfigError
 from gateway.settings import ROOT, load_settings
@@ -51,9 +52,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {
         "listen": args.listen, "policy": args.policy, "catalog": args.catalog,
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
-        "query_timeout_ms": args.query_timeout_ms,
+        "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
+        "log_format": args.log_format,
     }
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
+    if settings.log_format == "json":
+        from gateway.logs import install_json_logging
+
+        install_json_logging()
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
     gateway = start_gateway(settings)
@@ -236,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir")
     s.add_argument("--tls-dir")
     s.add_argument("--query-timeout-ms")
+    s.add_argument("--metrics-port", help="serve Prometheus /metrics on this loopback port")
+    s.add_argument("--log-format", choices=["text", "json"])
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
     s.set_defaults(func=cmd_serve)
@@ -280,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
     m.set_defaults(func=cmd_demo)
+    cli_governance.register(sub)
     return p
 
 

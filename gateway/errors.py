@@ -114,11 +114,12 @@ class QueryExecutionError(GatewayError):
     code = grpc.StatusCode.ABORTED
     default_reason = "QUERY_EXECUTION_FAILED"
 
-    def __init__(self) -> None:
+    def __init__(self, *, charged: float = 0.0) -> None:
         super().__init__(
             "the query could not be completed inside the sandbox's limits; "
             "its privacy cost stays charged"
         )
+        self.charged_epsilon = charged  # for the audit log; not sent (it is in the request)
 
 
 class SandboxUnavailableError(GatewayError):

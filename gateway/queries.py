@@ -26,6 +26,7 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway import convert
 from gateway.cache import ReleaseCache, cache_key
+from gateway.digests import normalize_sql
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
@@ -33,8 +34,10 @@ from gateway.errors import (
     QueryExecutionError,
     SandboxUnavailableError,
 )
+from gateway.governance import Governance
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss
 from gateway.policy import Grant, Policy
+from gateway.receipts import attach_receipt
 from gateway.sql.analyze import analyze
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
@@ -221,7 +224,7 @@ class QueryService:
     def __init__(
         self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
-        cache: ReleaseCache | None = None,
+        cache: ReleaseCache | None = None, governance: Governance | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
         self.policy = policy
@@ -231,6 +234,7 @@ class QueryService:
         self.sandbox_timeout_s = sandbox_timeout_s
         self.supervisor = supervisor
         self.cache = cache
+        self.governance = governance
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -338,6 +342,7 @@ class QueryService:
             hit.request_id = request_id
             hit.budget.CopyFrom(convert.budget_status(priced.grant, prior.spent_after))
             hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))
+            self._sign(req, hit)
             self.ledger.complete(key, request_id, hit.SerializeToString(deterministic=True))
             return hit
         outcome = self.ledger.reserve(
@@ -357,11 +362,26 @@ class QueryService:
             request_id=request_id,
             dataset_version=result.dataset_version,
         )
+        self._sign(req, response)
         body = response.SerializeToString(deterministic=True)
         self.ledger.complete(key, request_id, body)
         if self.cache is not None:
             self.cache.put(ckey, req.consumer, body)
         return response
+
+    def _sign(self, req: QueryRequest, response: q_pb.RunQueryResponse) -> None:
+        """Attach the signed receipt (before the release is stored, so a replay returns the same one)."""
+        if self.governance is None:
+            return
+        attach_receipt(
+            response, self.governance.signer, consumer=req.consumer, dataset=req.dataset,
+            purpose=req.purpose, policy_version=self.governance.policy_version,
+            normalized_query=normalize_sql(req.sql),
+        )
+        self.governance.metrics.set_budget(
+            req.consumer, req.dataset, req.purpose,
+            spent=response.budget.spent.epsilon, remaining=response.budget.remaining.epsilon,
+        )
 
     def _recover(self, *, hung: bool) -> None:
         if self.supervisor is not None:
@@ -382,11 +402,11 @@ class QueryService:
             log.warning("sandbox connection lost during request %s: %s", request_id, exc)
             self.ledger.fail(key, request_id)
             self._recover(hung=exc.timed_out)
-            raise QueryExecutionError() from exc
+            raise QueryExecutionError(charged=priced.cost.epsilon) from exc
         if isinstance(reply, ErrorReply):
             if reply.kind == "failed":
                 self.ledger.fail(key, request_id)
-                raise QueryExecutionError()
+                raise QueryExecutionError(charged=priced.cost.epsilon)
             # 'rejected'/'bad_request' happen before the data is touched: refund; gateway and sandbox
             # disagree about the plan, which is a deployment bug.
             self.ledger.release_unused(key, request_id)

@@ -93,10 +93,16 @@ def start_gateway(settings: Settings) -> Gateway:
         client = SandboxClient(settings.sandbox_socket, timeout_s=settings.sandbox_timeout_s)
         catalog = client.describe()
         ledger = Ledger(settings.ledger_path)
+        governance = Governance.open(
+            settings.state_dir, settings.policy,
+            metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
+        )
+        governance.metrics.set_sandbox_up(True)
         core = QueryService(
             policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
             supervisor=SandboxSupervisor(process, client),
             cache=ReleaseCache(settings.state_dir / "cache.sqlite3"),
+            governance=governance,
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),
@@ -108,7 +114,6 @@ def start_gateway(settings: Settings) -> Gateway:
         q_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
         cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
-        governance = Governance.open(settings.state_dir, settings.policy)
         key_grpc.add_KeyServiceServicer_to_server(KeyServicer(governance.signer), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,15 +25,20 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway import convert
+from gateway.audit import AuditError
 from gateway.auth import authenticate
+from gateway.digests import normalize_sql
 from gateway.errors import (
     ERROR_DOMAIN,
     GatewayError,
     GatewayInternalError,
     PermissionDeniedError,
     PrivacyBudgetExhaustedError,
+    QueryExecutionError,
 )
+from gateway.governance import Governance
 from gateway.queries import AccuracyRequest, QueryRequest, QueryService
+from gateway.receipts import release_bytes
 
 log = logging.getLogger("gateway.service")
 
@@ -74,24 +80,81 @@ def status_for(error: GatewayError) -> status_pb2.Status:
     return status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
 
 
+def _caller(context: grpc.ServicerContext) -> str:
+    """The certificate common name, for the audit log only (authorisation uses `authenticate`)."""
+    auth: dict[str, list[bytes]] = dict(context.auth_context())  # type: ignore[arg-type]
+    names = auth.get("x509_common_name") or []
+    return names[0].decode("utf-8", "replace") if len(names) == 1 else ""
+
+
 def _rpc(
     method: Callable[[Any, Req, grpc.ServicerContext], Resp],
 ) -> Callable[[Any, Req, grpc.ServicerContext], Resp]:
-    """Render GatewayErrors as rich statuses; anything else becomes INTERNAL with an incident id."""
+    """Run one RPC: render GatewayErrors as rich statuses, anything else as INTERNAL with an incident id,
+    and append every request (answered, refused, failed) to the audit log BEFORE the answer leaves.
+
+    If the audit entry cannot be written, the caller gets INTERNAL instead of the answer (fail closed);
+    a charged answer stays in the ledger, and a retry with the same request_id replays it and is audited.
+    """
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
+        started = time.monotonic()
+        response: Resp | None = None
+        error: GatewayError | None = None
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
         except GatewayError as exc:
-            error: GatewayError = exc
+            error = exc
         except Exception:
             error = GatewayInternalError()
             log.exception("unexpected error in %s (%s)", method.__name__, error.message)
+        governance = getattr(getattr(self, "core", None), "governance", None)
+        if governance is not None:
+            try:
+                _audit(governance, self, method.__name__, request, context, response, error,
+                       time.monotonic() - started)
+            except AuditError:
+                log.critical("audit entry not written; withholding the answer of %s", method.__name__)
+                error, response = GatewayInternalError("the request could not be audited"), None
+        if error is None:
+            assert response is not None
+            return response
         context.abort_with_status(rpc_status.to_status(status_for(error)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
     return wrapper
+
+
+def _audit(
+    governance: Governance, servicer: Any, method: str, request: Any, context: grpc.ServicerContext,
+    response: Any, error: GatewayError | None, duration_s: float,
+) -> None:
+    epsilon = delta = 0.0
+    released = None
+    request_id = getattr(request, "request_id", "")
+    if isinstance(response, q_pb.RunQueryResponse):
+        request_id = response.request_id
+        released = release_bytes(response)
+        if not (response.replayed or response.cached):
+            epsilon, delta = response.privacy_cost.epsilon, response.privacy_cost.delta
+    elif isinstance(error, QueryExecutionError):
+        epsilon = error.charged_epsilon
+    governance.record_rpc(
+        service=type(servicer).SERVICE,
+        method=method,
+        code="OK" if error is None else error.code.name,
+        reason="" if error is None else error.reason,
+        duration_s=duration_s,
+        request_id=request_id,
+        consumer=_caller(context),
+        dataset=str(getattr(request, "dataset", "") or getattr(request, "name", "")),
+        purpose=str(getattr(request, "purpose", "")),
+        normalized_query=normalize_sql(str(getattr(request, "sql", ""))),
+        epsilon=epsilon,
+        delta=delta,
+        released=released,
+    )
 
 
 def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryRequest:
@@ -118,6 +181,8 @@ def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryReques
 class QueryServicer(q_grpc.QueryServiceServicer):
     """privacy_gateway.v1.QueryService."""
 
+    SERVICE = "QueryService"
+
     def __init__(self, core: QueryService) -> None:
         """Serve `core`."""
         self.core = core
@@ -141,6 +206,8 @@ class QueryServicer(q_grpc.QueryServiceServicer):
 
 class CatalogServicer(cat_grpc.CatalogServiceServicer):
     """privacy_gateway.v1.CatalogService: the public catalog, limited to granted datasets."""
+
+    SERVICE = "CatalogService"
 
     def __init__(self, core: QueryService) -> None:
         """Serve `core`."""
@@ -184,6 +251,8 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
 
 class BudgetServicer(b_grpc.BudgetServiceServicer):
     """privacy_gateway.v1.BudgetService."""
+
+    SERVICE = "BudgetService"
 
     def __init__(self, core: QueryService) -> None:
         """Serve `core`."""

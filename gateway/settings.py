@@ -28,6 +28,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
     "sandbox_threads": (2, "DuckDB threads inside the sandbox"),
     "max_workers": (64, "gRPC worker threads"),
+    "metrics_port": (-1, "loopback port for Prometheus /metrics (0 picks one; -1 disables)"),
+    "log_format": ("text", "log lines as `text` or `json` (structured, with request ids)"),
 }
 
 
@@ -47,6 +49,8 @@ class Settings:
     sandbox_memory_limit: str
     sandbox_threads: int
     max_workers: int
+    metrics_port: int
+    log_format: str
 
     @property
     def ledger_path(self) -> Path:
@@ -75,8 +79,10 @@ def _cast(name: str, default: Any, raw: Any) -> Any:
             value = int(raw)
         except (TypeError, ValueError) as exc:
             raise ConfigError("settings", name, f"has value {raw!r}. Not a valid int.") from exc
-        if value <= 0:
+        if value <= 0 and name != "metrics_port":
             raise ConfigError("settings", name, f"has value {raw!r}. Must be positive.")
+        if name == "metrics_port" and not -1 <= value <= 65535:
+            raise ConfigError("settings", name, f"has value {raw!r}. Not a port (or -1).")
         return value
     if isinstance(default, Path) or name in ("data_dir", "tls_dir", "sandbox_socket"):
         return Path(raw)
@@ -95,6 +101,8 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     state = Path(values["state_dir"])
     values["tls_dir"] = values["tls_dir"] or state / "certs"
     values["sandbox_socket"] = values["sandbox_socket"] or state / "sandbox.sock"
+    if values["log_format"] not in ("text", "json"):
+        raise ConfigError("settings", "log_format", f"has value {values['log_format']!r}. Use text or json.")
     settings = Settings(**values)
     return replace(settings)
 
