@@ -14,6 +14,9 @@ import uuid
 from pathlib import Path
 
 import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from privacy_gateway.v1 import budget_service_pb2 as b_pb
@@ -23,6 +26,8 @@ from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
+from privacy_gateway.v1 import receipt_pb2
+from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 
 DATASET = "registry"
 PURPOSE = "credit-risk"
@@ -100,6 +105,17 @@ def print_answer(resp: q_pb.RunQueryResponse) -> None:
     )
 
 
+def receipt_is_valid(receipt: receipt_pb2.Receipt, public_key_pem: str) -> bool:
+    """Check an Ed25519 receipt signature over its exact payload bytes (what any third party can do)."""
+    key = serialization.load_pem_public_key(public_key_pem.encode())
+    assert isinstance(key, ed25519.Ed25519PublicKey)
+    try:
+        key.verify(receipt.signature, receipt.payload_json.encode())
+    except InvalidSignature:
+        return False
+    return True
+
+
 def main() -> int:
     """The session."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -144,6 +160,12 @@ def main() -> int:
         dataset=DATASET, sql=QUERIES[0][1], purpose=PURPOSE, request_id=first_id,
         privacy_loss=common_pb.PrivacyLoss(epsilon=QUERIES[0][2])))
     print_answer(resp)
+
+    print("== verifying the first answer's signed receipt offline with the gateway's public key")
+    key = key_grpc.KeyServiceStub(channel).GetPublicKey(receipt_pb2.GetPublicKeyRequest())
+    print(f"    receipt key id {resp.receipt.key_id}: "
+          + ("signature valid" if receipt_is_valid(resp.receipt, key.public_key_pem)
+             else "SIGNATURE INVALID"))
 
     print("== a query that would release rows is refused before anything runs")
     try:
