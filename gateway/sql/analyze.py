@@ -381,8 +381,14 @@ class _Analyzer:
         if not isinstance(right_ref, dict) or right_ref.get("type") != "BASE_TABLE" or fold(
             str(right_ref.get("table_name"))
         ) in self.ctes:
-            if isinstance(right_ref, dict) and right_ref.get("type") == "JOIN":
+            rtype = right_ref.get("type") if isinstance(right_ref, dict) else None
+            if rtype == "JOIN":
                 raise reject("UNSUPPORTED_JOIN", "parenthesised joins are not supported")
+            if rtype == "BASE_TABLE":
+                assert isinstance(right_ref, dict)
+                self._source(right_ref, depth + 1)  # a CTE used twice is refused there
+            elif rtype != "SUBQUERY":
+                self._base_table(right_ref)  # table functions, VALUES, ... get their reason
             raise reject("UNSUPPORTED_JOIN", "the right side of a join must be a table of the "
                          "dataset; put subqueries first")
         table, alias = self._base_table(right_ref)
