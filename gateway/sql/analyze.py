@@ -388,7 +388,7 @@ class _Analyzer:
                 assert isinstance(right_ref, dict)
                 self._source(right_ref, depth + 1)  # a CTE used twice is refused there
             elif rtype != "SUBQUERY":
-                self._base_table(right_ref)  # table functions, VALUES, ... get their reason
+                self._base_table(right_ref or {})  # table functions, VALUES, ... get their reason
             raise reject("UNSUPPORTED_JOIN", "the right side of a join must be a table of the "
                          "dataset; put subqueries first")
         table, alias = self._base_table(right_ref)
