@@ -28,8 +28,8 @@ _TABLE_KEYS = frozenset(
     {"type", "table_name", "qualified_name", "alias", "query_location", "query_location_length"}
 )
 _JOIN_KEYS = frozenset(
-    {"type", "left", "right", "condition", "join_type", "ref_type", "query_location",
-     "query_location_length"}
+    {"type", "left", "right", "condition", "join_type", "ref_type", "is_implicit",
+     "query_location", "query_location_length"}
 )
 _SUBQUERY_REF_KEYS = frozenset({"type", "subquery", "alias", "query_location",
                                 "query_location_length"})
@@ -41,7 +41,7 @@ _FUNCTIONS = frozenset(
 )
 _FUNCTION_KEYS = frozenset(
     {"class", "type", "function_name", "arguments", "order_bys", "is_operator", "qualified_name",
-     "query_location", "query_location_length"}
+     "alias", "query_location", "query_location_length"}
 )
 _CLASSES = frozenset(
     {"COLUMN_REF", "CONSTANT", "FUNCTION", "CAST", "COMPARISON", "CONJUNCTION", "OPERATOR",
@@ -117,7 +117,7 @@ def _check_from(src: Any, tables: Set[str], depth: int) -> None:
             raise _refuse(f"join shape {sorted(set(src) - _JOIN_KEYS)}")
         if src.get("join_type", "INNER") not in ("INNER", "LEFT"):
             raise _refuse("join type")
-        if src.get("ref_type", "REGULAR") != "REGULAR":
+        if src.get("ref_type", "REGULAR") != "REGULAR" or src.get("is_implicit", False):
             raise _refuse("join reference type")
         cond = src.get("condition")
         if not isinstance(cond, dict) or cond.get("type") != "COMPARE_EQUAL":
