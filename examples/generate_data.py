@@ -137,6 +137,13 @@ _MAX_CONTRIBUTION: Final = 10_000
 RESIDENTS_FILE: Final = "residents.parquet"
 ENTERPRISES_FILE: Final = "enterprises.parquet"
 SOCIAL_INSURANCE_FILE: Final = "social_insurance.parquet"
+REGIONS_FILE: Final = "regions.parquet"
+
+#: Macro-region of a province by the first digit of its GB/T 2260 code (public lookup data).
+MACRO_REGIONS: Final[dict[str, str]] = {
+    "1": "North", "2": "Northeast", "3": "East", "4": "South Central", "5": "Southwest",
+    "6": "Northwest",
+}
 
 # --------------------------------------------------------------------------------------------
 # Check characters
@@ -663,6 +670,18 @@ def generate(out_dir: Path, people: int, seed: int = 7) -> dict[str, int]:
         )
         counts[SOCIAL_INSURANCE_FILE] = _copy(
             con, _SOCIAL_INSURANCE_SQL, out_dir / SOCIAL_INSURANCE_FILE
+        )
+
+        # The public lookup table: one row per province (code is unique).
+        _load(
+            con,
+            "regions",
+            [("code", "VARCHAR"), ("name", "VARCHAR"), ("macro_region", "VARCHAR")],
+            ((code, name, MACRO_REGIONS[code[0]]) for code, name, _ in PROVINCES),
+            staging,
+        )
+        counts[REGIONS_FILE] = _copy(
+            con, "SELECT * FROM regions ORDER BY code", out_dir / REGIONS_FILE
         )
     return counts
 

@@ -21,6 +21,7 @@ from sandbox.protocol import (
     ReleaseCost,
     Scalar,
 )
+from sandbox.relation import plan_relation
 
 _COLUMN_TYPES = {
     "int64": common_pb.COLUMN_TYPE_INT64,
@@ -59,24 +60,32 @@ def plan_info(
     plan: QueryPlan, dataset: DatasetInfo, costs: Sequence[ReleaseCost]
 ) -> q_pb.QueryPlanInfo:
     """The plan facts shown by ExplainQuery and RunQuery."""
-    table = dataset.table(plan.table)
-    assert table is not None
+    rel = plan_relation(plan, dataset)
     names = {o.aggregate_index: o.name for o in plan.outputs if o.aggregate_index is not None}
     rows = 1
     for key in plan.group_by:
-        col = table.column(key)
-        assert col is not None and col.domain is not None
-        rows *= len(col.domain)
+        col = rel.column(key)
+        assert col is not None
+        rows *= len(col.domain) if col.domain is not None else 0
+    mode = "public_domain" if plan.group_by else "none"
+    if plan.partition_selection:
+        mode, rows = "partition_selection", 0  # the released keys are known only after the run
+    threshold = next((c.threshold for c in costs if c.component == mechanisms.SELECT), 0)
     return q_pb.QueryPlanInfo(
         table=plan.table,
         group_by=list(plan.group_by),
-        group_by_mode="public_domain" if plan.group_by else "none",
+        group_by_mode=mode,
         row_count=rows,
-        max_rows_per_unit=table.max_rows_per_unit,
+        max_rows_per_unit=rel.k,
         privacy_unit=dataset.privacy_unit,
+        threshold=threshold,
+        tables=list(rel.tables),
         releases=[
             q_pb.ReleaseCost(
-                output=names.get(c.aggregate_index, f"aggregate_{c.aggregate_index}"),
+                output=names.get(
+                    c.aggregate_index,
+                    "group_keys" if c.aggregate_index < 0 else f"aggregate_{c.aggregate_index}",
+                ),
                 component=c.component,
                 mechanism=c.mechanism,
                 sensitivity=c.sensitivity,
@@ -117,8 +126,7 @@ def _noisy_cell(v: NoisyValue) -> q_pb.Cell:
 
 
 def _output_type(plan: QueryPlan, dataset: DatasetInfo, index: int) -> int:
-    table = dataset.table(plan.table)
-    assert table is not None
+    table = plan_relation(plan, dataset)
     out = plan.outputs[index]
     if out.group_index is not None:
         col = table.column(plan.group_by[out.group_index])

@@ -9,7 +9,8 @@ Format (TOML, `schema = "privacy_gateway.operator.v1"`), complete example in `po
     consumer = "acme-bank-analyst"
     dataset = "registry"
     purpose = "credit-risk"
-    privacy_definition = "pure_dp"         # the only definition so far
+    privacy_definition = "pure_dp"         # or "approx_dp" (epsilon, delta > 0): allows DP
+                                           # partition selection of private group keys
     epsilon = 10.0                         # total budget of the grant
     delta = 0.0
     max_epsilon_per_query = 1.0
@@ -30,7 +31,7 @@ from typing import Any
 from gateway.errors import ConfigError
 
 SCHEMA = "privacy_gateway.operator.v1"
-PRIVACY_DEFINITIONS = frozenset({"pure_dp"})
+PRIVACY_DEFINITIONS = frozenset({"pure_dp", "approx_dp"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -170,6 +171,10 @@ def parse_policy(data: dict[str, Any], file: str) -> Policy:
             raise ConfigError(file, prefix + "max_epsilon_per_query", "must not exceed epsilon")
         if grant.privacy_definition == "pure_dp" and grant.delta != 0:
             raise ConfigError(file, prefix + "delta", "must be 0 for privacy_definition 'pure_dp'")
+        if grant.privacy_definition == "approx_dp" and grant.delta <= 0:
+            raise ConfigError(
+                file, prefix + "delta", "must be positive for privacy_definition 'approx_dp'"
+            )
         key = (grant.consumer, grant.dataset, grant.purpose)
         if key in seen:
             raise ConfigError(file, f"grants[{i}]", f"duplicate grant for {key}")

@@ -97,6 +97,7 @@ class PricedQuery:
     costs: tuple[ReleaseCost, ...]
     cost: PrivacyLoss
     requested_epsilon: float  # what the scales were calibrated for; the charge `cost` is <= it
+    requested_delta: float = 0.0  # the delta share given to partition selection (0 if none)
 
 
 def validate_privacy_loss(epsilon: float, delta: float) -> None:
@@ -260,6 +261,18 @@ class QueryService:
         _require(req.dataset, "dataset")
         _require(req.purpose, "purpose")
         grant, info = self.grant_for(req.consumer, req.dataset, req.purpose)
+        if req.delta > 0 and grant.privacy_definition != "approx_dp":
+            raise InvalidArgumentError(
+                "privacy_loss.delta must be 0: the grant is pure differential privacy",
+                reason="INVALID_PRIVACY_LOSS",
+                field="privacy_loss.delta",
+            )
+        if req.delta > grant.delta:
+            raise InvalidArgumentError(
+                f"privacy_loss.delta {req.delta!r} exceeds the grant's delta {grant.delta!r}",
+                reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
+                field="privacy_loss.delta",
+            )
         _require(req.sql, "sql")
         plan = apply_weights(analyze(req.sql, info), req.weights)
         if req.accuracy is not None:
@@ -285,14 +298,34 @@ class QueryService:
                     field="privacy_loss.epsilon",
                     maxEpsilonPerQuery=repr(grant.max_epsilon_per_query),
                 )
+        delta = 0.0
+        if plan.partition_selection:
+            # Keys without a public domain are released by OpenDP's threshold mechanism, which
+            # needs delta > 0: decided from the grant and the request only.
+            if grant.privacy_definition != "approx_dp" or req.delta <= 0:
+                raise InvalidArgumentError(
+                    "grouping by columns without a public domain releases keys through DP "
+                    "partition selection, which needs delta > 0: use an approx_dp grant and set "
+                    "privacy_loss.delta",
+                    reason="DELTA_REQUIRED",
+                    field="privacy_loss.delta",
+                )
+            delta = req.delta
         try:
-            costs = mechanisms.price(plan, info, epsilon)
-        except PlanRejectedError as exc:  # analyzer and catalog disagree: our bug
-            raise GatewayInternalError("the query could not be priced") from exc
+            costs = mechanisms.price(plan, info, epsilon, delta)
+        except PlanRejectedError as exc:
+            if plan.partition_selection and "delta" in str(exc):
+                raise InvalidArgumentError(
+                    "privacy_loss.delta is too small for partition selection",
+                    reason="INVALID_PRIVACY_LOSS",
+                    field="privacy_loss.delta",
+                ) from exc
+            raise GatewayInternalError("the query could not be priced") from exc  # our bug
         total = mechanisms.total_epsilon(costs)
-        if total > epsilon:  # Tumult's re-check: never charge more than the caller allowed
+        total_delta = mechanisms.total_delta(costs)
+        if total > epsilon or total_delta > delta:  # Tumult's re-check: never charge more than allowed
             raise GatewayInternalError("priced cost exceeds the requested privacy loss")
-        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, 0.0), epsilon)
+        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, total_delta), epsilon, delta)
 
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
         """What a grant has spent."""
@@ -305,11 +338,12 @@ class QueryService:
         priced = self.price(req)
         spent = self.ledger.spent(GrantKey(req.consumer, req.dataset, req.purpose))
         remaining = priced.grant.epsilon - spent.epsilon
+        remaining_delta = priced.grant.delta - spent.delta
         return q_pb.ExplainQueryResponse(
             plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
             privacy_cost=convert.privacy_loss(priced.cost),
             budget=convert.budget_status(priced.grant, spent),
-            affordable=priced.cost.epsilon <= remaining,
+            affordable=priced.cost.epsilon <= remaining and priced.cost.delta <= remaining_delta,
         )
 
     def run(self, req: QueryRequest) -> q_pb.RunQueryResponse:
@@ -391,7 +425,9 @@ class QueryService:
         """Run the charged plan in the sandbox; map every failure to the right ledger state."""
         # The sandbox calibrates with the same epsilon (so it derives the same scales) and refuses
         # to spend more than it.
-        request = ExecuteRequest(request_id, priced.plan, priced.requested_epsilon)
+        request = ExecuteRequest(
+            request_id, priced.plan, priced.requested_epsilon, priced.requested_delta
+        )
         try:
             reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)
         except SandboxConnectionError as exc:

@@ -162,6 +162,11 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     for tname, t in tables.items():
         tkey = f"{key}.tables.{r.name(tname, f'{key}.tables.{tname}')}"
         spec = _table(r, tname, t, tkey, data_dir)
+        if spec.info.public:
+            if spec.info.column(unit) is not None:
+                raise r.fail(f"{tkey}.public", f"a public table must not hold the unit {unit!r}")
+            specs.append(spec)
+            continue
         if spec.info.column(unit) is None:
             raise r.fail(f"{key}.privacy_unit", f"{unit!r} is not a column of table {tname!r}")
         specs.append(spec)
@@ -175,20 +180,37 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
 
 
 def _table(r: _Reader, name: str, t: Any, key: str, data_dir: Path) -> TableSpec:
-    r.table(t, key, {"file", "max_rows_per_unit", "columns"}, set())
+    public = t.get("public", False) if isinstance(t, dict) else False
+    if not isinstance(public, bool):
+        raise r.fail(f"{key}.public", "must be true or false")
+    if public:
+        # A public lookup table: no privacy unit, not truncated, joined only on its unique key.
+        r.table(t, key, {"file", "columns", "public", "unique_key"}, set())
+    else:
+        r.table(t, key, {"file", "max_rows_per_unit", "columns"}, {"public"})
     file = r.string(t, "file", f"{key}.file")
     rel = PurePosixPath(file)
     if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() not in (".parquet", ".csv"):
         raise r.fail(f"{key}.file", "must be a relative .parquet or .csv path inside data_dir")
-    k = t["max_rows_per_unit"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    k = 0 if public else t["max_rows_per_unit"]
+    if not public and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise r.fail(f"{key}.max_rows_per_unit", "must be an integer >= 1")
     cols = t["columns"]
     r.table(cols, f"{key}.columns", set(), set(cols) if isinstance(cols, dict) else set())
     if not cols:
         raise r.fail(f"{key}.columns", "at least one column is required")
     infos = tuple(_column(r, c, spec, f"{key}.columns.{c}") for c, spec in cols.items())
-    info = TableInfo(name=name, columns=infos, max_rows_per_unit=k)
+    unique_key = None
+    if public:
+        unique_key = r.string(t, "unique_key", f"{key}.unique_key")
+        ucol = next((c for c in infos if c.name == unique_key), None)
+        if ucol is None:
+            raise r.fail(f"{key}.unique_key", f"{unique_key!r} is not a column of the table")
+        if ucol.grade == "identifier":
+            raise r.fail(f"{key}.unique_key", "the unique key must not be an identifier")
+    info = TableInfo(
+        name=name, columns=infos, max_rows_per_unit=k, public=public, unique_key=unique_key
+    )
     return TableSpec(name=name, file=data_dir / rel, key=key, info=info)
 
 

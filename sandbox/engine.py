@@ -10,6 +10,7 @@ keys come only from declared domains, so the L1 sensitivity of every released ve
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import threading
@@ -33,8 +34,9 @@ from sandbox.protocol import (
     NoisyValue,
     ReleaseCost,
     ReleaseRow,
-    TableInfo,
+    Scalar,
 )
+from sandbox.relation import Relation, plan_relation
 
 log = logging.getLogger("sandbox.engine")
 
@@ -140,6 +142,9 @@ class Engine:
         row = ", ".join(quote_ident(c.name) for c in t.info.columns)
         unit = quote_ident(ds.privacy_unit)
         name = sql_table_name(ds.name, t.name)
+        if t.info.public:
+            self._load_public(t, name, cols, src)
+            return
         k = t.info.max_rows_per_unit
         # Per-unit truncation: keep the K rows of each unit with the smallest salted row hash. The
         # choice for one unit depends only on its own rows and the data version, so it is stable.
@@ -153,6 +158,28 @@ class Engine:
         self.row_counts[name] = int(count[0]) if count else 0
         log.info("loaded %s.%s: %d rows after truncation to %d per unit", ds.name, t.name,
                  self.row_counts[name], k)
+
+    def _load_public(self, t: TableSpec, name: str, cols: str, src: str) -> None:
+        """Load a public lookup table whole, and check its declared unique key is unique.
+
+        Uniqueness is what bounds a lookup join (each private row matches at most one public row),
+        so a violation stops the sandbox at start-up (the data owner's error, before any query).
+        """
+        self._con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM {src}")
+        assert t.info.unique_key is not None
+        k = quote_ident(t.info.unique_key)
+        row = self._con.execute(
+            f"SELECT count(*), count(DISTINCT {k}), count({k}) FROM {quote_ident(name)}"
+        ).fetchone()
+        assert row is not None
+        if not int(row[0]) == int(row[1]) == int(row[2]):
+            raise ConfigError(
+                str(self.catalog.path),
+                f"{t.key}.unique_key",
+                f"{t.info.unique_key!r} is not unique (or has NULLs) in {t.file}",
+            )
+        self.row_counts[name] = int(row[0])
+        log.info("loaded public table %s: %d rows", t.name, self.row_counts[name])
 
     def describe(self) -> CatalogInfo:
         """The public catalog (names, grades, bounds, domains, data versions); no data."""
@@ -200,6 +227,8 @@ class Engine:
             return cur.execute(sql).fetchall()
         finally:
             done.set()
+            if timer.is_alive():
+                timer.join()
             cur.close()
 
     def execute(self, req: ExecuteRequest) -> ExecuteResult | ErrorReply:
@@ -223,34 +252,68 @@ class Engine:
                 sql_table=sql_table_name(ds.name, spec.name),
                 unit=ds.privacy_unit,
                 max_cells=self.limits.max_groups,
+                dataset=info,
+                sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
             )
-            costs = mechanisms.price(plan, info, req.epsilon)
+            rel = plan_relation(plan, info)
+            costs = mechanisms.price(plan, info, req.epsilon, req.delta)
             if not mechanisms.total_epsilon(costs) <= req.epsilon:
                 raise PlanRejectedError("the plan costs more than the authorised epsilon")
+            if not mechanisms.total_delta(costs) <= req.delta:
+                raise PlanRejectedError("the plan costs more than the authorised delta")
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
         try:
-            rows = self._release(req, compiled, costs, spec)
+            rows = self._release(req, compiled, costs, rel)
         except Exception:  # uniform failure; details stay in the sandbox log
             log.exception("request %s failed after touching data", req.request_id)
             return ErrorReply("failed", "")
         return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
+
+    def _exact(
+        self, req: ExecuteRequest, compiled: CompiledPlan, costs: tuple[ReleaseCost, ...]
+    ) -> tuple[tuple[tuple[Scalar, ...], ...], dict[tuple[Scalar, ...], list[int | float]]]:
+        """Run the SQL; return the released cells and the exact aggregates of each.
+
+        With public domains the cells are every domain combination (empty ones are zero). Under
+        partition selection they are the keys OpenDP's threshold mechanism releases from the exact
+        per-key row counts, and nothing else: the number of released keys is exactly the
+        mechanism's output (sorted by their JSON text, so order reveals nothing).
+        """
+        n_keys = len(req.plan.group_by)
+        zeros: list[int | float] = [0] * len(compiled.components)
+        rows = self.run_select(compiled.sql)
+        if not req.plan.partition_selection:
+            exact = {cell: list(zeros) for cell in compiled.cells}
+            for r in rows:
+                cell = tuple(r[:n_keys])
+                if cell not in exact:
+                    raise RuntimeError("engine returned a group outside the declared domain")
+                exact[cell] = list(r[n_keys:])
+            return compiled.cells, exact
+        sel = compiled.components.index((-1, mechanisms.SELECT))
+        by_text: dict[str, tuple[Scalar, ...]] = {}
+        found: dict[tuple[Scalar, ...], list[int | float]] = {}
+        counts: dict[str, int] = {}
+        for r in rows:
+            cell = tuple(r[:n_keys])
+            text = json.dumps(list(cell), separators=(",", ":"), allow_nan=False, default=str)
+            by_text[text] = cell
+            found[cell] = list(r[n_keys:])
+            counts[text] = int(r[n_keys + sel])
+        cost = next(c for c in costs if c.component == mechanisms.SELECT)
+        released = mechanisms.release_threshold(cost, counts)
+        cells = tuple(by_text[t] for t in sorted(released))
+        return cells, {cell: found[cell] for cell in cells}
 
     def _release(
         self,
         req: ExecuteRequest,
         compiled: CompiledPlan,
         costs: tuple[ReleaseCost, ...],
-        spec: TableSpec,
+        rel: Relation,
     ) -> tuple[ReleaseRow, ...]:
-        n_keys = len(req.plan.group_by)
-        zeros: list[int | float] = [0] * len(compiled.components)
-        exact = {cell: list(zeros) for cell in compiled.cells}
-        for r in self.run_select(compiled.sql):
-            cell = tuple(r[:n_keys])
-            if cell not in exact:
-                raise RuntimeError("engine returned a group outside the declared domain")
-            exact[cell] = list(r[n_keys:])
+        cells, exact = self._exact(req, compiled, costs)
         for row in exact.values():
             for v in row:
                 if v is None or isinstance(v, bool) or not isinstance(v, int | float):
@@ -260,17 +323,23 @@ class Engine:
         column = {comp: j for j, comp in enumerate(compiled.components)}
         noisy: dict[tuple[int, str], list[int | float]] = {}
         for cost in costs:
+            if cost.component == mechanisms.SELECT:
+                continue
             j = column[(cost.aggregate_index, cost.component)]
-            vector = [_within_range(cost, exact[cell][j]) for cell in compiled.cells]
-            noisy[(cost.aggregate_index, cost.component)] = mechanisms.release_vector(cost, vector)
+            vector = [_within_range(cost, exact[cell][j]) for cell in cells]
+            # An empty key set (nothing passed the threshold) releases nothing; the noise is
+            # still charged, as the plan said.
+            noisy[(cost.aggregate_index, cost.component)] = (
+                mechanisms.release_vector(cost, vector) if vector else []
+            )
         by_comp = {(c.aggregate_index, c.component): c for c in costs}
         rows: list[ReleaseRow] = []
-        for n, cell in enumerate(compiled.cells):
+        for n, cell in enumerate(cells):
             values: list[NoisyValue] = []
             for i, agg in enumerate(req.plan.aggregates):
                 if agg.kind is AggregateKind.AVG:
                     assert agg.column is not None
-                    col = spec.info.column(agg.column)
+                    col = rel.column(agg.column)
                     assert col is not None and col.lower is not None and col.upper is not None
                     values.append(
                         mechanisms.noisy_average(
@@ -286,7 +355,7 @@ class Engine:
                     comp = "sum" if agg.kind is AggregateKind.SUM else "count"
                     # Post-processing: a count, or a sum of values clamped to [L >= 0, U], cannot be
                     # negative; clamping the noisy value and its interval at 0 keeps the truth inside.
-                    nonnegative = comp == "count" or _nonnegative_column(spec.info, agg.column)
+                    nonnegative = comp == "count" or _nonnegative_column(rel, agg.column)
                     values.append(
                         mechanisms.noisy_count_or_sum(
                             by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=nonnegative
@@ -296,7 +365,7 @@ class Engine:
         return tuple(rows)
 
 
-def _nonnegative_column(table: TableInfo, column: str | None) -> bool:
+def _nonnegative_column(rel: Relation, column: str | None) -> bool:
     """True if every clamped value of `column` is >= 0 (its declared lower bound is >= 0)."""
-    col = table.column(column) if column is not None else None
+    col = rel.column(column) if column is not None else None
     return col is not None and col.lower is not None and col.lower >= 0

@@ -2,9 +2,12 @@
 
 `compile.py` is the only producer of SQL, so this guard should never fire. It exists so that a
 bug there cannot become a file read, a metadata leak or a second statement (THREATS.md 1, FACTS.md
-A.2): exactly one SELECT statement; one base table that the engine loaded; no subqueries, CTEs,
-joins, table functions, SHOW/SUMMARIZE, VALUES, samples, time travel, modifiers, windows or star;
-only the functions, operators and casts that `compile.py` emits.
+A.2): exactly one SELECT statement over tables the engine loaded; no CTEs, table functions,
+SHOW/SUMMARIZE, VALUES, samples, time travel, modifiers, windows or star; only the functions,
+operators and casts that `compile.py` emits. The shapes `compile.py` generates for sources are
+allowed and nothing wider: INNER/LEFT joins with an ON equality (no CROSS, NATURAL, USING, ASOF,
+POSITIONAL, LATERAL), derived tables in FROM that are themselves guarded SELECTs, and
+`x [NOT] IN (SELECT ...)` subqueries (no EXISTS, scalar or correlated-by-shape subqueries).
 """
 
 from __future__ import annotations
@@ -22,18 +25,27 @@ _NODE_KEYS = frozenset(
      "group_sets", "aggregate_handling", "query_location", "query_location_length"}
 )
 _TABLE_KEYS = frozenset(
-    {"type", "table_name", "qualified_name", "query_location", "query_location_length"}
+    {"type", "table_name", "qualified_name", "alias", "query_location", "query_location_length"}
 )
+_JOIN_KEYS = frozenset(
+    {"type", "left", "right", "condition", "join_type", "ref_type", "is_implicit",
+     "query_location", "query_location_length"}
+)
+_SUBQUERY_REF_KEYS = frozenset({"type", "subquery", "alias", "query_location",
+                                "query_location_length"})
+_SUBQUERY_EXPR_KEYS = frozenset({"class", "type", "subquery_type", "subquery", "child",
+                                 "comparison_type", "query_location", "query_location_length"})
 _FUNCTIONS = frozenset(
-    {"count_star", "count", "sum", "fsum", "least", "greatest", "isnan", "+", "-", "*", "/", "%"}
+    {"count_star", "count", "sum", "fsum", "avg", "min", "max", "least", "greatest", "isnan",
+     "+", "-", "*", "/", "%"}
 )
 _FUNCTION_KEYS = frozenset(
     {"class", "type", "function_name", "arguments", "order_bys", "is_operator", "qualified_name",
-     "query_location", "query_location_length"}
+     "alias", "query_location", "query_location_length"}
 )
 _CLASSES = frozenset(
     {"COLUMN_REF", "CONSTANT", "FUNCTION", "CAST", "COMPARISON", "CONJUNCTION", "OPERATOR",
-     "BETWEEN", "CASE", "TYPE"}
+     "BETWEEN", "CASE", "TYPE", "SUBQUERY"}
 )
 _OPERATORS = frozenset(
     {"OPERATOR_COALESCE", "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL",
@@ -70,29 +82,67 @@ def check_select(con: duckdb.DuckDBPyConnection, sql: str, tables: Set[str]) -> 
     tree = json.loads(row[0]) if row else {}
     if tree.get("error") is not False or len(tree.get("statements", ())) != 1:
         raise _refuse("not a serialisable single SELECT")
-    node = tree["statements"][0].get("node", {})
+    _check_node(tree["statements"][0].get("node", {}), tables, 0)
+
+
+def _check_node(node: Any, tables: Set[str], depth: int) -> None:
+    if depth > 16:
+        raise _refuse("query nested too deeply")
+    if not isinstance(node, dict):
+        raise _refuse("malformed query node")
     if node.get("type") != "SELECT_NODE" or not set(node) <= _NODE_KEYS:
         raise _refuse(f"unsupported query shape {sorted(set(node) - _NODE_KEYS)}")
     if node.get("cte_map", {}) not in ({}, {"map": []}):
         raise _refuse("common table expressions")
     if node.get("aggregate_handling", "STANDARD_HANDLING") != "STANDARD_HANDLING":
         raise _refuse("non-standard aggregate handling")
-    src = node.get("from_table", {})
-    if src.get("type") != "BASE_TABLE" or not set(src) <= _TABLE_KEYS:
-        raise _refuse("the source must be one loaded table")
-    name = src.get("table_name")
-    if name not in tables or src.get("qualified_name", {"path": [name]}) != {"path": [name]}:
-        raise _refuse("unknown table")
+    _check_from(node.get("from_table", {}), tables, depth)
     for key in ("select_list", "where_clause", "group_expressions"):
-        _walk(node.get(key), 0)
+        _walk(node.get(key), 0, tables, depth)
 
 
-def _walk(e: Any, depth: int) -> None:
+def _check_from(src: Any, tables: Set[str], depth: int) -> None:
+    if not isinstance(src, dict):
+        raise _refuse("malformed FROM")
+    kind = src.get("type")
+    if kind == "BASE_TABLE":
+        if not set(src) <= _TABLE_KEYS:
+            raise _refuse("the source must be a loaded table")
+        name = src.get("table_name")
+        if name not in tables or src.get("qualified_name", {"path": [name]}) != {"path": [name]}:
+            raise _refuse("unknown table")
+        return
+    if kind == "JOIN":
+        if not set(src) <= _JOIN_KEYS:
+            raise _refuse(f"join shape {sorted(set(src) - _JOIN_KEYS)}")
+        if src.get("join_type", "INNER") not in ("INNER", "LEFT"):
+            raise _refuse("join type")
+        if src.get("ref_type", "REGULAR") != "REGULAR" or src.get("is_implicit", False):
+            raise _refuse("join reference type")
+        cond = src.get("condition")
+        if not isinstance(cond, dict) or cond.get("type") != "COMPARE_EQUAL":
+            raise _refuse("a join needs an ON equality")
+        _walk(cond, 0, tables, depth)
+        _check_from(src.get("left"), tables, depth)
+        _check_from(src.get("right"), tables, depth)
+        return
+    if kind == "SUBQUERY":
+        if not set(src) <= _SUBQUERY_REF_KEYS or not src.get("alias"):
+            raise _refuse("derived table shape")
+        sub = src.get("subquery")
+        if not isinstance(sub, dict) or set(sub) != {"node"}:
+            raise _refuse("derived table shape")
+        _check_node(sub["node"], tables, depth + 1)
+        return
+    raise _refuse("the source must be loaded tables")
+
+
+def _walk(e: Any, depth: int, tables: Set[str], qdepth: int) -> None:
     if depth > 600:
         raise _refuse("expression too deep")
     if isinstance(e, list):
         for x in e:
-            _walk(x, depth + 1)
+            _walk(x, depth + 1, tables, qdepth)
         return
     if not isinstance(e, dict):
         return
@@ -100,6 +150,20 @@ def _walk(e: Any, depth: int) -> None:
     if cls is not None:
         if cls not in _CLASSES:
             raise _refuse(f"expression class {cls}")
+        if cls == "SUBQUERY":
+            # Only `x [NOT] IN (SELECT ...)` (the semi-join compile.py emits).
+            if (
+                not set(e) <= _SUBQUERY_EXPR_KEYS
+                or e.get("subquery_type") != "ANY"
+                or e.get("comparison_type") != "COMPARE_EQUAL"
+            ):
+                raise _refuse("only IN subqueries are allowed")
+            sub = e.get("subquery")
+            if not isinstance(sub, dict) or set(sub) != {"node"}:
+                raise _refuse("subquery shape")
+            _check_node(sub["node"], tables, qdepth + 1)
+            _walk(e.get("child"), depth + 1, tables, qdepth)
+            return
         if cls == "FUNCTION":
             if e.get("function_name") not in _FUNCTIONS or not set(e) <= _FUNCTION_KEYS:
                 raise _refuse(f"function {e.get('function_name')!r}")
@@ -111,8 +175,8 @@ def _walk(e: Any, depth: int) -> None:
             raise _refuse("cast target")
         if cls == "CAST" and e.get("try_cast"):
             raise _refuse("try_cast")
-        if cls == "COLUMN_REF" and len(e.get("column_names", ())) != 1:
+        if cls == "COLUMN_REF" and not 1 <= len(e.get("column_names", ())) <= 2:
             raise _refuse("qualified column reference")
     for k, v in e.items():
         if k != "qualified_name":
-            _walk(v, depth + 1)
+            _walk(v, depth + 1, tables, qdepth)

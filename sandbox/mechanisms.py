@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import opendp.prelude as dp
 
@@ -35,11 +36,15 @@ from sandbox.protocol import (
     QueryPlan,
     ReleaseCost,
 )
+from sandbox.relation import Relation, plan_relation
 
 dp.enable_features("contrib")
 
 DISCRETE_LAPLACE = "discrete_laplace"
 LAPLACE = "laplace"
+LAPLACE_THRESHOLD = "laplace_threshold"
+SELECT = "select"  # the partition-selection component (aggregate_index -1)
+MAX_THRESHOLD = 2**40
 CONFIDENCE_LEVEL = 0.95
 ALPHA = 1.0 - CONFIDENCE_LEVEL
 # Largest exact integer aggregate the i64 path accepts; larger sums go through the float path.
@@ -72,21 +77,31 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
     Raises:
         PlanRejectedError: the plan refers to a table or column the catalog does not describe for this use.
     """
-    table = dataset.table(plan.table)
-    if table is None:
-        raise PlanRejectedError(f"unknown table {plan.table!r}")
-    k = table.max_rows_per_unit
-    total_weight = math.fsum(a.weight for a in plan.aggregates)
+    rel = plan_relation(plan, dataset)
+    k = rel.k
+    # Partition selection takes one share of its own, like one more aggregate.
+    total_weight = math.fsum(a.weight for a in plan.aggregates) + (
+        1.0 if plan.partition_selection else 0.0
+    )
     out: list[Component] = []
+    if plan.partition_selection:
+        for g in plan.group_by:
+            key_col = rel.column(g)
+            if key_col is None or key_col.grade == "identifier" or g in rel.units:
+                raise PlanRejectedError(f"group key {g!r} is unknown or an identifier")
+            if key_col.type == "float64":
+                raise PlanRejectedError(f"group key {g!r} is a float; select keys of it cannot")
+        # d_in = (l0, l1, linf) = (K, K, K): one unit's <= K rows touch <= K keys, add <= K in all.
+        out.append(Component(-1, SELECT, True, float(k), 1.0 / total_weight))
     for i, agg in enumerate(plan.aggregates):
         share = agg.weight / total_weight
         if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):
             if agg.column is not None:
-                _column(table.column(agg.column), agg.column, numeric=False)
+                _column(_lookup(rel, agg.column), agg.column, numeric=False)
             out.append(Component(i, "count", True, float(k), share))
             continue
         assert agg.column is not None
-        col = _column(table.column(agg.column), agg.column, numeric=True)
+        col = _column(_lookup(rel, agg.column), agg.column, numeric=True)
         assert col.lower is not None and col.upper is not None
         bound = max(abs(col.lower), abs(col.upper))
         integer = is_integer_sum(col)
@@ -96,6 +111,12 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
             out.append(Component(i, "sum", integer, k * bound, share / 2))
             out.append(Component(i, "count", True, float(k), share / 2))
     return tuple(out)
+
+
+def _lookup(rel: Relation, name: str) -> ColumnInfo | None:
+    if name in rel.units:  # the privacy unit is only usable in join conditions
+        return ColumnInfo(name, "int64", "identifier")
+    return rel.column(name)
 
 
 def _column(col: ColumnInfo | None, name: str, *, numeric: bool) -> ColumnInfo:
@@ -159,14 +180,96 @@ def mechanism_name(integer: bool) -> str:
     return DISCRETE_LAPLACE if integer else LAPLACE
 
 
-def price(plan: QueryPlan, dataset: DatasetInfo, epsilon: float) -> tuple[ReleaseCost, ...]:
-    """Calibrate every measurement of `plan` for a total of at most `epsilon`; return their costs.
+def threshold_space() -> tuple[Any, Any]:
+    """Input space of partition selection: map of key (JSON text) -> exact i64 count, l01inf."""
+    return (
+        dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")),
+        dp.l01inf_distance(dp.absolute_distance(T="i64")),
+    )
 
-    Privacy: the returned `epsilon` of each cost is `measurement.map(d_in)` with d_in the L1 sensitivity
-    from `components`; their sum is the query's privacy loss under basic composition.
+
+def make_threshold(scale: float, threshold: int) -> dp.Measurement:
+    """OpenDP's Laplace threshold mechanism: noisy counts, only keys at or above `threshold` kept."""
+    return dp.m.make_laplace_threshold(*threshold_space(), scale=scale, threshold=threshold)
+
+
+def calibrate_threshold(k: int, epsilon: float, delta: float) -> tuple[float, int, float, float]:
+    """Scale and smallest threshold of the Laplace threshold mechanism at d_in = (k, k, k).
+
+    The scale is the smallest whose map has epsilon <= `epsilon`; the threshold the smallest integer
+    (>= k) whose map has delta <= `delta` (binary search over OpenDP's own map; delta decreases with the
+    threshold). Returns (scale, threshold, map epsilon, map delta).
+
+    Raises:
+        PlanRejectedError: epsilon or delta not usable (delta must be in (0, 1)).
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise PlanRejectedError("epsilon must be finite and positive")
+    if not (math.isfinite(delta) and 0 < delta < 1):
+        raise PlanRejectedError("partition selection needs a delta in (0, 1)")
+    d_in = (k, k, k)
+    scale = k / epsilon
+    for _ in range(64):
+        eps = float(make_threshold(scale, MAX_THRESHOLD).map(d_in)[0])  # type: ignore[no-untyped-call]
+        if eps <= epsilon:
+            break
+        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
+    else:  # pragma: no cover
+        raise PlanRejectedError("could not calibrate the selection scale")
+
+    def cost(t: int) -> tuple[float, float]:
+        e, d = make_threshold(scale, t).map(d_in)  # type: ignore[no-untyped-call]
+        return float(e), float(d)
+
+    lo, hi = k, MAX_THRESHOLD
+    if cost(hi)[1] > delta:
+        raise PlanRejectedError("delta is too small for partition selection")
+    while lo < hi:  # smallest t in [k, MAX] with delta(t) <= delta
+        mid = (lo + hi) // 2
+        if cost(mid)[1] <= delta:
+            hi = mid
+        else:
+            lo = mid + 1
+    e, d = cost(lo)
+    return scale, lo, e, d
+
+
+def release_threshold(cost: ReleaseCost, counts: dict[str, int]) -> dict[str, int]:
+    """Run the threshold mechanism `cost` describes on exact per-key counts (inside the sandbox)."""
+    for v in counts.values():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < MAX_EXACT_INT:
+            raise ValueError("exact key counts must be non-negative integers")
+    out = make_threshold(cost.scale, cost.threshold)(counts)
+    return {str(k): int(v) for k, v in out.items()}
+
+
+def price(
+    plan: QueryPlan, dataset: DatasetInfo, epsilon: float, delta: float = 0.0
+) -> tuple[ReleaseCost, ...]:
+    """Calibrate every measurement of `plan` for a total of at most (`epsilon`, `delta`).
+
+    Privacy: the returned `epsilon` (and `delta`) of each cost is `measurement.map(d_in)` with d_in the
+    sensitivity from `components`; their sum is the query's privacy loss under basic composition. Only
+    partition selection spends delta (all of it).
     """
     out: list[ReleaseCost] = []
     for c in components(plan, dataset):
+        if c.component == SELECT:
+            k = int(c.sensitivity)
+            scale, threshold, eps, dlt = calibrate_threshold(k, epsilon * c.share, delta)
+            out.append(
+                ReleaseCost(
+                    aggregate_index=-1,
+                    component=SELECT,
+                    mechanism=LAPLACE_THRESHOLD,
+                    sensitivity=c.sensitivity,
+                    scale=scale,
+                    epsilon=eps,
+                    delta=dlt,
+                    threshold=threshold,
+                )
+            )
+            continue
         scale, cost = calibrate(c.integer, c.sensitivity, epsilon * c.share)
         out.append(
             ReleaseCost(
@@ -186,9 +289,14 @@ def total_epsilon(costs: Sequence[ReleaseCost]) -> float:
     return math.fsum(c.epsilon for c in costs)
 
 
+def total_delta(costs: Sequence[ReleaseCost]) -> float:
+    """Basic composition of approximate-DP releases: the sum of their deltas."""
+    return math.fsum(c.delta for c in costs)
+
+
 def half_width(cost: ReleaseCost, alpha: float = ALPHA) -> float:
     """Half-width of the (1 - alpha) interval of one noisy value, from OpenDP's accuracy functions."""
-    if cost.mechanism == DISCRETE_LAPLACE:
+    if cost.mechanism in (DISCRETE_LAPLACE, LAPLACE_THRESHOLD):
         return float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
     return float(dp.laplacian_scale_to_accuracy(cost.scale, alpha))
 

@@ -40,9 +40,14 @@ UNARY_OPS = frozenset({"-", "NOT"})
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """A column of the plan's table, by its catalog name."""
+    """A column by its catalog name; `table` is the alias qualifying it when the plan has a `source`.
+
+    Without a source (one table) `table` is None. With a source every column is qualified by the
+    alias of the relation that provides it (a table alias or a pre-aggregation alias).
+    """
 
     name: str
+    table: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,93 @@ class Between:
     negated: bool = False
 
 
-Expr: TypeAlias = Column | Literal | Unary | Binary | IsNull | InList | Between
+@dataclass(frozen=True, slots=True)
+class InUnits:
+    """Semi-join filter: the row's privacy unit [NOT] IN the units of `source` whose rows satisfy `where`.
+
+    Compiled as `<outer unit> [NOT] IN (SELECT <unit> FROM source WHERE <unit> IS NOT NULL AND where)`.
+    Privacy: whether a row of unit u is kept depends only on u's own rows (in `source`), so filtering
+    never increases any unit's contribution.
+    """
+
+    source: Source
+    where: Expr | None = None
+    negated: bool = False
+
+
+Expr: TypeAlias = Column | Literal | Unary | Binary | IsNull | InList | Between | InUnits
+
+# ---------------------------------------------------------------------------------------------------
+# Sources (FROM): one table, unit joins, public lookups, per-unit pre-aggregation
+# ---------------------------------------------------------------------------------------------------
+
+JOIN_KINDS = frozenset({"inner", "left"})
+UNIT_AGGREGATES = frozenset({"sum", "count", "count_star", "avg", "min", "max"})
+
+
+@dataclass(frozen=True, slots=True)
+class TableSource:
+    """One table of the dataset under an alias."""
+
+    table: str
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnitJoin:
+    """`left [INNER|LEFT] JOIN right ON left.unit = right.unit` between private tables."""
+
+    left: Source
+    right: TableSource
+    kind: str = "inner"
+
+    def __post_init__(self) -> None:
+        if self.kind not in JOIN_KINDS:
+            raise ValueError(f"unknown join kind {self.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PublicJoin:
+    """`left [INNER|LEFT] JOIN right ON left_key = right.right_key`; right is a public lookup table
+    whose `right_key` is its declared unique key."""
+
+    left: Source
+    right: TableSource
+    left_key: Expr
+    right_key: str
+    kind: str = "inner"
+
+    def __post_init__(self) -> None:
+        if self.kind not in JOIN_KINDS:
+            raise ValueError(f"unknown join kind {self.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitOutput:
+    """One output of a per-unit pre-aggregation: `kind(column)` (column None for COUNT(*))."""
+
+    name: str
+    kind: str
+    column: Column | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNIT_AGGREGATES:
+            raise ValueError(f"unknown per-unit aggregate {self.kind!r}")
+        if (self.column is None) != (self.kind == "count_star"):
+            raise ValueError("count_star takes no column; every other per-unit aggregate takes one")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitAggregate:
+    """`(SELECT unit, outputs... FROM input WHERE where GROUP BY unit) AS alias`: one row per unit."""
+
+    input: Source
+    where: Expr | None
+    outputs: tuple[UnitOutput, ...]
+    alias: str
+
+
+Source: TypeAlias = TableSource | UnitJoin | PublicJoin | UnitAggregate
 
 
 class AggregateKind(StrEnum):
@@ -158,8 +249,15 @@ class QueryPlan:
     outputs: tuple[OutputColumn, ...]
     where: Expr | None = None
     group_by: tuple[str, ...] = ()
+    # None: `table` alone (columns unqualified). Otherwise the FROM tree; `table` then names its
+    # leftmost table (informational), and aggregate columns and group keys are "alias.column".
+    source: Source | None = None
+    # True: the group keys have no public domain and are chosen by DP partition selection.
+    partition_selection: bool = False
 
     def __post_init__(self) -> None:
+        if self.partition_selection and not self.group_by:
+            raise ValueError("partition selection needs group keys")
         if not self.aggregates:
             raise ValueError("a plan needs at least one aggregate")
         for out in self.outputs:
@@ -194,11 +292,18 @@ class ColumnInfo:
 
 @dataclass(frozen=True, slots=True)
 class TableInfo:
-    """A table's public description; each privacy unit keeps at most `max_rows_per_unit` rows."""
+    """A table's public description; each privacy unit keeps at most `max_rows_per_unit` rows.
+
+    A `public` table (a lookup table such as regions) has no privacy unit and is not truncated
+    (`max_rows_per_unit` is 0); `unique_key` names a column whose values are unique in it (checked by
+    the sandbox at load), the only column a private relation may join it on.
+    """
 
     name: str
     columns: tuple[ColumnInfo, ...]
     max_rows_per_unit: int
+    public: bool = False
+    unique_key: str | None = None
 
     def column(self, name: str) -> ColumnInfo | None:
         """Return the column called `name`, or None."""
@@ -283,15 +388,17 @@ class ReleaseCost:
     scale: float
     epsilon: float
     delta: float = 0.0
+    threshold: int = 0  # partition selection ("select" component): the release threshold
 
 
 @dataclass(frozen=True, slots=True)
 class ExecuteRequest:
-    """Run `plan`, spending at most `epsilon` (the gateway has already charged it)."""
+    """Run `plan`, spending at most `epsilon` and `delta` (the gateway has already charged them)."""
 
     request_id: str
     plan: QueryPlan
     epsilon: float
+    delta: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +458,17 @@ class ProtocolError(ValueError):
 
 def _expr_to_json(e: Expr) -> dict[str, Any]:
     match e:
-        case Column(name):
+        case Column(name, None):
             return {"t": "col", "name": name}
+        case Column(name, table):
+            return {"t": "col", "name": name, "table": table}
+        case InUnits(source, where, negated):
+            return {
+                "t": "in_units",
+                "source": source_to_json(source),
+                "where": None if where is None else _expr_to_json(where),
+                "negated": negated,
+            }
         case Literal(value):
             return {"t": "lit", "value": value}
         case Unary(op, operand):
@@ -401,10 +517,18 @@ def _expr_from_json(d: Any, depth: int = 0) -> Expr:
     t = d.get("t")
     try:
         if t == "col":
-            _keys(d, {"t", "name"})
-            if not isinstance(d["name"], str):
+            _keys(d, {"t", "name", "table"})
+            table = d.get("table")
+            if not isinstance(d["name"], str) or not (table is None or isinstance(table, str)):
                 raise ProtocolError("column name must be a string")
-            return Column(d["name"])
+            return Column(d["name"], table)
+        if t == "in_units":
+            _keys(d, {"t", "source", "where", "negated"})
+            return InUnits(
+                source_from_json(d["source"], depth + 1),
+                None if d["where"] is None else _expr_from_json(d["where"], depth + 1),
+                _bool(d["negated"]),
+            )
         if t == "lit":
             _keys(d, {"t", "value"})
             return Literal(_scalar(d["value"]))
@@ -443,6 +567,102 @@ def _expr_from_json(d: Any, depth: int = 0) -> Expr:
     raise ProtocolError(f"unknown expression node {t!r}")
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ProtocolError("expected a boolean")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ProtocolError("expected a string")
+    return v
+
+
+def source_to_json(s: Source) -> dict[str, Any]:
+    """Serialize a FROM tree."""
+    match s:
+        case TableSource(table, alias):
+            return {"t": "table", "table": table, "alias": alias}
+        case UnitJoin(left, right, kind):
+            return {"t": "unit_join", "left": source_to_json(left),
+                    "right": source_to_json(right), "kind": kind}
+        case PublicJoin(left, right, left_key, right_key, kind):
+            return {"t": "public_join", "left": source_to_json(left),
+                    "right": source_to_json(right), "left_key": _expr_to_json(left_key),
+                    "right_key": right_key, "kind": kind}
+        case UnitAggregate(inp, where, outputs, alias):
+            return {
+                "t": "unit_agg",
+                "input": source_to_json(inp),
+                "where": None if where is None else _expr_to_json(where),
+                "outputs": [
+                    {"name": o.name, "kind": o.kind,
+                     "column": None if o.column is None else _expr_to_json(o.column)}
+                    for o in outputs
+                ],
+                "alias": alias,
+            }
+    raise ProtocolError(f"not a source: {type(s).__name__}")
+
+
+def _table_source(d: Any, depth: int) -> TableSource:
+    s = source_from_json(d, depth)
+    if not isinstance(s, TableSource):
+        raise ProtocolError("the right side of a join must be a table")
+    return s
+
+
+def source_from_json(d: Any, depth: int = 0) -> Source:
+    """Deserialize and validate a FROM tree."""
+    if depth > 64:
+        raise ProtocolError("source nested too deeply")
+    if not isinstance(d, dict):
+        raise ProtocolError("source must be an object")
+    t = d.get("t")
+    try:
+        if t == "table":
+            _keys(d, {"t", "table", "alias"})
+            return TableSource(_str(d["table"]), _str(d["alias"]))
+        if t == "unit_join":
+            _keys(d, {"t", "left", "right", "kind"})
+            return UnitJoin(source_from_json(d["left"], depth + 1),
+                            _table_source(d["right"], depth + 1), _str(d["kind"]))
+        if t == "public_join":
+            _keys(d, {"t", "left", "right", "left_key", "right_key", "kind"})
+            return PublicJoin(
+                source_from_json(d["left"], depth + 1),
+                _table_source(d["right"], depth + 1),
+                _expr_from_json(d["left_key"], depth + 1),
+                _str(d["right_key"]),
+                _str(d["kind"]),
+            )
+        if t == "unit_agg":
+            _keys(d, {"t", "input", "where", "outputs", "alias"})
+            outputs = []
+            for o in d["outputs"]:
+                if not isinstance(o, dict):
+                    raise ProtocolError("malformed per-unit output")
+                _keys(o, {"name", "kind", "column"})
+                col = None if o["column"] is None else _expr_from_json(o["column"], depth + 1)
+                if col is not None and not isinstance(col, Column):
+                    raise ProtocolError("per-unit aggregates take a column")
+                outputs.append(UnitOutput(_str(o["name"]), _str(o["kind"]), col))
+            return UnitAggregate(
+                source_from_json(d["input"], depth + 1),
+                None if d["where"] is None else _expr_from_json(d["where"], depth + 1),
+                tuple(outputs),
+                _str(d["alias"]),
+            )
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed source node {t!r}") from exc
+    except ValueError as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(str(exc)) from exc
+    raise ProtocolError(f"unknown source node {t!r}")
+
+
 def plan_to_json(p: QueryPlan) -> dict[str, Any]:
     """Serialize a plan."""
     return {
@@ -457,6 +677,8 @@ def plan_to_json(p: QueryPlan) -> dict[str, Any]:
         ],
         "where": None if p.where is None else _expr_to_json(p.where),
         "group_by": list(p.group_by),
+        "source": None if p.source is None else source_to_json(p.source),
+        "partition_selection": p.partition_selection,
     }
 
 
@@ -464,7 +686,8 @@ def plan_from_json(d: Any) -> QueryPlan:
     """Deserialize and validate a plan."""
     if not isinstance(d, dict):
         raise ProtocolError("plan must be an object")
-    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by"})
+    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by", "source",
+              "partition_selection"})
     try:
         return QueryPlan(
             dataset=str(d["dataset"]),
@@ -479,6 +702,8 @@ def plan_from_json(d: Any) -> QueryPlan:
             ),
             where=None if d["where"] is None else _expr_from_json(d["where"]),
             group_by=tuple(str(g) for g in d["group_by"]),
+            source=None if d.get("source") is None else source_from_json(d["source"]),
+            partition_selection=_bool(d.get("partition_selection", False)),
         )
     except ProtocolError:
         raise
@@ -499,6 +724,8 @@ def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
                     {
                         "name": t.name,
                         "max_rows_per_unit": t.max_rows_per_unit,
+                        "public": t.public,
+                        "unique_key": t.unique_key,
                         "columns": [
                             {
                                 "name": col.name,
@@ -533,6 +760,8 @@ def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
                     TableInfo(
                         name=t["name"],
                         max_rows_per_unit=int(t["max_rows_per_unit"]),
+                        public=bool(t.get("public", False)),
+                        unique_key=t.get("unique_key"),
                         columns=tuple(
                             ColumnInfo(
                                 name=c["name"],
@@ -567,6 +796,7 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "request_id": msg.request_id,
                 "plan": plan_to_json(msg.plan),
                 "epsilon": msg.epsilon,
+                "delta": msg.delta,
             }
         case ExecuteResult():
             return {
@@ -578,7 +808,7 @@ def to_json(msg: Message) -> dict[str, Any]:
                 ],
                 "costs": [
                     [c.aggregate_index, c.component, c.mechanism, c.sensitivity, c.scale,
-                     c.epsilon, c.delta]
+                     c.epsilon, c.delta, c.threshold]
                     for c in msg.costs
                 ],
             }
@@ -607,11 +837,14 @@ def from_json(d: Any) -> Message:
     t = d.get("type")
     try:
         if t == "execute":
-            _keys(d, {"type", "request_id", "plan", "epsilon"})
-            eps = d["epsilon"]
-            if isinstance(eps, bool) or not isinstance(eps, int | float):
-                raise ProtocolError("epsilon must be a number")
-            return ExecuteRequest(str(d["request_id"]), plan_from_json(d["plan"]), float(eps))
+            _keys(d, {"type", "request_id", "plan", "epsilon", "delta"})
+            eps, delta = d["epsilon"], d.get("delta", 0.0)
+            for v in (eps, delta):
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise ProtocolError("epsilon and delta must be finite numbers")
+            return ExecuteRequest(
+                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta)
+            )
         if t == "result":
             return ExecuteResult(
                 rows=tuple(

@@ -41,6 +41,15 @@ delta = 0.0
 max_epsilon_per_query = 100.0
 
 [[grants]]
+consumer = "analyst"
+dataset = "registry"
+purpose = "approx-testing"
+privacy_definition = "approx_dp"
+epsilon = 1000.0
+delta = 1e-3
+max_epsilon_per_query = 100.0
+
+[[grants]]
 consumer = "planner"
 dataset = "registry"
 purpose = "planning"

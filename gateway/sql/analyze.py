@@ -20,7 +20,14 @@ import re
 from typing import Any
 
 from gateway.sql.expressions import convert_filter
-from gateway.sql.nodes import Scope, check_bounded, describe, forbid_nested, function_keys_ok
+from gateway.sql.nodes import (
+    Scope,
+    ScopeEntry,
+    check_bounded,
+    describe,
+    forbid_nested,
+    function_keys_ok,
+)
 from gateway.sql.parse import aggregate_function_names, parse_select
 from gateway.sql.tree import (
     MAX_GROUP_KEYS,
@@ -31,14 +38,26 @@ from gateway.sql.tree import (
     show,
     walk,
 )
+from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
     Aggregate,
     AggregateKind,
+    Column,
     ColumnInfo,
     DatasetInfo,
+    Expr,
+    InUnits,
     OutputColumn,
+    PublicJoin,
     QueryPlan,
+    Source,
+    TableInfo,
+    TableSource,
+    UnitAggregate,
+    UnitJoin,
+    UnitOutput,
 )
+from sandbox.relation import MAX_TABLES, Relation, leftmost_table, source_relation
 
 __all__ = ["analyze"]
 
@@ -115,6 +134,11 @@ class _Analyzer:
         self.group_by: list[str] = []
         self.aggregates: list[Aggregate] = []
         self.outputs: list[OutputColumn] = []
+        self.ctes: dict[str, dict[str, Any]] = {}
+        self.cte_used: set[str] = set()
+        self.partition_selection = False
+        self.source: Source | None = None
+        self.relation: Relation | None = None
 
     def query(self, node: dict[str, Any]) -> QueryPlan:
         """Check the top-level query node, then each clause, and assemble the plan."""
@@ -128,14 +152,23 @@ class _Analyzer:
         check_keys(node, "SELECT", free=_SELECT_KEYS)
         self._check_ctes(node.get("cte_map"))
         scope = self._check_from(node.get("from_table"))
+        unused = set(self.ctes) - self.cte_used
+        if unused:
+            raise _unsupported("CTE", f"the common table expression {show(sorted(unused)[0])} "
+                               "is not used; remove it")
         self._check_modifiers(node.get("modifiers"))
         self._check_clauses(node)
-        for clause in ("select_list", "where_clause", "group_expressions"):
-            forbid_nested(node.get(clause))
+        for clause in ("select_list", "group_expressions"):
+            forbid_nested(node.get(clause), scalar=True)
+        forbid_nested(node.get("where_clause"), allow_subqueries=True)
         self._check_group_by(node.get("group_expressions"), node.get("group_sets"), scope)
         self._check_select_list(node.get("select_list"), scope)
         where = node.get("where_clause")
-        filter_expr = None if where is None else convert_filter(where, scope)
+        filter_expr = (
+            None
+            if where is None
+            else convert_filter(where, scope, lambda n, neg: self._semi_join(n, neg, scope))
+        )
         if not self.aggregates:
             raise reject(
                 "NO_AGGREGATE",
@@ -152,26 +185,77 @@ class _Analyzer:
             seen.add(fold(out.name))
         return QueryPlan(
             dataset=self.dataset.name,
-            table=scope.table.name,
+            table=scope.table.name if self.source is None else leftmost_table(self.source),
             aggregates=tuple(self.aggregates),
             outputs=tuple(self.outputs),
             where=filter_expr,
             group_by=tuple(self.group_by),
+            source=self.source,
+            partition_selection=self.partition_selection,
         )
 
     # -- clauses ------------------------------------------------------------------------------
 
     def _check_ctes(self, cte_map: Any) -> None:
-        if cte_map in (None, {"map": []}):
+        """Collect non-recursive CTEs; each must be used exactly once, as a per-unit subquery."""
+        if cte_map in (None, {"map": []}, {}):
             return
         recursive = any(n.get("type") == "RECURSIVE_CTE_NODE" for n in walk(cte_map))
-        raise _unsupported(
-            "CTE",
-            f"{'WITH RECURSIVE' if recursive else 'WITH'} (common table expressions) is "
-            "not supported yet",
-        )
+        if recursive:
+            raise _unsupported("RECURSIVE_CTE", "WITH RECURSIVE is not supported")
+        entries = cte_map.get("map") if isinstance(cte_map, dict) else None
+        if not isinstance(entries, list) or set(cte_map) != {"map"}:
+            raise _unsupported("CTE", "malformed WITH clause")
+        for entry in entries:
+            if not isinstance(entry, dict) or set(entry) != {"key", "value"}:
+                raise _unsupported("CTE", "malformed WITH clause")
+            name, value = entry["key"], entry["value"]
+            if not isinstance(name, str) or not isinstance(value, dict):
+                raise _unsupported("CTE", "malformed WITH clause")
+            check_keys(
+                value,
+                "WITH",
+                defaults={"materialized": "CTE_MATERIALIZE_DEFAULT", "aliases": [],
+                          "key_targets": [], "payload_aggregates": []},
+                free=frozenset({"query_node"}),
+            )
+            if fold(name) in self.ctes:
+                raise _unsupported("CTE", f"the name {show(name)} is defined twice")
+            self.ctes[fold(name)] = value["query_node"]
 
     def _check_from(self, ref: Any) -> Scope:
+        """The query's scope; sets `self.source` unless it reads one plain table."""
+        if (
+            isinstance(ref, dict)
+            and ref.get("type") == "BASE_TABLE"
+            and fold(str(ref.get("table_name"))) not in self.ctes
+        ):
+            table, alias = self._base_table(ref)
+            if table.public:
+                raise reject(
+                    "PUBLIC_TABLE_ALONE",
+                    f"{table.name} is a public lookup table; join it to a table of the dataset",
+                    table=table.name,
+                )
+            return Scope(table, alias, unit=self.dataset.privacy_unit)
+        source = self._source(ref)
+        rel = self._relation(source)
+        self.source, self.relation = source, rel
+        return _scope_of(source, rel, self.dataset)
+
+    def _relation(self, source: Source) -> Relation:
+        if _count_tables(source) > MAX_TABLES:
+            raise reject(
+                "TOO_MANY_JOINS",
+                f"a query may read at most {MAX_TABLES} tables",
+                limit=str(MAX_TABLES),
+            )
+        try:
+            return source_relation(source, self.dataset)
+        except PlanRejectedError as exc:  # backstop: the specific checks come first
+            raise reject("UNSUPPORTED_JOIN", str(exc)[:200]) from None
+
+    def _base_table(self, ref: dict[str, Any]) -> tuple[TableInfo, str]:
         if not isinstance(ref, dict):
             raise _unsupported("FROM", "malformed FROM clause")
         kind = str(ref.get("type"))
@@ -224,10 +308,365 @@ class _Analyzer:
             or ref.get("qualified_name") != {"path": [name]}
         ):
             raise reject("UNKNOWN_TABLE", "unknown table")
+        if alias and not _ALIAS.fullmatch(alias):
+            raise reject("INVALID_ALIAS", f"alias {show(alias)} is not allowed", alias=show(alias))
         for table in self.dataset.tables:
             if fold(table.name) == fold(name):
-                return Scope(table, fold(alias) if alias else fold(table.name))
+                return table, fold(alias) if alias else fold(table.name)
         raise reject("UNKNOWN_TABLE", "unknown table")
+
+    # -- sources: joins, public lookups, per-unit pre-aggregation, semi-joins ----------------
+
+    def _source(self, ref: Any, depth: int = 0) -> Source:
+        if depth > 8:
+            raise reject("QUERY_TOO_COMPLEX", "FROM is nested too deeply", limit="8")
+        kind = ref.get("type") if isinstance(ref, dict) else None
+        if kind == "JOIN":
+            return self._join(ref, depth)
+        if kind == "SUBQUERY":
+            assert isinstance(ref, dict)
+            if ref.get("sample") is not None:
+                raise _unsupported("TABLESAMPLE", "TABLESAMPLE is not supported")
+            check_keys(ref, "subquery", free=frozenset({"subquery", "alias"}),
+                       defaults={"column_name_alias": [], "sample": None})
+            sub = ref.get("subquery")
+            if not isinstance(sub, dict) or not set(sub) <= {"node", "named_param_map"} or sub.get(
+                "named_param_map", []
+            ) != []:
+                raise _unsupported("SUBQUERY", "malformed subquery")
+            return self._unit_aggregate(sub["node"], str(ref.get("alias", "")) or "subquery",
+                                        depth)
+        if kind == "BASE_TABLE":
+            assert isinstance(ref, dict)
+            name = fold(str(ref.get("table_name")))
+            if name in self.ctes and ref.get("schema_name", "") == "":
+                if name in self.cte_used:
+                    raise _unsupported("CTE_REUSED", f"the common table expression {show(name)} "
+                                       "may be used only once")
+                self.cte_used.add(name)
+                alias = str(ref.get("alias", "")) or name
+                return self._unit_aggregate(self.ctes[name], alias, depth)
+        table, alias = self._base_table(ref)
+        return TableSource(table.name, alias)
+
+    def _join(self, ref: dict[str, Any], depth: int) -> Source:
+        ref_type = str(ref.get("ref_type", "REGULAR"))
+        join_type = str(ref.get("join_type", "INNER"))
+        if ref_type == "CROSS":
+            raise reject(
+                "CROSS_JOIN",
+                "cross joins (and comma-separated tables) pair every row with every row; join "
+                "tables ON their privacy unit",
+            )
+        if ref_type != "REGULAR":
+            what = {"DEPENDENT": "LATERAL"}.get(ref_type, ref_type)
+            raise reject("UNSUPPORTED_JOIN", f"{show(what)} joins are not supported",
+                         construct=show(what))
+        if join_type not in ("INNER", "LEFT"):
+            raise reject("UNSUPPORTED_JOIN", f"{show(join_type)} joins are not supported; use "
+                         "INNER or LEFT JOIN", construct=show(join_type))
+        check_keys(
+            ref,
+            "JOIN",
+            free=frozenset({"left", "right", "condition", "using_columns", "join_type",
+                            "ref_type"}),
+            defaults={"alias": "", "sample": None, "ranking_expression": None,
+                      "delim_flipped": False, "is_implicit": False, "nearest_count": 1,
+                      "nearest_order_type": "ASCENDING", "nearest_approx": False,
+                      "duplicate_eliminated_columns": []},
+            reason="UNSUPPORTED_JOIN",
+        )
+        left = self._source(ref.get("left"), depth + 1)
+        right_ref = ref.get("right")
+        if not isinstance(right_ref, dict) or right_ref.get("type") != "BASE_TABLE" or fold(
+            str(right_ref.get("table_name"))
+        ) in self.ctes:
+            rtype = right_ref.get("type") if isinstance(right_ref, dict) else None
+            if rtype == "JOIN":
+                raise reject("UNSUPPORTED_JOIN", "parenthesised joins are not supported")
+            if rtype == "BASE_TABLE":
+                assert isinstance(right_ref, dict)
+                self._source(right_ref, depth + 1)  # a CTE used twice is refused there
+            elif rtype != "SUBQUERY":
+                self._base_table(right_ref or {})  # table functions, VALUES, ... get their reason
+            raise reject("UNSUPPORTED_JOIN", "the right side of a join must be a table of the "
+                         "dataset; put subqueries first")
+        table, alias = self._base_table(right_ref)
+        right = TableSource(table.name, alias)
+        if _count_tables(left) + 1 > MAX_TABLES:
+            raise reject("TOO_MANY_JOINS", f"a query may read at most {MAX_TABLES} tables",
+                         limit=str(MAX_TABLES))
+        lrel = self._relation(left)
+        if alias in lrel.aliases:
+            raise reject("DUPLICATE_ALIAS", f"the alias {show(alias)} is used twice; give each "
+                         "table its own alias", alias=show(alias))
+        if table.name in lrel.tables:
+            raise reject("SELF_JOIN", f"table {table.name} is joined with itself; a self-join "
+                         "multiplies each unit's rows", table=table.name)
+        if _leftmost_public(left, self.dataset):
+            raise reject("UNSUPPORTED_JOIN", "a public lookup table must be joined to a table "
+                         "of the dataset, not the other way round")
+        kind = join_type.lower()
+        lscope = _scope_of(left, lrel, self.dataset)
+        rentry = _entry(alias, table, self.dataset)
+        both = Scope(lscope.table, lscope.qualifier, (*lscope.entries, rentry), True,
+                     lscope.primary_unit)
+        using = ref.get("using_columns", [])
+        cond = ref.get("condition")
+        if table.public:
+            return self._public_join(left, right, table, kind, cond, using, lscope, both)
+        if using:
+            if [fold(str(u)) for u in using] != [fold(self.dataset.privacy_unit)]:
+                raise _not_on_unit()
+            return UnitJoin(left, right, kind)
+        if not isinstance(cond, dict) or cond.get("type") != "COMPARE_EQUAL":
+            raise _not_on_unit()
+        sides = [cond.get("left"), cond.get("right")]
+        if not all(isinstance(x, dict) and x.get("type") == "COLUMN_REF" for x in sides):
+            raise _not_on_unit()
+        refs = [both.lookup(x) for x in sides]  # type: ignore[arg-type]
+        if not all(r.is_unit for r in refs) or {r.table == alias for r in refs} != {True, False}:
+            raise _not_on_unit()
+        return UnitJoin(left, right, kind)
+
+    def _public_join(
+        self,
+        left: Source,
+        right: TableSource,
+        table: TableInfo,
+        kind: str,
+        cond: Any,
+        using: Any,
+        lscope: Scope,
+        both: Scope,
+    ) -> Source:
+        if using or not isinstance(cond, dict) or cond.get("type") != "COMPARE_EQUAL":
+            raise reject("JOIN_NOT_ON_KEY", f"join the lookup table {table.name} with ON "
+                         f"<column> = {right.alias}.{table.unique_key}", table=table.name)
+        sides = [cond.get("left"), cond.get("right")]
+        if not all(isinstance(x, dict) and x.get("type") == "COLUMN_REF" for x in sides):
+            raise reject("JOIN_NOT_ON_KEY", "a lookup join compares two columns",
+                         table=table.name)
+        refs = [both.lookup(x) for x in sides]  # type: ignore[arg-type]
+        pub = [i for i, r in enumerate(refs) if r.table == right.alias]
+        if len(pub) != 1:
+            raise reject("JOIN_NOT_ON_KEY", f"the lookup join must compare a column of "
+                         f"{table.name} with a column of the other tables", table=table.name)
+        rref, lnode = refs[pub[0]], sides[1 - pub[0]]
+        if rref.column.name != table.unique_key:
+            raise reject(
+                "JOIN_KEY_NOT_UNIQUE",
+                f"{table.name}.{rref.column.name} is not the table's unique key "
+                f"({table.unique_key}); a non-unique key would multiply each unit's rows",
+                column=rref.column.name,
+            )
+        lref = lscope.resolve_ref(lnode)  # type: ignore[arg-type]
+        if _static_kind(lref.column) != _static_kind(rref.column):
+            raise reject("TYPE_MISMATCH", "the join keys have different types",
+                         construct="JOIN")
+        return PublicJoin(left, right, Column(lref.column.name, lref.table),
+                          rref.column.name, kind)
+
+    def _unit_aggregate(self, node: Any, alias: str, depth: int) -> Source:
+        """`(SELECT unit, agg(col) AS x, ... FROM src [WHERE ...] GROUP BY unit) alias`."""
+        if not _ALIAS.fullmatch(alias):
+            raise reject("INVALID_ALIAS", f"alias {show(alias)} is not allowed", alias=show(alias))
+        alias = fold(alias)
+        if not isinstance(node, dict) or node.get("type") != "SELECT_NODE":
+            if isinstance(node, dict) and node.get("type") == "SET_OPERATION_NODE":
+                raise _unsupported("SET_OPERATION", "UNION/INTERSECT/EXCEPT inside FROM is not "
+                                   "supported")
+            raise _unsupported("SUBQUERY", "unsupported subquery")
+        check_keys(node, "subquery", free=_SELECT_KEYS)
+        if node.get("cte_map") not in (None, {}, {"map": []}):
+            raise _unsupported("CTE", "WITH inside a subquery is not supported")
+        mods = node.get("modifiers")
+        if mods not in (None, []):
+            first = mods[0] if isinstance(mods, list) and mods else {}
+            if isinstance(first, dict) and first.get("type") == "DISTINCT_MODIFIER":
+                raise reject("SUBQUERY_NOT_ON_PRIVACY_UNIT", "SELECT DISTINCT in a subquery "
+                             "forgets how many rows each unit had; group by the unit instead")
+            raise _unsupported("MODIFIER", "ORDER BY / LIMIT inside a subquery is not supported")
+        self._check_clauses(node)
+        inner = self._source(node.get("from_table"), depth + 1)
+        if isinstance(inner, UnitAggregate):
+            raise _unsupported("NESTED_SUBQUERY", "nested per-unit subqueries are not supported")
+        rel = self._relation(inner)
+        scope = _scope_of(inner, rel, self.dataset)
+        for clause in ("select_list", "where_clause", "group_expressions"):
+            forbid_nested(node.get(clause), scalar=True)
+        groups = node.get("group_expressions") or []
+        if (
+            not isinstance(groups, list)
+            or len(groups) != 1
+            or node.get("group_sets") != [[0]]
+            or not isinstance(groups[0], dict)
+            or groups[0].get("type") != "COLUMN_REF"
+            or not scope.lookup(groups[0]).is_unit
+        ):
+            raise reject(
+                "SUBQUERY_NOT_ON_PRIVACY_UNIT",
+                f"a subquery in FROM must GROUP BY exactly the privacy unit "
+                f"({self.dataset.privacy_unit}), so that it yields one row per unit",
+            )
+        outputs: list[UnitOutput] = []
+        for item in node.get("select_list") or []:
+            if not isinstance(item, dict):
+                raise _unsupported("SELECT_LIST", "malformed select list")
+            name = str(item.get("alias", ""))
+            if name and not _ALIAS.fullmatch(name):
+                raise reject("INVALID_ALIAS", f"alias {show(name)} is not allowed",
+                             alias=show(name))
+            if item.get("type") == "COLUMN_REF":
+                if not scope.lookup(item | {"alias": ""}).is_unit:
+                    scope.resolve(item | {"alias": ""})  # identifier/unknown refusals first
+                    raise reject(
+                        "SUBQUERY_NOT_ON_PRIVACY_UNIT",
+                        "a per-unit subquery outputs the privacy unit and aggregates only",
+                    )
+                if name and fold(name) != fold(self.dataset.privacy_unit):
+                    raise reject("INVALID_ALIAS", "the privacy unit cannot be renamed")
+                continue
+            outputs.append(self._unit_output(item, name, scope))
+        if not outputs:
+            raise reject("NO_AGGREGATE", "a per-unit subquery needs at least one aggregate")
+        names = [o.name for o in outputs]
+        if len(set(names)) != len(names) or fold(self.dataset.privacy_unit) in names:
+            raise reject("DUPLICATE_OUTPUT_NAME", "the subquery's outputs need distinct names")
+        where = node.get("where_clause")
+        filt = None if where is None else convert_filter(where, scope)
+        return UnitAggregate(inner, filt, tuple(outputs), alias)
+
+    def _unit_output(self, item: dict[str, Any], name: str, scope: Scope) -> UnitOutput:
+        raw = item.get("function_name")
+        fname = fold(raw) if isinstance(raw, str) and item.get("type") == "FUNCTION" else ""
+        kinds = {"sum": "sum", "count": "count", "count_star": "count_star", "avg": "avg",
+                 "mean": "avg", "min": "min", "max": "max"}
+        if fname not in kinds or item.get("is_operator") is not False:
+            construct, text = describe(item)
+            raise reject(
+                "UNSUPPORTED_EXPRESSION",
+                f"{text} cannot be an output of a per-unit subquery; use SUM, COUNT, AVG, MIN "
+                "or MAX of a column",
+                construct=construct,
+            )
+        kind = kinds[fname]
+        function_keys_ok(item | {"alias": ""}, fname.upper(), is_operator=False)
+        args = item.get("arguments") or []
+        if kind == "count_star":
+            if args:
+                raise reject("UNSUPPORTED_EXPRESSION", "COUNT(*) takes no argument")
+            return UnitOutput(fold(name) if name else "count", kind)
+        if len(args) != 1 or not isinstance(args[0]["expression"], dict) or args[0][
+            "expression"
+        ].get("type") != "COLUMN_REF":
+            raise reject("UNSUPPORTED_EXPRESSION", f"{fname.upper()} in a per-unit subquery "
+                         "takes one column", construct="AGGREGATE_ARGUMENT")
+        ref = scope.resolve_ref(args[0]["expression"])
+        if kind != "count":
+            check_bounded(ref.column, fname.upper())
+        default = f"{kind}_{ref.column.name}"
+        out = fold(name) if name else default
+        if not _ALIAS.fullmatch(out):
+            raise reject("INVALID_ALIAS", f"name the output of {fname.upper()} with AS")
+        return UnitOutput(out, kind, Column(ref.column.name, ref.table))
+
+    def _semi_join(self, node: dict[str, Any], negated: bool, outer: Scope) -> Expr:
+        """`unit [NOT] IN (SELECT unit FROM ...)` or correlated `[NOT] EXISTS` on the unit."""
+        sub_type = node.get("subquery_type")
+        check_keys(node, "subquery", free=frozenset({"subquery", "subquery_type", "child",
+                                                      "comparison_type"}),
+                   defaults={"alias": ""})
+        if sub_type == "SCALAR":
+            raise _scalar_subquery()
+        sub = node.get("subquery")
+        if not isinstance(sub, dict) or not set(sub) <= {"node", "named_param_map"} or sub.get(
+                "named_param_map", []
+            ) != []:
+            raise _unsupported("SUBQUERY", "malformed subquery")
+        inner_node = sub["node"]
+        if not isinstance(inner_node, dict) or inner_node.get("type") != "SELECT_NODE":
+            raise _unsupported("SET_OPERATION", "set operations inside subqueries are not "
+                               "supported")
+        check_keys(inner_node, "subquery", free=_SELECT_KEYS)
+        if inner_node.get("cte_map") not in (None, {}, {"map": []}):
+            raise _unsupported("CTE", "WITH inside a subquery is not supported")
+        if inner_node.get("modifiers") not in (None, []) or inner_node.get(
+            "group_expressions"
+        ) not in (None, []):
+            raise reject("SUBQUERY_NOT_ON_PRIVACY_UNIT", "an IN/EXISTS subquery takes no "
+                         "GROUP BY, DISTINCT, ORDER BY or LIMIT")
+        self._check_clauses(inner_node)
+        for clause in ("select_list", "where_clause"):
+            forbid_nested(inner_node.get(clause), scalar=True)
+        source = self._source(inner_node.get("from_table"), 1)
+        rel = self._relation(source)
+        scope = _scope_of(source, rel, self.dataset)
+        items = inner_node.get("select_list") or []
+        where = inner_node.get("where_clause")
+        if sub_type == "ANY":
+            child = node.get("child")
+            if (
+                node.get("comparison_type") != "COMPARE_EQUAL"
+                or not isinstance(child, dict)
+                or child.get("type") != "COLUMN_REF"
+                or not _outer_unit(outer, child)
+                or len(items) != 1
+                or not isinstance(items[0], dict)
+                or items[0].get("type") != "COLUMN_REF"
+                or not scope.lookup(items[0] | {"alias": ""}).is_unit
+            ):
+                raise reject(
+                    "SUBQUERY_NOT_ON_PRIVACY_UNIT",
+                    f"IN (subquery) is allowed only as {self.dataset.privacy_unit} IN (SELECT "
+                    f"{self.dataset.privacy_unit} FROM ...), a filter on the same unit",
+                )
+            filt = None if where is None else convert_filter(where, scope)
+            return InUnits(source, filt, negated)
+        if sub_type != "EXISTS":
+            raise reject("SUBQUERY_NOT_ON_PRIVACY_UNIT", "this subquery is not a filter on the "
+                         "privacy unit")
+        conjuncts = _conjuncts(where)
+        rest: list[Any] = []
+        found = 0
+        for c in conjuncts:
+            if self._is_correlation(c, scope, rel, outer):
+                found += 1
+            else:
+                rest.append(c)
+        if found != 1:
+            raise reject(
+                "SUBQUERY_NOT_ON_PRIVACY_UNIT",
+                "EXISTS (subquery) must be correlated on the privacy unit: WHERE "
+                f"inner.{self.dataset.privacy_unit} = outer.{self.dataset.privacy_unit}",
+            )
+        filt = None
+        if rest:
+            combined = rest[0] if len(rest) == 1 else {"type": "CONJUNCTION_AND",
+                                                       "children": rest}
+            filt = convert_filter(combined, scope)
+        return InUnits(source, filt, negated)
+
+    def _is_correlation(self, c: Any, inner: Scope, rel: Relation, outer: Scope) -> bool:
+        if not isinstance(c, dict) or c.get("type") != "COMPARE_EQUAL":
+            return False
+        sides = [c.get("left"), c.get("right")]
+        if not all(isinstance(x, dict) and x.get("type") == "COLUMN_REF" for x in sides):
+            return False
+        for a, b in ((sides[0], sides[1]), (sides[1], sides[0])):
+            assert isinstance(a, dict) and isinstance(b, dict)
+            names = b.get("column_names")
+            if not (isinstance(names, list) and len(names) == 2):
+                continue
+            if fold(str(names[0])) in rel.aliases:
+                continue  # b names an inner alias: not a reference to the outer query
+            try:
+                ia = inner.lookup(a)
+            except Exception:
+                continue
+            if ia.is_unit and _outer_unit(outer, b):
+                return True
+        return False
 
     def _check_modifiers(self, modifiers: Any) -> None:
         if modifiers in (None, []):
@@ -278,17 +717,22 @@ class _Analyzer:
                     f"GROUP BY accepts only column names, not {describe(expr)[1]}",
                     construct="GROUP_BY_EXPRESSION",
                 )
-            col = scope.resolve(expr)
+            ref = scope.resolve_ref(expr)
+            col = ref.column
             if col.domain is None:
-                raise reject(
-                    "GROUP_KEY_NOT_PUBLIC",
-                    f"column {col.name} has no public domain; grouping by it would publish "
-                    "its values",
-                    column=col.name,
-                )
-            if col.name not in self.group_by:
-                self.group_by.append(col.name)
-                groups *= max(len(col.domain), 1)
+                # No public domain: the keys come from the data, released only through DP
+                # partition selection (the grant must allow delta; checked by the gateway).
+                if col.type == "float64":
+                    raise reject(
+                        "GROUP_KEY_NOT_PUBLIC",
+                        f"column {col.name} is a float without a public domain; grouping by "
+                        "it would publish its values",
+                        column=col.name,
+                    )
+                self.partition_selection = True
+            if ref.key not in self.group_by:
+                self.group_by.append(ref.key)
+                groups *= max(len(col.domain or ()), 1)
         if groups > MAX_GROUPS:
             raise reject(
                 "TOO_MANY_GROUPS",
@@ -322,15 +766,16 @@ class _Analyzer:
                 "SELECT * would release rows; ask for aggregates such as COUNT(*)",
             )
         if kind == "COLUMN_REF":
-            col = scope.resolve(item | {"alias": ""})
-            if col.name not in self.group_by:
+            ref = scope.resolve_ref(item | {"alias": ""})
+            col = ref.column
+            if ref.key not in self.group_by:
                 raise reject(
                     "BARE_COLUMN",
                     f"column {col.name} is neither in GROUP BY nor inside an aggregate; "
                     "releasing it would publish rows",
                     column=col.name,
                 )
-            return OutputColumn(alias or col.name, group_index=self.group_by.index(col.name))
+            return OutputColumn(alias or col.name, group_index=self.group_by.index(ref.key))
         if kind == "FUNCTION" and item.get("is_operator") is False:
             return self._aggregate(item, alias, scope)
         construct, text = describe(item)
@@ -375,10 +820,11 @@ class _Analyzer:
                     "aggregates are not supported yet)",
                     construct="AGGREGATE_ARGUMENT",
                 )
-            column = scope.resolve(arg)
+            ref = scope.resolve_ref(arg)
+            column = ref.column
             if kind in (AggregateKind.SUM, AggregateKind.AVG):
                 check_bounded(column, shown)
-        aggregate = Aggregate(kind, None if column is None else column.name, 1.0)
+        aggregate = Aggregate(kind, None if column is None else ref.key, 1.0)
         if aggregate in self.aggregates:
             index = self.aggregates.index(aggregate)
         else:
@@ -386,3 +832,76 @@ class _Analyzer:
             self.aggregates.append(aggregate)
         default = "count" if column is None else _DEFAULT_PREFIX[kind] + column.name
         return OutputColumn(alias or default, aggregate_index=index)
+
+
+def _not_on_unit() -> Exception:
+    return reject(
+        "JOIN_NOT_ON_PRIVACY_UNIT",
+        "tables of the dataset may only be joined ON a.<unit> = b.<unit> (or USING (<unit>)); "
+        "any other condition can pair one unit's rows with many others",
+    )
+
+
+def _scalar_subquery() -> Exception:
+    return reject(
+        "SCALAR_SUBQUERY",
+        "scalar subqueries can pick out one row's value; they are not allowed",
+        construct="SUBQUERY",
+    )
+
+
+def _count_tables(s: Source) -> int:
+    match s:
+        case TableSource():
+            return 1
+        case UnitJoin(left, _, _) | PublicJoin(left, _, _, _, _):
+            return _count_tables(left) + 1
+        case UnitAggregate(inp, _, _, _):
+            return _count_tables(inp)
+
+
+def _leftmost_public(s: Source, dataset: DatasetInfo) -> bool:
+    t = dataset.table(leftmost_table(s))
+    return t is not None and t.public and isinstance(s, TableSource)
+
+
+def _entry(alias: str, table: TableInfo, dataset: DatasetInfo) -> ScopeEntry:
+    unit = None if table.public else fold(dataset.privacy_unit)
+    return ScopeEntry(alias, {fold(c.name): c for c in table.columns}, unit)
+
+
+def _scope_of(source: Source, rel: Relation, dataset: DatasetInfo) -> Scope:
+    """A qualified scope over a source's relation: one entry per alias."""
+    by_alias: dict[str, dict[str, ColumnInfo]] = {}
+    for k, col in rel.columns.items():
+        alias, _, _ = k.partition(".")
+        by_alias.setdefault(alias, {})[fold(col.name)] = col
+    unit = fold(dataset.privacy_unit)
+    entries = tuple(
+        ScopeEntry(a, cols, unit if f"{a}.{dataset.privacy_unit}" in rel.units else None)
+        for a, cols in by_alias.items()
+    )
+    first = dataset.table(leftmost_table(source))
+    assert first is not None
+    primary = rel.unit.partition(".")[0]
+    return Scope(first, primary, entries, True, primary)
+
+
+def _outer_unit(outer: Scope, node: dict[str, Any]) -> bool:
+    try:
+        return outer.lookup(node).is_unit
+    except Exception:
+        return False
+
+
+def _conjuncts(where: Any) -> list[Any]:
+    if isinstance(where, dict) and where.get("type") == "CONJUNCTION_AND":
+        out: list[Any] = []
+        for c in where.get("children") or []:
+            out.extend(_conjuncts(c))
+        return out
+    return [] if where is None else [where]
+
+
+def _static_kind(col: ColumnInfo) -> str:
+    return "num" if col.type in ("int64", "float64") else col.type

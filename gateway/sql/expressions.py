@@ -11,6 +11,7 @@ and `/` and `%` need a non-zero literal divisor (DuckDB raises on division by ze
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway.sql.nodes import (
@@ -68,11 +69,16 @@ def _balanced(op: str, items: list[tuple[Expr, int]]) -> tuple[Expr, int]:
     return Binary(op, left, right), 1 + max(ld, rd)
 
 
+SubqueryHook = Callable[[dict[str, Any], bool], Expr]
+"""Turns a SUBQUERY node (and whether it is negated) into a plan node, or refuses it."""
+
+
 class _Converter:
     """Translate one WHERE expression, tracking types and plan depth."""
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, subquery: SubqueryHook | None = None) -> None:
         self.scope = scope
+        self.subquery = subquery
 
     def convert(self, node: Any, level: int) -> tuple[Expr, Kind, int]:
         """Return (plan node, static type, plan depth) for a parse-tree expression."""
@@ -87,8 +93,10 @@ class _Converter:
 
     def _dispatch(self, node: dict[str, Any], t: str, level: int) -> tuple[Expr, Kind, int]:
         if t == "COLUMN_REF":
-            col = self.scope.resolve(node)
-            return Column(col.name), column_kind(col), 1
+            ref = self.scope.resolve_ref(node)
+            return Column(ref.column.name, ref.table), column_kind(ref.column), 1
+        if t == "SUBQUERY" and self.subquery is not None:
+            return self.subquery(node, False), Kind.BOOLEAN, 1
         if t == "VALUE_CONSTANT":
             lit, kind = literal(node)
             return lit, kind, 1
@@ -121,6 +129,8 @@ class _Converter:
                 return self._in_list(child, level + 1, negated=True)
             if inner == "COMPARE_BETWEEN":
                 return self._between(child, level + 1, negated=True)
+            if inner == "SUBQUERY" and self.subquery is not None:
+                return self.subquery(child, True), Kind.BOOLEAN, 1
             expr, kind, depth = self.convert(child, level)
             _require("NOT", kind, Kind.BOOLEAN)
             return Unary("NOT", expr), Kind.BOOLEAN, depth + 1
@@ -257,7 +267,7 @@ def _unsupported(node: dict[str, Any]) -> Exception:
     )
 
 
-def convert_filter(node: Any, scope: Scope) -> Expr:
+def convert_filter(node: Any, scope: Scope, subquery: SubqueryHook | None = None) -> Expr:
     """Translate a WHERE clause into a plan expression.
 
     Args:
@@ -272,6 +282,6 @@ def convert_filter(node: Any, scope: Scope) -> Expr:
             QUERY_TOO_LARGE, QUERY_TOO_COMPLEX, INVALID_LITERAL, UNKNOWN_COLUMN or
             IDENTIFIER_COLUMN.
     """
-    expr, kind, _ = _Converter(scope).convert(node, 0)
+    expr, kind, _ = _Converter(scope, subquery).convert(node, 0)
     _require("WHERE", kind, Kind.BOOLEAN)
     return expr

@@ -27,7 +27,9 @@ from sandbox.protocol import ColumnInfo, Literal, TableInfo
 
 __all__ = [
     "Kind",
+    "Resolved",
     "Scope",
+    "ScopeEntry",
     "check_bounded",
     "column_kind",
     "describe",
@@ -106,23 +108,54 @@ _COLUMN_KINDS = {
 
 
 @dataclass(frozen=True, slots=True)
+class ScopeEntry:
+    """One relation visible in a query: its alias (folded), columns by folded name, unit column."""
+
+    alias: str
+    columns: dict[str, ColumnInfo]
+    unit: str | None  # folded name of the privacy-unit column, if it has one
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A resolved column reference: the catalog column, its plan qualifier and relation key."""
+
+    column: ColumnInfo
+    table: str | None  # alias for qualified plans (with a source), None for single-table plans
+    is_unit: bool
+
+    @property
+    def key(self) -> str:
+        """The relation key the plan uses (`name` or `alias.name`)."""
+        return self.column.name if self.table is None else f"{self.table}.{self.column.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Scope:
-    """The one table a query reads, and the names it may be referred to by."""
+    """The relations a query reads, and the names they may be referred to by.
 
-    table: TableInfo
-    qualifier: str  # folded alias, or folded table name when there is no alias
+    A single-table query has one entry and unqualified plan columns; a query with a source (joins,
+    pre-aggregation) has one entry per alias and every plan column is qualified by its alias.
+    """
 
-    def resolve(self, node: dict[str, Any]) -> ColumnInfo:
-        """Resolve a COLUMN_REF node to its catalog column.
+    table: TableInfo  # the leftmost table
+    qualifier: str  # folded alias of the leftmost relation
+    entries: tuple[ScopeEntry, ...] = ()
+    qualified: bool = False
+    primary_unit: str | None = None  # alias of the primary unit column (qualified scopes)
+    unit: str | None = None  # the dataset's privacy unit (single-table scopes)
 
-        Args:
-            node: A `COLUMN_REF` node; `column_names` is `[column]` or `[table_or_alias, column]`.
+    def _entries(self) -> tuple[ScopeEntry, ...]:
+        if self.entries:
+            return self.entries
+        cols = {fold(c.name): c for c in self.table.columns}
+        return (ScopeEntry(self.qualifier, cols, None if self.unit is None else fold(self.unit)),)
 
-        Returns:
-            The catalog column (never an identifier column).
+    def lookup(self, node: dict[str, Any]) -> Resolved:
+        """Resolve a COLUMN_REF node, allowing the privacy unit (marked `is_unit`).
 
         Raises:
-            InvalidQueryError: UNKNOWN_COLUMN, IDENTIFIER_COLUMN or UNSUPPORTED_EXPRESSION.
+            InvalidQueryError: UNKNOWN_COLUMN, AMBIGUOUS_COLUMN or UNSUPPORTED_EXPRESSION.
         """
         check_keys(
             node,
@@ -139,20 +172,54 @@ class Scope:
         ):
             raise reject("UNSUPPORTED_EXPRESSION", "unsupported column reference")
         written = ".".join(names)
-        if len(names) == 2 and fold(names[0]) != self.qualifier:
-            raise reject("UNKNOWN_COLUMN", f"unknown column {show(written)}", column=show(written))
         wanted = fold(names[-1])
-        for col in self.table.columns:
-            if fold(col.name) == wanted:
-                if col.grade == "identifier":
-                    raise reject(
-                        "IDENTIFIER_COLUMN",
-                        f"column {col.name} is an identifier and never appears in queries "
-                        "or answers",
-                        column=col.name,
-                    )
-                return col
-        raise reject("UNKNOWN_COLUMN", f"unknown column {show(written)}", column=show(written))
+        entries = self._entries()
+        if len(names) == 2:
+            entries = tuple(e for e in entries if e.alias == fold(names[0]))
+        hits = [(e, e.columns[wanted]) for e in entries if wanted in e.columns]
+        if not hits:
+            raise reject("UNKNOWN_COLUMN", f"unknown column {show(written)}", column=show(written))
+        units = [h for h in hits if h[0].unit == wanted]
+        if len(hits) > 1:
+            if len(units) == len(hits):  # the unit is equal across unit joins: take the primary
+                primary = [h for h in hits if h[0].alias == self.primary_unit]
+                hits = primary or hits[:1]
+            else:
+                raise reject(
+                    "AMBIGUOUS_COLUMN",
+                    f"column {show(written)} exists in several tables; qualify it "
+                    "(alias.column)",
+                    column=show(written),
+                )
+        entry, col = hits[0]
+        return Resolved(col, entry.alias if self.qualified else None, entry.unit == wanted)
+
+    def resolve_ref(self, node: dict[str, Any]) -> Resolved:
+        """Resolve a COLUMN_REF node to a usable column (never an identifier or the unit)."""
+        r = self.lookup(node)
+        if r.is_unit or r.column.grade == "identifier":
+            raise reject(
+                "IDENTIFIER_COLUMN",
+                f"column {r.column.name} is an identifier and never appears in queries "
+                "or answers",
+                column=r.column.name,
+            )
+        return r
+
+    def resolve(self, node: dict[str, Any]) -> ColumnInfo:
+        """Resolve a COLUMN_REF node to its catalog column.
+
+        Args:
+            node: A `COLUMN_REF` node; `column_names` is `[column]` or `[table_or_alias, column]`.
+
+        Returns:
+            The catalog column (never an identifier column).
+
+        Raises:
+            InvalidQueryError: UNKNOWN_COLUMN, AMBIGUOUS_COLUMN, IDENTIFIER_COLUMN or
+                UNSUPPORTED_EXPRESSION.
+        """
+        return self.resolve_ref(node).column
 
 
 def function_keys_ok(node: dict[str, Any], what: str, *, is_operator: bool) -> None:
@@ -318,15 +385,24 @@ def check_bounded(column: ColumnInfo, what: str) -> None:
         )
 
 
-def forbid_nested(part: Any) -> None:
+def forbid_nested(part: Any, *, scalar: bool = False, allow_subqueries: bool = False) -> None:
     """Refuse subqueries and window functions anywhere in a clause, before anything else.
 
     Args:
         part: A clause of the parse tree (select list, WHERE, GROUP BY), or None.
+        scalar: refuse subqueries as SCALAR_SUBQUERY (select list, GROUP BY).
+        allow_subqueries: leave subqueries to the WHERE converter (IN/EXISTS semi-joins).
     """
     for obj in walk(part):
         kind = obj.get("type")
-        if kind == "SUBQUERY":
+        if kind == "SUBQUERY" and not allow_subqueries:
+            if scalar:
+                raise reject(
+                    "SCALAR_SUBQUERY",
+                    "subqueries in the select list or GROUP BY can pick out one row's value; "
+                    "they are not allowed",
+                    construct="SUBQUERY",
+                )
             raise reject(
                 "UNSUPPORTED_CONSTRUCT", "subqueries are not supported yet", construct="SUBQUERY"
             )

@@ -59,6 +59,21 @@ REGISTRY = DatasetInfo(
             ),
             max_rows_per_unit=12,
         ),
+        TableInfo(
+            "regions",
+            (
+                ColumnInfo("code", "string", "public"),
+                ColumnInfo("name", "string", "public"),
+                ColumnInfo(
+                    "macro_region", "string", "public",
+                    domain=("North", "Northeast", "East", "South Central", "Southwest",
+                            "Northwest"),
+                ),
+            ),
+            max_rows_per_unit=0,
+            public=True,
+            unique_key="code",
+        ),
     ),
 )
 

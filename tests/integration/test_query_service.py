@@ -229,7 +229,7 @@ def test_catalog_shows_public_part_only(analyst: Stubs) -> None:
     resp = analyst.catalog.ListDatasets(cat_pb.ListDatasetsRequest())
     assert [d.name for d in resp.datasets] == ["registry"]
     d = resp.datasets[0]
-    assert d.privacy_unit == "person_id" and list(d.purposes) == ["testing"]
+    assert d.privacy_unit == "person_id" and list(d.purposes) == ["approx-testing", "testing"]
     cols = {c.name: c for t in d.tables for c in t.columns}
     assert cols["income"].has_bounds and cols["income"].upper == 2_000_000
     assert cols["id_number"].grade == "identifier" and not cols["id_number"].groupable

@@ -18,8 +18,8 @@ from gateway.settings import ROOT, SETTINGS
 
 README = (ROOT / "README.md").read_text()
 # What the gateway may import from the sandbox package: the boundary types, pricing, the socket client,
-# errors, and (for `pgw check-policy` only) the catalog parser. Never the engine that touches data.
-GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.client", "sandbox.errors",
+# errors, the pure relation/sensitivity rules, and (for `pgw check-policy`) the catalog parser. Never the engine.
+GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relation", "sandbox.client", "sandbox.errors",
                       "sandbox.catalog"}
 
 

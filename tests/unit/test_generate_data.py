@@ -20,7 +20,9 @@ from examples.generate_data import (
 )
 
 PEOPLE = 2000
-FILES = ("residents.parquet", "enterprises.parquet", "social_insurance.parquet")
+FILES = (
+    "residents.parquet", "enterprises.parquet", "social_insurance.parquet", "regions.parquet"
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _rows(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
     """Run ``sql`` with ``residents``, ``enterprises`` and ``si`` views over the files."""
     with duckdb.connect() as con:
-        for view, name in zip(("residents", "enterprises", "si"), FILES, strict=True):
+        for view, name in zip(("residents", "enterprises", "si", "regions"), FILES, strict=True):
             path = str(data_dir / name).replace("'", "''")
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{path}')")
         return con.execute(sql).fetchall()
@@ -233,8 +235,9 @@ def test_tiny_data_set_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """The CLI handles 5 people (still 10 enterprises) and prints one line per file."""
     assert main(["--out", str(tmp_path), "--people", "5", "--seed", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert all(name in line for name, line in zip(FILES, lines, strict=True))
     assert _rows(tmp_path, "SELECT count(*) FROM enterprises") == [(10,)]
+    assert _rows(tmp_path, "SELECT count(*), count(DISTINCT code) FROM regions") == [(31, 31)]
     with pytest.raises(ValueError):
         generate(tmp_path, 0)

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_CONSTRUCT
+-- reason: CROSS_JOIN
 -- why: cross join
 SELECT COUNT(*) FROM residents, residents

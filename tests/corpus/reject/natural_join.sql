@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_CONSTRUCT
+-- reason: UNSUPPORTED_JOIN
 -- why: join
 SELECT COUNT(*) FROM residents NATURAL JOIN social_insurance

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_CONSTRUCT
+-- reason: UNSUPPORTED_JOIN
 -- why: join
 SELECT COUNT(*) FROM residents POSITIONAL JOIN social_insurance

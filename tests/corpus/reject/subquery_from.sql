@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_CONSTRUCT
+-- reason: SUBQUERY_NOT_ON_PRIVACY_UNIT
 -- why: subquery in FROM
 SELECT COUNT(*) FROM (SELECT * FROM residents)

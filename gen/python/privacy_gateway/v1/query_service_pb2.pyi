@@ -164,7 +164,7 @@ class ConfidenceInterval(_message.Message):
     def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ..., level: _Optional[float] = ...) -> None: ...
 
 class QueryPlanInfo(_message.Message):
-    __slots__ = ("table", "group_by", "group_by_mode", "row_count", "releases", "max_rows_per_unit", "privacy_unit")
+    __slots__ = ("table", "group_by", "group_by_mode", "row_count", "releases", "max_rows_per_unit", "privacy_unit", "threshold", "tables")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,8 @@ class QueryPlanInfo(_message.Message):
     RELEASES_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_PER_UNIT_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_UNIT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     table: str
     group_by: _containers.RepeatedScalarFieldContainer[str]
     group_by_mode: str
@@ -179,7 +181,9 @@ class QueryPlanInfo(_message.Message):
     releases: _containers.RepeatedCompositeFieldContainer[ReleaseCost]
     max_rows_per_unit: int
     privacy_unit: str
-    def __init__(self, table: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., group_by_mode: _Optional[str] = ..., row_count: _Optional[int] = ..., releases: _Optional[_Iterable[_Union[ReleaseCost, _Mapping]]] = ..., max_rows_per_unit: _Optional[int] = ..., privacy_unit: _Optional[str] = ...) -> None: ...
+    threshold: int
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., group_by_mode: _Optional[str] = ..., row_count: _Optional[int] = ..., releases: _Optional[_Iterable[_Union[ReleaseCost, _Mapping]]] = ..., max_rows_per_unit: _Optional[int] = ..., privacy_unit: _Optional[str] = ..., threshold: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReleaseCost(_message.Message):
     __slots__ = ("output", "component", "mechanism", "sensitivity", "scale", "privacy_loss", "half_width_95")

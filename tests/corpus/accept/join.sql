@@ -1,3 +1,2 @@
--- reason: UNSUPPORTED_CONSTRUCT
--- why: joins multiply rows
+-- why: INNER equi-join on the privacy unit; K = 1 x 12
 SELECT COUNT(*) FROM residents r JOIN social_insurance s ON r.person_id = s.person_id

@@ -1,3 +1,2 @@
--- reason: UNSUPPORTED_CONSTRUCT
--- why: join
+-- why: USING (person_id) is the same unit join
 SELECT COUNT(*) FROM residents JOIN social_insurance USING (person_id)

@@ -1,0 +1,70 @@
+"""Joins and partition selection end to end through the generated gRPC stubs."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from privacy_gateway.v1 import common_pb2 as common_pb
+from privacy_gateway.v1 import query_service_pb2 as q_pb
+
+from gateway.client import error_details
+from tests.helpers import Env, Stubs
+
+pytestmark = pytest.mark.integration
+
+
+def _req(sql: str, eps: float, delta: float, purpose: str) -> q_pb.RunQueryRequest:
+    return q_pb.RunQueryRequest(
+        dataset="registry", sql=sql, purpose=purpose,
+        privacy_loss=common_pb.PrivacyLoss(epsilon=eps, delta=delta),
+    )
+
+
+def test_join_through_grpc(analyst: Stubs, env: Env) -> None:
+    sql = ("SELECT COUNT(*) AS n FROM residents r JOIN social_insurance s "
+           "ON r.person_id = s.person_id")
+    resp = analyst.query.RunQuery(_req(sql, 50.0, 0.0, "testing"))
+    assert resp.plan.max_rows_per_unit == 12
+    assert list(resp.plan.tables) == ["residents", "social_insurance"]
+    (truth,) = env.exact(
+        "SELECT COUNT(*) FROM residents r JOIN (SELECT * FROM social_insurance) s "
+        "ON r.person_id = s.person_id"
+    )[0]
+    cell = resp.rows[0].cells[0]
+    # eps 50, K = 12: scale 0.24; the generated data has at most 12 months per person
+    assert abs(cell.int64_value - truth) <= 5
+    assert resp.privacy_cost.delta == 0.0
+
+
+def test_lookup_join_groups_by_macro_region(analyst: Stubs) -> None:
+    sql = ("SELECT g.macro_region, COUNT(*) FROM residents r JOIN regions g ON r.region = g.code "
+           "GROUP BY g.macro_region")
+    resp = analyst.query.RunQuery(_req(sql, 1.0, 0.0, "testing"))
+    assert len(resp.rows) == 6 and resp.plan.group_by_mode == "public_domain"
+
+
+def test_partition_selection_through_grpc(analyst: Stubs) -> None:
+    sql = "SELECT birth_year, COUNT(*) AS n FROM residents GROUP BY birth_year"
+    explain = analyst.query.ExplainQuery(q_pb.ExplainQueryRequest(
+        dataset="registry", sql=sql, purpose="approx-testing",
+        privacy_loss=common_pb.PrivacyLoss(epsilon=2.0, delta=1e-6)))
+    assert explain.plan.group_by_mode == "partition_selection"
+    assert explain.plan.threshold > 0
+    assert 0 < explain.privacy_cost.delta <= 1e-6
+    resp = analyst.query.RunQuery(_req(sql, 2.0, 1e-6, "approx-testing"))
+    assert resp.plan.threshold == explain.plan.threshold
+    assert resp.privacy_cost.delta == explain.privacy_cost.delta
+    assert resp.budget.spent.delta >= resp.privacy_cost.delta
+    years = [r.cells[0].int64_value for r in resp.rows]
+    assert years == sorted(set(years), key=lambda y: str(y))  # released keys, no duplicates
+    assert all(1930 <= y <= 2007 for y in years)
+
+
+def test_partition_selection_needs_delta(analyst: Stubs) -> None:
+    sql = "SELECT birth_year, COUNT(*) FROM residents GROUP BY birth_year"
+    with pytest.raises(grpc.RpcError) as info:
+        analyst.query.RunQuery(_req(sql, 1.0, 0.0, "testing"))
+    assert error_details(info.value).reason == "DELTA_REQUIRED"
+    with pytest.raises(grpc.RpcError) as info:
+        analyst.query.RunQuery(_req(sql, 1.0, 0.0, "approx-testing"))
+    assert error_details(info.value).reason == "DELTA_REQUIRED"
