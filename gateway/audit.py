@@ -720,7 +720,7 @@ class AuditLog:
         return out
 
     def close(self) -> None:
-        """Closes the log (does not seal; ``Governance.close`` seals at clean shutdown). Idempotent."""
+        """Closes the log (does not seal; ``Oversight.close`` seals at clean shutdown). Idempotent."""
         with self._lock:
             self._closed = True
             anchor, self._anchor = self._anchor, None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import AuditError, AuditLog, VerifyReport, verify_export
-from gateway.governance import AUDIT_FILE
+from gateway.oversight import AUDIT_FILE
 from gateway.receipts import Receipt, verify_receipt
 from gateway.signing import KEYS_DIR, PUBLIC_KEY_FILE, Signer, load_or_create_hmac_key, public_key_id
 

@@ -34,8 +34,8 @@ from gateway.errors import (
     QueryExecutionError,
     SandboxUnavailableError,
 )
-from gateway.governance import Governance
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss
+from gateway.oversight import Oversight
 from gateway.policy import Grant, Policy
 from gateway.receipts import attach_receipt
 from gateway.sql.analyze import analyze
@@ -225,7 +225,7 @@ class QueryService:
     def __init__(
         self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
-        cache: ReleaseCache | None = None, governance: Governance | None = None,
+        cache: ReleaseCache | None = None, oversight: Oversight | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
         self.policy = policy
@@ -235,7 +235,7 @@ class QueryService:
         self.sandbox_timeout_s = sandbox_timeout_s
         self.supervisor = supervisor
         self.cache = cache
-        self.governance = governance
+        self.oversight = oversight
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -405,14 +405,14 @@ class QueryService:
 
     def _sign(self, req: QueryRequest, response: q_pb.RunQueryResponse) -> None:
         """Attach the signed receipt (before the release is stored, so a replay returns the same one)."""
-        if self.governance is None:
+        if self.oversight is None:
             return
         attach_receipt(
-            response, self.governance.signer, consumer=req.consumer, dataset=req.dataset,
-            purpose=req.purpose, policy_version=self.governance.policy_version,
+            response, self.oversight.signer, consumer=req.consumer, dataset=req.dataset,
+            purpose=req.purpose, policy_version=self.oversight.policy_version,
             normalized_query=normalize_sql(req.sql),
         )
-        self.governance.metrics.set_budget(
+        self.oversight.metrics.set_budget(
             req.consumer, req.dataset, req.purpose,
             spent=response.budget.spent.epsilon, remaining=response.budget.remaining.epsilon,
         )

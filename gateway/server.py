@@ -18,9 +18,9 @@ from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 
 from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError
-from gateway.governance import Governance
 from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
 from gateway.ledger import Ledger
+from gateway.oversight import Oversight
 from gateway.policy import load_policy
 from gateway.queries import QueryService
 from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
@@ -60,7 +60,7 @@ class Gateway:
     ledger: Ledger
     sandbox_process: SandboxProcess | None = None
     health: health.HealthServicer = field(default_factory=health.HealthServicer)
-    governance: Governance | None = None
+    oversight: Oversight | None = None
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Stop serving, then stop the sandbox and close the ledger."""
@@ -70,8 +70,8 @@ class Gateway:
         if self.sandbox_process is not None:
             self.sandbox_process.stop()
         self.ledger.close()
-        if self.governance is not None:
-            self.governance.close()  # seals the audit log
+        if self.oversight is not None:
+            self.oversight.close()  # seals the audit log
 
 
 def start_gateway(settings: Settings) -> Gateway:
@@ -93,16 +93,16 @@ def start_gateway(settings: Settings) -> Gateway:
         client = SandboxClient(settings.sandbox_socket, timeout_s=settings.sandbox_timeout_s)
         catalog = client.describe()
         ledger = Ledger(settings.ledger_path)
-        governance = Governance.open(
+        oversight = Oversight.open(
             settings.state_dir, settings.policy,
             metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
         )
-        governance.metrics.set_sandbox_up(True)
+        oversight.metrics.set_sandbox_up(True)
         core = QueryService(
             policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
             supervisor=SandboxSupervisor(process, client),
             cache=ReleaseCache(settings.state_dir / "cache.sqlite3"),
-            governance=governance,
+            oversight=oversight,
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),
@@ -114,7 +114,7 @@ def start_gateway(settings: Settings) -> Gateway:
         q_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
         cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
-        key_grpc.add_KeyServiceServicer_to_server(KeyServicer(governance.signer), server)
+        key_grpc.add_KeyServiceServicer_to_server(KeyServicer(oversight.signer), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -133,4 +133,4 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     log.info("gateway serving on port %d", port)
-    return Gateway(server, port, core, ledger, process, health_servicer, governance)
+    return Gateway(server, port, core, ledger, process, health_servicer, oversight)

@@ -36,7 +36,7 @@ from gateway.errors import (
     PrivacyBudgetExhaustedError,
     QueryExecutionError,
 )
-from gateway.governance import Governance
+from gateway.oversight import Oversight
 from gateway.queries import AccuracyRequest, QueryRequest, QueryService
 from gateway.receipts import release_bytes
 
@@ -109,10 +109,10 @@ def _rpc(
         except Exception:
             error = GatewayInternalError()
             log.exception("unexpected error in %s (%s)", method.__name__, error.message)
-        governance = getattr(getattr(self, "core", None), "governance", None)
-        if governance is not None:
+        oversight = getattr(getattr(self, "core", None), "oversight", None)
+        if oversight is not None:
             try:
-                _audit(governance, self, method.__name__, request, context, response, error,
+                _audit(oversight, self, method.__name__, request, context, response, error,
                        time.monotonic() - started)
             except AuditError:
                 log.critical("audit entry not written; withholding the answer of %s", method.__name__)
@@ -127,7 +127,7 @@ def _rpc(
 
 
 def _audit(
-    governance: Governance, servicer: Any, method: str, request: Any, context: grpc.ServicerContext,
+    oversight: Oversight, servicer: Any, method: str, request: Any, context: grpc.ServicerContext,
     response: Any, error: GatewayError | None, duration_s: float,
 ) -> None:
     epsilon = delta = 0.0
@@ -140,7 +140,7 @@ def _audit(
             epsilon, delta = response.privacy_cost.epsilon, response.privacy_cost.delta
     elif isinstance(error, QueryExecutionError):
         epsilon = error.charged_epsilon
-    governance.record_rpc(
+    oversight.record_rpc(
         service=type(servicer).SERVICE,
         method=method,
         code="OK" if error is None else error.code.name,

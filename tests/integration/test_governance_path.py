@@ -43,8 +43,8 @@ def test_answer_carries_a_receipt_a_third_party_can_verify(analyst: Stubs) -> No
 
 def test_every_outcome_is_audited_and_the_chain_verifies(analyst: Stubs, gateway: Gateway) -> None:
     """Answered, refused and denied requests all land in the audit log; the chain verifies."""
-    assert gateway.governance is not None
-    audit = gateway.governance.audit
+    assert gateway.oversight is not None
+    audit = gateway.oversight.audit
     rid = str(uuid.uuid4())
     _run(analyst, fresh("SELECT COUNT(*) FROM residents"), rid)
     with pytest.raises(grpc.RpcError):
@@ -64,10 +64,10 @@ def test_every_outcome_is_audited_and_the_chain_verifies(analyst: Stubs, gateway
 
 def test_identifiers_in_queries_are_stored_as_keyed_hashes(analyst: Stubs, gateway: Gateway) -> None:
     """A resident identity number in a refused query never reaches the audit log in clear."""
-    assert gateway.governance is not None
+    assert gateway.oversight is not None
     idn = "11010519491231002X"
     with pytest.raises(grpc.RpcError):
         _run(analyst, f"SELECT COUNT(*) FROM residents WHERE id_number = '{idn}'", str(uuid.uuid4()))
-    last = list(gateway.governance.audit.entries())[-1]
+    last = list(gateway.oversight.audit.entries())[-1]
     assert idn not in last.query and "hmac:" in last.query
-    assert idn not in gateway.governance.audit.path.read_bytes().decode("latin-1")
+    assert idn not in gateway.oversight.audit.path.read_bytes().decode("latin-1")

@@ -23,7 +23,7 @@ def test_get_public_key(env: Env, gateway: Gateway) -> None:
     pub = (env.settings.state_dir / "keys" / "signing.pub").read_bytes()
     assert resp.public_key_pem.encode() == pub
     assert resp.key_id == public_key_id(pub) and resp.algorithm == "Ed25519"
-    assert gateway.governance is not None
-    assert gateway.governance.signer.key_id == resp.key_id
-    assert gateway.governance.audit.path == env.settings.state_dir / "audit.sqlite3"
-    assert gateway.governance.audit.verify().ok
+    assert gateway.oversight is not None
+    assert gateway.oversight.signer.key_id == resp.key_id
+    assert gateway.oversight.audit.path == env.settings.state_dir / "audit.sqlite3"
+    assert gateway.oversight.audit.verify().ok

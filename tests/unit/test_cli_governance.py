@@ -1,4 +1,4 @@
-"""Unit tests for gateway.cli_governance and gateway.governance: the operator and auditor commands."""
+"""Unit tests for gateway.cli_governance and gateway.oversight: the operator and auditor commands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli_governance
-from gateway.governance import Governance, outcome_for
+from gateway.oversight import Oversight, outcome_for
 from gateway.receipts import attach_receipt, release_bytes
 from tests.unit.test_receipts import _response
 
@@ -24,11 +24,11 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
 
 
 @pytest.fixture
-def gov(tmp_path: Path) -> Governance:
+def gov(tmp_path: Path) -> Oversight:
     """A governance bundle on a fresh state dir with a policy file, 7 RPCs recorded."""
     policy = tmp_path / "operator.toml"
     policy.write_text("schema = 'privacy_gateway.operator.v1'\n")
-    g = Governance.open(tmp_path / "state", policy, seal_every=5)
+    g = Oversight.open(tmp_path / "state", policy, seal_every=5)
     for i in range(7):
         g.record_rpc(service="QueryService", method="RunQuery", code="OK" if i % 2 else "INVALID_ARGUMENT",
                      duration_s=0.01, request_id=f"r{i}", consumer="analyst", dataset="registry",
@@ -44,7 +44,7 @@ def test_outcomes() -> None:
     ]
 
 
-def test_record_rpc_counts_and_audits(gov: Governance) -> None:
+def test_record_rpc_counts_and_audits(gov: Oversight) -> None:
     """record_rpc appends an audit entry and counts the request."""
     entries = gov.audit.entries()
     assert [e.outcome for e in entries[:3]] == ["refused", "answered", "refused"]
@@ -54,7 +54,7 @@ def test_record_rpc_counts_and_audits(gov: Governance) -> None:
     )
 
 
-def test_audit_verify_export_and_keys(gov: Governance, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_verify_export_and_keys(gov: Oversight, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """pgw audit verify / export / verify-export and pgw keys export, readable and --json."""
     state = str(tmp_path / "state")
     gov.close()  # clean shutdown seals entry 7
@@ -75,7 +75,7 @@ def test_audit_verify_export_and_keys(gov: Governance, tmp_path: Path, capsys: p
     assert code == 1 and out.startswith("FAILED") and "first bad seq: 2" in out
 
 
-def test_receipt_verify_command(gov: Governance, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_receipt_verify_command(gov: Oversight, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """pgw receipt verify accepts a client receipt file and rejects a tampered one."""
     response = _response()
     receipt = attach_receipt(response, gov.signer, consumer="analyst", dataset="registry", purpose="testing",

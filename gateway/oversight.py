@@ -1,6 +1,6 @@
 """Wiring for audit, receipts and monitoring: one object the server opens and the RPC path reports to.
 
-``Governance.open`` loads (or creates) the signing and audit keys, opens ``<state_dir>/audit.sqlite3``,
+``Oversight.open`` loads (or creates) the signing and audit keys, opens ``<state_dir>/audit.sqlite3``,
 computes the policy version, and optionally serves ``/metrics`` on loopback. ``record_rpc`` is the one
 call the RPC layer makes per request: it counts the request, appends the audit entry and writes one JSON
 log line (query digest only). ``close`` seals the audit log (clean shutdown) and stops the metrics server.
@@ -19,9 +19,9 @@ from gateway.metrics import Metrics
 from gateway.receipts import policy_version
 from gateway.signing import Signer, load_or_create_hmac_key
 
-__all__ = ["AUDIT_FILE", "REFUSED_CODES", "Governance", "outcome_for"]
+__all__ = ["AUDIT_FILE", "REFUSED_CODES", "Oversight", "outcome_for"]
 
-log = logging.getLogger("gateway.governance")
+log = logging.getLogger("gateway.oversight")
 
 AUDIT_FILE = "audit.sqlite3"
 # Decided from the request and policy alone, before any data is touched.
@@ -38,7 +38,7 @@ def outcome_for(code: str) -> Outcome:
 
 
 @dataclass
-class Governance:
+class Oversight:
     """The signer, the audit log, the metrics registry and the policy version of one gateway process."""
 
     signer: Signer
@@ -57,7 +57,7 @@ class Governance:
         seal_every: int = 100,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
-    ) -> Governance:
+    ) -> Oversight:
         """Opens keys and the audit log under ``state_dir``; serves metrics if ``metrics_port`` is set.
 
         Args:
