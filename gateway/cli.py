@@ -35,7 +35,7 @@ def _ensure_dev_assets(settings_tls: Path, policy_path: Path, data_dir: Path | N
     from gateway.policy import load_policy
 
     policy = load_policy(policy_path)
-    certs.write_dev_pki(settings_tls, clients=sorted(policy.consumers))
+    certs.write_dev_pki(settings_tls, clients=policy.identities)  # issue-gov: operators too
     target = data_dir or ROOT / "examples" / "data"
     if not (target / "residents.parquet").exists():
         from examples.generate_data import generate

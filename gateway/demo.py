@@ -35,7 +35,7 @@ def run_demo() -> int:
     state_dir = DEMO_DIR / "state"
     _step(f"development certificates (CA, server, one per consumer) in {tls_dir}")
     policy = load_policy(ROOT / "policies" / "operator.toml")
-    certs.write_dev_pki(tls_dir, clients=sorted(policy.consumers))
+    certs.write_dev_pki(tls_dir, clients=policy.identities)  # issue-gov
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh ledger: the demo starts with full budgets
 
     _step("starting the sandbox (loads the data, then locks DuckDB down) and the gateway (mTLS)")
