@@ -63,6 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # issue-gov: SIGHUP re-reads the policy file (atomic; a broken file is logged and changes nothing)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=gateway.reload_policy).start())
     stop.wait()
     print("stopping", flush=True)
     gateway.stop()
@@ -280,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
     m.set_defaults(func=cmd_demo)
+
+    from gateway import cli_admin  # issue-gov: `pgw admin ...`
+    cli_admin.register(sub)
     return p
 
 

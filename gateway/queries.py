@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway import convert
+from gateway.budgets import Governor
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
     PermissionDeniedError,
+    PrivacyBudgetExhaustedError,
     QueryExecutionError,
     SandboxUnavailableError,
 )
@@ -38,7 +40,7 @@ from gateway.sql.analyze import analyze
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
-from sandbox.errors import PlanRejectedError
+from sandbox.errors import CAP_MESSAGE, PlanRejectedError
 from sandbox.protocol import (
     CatalogInfo,
     DatasetInfo,
@@ -122,6 +124,7 @@ class QueryService:
     def __init__(
         self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
+        governor: Governor | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
         self.policy = policy
@@ -130,6 +133,7 @@ class QueryService:
         self.sandbox = sandbox
         self.sandbox_timeout_s = sandbox_timeout_s
         self.supervisor = supervisor
+        self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -180,7 +184,16 @@ class QueryService:
     def explain(self, req: QueryRequest) -> q_pb.ExplainQueryResponse:
         """ExplainQuery: the plan and its cost; touches neither data nor budget."""
         priced = self.price(req)
-        spent = self.ledger.spent(GrantKey(req.consumer, req.dataset, req.purpose))
+        key = GrantKey(req.consumer, req.dataset, req.purpose)
+        if self.governor is not None:  # issue-gov: every level, this period
+            status = self.governor.budget_status(key)
+            return q_pb.ExplainQueryResponse(
+                plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
+                privacy_cost=convert.privacy_loss(priced.cost),
+                budget=status,
+                affordable=priced.cost.epsilon <= status.remaining.epsilon,
+            )
+        spent = self.ledger.spent(key)
         remaining = priced.grant.epsilon - spent.epsilon
         return q_pb.ExplainQueryResponse(
             plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
@@ -206,10 +219,16 @@ class QueryService:
         priced = self.price(req)
         key = GrantKey(req.consumer, req.dataset, req.purpose)
         budget = PrivacyLoss(priced.grant.epsilon, priced.grant.delta)
-        outcome = self.ledger.reserve(
-            key, request_id=request_id, fingerprint=fingerprint(req), cost=priced.cost,
-            budget=budget,
-        )
+        if self.governor is not None:  # issue-gov: member, organisation and cap in one transaction
+            outcome = self.governor.reserve(
+                key, request_id=request_id, fingerprint=fingerprint(req), cost=priced.cost,
+                request_units=len(priced.costs),
+            )
+        else:
+            outcome = self.ledger.reserve(
+                key, request_id=request_id, fingerprint=fingerprint(req), cost=priced.cost,
+                budget=budget,
+            )
         if isinstance(outcome, PriorRelease):
             replay = q_pb.RunQueryResponse.FromString(outcome.response)
             replay.replayed = True
@@ -221,7 +240,10 @@ class QueryService:
             rows=rows,
             plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
             privacy_cost=convert.privacy_loss(priced.cost),
-            budget=convert.budget_status(priced.grant, outcome.spent_after),
+            budget=(
+                self.governor.budget_status(key) if self.governor is not None  # issue-gov
+                else convert.budget_status(priced.grant, outcome.spent_after)
+            ),
             request_id=request_id,
             dataset_version=result.dataset_version,
         )
@@ -236,7 +258,8 @@ class QueryService:
         """Run the charged plan in the sandbox; map every failure to the right ledger state."""
         # The sandbox calibrates with the same epsilon (so it derives the same scales) and refuses
         # to spend more than it.
-        request = ExecuteRequest(request_id, priced.plan, priced.requested_epsilon)
+        # issue-gov: request ids are unique per consumer only; the sandbox keys its cap ledger by this.
+        request = ExecuteRequest(f"{key.consumer}/{request_id}", priced.plan, priced.requested_epsilon)
         try:
             reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)
         except SandboxConnectionError as exc:
@@ -255,6 +278,11 @@ class QueryService:
             # 'rejected'/'bad_request' happen before the data is touched: refund; gateway and sandbox
             # disagree about the plan, which is a deployment bug.
             self.ledger.release_unused(key, request_id)
+            if reply.kind == "rejected" and reply.message == CAP_MESSAGE:  # issue-gov
+                raise PrivacyBudgetExhaustedError(
+                    "the data owner's cap on this dataset is exhausted for this period; nothing charged",
+                    level="dataset_cap", dataset=key.dataset, purpose=key.purpose,
+                )
             log.error("sandbox refused plan of request %s: %s", request_id, reply.message)
             raise GatewayInternalError("the sandbox refused the plan")
         if tuple(reply.costs) != priced.costs:
