@@ -15,6 +15,7 @@ as exact but cannot be summed inside SQLite.
 from __future__ import annotations
 
 import calendar
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -92,7 +93,8 @@ class Period:
         if self.kind == "lifetime":
             return Window(None, None)
         if self.kind == "rolling":
-            return Window(now - self.window_days * 86400.0, None)
+            # A charge counts while now < created_at + window: exclusive start, as the next float up.
+            return Window(math.nextafter(now - self.window_days * 86400.0, math.inf), None)
         t = datetime.fromtimestamp(now, UTC)
         day = t.replace(hour=0, minute=0, second=0, microsecond=0)
         if self.unit == "day":
