@@ -17,6 +17,8 @@ from gateway.state import StateStore
 from gateway.usage import build_report
 from tests.governance.test_policy_v2 import BASE
 
+MONTH = Period("calendar", "month")
+
 
 def ts(s: str) -> float:
     """RFC 3339 -> epoch seconds."""
@@ -24,7 +26,7 @@ def ts(s: str) -> float:
 
 
 def _governor(tmp_path: Path, text: str = BASE, cap: float | None = None,
-              cap_period: Period = Period("calendar", "month")) -> Governor:
+              cap_period: Period = MONTH) -> Governor:
     policy = parse_policy(tomllib.loads(text), "op.toml")
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     caps = {"registry": DatasetCapInfo(cap, 0.0, cap_period)} if cap is not None else {}

@@ -132,7 +132,7 @@ def test_overrides_keep_the_invariants() -> None:
     gov = parse_governance(_doc(), "op.toml")
     ok = gov.with_overrides({("bank", "registry", "credit"): GrantOverride(epsilon=6.0)})
     assert ok.as_policy().grant("analyst", "registry", "credit").epsilon == 6.0  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="members.intern"):
+    with pytest.raises(ValueError, match=r"members\.intern"):
         gov.with_overrides({("bank", "registry", "credit"): GrantOverride(epsilon=0.9, max_epsilon_per_query=0.5)})
     with pytest.raises(ValueError, match="max_epsilon_per_query"):
         gov.with_overrides({("bank", "registry", "credit"): GrantOverride(max_epsilon_per_query=4.0)})
