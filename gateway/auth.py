@@ -19,6 +19,18 @@ def authenticate(context: grpc.ServicerContext, policy: Policy) -> str:
     Raises:
         UnauthenticatedError: no verified certificate, or its common name is not a known consumer.
     """
+    identity = authenticate_certificate(context)
+    if policy.consumer(identity) is None:
+        raise UnauthenticatedError("the client certificate does not identify a known consumer")
+    return identity
+
+
+def authenticate_certificate(context: grpc.ServicerContext) -> str:
+    """The verified certificate's common name, whatever its role (issue-gov: admin RPCs check roles).
+
+    Raises:
+        UnauthenticatedError: no verified certificate, or no single UTF-8 common name.
+    """
     auth: dict[str, list[bytes]] = dict(context.auth_context())  # type: ignore[arg-type]
     if auth.get("transport_security_type") != [b"ssl"]:
         raise UnauthenticatedError("a client certificate is required")
@@ -29,6 +41,4 @@ def authenticate(context: grpc.ServicerContext, policy: Policy) -> str:
         identity = names[0].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UnauthenticatedError("the client certificate's common name is not UTF-8") from exc
-    if policy.consumer(identity) is None:
-        raise UnauthenticatedError("the client certificate does not identify a known consumer")
     return identity

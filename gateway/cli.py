@@ -28,6 +28,7 @@ from gateway.settings import ROOT, load_settings
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEV_DATA_PEOPLE = 20_000
+DATA_FILES = ("residents.parquet", "enterprises.parquet", "social_insurance.parquet", "regions.parquet")
 
 
 def _ensure_dev_assets(settings_tls: Path, policy_path: Path, data_dir: Path | None) -> None:
@@ -36,9 +37,9 @@ def _ensure_dev_assets(settings_tls: Path, policy_path: Path, data_dir: Path | N
     from gateway.policy import load_policy
 
     policy = load_policy(policy_path)
-    certs.write_dev_pki(settings_tls, clients=sorted(policy.consumers))
+    certs.write_dev_pki(settings_tls, clients=policy.identities)  # issue-gov: operators too
     target = data_dir or ROOT / "examples" / "data"
-    if not (target / "residents.parquet").exists():
+    if not all((target / f).exists() for f in DATA_FILES):
         from examples.generate_data import generate
 
         print(f">> generating example data ({DEV_DATA_PEOPLE} people) in {target}", flush=True)
@@ -69,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # issue-gov: SIGHUP re-reads the policy file (atomic; a broken file is logged and changes nothing)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=gateway.reload_policy).start())
     stop.wait()
     print("stopping", flush=True)
     gateway.stop()
@@ -289,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
     m.set_defaults(func=cmd_demo)
     cli_governance.register(sub)
+
+    from gateway import cli_admin  # issue-gov: `pgw admin ...`
+    cli_admin.register(sub)
     return p
 
 

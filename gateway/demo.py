@@ -13,6 +13,7 @@ from gateway.settings import ROOT
 DEMO_DIR = ROOT / ".demo"
 DATA_DIR = ROOT / "examples" / "data"
 PEOPLE = 20_000
+DATA_FILES = ("residents.parquet", "enterprises.parquet", "social_insurance.parquet", "regions.parquet")
 READY_TIMEOUT_S = 120.0
 
 
@@ -27,7 +28,7 @@ def run_demo() -> int:
     from gateway import certs
     from gateway.policy import load_policy
 
-    if not (DATA_DIR / "residents.parquet").exists():
+    if not all((DATA_DIR / f).exists() for f in DATA_FILES):
         _step(f"generating synthetic registry data for {PEOPLE:,} people in {DATA_DIR}")
         for name, rows in generate(DATA_DIR, PEOPLE).items():
             print(f"   {name}: {rows:,} rows")
@@ -35,7 +36,7 @@ def run_demo() -> int:
     state_dir = DEMO_DIR / "state"
     _step(f"development certificates (CA, server, one per consumer) in {tls_dir}")
     policy = load_policy(ROOT / "policies" / "operator.toml")
-    certs.write_dev_pki(tls_dir, clients=sorted(policy.consumers))
+    certs.write_dev_pki(tls_dir, clients=policy.identities)  # issue-gov
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh ledger: the demo starts with full budgets
 
     _step("starting the sandbox (loads the data, then locks DuckDB down) and the gateway (mTLS)")

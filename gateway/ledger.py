@@ -22,7 +22,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +35,15 @@ from gateway.errors import (
     RequestIdConflictError,
     RequestInProgressError,
 )
+from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Window, from_units, rfc3339, to_units
 
 __all__ = [
+    "BudgetLimit",
     "ChargeRecord",
     "ChargeStatus",
     "GrantKey",
     "Ledger",
+    "Metering",
     "PriorRelease",
     "PrivacyLoss",
     "Reservation",
@@ -48,7 +51,7 @@ __all__ = [
 
 ChargeStatus = Literal["reserved", "released", "failed"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # issue-gov: 2 adds exact units, organisation and metering columns
 _VERIFY_RELATIVE_TOLERANCE = 1e-9
 
 _SCHEMA = """
@@ -72,9 +75,22 @@ CREATE TABLE IF NOT EXISTS charges (
     response    BLOB,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
+    -- issue-gov (schema 2): exact units, the organisation level, and metering at charge time
+    organization  TEXT NOT NULL DEFAULT '',
+    epsilon_units INTEGER NOT NULL DEFAULT 0 CHECK (epsilon_units >= 0),
+    delta_units   INTEGER NOT NULL DEFAULT 0 CHECK (delta_units >= 0),
+    use_class     TEXT NOT NULL DEFAULT '',
+    data_owner    TEXT NOT NULL DEFAULT '',
+    request_units INTEGER NOT NULL DEFAULT 0,
+    price_per_request_unit TEXT NOT NULL DEFAULT '0',
+    price_per_epsilon      TEXT NOT NULL DEFAULT '0',
+    currency      TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS charges_by_key ON charges (consumer, dataset, purpose, created_at);
+CREATE INDEX IF NOT EXISTS charges_by_org ON charges (organization, dataset, purpose, created_at);
+CREATE INDEX IF NOT EXISTS charges_by_dataset ON charges (dataset, created_at);
+CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
 """
 
 
@@ -298,8 +314,9 @@ class Ledger:
             now = time.time()
             conn.execute(
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint,"
-                " epsilon, delta, status, response, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?)",
+                " epsilon, delta, status, response, created_at, updated_at,"
+                " epsilon_units, delta_units)"  # issue-gov: exact units
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?)",
                 (
                     key.consumer,
                     request_id,
@@ -310,6 +327,7 @@ class Ledger:
                     cost.delta,
                     now,
                     now,
+                    *_units(cost),
                 ),
             )
             conn.execute(
@@ -458,6 +476,168 @@ class Ledger:
             ):
                 raise GatewayInternalError("privacy ledger totals disagree with their charges")
 
+    # -- issue-gov: nested, periodic budgets (member, organisation, data owner's cap) ------------
+
+    def reserve_nested(
+        self,
+        key: GrantKey,
+        *,
+        request_id: str,
+        fingerprint: str,
+        cost: PrivacyLoss,
+        limits: Sequence[BudgetLimit],
+        metering: Metering,
+        now: float,
+    ) -> Reservation | PriorRelease:
+        """Durably charges ``cost`` if it fits every limit for its period, or replays a prior answer.
+
+        One ``BEGIN IMMEDIATE`` transaction reads, for each limit, the exact sum of the charges in
+        that limit's window (indexed ``SUM`` over integer units), checks ``spent + cost <= budget``
+        for all of them, and writes the charge; so no thread or process can slip a charge in between
+        the check and the write. Limits are checked in the given order (member, organisation,
+        data owner's cap) and the first one that cannot pay is named in the refusal.
+
+        Args:
+            key: The member's grant (consumer = member identity).
+            request_id: The client's idempotency key, unique per consumer.
+            fingerprint: Digest of everything that determines the answer.
+            cost: The privacy loss of answering (converted to units rounding up).
+            limits: The budgets that must all hold, each with its level and period window.
+            metering: The organisation and what the charge is billed as (stored with the charge).
+            now: The charge's time (seconds since the epoch); it decides which periods it counts in.
+
+        Returns:
+            A ``Reservation`` (``spent_after`` is the grant's lifetime total) or a ``PriorRelease``.
+
+        Raises:
+            InvalidArgumentError: request_id or fingerprint is empty.
+            RequestIdConflictError: The request id was used for a different request.
+            RequestInProgressError: The request id was charged and did not complete.
+            PrivacyBudgetExhaustedError: A limit cannot pay (metadata ``level``); nothing charged.
+        """
+        if not request_id:
+            raise InvalidArgumentError("request_id must not be empty", field="request_id")
+        if not fingerprint:
+            raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
+        cost_eps, cost_delta = _units(cost)
+        with self._transaction() as conn:
+            prior = self._prior(conn, key, request_id, fingerprint)
+            if prior is not None:
+                return prior
+            for limit in limits:
+                spent_eps, spent_delta = self._window_units(conn, limit, key, metering.organization)
+                budget_eps = to_units(limit.budget.epsilon, EPSILON_UNITS, up=False)
+                budget_delta = to_units(limit.budget.delta, DELTA_UNITS, up=False)
+                if spent_eps + cost_eps > budget_eps or spent_delta + cost_delta > budget_delta:
+                    raise _nested_exhausted(
+                        key, limit, cost, spent_eps, spent_delta, budget_eps, budget_delta,
+                        epsilon_exceeded=spent_eps + cost_eps > budget_eps,
+                    )
+            spent = self._read_spent(conn, key)
+            new_epsilon, new_delta = spent.epsilon + cost.epsilon, spent.delta + cost.delta
+            conn.execute(
+                "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon,"
+                " delta, status, response, created_at, updated_at, organization, epsilon_units,"
+                " delta_units, use_class, data_owner, request_units, price_per_request_unit,"
+                " price_per_epsilon, currency)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.consumer, request_id, key.dataset, key.purpose, fingerprint, cost.epsilon,
+                 cost.delta, now, now, metering.organization, cost_eps, cost_delta,
+                 metering.use_class, metering.data_owner, metering.request_units,
+                 metering.price_per_request_unit, metering.price_per_epsilon, metering.currency),
+            )
+            conn.execute(
+                "INSERT INTO spend (consumer, dataset, purpose, epsilon, delta) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (consumer, dataset, purpose)"
+                " DO UPDATE SET epsilon = excluded.epsilon, delta = excluded.delta",
+                (key.consumer, key.dataset, key.purpose, new_epsilon, new_delta),
+            )
+        return Reservation(request_id, key, cost, PrivacyLoss(new_epsilon, new_delta))
+
+    def window_spent(self, limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[int, int]:
+        """Exact (epsilon units, delta units) charged in ``limit``'s window at ``limit``'s level."""
+        with self._connection() as conn:
+            return self._window_units(conn, limit, key, organization)
+
+    def oldest_in_window(self, limit: BudgetLimit, key: GrantKey, organization: str) -> float | None:
+        """The time of the oldest charge counting against ``limit`` (rolling periods refresh from it)."""
+        where, args = _scope(limit, key, organization)
+        with self._connection() as conn:
+            (oldest,) = conn.execute(f"SELECT min(created_at) FROM charges WHERE {where}", args).fetchone()
+        return None if oldest is None else float(oldest)
+
+    def charges_between(self, start: float | None, end: float | None) -> list[dict[str, object]]:
+        """Every charge (reserved, released or failed; refunds are gone) made in [start, end), as dicts."""
+        where, args = "1 = 1", list[object]()
+        if start is not None:
+            where, args = where + " AND created_at >= ?", [*args, start]
+        if end is not None:
+            where, args = where + " AND created_at < ?", [*args, end]
+        with self._connection() as conn:
+            cur = conn.execute(
+                "SELECT consumer, request_id, dataset, purpose, status, created_at, organization,"
+                " epsilon, delta, epsilon_units, delta_units, use_class, data_owner, request_units,"
+                f" price_per_request_unit, price_per_epsilon, currency FROM charges WHERE {where}"
+                " ORDER BY created_at, rowid",
+                args,
+            )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def verify_units(self) -> None:
+        """Checks that every charge's exact units cover its float cost (they never round down).
+
+        Raises:
+            GatewayInternalError: a charge's units are below its cost.
+        """
+        with self._connection() as conn:
+            for eps, delta, eu, du in conn.execute(
+                "SELECT epsilon, delta, epsilon_units, delta_units FROM charges"
+            ):
+                need_eps, need_delta = _units(PrivacyLoss(eps, delta))
+                if eu < need_eps or du < need_delta:
+                    raise GatewayInternalError("privacy ledger units disagree with their charges")
+
+    def _prior(
+        self, conn: sqlite3.Connection, key: GrantKey, request_id: str, fingerprint: str
+    ) -> PriorRelease | None:
+        row = conn.execute(
+            "SELECT dataset, purpose, fingerprint, status, response FROM charges"
+            " WHERE consumer = ? AND request_id = ?",
+            (key.consumer, request_id),
+        ).fetchone()
+        if row is None:
+            return None
+        dataset, purpose, stored_fingerprint, status, response = row
+        if (dataset, purpose, stored_fingerprint) != (key.dataset, key.purpose, fingerprint):
+            raise RequestIdConflictError(
+                "request_id was already used for a different request", requestId=request_id
+            )
+        if status == "released":
+            if not isinstance(response, bytes):
+                raise GatewayInternalError("released charge has no stored response")
+            return PriorRelease(request_id=request_id, response=response)
+        raise RequestInProgressError(
+            "the request with this request_id was charged and did not complete;"
+            " a new request_id is needed",
+            requestId=request_id,
+            status=str(status),
+        )
+
+    @staticmethod
+    def _window_units(
+        conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
+    ) -> tuple[int, int]:
+        where, args = _scope(limit, key, organization)
+        eps, delta = conn.execute(
+            "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
+            f" FROM charges WHERE {where}",
+            args,
+        ).fetchone()
+        return int(eps), int(delta)
+
+    # -- end issue-gov ---------------------------------------------------------------------------
+
     def close(self) -> None:
         """Closes the ledger; later calls raise ``GatewayInternalError``. Idempotent."""
         with self._lock:
@@ -497,8 +677,10 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, 1, _SCHEMA_VERSION):
                 raise GatewayInternalError("privacy ledger has an unknown schema version")
+            if version == 1:
+                _migrate_v1(conn)  # issue-gov
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -587,4 +769,113 @@ def _exhausted(
         remainingDelta=repr(remaining_delta),
         dataset=key.dataset,
         purpose=key.purpose,
+    )
+
+
+# -- issue-gov: nested, periodic budgets ------------------------------------------------------------
+
+BudgetLevel = Literal["member", "organization", "dataset_cap"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """One budget a charge must fit, for the current period.
+
+    Attributes:
+        level: 'member' (the member's own budget on the grant), 'organization' (all members of the
+            organisation on the grant) or 'dataset_cap' (the data owner's cap: everyone on the dataset).
+        budget: What the level allows per period.
+        window: The charges that count now (from ``Period.window(now)``).
+    """
+
+    level: BudgetLevel
+    budget: PrivacyLoss
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class Metering:
+    """Who a charge is billed to and at what prices, stored with the charge (prices as decimal text)."""
+
+    organization: str
+    use_class: str = ""
+    data_owner: str = ""
+    request_units: int = 0
+    price_per_request_unit: str = "0"
+    price_per_epsilon: str = "0"
+    currency: str = ""
+
+
+def _units(cost: PrivacyLoss) -> tuple[int, int]:
+    """A charge in exact units, rounded up (see ``sandbox.periods``)."""
+    return to_units(cost.epsilon, EPSILON_UNITS, up=True), to_units(cost.delta, DELTA_UNITS, up=True)
+
+
+def _scope(limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[str, list[object]]:
+    args: list[object]
+    if limit.level == "member":
+        where, args = "consumer = ? AND dataset = ? AND purpose = ?", [key.consumer, key.dataset, key.purpose]
+    elif limit.level == "organization":
+        where, args = "organization = ? AND dataset = ? AND purpose = ?", [organization, key.dataset, key.purpose]
+    else:
+        where, args = "dataset = ?", [key.dataset]
+    if limit.window.start is not None:
+        where, args = where + " AND created_at >= ?", [*args, limit.window.start]
+    if limit.window.end is not None:
+        where, args = where + " AND created_at < ?", [*args, limit.window.end]
+    return where, args
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: add the new columns and fill the exact units of existing charges."""
+    for column in (
+        "organization TEXT NOT NULL DEFAULT ''",
+        "epsilon_units INTEGER NOT NULL DEFAULT 0 CHECK (epsilon_units >= 0)",
+        "delta_units INTEGER NOT NULL DEFAULT 0 CHECK (delta_units >= 0)",
+        "use_class TEXT NOT NULL DEFAULT ''",
+        "data_owner TEXT NOT NULL DEFAULT ''",
+        "request_units INTEGER NOT NULL DEFAULT 0",
+        "price_per_request_unit TEXT NOT NULL DEFAULT '0'",
+        "price_per_epsilon TEXT NOT NULL DEFAULT '0'",
+        "currency TEXT NOT NULL DEFAULT ''",
+    ):
+        conn.execute(f"ALTER TABLE charges ADD COLUMN {column}")
+    rows = conn.execute("SELECT rowid, epsilon, delta FROM charges").fetchall()
+    for rowid, eps, delta in rows:
+        eu, du = _units(PrivacyLoss(eps, delta))
+        conn.execute(
+            "UPDATE charges SET epsilon_units = ?, delta_units = ?, organization = consumer WHERE rowid = ?",
+            (eu, du, rowid),
+        )
+
+
+def _nested_exhausted(
+    key: GrantKey,
+    limit: BudgetLimit,
+    cost: PrivacyLoss,
+    spent_eps: int,
+    spent_delta: int,
+    budget_eps: int,
+    budget_delta: int,
+    *,
+    epsilon_exceeded: bool,
+) -> PrivacyBudgetExhaustedError:
+    remaining_epsilon = from_units(max(0, budget_eps - spent_eps), EPSILON_UNITS)
+    remaining_delta = from_units(max(0, budget_delta - spent_delta), DELTA_UNITS)
+    what = {"member": "your own budget", "organization": "your organisation's budget",
+            "dataset_cap": "the data owner's cap on the dataset"}[limit.level]
+    requested = cost.epsilon if epsilon_exceeded else cost.delta
+    remaining = remaining_epsilon if epsilon_exceeded else remaining_delta
+    return PrivacyBudgetExhaustedError(
+        f"the request costs {'epsilon' if epsilon_exceeded else 'delta'} {requested!r} but only"
+        f" {remaining!r} remains of {what} this period on dataset {key.dataset}",
+        level=limit.level,
+        requestedEpsilon=repr(cost.epsilon),
+        remainingEpsilon=repr(remaining_epsilon),
+        requestedDelta=repr(cost.delta),
+        remainingDelta=repr(remaining_delta),
+        dataset=key.dataset,
+        purpose=key.purpose,
+        periodStart=rfc3339(limit.window.start),
+        refreshesAt=rfc3339(limit.window.end),
     )

@@ -21,14 +21,18 @@ the problem; the loaded policy is frozen.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:  # issue-gov: the v2 model (organisations, members, periods) lives in gateway.governance
+    from gateway.governance import Governance
 
 SCHEMA = "privacy_gateway.operator.v1"
 PRIVACY_DEFINITIONS = frozenset({"pure_dp", "approx_dp"})
@@ -64,6 +68,15 @@ class Policy:
     consumers: dict[str, Consumer]
     grants: tuple[Grant, ...]
     source: str
+    # issue-gov: the full v2 model (a converted one for v1 files); set by parse_policy.
+    governance: Governance | None = None
+
+    @property
+    def identities(self) -> list[str]:
+        """Every certificate identity the policy knows (consumers, operators, data owners), sorted."""
+        if self.governance is None:
+            return sorted(self.consumers)
+        return sorted(self.governance.members)
 
     def consumer(self, identity: str) -> Consumer | None:
         """The consumer with this certificate identity, or None."""
@@ -114,10 +127,18 @@ def _check_keys(file: str, prefix: str, table: dict[str, Any], allowed: set[str]
 
 
 def parse_policy(data: dict[str, Any], file: str) -> Policy:
-    """Validate a parsed TOML document as an operator policy."""
+    """Validate a parsed TOML document as an operator policy (v2, or v1 converted to v2)."""
+    # -- issue-gov: v2 files go to gateway.governance; v1 files are converted below -------------
+    from gateway import governance
+
+    if isinstance(data, dict) and data.get("schema") == governance.SCHEMA_V2:
+        return governance.parse_governance(data, file).as_policy()
+    # -- end issue-gov ---------------------------------------------------------------------------
     _check_keys(file, "", data, {"schema", "consumers", "grants"})
     if data["schema"] != SCHEMA:
-        raise ConfigError(file, "schema", f"must be {SCHEMA!r}, got {data['schema']!r}")
+        raise ConfigError(
+            file, "schema", f"must be 'privacy_gateway.operator.v2' (or {SCHEMA!r}), got {data['schema']!r}"
+        )
     raw_consumers = data["consumers"]
     if not isinstance(raw_consumers, dict):
         raise ConfigError(file, "consumers", "must be a table of consumers")
@@ -180,7 +201,8 @@ def parse_policy(data: dict[str, Any], file: str) -> Policy:
             raise ConfigError(file, f"grants[{i}]", f"duplicate grant for {key}")
         seen.add(key)
         grants.append(grant)
-    return Policy(consumers=consumers, grants=tuple(grants), source=file)
+    v1 = Policy(consumers=consumers, grants=tuple(grants), source=file)
+    return dataclasses.replace(v1, governance=governance.from_v1(v1))  # issue-gov
 
 
 def load_policy(path: Path) -> Policy:

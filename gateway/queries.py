@@ -22,19 +22,22 @@ import math
 import uuid
 from dataclasses import dataclass, replace
 
+from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway import convert
+from gateway.budgets import Governor
 from gateway.cache import ReleaseCache, cache_key
 from gateway.digests import normalize_sql
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
     PermissionDeniedError,
+    PrivacyBudgetExhaustedError,
     QueryExecutionError,
     SandboxUnavailableError,
 )
-from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss
+from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
 from gateway.policy import Grant, Policy
 from gateway.receipts import attach_receipt
@@ -42,7 +45,7 @@ from gateway.sql.analyze import analyze
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
-from sandbox.errors import PlanRejectedError
+from sandbox.errors import CAP_MESSAGE, PlanRejectedError
 from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
@@ -226,6 +229,7 @@ class QueryService:
         self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
         cache: ReleaseCache | None = None, oversight: Oversight | None = None,
+        governor: Governor | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
         self.policy = policy
@@ -236,6 +240,7 @@ class QueryService:
         self.supervisor = supervisor
         self.cache = cache
         self.oversight = oversight
+        self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -336,7 +341,16 @@ class QueryService:
     def explain(self, req: QueryRequest) -> q_pb.ExplainQueryResponse:
         """ExplainQuery: the plan and its cost; touches neither data nor budget."""
         priced = self.price(req)
-        spent = self.ledger.spent(GrantKey(req.consumer, req.dataset, req.purpose))
+        key = GrantKey(req.consumer, req.dataset, req.purpose)
+        if self.governor is not None:  # issue-gov: every level, this period
+            status = self.governor.budget_status(key)
+            return q_pb.ExplainQueryResponse(
+                plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
+                privacy_cost=convert.privacy_loss(priced.cost),
+                budget=status,
+                affordable=priced.cost.epsilon <= status.remaining.epsilon,
+            )
+        spent = self.ledger.spent(key)
         remaining = priced.grant.epsilon - spent.epsilon
         remaining_delta = priced.grant.delta - spent.delta
         return q_pb.ExplainQueryResponse(
@@ -367,22 +381,18 @@ class QueryService:
         cached = self.cache.get(ckey) if self.cache is not None else None
         budget = PrivacyLoss(priced.grant.epsilon, priced.grant.delta)
         if cached is not None:  # the same release again: post-processing, recorded at zero cost
-            prior = self.ledger.reserve(key, request_id=request_id, fingerprint=fingerprint(req),
-                                        cost=PrivacyLoss(0.0, 0.0), budget=budget)
+            prior = self._reserve(key, request_id, req, PrivacyLoss(0.0, 0.0), budget, units=0)
             if isinstance(prior, PriorRelease):
                 return _replayed(prior)
             hit = q_pb.RunQueryResponse.FromString(cached)
             hit.cached = True
             hit.request_id = request_id
-            hit.budget.CopyFrom(convert.budget_status(priced.grant, prior.spent_after))
+            hit.budget.CopyFrom(self._budget_after(priced, key, prior.spent_after))
             hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))
             self._sign(req, hit)
             self.ledger.complete(key, request_id, hit.SerializeToString(deterministic=True))
             return hit
-        outcome = self.ledger.reserve(
-            key, request_id=request_id, fingerprint=fingerprint(req), cost=priced.cost,
-            budget=budget,
-        )
+        outcome = self._reserve(key, request_id, req, priced.cost, budget, units=len(priced.costs))
         if isinstance(outcome, PriorRelease):
             return _replayed(outcome)
         result = self._execute(key, request_id, priced)
@@ -392,7 +402,9 @@ class QueryService:
             rows=rows,
             plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
             privacy_cost=convert.privacy_loss(priced.cost),
-            budget=convert.budget_status(priced.grant, outcome.spent_after),
+            budget=(
+                self._budget_after(priced, key, outcome.spent_after)
+            ),
             request_id=request_id,
             dataset_version=result.dataset_version,
         )
@@ -402,6 +414,24 @@ class QueryService:
         if self.cache is not None:
             self.cache.put(ckey, req.consumer, body)
         return response
+
+    def _reserve(
+        self, key: GrantKey, request_id: str, req: QueryRequest, cost: PrivacyLoss, budget: PrivacyLoss,
+        *, units: int,
+    ) -> Reservation | PriorRelease:
+        """Charge durably: through the governor (member, organisation, cap, period) when configured."""
+        if self.governor is not None:
+            return self.governor.reserve(
+                key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, request_units=units
+            )
+        return self.ledger.reserve(
+            key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget
+        )
+
+    def _budget_after(self, priced: PricedQuery, key: GrantKey, spent: PrivacyLoss) -> common_pb.BudgetStatus:
+        if self.governor is not None:
+            return self.governor.budget_status(key)
+        return convert.budget_status(priced.grant, spent)
 
     def _sign(self, req: QueryRequest, response: q_pb.RunQueryResponse) -> None:
         """Attach the signed receipt (before the release is stored, so a replay returns the same one)."""
@@ -425,8 +455,10 @@ class QueryService:
         """Run the charged plan in the sandbox; map every failure to the right ledger state."""
         # The sandbox calibrates with the same epsilon (so it derives the same scales) and refuses
         # to spend more than it.
+        # Request ids are unique per consumer only; the sandbox keys its cap ledger by this.
         request = ExecuteRequest(
-            request_id, priced.plan, priced.requested_epsilon, priced.requested_delta
+            f"{key.consumer}/{request_id}", priced.plan, priced.requested_epsilon,
+            priced.requested_delta,
         )
         try:
             reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)
@@ -446,6 +478,11 @@ class QueryService:
             # 'rejected'/'bad_request' happen before the data is touched: refund; gateway and sandbox
             # disagree about the plan, which is a deployment bug.
             self.ledger.release_unused(key, request_id)
+            if reply.kind == "rejected" and reply.message == CAP_MESSAGE:  # issue-gov
+                raise PrivacyBudgetExhaustedError(
+                    "the data owner's cap on this dataset is exhausted for this period; nothing charged",
+                    level="dataset_cap", dataset=key.dataset, purpose=key.purpose,
+                )
             log.error("sandbox refused plan of request %s: %s", request_id, reply.message)
             raise GatewayInternalError("the sandbox refused the plan")
         if tuple(reply.costs) != priced.costs:

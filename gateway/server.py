@@ -10,14 +10,18 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from privacy_gateway.v1 import budget_service_pb2, catalog_service_pb2, query_service_pb2
+from privacy_gateway.v1 import admin_service_pb2, budget_service_pb2, catalog_service_pb2, query_service_pb2
+from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 
+from gateway.admin import AdminServicer, reload_policy
+from gateway.alerts import AlertEngine
+from gateway.budgets import DatasetCapInfo, Governor
 from gateway.cache import ReleaseCache
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
 from gateway.ledger import Ledger
 from gateway.oversight import Oversight
@@ -25,7 +29,9 @@ from gateway.policy import load_policy
 from gateway.queries import QueryService
 from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
 from gateway.settings import Settings
+from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
+from sandbox.catalog import load_catalog
 from sandbox.client import SandboxClient, SandboxProcess
 
 log = logging.getLogger("gateway.server")
@@ -35,6 +41,7 @@ SERVICE_NAMES = (
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     KEY_SERVICE_NAME,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,  # issue-gov
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -61,12 +68,25 @@ class Gateway:
     sandbox_process: SandboxProcess | None = None
     health: health.HealthServicer = field(default_factory=health.HealthServicer)
     oversight: Oversight | None = None
+    governor: Governor | None = None  # issue-gov
+    alerts: AlertEngine | None = None  # issue-gov
+
+    def reload_policy(self) -> None:
+        """issue-gov: re-read the policy file (SIGHUP); on error log it and keep the running policy."""
+        if self.governor is None:
+            return
+        try:
+            reload_policy(self.core, self.governor)
+        except GatewayError as exc:
+            log.error("policy reload refused: %s", exc.message)
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Stop serving, then stop the sandbox and close the ledger."""
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.alerts is not None:
+            self.alerts.stop()
         if self.sandbox_process is not None:
             self.sandbox_process.stop()
         self.ledger.close()
@@ -98,9 +118,17 @@ def start_gateway(settings: Settings) -> Gateway:
             metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
         )
         oversight.metrics.set_sandbox_up(True)
+        # -- governance state, nested budgets, the data owner's caps, alerts, admin --
+        governor = Governor(
+            settings.policy, policy, ledger, StateStore(settings.ledger_path),
+            load_caps(settings.catalog, settings.data_dir),
+            {d.name: d.owner for d in catalog.datasets},
+        )
+        alerts = AlertEngine(governor)
+        governor.on_outcome.append(alerts.on_outcome)
         core = QueryService(
             policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
-            supervisor=SandboxSupervisor(process, client),
+            supervisor=SandboxSupervisor(process, client), governor=governor,
             cache=ReleaseCache(settings.state_dir / "cache.sqlite3"),
             oversight=oversight,
         )
@@ -115,6 +143,7 @@ def start_gateway(settings: Settings) -> Gateway:
         cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
         key_grpc.add_KeyServiceServicer_to_server(KeyServicer(oversight.signer), server)
+        a_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, governor), server)  # issue-gov
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -126,6 +155,7 @@ def start_gateway(settings: Settings) -> Gateway:
         if port == 0:
             raise ConfigError("settings", "listen", f"cannot bind {settings.listen!r}")
         server.start()
+        alerts.start()
         for name in (*SERVICE_NAMES, ""):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:
@@ -133,4 +163,19 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     log.info("gateway serving on port %d", port)
-    return Gateway(server, port, core, ledger, process, health_servicer, oversight)
+    return Gateway(server, port, core, ledger, process, health_servicer, oversight, governor, alerts)
+
+
+def load_caps(catalog_path: Path, data_dir: Path | None) -> dict[str, DatasetCapInfo]:
+    """issue-gov: the data owner's caps from the catalog file, for the gateway's own (courtesy) check.
+
+    The sandbox enforces the caps itself; when the gateway cannot read the catalog (a sandbox run
+    elsewhere), it logs a warning and relies on the sandbox's refusal alone.
+    """
+    try:
+        cat = load_catalog(catalog_path, data_dir or catalog_path.parent)
+    except ConfigError as exc:
+        log.warning("data owner's caps not checked by the gateway: %s", exc)
+        return {}
+    return {d.name: DatasetCapInfo(d.cap.epsilon, d.cap.delta, d.cap.period) for d in cat.datasets
+            if d.cap is not None}

@@ -36,6 +36,7 @@ from gateway.errors import (
     PrivacyBudgetExhaustedError,
     QueryExecutionError,
 )
+from gateway.ledger import GrantKey
 from gateway.oversight import Oversight
 from gateway.queries import AccuracyRequest, QueryRequest, QueryService
 from gateway.receipts import release_bytes
@@ -141,7 +142,7 @@ def _audit(
     elif isinstance(error, QueryExecutionError):
         epsilon = error.charged_epsilon
     oversight.record_rpc(
-        service=type(servicer).SERVICE,
+        service=getattr(type(servicer), "SERVICE", type(servicer).__name__.removesuffix("Servicer") + "Service"),
         method=method,
         code="OK" if error is None else error.code.name,
         reason="" if error is None else error.reason,
@@ -155,6 +156,32 @@ def _audit(
         delta=delta,
         released=released,
     )
+
+
+# -- issue-gov: effective policy (overrides), revocation, outcome recording -------------------------
+
+
+def identify(core: QueryService, context: grpc.ServicerContext) -> str:
+    """The caller's certificate identity, checked against the effective policy and the revocations."""
+    if core.governor is not None:
+        core.policy = core.governor.current()  # overrides/reloads from any gateway process
+    identity = authenticate(context, core.policy)
+    if core.governor is not None:
+        core.governor.check_not_revoked(identity)
+    return identity
+
+
+def _record(core: QueryService, req: QueryRequest, outcome: str, *, reason: str = "",
+            epsilon: float = 0.0, request_id: str = "") -> None:
+    if core.governor is not None:
+        core.governor.record_outcome(
+            consumer=req.consumer, dataset=req.dataset, purpose=req.purpose,
+            request_id=request_id or req.request_id, outcome=outcome, reason=reason,
+            epsilon=epsilon, sql=req.sql,
+        )
+
+
+# -- end issue-gov ------------------------------------------------------------------------------------
 
 
 def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryRequest:
@@ -192,15 +219,26 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         self, request: q_pb.RunQueryRequest, context: grpc.ServicerContext
     ) -> q_pb.RunQueryResponse:
         """Run one query."""
-        consumer = authenticate(context, self.core.policy)
-        return self.core.run(_query_request(consumer, request, request.request_id))
+        consumer = identify(self.core, context)
+        req = _query_request(consumer, request, request.request_id)
+        try:
+            resp = self.core.run(req)
+        except QueryExecutionError as exc:  # issue-gov: charged (at most the requested epsilon)
+            _record(self.core, req, "failed", reason=exc.reason, epsilon=req.epsilon)
+            raise
+        except GatewayError as exc:
+            _record(self.core, req, "refused", reason=exc.reason)
+            raise
+        _record(self.core, req, "replayed" if resp.replayed else "charged",
+                epsilon=0.0 if resp.replayed else resp.privacy_cost.epsilon, request_id=resp.request_id)
+        return resp
 
     @_rpc
     def ExplainQuery(
         self, request: q_pb.ExplainQueryRequest, context: grpc.ServicerContext
     ) -> q_pb.ExplainQueryResponse:
         """Explain one query."""
-        consumer = authenticate(context, self.core.policy)
+        consumer = identify(self.core, context)
         return self.core.explain(_query_request(consumer, request))
 
 
@@ -224,7 +262,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> cat_pb.ListDatasetsResponse:
         """List granted datasets."""
-        consumer = authenticate(context, self.core.policy)
+        consumer = identify(self.core, context)
         granted = self._granted(consumer)
         return cat_pb.ListDatasetsResponse(
             datasets=[
@@ -239,7 +277,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.GetDatasetRequest, context: grpc.ServicerContext
     ) -> cat_pb.Dataset:
         """One granted dataset."""
-        consumer = authenticate(context, self.core.policy)
+        consumer = identify(self.core, context)
         granted = self._granted(consumer)
         info = self.core.catalog.dataset(request.name)
         if info is None or request.name not in granted:
@@ -263,10 +301,13 @@ class BudgetServicer(b_grpc.BudgetServiceServicer):
         self, request: b_pb.GetPrivacyBudgetRequest, context: grpc.ServicerContext
     ) -> b_pb.GetPrivacyBudgetResponse:
         """The caller's grants and what remains of them."""
-        consumer = authenticate(context, self.core.policy)
+        consumer = identify(self.core, context)
         statuses = []
         for g in self.core.policy.grants_of(consumer):
             if request.dataset and g.dataset != request.dataset:
+                continue
+            if self.core.governor is not None:  # issue-gov: nested, periodic
+                statuses.append(self.core.governor.budget_status(GrantKey(g.consumer, g.dataset, g.purpose)))
                 continue
             spent, _ = self.core.budget_response(g)
             statuses.append(convert.budget_status(g, spent))

@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, required=True, help="the data owner's catalog TOML")
     p.add_argument("--data-dir", type=Path, default=None, help="overrides the catalog's data_dir")
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to create")
+    p.add_argument(
+        "--state-dir", type=Path, default=None,
+        help="the data owner's state (cap ledger); default: <socket's directory>/data-owner",
+    )
     p.add_argument("--memory-limit", default=d.memory_limit, help="DuckDB memory_limit")
     p.add_argument("--threads", type=int, default=d.threads, help="DuckDB threads")
     p.add_argument("--query-timeout-ms", type=int, default=d.query_timeout_ms)
@@ -60,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
             resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes)
         )
     # Imported after the rlimit so that DuckDB and OpenDP start under it.
+    from sandbox.caps import CapLedger
     from sandbox.catalog import load_catalog
     from sandbox.engine import Engine
     from sandbox.server import SandboxServer, serve
 
+    state_dir = args.state_dir or args.socket.parent / "data-owner"
     try:
-        engine = Engine(load_catalog(args.catalog, args.data_dir), limits)
+        caps = CapLedger(state_dir / "caps.sqlite3")  # issue-gov: the data owner's cap ledger
+        engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps)
     except ConfigError as exc:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2

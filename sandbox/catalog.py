@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from sandbox.errors import ConfigError
+from sandbox.grades import DEFAULT_GRADE_RULES, USES
+from sandbox.periods import Period, parse_period
 from sandbox.protocol import (
     CatalogInfo,
     ColumnInfo,
@@ -45,6 +47,15 @@ class TableSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DatasetCap:
+    """issue-gov: the data owner's cap on a dataset per period, across all organisations."""
+
+    epsilon: float
+    delta: float
+    period: Period
+
+
+@dataclass(frozen=True, slots=True)
 class DatasetSpec:
     """One dataset: its privacy unit and tables (the data version is computed at load)."""
 
@@ -53,6 +64,7 @@ class DatasetSpec:
     description: str
     owner: str
     tables: tuple[TableSpec, ...]
+    cap: DatasetCap | None = None  # issue-gov: [datasets.X.caps]
 
     def table(self, name: str) -> TableSpec | None:
         """Return the table called `name`, or None."""
@@ -77,6 +89,8 @@ class Catalog:
     path: Path
     data_dir: Path
     datasets: tuple[DatasetSpec, ...]
+    # issue-gov: what each column grade allows ([grades.X] allows = [...]); built-in rules if absent
+    grades: Mapping[str, frozenset[str]] = field(default_factory=lambda: DEFAULT_GRADE_RULES)
 
     def dataset(self, name: str) -> DatasetSpec | None:
         """Return the dataset called `name`, or None."""
@@ -133,7 +147,7 @@ def load_catalog(path: Path, data_dir: Path | None = None) -> Catalog:
         raise r.fail("(file)", f"cannot read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise r.fail("(file)", f"not valid TOML: {exc}") from exc
-    r.table(raw, "", {"schema", "datasets"}, {"data_dir"})
+    r.table(raw, "", {"schema", "datasets"}, {"data_dir", "grades"})
     if raw["schema"] != SCHEMA:
         raise r.fail("schema", f"must be {SCHEMA!r}")
     if data_dir is None:
@@ -147,12 +161,46 @@ def load_catalog(path: Path, data_dir: Path | None = None) -> Catalog:
     specs = tuple(
         _dataset(r, r.name(n, f"datasets.{n}"), d, data_dir.resolve()) for n, d in datasets.items()
     )
-    return Catalog(path=path, data_dir=data_dir.resolve(), datasets=specs)
+    grades = _grades(r, raw["grades"]) if "grades" in raw else DEFAULT_GRADE_RULES
+    return Catalog(path=path, data_dir=data_dir.resolve(), datasets=specs, grades=grades)
+
+
+# -- issue-gov: the data owner's caps and grade rules ---------------------------------------------
+
+
+def _cap(r: _Reader, c: Any, key: str) -> DatasetCap:
+    r.table(c, key, {"epsilon_per_period", "delta_per_period", "period"}, {"window_days"})
+    values = []
+    for k in ("epsilon_per_period", "delta_per_period"):
+        v = c[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise r.fail(f"{key}.{k}", "must be a finite, non-negative number")
+        values.append(float(v))
+    if values[0] <= 0:
+        raise r.fail(f"{key}.epsilon_per_period", "must be positive")
+    if values[1] >= 1:
+        raise r.fail(f"{key}.delta_per_period", "must be below 1")
+    return DatasetCap(values[0], values[1], parse_period(r.file, f"{key}.", c))
+
+
+def _grades(r: _Reader, g: Any) -> dict[str, frozenset[str]]:
+    r.table(g, "grades", set(GRADES), set())
+    rules: dict[str, frozenset[str]] = {}
+    for grade in GRADES:
+        body = g[grade]
+        r.table(body, f"grades.{grade}", {"allows"}, set())
+        allows = body["allows"]
+        if not isinstance(allows, list) or any(a not in USES for a in allows):
+            raise r.fail(f"grades.{grade}.allows", f"must be a list of {', '.join(USES)}")
+        if grade == "identifier" and allows:
+            raise r.fail("grades.identifier.allows", "must be empty: identifiers never appear in a query")
+        rules[grade] = frozenset(allows)
+    return rules
 
 
 def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     key = f"datasets.{name}"
-    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner"})
+    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner", "caps"})
     unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
     tables = d["tables"]
     r.table(tables, f"{key}.tables", set(), set(tables) if isinstance(tables, dict) else set())
@@ -176,6 +224,7 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
         description=r.string(d, "description", f"{key}.description", ""),
         owner=r.string(d, "owner", f"{key}.owner", ""),
         tables=tuple(specs),
+        cap=_cap(r, d["caps"], f"{key}.caps") if "caps" in d else None,  # issue-gov
     )
 
 

@@ -14,15 +14,18 @@ import json
 import logging
 import math
 import threading
+import time
 from typing import Any
 
 import duckdb
 
 from sandbox import mechanisms
+from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
 from sandbox.compile import CompiledPlan, compile_plan, quote_ident, render_literal
 from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
+from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
 from sandbox.limits import Limits
 from sandbox.protocol import (
@@ -84,7 +87,9 @@ def data_version(ds: DatasetSpec) -> tuple[str, str]:
 class Engine:
     """Owns the locked DuckDB connection and answers `ExecuteRequest`s."""
 
-    def __init__(self, catalog: Catalog, limits: Limits | None = None) -> None:
+    def __init__(
+        self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None
+    ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
         Raises:
@@ -93,6 +98,7 @@ class Engine:
         """
         self.catalog = catalog
         self.limits = limits or Limits()
+        self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
         self._con = connect(self.limits)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
@@ -261,8 +267,23 @@ class Engine:
                 raise PlanRejectedError("the plan costs more than the authorised epsilon")
             if not mechanisms.total_delta(costs) <= req.delta:
                 raise PlanRejectedError("the plan costs more than the authorised delta")
+            check_plan_grades(plan, rel, self.catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
+        # -- issue-gov: charge the data owner's cap before touching data (keyed by request id) --
+        if self.caps is not None and ds.cap is not None:
+            now = time.time()
+            window = ds.cap.period.window(now)
+            outcome = self.caps.charge(
+                req.request_id, ds.name, mechanisms.total_epsilon(costs),
+                sum(c.delta for c in costs), cap_epsilon=ds.cap.epsilon, cap_delta=ds.cap.delta,
+                window_start=window.start, window_end=window.end, now=now,
+            )
+            if outcome == "exceeded":
+                return ErrorReply("rejected", CAP_MESSAGE)
+            if outcome == "duplicate":
+                return ErrorReply("rejected", DUPLICATE_MESSAGE)
+        # -- end issue-gov --
         try:
             rows = self._release(req, compiled, costs, rel)
         except Exception:  # uniform failure; details stay in the sandbox log

@@ -22,3 +22,9 @@ class PlanRejectedError(Exception):
 
 class ExecutionFailedError(Exception):
     """Execution failed after touching data (timeout, memory, engine error). Reported uniformly."""
+
+
+# issue-gov: the ErrorReply message of a plan refused by the data owner's cap (the gateway maps it to
+# RESOURCE_EXHAUSTED with level=dataset_cap), and of a request id the sandbox has already executed.
+CAP_MESSAGE = "data owner's cap"
+DUPLICATE_MESSAGE = "request id already executed"

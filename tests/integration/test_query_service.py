@@ -48,7 +48,7 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
 
 def test_count_answer_has_noise_interval_and_budget(analyst: Stubs, env: Env) -> None:
     """A COUNT comes back with mechanism, scale, stddev, 95% interval, cost and remaining budget."""
-    resp = run(analyst, "SELECT COUNT(*) AS n FROM residents", epsilon=0.5)
+    resp = run(analyst, fresh("SELECT COUNT(*) AS n FROM residents"), epsilon=0.5)
     assert [c.name for c in resp.columns] == ["n"]
     assert resp.columns[0].noisy and resp.columns[0].type == common_pb.COLUMN_TYPE_INT64
     cell = resp.rows[0].cells[0]

@@ -18,8 +18,10 @@ from gateway.settings import ROOT, SETTINGS
 
 README = (ROOT / "README.md").read_text()
 # What the gateway may import from the sandbox package: the boundary types, pricing, the socket client,
-# errors, the pure relation/sensitivity rules, and (for `pgw check-policy`) the catalog parser. Never the engine.
+# errors, the pure relation/sensitivity and period rules, and (for `pgw check-policy`) the catalog parser.
+# Never the engine that touches data.
 GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relation", "sandbox.client", "sandbox.errors",
+                      "sandbox.periods",
                       "sandbox.catalog"}
 
 

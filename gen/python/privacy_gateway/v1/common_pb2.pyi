@@ -28,7 +28,7 @@ class PrivacyLoss(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
-    __slots__ = ("dataset", "purpose", "budget", "spent", "remaining", "max_per_query", "privacy_definition")
+    __slots__ = ("dataset", "purpose", "budget", "spent", "remaining", "max_per_query", "privacy_definition", "period", "period_start", "period_end", "refreshes_at", "organization", "limiting_level")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,12 @@ class BudgetStatus(_message.Message):
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    REFRESHES_AT_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    LIMITING_LEVEL_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     purpose: str
     budget: PrivacyLoss
@@ -43,4 +49,10 @@ class BudgetStatus(_message.Message):
     remaining: PrivacyLoss
     max_per_query: PrivacyLoss
     privacy_definition: str
-    def __init__(self, dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., budget: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., spent: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., remaining: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., max_per_query: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., privacy_definition: _Optional[str] = ...) -> None: ...
+    period: str
+    period_start: str
+    period_end: str
+    refreshes_at: str
+    organization: str
+    limiting_level: str
+    def __init__(self, dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., budget: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., spent: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., remaining: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., max_per_query: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., privacy_definition: _Optional[str] = ..., period: _Optional[str] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., refreshes_at: _Optional[str] = ..., organization: _Optional[str] = ..., limiting_level: _Optional[str] = ...) -> None: ...

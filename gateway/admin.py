@@ -1,0 +1,225 @@
+"""privacy_gateway.v1.AdminService: organisations, grant adjustments, revocation, reload, usage, spending.
+
+Operators (role `operator`) may call everything but ListDatasetSpending; data owners (role
+`data_owner`) may call ListDatasetSpending for the datasets their organisation owns. Everyone else gets
+PERMISSION_DENIED (reason ROLE_REQUIRED); revoked identities get PERMISSION_DENIED (reason REVOKED).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import grpc
+from privacy_gateway.v1 import admin_service_pb2 as a_pb
+from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
+from privacy_gateway.v1 import common_pb2 as common_pb
+
+from gateway.auth import authenticate_certificate
+from gateway.budgets import Governor, Level
+from gateway.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
+from gateway.governance import GrantOverride, OrgGrant
+from gateway.ledger import BudgetLimit, GrantKey, PrivacyLoss
+from gateway.periods import Period, rfc3339
+from gateway.queries import QueryService
+from gateway.service import _rpc
+from gateway.usage import build_report
+
+__all__ = ["AdminServicer", "parse_time", "reload_policy"]
+
+log = logging.getLogger("gateway.admin")
+
+
+def parse_time(value: str, field: str) -> float | None:
+    """An RFC 3339 timestamp -> seconds since the epoch ('' -> None)."""
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{field} must be an RFC 3339 timestamp", field=field) from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+def reload_policy(core: QueryService, governor: Governor) -> None:
+    """Parse and validate the policy file; on success swap it in atomically (SIGHUP, ReloadPolicy).
+
+    Raises:
+        InvalidArgumentError: reason POLICY_INVALID with metadata file/key/problem; nothing changed.
+    """
+    try:
+        core.policy = governor.reload()
+    except ConfigError as exc:
+        raise InvalidArgumentError(
+            f"policy not reloaded: {exc}", reason="POLICY_INVALID", file=exc.file, key=exc.key,
+            problem=exc.problem, field="policy",
+        ) from exc
+    log.info("policy reloaded from %s", governor.policy_path)
+
+
+class AdminServicer(a_grpc.AdminServiceServicer):
+    """privacy_gateway.v1.AdminService."""
+
+    def __init__(self, core: QueryService, governor: Governor) -> None:
+        """Serve `core` with `governor`."""
+        self.core = core
+        self.governor = governor
+
+    def _caller(self, context: grpc.ServicerContext, role: str) -> str:
+        identity = authenticate_certificate(context)
+        self.core.policy = self.governor.current()
+        self.governor.require_role(identity, role)
+        return identity
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def _grant_summary(self, g: OrgGrant, now: float) -> a_pb.GrantSummary:
+        gov = self.governor.governance
+        window = g.period.window(now)
+        key = GrantKey("", g.dataset, g.purpose)
+        org_level = _level(self.governor, BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window),
+                           g.period, key, g.organization)
+        rem = org_level.remaining
+        status = common_pb.BudgetStatus(
+            dataset=g.dataset, purpose=g.purpose,
+            budget=common_pb.PrivacyLoss(epsilon=g.epsilon, delta=g.delta),
+            spent=common_pb.PrivacyLoss(epsilon=org_level.spent.epsilon, delta=org_level.spent.delta),
+            remaining=common_pb.PrivacyLoss(epsilon=rem.epsilon, delta=rem.delta),
+            max_per_query=common_pb.PrivacyLoss(epsilon=g.max_epsilon_per_query),
+            privacy_definition=g.privacy_definition, organization=g.organization,
+            limiting_level="organization",
+            **self.governor.period_fields(org_level, key, g.organization, now),
+        )
+        members = []
+        for mb in g.members:
+            lv = _level(self.governor, BudgetLimit("member", PrivacyLoss(mb.epsilon, mb.delta), window),
+                        g.period, GrantKey(mb.member, g.dataset, g.purpose), g.organization)
+            members.append(a_pb.MemberBudgetStatus(
+                member=mb.member, budget=common_pb.PrivacyLoss(epsilon=mb.epsilon, delta=mb.delta),
+                spent=common_pb.PrivacyLoss(epsilon=lv.spent.epsilon, delta=lv.spent.delta),
+                remaining=common_pb.PrivacyLoss(epsilon=lv.remaining.epsilon, delta=lv.remaining.delta),
+            ))
+        adjusted = (g.organization, g.dataset, g.purpose) in self.governor.state.overrides()
+        return a_pb.GrantSummary(
+            organization=g.organization, dataset=g.dataset, purpose=g.purpose,
+            use_class=gov.purposes[g.purpose].use_class, budget=status, members=members, adjusted=adjusted,
+        )
+
+    @_rpc
+    def ListOrganizations(
+        self, request: a_pb.ListOrganizationsRequest, context: grpc.ServicerContext
+    ) -> a_pb.ListOrganizationsResponse:
+        """Every organisation with members, roles and grants (spent and remaining this period)."""
+        self._caller(context, "operator")
+        gov = self.governor.governance
+        now = self.governor.clock()
+        revoked = set(self.governor.state.revocations())
+        orgs = []
+        for org in gov.organizations.values():
+            org_revoked = ("organization", org.id) in revoked
+            orgs.append(a_pb.Organization(
+                id=org.id, name=org.name, revoked=org_revoked, datasets=list(org.datasets),
+                members=[a_pb.OrganizationMember(
+                    identity=m, roles=sorted(gov.members[m].roles),
+                    revoked=org_revoked or ("member", m) in revoked) for m in org.members],
+                grants=[self._grant_summary(g, now) for g in gov.grants if g.organization == org.id],
+            ))
+        return a_pb.ListOrganizationsResponse(organizations=orgs)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    @_rpc
+    def AdjustGrant(
+        self, request: a_pb.AdjustGrantRequest, context: grpc.ServicerContext
+    ) -> a_pb.AdjustGrantResponse:
+        """Store an override of a grant's budget or per-query maximum."""
+        caller = self._caller(context, "operator")
+        override = GrantOverride(
+            request.epsilon if request.HasField("epsilon") else None,
+            request.delta if request.HasField("delta") else None,
+            request.max_epsilon_per_query if request.HasField("max_epsilon_per_query") else None,
+        )
+        for name in ("epsilon", "delta", "max_epsilon_per_query"):
+            v = getattr(override, name)
+            if v is not None and not (v == v and abs(v) != float("inf") and v >= 0):
+                raise InvalidArgumentError(f"{name} must be a finite, non-negative number",
+                                           reason="INVALID_ADJUSTMENT", field=name)
+        self.governor.adjust(request.organization, request.dataset, request.purpose, override, caller)
+        self.core.policy = self.governor.current()
+        g = self.governor.governance.org_grant(request.organization, request.dataset, request.purpose)
+        assert g is not None
+        log.info("grant %s/%s/%s adjusted by %s", g.organization, g.dataset, g.purpose, caller)
+        return a_pb.AdjustGrantResponse(grant=self._grant_summary(g, self.governor.clock()))
+
+    @_rpc
+    def RevokeMember(
+        self, request: a_pb.RevokeMemberRequest, context: grpc.ServicerContext
+    ) -> a_pb.RevokeMemberResponse:
+        """Revoke one member (effective for its next request)."""
+        caller = self._caller(context, "operator")
+        if self.governor.member(request.identity) is None:
+            raise InvalidArgumentError("unknown member", reason="UNKNOWN_SUBJECT", field="identity")
+        self.governor.state.revoke("member", request.identity, caller, request.reason)
+        return a_pb.RevokeMemberResponse(identity=request.identity)
+
+    @_rpc
+    def RevokeOrganization(
+        self, request: a_pb.RevokeOrganizationRequest, context: grpc.ServicerContext
+    ) -> a_pb.RevokeOrganizationResponse:
+        """Revoke an organisation (effective for its members' next requests)."""
+        caller = self._caller(context, "operator")
+        if request.organization not in self.governor.governance.organizations:
+            raise InvalidArgumentError("unknown organisation", reason="UNKNOWN_SUBJECT", field="organization")
+        self.governor.state.revoke("organization", request.organization, caller, request.reason)
+        return a_pb.RevokeOrganizationResponse(organization=request.organization)
+
+    @_rpc
+    def ReloadPolicy(
+        self, request: a_pb.ReloadPolicyRequest, context: grpc.ServicerContext
+    ) -> a_pb.ReloadPolicyResponse:
+        """Re-read the policy file; on error nothing changes."""
+        self._caller(context, "operator")
+        reload_policy(self.core, self.governor)
+        gov = self.governor.governance
+        return a_pb.ReloadPolicyResponse(source=gov.source, schema=gov.schema,
+                                         organizations=len(gov.organizations), grants=len(gov.grants))
+
+    @_rpc
+    def GetUsage(self, request: a_pb.GetUsageRequest, context: grpc.ServicerContext) -> a_pb.GetUsageResponse:
+        """The usage report for a range (default: the current calendar month)."""
+        self._caller(context, "operator")
+        start = parse_time(request.period_start, "period_start")
+        end = parse_time(request.period_end, "period_end")
+        if start is None and end is None:
+            w = Period("calendar", "month").window(self.governor.clock())
+            start, end = w.start, w.end
+        report = build_report(self.governor.ledger.charges_between(start, end), start, end)
+        return a_pb.GetUsageResponse(json=report.to_json(), csv=report.to_csv())
+
+    @_rpc
+    def ListDatasetSpending(
+        self, request: a_pb.ListDatasetSpendingRequest, context: grpc.ServicerContext
+    ) -> a_pb.ListDatasetSpendingResponse:
+        """Data owners: every request on their datasets."""
+        caller = self._caller(context, "data_owner")
+        owned = self.governor.governance.owned_datasets(caller)
+        if request.dataset:
+            if request.dataset not in owned:
+                raise PermissionDeniedError("not a dataset of your organisation", dataset=request.dataset)
+            owned = (request.dataset,)
+        rows = self.governor.state.outcomes(
+            owned, parse_time(request.period_start, "period_start"), parse_time(request.period_end, "period_end")
+        )
+        return a_pb.ListDatasetSpendingResponse(entries=[
+            a_pb.SpendingEntry(time=rfc3339(o.created_at), organization=o.organization, member=o.consumer,
+                               purpose=o.purpose, use_class=o.use_class, dataset=o.dataset,
+                               request_id=o.request_id, outcome=o.outcome, reason=o.reason, epsilon=o.epsilon)
+            for o in rows
+        ])
+
+
+def _level(governor: Governor, limit: BudgetLimit, period: Period, key: GrantKey, organization: str) -> Level:
+    e, d = governor.ledger.window_spent(limit, key, organization)
+    return Level(limit, period, e, d)

@@ -1,0 +1,296 @@
+"""The governance runtime: effective policy (file + overrides), revocation, nested limits, budget status.
+
+`Governor` is what the query path, the admin service and the alert rules share. It turns a member's
+grant into the list of limits one ledger transaction must check (member, organisation, data owner's
+cap, each for its current period), and renders budget status with the period and its refresh time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from privacy_gateway.v1 import common_pb2 as common_pb
+
+from gateway.errors import GatewayInternalError, InvalidArgumentError, PermissionDeniedError
+from gateway.governance import Governance, GrantOverride, Member, OrgGrant
+from gateway.ledger import BudgetLimit, GrantKey, Ledger, Metering, PriorRelease, PrivacyLoss, Reservation
+from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Period, from_units, rfc3339, to_units
+from gateway.policy import Policy, load_policy
+from gateway.state import Outcome, StateStore
+
+__all__ = ["DatasetCapInfo", "Governor", "Level", "sql_hash"]
+
+log = logging.getLogger("gateway.budgets")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetCapInfo:
+    """The data owner's cap on a dataset as the gateway knows it (from the public catalog file)."""
+
+    epsilon: float
+    delta: float
+    period: Period
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One level's budget, spending and window at one moment (exact units)."""
+
+    limit: BudgetLimit
+    period: Period
+    spent_eps: int
+    spent_delta: int
+
+    @property
+    def remaining(self) -> PrivacyLoss:
+        """budget - spent, never negative."""
+        be = to_units(self.limit.budget.epsilon, EPSILON_UNITS, up=False)
+        bd = to_units(self.limit.budget.delta, DELTA_UNITS, up=False)
+        return PrivacyLoss(from_units(max(0, be - self.spent_eps), EPSILON_UNITS),
+                           from_units(max(0, bd - self.spent_delta), DELTA_UNITS))
+
+    @property
+    def spent(self) -> PrivacyLoss:
+        """Spent this period."""
+        return PrivacyLoss(from_units(self.spent_eps, EPSILON_UNITS), from_units(self.spent_delta, DELTA_UNITS))
+
+
+def sql_hash(sql: str) -> str:
+    """A digest of the whitespace- and case-normalised SQL (for the near-identical-query alert)."""
+    return hashlib.sha256(" ".join(sql.lower().split()).encode()).hexdigest()[:32]
+
+
+class Governor:
+    """Effective policy, revocations, nested limits and budget status, shared by every RPC."""
+
+    def __init__(
+        self,
+        policy_path: Path,
+        policy: Policy,
+        ledger: Ledger,
+        state: StateStore,
+        caps: Mapping[str, DatasetCapInfo],
+        owners: Mapping[str, str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Wire the policy file, the loaded policy, the ledger, the state store and the catalog's caps."""
+        self.policy_path = policy_path
+        self.ledger = ledger
+        self.state = state
+        self.caps = dict(caps)
+        self.owners = dict(owners)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._file_policy = policy
+        self._cache: tuple[object, Policy] | None = None
+        self.on_outcome: list[Callable[[Outcome], None]] = []  # alert rules, metrics, audit hooks
+
+    # -- the effective policy ------------------------------------------------------------------
+
+    def current(self) -> Policy:
+        """The file's policy with the stored overrides applied (re-read on every call: multi-process)."""
+        overrides = self.state.overrides()
+        with self._lock:
+            base = self._file_policy
+            cache = self._cache
+            if cache is not None and cache[0] == (id(base), overrides):
+                return cache[1]
+        gov = self._governance_of(base)
+        try:
+            effective = gov.with_overrides(overrides).as_policy()
+        except ValueError as exc:  # an override no longer fits the reloaded file: keep the file's grant
+            log.error("grant override ignored: %s", exc)
+            effective = base
+        with self._lock:
+            self._cache = ((id(base), overrides), effective)
+        return effective
+
+    @property
+    def governance(self) -> Governance:
+        """The effective v2 model."""
+        return self._governance_of(self.current())
+
+    @staticmethod
+    def _governance_of(policy: Policy) -> Governance:
+        if policy.governance is None:
+            raise GatewayInternalError("policy has no governance model")
+        return policy.governance
+
+    def reload(self) -> Policy:
+        """Parse and validate the policy file; swap it in only if valid.
+
+        Raises:
+            ConfigError: the file is invalid; the running policy is untouched.
+        """
+        fresh = load_policy(self.policy_path)
+        with self._lock:
+            self._file_policy = fresh
+            self._cache = None
+        return self.current()
+
+    def adjust(self, organization: str, dataset: str, purpose: str, override: GrantOverride, by: str) -> None:
+        """Validate and store an operator's adjustment of a grant.
+
+        Raises:
+            InvalidArgumentError: unknown grant, or the adjusted grant breaks an invariant.
+        """
+        gov = self.governance
+        if gov.org_grant(organization, dataset, purpose) is None:
+            raise InvalidArgumentError(
+                f"no grant for organisation {organization!r}, dataset {dataset!r}, purpose {purpose!r}",
+                reason="GRANT_NOT_FOUND", organization=organization, dataset=dataset, purpose=purpose,
+            )
+        key = (organization, dataset, purpose)
+        stored = self.state.overrides()
+        old = stored.get(key, GrantOverride())
+        merged = GrantOverride(
+            override.epsilon if override.epsilon is not None else old.epsilon,
+            override.delta if override.delta is not None else old.delta,
+            override.max_epsilon_per_query if override.max_epsilon_per_query is not None
+            else old.max_epsilon_per_query,
+        )
+        try:
+            self._governance_of(self._file_policy).with_overrides({**stored, key: merged})
+        except ValueError as exc:
+            raise InvalidArgumentError(f"adjustment refused: {exc}", reason="INVALID_ADJUSTMENT") from exc
+        self.state.set_override(key, override, by)
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def member(self, identity: str) -> Member | None:
+        """The member, or None."""
+        return self.governance.member(identity)
+
+    def check_not_revoked(self, identity: str) -> None:
+        """Raise PERMISSION_DENIED (reason REVOKED) when the member or its organisation is revoked."""
+        m = self.member(identity)
+        if m is None:
+            return
+        kind = self.state.revoked(identity, m.organization)
+        if kind is not None:
+            raise PermissionDeniedError(
+                f"access of this {'member' if kind == 'member' else 'organisation'} has been revoked",
+                reason="REVOKED", level=kind,
+            )
+
+    def require_role(self, identity: str, role: str) -> Member:
+        """The member if it has `role` and is not revoked; PERMISSION_DENIED otherwise."""
+        m = self.member(identity)
+        if m is None or role not in m.roles:
+            raise PermissionDeniedError(f"this RPC needs role {role!r}", reason="ROLE_REQUIRED", role=role)
+        self.check_not_revoked(identity)
+        return m
+
+    # -- limits and reservation ----------------------------------------------------------------
+
+    def levels_for(self, key: GrantKey, now: float) -> tuple[OrgGrant, Member, list[tuple[BudgetLimit, Period]]]:
+        """The member's organisation grant and its limits (member, organisation, cap) at `now`."""
+        gov = self.governance
+        m = gov.member(key.consumer)
+        g = None if m is None else gov.org_grant(m.organization, key.dataset, key.purpose)
+        if m is None or g is None:
+            raise GatewayInternalError("no organisation grant behind a member grant")
+        window = g.period.window(now)
+        limits: list[tuple[BudgetLimit, Period]] = []
+        own = g.member_budget(m.identity)
+        if own is not None:
+            limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta), window), g.period))
+        limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window), g.period))
+        cap = self.caps.get(key.dataset)
+        if cap is not None:
+            limits.append((BudgetLimit("dataset_cap", PrivacyLoss(cap.epsilon, cap.delta),
+                                       cap.period.window(now)), cap.period))
+        return g, m, limits
+
+    def reserve(
+        self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
+        now: float | None = None,
+    ) -> Reservation | PriorRelease:
+        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`)."""
+        now = self.clock() if now is None else now
+        g, m, limits = self.levels_for(key, now)
+        purpose = self.governance.purposes[g.purpose]
+        metering = Metering(
+            organization=m.organization, use_class=purpose.use_class,
+            data_owner=self.owners.get(key.dataset, ""), request_units=request_units,
+            price_per_request_unit=str(purpose.price_per_request_unit),
+            price_per_epsilon=str(purpose.price_per_epsilon), currency=purpose.currency,
+        )
+        return self.ledger.reserve_nested(
+            key, request_id=request_id, fingerprint=fingerprint, cost=cost,
+            limits=[lim for lim, _ in limits], metering=metering, now=now,
+        )
+
+    def levels(self, key: GrantKey, now: float | None = None) -> list[Level]:
+        """Every level's spending this period."""
+        now = self.clock() if now is None else now
+        _g, m, limits = self.levels_for(key, now)
+        out = []
+        for lim, period in limits:
+            e, d = self.ledger.window_spent(lim, key, m.organization)
+            out.append(Level(lim, period, e, d))
+        return out
+
+    def budget_status(self, key: GrantKey, now: float | None = None) -> common_pb.BudgetStatus:
+        """A member's budget status with the period and when it refreshes."""
+        now = self.clock() if now is None else now
+        g, m, _ = self.levels_for(key, now)
+        levels = self.levels(key, now)
+        shown = levels[0]  # the member's own budget if any, else the organisation's
+        binding = min(levels, key=lambda lv: (lv.remaining.epsilon, lv.remaining.delta))
+        remaining = binding.remaining
+        return common_pb.BudgetStatus(
+            dataset=key.dataset, purpose=key.purpose,
+            budget=common_pb.PrivacyLoss(epsilon=shown.limit.budget.epsilon, delta=shown.limit.budget.delta),
+            spent=common_pb.PrivacyLoss(epsilon=shown.spent.epsilon, delta=shown.spent.delta),
+            remaining=common_pb.PrivacyLoss(epsilon=remaining.epsilon, delta=remaining.delta),
+            max_per_query=common_pb.PrivacyLoss(epsilon=min(g.max_epsilon_per_query, shown.limit.budget.epsilon)),
+            privacy_definition=g.privacy_definition,
+            organization=m.organization,
+            limiting_level=binding.limit.level,
+            **self.period_fields(shown, key, m.organization, now),
+        )
+
+    def period_fields(self, level: Level, key: GrantKey, organization: str, now: float) -> dict[str, str]:
+        """period, period_start, period_end, refreshes_at for one level."""
+        w = level.limit.window
+        if level.period.kind == "rolling":
+            oldest = self.ledger.oldest_in_window(level.limit, key, organization)
+            refresh = None if oldest is None else oldest + level.period.window_days * 86400.0
+        else:
+            refresh = w.end
+        return {"period": level.period.describe(), "period_start": rfc3339(w.start),
+                "period_end": rfc3339(w.end), "refreshes_at": rfc3339(refresh)}
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def record_outcome(
+        self, *, consumer: str, dataset: str, purpose: str, request_id: str, outcome: str,
+        reason: str = "", epsilon: float = 0.0, sql: str = "", now: float | None = None,
+    ) -> None:
+        """The hook the query path calls once per RunQuery: store the outcome, then run the hooks.
+
+        `outcome` is 'charged', 'replayed', 'refused' or 'failed'. Never raises: a failure to record is
+        logged (the answer or refusal has already been decided).
+        """
+        now = self.clock() if now is None else now
+        try:
+            gov = self.governance
+            m = gov.member(consumer)
+            org = m.organization if m else ""
+            g = gov.org_grant(org, dataset, purpose) if m else None
+            use = gov.purposes[g.purpose].use_class if g is not None else ""
+            o = Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
+                        sql_hash(sql), now)
+            self.state.record_outcome(o)
+            for hook in list(self.on_outcome):
+                hook(o)
+        except Exception:
+            log.exception("could not record the outcome of request %s", request_id)

@@ -1,0 +1,196 @@
+from privacy_gateway.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class OrganizationMember(_message.Message):
+    __slots__ = ("identity", "roles", "revoked")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    revoked: bool
+    def __init__(self, identity: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class MemberBudgetStatus(_message.Message):
+    __slots__ = ("member", "budget", "spent", "remaining")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    budget: _common_pb2.PrivacyLoss
+    spent: _common_pb2.PrivacyLoss
+    remaining: _common_pb2.PrivacyLoss
+    def __init__(self, member: _Optional[str] = ..., budget: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., spent: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., remaining: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ...) -> None: ...
+
+class GrantSummary(_message.Message):
+    __slots__ = ("organization", "dataset", "purpose", "use_class", "budget", "members", "adjusted")
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    USE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTED_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    dataset: str
+    purpose: str
+    use_class: str
+    budget: _common_pb2.BudgetStatus
+    members: _containers.RepeatedCompositeFieldContainer[MemberBudgetStatus]
+    adjusted: bool
+    def __init__(self, organization: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., use_class: _Optional[str] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberBudgetStatus, _Mapping]]] = ..., adjusted: _Optional[bool] = ...) -> None: ...
+
+class Organization(_message.Message):
+    __slots__ = ("id", "name", "members", "grants", "revoked", "datasets")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    members: _containers.RepeatedCompositeFieldContainer[OrganizationMember]
+    grants: _containers.RepeatedCompositeFieldContainer[GrantSummary]
+    revoked: bool
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., members: _Optional[_Iterable[_Union[OrganizationMember, _Mapping]]] = ..., grants: _Optional[_Iterable[_Union[GrantSummary, _Mapping]]] = ..., revoked: _Optional[bool] = ..., datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListOrganizationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOrganizationsResponse(_message.Message):
+    __slots__ = ("organizations",)
+    ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    organizations: _containers.RepeatedCompositeFieldContainer[Organization]
+    def __init__(self, organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ...) -> None: ...
+
+class AdjustGrantRequest(_message.Message):
+    __slots__ = ("organization", "dataset", "purpose", "epsilon", "delta", "max_epsilon_per_query")
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    MAX_EPSILON_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    dataset: str
+    purpose: str
+    epsilon: float
+    delta: float
+    max_epsilon_per_query: float
+    def __init__(self, organization: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_epsilon_per_query: _Optional[float] = ...) -> None: ...
+
+class AdjustGrantResponse(_message.Message):
+    __slots__ = ("grant",)
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    grant: GrantSummary
+    def __init__(self, grant: _Optional[_Union[GrantSummary, _Mapping]] = ...) -> None: ...
+
+class RevokeMemberRequest(_message.Message):
+    __slots__ = ("identity", "reason")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    reason: str
+    def __init__(self, identity: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeMemberResponse(_message.Message):
+    __slots__ = ("identity",)
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    def __init__(self, identity: _Optional[str] = ...) -> None: ...
+
+class RevokeOrganizationRequest(_message.Message):
+    __slots__ = ("organization", "reason")
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    reason: str
+    def __init__(self, organization: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeOrganizationResponse(_message.Message):
+    __slots__ = ("organization",)
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    def __init__(self, organization: _Optional[str] = ...) -> None: ...
+
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadPolicyResponse(_message.Message):
+    __slots__ = ("source", "schema", "organizations", "grants")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    schema: str
+    organizations: int
+    grants: int
+    def __init__(self, source: _Optional[str] = ..., schema: _Optional[str] = ..., organizations: _Optional[int] = ..., grants: _Optional[int] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("period_start", "period_end")
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    period_start: str
+    period_end: str
+    def __init__(self, period_start: _Optional[str] = ..., period_end: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("json", "csv")
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    CSV_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    csv: str
+    def __init__(self, json: _Optional[str] = ..., csv: _Optional[str] = ...) -> None: ...
+
+class ListDatasetSpendingRequest(_message.Message):
+    __slots__ = ("dataset", "period_start", "period_end")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    period_start: str
+    period_end: str
+    def __init__(self, dataset: _Optional[str] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ...) -> None: ...
+
+class SpendingEntry(_message.Message):
+    __slots__ = ("time", "organization", "member", "purpose", "use_class", "dataset", "request_id", "outcome", "reason", "epsilon")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    USE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    time: str
+    organization: str
+    member: str
+    purpose: str
+    use_class: str
+    dataset: str
+    request_id: str
+    outcome: str
+    reason: str
+    epsilon: float
+    def __init__(self, time: _Optional[str] = ..., organization: _Optional[str] = ..., member: _Optional[str] = ..., purpose: _Optional[str] = ..., use_class: _Optional[str] = ..., dataset: _Optional[str] = ..., request_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., epsilon: _Optional[float] = ...) -> None: ...
+
+class ListDatasetSpendingResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[SpendingEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[SpendingEntry, _Mapping]]] = ...) -> None: ...

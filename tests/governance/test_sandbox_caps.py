@@ -1,0 +1,93 @@
+"""The sandbox enforces the data owner's cap and column grades itself, whatever the gateway says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ROOT
+from sandbox.caps import CapLedger
+from sandbox.client import SandboxClient, SandboxProcess
+from sandbox.errors import CAP_MESSAGE, DUPLICATE_MESSAGE, PlanRejectedError
+from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
+from sandbox.protocol import (
+    Aggregate,
+    AggregateKind,
+    Binary,
+    Column,
+    ColumnInfo,
+    ErrorReply,
+    ExecuteRequest,
+    ExecuteResult,
+    Literal,
+    QueryPlan,
+    TableInfo,
+)
+from tests.helpers import Env
+
+COUNT = QueryPlan("registry", "residents", (Aggregate(AggregateKind.COUNT),), ())
+
+
+@pytest.fixture(scope="module")
+def tiny_cap_sandbox(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxClient]:
+    """A sandbox whose catalog caps the registry at epsilon 1.0 per month."""
+    root = tmp_path_factory.mktemp("cap")
+    text = (ROOT / "policies" / "catalog.toml").read_text()
+    catalog = root / "catalog.toml"
+    catalog.write_text(text.replace("epsilon_per_period = 1000.0", "epsilon_per_period = 1.0"))
+    import tempfile
+    sock_dir = Path(tempfile.mkdtemp(prefix="pgw-cap-"))  # Unix socket paths must be short
+    proc = SandboxProcess.start(catalog, sock_dir / "s.sock", env.data_dir,
+                                ["--state-dir", str(root / "owner")])
+    yield proc.client()
+    proc.stop()
+
+
+@pytest.mark.integration
+def test_sandbox_refuses_past_its_own_cap(tiny_cap_sandbox: SandboxClient) -> None:
+    """Plans sent straight to the sandbox (no gateway budget at all) stop at the data owner's cap."""
+    c = tiny_cap_sandbox
+    assert isinstance(c.execute(ExecuteRequest("a/1", COUNT, 0.6), timeout_s=60), ExecuteResult)
+    assert c.execute(ExecuteRequest("a/2", COUNT, 0.6), timeout_s=60) == ErrorReply("rejected", CAP_MESSAGE)
+    assert isinstance(c.execute(ExecuteRequest("b/1", COUNT, 0.4), timeout_s=60), ExecuteResult)
+    assert c.execute(ExecuteRequest("b/2", COUNT, 1e-6), timeout_s=60) == ErrorReply("rejected", CAP_MESSAGE)
+
+
+@pytest.mark.integration
+def test_sandbox_never_reruns_a_charged_request_id(tiny_cap_sandbox: SandboxClient) -> None:
+    """A replayed request id is neither charged twice nor answered with fresh noise."""
+    reply = tiny_cap_sandbox.execute(ExecuteRequest("a/1", COUNT, 0.001), timeout_s=60)
+    assert reply == ErrorReply("rejected", DUPLICATE_MESSAGE)
+
+
+def test_cap_ledger_is_exact_and_idempotent(tmp_path: Path) -> None:
+    """Ten charges of 0.1 fill a cap of 1.0 exactly; windows bound what counts; duplicates are refused."""
+    led = CapLedger(tmp_path / "caps.sqlite3")
+    kw = {"cap_epsilon": 1.0, "cap_delta": 0.0, "window_start": 0.0, "window_end": 100.0}
+    assert [led.charge(f"r{i}", "d", 0.1, 0.0, now=1.0, **kw) for i in range(10)] == ["charged"] * 10
+    assert led.charge("r10", "d", 1e-9, 0.0, now=1.0, **kw) == "exceeded"
+    assert led.charge("r0", "d", 0.1, 0.0, now=1.0, **kw) == "duplicate"
+    kw2 = {**kw, "window_start": 100.0, "window_end": 200.0}
+    assert led.charge("r11", "d", 1.0, 0.0, now=150.0, **kw2) == "charged"
+    assert led.spent("d", 0.0, 100.0) == 1.0
+
+
+def test_grades_refuse_a_sensitive_group_key() -> None:
+    """With the catalog's rules a sensitive column may be filtered and aggregated, not grouped by."""
+    table = TableInfo("t", (
+        ColumnInfo("pid", "int64", "identifier"),
+        ColumnInfo("band", "string", "sensitive", domain=("a", "b")),
+        ColumnInfo("income", "int64", "sensitive", lower=0, upper=10),
+    ), 1)
+    rules = {**DEFAULT_GRADE_RULES, "sensitive": frozenset({"filter", "aggregate_input"})}
+    ok = QueryPlan("d", "t", (Aggregate(AggregateKind.SUM, "income"),), (),
+                   where=Binary("=", Column("band"), Literal("a")))
+    check_plan_grades(ok, table, rules)
+    grouped = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (), group_by=("band",))
+    with pytest.raises(PlanRejectedError, match="group_key"):
+        check_plan_grades(grouped, table, rules)
+    with pytest.raises(PlanRejectedError, match="filter"):
+        check_plan_grades(QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (),
+                                    where=Binary(">", Column("pid"), Literal(3))), table, rules)
