@@ -11,8 +11,10 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from gateway.ledger import PrivacyLoss
 from gateway.policy import Grant
 from sandbox import mechanisms
+from sandbox.compile import quantile_candidates
 from sandbox.protocol import (
     AggregateKind,
+    Column,
     ColumnInfo,
     DatasetInfo,
     ExecuteResult,
@@ -52,7 +54,11 @@ def budget_status(grant: Grant, spent: PrivacyLoss) -> common_pb.BudgetStatus:
 
 
 def _aggregate_name(kind: AggregateKind) -> str:
-    return {"count": "count", "count_column": "count", "sum": "sum", "avg": "avg"}[kind.value]
+    return {
+        "count": "count",
+        "count_column": "count",
+        "count_distinct_unit": "count_distinct",
+    }.get(kind.value, kind.value)
 
 
 def plan_info(
@@ -62,21 +68,18 @@ def plan_info(
     table = dataset.table(plan.table)
     assert table is not None
     names = {o.aggregate_index: o.name for o in plan.outputs if o.aggregate_index is not None}
-    rows = 1
-    for key in plan.group_by:
-        col = table.column(key)
-        assert col is not None and col.domain is not None
-        rows *= len(col.domain)
+    rows = mechanisms.plan_cells(plan)
     return q_pb.QueryPlanInfo(
         table=plan.table,
-        group_by=list(plan.group_by),
+        group_by=[g.name for g in plan.group_by],
         group_by_mode="public_domain" if plan.group_by else "none",
         row_count=rows,
         max_rows_per_unit=table.max_rows_per_unit,
         privacy_unit=dataset.privacy_unit,
         releases=[
             q_pb.ReleaseCost(
-                output=names.get(c.aggregate_index, f"aggregate_{c.aggregate_index}"),
+                # aggregates used only by HAVING / ORDER BY are released and charged but not shown
+                output=names.get(c.aggregate_index, f"hidden_{c.aggregate_index}"),
                 component=c.component,
                 mechanism=c.mechanism,
                 sensitivity=c.sensitivity,
@@ -121,17 +124,30 @@ def _output_type(plan: QueryPlan, dataset: DatasetInfo, index: int) -> int:
     assert table is not None
     out = plan.outputs[index]
     if out.group_index is not None:
-        col = table.column(plan.group_by[out.group_index])
-        assert col is not None
-        return _COLUMN_TYPES[col.type]
+        key = plan.group_by[out.group_index]
+        if isinstance(key.expr, Column):
+            col = table.column(key.expr.name)
+            assert col is not None
+            return _COLUMN_TYPES[col.type]
+        values = key.domain or ()
+        if all(isinstance(v, bool) for v in values):
+            return common_pb.COLUMN_TYPE_BOOL
+        if all(isinstance(v, str) for v in values):
+            return common_pb.COLUMN_TYPE_STRING
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return common_pb.COLUMN_TYPE_INT64
+        return common_pb.COLUMN_TYPE_DOUBLE
     assert out.aggregate_index is not None
     agg = plan.aggregates[out.aggregate_index]
-    if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):
+    if agg.kind in (
+        AggregateKind.COUNT, AggregateKind.COUNT_COLUMN, AggregateKind.COUNT_DISTINCT_UNIT
+    ):
         return common_pb.COLUMN_TYPE_INT64
-    if agg.kind is AggregateKind.SUM:
-        col = table.column(agg.column or "")
-        assert col is not None
-        integer = mechanisms.is_integer_sum(col)
+    if agg.kind in (AggregateKind.SUM, AggregateKind.QUANTILE):
+        lo, hi, integer = mechanisms.aggregate_bounds(agg, table)
+        if agg.kind is AggregateKind.QUANTILE:
+            cands = quantile_candidates(lo, hi, integer)
+            integer = len(cands) > 1 and cands[1] - cands[0] == 1.0 and cands[0].is_integer()
         return common_pb.COLUMN_TYPE_INT64 if integer else common_pb.COLUMN_TYPE_DOUBLE
     return common_pb.COLUMN_TYPE_DOUBLE
 

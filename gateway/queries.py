@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
@@ -34,7 +34,9 @@ from gateway.errors import (
 )
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss
 from gateway.policy import Grant, Policy
-from gateway.sql.analyze import analyze
+from gateway.postprocess import PostProcess
+from gateway.postprocess import apply as postprocess
+from gateway.sql.analyze import analyze_query
 from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import PlanRejectedError
@@ -78,6 +80,7 @@ class PricedQuery:
     costs: tuple[ReleaseCost, ...]
     cost: PrivacyLoss
     requested_epsilon: float  # what the scales were calibrated for; the charge `cost` is <= it
+    post: PostProcess = field(default_factory=PostProcess)  # HAVING / ORDER BY / LIMIT, applied to the release (free)
 
 
 def validate_privacy_loss(epsilon: float, delta: float) -> None:
@@ -159,7 +162,8 @@ class QueryService:
                 maxEpsilonPerQuery=repr(grant.max_epsilon_per_query),
             )
         _require(req.sql, "sql")
-        plan = analyze(req.sql, info)
+        analyzed = analyze_query(req.sql, info)
+        plan = analyzed.plan
         try:
             costs = mechanisms.price(plan, info, req.epsilon)
         except PlanRejectedError as exc:  # analyzer and catalog disagree: our bug
@@ -167,7 +171,9 @@ class QueryService:
         total = mechanisms.total_epsilon(costs)
         if total > req.epsilon:  # Tumult's re-check: never charge more than the caller allowed
             raise GatewayInternalError("priced cost exceeds the requested privacy loss")
-        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, 0.0), req.epsilon)
+        return PricedQuery(
+            grant, info, plan, costs, PrivacyLoss(total, 0.0), req.epsilon, analyzed.post
+        )
 
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
         """What a grant has spent."""
@@ -212,7 +218,8 @@ class QueryService:
             replay = q_pb.RunQueryResponse.FromString(outcome.response)
             replay.replayed = True
             return replay
-        result = self._execute(key, request_id, priced)
+        # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
+        result = postprocess(priced.post, self._execute(key, request_id, priced))
         columns, rows = convert.answer(priced.plan, priced.dataset, result)
         response = q_pb.RunQueryResponse(
             columns=columns,

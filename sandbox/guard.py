@@ -25,11 +25,14 @@ _TABLE_KEYS = frozenset(
     {"type", "table_name", "qualified_name", "query_location", "query_location_length"}
 )
 _FUNCTIONS = frozenset(
-    {"count_star", "count", "sum", "fsum", "least", "greatest", "isnan", "+", "-", "*", "/", "%"}
+    {"count_star", "count", "sum", "fsum", "least", "greatest", "isnan", "+", "-", "*", "/", "%",
+     "coalesce", "nullif", "abs", "sign", "floor", "ceil", "round", "sqrt", "ln", "exp", "pow",
+     "lower", "upper", "trim", "length", "substring", "concat", "||", "starts_with", "ends_with",
+     "contains", "~~", "~~*"}
 )
 _FUNCTION_KEYS = frozenset(
     {"class", "type", "function_name", "arguments", "order_bys", "is_operator", "qualified_name",
-     "query_location", "query_location_length"}
+     "query_location", "query_location_length", "distinct"}
 )
 _CLASSES = frozenset(
     {"COLUMN_REF", "CONSTANT", "FUNCTION", "CAST", "COMPARISON", "CONJUNCTION", "OPERATOR",
@@ -39,7 +42,7 @@ _OPERATORS = frozenset(
     {"OPERATOR_COALESCE", "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL",
      "COMPARE_IN", "COMPARE_NOT_IN"}
 )
-_CAST_TYPES = frozenset({"DOUBLE", "BIGINT"})
+_CAST_TYPES = frozenset({"DOUBLE", "BIGINT", "VARCHAR", "BOOLEAN"})
 
 
 def _refuse(why: str) -> PlanRejectedError:
@@ -109,8 +112,8 @@ def _walk(e: Any, depth: int) -> None:
             raise _refuse(f"operator {e.get('type')}")
         if cls == "TYPE" and (e.get("type_name") not in _CAST_TYPES or e.get("children")):
             raise _refuse("cast target")
-        if cls == "CAST" and e.get("try_cast"):
-            raise _refuse("try_cast")
+        if cls == "FUNCTION" and e.get("distinct") and e.get("function_name") != "count":
+            raise _refuse("DISTINCT outside COUNT(DISTINCT unit)")
         if cls == "COLUMN_REF" and len(e.get("column_names", ())) != 1:
             raise _refuse("qualified column reference")
     for k, v in e.items():

@@ -146,7 +146,7 @@ REFUSED = [
     "DESCRIBE residents",
     "SUMMARIZE residents",
     "SELECT income, COUNT(*) FROM residents GROUP BY income",
-    "SELECT MAX(income) FROM residents",
+    "SELECT MODE(income) FROM residents",
     "SELEC COUNT(*) FROM residents",
 ]
 

@@ -1,3 +1,2 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: casts come later
+-- why: :: runs as TRY_CAST
 SELECT COUNT(*) FROM residents WHERE income::VARCHAR = '5'

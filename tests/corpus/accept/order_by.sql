@@ -1,3 +1,2 @@
--- reason: UNSUPPORTED_CONSTRUCT
--- why: not yet supported
+-- why: ORDER BY is post-processing
 SELECT sex, COUNT(*) FROM residents GROUP BY sex ORDER BY sex

@@ -1,3 +1,2 @@
--- reason: UNSUPPORTED_CONSTRUCT
--- why: filters on exact aggregates
+-- why: HAVING is post-processing of released values
 SELECT sex, COUNT(*) FROM residents GROUP BY sex HAVING COUNT(*) > 10

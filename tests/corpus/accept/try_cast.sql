@@ -1,3 +1,2 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: casts come later
+-- why: TRY_CAST is allowed
 SELECT COUNT(*) FROM residents WHERE TRY_CAST(sex AS INTEGER) IS NULL
