@@ -336,7 +336,16 @@ def half_width(cost: ReleaseCost, alpha: float = ALPHA) -> float:
     if cost.mechanism == NOISY_MAX:
         return cost.scale * math.log(1024 / alpha)
     if cost.mechanism == DISCRETE_LAPLACE:
-        return float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
+        a = float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
+        if not (math.isfinite(a) and a >= 0):
+            # OpenDP returns -inf for tiny scales. P(|Z| >= 1) = 2q / (1 + q) with q = exp(-1/scale):
+            # if that is at most alpha the noise is 0 with probability >= 1 - alpha; otherwise fall
+            # back to the (wider) continuous Laplace accuracy rounded up.
+            q = math.exp(-1.0 / cost.scale)
+            if 2 * q / (1 + q) <= alpha:
+                return 0.0
+            return float(math.ceil(dp.laplacian_scale_to_accuracy(cost.scale, alpha)))
+        return a
     return float(dp.laplacian_scale_to_accuracy(cost.scale, alpha))
 
 
