@@ -392,3 +392,32 @@ def test_huge_sums_are_clamped_not_failed(tmp_path: Path) -> None:
         plan = QueryPlan("h", "t", (make_agg(info, AggregateKind.SUM, col),), ())
         r = engine.execute(ExecuteRequest("h", plan, 1.0))
         assert isinstance(r, ExecuteResult), r
+
+
+def test_new_aggregates_run_and_stay_in_bounds(engine: Engine) -> None:
+    """VAR/STDDEV/quantiles/MIN/MAX/COUNT(DISTINCT unit)/expression SUM run on a float column holding
+    NaN and inf; every value is finite and inside its bounds (NaN never reaches OpenDP)."""
+    from sandbox.protocol import Func, GroupKey
+
+    clamp = Func("CLAMP", (Binary("*", Column("score"), Literal(2.0)), Literal(0), Literal(15)))
+    aggs = (
+        Aggregate(AggregateKind.COUNT_DISTINCT_UNIT),
+        make_agg(RES, AggregateKind.VAR_SAMP, "score"),
+        make_agg(RES, AggregateKind.STDDEV_POP, "income"),
+        make_agg(RES, AggregateKind.QUANTILE, "score", quantile=0.5),
+        make_agg(RES, AggregateKind.QUANTILE, "income", quantile=0.0),
+        make_agg(RES, AggregateKind.QUANTILE, "income", quantile=1.0),
+        Aggregate(AggregateKind.SUM, clamp, 1.0, 0.0, 15.0),
+    )
+    key = GroupKey("r", Func("UPPER", (Column("region"),)), ("R0", "R1", "R2"))
+    plan = QueryPlan("reg", "res", aggs, (OutputColumn("x", aggregate_index=0),), None, (key,))
+    r = _run(engine, plan, epsilon=50.0)
+    assert [row.keys for row in r.rows] == [("R0",), ("R1",), ("R2",)]
+    bounds = [(0, math.inf), (0, 50.0), (0, 500.0), (0, 10), (0, 1000), (0, 1000), (0, math.inf)]
+    for row in r.rows:
+        for v, (lo, hi) in zip(row.values, bounds, strict=True):
+            assert lo <= v.value <= hi and v.ci_lower <= v.ci_upper
+    assert sum(c.epsilon for c in r.costs) <= 50.0
+    people = {0: 14, 1: 13, 2: 13}  # persons p with p % 3 == region index, 40 persons
+    for n, row in enumerate(r.rows):
+        assert abs(row.values[0].value - people[n]) <= 20 * r.costs[0].scale
