@@ -297,3 +297,26 @@ def test_health_and_reflection(env: Env, gateway) -> None:  # type: ignore[no-un
         resp = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
     ch.close()
+
+
+def test_expressions_new_aggregates_and_post_processing_end_to_end(analyst: Stubs) -> None:
+    """Expression keys, new aggregates and HAVING/ORDER BY/LIMIT through gRPC; the hidden HAVING
+    aggregate is charged; post-processing costs nothing extra."""
+    sql = (
+        "SELECT FLOOR(birth_year / 10) * 10 AS decade, COUNT(DISTINCT person_id) AS people, "
+        "MEDIAN(CLAMP(income, 0, 500000)) AS med, STDDEV(income) AS sd "
+        "FROM residents GROUP BY FLOOR(birth_year / 10) * 10 "
+        "HAVING AVG(income) >= 0 ORDER BY decade DESC LIMIT 3"
+    )
+    resp = run(analyst, sql, epsilon=4.0)
+    decades = [r.cells[0].double_value for r in resp.rows]
+    assert decades == [2000.0, 1990.0, 1980.0]
+    assert [c.name for c in resp.columns] == ["decade", "people", "med", "sd"]
+    outputs = [r.output for r in resp.plan.releases]
+    assert "hidden_3" in outputs
+    total = sum(r.privacy_loss.epsilon for r in resp.plan.releases)
+    assert resp.privacy_cost.epsilon == pytest.approx(total) and total <= 4.0
+    for row in resp.rows:
+        med = row.cells[2]
+        assert 0 <= med.double_value <= 500000
+        assert (med.confidence_interval.lower, med.confidence_interval.upper) == (0.0, 500000.0)
