@@ -32,11 +32,24 @@ CREATE TABLE IF NOT EXISTS releases (
 
 
 def cache_key(
-    consumer: str, dataset: str, purpose: str, version: str, plan: QueryPlan, epsilon: float
+    consumer: str,
+    dataset: str,
+    purpose: str,
+    version: str,
+    plan: QueryPlan,
+    epsilon: float,
+    post: str = "",
+    delta: float = 0.0,
 ) -> str:
-    """The cache key of a priced query (hex SHA-256 of its canonical description)."""
+    """The cache key of a priced query (hex SHA-256 of its canonical description).
+
+    `post` describes the post-processing (HAVING / ORDER BY / LIMIT) applied to the stored response,
+    and `delta` the partition-selection delta, so a query differing only in those is not served
+    another query's response.
+    """
     body = json.dumps(
-        [consumer, dataset, purpose, version, plan_to_json(plan), repr(epsilon)],
+        [consumer, dataset, purpose, version, plan_to_json(plan), repr(epsilon)]
+        + ([post, repr(delta)] if post or delta else []),
         sort_keys=True,
         separators=(",", ":"),
     )

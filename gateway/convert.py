@@ -11,8 +11,10 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from gateway.ledger import PrivacyLoss
 from gateway.policy import Grant
 from sandbox import mechanisms
+from sandbox.compile import quantile_candidates
 from sandbox.protocol import (
     AggregateKind,
+    Column,
     ColumnInfo,
     DatasetInfo,
     ExecuteResult,
@@ -21,6 +23,7 @@ from sandbox.protocol import (
     ReleaseCost,
     Scalar,
 )
+from sandbox.relation import key as relation_key
 from sandbox.relation import plan_relation
 
 _COLUMN_TYPES = {
@@ -53,7 +56,11 @@ def budget_status(grant: Grant, spent: PrivacyLoss) -> common_pb.BudgetStatus:
 
 
 def _aggregate_name(kind: AggregateKind) -> str:
-    return {"count": "count", "count_column": "count", "sum": "sum", "avg": "avg"}[kind.value]
+    return {
+        "count": "count",
+        "count_column": "count",
+        "count_distinct_unit": "count_distinct",
+    }.get(kind.value, kind.value)
 
 
 def plan_info(
@@ -62,18 +69,16 @@ def plan_info(
     """The plan facts shown by ExplainQuery and RunQuery."""
     rel = plan_relation(plan, dataset)
     names = {o.aggregate_index: o.name for o in plan.outputs if o.aggregate_index is not None}
-    rows = 1
-    for key in plan.group_by:
-        col = rel.column(key)
-        assert col is not None
-        rows *= len(col.domain) if col.domain is not None else 0
+    rows = mechanisms.plan_cells(plan, 0)
     mode = "public_domain" if plan.group_by else "none"
     if plan.partition_selection:
-        mode, rows = "partition_selection", 0  # the released keys are known only after the run
+        mode = "partition_selection"  # rows 0: the released keys are known only after the run
     threshold = next((c.threshold for c in costs if c.component == mechanisms.SELECT), 0)
     return q_pb.QueryPlanInfo(
         table=plan.table,
-        group_by=list(plan.group_by),
+        group_by=[
+            relation_key(g.expr) if isinstance(g.expr, Column) else g.name for g in plan.group_by
+        ],
         group_by_mode=mode,
         row_count=rows,
         max_rows_per_unit=rel.k,
@@ -82,9 +87,11 @@ def plan_info(
         tables=list(rel.tables),
         releases=[
             q_pb.ReleaseCost(
+                # aggregates used only by HAVING / ORDER BY are released and charged but not
+                # shown; partition selection (index -1) releases the group keys
                 output=names.get(
                     c.aggregate_index,
-                    "group_keys" if c.aggregate_index < 0 else f"aggregate_{c.aggregate_index}",
+                    "group_keys" if c.aggregate_index < 0 else f"hidden_{c.aggregate_index}",
                 ),
                 component=c.component,
                 mechanism=c.mechanism,
@@ -129,17 +136,30 @@ def _output_type(plan: QueryPlan, dataset: DatasetInfo, index: int) -> int:
     table = plan_relation(plan, dataset)
     out = plan.outputs[index]
     if out.group_index is not None:
-        col = table.column(plan.group_by[out.group_index])
-        assert col is not None
-        return _COLUMN_TYPES[col.type]
+        key = plan.group_by[out.group_index]
+        if isinstance(key.expr, Column):
+            col = table.column(relation_key(key.expr))
+            assert col is not None
+            return _COLUMN_TYPES[col.type]
+        values = key.domain or ()
+        if all(isinstance(v, bool) for v in values):
+            return common_pb.COLUMN_TYPE_BOOL
+        if all(isinstance(v, str) for v in values):
+            return common_pb.COLUMN_TYPE_STRING
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return common_pb.COLUMN_TYPE_INT64
+        return common_pb.COLUMN_TYPE_DOUBLE
     assert out.aggregate_index is not None
     agg = plan.aggregates[out.aggregate_index]
-    if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):
+    if agg.kind in (
+        AggregateKind.COUNT, AggregateKind.COUNT_COLUMN, AggregateKind.COUNT_DISTINCT_UNIT
+    ):
         return common_pb.COLUMN_TYPE_INT64
-    if agg.kind is AggregateKind.SUM:
-        col = table.column(agg.column or "")
-        assert col is not None
-        integer = mechanisms.is_integer_sum(col)
+    if agg.kind in (AggregateKind.SUM, AggregateKind.QUANTILE):
+        lo, hi, integer = mechanisms.aggregate_bounds(agg, table)
+        if agg.kind is AggregateKind.QUANTILE:
+            cands = quantile_candidates(lo, hi, integer)
+            integer = len(cands) > 1 and cands[1] - cands[0] == 1.0 and cands[0].is_integer()
         return common_pb.COLUMN_TYPE_INT64 if integer else common_pb.COLUMN_TYPE_DOUBLE
     return common_pb.COLUMN_TYPE_DOUBLE
 

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
@@ -40,8 +40,10 @@ from gateway.errors import (
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
 from gateway.policy import Grant, Policy
+from gateway.postprocess import PostProcess
+from gateway.postprocess import apply as postprocess
 from gateway.receipts import attach_receipt
-from gateway.sql.analyze import analyze
+from gateway.sql.analyze import analyze_query
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
@@ -101,6 +103,7 @@ class PricedQuery:
     cost: PrivacyLoss
     requested_epsilon: float  # what the scales were calibrated for; the charge `cost` is <= it
     requested_delta: float = 0.0  # the delta share given to partition selection (0 if none)
+    post: PostProcess = field(default_factory=PostProcess)  # HAVING / ORDER BY / LIMIT, applied to the release (free)
 
 
 def validate_privacy_loss(epsilon: float, delta: float) -> None:
@@ -198,6 +201,11 @@ def solve_for_accuracy(
         target = targets.get(name, accuracy.half_width_95)
         if math.isfinite(target) and target > 0:
             wanted[index] = min(target, wanted.get(index, math.inf))
+    if plan.partition_selection:
+        raise InvalidArgumentError(
+            "accuracy targets are not available when group keys are chosen by partition "
+            "selection; ask with an epsilon instead",
+            reason="ACCURACY_TARGET_UNSUPPORTED", field="accuracy")
     epsilons: dict[int, float] = {}
     for c in mechanisms.components(plan, dataset):
         agg = plan.aggregates[c.aggregate_index]
@@ -214,6 +222,11 @@ def solve_for_accuracy(
         epsilons[c.aggregate_index] = epsilons.get(c.aggregate_index, 0.0) + c.sensitivity / scale
     aggregates = tuple(replace(a, weight=epsilons[i]) for i, a in enumerate(plan.aggregates))
     return replace(plan, aggregates=aggregates), math.fsum(epsilons.values())
+
+
+def _post_key(post: PostProcess) -> str:
+    """A canonical description of the post-processing ("" when there is none)."""
+    return "" if post == PostProcess() else repr(post)
 
 
 def _replayed(prior: PriorRelease) -> q_pb.RunQueryResponse:
@@ -279,7 +292,8 @@ class QueryService:
                 field="privacy_loss.delta",
             )
         _require(req.sql, "sql")
-        plan = apply_weights(analyze(req.sql, info), req.weights)
+        analyzed = analyze_query(req.sql, info)
+        plan = apply_weights(analyzed.plan, req.weights)
         if req.accuracy is not None:
             plan, epsilon = solve_for_accuracy(plan, info, req.accuracy)
             cap = grant.max_epsilon_per_query if math.isnan(req.epsilon) else min(
@@ -330,7 +344,9 @@ class QueryService:
         total_delta = mechanisms.total_delta(costs)
         if total > epsilon or total_delta > delta:  # Tumult's re-check: never charge more than allowed
             raise GatewayInternalError("priced cost exceeds the requested privacy loss")
-        return PricedQuery(grant, info, plan, costs, PrivacyLoss(total, total_delta), epsilon, delta)
+        return PricedQuery(
+            grant, info, plan, costs, PrivacyLoss(total, total_delta), epsilon, delta, analyzed.post
+        )
 
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
         """What a grant has spent."""
@@ -377,7 +393,8 @@ class QueryService:
         priced = self.price(req)
         key = GrantKey(req.consumer, req.dataset, req.purpose)
         ckey = cache_key(req.consumer, req.dataset, req.purpose, priced.dataset.version,
-                         priced.plan, priced.requested_epsilon)
+                         priced.plan, priced.requested_epsilon, _post_key(priced.post),
+                         priced.requested_delta)
         cached = self.cache.get(ckey) if self.cache is not None else None
         budget = PrivacyLoss(priced.grant.epsilon, priced.grant.delta)
         if cached is not None:  # the same release again: post-processing, recorded at zero cost
@@ -395,7 +412,8 @@ class QueryService:
         outcome = self._reserve(key, request_id, req, priced.cost, budget, units=len(priced.costs))
         if isinstance(outcome, PriorRelease):
             return _replayed(outcome)
-        result = self._execute(key, request_id, priced)
+        # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
+        result = postprocess(priced.post, self._execute(key, request_id, priced))
         columns, rows = convert.answer(priced.plan, priced.dataset, result)
         response = q_pb.RunQueryResponse(
             columns=columns,

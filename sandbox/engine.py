@@ -2,7 +2,7 @@
 
 Privacy: every release goes through `sandbox.mechanisms` with a cost the sandbox computes from its
 own catalog. Each unit keeps at most K rows per table (chosen once per data version by a salted hash
-of the row, independently per unit), every summed value is clamped to the catalog bounds, and group
+of the row, independently per unit), every summed value is clamped to the bounds derived for it, and group
 keys come only from declared domains, so the L1 sensitivity of every released vector is what
 `mechanisms` assumes.
 """
@@ -22,13 +22,15 @@ import duckdb
 from sandbox import mechanisms
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
-from sandbox.compile import CompiledPlan, compile_plan, quote_ident, render_literal
+from sandbox.compile import CompiledPlan, QuantileQuery, compile_plan, quote_ident, render_literal
 from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
 from sandbox.limits import Limits
 from sandbox.protocol import (
+    VARIANCE_KINDS,
+    Aggregate,
     AggregateKind,
     CatalogInfo,
     ErrorReply,
@@ -303,15 +305,16 @@ class Engine:
         """
         n_keys = len(req.plan.group_by)
         zeros: list[int | float] = [0] * len(compiled.components)
-        rows = self.run_select(compiled.sql)
         if not req.plan.partition_selection:
             exact = {cell: list(zeros) for cell in compiled.cells}
+            rows = self.run_select(compiled.sql) if compiled.components else []
             for r in rows:
                 cell = tuple(r[:n_keys])
                 if cell not in exact:
                     raise RuntimeError("engine returned a group outside the declared domain")
                 exact[cell] = list(r[n_keys:])
             return compiled.cells, exact
+        rows = self.run_select(compiled.sql)
         sel = compiled.components.index((-1, mechanisms.SELECT))
         by_text: dict[str, tuple[Scalar, ...]] = {}
         found: dict[tuple[Scalar, ...], list[int | float]] = {}
@@ -334,6 +337,8 @@ class Engine:
         costs: tuple[ReleaseCost, ...],
         rel: Relation,
     ) -> tuple[ReleaseRow, ...]:
+        plan = req.plan
+        n_keys = len(plan.group_by)
         cells, exact = self._exact(req, compiled, costs)
         for row in exact.values():
             for v in row:
@@ -342,9 +347,10 @@ class Engine:
                 if not math.isfinite(v):
                     raise RuntimeError("non-finite exact aggregate")
         column = {comp: j for j, comp in enumerate(compiled.components)}
+        by_comp = {(c.aggregate_index, c.component): c for c in costs}
         noisy: dict[tuple[int, str], list[int | float]] = {}
         for cost in costs:
-            if cost.component == mechanisms.SELECT:
+            if cost.component in (mechanisms.SELECT, "quantile"):
                 continue
             j = column[(cost.aggregate_index, cost.component)]
             vector = [_within_range(cost, exact[cell][j]) for cell in cells]
@@ -353,40 +359,105 @@ class Engine:
             noisy[(cost.aggregate_index, cost.component)] = (
                 mechanisms.release_vector(cost, vector) if vector else []
             )
-        by_comp = {(c.aggregate_index, c.component): c for c in costs}
+        quantiles: dict[int, list[NoisyValue]] = {}
+        for q in compiled.quantiles:
+            quantiles[q.aggregate_index] = self._release_quantile(
+                plan.aggregates[q.aggregate_index], q, by_comp[(q.aggregate_index, "quantile")],
+                cells, n_keys, selected=plan.partition_selection,
+            )
         rows: list[ReleaseRow] = []
         for n, cell in enumerate(cells):
             values: list[NoisyValue] = []
-            for i, agg in enumerate(req.plan.aggregates):
-                if agg.kind is AggregateKind.AVG:
-                    assert agg.column is not None
-                    col = rel.column(agg.column)
-                    assert col is not None and col.lower is not None and col.upper is not None
-                    values.append(
-                        mechanisms.noisy_average(
-                            by_comp[(i, "sum")],
-                            by_comp[(i, "count")],
-                            float(noisy[(i, "sum")][n]),
-                            float(noisy[(i, "count")][n]),
-                            float(col.lower),
-                            float(col.upper),
-                        )
-                    )
-                else:
-                    comp = "sum" if agg.kind is AggregateKind.SUM else "count"
-                    # Post-processing: a count, or a sum of values clamped to [L >= 0, U], cannot be
-                    # negative; clamping the noisy value and its interval at 0 keeps the truth inside.
-                    nonnegative = comp == "count" or _nonnegative_column(rel, agg.column)
-                    values.append(
-                        mechanisms.noisy_count_or_sum(
-                            by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=nonnegative
-                        )
-                    )
+            for i, agg in enumerate(plan.aggregates):
+                values.append(self._value(i, agg, n, by_comp, noisy, quantiles, rel))
             rows.append(ReleaseRow(keys=cell, values=tuple(values)))
         return tuple(rows)
 
+    def _release_quantile(
+        self,
+        agg: Aggregate,
+        q: QuantileQuery,
+        cost: ReleaseCost,
+        cells: tuple[tuple[Scalar, ...], ...],
+        n_keys: int,
+        *,
+        selected: bool = False,
+    ) -> list[NoisyValue]:
+        """One noisy-max release per cell from per-candidate counts computed in DuckDB.
 
-def _nonnegative_column(rel: Relation, column: str | None) -> bool:
-    """True if every clamped value of `column` is >= 0 (its declared lower bound is >= 0)."""
-    col = rel.column(column) if column is not None else None
-    return col is not None and col.lower is not None and col.lower >= 0
+        Interval: the released candidate always lies in [L, U], and without assumptions on the data no
+        narrower value interval follows from the release, so the interval is [L, U]. `stddev` carries the
+        95% rank accuracy in rows instead (`mechanisms.quantile_rank_accuracy`).
+        """
+        assert agg.quantile is not None and agg.lower is not None and agg.upper is not None
+        m = len(q.candidates)
+        counts = {cell: [0] * m for cell in cells}
+        for r in self.run_select(q.sql):
+            cell, j, c = tuple(r[:n_keys]), r[n_keys], r[n_keys + 1]
+            if cell not in counts:
+                if selected:  # partition selection: a key the threshold mechanism did not release
+                    continue
+                raise RuntimeError("engine returned a group outside the declared domain")
+            if not isinstance(j, int) or not 0 <= j < m or not isinstance(c, int) or c < 0:
+                raise RuntimeError("bad quantile bucket")
+            counts[cell][j] += c
+        integer = all(v.is_integer() for v in q.candidates) and m > 1 and q.candidates[1] - q.candidates[0] == 1.0
+        rank = mechanisms.quantile_rank_accuracy(cost, m, agg.quantile)
+        out: list[NoisyValue] = []
+        for cell in cells:
+            idx = mechanisms.release_quantile(cost, q.candidates, agg.quantile, counts[cell])
+            v = q.candidates[idx]
+            out.append(
+                NoisyValue(
+                    value=int(v) if integer else float(v),
+                    mechanism=cost.mechanism,
+                    scale=cost.scale,
+                    stddev=rank,
+                    ci_lower=float(agg.lower),
+                    ci_upper=float(agg.upper),
+                )
+            )
+        return out
+
+    @staticmethod
+    def _value(
+        i: int,
+        agg: Aggregate,
+        n: int,
+        by_comp: dict[tuple[int, str], ReleaseCost],
+        noisy: dict[tuple[int, str], list[int | float]],
+        quantiles: dict[int, list[NoisyValue]],
+        rel: Relation,
+    ) -> NoisyValue:
+        if agg.kind is AggregateKind.QUANTILE:
+            return quantiles[i][n]
+        if agg.kind is AggregateKind.AVG:
+            lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)
+            return mechanisms.noisy_average(
+                by_comp[(i, "sum")],
+                by_comp[(i, "count")],
+                float(noisy[(i, "sum")][n]),
+                float(noisy[(i, "count")][n]),
+                lo,
+                hi,
+            )
+        if agg.kind in VARIANCE_KINDS:
+            lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)
+            return mechanisms.noisy_variance(
+                agg.kind,
+                by_comp[(i, "count")],
+                by_comp[(i, "sum")],
+                by_comp[(i, "sumsq")],
+                float(noisy[(i, "count")][n]),
+                float(noisy[(i, "sum")][n]),
+                float(noisy[(i, "sumsq")][n]),
+                lo,
+                hi,
+            )
+        comp = "sum" if agg.kind is AggregateKind.SUM else "count"
+        # Post-processing: a count, or a sum of values clamped to [L >= 0, U], cannot be negative;
+        # clamping the noisy value and its interval at 0 keeps the truth inside.
+        nonnegative = comp == "count" or mechanisms.aggregate_bounds(agg, rel)[0] >= 0
+        return mechanisms.noisy_count_or_sum(
+            by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=nonnegative
+        )

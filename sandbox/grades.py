@@ -1,7 +1,8 @@
 """Column grades: what each grade allows a query to do with a column, checked on the plan.
 
 The data owner's catalog says per grade which uses are allowed (`[grades.internal] allows = [...]`):
-`group_key` (GROUP BY), `filter` (anywhere in WHERE) and `aggregate_input` (the column of an aggregate).
+`group_key` (GROUP BY), `filter` (anywhere in WHERE) and `aggregate_input` (any column inside an aggregate's argument;
+every column of a group-key expression is a `group_key` use).
 The sandbox checks every plan before touching data (`check_plan_grades`, called by `Engine.execute`), so
 a gateway whose analyzer disagrees cannot get a `sensitive` column used as a group key. The check
 depends only on the plan and the catalog.
@@ -63,9 +64,9 @@ def check_plan_grades(
     Raises:
         PlanRejectedError: names the column, its grade and the use.
     """
-    uses: list[tuple[str, str]] = [(c, "group_key") for c in plan.group_by]
+    uses: list[tuple[str, str]] = [(c, "group_key") for g in plan.group_by for c in columns_in(g.expr)]
     uses += [(c, "filter") for c in columns_in(plan.where)]
-    uses += [(a.column, "aggregate_input") for a in plan.aggregates if a.column is not None]
+    uses += [(c, "aggregate_input") for a in plan.aggregates for c in columns_in(a.arg)]
     for name, use in uses:
         col = table.column(name)
         if col is None:

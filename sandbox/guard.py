@@ -37,11 +37,14 @@ _SUBQUERY_EXPR_KEYS = frozenset({"class", "type", "subquery_type", "subquery", "
                                  "comparison_type", "query_location", "query_location_length"})
 _FUNCTIONS = frozenset(
     {"count_star", "count", "sum", "fsum", "avg", "min", "max", "least", "greatest", "isnan",
-     "+", "-", "*", "/", "%"}
+     "+", "-", "*", "/", "%",
+     "coalesce", "nullif", "abs", "sign", "floor", "ceil", "round", "sqrt", "ln", "exp", "pow",
+     "lower", "upper", "trim", "length", "substring", "concat", "||", "starts_with", "ends_with",
+     "contains", "~~", "~~*"}
 )
 _FUNCTION_KEYS = frozenset(
     {"class", "type", "function_name", "arguments", "order_bys", "is_operator", "qualified_name",
-     "alias", "query_location", "query_location_length"}
+     "alias", "query_location", "query_location_length", "distinct"}
 )
 _CLASSES = frozenset(
     {"COLUMN_REF", "CONSTANT", "FUNCTION", "CAST", "COMPARISON", "CONJUNCTION", "OPERATOR",
@@ -51,7 +54,7 @@ _OPERATORS = frozenset(
     {"OPERATOR_COALESCE", "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL",
      "COMPARE_IN", "COMPARE_NOT_IN"}
 )
-_CAST_TYPES = frozenset({"DOUBLE", "BIGINT"})
+_CAST_TYPES = frozenset({"DOUBLE", "BIGINT", "VARCHAR", "BOOLEAN"})
 
 
 def _refuse(why: str) -> PlanRejectedError:
@@ -173,8 +176,8 @@ def _walk(e: Any, depth: int, tables: Set[str], qdepth: int) -> None:
             raise _refuse(f"operator {e.get('type')}")
         if cls == "TYPE" and (e.get("type_name") not in _CAST_TYPES or e.get("children")):
             raise _refuse("cast target")
-        if cls == "CAST" and e.get("try_cast"):
-            raise _refuse("try_cast")
+        if cls == "FUNCTION" and e.get("distinct") and e.get("function_name") != "count":
+            raise _refuse("DISTINCT outside COUNT(DISTINCT unit)")
         if cls == "COLUMN_REF" and not 1 <= len(e.get("column_names", ())) <= 2:
             raise _refuse("qualified column reference")
     for k, v in e.items():

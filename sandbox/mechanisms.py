@@ -16,6 +16,29 @@ aggregated value to the catalog bounds [L, U]. Adding or removing one unit there
 which is `d_in` of a vector Laplace measurement (`make_laplace` on `l1_distance`; discrete Laplace on i64
 for counts and integer sums, OpenDP's float Laplace otherwise). Several aggregates in one query compose
 sequentially: the charged epsilon is the sum of the maps (pure DP, basic composition).
+
+Aggregated expressions are clamped to the bounds `sandbox.bounds` derives from the catalog (never to
+bounds carried by the plan). K is the per-unit row bound of the plan's relation (`sandbox.relation`:
+`max_rows_per_unit` of one table, the product over a join on the unit, e.g. 12 for residents joined
+with social_insurance, 1 for a per-unit subquery), and [L, U] are the bounds derived for the (possibly
+joined or derived) expression through that relation. Per aggregate kind:
+
+* COUNT(*), COUNT(expr): one count, L1 sensitivity K.
+* COUNT(DISTINCT unit): one count of units per cell, L1 sensitivity min(K, cells) (a unit adds at most
+  1 to each cell it has rows in, and has rows in at most K cells).
+* SUM(expr): one sum, K * max(|L|, |U|). AVG: sum + count, half the share each.
+* VAR/STDDEV: count, sum of z and sum of z^2 with z = (x - (L+U)/2) / ((U-L)/2) in [-1, 1]; each has
+  sensitivity K and a third of the share; the variance is post-processing.
+* QUANTILE (MEDIAN, QUANTILE_CONT/DISC, PERCENTILE_*, MIN = alpha 0, MAX = alpha 1): OpenDP's
+  `make_quantile_score_candidates` >> `make_noisy_max(negate=True)` over a grid of at most 1024
+  candidates in [L, U]; the charge is that chain's `map(K)`. Each cell is one such release on disjoint
+  rows and the map is linear in the number of rows changed, so one charge covers every cell.
+
+Partition selection (a group key without a public domain): one more share, the "select" component
+(aggregate_index -1): OpenDP's `make_laplace_threshold` over per-key row counts at d_in = (K, K, K)
+(one unit touches at most K keys and adds at most K rows in all); its threshold is calibrated so the
+map's delta is the request's delta. Only the released keys are answered; every other component is
+released on them with the sensitivities above (COUNT(DISTINCT unit) then uses K as the cell bound).
 """
 
 from __future__ import annotations
@@ -27,16 +50,22 @@ from typing import Any
 
 import opendp.prelude as dp
 
+from sandbox import bounds
+from sandbox.compile import quantile_candidates
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
+    BOUNDED_KINDS,
+    VARIANCE_KINDS,
+    Aggregate,
     AggregateKind,
+    Column,
     ColumnInfo,
     DatasetInfo,
     NoisyValue,
     QueryPlan,
     ReleaseCost,
 )
-from sandbox.relation import Relation, plan_relation
+from sandbox.relation import key, plan_relation
 
 dp.enable_features("contrib")
 
@@ -45,6 +74,7 @@ LAPLACE = "laplace"
 LAPLACE_THRESHOLD = "laplace_threshold"
 SELECT = "select"  # the partition-selection component (aggregate_index -1)
 MAX_THRESHOLD = 2**40
+NOISY_MAX = "noisy_max"
 CONFIDENCE_LEVEL = 0.95
 ALPHA = 1.0 - CONFIDENCE_LEVEL
 # Largest exact integer aggregate the i64 path accepts; larger sums go through the float path.
@@ -60,6 +90,9 @@ class Component:
     integer: bool
     sensitivity: float
     share: float  # fraction of the query's epsilon
+    candidates: tuple[float, ...] = ()  # quantile components only
+    alpha: float = 0.5  # quantile components only
+    rows: int = 0  # quantile components only: K, the d_in of the whole chain
 
 
 def _is_integral(x: float | None) -> bool:
@@ -71,11 +104,38 @@ def is_integer_sum(col: ColumnInfo) -> bool:
     return col.type == "int64" and _is_integral(col.lower) and _is_integral(col.upper)
 
 
-def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
-    """Split a plan into its measurements with their L1 sensitivities and epsilon shares.
+def aggregate_bounds(agg: Aggregate, table: bounds.Columns) -> tuple[float, float, bool]:
+    """The derived bounds of a bounded aggregate's argument, recomputed from `table` (the plan's
+    `Relation`, so columns of joined tables and derived per-unit columns have their bounds).
 
     Raises:
-        PlanRejectedError: the plan refers to a table or column the catalog does not describe for this use.
+        PlanRejectedError: the argument has no finite bounds.
+    """
+    derived = None if agg.arg is None else bounds.expression_bounds(agg.arg, table)
+    if derived is None:
+        raise PlanRejectedError("the aggregated expression has no finite bounds")
+    return derived
+
+
+def plan_cells(plan: QueryPlan, unknown: int) -> int:
+    """Number of answered cells (product of the group keys' domain sizes; 1 when ungrouped).
+
+    Under partition selection the cells come from the data, so their number is `unknown` (callers
+    pass K: one unit's rows still touch at most K cells)."""
+    n = 1
+    for g in plan.group_by:
+        if g.domain is None:
+            return unknown
+        n *= len(g.domain)
+    return n
+
+
+def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
+    """Split a plan into its measurements with their sensitivities and epsilon shares.
+
+    Raises:
+        PlanRejectedError: the plan refers to a table the catalog does not describe, or an aggregate
+            has no finite bounds.
     """
     rel = plan_relation(plan, dataset)
     k = rel.k
@@ -86,25 +146,41 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
     out: list[Component] = []
     if plan.partition_selection:
         for g in plan.group_by:
-            key_col = rel.column(g)
-            if key_col is None or key_col.grade == "identifier" or g in rel.units:
-                raise PlanRejectedError(f"group key {g!r} is unknown or an identifier")
+            if g.domain is not None:
+                continue
+            if not isinstance(g.expr, Column):
+                raise PlanRejectedError(f"group key {g.name!r} without a public domain must be a column")
+            gk = key(g.expr)
+            key_col = rel.column(gk)
+            if key_col is None or key_col.grade == "identifier" or gk in rel.units:
+                raise PlanRejectedError(f"group key {gk!r} is unknown or an identifier")
             if key_col.type == "float64":
-                raise PlanRejectedError(f"group key {g!r} is a float; select keys of it cannot")
+                raise PlanRejectedError(f"group key {gk!r} is a float; select keys of it cannot")
         # d_in = (l0, l1, linf) = (K, K, K): one unit's <= K rows touch <= K keys, add <= K in all.
         out.append(Component(-1, SELECT, True, float(k), 1.0 / total_weight))
     for i, agg in enumerate(plan.aggregates):
         share = agg.weight / total_weight
         if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):
-            if agg.column is not None:
-                _column(_lookup(rel, agg.column), agg.column, numeric=False)
             out.append(Component(i, "count", True, float(k), share))
             continue
-        assert agg.column is not None
-        col = _column(_lookup(rel, agg.column), agg.column, numeric=True)
-        assert col.lower is not None and col.upper is not None
-        bound = max(abs(col.lower), abs(col.upper))
-        integer = is_integer_sum(col)
+        if agg.kind is AggregateKind.COUNT_DISTINCT_UNIT:
+            # A unit adds at most 1 to each cell it has rows in, and it has at most K rows in the
+            # (possibly joined) relation, so it touches at most min(K, cells) cells.
+            out.append(Component(i, "count", True, float(min(k, plan_cells(plan, k))), share))
+            continue
+        assert agg.kind in BOUNDED_KINDS
+        lo, hi, integer = aggregate_bounds(agg, rel)
+        if agg.kind is AggregateKind.QUANTILE:
+            assert agg.quantile is not None
+            cands = quantile_candidates(lo, hi, integer)
+            d_score = float(score_transformation(cands, agg.quantile).map(k))  # type: ignore[no-untyped-call]
+            out.append(Component(i, "quantile", True, d_score, share, cands, agg.quantile, k))
+            continue
+        if agg.kind in VARIANCE_KINDS:
+            for comp in ("count", "sum", "sumsq"):
+                out.append(Component(i, comp, comp == "count", float(k), share / 3))
+            continue
+        bound = max(abs(lo), abs(hi))
         if agg.kind is AggregateKind.SUM:
             out.append(Component(i, "sum", integer, k * bound, share))
         else:  # AVG: a noisy sum and a noisy count, each with half of the aggregate's share
@@ -113,22 +189,91 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
     return tuple(out)
 
 
-def _lookup(rel: Relation, name: str) -> ColumnInfo | None:
-    if name in rel.units:  # the privacy unit is only usable in join conditions
-        return ColumnInfo(name, "int64", "identifier")
-    return rel.column(name)
+_F64 = dp.vector_domain(dp.atom_domain(T=float, nan=False))
 
 
-def _column(col: ColumnInfo | None, name: str, *, numeric: bool) -> ColumnInfo:
-    if col is None:
-        raise PlanRejectedError(f"unknown column {name!r}")
-    if col.grade == "identifier":
-        raise PlanRejectedError(f"column {name!r} is an identifier and cannot be aggregated")
-    if numeric and (
-        col.type not in ("int64", "float64") or col.lower is None or col.upper is None
-    ):
-        raise PlanRejectedError(f"column {name!r} has no declared numeric bounds")
-    return col
+def score_transformation(candidates: tuple[float, ...], alpha: float) -> dp.Transformation:
+    """OpenDP's quantile scoring over `candidates` (symmetric distance -> LInf on u64 scores)."""
+    return dp.t.make_quantile_score_candidates(
+        _F64, dp.symmetric_distance(), list(candidates), alpha
+    )
+
+
+def quantile_measurement(candidates: tuple[float, ...], alpha: float, scale: float) -> dp.Measurement:
+    """The whole chain the charge is computed from: score candidates, then noisy min (report-noisy-max
+    with negated scores, the exponential mechanism / permute-and-flip family)."""
+    t = score_transformation(candidates, alpha)
+    return t >> noisy_max_measurement(t, scale)
+
+
+def noisy_max_measurement(t: dp.Transformation, scale: float) -> dp.Measurement:
+    """`make_noisy_max(negate=True)` on the output space of the score transformation `t`."""
+    return dp.m.make_noisy_max(t.output_domain, t.output_metric, dp.max_divergence(), scale=scale, negate=True)
+
+
+_ALPHA_FRACTIONS: dict[float, tuple[int, int]] = {}
+
+
+def alpha_fraction(alpha: float) -> tuple[int, int]:
+    """(numerator, denominator) OpenDP uses for `alpha`, read from OpenDP itself.
+
+    OpenDP scores candidate c as |den * #(x < c) - num * (n - #(x = c))|. On one value above a single
+    candidate the score is num; on one value below it is den - num.
+    """
+    if alpha not in _ALPHA_FRACTIONS:
+        t = score_transformation((0.0,), alpha)
+        num = int(t([1.0])[0])
+        below = int(t([-1.0])[0])
+        _ALPHA_FRACTIONS[alpha] = (num, num + below)
+    return _ALPHA_FRACTIONS[alpha]
+
+
+def quantile_scores(counts: list[int], alpha: float) -> list[int]:
+    """OpenDP's quantile scores rebuilt from per-candidate counts of values snapped to the grid.
+
+    `counts[j]` is how many values equal candidate j; then #(x < c_j) = sum(counts[:j]) and
+    #(x = c_j) = counts[j], and the score is exactly `make_quantile_score_candidates`'s (a unit test
+    checks equality on random data).
+    """
+    num, den = alpha_fraction(alpha)
+    n = sum(counts)
+    out: list[int] = []
+    below = 0
+    for c in counts:
+        out.append(abs(den * below - num * (n - c)))
+        below += c
+    return out
+
+
+def calibrate_quantile(c: Component, epsilon: float) -> tuple[float, float]:
+    """Smallest scale whose chain map(K) is at most `epsilon`; returns (scale, map)."""
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise PlanRejectedError("epsilon must be finite and positive")
+    scale = 2.0 * c.sensitivity / epsilon
+    if not (math.isfinite(scale) and scale > 0):
+        raise PlanRejectedError("noise scale is not a positive finite number")
+    for _ in range(64):
+        cost = float(quantile_measurement(c.candidates, c.alpha, scale).map(c.rows))  # type: ignore[no-untyped-call]
+        if cost <= epsilon:
+            return scale, cost
+        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
+    raise PlanRejectedError("could not calibrate the noise scale")  # pragma: no cover
+
+
+def release_quantile(cost: ReleaseCost, candidates: tuple[float, ...], alpha: float, counts: list[int]) -> int:
+    """Index of the released candidate for one cell (inside the sandbox only)."""
+    t = score_transformation(candidates, alpha)
+    meas = noisy_max_measurement(t, cost.scale)
+    return int(meas(quantile_scores(counts, alpha)))
+
+
+def quantile_rank_accuracy(cost: ReleaseCost, n_candidates: int, alpha: float, level_alpha: float = ALPHA) -> float:
+    """With probability >= 1 - level_alpha the released candidate's score exceeds the best score by at
+    most scale * ln(m / level_alpha) (the noise of the winner is at most the largest of m noise draws,
+    exponential or Gumbel, each exceeding t with probability <= exp(-t / scale)); in rows of rank that
+    is this value divided by OpenDP's alpha denominator."""
+    _, den = alpha_fraction(alpha)
+    return cost.scale * math.log(max(n_candidates, 1) / level_alpha) / den
 
 
 def make_measurement(integer: bool, scale: float) -> dp.Measurement:
@@ -270,12 +415,17 @@ def price(
                 )
             )
             continue
-        scale, cost = calibrate(c.integer, c.sensitivity, epsilon * c.share)
+        if c.component == "quantile":
+            scale, cost = calibrate_quantile(c, epsilon * c.share)
+            mechanism = NOISY_MAX
+        else:
+            scale, cost = calibrate(c.integer, c.sensitivity, epsilon * c.share)
+            mechanism = mechanism_name(c.integer)
         out.append(
             ReleaseCost(
                 aggregate_index=c.aggregate_index,
                 component=c.component,
-                mechanism=mechanism_name(c.integer),
+                mechanism=mechanism,
                 sensitivity=c.sensitivity,
                 scale=scale,
                 epsilon=cost,
@@ -295,14 +445,31 @@ def total_delta(costs: Sequence[ReleaseCost]) -> float:
 
 
 def half_width(cost: ReleaseCost, alpha: float = ALPHA) -> float:
-    """Half-width of the (1 - alpha) interval of one noisy value, from OpenDP's accuracy functions."""
+    """Half-width of the (1 - alpha) interval of one noisy value, from OpenDP's accuracy functions.
+
+    For a quantile (noisy max) it is the bound on the released candidate's score excess over the best
+    candidate, scale * ln(1024 / alpha), in OpenDP's score units (see `quantile_rank_accuracy`).
+    """
+    if cost.mechanism == NOISY_MAX:
+        return cost.scale * math.log(1024 / alpha)
     if cost.mechanism in (DISCRETE_LAPLACE, LAPLACE_THRESHOLD):
-        return float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
+        a = float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
+        if not (math.isfinite(a) and a >= 0):
+            # OpenDP returns -inf for tiny scales. P(|Z| >= 1) = 2q / (1 + q) with q = exp(-1/scale):
+            # if that is at most alpha the noise is 0 with probability >= 1 - alpha; otherwise fall
+            # back to the (wider) continuous Laplace accuracy rounded up.
+            q = math.exp(-1.0 / cost.scale)
+            if 2 * q / (1 + q) <= alpha:
+                return 0.0
+            return float(math.ceil(dp.laplacian_scale_to_accuracy(cost.scale, alpha)))
+        return a
     return float(dp.laplacian_scale_to_accuracy(cost.scale, alpha))
 
 
 def stddev(cost: ReleaseCost) -> float:
     """Standard deviation of the noise: sqrt(2)*scale (Laplace); the exact discrete Laplace formula."""
+    if cost.mechanism == NOISY_MAX:
+        return cost.scale
     if cost.mechanism == DISCRETE_LAPLACE:
         q = math.exp(-1.0 / cost.scale)
         return math.sqrt(2 * q) / (1 - q)
@@ -397,6 +564,95 @@ def noisy_average(
         mechanism=f"{sum_cost.mechanism}/{count_cost.mechanism}",
         scale=sum_cost.scale,
         stddev=sd,
+        ci_lower=float(lo),
+        ci_upper=float(hi),
+    )
+
+
+def _var_z_range(
+    n_lo: float, n_hi: float, s1_lo: float, s1_hi: float, s2_lo: float, s2_hi: float
+) -> tuple[float, float]:
+    """Range of S2/n - (S1/n)^2 over the box, for z in [-1, 1] (so the variance is in [0, 1])."""
+    if n_lo < 1.0:
+        return 0.0, 1.0
+
+    def f(a: float, b: float, n: float) -> float:
+        return a / n - b / (n * n)
+
+    # Lower end: smallest S2, largest S1^2; f(n) = a/n - b/n^2 has no interior minimum on n > 0.
+    b_max = max(s1_lo * s1_lo, s1_hi * s1_hi)
+    lo = min(f(s2_lo, b_max, n_lo), f(s2_lo, b_max, n_hi))
+    # Upper end: largest S2, smallest S1^2; the interior maximum is at n* = 2b/a.
+    b_min = 0.0 if s1_lo <= 0.0 <= s1_hi else min(s1_lo * s1_lo, s1_hi * s1_hi)
+    points = [n_lo, n_hi]
+    if s2_hi > 0:
+        star = 2 * b_min / s2_hi
+        if n_lo < star < n_hi:
+            points.append(star)
+    hi = max(f(s2_hi, b_min, n) for n in points)
+    return min(max(lo, 0.0), 1.0), min(max(hi, 0.0), 1.0)
+
+
+def noisy_variance(
+    kind: AggregateKind,
+    count_cost: ReleaseCost,
+    sum_cost: ReleaseCost,
+    sumsq_cost: ReleaseCost,
+    noisy_count: float,
+    noisy_sum: float,
+    noisy_sumsq: float,
+    lower: float,
+    upper: float,
+) -> NoisyValue:
+    """VAR_POP / VAR_SAMP / STDDEV_POP / STDDEV_SAMP as post-processing of three noisy releases.
+
+    The releases are n (count), S1 = sum z and S2 = sum z^2 with z = (x - c) / h, c = (L+U)/2,
+    h = (U-L)/2, so var_pop(x) = h^2 (S2/n - (S1/n)^2) and var_samp = var_pop * n / (n - 1).
+
+    Interval (same union-bound box method as AVG): each true quantity lies within its OpenDP accuracy
+    interval at alpha/3 with probability >= 1 - 0.05/3, so all three hold with probability >= 95%;
+    the interval is the range of the variance over that box (S1 in [-n, n], S2 in [0, n] added), clamped
+    to [0, h^2] for the population variance and [0, h^2 n/(n-1)] (at most 2 h^2) for the sample one.
+    If the count box reaches below 1 the interval is the whole range. STDDEV takes square roots.
+    The "truth" is the statistic of the contribution-bounded, clamped, non-NULL values.
+    """
+    half = (upper - lower) / 2 or 1.0
+    h2 = half * half
+    a_c = half_width(count_cost, ALPHA / 3)
+    a_1 = half_width(sum_cost, ALPHA / 3)
+    a_2 = half_width(sumsq_cost, ALPHA / 3)
+    n_lo, n_hi = max(noisy_count - a_c, 0.0), max(noisy_count + a_c, 0.0)
+    s1_lo, s1_hi = max(noisy_sum - a_1, -n_hi), min(noisy_sum + a_1, n_hi)
+    s2_lo, s2_hi = max(noisy_sumsq - a_2, 0.0), min(noisy_sumsq + a_2, n_hi)
+    if s1_lo > s1_hi or s2_lo > s2_hi:  # the box is empty: fall back to the whole range
+        v_lo, v_hi = 0.0, 1.0
+    else:
+        v_lo, v_hi = _var_z_range(n_lo, n_hi, s1_lo, s1_hi, s2_lo, s2_hi)
+    n = max(noisy_count, 1.0)
+    mean_z = min(max(noisy_sum / n, -1.0), 1.0)
+    var_z = min(max(noisy_sumsq / n - mean_z * mean_z, 0.0), 1.0)
+    sample = kind in (AggregateKind.VAR_SAMP, AggregateKind.STDDEV_SAMP)
+    cap = 1.0
+    if sample:
+        cap = n_lo / (n_lo - 1) if n_lo >= 2 else 2.0
+        v_lo = v_lo * (n_hi / (n_hi - 1) if n_hi >= 2 else 1.0)
+        v_hi = v_hi * cap
+        var_z = var_z * (n / (n - 1) if n >= 2 else 1.0)
+    var_z = min(var_z, cap)
+    v_lo, v_hi = min(v_lo, cap), min(v_hi, cap)
+    sd_c, sd_1, sd_2 = stddev(count_cost), stddev(sum_cost), stddev(sumsq_cost)
+    # Delta-method standard deviation, for information; the interval above is the guarantee.
+    sd = h2 * math.sqrt((sd_2 / n) ** 2 + (2 * mean_z * sd_1 / n) ** 2 + (var_z * sd_c / n) ** 2)
+    value, lo, hi = h2 * var_z, h2 * v_lo, h2 * v_hi
+    if kind in (AggregateKind.STDDEV_POP, AggregateKind.STDDEV_SAMP):
+        root = math.sqrt(value)
+        sd = sd / (2 * root) if root > 0 else math.sqrt(sd)
+        value, lo, hi = root, math.sqrt(lo), math.sqrt(hi)
+    return NoisyValue(
+        value=float(value),
+        mechanism=f"{count_cost.mechanism}/{sum_cost.mechanism}/{sumsq_cost.mechanism}",
+        scale=sum_cost.scale,
+        stddev=float(min(sd, 1e300)),
         ci_lower=float(lo),
         ci_upper=float(hi),
     )

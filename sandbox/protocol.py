@@ -127,8 +127,6 @@ class InUnits:
     negated: bool = False
 
 
-Expr: TypeAlias = Column | Literal | Unary | Binary | IsNull | InList | Between | InUnits
-
 # ---------------------------------------------------------------------------------------------------
 # Sources (FROM): one table, unit joins, public lookups, per-unit pre-aggregation
 # ---------------------------------------------------------------------------------------------------
@@ -202,28 +200,129 @@ class UnitAggregate:
 Source: TypeAlias = TableSource | UnitJoin | PublicJoin | UnitAggregate
 
 
+# ---------------------------------------------------------------------------------------------------
+# Expressions (continued): CASE, casts, allowlisted function calls
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """`CASE WHEN c1 THEN v1 ... [ELSE e] END` (searched form; a missing ELSE is NULL)."""
+
+    whens: tuple[tuple[Expr, Expr], ...]
+    else_: Expr | None = None
+
+    def __post_init__(self) -> None:
+        if not self.whens:
+            raise ValueError("CASE needs at least one WHEN")
+
+
+@dataclass(frozen=True, slots=True)
+class Cast:
+    """A cast to a catalog type. Always rendered as TRY_CAST (a failing cast is NULL, never an error
+    quoting data); `try_cast` only records what the consumer wrote."""
+
+    operand: Expr
+    to: ColumnType
+    try_cast: bool = True
+
+    def __post_init__(self) -> None:
+        if self.to not in ("int64", "float64", "string", "bool"):
+            raise ValueError(f"unknown cast target {self.to!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Func:
+    """A call of an allowlisted scalar function (`sandbox.functions.FUNCTIONS`), by canonical name."""
+
+    name: str
+    args: tuple[Expr, ...]
+
+
+Expr: TypeAlias = (
+    Column | Literal | Unary | Binary | IsNull | InList | Between | InUnits | Case | Cast | Func
+)
+
+
 class AggregateKind(StrEnum):
     """The aggregates a plan may ask for."""
 
     COUNT = "count"  # COUNT(*): rows after contribution bounding
-    COUNT_COLUMN = "count_column"  # COUNT(col): non-NULL values of col
-    SUM = "sum"  # SUM(col), col clamped to the catalog bounds
-    AVG = "avg"  # AVG(col) = noisy SUM(col) / noisy COUNT(col): two releases
+    COUNT_COLUMN = "count_column"  # COUNT(expr): non-NULL values of expr
+    COUNT_DISTINCT_UNIT = "count_distinct_unit"  # COUNT(DISTINCT <privacy unit>): people per cell
+    SUM = "sum"  # SUM(expr), expr clamped to its derived bounds
+    AVG = "avg"  # AVG(expr) = noisy SUM / noisy COUNT: two releases
+    VAR_POP = "var_pop"  # count, sum, sum of squares: three releases, post-processed
+    VAR_SAMP = "var_samp"
+    STDDEV_POP = "stddev_pop"
+    STDDEV_SAMP = "stddev_samp"
+    QUANTILE = "quantile"  # MEDIAN / QUANTILE / PERCENTILE / MIN / MAX: exponential mechanism
+
+
+NO_ARGUMENT_KINDS = frozenset({AggregateKind.COUNT, AggregateKind.COUNT_DISTINCT_UNIT})
+BOUNDED_KINDS = frozenset(
+    {
+        AggregateKind.SUM,
+        AggregateKind.AVG,
+        AggregateKind.VAR_POP,
+        AggregateKind.VAR_SAMP,
+        AggregateKind.STDDEV_POP,
+        AggregateKind.STDDEV_SAMP,
+        AggregateKind.QUANTILE,
+    }
+)
+VARIANCE_KINDS = frozenset(
+    {AggregateKind.VAR_POP, AggregateKind.VAR_SAMP, AggregateKind.STDDEV_POP, AggregateKind.STDDEV_SAMP}
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """One aggregate of the select list; `weight` is its share of the query's epsilon."""
+    """One aggregate of the select list; `weight` is its share of the query's epsilon.
+
+    `lower`/`upper` are the bounds `sandbox.bounds` derives for `arg` from the public catalog (for
+    display and cross-checking only: the sandbox recomputes them and refuses a plan that disagrees).
+    `quantile` is the quantile's alpha in [0, 1] (MEDIAN 0.5, MIN 0, MAX 1).
+    """
 
     kind: AggregateKind
-    column: str | None = None
+    arg: Expr | None = None
     weight: float = 1.0
+    lower: float | None = None
+    upper: float | None = None
+    quantile: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.column is None) != (self.kind is AggregateKind.COUNT):
-            raise ValueError("COUNT(*) takes no column; every other aggregate takes one")
+        if (self.arg is None) != (self.kind in NO_ARGUMENT_KINDS):
+            raise ValueError("COUNT(*) and COUNT(DISTINCT unit) take no argument; others take one")
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError("aggregate weight must be finite and positive")
+        bounded = self.kind in BOUNDED_KINDS
+        if bounded != (self.lower is not None and self.upper is not None):
+            raise ValueError("bounded aggregates (and only they) carry lower and upper")
+        if self.lower is not None and self.upper is not None and not (
+            math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower <= self.upper
+        ):
+            raise ValueError("aggregate bounds must be finite with lower <= upper")
+        if (self.quantile is not None) != (self.kind is AggregateKind.QUANTILE):
+            raise ValueError("QUANTILE (and only it) carries a quantile")
+        if self.quantile is not None and not 0.0 <= self.quantile <= 1.0:
+            raise ValueError("quantile must be in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    """A GROUP BY key: output name, the expression grouped by, and its public domain.
+
+    The domain is computed from public information only (a column's declared domain, or the values an
+    expression takes over it); rows whose key is outside the domain are dropped, and every domain value
+    is answered. `None` marks a key without a public domain: its values come from the data and are
+    released only through DP partition selection (the plan's `partition_selection`).
+    """
+
+    name: str
+    expr: Expr
+    domain: tuple[Scalar, ...] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,16 +347,18 @@ class QueryPlan:
     aggregates: tuple[Aggregate, ...]
     outputs: tuple[OutputColumn, ...]
     where: Expr | None = None
-    group_by: tuple[str, ...] = ()
+    group_by: tuple[GroupKey, ...] = ()
     # None: `table` alone (columns unqualified). Otherwise the FROM tree; `table` then names its
-    # leftmost table (informational), and aggregate columns and group keys are "alias.column".
+    # leftmost table (informational), and every column is a `Column(name, table=alias)`.
     source: Source | None = None
-    # True: the group keys have no public domain and are chosen by DP partition selection.
-    partition_selection: bool = False
+
+    @property
+    def partition_selection(self) -> bool:
+        """True when some group key has no public domain: the answered cells are chosen by DP
+        partition selection (OpenDP's Laplace threshold) instead of enumerated from the domains."""
+        return any(g.domain is None for g in self.group_by)
 
     def __post_init__(self) -> None:
-        if self.partition_selection and not self.group_by:
-            raise ValueError("partition selection needs group keys")
         if not self.aggregates:
             raise ValueError("a plan needs at least one aggregate")
         for out in self.outputs:
@@ -492,6 +593,16 @@ def _expr_to_json(e: Expr) -> dict[str, Any]:
                 "high": _expr_to_json(high),
                 "negated": negated,
             }
+        case Case(whens, else_):
+            return {
+                "t": "case",
+                "whens": [[_expr_to_json(c), _expr_to_json(v)] for c, v in whens],
+                "else": None if else_ is None else _expr_to_json(else_),
+            }
+        case Cast(operand, to, try_cast):
+            return {"t": "cast", "operand": _expr_to_json(operand), "to": to, "try": try_cast}
+        case Func(name, args):
+            return {"t": "func", "name": name, "args": [_expr_to_json(a) for a in args]}
     raise ProtocolError(f"not an expression: {type(e).__name__}")
 
 
@@ -558,6 +669,29 @@ def _expr_from_json(d: Any, depth: int = 0) -> Expr:
                 _expr_from_json(d["high"], depth + 1),
                 bool(d["negated"]),
             )
+        if t == "case":
+            _keys(d, {"t", "whens", "else"})
+            whens = d["whens"]
+            if not isinstance(whens, list) or not all(
+                isinstance(w, list) and len(w) == 2 for w in whens
+            ):
+                raise ProtocolError("CASE whens must be [condition, value] pairs")
+            return Case(
+                tuple(
+                    (_expr_from_json(c, depth + 1), _expr_from_json(v, depth + 1)) for c, v in whens
+                ),
+                None if d["else"] is None else _expr_from_json(d["else"], depth + 1),
+            )
+        if t == "cast":
+            _keys(d, {"t", "operand", "to", "try"})
+            if not isinstance(d["try"], bool) or d["to"] not in ("int64", "float64", "string", "bool"):
+                raise ProtocolError("malformed cast")
+            return Cast(_expr_from_json(d["operand"], depth + 1), d["to"], d["try"])
+        if t == "func":
+            _keys(d, {"t", "name", "args"})
+            if not isinstance(d["name"], str) or not isinstance(d["args"], list):
+                raise ProtocolError("malformed function call")
+            return Func(d["name"], tuple(_expr_from_json(a, depth + 1) for a in d["args"]))
     except (KeyError, TypeError) as exc:
         raise ProtocolError(f"malformed expression node {t!r}") from exc
     except ValueError as exc:
@@ -661,6 +795,43 @@ def source_from_json(d: Any, depth: int = 0) -> Source:
             raise
         raise ProtocolError(str(exc)) from exc
     raise ProtocolError(f"unknown source node {t!r}")
+def _number_or_none(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ProtocolError("expected a finite number or null")
+    return float(v)
+
+
+def _aggregate_from_json(a: Any) -> Aggregate:
+    if not isinstance(a, dict):
+        raise ProtocolError("aggregate must be an object")
+    _keys(a, {"kind", "arg", "weight", "lower", "upper", "quantile"})
+    weight = _number_or_none(a["weight"])
+    if weight is None:
+        raise ProtocolError("aggregate weight must be a number")
+    return Aggregate(
+        AggregateKind(a["kind"]),
+        None if a["arg"] is None else _expr_from_json(a["arg"]),
+        weight,
+        _number_or_none(a["lower"]),
+        _number_or_none(a["upper"]),
+        _number_or_none(a["quantile"]),
+    )
+
+
+def _group_key_from_json(g: Any) -> GroupKey:
+    if not isinstance(g, dict):
+        raise ProtocolError("group key must be an object")
+    _keys(g, {"name", "expr", "domain"})
+    dom = g["domain"]
+    if dom is not None and not isinstance(dom, list):
+        raise ProtocolError("group key domain must be a list or null")
+    return GroupKey(
+        str(g["name"]),
+        _expr_from_json(g["expr"]),
+        None if dom is None else tuple(_scalar(v) for v in dom),
+    )
 
 
 def plan_to_json(p: QueryPlan) -> dict[str, Any]:
@@ -669,16 +840,30 @@ def plan_to_json(p: QueryPlan) -> dict[str, Any]:
         "dataset": p.dataset,
         "table": p.table,
         "aggregates": [
-            {"kind": a.kind.value, "column": a.column, "weight": a.weight} for a in p.aggregates
+            {
+                "kind": a.kind.value,
+                "arg": None if a.arg is None else _expr_to_json(a.arg),
+                "weight": a.weight,
+                "lower": a.lower,
+                "upper": a.upper,
+                "quantile": a.quantile,
+            }
+            for a in p.aggregates
         ],
         "outputs": [
             {"name": o.name, "group_index": o.group_index, "aggregate_index": o.aggregate_index}
             for o in p.outputs
         ],
         "where": None if p.where is None else _expr_to_json(p.where),
-        "group_by": list(p.group_by),
+        "group_by": [
+            {
+                "name": g.name,
+                "expr": _expr_to_json(g.expr),
+                "domain": None if g.domain is None else list(g.domain),
+            }
+            for g in p.group_by
+        ],
         "source": None if p.source is None else source_to_json(p.source),
-        "partition_selection": p.partition_selection,
     }
 
 
@@ -686,24 +871,19 @@ def plan_from_json(d: Any) -> QueryPlan:
     """Deserialize and validate a plan."""
     if not isinstance(d, dict):
         raise ProtocolError("plan must be an object")
-    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by", "source",
-              "partition_selection"})
+    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by", "source"})
     try:
         return QueryPlan(
             dataset=str(d["dataset"]),
             table=str(d["table"]),
-            aggregates=tuple(
-                Aggregate(AggregateKind(a["kind"]), a["column"], float(a["weight"]))
-                for a in d["aggregates"]
-            ),
+            aggregates=tuple(_aggregate_from_json(a) for a in d["aggregates"]),
             outputs=tuple(
                 OutputColumn(str(o["name"]), o["group_index"], o["aggregate_index"])
                 for o in d["outputs"]
             ),
             where=None if d["where"] is None else _expr_from_json(d["where"]),
-            group_by=tuple(str(g) for g in d["group_by"]),
+            group_by=tuple(_group_key_from_json(g) for g in d["group_by"]),
             source=None if d.get("source") is None else source_from_json(d["source"]),
-            partition_selection=_bool(d.get("partition_selection", False)),
         )
     except ProtocolError:
         raise

@@ -12,6 +12,15 @@ from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.settings import Settings
+from sandbox.bounds import expression_bounds
+from sandbox.protocol import (
+    BOUNDED_KINDS,
+    Aggregate,
+    AggregateKind,
+    Column,
+    GroupKey,
+    TableInfo,
+)
 
 PEOPLE = 3000
 
@@ -146,3 +155,31 @@ def fresh(sql: str) -> str:
     n = next(_SEQ)
     head, sep, tail = sql.partition(" GROUP BY ")
     return f"{head} WHERE birth_year < {3000 + n}{sep}{tail}"
+
+
+def make_agg(
+    table: TableInfo,
+    kind: AggregateKind,
+    column: str | None = None,
+    weight: float = 1.0,
+    quantile: float | None = None,
+) -> Aggregate:
+    """An aggregate over a plain column with the bounds `sandbox.bounds` derives (or (0, 1) when there
+    are none, for plans the sandbox must refuse)."""
+    arg = None if column is None else Column(column)
+    lower = upper = None
+    if kind in BOUNDED_KINDS:
+        derived = None if arg is None else expression_bounds(arg, table)
+        lower, upper = (derived[0], derived[1]) if derived else (0.0, 1.0)
+    if kind is AggregateKind.QUANTILE and quantile is None:
+        quantile = 0.5
+    return Aggregate(kind, arg, weight, lower, upper, quantile)
+
+
+def make_keys(table: TableInfo, names: tuple[str, ...]) -> tuple[GroupKey, ...]:
+    """Group keys over plain columns with their declared domains (None when there is none)."""
+    out = []
+    for n in names:
+        col = table.column(n)
+        out.append(GroupKey(n, Column(n), None if col is None else col.domain))
+    return tuple(out)

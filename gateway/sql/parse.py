@@ -12,6 +12,7 @@ checks that tree against an allowlist and turns it into a typed `QueryPlan`.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from typing import Any
 
@@ -19,7 +20,7 @@ import duckdb
 
 from gateway.errors import InvalidQueryError
 
-__all__ = ["MAX_SQL_CHARS", "aggregate_function_names", "parse_select"]
+__all__ = ["MAX_SQL_CHARS", "aggregate_function_names", "evaluate_domain", "parse_select"]
 
 MAX_SQL_CHARS = 20_000
 """Longest accepted query text, in characters."""
@@ -67,6 +68,52 @@ def aggregate_function_names() -> frozenset[str]:
             )
             _aggregates = frozenset(str(r[0]).lower() for r in rows)
         return _aggregates
+
+
+_SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}
+
+
+def evaluate_domain(
+    expression_sql: str, column: str, column_type: str, values: tuple[Any, ...], cap: int
+) -> tuple[Any, ...]:
+    """The distinct non-NULL values of a group-key expression over a column's *public* values.
+
+    `expression_sql` is rendered by the sandbox compiler from the typed plan tree (never consumer
+    text) and runs on the parser's locked connection, which holds no data: the rows are the column's
+    declared domain values, written as literals. Non-finite numbers are dropped (they cannot be keys).
+
+    Raises:
+        InvalidQueryError: UNSUPPORTED_EXPRESSION if DuckDB cannot evaluate it.
+    """
+    from sandbox.compile import quote_ident, render_literal  # pure helpers, no engine
+
+    typ = _SQL_TYPES[column_type]
+    rows = ", ".join(f"(CAST({render_literal(v)} AS {typ}))" for v in values)
+    sql = (
+        f"SELECT DISTINCT k FROM (SELECT {expression_sql} AS k FROM (VALUES {rows}) "
+        f"AS t({quote_ident(column)})) WHERE k IS NOT NULL ORDER BY 1 LIMIT {int(cap)}"
+    )
+    with _lock:
+        try:
+            found = _connection().execute(sql).fetchall()
+        except duckdb.Error:
+            raise InvalidQueryError(
+                "the GROUP BY expression cannot be evaluated over the column's domain",
+                reason="UNSUPPORTED_EXPRESSION",
+                construct="GROUP_BY_EXPRESSION",
+            ) from None
+    out: list[Any] = []
+    for (v,) in found:
+        if isinstance(v, float) and not math.isfinite(v):
+            continue
+        if not isinstance(v, bool | int | float | str):
+            raise InvalidQueryError(
+                "the GROUP BY expression must give numbers, strings or booleans",
+                reason="UNSUPPORTED_EXPRESSION",
+                construct="GROUP_BY_EXPRESSION",
+            )
+        out.append(v)
+    return tuple(out)
 
 
 def _parser_message(exc: duckdb.Error) -> str:

@@ -79,8 +79,8 @@ REGISTRY = DatasetInfo(
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(ACCEPT) >= 60
-    assert len(REJECT) >= 80
+    assert len(ACCEPT) >= 170
+    assert len(REJECT) >= 230
 
 
 @pytest.mark.parametrize("path", ACCEPT, ids=[p.name for p in ACCEPT])

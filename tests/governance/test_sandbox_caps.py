@@ -21,6 +21,8 @@ from sandbox.protocol import (
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
+    Func,
+    GroupKey,
     Literal,
     QueryPlan,
     TableInfo,
@@ -82,10 +84,16 @@ def test_grades_refuse_a_sensitive_group_key() -> None:
         ColumnInfo("income", "int64", "sensitive", lower=0, upper=10),
     ), 1)
     rules = {**DEFAULT_GRADE_RULES, "sensitive": frozenset({"filter", "aggregate_input"})}
-    ok = QueryPlan("d", "t", (Aggregate(AggregateKind.SUM, "income"),), (),
+    ok = QueryPlan("d", "t", (Aggregate(AggregateKind.SUM, Column("income"), 1.0, 0.0, 10.0),), (),
                    where=Binary("=", Column("band"), Literal("a")))
     check_plan_grades(ok, table, rules)
-    grouped = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (), group_by=("band",))
+    grouped = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (),
+                        group_by=(GroupKey("band", Column("band"), ("a", "b")),))
+    with pytest.raises(PlanRejectedError, match="group_key"):
+        check_plan_grades(grouped, table, rules)
+    # issue-expr: every column inside a group-key expression is a group_key use
+    expr_key = GroupKey("k", Func("lower", (Column("band"),)), ("a", "b"))
+    grouped = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (), group_by=(expr_key,))
     with pytest.raises(PlanRejectedError, match="group_key"):
         check_plan_grades(grouped, table, rules)
     with pytest.raises(PlanRejectedError, match="filter"):

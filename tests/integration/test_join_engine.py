@@ -36,7 +36,9 @@ max_rows_per_unit = 1
 [datasets.reg.tables.res.columns]
 person_id = { type = "int64", grade = "identifier" }
 region    = { type = "string", grade = "public", domain = ["a", "b", "c"] }
-age       = { type = "int64", grade = "public", lower = 0, upper = 100 }
+# wide bounds: more than 10,000 integers, so no public domain is derived and GROUP BY age goes
+# through DP partition selection
+age       = { type = "int64", grade = "public", lower = 0, upper = 100000 }
 
 [datasets.reg.tables.si]
 file = "si.parquet"
@@ -229,3 +231,88 @@ def test_join_answers_centre_on_the_truth(engine: Engine) -> None:
     sql = "SELECT COUNT(*) FROM res r JOIN si s USING (person_id)"
     vals = [_run(engine, sql, eps=0.5).rows[0].values[0].value for _ in range(400)]
     assert abs(sum(vals) / len(vals) - _exact_join_rows()) < 12
+
+
+# -- issue-expr x issue-join: expressions and the new aggregates over joins and derived relations --
+
+
+def test_new_aggregates_over_a_join_use_the_joined_k_and_derived_bounds(engine: Engine) -> None:
+    """Every component of a join plan uses K = 12 and the clamped bounds of the joined expression;
+    COUNT(DISTINCT unit) is at most min(K, cells) = 1 for one cell."""
+    sql = ("SELECT COUNT(DISTINCT r.person_id) AS people, SUM(s.amount * 2) AS twice, "
+           "MEDIAN(s.amount) AS med, STDDEV(s.amount) AS sd "
+           "FROM res r JOIN si s ON r.person_id = s.person_id")
+    ds = engine.describe().datasets[0]
+    plan = _plan(engine, sql)
+    assert plan_relation(plan, ds).k == 12
+    assert (plan.aggregates[1].lower, plan.aggregates[1].upper) == (0.0, 200.0)
+    costs = mechanisms.price(plan, ds, 4.0)
+    by = {(c.aggregate_index, c.component): c for c in costs}
+    assert by[(0, "count")].sensitivity == 1.0
+    assert by[(1, "sum")].sensitivity == 12 * 200.0
+    assert by[(3, "count")].sensitivity == by[(3, "sum")].sensitivity == 12.0
+    assert by[(3, "sumsq")].sensitivity == 12.0
+    assert by[(2, "quantile")].mechanism == mechanisms.NOISY_MAX
+    people_with_rows = sum(1 for p in range(N) if p % 13 + (10 if p == 25 else 0) > 0)
+    r = _run(engine, sql)
+    people, twice, med, _ = r.rows[0].values
+    assert abs(people.value - people_with_rows) <= TOL
+    assert abs(twice.value - 20 * _exact_join_rows()) <= 24 * 200 * 0.05 * 40  # scale 48 at eps 100
+    assert 0 <= med.value <= 100
+
+
+def test_count_distinct_unit_over_a_grouped_join_is_capped_by_k(engine: Engine) -> None:
+    """With 3 x 2 cells and K = 12 a unit touches at most min(12, 6) = 6 cells."""
+    sql = ("SELECT r.region, g.macro, COUNT(DISTINCT r.person_id) FROM res r "
+           "JOIN si s USING (person_id) JOIN lookup g ON r.region = g.code GROUP BY r.region, g.macro")
+    costs = mechanisms.price(_plan(engine, sql), engine.describe().datasets[0], 1.0)
+    assert [c.sensitivity for c in costs] == [6.0]
+
+
+def test_derived_per_unit_columns_have_bounds_in_expressions(engine: Engine) -> None:
+    """Bounds of a per-unit subquery's output come from the relation: SUM of [0, 100] over 12 rows is
+    [0, 1200]; expressions over it (CLAMP, CASE) derive from that, with K = 1."""
+    sql = ("SELECT SUM(t.total) AS s, AVG(CLAMP(t.total, 0, 500)) AS a, "
+           "SUM(CASE WHEN t.n >= 6 THEN 1 ELSE 0 END) AS many FROM "
+           "(SELECT person_id, SUM(amount) AS total, COUNT(*) AS n FROM si GROUP BY person_id) t")
+    ds = engine.describe().datasets[0]
+    plan = _plan(engine, sql)
+    assert plan_relation(plan, ds).k == 1
+    assert [(a.lower, a.upper) for a in plan.aggregates] == [(0.0, 1200.0), (0.0, 500.0), (0.0, 1.0)]
+    costs = mechanisms.price(plan, ds, 3.0)
+    assert [c.sensitivity for c in costs] == [1200.0, 500.0, 1.0, 1.0]
+    r = _run(engine, sql)
+    s, _, many = r.rows[0].values
+    assert abs(s.value - 10 * _exact_join_rows()) <= 12 * 3
+    truth_many = sum(1 for p in range(N) if min(p % 13 + (10 if p == 25 else 0), 12) >= 6)
+    assert abs(many.value - truth_many) <= TOL
+
+
+def test_expression_key_on_a_derived_column_has_a_public_domain(engine: Engine) -> None:
+    """A per-unit count lies in [0, K] = [0, 12]: grouping by an expression over it uses the public
+    domain computed from those integers, so no partition selection (and no delta) is needed."""
+    sql = ("SELECT CASE WHEN t.n >= 6 THEN 'many' ELSE 'few' END AS k, COUNT(*) FROM "
+           "(SELECT person_id, COUNT(*) AS n FROM si GROUP BY person_id) t "
+           "GROUP BY CASE WHEN t.n >= 6 THEN 'many' ELSE 'few' END")
+    plan = _plan(engine, sql)
+    assert not plan.partition_selection and plan.group_by[0].domain == ("few", "many")
+    r = _run(engine, sql)
+    assert [row.keys for row in r.rows] == [("few",), ("many",)]
+
+
+def test_partition_selection_with_new_aggregates(engine: Engine) -> None:
+    """Under partition selection quantiles, COUNT(DISTINCT unit) (sensitivity K) and variances are
+    released on the selected keys only; HAVING-style post-processing is not involved here."""
+    sql = ("SELECT age, COUNT(DISTINCT person_id), MEDIAN(CLAMP(age, 0, 100)), VAR_POP(CLAMP(age, 0, 100)) "
+           "FROM res GROUP BY age")
+    ds = engine.describe().datasets[0]
+    plan = _plan(engine, sql)
+    assert plan.partition_selection
+    costs = mechanisms.price(plan, ds, 100.0, 0.5)
+    assert costs[0].component == "select"
+    assert {(c.aggregate_index, c.component): c.sensitivity for c in costs}[(0, "count")] == 1.0
+    r = engine.execute(ExecuteRequest("t", plan, 100.0, 0.5))
+    assert isinstance(r, ExecuteResult)
+    for row in r.rows:
+        assert row.keys[0] in range(20, 20 + N)
+        assert 0 <= row.values[1].value <= 100 and len(row.values) == 3

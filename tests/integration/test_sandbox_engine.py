@@ -19,6 +19,7 @@ from sandbox.protocol import (
     AggregateKind,
     Binary,
     Column,
+    ColumnInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
@@ -26,7 +27,9 @@ from sandbox.protocol import (
     Literal,
     OutputColumn,
     QueryPlan,
+    TableInfo,
 )
+from tests.helpers import make_agg, make_keys
 
 pytestmark = pytest.mark.integration
 
@@ -94,10 +97,26 @@ def engine(data_dir: Path) -> Engine:
     return Engine(load_catalog(data_dir / "catalog.toml"), Limits(query_timeout_ms=5000))
 
 
+RES = TableInfo(
+    "res",
+    (
+        ColumnInfo("person_id", "int64", "identifier"),
+        ColumnInfo("region", "string", "public", domain=("r0", "r1", "r2", "empty")),
+        ColumnInfo("income", "int64", "sensitive", lower=0, upper=1000),
+        ColumnInfo("score", "float64", "sensitive", lower=0.0, upper=10.0),
+    ),
+    max_rows_per_unit=K,
+)
+
+
+def agg(kind: AggregateKind, column: str | None = None, weight: float = 1.0) -> Aggregate:
+    return make_agg(RES, kind, column, weight)
+
+
 def _plan(*aggs: Aggregate, where: Expr | None = None, group_by: tuple[str, ...] = ()) -> QueryPlan:
     return QueryPlan(
         "reg", "res", aggs or (Aggregate(AggregateKind.COUNT),),
-        (OutputColumn("x", aggregate_index=0),), where, group_by,
+        (OutputColumn("x", aggregate_index=0),), where, make_keys(RES, group_by),
     )
 
 
@@ -168,7 +187,7 @@ def test_sum_and_avg_clamp_and_ignore_nan(engine: Engine) -> None:
 
     Scales are sensitivity/epsilon; bounds of 20 scales give false-failure probability < 1e-8.
     """
-    plan = _plan(Aggregate(AggregateKind.SUM, "income"), Aggregate(AggregateKind.AVG, "score"))
+    plan = _plan(agg(AggregateKind.SUM, "income"), agg(AggregateKind.AVG, "score"))
     r = _run(engine, plan, epsilon=1000.0)
     (row,) = r.rows
     true_sum = 1000 * min(1, K) + 100 * (KEPT_ROWS - 1)  # person 0 has one row, clamped to 1000
@@ -200,9 +219,9 @@ def test_csv_table_and_where(engine: Engine) -> None:
     [
         (QueryPlan("nope", "res", (Aggregate(AggregateKind.COUNT),), ()), 1.0),
         (QueryPlan("reg", "nope", (Aggregate(AggregateKind.COUNT),), ()), 1.0),
-        (_plan(Aggregate(AggregateKind.COUNT_COLUMN, "person_id")), 1.0),
+        (_plan(agg(AggregateKind.COUNT_COLUMN, "person_id")), 1.0),
         (_plan(where=Binary("=", Column("person_id"), Literal(3))), 1.0),
-        (_plan(Aggregate(AggregateKind.SUM, "region")), 1.0),
+        (_plan(agg(AggregateKind.SUM, "region")), 1.0),
         (_plan(), 0.0),
         (_plan(), -1.0),
         (_plan(), math.inf),
@@ -369,6 +388,36 @@ def test_huge_sums_are_clamped_not_failed(tmp_path: Path) -> None:
     )
     engine = Engine(load_catalog(tmp_path / "h.toml"))
     for col in ("v", "w"):
-        plan = QueryPlan("h", "t", (Aggregate(AggregateKind.SUM, col),), ())
+        info = load_catalog(tmp_path / "h.toml").datasets[0].tables[0].info
+        plan = QueryPlan("h", "t", (make_agg(info, AggregateKind.SUM, col),), ())
         r = engine.execute(ExecuteRequest("h", plan, 1.0))
         assert isinstance(r, ExecuteResult), r
+
+
+def test_new_aggregates_run_and_stay_in_bounds(engine: Engine) -> None:
+    """VAR/STDDEV/quantiles/MIN/MAX/COUNT(DISTINCT unit)/expression SUM run on a float column holding
+    NaN and inf; every value is finite and inside its bounds (NaN never reaches OpenDP)."""
+    from sandbox.protocol import Func, GroupKey
+
+    clamp = Func("CLAMP", (Binary("*", Column("score"), Literal(2.0)), Literal(0), Literal(15)))
+    aggs = (
+        Aggregate(AggregateKind.COUNT_DISTINCT_UNIT),
+        make_agg(RES, AggregateKind.VAR_SAMP, "score"),
+        make_agg(RES, AggregateKind.STDDEV_POP, "income"),
+        make_agg(RES, AggregateKind.QUANTILE, "score", quantile=0.5),
+        make_agg(RES, AggregateKind.QUANTILE, "income", quantile=0.0),
+        make_agg(RES, AggregateKind.QUANTILE, "income", quantile=1.0),
+        Aggregate(AggregateKind.SUM, clamp, 1.0, 0.0, 15.0),
+    )
+    key = GroupKey("r", Func("UPPER", (Column("region"),)), ("R0", "R1", "R2"))
+    plan = QueryPlan("reg", "res", aggs, (OutputColumn("x", aggregate_index=0),), None, (key,))
+    r = _run(engine, plan, epsilon=50.0)
+    assert [row.keys for row in r.rows] == [("R0",), ("R1",), ("R2",)]
+    bounds = [(0, math.inf), (0, 50.0), (0, 500.0), (0, 10), (0, 1000), (0, 1000), (0, math.inf)]
+    for row in r.rows:
+        for v, (lo, hi) in zip(row.values, bounds, strict=True):
+            assert lo <= v.value <= hi and v.ci_lower <= v.ci_upper
+    assert sum(c.epsilon for c in r.costs) <= 50.0
+    people = {0: 14, 1: 13, 2: 13}  # persons p with p % 3 == region index, 40 persons
+    for n, row in enumerate(r.rows):
+        assert abs(row.values[0].value - people[n]) <= 20 * r.costs[0].scale

@@ -26,9 +26,11 @@ from sandbox.protocol import (
     Aggregate,
     AggregateKind,
     CatalogInfo,
+    Column,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
+    GroupKey,
     HealthReply,
     HealthRequest,
     OutputColumn,
@@ -80,9 +82,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess
 
 
 PLAN = QueryPlan(
-    "reg", "people", (Aggregate(AggregateKind.COUNT), Aggregate(AggregateKind.SUM, "income")),
+    "reg", "people",
+    (Aggregate(AggregateKind.COUNT), Aggregate(AggregateKind.SUM, Column("income"), 1.0, 0.0, 100.0)),
     (OutputColumn("region", group_index=0), OutputColumn("n", aggregate_index=0)),
-    group_by=("region",),
+    group_by=(GroupKey("region", Column("region"), ("a", "b", "c")),),
 )
 
 
@@ -131,7 +134,7 @@ def test_execute_over_socket(sandbox: SandboxProcess) -> None:
 
 def test_rejection_over_socket(sandbox: SandboxProcess) -> None:
     """A plan on an identifier column comes back as ErrorReply('rejected')."""
-    plan = QueryPlan("reg", "people", (Aggregate(AggregateKind.COUNT_COLUMN, "pid"),), ())
+    plan = QueryPlan("reg", "people", (Aggregate(AggregateKind.COUNT_COLUMN, Column("pid")),), ())
     r = sandbox.client().execute(ExecuteRequest("r2", plan, 1.0))
     assert isinstance(r, ErrorReply) and r.kind == "rejected"
 

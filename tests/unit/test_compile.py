@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import duckdb
 import pytest
 
@@ -16,6 +18,7 @@ from sandbox.protocol import (
     Column,
     ColumnInfo,
     Expr,
+    GroupKey,
     InList,
     IsNull,
     Literal,
@@ -24,6 +27,7 @@ from sandbox.protocol import (
     TableInfo,
     Unary,
 )
+from tests.helpers import make_agg, make_keys
 
 EVIL_COL = 'x"; DROP TABLE t; -- /*'
 EVIL_STR = "it's'); DROP TABLE t; -- /* \" \\"
@@ -44,6 +48,10 @@ TABLE = TableInfo(
 )
 
 
+def agg(kind: AggregateKind, column: str | None = None, weight: float = 1.0) -> Aggregate:
+    return make_agg(TABLE, kind, column, weight)
+
+
 def _plan(*aggs: Aggregate, where: Expr | None = None, group_by: tuple[str, ...] = ()) -> QueryPlan:
     return QueryPlan(
         dataset="d",
@@ -51,7 +59,7 @@ def _plan(*aggs: Aggregate, where: Expr | None = None, group_by: tuple[str, ...]
         aggregates=aggs or (Aggregate(AggregateKind.COUNT),),
         outputs=(OutputColumn("n", aggregate_index=0),),
         where=where,
-        group_by=group_by,
+        group_by=make_keys(TABLE, group_by),
     )
 
 
@@ -80,20 +88,23 @@ def test_known_plan_sql() -> None:
     """A plan with every aggregate, a group key and a filter compiles to the expected SQL."""
     plan = _plan(
         Aggregate(AggregateKind.COUNT),
-        Aggregate(AggregateKind.SUM, "income"),
-        Aggregate(AggregateKind.AVG, "score"),
-        Aggregate(AggregateKind.COUNT_COLUMN, "free"),
+        agg(AggregateKind.SUM, "income"),
+        agg(AggregateKind.AVG, "score"),
+        agg(AggregateKind.COUNT_COLUMN, "free"),
         where=Binary(">", Binary("*", Column("income"), Literal(2)), Literal(-1.5)),
         group_by=("region",),
     )
-    clamp = (
-        'CASE WHEN isnan(CAST("score" AS DOUBLE)) THEN NULL ELSE least(greatest(CAST("score" AS '
-        "DOUBLE), CAST(-1.0 AS DOUBLE)), CAST(1.0 AS DOUBLE)) END"
+    income = (
+        'TRY_CAST((CASE WHEN NOT isnan(CAST("income" AS DOUBLE)) THEN least(greatest(CAST("income" '
+        "AS DOUBLE), CAST(0.0 AS DOUBLE)), CAST(100.0 AS DOUBLE)) END) AS BIGINT)"
+    )
+    score = (
+        '(CASE WHEN NOT isnan(CAST("score" AS DOUBLE)) THEN least(greatest(CAST("score" AS DOUBLE), '
+        "CAST(-1.0 AS DOUBLE)), CAST(1.0 AS DOUBLE)) END)"
     )
     assert _compile(plan) == (
-        'SELECT "region", count(*), '
-        'coalesce(sum(least(greatest("income", CAST(0 AS BIGINT)), CAST(100 AS BIGINT))), 0), '
-        f'coalesce(fsum({clamp}), 0), count({clamp}), count("free") FROM "d__people" '
+        f'SELECT "region", count(*), coalesce(sum({income}), 0), '
+        f'coalesce(fsum({score}), 0), count({score}), count("free") FROM "d__people" '
         "WHERE (\"region\" IN ('a', 'b')) AND "
         '((CAST("income" AS DOUBLE) * CAST(2 AS DOUBLE)) > CAST(-1.5 AS DOUBLE)) '
         'GROUP BY "region"'
@@ -135,9 +146,9 @@ def test_quotes_in_names_and_literals_cannot_escape() -> None:
 def test_compiled_sql_runs_and_clamps() -> None:
     """Compiled SUM/AVG clamp to the bounds, NaN counts as missing; the guard accepts the SQL."""
     plan = _plan(
-        Aggregate(AggregateKind.SUM, "income"),
-        Aggregate(AggregateKind.AVG, "score"),
-        Aggregate(AggregateKind.COUNT_COLUMN, "flag"),
+        agg(AggregateKind.SUM, "income"),
+        agg(AggregateKind.AVG, "score"),
+        agg(AggregateKind.COUNT_COLUMN, "flag"),
         where=Binary(
             "AND",
             Unary("NOT", IsNull(Column("pseudo"))),
@@ -164,14 +175,14 @@ def test_arithmetic_cannot_raise() -> None:
     ("plan", "match"),
     [
         (_plan(where=Binary("=", Column("nope"), Literal(1))), "unknown column"),
-        (_plan(Aggregate(AggregateKind.SUM, "nope")), "unknown column"),
+        (_plan(agg(AggregateKind.SUM, "nope")), "unknown column"),
         (_plan(where=Binary("=", Column("ssn"), Literal("x"))), "identifier"),
-        (_plan(Aggregate(AggregateKind.COUNT_COLUMN, "pid")), "identifier"),
+        (_plan(agg(AggregateKind.COUNT_COLUMN, "pid")), "identifier"),
         (_plan(group_by=("pid",)), "identifier"),
-        (_plan(group_by=("free",)), "no declared domain"),
+        (replace(_plan(), group_by=(GroupKey("free", Column("free"), ()),)), "empty domain"),
         (_plan(group_by=("region", "region")), "twice"),
-        (_plan(Aggregate(AggregateKind.SUM, "free")), "numeric bounds"),
-        (_plan(Aggregate(AggregateKind.AVG, "pseudo")), "numeric bounds"),
+        (_plan(agg(AggregateKind.SUM, "free")), "numeric expression"),
+        (_plan(agg(AggregateKind.AVG, "pseudo")), "finite bounds"),
         (_plan(where=Binary("=", Column("region"), Literal(1))), "compares str with num"),
         (_plan(where=Binary("+", Column("region"), Literal("x"))), "needs num"),
         (_plan(where=Column("income")), "WHERE needs bool"),
@@ -207,3 +218,14 @@ def test_cells_are_the_domain_product_in_order() -> None:
     )
     assert c.cells == ((False, "a"), (False, "b"), (True, "a"), (True, "b"))
     assert compile_plan(_plan(), TABLE, sql_table="t", unit="pid", max_cells=1).cells == ((),)
+
+
+def test_key_without_domain_compiles_for_partition_selection() -> None:
+    """A key without a public domain (issue-join): no cells are enumerated; the per-key row count
+    for OpenDP's threshold mechanism is computed and the engine releases only the keys it selects."""
+    plan = _plan(group_by=("free",))
+    assert plan.partition_selection
+    compiled = compile_plan(plan, TABLE, sql_table="d__people", unit="pid", max_cells=1000)
+    assert compiled.cells == ()
+    assert (-1, "select") in compiled.components
+    assert 'GROUP BY "free"' in compiled.sql

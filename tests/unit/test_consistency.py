@@ -20,9 +20,12 @@ README = (ROOT / "README.md").read_text()
 # What the gateway may import from the sandbox package: the boundary types, pricing, the socket client,
 # errors, the pure relation/sensitivity and period rules, and (for `pgw check-policy`) the catalog parser.
 # Never the engine that touches data.
+# issue-expr adds the pure, data-free modules the gateway shares with the sandbox: derived bounds,
+# the function allowlist, and the compiler's renderers (group-key domains, quantile grids).
 GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relation", "sandbox.client", "sandbox.errors",
                       "sandbox.periods",
-                      "sandbox.catalog"}
+                      "sandbox.catalog",
+                      "sandbox.bounds", "sandbox.functions", "sandbox.compile"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -18,6 +18,7 @@ from sandbox.protocol import (
     ReleaseCost,
     TableInfo,
 )
+from tests.helpers import make_agg
 
 K = 3
 DATASET = DatasetInfo(
@@ -37,6 +38,10 @@ DATASET = DatasetInfo(
         ),
     ),
 )
+
+
+def agg(kind: AggregateKind, column: str | None = None, weight: float = 1.0) -> Aggregate:
+    return make_agg(DATASET.tables[0], kind, column, weight)
 
 
 def _plan(*aggs: Aggregate) -> QueryPlan:
@@ -59,9 +64,9 @@ def _map(cost: ReleaseCost) -> float:
     ("agg", "mechanism", "sensitivity"),
     [
         (Aggregate(AggregateKind.COUNT), mechanisms.DISCRETE_LAPLACE, K),
-        (Aggregate(AggregateKind.COUNT_COLUMN, "region"), mechanisms.DISCRETE_LAPLACE, K),
-        (Aggregate(AggregateKind.SUM, "income"), mechanisms.DISCRETE_LAPLACE, K * 1000),
-        (Aggregate(AggregateKind.SUM, "score"), mechanisms.LAPLACE, K * 2.5),
+        (agg(AggregateKind.COUNT_COLUMN, "region"), mechanisms.DISCRETE_LAPLACE, K),
+        (agg(AggregateKind.SUM, "income"), mechanisms.DISCRETE_LAPLACE, K * 1000),
+        (agg(AggregateKind.SUM, "score"), mechanisms.LAPLACE, K * 2.5),
     ],
     ids=["count", "count_column", "int_sum", "float_sum"],
 )
@@ -80,7 +85,7 @@ def test_cost_is_exactly_the_opendp_map(
 @pytest.mark.parametrize("column", ["income", "score"])
 def test_avg_is_two_releases_within_epsilon(column: str) -> None:
     """AVG costs a sum and a count release whose epsilons sum to at most the request."""
-    costs = mechanisms.price(_plan(Aggregate(AggregateKind.AVG, column)), DATASET, 1.0)
+    costs = mechanisms.price(_plan(agg(AggregateKind.AVG, column)), DATASET, 1.0)
     assert [c.component for c in costs] == ["sum", "count"]
     assert all(c.epsilon == _map(c) for c in costs)
     assert mechanisms.total_epsilon(costs) <= 1.0
@@ -90,7 +95,7 @@ def test_avg_is_two_releases_within_epsilon(column: str) -> None:
 def test_weights_split_epsilon() -> None:
     """Aggregate weights split the query's epsilon proportionally."""
     plan = _plan(
-        Aggregate(AggregateKind.COUNT, weight=1.0), Aggregate(AggregateKind.SUM, "income", weight=3)
+        agg(AggregateKind.COUNT, weight=1.0), agg(AggregateKind.SUM, "income", weight=3)
     )
     costs = mechanisms.price(plan, DATASET, 2.0)
     assert costs[0].epsilon == pytest.approx(0.5, rel=1e-6)
@@ -108,13 +113,13 @@ def test_bad_epsilon_refused(epsilon: float) -> None:
 
 def test_unknown_or_identifier_columns_refused() -> None:
     """Pricing refuses unknown tables/columns, identifiers and unbounded sums."""
-    for agg in (
-        Aggregate(AggregateKind.SUM, "nope"),
-        Aggregate(AggregateKind.SUM, "pid"),
-        Aggregate(AggregateKind.SUM, "region"),
+    for bad in (
+        agg(AggregateKind.SUM, "nope"),
+        agg(AggregateKind.SUM, "pid"),
+        agg(AggregateKind.SUM, "region"),
     ):
         with pytest.raises(PlanRejectedError):
-            mechanisms.price(_plan(agg), DATASET, 1.0)
+            mechanisms.price(_plan(bad), DATASET, 1.0)
     with pytest.raises(PlanRejectedError, match="unknown table"):
         mechanisms.price(
             QueryPlan("d", "zz", (Aggregate(AggregateKind.COUNT),), ()), DATASET, 1.0
@@ -123,7 +128,7 @@ def test_unknown_or_identifier_columns_refused() -> None:
 
 def _cost(integer: bool) -> ReleaseCost:
     (c,) = mechanisms.price(
-        _plan(Aggregate(AggregateKind.SUM, "income" if integer else "score")), DATASET, 1.0
+        _plan(agg(AggregateKind.SUM, "income" if integer else "score")), DATASET, 1.0
     )
     return c
 
@@ -165,7 +170,7 @@ def test_noisy_count_is_nonnegative_with_honest_interval() -> None:
 
 def test_noisy_average_within_bounds() -> None:
     """The released average and its interval stay inside the column bounds."""
-    s, c = mechanisms.price(_plan(Aggregate(AggregateKind.AVG, "score")), DATASET, 1.0)
+    s, c = mechanisms.price(_plan(agg(AggregateKind.AVG, "score")), DATASET, 1.0)
     v = mechanisms.noisy_average(s, c, noisy_sum=1e6, noisy_count=3.0, lower=0.0, upper=2.5)
     assert 0.0 <= v.ci_lower <= v.value <= v.ci_upper <= 2.5
     v = mechanisms.noisy_average(s, c, noisy_sum=5.0, noisy_count=-2.0, lower=0.0, upper=2.5)

@@ -13,6 +13,8 @@ from sandbox.protocol import (
     AggregateKind,
     Between,
     Binary,
+    Case,
+    Cast,
     CatalogInfo,
     Column,
     ColumnInfo,
@@ -21,6 +23,8 @@ from sandbox.protocol import (
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
+    Func,
+    GroupKey,
     HealthReply,
     HealthRequest,
     InList,
@@ -63,12 +67,17 @@ def _plan() -> QueryPlan:
         table="residents",
         aggregates=(
             Aggregate(AggregateKind.COUNT),
-            Aggregate(AggregateKind.AVG, "income", weight=2.0),
-            Aggregate(AggregateKind.COUNT_COLUMN, "employed"),
+            Aggregate(AggregateKind.AVG, Column("income"), 2.0, 0.0, 2e6),
+            Aggregate(AggregateKind.COUNT_COLUMN, Column("employed")),
+            Aggregate(AggregateKind.QUANTILE, Func("CLAMP", (Column("income"), Literal(0), Literal(10))),
+                      1.0, 0.0, 10.0, 0.25),
+            Aggregate(AggregateKind.SUM, Case(((Binary(">", Column("income"), Literal(1)),
+                      Cast(Column("employed"), "int64", True)),), Literal(0)), 1.0, 0.0, 1.0),
+            Aggregate(AggregateKind.COUNT_DISTINCT_UNIT),
         ),
         outputs=(OutputColumn("region", group_index=0), OutputColumn("n", aggregate_index=0)),
         where=Unary("NOT", where),
-        group_by=("region",),
+        group_by=(GroupKey("region", Column("region"), ("a", "b")),),
     )
 
 
@@ -159,7 +168,7 @@ def test_unknown_keys_refused() -> None:
 @pytest.mark.parametrize("const", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_refused(const: str) -> None:
     """NaN and infinities in a frame are refused wherever they appear."""
-    body = json.dumps(to_json(ExecuteRequest("r", _plan(), 1.0))).replace("1.0}", f"{const}}}")
+    body = json.dumps(to_json(ExecuteRequest("r", _plan(), 1.0))).replace('"epsilon": 1.0', f'"epsilon": {const}')
     assert const in body
     with pytest.raises(ProtocolError, match="non-finite"):
         decode_body(body.encode())

@@ -1,2 +1,2 @@
--- why: no public domain: keys go through DP partition selection (approx_dp grants only)
+-- why: an int64 column whose bounds span few integers has a public domain
 SELECT birth_year, COUNT(*) FROM residents GROUP BY birth_year

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: scalar functions come later
+-- reason: BARE_COLUMN
+-- why: upper(sex) is not the GROUP BY key sex
 SELECT upper(sex), COUNT(*) FROM residents GROUP BY sex

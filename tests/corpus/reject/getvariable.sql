@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: session state
 SELECT COUNT(*) FROM residents WHERE income > getvariable('x')

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: GLOB
 SELECT COUNT(*) FROM residents WHERE sex GLOB 'F*'

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: Cyrillic o makes an unknown function
 SELECT cоunt(*) FROM residents

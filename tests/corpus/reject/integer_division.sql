@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: only + - * / %
 SELECT COUNT(*) FROM residents WHERE income // 2 > 10

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: lambdas
 SELECT COUNT(*) FROM residents WHERE len(list_filter([income], x -> x > 1)) > 0

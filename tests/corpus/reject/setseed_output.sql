@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: state that survives requests
 SELECT setseed(0.5), COUNT(*) FROM residents

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: regular expressions
 SELECT COUNT(*) FROM residents WHERE sex SIMILAR TO 'F.*'

@@ -1,3 +1,3 @@
--- reason: UNSUPPORTED_EXPRESSION
+-- reason: UNSUPPORTED_FUNCTION
 -- why: unnest multiplies rows
 SELECT unnest([1, 2, 3]), COUNT(*) FROM residents

@@ -1,0 +1,2 @@
+-- why: MAX as the quantile 1 over the bounds
+SELECT max(income) FROM residents

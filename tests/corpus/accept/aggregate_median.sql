@@ -1,0 +1,2 @@
+-- why: MEDIAN via the exponential mechanism
+SELECT median(income) FROM residents

@@ -1,0 +1,2 @@
+-- why: :: runs as TRY_CAST
+SELECT COUNT(*) FROM residents WHERE income::VARCHAR = '5'

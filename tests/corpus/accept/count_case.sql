@@ -1,0 +1,2 @@
+-- why: COUNT of a CASE
+SELECT COUNT(CASE WHEN employed THEN 1 END) FROM residents

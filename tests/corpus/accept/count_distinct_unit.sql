@@ -1,0 +1,2 @@
+-- why: number of people
+SELECT COUNT(DISTINCT person_id) FROM residents

@@ -1,0 +1,2 @@
+-- why: people per month
+SELECT month, COUNT(DISTINCT person_id) FROM social_insurance GROUP BY month

@@ -1,0 +1,2 @@
+-- why: a boolean cast to INTEGER
+SELECT SUM(CAST(employed AS INTEGER)) FROM residents

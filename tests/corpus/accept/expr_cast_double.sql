@@ -1,0 +1,2 @@
+-- why: CAST to DOUBLE
+SELECT AVG(CAST(income AS DOUBLE)) FROM residents

@@ -1,0 +1,2 @@
+-- why: CEIL
+SELECT SUM(CEIL(income / 1000)) FROM residents

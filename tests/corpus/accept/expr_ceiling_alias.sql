@@ -1,0 +1,2 @@
+-- why: CEILING is CEIL
+SELECT SUM(CEILING(income / 1000)) FROM residents

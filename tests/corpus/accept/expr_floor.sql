@@ -1,0 +1,2 @@
+-- why: FLOOR
+SELECT SUM(FLOOR(income / 1000)) FROM residents

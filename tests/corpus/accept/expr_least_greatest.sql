@@ -1,0 +1,2 @@
+-- why: LEAST/GREATEST bounds
+SELECT SUM(LEAST(GREATEST(income, 1000), 50000)) FROM residents

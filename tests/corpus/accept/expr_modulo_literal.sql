@@ -1,0 +1,2 @@
+-- why: modulo by a literal
+SELECT SUM(birth_year % 10) FROM residents

@@ -1,0 +1,2 @@
+-- why: NULLIF
+SELECT AVG(NULLIF(income, 0)) FROM residents

@@ -1,0 +1,2 @@
+-- why: SQRT guarded
+SELECT AVG(SQRT(income)) FROM residents

@@ -1,0 +1,2 @@
+-- why: unary minus
+SELECT SUM(-income) FROM residents

@@ -1,0 +1,2 @@
+-- why: NOT of a boolean key
+SELECT NOT employed AS unemployed, COUNT(*) FROM residents GROUP BY NOT employed

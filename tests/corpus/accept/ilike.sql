@@ -1,0 +1,2 @@
+-- why: ILIKE with a literal pattern
+SELECT COUNT(*) FROM residents WHERE sex ILIKE 'f'

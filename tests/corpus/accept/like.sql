@@ -1,0 +1,2 @@
+-- why: LIKE with a literal pattern
+SELECT COUNT(*) FROM residents WHERE sex LIKE 'F%'

@@ -1,0 +1,2 @@
+-- why: LIMIT is post-processing
+SELECT COUNT(*) FROM residents LIMIT 1

@@ -1,0 +1,2 @@
+-- why: MAX per month
+SELECT month, MAX(contribution) FROM social_insurance GROUP BY month

@@ -1,0 +1,2 @@
+-- why: MEDIAN per group
+SELECT region, MEDIAN(income) FROM residents GROUP BY region

@@ -1,0 +1,2 @@
+-- why: MIN over integer bounds
+SELECT MIN(birth_year) FROM residents

@@ -1,0 +1,2 @@
+-- why: OFFSET is post-processing
+SELECT COUNT(*) FROM residents OFFSET 1

@@ -1,0 +1,2 @@
+-- why: ORDER BY is post-processing
+SELECT sex, COUNT(*) FROM residents GROUP BY sex ORDER BY sex

@@ -1,0 +1,2 @@
+-- why: QUANTILE_CONT 0.9
+SELECT QUANTILE_CONT(income, 0.9) FROM residents

@@ -1,0 +1,2 @@
+-- why: STDDEV_SAMP
+SELECT STDDEV_SAMP(income) FROM residents

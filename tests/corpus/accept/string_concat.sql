@@ -1,0 +1,2 @@
+-- why: || string concatenation
+SELECT COUNT(*) FROM residents WHERE sex || 'x' = 'Fx'

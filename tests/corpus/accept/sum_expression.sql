@@ -1,0 +1,2 @@
+-- why: expressions inside aggregates get derived bounds
+SELECT SUM(income * 2) FROM residents

@@ -1,0 +1,2 @@
+-- why: LEAST gives derived bounds
+SELECT SUM(least(income, 10)) FROM residents

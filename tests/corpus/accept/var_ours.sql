@@ -1,0 +1,2 @@
+-- why: VAR
+SELECT VAR(income) FROM residents

@@ -1,0 +1,2 @@
+-- why: VAR_POP
+SELECT VAR_POP(income) FROM residents

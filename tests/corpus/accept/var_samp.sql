@@ -1,0 +1,2 @@
+-- why: VAR_SAMP
+SELECT VAR_SAMP(income) FROM residents

@@ -1,0 +1,2 @@
+-- why: VARIANCE
+SELECT VARIANCE(birth_year) FROM residents

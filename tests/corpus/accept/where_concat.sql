@@ -1,0 +1,2 @@
+-- why: CONCAT
+SELECT COUNT(*) FROM residents WHERE concat(sex, '-', region) = 'F-110000'

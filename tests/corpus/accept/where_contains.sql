@@ -1,0 +1,2 @@
+-- why: CONTAINS
+SELECT COUNT(*) FROM residents WHERE contains(region, '00')

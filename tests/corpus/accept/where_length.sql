@@ -1,0 +1,2 @@
+-- why: LENGTH
+SELECT COUNT(*) FROM residents WHERE length(sex) = 1

@@ -1,0 +1,2 @@
+-- why: LIKE prefix
+SELECT COUNT(*) FROM residents WHERE region LIKE '11%'

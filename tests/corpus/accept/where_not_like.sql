@@ -1,0 +1,2 @@
+-- why: NOT LIKE
+SELECT COUNT(*) FROM residents WHERE region NOT LIKE '11%'

@@ -1,0 +1,2 @@
+-- why: TRIM and UPPER
+SELECT COUNT(*) FROM residents WHERE upper(trim(sex)) = 'F'

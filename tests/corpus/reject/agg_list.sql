@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_AGGREGATE
+-- why: list releases values
+SELECT list(income) FROM residents

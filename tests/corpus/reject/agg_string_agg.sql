@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_AGGREGATE
+-- why: string_agg releases values
+SELECT string_agg(sex, ',') FROM residents

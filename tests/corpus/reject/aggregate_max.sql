@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_AGGREGATE
--- why: max is not a DP aggregate here
-SELECT max(income) FROM residents

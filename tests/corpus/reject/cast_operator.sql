@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: casts come later
-SELECT COUNT(*) FROM residents WHERE income::VARCHAR = '5'

@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: aggregate argument must be a column
-SELECT COUNT(1) FROM residents

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_FUNCTION
+-- why: sequences
+SELECT COUNT(*) FROM residents WHERE nextval('s') > 0

@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_FUNCTION
+-- why: volatile
+SELECT COUNT(*) FROM residents WHERE random() < 0.5

@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: LIKE comes later
-SELECT COUNT(*) FROM residents WHERE sex LIKE 'F%'

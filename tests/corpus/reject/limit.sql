@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_CONSTRUCT
--- why: not yet supported
-SELECT COUNT(*) FROM residents LIMIT 1

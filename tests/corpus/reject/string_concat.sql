@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: string functions come later
-SELECT COUNT(*) FROM residents WHERE sex || 'x' = 'Fx'

@@ -1,3 +1,0 @@
--- reason: UNBOUNDED_COLUMN
--- why: not numeric
-SELECT SUM(employed) FROM residents

@@ -1,3 +1,0 @@
--- reason: UNSUPPORTED_EXPRESSION
--- why: casts come later
-SELECT COUNT(*) FROM residents WHERE TRY_CAST(sex AS INTEGER) IS NULL

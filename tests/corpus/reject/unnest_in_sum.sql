@@ -1,0 +1,3 @@
+-- reason: UNSUPPORTED_FUNCTION
+-- why: unnest
+SELECT SUM(unnest([income])) FROM residents
