@@ -152,7 +152,8 @@ def load_catalog(path: Path, data_dir: Path | None = None) -> Catalog:
 
 def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     key = f"datasets.{name}"
-    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner"})
+    # `verifications`: templates, validated by sandbox.verification (which reads this file itself).
+    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner", "verifications"})
     unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
     tables = d["tables"]
     r.table(tables, f"{key}.tables", set(), set(tables) if isinstance(tables, dict) else set())
