@@ -114,7 +114,9 @@ def _check_keys(file: str, prefix: str, table: dict[str, Any], allowed: set[str]
 
 def parse_policy(data: dict[str, Any], file: str) -> Policy:
     """Validate a parsed TOML document as an operator policy."""
-    _check_keys(file, "", data, {"schema", "consumers", "grants"})
+    # `verification` and `verification_grants` are optional; gateway/verification.py validates them.
+    core = {k: v for k, v in data.items() if k not in ("verification", "verification_grants")}
+    _check_keys(file, "", core, {"schema", "consumers", "grants"})
     if data["schema"] != SCHEMA:
         raise ConfigError(file, "schema", f"must be {SCHEMA!r}, got {data['schema']!r}")
     raw_consumers = data["consumers"]

@@ -14,6 +14,8 @@ from privacy_gateway.v1 import budget_service_pb2, catalog_service_pb2, query_se
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
+from privacy_gateway.v1 import verification_service_pb2 as v_pb2
+from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError
@@ -23,6 +25,7 @@ from gateway.queries import QueryService
 from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
 from gateway.settings import Settings
 from gateway.supervisor import SandboxSupervisor
+from gateway.verification import VerificationCore, VerificationServicer
 from sandbox.client import SandboxClient, SandboxProcess
 
 log = logging.getLogger("gateway.server")
@@ -31,6 +34,7 @@ SERVICE_NAMES = (
     query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    v_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -55,6 +59,7 @@ class Gateway:
     core: QueryService
     ledger: Ledger
     sandbox_process: SandboxProcess | None = None
+    verification: VerificationCore | None = None
     health: health.HealthServicer = field(default_factory=health.HealthServicer)
 
     def stop(self, grace: float | None = 2.0) -> None:
@@ -101,6 +106,10 @@ def start_gateway(settings: Settings) -> Gateway:
         q_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
         cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
+        verification = VerificationCore.start(policy, settings.policy, client, settings.state_dir,
+                                              sandbox_timeout_s=settings.sandbox_timeout_s)
+        v_grpc.add_VerificationServiceServicer_to_server(
+            VerificationServicer(verification), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -119,4 +128,4 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     log.info("gateway serving on port %d", port)
-    return Gateway(server, port, core, ledger, process, health_servicer)
+    return Gateway(server, port, core, ledger, process, verification, health_servicer)
