@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
     m.set_defaults(func=cmd_demo)
+    from gateway import cli_verify  # verify, verify-batch, templates, verify-receipt
+
+    cli_verify.register(sub)
     return p
 
 

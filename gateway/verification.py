@@ -922,7 +922,7 @@ class VerificationServicer(v_grpc.VerificationServiceServicer):
                 head = this
             elif any(this) and this != head:
                 raise InvalidArgumentError("dataset, template and purpose must not change within a batch",
-                                           reason="INVALID_REQUEST", field="template")
+                                           reason="INVALID_BATCH", field="template")
             if head is not None and len(claims) == 0:
                 self.core.authorise(consumer, *head)  # refuse early, before reading 100,000 claims
             claims.extend(_claim(c.subject, c.parameters, c.case_reference) for c in chunk.claims)
@@ -930,7 +930,7 @@ class VerificationServicer(v_grpc.VerificationServiceServicer):
                 raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims",
                                            reason="BATCH_TOO_LARGE", field="claims")
         if head is None:
-            raise InvalidArgumentError("the batch is empty", reason="BATCH_TOO_LARGE", field="claims")
+            raise InvalidArgumentError("the batch is empty", reason="INVALID_BATCH", field="claims")
         outs = self.core.check(consumer, *head, claims, single=False)
         status = {"": v_pb.CLAIM_STATUS_OK, "INVALID_SUBJECT": v_pb.CLAIM_STATUS_INVALID_SUBJECT,
                   "INVALID_PARAMETER": v_pb.CLAIM_STATUS_INVALID_PARAMETER,

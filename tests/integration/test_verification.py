@@ -265,7 +265,7 @@ def _unknown_credit_code(i: int) -> str:
 def test_no_match_and_not_found_look_the_same_on_the_wire(verifier: v_grpc.VerificationServiceStub,
                                                           env: Env) -> None:
     """Same status, same fields, same serialized size for a wrong name and an unknown id number."""
-    id_number, name, _, _ = residents(env, 1, 106)[0]
+    id_number, _name, _, _ = residents(env, 1, 106)[0]
     a = verify(verifier, "identity_match", id_number, name="Nobody")
     b = verify(verifier, "identity_match", unknown_id(1), name="Nobody")
     assert a.result == b.result == v_pb.VERIFICATION_RESULT_NO_MATCH
