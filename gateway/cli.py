@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway import cli_admin  # issue-gov: `pgw admin ...`
     cli_admin.register(sub)
+
+    from gateway import cli_verify  # verify, verify-batch, templates, verify-receipt
+
+    cli_verify.register(sub)
     return p
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 from typing import Literal as TypingLiteral
 
 PROTOCOL_VERSION = 1
@@ -437,6 +438,31 @@ class HealthReply:
     pid: int = field(default=0)
 
 
+class ExtensionMessage:
+    """Base of boundary messages defined in other sandbox modules (e.g. `sandbox.verification_protocol`).
+
+    A subclass sets `TYPE` (its frame tag), implements `body_json`, and registers its decoder with
+    `register_extension`; decoding stays strict (the decoder refuses unknown keys).
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[str] = ""
+
+    def body_json(self) -> dict[str, Any]:
+        """The message's fields as JSON (without the "type" tag)."""
+        raise NotImplementedError
+
+
+_EXTENSIONS: dict[str, Callable[[dict[str, Any]], ExtensionMessage]] = {}
+
+
+def register_extension(tag: str, decoder: Callable[[dict[str, Any]], ExtensionMessage]) -> None:
+    """Register the decoder of an extension message type `tag` (idempotent for the same decoder)."""
+    if tag in _EXTENSIONS and _EXTENSIONS[tag] is not decoder:
+        raise ValueError(f"message type {tag!r} already registered")
+    _EXTENSIONS[tag] = decoder
+
+
 Message: TypeAlias = (
     ExecuteRequest
     | ExecuteResult
@@ -445,6 +471,7 @@ Message: TypeAlias = (
     | CatalogInfo
     | HealthRequest
     | HealthReply
+    | ExtensionMessage
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -827,6 +854,8 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "locked_down": msg.locked_down,
                 "pid": msg.pid,
             }
+        case ExtensionMessage():
+            return {"type": msg.TYPE, **msg.body_json()}
     raise ProtocolError(f"not a protocol message: {type(msg).__name__}")
 
 
@@ -870,6 +899,8 @@ def from_json(d: Any) -> Message:
             return HealthRequest()
         if t == "health_reply":
             return HealthReply(bool(d["serving"]), bool(d["locked_down"]), int(d["pid"]))
+        if isinstance(t, str) and t in _EXTENSIONS:
+            return _EXTENSIONS[t](d)
     except ProtocolError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

@@ -26,6 +26,7 @@ from sandbox.protocol import (
     DescribeRequest,
     ErrorReply,
     ExecuteRequest,
+    ExtensionMessage,
     HealthReply,
     HealthRequest,
     Message,
@@ -33,6 +34,7 @@ from sandbox.protocol import (
     decode_body,
     encode_frame,
 )
+from sandbox.verification import Verifier
 
 log = logging.getLogger("sandbox.server")
 IDLE_TIMEOUT_S = 300.0
@@ -94,6 +96,7 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 answers on it.
         """
         self.engine = engine
+        self.verifier = Verifier.for_engine(engine)  # verification templates (sandbox/verification.py)
         self.socket_path = socket_path
         _remove_stale(socket_path)
         old = os.umask(0o177)
@@ -113,6 +116,8 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return self.engine.execute(msg)
         if isinstance(msg, DescribeRequest):
             return self.engine.describe()
+        if isinstance(msg, ExtensionMessage):
+            return self.verifier.handle(msg)
         if isinstance(msg, HealthRequest):
             return HealthReply(serving=True, locked_down=self.engine.verify(), pid=os.getpid())
         return ErrorReply("bad_request", f"unexpected message {type(msg).__name__}")

@@ -21,7 +21,7 @@ README = (ROOT / "README.md").read_text()
 # errors, the pure relation/sensitivity and period rules, and (for `pgw check-policy`) the catalog parser.
 # Never the engine that touches data.
 GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relation", "sandbox.client", "sandbox.errors",
-                      "sandbox.periods",
+                      "sandbox.periods", "sandbox.verification_protocol",
                       "sandbox.catalog"}
 
 
