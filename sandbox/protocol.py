@@ -19,8 +19,11 @@ import math
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from typing import Literal as TypingLiteral
+
+if TYPE_CHECKING:  # the model messages live in sandbox.model_protocol, which imports this module
+    from sandbox.model_protocol import ModelMessage
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -331,18 +334,16 @@ class HealthReply:
 
 
 Message: TypeAlias = (
-    ExecuteRequest
-    | ExecuteResult
-    | ErrorReply
-    | DescribeRequest
-    | CatalogInfo
-    | HealthRequest
-    | HealthReply
+    "ExecuteRequest | ExecuteResult | ErrorReply | DescribeRequest | CatalogInfo | HealthRequest"
+    " | HealthReply | ModelMessage"
 )
 
 # ---------------------------------------------------------------------------------------------------
 # JSON codec (strict)
 # ---------------------------------------------------------------------------------------------------
+
+
+_MODEL_TAGS = frozenset({"train", "train_result", "evaluate", "evaluate_result"})
 
 
 class ProtocolError(ValueError):
@@ -560,6 +561,11 @@ def _noisy_to_json(v: NoisyValue) -> list[Any]:
 
 def to_json(msg: Message) -> dict[str, Any]:
     """Serialize any protocol message to a JSON-compatible dict tagged with its type."""
+    from sandbox import model_protocol  # model messages (TrainRequest, ...): their own codec
+
+    if isinstance(msg, model_protocol.TrainRequest | model_protocol.TrainResult
+                  | model_protocol.EvaluateRequest | model_protocol.EvaluateResult):
+        return model_protocol.to_json(msg)
     match msg:
         case ExecuteRequest():
             return {
@@ -605,6 +611,10 @@ def from_json(d: Any) -> Message:
     if not isinstance(d, dict):
         raise ProtocolError("message must be an object")
     t = d.get("type")
+    if t in _MODEL_TAGS:
+        from sandbox import model_protocol
+
+        return model_protocol.from_json(d)
     try:
         if t == "execute":
             _keys(d, {"type", "request_id", "plan", "epsilon"})
