@@ -114,6 +114,7 @@ def _check_keys(file: str, prefix: str, table: dict[str, Any], allowed: set[str]
 
 def parse_policy(data: dict[str, Any], file: str) -> Policy:
     """Validate a parsed TOML document as an operator policy."""
+    data = {k: v for k, v in data.items() if k != "model_grants"}  # parsed by gateway.models
     _check_keys(file, "", data, {"schema", "consumers", "grants"})
     if data["schema"] != SCHEMA:
         raise ConfigError(file, "schema", f"must be {SCHEMA!r}, got {data['schema']!r}")

@@ -18,6 +18,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError
 from gateway.ledger import Ledger
+from gateway.models import MODEL_SERVICE, add_model_service
 from gateway.policy import load_policy
 from gateway.queries import QueryService
 from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
@@ -31,6 +32,7 @@ SERVICE_NAMES = (
     query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    MODEL_SERVICE,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -101,6 +103,7 @@ def start_gateway(settings: Settings) -> Gateway:
         q_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
         cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
+        add_model_service(server, core, settings.policy)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

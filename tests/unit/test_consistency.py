@@ -20,6 +20,7 @@ README = (ROOT / "README.md").read_text()
 # What the gateway may import from the sandbox package: the boundary types, pricing, the socket client,
 # errors, and (for `pgw check-policy` only) the catalog parser. Never the engine that touches data.
 GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.client", "sandbox.errors",
+                      "sandbox.model_protocol", "sandbox.model_pricing",
                       "sandbox.catalog"}
 
 
