@@ -128,8 +128,8 @@ def _check_keys(file: str, prefix: str, table: dict[str, Any], allowed: set[str]
 
 def parse_policy(data: dict[str, Any], file: str) -> Policy:
     """Validate a parsed TOML document as an operator policy (v2, or v1 converted to v2)."""
-    # Product grants (`verification`, `verification_grants`) are validated by gateway/verification.py.
-    data = {k: v for k, v in data.items() if k not in ("verification", "verification_grants")}
+    # Product grants are validated by their own modules (gateway/verification.py, gateway/models.py).
+    data = {k: v for k, v in data.items() if k not in ("verification", "verification_grants", "model_grants")}
     from gateway import governance
 
     if data.get("schema") == governance.SCHEMA_V2:

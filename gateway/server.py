@@ -26,6 +26,7 @@ from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError, GatewayError
 from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
 from gateway.ledger import Ledger
+from gateway.models import MODEL_SERVICE, add_model_service
 from gateway.oversight import Oversight
 from gateway.policy import load_policy
 from gateway.queries import QueryService
@@ -46,6 +47,7 @@ SERVICE_NAMES = (
     KEY_SERVICE_NAME,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,  # issue-gov
     v_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    MODEL_SERVICE,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -153,6 +155,7 @@ def start_gateway(settings: Settings) -> Gateway:
                                               sandbox_timeout_s=settings.sandbox_timeout_s)
         v_grpc.add_VerificationServiceServicer_to_server(
             VerificationServicer(verification), server)
+        add_model_service(server, core, settings.policy)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

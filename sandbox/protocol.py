@@ -20,8 +20,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from typing import Literal as TypingLiteral
+
+if TYPE_CHECKING:  # the model messages live in sandbox.model_protocol, which imports this module
+    from sandbox.model_protocol import ModelMessage
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -463,20 +466,18 @@ def register_extension(tag: str, decoder: Callable[[dict[str, Any]], ExtensionMe
     _EXTENSIONS[tag] = decoder
 
 
+# A string alias: ModelMessage lives in sandbox/model_protocol.py, which imports this module.
 Message: TypeAlias = (
-    ExecuteRequest
-    | ExecuteResult
-    | ErrorReply
-    | DescribeRequest
-    | CatalogInfo
-    | HealthRequest
-    | HealthReply
-    | ExtensionMessage
+    "ExecuteRequest | ExecuteResult | ErrorReply | DescribeRequest | CatalogInfo | HealthRequest"
+    " | HealthReply | ExtensionMessage | ModelMessage"
 )
 
 # ---------------------------------------------------------------------------------------------------
 # JSON codec (strict)
 # ---------------------------------------------------------------------------------------------------
+
+
+_MODEL_TAGS = frozenset({"train", "train_result", "evaluate", "evaluate_result"})
 
 
 class ProtocolError(ValueError):
@@ -816,6 +817,11 @@ def _noisy_to_json(v: NoisyValue) -> list[Any]:
 
 def to_json(msg: Message) -> dict[str, Any]:
     """Serialize any protocol message to a JSON-compatible dict tagged with its type."""
+    from sandbox import model_protocol  # model messages (TrainRequest, ...): their own codec
+
+    if isinstance(msg, model_protocol.TrainRequest | model_protocol.TrainResult
+                  | model_protocol.EvaluateRequest | model_protocol.EvaluateResult):
+        return model_protocol.to_json(msg)
     match msg:
         case ExecuteRequest():
             return {
@@ -864,6 +870,10 @@ def from_json(d: Any) -> Message:
     if not isinstance(d, dict):
         raise ProtocolError("message must be an object")
     t = d.get("type")
+    if t in _MODEL_TAGS:
+        from sandbox import model_protocol
+
+        return model_protocol.from_json(d)
     try:
         if t == "execute":
             _keys(d, {"type", "request_id", "plan", "epsilon", "delta"})

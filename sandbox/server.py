@@ -20,7 +20,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from sandbox import models
 from sandbox.engine import Engine
+from sandbox.model_protocol import EvaluateRequest, TrainRequest
 from sandbox.protocol import (
     MAX_FRAME_BYTES,
     DescribeRequest,
@@ -114,6 +116,10 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return ErrorReply("bad_request", str(exc))
         if isinstance(msg, ExecuteRequest):
             return self.engine.execute(msg)
+        if isinstance(msg, TrainRequest):
+            return models.train(self.engine, msg)
+        if isinstance(msg, EvaluateRequest):
+            return models.evaluate(self.engine, msg)
         if isinstance(msg, DescribeRequest):
             return self.engine.describe()
         if isinstance(msg, ExtensionMessage):

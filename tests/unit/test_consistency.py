@@ -22,6 +22,7 @@ README = (ROOT / "README.md").read_text()
 # Never the engine that touches data.
 GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relation", "sandbox.client", "sandbox.errors",
                       "sandbox.periods", "sandbox.verification_protocol",
+                      "sandbox.model_protocol", "sandbox.model_pricing",
                       "sandbox.catalog"}
 
 
