@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from examples.generate_data import generate
 from gateway import certs
 from gateway.server import Gateway, start_gateway
 from gateway.settings import ROOT, load_settings
-from sandbox.client import SandboxProcess
+from sandbox.client import SandboxProcess, SandboxStartError
 
 BENCH_DIR = ROOT / ".bench"
 SN_VENV = BENCH_DIR / "venv-smartnoise"
@@ -254,13 +255,15 @@ def cell_value(cell: q_pb.Cell) -> Any:
 class GatewaySystem:
     """A real sandbox process and gateway, with mTLS stubs for the benchmark consumers."""
 
-    def __init__(self, data_dir: Path, root: Path, threads: int) -> None:
+    def __init__(self, data_dir: Path, root: Path, threads: int, catalog: Path = CATALOG) -> None:
+        self.catalog = catalog
+        root.mkdir(parents=True, exist_ok=True)
         tls = root / "tls"
         certs.write_dev_pki(tls, clients=list(CLIENTS))
         policy = root / "operator.toml"
         policy.write_text(BENCH_POLICY)
         self.settings = load_settings({
-            "listen": "127.0.0.1:0", "policy": policy, "catalog": CATALOG, "data_dir": data_dir,
+            "listen": "127.0.0.1:0", "policy": policy, "catalog": catalog, "data_dir": data_dir,
             "state_dir": root / "state", "tls_dir": tls, "query_timeout_ms": 120_000,
             "sandbox_memory_limit": "12GiB", "sandbox_threads": threads, "start_sandbox": False,
         })
@@ -269,7 +272,7 @@ class GatewaySystem:
         # cap and 2 GiB DuckDB memory limit, which 10M people (about 50M social-insurance rows) exceed.
         t0 = time.perf_counter()
         self.sandbox = SandboxProcess.start(
-            CATALOG, self.settings.sandbox_socket, data_dir,
+            catalog, self.settings.sandbox_socket, data_dir,
             ["--query-timeout-ms", "120000", "--memory-limit", "12GiB", "--threads", str(threads),
              "--address-space-bytes", "0"],
             ready_timeout_s=900.0,
@@ -323,6 +326,33 @@ class GatewaySystem:
             ch.close()
         self.gw.stop()
         self.sandbox.stop()
+
+
+def residents_only_catalog(root: Path) -> Path:
+    """A copy of the data owner's catalog with only `registry.residents` (fallback when the sandbox cannot load
+    every table of a size in memory); every residents setting is unchanged."""
+    keep: list[str] = []
+    drop = False
+    for line in CATALOG.read_text().splitlines():
+        if line.startswith("["):
+            drop = line.startswith(("[datasets.enterprises", "[datasets.registry.tables.social_insurance"))
+        if not drop:
+            keep.append(line)
+    path = root / "catalog-residents-only.toml"
+    path.write_text("\n".join(keep) + "\n")
+    return path
+
+
+def start_gateway_system(data_dir: Path, root: Path, threads: int) -> tuple[GatewaySystem, str | None]:
+    """The gateway over the real catalog, or over residents only if the sandbox cannot load everything."""
+    try:
+        return GatewaySystem(data_dir, root / "full", threads), None
+    except SandboxStartError as exc:
+        tail = [ln for ln in str(exc).splitlines() if "Error" in ln]
+        reason = (tail[-1] if tail else str(exc).splitlines()[0]).strip()[:300]
+        log(f"  the sandbox could not load the full catalog: {reason}")
+        log("  retrying with residents only (the queries on social_insurance become 'not loaded')")
+        return GatewaySystem(data_dir, root / "residents", threads, residents_only_catalog(root)), reason
 
 
 class DuckDBSystem:
@@ -453,9 +483,21 @@ def latency(systems: dict[str, Any], reps: int, warmup: int) -> dict[str, dict[s
             for name in order:
                 if (q, name) not in active:
                     continue
-                out = systems[name].run(q)
+                try:
+                    out = systems[name].run(q)
+                except Exception as exc:
+                    if name != "smartnoise":
+                        raise
+                    out = Outcome(unsupported=f"worker failed: {exc}")  # e.g. killed for memory
                 if out.seconds is None:
-                    raise RuntimeError(f"{q.id} on {name} failed mid-run: {out.unsupported}")
+                    if name != "smartnoise":
+                        raise RuntimeError(f"{q.id} on {name} failed mid-run: {out.unsupported}")
+                    log(f"  smartnoise failed mid-run, dropping it at this size: {out.unsupported}")
+                    for q2, n2 in list(active):
+                        if n2 == name:
+                            active.discard((q2, n2))
+                            results[q2.id][name] = {"unsupported": f"failed mid-run: {out.unsupported}"}
+                    continue
                 results[q.id][name]["times"].append(out.seconds)
         if rep == 0 or (rep + 1) % 5 == 0:
             log(f"  repetition {rep + 1}/{reps}")
@@ -685,7 +727,7 @@ def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Qu
     from sandbox.catalog import load_catalog
     from sandbox.compile import compile_plan
 
-    catalog = load_catalog(CATALOG, base.data_dir)
+    catalog = load_catalog(gw.catalog, base.data_dir)
     ds = catalog.dataset(DATASET)
     assert ds is not None
     info = gw.gw.core.catalog.dataset(DATASET)
@@ -727,6 +769,7 @@ def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Qu
                 vec = [exact.get(cell, [0] * width)[j] or 0 for cell in compiled.cells]
                 mechanisms.release_vector(cost, vec)
             noise.append(time.perf_counter() - t0)
+        variants = sql_variants(base, q, compiled.sql, spec.info, sql_table, reps)
         med = {k: quantile(v, 0.5) for k, v in stages.items()}
         # "response building" is recorded twice per request (answer + plan_info): sum per request.
         if "response building" in stages:
@@ -748,12 +791,51 @@ def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Qu
             "  of which socket, framing, sandbox Python (rest)": sandbox_rt - d_med - n_med,
             "response building": med.get("response building", math.nan),
         }
-        out[q.id] = {"sql": q.sql, "compiled_sql": compiled.sql, "reps": reps, "stages_median_s": breakdown}
+        out[q.id] = {"sql": q.sql, "compiled_sql": compiled.sql, "reps": reps, "stages_median_s": breakdown,
+                     "sql_variants_median_s": variants}
         log(f"  profile {q.id}: wall {ms(wall)} ms, sandbox {ms(sandbox_rt)} ms, duckdb {ms(d_med)} ms")
     return out
 
 
 _SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}
+_CLAMP = re.compile(r'least\(greatest\(("[^"]+"), CAST\([^()]*\)\), CAST\([^()]*\)\)')
+_DOMAIN_FILTER = re.compile(r' WHERE \("[^"]+" IN \([^()]*\)\)')
+
+
+def sql_variants(
+    base: DuckDBSystem, q: Query, compiled_sql: str, table: Any, sql_table: str, reps: int
+) -> dict[str, float]:
+    """What the sandbox's SQL costs, and what it would cost with work moved to load time: the clamp
+    pre-materialised in the truncated table (bounds are fixed per data version, like the truncation), and
+    the public-domain IN filter dropped (valid if the load checks every key is in its domain)."""
+    pre = f"pre__{sql_table}"
+    if not base.con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [pre]
+    ).fetchone()[0]:
+        cols = []
+        for c in table.columns:
+            ident = f'"{c.name}"'
+            if c.lower is not None and c.upper is not None:
+                cols.append(f"least(greatest({ident}, {c.lower!r}), {c.upper!r}) AS {ident}")
+            else:
+                cols.append(ident)
+        base.con.execute(f'CREATE TABLE "{pre}" AS SELECT {", ".join(cols)} FROM "{sql_table}"')
+    pre_sql = _CLAMP.sub(r"\1", compiled_sql).replace(f'"{sql_table}"', f'"{pre}"')
+    candidates = {
+        "natural SQL, raw table (the plain DuckDB floor)": q.sql,
+        "compiled plan as the sandbox runs it": compiled_sql,
+        "compiled plan, clamp pre-materialised at load": pre_sql,
+        "compiled plan, clamp pre-materialised, no domain IN filter": _DOMAIN_FILTER.sub("", pre_sql),
+    }
+    out = {}
+    for label, sql in candidates.items():
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            base.con.execute(sql).fetchall()
+            times.append(time.perf_counter() - t0)
+        out[label] = quantile(times, 0.5)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -886,8 +968,20 @@ def render(results: dict[str, Any]) -> str:
         stages = list(next(iter(prof["queries"].values()))["stages_median_s"]) if ids else []
         lines.append("| stage | " + " | ".join(f"`{i}`" for i in ids) + " |")
         lines.append("|---|" + "---:|" * len(ids))
+        def stage_ms(x: float) -> str:
+            return "≈0 (below noise)" if x < 0 else ms(x)
+
         for st in stages:
-            lines.append(f"| {st} | " + " | ".join(ms(prof["queries"][i]["stages_median_s"][st]) for i in ids) + " |")
+            lines.append(f"| {st} | "
+                         + " | ".join(stage_ms(prof["queries"][i]["stages_median_s"][st]) for i in ids) + " |")
+        variants = list(next(iter(prof["queries"].values())).get("sql_variants_median_s", {})) if ids else []
+        if variants:
+            lines += ["", "The sandbox's SQL and cheaper equivalents (in-process DuckDB on the same typed table, "
+                      "median ms; the DuckDB row above is the second line):", "",
+                      "| SQL | " + " | ".join(f"`{i}`" for i in ids) + " |", "|---|" + "---:|" * len(ids)]
+            for v in variants:
+                lines.append(f"| {v} | " + " | ".join(ms(prof["queries"][i]["sql_variants_median_s"][v])
+                                                     for i in ids) + " |")
         lines += ["", "Stages are timed by wrapping the gateway's own functions in this process (server-side "
                   "`QueryService.run`, analyzer, pricing, ledger calls, the sandbox client call, response "
                   "building); the sandbox's DuckDB and OpenDP shares are the compiled plan's SQL run in-process "
@@ -953,6 +1047,14 @@ def render(results: dict[str, Any]) -> str:
                   f"{ms(led['ledger_reserve_plus_complete']['median'])} | "
                   f"{ms(led['ledger_reserve_plus_complete']['p99'])} |",
                   "", "(Audit-log costs: to be added by the lead.)", ""]
+    for size_key, size_res in results["sizes"].items():
+        if size_res.get("sandbox_full_catalog_failure"):
+            lines += [f"**At {int(size_key):,} people the sandbox could not load the full catalog** "
+                      f"(`{size_res['sandbox_full_catalog_failure']}`, with a 12 GiB DuckDB memory limit and no "
+                      "address-space cap): its per-person truncation (a window function over every row, here "
+                      "about 50M social-insurance rows) runs out of memory. The gateway rows at this size use a "
+                      "copy of the catalog with `registry.residents` only; queries on `social_insurance` show "
+                      "the gateway's refusal for an unknown table.", ""]
     lines += ["## Setup per size", ""]
     for size_key, size_res in results["sizes"].items():
         lines.append(f"* {int(size_key):,} people: rows {size_res['data']['rows']}; generated in "
@@ -982,8 +1084,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--accuracy-reps", type=int, default=None, help="releases per query and epsilon (default 50)")
     p.add_argument("--ledger-reps", type=int, default=None, help="RunQuery/ExplainQuery pairs (default 200)")
     p.add_argument("--profile-reps", type=int, default=None, help="requests per query in the profile (default 20)")
-    p.add_argument("--smartnoise-max", type=int, default=1_000_000,
-                   help="largest size SmartNoise runs at (default 1M; 0 disables it)")
+    p.add_argument("--smartnoise-max", type=int, default=10_000_000,
+                   help="largest size SmartNoise runs at (default 10M; 0 disables it)")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads for every system")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
@@ -1020,9 +1122,14 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tempfile.mkdtemp(prefix="pgw-bench-"))  # short: Unix socket paths are limited
         log(f"== {size:,} people: starting sandbox + gateway, plain DuckDB"
             + (", SmartNoise" if size in sn_sizes else ""))
-        gw = GatewaySystem(data_dir, root, args.threads)
+        gw, load_failure = start_gateway_system(data_dir, root, args.threads)
         base = DuckDBSystem(data_dir, args.threads)
-        sn = SmartNoiseSystem(data_dir, args.threads) if size in sn_sizes else None
+        sn = None
+        if size in sn_sizes:
+            try:
+                sn = SmartNoiseSystem(data_dir, args.threads)
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                log(f"  SmartNoise could not start at this size: {exc}")
         if sn is not None:
             sn_versions = sn.versions
         try:
@@ -1036,6 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": data_info, "sandbox_load_seconds": gw.sandbox_load_seconds,
                 "duckdb_load_seconds": base.load_seconds,
                 "smartnoise_load_seconds": sn.load_seconds if sn else None, "latency": lat,
+                "sandbox_full_catalog_failure": load_failure,
             }
             results["sizes"][str(size)] = size_res
             supported = [q for q in WORKLOAD if "times" in lat[q.id].get("gateway", {})]
