@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+ARGS   ?=
 PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
 
 .PHONY: help install demo serve test test-fast bench proto lint typecheck clean
@@ -34,8 +35,8 @@ test: $(STAMP)  ## what CI runs: lint, types, then every test (statistical and s
 test-fast: $(STAMP)  ## the inner loop: skip slow and statistical tests
 	@$(PY) -m pytest -q -m "not slow and not statistical"
 
-bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md
-	@$(PY) -m examples.bench
+bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000")
+	@$(PY) -m examples.bench $(ARGS)
 
 proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
 	@$(PY) -m gateway.protogen

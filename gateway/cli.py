@@ -289,12 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--catalog", default=str(ROOT / "policies" / "catalog.toml"))
     k.set_defaults(func=cmd_check_policy)
 
+    from gateway import cli_models  # pgw train / pgw evaluate
+    cli_models.register(sub)
+
     m = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
     m.set_defaults(func=cmd_demo)
     cli_governance.register(sub)
 
     from gateway import cli_admin  # issue-gov: `pgw admin ...`
     cli_admin.register(sub)
+
+    from gateway import cli_verify  # verify, verify-batch, templates, verify-receipt
+
+    cli_verify.register(sub)
     return p
 
 

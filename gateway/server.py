@@ -16,6 +16,8 @@ from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
+from privacy_gateway.v1 import verification_service_pb2 as v_pb2
+from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from gateway.admin import AdminServicer, reload_policy
 from gateway.alerts import AlertEngine
@@ -24,6 +26,7 @@ from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError, GatewayError
 from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
 from gateway.ledger import Ledger
+from gateway.models import MODEL_SERVICE, add_model_service
 from gateway.oversight import Oversight
 from gateway.policy import load_policy
 from gateway.queries import QueryService
@@ -31,6 +34,7 @@ from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
 from gateway.settings import Settings
 from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
+from gateway.verification import VerificationCore, VerificationServicer
 from sandbox.catalog import load_catalog
 from sandbox.client import SandboxClient, SandboxProcess
 
@@ -42,6 +46,8 @@ SERVICE_NAMES = (
     budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     KEY_SERVICE_NAME,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,  # issue-gov
+    v_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    MODEL_SERVICE,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -66,6 +72,7 @@ class Gateway:
     core: QueryService
     ledger: Ledger
     sandbox_process: SandboxProcess | None = None
+    verification: VerificationCore | None = None
     health: health.HealthServicer = field(default_factory=health.HealthServicer)
     oversight: Oversight | None = None
     governor: Governor | None = None  # issue-gov
@@ -144,6 +151,11 @@ def start_gateway(settings: Settings) -> Gateway:
         b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
         key_grpc.add_KeyServiceServicer_to_server(KeyServicer(oversight.signer), server)
         a_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, governor), server)  # issue-gov
+        verification = VerificationCore.start(policy, settings.policy, client, settings.state_dir,
+                                              sandbox_timeout_s=settings.sandbox_timeout_s)
+        v_grpc.add_VerificationServiceServicer_to_server(
+            VerificationServicer(verification), server)
+        add_model_service(server, core, settings.policy)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -163,7 +175,8 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     log.info("gateway serving on port %d", port)
-    return Gateway(server, port, core, ledger, process, health_servicer, oversight, governor, alerts)
+    return Gateway(server, port, core, ledger, process, health=health_servicer, oversight=oversight,
+                   governor=governor, alerts=alerts, verification=verification)
 
 
 def load_caps(catalog_path: Path, data_dir: Path | None) -> dict[str, DatasetCapInfo]:

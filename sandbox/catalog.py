@@ -200,7 +200,8 @@ def _grades(r: _Reader, g: Any) -> dict[str, frozenset[str]]:
 
 def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     key = f"datasets.{name}"
-    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner", "caps"})
+    # `verifications`: templates, validated by sandbox.verification (which reads this file itself).
+    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner", "caps", "verifications"})
     unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
     tables = d["tables"]
     r.table(tables, f"{key}.tables", set(), set(tables) if isinstance(tables, dict) else set())

@@ -1,9 +1,11 @@
 """The sandbox engine: loads the owner's files, locks DuckDB, answers plans with noisy values only.
 
 Privacy: every release goes through `sandbox.mechanisms` with a cost the sandbox computes from its
-own catalog. Each unit keeps at most K rows per table (chosen once per data version by a salted hash
-of the row, independently per unit), every summed value is clamped to the bounds derived for it, and group
-keys come only from declared domains, so the L1 sensitivity of every released vector is what
+own catalog. Each unit keeps at most K rows per table (chosen once at load by a hash of the row under
+a secret salt drawn at start-up, independently per unit), every aggregated value is clamped to the
+bounds `sandbox.bounds` derives for it, and group
+keys come only from declared domains (or from OpenDP's threshold mechanism under partition
+selection), so the L1 sensitivity of every released vector is what
 `mechanisms` assumes.
 """
 
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from typing import Any
@@ -73,8 +76,8 @@ def sql_table_name(dataset: str, table: str) -> str:
     return f"{dataset}__{table}"
 
 
-def data_version(ds: DatasetSpec) -> tuple[str, str]:
-    """(public version, private salt): sha256 over the dataset's files, first 16 hex / full."""
+def data_version(ds: DatasetSpec) -> str:
+    """The public data version: the first 16 hex digits of sha256 over the dataset's files."""
     h = hashlib.sha256()
     for t in sorted(ds.tables, key=lambda t: t.name):
         h.update(f"{t.name}\x00{t.file.name}\x00".encode())
@@ -82,15 +85,15 @@ def data_version(ds: DatasetSpec) -> tuple[str, str]:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         h.update(b"\x00")
-    full = h.hexdigest()
-    return full[:16], full
+    return h.hexdigest()[:16]
 
 
 class Engine:
     """Owns the locked DuckDB connection and answers `ExecuteRequest`s."""
 
     def __init__(
-        self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None
+        self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None,
+        *, truncation_salt: str | None = None,
     ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
@@ -108,7 +111,12 @@ class Engine:
             for t in ds.tables:
                 if not t.file.is_file():
                     raise ConfigError(str(catalog.path), f"{t.key}.file", f"no such file: {t.file}")
-            versions[ds.name], salt = data_version(ds)
+            versions[ds.name] = data_version(ds)
+            # The truncation salt must not depend on the data: a salt derived from the files (as it
+            # once was) changes when one unit is added, which re-chooses the rows every OTHER unit keeps
+            # and breaks the neighbouring-dataset argument. A fresh secret per process is independent
+            # of the data; it is drawn once, so the truncation is fixed for the process's lifetime.
+            salt = truncation_salt or secrets.token_hex(16)
             for t in ds.tables:
                 self._load(ds, t, salt)
         lock_down(self._con, self.limits)
@@ -155,7 +163,8 @@ class Engine:
             return
         k = t.info.max_rows_per_unit
         # Per-unit truncation: keep the K rows of each unit with the smallest salted row hash. The
-        # choice for one unit depends only on its own rows and the data version, so it is stable.
+        # choice for one unit depends only on its own rows and the data-independent secret salt, so
+        # adding or removing a unit changes no other unit's rows (stability).
         self._con.execute(
             f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM ("
             f"SELECT *, row_number() OVER (PARTITION BY {unit} ORDER BY __pgw_h) AS __pgw_rn FROM ("

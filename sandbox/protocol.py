@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from typing import Literal as TypingLiteral
+
+if TYPE_CHECKING:  # the model messages live in sandbox.model_protocol, which imports this module
+    from sandbox.model_protocol import ModelMessage
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -538,19 +542,43 @@ class HealthReply:
     pid: int = field(default=0)
 
 
+class ExtensionMessage:
+    """Base of boundary messages defined in other sandbox modules (e.g. `sandbox.verification_protocol`).
+
+    A subclass sets `TYPE` (its frame tag), implements `body_json`, and registers its decoder with
+    `register_extension`; decoding stays strict (the decoder refuses unknown keys).
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[str] = ""
+
+    def body_json(self) -> dict[str, Any]:
+        """The message's fields as JSON (without the "type" tag)."""
+        raise NotImplementedError
+
+
+_EXTENSIONS: dict[str, Callable[[dict[str, Any]], ExtensionMessage]] = {}
+
+
+def register_extension(tag: str, decoder: Callable[[dict[str, Any]], ExtensionMessage]) -> None:
+    """Register the decoder of an extension message type `tag` (idempotent for the same decoder)."""
+    if tag in _EXTENSIONS and _EXTENSIONS[tag] is not decoder:
+        raise ValueError(f"message type {tag!r} already registered")
+    _EXTENSIONS[tag] = decoder
+
+
+# A string alias: ModelMessage lives in sandbox/model_protocol.py, which imports this module.
 Message: TypeAlias = (
-    ExecuteRequest
-    | ExecuteResult
-    | ErrorReply
-    | DescribeRequest
-    | CatalogInfo
-    | HealthRequest
-    | HealthReply
+    "ExecuteRequest | ExecuteResult | ErrorReply | DescribeRequest | CatalogInfo | HealthRequest"
+    " | HealthReply | ExtensionMessage | ModelMessage"
 )
 
 # ---------------------------------------------------------------------------------------------------
 # JSON codec (strict)
 # ---------------------------------------------------------------------------------------------------
+
+
+_MODEL_TAGS = frozenset({"train", "train_result", "evaluate", "evaluate_result"})
 
 
 class ProtocolError(ValueError):
@@ -969,6 +997,11 @@ def _noisy_to_json(v: NoisyValue) -> list[Any]:
 
 def to_json(msg: Message) -> dict[str, Any]:
     """Serialize any protocol message to a JSON-compatible dict tagged with its type."""
+    from sandbox import model_protocol  # model messages (TrainRequest, ...): their own codec
+
+    if isinstance(msg, model_protocol.TrainRequest | model_protocol.TrainResult
+                  | model_protocol.EvaluateRequest | model_protocol.EvaluateResult):
+        return model_protocol.to_json(msg)
     match msg:
         case ExecuteRequest():
             return {
@@ -1007,6 +1040,8 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "locked_down": msg.locked_down,
                 "pid": msg.pid,
             }
+        case ExtensionMessage():
+            return {"type": msg.TYPE, **msg.body_json()}
     raise ProtocolError(f"not a protocol message: {type(msg).__name__}")
 
 
@@ -1015,6 +1050,10 @@ def from_json(d: Any) -> Message:
     if not isinstance(d, dict):
         raise ProtocolError("message must be an object")
     t = d.get("type")
+    if t in _MODEL_TAGS:
+        from sandbox import model_protocol
+
+        return model_protocol.from_json(d)
     try:
         if t == "execute":
             _keys(d, {"type", "request_id", "plan", "epsilon", "delta"})
@@ -1050,6 +1089,8 @@ def from_json(d: Any) -> Message:
             return HealthRequest()
         if t == "health_reply":
             return HealthReply(bool(d["serving"]), bool(d["locked_down"]), int(d["pid"]))
+        if isinstance(t, str) and t in _EXTENSIONS:
+            return _EXTENSIONS[t](d)
     except ProtocolError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

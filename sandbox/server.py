@@ -20,12 +20,15 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from sandbox import models
 from sandbox.engine import Engine
+from sandbox.model_protocol import EvaluateRequest, TrainRequest
 from sandbox.protocol import (
     MAX_FRAME_BYTES,
     DescribeRequest,
     ErrorReply,
     ExecuteRequest,
+    ExtensionMessage,
     HealthReply,
     HealthRequest,
     Message,
@@ -33,6 +36,7 @@ from sandbox.protocol import (
     decode_body,
     encode_frame,
 )
+from sandbox.verification import Verifier
 
 log = logging.getLogger("sandbox.server")
 IDLE_TIMEOUT_S = 300.0
@@ -94,6 +98,7 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 answers on it.
         """
         self.engine = engine
+        self.verifier = Verifier.for_engine(engine)  # verification templates (sandbox/verification.py)
         self.socket_path = socket_path
         _remove_stale(socket_path)
         old = os.umask(0o177)
@@ -111,8 +116,14 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return ErrorReply("bad_request", str(exc))
         if isinstance(msg, ExecuteRequest):
             return self.engine.execute(msg)
+        if isinstance(msg, TrainRequest):
+            return models.train(self.engine, msg)
+        if isinstance(msg, EvaluateRequest):
+            return models.evaluate(self.engine, msg)
         if isinstance(msg, DescribeRequest):
             return self.engine.describe()
+        if isinstance(msg, ExtensionMessage):
+            return self.verifier.handle(msg)
         if isinstance(msg, HealthRequest):
             return HealthReply(serving=True, locked_down=self.engine.verify(), pid=os.getpid())
         return ErrorReply("bad_request", f"unexpected message {type(msg).__name__}")

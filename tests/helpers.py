@@ -24,6 +24,56 @@ from sandbox.protocol import (
 
 PEOPLE = 3000
 
+# Verification grants of the test policy (tests/integration/test_verification.py).
+VERIFICATION_POLICY = """
+[verification]
+period = "day"
+max_checks_per_consumer_per_period = 10000000
+alert_not_found_per_window = 20
+alert_window_seconds = 3600
+alert_distinct_parameters_per_subject = 3
+
+[[verification_grants]]
+consumer = "analyst"
+dataset = "registry"
+template = "identity_match"
+purpose = "kyc"
+max_checks_per_period = 10000000
+max_checks_per_subject_per_period = 1000
+
+[[verification_grants]]
+consumer = "analyst"
+dataset = "registry"
+template = "income_at_least"
+purpose = "kyc"
+max_checks_per_period = 10000000
+max_checks_per_subject_per_period = 3
+
+[[verification_grants]]
+consumer = "analyst"
+dataset = "registry"
+template = "insured_months_at_least"
+purpose = "kyc"
+max_checks_per_period = 10000000
+max_checks_per_subject_per_period = 1000
+
+[[verification_grants]]
+consumer = "analyst"
+dataset = "enterprises"
+template = "enterprise_active"
+purpose = "kyc"
+max_checks_per_period = 10000000
+max_checks_per_subject_per_period = 1000
+
+[[verification_grants]]
+consumer = "racer"
+dataset = "registry"
+template = "income_at_least"
+purpose = "racing"
+max_checks_per_period = 10000000
+max_checks_per_subject_per_period = 3
+"""
+
 # The test operator policy: small budgets so exhaustion is easy to reach.
 TEST_POLICY = """
 schema = "privacy_gateway.operator.v1"
@@ -84,7 +134,7 @@ privacy_definition = "pure_dp"
 epsilon = 1.0
 delta = 0.0
 max_epsilon_per_query = 1.0
-"""
+""" + VERIFICATION_POLICY
 
 CLIENTS = ["analyst", "planner", "racer", "restarter", "stranger"]  # stranger: valid CA, no policy entry
 

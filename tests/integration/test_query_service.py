@@ -58,11 +58,11 @@ def test_count_answer_has_noise_interval_and_budget(analyst: Stubs, env: Env) ->
     assert cell.confidence_interval.lower <= value(cell) <= cell.confidence_interval.upper
     assert 0 < resp.privacy_cost.epsilon <= 0.5
     assert resp.privacy_cost.epsilon == pytest.approx(0.5, rel=1e-12)
-    # The remaining budget is the tightest level's (nested budgets): at most this grant's own
-    # remainder; other purposes of the same organisation (e.g. the approx_dp partition-selection
-    # tests sharing this session's gateway) may have spent at the organisation level.
-    own = resp.budget.budget.epsilon - resp.budget.spent.epsilon
-    assert 0 <= resp.budget.remaining.epsilon <= own + 1e-9
+    # remaining is the tightest level: this grant, the organisation (other purposes, e.g. the approx_dp
+    # partition-selection tests sharing this session's gateway), or the data owner's cap
+    assert 0 <= resp.budget.remaining.epsilon <= (
+        resp.budget.budget.epsilon - resp.budget.spent.epsilon + 1e-9)
+    assert resp.budget.refreshes_at or resp.budget.period
     assert resp.dataset_version and resp.request_id
 
 
