@@ -550,6 +550,8 @@ class _Analyzer:
                              "forgets how many rows each unit had; group by the unit instead")
             raise _unsupported("MODIFIER", "ORDER BY / LIMIT inside a subquery is not supported")
         self._check_clauses(node)
+        if node.get("having") is not None:  # top-level HAVING is post-processing; here it is not
+            raise _unsupported("HAVING", "HAVING inside a subquery is not supported")
         inner = self._source(node.get("from_table"), depth + 1)
         if isinstance(inner, UnitAggregate):
             raise _unsupported("NESTED_SUBQUERY", "nested per-unit subqueries are not supported")
@@ -659,6 +661,8 @@ class _Analyzer:
             raise reject("SUBQUERY_NOT_ON_PRIVACY_UNIT", "an IN/EXISTS subquery takes no "
                          "GROUP BY, DISTINCT, ORDER BY or LIMIT")
         self._check_clauses(inner_node)
+        if inner_node.get("having") is not None:  # top-level HAVING is post-processing; here it is not
+            raise _unsupported("HAVING", "HAVING inside a subquery is not supported")
         for clause in ("select_list", "where_clause"):
             forbid_nested(inner_node.get(clause), scalar=True)
         source = self._source(inner_node.get("from_table"), 1)
