@@ -126,18 +126,18 @@ organization = "Benchmark (accuracy)"
 consumer = "bench"
 dataset = "registry"
 purpose = "benchmark"
-privacy_definition = "pure_dp"
+privacy_definition = "approx_dp"
 epsilon = 1000000000.0
-delta = 0.0
+delta = 0.5
 max_epsilon_per_query = 1.0
 
 [[grants]]
 consumer = "accuracy"
 dataset = "registry"
 purpose = "benchmark"
-privacy_definition = "pure_dp"
+privacy_definition = "approx_dp"
 epsilon = 1000000000.0
-delta = 0.0
+delta = 0.5
 max_epsilon_per_query = 1.0
 """
 CLIENTS = ("bench", "accuracy")
@@ -256,6 +256,8 @@ class GatewaySystem:
     """A real sandbox process and gateway, with mTLS stubs for the benchmark consumers."""
 
     def __init__(self, data_dir: Path, root: Path, threads: int, catalog: Path = CATALOG) -> None:
+        self._calls = 0
+        catalog = without_caps(catalog, root)
         self.catalog = catalog
         root.mkdir(parents=True, exist_ok=True)
         tls = root / "tls"
@@ -292,7 +294,13 @@ class GatewaySystem:
             self.stubs[name] = q_grpc.QueryServiceStub(ch)
 
     def run(self, q: Query, epsilon: float = EPSILON, consumer: str = "bench") -> Outcome:
-        """RunQuery end to end; INVALID_ARGUMENT/UNIMPLEMENTED mean "unsupported"."""
+        """RunQuery end to end; INVALID_ARGUMENT/UNIMPLEMENTED mean "unsupported".
+
+        Every call is a distinct release: epsilon is nudged by a relative 1e-12 per call, so the charge-once
+        release cache (which would answer a repeated query in about a millisecond) never hits.
+        """
+        self._calls += 1
+        epsilon = epsilon * (1 - 1e-12 * self._calls)
         req = q_pb.RunQueryRequest(
             dataset=DATASET, sql=q.sql, purpose="benchmark", request_id=uuid.uuid4().hex,
             privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon, delta=q.delta),
@@ -326,6 +334,16 @@ class GatewaySystem:
             ch.close()
         self.gw.stop()
         self.sandbox.stop()
+
+
+def without_caps(catalog: Path, root: Path) -> Path:
+    """A copy of the catalog without the data owner's per-period caps (a benchmark spends far more than a month's
+    cap). Its data_dir is irrelevant: the harness passes the data directory explicitly."""
+    root.mkdir(parents=True, exist_ok=True)
+    text = re.sub(r"(?ms)^\[datasets\.[^\]]+\.caps\]\n.*?(?=^\[|\Z)", "", catalog.read_text())
+    out = root / f"bench-{catalog.name}"
+    out.write_text(text)
+    return out
 
 
 def residents_only_catalog(root: Path) -> Path:
@@ -515,15 +533,16 @@ def latency(systems: dict[str, Any], reps: int, warmup: int) -> dict[str, dict[s
 
 def bounded_tables(base: DuckDBSystem) -> None:
     """`b_residents` / `b_social_insurance`: the sandbox's view of the data (truncated to K rows per person with
-    the sandbox's own salted-hash choice, numeric columns clamped to the catalog bounds)."""
+    a salted-hash choice, numeric columns clamped to the catalog bounds). The sandbox's salt is a secret drawn at
+    start-up, so when a person has more than K rows this truth differs from the sandbox's in which rows are kept;
+    on the example data nobody exceeds K, so it is exact."""
     from sandbox.catalog import load_catalog
     from sandbox.compile import quote_ident, render_literal
-    from sandbox.engine import data_version
 
     catalog = load_catalog(CATALOG, base.data_dir)
     ds = catalog.dataset(DATASET)
     assert ds is not None
-    _, salt = data_version(ds)
+    salt = "bench"
     for name in ("residents", "social_insurance"):
         t = ds.table(name)
         assert t is not None
@@ -736,6 +755,9 @@ def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Qu
     out: dict[str, Any] = {}
     for q in supported:
         plan = analyze(q.sql, info)
+        if plan.source is not None or plan.partition_selection:
+            log(f"  profile {q.id}: skipped (the stage breakdown covers single-table, public-key plans)")
+            continue
         spec = ds.table(plan.table)
         assert spec is not None
         sql_table = f"{DATASET}__{spec.name}"
