@@ -92,7 +92,7 @@ WORKLOAD: tuple[Query, ...] = (
         keys=1, sn_public_keys=True,
     ),
     Query(
-        "count_by_birth_year", "COUNT(*) GROUP BY birth_year (private key: partition selection)",
+        "count_by_birth_year", "COUNT(*) GROUP BY birth_year (int key: public domain from its bounds)",
         "SELECT birth_year, COUNT(*) AS n FROM residents GROUP BY birth_year", "private_key",
         keys=1, delta=DELTA,
     ),
