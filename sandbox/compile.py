@@ -199,10 +199,9 @@ class _Compiler:
                 q = self.ref(k)
                 kind = _KIND[col.type]
                 if clamp and kind == "num":
-                    if col.lower is not None and col.upper is not None:
-                        lo, hi = render_literal(float(col.lower)), render_literal(float(col.upper))
-                        return render_clamp(q, lo, hi), kind
-                    return f"(CASE WHEN NOT isnan(CAST({q} AS DOUBLE)) THEN CAST({q} AS DOUBLE) END)", kind
+                    # Stored clamped to the column's bounds with NaN as NULL (sandbox.engine._stored),
+                    # and derived columns are clamped by construction: read as DOUBLE, which cannot raise.
+                    return f"CAST({q} AS DOUBLE)", kind
                 return q, kind
             case Literal(value):
                 return render_literal(value), _lit_kind(value)
@@ -419,9 +418,11 @@ class _Compiler:
             raise PlanRejectedError("the plan's bounds differ from the catalog's")
         if kind == "bool":
             sql = f"(CASE WHEN {sql} THEN 1.0 WHEN NOT {sql} THEN 0.0 END)"
-        # A bounded column is already read clamped to exactly these bounds; anything else is clamped here.
-        exact_column = isinstance(agg.arg, Column) and kind == "num"
-        clamped = sql if exact_column else render_clamp(sql, render_literal(lo), render_literal(hi))
+        # A bare column is stored clamped to exactly these bounds (sandbox.engine._stored): aggregate it
+        # as stored (BIGINT sums exactly). Anything else is clamped here.
+        if isinstance(agg.arg, Column) and kind == "num":
+            return self.ref(key(agg.arg)), lo, hi, integer
+        clamped = render_clamp(sql, render_literal(lo), render_literal(hi))
         if integer:
             clamped = f"TRY_CAST({clamped} AS BIGINT)"
         return clamped, lo, hi, integer
@@ -524,8 +525,8 @@ def compile_plan(
         if n_cells > max_cells and not plan.partition_selection:
             raise PlanRejectedError(f"the group keys have more than {max_cells} combinations")
         domains.append(g.domain)
-        # Only rows whose key is a domain value count; keys in the answer come from the domain only.
-        where.append(f"({ksql} IN ({', '.join(render_literal(v) for v in g.domain)}))")
+        # Keys in the answer come from the domain only: the engine releases exactly the domain cells and
+        # ignores any other group (restricting the exact vector to fixed cells cannot raise sensitivity).
     if plan.where is not None:
         sql, kind = c.expr(plan.where)
         c._need(kind, "bool", "WHERE")

@@ -36,6 +36,7 @@ from sandbox.protocol import (
     Aggregate,
     AggregateKind,
     CatalogInfo,
+    ColumnInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
@@ -86,6 +87,29 @@ def data_version(ds: DatasetSpec) -> str:
                 h.update(chunk)
         h.update(b"\x00")
     return h.hexdigest()[:16]
+
+
+def _stored(c: ColumnInfo) -> str:
+    """How a column is stored at load: cast to its type, clamped to its declared bounds, NaN as NULL.
+
+    Clamping once per data version (instead of in every query) is the same per-row function the queries
+    applied, so sensitivities are unchanged; it makes the stored values exactly what `sandbox.bounds`
+    describes, so the compiler can aggregate a bare column without re-clamping it (5-10x faster on 10M
+    rows). Filters therefore see clamped values too: a value beyond a bound reads as the bound.
+    """
+    q = quote_ident(c.name)
+    if c.type == "int64" and c.lower is not None and c.upper is not None:
+        lo, hi = math.ceil(c.lower), math.floor(c.upper)
+        return (f"(CASE WHEN {q} IS NULL THEN NULL ELSE least(greatest(CAST({q} AS BIGINT), "
+                f"CAST({lo} AS BIGINT)), CAST({hi} AS BIGINT)) END)")
+    if c.type == "float64":
+        v = f"CAST({q} AS DOUBLE)"
+        if c.lower is not None and c.upper is not None:
+            lo_s, hi_s = render_literal(float(c.lower)), render_literal(float(c.upper))
+            return (f"(CASE WHEN {v} IS NULL OR isnan({v}) THEN NULL "
+                    f"ELSE least(greatest({v}, {lo_s}), {hi_s}) END)")
+        return f"(CASE WHEN isnan({v}) THEN NULL ELSE {v} END)"
+    return f"CAST({q} AS {_SQL_TYPE[c.type]})"
 
 
 class Engine:
@@ -151,10 +175,7 @@ class Engine:
                     f"{t.key}.columns.{c.name}.type",
                     f"declared {c.type} but {t.file} has {found[c.name]}",
                 )
-        cols = ", ".join(
-            f"CAST({quote_ident(c.name)} AS {_SQL_TYPE[c.type]}) AS {quote_ident(c.name)}"
-            for c in t.info.columns
-        )
+        cols = ", ".join(f"{_stored(c)} AS {quote_ident(c.name)}" for c in t.info.columns)
         row = ", ".join(quote_ident(c.name) for c in t.info.columns)
         unit = quote_ident(ds.privacy_unit)
         name = sql_table_name(ds.name, t.name)
@@ -319,9 +340,8 @@ class Engine:
             rows = self.run_select(compiled.sql) if compiled.components else []
             for r in rows:
                 cell = tuple(r[:n_keys])
-                if cell not in exact:
-                    raise RuntimeError("engine returned a group outside the declared domain")
-                exact[cell] = list(r[n_keys:])
+                if cell in exact:  # groups outside the declared domain (or NULL keys) are not released
+                    exact[cell] = list(r[n_keys:])
             return compiled.cells, exact
         rows = self.run_select(compiled.sql)
         sel = compiled.components.index((-1, mechanisms.SELECT))
@@ -403,10 +423,8 @@ class Engine:
         counts = {cell: [0] * m for cell in cells}
         for r in self.run_select(q.sql):
             cell, j, c = tuple(r[:n_keys]), r[n_keys], r[n_keys + 1]
-            if cell not in counts:
-                if selected:  # partition selection: a key the threshold mechanism did not release
-                    continue
-                raise RuntimeError("engine returned a group outside the declared domain")
+            if cell not in counts:  # outside the domain, or not released by partition selection
+                continue
             if not isinstance(j, int) or not 0 <= j < m or not isinstance(c, int) or c < 0:
                 raise RuntimeError("bad quantile bucket")
             counts[cell][j] += c
