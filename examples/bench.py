@@ -97,9 +97,9 @@ WORKLOAD: tuple[Query, ...] = (
         keys=1, delta=DELTA,
     ),
     Query(
-        "count_by_income", "COUNT(*) GROUP BY income (private key: DP partition selection)",
-        "SELECT income, COUNT(*) AS n FROM residents GROUP BY income", "private_key",
-        keys=1, delta=DELTA,
+        "count_by_region_name", "COUNT(*) GROUP BY a lookup column without a domain (DP partition selection)",
+        "SELECT g.name, COUNT(*) AS n FROM residents AS r JOIN regions AS g ON r.region = g.code GROUP BY g.name",
+        "private_key", keys=1, delta=DELTA,
     ),
     Query("median", "MEDIAN(income)", "SELECT MEDIAN(income) AS median_income FROM residents", "median"),
     Query(

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from privacy_gateway.v1 import common_pb2 as common_pb
@@ -32,6 +33,7 @@ from gateway.digests import normalize_sql
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
+    InvalidQueryError,
     PermissionDeniedError,
     PrivacyBudgetExhaustedError,
     QueryExecutionError,
@@ -48,6 +50,7 @@ from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import CAP_MESSAGE, PlanRejectedError
+from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
 from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
@@ -58,6 +61,7 @@ from sandbox.protocol import (
     QueryPlan,
     ReleaseCost,
 )
+from sandbox.relation import plan_relation
 
 log = logging.getLogger("gateway.queries")
 
@@ -253,6 +257,8 @@ class QueryService:
         self.supervisor = supervisor
         self.cache = cache
         self.oversight = oversight
+        # What each column grade allows (the data owner's [grades]); the sandbox enforces the same rules.
+        self.grade_rules: Mapping[str, frozenset[str]] = DEFAULT_GRADE_RULES
         self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
 
     # -- pre-execution checks ------------------------------------------------------------------
@@ -293,6 +299,10 @@ class QueryService:
             )
         _require(req.sql, "sql")
         analyzed = analyze_query(req.sql, info)
+        try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
+            check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
+        except PlanRejectedError as exc:
+            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED") from exc
         plan = apply_weights(analyzed.plan, req.weights)
         if req.accuracy is not None:
             plan, epsilon = solve_for_accuracy(plan, info, req.accuracy)

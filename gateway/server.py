@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from gateway.supervisor import SandboxSupervisor
 from gateway.verification import VerificationCore, VerificationServicer
 from sandbox.catalog import load_catalog
 from sandbox.client import SandboxClient, SandboxProcess
+from sandbox.grades import DEFAULT_GRADE_RULES
 
 log = logging.getLogger("gateway.server")
 
@@ -139,6 +141,7 @@ def start_gateway(settings: Settings) -> Gateway:
             cache=ReleaseCache(settings.state_dir / "cache.sqlite3"),
             oversight=oversight,
         )
+        core.grade_rules = load_grade_rules(settings.catalog, settings.data_dir)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),
             options=[
@@ -177,6 +180,18 @@ def start_gateway(settings: Settings) -> Gateway:
     log.info("gateway serving on port %d", port)
     return Gateway(server, port, core, ledger, process, health=health_servicer, oversight=oversight,
                    governor=governor, alerts=alerts, verification=verification)
+
+
+def load_grade_rules(catalog_path: Path, data_dir: Path | None) -> Mapping[str, frozenset[str]]:
+    """The data owner's grade rules from the catalog file (the built-in rules if it cannot be read).
+
+    The sandbox enforces them either way; the gateway checks them only to refuse a query cleanly.
+    """
+    try:
+        return load_catalog(catalog_path, data_dir or catalog_path.parent).grades
+    except ConfigError as exc:
+        log.warning("grade rules not checked by the gateway: %s", exc)
+        return DEFAULT_GRADE_RULES
 
 
 def load_caps(catalog_path: Path, data_dir: Path | None) -> dict[str, DatasetCapInfo]:

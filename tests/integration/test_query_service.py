@@ -379,3 +379,9 @@ def test_expressions_new_aggregates_and_post_processing_end_to_end(analyst: Stub
         med = row.cells[2]
         assert 0 <= med.double_value <= 500000
         assert (med.confidence_interval.lower, med.confidence_interval.upper) == (0.0, 500000.0)
+
+
+def test_data_owner_grade_rules_refuse_cleanly(analyst: Stubs) -> None:
+    """A sensitive column as a group key is refused by the owner's grade rules: INVALID_ARGUMENT, free."""
+    err = fails(run, analyst, "SELECT income, COUNT(*) FROM residents GROUP BY income")
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.reason == "GRADE_NOT_ALLOWED"

@@ -23,7 +23,7 @@ README = (ROOT / "README.md").read_text()
 # issue-expr adds the pure, data-free modules the gateway shares with the sandbox: derived bounds,
 # the function allowlist, and the compiler's renderers (group-key domains, quantile grids).
 GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relation", "sandbox.client", "sandbox.errors",
-                      "sandbox.periods", "sandbox.verification_protocol",
+                      "sandbox.periods", "sandbox.grades", "sandbox.verification_protocol",
                       "sandbox.model_protocol", "sandbox.model_pricing",
                       "sandbox.catalog",
                       "sandbox.bounds", "sandbox.functions", "sandbox.compile"}
