@@ -358,7 +358,8 @@ def residents_only_catalog(root: Path) -> Path:
     drop = False
     for line in CATALOG.read_text().splitlines():
         if line.startswith("["):
-            drop = line.startswith(("[datasets.enterprises", "[datasets.registry.tables.social_insurance"))
+            drop = line.startswith(("[datasets.enterprises", "[datasets.registry.tables.social_insurance",
+                                    "[datasets.registry.verifications"))
         if not drop:
             keep.append(line)
     path = root / "catalog-residents-only.toml"
@@ -384,7 +385,7 @@ class DuckDBSystem:
     def __init__(self, data_dir: Path, threads: int) -> None:
         t0 = time.perf_counter()
         self.con = duckdb.connect(config={"threads": threads})
-        for table in ("residents", "social_insurance"):
+        for table in ("residents", "social_insurance", "regions"):
             path = str(data_dir / f"{table}.parquet").replace("'", "''")
             self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet('{path}')")
         self.load_seconds = time.perf_counter() - t0

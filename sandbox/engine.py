@@ -186,12 +186,20 @@ class Engine:
         # Per-unit truncation: keep the K rows of each unit with the smallest salted row hash. The
         # choice for one unit depends only on its own rows and the data-independent secret salt, so
         # adding or removing a unit changes no other unit's rows (stability).
-        self._con.execute(
-            f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM ("
-            f"SELECT *, row_number() OVER (PARTITION BY {unit} ORDER BY __pgw_h) AS __pgw_rn FROM ("
-            f"SELECT *, hash({render_literal(salt)}, {row}) AS __pgw_h FROM {src})"
-            f") WHERE __pgw_rn <= {k}"
-        )
+        # Fast path: when no unit has more than K rows, truncation is the identity, and the window over
+        # every row (about 12 GiB for 50M rows) is skipped; the result is the same table either way.
+        over = self._con.execute(
+            f"SELECT count(*) FROM (SELECT {unit} FROM {src} GROUP BY {unit} HAVING count(*) > {k})"
+        ).fetchone()
+        if over is not None and int(over[0]) == 0:
+            self._con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM {src}")
+        else:
+            self._con.execute(
+                f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM ("
+                f"SELECT *, row_number() OVER (PARTITION BY {unit} ORDER BY __pgw_h) AS __pgw_rn FROM ("
+                f"SELECT *, hash({render_literal(salt)}, {row}) AS __pgw_h FROM {src})"
+                f") WHERE __pgw_rn <= {k}"
+            )
         count = self._con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()
         self.row_counts[name] = int(count[0]) if count else 0
         log.info("loaded %s.%s: %d rows after truncation to %d per unit", ds.name, t.name,
