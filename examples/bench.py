@@ -117,6 +117,11 @@ WORKLOAD: tuple[Query, ...] = (
 )
 
 SYSTEMS = ("gateway", "duckdb", "smartnoise")
+LEDGER_NOTE = (
+    "Both requests are audited (hash-chained append with fsync) and RunQuery also signs a receipt and stores "
+    "the release in the charge-once cache; the difference between the two rows is the cost of charging, "
+    "running the sandbox, signing and caching. The per-stage table above splits a RunQuery further."
+)
 
 BENCH_POLICY = """
 schema = "privacy_gateway.operator.v1"
@@ -1084,7 +1089,7 @@ def render(results: dict[str, Any]) -> str:
                   f"| ledger reserve + complete inside RunQuery (two fsync'd transactions) | "
                   f"{ms(led['ledger_reserve_plus_complete']['median'])} | "
                   f"{ms(led['ledger_reserve_plus_complete']['p99'])} |",
-                  "", "Both requests are audited (hash-chained append with fsync) and RunQuery also signs a receipt and stores the release in the charge-once cache; the difference between the two rows is the cost of charging, running the sandbox, signing and caching. The per-stage table above splits a RunQuery further.", ""]
+                  "", LEDGER_NOTE, ""]
     for size_key, size_res in results["sizes"].items():
         if size_res.get("sandbox_full_catalog_failure"):
             lines += [f"**At {int(size_key):,} people the sandbox could not load the full catalog** "
