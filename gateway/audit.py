@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from gateway.signing import Signer, canonical_json, public_key_id, verify
+from gateway.storage import immediate
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -825,15 +826,8 @@ class AuditLog:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connection() as conn, immediate(conn):
+            yield conn
 
     def __enter__(self) -> AuditLog:
         """Returns the log itself."""

@@ -36,6 +36,7 @@ from gateway.errors import (
     RequestInProgressError,
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Window, from_units, rfc3339, to_units
+from gateway.storage import immediate
 
 __all__ = [
     "BudgetLimit",
@@ -708,15 +709,8 @@ class Ledger:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception."""
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connection() as conn, immediate(conn):
+            yield conn
 
     @staticmethod
     def _read_spent(conn: sqlite3.Connection, key: GrantKey) -> PrivacyLoss:

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.errors import GatewayInternalError
 from gateway.governance import GrantOverride
+from gateway.storage import immediate
 
 __all__ = ["Outcome", "StateStore"]
 
@@ -111,15 +112,8 @@ class StateStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._conn() as conn, immediate(conn):
+            yield conn
 
     # -- overrides ---------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ UTF-8 JSON). Decoding is strict: unknown node types or keys are refused.
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import struct
@@ -542,7 +543,7 @@ class HealthReply:
     pid: int = field(default=0)
 
 
-class ExtensionMessage:
+class ExtensionMessage(abc.ABC):
     """Base of boundary messages defined in other sandbox modules (e.g. `sandbox.verification_protocol`).
 
     A subclass sets `TYPE` (its frame tag), implements `body_json`, and registers its decoder with
@@ -552,9 +553,9 @@ class ExtensionMessage:
     __slots__ = ()
     TYPE: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def body_json(self) -> dict[str, Any]:
         """The message's fields as JSON (without the "type" tag)."""
-        raise NotImplementedError
 
 
 _EXTENSIONS: dict[str, Callable[[dict[str, Any]], ExtensionMessage]] = {}
