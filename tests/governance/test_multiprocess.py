@@ -19,9 +19,11 @@ import grpc
 import pytest
 
 from gateway import certs
+from gateway.audit import AuditLog
 from gateway.client import error_details
 from gateway.ledger import Ledger
 from gateway.settings import ROOT
+from gateway.signing import Signer, load_or_create_hmac_key
 from sandbox.client import SandboxProcess
 from tests.governance.gov_helpers import channel, query
 from tests.helpers import Env
@@ -147,7 +149,7 @@ def test_two_gateways_64_clients_never_overspend(cluster: Cluster) -> None:
 
 
 def test_sigkill_mid_load_loses_no_charge(cluster: Cluster) -> None:
-    """Kill -9 a loaded gateway: after restart every received answer has its charge; totals agree."""
+    """Kill -9 a loaded gateway: after restart every received answer has its charge and audit entry."""
     proc, port = cluster.start_gateway()
     answered: list[str] = []
     lock = threading.Lock()
@@ -188,6 +190,17 @@ def test_sigkill_mid_load_loses_no_charge(cluster: Cluster) -> None:
         assert not missing
         total = sum(int(c["epsilon_units"]) for c in charges.values())  # type: ignore[call-overload]
         assert total == len(charges) * 10_000_000
+    # The audit log agrees: every answer that reached a client was appended before it left, and the
+    # chain (entries written up to the kill, then the restarted gateway's) still verifies.
+    audit = AuditLog(cluster.state / "audit.sqlite3", Signer.load_or_create(cluster.state),
+                     load_or_create_hmac_key(cluster.state))
+    try:
+        report = audit.verify()
+        assert report.ok, report.problems
+        audited = {f"{e.consumer}/{e.request_id}" for e in audit.entries() if e.outcome == "answered"}
+    finally:
+        audit.close()
+    assert not [a for a in answered if a not in audited]
     member, rid = answered[0].split("/", 1)
     with channel(cluster.tls, port2, member) as ch:
         assert query(ch, 0.01, "crash", request_id=rid).replayed
