@@ -16,6 +16,7 @@ from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 
 from gateway import certs
+from gateway.alerts import alerts_total
 from gateway.server import Gateway, start_gateway
 from tests.governance.gov_helpers import IDENTITIES, POLICY_V2, admin, channel, fails, query
 from tests.helpers import Env
@@ -142,3 +143,15 @@ def test_reload_with_a_broken_file_changes_nothing(gov: GovGateway) -> None:
         orgs = {o.id: o for o in admin(ops).ListOrganizations(a_pb.ListOrganizationsRequest()).organizations}
         assert orgs["temps"].grants[0].budget.budget.epsilon == 50.0
     gov.policy.write_text(good)
+
+
+def test_refusal_burst_alert_fires_and_is_recorded(gov: GovGateway) -> None:
+    """Three refused queries within a minute from one identity fire `refusal_burst` (policy: count 3)."""
+    before = dict(alerts_total()).get("refusal_burst", 0)
+    with gov.ch("intern") as ch:  # (the temps organisation is revoked by an earlier test)
+        for _ in range(3):
+            fails(query, ch, 0.1, "credit", sql="SELECT * FROM residents")
+    assert gov.gw.governor is not None
+    fired = [a for a in gov.gw.governor.state.alerts() if a[1] == "refusal_burst" and a[2] == "intern"]
+    assert len(fired) == 1 and "3 refusals" in fired[0][3]
+    assert alerts_total().get("refusal_burst", 0) == before + 1
