@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from gateway.signing import Signer, canonical_json, public_key_id, verify
-from gateway.storage import immediate
+from gateway.storage import connection, immediate
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -815,14 +815,8 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise AuditError("the audit log is closed")
-        try:
-            conn = self._open()
-            try:
-                yield conn
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            raise AuditError("audit log storage error") from exc
+        with connection(self._open, lambda: AuditError("audit log storage error")) as conn:
+            yield conn
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -36,7 +36,7 @@ from gateway.errors import (
     RequestInProgressError,
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Window, from_units, rfc3339, to_units
-from gateway.storage import immediate
+from gateway.storage import connection, immediate
 
 __all__ = [
     "BudgetLimit",
@@ -696,15 +696,8 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise GatewayInternalError("privacy ledger is closed")
-        try:
-            conn = self._open()
-            try:
-                yield conn
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            # The cause (locked past busy_timeout_s, disk full, corruption) stays in the log.
-            raise GatewayInternalError("privacy ledger storage error") from exc
+        with connection(self._open, lambda: GatewayInternalError("privacy ledger storage error")) as conn:
+            yield conn
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

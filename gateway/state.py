@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.errors import GatewayInternalError
 from gateway.governance import GrantOverride
-from gateway.storage import immediate
+from gateway.storage import connection, immediate
 
 __all__ = ["Outcome", "StateStore"]
 
@@ -99,16 +99,18 @@ class StateStore:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        with connection(self._open, lambda: GatewayInternalError("governance state storage error")) as conn:
+            yield conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                yield conn
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            raise GatewayInternalError("governance state storage error") from exc
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -9,8 +9,27 @@ same module APIs.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+
+@contextmanager
+def connection(
+    open_: Callable[[], sqlite3.Connection], error: Callable[[], Exception]
+) -> Iterator[sqlite3.Connection]:
+    """A short-lived connection from `open_`, closed afterwards; any sqlite3 error becomes `error()`.
+
+    The SQLite text (locked past the busy timeout, disk full, corruption) stays in the exception's cause,
+    for the server log; callers see only their module's own error.
+    """
+    try:
+        conn = open_()
+        try:
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise error() from exc
 
 
 @contextmanager

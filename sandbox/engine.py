@@ -18,6 +18,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -244,11 +245,24 @@ class Engine:
         return True
 
     def run_select(self, sql: str, timeout_ms: int | None = None) -> list[tuple[Any, ...]]:
-        """Run one guarded SELECT on a fresh cursor, interrupting it at the deadline.
+        """Run one guarded plan SELECT on a fresh cursor, interrupting it at the deadline.
 
         Raises:
             PlanRejectedError: `sql` is not one SELECT over loaded tables (see `sandbox.guard`).
             duckdb.Error: the engine failed or the query was interrupted.
+        """
+        return self.run_guarded(sql, lambda cur: check_select(cur, sql, self._tables), timeout_ms)
+
+    def run_guarded(
+        self,
+        sql: str,
+        check: Callable[[duckdb.DuckDBPyConnection], None],
+        timeout_ms: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Run `sql` on a fresh cursor after `check(cursor)` accepts it, interrupting it at the deadline.
+
+        The one place the sandbox executes SQL for plans and models: `check` is the guard for that kind
+        of SQL (it parses, never runs); the deadline is `max_execution_time` plus this watchdog.
         """
         deadline = (timeout_ms or self.limits.query_timeout_ms) / 1000
         cur = self._con.cursor()
@@ -268,7 +282,7 @@ class Engine:
 
         timer = threading.Thread(target=watchdog, daemon=True)
         try:
-            check_select(cur, sql, self._tables)
+            check(cur)
             timer.start()
             return cur.execute(sql).fetchall()
         finally:

@@ -13,7 +13,7 @@ POSITIONAL, LATERAL), derived tables in FROM that are themselves guarded SELECTs
 from __future__ import annotations
 
 import json
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import Any
 
 import duckdb
@@ -72,20 +72,27 @@ def check_select(con: duckdb.DuckDBPyConnection, sql: str, tables: Set[str]) -> 
     Raises:
         PlanRejectedError: anything else.
     """
+    _check_node(single_select_node(con, sql, _refuse), tables, 0)
+
+
+def single_select_node(
+    con: duckdb.DuckDBPyConnection, sql: str, refuse: Callable[[str], PlanRejectedError]
+) -> Any:
+    """The parse tree of `sql` if it is exactly one SELECT statement (parsed, never run); else `refuse`."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise _refuse("does not parse") from exc
+        raise refuse("does not parse") from exc
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise _refuse("exactly one SELECT statement is allowed")
+        raise refuse("exactly one SELECT statement is allowed")
     row = con.execute(
         "SELECT json_serialize_sql(?, skip_null := true, skip_empty := true, skip_default := true)",
         [sql],
     ).fetchone()
     tree = json.loads(row[0]) if row else {}
     if tree.get("error") is not False or len(tree.get("statements", ())) != 1:
-        raise _refuse("not a serialisable single SELECT")
-    _check_node(tree["statements"][0].get("node", {}), tables, 0)
+        raise refuse("not a serialisable single SELECT")
+    return tree["statements"][0].get("node", {})
 
 
 def _check_node(node: Any, tables: Set[str], depth: int) -> None:

@@ -25,10 +25,8 @@ Algorithms and privacy arguments (README "Models" has the long form):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +39,7 @@ from sandbox import model_pricing as mp
 from sandbox.compile import quote_ident, render_literal
 from sandbox.engine import Engine, sql_table_name
 from sandbox.errors import PlanRejectedError
+from sandbox.guard import single_select_node
 from sandbox.model_protocol import (
     ConfusionMatrix,
     Estimate,
@@ -91,17 +90,7 @@ def _refuse(why: str) -> PlanRejectedError:
 
 def check_model_select(con: duckdb.DuckDBPyConnection, sql: str, tables: frozenset[str]) -> None:
     """Refuse `sql` unless it is one aggregate SELECT over one loaded table with allowed functions."""
-    statements = con.extract_statements(sql)
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise _refuse("exactly one SELECT statement is allowed")
-    row = con.execute(
-        "SELECT json_serialize_sql(?, skip_null := true, skip_empty := true, skip_default := true)",
-        [sql],
-    ).fetchone()
-    tree = json.loads(row[0]) if row else {}
-    if tree.get("error") is not False or len(tree.get("statements", ())) != 1:
-        raise _refuse("not a single SELECT")
-    _check_node(tree["statements"][0].get("node", {}), tables, 0)
+    _check_node(single_select_node(con, sql, _refuse), tables, 0)
 
 
 def _check_node(node: Any, tables: frozenset[str], depth: int) -> None:
@@ -146,29 +135,9 @@ def _walk(e: Any, depth: int) -> None:
 
 
 def run_model_select(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
-    """Run one guarded model SELECT on a fresh cursor, interrupted at the engine's deadline."""
-    deadline = engine.limits.query_timeout_ms / 1000
-    cur = engine._con.cursor()
-    done = threading.Event()
-
-    def watchdog() -> None:
-        if done.wait(deadline):
-            return
-        while not done.is_set():
-            try:
-                cur.interrupt()
-            except duckdb.Error:
-                return
-            done.wait(0.05)
-
-    timer = threading.Thread(target=watchdog, daemon=True)
-    try:
-        check_model_select(cur, sql, frozenset(engine.row_counts))
-        timer.start()
-        return cur.execute(sql).fetchall()
-    finally:
-        done.set()
-        cur.close()
+    """Run one model SELECT through the engine's guarded, deadline-interrupted runner."""
+    tables = frozenset(engine.row_counts)
+    return engine.run_guarded(sql, lambda cur: check_model_select(cur, sql, tables))
 
 
 # ---------------------------------------------------------------------------------------------------
