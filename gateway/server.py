@@ -155,7 +155,7 @@ def start_gateway(settings: Settings) -> Gateway:
         key_grpc.add_KeyServiceServicer_to_server(KeyServicer(oversight.signer), server)
         a_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, governor), server)  # issue-gov
         verification = VerificationCore.start(policy, settings.policy, client, settings.state_dir,
-                                              sandbox_timeout_s=settings.sandbox_timeout_s)
+                                              sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
         v_grpc.add_VerificationServiceServicer_to_server(
             VerificationServicer(verification), server)
         add_model_service(server, core, settings.policy)

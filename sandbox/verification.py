@@ -77,7 +77,7 @@ from sandbox.verification_protocol import (
     TemplatesInfo,
     VerifyClaimsRequest,
     VerifyClaimsResult,
-    subject_problem,
+    subject_problems,
 )
 
 log = logging.getLogger("sandbox.verification")
@@ -575,14 +575,14 @@ class Verifier:
         for name, values in req.params:
             spec = info.param(name)
             assert spec is not None
-            for v in values:
-                problem = spec.problem(v)
+            # Distinct values only (a batch repeats a few ladder rungs); typed, so 1 and True differ.
+            for v in {(type(v), v) for v in values}:
+                problem = spec.problem(v[1])
                 if problem:
                     return problem
-        for s in req.subjects:
-            problem = subject_problem(info.subject_format, s)
-            if problem:
-                return f"invalid subject: {problem}"
+        problems = subject_problems(info.subject_format, req.subjects)
+        if problems:
+            return f"invalid subject: {problems[min(problems)]}"
         return c
 
     def verify(self, req: VerifyClaimsRequest) -> VerifyClaimsResult | ErrorReply:

@@ -1,0 +1,318 @@
+"""Verification caps, case references and enumeration alerts: durable state in SQLite, set-wise per batch.
+
+One `BEGIN IMMEDIATE` transaction checks and charges a whole request (one claim or 100,000): the
+consumer's and the template's counters of the period (one row each), and one row per distinct subject.
+A batch reads the rows of its subjects with one statement (the keys as one JSON array, `json_each`) and
+writes them back with one `INSERT ... SELECT ... ON CONFLICT DO UPDATE`, so the cost is SQLite's B-tree
+work, not 100,000 statement round trips from Python (`executemany` costs about 5 µs per row here).
+
+Subject rows are keyed compactly: `(scope, subject)` where `scope` is an integer naming (period,
+consumer, dataset, template) (`cap_scopes`) and `subject` is the first 16 bytes (hex) of the subject's
+keyed hash (HMAC-SHA256 under the gateway's key; a collision of two subjects in one scope would need about
+2^64 subjects, and would only make a cap stricter). The row also keeps the distinct parameter sets tried
+on that subject in the period (8-byte prefixes of their keyed hashes, hex, concatenated), which is what the
+`parameter_probe` alert counts. No identifier is ever stored in clear.
+
+Measured (2-core machine, file on local disk): charging 100,000 distinct subjects takes about 0.3 s
+(the earlier one-row-per-(subject, parameters) table with six text key columns took about 4 s).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+SUBJECT_KEY_BYTES = 16
+PARAMS_KEY_BYTES = 8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consumer_counts (
+    period TEXT NOT NULL, consumer TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (period, consumer)) STRICT;
+CREATE TABLE IF NOT EXISTS template_counts (
+    period TEXT NOT NULL, consumer TEXT NOT NULL, dataset TEXT NOT NULL, template TEXT NOT NULL,
+    n INTEGER NOT NULL, PRIMARY KEY (period, consumer, dataset, template)) STRICT;
+CREATE TABLE IF NOT EXISTS cap_scopes (
+    id INTEGER PRIMARY KEY, period TEXT NOT NULL, consumer TEXT NOT NULL, dataset TEXT NOT NULL,
+    template TEXT NOT NULL, UNIQUE (period, consumer, dataset, template)) STRICT;
+CREATE TABLE IF NOT EXISTS subject_caps (
+    scope INTEGER NOT NULL, subject TEXT NOT NULL, n INTEGER NOT NULL, params TEXT NOT NULL,
+    PRIMARY KEY (scope, subject)) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS case_references (
+    consumer TEXT NOT NULL, dataset TEXT NOT NULL, template TEXT NOT NULL, subject TEXT NOT NULL,
+    case_reference TEXT NOT NULL, created_at REAL NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS not_found_windows (
+    consumer TEXT NOT NULL, window_start INTEGER NOT NULL, checks INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (consumer, window_start)) STRICT;
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, created_at REAL NOT NULL, kind TEXT NOT NULL, consumer TEXT NOT NULL,
+    dataset TEXT NOT NULL, template TEXT NOT NULL, subject TEXT NOT NULL, window TEXT NOT NULL,
+    count INTEGER NOT NULL) STRICT;
+"""
+
+
+class CapLimits(Protocol):
+    """The caps of one request: the operator's per-consumer cap and the grant's caps."""
+
+    @property
+    def period(self) -> str:
+        """"day" or "hour"."""
+        ...
+
+    @property
+    def max_checks_per_consumer_per_period(self) -> int:
+        """All templates of one consumer."""
+        ...
+
+    @property
+    def alert_distinct_parameters_per_subject(self) -> int:
+        """Alert threshold for parameter sets tried on one subject."""
+        ...
+
+
+class GrantLimits(Protocol):
+    """The grant's identity and caps."""
+
+    @property
+    def dataset(self) -> str:
+        """The dataset."""
+        ...
+
+    @property
+    def template(self) -> str:
+        """The template."""
+        ...
+
+    @property
+    def max_checks_per_period(self) -> int:
+        """This consumer x template."""
+        ...
+
+    @property
+    def max_checks_per_subject_per_period(self) -> int:
+        """This consumer x template x subject."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An enumeration alert."""
+
+    created_at: float
+    kind: str  # "not_found_burst" or "parameter_probe"
+    consumer: str
+    dataset: str
+    template: str
+    subject: str  # keyed hash ("" for not_found_burst)
+    window: str
+    count: int
+
+
+def period_key(period: str, now: float) -> str:
+    """The UTC period containing `now`: "YYYY-MM-DD" (day) or "YYYY-MM-DDTHH" (hour)."""
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
+    return t.strftime("%Y-%m-%d") if period == "day" else t.strftime("%Y-%m-%dT%H")
+
+
+class VerificationState:
+    """Caps and alerts, durable. Every change is one BEGIN IMMEDIATE transaction on this thread's
+    connection, so checks and charges are atomic across threads and processes."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0, durability: str = "full") -> None:
+        """Open (and create) the database at `path`.
+
+        `durability` "full" (synchronous=FULL: a charge survives power loss once committed) or
+        "normal" (synchronous=NORMAL in WAL mode: survives a crash of the process, the last commits
+        may roll back on power loss or an OS crash; saves one fsync per check). Alert counters always
+        use "normal": they are advisory.
+        """
+        if durability not in ("full", "normal"):
+            raise ValueError("durability must be 'full' or 'normal'")
+        self.path = path
+        self._busy = busy_timeout_s
+        self._sync = durability.upper()
+        self._local = threading.local()
+        self._scopes: dict[tuple[str, str, str, str], int] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._open().executescript(_SCHEMA)
+
+    def _open(self, sync: str | None = None) -> sqlite3.Connection:
+        """This thread's connection (kept open: closing the last connection of a WAL database
+        checkpoints and fsyncs, which would cost every check a disk flush)."""
+        level = sync or self._sync
+        cons: dict[str, sqlite3.Connection] = self._local.__dict__.setdefault("cons", {})
+        con = cons.get(level)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None,
+                                  check_same_thread=True)
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute(f"PRAGMA synchronous = {level}")
+            con.execute("PRAGMA cache_size = -65536")  # 64 MiB: a batch touches 100,000 random keys
+            con.execute("PRAGMA temp_store = MEMORY")
+            cons[level] = con
+        return con
+
+    @contextmanager
+    def _tx(self, sync: str | None = None) -> Iterator[sqlite3.Connection]:
+        con = self._open(sync)
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def _scope(self, con: sqlite3.Connection, key: tuple[str, str, str, str]) -> int:
+        """The id of (period, consumer, dataset, template), created on first use (inside the caller's
+        transaction; ids are never reused or deleted, so a cached id stays right)."""
+        scope = self._scopes.get(key)
+        if scope is None:
+            con.execute("INSERT OR IGNORE INTO cap_scopes (period, consumer, dataset, template) "
+                        "VALUES (?, ?, ?, ?)", key)
+            scope = int(con.execute("SELECT id FROM cap_scopes WHERE period = ? AND consumer = ? AND "
+                                    "dataset = ? AND template = ?", key).fetchone()[0])
+        return scope
+
+    def charge(self, *, consumer: str, grant: GrantLimits, policy: CapLimits, subjects: list[bytes],
+               params: list[bytes], case_references: list[str] | None, now: float) -> list[str | None]:
+        """Check and charge every claim in order, in one transaction.
+
+        Args:
+            consumer: The consumer.
+            grant: The grant (dataset, template and its caps).
+            policy: The operator's verification settings (period, consumer cap, alert threshold).
+            subjects: Per claim, the subject's keyed hash (bytes; the first 16 are the cap key).
+            params: Per claim, the parameters' keyed hash (bytes; the first 8 tell parameter sets apart).
+            case_references: Per claim, the keyed hash (hex) of its case reference or "" (None: none).
+            now: The time (period and records).
+
+        Returns:
+            Per claim, None (charged) or which cap refused it ("consumer", "template", "subject"). A
+            refused claim is not charged.
+        """
+        period = period_key(policy.period, now)
+        ds, tp = grant.dataset, grant.template
+        scope_key = (period, consumer, ds, tp)
+        keys = [s[:SUBJECT_KEY_BYTES].hex() for s in subjects]
+        prm = [p[:PARAMS_KEY_BYTES].hex() for p in params]
+        width = 2 * PARAMS_KEY_BYTES
+        out: list[str | None] = []
+        with self._tx() as con:
+            scope = self._scope(con, scope_key)
+            row = con.execute("SELECT n FROM consumer_counts WHERE period = ? AND consumer = ?",
+                              (period, consumer)).fetchone()
+            c_n = row[0] if row else 0
+            row = con.execute("SELECT n FROM template_counts WHERE period = ? AND consumer = ? AND "
+                              "dataset = ? AND template = ?", scope_key).fetchone()
+            t_n = row[0] if row else 0
+            counts = Counter(keys)
+            totals = dict.fromkeys(counts, 0)
+            seen = dict.fromkeys(counts, "")
+            # The subjects' rows in one statement: the keys travel as one JSON array (CROSS JOIN keeps
+            # json_each outside, so each key is one primary-key lookup).
+            for k, n, p in con.execute(
+                    "SELECT s.subject, s.n, s.params FROM json_each(?) j CROSS JOIN subject_caps s "
+                    "ON s.scope = ? AND s.subject = j.value", (json.dumps(list(counts)), scope)):
+                totals[k], seen[k] = n, p
+            before = {k: len(p) // width for k, p in seen.items() if p}
+            c_max, t_max = policy.max_checks_per_consumer_per_period, grant.max_checks_per_period
+            s_max = grant.max_checks_per_subject_per_period
+            n_claims = len(keys)
+            if (c_n + n_claims <= c_max and t_n + n_claims <= t_max
+                    and all(totals[k] + c <= s_max for k, c in counts.items())):
+                # No cap binds within this request (the usual case): every claim is charged, in bulk.
+                out = [None for _ in range(n_claims)]
+                c_n, t_n = c_n + n_claims, t_n + n_claims
+                for k, c in counts.items():
+                    totals[k] += c
+                admitted = dict.fromkeys(zip(keys, prm, strict=True))
+            else:
+                admitted = {}
+                for k, p in zip(keys, prm, strict=True):
+                    if c_n >= c_max:
+                        out.append("consumer")
+                    elif t_n >= t_max:
+                        out.append("template")
+                    elif totals[k] >= s_max:
+                        out.append("subject")
+                    else:
+                        out.append(None)
+                        c_n += 1
+                        t_n += 1
+                        totals[k] += 1
+                        admitted[(k, p)] = None
+            touched: dict[str, None] = {}
+            for k, p in admitted:  # distinct (subject, parameters) pairs charged now
+                touched[k] = None
+                have = seen[k]
+                if not have:
+                    seen[k] = p
+                elif p not in {have[j:j + width] for j in range(0, len(have), width)}:
+                    seen[k] = have + p
+            con.execute("INSERT INTO consumer_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = ?",
+                        (period, consumer, c_n, c_n))
+            con.execute("INSERT INTO template_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = ?",
+                        (*scope_key, t_n, t_n))
+            # Every touched subject's new row in one statement (hex strings need no JSON escaping).
+            rows = ",".join([f'["{k}",{totals[k]},"{seen[k]}"]' for k in sorted(touched)])
+            con.execute("INSERT INTO subject_caps (scope, subject, n, params) "
+                        "SELECT ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true "
+                        "ON CONFLICT DO UPDATE SET n = excluded.n, params = excluded.params",
+                        (scope, f"[{rows}]"))
+            if case_references is not None:
+                refs = [(consumer, ds, tp, s.hex(), c, now)
+                        for s, c, r in zip(subjects, case_references, out, strict=True) if r is None and c]
+                con.executemany("INSERT INTO case_references VALUES (?, ?, ?, ?, ?, ?)", refs)
+            limit = policy.alert_distinct_parameters_per_subject
+            probes = [k for k in touched if len(seen[k]) // width >= limit > before.get(k, 0)]
+            if probes:
+                full = {s[:SUBJECT_KEY_BYTES].hex(): s.hex() for s in subjects}
+                con.executemany("INSERT INTO alerts (created_at, kind, consumer, dataset, template, subject, "
+                                "window, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(now, "parameter_probe", consumer, ds, tp, full[k], period, len(seen[k]) // width)
+                                 for k in probes])
+        self._scopes[scope_key] = scope  # committed: the id is durable now
+        return out
+
+    def record_not_found(self, *, consumer: str, dataset: str, template: str, not_found: int,
+                         window_seconds: int, alert_limit: int, now: float) -> None:
+        """Count unknown subjects per consumer and window; alert when the threshold is crossed.
+
+        Runs the same statements, and changes the row (`checks`), whether `not_found` is 0 or not: an
+        unchanged row would skip the write and answer an unknown subject measurably faster."""
+        window = int(now // window_seconds) * window_seconds
+        with self._tx("NORMAL") as con:
+            row = con.execute(
+                "INSERT INTO not_found_windows VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE SET "
+                "checks = checks + 1, n = n + ? RETURNING n", (consumer, window, not_found, not_found)
+            ).fetchone()
+            total = int(row[0])
+            crossed = total - not_found < alert_limit <= total
+            con.executemany(
+                "INSERT INTO alerts (created_at, kind, consumer, dataset, template, subject, window, count) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(now, "not_found_burst", consumer, dataset, template, "", str(window), total)] if crossed else [])
+
+    def alerts(self, since: float = 0.0) -> list[Alert]:
+        """Alerts recorded at or after `since`, oldest first."""
+        rows = self._open().execute("SELECT created_at, kind, consumer, dataset, template, subject, window, "
+                                    "count FROM alerts WHERE created_at >= ? ORDER BY id", (since,)).fetchall()
+        return [Alert(*r) for r in rows]
+
+    def alert_counts(self) -> dict[tuple[str, str], int]:
+        """(kind, consumer) -> number of alerts: for metrics."""
+        rows = self._open().execute("SELECT kind, consumer, count(*) FROM alerts GROUP BY kind, consumer").fetchall()
+        return {(k, c): n for k, c, n in rows}
+
+    def case_reference_count(self) -> int:
+        """Stored case references (hashes)."""
+        return int(self._open().execute("SELECT count(*) FROM case_references").fetchone()[0])
