@@ -41,6 +41,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,6 +75,7 @@ from gateway.verification_receipts import (
     issue_receipts,
     key_id_of,
     load_public_key,
+    root_message_of,
     verify_receipt,
 )
 from gateway.verification_state import Alert, VerificationState, period_key
@@ -111,6 +113,7 @@ __all__ = [
     "key_id_of",
     "load_public_key",
     "period_key",
+    "root_message_of",
     "verify_receipt",
     "verify_receipt_file",
 ]
@@ -369,6 +372,7 @@ class VerificationCore:
     _hashes: dict[str, str] = field(default_factory=dict)
 
     MAX_PARAM_CACHE: ClassVar[int] = 10_000
+    PIPELINE_CHUNK: ClassVar[int] = 25_000
 
     @classmethod
     def start(cls, policy: Policy, policy_path: Path, client: SandboxClient, state_dir: Path,
@@ -464,10 +468,18 @@ class VerificationCore:
                     *, single: bool) -> CheckAnswer:
         """Validate, charge, evaluate, count, and sign; refusals of a single check raise.
 
-        Stages (each timed in `CheckAnswer.timings`): `validate` (subjects vectorised, each distinct
-        parameter set once), `hash` (keyed hashes of subjects), `caps` (one transaction for the whole
-        request), `sandbox` (one set-wise evaluation, in a worker thread while this one derives the
-        claims' keyed hashes: `claims`), `alerts`, `receipts` (payloads, Merkle tree, one signature).
+        A batch runs as a pipeline of chunks of `PIPELINE_CHUNK` claims, in order: the caps of chunk j+1
+        are checked and charged (one transaction per chunk, in a worker thread; SQLite releases the GIL)
+        while the sandbox evaluates chunk j (a second worker, waiting on the sandbox's socket) and this
+        thread derives the keyed hashes and receipt payloads. Every claim is charged before the sandbox
+        sees it, chunks are charged in claim order (so a subject repeated within a batch meets its cap
+        exactly as in one transaction), and each transaction is atomic against concurrent requests.
+        All answered claims then share one Merkle tree and one signature.
+
+        Stages (seconds in `CheckAnswer.timings`; the three middle ones overlap, `pipeline` is their wall
+        time): `validate` (subjects vectorised, each distinct parameter set once), `hash` (keyed hashes
+        of subjects), `caps`, `sandbox`, `claims` (claim hashes and payloads), `pipeline`, `alerts`,
+        `receipts` (Merkle tree and signature).
         """
         clock = _Stopwatch()
         grant, info = self.authorise(consumer, dataset, template, purpose)
@@ -483,78 +495,113 @@ class VerificationCore:
         valid = [i for i in range(n) if i not in refusals] if refusals else list(range(n))
         clock.lap("validate")
         now = self.clock()
-        subjects = claims.subjects
+        subjects, refs, index = claims.subjects, claims.case_references, claims.param_index
         subj = self.hasher.digests("subject", dataset, last=[subjects[i] for i in valid])
         set_hex = [self._params_hash(dataset, template, p) for p in claims.param_sets]
         set_raw = [bytes.fromhex(h) for h in set_hex]
-        index = claims.param_index
         prm = [set_raw[index[i]] for i in valid]
-        refs = claims.case_references
-        case = ([self.hasher.hex("case", refs[i]) if refs[i] else "" for i in valid]
-                if any(refs) else None)
+        case = [self.hasher.hex("case", refs[i]) if refs[i] else "" for i in valid] if any(refs) else None
         clock.lap("hash")
-        why = self.state.charge(consumer=consumer, grant=grant, policy=self.vpolicy, subjects=subj,
-                                params=prm, case_references=case, now=now) if valid else []
-        clock.lap("caps")
-        admitted: list[int] = []
-        kept: list[int] = []  # positions in `valid` of the admitted claims
-        for j, (i, cap) in enumerate(zip(valid, why, strict=True)):
-            if cap is None:
-                admitted.append(i)
-                kept.append(j)
-            elif single:
-                raise VerificationCapExhaustedError(_CAP_MESSAGES[cap], cap=cap, template=template,
-                                                    period=self.vpolicy.period)
-            else:
-                refusals[i] = ("VERIFICATION_CAP_EXHAUSTED", _CAP_MESSAGES[cap])
-        if not admitted:
+        if not valid:
             return CheckAnswer(n, refusals, [], (), [], None, clock.timings)
-        evaluated, claim_hashes = self._evaluate_while(info, claims, admitted, lambda: self.hasher.digests(
-            "claim", last=[f"{subj[j].hex()}\x00{set_hex[index[valid[j]]]}" for j in kept]))
-        clock.lap("sandbox+claims")
-        self.state.record_not_found(consumer=consumer, dataset=dataset, template=template,
-                                    not_found=evaluated.not_found, window_seconds=self.vpolicy.alert_window_seconds,
+        batch_id = uuid.uuid4().hex
+        head = ""  # the payloads' common part, once the sandbox has named the data version
+        labels = info.band_labels
+        band_json = {b: json.dumps(labels[b] if labels and b >= 0 else "", ensure_ascii=False)
+                     for b in range(-1, len(labels))}
+        names = RESULT_NAMES
+        timings = clock.timings
+        admitted: list[int] = []
+        outcomes: list[int] = []
+        bands: list[str] = []
+        payloads: list[bytes] = []
+        not_found = 0
+        step = self.PIPELINE_CHUNK
+        spans = [(a, min(len(valid), a + step)) for a in range(0, len(valid), step)]
+        failed = threading.Event()
+
+        def charge(a: int, b: int) -> list[str | None]:
+            if failed.is_set():  # an earlier chunk failed: charge nothing more
+                raise QueryExecutionError()
+            t = time.perf_counter()
+            out = self.state.charge(consumer=consumer, grant=grant, policy=self.vpolicy, subjects=subj[a:b],
+                                    params=prm[a:b], case_references=None if case is None else case[a:b],
+                                    now=now)
+            timings["caps"] = timings.get("caps", 0.0) + time.perf_counter() - t
+            return out
+
+        def evaluate(chunk: list[int]) -> VerifyClaimsResult:
+            t = time.perf_counter()
+            try:
+                return self._evaluate(info, claims, chunk)
+            finally:
+                timings["sandbox"] = timings.get("sandbox", 0.0) + time.perf_counter() - t
+
+        # Workers only for a batch of several chunks: a single check stays on this thread.
+        caps_pool = ThreadPoolExecutor(1, "verification-caps") if len(spans) > 1 else None
+        sandbox_pool = ThreadPoolExecutor(1, "verification-sandbox") if len(spans) > 1 else None
+        try:
+            charged = [caps_pool.submit(charge, a, b) for a, b in spans] if caps_pool else []
+            pending: list[tuple[list[int], list[bytes], Future[VerifyClaimsResult] | None]] = []
+            t_pipe = time.perf_counter()
+            for j, (a, b) in enumerate(spans):
+                why = charged[j].result() if caps_pool else charge(a, b)
+                chunk, kept = [], []
+                for pos, cap in enumerate(why, start=a):
+                    i = valid[pos]
+                    if cap is None:
+                        chunk.append(i)
+                        kept.append(pos)
+                    elif single:
+                        raise VerificationCapExhaustedError(_CAP_MESSAGES[cap], cap=cap, template=template,
+                                                            period=self.vpolicy.period)
+                    else:
+                        refusals[i] = ("VERIFICATION_CAP_EXHAUSTED", _CAP_MESSAGES[cap])
+                future = sandbox_pool.submit(evaluate, chunk) if sandbox_pool and chunk else None
+                t = time.perf_counter()
+                hashes = self.hasher.digests(
+                    "claim", last=[f"{subj[pos].hex()}\x00{set_hex[index[valid[pos]]]}" for pos in kept])
+                timings["claims"] = timings.get("claims", 0.0) + time.perf_counter() - t
+                pending.append((chunk, hashes, future))
+            for chunk, hashes, future in pending:
+                if not chunk:
+                    continue
+                result = future.result() if future is not None else evaluate(chunk)
+                t = time.perf_counter()
+                if not head:
+                    head = json.dumps({"v": 1, "consumer": consumer, "dataset": dataset, "template": template,
+                                       "purpose": purpose, "data_version": result.dataset_version,
+                                       "issued_at": _issued_at(now), "key_id": self.signer.key_id},
+                                      separators=(",", ":"), ensure_ascii=False)[:-1]
+                not_found += result.not_found
+                base = len(admitted)
+                payloads += [
+                    f'{head},"id":"{batch_id}-{base + k:06d}","claim":"{c.hex()}","result":"{names[o]}",'
+                    f'"band":{band_json[g if labels else -1]}}}'.encode()
+                    for k, (c, o, g) in enumerate(zip(hashes, result.outcomes, result.bands, strict=True))]
+                admitted += chunk
+                outcomes += result.outcomes
+                bands += [labels[g] if labels and g >= 0 else "" for g in result.bands]
+                timings["claims"] = timings.get("claims", 0.0) + time.perf_counter() - t
+            timings["pipeline"] = time.perf_counter() - t_pipe
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            for pool in (caps_pool, sandbox_pool):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+        clock.lap("")
+        timings.pop("", None)
+        if not admitted:
+            return CheckAnswer(n, refusals, [], (), [], None, timings)
+        self.state.record_not_found(consumer=consumer, dataset=dataset, template=template, not_found=not_found,
+                                    window_seconds=self.vpolicy.alert_window_seconds,
                                     alert_limit=self.vpolicy.alert_not_found_per_window, now=now)
         clock.lap("alerts")
-        batch_id = uuid.uuid4().hex
-        head = json.dumps({"v": 1, "consumer": consumer, "dataset": dataset, "template": template,
-                           "purpose": purpose, "data_version": evaluated.dataset_version,
-                           "issued_at": _issued_at(now), "key_id": self.signer.key_id},
-                          separators=(",", ":"), ensure_ascii=False)[:-1]
-        labels = info.band_labels
-        bands = [labels[b] if labels and b >= 0 else "" for b in evaluated.bands]
-        band_json = {b: json.dumps(b, ensure_ascii=False) for b in set(bands)}
-        names = RESULT_NAMES
-        payloads = [
-            f'{head},"id":"{batch_id}-{k:06d}","claim":"{c.hex()}","result":"{names[o]}","band":{band_json[b]}}}'
-            .encode()
-            for k, (c, o, b) in enumerate(zip(claim_hashes, evaluated.outcomes, bands, strict=True))
-        ]
         receipts = issue_receipts(self.signer, payloads)
         clock.lap("receipts")
-        return CheckAnswer(n, refusals, admitted, evaluated.outcomes, bands, receipts, clock.timings)
-
-    def _evaluate_while(self, info: TemplateInfo, claims: ClaimBatch, admitted: list[int],
-                        work: Callable[[], list[bytes]]) -> tuple[VerifyClaimsResult, list[bytes]]:
-        """The sandbox's answer for the admitted claims, and `work()` computed meanwhile in this thread
-        (the sandbox call mostly waits on its socket, so both proceed on two cores)."""
-        result: list[VerifyClaimsResult | BaseException] = []
-
-        def call() -> None:
-            try:
-                result.append(self._evaluate(info, claims, admitted))
-            except BaseException as exc:  # re-raised in the request thread
-                result.append(exc)
-
-        worker = threading.Thread(target=call, name="verification-sandbox", daemon=True)
-        worker.start()
-        try:
-            done = work()
-        finally:
-            worker.join()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        return result[0], done
+        return CheckAnswer(n, refusals, admitted, tuple(outcomes), bands, receipts, timings)
 
     def _evaluate(self, info: TemplateInfo, claims: ClaimBatch, admitted: list[int]) -> VerifyClaimsResult:
         subjects, index, sets = claims.subjects, claims.param_index, claims.param_sets

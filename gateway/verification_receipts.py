@@ -250,11 +250,29 @@ def issue_receipts(signer: Signer, payloads: list[bytes]) -> ReceiptBatch:
     return ReceiptBatch(payloads, _audit_paths(levels), signature, signer.key_id, level[0])
 
 
+def root_message_of(receipt: ReceiptData) -> bytes | None:
+    """The signed root message the receipt's payload and audit path lead to (None: malformed path).
+
+    This is also what the audit log's entry for the request digests (`released_digest`)."""
+    if not 0 <= receipt.leaf_index < receipt.tree_size or len(receipt.audit_path) % 32:
+        return None
+    h, j, n = _leaf(receipt.payload), receipt.leaf_index, receipt.tree_size
+    path = [receipt.audit_path[k:k + 32] for k in range(0, len(receipt.audit_path), 32)]
+    while n > 1:
+        if j ^ 1 < n:
+            if not path:
+                return None
+            sib = path.pop(0)
+            h = _node(h, sib) if j % 2 == 0 else _node(sib, h)
+        j, n = j // 2, (n + 1) // 2
+    if path:
+        return None
+    return _root_message(h, receipt.tree_size)
+
+
 def verify_receipt(receipt: ReceiptData, public_key: Ed25519PublicKey) -> bool:
     """True if the receipt's payload is in a tree whose root the key signed, and its key id matches."""
-    if receipt.key_id != key_id_of(public_key) or not 0 <= receipt.leaf_index < receipt.tree_size:
-        return False
-    if len(receipt.audit_path) % 32:
+    if receipt.key_id != key_id_of(public_key):
         return False
     try:
         claimed = json.loads(receipt.payload)
@@ -262,19 +280,11 @@ def verify_receipt(receipt: ReceiptData, public_key: Ed25519PublicKey) -> bool:
         return False
     if not isinstance(claimed, dict) or claimed.get("key_id") != receipt.key_id:
         return False
-    h, j, n = _leaf(receipt.payload), receipt.leaf_index, receipt.tree_size
-    path = [receipt.audit_path[k:k + 32] for k in range(0, len(receipt.audit_path), 32)]
-    while n > 1:
-        if j ^ 1 < n:
-            if not path:
-                return False
-            sib = path.pop(0)
-            h = _node(h, sib) if j % 2 == 0 else _node(sib, h)
-        j, n = j // 2, (n + 1) // 2
-    if path:
+    message = root_message_of(receipt)
+    if message is None:
         return False
     try:
-        public_key.verify(receipt.signature, _root_message(h, receipt.tree_size))
+        public_key.verify(receipt.signature, message)
     except InvalidSignature:
         return False
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import threading
@@ -18,7 +19,7 @@ from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 from examples.generate_data import credit_code_check_char, resident_id_check_char
 from gateway.client import error_details
 from gateway.server import Gateway
-from gateway.verification import ReceiptData, load_public_key, verify_receipt
+from gateway.verification import ReceiptData, load_public_key, root_message_of, verify_receipt
 from tests.helpers import Env, channel_for
 
 pytestmark = pytest.mark.integration
@@ -352,3 +353,63 @@ def test_batch_without_grant_is_permission_denied(env: Env, gateway: Gateway) ->
         assert d.code == grpc.StatusCode.PERMISSION_DENIED and d.reason == "VERIFICATION_ACCESS_DENIED"
     finally:
         ch.close()
+
+
+@pytest.fixture
+def small_chunks(gateway: Gateway) -> Iterator[None]:
+    """Run batches as a pipeline of 4-claim chunks (the default is 25,000)."""
+    assert gateway.verification is not None
+    gateway.verification.PIPELINE_CHUNK = 4
+    yield
+    del gateway.verification.PIPELINE_CHUNK
+
+
+def test_pipelined_batch_equals_one_by_one_and_meets_caps(verifier: v_grpc.VerificationServiceStub, env: Env,
+                                                          small_chunks: None) -> None:
+    """Across pipeline chunks: one subject 5 times under a cap of 3 gets 3 answers then 2 refusals in
+    claim order, every other claim gets the answer it gets alone, and all receipts share one tree."""
+    public = load_public_key(verifier.ListTemplates(v_pb.ListTemplatesRequest()).receipt_public_key_pem.encode())
+    capped = residents(env, 1, 108)[0][0]
+    others = [r[0] for r in residents(env, 9, 400)]
+    subjects = [others[0], capped, others[1], capped, unknown_id(77), capped, others[2], others[3], capped,
+                *others[4:], capped]
+    claims = [v_pb.Claim(subject=s, parameters={"threshold": pv(100000)}, case_reference="c") for s in subjects]
+    results = [r for resp in verifier.VerifyBatch(_batch_requests("income_at_least", claims, chunk=5))
+               for r in resp.results]
+    assert [r.index for r in results] == list(range(len(claims)))
+    on_capped = [r.status for s, r in zip(subjects, results, strict=True) if s == capped]
+    assert on_capped == [v_pb.CLAIM_STATUS_OK] * 3 + [v_pb.CLAIM_STATUS_CAP_EXHAUSTED] * 2
+    answered = [r for r in results if r.status == v_pb.CLAIM_STATUS_OK]
+    assert len(answered) == len(claims) - 2
+    assert [r.receipt.leaf_index for r in answered] == list(range(len(answered)))
+    for s, r in zip(subjects, results, strict=True):
+        if s == capped:
+            continue
+        alone = verify(verifier, "income_at_least", s, case="c", threshold=100000)
+        assert r.result == alone.result
+        assert verify_receipt(ReceiptData.from_pb(r.receipt), public)
+        assert r.receipt.tree_size == len(answered)
+
+
+def test_every_check_is_audited_with_its_receipt_root(verifier: v_grpc.VerificationServiceStub, env: Env,
+                                                      gateway: Gateway) -> None:
+    """Each Verify and VerifyBatch appends one audit entry whose released digest is the SHA-256 of the
+    signed root its receipts lead to (so the log commits to every answered claim); refusals are audited
+    too; no subject is in the log."""
+    assert gateway.oversight is not None
+    audit = gateway.oversight.audit
+    subject, name, _, _ = residents(env, 1, 109)[0]
+    before = len(audit.entries())
+    single = verify(verifier, "identity_match", subject, name=name)
+    claims = [v_pb.Claim(subject=s, parameters={"months": pv(6)}) for s, *_ in residents(env, 6, 500)]
+    batch = [r for resp in verifier.VerifyBatch(_batch_requests("insured_months_at_least", claims))
+             for r in resp.results]
+    refused(verify, verifier, "identity_match", "110105194912310021", name=name)
+    entries = audit.entries()[before:]
+    assert [(e.rpc.rsplit("/", 1)[1], e.outcome) for e in entries] == [
+        ("Verify", "answered"), ("VerifyBatch", "answered"), ("Verify", "refused")]
+    for entry, receipt in ((entries[0], single.receipt), (entries[1], batch[3].receipt)):
+        root = root_message_of(ReceiptData.from_pb(receipt))
+        assert root is not None and entry.released_digest == hashlib.sha256(root).hexdigest()
+    assert "claims=6" in entries[1].query and entries[2].reason == "INVALID_SUBJECT"
+    assert subject not in audit.path.read_bytes().decode("latin-1")
