@@ -280,7 +280,7 @@ class ModelService:
                 math.isfinite(x) for x in (req.learning_rate, req.clip, req.l2)):
             raise InvalidArgumentError("iterations, learning_rate, clip and l2 must be non-negative",
                                        reason="INVALID_MODEL_PARAMETER", field="iterations")
-        iterations = req.iterations or 30
+        iterations = req.iterations or mp.DEFAULT_LOGISTIC_ITERATIONS
         delta = loss.delta if kind == "logistic" else 0.0
         try:
             d = mp.design(info, req.table, features, req.label, kind)

@@ -37,6 +37,7 @@ Q = 1 << QUANT_BITS  # quantization: q = round(u * Q)
 MAX_FEATURES = 64
 MAX_TERMS = 256
 MAX_ITERATIONS = 1000
+DEFAULT_LOGISTIC_ITERATIONS = 8  # Newton steps (each: one gradient and one Hessian release)
 MAX_THRESHOLDS = 99
 SCORE_BINS = 100  # logistic evaluation: score histogram bins per label
 DISCRETE_GAUSSIAN = "discrete_gaussian"
@@ -223,7 +224,7 @@ def price_linear(d: Design, epsilon: float) -> tuple[ModelCost, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Logistic regression: T + 1 discrete Gaussian releases (noisy count, T clipped gradient sums)
+# Logistic regression: 2T + 1 discrete Gaussian releases (noisy count, T gradient sums, T Hessian sums)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -238,7 +239,8 @@ def clip_bound(d: Design, clip: float) -> float:
 
 
 def logistic_sensitivity(d: Design, clip: float) -> int:
-    """L2 sensitivity (integer, rounded up) of one quantized clipped gradient sum.
+    """L2 sensitivity (integer, rounded up) of one quantized clipped gradient sum: the d_in of every
+    logistic release.
 
     Per row the clipped gradient g has ||g||_2 <= C; quantized q_j = round(Q g_j) differs from Q g_j by
     at most 1/2 per coordinate, so ||q||_2 <= C Q + sqrt(p) / 2. K rows per unit: times K.
@@ -252,22 +254,56 @@ def count_multiplier(d: Design, clip: float) -> int:
     return max(1, logistic_sensitivity(d, clip) // d.k)
 
 
+def hessian_entries(d: Design) -> int:
+    """The upper triangle of the p x p Hessian: p (p + 1) / 2 entries."""
+    return d.p * (d.p + 1) // 2
+
+
+def hessian_quantization(d: Design, clip: float) -> int:
+    """Q_H: the Hessian's entries are quantized as round(Q_H w z~_i z~_j), with Q_H chosen so that one
+    unit moves the quantized upper triangle by at most the gradient's d_in in L2.
+
+    Per row w = sigmoid (1 - sigmoid) <= 1/4 and the upper triangle of w z~ z~^T has L2 norm at most its
+    Frobenius norm w ||z~||_2^2 <= G_x / 4; quantization adds at most 1/2 per entry, so a row moves the
+    quantized sum by at most Q_H G_x / 4 + sqrt(m) / 2 (m entries), a unit by K times that. The largest
+    integer Q_H keeping K (Q_H G_x / 4 + sqrt(m) / 2) <= d_in is used (about 2^17 with the default clip),
+    so the Hessian release is the same OpenDP measurement at the same d_in as a gradient release.
+
+    Raises:
+        ModelSpecError: the clip is so small that no Q_H >= 16 fits (the Hessian would be too coarse).
+    """
+    sens = logistic_sensitivity(d, clip)
+    q = math.floor((sens / d.k - math.sqrt(hessian_entries(d)) / 2) * 4 / d.groups)
+    while q > 0 and d.k * (q * d.groups / 4 + math.sqrt(hessian_entries(d)) / 2) > sens:
+        q -= 1  # floating-point guard: the bound must hold exactly
+    if q < 16:
+        raise ModelSpecError("clip is too small for the Hessian release", "INVALID_MODEL_PARAMETER",
+                             field="clip")
+    return q
+
+
 def gaussian_measurement(scale: float) -> dp.Measurement:
     """OpenDP discrete Gaussian on i64 vectors under l2_distance (zCDP): map(d) = d^2 / (2 scale^2)."""
     space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64")
     return dp.m.make_gaussian(*space, scale=scale)
 
 
-def logistic_chain(scale: float, iterations: int, delta: float) -> dp.Measurement:
-    """The accounting measurement: make_composition of T + 1 Gaussians (count + T gradients), converted
-    with make_zCDP_to_approxDP and make_fix_delta at `delta`. Its map at d_in is the charged (eps, delta).
+def logistic_releases(iterations: int) -> int:
+    """Releases of a logistic fit with T Newton steps: the count, then a gradient and a Hessian per step."""
+    return 2 * iterations + 1
 
-    The releases are adaptive (each gradient is taken at the model the earlier noisy releases produced);
-    zCDP composes adaptively with the same sum of rho (Bun & Steinke 2016, Lemma 2.3), which is what
-    OpenDP's composition map computes for these T + 1 measurements.
+
+def logistic_chain(scale: float, releases: int, delta: float) -> dp.Measurement:
+    """The accounting measurement: make_composition of `releases` Gaussians (all at the same d_in),
+    converted with make_zCDP_to_approxDP and make_fix_delta at `delta`. Its map at d_in is the charged
+    (epsilon, delta).
+
+    The releases are adaptive (each step's gradient and Hessian are taken at the model the earlier noisy
+    releases produced); zCDP composes adaptively with the same sum of rho (Bun & Steinke 2016, Lemma
+    2.3), which is what OpenDP's composition map computes for these measurements.
     """
     m = gaussian_measurement(scale)
-    comp = dp.c.make_composition([m] * (iterations + 1))
+    comp = dp.c.make_composition([m] * releases)
     return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(comp), delta)
 
 
@@ -279,12 +315,12 @@ def _rho_to_epsilon(rho: float, delta: float) -> float:
     return float(e)
 
 
-def calibrate_logistic(sens: int, iterations: int, epsilon: float, delta: float) -> tuple[float, float]:
-    """The scale of the T + 1 Gaussians for a total of at most (epsilon, delta); returns (scale, epsilon).
+def calibrate_logistic(sens: int, releases: int, epsilon: float, delta: float) -> tuple[float, float]:
+    """The scale of the `releases` Gaussians for a total of at most (epsilon, delta); returns (scale, epsilon).
 
     Deterministic, so gateway and sandbox find the same scale: bisect the total rho whose conversion
     is epsilon (OpenDP's conversion, on a unit Gaussian), derive the scale from
-    rho = (T + 1) d^2 / (2 scale^2), then check the real chain's map and nudge the scale up until it fits.
+    rho = releases d^2 / (2 scale^2), then check the real chain's map and nudge the scale up until it fits.
     """
     lo, hi = 0.0, epsilon  # rho <= epsilon always converts to more than epsilon... bracket it
     while _rho_to_epsilon(hi, delta) <= epsilon:
@@ -301,9 +337,9 @@ def calibrate_logistic(sens: int, iterations: int, epsilon: float, delta: float)
             break
     if lo <= 0:
         raise PlanRejectedError("epsilon too small for this delta")
-    scale = sens * math.sqrt((iterations + 1) / (2 * lo))
+    scale = sens * math.sqrt(releases / (2 * lo))
     for _ in range(64):
-        e, _ = logistic_chain(scale, iterations, delta).map(sens)  # type: ignore[no-untyped-call]
+        e, _ = logistic_chain(scale, releases, delta).map(sens)  # type: ignore[no-untyped-call]
         if float(e) <= epsilon:
             return scale, float(e)
         scale = math.nextafter(scale, math.inf) * (1 + 1e-12)
@@ -312,10 +348,11 @@ def calibrate_logistic(sens: int, iterations: int, epsilon: float, delta: float)
 
 def price_logistic(d: Design, epsilon: float, delta: float, iterations: int, clip: float
                    ) -> tuple[ModelCost, ...]:
-    """Costs of logistic training: the count, T gradient sums (each its own rho) and the composition.
+    """Costs of logistic training: the count, T gradient sums, T Hessian sums (each its own rho) and the
+    composition of all 2T + 1.
 
     Raises:
-        PlanRejectedError: delta not in (0, 1), iterations out of range, or no usable scale.
+        PlanRejectedError: delta not in (0, 1), iterations out of range, a clip too small, or no usable scale.
     """
     if not 0 < delta < 1:
         raise ModelSpecError("logistic regression (Gaussian noise) needs 0 < delta < 1",
@@ -324,15 +361,17 @@ def price_logistic(d: Design, epsilon: float, delta: float, iterations: int, cli
         raise ModelSpecError(f"iterations must be in [1, {MAX_ITERATIONS}]", "INVALID_MODEL_PARAMETER",
                              field="iterations")
     sens = logistic_sensitivity(d, clip)
-    scale, eps = calibrate_logistic(sens, iterations, epsilon, delta)
+    hessian_quantization(d, clip)  # refuses a clip too small for the Hessian before anything is charged
+    releases = logistic_releases(iterations)
+    scale, eps = calibrate_logistic(sens, releases, epsilon, delta)
     rho = float(gaussian_measurement(scale).map(sens))  # type: ignore[no-untyped-call]
-    comp = dp.c.make_composition([gaussian_measurement(scale)] * (iterations + 1))
+    comp = dp.c.make_composition([gaussian_measurement(scale)] * releases)
     rho_total = float(comp.map(sens))  # type: ignore[no-untyped-call]
     return (
         ModelCost("count", DISCRETE_GAUSSIAN, float(sens), scale, 0.0, 0.0, rho, 1),
         ModelCost("gradient", DISCRETE_GAUSSIAN, float(sens), scale, 0.0, 0.0, rho, iterations),
-        ModelCost(COMPOSITION, "zCDP->approxDP", float(sens), scale, eps, delta, rho_total,
-                  iterations + 1),
+        ModelCost("hessian", DISCRETE_GAUSSIAN, float(sens), scale, 0.0, 0.0, rho, iterations),
+        ModelCost(COMPOSITION, "zCDP->approxDP", float(sens), scale, eps, delta, rho_total, releases),
     )
 
 

@@ -36,7 +36,8 @@ class TrainRequest:
 
     `features` are catalog column names (bounded numeric, bool, or string columns with a public
     domain, one-hot encoded); `label` is a bounded numeric column (linear) or a bool column (logistic).
-    `iterations`, `learning_rate` (0: the default 4/B), `clip` (0: the analytic bound) and `l2` apply
+    `iterations` (Newton steps; 0: the default), `learning_rate` (the step multiplier; 0: 1), `clip` (0: the
+    analytic bound) and `l2` apply
     to logistic regression; `l2` is also the ridge added to X'X for linear regression.
     """
 
@@ -98,7 +99,7 @@ class ModelCost:
     epsilon: float
     delta: float = 0.0
     rho: float = 0.0
-    count: int = 1  # how many times this measurement ran (e.g. T gradient steps)
+    count: int = 1  # how many times this measurement ran (e.g. T gradient releases)
 
     def __post_init__(self) -> None:
         for name in ("sensitivity", "scale", "epsilon", "delta", "rho"):

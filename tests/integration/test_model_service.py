@@ -96,13 +96,16 @@ def test_retry_replays_and_is_charged_once(env: Env, model_gateway: Gateway) -> 
 
 
 def test_train_logistic_end_to_end(env: Env, model_gateway: Gateway) -> None:
-    """zCDP composition converted to (epsilon, delta): the charge is the composition's map."""
+    """zCDP composition of 2T + 1 releases (count, T gradients, T Hessians) converted to (epsilon, delta):
+    the charge is the composition's map."""
     stub = _stub(env, model_gateway, "analyst")
     resp = stub.TrainModel(_linear(
         kind=m_pb.MODEL_KIND_LOGISTIC, label="employed", features=["birth_year", "income", "sex"],
         privacy_loss=common_pb.PrivacyLoss(epsilon=20.0, delta=1e-6), iterations=10))
     comp = next(r for r in resp.releases if r.component == "composition")
-    assert comp.count == 11 and comp.privacy_loss.delta == 1e-6
+    assert comp.count == 21 and comp.privacy_loss.delta == 1e-6
+    assert [(r.component, r.count) for r in resp.releases if r.component != "composition"] == [
+        ("count", 1), ("gradient", 10), ("hessian", 10)]
     assert resp.privacy_cost.epsilon == comp.privacy_loss.epsilon <= 20.0
     assert [c.name for c in resp.coefficients] == ["birth_year", "income", "sex=M"]
 

@@ -98,24 +98,37 @@ def test_linear_charge_is_the_opendp_map(engines: tuple[Engine, Engine]) -> None
 
 
 def test_logistic_charge_is_the_opendp_composition(engines: tuple[Engine, Engine]) -> None:
+    """2T + 1 releases (count, T gradients, T Hessians), one OpenDP Gaussian at one d_in: the charge is
+    exactly the converted composition's map, and tight."""
     d = _design(engines[0], "logistic")
     t, delta = 7, 1e-6
-    count, grad, comp = mp.price_logistic(d, 1.5, delta, t, 0.0)
+    count, grad, hess, comp = mp.price_logistic(d, 1.5, delta, t, 0.0)
     sens = mp.logistic_sensitivity(d, 0.0)
     assert sens == math.ceil(K * (math.sqrt(d.groups) * mp.Q + math.sqrt(d.p) / 2))
     g = dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"),
                            scale=comp.scale)
-    assert count.rho == grad.rho == g.map(sens)
-    composed = dp.c.make_composition([g] * (t + 1))
+    assert count.rho == grad.rho == hess.rho == g.map(sens)
+    assert (count.count, grad.count, hess.count, comp.count) == (1, t, t, 2 * t + 1)
+    composed = dp.c.make_composition([g] * (2 * t + 1))
     assert comp.rho == composed.map(sens)
     eps, dlt = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(composed), delta).map(sens)
     assert (comp.epsilon, comp.delta) == (eps, dlt) and eps <= 1.5
-    assert mp.charged((count, grad, comp)) == (eps, delta)
-    # the count fits the same d_in: one unit changes it by at most K * m <= sens
+    assert mp.charged((count, grad, hess, comp)) == (eps, delta)
+    # the count and the Hessian fit the same d_in: one unit changes them by at most that
     assert K * mp.count_multiplier(d, 0.0) <= sens
+    qh = mp.hessian_quantization(d, 0.0)
+    assert K * (qh * d.groups / 4 + math.sqrt(mp.hessian_entries(d)) / 2) <= sens
+    assert K * ((qh + 1) * d.groups / 4 + math.sqrt(mp.hessian_entries(d)) / 2) > sens  # the largest such
     # tight: a 1e-6 smaller scale would cost more than asked
-    tighter = mp.logistic_chain(comp.scale * (1 - 1e-6), t, delta).map(sens)[0]
+    tighter = mp.logistic_chain(comp.scale * (1 - 1e-6), 2 * t + 1, delta).map(sens)[0]
     assert tighter > 1.5
+
+
+def test_logistic_refuses_a_clip_too_small_for_the_hessian(engines: tuple[Engine, Engine]) -> None:
+    """A clip that leaves no usable Hessian quantization is refused before anything is priced."""
+    d = _design(engines[0], "logistic")
+    with pytest.raises(mp.ModelSpecError):
+        mp.price_logistic(d, 1.0, 1e-6, 5, 1e-6)
 
 
 def test_evaluation_charges_are_opendp_maps(engines: tuple[Engine, Engine]) -> None:
@@ -174,6 +187,67 @@ def test_extreme_unit_moves_coefficients_within_the_noise(engines: tuple[Engine,
             r = models.train(e, TrainRequest(f"s{i}", "reg", "t", "linear", ("x", "flag", "cat"), "y", 2.0))
             assert isinstance(r, TrainResult)
             out.append(r.intercept.value)
+        return np.array(out)
+
+    a, b = fits(e0), fits(e1)
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    assert abs(a.mean() - b.mean()) < 6 * se + 1e-9
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_hessian_moves_at_most_the_sensitivity(engines: tuple[Engine, Engine], clip: float) -> None:
+    """Quantized Hessian upper triangles on neighbouring datasets (one extreme unit): L2 distance <= the
+    common d_in, at several models theta; the gradient from the same pass equals `exact_gradient`."""
+    e0, e1 = engines
+    d = _design(e0, "logistic")
+    c, qh = mp.clip_bound(d, clip), mp.hessian_quantization(d, clip)
+    bound = mp.logistic_sensitivity(d, clip)
+    rng = np.random.default_rng(6)
+    for theta in [np.zeros(d.p), np.full(d.p, 0.5), np.full(d.p, -2.0), *rng.normal(0, 1, (4, d.p))]:
+        g0, h0 = models.exact_step(e0, d, "reg__t", theta.tolist(), c, qh)
+        _, h1 = models.exact_step(e1, d, "reg__t", theta.tolist(), c, qh)
+        assert g0 == models.exact_gradient(e0, d, "reg__t", theta.tolist(), c)
+        assert len(h0) == mp.hessian_entries(d)
+        l2 = math.sqrt(sum((a - b) ** 2 for a, b in zip(h0, h1, strict=True)))
+        assert 0 < l2 <= bound
+
+
+def test_newton_reaches_the_unpenalised_optimum_without_noise(engines: tuple[Engine, Engine]) -> None:
+    """Post-processing check: with the noisy releases replaced by the exact ones, T Newton steps land on
+    the maximum-likelihood fit computed independently in numpy (to 1e-6 relative)."""
+    e0, _ = engines
+    d = _design(e0, "logistic")
+    qh = mp.hessian_quantization(d, 0.0)
+    x = np.array(e0._con.execute(
+        "SELECT x, cat = 'b', cat = 'c', flag FROM reg__t WHERE flag IS NOT NULL").fetchall(), dtype=float)
+    z = np.column_stack([np.ones(len(x)), x[:, 0] / 5 - 1, x[:, 1], x[:, 2]])
+    y = x[:, 3]
+    ref = np.zeros(d.p)
+    for _ in range(100):
+        s = 1 / (1 + np.exp(-z @ ref))
+        ref = ref - np.linalg.solve((z * (s * (1 - s))[:, None]).T @ z, z.T @ (s - y))
+    theta = np.zeros(d.p)
+    for _ in range(25):
+        g, h = models.exact_step(e0, d, "reg__t", theta.tolist(), mp.clip_bound(d, 0.0), qh)
+        theta = theta - models.newton_direction(np.array(g) / mp.Q, np.array(h) / qh, d.p, 1e-9)
+    assert np.linalg.norm(theta - ref) <= 1e-4 * np.linalg.norm(ref)
+
+
+@pytest.mark.statistical
+def test_extreme_unit_moves_logistic_coefficients_within_the_noise(engines: tuple[Engine, Engine]) -> None:
+    """Distributional check for logistic regression: with 30 fits each at epsilon 2 on D and on D plus
+    one extreme unit, the mean intercepts differ by less than 6 pooled standard errors (a z-test; the
+    false-failure probability for DP-indistinguishable inputs is below 1e-6 under normality)."""
+    e0, e1 = engines
+    d = _design(e0, "logistic")
+    req = TrainRequest("s", "reg", "t", "logistic", ("x", "cat"), "flag", 2.0, 1e-6, 4)
+    costs = mp.price_logistic(d, req.epsilon, req.delta, req.iterations, req.clip)  # priced once: same D, D'
+
+    def fits(e: Engine) -> np.ndarray:
+        out = []
+        for _ in range(30):
+            _, intercept, _ = models._train_logistic(e, d, "reg__t", costs, req, req.iterations)
+            out.append(intercept.value)
         return np.array(out)
 
     a, b = fits(e0), fits(e1)

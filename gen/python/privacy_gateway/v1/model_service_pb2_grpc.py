@@ -56,7 +56,7 @@ class ModelServiceServicer:
     """
 
     def TrainModel(self, request, context):
-        """Fits a linear (noisy sufficient statistics, pure DP) or logistic (noisy gradient descent, zCDP
+        """Fits a linear (noisy sufficient statistics, pure DP) or logistic (noisy Newton steps, zCDP
         converted to (epsilon, delta)) regression. Errors as QueryService.RunQuery, plus INVALID_ARGUMENT
         FEATURE_NOT_ALLOWED / LABEL_NOT_ALLOWED for columns the model grant does not allow.
         """
