@@ -2,7 +2,8 @@
 
     python -m examples.bench_models [--people 1000000] [--reps 5]
 
-Data: `examples.generate_data` with 1M people, cached in `.bench/data/1m`. The sandbox engine runs
+Data: `examples.generate_data` with 1M people, cached in `.bench/data/1000000/seed7` (the layout of
+`examples/bench.py`). The sandbox engine runs
 in-process (the same code the sandbox process runs). References: the exact least squares / logistic fit
 on the same bounded, scaled data (the DP algorithms' noiseless target), and scikit-learn's non-private fit
 (in its own venv `.bench/venv-sklearn`, run in a subprocess; never a project dependency). Writes
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -50,7 +50,7 @@ y = t.column("label").to_numpy().astype(float)
 if kind == "linear":
     m = LinearRegression().fit(X, y)
 else:
-    m = LogisticRegression(penalty=None, max_iter=1000).fit(X, y)
+    m = LogisticRegression(penalty=None, solver="newton-cholesky", tol=1e-10, max_iter=1000).fit(X, y)
 print(json.dumps({"coef": np.ravel(m.coef_).tolist(), "intercept": float(np.ravel(m.intercept_)[0])}))
 """
 
@@ -80,6 +80,27 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(t, -60, 60)))
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    s = np.clip(_sigmoid(z @ w), 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(s) + (1 - y) * np.log(1 - s)))
+
+
+def _logistic_mle(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The unpenalised maximum-likelihood fit by Newton's method (the gradient norm ends below 1e-8 n)."""
+    w = np.zeros(z.shape[1])
+    for _ in range(100):
+        s = _sigmoid(z @ w)
+        g = z.T @ (s - y)
+        w = w - np.linalg.solve((z * (s * (1 - s))[:, None]).T @ z, g)
+        if np.linalg.norm(g) < 1e-8 * len(y):
+            break
+    return w
+
+
 def _scaled_linear(r: TrainResult, d: mp.Design) -> np.ndarray:
     """Back from original units to the scaled space (w for v ~ w . (1, z))."""
     s_y, m_y = (d.label.upper - d.label.lower) / 2, (d.label.upper + d.label.lower) / 2
@@ -99,11 +120,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--people", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--logistic-reps", type=int, default=2)
+    ap.add_argument("--logistic-reps", type=int, default=5)
     args = ap.parse_args()
-    data = BENCH / "data" / ("1m" if args.people == 1_000_000 else str(args.people))
+    data = BENCH / "data" / str(args.people) / "seed7"
     if not (data / "residents.parquet").exists():
-        generate(data, args.people)
+        generate(data, args.people, 7)
     engine = Engine(load_catalog(ROOT / "policies" / "catalog.toml", data_dir=data),
                     Limits(memory_limit="8GiB", query_timeout_ms=300_000, address_space_bytes=0))
     info = engine.describe().dataset("registry")
@@ -151,35 +172,64 @@ def main() -> int:
     # -------- logistic: employed ~ birth_year + income + sex
     d = mp.design(info, "residents", LOG_FEATURES, "employed", "logistic")
     sk = _sklearn(engine, d, "logistic")
-    w_ref = np.array([sk["intercept"], *sk["coef"]]) if sk else None  # type: ignore[misc]
-    lines += ["## Logistic regression: employed ~ birth_year + income + sex (δ = 1e-6, T = 30 steps)", "",
-              "Gap to scikit-learn's unpenalised LogisticRegression on the same scaled design (the optimum), "
-              "and to our noiseless gradient descent with the same T (the DP algorithm's own target).", "",
-              "| ε | rel. L2 gap to sklearn | rel. L2 gap to noiseless GD | time/fit |", "|---|---|---|---|"]
-    theta = np.zeros(d.p)
-    n_true = engine._con.execute("SELECT count(*) FROM registry__residents").fetchone()[0]  # type: ignore[index]
-    for _ in range(30):
-        g = np.array(models.exact_gradient(engine, d, "registry__residents", theta.tolist(),
-                                           mp.clip_bound(d, 0.0)), dtype=float)
-        theta = theta - (4.0 / d.groups) * g / (mp.Q * n_true)
-    for eps in (0.3, 1.0, 3.0):
-        g_sk, g_gd, t0 = [], [], time.perf_counter()
+    w_sk = np.array([sk["intercept"], *sk["coef"]]) if sk else None  # type: ignore[misc]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(BENCH / "design-logistic.parquet")
+    z = np.column_stack([np.ones(table.num_rows)] + [table.column(i).to_numpy().astype(float)
+                                                      for i in range(table.num_columns - 1)])
+    y = table.column("label").to_numpy().astype(float)
+    mle = _logistic_mle(z, y)  # our own unpenalised maximum-likelihood fit (Newton to convergence)
+    qh = mp.hessian_quantization(d, 0.0)
+    t_def = mp.DEFAULT_LOGISTIC_ITERATIONS
+    theta = np.zeros(d.p)  # the algorithm without noise: T exact Newton steps in SQL
+    for _ in range(t_def):
+        g, h = models.exact_step(engine, d, "registry__residents", theta.tolist(), mp.clip_bound(d, 0.0), qh)
+        theta = theta - models.newton_direction(np.array(g, float) / mp.Q, np.array(h, float) / qh, d.p, 1e-9)
+    ref = w_sk if w_sk is not None else mle
+    ref_name = "scikit-learn" if w_sk is not None else "the numpy maximum-likelihood fit"
+    loss_ref = _log_loss(z, y, ref)
+    lines += [f"## Logistic regression: employed ~ birth_year + income + sex (δ = 1e-6, T = {t_def} Newton steps)",
+              "",
+              "Noisy Newton: per step one gradient and one Hessian release (2T + 1 discrete Gaussian releases "
+              "composed in zCDP by OpenDP). Reference: scikit-learn "
+              "`LogisticRegression(penalty=None, solver=\"newton-cholesky\")` on the "
+              "same scaled design (the unpenalised optimum; our fit is unpenalised too, `l2 = 0`), relative L2 "
+              "gap of the coefficient vector including the intercept in the scaled space. The scaled income "
+              "column is nearly constant (incomes fill a small part of the declared [0, 2,000,000]), so the "
+              "intercept and the income coefficient are large and nearly collinear (optimum "
+              f"{np.array2string(ref, precision=2)}); the gap in predicted probabilities is also shown "
+              "(mean |p_DP - p_ref| over the rows) and the relative excess log-loss.", ""]
+    if w_sk is not None:
+        lines.append(f"scikit-learn vs our numpy maximum-likelihood fit: relative L2 gap {_rel(mle, w_sk):.2e}; "
+                     f"noiseless T = {t_def} Newton steps (the DP algorithm's target) vs scikit-learn: "
+                     f"{_rel(theta, ref):.2e}. (Before: 30 plain gradient steps, 0.9971 at every ε.)")
+    lines += ["", "| ε | coef. rel. L2 gap (median) | max | mean abs. prob. gap (median) | excess log-loss "
+              "(median) | time/fit |", "|---|---|---|---|---|---|"]
+    within_median: float | None = None
+    within_all: float | None = None
+    for eps in (0.3, 1.0, 3.0, 10.0):
+        gaps, pgaps, lgaps, t0 = [], [], [], time.perf_counter()
         for i in range(args.logistic_reps):
             r = models.train(engine, TrainRequest(f"l{i}", "registry", "residents", "logistic", LOG_FEATURES,
-                                                  "employed", eps, 1e-6, 30))
+                                                  "employed", eps, 1e-6))
             assert isinstance(r, TrainResult)
             w = _scaled_logistic(r, d)
-            g_gd.append(_rel(w, theta))
-            if w_ref is not None:
-                g_sk.append(_rel(w, w_ref))
+            gaps.append(_rel(w, ref))
+            pgaps.append(float(np.mean(np.abs(_sigmoid(z @ w) - _sigmoid(z @ ref)))))
+            lgaps.append((_log_loss(z, y, w) - loss_ref) / loss_ref)
         dt = (time.perf_counter() - t0) / args.logistic_reps
-        lines.append(f"| {eps:g} | {np.median(g_sk) if g_sk else math.nan:.4f} | {np.median(g_gd):.4f} "
-                     f"| {dt:.1f} s |")
-        print(f"logistic eps={eps}: sklearn gap {np.median(g_sk) if g_sk else math.nan:.4f}, "
-              f"GD gap {np.median(g_gd):.4f}", flush=True)
-    if w_ref is not None:
-        lines += ["", f"Noiseless GD (T = 30) vs sklearn optimum: relative L2 gap {_rel(theta, w_ref):.4f} "
-                  "(the optimisation error of 30 plain gradient steps, independent of privacy)."]
+        med = float(np.median(gaps))
+        if within_median is None and med <= 0.05:
+            within_median = eps
+        if within_all is None and max(gaps) <= 0.05:
+            within_all = eps
+        lines.append(f"| {eps:g} | {med:.4f} | {max(gaps):.4f} | {np.median(pgaps):.5f} | "
+                     f"{np.median(lgaps):.2e} | {dt:.1f} s |")
+        print(f"logistic eps={eps}: gap to {ref_name} {med:.4f} (max {max(gaps):.4f})", flush=True)
+    lines += ["", f"Smallest ε in the grid whose median fit is within 5% of {ref_name}: "
+              f"**{within_median if within_median is not None else 'none'}**; with every repetition within 5%: "
+              f"**{within_all if within_all is not None else 'none'}**.", ""]
     (ROOT / "BENCHMARKS-models.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -41,7 +41,7 @@ def main() -> int:
             print(f"  {e.name:<12} {e.value:,.6g}{ci}")
         log = stub.TrainModel(m_pb.TrainModelRequest(
             **common, request_id=uuid.uuid4().hex, kind=m_pb.MODEL_KIND_LOGISTIC,
-            features=["birth_year", "income", "sex"], label="employed", iterations=30,
+            features=["birth_year", "income", "sex"], label="employed",  # 8 Newton steps by default
             privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
         print(f"employed ~ birth_year + income + sex: charged {log.privacy_cost.epsilon:.4f}, "
               f"delta {log.privacy_cost.delta:g}")

@@ -103,8 +103,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if name == "train":
             p.add_argument("--features", required=True, help="comma-separated feature columns")
             p.add_argument("--delta", type=float, default=0.0)
-            p.add_argument("--iterations", type=int, default=0)
-            p.add_argument("--learning-rate", type=float, default=0.0)
+            p.add_argument("--iterations", type=int, default=0,
+                           help="logistic: Newton steps (0: the default, 8)")
+            p.add_argument("--learning-rate", type=float, default=0.0,
+                           help="logistic: multiplier of each Newton step (0: 1, the full step)")
             p.add_argument("--clip", type=float, default=0.0)
             p.add_argument("--l2", type=float, default=0.0)
             p.set_defaults(func=cmd_train)

@@ -7,11 +7,13 @@ Order of decisions for a check (each before the data is touched, except the last
 3. the parameters are exactly the declared ones, each from its list or ladder (INVALID_PARAMETER);
 4. a case reference is present where the template requires one (CASE_REFERENCE_REQUIRED);
 5. the per-consumer, per-template and per-subject caps of the period are checked and charged in one
-   `BEGIN IMMEDIATE` transaction of the state database (RESOURCE_EXHAUSTED /
-   VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next);
-6. the sandbox evaluates the owner's template and returns the outcome (and band);
-7. enumeration counters are updated (the same statements for found and not-found subjects) and a
-   signed receipt is issued.
+   `BEGIN IMMEDIATE` transaction of the state database per chunk of up to 25,000 claims, in claim order
+   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next);
+6. the sandbox evaluates the owner's template for the charged claims of a chunk (one set-wise join) and
+   returns the outcomes (and bands), while the next chunk is charged;
+7. enumeration counters are updated (the same statements for found and not-found subjects), the receipts
+   are issued (one Merkle tree and one signature per request, `gateway.verification_receipts`) and the
+   request is audited (one entry committing to the tree's signed root) before any answer leaves.
 
 The operator policy (`policies/operator.toml`) gains two optional parts, read here:
 
