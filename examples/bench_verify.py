@@ -4,15 +4,20 @@
 
 Uses the example data cached by `make bench` (`.bench/data/<people>/seed7`; generated there if
 missing), starts the real sandbox + gateway with mTLS on loopback, and writes BENCHMARKS-verification.md
-with, per batch, where the gateway's time goes (`VerificationCore.last_timings`).
+with, per batch, where the gateway's time goes (`VerificationCore.batch_timings`). The client runs in its
+own process (`--client`), as a bank's client would: in the gateway's process it would compete with the
+server for the GIL.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,8 +73,37 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def client(port: int, tls: Path, data: Path, checks: int, batch: int, reps: int) -> dict[str, Any]:
+    """The client side (its own process): sequential single checks, then `reps` batches."""
+    rows = duckdb.connect().execute(
+        f"SELECT id_number, name FROM read_parquet('{data}/residents.parquet') USING SAMPLE {max(checks, batch)} ROWS"
+    ).fetchall()
+    stub = v_grpc.VerificationServiceStub(secure_channel(f"127.0.0.1:{port}", ClientIdentity.in_dir(tls, "bench")))
+    for id_number, name in rows[:50]:  # warm-up
+        stub.Verify(v_pb.VerifyRequest(dataset="registry", template="identity_match", purpose="bench",
+                                       subject=id_number, parameters={"name": v_pb.ParamValue(string_value=name)}))
+    lat = []
+    for i in range(checks):
+        id_number, name = rows[i % len(rows)]
+        t = time.perf_counter()
+        stub.Verify(v_pb.VerifyRequest(dataset="registry", template="identity_match", purpose="bench",
+                                       subject=id_number, parameters={"name": v_pb.ParamValue(string_value=name)}))
+        lat.append(time.perf_counter() - t)
+    rnd = random.Random(1)
+    claims = [v_pb.Claim(subject=s, parameters={"months": v_pb.ParamValue(int64_value=rnd.choice([3, 6, 12]))})
+              for s, _ in rows[:batch]]
+    rates = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        n = sum(len(r.results) for r in stub.VerifyBatch(
+            batch_requests("registry", "insured_months_at_least", "bench", claims)))
+        rates.append(n / (time.perf_counter() - t))
+        assert n == len(claims)
+    return {"lat": lat, "rates": rates, "batch": len(claims)}
+
+
 def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dict[str, Any]:
-    """Start a gateway on the cached data, measure, stop."""
+    """Start a gateway on the cached data, measure from a client process, stop."""
     data = ROOT / ".bench" / "data" / str(people) / "seed7"  # the layout of examples/bench.py
     if not (data / "residents.parquet").exists():
         print(f">> generating {people:,} people into {data}", flush=True)
@@ -84,40 +118,20 @@ def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dic
     t0 = time.perf_counter()
     gw = start_gateway(settings)
     startup = time.perf_counter() - t0
-    rows = duckdb.connect().execute(
-        f"SELECT id_number, name FROM read_parquet('{data}/residents.parquet') USING SAMPLE {max(checks, batch)} ROWS"
-    ).fetchall()
-    stub = v_grpc.VerificationServiceStub(secure_channel(
-        f"127.0.0.1:{gw.port}", ClientIdentity.in_dir(root / "tls", "bench")))
     try:
-        for id_number, name in rows[:50]:  # warm-up
-            stub.Verify(v_pb.VerifyRequest(dataset="registry", template="identity_match", purpose="bench",
-                                           subject=id_number, parameters={"name": v_pb.ParamValue(string_value=name)}))
-        lat = []
-        for i in range(checks):
-            id_number, name = rows[i % len(rows)]
-            t = time.perf_counter()
-            stub.Verify(v_pb.VerifyRequest(dataset="registry", template="identity_match", purpose="bench",
-                                           subject=id_number,
-                                           parameters={"name": v_pb.ParamValue(string_value=name)}))
-            lat.append(time.perf_counter() - t)
-        rnd = random.Random(1)
-        claims = [v_pb.Claim(subject=s, parameters={"months": v_pb.ParamValue(int64_value=rnd.choice([3, 6, 12]))})
-                  for s, _ in rows[:batch]]
-        rates, stages = [], []
+        out = subprocess.run(
+            [sys.executable, "-m", "examples.bench_verify", "--client", str(gw.port), str(root / "tls"), str(data),
+             "--checks", str(checks), "--batch", str(batch), "--reps", str(reps)],
+            check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        res = json.loads(out.strip().splitlines()[-1])
         assert gw.verification is not None
-        for _ in range(reps):
-            t = time.perf_counter()
-            n = sum(len(r.results) for r in stub.VerifyBatch(
-                batch_requests("registry", "insured_months_at_least", "bench", claims)))
-            rates.append(n / (time.perf_counter() - t))
-            stages.append(dict(gw.verification.last_timings))
-            assert n == len(claims)
+        stages = list(gw.verification.batch_timings)[-reps:]
     finally:
         gw.stop()
+    lat, rates = res["lat"], res["rates"]
     mid = sorted(range(len(rates)), key=rates.__getitem__)[len(rates) // 2]  # the median run's stages
     return {"startup_s": startup, "median_ms": statistics.median(lat) * 1000, "p99_ms": _pct(lat, 0.99) * 1000,
-            "batch_claims_per_s": statistics.median(rates), "batch": float(len(claims)),
+            "batch_claims_per_s": statistics.median(rates), "batch": float(res["batch"]),
             "rates": rates, "stages": stages[mid]}
 
 
@@ -128,7 +142,12 @@ def main() -> int:
     p.add_argument("--checks", type=int, default=2000)
     p.add_argument("--batch", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=5, help="batches per durability setting (median reported)")
+    p.add_argument("--client", nargs=3, metavar=("PORT", "TLS_DIR", "DATA_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.client:  # the client process: print the measurements as JSON
+        port, tls, data = args.client
+        print(json.dumps(client(int(port), Path(tls), Path(data), args.checks, args.batch, args.reps)))
+        return 0
     results = {d: run(args.people, args.checks, args.batch, d, args.reps) for d in ("full", "normal")}
     lines = [
         "# Verification benchmark",
@@ -136,10 +155,10 @@ def main() -> int:
         f"`python -m examples.bench_verify` on {platform.machine()} {platform.system()}, "
         f"{__import__('os').cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}. "
         f"{args.people:,} residents (example data, `.bench/data`), real sandbox process + gateway, mTLS on "
-        "loopback, one client. Single checks: `identity_match`, sequential, "
+        "loopback, one client in its own process. Single checks: `identity_match`, sequential, "
         f"{args.checks:,} calls. Batch: `insured_months_at_least` (a join to the per-person aggregate of "
         f"5M social-insurance rows), {args.batch:,} claims per `VerifyBatch`, median of {args.reps}. "
-        "The client runs on the same 2 cores (it builds the request and parses about 100 MB of receipts).",
+        "The client process shares the 2 cores (it builds the request and parses about 100 MB of receipts).",
         "",
         "| cap durability | single check median | single check p99 | batch throughput | sandbox + gateway start |",
         "| --- | --- | --- | --- | --- |",

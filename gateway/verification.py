@@ -42,6 +42,7 @@ import threading
 import time
 import tomllib
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -370,7 +371,7 @@ class VerificationCore:
     clock: Callable[[], float] = time.time
     sandbox_timeout_s: float = 30.0
     oversight: Oversight | None = None
-    last_timings: dict[str, float] = field(default_factory=dict)  # stages of the last batch (benchmark)
+    batch_timings: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=32))  # recent batches' stages
     _hashes: dict[str, str] = field(default_factory=dict)
 
     MAX_PARAM_CACHE: ClassVar[int] = 10_000
@@ -498,10 +499,9 @@ class VerificationCore:
         clock.lap("validate")
         now = self.clock()
         subjects, refs, index = claims.subjects, claims.case_references, claims.param_index
-        subj = self.hasher.digests("subject", dataset, last=[subjects[i] for i in valid])
+        subj = [h.hex() for h in self.hasher.digests("subject", dataset, last=[subjects[i] for i in valid])]
         set_hex = [self._params_hash(dataset, template, p) for p in claims.param_sets]
-        set_raw = [bytes.fromhex(h) for h in set_hex]
-        prm = [set_raw[index[i]] for i in valid]
+        prm = [set_hex[index[i]] for i in valid]
         case = [self.hasher.hex("case", refs[i]) if refs[i] else "" for i in valid] if any(refs) else None
         clock.lap("hash")
         if not valid:
@@ -562,7 +562,7 @@ class VerificationCore:
                 future = sandbox_pool.submit(evaluate, chunk) if sandbox_pool and chunk else None
                 t = time.perf_counter()
                 hashes = self.hasher.digests(
-                    "claim", last=[f"{subj[pos].hex()}\x00{set_hex[index[valid[pos]]]}" for pos in kept])
+                    "claim", last=[f"{subj[pos]}\x00{prm[pos]}" for pos in kept])
                 timings["claims"] = timings.get("claims", 0.0) + time.perf_counter() - t
                 pending.append((chunk, hashes, future))
             for chunk, hashes, future in pending:
@@ -722,6 +722,9 @@ def batch_responses(answer: CheckAnswer, chunk: int = RESPONSE_CHUNK) -> Iterato
     receipts = answer.receipts
     refusals = answer.refusals
     position = {i: k for k, i in enumerate(answer.admitted)} if refusals else None
+    common = v_pb.VerificationReceipt()  # the fields every receipt of the tree shares, copied in C
+    if receipts is not None:
+        common.signature, common.key_id, common.tree_size = receipts.signature, receipts.key_id, receipts.size
     for start in range(0, answer.size, chunk):
         response = v_pb.VerifyBatchResponse()
         add = response.results.add
@@ -733,11 +736,9 @@ def batch_responses(answer: CheckAnswer, chunk: int = RESPONSE_CHUNK) -> Iterato
             k = i if position is None else position[i]
             assert receipts is not None
             r = add(index=i, result=RESULT_PB[answer.outcomes[k]], band=answer.bands[k]).receipt
+            r.CopyFrom(common)
             r.payload = receipts.payloads[k]
-            r.signature = receipts.signature
-            r.key_id = receipts.key_id
             r.leaf_index = k
-            r.tree_size = receipts.size
             r.audit_path = receipts.paths[k]
         yield response
 
@@ -822,7 +823,7 @@ class VerificationServicer(v_grpc.VerificationServiceServicer):
             assert answer is not None
             t = time.perf_counter()
             yield from batch_responses(answer)
-            self.core.last_timings = {**answer.timings, "respond": time.perf_counter() - t}
+            self.core.batch_timings.append({**answer.timings, "respond": time.perf_counter() - t})
             return
         context.abort_with_status(rpc_status.to_status(status_for(error)))
 

@@ -182,16 +182,16 @@ class VerificationState:
                                     "dataset = ? AND template = ?", key).fetchone()[0])
         return scope
 
-    def charge(self, *, consumer: str, grant: GrantLimits, policy: CapLimits, subjects: list[bytes],
-               params: list[bytes], case_references: list[str] | None, now: float) -> list[str | None]:
+    def charge(self, *, consumer: str, grant: GrantLimits, policy: CapLimits, subjects: list[str],
+               params: list[str], case_references: list[str] | None, now: float) -> list[str | None]:
         """Check and charge every claim in order, in one transaction.
 
         Args:
             consumer: The consumer.
             grant: The grant (dataset, template and its caps).
             policy: The operator's verification settings (period, consumer cap, alert threshold).
-            subjects: Per claim, the subject's keyed hash (bytes; the first 16 are the cap key).
-            params: Per claim, the parameters' keyed hash (bytes; the first 8 tell parameter sets apart).
+            subjects: Per claim, the subject's keyed hash (hex; its first 16 bytes are the cap key).
+            params: Per claim, the parameters' keyed hash (hex; its first 8 bytes tell parameter sets apart).
             case_references: Per claim, the keyed hash (hex) of its case reference or "" (None: none).
             now: The time (period and records).
 
@@ -202,9 +202,9 @@ class VerificationState:
         period = period_key(policy.period, now)
         ds, tp = grant.dataset, grant.template
         scope_key = (period, consumer, ds, tp)
-        keys = [s[:SUBJECT_KEY_BYTES].hex() for s in subjects]
-        prm = [p[:PARAMS_KEY_BYTES].hex() for p in params]
-        width = 2 * PARAMS_KEY_BYTES
+        width, key_width = 2 * PARAMS_KEY_BYTES, 2 * SUBJECT_KEY_BYTES
+        keys = [s[:key_width] for s in subjects]
+        prm = [p[:width] for p in params]
         out: list[str | None] = []
         with self._tx() as con:
             scope = self._scope(con, scope_key)
@@ -223,7 +223,6 @@ class VerificationState:
                     "SELECT s.subject, s.n, s.params FROM json_each(?) j CROSS JOIN subject_caps s "
                     "ON s.scope = ? AND s.subject = j.value", (json.dumps(list(counts)), scope)):
                 totals[k], seen[k] = n, p
-            before = {k: len(p) // width for k, p in seen.items() if p}
             c_max, t_max = policy.max_checks_per_consumer_per_period, grant.max_checks_per_period
             s_max = grant.max_checks_per_subject_per_period
             n_claims = len(keys)
@@ -251,13 +250,14 @@ class VerificationState:
                         totals[k] += 1
                         admitted[(k, p)] = None
             touched: dict[str, None] = {}
+            grown: dict[str, int] = {}  # subjects with a new parameter set: their former number of sets
             for k, p in admitted:  # distinct (subject, parameters) pairs charged now
                 touched[k] = None
                 have = seen[k]
-                if not have:
-                    seen[k] = p
-                elif p not in {have[j:j + width] for j in range(0, len(have), width)}:
-                    seen[k] = have + p
+                if have == p or (len(have) > width and p in {have[j:j + width] for j in range(0, len(have), width)}):
+                    continue
+                grown.setdefault(k, len(have) // width)
+                seen[k] = have + p
             con.execute("INSERT INTO consumer_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = ?",
                         (period, consumer, c_n, c_n))
             con.execute("INSERT INTO template_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = ?",
@@ -269,13 +269,13 @@ class VerificationState:
                         "ON CONFLICT DO UPDATE SET n = excluded.n, params = excluded.params",
                         (scope, f"[{rows}]"))
             if case_references is not None:
-                refs = [(consumer, ds, tp, s.hex(), c, now)
+                refs = [(consumer, ds, tp, s, c, now)
                         for s, c, r in zip(subjects, case_references, out, strict=True) if r is None and c]
                 con.executemany("INSERT INTO case_references VALUES (?, ?, ?, ?, ?, ?)", refs)
             limit = policy.alert_distinct_parameters_per_subject
-            probes = [k for k in touched if len(seen[k]) // width >= limit > before.get(k, 0)]
+            probes = [k for k, old in grown.items() if len(seen[k]) // width >= limit > old]
             if probes:
-                full = {s[:SUBJECT_KEY_BYTES].hex(): s.hex() for s in subjects}
+                full = {s[:key_width]: s for s in subjects}
                 con.executemany("INSERT INTO alerts (created_at, kind, consumer, dataset, template, subject, "
                                 "window, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 [(now, "parameter_probe", consumer, ds, tp, full[k], period, len(seen[k]) // width)
