@@ -479,10 +479,11 @@ class VerificationCore:
         exactly as in one transaction), and each transaction is atomic against concurrent requests.
         All answered claims then share one Merkle tree and one signature.
 
-        Stages (seconds in `CheckAnswer.timings`; the three middle ones overlap, `pipeline` is their wall
-        time): `validate` (subjects vectorised, each distinct parameter set once), `hash` (keyed hashes
-        of subjects), `caps`, `sandbox`, `claims` (claim hashes and payloads), `pipeline`, `alerts`,
-        `receipts` (Merkle tree and signature).
+        Stages (seconds in `CheckAnswer.timings`; the middle ones overlap, `pipeline` is their wall time):
+        `validate` (subjects vectorised, each distinct parameter set once), `hash` (parameter sets and case
+        references), then per chunk the subjects' keyed hashes (request thread), `caps` (worker), `sandbox`
+        (worker), `claims` (claim hashes and payloads, request thread), `pipeline`, `alerts`, `receipts`
+        (Merkle tree and signature).
         """
         clock = _Stopwatch()
         grant, info = self.authorise(consumer, dataset, template, purpose)
@@ -499,7 +500,12 @@ class VerificationCore:
         clock.lap("validate")
         now = self.clock()
         subjects, refs, index = claims.subjects, claims.case_references, claims.param_index
-        subj = [h.hex() for h in self.hasher.digests("subject", dataset, last=[subjects[i] for i in valid])]
+        subj: list[str] = []  # the subjects' keyed hashes (hex), computed chunk by chunk below
+
+        def hash_subjects(a: int, b: int) -> None:
+            subj.extend(h.hex() for h in self.hasher.digests("subject", dataset,
+                                                             last=[subjects[i] for i in valid[a:b]]))
+
         set_hex = [self._params_hash(dataset, template, p) for p in claims.param_sets]
         prm = [set_hex[index[i]] for i in valid]
         case = [self.hasher.hex("case", refs[i]) if refs[i] else "" for i in valid] if any(refs) else None
@@ -543,9 +549,13 @@ class VerificationCore:
         caps_pool = ThreadPoolExecutor(1, "verification-caps") if len(spans) > 1 else None
         sandbox_pool = ThreadPoolExecutor(1, "verification-sandbox") if len(spans) > 1 else None
         try:
-            charged = [caps_pool.submit(charge, a, b) for a, b in spans] if caps_pool else []
-            pending: list[tuple[list[int], list[bytes], Future[VerifyClaimsResult] | None]] = []
             t_pipe = time.perf_counter()
+            charged = []
+            for a, b in spans:  # chunk j is charged (worker) while this thread hashes chunk j + 1
+                hash_subjects(a, b)
+                if caps_pool is not None:
+                    charged.append(caps_pool.submit(charge, a, b))
+            pending: list[tuple[list[int], list[bytes], Future[VerifyClaimsResult] | None]] = []
             for j, (a, b) in enumerate(spans):
                 why = charged[j].result() if caps_pool else charge(a, b)
                 chunk, kept = [], []
