@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -115,6 +116,7 @@ def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dic
                               "catalog": ROOT / "policies" / "catalog.toml", "data_dir": data,
                               "state_dir": root / "state", "tls_dir": root / "tls",
                               "sandbox_memory_limit": "4GiB"})
+    load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     gw = start_gateway(settings)
     startup = time.perf_counter() - t0
@@ -128,11 +130,12 @@ def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dic
         stages = list(gw.verification.batch_timings)[-reps:]
     finally:
         gw.stop()
+    load.append(os.getloadavg()[0])
     lat, rates = res["lat"], res["rates"]
     mid = sorted(range(len(rates)), key=rates.__getitem__)[len(rates) // 2]  # the median run's stages
     return {"startup_s": startup, "median_ms": statistics.median(lat) * 1000, "p99_ms": _pct(lat, 0.99) * 1000,
             "batch_claims_per_s": statistics.median(rates), "batch": float(res["batch"]),
-            "rates": rates, "stages": stages[mid]}
+            "rates": rates, "stages": stages[mid], "load": load}
 
 
 def main() -> int:
@@ -153,19 +156,21 @@ def main() -> int:
         "# Verification benchmark",
         "",
         f"`python -m examples.bench_verify` on {platform.machine()} {platform.system()}, "
-        f"{__import__('os').cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}. "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}. "
         f"{args.people:,} residents (example data, `.bench/data`), real sandbox process + gateway, mTLS on "
         "loopback, one client in its own process. Single checks: `identity_match`, sequential, "
         f"{args.checks:,} calls. Batch: `insured_months_at_least` (a join to the per-person aggregate of "
         f"5M social-insurance rows), {args.batch:,} claims per `VerifyBatch`, median of {args.reps}. "
         "The client process shares the 2 cores (it builds the request and parses about 100 MB of receipts).",
         "",
-        "| cap durability | single check median | single check p99 | batch throughput | sandbox + gateway start |",
-        "| --- | --- | --- | --- | --- |",
+        "| cap durability | single check median | single check p99 | batch throughput | sandbox + gateway start "
+        "| load average (1 min) before, after |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for d, r in results.items():
         lines.append(f"| `{d}` | {r['median_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
-                     f"{r['batch_claims_per_s']:,.0f} claims/s | {r['startup_s']:.1f} s |")
+                     f"{r['batch_claims_per_s']:,.0f} claims/s | {r['startup_s']:.1f} s | "
+                     f"{r['load'][0]:.1f}, {r['load'][1]:.1f} |")
     lines += ["", "Targets: batch ≥ 20,000 claims/s; single checks < 10 ms median.", "",
               "Where the gateway's time goes in the median batch (seconds). `read`: claims from the request "
               "protos; `validate`: subjects (vectorised) and parameter sets; `hash`: keyed hashes of the "
