@@ -74,3 +74,4 @@ def test_unknown_format_refuses_everything() -> None:
     """An unknown format names itself for every subject."""
     assert subject_problems("passport", ["a", "b"]) == {0: "unknown subject format 'passport'",
                                                         1: "unknown subject format 'passport'"}
+
