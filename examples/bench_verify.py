@@ -174,7 +174,8 @@ def main() -> int:
     lines += ["", "Targets: batch ≥ 20,000 claims/s; single checks < 10 ms median.", "",
               "Where the gateway's time goes in the median batch (seconds). `read`: claims from the request "
               "protos; `validate`: subjects (vectorised) and parameter sets; `hash`: keyed hashes of the "
-              "subjects; then a pipeline of 25,000-claim chunks whose stages overlap: `caps` (one cap "
+              "parameter sets and case references; then a pipeline of 25,000-claim chunks whose stages "
+              "overlap: the subjects' keyed hashes (request thread, within `pipeline`), `caps` (one cap "
               "transaction per chunk, worker thread), `sandbox` (the set-wise evaluation in the sandbox "
               "process, second worker), `claims` (claim hashes and receipt payloads, request thread), "
               "`pipeline` (its wall time); `alerts`; `receipts`: Merkle tree and signature; `audit`: the "
