@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from sandbox import mechanisms
+from sandbox import mechanisms, quantiles
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
 from sandbox.compile import CompiledPlan, QuantileQuery, compile_plan, quote_ident, render_literal
@@ -401,7 +401,7 @@ class Engine:
         by_comp = {(c.aggregate_index, c.component): c for c in costs}
         noisy: dict[tuple[int, str], list[int | float]] = {}
         for cost in costs:
-            if cost.component in (mechanisms.SELECT, "quantile"):
+            if cost.component in (mechanisms.SELECT, "quantile", quantiles.INTERVAL):
                 continue
             j = column[(cost.aggregate_index, cost.component)]
             vector = [_within_range(cost, exact[cell][j]) for cell in cells]
@@ -410,17 +410,17 @@ class Engine:
             noisy[(cost.aggregate_index, cost.component)] = (
                 mechanisms.release_vector(cost, vector) if vector else []
             )
-        quantiles: dict[int, list[NoisyValue]] = {}
+        released: dict[int, list[NoisyValue]] = {}
         for q in compiled.quantiles:
-            quantiles[q.aggregate_index] = self._release_quantile(
+            released[q.aggregate_index] = self._release_quantile(
                 plan.aggregates[q.aggregate_index], q, by_comp[(q.aggregate_index, "quantile")],
-                cells, n_keys, selected=plan.partition_selection,
+                by_comp.get((q.aggregate_index, quantiles.INTERVAL)), cells, n_keys,
             )
         rows: list[ReleaseRow] = []
         for n, cell in enumerate(cells):
             values: list[NoisyValue] = []
             for i, agg in enumerate(plan.aggregates):
-                values.append(self._value(i, agg, n, by_comp, noisy, quantiles, rel))
+                values.append(self._value(i, agg, n, by_comp, noisy, released, rel))
             rows.append(ReleaseRow(keys=cell, values=tuple(values)))
         return tuple(rows)
 
@@ -429,16 +429,20 @@ class Engine:
         agg: Aggregate,
         q: QuantileQuery,
         cost: ReleaseCost,
+        interval_cost: ReleaseCost | None,
         cells: tuple[tuple[Scalar, ...], ...],
         n_keys: int,
-        *,
-        selected: bool = False,
     ) -> list[NoisyValue]:
-        """One noisy-max release per cell from per-candidate counts computed in DuckDB.
+        """Per cell: the point (noisy max) and its 95% interval (noisy ladder counts), from per-candidate
+        counts computed in DuckDB.
 
-        Interval: the released candidate always lies in [L, U], and without assumptions on the data no
-        narrower value interval follows from the release, so the interval is [L, U]. `stddev` carries the
-        95% rank accuracy in rows instead (`mechanisms.quantile_rank_accuracy`).
+        Privacy: the point is `mechanisms.release_quantile` per cell (charged once: disjoint rows, map
+        linear in K). The ladder of each cell depends only on that cell's released point; all cells'
+        ladder counts are one vector discrete Laplace release at L1 sensitivity K (`interval_cost`),
+        each row being in exactly one cell of one ladder. The interval is post-processing of both
+        (`sandbox.quantiles.certified_interval`; the argument is in that module). Without an interval
+        release (the consumer's share 0) the interval is [L, U]. `stddev` carries the point's 95% rank
+        accuracy in rows (`mechanisms.quantile_rank_accuracy`).
         """
         assert agg.quantile is not None and agg.lower is not None and agg.upper is not None
         m = len(q.candidates)
@@ -452,18 +456,33 @@ class Engine:
             counts[cell][j] += c
         integer = all(v.is_integer() for v in q.candidates) and m > 1 and q.candidates[1] - q.candidates[0] == 1.0
         rank = mechanisms.quantile_rank_accuracy(cost, m, agg.quantile)
+        points = [mechanisms.release_quantile(cost, q.candidates, agg.quantile, counts[cell]) for cell in cells]
+        intervals = [(float(agg.lower), float(agg.upper))] * len(cells)
+        mechanism = cost.mechanism
+        if interval_cost is not None and cells:
+            ladders = [quantiles.ladder(p, m) for p in points]
+            exact: list[int] = []
+            for cell, steps in zip(cells, ladders, strict=True):
+                exact.extend(quantiles.ladder_counts(counts[cell], steps))
+            noisy = mechanisms.release_vector(interval_cost, exact)
+            intervals, at = [], 0
+            for steps in ladders:
+                part = noisy[at : at + len(steps) + 1]
+                at += len(steps) + 1
+                intervals.append(quantiles.certified_interval(
+                    part, steps, agg.quantile, interval_cost.scale, q.candidates, integer))
+            mechanism = f"{cost.mechanism}/{interval_cost.mechanism}"
         out: list[NoisyValue] = []
-        for cell in cells:
-            idx = mechanisms.release_quantile(cost, q.candidates, agg.quantile, counts[cell])
-            v = q.candidates[idx]
+        for p, (lo, hi) in zip(points, intervals, strict=True):
+            v = min(max(q.candidates[p], lo), hi)  # post-processing: the point clamped into its interval
             out.append(
                 NoisyValue(
                     value=int(v) if integer else float(v),
-                    mechanism=cost.mechanism,
+                    mechanism=mechanism,
                     scale=cost.scale,
                     stddev=rank,
-                    ci_lower=float(agg.lower),
-                    ci_upper=float(agg.upper),
+                    ci_lower=lo,
+                    ci_upper=hi,
                 )
             )
         return out
@@ -475,11 +494,11 @@ class Engine:
         n: int,
         by_comp: dict[tuple[int, str], ReleaseCost],
         noisy: dict[tuple[int, str], list[int | float]],
-        quantiles: dict[int, list[NoisyValue]],
+        released: dict[int, list[NoisyValue]],
         rel: Relation,
     ) -> NoisyValue:
         if agg.kind is AggregateKind.QUANTILE:
-            return quantiles[i][n]
+            return released[i][n]
         if agg.kind is AggregateKind.AVG:
             lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)
             return mechanisms.noisy_average(

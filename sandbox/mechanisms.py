@@ -29,10 +29,13 @@ joined or derived) expression through that relation. Per aggregate kind:
 * SUM(expr): one sum, K * max(|L|, |U|). AVG: sum + count, half the share each.
 * VAR/STDDEV: count, sum of z and sum of z^2 with z = (x - (L+U)/2) / ((U-L)/2) in [-1, 1]; each has
   sensitivity K and a third of the share; the variance is post-processing.
-* QUANTILE (MEDIAN, QUANTILE_CONT/DISC, PERCENTILE_*, MIN = alpha 0, MAX = alpha 1): OpenDP's
-  `make_quantile_score_candidates` >> `make_noisy_max(negate=True)` over a grid of at most 1024
+* QUANTILE (MEDIAN, QUANTILE_CONT/DISC, PERCENTILE_*, MIN = alpha 0, MAX = alpha 1): the point is
+  OpenDP's `make_quantile_score_candidates` >> `make_noisy_max(negate=True)` over a grid of at most 1024
   candidates in [L, U]; the charge is that chain's `map(K)`. Each cell is one such release on disjoint
-  rows and the map is linear in the number of rows changed, so one charge covers every cell.
+  rows and the map is linear in the number of rows changed, so one charge covers every cell. Its 95%
+  interval is a second release, the "interval" component (share `interval_share`, default 1/2 of the
+  aggregate's): noisy counts of a ladder of cells around the point, L1 sensitivity K (see
+  `sandbox.quantiles` for the certification argument).
 
 Partition selection (a group key without a public domain): one more share, the "select" component
 (aggregate_index -1): OpenDP's `make_laplace_threshold` over per-key row counts at d_in = (K, K, K)
@@ -50,7 +53,7 @@ from typing import Any
 
 import opendp.prelude as dp
 
-from sandbox import bounds
+from sandbox import bounds, quantiles
 from sandbox.compile import quantile_candidates
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
@@ -174,7 +177,10 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
             assert agg.quantile is not None
             cands = quantile_candidates(lo, hi, integer)
             d_score = float(score_transformation(cands, agg.quantile).map(k))  # type: ignore[no-untyped-call]
-            out.append(Component(i, "quantile", True, d_score, share, cands, agg.quantile, k))
+            f = quantiles.DEFAULT_INTERVAL_SHARE if agg.interval_share is None else agg.interval_share
+            out.append(Component(i, "quantile", True, d_score, share * (1.0 - f), cands, agg.quantile, k))
+            if f > 0:  # the interval's ladder counts: every row in exactly one cell, L1 sensitivity K
+                out.append(Component(i, quantiles.INTERVAL, True, float(k), share * f))
             continue
         if agg.kind in VARIANCE_KINDS:
             for comp in ("count", "sum", "sumsq"):
@@ -452,6 +458,10 @@ def half_width(cost: ReleaseCost, alpha: float = ALPHA) -> float:
     """
     if cost.mechanism == NOISY_MAX:
         return cost.scale * math.log(1024 / alpha)
+    if cost.component == quantiles.INTERVAL:
+        # In rows of rank: the certification margin of each end of the quantile's interval (a bound
+        # over every ladder position and alpha; see `sandbox.quantiles.worst_margin`).
+        return quantiles.worst_margin(cost.scale, alpha / 2)
     if cost.mechanism in (DISCRETE_LAPLACE, LAPLACE_THRESHOLD):
         a = float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
         if not (math.isfinite(a) and a >= 0):

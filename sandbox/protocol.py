@@ -287,7 +287,9 @@ class Aggregate:
 
     `lower`/`upper` are the bounds `sandbox.bounds` derives for `arg` from the public catalog (for
     display and cross-checking only: the sandbox recomputes them and refuses a plan that disagrees).
-    `quantile` is the quantile's alpha in [0, 1] (MEDIAN 0.5, MIN 0, MAX 1).
+    `quantile` is the quantile's alpha in [0, 1] (MEDIAN 0.5, MIN 0, MAX 1). `interval_share` (quantiles
+    only) is the fraction in [0, 1) of the aggregate's epsilon spent on its 95% interval
+    (`sandbox.quantiles`); None means the default, 0 no interval release (the interval is [L, U]).
     """
 
     kind: AggregateKind
@@ -296,6 +298,7 @@ class Aggregate:
     lower: float | None = None
     upper: float | None = None
     quantile: float | None = None
+    interval_share: float | None = None
 
     def __post_init__(self) -> None:
         if (self.arg is None) != (self.kind in NO_ARGUMENT_KINDS):
@@ -313,6 +316,10 @@ class Aggregate:
             raise ValueError("QUANTILE (and only it) carries a quantile")
         if self.quantile is not None and not 0.0 <= self.quantile <= 1.0:
             raise ValueError("quantile must be in [0, 1]")
+        if self.interval_share is not None and (
+            self.kind is not AggregateKind.QUANTILE or not 0.0 <= self.interval_share < 1.0
+        ):
+            raise ValueError("only a QUANTILE carries an interval_share, in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -835,7 +842,7 @@ def _number_or_none(v: Any) -> float | None:
 def _aggregate_from_json(a: Any) -> Aggregate:
     if not isinstance(a, dict):
         raise ProtocolError("aggregate must be an object")
-    _keys(a, {"kind", "arg", "weight", "lower", "upper", "quantile"})
+    _keys(a, {"kind", "arg", "weight", "lower", "upper", "quantile", "interval_share"})
     weight = _number_or_none(a["weight"])
     if weight is None:
         raise ProtocolError("aggregate weight must be a number")
@@ -846,6 +853,7 @@ def _aggregate_from_json(a: Any) -> Aggregate:
         _number_or_none(a["lower"]),
         _number_or_none(a["upper"]),
         _number_or_none(a["quantile"]),
+        _number_or_none(a.get("interval_share")),
     )
 
 
@@ -876,6 +884,7 @@ def plan_to_json(p: QueryPlan) -> dict[str, Any]:
                 "lower": a.lower,
                 "upper": a.upper,
                 "quantile": a.quantile,
+                "interval_share": a.interval_share,
             }
             for a in p.aggregates
         ],
