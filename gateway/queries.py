@@ -44,6 +44,7 @@ from gateway.oversight import Oversight
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess
 from gateway.postprocess import apply as postprocess
+from gateway.quantile_options import apply_interval_shares
 from gateway.receipts import attach_receipt
 from gateway.sql.analyze import analyze_query
 from gateway.supervisor import SandboxSupervisor
@@ -94,6 +95,7 @@ class QueryRequest:
     request_id: str = ""
     weights: tuple[tuple[str, float], ...] = ()
     accuracy: AccuracyRequest | None = None
+    interval_shares: tuple[tuple[str, float], ...] = ()  # quantile output -> share of its epsilon on its interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,8 @@ def fingerprint(req: QueryRequest) -> str:
         repr(req.accuracy.half_width_95), [[k, repr(v)] for k, v in req.accuracy.per_output]]
     body = json.dumps(
         [req.dataset, req.purpose, req.sql, repr(req.epsilon), repr(req.delta),
-         [[k, repr(v)] for k, v in req.weights], accuracy],
+         [[k, repr(v)] for k, v in req.weights], accuracy]
+        + ([[[k, repr(v)] for k, v in req.interval_shares]] if req.interval_shares else []),
         separators=(",", ":"),
     )
     return hashlib.sha256(body.encode()).hexdigest()
@@ -303,7 +306,7 @@ class QueryService:
             check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
         except PlanRejectedError as exc:
             raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED") from exc
-        plan = apply_weights(analyzed.plan, req.weights)
+        plan = apply_interval_shares(apply_weights(analyzed.plan, req.weights), req.interval_shares)
         if req.accuracy is not None:
             plan, epsilon = solve_for_accuracy(plan, info, req.accuracy)
             cap = grant.max_epsilon_per_query if math.isnan(req.epsilon) else min(

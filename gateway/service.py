@@ -202,6 +202,7 @@ def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryReques
         request_id=request_id,
         weights=tuple(sorted(req.weights.items())),
         accuracy=accuracy,
+        interval_shares=tuple(sorted(req.interval_shares.items())),
     )
 
 

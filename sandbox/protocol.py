@@ -884,7 +884,8 @@ def plan_to_json(p: QueryPlan) -> dict[str, Any]:
                 "lower": a.lower,
                 "upper": a.upper,
                 "quantile": a.quantile,
-                "interval_share": a.interval_share,
+                # only when set, so plans (and cache keys) without it are unchanged
+                **({} if a.interval_share is None else {"interval_share": a.interval_share}),
             }
             for a in p.aggregates
         ],

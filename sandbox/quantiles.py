@@ -69,6 +69,7 @@ Gaussian and use its (sub-Gaussian) tail instead.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -106,7 +107,7 @@ def ladder(point: int, m: int) -> tuple[int, ...]:
 def ladder_counts(counts: Sequence[int], boundaries: Sequence[int]) -> list[int]:
     """Exact counts of the ladder cells [0, b_1), [b_1, b_2), ..., [b_k, m) from per-candidate counts."""
     edges = [0, *boundaries, len(counts)]
-    return [sum(counts[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    return [sum(counts[a:b]) for a, b in itertools.pairwise(edges)]
 
 
 def _log_mgf(x: float, scale: float) -> float:
@@ -147,7 +148,7 @@ def rank_margin(scale: float, below: int, above: int, alpha: float, tail: float 
 
     def f(u: float) -> float:
         x = u * hi
-        k = below * _log_mgf(x * a, scale) + above * _log_mgf(x * b, scale)
+        k = (below * _log_mgf(x * a, scale) if below else 0.0) + (above * _log_mgf(x * b, scale) if above else 0.0)
         return (k + c) / x
 
     lo_u, hi_u = 1e-9, 1.0 - 1e-12
