@@ -461,7 +461,7 @@ def half_width(cost: ReleaseCost, alpha: float = ALPHA) -> float:
     if cost.component == quantiles.INTERVAL:
         # In rows of rank: the certification margin of each end of the quantile's interval (a bound
         # over every ladder position and alpha; see `sandbox.quantiles.worst_margin`).
-        return quantiles.worst_margin(cost.scale, alpha / 2)
+        return quantiles.worst_margin(cost.scale, alpha / 2, cost.mechanism)
     if cost.mechanism in (DISCRETE_LAPLACE, LAPLACE_THRESHOLD):
         a = float(dp.discrete_laplacian_scale_to_accuracy(cost.scale, alpha))
         if not (math.isfinite(a) and a >= 0):

@@ -61,9 +61,10 @@ Privacy: both releases are OpenDP measurements on the contribution-bounded, clam
 distance K between neighbouring data sets); the charge is the sum of their maps at d_in = K
 (`composed_measurement` builds the same composition in OpenDP for the tests). Per cell, the releases
 are on disjoint rows and every map is linear in the number of rows changed, so one charge covers all
-cells. Definition-agnostic: nothing here depends on pure DP except `rank_margin`'s discrete Laplace
-moment generating function; a zCDP version would release the ladder counts with the discrete
-Gaussian and use its (sub-Gaussian) tail instead.
+cells. Definition-agnostic: nothing here depends on pure DP except the margin, chosen by the interval
+release's mechanism (`margin`): the discrete Laplace Chernoff bound now, the discrete Gaussian's
+subgaussian bound for a zCDP release of the same ladder counts (L2 sensitivity K); any other mechanism
+is refused rather than given a wrong margin.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ import opendp.prelude as dp
 dp.enable_features("contrib")
 
 INTERVAL = "interval"  # component name of the interval release
+DISCRETE_LAPLACE = "discrete_laplace"  # the interval release's noise under pure DP (mechanisms.DISCRETE_LAPLACE)
+DISCRETE_GAUSSIAN = "discrete_gaussian"  # its noise under zCDP, once the gateway offers it
 # Share of a quantile aggregate's epsilon spent on its interval by default (see README: at 0.5 the
 # interval is about as wide as at any other split, and the point keeps half of the budget).
 DEFAULT_INTERVAL_SHARE = 0.5
@@ -169,10 +172,35 @@ def rank_margin(scale: float, below: int, above: int, alpha: float, tail: float 
     return min(f1, f2) * (1.0 + 1e-9)
 
 
-def worst_margin(scale: float, tail: float = TAIL) -> float:
-    """An upper bound on every `rank_margin` of a ladder (<= MAX_LADDER_CELLS cells, any alpha): all
-    weights at most 1 in absolute value, so the margin of the plain sum of all cells bounds them."""
-    return rank_margin(scale, MAX_LADDER_CELLS, 0, 0.0, tail)
+def gaussian_margin(scale: float, below: int, above: int, alpha: float, tail: float = TAIL) -> float:
+    """`rank_margin` for discrete Gaussian noise (OpenDP's `make_gaussian` on integers, sigma = `scale`),
+    for a zCDP version of the interval release: the discrete Gaussian is sigma-subgaussian
+    (E[e^{xZ}] <= e^{x^2 sigma^2 / 2}; Canonne, Kamath & Steinke 2020), so E is subgaussian with
+    variance proxy sigma^2 * sum(w^2) and t = sigma * sqrt(2 * sum(w^2) * ln(1/tail))."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError("scale must be finite and positive")
+    w2 = below * (1.0 - alpha) ** 2 + above * alpha**2
+    return scale * math.sqrt(2.0 * w2 * math.log(1.0 / tail)) * (1.0 + 1e-9)
+
+
+def margin(mechanism: str, scale: float, below: int, above: int, alpha: float, tail: float = TAIL) -> float:
+    """The one-sided `tail` margin of Qhat_b for the noise of `mechanism` (see `certified_interval`).
+
+    Raises:
+        ValueError: no tail bound is known here for `mechanism` (an interval must never be computed
+            with another distribution's margin).
+    """
+    if mechanism == DISCRETE_LAPLACE:
+        return rank_margin(scale, below, above, alpha, tail)
+    if mechanism == DISCRETE_GAUSSIAN:
+        return gaussian_margin(scale, below, above, alpha, tail)
+    raise ValueError(f"no interval margin for mechanism {mechanism!r}")
+
+
+def worst_margin(scale: float, tail: float = TAIL, mechanism: str = DISCRETE_LAPLACE) -> float:
+    """An upper bound on every margin of a ladder (<= MAX_LADDER_CELLS cells, any alpha): all weights
+    are at most 1 in absolute value, so the margin of the plain sum of all cells bounds them."""
+    return margin(mechanism, scale, MAX_LADDER_CELLS, 0, 0.0, tail)
 
 
 def certified_interval(
@@ -182,11 +210,13 @@ def certified_interval(
     scale: float,
     candidates: Sequence[float],
     integer_grid: bool,
+    mechanism: str = "discrete_laplace",
 ) -> tuple[float, float]:
     """The 95% interval [lo, hi] for the alpha-quantile from the noisy ladder counts (post-processing).
 
-    `noisy[i]` is the noisy count of ladder cell i (cells are cut at `boundaries`, see `ladder`).
-    See the module docstring for why the truth is inside with probability >= 95%.
+    `noisy[i]` is the noisy count of ladder cell i (cells are cut at `boundaries`, see `ladder`), drawn by
+    `mechanism` at `scale` (the margins depend on the noise distribution: `margin`). See the module
+    docstring for why the truth is inside with probability >= 95%.
     """
     k = len(boundaries)
     if len(noisy) != k + 1:
@@ -200,13 +230,13 @@ def certified_interval(
     m = len(candidates)
     lo, hi = float(candidates[0]), float(candidates[-1])
     for i in range(k):  # upwards while the boundary is certified below the quantile
-        t = rank_margin(scale, i + 1, k - i, alpha)
+        t = margin(mechanism, scale, i + 1, k - i, alpha)
         if not q[i] <= -alpha - t:
             break
         b = boundaries[i]
         lo = float(candidates[b if integer_grid else b - 1])
     for i in range(k - 1, -1, -1):  # downwards while the boundary is certified above it
-        t = rank_margin(scale, i + 1, k - i, alpha)
+        t = margin(mechanism, scale, i + 1, k - i, alpha)
         if not q[i] >= 1.0 - alpha + t:
             break
         b = boundaries[i]

@@ -128,6 +128,26 @@ def test_rank_margin_bounds_the_exact_tail(scale: float, terms: int) -> None:
         assert t <= 2 * weight * exact + 2
 
 
+@pytest.mark.parametrize(("sigma", "terms"), [(0.8, 1), (3.0, 4)])
+def test_gaussian_margin_bounds_the_exact_tail(sigma: float, terms: int) -> None:
+    """For a zCDP interval release (discrete Gaussian counts) the subgaussian margin is a true tail
+    bound too (exact discrete Gaussian pmf, convolved), and an unknown mechanism gets no margin."""
+    support = int(12 * sigma) + 5
+    z = np.arange(-support, support + 1)
+    one = np.exp(-(z**2) / (2 * sigma**2))
+    one /= one.sum()
+    pmf = one
+    for _ in range(terms - 1):
+        pmf = np.convolve(pmf, one)
+    zs = np.arange(-(len(pmf) // 2), len(pmf) // 2 + 1)
+    t = quantiles.margin(quantiles.DISCRETE_GAUSSIAN, sigma, terms, 0, 0.0)
+    assert float(pmf[zs > t].sum()) <= quantiles.TAIL
+    assert quantiles.margin(quantiles.DISCRETE_GAUSSIAN, sigma, 1, 1, 0.5) < t or terms == 1
+    assert quantiles.DISCRETE_LAPLACE == mechanisms.DISCRETE_LAPLACE
+    with pytest.raises(ValueError, match="no interval margin"):
+        quantiles.margin("laplace", sigma, terms, 0, 0.0)
+
+
 def test_worst_margin_bounds_every_ladder_margin() -> None:
     """ExplainQuery's half-width of an interval release bounds the margin at every ladder position."""
     for scale in (0.5, 3.0, 40.0):
