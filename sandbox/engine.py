@@ -470,7 +470,7 @@ class Engine:
                 part = noisy[at : at + len(steps) + 1]
                 at += len(steps) + 1
                 intervals.append(quantiles.certified_interval(
-                    part, steps, agg.quantile, interval_cost.scale, q.candidates, integer,
+                    part, steps, agg.quantile, interval_cost.scale, q.candidates, q.exact,
                     interval_cost.mechanism))
             mechanism = f"{cost.mechanism}/{interval_cost.mechanism}"
         out: list[NoisyValue] = []

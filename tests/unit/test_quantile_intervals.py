@@ -10,7 +10,7 @@ import opendp.prelude as dp
 import pytest
 
 from sandbox import mechanisms, quantiles
-from sandbox.compile import quantile_candidates
+from sandbox.compile import compile_plan, quantile_candidates
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
     Aggregate,
@@ -314,3 +314,27 @@ def test_shifted_rank_exponential_mechanism_misses_under_a_point_mass() -> None:
         b = quantiles.ladder(p, m)
         lo, _ = quantiles.certified_interval(quantiles.ladder_counts(counts, b), b, 0.5, 1e-3, cands, False)
         assert lo <= t_lo
+
+
+def test_snapping_is_exact_only_for_integer_expressions() -> None:
+    """The compiled quantile query says when snapping is the identity (integer expression on the grid of
+    every integer): a float column whose 1,024-point grid happens to be the integers 0..1023 is not
+    exact, so its interval ends move out one step for the snapping."""
+    table = TableInfo("t", (ColumnInfo("pid", "int64", "identifier"),
+                            ColumnInfo("n", "int64", "public", lower=0, upper=100),
+                            ColumnInfo("f", "float64", "public", lower=0.0, upper=1023.0)), max_rows_per_unit=1)
+    ds = DatasetInfo("d", "pid", (table,), version="v")
+    plan = QueryPlan("d", "t", (
+        Aggregate(AggregateKind.QUANTILE, Column("n"), 1.0, 0.0, 100.0, 0.5),
+        Aggregate(AggregateKind.QUANTILE, Column("f"), 1.0, 0.0, 1023.0, 0.5),
+    ), (OutputColumn("a", aggregate_index=0), OutputColumn("b", aggregate_index=1)), None, ())
+    compiled = compile_plan(plan, table, sql_table="d__t", unit="pid", max_cells=10, dataset=ds)
+    exact = {q.aggregate_index: q.exact for q in compiled.quantiles}
+    assert exact == {0: True, 1: False}
+    cands = compiled.quantiles[1].candidates
+    assert cands[1] - cands[0] == 1.0  # integer-looking grid, yet values like 4.4 snap to 4
+    counts = [0] * len(cands)
+    counts[4] = 10  # ten values in [3.5, 4.5]
+    b = quantiles.ladder(4, len(cands))
+    lo, hi = quantiles.certified_interval(quantiles.ladder_counts(counts, b), b, 0.5, 1e-3, cands, False)
+    assert lo <= 3.5 and hi >= 4.5
