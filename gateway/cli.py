@@ -125,16 +125,21 @@ def print_answer(resp: q_pb.RunQueryResponse) -> None:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """RunQuery or ExplainQuery."""
+    shares = _interval_shares(args.interval_share)
+    if shares is None:
+        print("--interval-share must be OUTPUT=F with F a number", file=sys.stderr)
+        return 2
     stub = q_grpc.QueryServiceStub(_channel(args))
     try:
         if args.command == "explain":
             ex = stub.ExplainQuery(q_pb.ExplainQueryRequest(
-                dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose))
+                dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
+                interval_shares=shares))
             print(json_format.MessageToJson(ex) if args.json else _explain_text(ex))
             return 0
         resp = stub.RunQuery(q_pb.RunQueryRequest(
             dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
-            request_id=args.request_id or ""))
+            request_id=args.request_id or "", interval_shares=shares))
     except grpc.RpcError as exc:
         print(describe_error(exc), file=sys.stderr)
         return 1
@@ -143,6 +148,20 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         print_answer(resp)
     return 0
+
+
+def _interval_shares(items: list[str]) -> dict[str, float] | None:
+    """`--interval-share OUTPUT=F` options as a map (None if one is malformed; the gateway checks F)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            return None
+        if not sep or not name:
+            return None
+    return out
 
 
 def _explain_text(ex: q_pb.ExplainQueryResponse) -> str:
@@ -264,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--purpose", required=True)
         q.add_argument("--epsilon", type=float, required=True)
         q.add_argument("--delta", type=float, default=0.0)
+        q.add_argument("--interval-share", action="append", default=[], metavar="OUTPUT=F",
+                       help="share F in [0, 1) of a quantile output's epsilon spent on its 95%% interval "
+                            "(default 0.5; 0 puts all on the point); repeatable")
         if name == "query":
             q.add_argument("--request-id")
         q.add_argument("sql")

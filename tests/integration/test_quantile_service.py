@@ -7,8 +7,10 @@ import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
+from gateway import cli
 from gateway.client import error_details
-from tests.helpers import Stubs, fresh
+from gateway.server import Gateway
+from tests.helpers import Env, Stubs, fresh
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +98,16 @@ def test_interval_shares_split_and_opt_out(analyst: Stubs) -> None:
             _explain(analyst, sql, interval_shares=shares)
         err = error_details(info.value)
         assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.reason == "INVALID_INTERVAL_SHARE"
+
+
+def test_cli_explain_shows_the_split(env: Env, gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pgw explain --interval-share m=0.2` lists the point and interval releases of the median with
+    their epsilons; a malformed option is refused before any call."""
+    base = ["explain", "--target", f"127.0.0.1:{gateway.port}", "--tls-dir", str(env.tls_dir),
+            "--as", "analyst", "--dataset", "registry", "--purpose", "testing", "--epsilon", "1"]
+    assert cli.main([*base, "--interval-share", "m=0.2", "SELECT MEDIAN(income) AS m FROM residents"]) == 0
+    out = capsys.readouterr().out
+    lines = {tuple(line.split()[:2]): line.split() for line in out.splitlines() if line.startswith("m ")}
+    assert float(lines[("m", "quantile")][5]) == pytest.approx(0.8, rel=1e-6)
+    assert float(lines[("m", "interval")][5]) == pytest.approx(0.2, rel=1e-6)
+    assert cli.main([*base, "--interval-share", "m", "SELECT MEDIAN(income) AS m FROM residents"]) == 2
