@@ -86,9 +86,11 @@ DISCRETE_GAUSSIAN = "discrete_gaussian"  # its noise under zCDP, once the gatewa
 DEFAULT_INTERVAL_SHARE = 0.5
 # Each end of the interval may be wrong with probability at most this (union bound: 5% in all).
 TAIL = 0.025
-# Ladder offsets (in grid steps) from the point's bucket: every step near it, then ~1.5x apart, so
-# 21 boundaries per side span the largest grid (1024 candidates) and the ladder has <= 43 cells.
-LADDER_OFFSETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# Ladder offsets (in grid steps) from the point's bucket: the neighbouring steps, then doubling, so 12
+# boundaries per side span the largest grid (1024 candidates) and the ladder has <= 25 cells. (A denser
+# ~1.5x ladder with 43 cells gave no narrower intervals in simulation: its finer resolution is paid for
+# by a ~30% larger margin, since every cell's noise enters every boundary's count.)
+LADDER_OFFSETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 MAX_LADDER_CELLS = 2 * len(LADDER_OFFSETS) + 1
 
 

@@ -77,7 +77,7 @@ def test_quantile_intervals_cover_the_truth() -> None:
     ladder's noise. Misses in all and per end must stay within binomial(2400, 0.05) resp.
     binomial(2400, 0.025) bounds exceeded with probability < 1e-7 each, so the test fails falsely with
     probability < 1e-6. The truth is computed from the raw values, so the grid snapping is covered.
-    (Observed: 2 misses in 3,200; the certified ends are conservative.)"""
+    (Observed: 2 misses in 3,200 releases; the certified ends are conservative.)"""
     trials_per_set = 300
     misses = lower = upper = trials = 0
     for _name, values, lo, hi, integer, alpha, eps in _datasets():
@@ -118,8 +118,8 @@ def test_intervals_are_informative_on_realistic_data() -> None:
     narrower than 30 in each of 20 releases (observed: median width 4.9, largest 9.6 in 300). A width of
     30 puts an end >= 15 units (>= 100 rows of rank) from the median: either the point is that far off
     (noisy max at scale 2 rows: probability <= 1024 * exp(-50) per release) or a ladder boundary >= 100
-    rows inside failed its certification, i.e. its noise exceeded 100 - 26 rows, beyond the 1e-10
-    Chernoff margin (~73 rows): < 43e-10 per release. So the test fails falsely with probability < 1e-7."""
+    rows inside failed its certification, i.e. its noise exceeded 100 - 20 rows, beyond the 1e-10
+    Chernoff margin (~56 rows): < 25e-10 per release. So the test fails falsely with probability < 1e-7."""
     values = _datasets()[0][1]
     cands = quantile_candidates(0.0, 100.0, False)
     counts = _snap(values, 0.0, 100.0, cands)
@@ -129,7 +129,7 @@ def test_intervals_are_informative_on_realistic_data() -> None:
     i_scale, i_eps = mechanisms.calibrate(True, 1.0, 0.5)
     point = ReleaseCost(0, "quantile", mechanisms.NOISY_MAX, d, p_scale, p_eps)
     interval = ReleaseCost(0, quantiles.INTERVAL, mechanisms.DISCRETE_LAPLACE, 1.0, i_scale, i_eps)
-    assert quantiles.rank_margin(i_scale, 21, 22, 0.5, 1e-10) < 100 - 26
+    assert quantiles.rank_margin(i_scale, 12, 13, 0.5, 1e-10) < 100 - 20
     for _ in range(20):
         p = mechanisms.release_quantile(point, cands, 0.5, counts)
         steps = quantiles.ladder(p, len(cands))
