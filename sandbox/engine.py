@@ -31,6 +31,7 @@ from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
+from sandbox.keys import keyed_digest
 from sandbox.limits import Limits
 from sandbox.protocol import (
     VARIANCE_KINDS,
@@ -78,8 +79,14 @@ def sql_table_name(dataset: str, table: str) -> str:
     return f"{dataset}__{table}"
 
 
-def data_version(ds: DatasetSpec) -> str:
-    """The public data version: the first 16 hex digits of sha256 over the dataset's files."""
+def data_version(ds: DatasetSpec, key: bytes) -> str:
+    """The public data version: 16 hex digits of HMAC-SHA256(key, SHA-256 over the dataset's files).
+
+    Stable while the files are unchanged (the gateway's charge-once cache and receipts rely on it) and
+    different when they change. Keyed with the sandbox's secret (sandbox/keys.py) because an unkeyed hash
+    of the files would be a deterministic function of the private data released with every answer: someone
+    who knows every other record could confirm a guess about one person's record against it.
+    """
     h = hashlib.sha256()
     for t in sorted(ds.tables, key=lambda t: t.name):
         h.update(f"{t.name}\x00{t.file.name}\x00".encode())
@@ -87,7 +94,7 @@ def data_version(ds: DatasetSpec) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         h.update(b"\x00")
-    return h.hexdigest()[:16]
+    return keyed_digest(key, h.digest())[:16]
 
 
 def _stored(c: ColumnInfo) -> str:
@@ -118,7 +125,7 @@ class Engine:
 
     def __init__(
         self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None,
-        *, truncation_salt: str | None = None,
+        *, truncation_salt: str | None = None, version_key: bytes | None = None,
     ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
@@ -130,13 +137,15 @@ class Engine:
         self.limits = limits or Limits()
         self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
         self._con = connect(self.limits)
+        # Without a persisted key (tests, embedded use) the version is stable for this process only.
+        version_key = version_key or secrets.token_bytes(32)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
         for ds in catalog.datasets:
             for t in ds.tables:
                 if not t.file.is_file():
                     raise ConfigError(str(catalog.path), f"{t.key}.file", f"no such file: {t.file}")
-            versions[ds.name] = data_version(ds)
+            versions[ds.name] = data_version(ds, version_key)
             # The truncation salt must not depend on the data: a salt derived from the files (as it
             # once was) changes when one unit is added, which re-chooses the rows every OTHER unit keeps
             # and breaks the neighbouring-dataset argument. A fresh secret per process is independent
