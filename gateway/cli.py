@@ -180,14 +180,14 @@ def cmd_budget(args: argparse.Namespace) -> int:
     print(f"consumer {resp.consumer}")
     print(format_table(
         ["dataset", "purpose", "definition", "budget ε", "spent ε", "remaining ε", "max ε/query",
-         "budget ρ", "spent ρ", "remaining ρ", "δ"],
+         "budget rho", "spent rho", "remaining rho", "δ"],
         [[g.dataset, g.purpose, g.privacy_definition, f"{g.budget.epsilon:g}",
           f"{g.spent.epsilon:.4f}", f"{g.remaining.epsilon:.4f}", f"{g.max_per_query.epsilon:g}",
           *([f"{g.budget.rho:g}", f"{g.spent.rho:.6g}", f"{g.remaining.rho:.6g}", f"{g.budget.delta:g}"]
             if g.privacy_definition == "zcdp" else ["-", "-", "-", f"{g.budget.delta:g}"])]
          for g in resp.grants]))
     if any(g.privacy_definition == "zcdp" for g in resp.grants):
-        print("zcdp grants: ε is OpenDP's (ε, δ) conversion of the total ρ at the grant's δ")
+        print("zcdp grants: ε is OpenDP's (ε, δ) conversion of the total rho at the grant's δ")
     return 0
 
 

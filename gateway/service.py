@@ -228,7 +228,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         try:
             resp = self.core.run(req)
         except QueryExecutionError as exc:  # issue-gov: charged (at most the requested epsilon)
-            _record(self.core, req, "failed", reason=exc.reason, epsilon=req.epsilon)
+            _record(self.core, req, "failed", reason=exc.reason, epsilon=exc.charged_epsilon)
             raise
         except GatewayError as exc:
             _record(self.core, req, "refused", reason=exc.reason)

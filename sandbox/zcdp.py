@@ -216,10 +216,14 @@ def accuracy_to_scale(integer: bool, half_width: float, alpha: float = ALPHA) ->
     """
     if not integer:
         return float(dp.accuracy_to_gaussian_scale(half_width, alpha))
+    if half_width > 3 * mechanisms.EXACT_DISCRETE_GAUSSIAN_SCALE:  # the bound's regime (see half_width)
+        scale = float(dp.accuracy_to_gaussian_scale(math.floor(half_width) - 1.0, alpha)) * (1 - 1e-12)
+        if scale > mechanisms.EXACT_DISCRETE_GAUSSIAN_SCALE:
+            return scale
     target = half_width
     for _ in range(64):
         scale = float(dp.accuracy_to_discrete_gaussian_scale(target, alpha))
-        if float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha)) <= half_width:
+        if mechanisms.discrete_gaussian_accuracy(scale, alpha) <= half_width:
             return scale
         target = target - 1.0 if target > 2.0 else target / 2
     raise PlanRejectedError("could not solve the accuracy target")  # pragma: no cover

@@ -157,3 +157,13 @@ def test_accuracy_inverse_is_opendps() -> None:
     f = zcdp.accuracy_to_scale(False, 25.0)
     assert f == float(dp.accuracy_to_gaussian_scale(25.0, 0.05))
     assert float(dp.gaussian_scale_to_accuracy(f, 0.05)) == pytest.approx(25.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [2e4, 3.3e5, 1.7e6])
+def test_large_scale_discrete_accuracy_bound_is_never_tighter_than_opendps(scale: float) -> None:
+    """Above 1e4 the interval uses ceil(continuous accuracy) + 1 (fast); it is at least OpenDP's exact
+    discrete accuracy, so it covers at least as often."""
+    exact = float(dp.discrete_gaussian_scale_to_accuracy(scale, 0.05))
+    assert exact <= mechanisms.discrete_gaussian_accuracy(scale, 0.05) <= exact + 2
+    s = zcdp.accuracy_to_scale(True, 5e5)
+    assert mechanisms.discrete_gaussian_accuracy(s, 0.05) <= 5e5
