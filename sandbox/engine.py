@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from sandbox import mechanisms
+from sandbox import mechanisms, zcdp
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
 from sandbox.compile import CompiledPlan, QuantileQuery, compile_plan, quote_ident, render_literal
@@ -39,6 +39,7 @@ from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
     ColumnInfo,
+    DatasetInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
@@ -67,7 +68,7 @@ def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
     Clamping each coordinate is 1-Lipschitz, so the L1 sensitivity is unchanged; it replaces a
     data-dependent failure (a sum beyond 2**53 or 1e15) by a biased but private answer.
     """
-    if cost.mechanism == mechanisms.DISCRETE_LAPLACE:
+    if cost.mechanism in mechanisms.INTEGER_MECHANISMS:
         lim_i = mechanisms.MAX_EXACT_INT - 1
         return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
     lim_f = 1e15 * (1 - 1e-9)
@@ -325,11 +326,7 @@ class Engine:
                 sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
             )
             rel = plan_relation(plan, info)
-            costs = mechanisms.price(plan, info, req.epsilon, req.delta)
-            if not mechanisms.total_epsilon(costs) <= req.epsilon:
-                raise PlanRejectedError("the plan costs more than the authorised epsilon")
-            if not mechanisms.total_delta(costs) <= req.delta:
-                raise PlanRejectedError("the plan costs more than the authorised delta")
+            costs, cap_epsilon = self._price(req, info)
             check_plan_grades(plan, rel, self.catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
@@ -338,7 +335,7 @@ class Engine:
             now = time.time()
             window = ds.cap.period.window(now)
             outcome = self.caps.charge(
-                req.request_id, ds.name, mechanisms.total_epsilon(costs),
+                req.request_id, ds.name, cap_epsilon,
                 sum(c.delta for c in costs), cap_epsilon=ds.cap.epsilon, cap_delta=ds.cap.delta,
                 window_start=window.start, window_end=window.end, now=now,
             )
@@ -353,6 +350,37 @@ class Engine:
             log.exception("request %s failed after touching data", req.request_id)
             return ErrorReply("failed", "")
         return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
+
+    @staticmethod
+    def _price(req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], float]:
+        """The plan's costs, priced by the sandbox itself, and the epsilon they count against the cap.
+
+        Pure DP: the sum of the epsilons. zCDP (`req.rho` > 0): the Gaussian family priced in rho
+        (`sandbox.zcdp`); a zCDP release counts against the data owner's epsilon cap as the epsilon of
+        OpenDP's conversion of its (rho, delta) at the grant's delta (`req.report_delta`).
+
+        Raises:
+            PlanRejectedError: the plan costs more than authorised, or cannot be priced.
+        """
+        if req.rho > 0:
+            if req.epsilon != 0:
+                raise PlanRejectedError("a zCDP request authorises rho, not epsilon")
+            costs = zcdp.price(req.plan, info, req.rho, req.delta)
+            rho = zcdp.total_rho(costs)
+            if not rho <= req.rho:
+                raise PlanRejectedError("the plan costs more than the authorised rho")
+            if not mechanisms.total_delta(costs) <= req.delta:
+                raise PlanRejectedError("the plan costs more than the authorised delta")
+            cap_epsilon, _ = zcdp.to_approx_dp(rho, mechanisms.total_delta(costs), req.report_delta)
+            if not math.isfinite(cap_epsilon):
+                raise PlanRejectedError("the plan's delta leaves no room at the grant's delta")
+            return costs, cap_epsilon
+        costs = mechanisms.price(req.plan, info, req.epsilon, req.delta)
+        if not mechanisms.total_epsilon(costs) <= req.epsilon:
+            raise PlanRejectedError("the plan costs more than the authorised epsilon")
+        if not mechanisms.total_delta(costs) <= req.delta:
+            raise PlanRejectedError("the plan costs more than the authorised delta")
+        return costs, mechanisms.total_epsilon(costs)
 
     def _exact(
         self, req: ExecuteRequest, compiled: CompiledPlan, costs: tuple[ReleaseCost, ...]
@@ -386,7 +414,10 @@ class Engine:
             found[cell] = list(r[n_keys:])
             counts[text] = int(r[n_keys + sel])
         cost = next(c for c in costs if c.component == mechanisms.SELECT)
-        released = mechanisms.release_threshold(cost, counts)
+        if cost.mechanism == mechanisms.GAUSSIAN_THRESHOLD:
+            released = zcdp.release_threshold(cost, counts)
+        else:
+            released = mechanisms.release_threshold(cost, counts)
         cells = tuple(by_text[t] for t in sorted(released))
         return cells, {cell: found[cell] for cell in cells}
 
