@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from sandbox import mechanisms, quantiles
+from sandbox import mechanisms, quantiles, zcdp
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
 from sandbox.compile import CompiledPlan, QuantileQuery, compile_plan, quote_ident, render_literal
@@ -31,6 +31,7 @@ from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
+from sandbox.keys import keyed_digest
 from sandbox.limits import Limits
 from sandbox.protocol import (
     VARIANCE_KINDS,
@@ -38,6 +39,7 @@ from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
     ColumnInfo,
+    DatasetInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
@@ -66,7 +68,7 @@ def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
     Clamping each coordinate is 1-Lipschitz, so the L1 sensitivity is unchanged; it replaces a
     data-dependent failure (a sum beyond 2**53 or 1e15) by a biased but private answer.
     """
-    if cost.mechanism == mechanisms.DISCRETE_LAPLACE:
+    if cost.mechanism in mechanisms.INTEGER_MECHANISMS:
         lim_i = mechanisms.MAX_EXACT_INT - 1
         return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
     lim_f = 1e15 * (1 - 1e-9)
@@ -78,8 +80,14 @@ def sql_table_name(dataset: str, table: str) -> str:
     return f"{dataset}__{table}"
 
 
-def data_version(ds: DatasetSpec) -> str:
-    """The public data version: the first 16 hex digits of sha256 over the dataset's files."""
+def data_version(ds: DatasetSpec, key: bytes) -> str:
+    """The public data version: 16 hex digits of HMAC-SHA256(key, SHA-256 over the dataset's files).
+
+    Stable while the files are unchanged (the gateway's charge-once cache and receipts rely on it) and
+    different when they change. Keyed with the sandbox's secret (sandbox/keys.py) because an unkeyed hash
+    of the files would be a deterministic function of the private data released with every answer: someone
+    who knows every other record could confirm a guess about one person's record against it.
+    """
     h = hashlib.sha256()
     for t in sorted(ds.tables, key=lambda t: t.name):
         h.update(f"{t.name}\x00{t.file.name}\x00".encode())
@@ -87,7 +95,7 @@ def data_version(ds: DatasetSpec) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         h.update(b"\x00")
-    return h.hexdigest()[:16]
+    return keyed_digest(key, h.digest())[:16]
 
 
 def _stored(c: ColumnInfo) -> str:
@@ -118,7 +126,7 @@ class Engine:
 
     def __init__(
         self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None,
-        *, truncation_salt: str | None = None,
+        *, truncation_salt: str | None = None, version_key: bytes | None = None,
     ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
@@ -130,13 +138,15 @@ class Engine:
         self.limits = limits or Limits()
         self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
         self._con = connect(self.limits)
+        # Without a persisted key (tests, embedded use) the version is stable for this process only.
+        version_key = version_key or secrets.token_bytes(32)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
         for ds in catalog.datasets:
             for t in ds.tables:
                 if not t.file.is_file():
                     raise ConfigError(str(catalog.path), f"{t.key}.file", f"no such file: {t.file}")
-            versions[ds.name] = data_version(ds)
+            versions[ds.name] = data_version(ds, version_key)
             # The truncation salt must not depend on the data: a salt derived from the files (as it
             # once was) changes when one unit is added, which re-chooses the rows every OTHER unit keeps
             # and breaks the neighbouring-dataset argument. A fresh secret per process is independent
@@ -316,11 +326,7 @@ class Engine:
                 sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
             )
             rel = plan_relation(plan, info)
-            costs = mechanisms.price(plan, info, req.epsilon, req.delta)
-            if not mechanisms.total_epsilon(costs) <= req.epsilon:
-                raise PlanRejectedError("the plan costs more than the authorised epsilon")
-            if not mechanisms.total_delta(costs) <= req.delta:
-                raise PlanRejectedError("the plan costs more than the authorised delta")
+            costs, cap_epsilon = self._price(req, info)
             check_plan_grades(plan, rel, self.catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
@@ -329,7 +335,7 @@ class Engine:
             now = time.time()
             window = ds.cap.period.window(now)
             outcome = self.caps.charge(
-                req.request_id, ds.name, mechanisms.total_epsilon(costs),
+                req.request_id, ds.name, cap_epsilon,
                 sum(c.delta for c in costs), cap_epsilon=ds.cap.epsilon, cap_delta=ds.cap.delta,
                 window_start=window.start, window_end=window.end, now=now,
             )
@@ -344,6 +350,37 @@ class Engine:
             log.exception("request %s failed after touching data", req.request_id)
             return ErrorReply("failed", "")
         return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
+
+    @staticmethod
+    def _price(req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], float]:
+        """The plan's costs, priced by the sandbox itself, and the epsilon they count against the cap.
+
+        Pure DP: the sum of the epsilons. zCDP (`req.rho` > 0): the Gaussian family priced in rho
+        (`sandbox.zcdp`); a zCDP release counts against the data owner's epsilon cap as the epsilon of
+        OpenDP's conversion of its (rho, delta) at the grant's delta (`req.report_delta`).
+
+        Raises:
+            PlanRejectedError: the plan costs more than authorised, or cannot be priced.
+        """
+        if req.rho > 0:
+            if req.epsilon != 0:
+                raise PlanRejectedError("a zCDP request authorises rho, not epsilon")
+            costs = zcdp.price(req.plan, info, req.rho, req.delta)
+            rho = zcdp.total_rho(costs)
+            if not rho <= req.rho:
+                raise PlanRejectedError("the plan costs more than the authorised rho")
+            if not mechanisms.total_delta(costs) <= req.delta:
+                raise PlanRejectedError("the plan costs more than the authorised delta")
+            cap_epsilon, _ = zcdp.to_approx_dp(rho, mechanisms.total_delta(costs), req.report_delta)
+            if not math.isfinite(cap_epsilon):
+                raise PlanRejectedError("the plan's delta leaves no room at the grant's delta")
+            return costs, cap_epsilon
+        costs = mechanisms.price(req.plan, info, req.epsilon, req.delta)
+        if not mechanisms.total_epsilon(costs) <= req.epsilon:
+            raise PlanRejectedError("the plan costs more than the authorised epsilon")
+        if not mechanisms.total_delta(costs) <= req.delta:
+            raise PlanRejectedError("the plan costs more than the authorised delta")
+        return costs, mechanisms.total_epsilon(costs)
 
     def _exact(
         self, req: ExecuteRequest, compiled: CompiledPlan, costs: tuple[ReleaseCost, ...]
@@ -377,7 +414,10 @@ class Engine:
             found[cell] = list(r[n_keys:])
             counts[text] = int(r[n_keys + sel])
         cost = next(c for c in costs if c.component == mechanisms.SELECT)
-        released = mechanisms.release_threshold(cost, counts)
+        if cost.mechanism == mechanisms.GAUSSIAN_THRESHOLD:
+            released = zcdp.release_threshold(cost, counts)
+        else:
+            released = mechanisms.release_threshold(cost, counts)
         cells = tuple(by_text[t] for t in sorted(released))
         return cells, {cell: found[cell] for cell in cells}
 

@@ -502,16 +502,24 @@ class ReleaseCost:
     epsilon: float
     delta: float = 0.0
     threshold: int = 0  # partition selection ("select" component): the release threshold
+    rho: float = 0.0  # zCDP grants: the measurement's rho (its `epsilon` is then 0)
 
 
 @dataclass(frozen=True, slots=True)
 class ExecuteRequest:
-    """Run `plan`, spending at most `epsilon` and `delta` (the gateway has already charged them)."""
+    """Run `plan`, spending at most `epsilon` and `delta` (the gateway has already charged them).
+
+    zCDP grants (`rho` > 0): the plan is priced in rho with the Gaussian family (`sandbox.zcdp`) and
+    `epsilon` is 0; `report_delta` is the grant's delta, at which the sandbox converts the cost to the
+    epsilon it charges against the data owner's cap.
+    """
 
     request_id: str
     plan: QueryPlan
     epsilon: float
     delta: float = 0.0
+    rho: float = 0.0
+    report_delta: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1021,6 +1029,8 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "plan": plan_to_json(msg.plan),
                 "epsilon": msg.epsilon,
                 "delta": msg.delta,
+                "rho": msg.rho,
+                "report_delta": msg.report_delta,
             }
         case ExecuteResult():
             return {
@@ -1032,7 +1042,7 @@ def to_json(msg: Message) -> dict[str, Any]:
                 ],
                 "costs": [
                     [c.aggregate_index, c.component, c.mechanism, c.sensitivity, c.scale,
-                     c.epsilon, c.delta, c.threshold]
+                     c.epsilon, c.delta, c.threshold, c.rho]
                     for c in msg.costs
                 ],
             }
@@ -1067,13 +1077,15 @@ def from_json(d: Any) -> Message:
         return model_protocol.from_json(d)
     try:
         if t == "execute":
-            _keys(d, {"type", "request_id", "plan", "epsilon", "delta"})
+            _keys(d, {"type", "request_id", "plan", "epsilon", "delta", "rho", "report_delta"})
             eps, delta = d["epsilon"], d.get("delta", 0.0)
-            for v in (eps, delta):
+            rho, report_delta = d.get("rho", 0.0), d.get("report_delta", 0.0)
+            for v in (eps, delta, rho, report_delta):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                    raise ProtocolError("epsilon and delta must be finite numbers")
+                    raise ProtocolError("epsilon, delta, rho and report_delta must be finite numbers")
             return ExecuteRequest(
-                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta)
+                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta),
+                float(rho), float(report_delta),
             )
         if t == "result":
             return ExecuteResult(

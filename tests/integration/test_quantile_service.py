@@ -10,7 +10,7 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from gateway import cli
 from gateway.client import error_details
 from gateway.server import Gateway
-from tests.helpers import Env, Stubs, fresh
+from tests.helpers import Env, Stubs, channel_for, fresh, stubs_for
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +111,23 @@ def test_cli_explain_shows_the_split(env: Env, gateway: Gateway, capsys: pytest.
     assert float(lines[("m", "quantile")][5]) == pytest.approx(0.8, rel=1e-6)
     assert float(lines[("m", "interval")][5]) == pytest.approx(0.2, rel=1e-6)
     assert cli.main([*base, "--interval-share", "m", "SELECT MEDIAN(income) AS m FROM residents"]) == 2
+
+
+def test_zcdp_median_interval(env: Env, gateway: Gateway) -> None:
+    """On a zCDP grant the point is the Gumbel noisy max and the interval's ladder counts are discrete
+    Gaussian, each charged its rho; the interval holds the estimate and is narrow (as above)."""
+    ch = channel_for(env, gateway.port, "zanalyst")
+    try:
+        resp = stubs_for(ch).query.RunQuery(q_pb.RunQueryRequest(
+            dataset="registry", purpose="zcdp-testing", sql=fresh("SELECT MEDIAN(income) AS m FROM residents"),
+            privacy_loss=common_pb.PrivacyLoss(rho=0.2), interval_shares={"m": 0.5}))
+    finally:
+        ch.close()
+    cell = resp.rows[0].cells[0]
+    ci = cell.confidence_interval
+    assert INCOME[0] <= ci.lower <= _number(cell) <= ci.upper <= INCOME[1]
+    assert ci.upper - ci.lower < (INCOME[1] - INCOME[0]) / 4
+    assert cell.noise.mechanism == "noisy_max_zcdp/discrete_gaussian"
+    rho = {r.component: r.privacy_loss.rho for r in resp.plan.releases}
+    assert rho["quantile"] == pytest.approx(0.1, rel=1e-9) and rho["interval"] == pytest.approx(0.1, rel=1e-9)
+    assert resp.privacy_cost.rho == pytest.approx(sum(rho.values()), rel=1e-12)

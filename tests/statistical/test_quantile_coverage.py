@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sandbox import mechanisms, quantiles
+from sandbox import mechanisms, quantiles, zcdp
 from sandbox.compile import quantile_candidates
 from sandbox.protocol import ReleaseCost
 
@@ -67,18 +67,36 @@ def _datasets() -> list[tuple[str, list[float], float, float, bool, float, float
     ]
 
 
+def _costs(definition: str, cands: tuple[float, ...], alpha: float, loss: float) -> tuple[ReleaseCost, ReleaseCost]:
+    """The point and interval costs at half of `loss` each (epsilon under pure DP, rho under zCDP)."""
+    d = float(mechanisms.score_transformation(cands, alpha).map(1))
+    comp = mechanisms.Component(0, "quantile", True, d, 1.0, cands, alpha, 1)
+    if definition == "zcdp":
+        p_scale, p_rho = zcdp.calibrate_quantile(comp, loss / 2)
+        i_scale, i_rho = zcdp.calibrate_gaussian(True, 1.0, loss / 2)
+        return (ReleaseCost(0, "quantile", mechanisms.NOISY_MAX_ZCDP, d, p_scale, 0.0, rho=p_rho),
+                ReleaseCost(0, quantiles.INTERVAL, mechanisms.DISCRETE_GAUSSIAN, 1.0, i_scale, 0.0, rho=i_rho))
+    p_scale, p_eps = mechanisms.calibrate_quantile(comp, loss / 2)
+    i_scale, i_eps = mechanisms.calibrate(True, 1.0, loss / 2)
+    return (ReleaseCost(0, "quantile", mechanisms.NOISY_MAX, d, p_scale, p_eps),
+            ReleaseCost(0, quantiles.INTERVAL, mechanisms.DISCRETE_LAPLACE, 1.0, i_scale, i_eps))
+
+
 @pytest.mark.statistical
-def test_quantile_intervals_cover_the_truth() -> None:
+@pytest.mark.parametrize("definition", ["pure_dp", "zcdp"])
+def test_quantile_intervals_cover_the_truth(definition: str) -> None:
     """8 data sets (normal, zero-heavy incomes, integer ages, a point mass followed by sparse values,
-    MIN, MAX, three values, all values at the bound) x 300 releases = 2,400 intervals. Per release the
+    MIN, MAX, three values, all values at the bound) x 200 releases = 1,600 intervals, under pure DP
+    (noisy max + discrete Laplace counts, the loss in epsilon) and under zCDP (Gumbel noisy max +
+    discrete Gaussian counts with the subgaussian margin, the same number as rho). Per release the
     interval misses with probability <= 5% (<= 2.5% per end) whatever the point is, so the point is
     the engine's own noisy-max release in 1 trial of 8 and otherwise an adversarial index (the grid
     ends, the truth's bucket, +-2 and +-30 buckets from it, a random one), none of which depends on the
-    ladder's noise. Misses in all and per end must stay within binomial(2400, 0.05) resp.
-    binomial(2400, 0.025) bounds exceeded with probability < 1e-7 each, so the test fails falsely with
+    ladder's noise. Misses in all and per end must stay within binomial(1600, 0.05) resp.
+    binomial(1600, 0.025) bounds exceeded with probability < 1e-7 each, so the test fails falsely with
     probability < 1e-6. The truth is computed from the raw values, so the grid snapping is covered.
-    (Observed: 2 misses in 3,200 releases; the certified ends are conservative.)"""
-    trials_per_set = 300
+    (Observed under pure DP: 2 misses in 3,200 releases; the certified ends are conservative.)"""
+    trials_per_set = 200
     misses = lower = upper = trials = 0
     for _name, values, lo, hi, integer, alpha, eps in _datasets():
         cands = quantile_candidates(lo, hi, integer)
@@ -86,12 +104,7 @@ def test_quantile_intervals_cover_the_truth() -> None:
         integer_grid = integer and m > 1 and cands[1] - cands[0] == 1.0
         counts = _snap(values, lo, hi, cands)
         t_lo, t_hi = _truth(values, alpha)
-        d = float(mechanisms.score_transformation(cands, alpha).map(1))
-        comp = mechanisms.Component(0, "quantile", True, d, 1.0, cands, alpha, 1)
-        p_scale, p_eps = mechanisms.calibrate_quantile(comp, eps / 2)
-        i_scale, i_eps = mechanisms.calibrate(True, 1.0, eps / 2)
-        point = ReleaseCost(0, "quantile", mechanisms.NOISY_MAX, d, p_scale, p_eps)
-        interval = ReleaseCost(0, quantiles.INTERVAL, mechanisms.DISCRETE_LAPLACE, 1.0, i_scale, i_eps)
+        point, interval = _costs(definition, cands, alpha, eps)
         at = _snap([(t_lo + t_hi) / 2], lo, hi, cands).index(1)
         rng = random.Random(m)
         for trial in range(trials_per_set):
@@ -103,7 +116,8 @@ def test_quantile_intervals_cover_the_truth() -> None:
             p = min(max(p, 0), m - 1)
             steps = quantiles.ladder(p, m)
             noisy = mechanisms.release_vector(interval, quantiles.ladder_counts(counts, steps))
-            a, b = quantiles.certified_interval(noisy, steps, alpha, i_scale, cands, integer_grid)
+            a, b = quantiles.certified_interval(
+                noisy, steps, alpha, interval.scale, cands, integer_grid, interval.mechanism)
             lower += a > t_lo
             upper += b < t_hi
             misses += not (a <= t_lo and t_hi <= b)
