@@ -86,17 +86,17 @@ def _costs(definition: str, cands: tuple[float, ...], alpha: float, loss: float)
 @pytest.mark.parametrize("definition", ["pure_dp", "zcdp"])
 def test_quantile_intervals_cover_the_truth(definition: str) -> None:
     """8 data sets (normal, zero-heavy incomes, integer ages, a point mass followed by sparse values,
-    MIN, MAX, three values, all values at the bound) x 200 releases = 1,600 intervals, under pure DP
+    MIN, MAX, three values, all values at the bound) x 150 releases = 1,200 intervals, under pure DP
     (noisy max + discrete Laplace counts, the loss in epsilon) and under zCDP (Gumbel noisy max +
     discrete Gaussian counts with the subgaussian margin, the same number as rho). Per release the
     interval misses with probability <= 5% (<= 2.5% per end) whatever the point is, so the point is
     the engine's own noisy-max release in 1 trial of 8 and otherwise an adversarial index (the grid
     ends, the truth's bucket, +-2 and +-30 buckets from it, a random one), none of which depends on the
-    ladder's noise. Misses in all and per end must stay within binomial(1600, 0.05) resp.
-    binomial(1600, 0.025) bounds exceeded with probability < 1e-7 each, so the test fails falsely with
+    ladder's noise. Misses in all and per end must stay within binomial(1200, 0.05) resp.
+    binomial(1200, 0.025) bounds exceeded with probability < 1e-7 each, so the test fails falsely with
     probability < 1e-6. The truth is computed from the raw values, so the grid snapping is covered.
     (Observed under pure DP: 2 misses in 3,200 releases; the certified ends are conservative.)"""
-    trials_per_set = 200
+    trials_per_set = 150
     misses = lower = upper = trials = 0
     for _name, values, lo, hi, integer, alpha, eps in _datasets():
         cands = quantile_candidates(lo, hi, integer)
