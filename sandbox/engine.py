@@ -496,7 +496,8 @@ class Engine:
             counts[cell][j] += c
         integer = all(v.is_integer() for v in q.candidates) and m > 1 and q.candidates[1] - q.candidates[0] == 1.0
         rank = mechanisms.quantile_rank_accuracy(cost, m, agg.quantile)
-        points = [mechanisms.release_quantile(cost, q.candidates, agg.quantile, counts[cell]) for cell in cells]
+        release = mechanisms.quantile_releaser(cost, q.candidates, agg.quantile)
+        points = [release(counts[cell]) for cell in cells]
         intervals = [(float(agg.lower), float(agg.upper))] * len(cells)
         mechanism = cost.mechanism
         if interval_cost is not None and cells:

@@ -47,7 +47,7 @@ released on them with the sensitivities above (COUNT(DISTINCT unit) then uses K 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,9 +277,15 @@ def calibrate_quantile(c: Component, epsilon: float) -> tuple[float, float]:
 
 def release_quantile(cost: ReleaseCost, candidates: tuple[float, ...], alpha: float, counts: list[int]) -> int:
     """Index of the released candidate for one cell (inside the sandbox only)."""
+    return quantile_releaser(cost, candidates, alpha)(counts)
+
+
+def quantile_releaser(cost: ReleaseCost, candidates: tuple[float, ...], alpha: float) -> Callable[[list[int]], int]:
+    """`release_quantile` with the OpenDP measurement built once, for many cells (building it takes
+    ~2.4 ms for 1024 candidates, sampling ~5 ms); each call is a fresh release on one cell's counts."""
     t = score_transformation(candidates, alpha)
     meas = noisy_max_measurement(t, cost.scale, zcdp=cost.mechanism == NOISY_MAX_ZCDP)
-    return int(meas(quantile_scores(counts, alpha)))
+    return lambda counts: int(meas(quantile_scores(counts, alpha)))
 
 
 def quantile_rank_accuracy(cost: ReleaseCost, n_candidates: int, alpha: float, level_alpha: float = ALPHA) -> float:
