@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
@@ -131,3 +133,24 @@ def test_zcdp_median_interval(env: Env, gateway: Gateway) -> None:
     rho = {r.component: r.privacy_loss.rho for r in resp.plan.releases}
     assert rho["quantile"] == pytest.approx(0.1, rel=1e-9) and rho["interval"] == pytest.approx(0.1, rel=1e-9)
     assert resp.privacy_cost.rho == pytest.approx(sum(rho.values()), rel=1e-12)
+
+
+def test_interval_shares_are_part_of_the_request_and_the_plan(analyst: Stubs) -> None:
+    """A request id is bound to its interval shares (reusing it with others is REQUEST_ID_REUSED), and
+    the charge-once cache does not answer a query with another split with the earlier release."""
+    sql = fresh("SELECT MEDIAN(birth_year) AS m FROM residents")
+    rid = str(uuid.uuid4())
+
+    def run(share: float, request_id: str = "") -> q_pb.RunQueryResponse:
+        return analyst.query.RunQuery(q_pb.RunQueryRequest(
+            dataset="registry", purpose="testing", sql=sql, request_id=request_id,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=0.5), interval_shares={"m": share}))
+
+    first = run(0.2, rid)
+    assert run(0.2, rid).replayed
+    with pytest.raises(grpc.RpcError) as info:
+        run(0.3, rid)
+    assert error_details(info.value).reason == "REQUEST_ID_REUSED"
+    assert run(0.2).cached and not first.cached
+    other = run(0.3)
+    assert not other.cached and other.privacy_cost.epsilon > 0
