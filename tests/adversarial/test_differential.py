@@ -226,7 +226,10 @@ def test_neighbouring_datasets_look_the_same(pair: Pair, sql: str, purpose: str,
     if outcome_a == "error":
         assert a == b
         return
-    assert _shape(a) == _shape(b)
+    shape_a, shape_b = _shape(a), _shape(b)
+    if " HAVING " in sql:  # the rows HAVING keeps are post-processing of noisy values: they may differ
+        shape_a["rows"] = shape_b["rows"] = None
+    assert shape_a == shape_b
 
 
 def test_the_victims_own_group_key_is_not_released(pair: Pair) -> None:
