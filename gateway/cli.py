@@ -64,15 +64,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
     gateway = start_gateway(settings)
-    print(f"gateway ready port={gateway.port} pid={os.getpid()}", flush=True)
-    print(f"  clients: pgw query --target 127.0.0.1:{gateway.port} --tls-dir {settings.tls_dir} "
-          f"--as <consumer> ...", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # issue-gov: SIGHUP re-reads the policy file (atomic; a broken file is logged and changes nothing)
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=gateway.reload_policy).start())
-    stop.wait()
+    # Handlers are installed before "ready" is printed (a signal right after it must not kill the process).
+    print(f"gateway ready port={gateway.port} pid={os.getpid()}", flush=True)
+    print(f"  clients: pgw query --target 127.0.0.1:{gateway.port} --tls-dir {settings.tls_dir} "
+          f"--as <consumer> ...", flush=True)
+    # Wake up regularly: the kernel may deliver a signal to one of gRPC's threads, and Python then runs its
+    # handler only when the main thread next executes bytecode, which a plain stop.wait() never does (a
+    # SIGHUP reload was seen to wait 20 s and more on a loaded machine).
+    while not stop.wait(0.2):
+        pass
     print("stopping", flush=True)
     gateway.stop()
     return 0
