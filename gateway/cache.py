@@ -19,6 +19,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from gateway.errors import GatewayInternalError
+from gateway.storage import ConnectionPool
 from sandbox.protocol import QueryPlan, plan_to_json
 
 _SCHEMA = """
@@ -64,31 +66,31 @@ class ReleaseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.busy_timeout_s = busy_timeout_s
-        with self._connect() as con:
+        # Pooled: a connection per call also checkpointed the WAL on every close (extra fsyncs).
+        self._pool = ConnectionPool(self._connect, lambda: GatewayInternalError("release cache storage error"))
+        with self._pool.connection() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         con.execute("PRAGMA synchronous=FULL")
         return con
 
     def get(self, key: str) -> bytes | None:
         """The stored release for `key`, if any."""
-        con = self._connect()
-        try:
+        with self._pool.connection() as con:
             row = con.execute("SELECT response FROM releases WHERE key = ?", (key,)).fetchone()
-        finally:
-            con.close()
         return None if row is None else bytes(row[0])
 
     def put(self, key: str, consumer: str, response: bytes) -> None:
         """Store a release; an existing entry for `key` is kept (the first release wins)."""
-        con = self._connect()
-        try:
+        with self._pool.connection() as con:
             con.execute(
                 "INSERT OR IGNORE INTO releases (key, consumer, response, created_at) VALUES (?,?,?,?)",
                 (key, consumer, response, time.time()),
             )
-        finally:
-            con.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (later calls still work, on a connection each)."""
+        self._pool.close()

@@ -36,7 +36,7 @@ from gateway.errors import (
     RequestInProgressError,
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Window, from_units, rfc3339, to_units
-from gateway.storage import connection, immediate
+from gateway.storage import ConnectionPool, immediate
 
 __all__ = [
     "BudgetLimit",
@@ -194,7 +194,7 @@ class Ledger:
 
     Safe to share between threads, and between processes on the same host that each open their
     own ``Ledger`` on the same file (WAL needs a local filesystem, not NFS). Create it after any
-    ``fork``. Every call opens its own connection, which costs about 0.5 ms over a long-lived one.
+    ``fork``. Calls take a connection from a pool (a fresh one per call cost about 0.5 ms).
     """
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -215,6 +215,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ConnectionPool(
+            lambda: self._open(check_same_thread=False),
+            lambda: GatewayInternalError("privacy ledger storage error"),
+        )
         # The anchor connection is never used for queries. Holding it open keeps the WAL and its
         # index alive, so closing a per-call connection does not checkpoint and delete the WAL.
         self._anchor: sqlite3.Connection | None = self._open(check_same_thread=False)
@@ -644,6 +648,7 @@ class Ledger:
         with self._lock:
             self._closed = True
             anchor, self._anchor = self._anchor, None
+        self._pool.close()
         if anchor is not None:
             anchor.close()
 
@@ -696,7 +701,7 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise GatewayInternalError("privacy ledger is closed")
-        with connection(self._open, lambda: GatewayInternalError("privacy ledger storage error")) as conn:
+        with self._pool.connection() as conn:
             yield conn
 
     @contextmanager
