@@ -280,6 +280,29 @@ class Governor:
         `outcome` is 'charged', 'replayed', 'refused' or 'failed'. Never raises: a failure to record is
         logged (the answer or refusal has already been decided).
         """
+        o = self.outcome(consumer=consumer, dataset=dataset, purpose=purpose, request_id=request_id,
+                         outcome=outcome, reason=reason, epsilon=epsilon, sql=sql, now=now)
+        if o is not None and self.store_outcome(o):
+            self.notify(o)
+
+    def store_outcome(self, o: Outcome) -> bool:
+        """Append `o` to the state database; False (logged) if it could not be stored. Never raises."""
+        try:
+            self.state.record_outcome(o)
+        except Exception:
+            log.exception("could not record the outcome of request %s", o.request_id)
+            return False
+        return True
+
+    def outcome(
+        self, *, consumer: str, dataset: str, purpose: str, request_id: str, outcome: str,
+        reason: str = "", epsilon: float = 0.0, sql: str = "", now: float | None = None,
+    ) -> Outcome | None:
+        """The outcome record of one request (None, logged, if the governance model cannot place it).
+
+        The query path stores a charged answer's outcome in the same ledger transaction as its
+        completion (`StateStore.write_outcome`), then calls `notify`.
+        """
         now = self.clock() if now is None else now
         try:
             gov = self.governance
@@ -287,10 +310,16 @@ class Governor:
             org = m.organization if m else ""
             g = gov.org_grant(org, dataset, purpose) if m else None
             use = gov.purposes[g.purpose].use_class if g is not None else ""
-            o = Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
-                        sql_hash(sql), now)
-            self.state.record_outcome(o)
+            return Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
+                           sql_hash(sql), now)
+        except Exception:
+            log.exception("could not record the outcome of request %s", request_id)
+            return None
+
+    def notify(self, o: Outcome) -> None:
+        """Run the outcome hooks (alert rules) on a stored outcome; never raises."""
+        try:
             for hook in list(self.on_outcome):
                 hook(o)
         except Exception:
-            log.exception("could not record the outcome of request %s", request_id)
+            log.exception("outcome hooks failed for request %s", o.request_id)

@@ -22,7 +22,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,16 +349,26 @@ class Ledger:
             spent_after=PrivacyLoss(new_epsilon, new_delta),
         )
 
-    def complete(self, key: GrantKey, request_id: str, response: bytes) -> None:
+    def complete(
+        self,
+        key: GrantKey,
+        request_id: str,
+        response: bytes,
+        *,
+        also: Sequence[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
         """Marks a reserved charge as released and stores the answer for replays.
 
         Args:
             key: The grant the charge was made against.
             request_id: The request id of the reservation.
             response: The serialized answer exactly as released to the client.
+            also: Writes to other tables of this database (the release cache, the request outcome)
+                that commit in the same transaction, so one fsync makes all of them durable.
 
         Raises:
-            GatewayInternalError: There is no reserved charge for this request.
+            GatewayInternalError: There is no reserved charge for this request, or a write failed
+                (then nothing of the transaction is stored).
         """
         with self._transaction() as conn:
             self._require_reserved(conn, key, request_id)
@@ -367,6 +377,8 @@ class Ledger:
                 " WHERE consumer = ? AND request_id = ?",
                 (bytes(response), time.time(), key.consumer, request_id),
             )
+            for write in also:
+                write(conn)
 
     def fail(self, key: GrantKey, request_id: str) -> None:
         """Marks a reserved charge as failed; the data was touched, so the charge stays.

@@ -229,8 +229,8 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         except GatewayError as exc:
             _record(self.core, req, "refused", reason=exc.reason)
             raise
-        _record(self.core, req, "replayed" if resp.replayed else "charged",
-                epsilon=0.0 if resp.replayed else resp.privacy_cost.epsilon, request_id=resp.request_id)
+        if resp.replayed:  # a charged answer's outcome is stored with its completion (QueryService._complete)
+            _record(self.core, req, "replayed", request_id=resp.request_id)
         return resp
 
     @_rpc

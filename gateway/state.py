@@ -184,12 +184,17 @@ class StateStore:
     def record_outcome(self, o: Outcome) -> None:
         """Append one request outcome."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO requests (created_at, consumer, organization, dataset, purpose, use_class,"
-                " request_id, outcome, reason, epsilon, sql_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
-                 o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
-            )
+            self.write_outcome(conn, o)
+
+    @staticmethod
+    def write_outcome(conn: sqlite3.Connection, o: Outcome) -> None:
+        """`record_outcome` on a connection to the state database, inside the caller's transaction."""
+        conn.execute(
+            "INSERT INTO requests (created_at, consumer, organization, dataset, purpose, use_class,"
+            " request_id, outcome, reason, epsilon, sql_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
+             o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
+        )
 
     def outcomes(
         self, datasets: tuple[str, ...] | None, start: float | None = None, end: float | None = None
