@@ -43,11 +43,11 @@ from gateway.errors import (
 )
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
+from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess
 from gateway.postprocess import apply as postprocess
 from gateway.receipts import attach_receipt
-from gateway.sql.analyze import analyze_query
 from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms
@@ -263,6 +263,7 @@ class QueryService:
         # What each column grade allows (the data owner's [grades]); the sandbox enforces the same rules.
         self.grade_rules: Mapping[str, frozenset[str]] = DEFAULT_GRADE_RULES
         self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
+        self.plans = PlanCache()  # analysis and pricing memo (decisions are still made per request)
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -301,7 +302,7 @@ class QueryService:
                 field="privacy_loss.delta",
             )
         _require(req.sql, "sql")
-        analyzed = analyze_query(req.sql, info)
+        analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
             check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
         except PlanRejectedError as exc:
@@ -344,7 +345,7 @@ class QueryService:
                 )
             delta = req.delta
         try:
-            costs = mechanisms.price(plan, info, epsilon, delta)
+            costs = self.plans.price(plan, info, epsilon, delta)  # memoized: pure in its arguments
         except PlanRejectedError as exc:
             if plan.partition_selection and "delta" in str(exc):
                 raise InvalidArgumentError(
