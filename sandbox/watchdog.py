@@ -8,6 +8,7 @@ statement past its deadline is interrupted again every 50 ms until it is release
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -38,17 +39,20 @@ class Watchdog:
         self._due: dict[int, tuple[float, Interruptible]] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._wake_at = float("inf")  # when the thread wakes next (it need not be woken for later deadlines)
 
     @contextmanager
     def watch(self, cursor: Interruptible, timeout_s: float) -> Iterator[None]:
         """Interrupt `cursor` if the body runs longer than `timeout_s` (and every 50 ms after that)."""
         token = next(self._ids)
+        due = time.monotonic() + timeout_s
         with self._cond:
-            self._due[token] = (time.monotonic() + timeout_s, cursor)
+            self._due[token] = (due, cursor)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sandbox-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if due < self._wake_at:  # waking the thread for nothing costs a GIL hand-off per statement
+                self._cond.notify()
         try:
             yield
         finally:
@@ -63,11 +67,10 @@ class Watchdog:
                 for token, cursor in expired:
                     self._due[token] = (now + _REPEAT_S, cursor)
                 if not expired:
-                    nearest = min((due for due, _ in self._due.values()), default=None)
-                    self._cond.wait(None if nearest is None else nearest - now)
+                    self._wake_at = min((due for due, _ in self._due.values()), default=float("inf"))
+                    self._cond.wait(None if self._wake_at == float("inf") else self._wake_at - now)
+                    self._wake_at = 0.0  # awake: every new deadline is seen on the next pass
                     continue
             for _, cursor in expired:
-                try:
+                with contextlib.suppress(duckdb.Error):  # the cursor closed between the check and the call
                     cursor.interrupt()
-                except duckdb.Error:  # the cursor closed between the check and the call
-                    pass
