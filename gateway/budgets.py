@@ -11,7 +11,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,12 +91,34 @@ class Governor:
         self._lock = threading.Lock()
         self._file_policy = policy
         self._cache: tuple[object, Policy] | None = None
+        self._pinned = threading.local()  # a request's snapshot of the effective policy (see `snapshot`)
         self.on_outcome: list[Callable[[Outcome], None]] = []  # alert rules, metrics, audit hooks
 
     # -- the effective policy ------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Policy]:
+        """Read the effective policy once and use it for the body (one request) on this thread.
+
+        A RunQuery consulted it a dozen times (identity, limits, budget status, outcome, alert rules),
+        each a read of the overrides table. Every request still starts from a fresh read, so an
+        operator's adjustment or reload, from any gateway process, applies from the next request on;
+        within one request every step sees the same policy. Revocations are checked fresh regardless.
+        """
+        policy = self._fresh()
+        self._pinned.policy = policy
+        try:
+            yield policy
+        finally:
+            self._pinned.policy = None
+
     def current(self) -> Policy:
-        """The file's policy with the stored overrides applied (re-read on every call: multi-process)."""
+        """The file's policy with the stored overrides applied (re-read on every call: multi-process),
+        or the request's snapshot inside `snapshot`."""
+        pinned: Policy | None = getattr(self._pinned, "policy", None)
+        return pinned if pinned is not None else self._fresh()
+
+    def _fresh(self) -> Policy:
         overrides = self.state.overrides()
         with self._lock:
             base = self._file_policy
