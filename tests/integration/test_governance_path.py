@@ -71,3 +71,18 @@ def test_identifiers_in_queries_are_stored_as_keyed_hashes(analyst: Stubs, gatew
     last = list(gateway.oversight.audit.entries())[-1]
     assert idn not in last.query and "hmac:" in last.query
     assert idn not in gateway.oversight.audit.path.read_bytes().decode("latin-1")
+
+
+def test_charge_completion_cache_entry_and_outcome_are_stored_together(analyst: Stubs, gateway: Gateway) -> None:
+    """A charged answer's release cache entry and 'charged' outcome live in the ledger's file with its charge
+    (one transaction); the same query again is served from that cache, and a retry is recorded as replayed."""
+    assert gateway.governor is not None and gateway.core.cache is not None
+    assert gateway.core.cache.path == gateway.ledger.path == gateway.governor.state.path
+    rid = str(uuid.uuid4())
+    sql = fresh("SELECT COUNT(*) FROM residents")
+    resp = _run(analyst, sql, rid)
+    assert _run(analyst, sql, str(uuid.uuid4())).cached
+    assert _run(analyst, sql, rid).replayed
+    mine = [o for o in gateway.governor.state.outcomes(("registry",)) if o.request_id == rid]
+    assert [o.outcome for o in mine] == ["charged", "replayed"]
+    assert mine[0].epsilon == resp.privacy_cost.epsilon > 0
