@@ -234,9 +234,10 @@ class Governor:
 
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
-        now: float | None = None,
+        now: float | None = None, durable: bool = True,
     ) -> Reservation | PriorRelease:
-        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`)."""
+        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`;
+        `durable=False` defers its fsync to the caller's next completion, as `Ledger.reserve` explains)."""
         now = self.clock() if now is None else now
         g, m, limits = self.levels_for(key, now)
         purpose = self.governance.purposes[g.purpose]
@@ -248,7 +249,7 @@ class Governor:
         )
         return self.ledger.reserve_nested(
             key, request_id=request_id, fingerprint=fingerprint, cost=cost,
-            limits=[lim for lim, _ in limits], metering=metering, now=now,
+            limits=[lim for lim, _ in limits], metering=metering, now=now, durable=durable,
         )
 
     def levels(self, key: GrantKey, now: float | None = None) -> list[Level]:

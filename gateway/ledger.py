@@ -5,7 +5,13 @@ for that call, so the check "spent + cost <= budget" and the write of the charge
 respect to every other thread and every other process that opens the same file (SQLite's write
 lock serializes them; waiting is bounded by ``busy_timeout_s``). ``reserve`` commits the charge
 with ``synchronous=FULL`` before it returns, so a caller that releases an answer only after
-``reserve`` returned has the charge on disk first, and it survives a crash or restart. A request
+``reserve`` returned has the charge on disk first, and it survives a crash or restart. With
+``durable=False`` (the query path) the reservation commits without its own fsync: it is visible to
+every thread and process at once (admission stays exact) and survives a process crash, and the next
+durable commit on this file (``complete``, ``fail``, ``release_unused``: each ``synchronous=FULL``)
+syncs the write-ahead log that holds it, so the caller must release nothing before one of those has
+returned. Only a power loss or kernel crash between the two commits can lose the reservation, and
+then nothing of that request has left the gateway. A request
 that would exceed the budget is refused and writes nothing. Request ids are scoped per consumer;
 a retried id with the same fingerprint replays the stored response (noise is never re-drawn), a
 reused id with a different fingerprint is a conflict, and an id that was charged but never
@@ -254,6 +260,7 @@ class Ledger:
         fingerprint: str,
         cost: PrivacyLoss,
         budget: PrivacyLoss,
+        durable: bool = True,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` for a request, or returns the answer it already got.
 
@@ -264,6 +271,8 @@ class Ledger:
                 query, privacy parameters); a retry must present the same one.
             cost: The privacy loss of answering.
             budget: The total loss the grant allows.
+            durable: False: commit without an fsync of its own; the caller's next ``complete``,
+                ``fail`` or ``release_unused`` makes it durable, and nothing may be released before.
 
         Returns:
             A ``Reservation`` once the charge is committed, or a ``PriorRelease`` if this
@@ -279,7 +288,7 @@ class Ledger:
             raise InvalidArgumentError("request_id must not be empty", field="request_id")
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
-        with self._transaction() as conn:
+        with self._transaction(durable=durable) as conn:
             row = conn.execute(
                 "SELECT dataset, purpose, fingerprint, status, response FROM charges"
                 " WHERE consumer = ? AND request_id = ?",
@@ -505,6 +514,7 @@ class Ledger:
         limits: Sequence[BudgetLimit],
         metering: Metering,
         now: float,
+        durable: bool = True,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` if it fits every limit for its period, or replays a prior answer.
 
@@ -522,6 +532,7 @@ class Ledger:
             limits: The budgets that must all hold, each with its level and period window.
             metering: The organisation and what the charge is billed as (stored with the charge).
             now: The charge's time (seconds since the epoch); it decides which periods it counts in.
+            durable: As for ``reserve``.
 
         Returns:
             A ``Reservation`` (``spent_after`` is the grant's lifetime total) or a ``PriorRelease``.
@@ -537,7 +548,7 @@ class Ledger:
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
         cost_eps, cost_delta = _units(cost)
-        with self._transaction() as conn:
+        with self._transaction(durable=durable) as conn:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
@@ -717,10 +728,21 @@ class Ledger:
             yield conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception."""
-        with self._connection() as conn, immediate(conn):
-            yield conn
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception.
+
+        Durable commits fsync the write-ahead log (``synchronous=FULL``, set on every transaction, so a
+        pooled connection can never carry a lighter setting over); ``durable=False`` commits with
+        ``synchronous=NORMAL`` (no fsync: see ``reserve``).
+        """
+        with self._connection() as conn:
+            conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+            try:
+                with immediate(conn):
+                    yield conn
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     @staticmethod
     def _read_spent(conn: sqlite3.Connection, key: GrantKey) -> PrivacyLoss:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import GatewayInternalError
+from gateway.errors import GatewayInternalError, PrivacyBudgetExhaustedError
 from gateway.ledger import GrantKey, Ledger, PrivacyLoss
 from gateway.storage import ConnectionPool, immediate
 
@@ -122,3 +122,21 @@ def test_release_cache_imports_an_earlier_versions_file_once(tmp_path: Path) -> 
     again = ReleaseCache(tmp_path / "ledger.sqlite3", legacy=legacy)
     assert again.get("k1") == b"\x01"
     again.close()
+
+
+def test_a_deferred_reservation_counts_at_once_and_leaves_full_sync_behind(tmp_path: Path) -> None:
+    """reserve(durable=False) is visible to another process's ledger at once (admission stays exact), and the
+    pooled connection it used is back to synchronous=FULL for the next (durable) transaction."""
+    path = tmp_path / "ledger.sqlite3"
+    first, second = Ledger(path), Ledger(path)
+    key = GrantKey("alice", "registry", "research")
+    first.reserve(key, request_id="r1", fingerprint="f", cost=PrivacyLoss(0.6), budget=PrivacyLoss(1.0),
+                  durable=False)
+    with pytest.raises(PrivacyBudgetExhaustedError):
+        second.reserve(key, request_id="r2", fingerprint="f", cost=PrivacyLoss(0.6), budget=PrivacyLoss(1.0))
+    with first._connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    first.complete(key, "r1", b"answer")
+    assert [r.status for r in second.history(key)] == ["released"]
+    first.close()
+    second.close()
