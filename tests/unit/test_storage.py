@@ -140,3 +140,24 @@ def test_a_deferred_reservation_counts_at_once_and_leaves_full_sync_behind(tmp_p
     assert [r.status for r in second.history(key)] == ["released"]
     first.close()
     second.close()
+
+
+def test_window_sums_read_only_covering_indexes(tmp_path: Path) -> None:
+    """Every per-period sum is answered from an index holding the units (never from the rows, which carry
+    the stored answers); the narrower indexes of earlier versions are replaced on open."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE INDEX charges_by_key ON charges (consumer, dataset, purpose, created_at)")
+    conn.commit()
+    conn.close()
+    Ledger(path).close()
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "charges_by_key" not in names
+    for where, args in (("consumer = ? AND dataset = ? AND purpose = ?", (1, 2, 3)),
+                        ("organization = ? AND dataset = ? AND purpose = ?", (1, 2, 3)), ("dataset = ?", (1,))):
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
+                            f" FROM charges WHERE {where} AND created_at >= ?", (*args, 0)).fetchall()
+        assert "COVERING INDEX" in plan[0][3]
+    conn.close()
