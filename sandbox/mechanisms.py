@@ -277,17 +277,23 @@ def quantile_rank_accuracy(cost: ReleaseCost, n_candidates: int, alpha: float, l
     return cost.scale * math.log(max(n_candidates, 1) / level_alpha) / den
 
 
+@functools.cache
+def _laplace_space(integer: bool) -> tuple[Any, Any]:
+    """The input space of the vector Laplace, built once per process: building it costs about 0.3 ms of
+    OpenDP calls, 80% of a measurement's construction, and pricing plus release build several per request.
+    Domains and metrics are immutable descriptors, safe to share between threads."""
+    if integer:
+        return dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
+    return dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float)
+
+
 def make_measurement(integer: bool, scale: float) -> dp.Measurement:
     """The vector Laplace measurement (discrete on i64 when `integer`) at `scale`.
 
     Privacy: input metric is L1 distance between aggregate vectors; map(d_in) = d_in / scale (as OpenDP
     computes it, with its own rounding slack).
     """
-    if integer:
-        space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
-    else:
-        space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float)
-    return dp.m.make_laplace(*space, scale=scale)
+    return dp.m.make_laplace(*_laplace_space(integer), scale=scale)
 
 
 def _d_in(integer: bool, sensitivity: float) -> int | float:
@@ -326,6 +332,7 @@ def mechanism_name(integer: bool) -> str:
     return DISCRETE_LAPLACE if integer else LAPLACE
 
 
+@functools.cache  # built once: calibrate_threshold constructs about 40 measurements on it
 def threshold_space() -> tuple[Any, Any]:
     """Input space of partition selection: map of key (JSON text) -> exact i64 count, l01inf."""
     return (
