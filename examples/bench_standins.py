@@ -26,7 +26,7 @@ class NoChargeLedger:
     path = Path("/nonexistent/no-charge-ledger")
 
     def reserve(self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss,
-                budget: PrivacyLoss) -> Reservation:
+                budget: PrivacyLoss, durable: bool = True) -> Reservation:
         """A reservation that is not stored."""
         return Reservation(request_id=request_id, key=key, cost=cost, spent_after=PrivacyLoss(0.0, 0.0))
 
