@@ -11,7 +11,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +106,34 @@ class Governor:
         self._lock = threading.Lock()
         self._file_policy = policy
         self._cache: tuple[object, Policy] | None = None
+        self._pinned = threading.local()  # a request's snapshot of the effective policy (see `snapshot`)
         self.on_outcome: list[Callable[[Outcome], None]] = []  # alert rules, metrics, audit hooks
 
     # -- the effective policy ------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Policy]:
+        """Read the effective policy once and use it for the body (one request) on this thread.
+
+        A RunQuery consulted it a dozen times (identity, limits, budget status, outcome, alert rules),
+        each a read of the overrides table. Every request still starts from a fresh read, so an
+        operator's adjustment or reload, from any gateway process, applies from the next request on;
+        within one request every step sees the same policy. Revocations are checked fresh regardless.
+        """
+        policy = self._fresh()
+        self._pinned.policy = policy
+        try:
+            yield policy
+        finally:
+            self._pinned.policy = None
+
     def current(self) -> Policy:
-        """The file's policy with the stored overrides applied (re-read on every call: multi-process)."""
+        """The file's policy with the stored overrides applied (re-read on every call: multi-process),
+        or the request's snapshot inside `snapshot`."""
+        pinned: Policy | None = getattr(self._pinned, "policy", None)
+        return pinned if pinned is not None else self._fresh()
+
+    def _fresh(self) -> Policy:
         overrides = self.state.overrides()
         with self._lock:
             base = self._file_policy
@@ -235,9 +258,10 @@ class Governor:
 
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
-        now: float | None = None,
+        now: float | None = None, durable: bool = True,
     ) -> Reservation | PriorRelease:
-        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`)."""
+        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`;
+        `durable=False` defers its fsync to the caller's next completion, as `Ledger.reserve` explains)."""
         now = self.clock() if now is None else now
         g, m, limits = self.levels_for(key, now)
         purpose = self.governance.purposes[g.purpose]
@@ -249,7 +273,7 @@ class Governor:
         )
         return self.ledger.reserve_nested(
             key, request_id=request_id, fingerprint=fingerprint, cost=cost,
-            limits=[lim for lim, _ in limits], metering=metering, now=now,
+            limits=[lim for lim, _ in limits], metering=metering, now=now, durable=durable,
         )
 
     def levels(self, key: GrantKey, now: float | None = None) -> list[Level]:
@@ -347,6 +371,29 @@ class Governor:
         `outcome` is 'charged', 'replayed', 'refused' or 'failed'. Never raises: a failure to record is
         logged (the answer or refusal has already been decided).
         """
+        o = self.outcome(consumer=consumer, dataset=dataset, purpose=purpose, request_id=request_id,
+                         outcome=outcome, reason=reason, epsilon=epsilon, sql=sql, now=now)
+        if o is not None and self.store_outcome(o):
+            self.notify(o)
+
+    def store_outcome(self, o: Outcome) -> bool:
+        """Append `o` to the state database; False (logged) if it could not be stored. Never raises."""
+        try:
+            self.state.record_outcome(o)
+        except Exception:
+            log.exception("could not record the outcome of request %s", o.request_id)
+            return False
+        return True
+
+    def outcome(
+        self, *, consumer: str, dataset: str, purpose: str, request_id: str, outcome: str,
+        reason: str = "", epsilon: float = 0.0, sql: str = "", now: float | None = None,
+    ) -> Outcome | None:
+        """The outcome record of one request (None, logged, if the governance model cannot place it).
+
+        The query path stores a charged answer's outcome in the same ledger transaction as its
+        completion (`StateStore.write_outcome`), then calls `notify`.
+        """
         now = self.clock() if now is None else now
         try:
             gov = self.governance
@@ -354,10 +401,16 @@ class Governor:
             org = m.organization if m else ""
             g = gov.org_grant(org, dataset, purpose) if m else None
             use = gov.purposes[g.purpose].use_class if g is not None else ""
-            o = Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
-                        sql_hash(sql), now)
-            self.state.record_outcome(o)
+            return Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
+                           sql_hash(sql), now)
+        except Exception:
+            log.exception("could not record the outcome of request %s", request_id)
+            return None
+
+    def notify(self, o: Outcome) -> None:
+        """Run the outcome hooks (alert rules) on a stored outcome; never raises."""
+        try:
             for hook in list(self.on_outcome):
                 hook(o)
         except Exception:
-            log.exception("could not record the outcome of request %s", request_id)
+            log.exception("outcome hooks failed for request %s", o.request_id)

@@ -5,7 +5,13 @@ for that call, so the check "spent + cost <= budget" and the write of the charge
 respect to every other thread and every other process that opens the same file (SQLite's write
 lock serializes them; waiting is bounded by ``busy_timeout_s``). ``reserve`` commits the charge
 with ``synchronous=FULL`` before it returns, so a caller that releases an answer only after
-``reserve`` returned has the charge on disk first, and it survives a crash or restart. A request
+``reserve`` returned has the charge on disk first, and it survives a crash or restart. With
+``durable=False`` (the query path) the reservation commits without its own fsync: it is visible to
+every thread and process at once (admission stays exact) and survives a process crash, and the next
+durable commit on this file (``complete``, ``fail``, ``release_unused``: each ``synchronous=FULL``)
+syncs the write-ahead log that holds it, so the caller must release nothing before one of those has
+returned. Only a power loss or kernel crash between the two commits can lose the reservation, and
+then nothing of that request has left the gateway. A request
 that would exceed the budget is refused and writes nothing. Request ids are scoped per consumer;
 a retried id with the same fingerprint replays the stored response (noise is never re-drawn), a
 reused id with a different fingerprint is a conflict, and an id that was charged but never
@@ -22,7 +28,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,7 @@ from gateway.errors import (
     RequestInProgressError,
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
-from gateway.storage import connection, immediate
+from gateway.storage import ConnectionPool, immediate
 
 __all__ = [
     "BudgetLimit",
@@ -90,10 +96,23 @@ CREATE TABLE IF NOT EXISTS charges (
     rho_units     INTEGER NOT NULL DEFAULT 0 CHECK (rho_units >= 0),
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
-CREATE INDEX IF NOT EXISTS charges_by_key ON charges (consumer, dataset, purpose, created_at);
-CREATE INDEX IF NOT EXISTS charges_by_org ON charges (organization, dataset, purpose, created_at);
-CREATE INDEX IF NOT EXISTS charges_by_dataset ON charges (dataset, created_at);
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
+-- Covering indexes for the per-period sums (every reservation and budget status sums a window): with
+-- the units in the index the sum never reads the table rows, which hold the stored answers (about 12x
+-- faster: 0.13 instead of 1.6 ms per 1,000 charges in a window). They replace the narrower
+-- charges_by_key / charges_by_org / charges_by_dataset of earlier versions.
+DROP INDEX IF EXISTS charges_by_key;
+DROP INDEX IF EXISTS charges_by_org;
+DROP INDEX IF EXISTS charges_by_dataset;
+DROP INDEX IF EXISTS charges_units_by_key;
+DROP INDEX IF EXISTS charges_units_by_org;
+DROP INDEX IF EXISTS charges_units_by_dataset;
+CREATE INDEX IF NOT EXISTS charges_cover_by_key
+    ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_cover_by_org
+    ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_cover_by_dataset
+    ON charges (dataset, created_at, epsilon_units, delta_units, rho_units);
 """
 
 
@@ -201,7 +220,7 @@ class Ledger:
 
     Safe to share between threads, and between processes on the same host that each open their
     own ``Ledger`` on the same file (WAL needs a local filesystem, not NFS). Create it after any
-    ``fork``. Every call opens its own connection, which costs about 0.5 ms over a long-lived one.
+    ``fork``. Calls take a connection from a pool (a fresh one per call cost about 0.5 ms).
     """
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -222,6 +241,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ConnectionPool(
+            lambda: self._open(check_same_thread=False),
+            lambda: GatewayInternalError("privacy ledger storage error"),
+        )
         # The anchor connection is never used for queries. Holding it open keeps the WAL and its
         # index alive, so closing a per-call connection does not checkpoint and delete the WAL.
         self._anchor: sqlite3.Connection | None = self._open(check_same_thread=False)
@@ -257,6 +280,7 @@ class Ledger:
         fingerprint: str,
         cost: PrivacyLoss,
         budget: PrivacyLoss,
+        durable: bool = True,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` for a request, or returns the answer it already got.
 
@@ -267,6 +291,8 @@ class Ledger:
                 query, privacy parameters); a retry must present the same one.
             cost: The privacy loss of answering.
             budget: The total loss the grant allows.
+            durable: False: commit without an fsync of its own; the caller's next ``complete``,
+                ``fail`` or ``release_unused`` makes it durable, and nothing may be released before.
 
         Returns:
             A ``Reservation`` once the charge is committed, or a ``PriorRelease`` if this
@@ -282,7 +308,7 @@ class Ledger:
             raise InvalidArgumentError("request_id must not be empty", field="request_id")
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
-        with self._transaction() as conn:
+        with self._transaction(durable=durable) as conn:
             row = conn.execute(
                 "SELECT dataset, purpose, fingerprint, status, response FROM charges"
                 " WHERE consumer = ? AND request_id = ?",
@@ -352,16 +378,26 @@ class Ledger:
             spent_after=PrivacyLoss(new_epsilon, new_delta),
         )
 
-    def complete(self, key: GrantKey, request_id: str, response: bytes) -> None:
+    def complete(
+        self,
+        key: GrantKey,
+        request_id: str,
+        response: bytes,
+        *,
+        also: Sequence[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
         """Marks a reserved charge as released and stores the answer for replays.
 
         Args:
             key: The grant the charge was made against.
             request_id: The request id of the reservation.
             response: The serialized answer exactly as released to the client.
+            also: Writes to other tables of this database (the release cache, the request outcome)
+                that commit in the same transaction, so one fsync makes all of them durable.
 
         Raises:
-            GatewayInternalError: There is no reserved charge for this request.
+            GatewayInternalError: There is no reserved charge for this request, or a write failed
+                (then nothing of the transaction is stored).
         """
         with self._transaction() as conn:
             self._require_reserved(conn, key, request_id)
@@ -370,6 +406,8 @@ class Ledger:
                 " WHERE consumer = ? AND request_id = ?",
                 (bytes(response), time.time(), key.consumer, request_id),
             )
+            for write in also:
+                write(conn)
 
     def fail(self, key: GrantKey, request_id: str) -> None:
         """Marks a reserved charge as failed; the data was touched, so the charge stays.
@@ -496,6 +534,7 @@ class Ledger:
         limits: Sequence[BudgetLimit],
         metering: Metering,
         now: float,
+        durable: bool = True,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` if it fits every limit for its period, or replays a prior answer.
 
@@ -513,6 +552,7 @@ class Ledger:
             limits: The budgets that must all hold, each with its level and period window.
             metering: The organisation and what the charge is billed as (stored with the charge).
             now: The charge's time (seconds since the epoch); it decides which periods it counts in.
+            durable: As for ``reserve``.
 
         Returns:
             A ``Reservation`` (``spent_after`` is the grant's lifetime total) or a ``PriorRelease``.
@@ -529,7 +569,7 @@ class Ledger:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
         cost_eps, cost_delta = _units(cost)
         cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
-        with self._transaction() as conn:
+        with self._transaction(durable=durable) as conn:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
@@ -658,6 +698,7 @@ class Ledger:
         with self._lock:
             self._closed = True
             anchor, self._anchor = self._anchor, None
+        self._pool.close()
         if anchor is not None:
             anchor.close()
 
@@ -713,14 +754,25 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise GatewayInternalError("privacy ledger is closed")
-        with connection(self._open, lambda: GatewayInternalError("privacy ledger storage error")) as conn:
+        with self._pool.connection() as conn:
             yield conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception."""
-        with self._connection() as conn, immediate(conn):
-            yield conn
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception.
+
+        Durable commits fsync the write-ahead log (``synchronous=FULL``, set on every transaction, so a
+        pooled connection can never carry a lighter setting over); ``durable=False`` commits with
+        ``synchronous=NORMAL`` (no fsync: see ``reserve``).
+        """
+        with self._connection() as conn:
+            conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+            try:
+                with immediate(conn):
+                    yield conn
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     @staticmethod
     def _read_spent(conn: sqlite3.Connection, key: GrantKey) -> PrivacyLoss:

@@ -5,8 +5,9 @@ Order of decisions (each depends only on the request, the policy and the public 
 2. the consumer has a grant for (dataset, purpose) (PERMISSION_DENIED; unknown datasets look the same);
 3. the privacy loss is within the grant's per-query cap (INVALID_ARGUMENT);
 4. the SQL is one allowed SELECT (INVALID_ARGUMENT) and is priced with OpenDP;
-5. the cost is reserved durably in the ledger (RESOURCE_EXHAUSTED if it cannot be paid; replay if the
-   request_id was answered before);
+5. the cost is reserved atomically in the ledger (RESOURCE_EXHAUSTED if it cannot be paid; replay if the
+   request_id was answered before); its fsync is shared with step 7's durable commit (or the durable
+   `fail`/`release_unused` of step 6), which always comes before anything is released;
 6. the sandbox runs the plan and adds the noise; a failure after this point keeps the charge and comes
    back as one uniform error;
 7. the sandbox's reported costs are re-checked against the charged ones, the answer is stored in the ledger
@@ -15,12 +16,15 @@ Order of decisions (each depends only on the request, the policy and the public 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
+import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from privacy_gateway.v1 import common_pb2 as common_pb
@@ -31,6 +35,7 @@ from gateway.budgets import Governor, rho_loss
 from gateway.cache import ReleaseCache, cache_key
 from gateway.digests import normalize_sql
 from gateway.errors import (
+    GatewayError,
     GatewayInternalError,
     InvalidArgumentError,
     InvalidQueryError,
@@ -41,12 +46,14 @@ from gateway.errors import (
 )
 from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
+from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess
 from gateway.postprocess import apply as postprocess
 from gateway.quantile_options import apply_interval_shares
 from gateway.receipts import attach_receipt
-from gateway.sql.analyze import AnalyzedQuery, analyze_query
+from gateway.sql.analyze import AnalyzedQuery
+from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms, zcdp
 from sandbox.client import SandboxClient, SandboxConnectionError
@@ -301,6 +308,7 @@ class QueryService:
         # What each column grade allows (the data owner's [grades]); the sandbox enforces the same rules.
         self.grade_rules: Mapping[str, frozenset[str]] = DEFAULT_GRADE_RULES
         self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
+        self.plans = PlanCache()  # analysis and pricing memo (decisions are still made per request)
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -388,7 +396,7 @@ class QueryService:
                 )
             delta = req.delta
         try:
-            costs = mechanisms.price(plan, info, epsilon, delta)
+            costs = self.plans.price(plan, info, epsilon, delta)  # memoized: pure in its arguments
         except PlanRejectedError as exc:
             if plan.partition_selection and "delta" in str(exc):
                 raise InvalidArgumentError(
@@ -408,7 +416,7 @@ class QueryService:
     def _analyze(self, req: QueryRequest, info: DatasetInfo) -> tuple[AnalyzedQuery, QueryPlan]:
         """Check 4: the SQL is one allowed SELECT within the data owner's grade rules; the weighted plan."""
         _require(req.sql, "sql")
-        analyzed = analyze_query(req.sql, info)
+        analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
             check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
         except PlanRejectedError as exc:
@@ -550,49 +558,105 @@ class QueryService:
             prior = self._reserve(key, request_id, req, PrivacyLoss(0.0, 0.0), budget, units=0)
             if isinstance(prior, PriorRelease):
                 return _replayed(prior)
-            hit = q_pb.RunQueryResponse.FromString(cached)
-            hit.cached = True
-            hit.request_id = request_id
-            hit.budget.CopyFrom(self._budget_after(priced, key, prior.spent_after))
-            hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
-            self._sign(req, hit)
-            self.ledger.complete(key, request_id, hit.SerializeToString(deterministic=True))
+            with self._settled(key, request_id):
+                hit = q_pb.RunQueryResponse.FromString(cached)
+                hit.cached = True
+                hit.request_id = request_id
+                hit.budget.CopyFrom(self._budget_after(priced, key, prior.spent_after))
+                hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
+                self._sign(req, hit)
+                self._complete(key, request_id, req, hit.SerializeToString(deterministic=True), epsilon=0.0)
             return hit
         outcome = self._reserve(key, request_id, req, priced.cost, budget, units=len(priced.costs))
         if isinstance(outcome, PriorRelease):
             return _replayed(outcome)
-        # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
-        result = postprocess(priced.post, self._execute(key, request_id, priced))
-        columns, rows = convert.answer(priced.plan, priced.dataset, result)
-        response = q_pb.RunQueryResponse(
-            columns=columns,
-            rows=rows,
-            plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
-            privacy_cost=priced.reported_cost,
-            budget=(
-                self._budget_after(priced, key, outcome.spent_after)
-            ),
-            request_id=request_id,
-            dataset_version=result.dataset_version,
-        )
-        self._sign(req, response)
-        body = response.SerializeToString(deterministic=True)
-        self.ledger.complete(key, request_id, body)
-        if self.cache is not None:
-            self.cache.put(ckey, req.consumer, body)
+        with self._settled(key, request_id):
+            # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
+            result = postprocess(priced.post, self._execute(key, request_id, priced))
+            columns, rows = convert.answer(priced.plan, priced.dataset, result)
+            response = q_pb.RunQueryResponse(
+                columns=columns,
+                rows=rows,
+                plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
+                privacy_cost=priced.reported_cost,
+                budget=(
+                    self._budget_after(priced, key, outcome.spent_after)
+                ),
+                request_id=request_id,
+                dataset_version=result.dataset_version,
+            )
+            self._sign(req, response)
+            body = response.SerializeToString(deterministic=True)
+            self._complete(key, request_id, req, body, epsilon=priced.reported_cost.epsilon, cache_key=ckey)
         return response
+
+    @contextmanager
+    def _settled(self, key: GrantKey, request_id: str) -> Iterator[None]:
+        """After a reservation: if the body fails, keep the charge and make it durable before the error leaves.
+
+        The reservation committed without an fsync of its own (`_reserve`); every planned exit commits
+        durably (`complete`, or `fail` / `release_unused` in `_execute`). An unplanned exception (our bug,
+        after the data may have been touched) marks the charge failed, durably, so no error is released
+        on a charge that a power loss could still take back.
+        """
+        try:
+            yield
+        except BaseException:
+            try:
+                self.ledger.fail(key, request_id)
+            except GatewayError:  # already failed, refunded or completed, each durably; or storage broke
+                log.debug("charge of request %s already settled", request_id)
+            raise
+
+    def _complete(
+        self, key: GrantKey, request_id: str, req: QueryRequest, body: bytes, *, epsilon: float,
+        cache_key: str | None = None,
+    ) -> None:
+        """Store the answer for replays, the release in the cache and the request's 'charged' outcome.
+
+        Where the cache and the governance state live in the ledger's database (as `start_gateway` wires
+        them), all three commit in the ledger's one transaction: one fsync instead of three. The
+        outcome hooks (alert rules) run after the commit.
+        """
+        same_file: list[Callable[[sqlite3.Connection], None]] = []
+        cache = self.cache if cache_key is not None else None
+        if cache is not None and cache_key is not None and cache.path == self.ledger.path:
+            same_file.append(functools.partial(cache.write, key=cache_key, consumer=req.consumer, response=body))
+            cache = None
+        governor, outcome = self.governor, None
+        if governor is not None:
+            outcome = governor.outcome(
+                consumer=req.consumer, dataset=req.dataset, purpose=req.purpose, request_id=request_id,
+                outcome="charged", epsilon=epsilon, sql=req.sql,
+            )
+            if outcome is not None and governor.state.path == self.ledger.path:
+                same_file.append(functools.partial(StateStore.write_outcome, o=outcome))
+        self.ledger.complete(key, request_id, body, also=same_file)
+        if cache is not None and cache_key is not None:
+            cache.put(cache_key, req.consumer, body)
+        if governor is not None and outcome is not None:
+            if governor.state.path != self.ledger.path:
+                governor.store_outcome(outcome)
+            governor.notify(outcome)
 
     def _reserve(
         self, key: GrantKey, request_id: str, req: QueryRequest, cost: PrivacyLoss, budget: PrivacyLoss,
         *, units: int,
     ) -> Reservation | PriorRelease:
-        """Charge durably: through the governor (member, organisation, cap, period) when configured."""
+        """Charge atomically: through the governor (member, organisation, cap, period) when configured.
+
+        The commit does not wait for its own fsync (`durable=False`): the caller's next ledger commit,
+        which precedes any release (`_settled`), syncs the write-ahead log that holds it. One fsync per
+        answer instead of two; only a power loss before that commit can lose the charge, and then
+        nothing of the request has left.
+        """
         if self.governor is not None:
             return self.governor.reserve(
-                key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, request_units=units
+                key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, request_units=units,
+                durable=False,
             )
         return self.ledger.reserve(
-            key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget
+            key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget, durable=False
         )
 
     def _budget_after(self, priced: PricedQuery, key: GrantKey, spent: PrivacyLoss) -> common_pb.BudgetStatus:

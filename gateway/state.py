@@ -1,7 +1,7 @@
 """Governance state in the gateway's state database: grant overrides, revocations, request outcomes, alerts.
 
 These tables live in the ledger's SQLite file (WAL), so every gateway process sharing a state directory
-sees the same overrides and revocations on its next request. Each call opens its own connection.
+sees the same overrides and revocations on its next request. Calls take a connection from a pool.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.errors import GatewayInternalError
 from gateway.governance import GrantOverride
-from gateway.storage import connection, immediate
+from gateway.storage import ConnectionPool, immediate
 
 __all__ = ["Outcome", "StateStore"]
 
@@ -92,18 +92,25 @@ class StateStore:
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ConnectionPool(self._open, lambda: GatewayInternalError("governance state storage error"))
         with self._tx() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
 
+    def close(self) -> None:
+        """Close the pooled connections (later calls still work, on a connection each)."""
+        self._pool.close()
+
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        with connection(self._open, lambda: GatewayInternalError("governance state storage error")) as conn:
+        with self._pool.connection() as conn:
             yield conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
@@ -177,12 +184,17 @@ class StateStore:
     def record_outcome(self, o: Outcome) -> None:
         """Append one request outcome."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO requests (created_at, consumer, organization, dataset, purpose, use_class,"
-                " request_id, outcome, reason, epsilon, sql_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
-                 o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
-            )
+            self.write_outcome(conn, o)
+
+    @staticmethod
+    def write_outcome(conn: sqlite3.Connection, o: Outcome) -> None:
+        """`record_outcome` on a connection to the state database, inside the caller's transaction."""
+        conn.execute(
+            "INSERT INTO requests (created_at, consumer, organization, dataset, purpose, use_class,"
+            " request_id, outcome, reason, epsilon, sql_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
+             o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
+        )
 
     def outcomes(
         self, datasets: tuple[str, ...] | None, start: float | None = None, end: float | None = None

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +48,7 @@ from sandbox.protocol import (
     Scalar,
 )
 from sandbox.relation import Relation, plan_relation
+from sandbox.watchdog import Watchdog
 
 log = logging.getLogger("sandbox.engine")
 
@@ -140,6 +140,7 @@ class Engine:
         self._con = connect(self.limits)
         # Without a persisted key (tests, embedded use) the version is stable for this process only.
         version_key = version_key or secrets.token_bytes(32)
+        self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
         for ds in catalog.datasets:
@@ -276,29 +277,11 @@ class Engine:
         """
         deadline = (timeout_ms or self.limits.query_timeout_ms) / 1000
         cur = self._con.cursor()
-        done = threading.Event()
-
-        def watchdog() -> None:
-            # An interrupt that arrives while DuckDB is still binding/optimizing can be lost, so keep
-            # interrupting every 50 ms after the deadline until the statement returns.
-            if done.wait(deadline):
-                return
-            while not done.is_set():
-                try:
-                    cur.interrupt()
-                except duckdb.Error:  # the cursor closed between the check and the call
-                    return
-                done.wait(0.05)
-
-        timer = threading.Thread(target=watchdog, daemon=True)
         try:
             check(cur)
-            timer.start()
-            return cur.execute(sql).fetchall()
+            with self._watchdog.watch(cur, deadline):
+                return cur.execute(sql).fetchall()
         finally:
-            done.set()
-            if timer.is_alive():
-                timer.join()
             cur.close()
 
     def execute(self, req: ExecuteRequest) -> ExecuteResult | ErrorReply:
