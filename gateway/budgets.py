@@ -21,11 +21,12 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from gateway.errors import GatewayInternalError, InvalidArgumentError, PermissionDeniedError
 from gateway.governance import Governance, GrantOverride, Member, OrgGrant
 from gateway.ledger import BudgetLimit, GrantKey, Ledger, Metering, PriorRelease, PrivacyLoss, Reservation
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Period, from_units, rfc3339, to_units
+from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, from_units, rfc3339, to_units
 from gateway.policy import Policy, load_policy
 from gateway.state import Outcome, StateStore
+from sandbox import zcdp
 
-__all__ = ["DatasetCapInfo", "Governor", "Level", "sql_hash"]
+__all__ = ["DatasetCapInfo", "Governor", "Level", "rho_loss", "sql_hash"]
 
 log = logging.getLogger("gateway.budgets")
 
@@ -47,19 +48,33 @@ class Level:
     period: Period
     spent_eps: int
     spent_delta: int
+    spent_rho: int = 0
 
     @property
     def remaining(self) -> PrivacyLoss:
-        """budget - spent, never negative."""
-        be = to_units(self.limit.budget.epsilon, EPSILON_UNITS, up=False)
+        """budget - spent, never negative (rho only on a zCDP level, epsilon only on the others)."""
         bd = to_units(self.limit.budget.delta, DELTA_UNITS, up=False)
-        return PrivacyLoss(from_units(max(0, be - self.spent_eps), EPSILON_UNITS),
-                           from_units(max(0, bd - self.spent_delta), DELTA_UNITS))
+        delta = from_units(max(0, bd - self.spent_delta), DELTA_UNITS)
+        if self.limit.measure == "rho":
+            br = to_units(self.limit.budget.rho, RHO_UNITS, up=False)
+            return PrivacyLoss(0.0, delta, from_units(max(0, br - self.spent_rho), RHO_UNITS))
+        be = to_units(self.limit.budget.epsilon, EPSILON_UNITS, up=False)
+        return PrivacyLoss(from_units(max(0, be - self.spent_eps), EPSILON_UNITS), delta)
 
     @property
     def spent(self) -> PrivacyLoss:
         """Spent this period."""
-        return PrivacyLoss(from_units(self.spent_eps, EPSILON_UNITS), from_units(self.spent_delta, DELTA_UNITS))
+        return PrivacyLoss(from_units(self.spent_eps, EPSILON_UNITS), from_units(self.spent_delta, DELTA_UNITS),
+                           from_units(self.spent_rho, RHO_UNITS))
+
+
+def rho_loss(rho: float, selection_delta: float, delta: float) -> common_pb.PrivacyLoss:
+    """A zCDP amount for the API: rho, and the (epsilon, delta) at the grant's `delta` from OpenDP's
+    conversion of that total (with partition selection's `selection_delta` inside the delta)."""
+    if rho == 0 and selection_delta == 0:
+        return common_pb.PrivacyLoss(epsilon=0.0, delta=0.0, rho=0.0)
+    eps, d = zcdp.to_approx_dp(rho, selection_delta, delta)
+    return common_pb.PrivacyLoss(epsilon=eps, delta=d, rho=rho)
 
 
 def sql_hash(sql: str) -> str:
@@ -223,9 +238,18 @@ class Governor:
         window = g.period.window(now)
         limits: list[tuple[BudgetLimit, Period]] = []
         own = g.member_budget(m.identity)
-        if own is not None:
-            limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta), window), g.period))
-        limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window), g.period))
+        if g.zcdp:
+            # zCDP: the levels account rho; partition selection may spend at most half of the delta (the
+            # rest is left to convert rho, so the reported (epsilon, delta) at `delta` stays finite).
+            if own is not None:
+                limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta / 2, own.rho), window,
+                                           "rho"), g.period))
+            limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta / 2, g.rho), window,
+                                       "rho"), g.period))
+        else:
+            if own is not None:
+                limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta), window), g.period))
+            limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window), g.period))
         cap = self.caps.get(key.dataset)
         if cap is not None:
             limits.append((BudgetLimit("dataset_cap", PrivacyLoss(cap.epsilon, cap.delta),
@@ -258,8 +282,8 @@ class Governor:
         _g, m, limits = self.levels_for(key, now)
         out = []
         for lim, period in limits:
-            e, d = self.ledger.window_spent(lim, key, m.organization)
-            out.append(Level(lim, period, e, d))
+            e, d, r = self.ledger.window_spent(lim, key, m.organization)
+            out.append(Level(lim, period, e, d, r))
         return out
 
     def budget_status(self, key: GrantKey, now: float | None = None) -> common_pb.BudgetStatus:
@@ -268,6 +292,8 @@ class Governor:
         g, m, _ = self.levels_for(key, now)
         levels = self.levels(key, now)
         shown = levels[0]  # the member's own budget if any, else the organisation's
+        if g.zcdp:
+            return self._zcdp_status(key, g, m, levels, now)
         binding = min(levels, key=lambda lv: (lv.remaining.epsilon, lv.remaining.delta))
         remaining = binding.remaining
         return common_pb.BudgetStatus(
@@ -276,6 +302,47 @@ class Governor:
             spent=common_pb.PrivacyLoss(epsilon=shown.spent.epsilon, delta=shown.spent.delta),
             remaining=common_pb.PrivacyLoss(epsilon=remaining.epsilon, delta=remaining.delta),
             max_per_query=common_pb.PrivacyLoss(epsilon=min(g.max_epsilon_per_query, shown.limit.budget.epsilon)),
+            privacy_definition=g.privacy_definition,
+            organization=m.organization,
+            limiting_level=binding.limit.level,
+            **self.period_fields(shown, key, m.organization, now),
+        )
+
+    def _zcdp_status(
+        self, key: GrantKey, g: OrgGrant, m: Member, levels: list[Level], now: float
+    ) -> common_pb.BudgetStatus:
+        """A zCDP grant's status: rho budget, spent and remaining, each with its (epsilon, delta) at the
+        grant's delta from OpenDP's conversion of the total (`sandbox.zcdp.to_approx_dp`).
+
+        `remaining.rho` is the most one request may still spend: the smallest rho left at the member
+        and organisation levels, and at the data owner's cap the largest rho whose epsilon (at this
+        delta) still fits the cap's remaining epsilon.
+        """
+        shown = levels[0]
+        own = g.member_budget(m.identity)
+        delta = own.delta if own is not None else g.delta
+        budget_rho = shown.limit.budget.rho
+        spent = shown.spent
+        binding, rho_left = shown, shown.remaining.rho
+        for lv in levels:
+            if lv.limit.measure == "rho" and lv.remaining.rho < rho_left:
+                binding, rho_left = lv, lv.remaining.rho
+        for lv in levels:
+            if lv.limit.measure == "epsilon" and zcdp.rho_to_epsilon(rho_left, delta) > lv.remaining.epsilon:
+                binding, rho_left = lv, zcdp.epsilon_to_rho(lv.remaining.epsilon, delta)
+        delta_left = min(lv.remaining.delta for lv in levels)
+        nothing = spent.rho == 0 and spent.delta == 0
+        spent_eps, spent_delta = (0.0, 0.0) if nothing else zcdp.to_approx_dp(spent.rho, spent.delta, delta)
+        max_rho = min(g.max_rho_per_query, budget_rho)
+        return common_pb.BudgetStatus(
+            dataset=key.dataset, purpose=key.purpose,
+            budget=common_pb.PrivacyLoss(epsilon=zcdp.rho_to_epsilon(budget_rho, delta), delta=delta,
+                                         rho=budget_rho),
+            spent=common_pb.PrivacyLoss(epsilon=spent_eps, delta=spent_delta, rho=spent.rho),
+            remaining=common_pb.PrivacyLoss(epsilon=zcdp.rho_to_epsilon(rho_left, delta), delta=delta_left,
+                                            rho=rho_left),
+            max_per_query=common_pb.PrivacyLoss(epsilon=zcdp.rho_to_epsilon(max_rho, delta), delta=delta / 2,
+                                                rho=max_rho),
             privacy_definition=g.privacy_definition,
             organization=m.organization,
             limiting_level=binding.limit.level,

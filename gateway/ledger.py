@@ -41,7 +41,7 @@ from gateway.errors import (
     RequestIdConflictError,
     RequestInProgressError,
 )
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Window, from_units, rfc3339, to_units
+from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
 from gateway.storage import ConnectionPool, immediate
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
 
 ChargeStatus = Literal["reserved", "released", "failed"]
 
-_SCHEMA_VERSION = 2  # issue-gov: 2 adds exact units, organisation and metering columns
+_SCHEMA_VERSION = 3  # issue-gov: 2 adds exact units, organisation and metering columns; 3 adds rho_units
 _VERIFY_RELATIVE_TOLERANCE = 1e-9
 
 _SCHEMA = """
@@ -92,6 +92,8 @@ CREATE TABLE IF NOT EXISTS charges (
     price_per_request_unit TEXT NOT NULL DEFAULT '0',
     price_per_epsilon      TEXT NOT NULL DEFAULT '0',
     currency      TEXT NOT NULL DEFAULT '',
+    -- schema 3: zCDP charges in exact nano-rho (0 for pure and approximate DP charges)
+    rho_units     INTEGER NOT NULL DEFAULT 0 CHECK (rho_units >= 0),
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
@@ -103,24 +105,28 @@ DROP INDEX IF EXISTS charges_by_key;
 DROP INDEX IF EXISTS charges_by_org;
 DROP INDEX IF EXISTS charges_by_dataset;
 CREATE INDEX IF NOT EXISTS charges_units_by_key
-    ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units);
+    ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
 CREATE INDEX IF NOT EXISTS charges_units_by_org
-    ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units);
-CREATE INDEX IF NOT EXISTS charges_units_by_dataset ON charges (dataset, created_at, epsilon_units, delta_units);
+    ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_units_by_dataset
+    ON charges (dataset, created_at, epsilon_units, delta_units, rho_units);
 """
 
 
 @dataclass(frozen=True, slots=True)
 class PrivacyLoss:
-    """An (epsilon, delta) privacy loss: epsilon >= 0, 0 <= delta < 1, both finite.
+    """An (epsilon, delta) privacy loss, or for zCDP grants a rho: all finite, >= 0, delta < 1.
 
     Attributes:
-        epsilon: The pure-DP part of the loss.
-        delta: The approximate-DP part of the loss.
+        epsilon: The pure-DP part of the loss. For a zCDP charge: the epsilon it counts against the data
+            owner's cap (OpenDP's conversion of its rho at the grant's delta).
+        delta: The approximate-DP part of the loss (zCDP: partition selection's delta).
+        rho: zCDP charges only: the rho the grant's levels account.
     """
 
     epsilon: float
     delta: float = 0.0
+    rho: float = 0.0
 
     def __post_init__(self) -> None:
         """Validates and normalizes both fields to float.
@@ -128,7 +134,7 @@ class PrivacyLoss:
         Raises:
             ValueError: A field is not a real number, is not finite, or is out of range.
         """
-        for name in ("epsilon", "delta"):
+        for name in ("epsilon", "delta", "rho"):
             value: object = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
@@ -138,6 +144,8 @@ class PrivacyLoss:
             object.__setattr__(self, name, as_float)
         if self.epsilon < 0.0:
             raise ValueError(f"epsilon must be >= 0, got {self.epsilon!r}")
+        if self.rho < 0.0:
+            raise ValueError(f"rho must be >= 0, got {self.rho!r}")
         if not 0.0 <= self.delta < 1.0:
             raise ValueError(f"delta must be in [0, 1), got {self.delta!r}")
 
@@ -159,7 +167,8 @@ class GrantKey:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A fresh charge that is now durable; the caller may run the query and release its answer.
+    """A fresh charge, committed (and durable, unless reserved with ``durable=False``: then durable with
+    the caller's next ``complete``/``fail``/``release_unused``, before which nothing may be released).
 
     Attributes:
         request_id: The request id the charge was made for.
@@ -557,18 +566,24 @@ class Ledger:
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
         cost_eps, cost_delta = _units(cost)
+        cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
         with self._transaction(durable=durable) as conn:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
             for limit in limits:
-                spent_eps, spent_delta = self._window_units(conn, limit, key, metering.organization)
-                budget_eps = to_units(limit.budget.epsilon, EPSILON_UNITS, up=False)
+                spent_eps, spent_delta, spent_rho = self._window_units(conn, limit, key, metering.organization)
                 budget_delta = to_units(limit.budget.delta, DELTA_UNITS, up=False)
-                if spent_eps + cost_eps > budget_eps or spent_delta + cost_delta > budget_delta:
+                if limit.measure == "rho":  # a zCDP grant's level: rho and partition selection's delta
+                    spent_m, cost_m = spent_rho, cost_rho
+                    budget_m = to_units(limit.budget.rho, RHO_UNITS, up=False)
+                else:
+                    spent_m, cost_m = spent_eps, cost_eps
+                    budget_m = to_units(limit.budget.epsilon, EPSILON_UNITS, up=False)
+                if spent_m + cost_m > budget_m or spent_delta + cost_delta > budget_delta:
                     raise _nested_exhausted(
-                        key, limit, cost, spent_eps, spent_delta, budget_eps, budget_delta,
-                        epsilon_exceeded=spent_eps + cost_eps > budget_eps,
+                        key, limit, cost, spent_m, spent_delta, budget_m, budget_delta,
+                        epsilon_exceeded=spent_m + cost_m > budget_m,
                     )
             spent = self._read_spent(conn, key)
             new_epsilon, new_delta = spent.epsilon + cost.epsilon, spent.delta + cost.delta
@@ -576,12 +591,13 @@ class Ledger:
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon,"
                 " delta, status, response, created_at, updated_at, organization, epsilon_units,"
                 " delta_units, use_class, data_owner, request_units, price_per_request_unit,"
-                " price_per_epsilon, currency)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " price_per_epsilon, currency, rho_units)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.consumer, request_id, key.dataset, key.purpose, fingerprint, cost.epsilon,
                  cost.delta, now, now, metering.organization, cost_eps, cost_delta,
                  metering.use_class, metering.data_owner, metering.request_units,
-                 metering.price_per_request_unit, metering.price_per_epsilon, metering.currency),
+                 metering.price_per_request_unit, metering.price_per_epsilon, metering.currency,
+                 cost_rho),
             )
             conn.execute(
                 "INSERT INTO spend (consumer, dataset, purpose, epsilon, delta) VALUES (?, ?, ?, ?, ?)"
@@ -591,8 +607,8 @@ class Ledger:
             )
         return Reservation(request_id, key, cost, PrivacyLoss(new_epsilon, new_delta))
 
-    def window_spent(self, limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[int, int]:
-        """Exact (epsilon units, delta units) charged in ``limit``'s window at ``limit``'s level."""
+    def window_spent(self, limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[int, int, int]:
+        """Exact (epsilon units, delta units, rho units) charged in ``limit``'s window at its level."""
         with self._connection() as conn:
             return self._window_units(conn, limit, key, organization)
 
@@ -664,14 +680,14 @@ class Ledger:
     @staticmethod
     def _window_units(
         conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         where, args = _scope(limit, key, organization)
-        eps, delta = conn.execute(
-            "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
-            f" FROM charges WHERE {where}",
+        eps, delta, rho = conn.execute(
+            "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0),"
+            f" coalesce(sum(rho_units), 0) FROM charges WHERE {where}",
             args,
         ).fetchone()
-        return int(eps), int(delta)
+        return int(eps), int(delta), int(rho)
 
     # -- end issue-gov ---------------------------------------------------------------------------
 
@@ -715,10 +731,13 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, 1, _SCHEMA_VERSION):
+            if version not in (0, 1, 2, _SCHEMA_VERSION):
                 raise GatewayInternalError("privacy ledger has an unknown schema version")
             if version == 1:
                 _migrate_v1(conn)  # issue-gov
+            if version in (1, 2):
+                conn.execute("ALTER TABLE charges ADD COLUMN rho_units INTEGER NOT NULL DEFAULT 0"
+                             " CHECK (rho_units >= 0)")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -821,11 +840,15 @@ class BudgetLimit:
             organisation on the grant) or 'dataset_cap' (the data owner's cap: everyone on the dataset).
         budget: What the level allows per period.
         window: The charges that count now (from ``Period.window(now)``).
+        measure: What the level accounts: 'epsilon' (pure and approximate DP grants, and the data
+            owner's cap, which counts a zCDP charge as its epsilon) or 'rho' (a zCDP grant's member
+            and organisation levels: the sum of rho; delta is partition selection's).
     """
 
     level: BudgetLevel
     budget: PrivacyLoss
     window: Window
+    measure: Literal["epsilon", "rho"] = "epsilon"
 
 
 @dataclass(frozen=True, slots=True)
@@ -895,16 +918,22 @@ def _nested_exhausted(
     *,
     epsilon_exceeded: bool,
 ) -> PrivacyBudgetExhaustedError:
-    remaining_epsilon = from_units(max(0, budget_eps - spent_eps), EPSILON_UNITS)
+    rho = limit.measure == "rho"
+    # For a rho level, `spent_eps`/`budget_eps` are in rho units.
+    remaining_m = from_units(max(0, budget_eps - spent_eps), RHO_UNITS if rho else EPSILON_UNITS)
+    remaining_epsilon = 0.0 if rho else remaining_m
     remaining_delta = from_units(max(0, budget_delta - spent_delta), DELTA_UNITS)
     what = {"member": "your own budget", "organization": "your organisation's budget",
             "dataset_cap": "the data owner's cap on the dataset"}[limit.level]
-    requested = cost.epsilon if epsilon_exceeded else cost.delta
-    remaining = remaining_epsilon if epsilon_exceeded else remaining_delta
+    measure = ("rho" if rho else "epsilon") if epsilon_exceeded else "delta"
+    requested = {"rho": cost.rho, "epsilon": cost.epsilon, "delta": cost.delta}[measure]
+    remaining = remaining_delta if measure == "delta" else remaining_m
+    extra = {"requestedRho": repr(cost.rho), "remainingRho": repr(remaining_m)} if rho else {}
     return PrivacyBudgetExhaustedError(
-        f"the request costs {'epsilon' if epsilon_exceeded else 'delta'} {requested!r} but only"
+        f"the request costs {measure} {requested!r} but only"
         f" {remaining!r} remains of {what} this period on dataset {key.dataset}",
         level=limit.level,
+        **extra,
         requestedEpsilon=repr(cost.epsilon),
         remainingEpsilon=repr(remaining_epsilon),
         requestedDelta=repr(cost.delta),

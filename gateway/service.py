@@ -198,6 +198,9 @@ def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryReques
             per_output=tuple(sorted(req.accuracy.per_output.items())),
         )
     has_loss = req.HasField("privacy_loss") and (accuracy is None or req.privacy_loss.epsilon != 0)
+    rho = req.privacy_loss.rho if req.HasField("privacy_loss") else 0.0
+    if rho != 0 and req.privacy_loss.epsilon == 0:  # zCDP: rho set, epsilon left unset
+        has_loss = False
     return QueryRequest(
         consumer=consumer,
         dataset=req.dataset,
@@ -208,6 +211,8 @@ def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryReques
         request_id=request_id,
         weights=tuple(sorted(req.weights.items())),
         accuracy=accuracy,
+        rho=rho,
+        interval_shares=tuple(sorted(req.interval_shares.items())),
     )
 
 
@@ -236,7 +241,7 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         try:
             resp = self.core.run(req)
         except QueryExecutionError as exc:  # issue-gov: charged (at most the requested epsilon)
-            _record(self.core, req, "failed", reason=exc.reason, epsilon=req.epsilon)
+            _record(self.core, req, "failed", reason=exc.reason, epsilon=exc.charged_epsilon)
             raise
         except GatewayError as exc:
             _record(self.core, req, "refused", reason=exc.reason)

@@ -170,7 +170,7 @@ def test_ledger_level_scopes_directly(tmp_path: Path) -> None:
         ledger.reserve_nested(key, request_id=f"r{i}", fingerprint="f", cost=PrivacyLoss(0.5),
                               limits=[BudgetLimit("member", PrivacyLoss(10.0), Window(None, None))],
                               metering=Metering("o"), now=t)
-    assert ledger.window_spent(lim, key, "o") == (1_000_000_000, 0)  # 100.0 and 199.0, not 50.0
+    assert ledger.window_spent(lim, key, "o") == (1_000_000_000, 0, 0)  # 100.0 and 199.0, not 50.0
 
 
 def test_policy_snapshot_reads_once_and_the_next_request_sees_an_adjustment(
