@@ -997,6 +997,7 @@ def machine_facts(sn_versions: dict[str, str]) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(), "versions": versions, "smartnoise_env": sn_versions,
         "git_commit": commit + ("-dirty" if dirty else ""),
+        "load_average_end": round(os.getloadavg()[0], 2),  # other work on the machine skews every figure
     }
 
 
@@ -1024,7 +1025,10 @@ def render(results: dict[str, Any]) -> str:
         + (f"SmartNoise env: smartnoise-sql {m['smartnoise_env'].get('smartnoise-sql', '?')}, "
            f"opendp {m['smartnoise_env'].get('opendp', '?')}, duckdb {m['smartnoise_env'].get('duckdb', '?')}; "
            if m["smartnoise_env"] else "")
-        + f"date {m['date']}; commit {m['git_commit']}.",
+        + f"date {m['date']}; commit {m['git_commit']}"
+        + (f"; 1-minute load average {m['load_average_start']:g} at the start, {m['load_average_end']:g} at "
+           "the end (2 cores; other users' work on the machine skews every figure)"
+           if "load_average_start" in m else "") + ".",
         "",
         f"Method: {cfg['reps']} interleaved repetitions after {cfg['warmup']} warm-up call(s) per query and system "
         f"(each repetition runs every query on every system, rotating which system goes first); epsilon {EPSILON} "
@@ -1246,6 +1250,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run everything and write the report."""
     args = parse_args(argv)
     t_start = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 2)
     command = "make bench" + (f" ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
     sn_sizes = [s for s in args.size_list if s <= args.smartnoise_max]
     results: dict[str, Any] = {
@@ -1308,7 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
             base.close()
             gw.close()
             shutil.rmtree(root, ignore_errors=True)
-    results["machine"] = machine_facts(sn_versions)
+    results["machine"] = {**machine_facts(sn_versions), "load_average_start": load_start}
     results["total_seconds"] = time.perf_counter() - t_start
     args.json.write_text(json.dumps(results, indent=1, default=str))
     args.out.write_text(render(results))

@@ -104,14 +104,11 @@ CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
 DROP INDEX IF EXISTS charges_by_key;
 DROP INDEX IF EXISTS charges_by_org;
 DROP INDEX IF EXISTS charges_by_dataset;
-DROP INDEX IF EXISTS charges_units_by_key;
-DROP INDEX IF EXISTS charges_units_by_org;
-DROP INDEX IF EXISTS charges_units_by_dataset;
-CREATE INDEX IF NOT EXISTS charges_cover_by_key
+CREATE INDEX IF NOT EXISTS charges_units_by_key
     ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
-CREATE INDEX IF NOT EXISTS charges_cover_by_org
+CREATE INDEX IF NOT EXISTS charges_units_by_org
     ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
-CREATE INDEX IF NOT EXISTS charges_cover_by_dataset
+CREATE INDEX IF NOT EXISTS charges_units_by_dataset
     ON charges (dataset, created_at, epsilon_units, delta_units, rho_units);
 """
 
@@ -170,7 +167,8 @@ class GrantKey:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A fresh charge that is now durable; the caller may run the query and release its answer.
+    """A fresh charge, committed (and durable, unless reserved with ``durable=False``: then durable with
+    the caller's next ``complete``/``fail``/``release_unused``, before which nothing may be released).
 
     Attributes:
         request_id: The request id the charge was made for.

@@ -587,7 +587,7 @@ class QueryService:
             )
             self._sign(req, response)
             body = response.SerializeToString(deterministic=True)
-            self._complete(key, request_id, req, body, epsilon=priced.reported_cost.epsilon, cache_key=ckey)
+            self._complete(key, request_id, req, body, epsilon=response.privacy_cost.epsilon, cache_key=ckey)
         return response
 
     @contextmanager

@@ -84,16 +84,19 @@ class SandboxClient:
     busy 2-core machine). An idle connection is checked before reuse (the sandbox may have restarted or
     closed it after its idle timeout); if sending on a reused connection fails, the sandbox never got
     the request (it reads a whole frame before it acts), so the call is retried once on a new
-    connection. A connection that timed out or answered garbage is closed, never reused.
+    connection. A connection that timed out or answered garbage is closed, never reused, and one idle
+    for longer than `MAX_IDLE_S` (well under the sandbox's own idle timeout, `IDLE_TIMEOUT_S` = 300 s) is
+    not reused either, so the sandbox never closes a connection under a request that was just sent.
     """
 
     MAX_IDLE = 8
+    MAX_IDLE_S = 60.0
 
     def __init__(self, socket_path: Path, timeout_s: float = 30.0) -> None:
         """Client for the sandbox on `socket_path`; `timeout_s` is the default deadline."""
         self.socket_path = socket_path
         self.timeout_s = timeout_s
-        self._idle: list[socket.socket] = []
+        self._idle: list[tuple[float, socket.socket]] = []  # (when it went idle, connection)
         self._lock = threading.Lock()
 
     def call(self, msg: Message, timeout_s: float | None = None) -> Message:
@@ -143,7 +146,7 @@ class SandboxClient:
         """Close the idle connections (later calls open new ones)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for sock in idle:
+        for _, sock in idle:
             sock.close()
 
     def _checkout(self) -> socket.socket | None:
@@ -151,15 +154,15 @@ class SandboxClient:
             with self._lock:
                 if not self._idle:
                     return None
-                sock = self._idle.pop()
-            if not _peer_closed(sock):
+                since, sock = self._idle.pop()
+            if time.monotonic() - since < self.MAX_IDLE_S and not _peer_closed(sock):
                 return sock
             sock.close()
 
     def _checkin(self, sock: socket.socket) -> None:
         with self._lock:
             if len(self._idle) < self.MAX_IDLE:
-                self._idle.append(sock)
+                self._idle.append((time.monotonic(), sock))
                 return
         sock.close()
 

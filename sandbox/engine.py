@@ -138,9 +138,9 @@ class Engine:
         self.limits = limits or Limits()
         self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
         self._con = connect(self.limits)
+        self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
         # Without a persisted key (tests, embedded use) the version is stable for this process only.
         version_key = version_key or secrets.token_bytes(32)
-        self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
         for ds in catalog.datasets:

@@ -299,14 +299,14 @@ def quantile_rank_accuracy(cost: ReleaseCost, n_candidates: int, alpha: float, l
 
 
 @functools.cache
-def _vector_space(integer: bool, l2: bool = False) -> tuple[Any, Any]:
+def _noise_space(integer: bool, gaussian: bool) -> tuple[Any, Any]:
     """The input space of the vector Laplace (L1) or Gaussian (L2), built once per process: building it
     costs about 0.3 ms of OpenDP calls, 80% of a measurement's construction, and pricing plus release build
     several per request. Domains and metrics are immutable descriptors, safe to share between threads."""
+    distance = dp.l2_distance if gaussian else dp.l1_distance
     if integer:
-        return dp.vector_domain(dp.atom_domain(T="i64")), (dp.l2_distance(T="i64") if l2 else dp.l1_distance(T="i64"))
-    metric = dp.l2_distance(T=float) if l2 else dp.l1_distance(T=float)
-    return dp.vector_domain(dp.atom_domain(T=float, nan=False)), metric
+        return dp.vector_domain(dp.atom_domain(T="i64")), distance(T="i64")
+    return dp.vector_domain(dp.atom_domain(T=float, nan=False)), distance(T=float)
 
 
 def make_measurement(integer: bool, scale: float, *, gaussian: bool = False) -> dp.Measurement:
@@ -317,8 +317,8 @@ def make_measurement(integer: bool, scale: float, *, gaussian: bool = False) -> 
     L2 distance, a zCDP measurement with map(d_in) = d_in^2 / (2 scale^2) (see `sandbox.zcdp`).
     """
     if gaussian:
-        return dp.m.make_gaussian(*_vector_space(integer, l2=True), scale=scale)
-    return dp.m.make_laplace(*_vector_space(integer), scale=scale)
+        return dp.m.make_gaussian(*_noise_space(integer, True), scale=scale)
+    return dp.m.make_laplace(*_noise_space(integer, False), scale=scale)
 
 
 def _d_in(integer: bool, sensitivity: float) -> int | float:

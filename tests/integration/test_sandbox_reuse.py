@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from sandbox import guard
-from sandbox.client import SandboxProcess
+from sandbox.client import SandboxClient, SandboxProcess
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import ExecuteRequest, ExecuteResult
 from sandbox.watchdog import Watchdog
@@ -24,21 +24,27 @@ SLOW = "SELECT count(*) FROM range(100000000) a, range(100) b WHERE a.range * b.
 
 
 def test_client_reuses_one_connection_and_survives_a_restart(tmp_path: Path) -> None:
-    """Sequential calls share one pooled connection; after the sandbox is killed and restarted, the
-    stale connection is dropped and the next call succeeds (it is not a failed, charged request)."""
+    """Sequential calls share one pooled connection, unless it idled too long; after the sandbox is killed
+    and restarted, the stale connection is dropped and the next call succeeds (not a failed, charged
+    request)."""
     proc = SandboxProcess.start(_setup(tmp_path), tmp_path / "s.sock", extra_args=EXTRA)
     try:
         client = proc.client()
         for i in range(3):
             assert isinstance(client.execute(ExecuteRequest(f"r{i}", PLAN, 1.0), timeout_s=30), ExecuteResult)
         assert len(client._idle) == 1
-        first = client._idle[0]
+        first = client._idle[0][1]
+        client.MAX_IDLE_S = 0.0  # older than this: closed, never reused
+        client.health()
+        assert client._idle[0][1] is not first and first.fileno() == -1
+        client.MAX_IDLE_S = SandboxClient.MAX_IDLE_S
+        first = client._idle[0][1]
         assert proc.proc is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.proc.wait(10)
         proc.restart()
         assert client.health().pid == proc.pid
-        assert client._idle and client._idle[0] is not first
+        assert client._idle and client._idle[0][1] is not first
     finally:
         proc.stop()
 
