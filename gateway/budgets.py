@@ -20,10 +20,11 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 
 from gateway.errors import GatewayInternalError, InvalidArgumentError, PermissionDeniedError
 from gateway.governance import Governance, GrantOverride, Member, OrgGrant
-from gateway.ledger import BudgetLimit, GrantKey, Ledger, Metering, PriorRelease, PrivacyLoss, Reservation
+from gateway.ledger import BudgetLimit, GrantKey, Metering, PriorRelease, PrivacyLoss, Reservation
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, from_units, rfc3339, to_units
 from gateway.policy import Policy, load_policy
-from gateway.state import Outcome, StateStore
+from gateway.state import Outcome
+from gateway.stores import GovernanceStore, LedgerStore
 from sandbox import zcdp
 
 __all__ = ["DatasetCapInfo", "Governor", "Level", "rho_loss", "sql_hash"]
@@ -89,8 +90,8 @@ class Governor:
         self,
         policy_path: Path,
         policy: Policy,
-        ledger: Ledger,
-        state: StateStore,
+        ledger: LedgerStore,
+        state: GovernanceStore,
         caps: Mapping[str, DatasetCapInfo],
         owners: Mapping[str, str],
         *,

@@ -16,13 +16,17 @@ wins for later ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import GatewayInternalError
+from gateway.ledger import Ledger
 from gateway.storage import ConnectionPool
 from sandbox.protocol import QueryPlan, plan_to_json
 
@@ -101,6 +105,12 @@ class ReleaseCache:
         """Store a release; an existing entry for `key` is kept (the first release wins)."""
         with self._pool.connection() as con:
             self.write(con, key, consumer, response)
+
+    def joined_put(self, ledger: object, key: str, consumer: str, response: bytes) -> Callable[[Any], None] | None:
+        """`put` as a write in the ledger's completion transaction when both live in one SQLite file."""
+        if not (isinstance(ledger, Ledger) and ledger.path == self.path):
+            return None
+        return functools.partial(self.write, key=key, consumer=consumer, response=response)
 
     @staticmethod
     def write(con: sqlite3.Connection, key: str, consumer: str, response: bytes) -> None:

@@ -16,14 +16,12 @@ Order of decisions (each depends only on the request, the policy and the public 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
-import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -32,7 +30,7 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway import convert
 from gateway.budgets import Governor, rho_loss
-from gateway.cache import ReleaseCache, cache_key
+from gateway.cache import cache_key
 from gateway.digests import normalize_sql
 from gateway.errors import (
     GatewayError,
@@ -44,7 +42,7 @@ from gateway.errors import (
     QueryExecutionError,
     SandboxUnavailableError,
 )
-from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss, Reservation
+from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
 from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
@@ -53,7 +51,7 @@ from gateway.postprocess import apply as postprocess
 from gateway.quantile_options import apply_interval_shares
 from gateway.receipts import attach_receipt
 from gateway.sql.analyze import AnalyzedQuery
-from gateway.state import StateStore
+from gateway.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms, zcdp
 from sandbox.client import SandboxClient, SandboxConnectionError
@@ -291,9 +289,9 @@ class QueryService:
     """The gateway's query logic, independent of gRPC."""
 
     def __init__(
-        self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
+        self, policy: Policy, catalog: CatalogInfo, ledger: LedgerStore, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
-        cache: ReleaseCache | None = None, oversight: Oversight | None = None,
+        cache: ReleaseStore | None = None, oversight: Oversight | None = None,
         governor: Governor | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
@@ -618,24 +616,25 @@ class QueryService:
         them), all three commit in the ledger's one transaction: one fsync instead of three. The
         outcome hooks (alert rules) run after the commit.
         """
-        same_file: list[Callable[[sqlite3.Connection], None]] = []
-        cache = self.cache if cache_key is not None else None
-        if cache is not None and cache_key is not None and cache.path == self.ledger.path:
-            same_file.append(functools.partial(cache.write, key=cache_key, consumer=req.consumer, response=body))
-            cache = None
+        joined: list[TxWrite] = []
+        cache_put = outcome_joined = None
+        if self.cache is not None and cache_key is not None:
+            cache_put = self.cache.joined_put(self.ledger, cache_key, req.consumer, body)
+            joined += [cache_put] if cache_put is not None else []
         governor, outcome = self.governor, None
         if governor is not None:
             outcome = governor.outcome(
                 consumer=req.consumer, dataset=req.dataset, purpose=req.purpose, request_id=request_id,
                 outcome="charged", epsilon=epsilon, sql=req.sql,
             )
-            if outcome is not None and governor.state.path == self.ledger.path:
-                same_file.append(functools.partial(StateStore.write_outcome, o=outcome))
-        self.ledger.complete(key, request_id, body, also=same_file)
-        if cache is not None and cache_key is not None:
-            cache.put(cache_key, req.consumer, body)
+            if outcome is not None:
+                outcome_joined = governor.state.joined_outcome(self.ledger, outcome)
+                joined += [outcome_joined] if outcome_joined is not None else []
+        self.ledger.complete(key, request_id, body, also=joined)
+        if self.cache is not None and cache_key is not None and cache_put is None:
+            self.cache.put(cache_key, req.consumer, body)
         if governor is not None and outcome is not None:
-            if governor.state.path != self.ledger.path:
+            if outcome_joined is None:
                 governor.store_outcome(outcome)
             governor.notify(outcome)
 

@@ -7,9 +7,10 @@ sees the same overrides and revocations on its next request. Calls take a connec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,14 @@ class StateStore:
         """Append one request outcome."""
         with self._tx() as conn:
             self.write_outcome(conn, o)
+
+    def joined_outcome(self, ledger: object, o: Outcome) -> Callable[[Any], None] | None:
+        """`record_outcome` as a write in the ledger's completion transaction when both share one file."""
+        from gateway.ledger import Ledger
+
+        if not (isinstance(ledger, Ledger) and ledger.path == self.path):
+            return None
+        return functools.partial(self.write_outcome, o=o)
 
     @staticmethod
     def write_outcome(conn: sqlite3.Connection, o: Outcome) -> None:

@@ -1,9 +1,9 @@
 """Shared SQLite helpers for the gateway's durable state (ledger, governance state, audit log, cache).
 
 Every state change runs in one `BEGIN IMMEDIATE` transaction on a pooled connection (`ConnectionPool`), so
-several threads and several gateway processes sharing a state directory serialise their writes. A PostgreSQL
-backend would replace these helpers (`SELECT ... FOR UPDATE` in a serializable transaction) behind the
-same module APIs.
+several threads and several gateway processes sharing a state directory serialise their writes. These
+helpers are SQLite's; callers program against the Protocols in `gateway/stores.py`, so another backend
+(PostgreSQL) brings its own helpers with its own store classes.
 """
 
 from __future__ import annotations

@@ -162,3 +162,28 @@ def test_window_sums_read_only_covering_indexes(tmp_path: Path) -> None:
                             f" FROM charges WHERE {where} AND created_at >= ?", (*args, 0)).fetchall()
         assert "COVERING INDEX" in plan[0][3]
     conn.close()
+
+
+def test_sqlite_stores_satisfy_the_storage_protocols_and_join_only_their_own_file(tmp_path: Path) -> None:
+    """Callers program against gateway.stores; the SQLite classes satisfy it (also checked by mypy where
+    start_gateway wires them). A release or outcome joins the ledger's completion transaction only when it
+    lives in the ledger's file; elsewhere `joined_*` says no and the caller writes it separately."""
+    from gateway.cache import ReleaseCache
+    from gateway.state import Outcome, StateStore
+    from gateway.stores import GovernanceStore, LedgerStore, ReleaseStore
+
+    ledger: LedgerStore = Ledger(tmp_path / "ledger.sqlite3")
+    same: ReleaseStore = ReleaseCache(tmp_path / "ledger.sqlite3")
+    other: ReleaseStore = ReleaseCache(tmp_path / "elsewhere.sqlite3")
+    state: GovernanceStore = StateStore(tmp_path / "ledger.sqlite3")
+    key = GrantKey("c", "d", "p")
+    ledger.reserve(key, request_id="r", fingerprint="f", cost=PrivacyLoss(0.5), budget=PrivacyLoss(1.0))
+    outcome = Outcome("c", "o", "d", "p", "public_welfare", "r", "charged", "", 0.5, "h", 1.0)
+    joined = [same.joined_put(ledger, "k", "c", b"answer"), state.joined_outcome(ledger, outcome)]
+    assert other.joined_put(ledger, "k", "c", b"answer") is None
+    assert all(w is not None for w in joined)
+    ledger.complete(key, "r", b"answer", also=[w for w in joined if w is not None])
+    assert same.get("k") == b"answer" and other.get("k") is None
+    assert [o.request_id for o in state.outcomes(None)] == ["r"]
+    for s in (ledger, same, other, state):
+        s.close()
