@@ -173,12 +173,9 @@ class AdminServicer(a_grpc.AdminServiceServicer):
     ) -> a_pb.AdjustGrantResponse:
         """Store an override of a grant's budget or per-query maximum."""
         caller = self._caller(context, "operator")
-        override = GrantOverride(
-            request.epsilon if request.HasField("epsilon") else None,
-            request.delta if request.HasField("delta") else None,
-            request.max_epsilon_per_query if request.HasField("max_epsilon_per_query") else None,
-        )
-        for name in ("epsilon", "delta", "max_epsilon_per_query"):
+        fields = ("epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query")
+        override = GrantOverride(*(getattr(request, f) if request.HasField(f) else None for f in fields))
+        for name in fields:
             v = getattr(override, name)
             if v is not None and not (v == v and abs(v) != float("inf") and v >= 0):
                 raise InvalidArgumentError(f"{name} must be a finite, non-negative number",

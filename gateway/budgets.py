@@ -187,13 +187,7 @@ class Governor:
             )
         key = (organization, dataset, purpose)
         stored = self.state.overrides()
-        old = stored.get(key, GrantOverride())
-        merged = GrantOverride(
-            override.epsilon if override.epsilon is not None else old.epsilon,
-            override.delta if override.delta is not None else old.delta,
-            override.max_epsilon_per_query if override.max_epsilon_per_query is not None
-            else old.max_epsilon_per_query,
-        )
+        merged = override.merged_onto(stored.get(key, GrantOverride()))
         try:
             self._governance_of(self._file_policy).with_overrides({**stored, key: merged})
         except ValueError as exc:

@@ -181,6 +181,13 @@ class GrantOverride:
     epsilon: float | None = None
     delta: float | None = None
     max_epsilon_per_query: float | None = None
+    rho: float | None = None  # zCDP grants only
+    max_rho_per_query: float | None = None  # zCDP grants only
+
+    def merged_onto(self, old: GrantOverride) -> GrantOverride:
+        """This adjustment on top of an earlier one: fields set here win, the others keep `old`'s."""
+        return GrantOverride(*(new if new is not None else prev for new, prev in zip(
+            dataclasses.astuple(self), dataclasses.astuple(old), strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +252,16 @@ class Governance:
             if o is not None and g.zcdp:
                 if o.epsilon is not None or o.max_epsilon_per_query is not None:
                     raise ValueError("a zcdp grant is stated in rho: adjust its rho, not its epsilon")
-                if o.delta is not None:
-                    g = _zcdp_equivalents(dataclasses.replace(g, delta=o.delta))
+                g = _zcdp_equivalents(dataclasses.replace(
+                    g, delta=g.delta if o.delta is None else o.delta,
+                    rho=g.rho if o.rho is None else o.rho,
+                    max_rho_per_query=g.max_rho_per_query if o.max_rho_per_query is None else o.max_rho_per_query,
+                ))
                 check_grant_numbers(g)
             elif o is not None:
+                if o.rho is not None or o.max_rho_per_query is not None:
+                    raise ValueError(
+                        f"a {g.privacy_definition} grant is stated in epsilon: adjust its epsilon, not rho")
                 g = dataclasses.replace(
                     g,
                     epsilon=g.epsilon if o.epsilon is None else o.epsilon,

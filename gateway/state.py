@@ -6,6 +6,7 @@ sees the same overrides and revocations on its next request. Calls take a connec
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from gateway.storage import ConnectionPool, immediate
 
 __all__ = ["Outcome", "StateStore"]
 
+# The stored fields of a GrantOverride, in its field order.
+_OVERRIDE_COLUMNS = "epsilon, delta, max_epsilon_per_query, rho, max_rho_per_query"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grant_overrides (
     organization TEXT NOT NULL,
@@ -30,6 +34,8 @@ CREATE TABLE IF NOT EXISTS grant_overrides (
     max_epsilon_per_query REAL,
     updated_at   REAL NOT NULL,
     updated_by   TEXT NOT NULL,
+    rho          REAL,   -- zCDP grants (added after the first release: see _OVERRIDE_COLUMNS)
+    max_rho_per_query REAL,
     PRIMARY KEY (organization, dataset, purpose)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS revocations (
@@ -97,6 +103,10 @@ class StateStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(grant_overrides)")}
+            for column in ("rho", "max_rho_per_query"):  # state files written before zCDP grants
+                if column not in have:
+                    conn.execute(f"ALTER TABLE grant_overrides ADD COLUMN {column} REAL")
 
     def close(self) -> None:
         """Close the pooled connections (later calls still work, on a connection each)."""
@@ -130,28 +140,23 @@ class StateStore:
         """Every stored grant adjustment, by (organization, dataset, purpose)."""
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT organization, dataset, purpose, epsilon, delta, max_epsilon_per_query"
+                f"SELECT organization, dataset, purpose, {_OVERRIDE_COLUMNS}"
                 " FROM grant_overrides ORDER BY organization, dataset, purpose"
             ).fetchall()
-        return {(o, d, p): GrantOverride(e, dl, m) for o, d, p, e, dl, m in rows}
+        return {(o, d, p): GrantOverride(*values) for o, d, p, *values in rows}
 
     def set_override(self, key: tuple[str, str, str], override: GrantOverride, by: str) -> None:
         """Store (merge) an adjustment on top of the file's grant."""
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT epsilon, delta, max_epsilon_per_query FROM grant_overrides"
+                f"SELECT {_OVERRIDE_COLUMNS} FROM grant_overrides"
                 " WHERE organization = ? AND dataset = ? AND purpose = ?", key,
             ).fetchone()
-            old = GrantOverride(*row) if row else GrantOverride()
-            merged = GrantOverride(
-                override.epsilon if override.epsilon is not None else old.epsilon,
-                override.delta if override.delta is not None else old.delta,
-                override.max_epsilon_per_query if override.max_epsilon_per_query is not None
-                else old.max_epsilon_per_query,
-            )
+            merged = override.merged_onto(GrantOverride(*row) if row else GrantOverride())
             conn.execute(
-                "INSERT OR REPLACE INTO grant_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*key, merged.epsilon, merged.delta, merged.max_epsilon_per_query, time.time(), by),
+                "INSERT OR REPLACE INTO grant_overrides (organization, dataset, purpose, "
+                f"{_OVERRIDE_COLUMNS}, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, *dataclasses.astuple(merged), time.time(), by),
             )
 
     # -- revocations -------------------------------------------------------------------------------

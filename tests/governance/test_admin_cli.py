@@ -122,6 +122,9 @@ def test_adjust_refuses_bad_numbers_with_a_clear_error(cli: Cli) -> None:
                              "--purpose", "work", "--epsilon", value)
         assert rc == 1
         assert "INVALID_ARGUMENT" in err and "epsilon" in err
+    rc, _, err = cli.run("admin", "adjust", "--organization", "temps", "--dataset", "registry",
+                         "--purpose", "work", "--rho", "0.5")
+    assert rc == 1 and "INVALID_ADJUSTMENT" in err and "adjust its epsilon, not rho" in err
 
 
 def test_usage_as_csv_and_json(cli: Cli) -> None:

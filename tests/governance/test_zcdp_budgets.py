@@ -95,3 +95,30 @@ def test_data_owner_cap_counts_the_converted_epsilon(tmp_path: Path) -> None:
     with pytest.raises(PrivacyBudgetExhaustedError) as info:
         _charge(gv, "analyst", "over", 0.002)
     assert info.value.metadata["level"] == "dataset_cap"
+
+
+def test_operator_adjusts_a_zcdp_grant_in_rho(tmp_path: Path) -> None:
+    """AdjustGrant's rho and max_rho_per_query apply to a zcdp grant for the next charge, survive a restart
+    of the governor (stored with the other overrides), and epsilon adjustments are refused on it."""
+    from gateway.errors import InvalidArgumentError
+    from gateway.governance import GrantOverride
+
+    gv = _governor(tmp_path)
+    [g] = [g for g in gv.governance.grants if g.zcdp]
+    for i in range(10):
+        _charge(gv, "analyst", f"r{i}", 0.05)
+    with pytest.raises(PrivacyBudgetExhaustedError):
+        _charge(gv, "analyst", "over", 0.05)
+    gv.adjust(g.organization, g.dataset, g.purpose, GrantOverride(rho=0.6), "ops")
+    _charge(gv, "analyst", "after", 0.05)  # 0.55 of the new 0.6
+    status = gv.budget_status(GrantKey("analyst", "registry", "research"), now=NOW)
+    assert status.budget.rho == 0.6 and status.remaining.rho == pytest.approx(0.05)
+    gv.adjust(g.organization, g.dataset, g.purpose, GrantOverride(max_rho_per_query=0.01), "ops")
+    reopened = _governor(tmp_path)  # the same state file: the merged override (rho 0.6, max 0.01) stays
+    [h] = [h for h in reopened.governance.grants if h.zcdp]
+    assert (h.rho, h.max_rho_per_query) == (0.6, 0.01)
+    assert h.epsilon == zcdp.rho_to_epsilon(0.6, h.delta)  # displayed equivalent follows the new rho
+    for bad in (GrantOverride(epsilon=2.0), GrantOverride(rho=h.max_rho_per_query / 2)):
+        with pytest.raises(InvalidArgumentError) as info:
+            reopened.adjust(g.organization, g.dataset, g.purpose, bad, "ops")
+        assert info.value.reason == "INVALID_ADJUSTMENT"

@@ -157,7 +157,8 @@ def test_window_sums_read_only_covering_indexes(tmp_path: Path) -> None:
     assert "charges_by_key" not in names
     for where, args in (("consumer = ? AND dataset = ? AND purpose = ?", (1, 2, 3)),
                         ("organization = ? AND dataset = ? AND purpose = ?", (1, 2, 3)), ("dataset = ?", (1,))):
-        plan = conn.execute("EXPLAIN QUERY PLAN SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0),"
+                            " coalesce(sum(rho_units), 0)"
                             f" FROM charges WHERE {where} AND created_at >= ?", (*args, 0)).fetchall()
         assert "COVERING INDEX" in plan[0][3]
     conn.close()
