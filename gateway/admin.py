@@ -16,7 +16,7 @@ from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 from privacy_gateway.v1 import common_pb2 as common_pb
 
 from gateway.auth import authenticate_certificate
-from gateway.budgets import Governor, Level
+from gateway.budgets import Governor, Level, rho_loss
 from gateway.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
 from gateway.governance import GrantOverride, OrgGrant
 from gateway.ledger import BudgetLimit, GrantKey, PrivacyLoss
@@ -79,6 +79,8 @@ class AdminServicer(a_grpc.AdminServiceServicer):
         gov = self.governor.governance
         window = g.period.window(now)
         key = GrantKey("", g.dataset, g.purpose)
+        if g.zcdp:
+            return self._zcdp_grant_summary(g, now)
         org_level = _level(self.governor, BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window),
                            g.period, key, g.organization)
         rem = org_level.remaining
@@ -100,6 +102,41 @@ class AdminServicer(a_grpc.AdminServiceServicer):
                 member=mb.member, budget=common_pb.PrivacyLoss(epsilon=mb.epsilon, delta=mb.delta),
                 spent=common_pb.PrivacyLoss(epsilon=lv.spent.epsilon, delta=lv.spent.delta),
                 remaining=common_pb.PrivacyLoss(epsilon=lv.remaining.epsilon, delta=lv.remaining.delta),
+            ))
+        adjusted = (g.organization, g.dataset, g.purpose) in self.governor.state.overrides()
+        return a_pb.GrantSummary(
+            organization=g.organization, dataset=g.dataset, purpose=g.purpose,
+            use_class=gov.purposes[g.purpose].use_class, budget=status, members=members, adjusted=adjusted,
+        )
+
+    def _zcdp_grant_summary(self, g: OrgGrant, now: float) -> a_pb.GrantSummary:
+        """A zCDP grant's summary: rho budgets and spending, each with its (epsilon, delta) at the delta."""
+        gov = self.governor.governance
+        window = g.period.window(now)
+        key = GrantKey("", g.dataset, g.purpose)
+
+        def level(name: str, member: str, rho: float, delta: float) -> Level:
+            limit = BudgetLimit(name, PrivacyLoss(0.0, delta / 2, rho), window, "rho")  # type: ignore[arg-type]
+            return _level(self.governor, limit, g.period, GrantKey(member, g.dataset, g.purpose), g.organization)
+
+        org_level = level("organization", "", g.rho, g.delta)
+        status = common_pb.BudgetStatus(
+            dataset=g.dataset, purpose=g.purpose,
+            budget=rho_loss(g.rho, 0.0, g.delta),
+            spent=rho_loss(org_level.spent.rho, org_level.spent.delta, g.delta),
+            remaining=rho_loss(org_level.remaining.rho, 0.0, g.delta),
+            max_per_query=rho_loss(g.max_rho_per_query, 0.0, g.delta),
+            privacy_definition=g.privacy_definition, organization=g.organization,
+            limiting_level="organization",
+            **self.governor.period_fields(org_level, key, g.organization, now),
+        )
+        members = []
+        for mb in g.members:
+            lv = level("member", mb.member, mb.rho, mb.delta)
+            members.append(a_pb.MemberBudgetStatus(
+                member=mb.member, budget=rho_loss(mb.rho, 0.0, mb.delta),
+                spent=rho_loss(lv.spent.rho, lv.spent.delta, mb.delta),
+                remaining=rho_loss(lv.remaining.rho, 0.0, mb.delta),
             ))
         adjusted = (g.organization, g.dataset, g.purpose) in self.governor.state.overrides()
         return a_pb.GrantSummary(
@@ -136,12 +173,9 @@ class AdminServicer(a_grpc.AdminServiceServicer):
     ) -> a_pb.AdjustGrantResponse:
         """Store an override of a grant's budget or per-query maximum."""
         caller = self._caller(context, "operator")
-        override = GrantOverride(
-            request.epsilon if request.HasField("epsilon") else None,
-            request.delta if request.HasField("delta") else None,
-            request.max_epsilon_per_query if request.HasField("max_epsilon_per_query") else None,
-        )
-        for name in ("epsilon", "delta", "max_epsilon_per_query"):
+        fields = ("epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query")
+        override = GrantOverride(*(getattr(request, f) if request.HasField(f) else None for f in fields))
+        for name in fields:
             v = getattr(override, name)
             if v is not None and not (v == v and abs(v) != float("inf") and v >= 0):
                 raise InvalidArgumentError(f"{name} must be a finite, non-negative number",
@@ -221,5 +255,5 @@ class AdminServicer(a_grpc.AdminServiceServicer):
 
 
 def _level(governor: Governor, limit: BudgetLimit, period: Period, key: GrantKey, organization: str) -> Level:
-    e, d = governor.ledger.window_spent(limit, key, organization)
-    return Level(limit, period, e, d)
+    e, d, r = governor.ledger.window_spent(limit, key, organization)
+    return Level(limit, period, e, d, r)

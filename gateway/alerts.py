@@ -98,12 +98,16 @@ class AlertEngine:
             if only is not None and (g.organization, g.dataset, g.purpose) != only:
                 continue
             window = g.period.window(now)
-            subjects = [("organization", f"{g.organization}/{g.dataset}/{g.purpose}", "", g.epsilon)]
-            subjects += [("member", f"{m.member}/{g.dataset}/{g.purpose}", m.member, m.epsilon) for m in g.members]
+            # zCDP grants are accounted in rho: the fraction is of rho (nano-rho units, like nano-epsilon)
+            subjects = [("organization", f"{g.organization}/{g.dataset}/{g.purpose}", "",
+                         g.rho if g.zcdp else g.epsilon)]
+            subjects += [("member", f"{m.member}/{g.dataset}/{g.purpose}", m.member,
+                          m.rho if g.zcdp else m.epsilon) for m in g.members]
             for level, subject, member, budget in subjects:
                 limit = BudgetLimit(level, PrivacyLoss(budget), window)  # type: ignore[arg-type]
-                spent, _ = self.governor.ledger.window_spent(limit, GrantKey(member, g.dataset, g.purpose),
-                                                             g.organization)
+                spent_eps, _, spent_rho = self.governor.ledger.window_spent(
+                    limit, GrantKey(member, g.dataset, g.purpose), g.organization)
+                spent = spent_rho if g.zcdp else spent_eps
                 fraction = spent / max(1, to_units(budget, EPSILON_UNITS, up=False))
                 for r in rules:
                     if fraction >= r.param("threshold", 0.9):

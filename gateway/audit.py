@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from gateway.signing import Signer, canonical_json, public_key_id, verify
-from gateway.storage import connection, immediate
+from gateway.storage import ConnectionPool, immediate
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -550,6 +550,9 @@ class AuditLog:
         self._lock = threading.Lock()
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ConnectionPool(
+            lambda: self._open(check_same_thread=False), lambda: AuditError("audit log storage error")
+        )
         # Held open so per-call connections closing do not checkpoint and delete the WAL (as the ledger).
         self._anchor: sqlite3.Connection | None = self._open(check_same_thread=False)
         try:
@@ -725,6 +728,7 @@ class AuditLog:
         with self._lock:
             self._closed = True
             anchor, self._anchor = self._anchor, None
+        self._pool.close()
         if anchor is not None:
             anchor.close()
 
@@ -815,7 +819,7 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise AuditError("the audit log is closed")
-        with connection(self._open, lambda: AuditError("audit log storage error")) as conn:
+        with self._pool.connection() as conn:
             yield conn
 
     @contextmanager

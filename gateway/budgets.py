@@ -11,7 +11,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 
 from gateway.errors import GatewayInternalError, InvalidArgumentError, PermissionDeniedError
 from gateway.governance import Governance, GrantOverride, Member, OrgGrant
-from gateway.ledger import BudgetLimit, GrantKey, Ledger, Metering, PriorRelease, PrivacyLoss, Reservation
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Period, from_units, rfc3339, to_units
+from gateway.ledger import BudgetLimit, GrantKey, Metering, PriorRelease, PrivacyLoss, Reservation
+from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, from_units, rfc3339, to_units
 from gateway.policy import Policy, load_policy
-from gateway.state import Outcome, StateStore
+from gateway.state import Outcome
+from gateway.stores import GovernanceStore, LedgerStore
+from sandbox import zcdp
 
-__all__ = ["DatasetCapInfo", "Governor", "Level", "sql_hash"]
+__all__ = ["DatasetCapInfo", "Governor", "Level", "rho_loss", "sql_hash"]
 
 log = logging.getLogger("gateway.budgets")
 
@@ -46,19 +49,33 @@ class Level:
     period: Period
     spent_eps: int
     spent_delta: int
+    spent_rho: int = 0
 
     @property
     def remaining(self) -> PrivacyLoss:
-        """budget - spent, never negative."""
-        be = to_units(self.limit.budget.epsilon, EPSILON_UNITS, up=False)
+        """budget - spent, never negative (rho only on a zCDP level, epsilon only on the others)."""
         bd = to_units(self.limit.budget.delta, DELTA_UNITS, up=False)
-        return PrivacyLoss(from_units(max(0, be - self.spent_eps), EPSILON_UNITS),
-                           from_units(max(0, bd - self.spent_delta), DELTA_UNITS))
+        delta = from_units(max(0, bd - self.spent_delta), DELTA_UNITS)
+        if self.limit.measure == "rho":
+            br = to_units(self.limit.budget.rho, RHO_UNITS, up=False)
+            return PrivacyLoss(0.0, delta, from_units(max(0, br - self.spent_rho), RHO_UNITS))
+        be = to_units(self.limit.budget.epsilon, EPSILON_UNITS, up=False)
+        return PrivacyLoss(from_units(max(0, be - self.spent_eps), EPSILON_UNITS), delta)
 
     @property
     def spent(self) -> PrivacyLoss:
         """Spent this period."""
-        return PrivacyLoss(from_units(self.spent_eps, EPSILON_UNITS), from_units(self.spent_delta, DELTA_UNITS))
+        return PrivacyLoss(from_units(self.spent_eps, EPSILON_UNITS), from_units(self.spent_delta, DELTA_UNITS),
+                           from_units(self.spent_rho, RHO_UNITS))
+
+
+def rho_loss(rho: float, selection_delta: float, delta: float) -> common_pb.PrivacyLoss:
+    """A zCDP amount for the API: rho, and the (epsilon, delta) at the grant's `delta` from OpenDP's
+    conversion of that total (with partition selection's `selection_delta` inside the delta)."""
+    if rho == 0 and selection_delta == 0:
+        return common_pb.PrivacyLoss(epsilon=0.0, delta=0.0, rho=0.0)
+    eps, d = zcdp.to_approx_dp(rho, selection_delta, delta)
+    return common_pb.PrivacyLoss(epsilon=eps, delta=d, rho=rho)
 
 
 def sql_hash(sql: str) -> str:
@@ -73,8 +90,8 @@ class Governor:
         self,
         policy_path: Path,
         policy: Policy,
-        ledger: Ledger,
-        state: StateStore,
+        ledger: LedgerStore,
+        state: GovernanceStore,
         caps: Mapping[str, DatasetCapInfo],
         owners: Mapping[str, str],
         *,
@@ -90,12 +107,34 @@ class Governor:
         self._lock = threading.Lock()
         self._file_policy = policy
         self._cache: tuple[object, Policy] | None = None
+        self._pinned = threading.local()  # a request's snapshot of the effective policy (see `snapshot`)
         self.on_outcome: list[Callable[[Outcome], None]] = []  # alert rules, metrics, audit hooks
 
     # -- the effective policy ------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Policy]:
+        """Read the effective policy once and use it for the body (one request) on this thread.
+
+        A RunQuery consulted it a dozen times (identity, limits, budget status, outcome, alert rules),
+        each a read of the overrides table. Every request still starts from a fresh read, so an
+        operator's adjustment or reload, from any gateway process, applies from the next request on;
+        within one request every step sees the same policy. Revocations are checked fresh regardless.
+        """
+        policy = self._fresh()
+        self._pinned.policy = policy
+        try:
+            yield policy
+        finally:
+            self._pinned.policy = None
+
     def current(self) -> Policy:
-        """The file's policy with the stored overrides applied (re-read on every call: multi-process)."""
+        """The file's policy with the stored overrides applied (re-read on every call: multi-process),
+        or the request's snapshot inside `snapshot`."""
+        pinned: Policy | None = getattr(self._pinned, "policy", None)
+        return pinned if pinned is not None else self._fresh()
+
+    def _fresh(self) -> Policy:
         overrides = self.state.overrides()
         with self._lock:
             base = self._file_policy
@@ -149,13 +188,7 @@ class Governor:
             )
         key = (organization, dataset, purpose)
         stored = self.state.overrides()
-        old = stored.get(key, GrantOverride())
-        merged = GrantOverride(
-            override.epsilon if override.epsilon is not None else old.epsilon,
-            override.delta if override.delta is not None else old.delta,
-            override.max_epsilon_per_query if override.max_epsilon_per_query is not None
-            else old.max_epsilon_per_query,
-        )
+        merged = override.merged_onto(stored.get(key, GrantOverride()))
         try:
             self._governance_of(self._file_policy).with_overrides({**stored, key: merged})
         except ValueError as exc:
@@ -200,9 +233,18 @@ class Governor:
         window = g.period.window(now)
         limits: list[tuple[BudgetLimit, Period]] = []
         own = g.member_budget(m.identity)
-        if own is not None:
-            limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta), window), g.period))
-        limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window), g.period))
+        if g.zcdp:
+            # zCDP: the levels account rho; partition selection may spend at most half of the delta (the
+            # rest is left to convert rho, so the reported (epsilon, delta) at `delta` stays finite).
+            if own is not None:
+                limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta / 2, own.rho), window,
+                                           "rho"), g.period))
+            limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta / 2, g.rho), window,
+                                       "rho"), g.period))
+        else:
+            if own is not None:
+                limits.append((BudgetLimit("member", PrivacyLoss(own.epsilon, own.delta), window), g.period))
+            limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window), g.period))
         cap = self.caps.get(key.dataset)
         if cap is not None:
             limits.append((BudgetLimit("dataset_cap", PrivacyLoss(cap.epsilon, cap.delta),
@@ -211,9 +253,10 @@ class Governor:
 
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
-        now: float | None = None,
+        now: float | None = None, durable: bool = True,
     ) -> Reservation | PriorRelease:
-        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`)."""
+        """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`;
+        `durable=False` defers its fsync to the caller's next completion, as `Ledger.reserve` explains)."""
         now = self.clock() if now is None else now
         g, m, limits = self.levels_for(key, now)
         purpose = self.governance.purposes[g.purpose]
@@ -225,7 +268,7 @@ class Governor:
         )
         return self.ledger.reserve_nested(
             key, request_id=request_id, fingerprint=fingerprint, cost=cost,
-            limits=[lim for lim, _ in limits], metering=metering, now=now,
+            limits=[lim for lim, _ in limits], metering=metering, now=now, durable=durable,
         )
 
     def levels(self, key: GrantKey, now: float | None = None) -> list[Level]:
@@ -234,8 +277,8 @@ class Governor:
         _g, m, limits = self.levels_for(key, now)
         out = []
         for lim, period in limits:
-            e, d = self.ledger.window_spent(lim, key, m.organization)
-            out.append(Level(lim, period, e, d))
+            e, d, r = self.ledger.window_spent(lim, key, m.organization)
+            out.append(Level(lim, period, e, d, r))
         return out
 
     def budget_status(self, key: GrantKey, now: float | None = None) -> common_pb.BudgetStatus:
@@ -244,6 +287,8 @@ class Governor:
         g, m, _ = self.levels_for(key, now)
         levels = self.levels(key, now)
         shown = levels[0]  # the member's own budget if any, else the organisation's
+        if g.zcdp:
+            return self._zcdp_status(key, g, m, levels, now)
         binding = min(levels, key=lambda lv: (lv.remaining.epsilon, lv.remaining.delta))
         remaining = binding.remaining
         return common_pb.BudgetStatus(
@@ -252,6 +297,47 @@ class Governor:
             spent=common_pb.PrivacyLoss(epsilon=shown.spent.epsilon, delta=shown.spent.delta),
             remaining=common_pb.PrivacyLoss(epsilon=remaining.epsilon, delta=remaining.delta),
             max_per_query=common_pb.PrivacyLoss(epsilon=min(g.max_epsilon_per_query, shown.limit.budget.epsilon)),
+            privacy_definition=g.privacy_definition,
+            organization=m.organization,
+            limiting_level=binding.limit.level,
+            **self.period_fields(shown, key, m.organization, now),
+        )
+
+    def _zcdp_status(
+        self, key: GrantKey, g: OrgGrant, m: Member, levels: list[Level], now: float
+    ) -> common_pb.BudgetStatus:
+        """A zCDP grant's status: rho budget, spent and remaining, each with its (epsilon, delta) at the
+        grant's delta from OpenDP's conversion of the total (`sandbox.zcdp.to_approx_dp`).
+
+        `remaining.rho` is the most one request may still spend: the smallest rho left at the member
+        and organisation levels, and at the data owner's cap the largest rho whose epsilon (at this
+        delta) still fits the cap's remaining epsilon.
+        """
+        shown = levels[0]
+        own = g.member_budget(m.identity)
+        delta = own.delta if own is not None else g.delta
+        budget_rho = shown.limit.budget.rho
+        spent = shown.spent
+        binding, rho_left = shown, shown.remaining.rho
+        for lv in levels:
+            if lv.limit.measure == "rho" and lv.remaining.rho < rho_left:
+                binding, rho_left = lv, lv.remaining.rho
+        for lv in levels:
+            if lv.limit.measure == "epsilon" and zcdp.rho_to_epsilon(rho_left, delta) > lv.remaining.epsilon:
+                binding, rho_left = lv, zcdp.epsilon_to_rho(lv.remaining.epsilon, delta)
+        delta_left = min(lv.remaining.delta for lv in levels)
+        nothing = spent.rho == 0 and spent.delta == 0
+        spent_eps, spent_delta = (0.0, 0.0) if nothing else zcdp.to_approx_dp(spent.rho, spent.delta, delta)
+        max_rho = min(g.max_rho_per_query, budget_rho)
+        return common_pb.BudgetStatus(
+            dataset=key.dataset, purpose=key.purpose,
+            budget=common_pb.PrivacyLoss(epsilon=zcdp.rho_to_epsilon(budget_rho, delta), delta=delta,
+                                         rho=budget_rho),
+            spent=common_pb.PrivacyLoss(epsilon=spent_eps, delta=spent_delta, rho=spent.rho),
+            remaining=common_pb.PrivacyLoss(epsilon=zcdp.rho_to_epsilon(rho_left, delta), delta=delta_left,
+                                            rho=rho_left),
+            max_per_query=common_pb.PrivacyLoss(epsilon=zcdp.rho_to_epsilon(max_rho, delta), delta=delta / 2,
+                                                rho=max_rho),
             privacy_definition=g.privacy_definition,
             organization=m.organization,
             limiting_level=binding.limit.level,
@@ -280,6 +366,29 @@ class Governor:
         `outcome` is 'charged', 'replayed', 'refused' or 'failed'. Never raises: a failure to record is
         logged (the answer or refusal has already been decided).
         """
+        o = self.outcome(consumer=consumer, dataset=dataset, purpose=purpose, request_id=request_id,
+                         outcome=outcome, reason=reason, epsilon=epsilon, sql=sql, now=now)
+        if o is not None and self.store_outcome(o):
+            self.notify(o)
+
+    def store_outcome(self, o: Outcome) -> bool:
+        """Append `o` to the state database; False (logged) if it could not be stored. Never raises."""
+        try:
+            self.state.record_outcome(o)
+        except Exception:
+            log.exception("could not record the outcome of request %s", o.request_id)
+            return False
+        return True
+
+    def outcome(
+        self, *, consumer: str, dataset: str, purpose: str, request_id: str, outcome: str,
+        reason: str = "", epsilon: float = 0.0, sql: str = "", now: float | None = None,
+    ) -> Outcome | None:
+        """The outcome record of one request (None, logged, if the governance model cannot place it).
+
+        The query path stores a charged answer's outcome in the same ledger transaction as its
+        completion (`StateStore.write_outcome`), then calls `notify`.
+        """
         now = self.clock() if now is None else now
         try:
             gov = self.governance
@@ -287,10 +396,16 @@ class Governor:
             org = m.organization if m else ""
             g = gov.org_grant(org, dataset, purpose) if m else None
             use = gov.purposes[g.purpose].use_class if g is not None else ""
-            o = Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
-                        sql_hash(sql), now)
-            self.state.record_outcome(o)
+            return Outcome(consumer, org, dataset, purpose, use, request_id, outcome, reason, epsilon,
+                           sql_hash(sql), now)
+        except Exception:
+            log.exception("could not record the outcome of request %s", request_id)
+            return None
+
+    def notify(self, o: Outcome) -> None:
+        """Run the outcome hooks (alert rules) on a stored outcome; never raises."""
+        try:
             for hook in list(self.on_outcome):
                 hook(o)
         except Exception:
-            log.exception("could not record the outcome of request %s", request_id)
+            log.exception("outcome hooks failed for request %s", o.request_id)

@@ -6,19 +6,28 @@ Equivalent rewrites that normalize to the same plan hit the cache too, because t
 typed plan, not the SQL text. It is no substitute for charging every distinct release (THREATS.md 5).
 
 The key covers: consumer, dataset, purpose, dataset version, the canonical plan (JSON of the typed tree
-with its epsilon weights) and the epsilon the scales were calibrated for. Stored in its own SQLite file
-(WAL) under the state directory, so it survives restarts and is shared by gateway processes. Two identical
-requests racing each other may both be charged; the first stored release wins for later ones.
+with its epsilon weights) and the epsilon the scales were calibrated for. Stored in table `releases` of the
+ledger's SQLite file (WAL) under the state directory, so it survives restarts, is shared by gateway
+processes, and a fresh release is stored in the same transaction (and fsync) that completes its charge
+(`Ledger.complete(..., also=...)`). Releases stored by earlier versions in `cache.sqlite3` are imported
+once at start-up. Two identical requests racing each other may both be charged; the first stored release
+wins for later ones.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from gateway.errors import GatewayInternalError
+from gateway.ledger import Ledger
+from gateway.storage import ConnectionPool
 from sandbox.protocol import QueryPlan, plan_to_json
 
 _SCHEMA = """
@@ -59,36 +68,58 @@ def cache_key(
 class ReleaseCache:
     """Durable key -> serialized release."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        """Open (and create) the cache database."""
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0, legacy: Path | None = None) -> None:
+        """Open (and create) the cache table in the database at `path` (normally the ledger's file).
+
+        `legacy` is a cache file of an earlier version: its releases are copied in (the first stored
+        release still wins) and the file is renamed to `<name>.imported`.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.busy_timeout_s = busy_timeout_s
-        with self._connect() as con:
+        # Pooled: a connection per call also checkpointed the WAL on every close (extra fsyncs).
+        self._pool = ConnectionPool(self._connect, lambda: GatewayInternalError("release cache storage error"))
+        with self._pool.connection() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
+            if legacy is not None and legacy.is_file():
+                con.execute("ATTACH DATABASE ? AS legacy", (str(legacy),))
+                try:
+                    con.execute("INSERT OR IGNORE INTO main.releases SELECT * FROM legacy.releases")
+                finally:
+                    con.execute("DETACH DATABASE legacy")
+                legacy.replace(legacy.with_name(legacy.name + ".imported"))
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         con.execute("PRAGMA synchronous=FULL")
         return con
 
     def get(self, key: str) -> bytes | None:
         """The stored release for `key`, if any."""
-        con = self._connect()
-        try:
+        with self._pool.connection() as con:
             row = con.execute("SELECT response FROM releases WHERE key = ?", (key,)).fetchone()
-        finally:
-            con.close()
         return None if row is None else bytes(row[0])
 
     def put(self, key: str, consumer: str, response: bytes) -> None:
         """Store a release; an existing entry for `key` is kept (the first release wins)."""
-        con = self._connect()
-        try:
-            con.execute(
-                "INSERT OR IGNORE INTO releases (key, consumer, response, created_at) VALUES (?,?,?,?)",
-                (key, consumer, response, time.time()),
-            )
-        finally:
-            con.close()
+        with self._pool.connection() as con:
+            self.write(con, key, consumer, response)
+
+    def joined_put(self, ledger: object, key: str, consumer: str, response: bytes) -> Callable[[Any], None] | None:
+        """`put` as a write in the ledger's completion transaction when both live in one SQLite file."""
+        if not (isinstance(ledger, Ledger) and ledger.path == self.path):
+            return None
+        return functools.partial(self.write, key=key, consumer=consumer, response=response)
+
+    @staticmethod
+    def write(con: sqlite3.Connection, key: str, consumer: str, response: bytes) -> None:
+        """`put` on a connection to the cache's database, inside the caller's transaction."""
+        con.execute(
+            "INSERT OR IGNORE INTO releases (key, consumer, response, created_at) VALUES (?,?,?,?)",
+            (key, consumer, response, time.time()),
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections (later calls still work, on a connection each)."""
+        self._pool.close()

@@ -64,15 +64,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
     gateway = start_gateway(settings)
-    print(f"gateway ready port={gateway.port} pid={os.getpid()}", flush=True)
-    print(f"  clients: pgw query --target 127.0.0.1:{gateway.port} --tls-dir {settings.tls_dir} "
-          f"--as <consumer> ...", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # issue-gov: SIGHUP re-reads the policy file (atomic; a broken file is logged and changes nothing)
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=gateway.reload_policy).start())
-    stop.wait()
+    # Handlers are installed before "ready" is printed (a signal right after it must not kill the process).
+    print(f"gateway ready port={gateway.port} pid={os.getpid()}", flush=True)
+    print(f"  clients: pgw query --target 127.0.0.1:{gateway.port} --tls-dir {settings.tls_dir} "
+          f"--as <consumer> ...", flush=True)
+    # Wake up regularly: the kernel may deliver a signal to one of gRPC's threads, and Python then runs its
+    # handler only when the main thread next executes bytecode, which a plain stop.wait() never does (a
+    # SIGHUP reload was seen to wait 20 s and more on a loaded machine).
+    while not stop.wait(0.2):
+        pass
     print("stopping", flush=True)
     gateway.stop()
     return 0
@@ -84,7 +89,15 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def _loss(args: argparse.Namespace) -> common_pb.PrivacyLoss:
-    return common_pb.PrivacyLoss(epsilon=args.epsilon, delta=args.delta)
+    # zcdp grants: --rho instead of --epsilon
+    return common_pb.PrivacyLoss(epsilon=args.epsilon or 0.0, delta=args.delta, rho=args.rho or 0.0)
+
+
+def _cost_text(loss: common_pb.PrivacyLoss) -> str:
+    """A cost or budget amount: epsilon, or for zCDP rho with its (epsilon, delta) equivalent."""
+    if loss.rho:
+        return f"rho {loss.rho:.6g} (= epsilon {loss.epsilon:.4f} at delta {loss.delta:g})"
+    return f"epsilon {loss.epsilon:.4f}"
 
 
 def format_cell(cell: q_pb.Cell) -> str:
@@ -118,23 +131,28 @@ def print_answer(resp: q_pb.RunQueryResponse) -> None:
     print(format_table(header, rows))
     mechs = {r.mechanism for r in resp.plan.releases}
     print(f"noise: {', '.join(sorted(mechs))}; intervals are 95%; "
-          f"charged epsilon {resp.privacy_cost.epsilon:.4f}"
+          f"charged {_cost_text(resp.privacy_cost)}"
           f"{' (replayed, not charged again)' if resp.replayed else ''}; "
-          f"remaining {resp.budget.remaining.epsilon:.4f} of {resp.budget.budget.epsilon:g}")
+          f"remaining {_cost_text(resp.budget.remaining)} of {_cost_text(resp.budget.budget)}")
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     """RunQuery or ExplainQuery."""
+    shares = _interval_shares(args.interval_share)
+    if shares is None:
+        print("--interval-share must be OUTPUT=F with F a number", file=sys.stderr)
+        return 2
     stub = q_grpc.QueryServiceStub(_channel(args))
     try:
         if args.command == "explain":
             ex = stub.ExplainQuery(q_pb.ExplainQueryRequest(
-                dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose))
+                dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
+                interval_shares=shares))
             print(json_format.MessageToJson(ex) if args.json else _explain_text(ex))
             return 0
         resp = stub.RunQuery(q_pb.RunQueryRequest(
             dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
-            request_id=args.request_id or ""))
+            request_id=args.request_id or "", interval_shares=shares))
     except grpc.RpcError as exc:
         print(describe_error(exc), file=sys.stderr)
         return 1
@@ -145,16 +163,31 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interval_shares(items: list[str]) -> dict[str, float] | None:
+    """`--interval-share OUTPUT=F` options as a map (None if one is malformed; the gateway checks F)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            return None
+        if not sep or not name:
+            return None
+    return out
+
+
 def _explain_text(ex: q_pb.ExplainQueryResponse) -> str:
     rows = [[r.output, r.component, r.mechanism, f"{r.sensitivity:g}", f"{r.scale:.4g}",
-             f"{r.privacy_loss.epsilon:.6f}", f"{r.half_width_95:.4g}"] for r in ex.plan.releases]
+             f"rho {r.privacy_loss.rho:.6g}" if r.privacy_loss.rho else f"{r.privacy_loss.epsilon:.6f}",
+             f"{r.half_width_95:.4g}"] for r in ex.plan.releases]
     table = format_table(
         ["output", "component", "mechanism", "sensitivity", "scale", "epsilon", "±95%"], rows)
     return (f"table {ex.plan.table}, group by {list(ex.plan.group_by) or '-'} "
             f"({ex.plan.group_by_mode}), {ex.plan.row_count} row(s), at most "
             f"{ex.plan.max_rows_per_unit} row(s) per {ex.plan.privacy_unit}\n{table}\n"
-            f"total epsilon {ex.privacy_cost.epsilon:.6f}; remaining "
-            f"{ex.budget.remaining.epsilon:.4f}; affordable: {ex.affordable}")
+            f"total {_cost_text(ex.privacy_cost)}; remaining "
+            f"{_cost_text(ex.budget.remaining)}; affordable: {ex.affordable}")
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
@@ -170,10 +203,15 @@ def cmd_budget(args: argparse.Namespace) -> int:
         return 0
     print(f"consumer {resp.consumer}")
     print(format_table(
-        ["dataset", "purpose", "definition", "budget ε", "spent ε", "remaining ε", "max ε/query"],
+        ["dataset", "purpose", "definition", "budget ε", "spent ε", "remaining ε", "max ε/query",
+         "budget rho", "spent rho", "remaining rho", "δ"],
         [[g.dataset, g.purpose, g.privacy_definition, f"{g.budget.epsilon:g}",
-          f"{g.spent.epsilon:.4f}", f"{g.remaining.epsilon:.4f}", f"{g.max_per_query.epsilon:g}"]
+          f"{g.spent.epsilon:.4f}", f"{g.remaining.epsilon:.4f}", f"{g.max_per_query.epsilon:g}",
+          *([f"{g.budget.rho:g}", f"{g.spent.rho:.6g}", f"{g.remaining.rho:.6g}", f"{g.budget.delta:g}"]
+            if g.privacy_definition == "zcdp" else ["-", "-", "-", f"{g.budget.delta:g}"])]
          for g in resp.grants]))
+    if any(g.privacy_definition == "zcdp" for g in resp.grants):
+        print("zcdp grants: ε is OpenDP's (ε, δ) conversion of the total rho at the grant's δ")
     return 0
 
 
@@ -262,8 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
         client_args(q)
         q.add_argument("--dataset", required=True)
         q.add_argument("--purpose", required=True)
-        q.add_argument("--epsilon", type=float, required=True)
+        loss = q.add_mutually_exclusive_group(required=True)
+        loss.add_argument("--epsilon", type=float, help="pure and approximate DP grants")
+        loss.add_argument("--rho", type=float, help="zcdp grants: zero-concentrated DP")
         q.add_argument("--delta", type=float, default=0.0)
+        q.add_argument("--interval-share", action="append", default=[], metavar="OUTPUT=F",
+                       help="share F in [0, 1) of a quantile output's epsilon spent on its 95%% interval "
+                            "(default 0.5; 0 puts all on the point); repeatable")
         if name == "query":
             q.add_argument("--request-id")
         q.add_argument("sql")

@@ -42,16 +42,21 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _amount(loss: Any, fmt: str) -> str:
+    """An epsilon, or for a zCDP grant its rho (the accounted quantity) marked as such."""
+    return f"rho {loss.rho:{fmt}}" if loss.rho else f"{loss.epsilon:{fmt}}"
+
+
 def _grant_rows(orgs: Any) -> list[list[str]]:
     rows = []
     for o in orgs:
         for g in o.grants:
             b = g.budget
-            rows.append([o.id, g.dataset, g.purpose, g.use_class, b.period, f"{b.budget.epsilon:g}",
-                         f"{b.spent.epsilon:.4f}", f"{b.remaining.epsilon:.4f}", f"{b.max_per_query.epsilon:g}",
+            rows.append([o.id, g.dataset, g.purpose, g.use_class, b.period, _amount(b.budget, "g"),
+                         _amount(b.spent, ".4f"), _amount(b.remaining, ".4f"), _amount(b.max_per_query, "g"),
                          b.refreshes_at or "-", "yes" if g.adjusted else ""])
-            rows += [[f"  {m.member}", "", "", "", "", f"{m.budget.epsilon:g}", f"{m.spent.epsilon:.4f}",
-                      f"{m.remaining.epsilon:.4f}", "", "", ""] for m in g.members]
+            rows += [[f"  {m.member}", "", "", "", "", _amount(m.budget, "g"), _amount(m.spent, ".4f"),
+                      _amount(m.remaining, ".4f"), "", "", ""] for m in g.members]
     return rows
 
 
@@ -75,13 +80,15 @@ def cmd_grants(args: argparse.Namespace, stub: Any) -> int:
         return 0
     print(_table(["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
                   "max ε/query", "refreshes at", "adjusted"], _grant_rows(resp.organizations)))
+    if any(g.budget.budget.rho for o in resp.organizations for g in o.grants):
+        print("rho: a zcdp grant, accounted in rho (--json shows its (epsilon, delta) conversion)")
     return 0
 
 
 def cmd_adjust(args: argparse.Namespace, stub: Any) -> int:
     """AdjustGrant."""
     req = a_pb.AdjustGrantRequest(organization=args.organization, dataset=args.dataset, purpose=args.purpose)
-    for name in ("epsilon", "delta", "max_epsilon_per_query"):
+    for name in ("epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query"):
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))
     resp = stub.AdjustGrant(req)
@@ -170,6 +177,8 @@ def register(subparsers: Any) -> None:
     a.add_argument("--epsilon", type=float)
     a.add_argument("--delta", type=float)
     a.add_argument("--max-epsilon-per-query", dest="max_epsilon_per_query", type=float)
+    a.add_argument("--rho", type=float, help="zcdp grants: the new rho budget")
+    a.add_argument("--max-rho-per-query", dest="max_rho_per_query", type=float)
     a.set_defaults(admin_func=cmd_adjust)
     r = common(sub.add_parser("revoke", help="revoke a member or an organisation"))
     who = r.add_mutually_exclusive_group(required=True)

@@ -97,7 +97,7 @@ def plan_info(
                 mechanism=c.mechanism,
                 sensitivity=c.sensitivity,
                 scale=c.scale,
-                privacy_loss=common_pb.PrivacyLoss(epsilon=c.epsilon, delta=c.delta),
+                privacy_loss=common_pb.PrivacyLoss(epsilon=c.epsilon, delta=c.delta, rho=c.rho),
                 half_width_95=mechanisms.half_width(c),
             )
             for c in costs

@@ -27,6 +27,19 @@ Format (TOML, `schema = "privacy_gateway.operator.v2"`; complete, commented exam
     epsilon = 2.0
     delta = 0.0
 
+    [[grants]]                                 # zCDP: Gaussian-family releases, accounted in rho
+    organization = "acme-bank"
+    dataset = "registry"
+    purpose = "research"
+    privacy_definition = "zcdp"
+    rho = 0.5                                  # instead of epsilon
+    delta = 1e-6                               # > 0: spending is reported as (epsilon, delta) at it
+    max_rho_per_query = 0.05                   # instead of max_epsilon_per_query
+    period = "month"
+    [grants.members.acme-bank-intern]          # member budgets of a zcdp grant: rho and delta
+    rho = 0.1
+    delta = 1e-6
+
     [[alerts]]
     rule = "grant_near_exhaustion"
     threshold = 0.9
@@ -76,7 +89,8 @@ __all__ = [
 SCHEMA_V2 = "privacy_gateway.operator.v2"
 ROLES = ("consumer", "operator", "data_owner")
 USE_CLASSES = ("public_welfare", "commercial")
-PRIVACY_DEFINITIONS = ("pure_dp",)
+PRIVACY_DEFINITIONS = ("pure_dp", "approx_dp", "zcdp")
+ZCDP = "zcdp"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -129,6 +143,7 @@ class MemberBudget:
     member: str
     epsilon: float
     delta: float
+    rho: float = 0.0  # zCDP grants: the member's budget in rho (`epsilon` is its equivalent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +159,15 @@ class OrgGrant:
     max_epsilon_per_query: float
     period: Period
     members: tuple[MemberBudget, ...] = ()
+    # zCDP grants: budget and per-query maximum in rho; `epsilon` / `max_epsilon_per_query` are then
+    # their equivalents at `delta` (OpenDP's zCDP -> (epsilon, delta) conversion), for display.
+    rho: float = 0.0
+    max_rho_per_query: float = 0.0
+
+    @property
+    def zcdp(self) -> bool:
+        """True when the grant is accounted in zero-concentrated DP (rho)."""
+        return self.privacy_definition == ZCDP
 
     def member_budget(self, identity: str) -> MemberBudget | None:
         """The member's own budget in this grant, or None (only the organisation's applies)."""
@@ -157,6 +181,13 @@ class GrantOverride:
     epsilon: float | None = None
     delta: float | None = None
     max_epsilon_per_query: float | None = None
+    rho: float | None = None  # zCDP grants only
+    max_rho_per_query: float | None = None  # zCDP grants only
+
+    def merged_onto(self, old: GrantOverride) -> GrantOverride:
+        """This adjustment on top of an earlier one: fields set here win, the others keep `old`'s."""
+        return GrantOverride(*(new if new is not None else prev for new, prev in zip(
+            dataclasses.astuple(self), dataclasses.astuple(old), strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +249,19 @@ class Governance:
         grants = []
         for g in self.grants:
             o = overrides.get((g.organization, g.dataset, g.purpose))
-            if o is not None:
+            if o is not None and g.zcdp:
+                if o.epsilon is not None or o.max_epsilon_per_query is not None:
+                    raise ValueError("a zcdp grant is stated in rho: adjust its rho, not its epsilon")
+                g = _zcdp_equivalents(dataclasses.replace(
+                    g, delta=g.delta if o.delta is None else o.delta,
+                    rho=g.rho if o.rho is None else o.rho,
+                    max_rho_per_query=g.max_rho_per_query if o.max_rho_per_query is None else o.max_rho_per_query,
+                ))
+                check_grant_numbers(g)
+            elif o is not None:
+                if o.rho is not None or o.max_rho_per_query is not None:
+                    raise ValueError(
+                        f"a {g.privacy_definition} grant is stated in epsilon: adjust its epsilon, not rho")
                 g = dataclasses.replace(
                     g,
                     epsilon=g.epsilon if o.epsilon is None else o.epsilon,
@@ -252,11 +295,13 @@ class Governance:
                     continue
                 own = g.member_budget(identity)
                 eps = own.epsilon if own else g.epsilon
+                rho = (own.rho if own else g.rho) if g.zcdp else 0.0
                 grants.append(Grant(
                     consumer=identity, dataset=g.dataset, purpose=g.purpose,
                     privacy_definition=g.privacy_definition, epsilon=eps,
                     delta=own.delta if own else g.delta,
                     max_epsilon_per_query=min(g.max_epsilon_per_query, eps),
+                    rho=rho, max_rho_per_query=min(g.max_rho_per_query, rho),
                 ))
         return Policy(consumers=consumers, grants=tuple(grants), source=self.source, governance=self)
 
@@ -279,8 +324,20 @@ def check_grant_numbers(g: OrgGrant) -> None:
         raise ValueError("max_epsilon_per_query: must not exceed epsilon")
     if g.privacy_definition == "pure_dp" and g.delta != 0:
         raise ValueError("delta: must be 0 for privacy_definition 'pure_dp'")
+    if g.privacy_definition in ("approx_dp", ZCDP) and g.delta <= 0:
+        raise ValueError(f"delta: must be positive for privacy_definition {g.privacy_definition!r}")
+    if g.zcdp:
+        for name in ("rho", "max_rho_per_query"):
+            v = getattr(g, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: must be a finite, positive number, got {v!r}")
+        if g.max_rho_per_query > g.rho:
+            raise ValueError("max_rho_per_query: must not exceed rho")
+        for m in g.members:
+            if m.rho > g.rho:
+                raise ValueError(f"members.{m.member}.rho: must not exceed the organisation's rho")
     for m in g.members:
-        if m.epsilon > g.epsilon:
+        if not g.zcdp and m.epsilon > g.epsilon:
             raise ValueError(f"members.{m.member}.epsilon: must not exceed the organisation's epsilon")
         if m.delta > g.delta:
             raise ValueError(f"members.{m.member}.delta: must not exceed the organisation's delta")
@@ -437,6 +494,14 @@ def _grants(
     for i, g in enumerate(raw):
         p = f"grants[{i}]."
         g = r.table(g, f"grants[{i}]")
+        definition = g.get("privacy_definition")
+        if not isinstance(definition, str) or definition not in PRIVACY_DEFINITIONS:
+            r.keys({k: v for k, v in g.items() if k == "privacy_definition"}, p, {"privacy_definition"})
+            raise r.fail(p + "privacy_definition",
+                         f"must be one of {list(PRIVACY_DEFINITIONS)}, got {definition!r}")
+        if definition == ZCDP:
+            out.append(_zcdp_grant(r, p, i, g, orgs, members, purposes, seen))
+            continue
         r.keys(g, p, {"organization", "dataset", "purpose", "privacy_definition", "epsilon", "delta",
                       "max_epsilon_per_query", "period"}, {"window_days", "members", "description"})
         org = r.name(g["organization"], p + "organization")
@@ -445,10 +510,6 @@ def _grants(
         purpose = r.name(g["purpose"], p + "purpose")
         if purpose not in purposes:
             raise r.fail(p + "purpose", f"undeclared purpose {purpose!r} (declare it under [purposes])")
-        definition = g["privacy_definition"]
-        if definition not in PRIVACY_DEFINITIONS:
-            raise r.fail(p + "privacy_definition",
-                         f"must be one of {list(PRIVACY_DEFINITIONS)}, got {definition!r}")
         epsilon = r.number(g["epsilon"], p + "epsilon", positive=True)
         delta = r.number(g["delta"], p + "delta", below_one=True)
         max_q = r.number(g["max_epsilon_per_query"], p + "max_epsilon_per_query", positive=True)
@@ -456,6 +517,8 @@ def _grants(
             raise r.fail(p + "max_epsilon_per_query", "must not exceed epsilon")
         if definition == "pure_dp" and delta != 0:
             raise r.fail(p + "delta", "must be 0 for privacy_definition 'pure_dp'")
+        if definition == "approx_dp" and delta <= 0:
+            raise r.fail(p + "delta", "must be positive for privacy_definition 'approx_dp'")
         period = parse_period(r.file, p, g)
         mbs: list[MemberBudget] = []
         for ident, mb in r.table(g.get("members", {}), p + "members").items():
@@ -480,6 +543,67 @@ def _grants(
         seen.add(key)
         out.append(OrgGrant(org, key[1], purpose, definition, epsilon, delta, max_q, period, tuple(mbs)))
     return tuple(out)
+
+
+def _zcdp_equivalents(g: OrgGrant) -> OrgGrant:
+    """The grant with `epsilon`, `max_epsilon_per_query` and member epsilons set to the equivalents of
+    their rho at the grant's delta (OpenDP's conversion; display only, rho is what is accounted)."""
+    from gateway.policy import zcdp_equivalent
+
+    return dataclasses.replace(
+        g, epsilon=zcdp_equivalent(g.rho, g.delta),
+        max_epsilon_per_query=zcdp_equivalent(g.max_rho_per_query, g.delta),
+        members=tuple(dataclasses.replace(m, epsilon=zcdp_equivalent(m.rho, m.delta)) for m in g.members),
+    )
+
+
+def _zcdp_grant(
+    r: _R, p: str, i: int, g: dict[str, Any], orgs: dict[str, Organization], members: dict[str, Member],
+    purposes: dict[str, Purpose], seen: set[tuple[str, str, str]],
+) -> OrgGrant:
+    """One zCDP grant: rho, delta (> 0: the delta spending is reported at), max_rho_per_query, period."""
+    r.keys(g, p, {"organization", "dataset", "purpose", "privacy_definition", "rho", "delta",
+                  "max_rho_per_query", "period"}, {"window_days", "members", "description"})
+    org = r.name(g["organization"], p + "organization")
+    if org not in orgs:
+        raise r.fail(p + "organization", f"unknown organisation {org!r}")
+    purpose = r.name(g["purpose"], p + "purpose")
+    if purpose not in purposes:
+        raise r.fail(p + "purpose", f"undeclared purpose {purpose!r} (declare it under [purposes])")
+    rho = r.number(g["rho"], p + "rho", positive=True)
+    delta = r.number(g["delta"], p + "delta", below_one=True)
+    if delta <= 0:
+        raise r.fail(p + "delta", "must be positive for privacy_definition 'zcdp' "
+                                  "(spending is reported as (epsilon, delta) at this delta)")
+    max_rho = r.number(g["max_rho_per_query"], p + "max_rho_per_query", positive=True)
+    if max_rho > rho:
+        raise r.fail(p + "max_rho_per_query", "must not exceed rho")
+    period = parse_period(r.file, p, g)
+    mbs: list[MemberBudget] = []
+    for ident, mb in r.table(g.get("members", {}), p + "members").items():
+        mp = f"{p}members.{ident}."
+        m = members.get(ident)
+        if m is None or m.organization != org:
+            raise r.fail(f"{p}members.{ident}", f"is not a member of organisation {org!r}")
+        if "consumer" not in m.roles:
+            raise r.fail(f"{p}members.{ident}", "has no role 'consumer'")
+        mb = r.table(mb, f"{p}members.{ident}")
+        r.keys(mb, mp, {"rho", "delta"})
+        mr = r.number(mb["rho"], mp + "rho", positive=True)
+        md = r.number(mb["delta"], mp + "delta", below_one=True)
+        if mr > rho:
+            raise r.fail(mp + "rho", f"must not exceed the organisation's rho {rho!r}")
+        if md > delta:
+            raise r.fail(mp + "delta", f"must not exceed the organisation's delta {delta!r}")
+        if md <= 0:
+            raise r.fail(mp + "delta", "must be positive for privacy_definition 'zcdp'")
+        mbs.append(MemberBudget(ident, 0.0, md, mr))
+    key = (org, r.name(g["dataset"], p + "dataset"), purpose)
+    if key in seen:
+        raise r.fail(f"grants[{i}]", f"duplicate grant for {key}")
+    seen.add(key)
+    return _zcdp_equivalents(OrgGrant(org, key[1], purpose, ZCDP, 0.0, delta, 0.0, period, tuple(mbs),
+                                      rho=rho, max_rho_per_query=max_rho))
 
 
 def _alerts(r: _R, raw: Any) -> tuple[AlertRule, ...]:
@@ -519,7 +643,7 @@ def from_v1(policy: Policy) -> Governance:
     purposes = {g.purpose: Purpose(g.purpose, "public_welfare") for g in policy.grants}
     grants = tuple(
         OrgGrant(g.consumer, g.dataset, g.purpose, g.privacy_definition, g.epsilon, g.delta,
-                 g.max_epsilon_per_query, LIFETIME)
+                 g.max_epsilon_per_query, LIFETIME, rho=g.rho, max_rho_per_query=g.max_rho_per_query)
         for g in policy.grants
     )
     return Governance(organizations, members, purposes, grants, (), policy.source,

@@ -5,7 +5,13 @@ for that call, so the check "spent + cost <= budget" and the write of the charge
 respect to every other thread and every other process that opens the same file (SQLite's write
 lock serializes them; waiting is bounded by ``busy_timeout_s``). ``reserve`` commits the charge
 with ``synchronous=FULL`` before it returns, so a caller that releases an answer only after
-``reserve`` returned has the charge on disk first, and it survives a crash or restart. A request
+``reserve`` returned has the charge on disk first, and it survives a crash or restart. With
+``durable=False`` (the query path) the reservation commits without its own fsync: it is visible to
+every thread and process at once (admission stays exact) and survives a process crash, and the next
+durable commit on this file (``complete``, ``fail``, ``release_unused``: each ``synchronous=FULL``)
+syncs the write-ahead log that holds it, so the caller must release nothing before one of those has
+returned. Only a power loss or kernel crash between the two commits can lose the reservation, and
+then nothing of that request has left the gateway. A request
 that would exceed the budget is refused and writes nothing. Request ids are scoped per consumer;
 a retried id with the same fingerprint replays the stored response (noise is never re-drawn), a
 reused id with a different fingerprint is a conflict, and an id that was charged but never
@@ -22,7 +28,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +41,8 @@ from gateway.errors import (
     RequestIdConflictError,
     RequestInProgressError,
 )
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, Window, from_units, rfc3339, to_units
-from gateway.storage import connection, immediate
+from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
+from gateway.storage import ConnectionPool, immediate
 
 __all__ = [
     "BudgetLimit",
@@ -52,7 +58,7 @@ __all__ = [
 
 ChargeStatus = Literal["reserved", "released", "failed"]
 
-_SCHEMA_VERSION = 2  # issue-gov: 2 adds exact units, organisation and metering columns
+_SCHEMA_VERSION = 3  # issue-gov: 2 adds exact units, organisation and metering columns; 3 adds rho_units
 _VERIFY_RELATIVE_TOLERANCE = 1e-9
 
 _SCHEMA = """
@@ -86,26 +92,41 @@ CREATE TABLE IF NOT EXISTS charges (
     price_per_request_unit TEXT NOT NULL DEFAULT '0',
     price_per_epsilon      TEXT NOT NULL DEFAULT '0',
     currency      TEXT NOT NULL DEFAULT '',
+    -- schema 3: zCDP charges in exact nano-rho (0 for pure and approximate DP charges)
+    rho_units     INTEGER NOT NULL DEFAULT 0 CHECK (rho_units >= 0),
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
-CREATE INDEX IF NOT EXISTS charges_by_key ON charges (consumer, dataset, purpose, created_at);
-CREATE INDEX IF NOT EXISTS charges_by_org ON charges (organization, dataset, purpose, created_at);
-CREATE INDEX IF NOT EXISTS charges_by_dataset ON charges (dataset, created_at);
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
+-- Covering indexes for the per-period sums (every reservation and budget status sums a window): with
+-- the units in the index the sum never reads the table rows, which hold the stored answers (about 12x
+-- faster: 0.13 instead of 1.6 ms per 1,000 charges in a window). They replace the narrower
+-- charges_by_key / charges_by_org / charges_by_dataset of earlier versions.
+DROP INDEX IF EXISTS charges_by_key;
+DROP INDEX IF EXISTS charges_by_org;
+DROP INDEX IF EXISTS charges_by_dataset;
+CREATE INDEX IF NOT EXISTS charges_units_by_key
+    ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_units_by_org
+    ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_units_by_dataset
+    ON charges (dataset, created_at, epsilon_units, delta_units, rho_units);
 """
 
 
 @dataclass(frozen=True, slots=True)
 class PrivacyLoss:
-    """An (epsilon, delta) privacy loss: epsilon >= 0, 0 <= delta < 1, both finite.
+    """An (epsilon, delta) privacy loss, or for zCDP grants a rho: all finite, >= 0, delta < 1.
 
     Attributes:
-        epsilon: The pure-DP part of the loss.
-        delta: The approximate-DP part of the loss.
+        epsilon: The pure-DP part of the loss. For a zCDP charge: the epsilon it counts against the data
+            owner's cap (OpenDP's conversion of its rho at the grant's delta).
+        delta: The approximate-DP part of the loss (zCDP: partition selection's delta).
+        rho: zCDP charges only: the rho the grant's levels account.
     """
 
     epsilon: float
     delta: float = 0.0
+    rho: float = 0.0
 
     def __post_init__(self) -> None:
         """Validates and normalizes both fields to float.
@@ -113,7 +134,7 @@ class PrivacyLoss:
         Raises:
             ValueError: A field is not a real number, is not finite, or is out of range.
         """
-        for name in ("epsilon", "delta"):
+        for name in ("epsilon", "delta", "rho"):
             value: object = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
@@ -123,6 +144,8 @@ class PrivacyLoss:
             object.__setattr__(self, name, as_float)
         if self.epsilon < 0.0:
             raise ValueError(f"epsilon must be >= 0, got {self.epsilon!r}")
+        if self.rho < 0.0:
+            raise ValueError(f"rho must be >= 0, got {self.rho!r}")
         if not 0.0 <= self.delta < 1.0:
             raise ValueError(f"delta must be in [0, 1), got {self.delta!r}")
 
@@ -144,7 +167,8 @@ class GrantKey:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A fresh charge that is now durable; the caller may run the query and release its answer.
+    """A fresh charge, committed (and durable, unless reserved with ``durable=False``: then durable with
+    the caller's next ``complete``/``fail``/``release_unused``, before which nothing may be released).
 
     Attributes:
         request_id: The request id the charge was made for.
@@ -194,7 +218,7 @@ class Ledger:
 
     Safe to share between threads, and between processes on the same host that each open their
     own ``Ledger`` on the same file (WAL needs a local filesystem, not NFS). Create it after any
-    ``fork``. Every call opens its own connection, which costs about 0.5 ms over a long-lived one.
+    ``fork``. Calls take a connection from a pool (a fresh one per call cost about 0.5 ms).
     """
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -215,6 +239,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ConnectionPool(
+            lambda: self._open(check_same_thread=False),
+            lambda: GatewayInternalError("privacy ledger storage error"),
+        )
         # The anchor connection is never used for queries. Holding it open keeps the WAL and its
         # index alive, so closing a per-call connection does not checkpoint and delete the WAL.
         self._anchor: sqlite3.Connection | None = self._open(check_same_thread=False)
@@ -250,6 +278,7 @@ class Ledger:
         fingerprint: str,
         cost: PrivacyLoss,
         budget: PrivacyLoss,
+        durable: bool = True,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` for a request, or returns the answer it already got.
 
@@ -260,6 +289,8 @@ class Ledger:
                 query, privacy parameters); a retry must present the same one.
             cost: The privacy loss of answering.
             budget: The total loss the grant allows.
+            durable: False: commit without an fsync of its own; the caller's next ``complete``,
+                ``fail`` or ``release_unused`` makes it durable, and nothing may be released before.
 
         Returns:
             A ``Reservation`` once the charge is committed, or a ``PriorRelease`` if this
@@ -275,7 +306,7 @@ class Ledger:
             raise InvalidArgumentError("request_id must not be empty", field="request_id")
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
-        with self._transaction() as conn:
+        with self._transaction(durable=durable) as conn:
             row = conn.execute(
                 "SELECT dataset, purpose, fingerprint, status, response FROM charges"
                 " WHERE consumer = ? AND request_id = ?",
@@ -345,16 +376,26 @@ class Ledger:
             spent_after=PrivacyLoss(new_epsilon, new_delta),
         )
 
-    def complete(self, key: GrantKey, request_id: str, response: bytes) -> None:
+    def complete(
+        self,
+        key: GrantKey,
+        request_id: str,
+        response: bytes,
+        *,
+        also: Sequence[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
         """Marks a reserved charge as released and stores the answer for replays.
 
         Args:
             key: The grant the charge was made against.
             request_id: The request id of the reservation.
             response: The serialized answer exactly as released to the client.
+            also: Writes to other tables of this database (the release cache, the request outcome)
+                that commit in the same transaction, so one fsync makes all of them durable.
 
         Raises:
-            GatewayInternalError: There is no reserved charge for this request.
+            GatewayInternalError: There is no reserved charge for this request, or a write failed
+                (then nothing of the transaction is stored).
         """
         with self._transaction() as conn:
             self._require_reserved(conn, key, request_id)
@@ -363,6 +404,8 @@ class Ledger:
                 " WHERE consumer = ? AND request_id = ?",
                 (bytes(response), time.time(), key.consumer, request_id),
             )
+            for write in also:
+                write(conn)
 
     def fail(self, key: GrantKey, request_id: str) -> None:
         """Marks a reserved charge as failed; the data was touched, so the charge stays.
@@ -489,6 +532,7 @@ class Ledger:
         limits: Sequence[BudgetLimit],
         metering: Metering,
         now: float,
+        durable: bool = True,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` if it fits every limit for its period, or replays a prior answer.
 
@@ -506,6 +550,7 @@ class Ledger:
             limits: The budgets that must all hold, each with its level and period window.
             metering: The organisation and what the charge is billed as (stored with the charge).
             now: The charge's time (seconds since the epoch); it decides which periods it counts in.
+            durable: As for ``reserve``.
 
         Returns:
             A ``Reservation`` (``spent_after`` is the grant's lifetime total) or a ``PriorRelease``.
@@ -521,18 +566,24 @@ class Ledger:
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
         cost_eps, cost_delta = _units(cost)
-        with self._transaction() as conn:
+        cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
+        with self._transaction(durable=durable) as conn:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
             for limit in limits:
-                spent_eps, spent_delta = self._window_units(conn, limit, key, metering.organization)
-                budget_eps = to_units(limit.budget.epsilon, EPSILON_UNITS, up=False)
+                spent_eps, spent_delta, spent_rho = self._window_units(conn, limit, key, metering.organization)
                 budget_delta = to_units(limit.budget.delta, DELTA_UNITS, up=False)
-                if spent_eps + cost_eps > budget_eps or spent_delta + cost_delta > budget_delta:
+                if limit.measure == "rho":  # a zCDP grant's level: rho and partition selection's delta
+                    spent_m, cost_m = spent_rho, cost_rho
+                    budget_m = to_units(limit.budget.rho, RHO_UNITS, up=False)
+                else:
+                    spent_m, cost_m = spent_eps, cost_eps
+                    budget_m = to_units(limit.budget.epsilon, EPSILON_UNITS, up=False)
+                if spent_m + cost_m > budget_m or spent_delta + cost_delta > budget_delta:
                     raise _nested_exhausted(
-                        key, limit, cost, spent_eps, spent_delta, budget_eps, budget_delta,
-                        epsilon_exceeded=spent_eps + cost_eps > budget_eps,
+                        key, limit, cost, spent_m, spent_delta, budget_m, budget_delta,
+                        epsilon_exceeded=spent_m + cost_m > budget_m,
                     )
             spent = self._read_spent(conn, key)
             new_epsilon, new_delta = spent.epsilon + cost.epsilon, spent.delta + cost.delta
@@ -540,12 +591,13 @@ class Ledger:
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon,"
                 " delta, status, response, created_at, updated_at, organization, epsilon_units,"
                 " delta_units, use_class, data_owner, request_units, price_per_request_unit,"
-                " price_per_epsilon, currency)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " price_per_epsilon, currency, rho_units)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.consumer, request_id, key.dataset, key.purpose, fingerprint, cost.epsilon,
                  cost.delta, now, now, metering.organization, cost_eps, cost_delta,
                  metering.use_class, metering.data_owner, metering.request_units,
-                 metering.price_per_request_unit, metering.price_per_epsilon, metering.currency),
+                 metering.price_per_request_unit, metering.price_per_epsilon, metering.currency,
+                 cost_rho),
             )
             conn.execute(
                 "INSERT INTO spend (consumer, dataset, purpose, epsilon, delta) VALUES (?, ?, ?, ?, ?)"
@@ -555,8 +607,8 @@ class Ledger:
             )
         return Reservation(request_id, key, cost, PrivacyLoss(new_epsilon, new_delta))
 
-    def window_spent(self, limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[int, int]:
-        """Exact (epsilon units, delta units) charged in ``limit``'s window at ``limit``'s level."""
+    def window_spent(self, limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[int, int, int]:
+        """Exact (epsilon units, delta units, rho units) charged in ``limit``'s window at its level."""
         with self._connection() as conn:
             return self._window_units(conn, limit, key, organization)
 
@@ -628,14 +680,14 @@ class Ledger:
     @staticmethod
     def _window_units(
         conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         where, args = _scope(limit, key, organization)
-        eps, delta = conn.execute(
-            "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
-            f" FROM charges WHERE {where}",
+        eps, delta, rho = conn.execute(
+            "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0),"
+            f" coalesce(sum(rho_units), 0) FROM charges WHERE {where}",
             args,
         ).fetchone()
-        return int(eps), int(delta)
+        return int(eps), int(delta), int(rho)
 
     # -- end issue-gov ---------------------------------------------------------------------------
 
@@ -644,6 +696,7 @@ class Ledger:
         with self._lock:
             self._closed = True
             anchor, self._anchor = self._anchor, None
+        self._pool.close()
         if anchor is not None:
             anchor.close()
 
@@ -678,10 +731,13 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, 1, _SCHEMA_VERSION):
+            if version not in (0, 1, 2, _SCHEMA_VERSION):
                 raise GatewayInternalError("privacy ledger has an unknown schema version")
             if version == 1:
                 _migrate_v1(conn)  # issue-gov
+            if version in (1, 2):
+                conn.execute("ALTER TABLE charges ADD COLUMN rho_units INTEGER NOT NULL DEFAULT 0"
+                             " CHECK (rho_units >= 0)")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -696,14 +752,25 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise GatewayInternalError("privacy ledger is closed")
-        with connection(self._open, lambda: GatewayInternalError("privacy ledger storage error")) as conn:
+        with self._pool.connection() as conn:
             yield conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception."""
-        with self._connection() as conn, immediate(conn):
-            yield conn
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception.
+
+        Durable commits fsync the write-ahead log (``synchronous=FULL``, set on every transaction, so a
+        pooled connection can never carry a lighter setting over); ``durable=False`` commits with
+        ``synchronous=NORMAL`` (no fsync: see ``reserve``).
+        """
+        with self._connection() as conn:
+            conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+            try:
+                with immediate(conn):
+                    yield conn
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     @staticmethod
     def _read_spent(conn: sqlite3.Connection, key: GrantKey) -> PrivacyLoss:
@@ -773,11 +840,15 @@ class BudgetLimit:
             organisation on the grant) or 'dataset_cap' (the data owner's cap: everyone on the dataset).
         budget: What the level allows per period.
         window: The charges that count now (from ``Period.window(now)``).
+        measure: What the level accounts: 'epsilon' (pure and approximate DP grants, and the data
+            owner's cap, which counts a zCDP charge as its epsilon) or 'rho' (a zCDP grant's member
+            and organisation levels: the sum of rho; delta is partition selection's).
     """
 
     level: BudgetLevel
     budget: PrivacyLoss
     window: Window
+    measure: Literal["epsilon", "rho"] = "epsilon"
 
 
 @dataclass(frozen=True, slots=True)
@@ -847,16 +918,22 @@ def _nested_exhausted(
     *,
     epsilon_exceeded: bool,
 ) -> PrivacyBudgetExhaustedError:
-    remaining_epsilon = from_units(max(0, budget_eps - spent_eps), EPSILON_UNITS)
+    rho = limit.measure == "rho"
+    # For a rho level, `spent_eps`/`budget_eps` are in rho units.
+    remaining_m = from_units(max(0, budget_eps - spent_eps), RHO_UNITS if rho else EPSILON_UNITS)
+    remaining_epsilon = 0.0 if rho else remaining_m
     remaining_delta = from_units(max(0, budget_delta - spent_delta), DELTA_UNITS)
     what = {"member": "your own budget", "organization": "your organisation's budget",
             "dataset_cap": "the data owner's cap on the dataset"}[limit.level]
-    requested = cost.epsilon if epsilon_exceeded else cost.delta
-    remaining = remaining_epsilon if epsilon_exceeded else remaining_delta
+    measure = ("rho" if rho else "epsilon") if epsilon_exceeded else "delta"
+    requested = {"rho": cost.rho, "epsilon": cost.epsilon, "delta": cost.delta}[measure]
+    remaining = remaining_delta if measure == "delta" else remaining_m
+    extra = {"requestedRho": repr(cost.rho), "remainingRho": repr(remaining_m)} if rho else {}
     return PrivacyBudgetExhaustedError(
-        f"the request costs {'epsilon' if epsilon_exceeded else 'delta'} {requested!r} but only"
+        f"the request costs {measure} {requested!r} but only"
         f" {remaining!r} remains of {what} this period on dataset {key.dataset}",
         level=limit.level,
+        **extra,
         requestedEpsilon=repr(cost.epsilon),
         remainingEpsilon=repr(remaining_epsilon),
         requestedDelta=repr(cost.delta),

@@ -15,6 +15,15 @@ Format (TOML, `schema = "privacy_gateway.operator.v1"`), complete example in `po
     delta = 0.0
     max_epsilon_per_query = 1.0
 
+    [[grants]]                             # a zCDP grant: Gaussian-family releases, accounted in rho
+    consumer = "acme-bank-analyst"
+    dataset = "registry"
+    purpose = "research"
+    privacy_definition = "zcdp"
+    rho = 0.5                              # total budget of the grant, in rho (sum over releases)
+    delta = 1e-6                           # > 0: the delta the spending is reported at as (epsilon, delta)
+    max_rho_per_query = 0.05
+
 Privacy-relevant numbers have no defaults. Every problem raises ConfigError naming the file, the key and
 the problem; the loaded policy is frozen.
 """
@@ -35,7 +44,8 @@ if TYPE_CHECKING:  # issue-gov: the v2 model (organisations, members, periods) l
     from gateway.governance import Governance
 
 SCHEMA = "privacy_gateway.operator.v1"
-PRIVACY_DEFINITIONS = frozenset({"pure_dp", "approx_dp"})
+PRIVACY_DEFINITIONS = frozenset({"pure_dp", "approx_dp", "zcdp"})
+ZCDP = "zcdp"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -59,6 +69,22 @@ class Grant:
     epsilon: float
     delta: float
     max_epsilon_per_query: float
+    # zCDP grants: the budget and per-query maximum in rho; `epsilon` and `max_epsilon_per_query` are
+    # then their (epsilon, delta) equivalents at `delta` (OpenDP's conversion), for display only.
+    rho: float = 0.0
+    max_rho_per_query: float = 0.0
+
+    @property
+    def zcdp(self) -> bool:
+        """True when the grant is accounted in zero-concentrated DP (rho)."""
+        return self.privacy_definition == ZCDP
+
+
+def zcdp_equivalent(rho: float, delta: float) -> float:
+    """The epsilon of OpenDP's zCDP -> (epsilon, delta) conversion of `rho` at `delta` (display only)."""
+    from sandbox.zcdp import rho_to_epsilon
+
+    return rho_to_epsilon(rho, delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,33 +187,42 @@ def parse_policy(data: dict[str, Any], file: str) -> Policy:
         prefix = f"grants[{i}]."
         if not isinstance(g, dict):
             raise ConfigError(file, f"grants[{i}]", "must be a table")
-        _check_keys(
-            file,
-            prefix,
-            g,
-            {"consumer", "dataset", "purpose", "privacy_definition", "epsilon", "delta",
-             "max_epsilon_per_query", "description"},
-        )
-        consumer = _string(file, prefix + "consumer", g["consumer"])
-        if consumer not in consumers:
-            raise ConfigError(file, prefix + "consumer", f"unknown consumer {consumer!r}")
-        definition = g["privacy_definition"]
-        if definition not in PRIVACY_DEFINITIONS:
+        definition = g.get("privacy_definition")
+        if not isinstance(definition, str) or definition not in PRIVACY_DEFINITIONS:
+            _check_keys(file, prefix, {k: v for k, v in g.items() if k == "privacy_definition"},
+                        {"privacy_definition"})
             raise ConfigError(
                 file, prefix + "privacy_definition",
                 f"must be one of {sorted(PRIVACY_DEFINITIONS)}, got {definition!r}",
             )
-        grant = Grant(
-            consumer=consumer,
-            dataset=_string(file, prefix + "dataset", g["dataset"]),
-            purpose=_string(file, prefix + "purpose", g["purpose"]),
-            privacy_definition=definition,
-            epsilon=_number(file, prefix + "epsilon", g["epsilon"], positive=True),
-            delta=_number(file, prefix + "delta", g["delta"], positive=False, below_one=True),
-            max_epsilon_per_query=_number(
-                file, prefix + "max_epsilon_per_query", g["max_epsilon_per_query"], positive=True
-            ),
-        )
+        if definition == ZCDP:
+            _check_keys(file, prefix, g, {"consumer", "dataset", "purpose", "privacy_definition", "rho",
+                                          "delta", "max_rho_per_query", "description"})
+        else:
+            _check_keys(
+                file,
+                prefix,
+                g,
+                {"consumer", "dataset", "purpose", "privacy_definition", "epsilon", "delta",
+                 "max_epsilon_per_query", "description"},
+            )
+        consumer = _string(file, prefix + "consumer", g["consumer"])
+        if consumer not in consumers:
+            raise ConfigError(file, prefix + "consumer", f"unknown consumer {consumer!r}")
+        if definition == ZCDP:
+            grant = _zcdp_grant(file, prefix, g, consumer)
+        else:
+            grant = Grant(
+                consumer=consumer,
+                dataset=_string(file, prefix + "dataset", g["dataset"]),
+                purpose=_string(file, prefix + "purpose", g["purpose"]),
+                privacy_definition=definition,
+                epsilon=_number(file, prefix + "epsilon", g["epsilon"], positive=True),
+                delta=_number(file, prefix + "delta", g["delta"], positive=False, below_one=True),
+                max_epsilon_per_query=_number(
+                    file, prefix + "max_epsilon_per_query", g["max_epsilon_per_query"], positive=True
+                ),
+            )
         if grant.max_epsilon_per_query > grant.epsilon:
             raise ConfigError(file, prefix + "max_epsilon_per_query", "must not exceed epsilon")
         if grant.privacy_definition == "pure_dp" and grant.delta != 0:
@@ -203,6 +238,29 @@ def parse_policy(data: dict[str, Any], file: str) -> Policy:
         grants.append(grant)
     v1 = Policy(consumers=consumers, grants=tuple(grants), source=file)
     return dataclasses.replace(v1, governance=governance.from_v1(v1))  # issue-gov
+
+
+def _zcdp_grant(file: str, prefix: str, g: dict[str, Any], consumer: str) -> Grant:
+    """A v1 zCDP grant: rho, delta (> 0, the reporting delta) and max_rho_per_query."""
+    rho = _number(file, prefix + "rho", g["rho"], positive=True)
+    delta = _number(file, prefix + "delta", g["delta"], positive=False, below_one=True)
+    if delta <= 0:
+        raise ConfigError(file, prefix + "delta",
+                          "must be positive for privacy_definition 'zcdp' (spending is reported as (epsilon, delta))")
+    max_rho = _number(file, prefix + "max_rho_per_query", g["max_rho_per_query"], positive=True)
+    if max_rho > rho:
+        raise ConfigError(file, prefix + "max_rho_per_query", "must not exceed rho")
+    return Grant(
+        consumer=consumer,
+        dataset=_string(file, prefix + "dataset", g["dataset"]),
+        purpose=_string(file, prefix + "purpose", g["purpose"]),
+        privacy_definition=ZCDP,
+        epsilon=zcdp_equivalent(rho, delta),
+        delta=delta,
+        max_epsilon_per_query=zcdp_equivalent(max_rho, delta),
+        rho=rho,
+        max_rho_per_query=max_rho,
+    )
 
 
 def load_policy(path: Path) -> Policy:

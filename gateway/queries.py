@@ -5,8 +5,9 @@ Order of decisions (each depends only on the request, the policy and the public 
 2. the consumer has a grant for (dataset, purpose) (PERMISSION_DENIED; unknown datasets look the same);
 3. the privacy loss is within the grant's per-query cap (INVALID_ARGUMENT);
 4. the SQL is one allowed SELECT (INVALID_ARGUMENT) and is priced with OpenDP;
-5. the cost is reserved durably in the ledger (RESOURCE_EXHAUSTED if it cannot be paid; replay if the
-   request_id was answered before);
+5. the cost is reserved atomically in the ledger (RESOURCE_EXHAUSTED if it cannot be paid; replay if the
+   request_id was answered before); its fsync is shared with step 7's durable commit (or the durable
+   `fail`/`release_unused` of step 6), which always comes before anything is released;
 6. the sandbox runs the plan and adds the noise; a failure after this point keeps the charge and comes
    back as one uniform error;
 7. the sandbox's reported costs are re-checked against the charged ones, the answer is stored in the ledger
@@ -20,17 +21,19 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway import convert
-from gateway.budgets import Governor
-from gateway.cache import ReleaseCache, cache_key
+from gateway.budgets import Governor, rho_loss
+from gateway.cache import cache_key
 from gateway.digests import normalize_sql
 from gateway.errors import (
+    GatewayError,
     GatewayInternalError,
     InvalidArgumentError,
     InvalidQueryError,
@@ -39,15 +42,18 @@ from gateway.errors import (
     QueryExecutionError,
     SandboxUnavailableError,
 )
-from gateway.ledger import GrantKey, Ledger, PriorRelease, PrivacyLoss, Reservation
+from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
+from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess
 from gateway.postprocess import apply as postprocess
+from gateway.quantile_options import apply_interval_shares
 from gateway.receipts import attach_receipt
-from gateway.sql.analyze import analyze_query
+from gateway.sql.analyze import AnalyzedQuery
+from gateway.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.supervisor import SandboxSupervisor
-from sandbox import mechanisms
+from sandbox import mechanisms, zcdp
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import CAP_MESSAGE, PlanRejectedError
 from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
@@ -68,6 +74,7 @@ log = logging.getLogger("gateway.queries")
 MAX_REQUEST_ID_LENGTH = 128
 # Smaller epsilons give noise scales with no useful answer (and, below ~1e-308, infinite scales).
 MIN_EPSILON = 1e-6
+MIN_RHO = 1e-12  # zCDP: rho ~ epsilon^2 / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,8 @@ class QueryRequest:
     request_id: str = ""
     weights: tuple[tuple[str, float], ...] = ()
     accuracy: AccuracyRequest | None = None
+    rho: float = 0.0  # zCDP grants: the request's rho (0 when not set)
+    interval_shares: tuple[tuple[str, float], ...] = ()  # quantile output -> share of its loss on its interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,14 @@ class PricedQuery:
     requested_epsilon: float  # what the scales were calibrated for; the charge `cost` is <= it
     requested_delta: float = 0.0  # the delta share given to partition selection (0 if none)
     post: PostProcess = field(default_factory=PostProcess)  # HAVING / ORDER BY / LIMIT, applied to the release (free)
+    requested_rho: float = 0.0  # zCDP grants: what the scales were calibrated for (requested_epsilon is 0)
+
+    @property
+    def reported_cost(self) -> common_pb.PrivacyLoss:
+        """The cost as the API shows it: (epsilon, delta), plus rho and its equivalent for zCDP grants."""
+        if self.grant.zcdp:
+            return rho_loss(self.cost.rho, self.cost.delta, self.grant.delta)
+        return convert.privacy_loss(self.cost)
 
 
 def validate_privacy_loss(epsilon: float, delta: float) -> None:
@@ -131,6 +148,27 @@ def validate_privacy_loss(epsilon: float, delta: float) -> None:
         )
 
 
+def validate_rho(rho: float, epsilon: float) -> None:
+    """Refuse a non-finite or too small rho, and a request that sets both rho and epsilon.
+
+    Raises:
+        InvalidArgumentError: reason INVALID_PRIVACY_LOSS, naming the field.
+    """
+    if not math.isnan(epsilon):
+        raise InvalidArgumentError(
+            "set either privacy_loss.epsilon (pure and approximate DP grants) or privacy_loss.rho "
+            "(zcdp grants), not both",
+            reason="INVALID_PRIVACY_LOSS",
+            field="privacy_loss",
+        )
+    if not math.isfinite(rho) or rho < MIN_RHO:
+        raise InvalidArgumentError(
+            f"privacy_loss.rho must be a finite number of at least {MIN_RHO:g}, got {rho!r}",
+            reason="INVALID_PRIVACY_LOSS",
+            field="privacy_loss.rho",
+        )
+
+
 def _require(value: str, field: str) -> None:
     if not value.strip():
         raise InvalidArgumentError(f"{field} is required", reason="MISSING_FIELD", field=field)
@@ -142,7 +180,8 @@ def fingerprint(req: QueryRequest) -> str:
         repr(req.accuracy.half_width_95), [[k, repr(v)] for k, v in req.accuracy.per_output]]
     body = json.dumps(
         [req.dataset, req.purpose, req.sql, repr(req.epsilon), repr(req.delta),
-         [[k, repr(v)] for k, v in req.weights], accuracy],
+         [[k, repr(v)] for k, v in req.weights], accuracy] + ([repr(req.rho)] if req.rho else [])
+        + ([[[k, repr(v)] for k, v in req.interval_shares]] if req.interval_shares else []),
         separators=(",", ":"),
     )
     return hashlib.sha256(body.encode()).hexdigest()
@@ -176,14 +215,16 @@ def apply_weights(plan: QueryPlan, weights: tuple[tuple[str, float], ...]) -> Qu
 
 
 def solve_for_accuracy(
-    plan: QueryPlan, dataset: DatasetInfo, accuracy: AccuracyRequest
+    plan: QueryPlan, dataset: DatasetInfo, accuracy: AccuracyRequest, *, zcdp_grant: bool = False
 ) -> tuple[QueryPlan, float]:
     """The plan re-weighted, and the total epsilon, that give every COUNT/SUM its target half-width.
 
     For a component with L1 sensitivity d and target half-width a, OpenDP's accuracy function gives the
     scale s (`accuracy_to_discrete_laplacian_scale` / `accuracy_to_laplacian_scale`, alpha = 0.05), and
     epsilon = d / s. The plan's weights become these epsilons, so `mechanisms.price` at their sum
-    calibrates each component to (up to float rounding) exactly scale s.
+    calibrates each component to (up to float rounding) exactly scale s. With `zcdp_grant` the noise is
+    Gaussian: s from `accuracy_to_discrete_gaussian_scale` / `accuracy_to_gaussian_scale` (via
+    `sandbox.zcdp.accuracy_to_scale`) and the total returned is rho = sum of d^2 / (2 s^2).
 
     Raises:
         InvalidArgumentError: a target is not finite and positive, names no output, or an aggregate has
@@ -222,8 +263,13 @@ def solve_for_accuracy(
             raise InvalidArgumentError(
                 "accuracy: every aggregate output needs a target",
                 reason="INVALID_ACCURACY_TARGET", field="accuracy")
-        scale = mechanisms.accuracy_to_scale(c.integer, wanted[c.aggregate_index])
-        epsilons[c.aggregate_index] = epsilons.get(c.aggregate_index, 0.0) + c.sensitivity / scale
+        if zcdp_grant:  # a hair below OpenDP's scale, so calibration's upward nudges stay within the target
+            scale = zcdp.accuracy_to_scale(c.integer, wanted[c.aggregate_index]) * (1 - 1e-9)
+            cost = c.sensitivity**2 / (2 * scale**2)
+        else:
+            scale = mechanisms.accuracy_to_scale(c.integer, wanted[c.aggregate_index])
+            cost = c.sensitivity / scale
+        epsilons[c.aggregate_index] = epsilons.get(c.aggregate_index, 0.0) + cost
     aggregates = tuple(replace(a, weight=epsilons[i]) for i, a in enumerate(plan.aggregates))
     return replace(plan, aggregates=aggregates), math.fsum(epsilons.values())
 
@@ -243,9 +289,9 @@ class QueryService:
     """The gateway's query logic, independent of gRPC."""
 
     def __init__(
-        self, policy: Policy, catalog: CatalogInfo, ledger: Ledger, sandbox: SandboxClient,
+        self, policy: Policy, catalog: CatalogInfo, ledger: LedgerStore, sandbox: SandboxClient,
         *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
-        cache: ReleaseCache | None = None, oversight: Oversight | None = None,
+        cache: ReleaseStore | None = None, oversight: Oversight | None = None,
         governor: Governor | None = None,
     ) -> None:
         """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
@@ -260,6 +306,7 @@ class QueryService:
         # What each column grade allows (the data owner's [grades]); the sandbox enforces the same rules.
         self.grade_rules: Mapping[str, frozenset[str]] = DEFAULT_GRADE_RULES
         self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
+        self.plans = PlanCache()  # analysis and pricing memo (decisions are still made per request)
 
     # -- pre-execution checks ------------------------------------------------------------------
 
@@ -278,13 +325,25 @@ class QueryService:
 
     def price(self, req: QueryRequest) -> PricedQuery:
         """Run checks 1-4 and price the plan with OpenDP (epsilon-first or accuracy-first)."""
-        if req.accuracy is None or not math.isnan(req.epsilon):
+        if req.rho != 0:  # a zCDP request: rho instead of epsilon
+            validate_rho(req.rho, req.epsilon)
+            validate_privacy_loss(1.0, req.delta)
+        elif req.accuracy is None or not math.isnan(req.epsilon):
             validate_privacy_loss(req.epsilon, req.delta)
         elif not math.isfinite(req.delta) or not 0 <= req.delta < 1:
             validate_privacy_loss(1.0, req.delta)
         _require(req.dataset, "dataset")
         _require(req.purpose, "purpose")
         grant, info = self.grant_for(req.consumer, req.dataset, req.purpose)
+        if grant.zcdp:
+            return self._price_zcdp(req, grant, info)
+        if req.rho != 0:
+            raise InvalidArgumentError(
+                f"privacy_loss.rho is for zcdp grants; this grant is {grant.privacy_definition}: set "
+                "privacy_loss.epsilon instead",
+                reason="INVALID_PRIVACY_LOSS",
+                field="privacy_loss.rho",
+            )
         if req.delta > 0 and grant.privacy_definition != "approx_dp":
             raise InvalidArgumentError(
                 "privacy_loss.delta must be 0: the grant is pure differential privacy",
@@ -297,13 +356,7 @@ class QueryService:
                 reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
                 field="privacy_loss.delta",
             )
-        _require(req.sql, "sql")
-        analyzed = analyze_query(req.sql, info)
-        try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
-            check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
-        except PlanRejectedError as exc:
-            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED") from exc
-        plan = apply_weights(analyzed.plan, req.weights)
+        analyzed, plan = self._analyze(req, info)
         if req.accuracy is not None:
             plan, epsilon = solve_for_accuracy(plan, info, req.accuracy)
             cap = grant.max_epsilon_per_query if math.isnan(req.epsilon) else min(
@@ -341,7 +394,7 @@ class QueryService:
                 )
             delta = req.delta
         try:
-            costs = mechanisms.price(plan, info, epsilon, delta)
+            costs = self.plans.price(plan, info, epsilon, delta)  # memoized: pure in its arguments
         except PlanRejectedError as exc:
             if plan.partition_selection and "delta" in str(exc):
                 raise InvalidArgumentError(
@@ -358,6 +411,93 @@ class QueryService:
             grant, info, plan, costs, PrivacyLoss(total, total_delta), epsilon, delta, analyzed.post
         )
 
+    def _analyze(self, req: QueryRequest, info: DatasetInfo) -> tuple[AnalyzedQuery, QueryPlan]:
+        """Check 4: the SQL is one allowed SELECT within the data owner's grade rules; the weighted plan."""
+        _require(req.sql, "sql")
+        analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
+        try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
+            check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
+        except PlanRejectedError as exc:
+            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED") from exc
+        return analyzed, apply_interval_shares(apply_weights(analyzed.plan, req.weights), req.interval_shares)
+
+    def _price_zcdp(self, req: QueryRequest, grant: Grant, info: DatasetInfo) -> PricedQuery:
+        """Checks 3-4 and pricing for a zCDP grant: rho per query (or an accuracy target), the Gaussian
+        family (`sandbox.zcdp`), partition selection by OpenDP's Gaussian threshold with the request's
+        delta (at most half of the grant's delta), and the Tumult re-check that the priced rho is
+        within what was asked before anything is charged."""
+        if req.rho == 0 and req.accuracy is None:
+            raise InvalidArgumentError(
+                "the grant is zero-concentrated DP (privacy_definition zcdp): set privacy_loss.rho "
+                "(epsilon is not accepted) or an accuracy target",
+                reason="INVALID_PRIVACY_LOSS",
+                field="privacy_loss.rho",
+            )
+        if not math.isnan(req.epsilon):
+            validate_rho(req.rho or math.nan, req.epsilon)
+        if req.delta > grant.delta / 2:
+            raise InvalidArgumentError(
+                f"privacy_loss.delta {req.delta!r} exceeds half of the grant's delta {grant.delta!r} "
+                "(partition selection may spend at most half of a zcdp grant's delta)",
+                reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
+                field="privacy_loss.delta",
+            )
+        analyzed, plan = self._analyze(req, info)
+        cap = grant.max_rho_per_query
+        if req.accuracy is not None:
+            plan, rho = solve_for_accuracy(plan, info, req.accuracy, zcdp_grant=True)
+            if req.rho:
+                cap = min(cap, req.rho)
+            if rho > cap:
+                raise InvalidArgumentError(
+                    f"the accuracy target needs rho {rho:.6g}, more than the {cap!r} this request may spend",
+                    reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
+                    field="accuracy",
+                    requiredRho=repr(rho),
+                    maxRhoPerQuery=repr(cap),
+                )
+        else:
+            rho = req.rho
+            if rho > cap:
+                raise InvalidArgumentError(
+                    f"privacy_loss.rho {rho!r} exceeds the grant's per-query maximum {cap!r}",
+                    reason="PRIVACY_LOSS_ABOVE_QUERY_CAP",
+                    field="privacy_loss.rho",
+                    maxRhoPerQuery=repr(cap),
+                )
+        delta = 0.0
+        if plan.partition_selection:
+            if req.delta <= 0:
+                raise InvalidArgumentError(
+                    "grouping by columns without a public domain releases keys through DP partition "
+                    "selection (OpenDP's Gaussian threshold), which needs delta > 0: set "
+                    "privacy_loss.delta (at most half of the grant's delta)",
+                    reason="DELTA_REQUIRED",
+                    field="privacy_loss.delta",
+                )
+            delta = req.delta
+        try:
+            costs = zcdp.price(plan, info, rho, delta)
+        except PlanRejectedError as exc:
+            if plan.partition_selection and "delta" in str(exc):
+                raise InvalidArgumentError(
+                    "privacy_loss.delta is too small for partition selection",
+                    reason="INVALID_PRIVACY_LOSS",
+                    field="privacy_loss.delta",
+                ) from exc
+            raise GatewayInternalError("the query could not be priced") from exc  # our bug
+        total_rho = zcdp.total_rho(costs)
+        total_delta = mechanisms.total_delta(costs)
+        if total_rho > rho or total_delta > delta:  # Tumult's re-check: never charge more than allowed
+            raise GatewayInternalError("priced cost exceeds the requested privacy loss")
+        # What the data owner's epsilon cap counts: the epsilon of this query's own (rho, delta) at the
+        # grant's delta (the sandbox computes the same from the same numbers).
+        cap_epsilon, _ = zcdp.to_approx_dp(total_rho, total_delta, grant.delta)
+        return PricedQuery(
+            grant, info, plan, costs, PrivacyLoss(cap_epsilon, total_delta, total_rho), 0.0, delta,
+            analyzed.post, requested_rho=rho,
+        )
+
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
         """What a grant has spent."""
         return self.ledger.spent(GrantKey(grant.consumer, grant.dataset, grant.purpose)), grant
@@ -370,11 +510,13 @@ class QueryService:
         key = GrantKey(req.consumer, req.dataset, req.purpose)
         if self.governor is not None:  # issue-gov: every level, this period
             status = self.governor.budget_status(key)
+            affordable = (priced.cost.rho <= status.remaining.rho if priced.grant.zcdp
+                          else priced.cost.epsilon <= status.remaining.epsilon)
             return q_pb.ExplainQueryResponse(
                 plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
-                privacy_cost=convert.privacy_loss(priced.cost),
+                privacy_cost=priced.reported_cost,
                 budget=status,
-                affordable=priced.cost.epsilon <= status.remaining.epsilon,
+                affordable=affordable,
             )
         spent = self.ledger.spent(key)
         remaining = priced.grant.epsilon - spent.epsilon
@@ -402,8 +544,11 @@ class QueryService:
             )
         priced = self.price(req)
         key = GrantKey(req.consumer, req.dataset, req.purpose)
+        post_key = _post_key(priced.post)
+        if priced.grant.zcdp:  # a zCDP release is another release than a pure one at the same number
+            post_key += f"|zcdp rho={priced.requested_rho!r} delta={priced.grant.delta!r}"
         ckey = cache_key(req.consumer, req.dataset, req.purpose, priced.dataset.version,
-                         priced.plan, priced.requested_epsilon, _post_key(priced.post),
+                         priced.plan, priced.requested_epsilon, post_key,
                          priced.requested_delta)
         cached = self.cache.get(ckey) if self.cache is not None else None
         budget = PrivacyLoss(priced.grant.epsilon, priced.grant.delta)
@@ -411,49 +556,106 @@ class QueryService:
             prior = self._reserve(key, request_id, req, PrivacyLoss(0.0, 0.0), budget, units=0)
             if isinstance(prior, PriorRelease):
                 return _replayed(prior)
-            hit = q_pb.RunQueryResponse.FromString(cached)
-            hit.cached = True
-            hit.request_id = request_id
-            hit.budget.CopyFrom(self._budget_after(priced, key, prior.spent_after))
-            hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))
-            self._sign(req, hit)
-            self.ledger.complete(key, request_id, hit.SerializeToString(deterministic=True))
+            with self._settled(key, request_id):
+                hit = q_pb.RunQueryResponse.FromString(cached)
+                hit.cached = True
+                hit.request_id = request_id
+                hit.budget.CopyFrom(self._budget_after(priced, key, prior.spent_after))
+                hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
+                self._sign(req, hit)
+                self._complete(key, request_id, req, hit.SerializeToString(deterministic=True), epsilon=0.0)
             return hit
         outcome = self._reserve(key, request_id, req, priced.cost, budget, units=len(priced.costs))
         if isinstance(outcome, PriorRelease):
             return _replayed(outcome)
-        # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
-        result = postprocess(priced.post, self._execute(key, request_id, priced))
-        columns, rows = convert.answer(priced.plan, priced.dataset, result)
-        response = q_pb.RunQueryResponse(
-            columns=columns,
-            rows=rows,
-            plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
-            privacy_cost=convert.privacy_loss(priced.cost),
-            budget=(
-                self._budget_after(priced, key, outcome.spent_after)
-            ),
-            request_id=request_id,
-            dataset_version=result.dataset_version,
-        )
-        self._sign(req, response)
-        body = response.SerializeToString(deterministic=True)
-        self.ledger.complete(key, request_id, body)
-        if self.cache is not None:
-            self.cache.put(ckey, req.consumer, body)
+        with self._settled(key, request_id):
+            # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
+            result = postprocess(priced.post, self._execute(key, request_id, priced))
+            columns, rows = convert.answer(priced.plan, priced.dataset, result)
+            response = q_pb.RunQueryResponse(
+                columns=columns,
+                rows=rows,
+                plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
+                privacy_cost=priced.reported_cost,
+                budget=(
+                    self._budget_after(priced, key, outcome.spent_after)
+                ),
+                request_id=request_id,
+                dataset_version=result.dataset_version,
+            )
+            self._sign(req, response)
+            body = response.SerializeToString(deterministic=True)
+            self._complete(key, request_id, req, body, epsilon=response.privacy_cost.epsilon, cache_key=ckey)
         return response
+
+    @contextmanager
+    def _settled(self, key: GrantKey, request_id: str) -> Iterator[None]:
+        """After a reservation: if the body fails, keep the charge and make it durable before the error leaves.
+
+        The reservation committed without an fsync of its own (`_reserve`); every planned exit commits
+        durably (`complete`, or `fail` / `release_unused` in `_execute`). An unplanned exception (our bug,
+        after the data may have been touched) marks the charge failed, durably, so no error is released
+        on a charge that a power loss could still take back.
+        """
+        try:
+            yield
+        except BaseException:
+            try:
+                self.ledger.fail(key, request_id)
+            except GatewayError:  # already failed, refunded or completed, each durably; or storage broke
+                log.debug("charge of request %s already settled", request_id)
+            raise
+
+    def _complete(
+        self, key: GrantKey, request_id: str, req: QueryRequest, body: bytes, *, epsilon: float,
+        cache_key: str | None = None,
+    ) -> None:
+        """Store the answer for replays, the release in the cache and the request's 'charged' outcome.
+
+        Where the cache and the governance state live in the ledger's database (as `start_gateway` wires
+        them), all three commit in the ledger's one transaction: one fsync instead of three. The
+        outcome hooks (alert rules) run after the commit.
+        """
+        joined: list[TxWrite] = []
+        cache_put = outcome_joined = None
+        if self.cache is not None and cache_key is not None:
+            cache_put = self.cache.joined_put(self.ledger, cache_key, req.consumer, body)
+            joined += [cache_put] if cache_put is not None else []
+        governor, outcome = self.governor, None
+        if governor is not None:
+            outcome = governor.outcome(
+                consumer=req.consumer, dataset=req.dataset, purpose=req.purpose, request_id=request_id,
+                outcome="charged", epsilon=epsilon, sql=req.sql,
+            )
+            if outcome is not None:
+                outcome_joined = governor.state.joined_outcome(self.ledger, outcome)
+                joined += [outcome_joined] if outcome_joined is not None else []
+        self.ledger.complete(key, request_id, body, also=joined)
+        if self.cache is not None and cache_key is not None and cache_put is None:
+            self.cache.put(cache_key, req.consumer, body)
+        if governor is not None and outcome is not None:
+            if outcome_joined is None:
+                governor.store_outcome(outcome)
+            governor.notify(outcome)
 
     def _reserve(
         self, key: GrantKey, request_id: str, req: QueryRequest, cost: PrivacyLoss, budget: PrivacyLoss,
         *, units: int,
     ) -> Reservation | PriorRelease:
-        """Charge durably: through the governor (member, organisation, cap, period) when configured."""
+        """Charge atomically: through the governor (member, organisation, cap, period) when configured.
+
+        The commit does not wait for its own fsync (`durable=False`): the caller's next ledger commit,
+        which precedes any release (`_settled`), syncs the write-ahead log that holds it. One fsync per
+        answer instead of two; only a power loss before that commit can lose the charge, and then
+        nothing of the request has left.
+        """
         if self.governor is not None:
             return self.governor.reserve(
-                key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, request_units=units
+                key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, request_units=units,
+                durable=False,
             )
         return self.ledger.reserve(
-            key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget
+            key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget, durable=False
         )
 
     def _budget_after(self, priced: PricedQuery, key: GrantKey, spent: PrivacyLoss) -> common_pb.BudgetStatus:
@@ -486,7 +688,7 @@ class QueryService:
         # Request ids are unique per consumer only; the sandbox keys its cap ledger by this.
         request = ExecuteRequest(
             f"{key.consumer}/{request_id}", priced.plan, priced.requested_epsilon,
-            priced.requested_delta,
+            priced.requested_delta, priced.requested_rho, priced.grant.delta if priced.grant.zcdp else 0.0,
         )
         try:
             reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)

@@ -99,6 +99,10 @@ class Gateway:
         if self.sandbox_process is not None:
             self.sandbox_process.stop()
         self.ledger.close()
+        if self.core.cache is not None:
+            self.core.cache.close()
+        if self.governor is not None:
+            self.governor.state.close()
         if self.oversight is not None:
             self.oversight.close()  # seals the audit log
 
@@ -138,7 +142,8 @@ def start_gateway(settings: Settings) -> Gateway:
         core = QueryService(
             policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
             supervisor=SandboxSupervisor(process, client), governor=governor,
-            cache=ReleaseCache(settings.state_dir / "cache.sqlite3"),
+            # In the ledger's file: a release is stored in the transaction that completes its charge.
+            cache=ReleaseCache(settings.ledger_path, legacy=settings.state_dir / "cache.sqlite3"),
             oversight=oversight,
         )
         core.grade_rules = load_grade_rules(settings.catalog, settings.data_dir)

@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import grpc
@@ -171,6 +172,11 @@ def identify(core: QueryService, context: grpc.ServicerContext) -> str:
     return identity
 
 
+def _policy_snapshot(core: QueryService) -> AbstractContextManager[object]:
+    """One read of the effective policy for the whole request (`Governor.snapshot`)."""
+    return core.governor.snapshot() if core.governor is not None else nullcontext()
+
+
 def _record(core: QueryService, req: QueryRequest, outcome: str, *, reason: str = "",
             epsilon: float = 0.0, request_id: str = "") -> None:
     if core.governor is not None:
@@ -192,6 +198,9 @@ def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryReques
             per_output=tuple(sorted(req.accuracy.per_output.items())),
         )
     has_loss = req.HasField("privacy_loss") and (accuracy is None or req.privacy_loss.epsilon != 0)
+    rho = req.privacy_loss.rho if req.HasField("privacy_loss") else 0.0
+    if rho != 0 and req.privacy_loss.epsilon == 0:  # zCDP: rho set, epsilon left unset
+        has_loss = False
     return QueryRequest(
         consumer=consumer,
         dataset=req.dataset,
@@ -202,6 +211,8 @@ def _query_request(consumer: str, req: Any, request_id: str = "") -> QueryReques
         request_id=request_id,
         weights=tuple(sorted(req.weights.items())),
         accuracy=accuracy,
+        rho=rho,
+        interval_shares=tuple(sorted(req.interval_shares.items())),
     )
 
 
@@ -219,18 +230,24 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         self, request: q_pb.RunQueryRequest, context: grpc.ServicerContext
     ) -> q_pb.RunQueryResponse:
         """Run one query."""
+        with _policy_snapshot(self.core):
+            return self._run_query(request, context)
+
+    def _run_query(
+        self, request: q_pb.RunQueryRequest, context: grpc.ServicerContext
+    ) -> q_pb.RunQueryResponse:
         consumer = identify(self.core, context)
         req = _query_request(consumer, request, request.request_id)
         try:
             resp = self.core.run(req)
         except QueryExecutionError as exc:  # issue-gov: charged (at most the requested epsilon)
-            _record(self.core, req, "failed", reason=exc.reason, epsilon=req.epsilon)
+            _record(self.core, req, "failed", reason=exc.reason, epsilon=exc.charged_epsilon)
             raise
         except GatewayError as exc:
             _record(self.core, req, "refused", reason=exc.reason)
             raise
-        _record(self.core, req, "replayed" if resp.replayed else "charged",
-                epsilon=0.0 if resp.replayed else resp.privacy_cost.epsilon, request_id=resp.request_id)
+        if resp.replayed:  # a charged answer's outcome is stored with its completion (QueryService._complete)
+            _record(self.core, req, "replayed", request_id=resp.request_id)
         return resp
 
     @_rpc
@@ -238,8 +255,9 @@ class QueryServicer(q_grpc.QueryServiceServicer):
         self, request: q_pb.ExplainQueryRequest, context: grpc.ServicerContext
     ) -> q_pb.ExplainQueryResponse:
         """Explain one query."""
-        consumer = identify(self.core, context)
-        return self.core.explain(_query_request(consumer, request))
+        with _policy_snapshot(self.core):
+            consumer = identify(self.core, context)
+            return self.core.explain(_query_request(consumer, request))
 
 
 class CatalogServicer(cat_grpc.CatalogServiceServicer):

@@ -1,14 +1,16 @@
 """Governance state in the gateway's state database: grant overrides, revocations, request outcomes, alerts.
 
 These tables live in the ledger's SQLite file (WAL), so every gateway process sharing a state directory
-sees the same overrides and revocations on its next request. Each call opens its own connection.
+sees the same overrides and revocations on its next request. Calls take a connection from a pool.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +18,12 @@ from typing import Any
 
 from gateway.errors import GatewayInternalError
 from gateway.governance import GrantOverride
-from gateway.storage import connection, immediate
+from gateway.storage import ConnectionPool, immediate
 
 __all__ = ["Outcome", "StateStore"]
+
+# The stored fields of a GrantOverride, in its field order.
+_OVERRIDE_COLUMNS = "epsilon, delta, max_epsilon_per_query, rho, max_rho_per_query"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grant_overrides (
@@ -30,6 +35,8 @@ CREATE TABLE IF NOT EXISTS grant_overrides (
     max_epsilon_per_query REAL,
     updated_at   REAL NOT NULL,
     updated_by   TEXT NOT NULL,
+    rho          REAL,   -- zCDP grants (added after the first release: see _OVERRIDE_COLUMNS)
+    max_rho_per_query REAL,
     PRIMARY KEY (organization, dataset, purpose)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS revocations (
@@ -92,18 +99,29 @@ class StateStore:
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ConnectionPool(self._open, lambda: GatewayInternalError("governance state storage error"))
         with self._tx() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(grant_overrides)")}
+            for column in ("rho", "max_rho_per_query"):  # state files written before zCDP grants
+                if column not in have:
+                    conn.execute(f"ALTER TABLE grant_overrides ADD COLUMN {column} REAL")
+
+    def close(self) -> None:
+        """Close the pooled connections (later calls still work, on a connection each)."""
+        self._pool.close()
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        with connection(self._open, lambda: GatewayInternalError("governance state storage error")) as conn:
+        with self._pool.connection() as conn:
             yield conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
@@ -123,28 +141,23 @@ class StateStore:
         """Every stored grant adjustment, by (organization, dataset, purpose)."""
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT organization, dataset, purpose, epsilon, delta, max_epsilon_per_query"
+                f"SELECT organization, dataset, purpose, {_OVERRIDE_COLUMNS}"
                 " FROM grant_overrides ORDER BY organization, dataset, purpose"
             ).fetchall()
-        return {(o, d, p): GrantOverride(e, dl, m) for o, d, p, e, dl, m in rows}
+        return {(o, d, p): GrantOverride(*values) for o, d, p, *values in rows}
 
     def set_override(self, key: tuple[str, str, str], override: GrantOverride, by: str) -> None:
         """Store (merge) an adjustment on top of the file's grant."""
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT epsilon, delta, max_epsilon_per_query FROM grant_overrides"
+                f"SELECT {_OVERRIDE_COLUMNS} FROM grant_overrides"
                 " WHERE organization = ? AND dataset = ? AND purpose = ?", key,
             ).fetchone()
-            old = GrantOverride(*row) if row else GrantOverride()
-            merged = GrantOverride(
-                override.epsilon if override.epsilon is not None else old.epsilon,
-                override.delta if override.delta is not None else old.delta,
-                override.max_epsilon_per_query if override.max_epsilon_per_query is not None
-                else old.max_epsilon_per_query,
-            )
+            merged = override.merged_onto(GrantOverride(*row) if row else GrantOverride())
             conn.execute(
-                "INSERT OR REPLACE INTO grant_overrides VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*key, merged.epsilon, merged.delta, merged.max_epsilon_per_query, time.time(), by),
+                "INSERT OR REPLACE INTO grant_overrides (organization, dataset, purpose, "
+                f"{_OVERRIDE_COLUMNS}, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, *dataclasses.astuple(merged), time.time(), by),
             )
 
     # -- revocations -------------------------------------------------------------------------------
@@ -177,12 +190,25 @@ class StateStore:
     def record_outcome(self, o: Outcome) -> None:
         """Append one request outcome."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO requests (created_at, consumer, organization, dataset, purpose, use_class,"
-                " request_id, outcome, reason, epsilon, sql_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
-                 o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
-            )
+            self.write_outcome(conn, o)
+
+    def joined_outcome(self, ledger: object, o: Outcome) -> Callable[[Any], None] | None:
+        """`record_outcome` as a write in the ledger's completion transaction when both share one file."""
+        from gateway.ledger import Ledger
+
+        if not (isinstance(ledger, Ledger) and ledger.path == self.path):
+            return None
+        return functools.partial(self.write_outcome, o=o)
+
+    @staticmethod
+    def write_outcome(conn: sqlite3.Connection, o: Outcome) -> None:
+        """`record_outcome` on a connection to the state database, inside the caller's transaction."""
+        conn.execute(
+            "INSERT INTO requests (created_at, consumer, organization, dataset, purpose, use_class,"
+            " request_id, outcome, reason, epsilon, sql_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
+             o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
+        )
 
     def outcomes(
         self, datasets: tuple[str, ...] | None, start: float | None = None, end: float | None = None

@@ -67,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.caps import CapLedger
     from sandbox.catalog import load_catalog
     from sandbox.engine import Engine
+    from sandbox.keys import load_or_create_key
     from sandbox.server import SandboxServer, serve
 
     state_dir = args.state_dir or args.socket.parent / "data-owner"
     try:
         caps = CapLedger(state_dir / "caps.sqlite3")  # issue-gov: the data owner's cap ledger
-        engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps)
+        engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps,
+                        version_key=load_or_create_key(state_dir / "data-version.key"))
     except ConfigError as exc:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -94,6 +94,9 @@ class QuantileQuery:
     aggregate_index: int
     sql: str
     candidates: tuple[float, ...]
+    # True when snapping is the identity: an integer expression on the grid of every integer of
+    # [L, U]. A float expression whose grid happens to be integers (e.g. bounds [0, 1023]) is not.
+    exact: bool = False
 
 
 def quantile_candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
@@ -590,7 +593,8 @@ def compile_plan(
         cond = f"({value}) IS NOT NULL"
         qsource = source + (" AND " if where else " WHERE ") + cond
         qsql = f"SELECT {', '.join([*keys, idx])}, count(*){qsource} GROUP BY {', '.join([*keys, idx])}"
-        qqueries.append(QuantileQuery(i, qsql, cands))
+        exact = integer and (m == 1 or ((hi - lo) / (m - 1) == 1.0 and float(lo).is_integer()))
+        qqueries.append(QuantileQuery(i, qsql, cands, exact))
     if max([len(sql), *(len(q.sql) for q in qqueries)]) > MAX_SQL_CHARS:
         raise PlanRejectedError("the rendered query is too large")
     if plan.partition_selection:

@@ -16,14 +16,13 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import duckdb
 
-from sandbox import mechanisms
+from sandbox import mechanisms, quantiles, zcdp
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
 from sandbox.compile import CompiledPlan, QuantileQuery, compile_plan, quote_ident, render_literal
@@ -31,6 +30,7 @@ from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
+from sandbox.keys import keyed_digest
 from sandbox.limits import Limits
 from sandbox.protocol import (
     VARIANCE_KINDS,
@@ -38,6 +38,7 @@ from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
     ColumnInfo,
+    DatasetInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
@@ -47,6 +48,7 @@ from sandbox.protocol import (
     Scalar,
 )
 from sandbox.relation import Relation, plan_relation
+from sandbox.watchdog import Watchdog
 
 log = logging.getLogger("sandbox.engine")
 
@@ -66,7 +68,7 @@ def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
     Clamping each coordinate is 1-Lipschitz, so the L1 sensitivity is unchanged; it replaces a
     data-dependent failure (a sum beyond 2**53 or 1e15) by a biased but private answer.
     """
-    if cost.mechanism == mechanisms.DISCRETE_LAPLACE:
+    if cost.mechanism in mechanisms.INTEGER_MECHANISMS:
         lim_i = mechanisms.MAX_EXACT_INT - 1
         return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
     lim_f = 1e15 * (1 - 1e-9)
@@ -78,8 +80,14 @@ def sql_table_name(dataset: str, table: str) -> str:
     return f"{dataset}__{table}"
 
 
-def data_version(ds: DatasetSpec) -> str:
-    """The public data version: the first 16 hex digits of sha256 over the dataset's files."""
+def data_version(ds: DatasetSpec, key: bytes) -> str:
+    """The public data version: 16 hex digits of HMAC-SHA256(key, SHA-256 over the dataset's files).
+
+    Stable while the files are unchanged (the gateway's charge-once cache and receipts rely on it) and
+    different when they change. Keyed with the sandbox's secret (sandbox/keys.py) because an unkeyed hash
+    of the files would be a deterministic function of the private data released with every answer: someone
+    who knows every other record could confirm a guess about one person's record against it.
+    """
     h = hashlib.sha256()
     for t in sorted(ds.tables, key=lambda t: t.name):
         h.update(f"{t.name}\x00{t.file.name}\x00".encode())
@@ -87,7 +95,7 @@ def data_version(ds: DatasetSpec) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         h.update(b"\x00")
-    return h.hexdigest()[:16]
+    return keyed_digest(key, h.digest())[:16]
 
 
 def _stored(c: ColumnInfo) -> str:
@@ -118,7 +126,7 @@ class Engine:
 
     def __init__(
         self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None,
-        *, truncation_salt: str | None = None,
+        *, truncation_salt: str | None = None, version_key: bytes | None = None,
     ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
@@ -130,13 +138,16 @@ class Engine:
         self.limits = limits or Limits()
         self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
         self._con = connect(self.limits)
+        self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
+        # Without a persisted key (tests, embedded use) the version is stable for this process only.
+        version_key = version_key or secrets.token_bytes(32)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
         for ds in catalog.datasets:
             for t in ds.tables:
                 if not t.file.is_file():
                     raise ConfigError(str(catalog.path), f"{t.key}.file", f"no such file: {t.file}")
-            versions[ds.name] = data_version(ds)
+            versions[ds.name] = data_version(ds, version_key)
             # The truncation salt must not depend on the data: a salt derived from the files (as it
             # once was) changes when one unit is added, which re-chooses the rows every OTHER unit keeps
             # and breaks the neighbouring-dataset argument. A fresh secret per process is independent
@@ -266,29 +277,11 @@ class Engine:
         """
         deadline = (timeout_ms or self.limits.query_timeout_ms) / 1000
         cur = self._con.cursor()
-        done = threading.Event()
-
-        def watchdog() -> None:
-            # An interrupt that arrives while DuckDB is still binding/optimizing can be lost, so keep
-            # interrupting every 50 ms after the deadline until the statement returns.
-            if done.wait(deadline):
-                return
-            while not done.is_set():
-                try:
-                    cur.interrupt()
-                except duckdb.Error:  # the cursor closed between the check and the call
-                    return
-                done.wait(0.05)
-
-        timer = threading.Thread(target=watchdog, daemon=True)
         try:
             check(cur)
-            timer.start()
-            return cur.execute(sql).fetchall()
+            with self._watchdog.watch(cur, deadline):
+                return cur.execute(sql).fetchall()
         finally:
-            done.set()
-            if timer.is_alive():
-                timer.join()
             cur.close()
 
     def execute(self, req: ExecuteRequest) -> ExecuteResult | ErrorReply:
@@ -316,11 +309,7 @@ class Engine:
                 sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
             )
             rel = plan_relation(plan, info)
-            costs = mechanisms.price(plan, info, req.epsilon, req.delta)
-            if not mechanisms.total_epsilon(costs) <= req.epsilon:
-                raise PlanRejectedError("the plan costs more than the authorised epsilon")
-            if not mechanisms.total_delta(costs) <= req.delta:
-                raise PlanRejectedError("the plan costs more than the authorised delta")
+            costs, cap_epsilon = self._price(req, info)
             check_plan_grades(plan, rel, self.catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
@@ -329,7 +318,7 @@ class Engine:
             now = time.time()
             window = ds.cap.period.window(now)
             outcome = self.caps.charge(
-                req.request_id, ds.name, mechanisms.total_epsilon(costs),
+                req.request_id, ds.name, cap_epsilon,
                 sum(c.delta for c in costs), cap_epsilon=ds.cap.epsilon, cap_delta=ds.cap.delta,
                 window_start=window.start, window_end=window.end, now=now,
             )
@@ -344,6 +333,37 @@ class Engine:
             log.exception("request %s failed after touching data", req.request_id)
             return ErrorReply("failed", "")
         return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
+
+    @staticmethod
+    def _price(req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], float]:
+        """The plan's costs, priced by the sandbox itself, and the epsilon they count against the cap.
+
+        Pure DP: the sum of the epsilons. zCDP (`req.rho` > 0): the Gaussian family priced in rho
+        (`sandbox.zcdp`); a zCDP release counts against the data owner's epsilon cap as the epsilon of
+        OpenDP's conversion of its (rho, delta) at the grant's delta (`req.report_delta`).
+
+        Raises:
+            PlanRejectedError: the plan costs more than authorised, or cannot be priced.
+        """
+        if req.rho > 0:
+            if req.epsilon != 0:
+                raise PlanRejectedError("a zCDP request authorises rho, not epsilon")
+            costs = zcdp.price(req.plan, info, req.rho, req.delta)
+            rho = zcdp.total_rho(costs)
+            if not rho <= req.rho:
+                raise PlanRejectedError("the plan costs more than the authorised rho")
+            if not mechanisms.total_delta(costs) <= req.delta:
+                raise PlanRejectedError("the plan costs more than the authorised delta")
+            cap_epsilon, _ = zcdp.to_approx_dp(rho, mechanisms.total_delta(costs), req.report_delta)
+            if not math.isfinite(cap_epsilon):
+                raise PlanRejectedError("the plan's delta leaves no room at the grant's delta")
+            return costs, cap_epsilon
+        costs = mechanisms.price(req.plan, info, req.epsilon, req.delta)
+        if not mechanisms.total_epsilon(costs) <= req.epsilon:
+            raise PlanRejectedError("the plan costs more than the authorised epsilon")
+        if not mechanisms.total_delta(costs) <= req.delta:
+            raise PlanRejectedError("the plan costs more than the authorised delta")
+        return costs, mechanisms.total_epsilon(costs)
 
     def _exact(
         self, req: ExecuteRequest, compiled: CompiledPlan, costs: tuple[ReleaseCost, ...]
@@ -377,7 +397,10 @@ class Engine:
             found[cell] = list(r[n_keys:])
             counts[text] = int(r[n_keys + sel])
         cost = next(c for c in costs if c.component == mechanisms.SELECT)
-        released = mechanisms.release_threshold(cost, counts)
+        if cost.mechanism == mechanisms.GAUSSIAN_THRESHOLD:
+            released = zcdp.release_threshold(cost, counts)
+        else:
+            released = mechanisms.release_threshold(cost, counts)
         cells = tuple(by_text[t] for t in sorted(released))
         return cells, {cell: found[cell] for cell in cells}
 
@@ -401,7 +424,7 @@ class Engine:
         by_comp = {(c.aggregate_index, c.component): c for c in costs}
         noisy: dict[tuple[int, str], list[int | float]] = {}
         for cost in costs:
-            if cost.component in (mechanisms.SELECT, "quantile"):
+            if cost.component in (mechanisms.SELECT, "quantile", quantiles.INTERVAL):
                 continue
             j = column[(cost.aggregate_index, cost.component)]
             vector = [_within_range(cost, exact[cell][j]) for cell in cells]
@@ -410,17 +433,17 @@ class Engine:
             noisy[(cost.aggregate_index, cost.component)] = (
                 mechanisms.release_vector(cost, vector) if vector else []
             )
-        quantiles: dict[int, list[NoisyValue]] = {}
+        released: dict[int, list[NoisyValue]] = {}
         for q in compiled.quantiles:
-            quantiles[q.aggregate_index] = self._release_quantile(
+            released[q.aggregate_index] = self._release_quantile(
                 plan.aggregates[q.aggregate_index], q, by_comp[(q.aggregate_index, "quantile")],
-                cells, n_keys, selected=plan.partition_selection,
+                by_comp.get((q.aggregate_index, quantiles.INTERVAL)), cells, n_keys,
             )
         rows: list[ReleaseRow] = []
         for n, cell in enumerate(cells):
             values: list[NoisyValue] = []
             for i, agg in enumerate(plan.aggregates):
-                values.append(self._value(i, agg, n, by_comp, noisy, quantiles, rel))
+                values.append(self._value(i, agg, n, by_comp, noisy, released, rel))
             rows.append(ReleaseRow(keys=cell, values=tuple(values)))
         return tuple(rows)
 
@@ -429,16 +452,20 @@ class Engine:
         agg: Aggregate,
         q: QuantileQuery,
         cost: ReleaseCost,
+        interval_cost: ReleaseCost | None,
         cells: tuple[tuple[Scalar, ...], ...],
         n_keys: int,
-        *,
-        selected: bool = False,
     ) -> list[NoisyValue]:
-        """One noisy-max release per cell from per-candidate counts computed in DuckDB.
+        """Per cell: the point (noisy max) and its 95% interval (noisy ladder counts), from per-candidate
+        counts computed in DuckDB.
 
-        Interval: the released candidate always lies in [L, U], and without assumptions on the data no
-        narrower value interval follows from the release, so the interval is [L, U]. `stddev` carries the
-        95% rank accuracy in rows instead (`mechanisms.quantile_rank_accuracy`).
+        Privacy: the point is `mechanisms.release_quantile` per cell (charged once: disjoint rows, map
+        linear in K). The ladder of each cell depends only on that cell's released point; all cells'
+        ladder counts are one vector discrete Laplace release at L1 sensitivity K (`interval_cost`),
+        each row being in exactly one cell of one ladder. The interval is post-processing of both
+        (`sandbox.quantiles.certified_interval`; the argument is in that module). Without an interval
+        release (the consumer's share 0) the interval is [L, U]. `stddev` carries the point's 95% rank
+        accuracy in rows (`mechanisms.quantile_rank_accuracy`).
         """
         assert agg.quantile is not None and agg.lower is not None and agg.upper is not None
         m = len(q.candidates)
@@ -452,18 +479,35 @@ class Engine:
             counts[cell][j] += c
         integer = all(v.is_integer() for v in q.candidates) and m > 1 and q.candidates[1] - q.candidates[0] == 1.0
         rank = mechanisms.quantile_rank_accuracy(cost, m, agg.quantile)
+        release = mechanisms.quantile_releaser(cost, q.candidates, agg.quantile)
+        points = [release(counts[cell]) for cell in cells]
+        intervals = [(float(agg.lower), float(agg.upper))] * len(cells)
+        mechanism = cost.mechanism
+        if interval_cost is not None and cells:
+            ladders = [quantiles.ladder(p, m) for p in points]
+            exact: list[int] = []
+            for cell, steps in zip(cells, ladders, strict=True):
+                exact.extend(quantiles.ladder_counts(counts[cell], steps))
+            noisy = mechanisms.release_vector(interval_cost, exact)
+            intervals, at = [], 0
+            for steps in ladders:
+                part = noisy[at : at + len(steps) + 1]
+                at += len(steps) + 1
+                intervals.append(quantiles.certified_interval(
+                    part, steps, agg.quantile, interval_cost.scale, q.candidates, q.exact,
+                    interval_cost.mechanism))
+            mechanism = f"{cost.mechanism}/{interval_cost.mechanism}"
         out: list[NoisyValue] = []
-        for cell in cells:
-            idx = mechanisms.release_quantile(cost, q.candidates, agg.quantile, counts[cell])
-            v = q.candidates[idx]
+        for p, (lo, hi) in zip(points, intervals, strict=True):
+            v = min(max(q.candidates[p], lo), hi)  # post-processing: the point clamped into its interval
             out.append(
                 NoisyValue(
                     value=int(v) if integer else float(v),
-                    mechanism=cost.mechanism,
+                    mechanism=mechanism,
                     scale=cost.scale,
                     stddev=rank,
-                    ci_lower=float(agg.lower),
-                    ci_upper=float(agg.upper),
+                    ci_lower=lo,
+                    ci_upper=hi,
                 )
             )
         return out
@@ -475,11 +519,11 @@ class Engine:
         n: int,
         by_comp: dict[tuple[int, str], ReleaseCost],
         noisy: dict[tuple[int, str], list[int | float]],
-        quantiles: dict[int, list[NoisyValue]],
+        released: dict[int, list[NoisyValue]],
         rel: Relation,
     ) -> NoisyValue:
         if agg.kind is AggregateKind.QUANTILE:
-            return quantiles[i][n]
+            return released[i][n]
         if agg.kind is AggregateKind.AVG:
             lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)
             return mechanisms.noisy_average(

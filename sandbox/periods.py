@@ -26,6 +26,7 @@ from sandbox.errors import ConfigError
 __all__ = [
     "DELTA_UNITS",
     "EPSILON_UNITS",
+    "RHO_UNITS",
     "Period",
     "Window",
     "from_units",
@@ -36,6 +37,7 @@ __all__ = [
 
 EPSILON_UNITS = 10**9  # nano-epsilon
 DELTA_UNITS = 10**18  # atto-delta
+RHO_UNITS = 10**9  # nano-rho (zCDP grants)
 CALENDAR_UNITS = ("day", "week", "month")
 MAX_WINDOW_DAYS = 3660
 

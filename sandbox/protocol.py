@@ -287,7 +287,9 @@ class Aggregate:
 
     `lower`/`upper` are the bounds `sandbox.bounds` derives for `arg` from the public catalog (for
     display and cross-checking only: the sandbox recomputes them and refuses a plan that disagrees).
-    `quantile` is the quantile's alpha in [0, 1] (MEDIAN 0.5, MIN 0, MAX 1).
+    `quantile` is the quantile's alpha in [0, 1] (MEDIAN 0.5, MIN 0, MAX 1). `interval_share` (quantiles
+    only) is the fraction in [0, 1) of the aggregate's epsilon spent on its 95% interval
+    (`sandbox.quantiles`); None means the default, 0 no interval release (the interval is [L, U]).
     """
 
     kind: AggregateKind
@@ -296,6 +298,7 @@ class Aggregate:
     lower: float | None = None
     upper: float | None = None
     quantile: float | None = None
+    interval_share: float | None = None
 
     def __post_init__(self) -> None:
         if (self.arg is None) != (self.kind in NO_ARGUMENT_KINDS):
@@ -313,6 +316,10 @@ class Aggregate:
             raise ValueError("QUANTILE (and only it) carries a quantile")
         if self.quantile is not None and not 0.0 <= self.quantile <= 1.0:
             raise ValueError("quantile must be in [0, 1]")
+        if self.interval_share is not None and (
+            self.kind is not AggregateKind.QUANTILE or not 0.0 <= self.interval_share < 1.0
+        ):
+            raise ValueError("only a QUANTILE carries an interval_share, in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,16 +502,24 @@ class ReleaseCost:
     epsilon: float
     delta: float = 0.0
     threshold: int = 0  # partition selection ("select" component): the release threshold
+    rho: float = 0.0  # zCDP grants: the measurement's rho (its `epsilon` is then 0)
 
 
 @dataclass(frozen=True, slots=True)
 class ExecuteRequest:
-    """Run `plan`, spending at most `epsilon` and `delta` (the gateway has already charged them)."""
+    """Run `plan`, spending at most `epsilon` and `delta` (the gateway has already charged them).
+
+    zCDP grants (`rho` > 0): the plan is priced in rho with the Gaussian family (`sandbox.zcdp`) and
+    `epsilon` is 0; `report_delta` is the grant's delta, at which the sandbox converts the cost to the
+    epsilon it charges against the data owner's cap.
+    """
 
     request_id: str
     plan: QueryPlan
     epsilon: float
     delta: float = 0.0
+    rho: float = 0.0
+    report_delta: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -835,7 +850,7 @@ def _number_or_none(v: Any) -> float | None:
 def _aggregate_from_json(a: Any) -> Aggregate:
     if not isinstance(a, dict):
         raise ProtocolError("aggregate must be an object")
-    _keys(a, {"kind", "arg", "weight", "lower", "upper", "quantile"})
+    _keys(a, {"kind", "arg", "weight", "lower", "upper", "quantile", "interval_share"})
     weight = _number_or_none(a["weight"])
     if weight is None:
         raise ProtocolError("aggregate weight must be a number")
@@ -846,6 +861,7 @@ def _aggregate_from_json(a: Any) -> Aggregate:
         _number_or_none(a["lower"]),
         _number_or_none(a["upper"]),
         _number_or_none(a["quantile"]),
+        _number_or_none(a.get("interval_share")),
     )
 
 
@@ -876,6 +892,8 @@ def plan_to_json(p: QueryPlan) -> dict[str, Any]:
                 "lower": a.lower,
                 "upper": a.upper,
                 "quantile": a.quantile,
+                # only when set, so plans (and cache keys) without it are unchanged
+                **({} if a.interval_share is None else {"interval_share": a.interval_share}),
             }
             for a in p.aggregates
         ],
@@ -1011,6 +1029,8 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "plan": plan_to_json(msg.plan),
                 "epsilon": msg.epsilon,
                 "delta": msg.delta,
+                "rho": msg.rho,
+                "report_delta": msg.report_delta,
             }
         case ExecuteResult():
             return {
@@ -1022,7 +1042,7 @@ def to_json(msg: Message) -> dict[str, Any]:
                 ],
                 "costs": [
                     [c.aggregate_index, c.component, c.mechanism, c.sensitivity, c.scale,
-                     c.epsilon, c.delta, c.threshold]
+                     c.epsilon, c.delta, c.threshold, c.rho]
                     for c in msg.costs
                 ],
             }
@@ -1057,13 +1077,15 @@ def from_json(d: Any) -> Message:
         return model_protocol.from_json(d)
     try:
         if t == "execute":
-            _keys(d, {"type", "request_id", "plan", "epsilon", "delta"})
+            _keys(d, {"type", "request_id", "plan", "epsilon", "delta", "rho", "report_delta"})
             eps, delta = d["epsilon"], d.get("delta", 0.0)
-            for v in (eps, delta):
+            rho, report_delta = d.get("rho", 0.0), d.get("report_delta", 0.0)
+            for v in (eps, delta, rho, report_delta):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                    raise ProtocolError("epsilon and delta must be finite numbers")
+                    raise ProtocolError("epsilon, delta, rho and report_delta must be finite numbers")
             return ExecuteRequest(
-                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta)
+                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta),
+                float(rho), float(report_delta),
             )
         if t == "result":
             return ExecuteResult(

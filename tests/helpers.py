@@ -90,6 +90,12 @@ organization = "Concurrency Tests"
 [consumers.restarter]
 organization = "Restart Tests"
 
+[consumers.zanalyst]
+organization = "zCDP Tests"
+
+[consumers.zracer]
+organization = "zCDP Concurrency Tests"
+
 [[grants]]
 consumer = "analyst"
 dataset = "registry"
@@ -134,9 +140,37 @@ privacy_definition = "pure_dp"
 epsilon = 1.0
 delta = 0.0
 max_epsilon_per_query = 1.0
+
+[[grants]]
+consumer = "zanalyst"
+dataset = "registry"
+purpose = "zcdp-testing"
+privacy_definition = "zcdp"
+rho = 2.0
+delta = 1e-6
+max_rho_per_query = 0.5
+
+[[grants]]
+consumer = "zanalyst"
+dataset = "registry"
+purpose = "zcdp-small"
+privacy_definition = "zcdp"
+rho = 0.03
+delta = 1e-6
+max_rho_per_query = 0.02
+
+[[grants]]
+consumer = "zracer"
+dataset = "registry"
+purpose = "zcdp-racing"
+privacy_definition = "zcdp"
+rho = 0.08
+delta = 1e-6
+max_rho_per_query = 0.01
 """ + VERIFICATION_POLICY
 
-CLIENTS = ["analyst", "planner", "racer", "restarter", "stranger"]  # stranger: valid CA, no policy entry
+# stranger: valid CA, no policy entry
+CLIENTS = ["analyst", "planner", "racer", "restarter", "zanalyst", "zracer", "stranger"]
 
 
 @dataclass(frozen=True)

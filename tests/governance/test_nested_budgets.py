@@ -170,4 +170,33 @@ def test_ledger_level_scopes_directly(tmp_path: Path) -> None:
         ledger.reserve_nested(key, request_id=f"r{i}", fingerprint="f", cost=PrivacyLoss(0.5),
                               limits=[BudgetLimit("member", PrivacyLoss(10.0), Window(None, None))],
                               metering=Metering("o"), now=t)
-    assert ledger.window_spent(lim, key, "o") == (1_000_000_000, 0)  # 100.0 and 199.0, not 50.0
+    assert ledger.window_spent(lim, key, "o") == (1_000_000_000, 0, 0)  # 100.0 and 199.0, not 50.0
+
+
+def test_policy_snapshot_reads_once_and_the_next_request_sees_an_adjustment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside one request's snapshot the overrides are read once; an operator's adjustment made meanwhile
+    applies from the next request's snapshot on."""
+    from gateway.governance import GrantOverride
+
+    gv = _governor(tmp_path)
+    org_grant = gv.governance.grants[0]
+    reads: list[int] = []
+    real = gv.state.overrides
+
+    def counting() -> dict[tuple[str, str, str], GrantOverride]:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(gv.state, "overrides", counting)
+    with gv.snapshot() as policy:
+        for _ in range(5):
+            assert gv.current() is policy
+        gv.adjust(org_grant.organization, org_grant.dataset, org_grant.purpose,
+                  GrantOverride(epsilon=org_grant.epsilon / 2), "operator")
+        assert gv.current() is policy
+    assert len(reads) == 2  # the snapshot, and the adjustment's own merge
+    with gv.snapshot():
+        adjusted = gv.governance.org_grant(org_grant.organization, org_grant.dataset, org_grant.purpose)
+    assert adjusted is not None and adjusted.epsilon == org_grant.epsilon / 2

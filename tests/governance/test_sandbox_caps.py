@@ -64,6 +64,41 @@ def test_sandbox_never_reruns_a_charged_request_id(tiny_cap_sandbox: SandboxClie
     assert reply == ErrorReply("rejected", DUPLICATE_MESSAGE)
 
 
+@pytest.fixture(scope="module")
+def zcdp_cap_sandbox(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxClient]:
+    """Another sandbox capping the registry at epsilon 1.0 per month, with a fresh cap ledger."""
+    root = tmp_path_factory.mktemp("zcap")
+    text = (ROOT / "policies" / "catalog.toml").read_text()
+    catalog = root / "catalog.toml"
+    catalog.write_text(text.replace("epsilon_per_period = 1000.0", "epsilon_per_period = 1.0"))
+    import tempfile
+    sock_dir = Path(tempfile.mkdtemp(prefix="pgw-zcap-"))
+    proc = SandboxProcess.start(catalog, sock_dir / "s.sock", env.data_dir,
+                                ["--state-dir", str(root / "owner")])
+    yield proc.client()
+    proc.stop()
+
+
+@pytest.mark.integration
+def test_sandbox_counts_a_zcdp_release_as_its_converted_epsilon(zcdp_cap_sandbox: SandboxClient) -> None:
+    """A zCDP plan (rho, reported at the grant's delta) counts against the data owner's epsilon cap as
+    the epsilon of OpenDP's conversion of its own rho at that delta: with rho 0.001 at delta 1e-6 that
+    is about 0.18, so exactly 5 fit in a cap of 1.0, and the sandbox refuses the 6th itself."""
+    from sandbox import zcdp
+
+    c = zcdp_cap_sandbox
+    bad = c.execute(ExecuteRequest("z/0", COUNT, 0.1, rho=0.001, report_delta=1e-6), timeout_s=60)
+    assert isinstance(bad, ErrorReply) and bad.kind == "rejected"  # rho and epsilon at once
+    replies = [c.execute(ExecuteRequest(f"z/{i}", COUNT, 0.0, rho=0.001, report_delta=1e-6), timeout_s=60)
+               for i in range(1, 9)]
+    answered = [r for r in replies if isinstance(r, ExecuteResult)]
+    cost = answered[0].costs[0]
+    assert cost.mechanism == "discrete_gaussian" and cost.rho <= 0.001 and cost.epsilon == 0.0
+    eps = zcdp.rho_to_epsilon(cost.rho, 1e-6)
+    assert len(answered) == int(1.0 / eps) == 5
+    assert replies[5:] == [ErrorReply("rejected", CAP_MESSAGE)] * 3
+
+
 def test_cap_ledger_is_exact_and_idempotent(tmp_path: Path) -> None:
     """Ten charges of 0.1 fill a cap of 1.0 exactly; windows bound what counts; duplicates are refused."""
     led = CapLedger(tmp_path / "caps.sqlite3")

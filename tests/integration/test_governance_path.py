@@ -71,3 +71,38 @@ def test_identifiers_in_queries_are_stored_as_keyed_hashes(analyst: Stubs, gatew
     last = list(gateway.oversight.audit.entries())[-1]
     assert idn not in last.query and "hmac:" in last.query
     assert idn not in gateway.oversight.audit.path.read_bytes().decode("latin-1")
+
+
+def test_charge_completion_cache_entry_and_outcome_are_stored_together(analyst: Stubs, gateway: Gateway) -> None:
+    """A charged answer's release cache entry and 'charged' outcome live in the ledger's file with its charge
+    (one transaction); the same query again is served from that cache, and a retry is recorded as replayed."""
+    assert gateway.governor is not None and gateway.core.cache is not None
+    assert gateway.core.cache.path == gateway.ledger.path == gateway.governor.state.path
+    rid = str(uuid.uuid4())
+    sql = fresh("SELECT COUNT(*) FROM residents")
+    resp = _run(analyst, sql, rid)
+    assert _run(analyst, sql, str(uuid.uuid4())).cached
+    assert _run(analyst, sql, rid).replayed
+    mine = [o for o in gateway.governor.state.outcomes(("registry",)) if o.request_id == rid]
+    assert [o.outcome for o in mine] == ["charged", "replayed"]
+    assert mine[0].epsilon == resp.privacy_cost.epsilon > 0
+
+
+def test_a_bug_after_the_reservation_keeps_the_charge_durably(
+    analyst: Stubs, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected failure after the sandbox ran (here: building the response) is INTERNAL to the client,
+    and the charge is kept and marked failed (a durable commit) before that error leaves."""
+    import gateway.queries as queries
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(queries.convert, "answer", broken)
+    rid = str(uuid.uuid4())
+    with pytest.raises(grpc.RpcError) as info:
+        _run(analyst, fresh("SELECT COUNT(*) FROM residents"), rid)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    monkeypatch.undo()
+    charges = [c for c in gateway.ledger.charges_between(None, None) if c["request_id"] == rid]
+    assert [(c["status"], c["epsilon"] > 0) for c in charges] == [("failed", True)]

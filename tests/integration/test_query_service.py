@@ -378,7 +378,8 @@ def test_expressions_new_aggregates_and_post_processing_end_to_end(analyst: Stub
     for row in resp.rows:
         med = row.cells[2]
         assert 0 <= med.double_value <= 500000
-        assert (med.confidence_interval.lower, med.confidence_interval.upper) == (0.0, 500000.0)
+        ci = med.confidence_interval
+        assert 0.0 <= ci.lower <= med.double_value <= ci.upper <= 500000.0
 
 
 def test_data_owner_grade_rules_refuse_cleanly(analyst: Stubs) -> None:

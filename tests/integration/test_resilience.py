@@ -45,6 +45,13 @@ def test_ledger_and_replays_survive_restart(env: Env) -> None:
         assert again.replayed and list(again.rows) == list(first.rows)
         assert s.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent.epsilon == (
             first.privacy_cost.epsilon)
+        # The same query under a new request id is the charge-once cache's: the restarted sandbox derives
+        # the same (keyed) data version from its persisted key, so the earlier release is found, free.
+        cached = s.query.RunQuery(_request(str(uuid.uuid4())))
+        assert cached.cached and cached.dataset_version == first.dataset_version
+        assert list(cached.rows) == list(first.rows)
+        assert s.budget.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest()).grants[0].spent.epsilon == (
+            first.privacy_cost.epsilon)
         ch.close()
     finally:
         gw.stop()

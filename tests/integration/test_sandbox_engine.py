@@ -14,6 +14,7 @@ import pytest
 from sandbox.catalog import load_catalog
 from sandbox.engine import Engine
 from sandbox.errors import ConfigError, PlanRejectedError
+from sandbox.keys import keyed_digest, load_or_create_key
 from sandbox.limits import Limits
 from sandbox.protocol import (
     Aggregate,
@@ -156,16 +157,39 @@ def test_truncation_is_stable_under_neighbouring_datasets(data_dir: Path, tmp_pa
     assert a.describe().dataset("reg") != b.describe().dataset("reg")  # versions differ, rows do not
 
 
-def test_describe_carries_data_version(data_dir: Path, engine: Engine) -> None:
-    """describe() returns the public catalog with a sha256-based data version and no row counts."""
+def test_describe_carries_a_keyed_data_version(data_dir: Path, engine: Engine) -> None:
+    """describe() returns the public catalog with a 16-hex data version and no row counts. The version is
+    HMAC-SHA256 under the sandbox's secret of the files' SHA-256, never the bare hash: a bare hash of the
+    data is a deterministic function of every record, testable offline by someone who knows the rest."""
     info = engine.describe()
     ds = info.dataset("reg")
     assert ds is not None and len(ds.version) == 16
     h = hashlib.sha256()
     for name, file in (("flat", "flat.csv"), ("res", "res.parquet")):
         h.update(f"{name}\x00{file}\x00".encode() + (data_dir / file).read_bytes() + b"\x00")
-    assert ds.version == h.hexdigest()[:16]
+    assert ds.version != h.hexdigest()[:16]
     assert {t.name for t in ds.tables} == {"res", "flat"}
+    key = b"k" * 32
+    same = [Engine(load_catalog(data_dir / "catalog.toml"), version_key=key).describe().dataset("reg")
+            for _ in range(2)]
+    other = Engine(load_catalog(data_dir / "catalog.toml"), version_key=b"o" * 32).describe().dataset("reg")
+    assert same[0] is not None and same[1] is not None and other is not None
+    assert same[0].version == same[1].version == keyed_digest(key, h.digest())[:16]
+    assert other.version != same[0].version
+
+
+def test_version_key_file_is_private_and_persists(tmp_path: Path) -> None:
+    path = tmp_path / "owner" / "data-version.key"
+    key = load_or_create_key(path)
+    assert len(key) == 32 and load_or_create_key(path) == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="must be 0600"):
+        load_or_create_key(path)
+    path.chmod(0o600)
+    path.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="expected 32"):
+        load_or_create_key(path)
 
 
 def test_grouped_counts_cover_domain_and_are_centred(engine: Engine) -> None:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from sandbox import mechanisms
+from sandbox import mechanisms, quantiles
 from sandbox.compile import quantile_candidates
 from sandbox.protocol import AggregateKind, ReleaseCost
 
@@ -122,13 +122,41 @@ def _clopper_pearson(k: int, n: int, conf: float) -> tuple[float, float]:
 
 @pytest.mark.statistical
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["count", "sum", "median"])
+@pytest.mark.parametrize("which", ["count", "sum", "median", "median_interval"])
 def test_empirical_privacy_audit(which: str) -> None:
     """Neighbouring datasets differ in one unit at maximum contribution (K = 2 rows at the upper
     bound). Each mechanism is run 2,000 times per dataset; for the threshold event "output > t" the
     Clopper-Pearson lower bound of ln(P1/P0) (each proportion at 1 - 1e-7/2 confidence, so the test
-    fails falsely with probability < 1e-6 overall) must not exceed the charged epsilon."""
+    fails falsely with probability < 1e-6 overall) must not exceed the charged epsilon.
+
+    "median" is the point release alone at the whole epsilon; "median_interval" is the whole quantile
+    release as the engine runs it (point at half the epsilon, then the ladder counts around it at the
+    other half, then the certified interval), charged the sum of both maps, with the event "the lower
+    end of the interval is above t" (the ladder's output)."""
     k, eps, trials = 2, 1.0, 2000
+    if which == "median_interval":
+        cands = tuple(float(v) for v in range(11))
+        d = float(mechanisms.score_transformation(cands, 0.5).map(k))
+        comp = mechanisms.Component(0, "quantile", True, d, 1.0, cands, 0.5, k)
+        p_scale, p_eps = mechanisms.calibrate_quantile(comp, eps / 2)
+        i_scale, i_eps = mechanisms.calibrate(True, float(k), eps / 2)
+        charged = p_eps + i_eps
+        point = ReleaseCost(0, "quantile", mechanisms.NOISY_MAX, d, p_scale, p_eps)
+        interval = ReleaseCost(0, quantiles.INTERVAL, mechanisms.DISCRETE_LAPLACE, float(k), i_scale, i_eps)
+        c0 = [0] * 11
+        c0[4], c0[6] = 25, 24
+        c1 = list(c0)
+        c1[10] += k
+
+        def lower_end(counts: list[int]) -> float:
+            p = mechanisms.release_quantile(point, cands, 0.5, counts)
+            steps = quantiles.ladder(p, len(cands))
+            noisy = mechanisms.release_vector(interval, quantiles.ladder_counts(counts, steps))
+            return quantiles.certified_interval(noisy, steps, 0.5, i_scale, cands, True)[0]
+
+        hits = [sum(lower_end(c0) > 3.5 for _ in range(trials)), sum(lower_end(c1) > 3.5 for _ in range(trials))]
+        _assert_no_violation(hits, trials, charged)
+        return
     if which in ("count", "sum"):
         integer = True
         sens = float(k) if which == "count" else float(k * 10)
@@ -165,6 +193,11 @@ def test_empirical_privacy_audit(which: str) -> None:
             hits[0] += run(d0) > threshold
             hits[1] += run(d1) > threshold
         del i
+    _assert_no_violation(hits, trials, charged)
+
+
+def _assert_no_violation(hits: list[int], trials: int, charged: float) -> None:
+    """Neither direction's Clopper-Pearson lower bound of ln(P1/P0) exceeds the charged epsilon."""
     conf = 1 - 1e-7
     p1_lo, _ = _clopper_pearson(hits[1], trials, conf)
     _, p0_hi = _clopper_pearson(hits[0], trials, conf)

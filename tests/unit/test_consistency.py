@@ -26,7 +26,8 @@ GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relatio
                       "sandbox.periods", "sandbox.grades", "sandbox.verification_protocol",
                       "sandbox.model_protocol", "sandbox.model_pricing",
                       "sandbox.catalog",
-                      "sandbox.bounds", "sandbox.functions", "sandbox.compile"}
+                      "sandbox.bounds", "sandbox.functions", "sandbox.compile",
+                      "sandbox.zcdp"}  # zCDP pricing and conversion (pure, like mechanisms)
 
 
 def _imports(path: Path) -> set[str]:

@@ -233,8 +233,8 @@ def test_every_new_mechanism_charges_exactly_its_opendp_map(epsilon: float) -> N
     )
     costs = mechanisms.price(plan, DATASET, epsilon)
     assert [(c.aggregate_index, c.component) for c in costs] == [
-        (0, "count"), (1, "count"), (1, "sum"), (1, "sumsq"), (2, "quantile"), (3, "quantile"),
-        (4, "sum"),
+        (0, "count"), (1, "count"), (1, "sum"), (1, "sumsq"), (2, "quantile"), (2, "interval"),
+        (3, "quantile"), (3, "interval"), (4, "sum"),
     ]
     assert costs[0].sensitivity == min(K, 2)  # a unit is in at most min(K, cells) groups
     for c in costs:
@@ -252,7 +252,9 @@ def test_every_new_mechanism_charges_exactly_its_opendp_map(epsilon: float) -> N
     assert mechanisms.total_epsilon(costs) > epsilon * (1 - 1e-6)
     shares = [c.epsilon for c in costs]
     assert shares[1] == pytest.approx(epsilon / 5 / 3, rel=1e-6)  # VAR splits its share in three
-    assert shares[4] == pytest.approx(epsilon / 5, rel=1e-6)
+    assert shares[4] == pytest.approx(epsilon / 5 / 2, rel=1e-6)  # a quantile's point: half its share
+    assert shares[5] == pytest.approx(epsilon / 5 / 2, rel=1e-6)  # and its interval the other half
+    assert shares[8] == pytest.approx(epsilon / 5, rel=1e-6)
 
 
 def test_unbounded_aggregate_is_refused_by_pricing() -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from privacy_gateway.v1 import common_pb2 as privacy__gateway_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/admin_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\"F\n\x12OrganizationMember\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\"\xb9\x01\n\x12MemberBudgetStatus\x12\x0e\n\x06member\x18\x01 \x01(\t\x12/\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12.\n\x05spent\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x32\n\tremaining\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\"\xd6\x01\n\x0cGrantSummary\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x11\n\tuse_class\x18\x04 \x01(\t\x12\x30\n\x06\x62udget\x18\x05 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x37\n\x07members\x18\x06 \x03(\x0b\x32&.privacy_gateway.v1.MemberBudgetStatus\x12\x10\n\x08\x61\x64justed\x18\x07 \x01(\x08\"\xb6\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x37\n\x07members\x18\x03 \x03(\x0b\x32&.privacy_gateway.v1.OrganizationMember\x12\x30\n\x06grants\x18\x04 \x03(\x0b\x32 .privacy_gateway.v1.GrantSummary\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x10\n\x08\x64\x61tasets\x18\x06 \x03(\t\"\x1a\n\x18ListOrganizationsRequest\"T\n\x19ListOrganizationsResponse\x12\x37\n\rorganizations\x18\x01 \x03(\x0b\x32 .privacy_gateway.v1.Organization\"\xca\x01\n\x12\x41\x64justGrantRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\"\n\x15max_epsilon_per_query\x18\x06 \x01(\x01H\x02\x88\x01\x01\x42\n\n\x08_epsilonB\x08\n\x06_deltaB\x18\n\x16_max_epsilon_per_query\"F\n\x13\x41\x64justGrantResponse\x12/\n\x05grant\x18\x01 \x01(\x0b\x32 .privacy_gateway.v1.GrantSummary\"7\n\x13RevokeMemberRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"(\n\x14RevokeMemberResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\"A\n\x19RevokeOrganizationRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x1aRevokeOrganizationResponse\x12\x14\n\x0corganization\x18\x01 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"]\n\x14ReloadPolicyResponse\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06schema\x18\x02 \x01(\t\x12\x15\n\rorganizations\x18\x03 \x01(\x05\x12\x0e\n\x06grants\x18\x04 \x01(\x05\";\n\x0fGetUsageRequest\x12\x14\n\x0cperiod_start\x18\x01 \x01(\t\x12\x12\n\nperiod_end\x18\x02 \x01(\t\"-\n\x10GetUsageResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0b\n\x03\x63sv\x18\x02 \x01(\t\"W\n\x1aListDatasetSpendingRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0cperiod_start\x18\x02 \x01(\t\x12\x12\n\nperiod_end\x18\x03 \x01(\t\"\xbe\x01\n\rSpendingEntry\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x11\n\tuse_class\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07\x65psilon\x18\n \x01(\x01\"Q\n\x1bListDatasetSpendingResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.privacy_gateway.v1.SpendingEntry2\xea\x05\n\x0c\x41\x64minService\x12p\n\x11ListOrganizations\x12,.privacy_gateway.v1.ListOrganizationsRequest\x1a-.privacy_gateway.v1.ListOrganizationsResponse\x12^\n\x0b\x41\x64justGrant\x12&.privacy_gateway.v1.AdjustGrantRequest\x1a\'.privacy_gateway.v1.AdjustGrantResponse\x12\x61\n\x0cRevokeMember\x12\'.privacy_gateway.v1.RevokeMemberRequest\x1a(.privacy_gateway.v1.RevokeMemberResponse\x12s\n\x12RevokeOrganization\x12-.privacy_gateway.v1.RevokeOrganizationRequest\x1a..privacy_gateway.v1.RevokeOrganizationResponse\x12\x61\n\x0cReloadPolicy\x12\'.privacy_gateway.v1.ReloadPolicyRequest\x1a(.privacy_gateway.v1.ReloadPolicyResponse\x12U\n\x08GetUsage\x12#.privacy_gateway.v1.GetUsageRequest\x1a$.privacy_gateway.v1.GetUsageResponse\x12v\n\x13ListDatasetSpending\x12..privacy_gateway.v1.ListDatasetSpendingRequest\x1a/.privacy_gateway.v1.ListDatasetSpendingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/admin_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\"F\n\x12OrganizationMember\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\"\xb9\x01\n\x12MemberBudgetStatus\x12\x0e\n\x06member\x18\x01 \x01(\t\x12/\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12.\n\x05spent\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x32\n\tremaining\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\"\xd6\x01\n\x0cGrantSummary\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x11\n\tuse_class\x18\x04 \x01(\t\x12\x30\n\x06\x62udget\x18\x05 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x37\n\x07members\x18\x06 \x03(\x0b\x32&.privacy_gateway.v1.MemberBudgetStatus\x12\x10\n\x08\x61\x64justed\x18\x07 \x01(\x08\"\xb6\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x37\n\x07members\x18\x03 \x03(\x0b\x32&.privacy_gateway.v1.OrganizationMember\x12\x30\n\x06grants\x18\x04 \x03(\x0b\x32 .privacy_gateway.v1.GrantSummary\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x10\n\x08\x64\x61tasets\x18\x06 \x03(\t\"\x1a\n\x18ListOrganizationsRequest\"T\n\x19ListOrganizationsResponse\x12\x37\n\rorganizations\x18\x01 \x03(\x0b\x32 .privacy_gateway.v1.Organization\"\x9a\x02\n\x12\x41\x64justGrantRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\"\n\x15max_epsilon_per_query\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03rho\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11max_rho_per_query\x18\x08 \x01(\x01H\x04\x88\x01\x01\x42\n\n\x08_epsilonB\x08\n\x06_deltaB\x18\n\x16_max_epsilon_per_queryB\x06\n\x04_rhoB\x14\n\x12_max_rho_per_query\"F\n\x13\x41\x64justGrantResponse\x12/\n\x05grant\x18\x01 \x01(\x0b\x32 .privacy_gateway.v1.GrantSummary\"7\n\x13RevokeMemberRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"(\n\x14RevokeMemberResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\"A\n\x19RevokeOrganizationRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x1aRevokeOrganizationResponse\x12\x14\n\x0corganization\x18\x01 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"]\n\x14ReloadPolicyResponse\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06schema\x18\x02 \x01(\t\x12\x15\n\rorganizations\x18\x03 \x01(\x05\x12\x0e\n\x06grants\x18\x04 \x01(\x05\";\n\x0fGetUsageRequest\x12\x14\n\x0cperiod_start\x18\x01 \x01(\t\x12\x12\n\nperiod_end\x18\x02 \x01(\t\"-\n\x10GetUsageResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0b\n\x03\x63sv\x18\x02 \x01(\t\"W\n\x1aListDatasetSpendingRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x14\n\x0cperiod_start\x18\x02 \x01(\t\x12\x12\n\nperiod_end\x18\x03 \x01(\t\"\xbe\x01\n\rSpendingEntry\x12\x0c\n\x04time\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x11\n\tuse_class\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07\x65psilon\x18\n \x01(\x01\"Q\n\x1bListDatasetSpendingResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.privacy_gateway.v1.SpendingEntry2\xea\x05\n\x0c\x41\x64minService\x12p\n\x11ListOrganizations\x12,.privacy_gateway.v1.ListOrganizationsRequest\x1a-.privacy_gateway.v1.ListOrganizationsResponse\x12^\n\x0b\x41\x64justGrant\x12&.privacy_gateway.v1.AdjustGrantRequest\x1a\'.privacy_gateway.v1.AdjustGrantResponse\x12\x61\n\x0cRevokeMember\x12\'.privacy_gateway.v1.RevokeMemberRequest\x1a(.privacy_gateway.v1.RevokeMemberResponse\x12s\n\x12RevokeOrganization\x12-.privacy_gateway.v1.RevokeOrganizationRequest\x1a..privacy_gateway.v1.RevokeOrganizationResponse\x12\x61\n\x0cReloadPolicy\x12\'.privacy_gateway.v1.ReloadPolicyRequest\x1a(.privacy_gateway.v1.ReloadPolicyResponse\x12U\n\x08GetUsage\x12#.privacy_gateway.v1.GetUsageRequest\x1a$.privacy_gateway.v1.GetUsageResponse\x12v\n\x13ListDatasetSpending\x12..privacy_gateway.v1.ListDatasetSpendingRequest\x1a/.privacy_gateway.v1.ListDatasetSpendingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,31 +45,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTORGANIZATIONSRESPONSE']._serialized_start=785
   _globals['_LISTORGANIZATIONSRESPONSE']._serialized_end=869
   _globals['_ADJUSTGRANTREQUEST']._serialized_start=872
-  _globals['_ADJUSTGRANTREQUEST']._serialized_end=1074
-  _globals['_ADJUSTGRANTRESPONSE']._serialized_start=1076
-  _globals['_ADJUSTGRANTRESPONSE']._serialized_end=1146
-  _globals['_REVOKEMEMBERREQUEST']._serialized_start=1148
-  _globals['_REVOKEMEMBERREQUEST']._serialized_end=1203
-  _globals['_REVOKEMEMBERRESPONSE']._serialized_start=1205
-  _globals['_REVOKEMEMBERRESPONSE']._serialized_end=1245
-  _globals['_REVOKEORGANIZATIONREQUEST']._serialized_start=1247
-  _globals['_REVOKEORGANIZATIONREQUEST']._serialized_end=1312
-  _globals['_REVOKEORGANIZATIONRESPONSE']._serialized_start=1314
-  _globals['_REVOKEORGANIZATIONRESPONSE']._serialized_end=1364
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=1366
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=1387
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1389
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=1482
-  _globals['_GETUSAGEREQUEST']._serialized_start=1484
-  _globals['_GETUSAGEREQUEST']._serialized_end=1543
-  _globals['_GETUSAGERESPONSE']._serialized_start=1545
-  _globals['_GETUSAGERESPONSE']._serialized_end=1590
-  _globals['_LISTDATASETSPENDINGREQUEST']._serialized_start=1592
-  _globals['_LISTDATASETSPENDINGREQUEST']._serialized_end=1679
-  _globals['_SPENDINGENTRY']._serialized_start=1682
-  _globals['_SPENDINGENTRY']._serialized_end=1872
-  _globals['_LISTDATASETSPENDINGRESPONSE']._serialized_start=1874
-  _globals['_LISTDATASETSPENDINGRESPONSE']._serialized_end=1955
-  _globals['_ADMINSERVICE']._serialized_start=1958
-  _globals['_ADMINSERVICE']._serialized_end=2704
+  _globals['_ADJUSTGRANTREQUEST']._serialized_end=1154
+  _globals['_ADJUSTGRANTRESPONSE']._serialized_start=1156
+  _globals['_ADJUSTGRANTRESPONSE']._serialized_end=1226
+  _globals['_REVOKEMEMBERREQUEST']._serialized_start=1228
+  _globals['_REVOKEMEMBERREQUEST']._serialized_end=1283
+  _globals['_REVOKEMEMBERRESPONSE']._serialized_start=1285
+  _globals['_REVOKEMEMBERRESPONSE']._serialized_end=1325
+  _globals['_REVOKEORGANIZATIONREQUEST']._serialized_start=1327
+  _globals['_REVOKEORGANIZATIONREQUEST']._serialized_end=1392
+  _globals['_REVOKEORGANIZATIONRESPONSE']._serialized_start=1394
+  _globals['_REVOKEORGANIZATIONRESPONSE']._serialized_end=1444
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=1446
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=1467
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1469
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=1562
+  _globals['_GETUSAGEREQUEST']._serialized_start=1564
+  _globals['_GETUSAGEREQUEST']._serialized_end=1623
+  _globals['_GETUSAGERESPONSE']._serialized_start=1625
+  _globals['_GETUSAGERESPONSE']._serialized_end=1670
+  _globals['_LISTDATASETSPENDINGREQUEST']._serialized_start=1672
+  _globals['_LISTDATASETSPENDINGREQUEST']._serialized_end=1759
+  _globals['_SPENDINGENTRY']._serialized_start=1762
+  _globals['_SPENDINGENTRY']._serialized_end=1952
+  _globals['_LISTDATASETSPENDINGRESPONSE']._serialized_start=1954
+  _globals['_LISTDATASETSPENDINGRESPONSE']._serialized_end=2035
+  _globals['_ADMINSERVICE']._serialized_start=2038
+  _globals['_ADMINSERVICE']._serialized_end=2784
 # @@protoc_insertion_point(module_scope)

@@ -74,20 +74,24 @@ class ListOrganizationsResponse(_message.Message):
     def __init__(self, organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ...) -> None: ...
 
 class AdjustGrantRequest(_message.Message):
-    __slots__ = ("organization", "dataset", "purpose", "epsilon", "delta", "max_epsilon_per_query")
+    __slots__ = ("organization", "dataset", "purpose", "epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query")
     ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     MAX_EPSILON_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    MAX_RHO_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
     organization: str
     dataset: str
     purpose: str
     epsilon: float
     delta: float
     max_epsilon_per_query: float
-    def __init__(self, organization: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_epsilon_per_query: _Optional[float] = ...) -> None: ...
+    rho: float
+    max_rho_per_query: float
+    def __init__(self, organization: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_epsilon_per_query: _Optional[float] = ..., rho: _Optional[float] = ..., max_rho_per_query: _Optional[float] = ...) -> None: ...
 
 class AdjustGrantResponse(_message.Message):
     __slots__ = ("grant",)

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprivacy_gateway/v1/common.proto\x12\x12privacy_gateway.v1\"-\n\x0bPrivacyLoss\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\"\x97\x03\n\x0c\x42udgetStatus\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12/\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12.\n\x05spent\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x32\n\tremaining\x18\x05 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x36\n\rmax_per_query\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x1a\n\x12privacy_definition\x18\x07 \x01(\t\x12\x0e\n\x06period\x18\x08 \x01(\t\x12\x14\n\x0cperiod_start\x18\t \x01(\t\x12\x12\n\nperiod_end\x18\n \x01(\t\x12\x14\n\x0crefreshes_at\x18\x0b \x01(\t\x12\x14\n\x0corganization\x18\x0c \x01(\t\x12\x16\n\x0elimiting_level\x18\r \x01(\t*\x86\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OLUMN_TYPE_INT64\x10\x01\x12\x16\n\x12\x43OLUMN_TYPE_DOUBLE\x10\x02\x12\x16\n\x12\x43OLUMN_TYPE_STRING\x10\x03\x12\x14\n\x10\x43OLUMN_TYPE_BOOL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprivacy_gateway/v1/common.proto\x12\x12privacy_gateway.v1\":\n\x0bPrivacyLoss\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x0b\n\x03rho\x18\x03 \x01(\x01\"\x97\x03\n\x0c\x42udgetStatus\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12/\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12.\n\x05spent\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x32\n\tremaining\x18\x05 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x36\n\rmax_per_query\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x1a\n\x12privacy_definition\x18\x07 \x01(\t\x12\x0e\n\x06period\x18\x08 \x01(\t\x12\x14\n\x0cperiod_start\x18\t \x01(\t\x12\x12\n\nperiod_end\x18\n \x01(\t\x12\x14\n\x0crefreshes_at\x18\x0b \x01(\t\x12\x14\n\x0corganization\x18\x0c \x01(\t\x12\x16\n\x0elimiting_level\x18\r \x01(\t*\x86\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OLUMN_TYPE_INT64\x10\x01\x12\x16\n\x12\x43OLUMN_TYPE_DOUBLE\x10\x02\x12\x16\n\x12\x43OLUMN_TYPE_STRING\x10\x03\x12\x14\n\x10\x43OLUMN_TYPE_BOOL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'privacy_gateway.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COLUMNTYPE']._serialized_start=513
-  _globals['_COLUMNTYPE']._serialized_end=647
+  _globals['_COLUMNTYPE']._serialized_start=526
+  _globals['_COLUMNTYPE']._serialized_end=660
   _globals['_PRIVACYLOSS']._serialized_start=55
-  _globals['_PRIVACYLOSS']._serialized_end=100
-  _globals['_BUDGETSTATUS']._serialized_start=103
-  _globals['_BUDGETSTATUS']._serialized_end=510
+  _globals['_PRIVACYLOSS']._serialized_end=113
+  _globals['_BUDGETSTATUS']._serialized_start=116
+  _globals['_BUDGETSTATUS']._serialized_end=523
 # @@protoc_insertion_point(module_scope)

@@ -20,12 +20,14 @@ COLUMN_TYPE_STRING: ColumnType
 COLUMN_TYPE_BOOL: ColumnType
 
 class PrivacyLoss(_message.Message):
-    __slots__ = ("epsilon", "delta")
+    __slots__ = ("epsilon", "delta", "rho")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+    rho: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., rho: _Optional[float] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
     __slots__ = ("dataset", "purpose", "budget", "spent", "remaining", "max_per_query", "privacy_definition", "period", "period_start", "period_end", "refreshes_at", "organization", "limiting_level")

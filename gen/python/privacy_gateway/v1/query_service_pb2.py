@@ -26,7 +26,7 @@ from privacy_gateway.v1 import common_pb2 as privacy__gateway_dot_v1_dot_common_
 from privacy_gateway.v1 import receipt_pb2 as privacy__gateway_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/query_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\x1a privacy_gateway/v1/receipt.proto\"\xb4\x02\n\x0fRunQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x41\n\x07weights\x18\x06 \x03(\x0b\x32\x30.privacy_gateway.v1.RunQueryRequest.WeightsEntry\x12\x34\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x0b\x32\".privacy_gateway.v1.AccuracyTarget\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa0\x01\n\x0e\x41\x63\x63uracyTarget\x12\x15\n\rhalf_width_95\x18\x01 \x01(\x01\x12\x45\n\nper_output\x18\x02 \x03(\x0b\x32\x31.privacy_gateway.v1.AccuracyTarget.PerOutputEntry\x1a\x30\n\x0ePerOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x03\n\x10RunQueryResponse\x12\x31\n\x07\x63olumns\x18\x01 \x03(\x0b\x32 .privacy_gateway.v1.ResultColumn\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.privacy_gateway.v1.Row\x12/\n\x04plan\x18\x03 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x05 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x07 \x01(\t\x12\x10\n\x08replayed\x18\x08 \x01(\x08\x12,\n\x07receipt\x18\t \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\"\xa8\x02\n\x13\x45xplainQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x45\n\x07weights\x18\x05 \x03(\x0b\x32\x34.privacy_gateway.v1.ExplainQueryRequest.WeightsEntry\x12\x34\n\x08\x61\x63\x63uracy\x18\x06 \x01(\x0b\x32\".privacy_gateway.v1.AccuracyTarget\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc4\x01\n\x14\x45xplainQueryResponse\x12/\n\x04plan\x18\x01 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x03 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\naffordable\x18\x04 \x01(\x08\"l\n\x0cResultColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04type\x18\x02 \x01(\x0e\x32\x1e.privacy_gateway.v1.ColumnType\x12\r\n\x05noisy\x18\x03 \x01(\x08\x12\x11\n\taggregate\x18\x04 \x01(\t\".\n\x03Row\x12\'\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x18.privacy_gateway.v1.Cell\"\xf5\x01\n\x04\x43\x65ll\x12\x15\n\x0bint64_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x14\n\nnull_value\x18\x05 \x01(\x08H\x00\x12,\n\x05noise\x18\x06 \x01(\x0b\x32\x1d.privacy_gateway.v1.NoiseInfo\x12\x43\n\x13\x63onfidence_interval\x18\x07 \x01(\x0b\x32&.privacy_gateway.v1.ConfidenceIntervalB\x07\n\x05value\"=\n\tNoiseInfo\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0e\n\x06stddev\x18\x03 \x01(\x01\"A\n\x12\x43onfidenceInterval\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\r\n\x05level\x18\x03 \x01(\x01\"\xe1\x01\n\rQueryPlanInfo\x12\r\n\x05table\x18\x01 \x01(\t\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x15\n\rgroup_by_mode\x18\x03 \x01(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x12\x31\n\x08releases\x18\x05 \x03(\x0b\x32\x1f.privacy_gateway.v1.ReleaseCost\x12\x19\n\x11max_rows_per_unit\x18\x06 \x01(\x03\x12\x14\n\x0cprivacy_unit\x18\x07 \x01(\t\x12\x11\n\tthreshold\x18\x08 \x01(\x03\x12\x0e\n\x06tables\x18\t \x03(\t\"\xb5\x01\n\x0bReleaseCost\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x11\n\tcomponent\x18\x02 \x01(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x13\n\x0bsensitivity\x18\x04 \x01(\x01\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x35\n\x0cprivacy_loss\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x15\n\rhalf_width_95\x18\x07 \x01(\x01\x32\xc8\x01\n\x0cQueryService\x12U\n\x08RunQuery\x12#.privacy_gateway.v1.RunQueryRequest\x1a$.privacy_gateway.v1.RunQueryResponse\x12\x61\n\x0c\x45xplainQuery\x12\'.privacy_gateway.v1.ExplainQueryRequest\x1a(.privacy_gateway.v1.ExplainQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/query_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\x1a privacy_gateway/v1/receipt.proto\"\xbd\x03\n\x0fRunQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x41\n\x07weights\x18\x06 \x03(\x0b\x32\x30.privacy_gateway.v1.RunQueryRequest.WeightsEntry\x12\x34\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x0b\x32\".privacy_gateway.v1.AccuracyTarget\x12P\n\x0finterval_shares\x18\x08 \x03(\x0b\x32\x37.privacy_gateway.v1.RunQueryRequest.IntervalSharesEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x35\n\x13IntervalSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa0\x01\n\x0e\x41\x63\x63uracyTarget\x12\x15\n\rhalf_width_95\x18\x01 \x01(\x01\x12\x45\n\nper_output\x18\x02 \x03(\x0b\x32\x31.privacy_gateway.v1.AccuracyTarget.PerOutputEntry\x1a\x30\n\x0ePerOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x03\n\x10RunQueryResponse\x12\x31\n\x07\x63olumns\x18\x01 \x03(\x0b\x32 .privacy_gateway.v1.ResultColumn\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.privacy_gateway.v1.Row\x12/\n\x04plan\x18\x03 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x05 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x07 \x01(\t\x12\x10\n\x08replayed\x18\x08 \x01(\x08\x12,\n\x07receipt\x18\t \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\"\xb5\x03\n\x13\x45xplainQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x03 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x45\n\x07weights\x18\x05 \x03(\x0b\x32\x34.privacy_gateway.v1.ExplainQueryRequest.WeightsEntry\x12\x34\n\x08\x61\x63\x63uracy\x18\x06 \x01(\x0b\x32\".privacy_gateway.v1.AccuracyTarget\x12T\n\x0finterval_shares\x18\x07 \x03(\x0b\x32;.privacy_gateway.v1.ExplainQueryRequest.IntervalSharesEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x35\n\x13IntervalSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc4\x01\n\x14\x45xplainQueryResponse\x12/\n\x04plan\x18\x01 \x01(\x0b\x32!.privacy_gateway.v1.QueryPlanInfo\x12\x35\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x03 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\naffordable\x18\x04 \x01(\x08\"l\n\x0cResultColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04type\x18\x02 \x01(\x0e\x32\x1e.privacy_gateway.v1.ColumnType\x12\r\n\x05noisy\x18\x03 \x01(\x08\x12\x11\n\taggregate\x18\x04 \x01(\t\".\n\x03Row\x12\'\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x18.privacy_gateway.v1.Cell\"\xf5\x01\n\x04\x43\x65ll\x12\x15\n\x0bint64_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x14\n\nnull_value\x18\x05 \x01(\x08H\x00\x12,\n\x05noise\x18\x06 \x01(\x0b\x32\x1d.privacy_gateway.v1.NoiseInfo\x12\x43\n\x13\x63onfidence_interval\x18\x07 \x01(\x0b\x32&.privacy_gateway.v1.ConfidenceIntervalB\x07\n\x05value\"=\n\tNoiseInfo\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0e\n\x06stddev\x18\x03 \x01(\x01\"A\n\x12\x43onfidenceInterval\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\r\n\x05level\x18\x03 \x01(\x01\"\xe1\x01\n\rQueryPlanInfo\x12\r\n\x05table\x18\x01 \x01(\t\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x15\n\rgroup_by_mode\x18\x03 \x01(\t\x12\x11\n\trow_count\x18\x04 \x01(\x03\x12\x31\n\x08releases\x18\x05 \x03(\x0b\x32\x1f.privacy_gateway.v1.ReleaseCost\x12\x19\n\x11max_rows_per_unit\x18\x06 \x01(\x03\x12\x14\n\x0cprivacy_unit\x18\x07 \x01(\t\x12\x11\n\tthreshold\x18\x08 \x01(\x03\x12\x0e\n\x06tables\x18\t \x03(\t\"\xb5\x01\n\x0bReleaseCost\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x11\n\tcomponent\x18\x02 \x01(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x13\n\x0bsensitivity\x18\x04 \x01(\x01\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x35\n\x0cprivacy_loss\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x15\n\rhalf_width_95\x18\x07 \x01(\x01\x32\xc8\x01\n\x0cQueryService\x12U\n\x08RunQuery\x12#.privacy_gateway.v1.RunQueryRequest\x1a$.privacy_gateway.v1.RunQueryResponse\x12\x61\n\x0c\x45xplainQuery\x12\'.privacy_gateway.v1.ExplainQueryRequest\x1a(.privacy_gateway.v1.ExplainQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +35,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNQUERYREQUEST_WEIGHTSENTRY']._loaded_options = None
   _globals['_RUNQUERYREQUEST_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_RUNQUERYREQUEST_INTERVALSHARESENTRY']._loaded_options = None
+  _globals['_RUNQUERYREQUEST_INTERVALSHARESENTRY']._serialized_options = b'8\001'
   _globals['_ACCURACYTARGET_PEROUTPUTENTRY']._loaded_options = None
   _globals['_ACCURACYTARGET_PEROUTPUTENTRY']._serialized_options = b'8\001'
   _globals['_EXPLAINQUERYREQUEST_WEIGHTSENTRY']._loaded_options = None
   _globals['_EXPLAINQUERYREQUEST_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_EXPLAINQUERYREQUEST_INTERVALSHARESENTRY']._loaded_options = None
+  _globals['_EXPLAINQUERYREQUEST_INTERVALSHARESENTRY']._serialized_options = b'8\001'
   _globals['_RUNQUERYREQUEST']._serialized_start=130
-  _globals['_RUNQUERYREQUEST']._serialized_end=438
-  _globals['_RUNQUERYREQUEST_WEIGHTSENTRY']._serialized_start=392
-  _globals['_RUNQUERYREQUEST_WEIGHTSENTRY']._serialized_end=438
-  _globals['_ACCURACYTARGET']._serialized_start=441
-  _globals['_ACCURACYTARGET']._serialized_end=601
-  _globals['_ACCURACYTARGET_PEROUTPUTENTRY']._serialized_start=553
-  _globals['_ACCURACYTARGET_PEROUTPUTENTRY']._serialized_end=601
-  _globals['_RUNQUERYRESPONSE']._serialized_start=604
-  _globals['_RUNQUERYRESPONSE']._serialized_end=991
-  _globals['_EXPLAINQUERYREQUEST']._serialized_start=994
-  _globals['_EXPLAINQUERYREQUEST']._serialized_end=1290
-  _globals['_EXPLAINQUERYREQUEST_WEIGHTSENTRY']._serialized_start=392
-  _globals['_EXPLAINQUERYREQUEST_WEIGHTSENTRY']._serialized_end=438
-  _globals['_EXPLAINQUERYRESPONSE']._serialized_start=1293
-  _globals['_EXPLAINQUERYRESPONSE']._serialized_end=1489
-  _globals['_RESULTCOLUMN']._serialized_start=1491
-  _globals['_RESULTCOLUMN']._serialized_end=1599
-  _globals['_ROW']._serialized_start=1601
-  _globals['_ROW']._serialized_end=1647
-  _globals['_CELL']._serialized_start=1650
-  _globals['_CELL']._serialized_end=1895
-  _globals['_NOISEINFO']._serialized_start=1897
-  _globals['_NOISEINFO']._serialized_end=1958
-  _globals['_CONFIDENCEINTERVAL']._serialized_start=1960
-  _globals['_CONFIDENCEINTERVAL']._serialized_end=2025
-  _globals['_QUERYPLANINFO']._serialized_start=2028
-  _globals['_QUERYPLANINFO']._serialized_end=2253
-  _globals['_RELEASECOST']._serialized_start=2256
-  _globals['_RELEASECOST']._serialized_end=2437
-  _globals['_QUERYSERVICE']._serialized_start=2440
-  _globals['_QUERYSERVICE']._serialized_end=2640
+  _globals['_RUNQUERYREQUEST']._serialized_end=575
+  _globals['_RUNQUERYREQUEST_WEIGHTSENTRY']._serialized_start=474
+  _globals['_RUNQUERYREQUEST_WEIGHTSENTRY']._serialized_end=520
+  _globals['_RUNQUERYREQUEST_INTERVALSHARESENTRY']._serialized_start=522
+  _globals['_RUNQUERYREQUEST_INTERVALSHARESENTRY']._serialized_end=575
+  _globals['_ACCURACYTARGET']._serialized_start=578
+  _globals['_ACCURACYTARGET']._serialized_end=738
+  _globals['_ACCURACYTARGET_PEROUTPUTENTRY']._serialized_start=690
+  _globals['_ACCURACYTARGET_PEROUTPUTENTRY']._serialized_end=738
+  _globals['_RUNQUERYRESPONSE']._serialized_start=741
+  _globals['_RUNQUERYRESPONSE']._serialized_end=1128
+  _globals['_EXPLAINQUERYREQUEST']._serialized_start=1131
+  _globals['_EXPLAINQUERYREQUEST']._serialized_end=1568
+  _globals['_EXPLAINQUERYREQUEST_WEIGHTSENTRY']._serialized_start=474
+  _globals['_EXPLAINQUERYREQUEST_WEIGHTSENTRY']._serialized_end=520
+  _globals['_EXPLAINQUERYREQUEST_INTERVALSHARESENTRY']._serialized_start=522
+  _globals['_EXPLAINQUERYREQUEST_INTERVALSHARESENTRY']._serialized_end=575
+  _globals['_EXPLAINQUERYRESPONSE']._serialized_start=1571
+  _globals['_EXPLAINQUERYRESPONSE']._serialized_end=1767
+  _globals['_RESULTCOLUMN']._serialized_start=1769
+  _globals['_RESULTCOLUMN']._serialized_end=1877
+  _globals['_ROW']._serialized_start=1879
+  _globals['_ROW']._serialized_end=1925
+  _globals['_CELL']._serialized_start=1928
+  _globals['_CELL']._serialized_end=2173
+  _globals['_NOISEINFO']._serialized_start=2175
+  _globals['_NOISEINFO']._serialized_end=2236
+  _globals['_CONFIDENCEINTERVAL']._serialized_start=2238
+  _globals['_CONFIDENCEINTERVAL']._serialized_end=2303
+  _globals['_QUERYPLANINFO']._serialized_start=2306
+  _globals['_QUERYPLANINFO']._serialized_end=2531
+  _globals['_RELEASECOST']._serialized_start=2534
+  _globals['_RELEASECOST']._serialized_end=2715
+  _globals['_QUERYSERVICE']._serialized_start=2718
+  _globals['_QUERYSERVICE']._serialized_end=2918
 # @@protoc_insertion_point(module_scope)

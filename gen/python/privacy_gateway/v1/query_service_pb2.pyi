@@ -9,8 +9,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunQueryRequest(_message.Message):
-    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "request_id", "weights", "accuracy")
+    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "request_id", "weights", "accuracy", "interval_shares")
     class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class IntervalSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +31,7 @@ class RunQueryRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SHARES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     sql: str
     privacy_loss: _common_pb2.PrivacyLoss
@@ -31,7 +39,8 @@ class RunQueryRequest(_message.Message):
     request_id: str
     weights: _containers.ScalarMap[str, float]
     accuracy: AccuracyTarget
-    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., request_id: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[_Union[AccuracyTarget, _Mapping]] = ...) -> None: ...
+    interval_shares: _containers.ScalarMap[str, float]
+    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., request_id: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[_Union[AccuracyTarget, _Mapping]] = ..., interval_shares: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class AccuracyTarget(_message.Message):
     __slots__ = ("half_width_95", "per_output")
@@ -73,8 +82,15 @@ class RunQueryResponse(_message.Message):
     def __init__(self, columns: _Optional[_Iterable[_Union[ResultColumn, _Mapping]]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., plan: _Optional[_Union[QueryPlanInfo, _Mapping]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., receipt: _Optional[_Union[_receipt_pb2.Receipt, _Mapping]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class ExplainQueryRequest(_message.Message):
-    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "weights", "accuracy")
+    __slots__ = ("dataset", "sql", "privacy_loss", "purpose", "weights", "accuracy", "interval_shares")
     class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class IntervalSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -87,13 +103,15 @@ class ExplainQueryRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SHARES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     sql: str
     privacy_loss: _common_pb2.PrivacyLoss
     purpose: str
     weights: _containers.ScalarMap[str, float]
     accuracy: AccuracyTarget
-    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[_Union[AccuracyTarget, _Mapping]] = ...) -> None: ...
+    interval_shares: _containers.ScalarMap[str, float]
+    def __init__(self, dataset: _Optional[str] = ..., sql: _Optional[str] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., purpose: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[_Union[AccuracyTarget, _Mapping]] = ..., interval_shares: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ExplainQueryResponse(_message.Message):
     __slots__ = ("plan", "privacy_cost", "budget", "affordable")

@@ -1,0 +1,124 @@
+"""zCDP grants in the ledger: exact nano-rho sums, nested member/organisation levels in rho, the data
+owner's epsilon cap counting each release's converted epsilon, and budget status in rho + (eps, delta)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway.budgets import DatasetCapInfo, Governor
+from gateway.errors import PrivacyBudgetExhaustedError
+from gateway.ledger import GrantKey, Ledger, PrivacyLoss, Reservation
+from gateway.periods import Period
+from gateway.policy import parse_policy
+from gateway.state import StateStore
+from sandbox import zcdp
+from tests.governance.test_policy_zcdp import V2
+
+NOW = 1_750_000_000.0
+DELTA = 1e-6
+
+
+def _governor(tmp_path: Path, cap: float | None = None) -> Governor:
+    policy = parse_policy(tomllib.loads(V2), "op.toml")
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    caps = {"registry": DatasetCapInfo(cap, 1e-4, Period("lifetime"))} if cap is not None else {}
+    return Governor(tmp_path / "op.toml", policy, ledger, StateStore(ledger.path), caps, {"registry": "Bureau"})
+
+
+def _cost(rho: float, selection_delta: float = 0.0) -> PrivacyLoss:
+    return PrivacyLoss(zcdp.to_approx_dp(rho, selection_delta, DELTA)[0], selection_delta, rho)
+
+
+def _charge(gv: Governor, who: str, rid: str, rho: float, selection_delta: float = 0.0) -> None:
+    out = gv.reserve(GrantKey(who, "registry", "research"), request_id=rid, fingerprint="fp-" + rid,
+                     cost=_cost(rho, selection_delta), request_units=1, now=NOW)
+    assert isinstance(out, Reservation)
+
+
+def test_rho_sums_exactly_and_the_organisation_level_binds(tmp_path: Path) -> None:
+    """Ten charges of 0.05 fill the organisation's rho 0.5 exactly; the next is refused, nothing charged."""
+    gv = _governor(tmp_path)
+    for i in range(10):
+        _charge(gv, "analyst", f"r{i}", 0.05)
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:
+        _charge(gv, "analyst", "r10", 1e-9)
+    assert info.value.metadata["level"] == "organization"
+    assert "rho" in info.value.message
+    status = gv.budget_status(GrantKey("analyst", "registry", "research"), now=NOW)
+    assert status.spent.rho == 0.5 and status.remaining.rho == 0.0
+    assert status.limiting_level == "organization"
+    # reported as (epsilon, delta) from the total rho: OpenDP's conversion of 0.5, not 10 x eps(0.05)
+    assert (status.spent.epsilon, status.spent.delta) == zcdp.to_approx_dp(0.5, 0.0, DELTA)
+    assert status.spent.epsilon < 10 * zcdp.rho_to_epsilon(0.05, DELTA)
+
+
+def test_member_level_is_in_rho(tmp_path: Path) -> None:
+    gv = _governor(tmp_path)
+    _charge(gv, "intern", "i1", 0.05)
+    _charge(gv, "intern", "i2", 0.05)
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:
+        _charge(gv, "intern", "i3", 0.01)
+    assert info.value.metadata["level"] == "member"
+    assert float(info.value.metadata["remainingRho"]) == 0.0
+    status = gv.budget_status(GrantKey("intern", "registry", "research"), now=NOW)
+    assert (status.budget.rho, status.spent.rho, status.remaining.rho) == (0.1, 0.1, 0.0)
+    # the organisation's level saw the member's charges too
+    _charge(gv, "analyst", "a1", 0.4)
+    with pytest.raises(PrivacyBudgetExhaustedError):
+        _charge(gv, "analyst", "a2", 0.01)
+
+
+def test_selection_delta_is_capped_at_half_the_grant_delta(tmp_path: Path) -> None:
+    gv = _governor(tmp_path)
+    _charge(gv, "analyst", "s1", 0.01, selection_delta=4e-7)
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:
+        _charge(gv, "analyst", "s2", 0.01, selection_delta=2e-7)
+    assert "delta" in info.value.message
+    status = gv.budget_status(GrantKey("analyst", "registry", "research"), now=NOW)
+    assert (status.spent.epsilon, status.spent.delta) == zcdp.to_approx_dp(status.spent.rho, 4e-7, DELTA)
+
+
+def test_data_owner_cap_counts_the_converted_epsilon(tmp_path: Path) -> None:
+    """A cap of epsilon 1.0 holds floor(1 / eps(0.002)) releases of rho 0.002 whatever the rho budget."""
+    gv = _governor(tmp_path, cap=1.0)
+    per = zcdp.rho_to_epsilon(0.002, DELTA)
+    fits = int(1.0 / per)
+    for i in range(fits):
+        _charge(gv, "analyst", f"c{i}", 0.002)
+    status = gv.budget_status(GrantKey("analyst", "registry", "research"), now=NOW)
+    assert status.limiting_level == "dataset_cap"
+    assert status.remaining.rho < 0.002  # what one more request could still spend under the cap
+    assert zcdp.rho_to_epsilon(status.remaining.rho, DELTA) <= 1.0 - fits * per + 1e-9
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:
+        _charge(gv, "analyst", "over", 0.002)
+    assert info.value.metadata["level"] == "dataset_cap"
+
+
+def test_operator_adjusts_a_zcdp_grant_in_rho(tmp_path: Path) -> None:
+    """AdjustGrant's rho and max_rho_per_query apply to a zcdp grant for the next charge, survive a restart
+    of the governor (stored with the other overrides), and epsilon adjustments are refused on it."""
+    from gateway.errors import InvalidArgumentError
+    from gateway.governance import GrantOverride
+
+    gv = _governor(tmp_path)
+    [g] = [g for g in gv.governance.grants if g.zcdp]
+    for i in range(10):
+        _charge(gv, "analyst", f"r{i}", 0.05)
+    with pytest.raises(PrivacyBudgetExhaustedError):
+        _charge(gv, "analyst", "over", 0.05)
+    gv.adjust(g.organization, g.dataset, g.purpose, GrantOverride(rho=0.6), "ops")
+    _charge(gv, "analyst", "after", 0.05)  # 0.55 of the new 0.6
+    status = gv.budget_status(GrantKey("analyst", "registry", "research"), now=NOW)
+    assert status.budget.rho == 0.6 and status.remaining.rho == pytest.approx(0.05)
+    gv.adjust(g.organization, g.dataset, g.purpose, GrantOverride(max_rho_per_query=0.01), "ops")
+    reopened = _governor(tmp_path)  # the same state file: the merged override (rho 0.6, max 0.01) stays
+    [h] = [h for h in reopened.governance.grants if h.zcdp]
+    assert (h.rho, h.max_rho_per_query) == (0.6, 0.01)
+    assert h.epsilon == zcdp.rho_to_epsilon(0.6, h.delta)  # displayed equivalent follows the new rho
+    for bad in (GrantOverride(epsilon=2.0), GrantOverride(rho=h.max_rho_per_query / 2)):
+        with pytest.raises(InvalidArgumentError) as info:
+            reopened.adjust(g.organization, g.dataset, g.purpose, bad, "ops")
+        assert info.value.reason == "INVALID_ADJUSTMENT"
