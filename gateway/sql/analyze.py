@@ -56,12 +56,15 @@ from sandbox.protocol import (
     BOUNDED_KINDS,
     Aggregate,
     AggregateKind,
+    Binary,
     Column,
     ColumnInfo,
     DatasetInfo,
     Expr,
     GroupKey,
+    InList,
     InUnits,
+    Literal,
     OutputColumn,
     PublicJoin,
     QueryPlan,
@@ -233,6 +236,7 @@ class _Analyzer:
                 "NO_AGGREGATE",
                 "the query has no aggregate; ask for COUNT(*), COUNT(col), SUM(col) or AVG(col)",
             )
+        self.keys = [_narrow_domain(k, filter_expr) for k in self.keys]
         seen: set[str] = set()
         for out in self.outputs:
             if fold(out.name) in seen:
@@ -1302,6 +1306,55 @@ def _outer_unit(outer: Scope, node: dict[str, Any]) -> bool:
         return outer.lookup(node).is_unit
     except Exception:
         return False
+
+
+def _filter_conjuncts(e: Expr | None) -> list[Expr]:
+    """The top-level AND operands of a typed filter."""
+    if e is None:
+        return []
+    if isinstance(e, Binary) and e.op.upper() == "AND":
+        return _filter_conjuncts(e.left) + _filter_conjuncts(e.right)
+    return [e]
+
+
+def _narrow_domain(key: GroupKey, where: Expr | None) -> GroupKey:
+    """The key's public domain restricted by the WHERE clause's own literals.
+
+    `WHERE month IN ('2025-01', '2025-02') GROUP BY month` answers those two months only, not every
+    declared month: a domain value the filter excludes can only hold zero rows, so answering it would
+    publish noise about nothing. The narrowing reads the query text and the public domain only (top-level
+    `key = literal` and `key IN (literals)` conjuncts), never the data, and only removes cells.
+
+    Raises:
+        PlanRejectedError (via `reject`): the filter excludes every value of the key.
+    """
+    if key.domain is None:
+        return key
+    allowed: set[Scalar] | None = None
+    for c in _filter_conjuncts(where):
+        values: tuple[Scalar, ...] | None = None
+        if isinstance(c, InList) and not c.negated and c.operand == key.expr:
+            values = tuple(v.value for v in c.values)
+        elif isinstance(c, Binary) and c.op == "=":
+            if c.left == key.expr and isinstance(c.right, Literal):
+                values = (c.right.value,)
+            elif c.right == key.expr and isinstance(c.left, Literal):
+                values = (c.left.value,)
+        if values is None:
+            continue
+        same: set[Scalar] = {d for d in key.domain for v in values
+                if v is not None and isinstance(v, bool) == isinstance(d, bool) and v == d}
+        allowed = same if allowed is None else allowed & same
+    if allowed is None:
+        return key
+    domain = tuple(d for d in key.domain if d in allowed)
+    if not domain:
+        raise reject(
+            "GROUP_KEY_NOT_PUBLIC",
+            f"the WHERE clause excludes every value of the GROUP BY key {key.name}",
+            construct="EMPTY_GROUP_DOMAIN",
+        )
+    return GroupKey(key.name, key.expr, domain)
 
 
 def _conjuncts(where: Any) -> list[Any]:

@@ -108,12 +108,28 @@ def test_avg_and_sum_intervals_are_honest(analyst: Stubs, env: Env) -> None:
 def test_group_by_public_domain_answers_every_value(analyst: Stubs) -> None:
     """GROUP BY a public key answers every declared value, also those no row has."""
     resp = run(analyst, "SELECT month, COUNT(*) AS n FROM social_insurance "
-                        "WHERE month = '2025-03' GROUP BY month", epsilon=1.0)
+                        "WHERE month >= '2025-03' AND month <= '2025-03' GROUP BY month", epsilon=1.0)
     months = [r.cells[0].string_value for r in resp.rows]
     assert months == [f"2025-{m:02d}" for m in range(1, 13)]
     assert resp.plan.group_by_mode == "public_domain"
     assert resp.plan.row_count == 12
     assert all(r.cells[1].HasField("confidence_interval") for r in resp.rows)
+
+
+def test_where_literals_narrow_a_public_domain(analyst: Stubs) -> None:
+    """`key IN (...)` / `key = literal` in the WHERE clause restrict the answered keys to those values (read
+    from the query text, never the data); a filter that excludes every value is refused before running."""
+    resp = run(analyst, "SELECT month, sex, COUNT(*) AS n FROM social_insurance AS s JOIN residents AS r "
+                        "ON s.person_id = r.person_id WHERE s.month IN ('2025-02', '2025-01') AND r.sex = 'F' "
+                        "GROUP BY s.month, r.sex", epsilon=1.0)
+    assert [(r.cells[0].string_value, r.cells[1].string_value) for r in resp.rows] == [
+        ("2025-01", "F"), ("2025-02", "F")]
+    assert resp.plan.row_count == 2
+    with pytest.raises(grpc.RpcError) as info:
+        run(analyst, "SELECT month, COUNT(*) AS n FROM social_insurance WHERE month = '2031-01' GROUP BY month",
+            epsilon=1.0)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "excludes every value of the GROUP BY key month" in (info.value.details() or "")
 
 
 def test_explain_costs_nothing(analyst: Stubs) -> None:
