@@ -520,23 +520,8 @@ def _grants(
         if definition == "approx_dp" and delta <= 0:
             raise r.fail(p + "delta", "must be positive for privacy_definition 'approx_dp'")
         period = parse_period(r.file, p, g)
-        mbs: list[MemberBudget] = []
-        for ident, mb in r.table(g.get("members", {}), p + "members").items():
-            mp = f"{p}members.{ident}."
-            m = members.get(ident)
-            if m is None or m.organization != org:
-                raise r.fail(f"{p}members.{ident}", f"is not a member of organisation {org!r}")
-            if "consumer" not in m.roles:
-                raise r.fail(f"{p}members.{ident}", "has no role 'consumer'")
-            mb = r.table(mb, f"{p}members.{ident}")
-            r.keys(mb, mp, {"epsilon", "delta"})
-            me = r.number(mb["epsilon"], mp + "epsilon", positive=True)
-            md = r.number(mb["delta"], mp + "delta", below_one=True)
-            if me > epsilon:
-                raise r.fail(mp + "epsilon", f"must not exceed the organisation's epsilon {epsilon!r}")
-            if md > delta:
-                raise r.fail(mp + "delta", f"must not exceed the organisation's delta {delta!r}")
-            mbs.append(MemberBudget(ident, me, md))
+        mbs = [MemberBudget(ident, me, md)
+               for ident, me, md in _member_budgets(r, p, g, org, members, "epsilon", epsilon, delta)]
         key = (org, r.name(g["dataset"], p + "dataset"), purpose)
         if key in seen:
             raise r.fail(f"grants[{i}]", f"duplicate grant for {key}")
@@ -555,6 +540,34 @@ def _zcdp_equivalents(g: OrgGrant) -> OrgGrant:
         max_epsilon_per_query=zcdp_equivalent(g.max_rho_per_query, g.delta),
         members=tuple(dataclasses.replace(m, epsilon=zcdp_equivalent(m.rho, m.delta)) for m in g.members),
     )
+
+
+def _member_budgets(
+    r: _R, p: str, g: dict[str, Any], org: str, members: dict[str, Member], measure: str, org_amount: float,
+    org_delta: float,
+) -> list[tuple[str, float, float]]:
+    """A grant's `members` table: (identity, amount in `measure`, delta) for each consumer member of `org`,
+    each within the organisation's amount and delta (zCDP members need a positive delta, like their grant)."""
+    out = []
+    for ident, mb in r.table(g.get("members", {}), p + "members").items():
+        mp = f"{p}members.{ident}."
+        m = members.get(ident)
+        if m is None or m.organization != org:
+            raise r.fail(f"{p}members.{ident}", f"is not a member of organisation {org!r}")
+        if "consumer" not in m.roles:
+            raise r.fail(f"{p}members.{ident}", "has no role 'consumer'")
+        mb = r.table(mb, f"{p}members.{ident}")
+        r.keys(mb, mp, {measure, "delta"})
+        amount = r.number(mb[measure], mp + measure, positive=True)
+        md = r.number(mb["delta"], mp + "delta", below_one=True)
+        if amount > org_amount:
+            raise r.fail(mp + measure, f"must not exceed the organisation's {measure} {org_amount!r}")
+        if md > org_delta:
+            raise r.fail(mp + "delta", f"must not exceed the organisation's delta {org_delta!r}")
+        if measure == "rho" and md <= 0:
+            raise r.fail(mp + "delta", "must be positive for privacy_definition 'zcdp'")
+        out.append((ident, amount, md))
+    return out
 
 
 def _zcdp_grant(
@@ -579,25 +592,8 @@ def _zcdp_grant(
     if max_rho > rho:
         raise r.fail(p + "max_rho_per_query", "must not exceed rho")
     period = parse_period(r.file, p, g)
-    mbs: list[MemberBudget] = []
-    for ident, mb in r.table(g.get("members", {}), p + "members").items():
-        mp = f"{p}members.{ident}."
-        m = members.get(ident)
-        if m is None or m.organization != org:
-            raise r.fail(f"{p}members.{ident}", f"is not a member of organisation {org!r}")
-        if "consumer" not in m.roles:
-            raise r.fail(f"{p}members.{ident}", "has no role 'consumer'")
-        mb = r.table(mb, f"{p}members.{ident}")
-        r.keys(mb, mp, {"rho", "delta"})
-        mr = r.number(mb["rho"], mp + "rho", positive=True)
-        md = r.number(mb["delta"], mp + "delta", below_one=True)
-        if mr > rho:
-            raise r.fail(mp + "rho", f"must not exceed the organisation's rho {rho!r}")
-        if md > delta:
-            raise r.fail(mp + "delta", f"must not exceed the organisation's delta {delta!r}")
-        if md <= 0:
-            raise r.fail(mp + "delta", "must be positive for privacy_definition 'zcdp'")
-        mbs.append(MemberBudget(ident, 0.0, md, mr))
+    mbs = [MemberBudget(ident, 0.0, md, mr)
+           for ident, mr, md in _member_budgets(r, p, g, org, members, "rho", rho, delta)]
     key = (org, r.name(g["dataset"], p + "dataset"), purpose)
     if key in seen:
         raise r.fail(f"grants[{i}]", f"duplicate grant for {key}")

@@ -21,9 +21,10 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
@@ -285,6 +286,24 @@ def _replayed(prior: PriorRelease) -> q_pb.RunQueryResponse:
     return replay
 
 
+_T = TypeVar("_T")
+
+
+def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
+    """Run a pricing function; a delta too small for partition selection is the caller's error, any other
+    refusal at this point is ours (the plan was already validated)."""
+    try:
+        return price()
+    except PlanRejectedError as exc:
+        if plan.partition_selection and "delta" in str(exc):
+            raise InvalidArgumentError(
+                "privacy_loss.delta is too small for partition selection",
+                reason="INVALID_PRIVACY_LOSS",
+                field="privacy_loss.delta",
+            ) from exc
+        raise GatewayInternalError("the query could not be priced") from exc  # our bug
+
+
 class QueryService:
     """The gateway's query logic, independent of gRPC."""
 
@@ -393,16 +412,7 @@ class QueryService:
                     field="privacy_loss.delta",
                 )
             delta = req.delta
-        try:
-            costs = self.plans.price(plan, info, epsilon, delta)  # memoized: pure in its arguments
-        except PlanRejectedError as exc:
-            if plan.partition_selection and "delta" in str(exc):
-                raise InvalidArgumentError(
-                    "privacy_loss.delta is too small for partition selection",
-                    reason="INVALID_PRIVACY_LOSS",
-                    field="privacy_loss.delta",
-                ) from exc
-            raise GatewayInternalError("the query could not be priced") from exc  # our bug
+        costs = _priced(plan, lambda: self.plans.price(plan, info, epsilon, delta))  # memoized: pure
         total = mechanisms.total_epsilon(costs)
         total_delta = mechanisms.total_delta(costs)
         if total > epsilon or total_delta > delta:  # Tumult's re-check: never charge more than allowed
@@ -476,16 +486,7 @@ class QueryService:
                     field="privacy_loss.delta",
                 )
             delta = req.delta
-        try:
-            costs = zcdp.price(plan, info, rho, delta)
-        except PlanRejectedError as exc:
-            if plan.partition_selection and "delta" in str(exc):
-                raise InvalidArgumentError(
-                    "privacy_loss.delta is too small for partition selection",
-                    reason="INVALID_PRIVACY_LOSS",
-                    field="privacy_loss.delta",
-                ) from exc
-            raise GatewayInternalError("the query could not be priced") from exc  # our bug
+        costs = _priced(plan, lambda: zcdp.price(plan, info, rho, delta))
         total_rho = zcdp.total_rho(costs)
         total_delta = mechanisms.total_delta(costs)
         if total_rho > rho or total_delta > delta:  # Tumult's re-check: never charge more than allowed
