@@ -357,7 +357,7 @@ def mechanism_name(integer: bool) -> str:
     return DISCRETE_LAPLACE if integer else LAPLACE
 
 
-@functools.cache  # built once: calibrate_threshold constructs about 40 measurements on it
+@functools.cache  # built once: calibrate_threshold constructs several measurements on it
 def threshold_space() -> tuple[Any, Any]:
     """Input space of partition selection: map of key (JSON text) -> exact i64 count, l01inf."""
     return (
@@ -375,7 +375,7 @@ def calibrate_threshold(k: int, epsilon: float, delta: float) -> tuple[float, in
     """Scale and smallest threshold of the Laplace threshold mechanism at d_in = (k, k, k).
 
     The scale is the smallest whose map has epsilon <= `epsilon`; the threshold the smallest integer
-    (>= k) whose map has delta <= `delta` (binary search over OpenDP's own map; delta decreases with the
+    (>= k) whose map has delta <= `delta` (a galloping search over OpenDP's own map; delta decreases with the
     threshold). Returns (scale, threshold, map epsilon, map delta).
 
     Raises:
@@ -399,17 +399,50 @@ def calibrate_threshold(k: int, epsilon: float, delta: float) -> tuple[float, in
         e, d = make_threshold(scale, t).map(d_in)  # type: ignore[no-untyped-call]
         return float(e), float(d)
 
-    lo, hi = k, MAX_THRESHOLD
-    if cost(hi)[1] > delta:
+    if cost(MAX_THRESHOLD)[1] > delta:
         raise PlanRejectedError("delta is too small for partition selection")
-    while lo < hi:  # smallest t in [k, MAX] with delta(t) <= delta
+    # delta(t) falls roughly like exp(-(t - k) / scale): start there, then gallop and bisect on OpenDP's
+    # own map (about 6 maps instead of the 40 of a bisection over [k, 2^40]; the same smallest t).
+    guess = k + math.ceil(scale * math.log(1 / delta))
+    t = smallest_true(lambda t: cost(t)[1] <= delta, k, MAX_THRESHOLD, guess)
+    e, d = cost(t)
+    return scale, t, e, d
+
+
+def smallest_true(pred: Callable[[int], bool], lo: int, hi: int, guess: int) -> int:
+    """The smallest t in [lo, hi] with `pred(t)`, for a monotone `pred` (False, then True) with `pred(hi)`.
+
+    Gallops from `guess` (doubling steps) to bracket the change, then bisects the bracket: the answer
+    does not depend on the guess, only the number of calls does (O(log |answer - guess|)).
+    """
+    t = min(max(guess, lo), hi)
+    step = 1
+    if pred(t):
+        true_at = t
+        while true_at > lo:
+            cand = max(true_at - step, lo)
+            if not pred(cand):
+                lo = cand + 1
+                break
+            true_at, step = cand, step * 2
+        else:
+            return lo
+        hi = true_at
+    else:
+        false_at = t
+        while True:
+            cand = min(false_at + step, hi)
+            if pred(cand):
+                break
+            false_at, step = cand, step * 2
+        lo, hi = false_at + 1, cand
+    while lo < hi:
         mid = (lo + hi) // 2
-        if cost(mid)[1] <= delta:
+        if pred(mid):
             hi = mid
         else:
             lo = mid + 1
-    e, d = cost(lo)
-    return scale, lo, e, d
+    return lo
 
 
 def release_threshold(cost: ReleaseCost, counts: dict[str, int]) -> dict[str, int]:

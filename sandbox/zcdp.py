@@ -155,17 +155,13 @@ def calibrate_gaussian_threshold(k: int, rho: float, delta: float) -> tuple[floa
         r, d = gaussian_threshold(scale, t).map(d_in)  # type: ignore[no-untyped-call]
         return float(r), float(d)
 
-    lo, hi = k, MAX_THRESHOLD
-    if cost(hi)[1] > delta:
+    if cost(MAX_THRESHOLD)[1] > delta:
         raise PlanRejectedError("delta is too small for partition selection")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cost(mid)[1] <= delta:
-            hi = mid
-        else:
-            lo = mid + 1
-    r, d = cost(lo)
-    return scale, lo, r, d
+    # Gaussian tails: delta(t) falls roughly like exp(-((t - k) / scale)^2 / 2); gallop from there.
+    guess = k + math.ceil(scale * math.sqrt(2 * math.log(1 / delta)))
+    t = mechanisms.smallest_true(lambda t: cost(t)[1] <= delta, k, MAX_THRESHOLD, guess)
+    r, d = cost(t)
+    return scale, t, r, d
 
 
 def release_threshold(cost: ReleaseCost, counts: dict[str, int]) -> dict[str, int]:

@@ -175,3 +175,29 @@ def test_noisy_average_within_bounds() -> None:
     assert 0.0 <= v.ci_lower <= v.value <= v.ci_upper <= 2.5
     v = mechanisms.noisy_average(s, c, noisy_sum=5.0, noisy_count=-2.0, lower=0.0, upper=2.5)
     assert (v.ci_lower, v.ci_upper) == (0.0, 2.5)
+
+
+def test_smallest_true_finds_the_same_t_as_a_bisection_from_any_guess() -> None:
+    """The galloping search returns the bisection's answer whatever the guess (only its cost differs)."""
+    from sandbox.mechanisms import smallest_true
+
+    for answer in (0, 1, 2, 7, 100, 1023, 1024, 5000):
+        for guess in (-5, 0, 1, answer - 3, answer, answer + 1, answer + 17, 10**6, 2**40):
+            assert smallest_true(lambda t, a=answer: t >= a, 0, 2**40, guess) == answer  # type: ignore[misc]
+        calls: list[int] = []
+        assert smallest_true(lambda t, a=answer, c=calls: c.append(t) is None and t >= a,  # type: ignore[misc]
+                             0, 2**40, answer + 2) == answer
+        assert len(calls) <= 5  # a near guess costs a handful of maps, not the 40 of a full bisection
+    assert smallest_true(lambda t: True, 5, 9, 7) == 5
+
+
+@pytest.mark.parametrize("k,epsilon,delta", [(1, 1.0, 1e-6), (12, 0.3, 1e-9), (3, 5.0, 1e-3), (1, 0.05, 1e-12)])
+def test_threshold_calibration_is_the_smallest_threshold_opendp_allows(k: int, epsilon: float, delta: float) -> None:
+    """The threshold is the smallest t whose OpenDP map has delta <= the request's (checked at t and t - 1)."""
+    from sandbox.mechanisms import calibrate_threshold, make_threshold
+
+    scale, t, e, d = calibrate_threshold(k, epsilon, delta)
+    assert e <= epsilon and d <= delta
+    assert float(make_threshold(scale, t).map((k, k, k))[1]) == d
+    if t > k:
+        assert float(make_threshold(scale, t - 1).map((k, k, k))[1]) > delta
