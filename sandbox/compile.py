@@ -99,6 +99,14 @@ class QuantileQuery:
     exact: bool = False
 
 
+def avg_centre(lo: float, hi: float, integer: bool) -> float:
+    """The centre AVG's sum is taken around: sum(x - c) has sensitivity K * max(c - lo, hi - c), half the
+    range instead of max(|lo|, |hi|), and the count's noise then only moves the mean by |mean - c| <= half
+    the range. Integer arguments keep an integer centre so the sum stays exact and discrete."""
+    c = (lo + hi) / 2
+    return float(math.floor(c)) if integer else c
+
+
 def quantile_candidates(lower: float, upper: float, integer: bool) -> tuple[float, ...]:
     """The candidate grid of a quantile over [lower, upper]: every integer when the expression is
     integer and the range holds at most 1024 of them, otherwise 1024 evenly spaced points (L and U
@@ -569,11 +577,15 @@ def compile_plan(
             comps.extend([(i, "count"), (i, "sum"), (i, "sumsq")])
             continue
         total = "sum" if integer else "fsum"
+        if agg.kind is AggregateKind.AVG:  # a centred sum and a count (see avg_centre)
+            centre = avg_centre(lo, hi, integer)
+            shifted = f"({value} - {render_literal(int(centre) if integer else centre)})"
+            select.append(f"coalesce({total}({shifted}), 0)")
+            select.append(f"count({value})")
+            comps.extend([(i, "sum"), (i, "count")])
+            continue
         select.append(f"coalesce({total}({value}), 0)")
         comps.append((i, "sum"))
-        if agg.kind is AggregateKind.AVG:
-            select.append(f"count({value})")
-            comps.append((i, "count"))
     frm = quote_ident(sql_table) if plan.source is None else c.source(plan.source)
     source = f" FROM {frm}"
     if where:

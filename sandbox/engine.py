@@ -25,7 +25,7 @@ import duckdb
 from sandbox import mechanisms, quantiles, zcdp
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
-from sandbox.compile import CompiledPlan, QuantileQuery, compile_plan, quote_ident, render_literal
+from sandbox.compile import CompiledPlan, QuantileQuery, avg_centre, compile_plan, quote_ident, render_literal
 from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
@@ -525,7 +525,7 @@ class Engine:
         if agg.kind is AggregateKind.QUANTILE:
             return released[i][n]
         if agg.kind is AggregateKind.AVG:
-            lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)
+            lo, hi, integer = mechanisms.aggregate_bounds(agg, rel)
             return mechanisms.noisy_average(
                 by_comp[(i, "sum")],
                 by_comp[(i, "count")],
@@ -533,6 +533,7 @@ class Engine:
                 float(noisy[(i, "count")][n]),
                 lo,
                 hi,
+                avg_centre(lo, hi, integer),
             )
         if agg.kind in VARIANCE_KINDS:
             lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)

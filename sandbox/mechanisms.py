@@ -26,7 +26,8 @@ joined or derived) expression through that relation. Per aggregate kind:
 * COUNT(*), COUNT(expr): one count, L1 sensitivity K.
 * COUNT(DISTINCT unit): one count of units per cell, L1 sensitivity min(K, cells) (a unit adds at most
   1 to each cell it has rows in, and has rows in at most K cells).
-* SUM(expr): one sum, K * max(|L|, |U|). AVG: sum + count, half the share each.
+* SUM(expr): one sum, K * max(|L|, |U|). AVG: a sum of (x - c) around the centre c of [L, U]
+  (`avg_centre`), sensitivity K * max(c - L, U - c), and a count, half the share each.
 * VAR/STDDEV: count, sum of z and sum of z^2 with z = (x - (L+U)/2) / ((U-L)/2) in [-1, 1]; each has
   sensitivity K and a third of the share; the variance is post-processing.
 * QUANTILE (MEDIAN, QUANTILE_CONT/DISC, PERCENTILE_*, MIN = alpha 0, MAX = alpha 1): the point is
@@ -55,7 +56,7 @@ from typing import Any
 import opendp.prelude as dp
 
 from sandbox import bounds, quantiles
-from sandbox.compile import quantile_candidates
+from sandbox.compile import avg_centre, quantile_candidates
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
     BOUNDED_KINDS,
@@ -197,8 +198,9 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
         bound = max(abs(lo), abs(hi))
         if agg.kind is AggregateKind.SUM:
             out.append(Component(i, "sum", integer, k * bound, share))
-        else:  # AVG: a noisy sum and a noisy count, each with half of the aggregate's share
-            out.append(Component(i, "sum", integer, k * bound, share / 2))
+        else:  # AVG: a noisy centred sum and a noisy count, each with half of the aggregate's share
+            centre = avg_centre(lo, hi, integer)
+            out.append(Component(i, "sum", integer, k * max(centre - lo, hi - centre), share / 2))
             out.append(Component(i, "count", True, float(k), share / 2))
     return tuple(out)
 
@@ -632,14 +634,16 @@ def noisy_average(
     noisy_count: float,
     lower: float,
     upper: float,
+    centre: float = 0.0,
 ) -> NoisyValue:
-    """AVG as post-processing of a noisy sum and a noisy count, with an honest 95% interval.
+    """AVG as post-processing of a noisy sum of (x - centre) and a noisy count, with an honest 95% interval.
 
     The interval: with probability at least 97.5% each, the true sum lies in noisy_sum +- a_s and the true
     count in noisy_count +- a_c (OpenDP accuracy at alpha = 0.025); by the union bound both hold with
     probability at least 95%, and then the true average lies in the range of s/c over that box,
     intersected with [lower, upper]. If the count box reaches zero the interval is [lower, upper].
-    The point estimate is noisy_sum / max(noisy_count, 1), clamped to [lower, upper].
+    The point estimate is centre + noisy_sum / max(noisy_count, 1), clamped to [lower, upper]. (The sum
+    is centred, `avg_centre`, so the count's noise moves the mean by at most half the range.)
     """
     a_s = half_width(sum_cost, ALPHA / 2)
     a_c = half_width(count_cost, ALPHA / 2)
@@ -648,14 +652,14 @@ def noisy_average(
     if c_lo < 1.0:
         lo, hi = lower, upper
     else:
-        candidates = [s_lo / c_lo, s_lo / c_hi, s_hi / c_lo, s_hi / c_hi]
+        candidates = [centre + s / n for s in (s_lo, s_hi) for n in (c_lo, c_hi)]
         lo, hi = max(lower, min(candidates)), min(upper, max(candidates))
         if lo > hi:  # the box lies outside the bounds entirely; the bounds still hold the truth
             lo, hi = lower, upper
-    value = min(max(noisy_sum / max(noisy_count, 1.0), lower), upper)
-    # Delta-method standard deviation of s/c, for information; the interval above is the guarantee.
+    value = min(max(centre + noisy_sum / max(noisy_count, 1.0), lower), upper)
+    # Delta-method standard deviation of c + s/n, for information; the interval above is the guarantee.
     c = max(noisy_count, 1.0)
-    sd = math.sqrt((stddev(sum_cost) / c) ** 2 + (value * stddev(count_cost) / c) ** 2)
+    sd = math.sqrt((stddev(sum_cost) / c) ** 2 + ((value - centre) * stddev(count_cost) / c) ** 2)
     return NoisyValue(
         value=float(value),
         mechanism=f"{sum_cost.mechanism}/{count_cost.mechanism}",

@@ -105,7 +105,7 @@ def test_known_plan_sql() -> None:
     )
     assert _compile(plan) == (
         'SELECT "region", count(*), coalesce(sum("income"), 0), '
-        'coalesce(fsum("score"), 0), count("score"), count("free") FROM "d__people" '
+        'coalesce(fsum(("score" - CAST(0.0 AS DOUBLE))), 0), count("score"), count("free") FROM "d__people" '
         'WHERE ((CAST("income" AS DOUBLE) * CAST(2 AS DOUBLE)) > CAST(-1.5 AS DOUBLE)) '
         'GROUP BY "region"'
     )

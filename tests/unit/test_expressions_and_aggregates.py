@@ -186,8 +186,9 @@ def test_cast_is_always_try_cast_and_sums_are_clamped() -> None:
     assert "TRY_CAST" in compiled.sql and " CAST(\"s\"" not in compiled.sql
     con = _con()
     check_select(con, compiled.sql, {"d__t"})
-    # s: 'a','b','xyz' -> NULL; '12' -> 12 clamped to 10. x: 1.0, inf->4, -1e300->-2, NaN/NULL skipped
-    assert con.execute(compiled.sql).fetchall() == [(10.0, 3.0, 3)]
+    # s: 'a','b','xyz' -> NULL; '12' -> 12 clamped to 10. x: 1.0, inf->4, -1e300->-2, NaN/NULL skipped;
+    # AVG sums x - 1 (the centre of x's bounds [-2, 4]): 0 + 3 - 3
+    assert con.execute(compiled.sql).fetchall() == [(10.0, 0.0, 3)]
 
 
 def test_plan_bounds_must_match_the_sandbox_catalog() -> None:
