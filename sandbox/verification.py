@@ -39,11 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import threading
-import time
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +78,7 @@ from sandbox.verification_protocol import (
     VerifyClaimsResult,
     subject_problems,
 )
+from sandbox.watchdog import Watchdog
 
 log = logging.getLogger("sandbox.verification")
 
@@ -528,49 +525,7 @@ def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> tuple[_Compile
 # ---------------------------------------------------------------------------------------------------
 
 
-class _Watchdog:
-    """One thread interrupts every registered cursor whose deadline has passed, every 50 ms until the
-    statement returns (an interrupt that arrives while DuckDB is still binding can be lost).
-
-    Shared by all checks: registering is a dict insert under a lock, where a watchdog thread per check
-    cost about 1 ms of a single check's 3.5 ms on a loaded 2-core machine (thread start handshakes).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._cursors: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
-        self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def guard(self, cur: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[None]:
-        """Interrupt `cur` from `timeout_s` seconds on, until the body returns."""
-        key = next(self._ids)
-        with self._cond:
-            self._cursors[key] = (time.monotonic() + timeout_s, cur)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="verification-watchdog", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                del self._cursors[key]
-
-    def _loop(self) -> None:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                due = [cur for deadline, cur in self._cursors.values() if deadline <= now]
-                for cur in due:
-                    with suppress(duckdb.Error):  # closed meanwhile
-                        cur.interrupt()
-                upcoming = [deadline - now for deadline, _ in self._cursors.values() if deadline > now]
-                self._cond.wait(0.05 if due else min(upcoming, default=None))
-
-
-_WATCHDOG = _Watchdog()
+_WATCHDOG = Watchdog()  # one thread for every check (sandbox/watchdog.py; a thread per check cost ~1 ms)
 
 
 class Verifier:
@@ -658,7 +613,7 @@ class Verifier:
 
     def _run(self, cur: duckdb.DuckDBPyConnection, sql: str,
              params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with _WATCHDOG.guard(cur, self._timeout_s):
+        with _WATCHDOG.watch(cur, self._timeout_s):
             return cur.execute(sql, params).fetchall() if params else cur.execute(sql).fetchall()
 
     def _single(self, c: _Compiled, req: VerifyClaimsRequest) -> list[tuple[Any, ...]]:
