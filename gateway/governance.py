@@ -504,12 +504,7 @@ def _grants(
             continue
         r.keys(g, p, {"organization", "dataset", "purpose", "privacy_definition", "epsilon", "delta",
                       "max_epsilon_per_query", "period"}, {"window_days", "members", "description"})
-        org = r.name(g["organization"], p + "organization")
-        if org not in orgs:
-            raise r.fail(p + "organization", f"unknown organisation {org!r}")
-        purpose = r.name(g["purpose"], p + "purpose")
-        if purpose not in purposes:
-            raise r.fail(p + "purpose", f"undeclared purpose {purpose!r} (declare it under [purposes])")
+        org, purpose = _grant_scope(r, p, g, orgs, purposes)
         epsilon = r.number(g["epsilon"], p + "epsilon", positive=True)
         delta = r.number(g["delta"], p + "delta", below_one=True)
         max_q = r.number(g["max_epsilon_per_query"], p + "max_epsilon_per_query", positive=True)
@@ -540,6 +535,19 @@ def _zcdp_equivalents(g: OrgGrant) -> OrgGrant:
         max_epsilon_per_query=zcdp_equivalent(g.max_rho_per_query, g.delta),
         members=tuple(dataclasses.replace(m, epsilon=zcdp_equivalent(m.rho, m.delta)) for m in g.members),
     )
+
+
+def _grant_scope(
+    r: _R, p: str, g: dict[str, Any], orgs: dict[str, Organization], purposes: dict[str, Purpose]
+) -> tuple[str, str]:
+    """A grant's organisation and purpose, each declared in the policy."""
+    org = r.name(g["organization"], p + "organization")
+    if org not in orgs:
+        raise r.fail(p + "organization", f"unknown organisation {org!r}")
+    purpose = r.name(g["purpose"], p + "purpose")
+    if purpose not in purposes:
+        raise r.fail(p + "purpose", f"undeclared purpose {purpose!r} (declare it under [purposes])")
+    return org, purpose
 
 
 def _member_budgets(
@@ -577,12 +585,7 @@ def _zcdp_grant(
     """One zCDP grant: rho, delta (> 0: the delta spending is reported at), max_rho_per_query, period."""
     r.keys(g, p, {"organization", "dataset", "purpose", "privacy_definition", "rho", "delta",
                   "max_rho_per_query", "period"}, {"window_days", "members", "description"})
-    org = r.name(g["organization"], p + "organization")
-    if org not in orgs:
-        raise r.fail(p + "organization", f"unknown organisation {org!r}")
-    purpose = r.name(g["purpose"], p + "purpose")
-    if purpose not in purposes:
-        raise r.fail(p + "purpose", f"undeclared purpose {purpose!r} (declare it under [purposes])")
+    org, purpose = _grant_scope(r, p, g, orgs, purposes)
     rho = r.number(g["rho"], p + "rho", positive=True)
     delta = r.number(g["delta"], p + "delta", below_one=True)
     if delta <= 0:
