@@ -275,17 +275,30 @@ class Governor:
         """Every level's spending this period."""
         now = self.clock() if now is None else now
         _g, m, limits = self.levels_for(key, now)
-        out = []
-        for lim, period in limits:
-            e, d, r = self.ledger.window_spent(lim, key, m.organization)
-            out.append(Level(lim, period, e, d, r))
-        return out
+        return self._levels(key, m, limits)
 
-    def budget_status(self, key: GrantKey, now: float | None = None) -> common_pb.BudgetStatus:
-        """A member's budget status with the period and when it refreshes."""
+    def _levels(
+        self, key: GrantKey, m: Member, limits: list[tuple[BudgetLimit, Period]],
+        units: tuple[tuple[int, int, int], ...] = (),
+    ) -> list[Level]:
+        if len(units) == len(limits):  # read by the reservation's own transaction
+            return [Level(lim, period, *u) for (lim, period), u in zip(limits, units, strict=True)]
+        return [Level(lim, period, *self.ledger.window_spent(lim, key, m.organization)) for lim, period in limits]
+
+    def budget_status(
+        self, key: GrantKey, now: float | None = None, *, after: Reservation | None = None
+    ) -> common_pb.BudgetStatus:
+        """A member's budget status with the period and when it refreshes.
+
+        With `after` (this member's reservation, just made): the status right after that charge, from
+        the spending its transaction read (no second read of the ledger), at the reservation's time.
+        """
+        units: tuple[tuple[int, int, int], ...] = ()
+        if after is not None and after.at is not None:
+            now, units = after.at, after.level_units
         now = self.clock() if now is None else now
-        g, m, _ = self.levels_for(key, now)
-        levels = self.levels(key, now)
+        g, m, limits = self.levels_for(key, now)
+        levels = self._levels(key, m, limits, units)
         shown = levels[0]  # the member's own budget if any, else the organisation's
         if g.zcdp:
             return self._zcdp_status(key, g, m, levels, now)

@@ -8,6 +8,7 @@ form; the lead may pass the analyzer's canonical text instead, and receipts reco
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 __all__ = ["normalize_sql", "query_digest", "release_digest", "sha256_hex"]
@@ -18,6 +19,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@functools.lru_cache(maxsize=256)  # pure; a request normalizes its text twice (receipt and audit entry)
 def normalize_sql(sql: str) -> str:
     """SQL with comments removed and runs of whitespace outside quotes collapsed to one space.
 

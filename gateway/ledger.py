@@ -165,6 +165,13 @@ class GrantKey:
     purpose: str
 
 
+def pure_to_rho_units(epsilon_units: int) -> int:
+    """The zCDP cost, in rho units rounded up, of a pure-DP charge of `epsilon_units`: rho = epsilon^2 / 2,
+    the map of OpenDP's `make_pureDP_to_zCDP` (exact integer arithmetic; a unit test checks it against
+    OpenDP)."""
+    return -(-epsilon_units * epsilon_units * RHO_UNITS // (2 * EPSILON_UNITS * EPSILON_UNITS))
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """A fresh charge, committed (and durable, unless reserved with ``durable=False``: then durable with
@@ -175,12 +182,18 @@ class Reservation:
         key: The grant the charge was made against.
         cost: The privacy loss charged.
         spent_after: The total spent on ``key`` including this charge.
+        level_units: For a nested reservation: per limit (in the order given), the exact (epsilon,
+            delta, rho) units spent in its window including this charge, read in the charging
+            transaction (so the budget status of the answer needs no second read).
+        at: For a nested reservation: the time its windows were taken at.
     """
 
     request_id: str
     key: GrantKey
     cost: PrivacyLoss
     spent_after: PrivacyLoss
+    level_units: tuple[tuple[int, int, int], ...] = ()
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,8 +584,10 @@ class Ledger:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
+            after: list[tuple[int, int, int]] = []
             for limit in limits:
                 spent_eps, spent_delta, spent_rho = self._window_units(conn, limit, key, metering.organization)
+                after.append((spent_eps + cost_eps, spent_delta + cost_delta, spent_rho + cost_rho))
                 budget_delta = to_units(limit.budget.delta, DELTA_UNITS, up=False)
                 if limit.measure == "rho":  # a zCDP grant's level: rho and partition selection's delta
                     spent_m, cost_m = spent_rho, cost_rho
@@ -605,7 +620,7 @@ class Ledger:
                 " DO UPDATE SET epsilon = excluded.epsilon, delta = excluded.delta",
                 (key.consumer, key.dataset, key.purpose, new_epsilon, new_delta),
             )
-        return Reservation(request_id, key, cost, PrivacyLoss(new_epsilon, new_delta))
+        return Reservation(request_id, key, cost, PrivacyLoss(new_epsilon, new_delta), tuple(after), now)
 
     def window_spent(self, limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[int, int, int]:
         """Exact (epsilon units, delta units, rho units) charged in ``limit``'s window at its level."""
@@ -687,7 +702,22 @@ class Ledger:
             f" coalesce(sum(rho_units), 0) FROM charges WHERE {where}",
             args,
         ).fetchone()
-        return int(eps), int(delta), int(rho)
+        rho = int(rho)
+        if limit.measure == "rho":
+            # Pure-DP charges in a zCDP level's window (made before the operator switched the grant to
+            # zcdp) count too: an epsilon-DP release is (epsilon^2 / 2)-zCDP (OpenDP's
+            # make_pureDP_to_zCDP, BS16 Prop. 1.4). An approximate-DP charge (epsilon, delta > 0) has no
+            # such conversion in OpenDP, so while one is in the window the level counts as spent.
+            for e_units, d_units in conn.execute(
+                f"SELECT epsilon_units, delta_units FROM charges WHERE {where}"
+                " AND rho_units = 0 AND epsilon_units > 0",
+                args,
+            ):
+                if int(d_units) > 0:
+                    rho = max(rho, to_units(limit.budget.rho, RHO_UNITS, up=False))
+                    break
+                rho += pure_to_rho_units(int(e_units))
+        return int(eps), int(delta), rho
 
     # -- end issue-gov ---------------------------------------------------------------------------
 

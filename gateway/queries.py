@@ -266,7 +266,7 @@ def solve_for_accuracy(
                 reason="INVALID_ACCURACY_TARGET", field="accuracy")
         if zcdp_grant:  # a hair below OpenDP's scale, so calibration's upward nudges stay within the target
             scale = zcdp.accuracy_to_scale(c.integer, wanted[c.aggregate_index]) * (1 - 1e-9)
-            cost = c.sensitivity**2 / (2 * scale**2)
+            cost = c.l2**2 / (2 * scale**2)
         else:
             scale = mechanisms.accuracy_to_scale(c.integer, wanted[c.aggregate_index])
             cost = c.sensitivity / scale
@@ -561,7 +561,7 @@ class QueryService:
                 hit = q_pb.RunQueryResponse.FromString(cached)
                 hit.cached = True
                 hit.request_id = request_id
-                hit.budget.CopyFrom(self._budget_after(priced, key, prior.spent_after))
+                hit.budget.CopyFrom(self._budget_after(priced, key, prior))
                 hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
                 self._sign(req, hit)
                 self._complete(key, request_id, req, hit.SerializeToString(deterministic=True), epsilon=0.0)
@@ -579,7 +579,7 @@ class QueryService:
                 plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
                 privacy_cost=priced.reported_cost,
                 budget=(
-                    self._budget_after(priced, key, outcome.spent_after)
+                    self._budget_after(priced, key, outcome)
                 ),
                 request_id=request_id,
                 dataset_version=result.dataset_version,
@@ -659,10 +659,10 @@ class QueryService:
             key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget, durable=False
         )
 
-    def _budget_after(self, priced: PricedQuery, key: GrantKey, spent: PrivacyLoss) -> common_pb.BudgetStatus:
+    def _budget_after(self, priced: PricedQuery, key: GrantKey, reservation: Reservation) -> common_pb.BudgetStatus:
         if self.governor is not None:
-            return self.governor.budget_status(key)
-        return convert.budget_status(priced.grant, spent)
+            return self.governor.budget_status(key, after=reservation)
+        return convert.budget_status(priced.grant, reservation.spent_after)
 
     def _sign(self, req: QueryRequest, response: q_pb.RunQueryResponse) -> None:
         """Attach the signed receipt (before the release is stored, so a replay returns the same one)."""

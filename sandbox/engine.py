@@ -98,6 +98,22 @@ def data_version(ds: DatasetSpec, key: bytes) -> str:
     return keyed_digest(key, h.digest())[:16]
 
 
+def _narrow_int(lo: int, hi: int) -> str:
+    """The narrowest DuckDB integer type holding a clamped column, and every difference of two values.
+
+    A bounded integer column is stored in SMALLINT or INTEGER when its clamped values (and x - y for
+    any two of them, as AVG's centred sum computes `x - c` in the column's type) fit: scans read a
+    half or a quarter of the bytes (10M incomes: SUM 7.6 -> 5.8 ms). Sums still come back exact
+    (DuckDB sums INTEGER into HUGEINT), and arithmetic in expressions runs in DOUBLE
+    (`sandbox.compile`), so no query can overflow the narrower type.
+    """
+    for name, bits in (("SMALLINT", 16), ("INTEGER", 32)):
+        top = 2 ** (bits - 1) - 1
+        if -top <= lo and hi <= top and hi - lo <= top:
+            return name
+    return "BIGINT"
+
+
 def _stored(c: ColumnInfo) -> str:
     """How a column is stored at load: cast to its type, clamped to its declared bounds, NaN as NULL.
 
@@ -109,8 +125,9 @@ def _stored(c: ColumnInfo) -> str:
     q = quote_ident(c.name)
     if c.type == "int64" and c.lower is not None and c.upper is not None:
         lo, hi = math.ceil(c.lower), math.floor(c.upper)
-        return (f"(CASE WHEN {q} IS NULL THEN NULL ELSE least(greatest(CAST({q} AS BIGINT), "
-                f"CAST({lo} AS BIGINT)), CAST({hi} AS BIGINT)) END)")
+        clamped = (f"(CASE WHEN {q} IS NULL THEN NULL ELSE least(greatest(CAST({q} AS BIGINT), "
+                   f"CAST({lo} AS BIGINT)), CAST({hi} AS BIGINT)) END)")
+        return f"CAST({clamped} AS {_narrow_int(lo, hi)})"
     if c.type == "float64":
         v = f"CAST({q} AS DOUBLE)"
         if c.lower is not None and c.upper is not None:

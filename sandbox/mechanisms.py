@@ -105,6 +105,14 @@ class Component:
     candidates: tuple[float, ...] = ()  # quantile components only
     alpha: float = 0.5  # quantile components only
     rows: int = 0  # quantile components only: K, the d_in of the whole chain
+    # An L2 bound tighter than `sensitivity` (the L1 bound, always also an L2 bound), for zCDP's
+    # Gaussian: COUNT(DISTINCT unit) moves each of at most m cells by 1, so ||v||_2 <= ceil(sqrt(m)).
+    l2_sensitivity: float | None = None
+
+    @property
+    def l2(self) -> float:
+        """The L2 sensitivity the Gaussian family is calibrated on."""
+        return self.sensitivity if self.l2_sensitivity is None else self.l2_sensitivity
 
 
 def _is_integral(x: float | None) -> bool:
@@ -178,7 +186,10 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
         if agg.kind is AggregateKind.COUNT_DISTINCT_UNIT:
             # A unit adds at most 1 to each cell it has rows in, and it has at most K rows in the
             # (possibly joined) relation, so it touches at most min(K, cells) cells.
-            out.append(Component(i, "count", True, float(min(k, plan_cells(plan, k))), share))
+            m = min(k, plan_cells(plan, k))
+            root = math.isqrt(m)
+            l2 = root if root * root == m else root + 1  # ceil(sqrt(m)): OpenDP's i64 L2 distance is integral
+            out.append(Component(i, "count", True, float(m), share, l2_sensitivity=float(l2)))
             continue
         assert agg.kind in BOUNDED_KINDS
         lo, hi, integer = aggregate_bounds(agg, rel)
@@ -311,8 +322,12 @@ def _noise_space(integer: bool, gaussian: bool) -> tuple[Any, Any]:
     return dp.vector_domain(dp.atom_domain(T=float, nan=False)), distance(T=float)
 
 
+@functools.lru_cache(maxsize=512)
 def make_measurement(integer: bool, scale: float, *, gaussian: bool = False) -> dp.Measurement:
     """The vector Laplace measurement (discrete on i64 when `integer`) at `scale`.
+
+    Memoized (a measurement is an immutable, data-independent descriptor; invoking it draws fresh noise
+    each time): the release reuses the one its calibration just built, and a repeated epsilon reuses it.
 
     Privacy: input metric is L1 distance between aggregate vectors; map(d_in) = d_in / scale (as OpenDP
     computes it, with its own rounding slack). With `gaussian`: OpenDP's (discrete on i64) Gaussian on

@@ -7,8 +7,9 @@ OpenDP privacy map of the measurement that produces it:
 
 * counts and integer sums: `make_gaussian` on i64 vectors with `l2_distance` (OpenDP's discrete
   Gaussian, CKS20); float sums: `make_gaussian` on f64 vectors (OpenDP samples it exactly on a
-  lattice). map(d) = d^2 / (2 scale^2). d is the L1 bound of `components`, which is also an L2 bound
-  (||v||_2 <= ||v||_1 for the change of one unit).
+  lattice). map(d) = d^2 / (2 scale^2). d is the L2 bound of `components` (`Component.l2`): the L1
+  bound, which is also an L2 bound (||v||_2 <= ||v||_1 for the change of one unit), except for
+  COUNT(DISTINCT unit), where one unit moves each of at most m cells by 1: ||v||_2 <= ceil(sqrt(m)).
 * quantiles (MEDIAN, QUANTILE*, PERCENTILE*, MIN, MAX): `make_quantile_score_candidates` >>
   `make_noisy_max(zero_concentrated_divergence(), negate=True)` (OpenDP's zCDP report-noisy-max with
   Gumbel noise, map (d/scale)^2 / 2 on these scores: a quarter of the rho that converting the pure-DP
@@ -192,8 +193,10 @@ def price(plan: QueryPlan, dataset: DatasetInfo, rho: float, delta: float = 0.0)
             scale, r = calibrate_quantile(c, share)
             mechanism = NOISY_MAX_ZCDP
         else:
-            scale, r = calibrate_gaussian(c.integer, c.sensitivity, share)
+            scale, r = calibrate_gaussian(c.integer, c.l2, share)
             mechanism = DISCRETE_GAUSSIAN if c.integer else GAUSSIAN
+            out.append(ReleaseCost(c.aggregate_index, c.component, mechanism, c.l2, scale, 0.0, rho=r))
+            continue
         out.append(ReleaseCost(c.aggregate_index, c.component, mechanism, c.sensitivity, scale, 0.0, rho=r))
     return tuple(out)
 

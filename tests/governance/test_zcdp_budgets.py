@@ -122,3 +122,66 @@ def test_operator_adjusts_a_zcdp_grant_in_rho(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgumentError) as info:
             reopened.adjust(g.organization, g.dataset, g.purpose, bad, "ops")
         assert info.value.reason == "INVALID_ADJUSTMENT"
+
+
+PURE_V2 = (V2.replace('privacy_definition = "zcdp"\nrho = 0.5\ndelta = 1e-6\nmax_rho_per_query = 0.05',
+                      'privacy_definition = "approx_dp"\nepsilon = 4.0\ndelta = 1e-6\nmax_epsilon_per_query = 1.0')
+           .replace("[grants.members.intern]\nrho = 0.1\ndelta = 1e-6",
+                    "[grants.members.intern]\nepsilon = 1.0\ndelta = 1e-6"))
+
+
+def _governor_from(tmp_path: Path, text: str) -> Governor:
+    policy = parse_policy(tomllib.loads(text), "op.toml")
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    return Governor(tmp_path / "op.toml", policy, ledger, StateStore(ledger.path), {}, {"registry": "Bureau"})
+
+
+def test_pure_to_rho_units_is_opendps_conversion() -> None:
+    """The ledger's integer epsilon^2 / 2 equals OpenDP's make_pureDP_to_zCDP map, in rho units rounded up."""
+    import opendp.prelude as dp
+
+    from gateway.ledger import pure_to_rho_units
+    from gateway.periods import EPSILON_UNITS, RHO_UNITS, to_units
+    from sandbox import mechanisms
+
+    for eps in (1e-9, 0.001, 0.05, 0.1, 0.3, 1.0, 2.5, 10.0):
+        meas = mechanisms.make_measurement(True, 1.0 / eps)  # map(1) = eps up to OpenDP's rounding
+        pure = float(meas.map(1))
+        rho = float(dp.c.make_pureDP_to_zCDP(meas).map(1))
+        units = pure_to_rho_units(to_units(pure, EPSILON_UNITS, up=True))
+        assert units >= to_units(rho, RHO_UNITS, up=True) - 1  # pure was rounded to units first
+        assert abs(units - rho * RHO_UNITS) <= 2 + 1e-9 * rho * RHO_UNITS
+
+
+def test_pure_charges_count_in_rho_after_a_switch_to_zcdp(tmp_path: Path) -> None:
+    """Charges made while the grant was pure count as epsilon^2 / 2 against its new rho levels."""
+    pure = _governor_from(tmp_path, PURE_V2)
+    key = GrantKey("analyst", "registry", "research")
+    for i in range(4):  # 4 x eps 0.25 -> 4 x rho 0.03125 = 0.125 after the switch
+        out = pure.reserve(key, request_id=f"p{i}", fingerprint=f"fp{i}", cost=PrivacyLoss(0.25),
+                           request_units=1, now=NOW)
+        assert isinstance(out, Reservation)
+    gv = _governor_from(tmp_path, V2)
+    status = gv.budget_status(key, now=NOW)
+    assert status.spent.rho == pytest.approx(0.125, abs=1e-9) and status.remaining.rho == pytest.approx(0.375, abs=1e-9)
+    for i in range(7):  # 7 x 0.05 = 0.35 fits in the 0.375 left ...
+        _charge(gv, "analyst", f"z{i}", 0.05)
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:  # ... an eighth does not
+        _charge(gv, "analyst", "z7", 0.05)
+    assert info.value.metadata["level"] == "organization"
+
+
+def test_approximate_dp_charges_exhaust_a_switched_rho_level(tmp_path: Path) -> None:
+    """An (epsilon, delta > 0) charge has no zCDP conversion in OpenDP: the switched level counts as spent."""
+    pure = _governor_from(tmp_path, PURE_V2)
+    key = GrantKey("intern", "registry", "research")
+    out = pure.reserve(key, request_id="sel", fingerprint="fp", cost=PrivacyLoss(0.1, 1e-8), request_units=1, now=NOW)
+    assert isinstance(out, Reservation)
+    gv = _governor_from(tmp_path, V2)
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:
+        _charge(gv, "intern", "z", 1e-6)
+    assert info.value.metadata["level"] == "member"
+    assert gv.budget_status(key, now=NOW).remaining.rho == 0.0
+    with pytest.raises(PrivacyBudgetExhaustedError) as info:  # the organisation's window holds it too
+        _charge(gv, "analyst", "a", 1e-6)
+    assert info.value.metadata["level"] == "organization"

@@ -172,3 +172,25 @@ def test_large_scale_discrete_accuracy_bound_is_never_tighter_than_opendps(scale
     assert exact <= mechanisms.discrete_gaussian_accuracy(scale, 0.05) <= exact + 2
     s = zcdp.accuracy_to_scale(True, 5e5)
     assert mechanisms.discrete_gaussian_accuracy(s, 0.05) <= 5e5
+
+
+@pytest.mark.parametrize(("cells", "l2"), [(1, 1), (2, 2), (4, 2), (5, 3), (12, 4)])
+def test_count_distinct_unit_is_calibrated_on_its_l2_bound(cells: int, l2: int) -> None:
+    """COUNT(DISTINCT unit) grouped over m cells: one unit adds at most 1 to each of min(K, m) cells, so
+    the Gaussian is calibrated on ceil(sqrt(min(K, m))), not on the L1 bound min(K, m); the charged rho
+    is OpenDP's map at that d_in (and the pure-DP Laplace keeps the L1 bound)."""
+    from sandbox.protocol import ColumnInfo, DatasetInfo, TableInfo
+
+    domain = tuple(f"v{i}" for i in range(cells))
+    ds = DatasetInfo(name="d", privacy_unit="pid", version="v", tables=(TableInfo(
+        name="t", max_rows_per_unit=12,
+        columns=(ColumnInfo("pid", "int64", "identifier"), ColumnInfo("g", "string", "public", domain=domain))),))
+    plan = _plan(Aggregate(AggregateKind.COUNT_DISTINCT_UNIT), group_by=(GroupKey("g", Column("g"), domain),))
+    (cost,) = zcdp.price(plan, ds, 0.1)
+    assert cost.sensitivity == l2
+    assert cost.rho == _gaussian_map(cost) <= 0.1
+    assert cost.rho == pytest.approx(l2**2 / (2 * cost.scale**2), rel=1e-12)
+    # the vector of one unit's changes (1 in each of min(K, m) cells) is within that L2 distance
+    assert math.sqrt(min(12, cells)) <= l2
+    (pure,) = mechanisms.price(plan, ds, 1.0)
+    assert pure.sensitivity == min(12, cells)
