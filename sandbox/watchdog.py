@@ -2,8 +2,9 @@
 
 A watchdog thread per statement cost about 0.7 ms of every request (thread start and join on a busy
 2-core machine, contending for the GIL); this thread is started once and sleeps until the earliest
-deadline. An interrupt that arrives while DuckDB is still binding or optimizing can be lost, so a
-statement past its deadline is interrupted again every 50 ms until it is released.
+deadline, or for at most `_POLL_S`, so a statement due later than that need not wake it. An interrupt
+that arrives while DuckDB is still binding or optimizing can be lost, so a statement past its deadline
+is interrupted again every 50 ms until it is released.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import duckdb
 __all__ = ["Interruptible", "Watchdog"]
 
 _REPEAT_S = 0.05
+# An idle watchdog still wakes this often, so a new statement whose deadline is later than that needs no
+# notify: no thread wake-up and GIL hand-off per statement (deadlines are seconds away).
+_POLL_S = 1.0
 
 
 class Interruptible(Protocol):
@@ -67,8 +71,9 @@ class Watchdog:
                 for token, cursor in expired:
                     self._due[token] = (now + _REPEAT_S, cursor)
                 if not expired:
-                    self._wake_at = min((due for due, _ in self._due.values()), default=float("inf"))
-                    self._cond.wait(None if self._wake_at == float("inf") else self._wake_at - now)
+                    self._wake_at = min((due for due, _ in self._due.values()), default=now + _POLL_S)
+                    self._wake_at = min(self._wake_at, now + _POLL_S)
+                    self._cond.wait(self._wake_at - now)
                     self._wake_at = 0.0  # awake: every new deadline is seen on the next pass
                     continue
             for _, cursor in expired:
