@@ -319,7 +319,8 @@ class GatewaySystem:
                 self.channels["bench-bare"] = bare_ch
                 self.bare_stub = q_grpc.QueryServiceStub(bare_ch)
 
-    def run(self, q: Query, epsilon: float = EPSILON, consumer: str = "bench", *, bare: bool = False) -> Outcome:
+    def run(self, q: Query, epsilon: float = EPSILON, consumer: str = "bench", *, bare: bool = False,
+            weights: dict[str, float] | None = None) -> Outcome:
         """RunQuery end to end; INVALID_ARGUMENT/UNIMPLEMENTED mean "unsupported".
 
         `bare` sends it to the stand-in gateway that neither charges nor audits (`bench_standins`).
@@ -331,7 +332,7 @@ class GatewaySystem:
         epsilon = epsilon * (1 - 1e-12 * self._calls)
         req = q_pb.RunQueryRequest(
             dataset=DATASET, sql=q.sql, purpose="benchmark", request_id=uuid.uuid4().hex,
-            privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon, delta=q.delta),
+            privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon, delta=q.delta), weights=weights or {},
         )
         stub = self.bare_stub if bare else self.stubs[consumer]
         assert stub is not None
@@ -692,6 +693,78 @@ def accuracy(
                 costs[q.id] = r["cost"]
         results["smartnoise_reported_cost_at_eps1"] = costs
     return results
+
+
+# Private group keys head to head: the same partition (the regions of the people born in 1930: a few to
+# about sixty per region at 1M people, where thresholds matter), DP partition selection on both sides.
+# SmartNoise cannot join the public lookup table, so it groups by the region code, a private key to it
+# (`censor_dims` on); the gateway groups by the region's name through the lookup table, a key without a
+# public domain, so it selects keys with OpenDP's Laplace threshold. Code and name are one to one.
+SELECTION_GATEWAY = Query(
+    "selection_gateway", "COUNT(*) GROUP BY region name (lookup, no domain), born 1930",
+    "SELECT g.name, COUNT(*) AS n FROM residents AS r JOIN regions AS g ON r.region = g.code "
+    "WHERE r.birth_year = 1930 GROUP BY g.name", "private_key", keys=1, delta=DELTA,
+)
+SELECTION_SMARTNOISE = Query(
+    "selection_smartnoise", "COUNT(*) GROUP BY region code (private key), born 1930",
+    "SELECT region, COUNT(*) AS n FROM residents WHERE birth_year = 1930 GROUP BY region", "private_key",
+    keys=1, delta=DELTA,
+)
+
+
+SELECTION_WEIGHT = 3.0  # the consumer's `weights={"group_keys": 3}`: 3/4 of epsilon on selecting keys
+
+
+def selection_head_to_head(
+    gw: GatewaySystem, sn: SmartNoiseSystem | None, base: DuckDBSystem, reps: int
+) -> dict[str, Any]:
+    """Groups released under DP partition selection, gateway vs SmartNoise, at the same requested (eps, delta)
+    and at equal epsilon spent; with the median relative error of the released counts."""
+    def keyed(d: dict[tuple[Any, ...], list[float]]) -> dict[tuple[Any, ...], list[float]]:
+        return {tuple(str(k) for k in key): v for key, v in d.items()}
+
+    truth_gw = keyed(base.exact(SELECTION_GATEWAY.sql, 1))
+    truth_sn = keyed(base.exact(SELECTION_SMARTNOISE.sql, 1))
+    counts = sorted(int(v[0]) for v in truth_sn.values())
+    out: dict[str, Any] = {"reps": reps, "delta": DELTA, "true_groups": len(counts),
+                           "true_counts": {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1]}
+                           if counts else {},
+                           "gateway_sql": SELECTION_GATEWAY.sql, "smartnoise_sql": SELECTION_SMARTNOISE.sql}
+    factor = None
+    if sn is not None:
+        r = sn.call(SELECTION_SMARTNOISE, EPSILON, cost=True)
+        if r["ok"] and r["cost"]:
+            factor = float(r["cost"][0]) / EPSILON
+    out["smartnoise_equal_spend_factor"] = factor
+    for eps in ACCURACY_EPSILONS:
+        row: dict[str, Any] = {}
+        runs: list[tuple[str, Any, Query, dict[tuple[Any, ...], list[float]], float]] = [
+            ("gateway", gw, SELECTION_GATEWAY, truth_gw, eps),
+            ("gateway_weighted", gw, SELECTION_GATEWAY, truth_gw, eps)]
+        if sn is not None:
+            runs.append(("smartnoise", sn, SELECTION_SMARTNOISE, truth_sn, eps))
+            if factor:
+                runs.append(("smartnoise_equal", sn, SELECTION_SMARTNOISE, truth_sn, eps / factor))
+        for name, system, q, truth, e in runs:
+            groups, errs, unsupported = [], [], None
+            for _ in range(reps):
+                if name.startswith("gateway"):
+                    weights = {"group_keys": SELECTION_WEIGHT} if name == "gateway_weighted" else None
+                    res = system.run(q, e, consumer="accuracy", weights=weights)
+                else:
+                    res = system.run(q, e)
+                if res.unsupported is not None:
+                    unsupported = res.unsupported
+                    break
+                groups.append(float(len(res.rows)))
+                errs.extend(rel_errors(truth, res.rows))
+            row[name] = ({"unsupported": unsupported} if unsupported is not None else
+                         {"median_groups_released": quantile(groups, 0.5), "min_groups_released": min(groups),
+                          "median_rel_error": quantile(errs, 0.5) if errs else None})
+        out[f"eps={eps:g}"] = row
+        log(f"  selection head to head eps={eps:g}: " + ", ".join(
+            f"{k} {v.get('median_groups_released', v.get('unsupported'))}" for k, v in row.items()))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1190,6 +1263,45 @@ def render(results: dict[str, Any]) -> str:
                       "*At equal ε spent* runs SmartNoise at ε / k with k its own reported ε at ε = 1, so both "
                       "systems spend the same ε per query (SmartNoise still also spends its δ; the gateway's "
                       "pure-DP queries spend none)."]
+        sel = acc.get("selection")
+        if sel:
+            tc = sel["true_counts"]
+            lines += ["", "### Private group keys head to head (DP partition selection on both sides)", "",
+                      f"The people born in 1930 per region: {sel['true_groups']} regions, true counts from "
+                      f"{tc.get('min')} to {tc.get('max')} (median {tc.get('median')}), δ = {sel['delta']:g}, "
+                      f"{sel['reps']} releases per system and ε. The gateway: `{sel['gateway_sql']}` (the region's "
+                      "name through the public lookup table: a key without a public domain, selected with OpenDP's "
+                      "Laplace threshold on half of ε, the count on the other half). SmartNoise (it cannot join): "
+                      f"`{sel['smartnoise_sql']}` (the region code as a private key: `censor_dims` on). Code and "
+                      "name are one to one, so both release from the same partition.", "",
+                      "| ε | gateway: groups released (median, min) "
+                      f"| gateway, `weights={{\"group_keys\": {SELECTION_WEIGHT:g}}}` "
+                      "| smartnoise, same requested (ε, δ) "
+                      "| smartnoise at equal ε spent | median relative error: gateway / weighted / smartnoise equal |",
+                      "|---:|---|---|---|---|---|"]
+            verdicts = []
+            for eps in ACCURACY_EPSILONS:
+                row = sel.get(f"eps={eps:g}", {})
+
+                def released(x: dict[str, Any]) -> str:
+                    if not x:
+                        return "not run"
+                    if "unsupported" in x:
+                        return "unsupported"
+                    return f"{x['median_groups_released']:.0f} ({x['min_groups_released']:.0f})"
+
+                g, s_, se = row.get("gateway", {}), row.get("smartnoise", {}), row.get("smartnoise_equal", {})
+                gw_w = row.get("gateway_weighted", {})
+                lines.append(f"| {eps:g} | {released(g)} | {released(gw_w)} | {released(s_)} | {released(se)} | "
+                             f"{pct(g.get('median_rel_error'))} / {pct(gw_w.get('median_rel_error'))} / "
+                             f"{pct(se.get('median_rel_error'))} |")
+                if g.get("median_groups_released") is not None and se.get("median_groups_released") is not None:
+                    ok = g["median_groups_released"] >= se["median_groups_released"]
+                    verdicts.append(f"ε={eps:g}: " + ("✅" if ok else "❌")
+                                    + f" {g['median_groups_released']:.0f} vs {se['median_groups_released']:.0f}")
+            if verdicts:
+                lines += ["", "Groups target (the gateway releases at least as many groups as SmartNoise at the "
+                          "same ε spent and δ): " + "; ".join(verdicts) + "."]
         if acc["smartnoise_cached_sql"]:
             lines += ["", "SmartNoise's exact SQL result is memoised across accuracy repetitions (its per-person "
                       "sampling is a no-op on this data, so its outputs have the same distribution); latency "
@@ -1339,6 +1451,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("  accuracy ...")
                 acc = accuracy(gw, sn, base, args.accuracy_reps)
                 acc["people"] = size
+                acc["selection"] = selection_head_to_head(gw, sn, base, args.accuracy_reps)
                 results["accuracy"] = acc
                 log("  ledger row group ...")
                 led = ledger_group(gw, args.ledger_reps)

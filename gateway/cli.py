@@ -142,17 +142,21 @@ def cmd_query(args: argparse.Namespace) -> int:
     if shares is None:
         print("--interval-share must be OUTPUT=F with F a number", file=sys.stderr)
         return 2
+    weights = _interval_shares(args.weight)
+    if weights is None:
+        print("--weight must be OUTPUT=W with W a number", file=sys.stderr)
+        return 2
     stub = q_grpc.QueryServiceStub(_channel(args))
     try:
         if args.command == "explain":
             ex = stub.ExplainQuery(q_pb.ExplainQueryRequest(
                 dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
-                interval_shares=shares))
+                interval_shares=shares, weights=weights))
             print(json_format.MessageToJson(ex) if args.json else _explain_text(ex))
             return 0
         resp = stub.RunQuery(q_pb.RunQueryRequest(
             dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
-            request_id=args.request_id or "", interval_shares=shares))
+            request_id=args.request_id or "", interval_shares=shares, weights=weights))
     except grpc.RpcError as exc:
         print(describe_error(exc), file=sys.stderr)
         return 1
@@ -164,7 +168,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _interval_shares(items: list[str]) -> dict[str, float] | None:
-    """`--interval-share OUTPUT=F` options as a map (None if one is malformed; the gateway checks F)."""
+    """`--interval-share OUTPUT=F` (or `--weight OUTPUT=W`) options as a map (None if one is malformed;
+    the gateway checks the numbers)."""
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.rpartition("=")
@@ -307,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--interval-share", action="append", default=[], metavar="OUTPUT=F",
                        help="share F in [0, 1) of a quantile output's epsilon spent on its 95%% interval "
                             "(default 0.5; 0 puts all on the point); repeatable")
+        q.add_argument("--weight", action="append", default=[], metavar="OUTPUT=W",
+                       help="weight W of an output in the split of epsilon (default 1 each; group_keys "
+                            "weights the selection of private group keys); repeatable")
         if name == "query":
             q.add_argument("--request-id")
         q.add_argument("sql")

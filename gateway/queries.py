@@ -192,27 +192,42 @@ def _output_aggregates(plan: QueryPlan) -> dict[str, int]:
     return {o.name: o.aggregate_index for o in plan.outputs if o.aggregate_index is not None}
 
 
+SELECTION_OUTPUT = "group_keys"  # the name the plan gives partition selection's release
+
+
 def apply_weights(plan: QueryPlan, weights: tuple[tuple[str, float], ...]) -> QueryPlan:
     """Set each aggregate's epsilon weight from the caller's per-output weights (default 1).
 
+    `group_keys` (unless an output has that name) weights DP partition selection of private group keys:
+    more of the epsilon on selection lowers its threshold, so more (smaller) groups are released.
+
     Raises:
-        InvalidArgumentError: a weight names no aggregate output, or is not finite and positive.
+        InvalidArgumentError: a weight names no aggregate output (nor `group_keys` of a query that
+            selects its keys), or is not finite and positive.
     """
     if not weights:
         return plan
     outputs = _output_aggregates(plan)
     new = list(plan.aggregates)
+    selection_weight = plan.selection_weight
     for name, weight in weights:
-        if name not in outputs:
+        selection = name == SELECTION_OUTPUT and name not in outputs
+        if name not in outputs and not (selection and plan.partition_selection):
+            known = "an aggregate output of the query" + (
+                " (it weights the selection of private group keys, and this query has none)"
+                if name == SELECTION_OUTPUT else "")
             raise InvalidArgumentError(
-                f"weights: {name!r} is not an aggregate output of the query",
+                f"weights: {name!r} is not {known}",
                 reason="INVALID_WEIGHTS", field="weights", output=name)
         if not (math.isfinite(weight) and weight > 0):
             raise InvalidArgumentError(
                 f"weights: the weight of {name!r} must be finite and positive, got {weight!r}",
                 reason="INVALID_WEIGHTS", field="weights", output=name)
-        new[outputs[name]] = replace(new[outputs[name]], weight=weight)
-    return replace(plan, aggregates=tuple(new))
+        if selection:
+            selection_weight = weight
+        else:
+            new[outputs[name]] = replace(new[outputs[name]], weight=weight)
+    return replace(plan, aggregates=tuple(new), selection_weight=selection_weight)
 
 
 def solve_for_accuracy(

@@ -159,10 +159,10 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
     """
     rel = plan_relation(plan, dataset)
     k = rel.k
-    # Partition selection takes one share of its own, like one more aggregate.
-    total_weight = math.fsum(a.weight for a in plan.aggregates) + (
-        1.0 if plan.partition_selection else 0.0
-    )
+    # Partition selection takes a share of its own, like one more aggregate (weight 1 unless the
+    # consumer weighted `group_keys`).
+    selection_weight = plan.selection_weight if plan.partition_selection else 0.0
+    total_weight = math.fsum(a.weight for a in plan.aggregates) + selection_weight
     out: list[Component] = []
     if plan.partition_selection:
         for g in plan.group_by:
@@ -177,7 +177,7 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
             if key_col.type == "float64":
                 raise PlanRejectedError(f"group key {gk!r} is a float; select keys of it cannot")
         # d_in = (l0, l1, linf) = (K, K, K): one unit's <= K rows touch <= K keys, add <= K in all.
-        out.append(Component(-1, SELECT, True, float(k), 1.0 / total_weight))
+        out.append(Component(-1, SELECT, True, float(k), selection_weight / total_weight))
     for i, agg in enumerate(plan.aggregates):
         share = agg.weight / total_weight
         if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):

@@ -363,6 +363,9 @@ class QueryPlan:
     # None: `table` alone (columns unqualified). Otherwise the FROM tree; `table` then names its
     # leftmost table (informational), and every column is a `Column(name, table=alias)`.
     source: Source | None = None
+    # Partition selection's weight next to the aggregates' (`Aggregate.weight`): its share of the
+    # query's epsilon (or rho) is selection_weight / (selection_weight + sum of the aggregates' weights).
+    selection_weight: float = 1.0
 
     @property
     def partition_selection(self) -> bool:
@@ -373,6 +376,8 @@ class QueryPlan:
     def __post_init__(self) -> None:
         if not self.aggregates:
             raise ValueError("a plan needs at least one aggregate")
+        if not (math.isfinite(self.selection_weight) and self.selection_weight > 0):
+            raise ValueError("selection_weight must be finite and positive")
         for out in self.outputs:
             if out.group_index is not None and not 0 <= out.group_index < len(self.group_by):
                 raise ValueError("output refers to a missing group key")
@@ -911,6 +916,8 @@ def plan_to_json(p: QueryPlan) -> dict[str, Any]:
             for g in p.group_by
         ],
         "source": None if p.source is None else source_to_json(p.source),
+        # only when set, so plans (and cache keys) without it are unchanged
+        **({} if p.selection_weight == 1.0 else {"selection_weight": p.selection_weight}),
     }
 
 
@@ -918,7 +925,8 @@ def plan_from_json(d: Any) -> QueryPlan:
     """Deserialize and validate a plan."""
     if not isinstance(d, dict):
         raise ProtocolError("plan must be an object")
-    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by", "source"})
+    _keys(d, {"dataset", "table", "aggregates", "outputs", "where", "group_by", "source",
+              "selection_weight"})
     try:
         return QueryPlan(
             dataset=str(d["dataset"]),
@@ -931,6 +939,7 @@ def plan_from_json(d: Any) -> QueryPlan:
             where=None if d["where"] is None else _expr_from_json(d["where"]),
             group_by=tuple(_group_key_from_json(g) for g in d["group_by"]),
             source=None if d.get("source") is None else source_from_json(d["source"]),
+            selection_weight=_number_or_none(d.get("selection_weight", 1.0)) or 0.0,  # 0: refused below
         )
     except ProtocolError:
         raise

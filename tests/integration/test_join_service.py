@@ -70,3 +70,32 @@ def test_partition_selection_needs_delta(analyst: Stubs) -> None:
     with pytest.raises(grpc.RpcError) as info:
         analyst.query.RunQuery(_req(sql, 1.0, 0.0, "approx-testing"))
     assert error_details(info.value).reason == "DELTA_REQUIRED"
+
+
+def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) -> None:
+    """`weights={"group_keys": w}` gives selection w / (w + 1) of epsilon: a lower threshold, more groups."""
+    sql = ("SELECT g.name, COUNT(*) AS n FROM residents r JOIN regions g ON r.region = g.code "
+           "GROUP BY g.name")
+
+    def explain(weights: dict[str, float]) -> q_pb.ExplainQueryResponse:
+        return analyst.query.ExplainQuery(q_pb.ExplainQueryRequest(
+            dataset="registry", sql=sql, purpose="approx-testing", weights=weights,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
+
+    even, heavy = explain({}), explain({"group_keys": 3.0})
+    eps = {r.output: r.privacy_loss.epsilon for r in heavy.plan.releases}
+    assert eps["group_keys"] == pytest.approx(0.75, rel=1e-9) and eps["n"] == pytest.approx(0.25, rel=1e-9)
+    assert {r.output: r.privacy_loss.epsilon for r in even.plan.releases}["group_keys"] == pytest.approx(0.5)
+    assert heavy.plan.threshold < even.plan.threshold
+    assert heavy.privacy_cost.epsilon <= 1.0
+    resp = analyst.query.RunQuery(q_pb.RunQueryRequest(
+        dataset="registry", sql=sql, purpose="approx-testing", weights={"group_keys": 3.0},
+        privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
+    assert resp.plan.threshold == heavy.plan.threshold
+    # without private keys there is no selection to weight
+    with pytest.raises(grpc.RpcError) as info:
+        analyst.query.ExplainQuery(q_pb.ExplainQueryRequest(
+            dataset="registry", sql="SELECT COUNT(*) AS n FROM residents", purpose="testing",
+            weights={"group_keys": 2.0}, privacy_loss=common_pb.PrivacyLoss(epsilon=1.0)))
+    assert error_details(info.value).reason == "INVALID_WEIGHTS"
+    assert "private group keys" in info.value.details()

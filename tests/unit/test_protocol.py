@@ -141,6 +141,21 @@ def test_plan_round_trip_keeps_tree() -> None:
     assert plan_from_json(json.loads(json.dumps(plan_to_json(plan)))) == plan
 
 
+def test_selection_weight_round_trips_and_is_validated() -> None:
+    """A plan's selection weight survives the wire; absent means 1 (older plans and cache keys unchanged);
+    NaN, zero, negative and null are refused."""
+    import dataclasses
+
+    plan = dataclasses.replace(_plan(), selection_weight=3.0)
+    assert plan_from_json(json.loads(json.dumps(plan_to_json(plan)))) == plan
+    assert "selection_weight" not in plan_to_json(_plan())
+    for bad in (float("nan"), 0.0, -1.0, None, "2"):
+        d = plan_to_json(_plan())
+        d["selection_weight"] = bad
+        with pytest.raises(ProtocolError):
+            plan_from_json(d)
+
+
 def test_unknown_expression_node_refused() -> None:
     """An expression node type outside the closed set is refused."""
     d = plan_to_json(_plan())
