@@ -200,3 +200,17 @@ def test_policy_snapshot_reads_once_and_the_next_request_sees_an_adjustment(
     with gv.snapshot():
         adjusted = gv.governance.org_grant(org_grant.organization, org_grant.dataset, org_grant.purpose)
     assert adjusted is not None and adjusted.epsilon == org_grant.epsilon / 2
+
+
+def test_status_after_a_reservation_equals_a_fresh_read(tmp_path: Path) -> None:
+    """The answer's budget status is built from the reservation's own reads; it must equal reading the
+    ledger again at the same moment (member, organisation and cap levels)."""
+    gv = _governor(tmp_path, cap=5.0)
+    now = ts("2026-03-10T12:00:00")
+    key = GrantKey("intern", "registry", "credit")
+    _charge(gv, "analyst", "a0", 0.4, now)
+    for i in range(3):
+        out = gv.reserve(key, request_id=f"i{i}", fingerprint=f"fp{i}", cost=PrivacyLoss(0.1 * (i + 1)),
+                         request_units=1, now=now)
+        assert isinstance(out, Reservation) and out.at == now and len(out.level_units) == 3
+        assert gv.budget_status(key, after=out) == gv.budget_status(key, now)
