@@ -43,6 +43,7 @@ from gateway.errors import (
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
 from gateway.storage import ConnectionPool, immediate
+from sandbox.periods import BUCKET_SQL, MINUTE_SQL, window_pieces
 
 __all__ = [
     "BudgetLimit",
@@ -124,7 +125,6 @@ CREATE INDEX IF NOT EXISTS charges_units_by_dataset
 # minutes, whatever the number of charges in it (summing the charges grew linearly: 56 ms per level
 # with 100,000 charges in a month). The hour of a charge is its minute // 60 (integer), so the widths
 # nest exactly. The charges stay the source of truth; `verify_buckets` recomputes the totals from them.
-_BUCKET_WIDTHS = (3600, 60)
 _SCOPE_COLUMNS = {
     "member": ("m", ("consumer", "dataset", "purpose")),
     "organization": ("o", ("organization", "dataset", "purpose")),
@@ -133,8 +133,7 @@ _SCOPE_COLUMNS = {
 # The scope key of a charge row (columns prefixed with "NEW." / "OLD." in triggers).
 _SCOPES = {level: f"json_array('{tag}', " + ", ".join("{p}" + c for c in cols) + ")"
            for level, (tag, cols) in _SCOPE_COLUMNS.items()}
-_BUCKET_OF = {0: "0", 60: "CAST({p}created_at / 60 AS INTEGER)",
-              3600: "(CAST({p}created_at / 60 AS INTEGER) / 60)"}
+_BUCKET_OF = BUCKET_SQL
 _UNIT_COLUMNS = ("epsilon_units", "delta_units", "rho_units", "zcdp_units", "no_zcdp")
 
 
@@ -1012,12 +1011,9 @@ def _scope(limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[str, l
 def _window_sums(
     conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
 ) -> tuple[int, int, int, int, int]:
-    """Sum of (epsilon, delta, rho, zcdp units, no_zcdp) charged in ``limit``'s scope and window.
-
-    The window [start, end) is cut into its whole hours and whole minutes (bucket rows) and the two
-    partial minutes at its ends (charges, read through the covering indexes); no window at all is
-    the lifetime bucket.
-    """
+    """Sum of (epsilon, delta, rho, zcdp units, no_zcdp) charged in ``limit``'s scope and window: the
+    window's whole hours and minutes from the spending buckets, its partial minutes from the charges
+    (`sandbox.periods.window_pieces`); no window at all is the lifetime bucket."""
     level = limit.level if limit.level in _SCOPE_COLUMNS else "dataset_cap"
     tag, columns = _SCOPE_COLUMNS[level]
     values = {"consumer": key.consumer, "organization": organization, "dataset": key.dataset,
@@ -1025,48 +1021,25 @@ def _window_sums(
     # the same json_array the triggers compute, so the key matches byte for byte
     (scope,) = conn.execute(f"SELECT json_array('{tag}', {', '.join('?' for _ in columns)})",
                             [values[c] for c in columns]).fetchone()
-    cols = ", ".join(f"coalesce(sum({c}), 0)" for c in _UNIT_COLUMNS)
-    totals = [0, 0, 0, 0, 0]
+    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _UNIT_COLUMNS)
+    totals = [0] * len(_UNIT_COLUMNS)
 
     def add(row: tuple[int, ...]) -> None:
         for i, v in enumerate(row):
             totals[i] += int(v)
 
-    start, end = limit.window.start, limit.window.end
-    if start is None and end is None:
-        add(conn.execute(f"SELECT {cols} FROM spend_buckets WHERE scope = ? AND width = 0 AND bucket = 0",
+    pieces = window_pieces(limit.window.start, limit.window.end)
+    if pieces.lifetime:
+        add(conn.execute(f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = 0 AND bucket = 0",
                          (scope,)).fetchone())
-        return totals[0], totals[1], totals[2], totals[3], min(totals[4], 1)
-    lo = 0.0 if start is None else float(start)
-    hi = float(2**40) if end is None else float(end)
-    if hi <= lo:
-        return 0, 0, 0, 0, 0
-    m_lo, m_hi = math.floor(lo / 60), math.floor(hi / 60)  # the minutes holding the two ends
     where, args = _scope(BudgetLimit(limit.level, limit.budget, Window(None, None), limit.measure),
                          key, organization)
-    exact_cols = ", ".join(f"coalesce(sum({c}), 0)" for c in _UNIT_COLUMNS)
-    minute = "CAST(created_at / 60 AS INTEGER)"
-    # Each partial minute is read as a created_at range (so the covering index is used) a second wider
-    # than the minute, then cut exactly by the charge's minute index (the one the triggers bucket by).
-    edge = (f"SELECT {exact_cols} FROM charges WHERE {where} AND created_at >= ? AND created_at < ?"
-            f" AND {minute} = ?")
-    if m_lo == m_hi:  # the whole window inside one minute
-        add(conn.execute(edge, [*args, lo, hi, m_lo]).fetchone())
-        return totals[0], totals[1], totals[2], totals[3], min(totals[4], 1)
-    add(conn.execute(edge, [*args, lo, min(hi, (m_lo + 1) * 60.0 + 1.0), m_lo]).fetchone())
-    add(conn.execute(edge, [*args, max(lo, m_hi * 60.0 - 1.0), hi, m_hi]).fetchone())
-    # whole minutes m_lo + 1 .. m_hi - 1; whole hours among them, the rest as minutes
-    first, last = m_lo + 1, m_hi  # [first, last) in minutes
-    h_first, h_last = -(-first // 60), last // 60  # hours whose 60 minutes all lie in [first, last)
-    ranges: list[tuple[int, int, int]] = []
-    if h_first < h_last:
-        ranges += [(3600, h_first, h_last), (60, first, h_first * 60), (60, h_last * 60, last)]
-    else:
-        ranges.append((60, first, last))
-    for width, b_lo, b_hi in ranges:
-        if b_lo < b_hi:
-            add(conn.execute(f"SELECT {cols} FROM spend_buckets WHERE scope = ? AND width = ?"
-                             " AND bucket >= ? AND bucket < ?", (scope, width, b_lo, b_hi)).fetchone())
+    for lo, hi, minute in pieces.edges:
+        add(conn.execute(f"SELECT {sums} FROM charges WHERE {where} AND created_at >= ? AND created_at < ?"
+                         f" AND {MINUTE_SQL} = ?", [*args, lo, hi, minute]).fetchone())
+    for width, first, stop in pieces.buckets:
+        add(conn.execute(f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = ?"
+                         " AND bucket >= ? AND bucket < ?", (scope, width, first, stop)).fetchone())
     return totals[0], totals[1], totals[2], totals[3], min(totals[4], 1)
 
 

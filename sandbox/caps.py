@@ -8,6 +8,12 @@ data owner's word: a misconfigured or compromised gateway cannot spend past it.
 Charges are keyed by the request id the gateway sends (scoped per consumer); an id that was already
 charged is refused and never run again, so a replay is never charged twice and never gets fresh noise.
 Sums are exact integer units (see `sandbox.periods`), checked and written in one `BEGIN IMMEDIATE`.
+
+A window's spending is read as in the gateway's ledger: per-dataset totals per minute, hour and lifetime
+kept by triggers in the charging transaction, plus the charges of the window's two partial minutes
+(`sandbox.periods.window_pieces`), so a charge costs the same with 100,000 charges in the period as with
+none (summing them took 20 ms there). One connection is kept open (serialised by a lock; other processes
+are serialised by SQLite's write lock).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from sandbox.errors import CAP_MESSAGE, DUPLICATE_MESSAGE
-from sandbox.periods import DELTA_UNITS, EPSILON_UNITS, from_units, to_units
+from sandbox.periods import BUCKET_SQL, DELTA_UNITS, EPSILON_UNITS, MINUTE_SQL, from_units, to_units, window_pieces
 
 __all__ = ["CAP_MESSAGE", "DUPLICATE_MESSAGE", "CapLedger", "CapOutcome"]
 
@@ -35,29 +41,114 @@ CREATE TABLE IF NOT EXISTS cap_charges (
     created_at    REAL NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS cap_charges_by_dataset ON cap_charges (dataset, created_at);
+CREATE INDEX IF NOT EXISTS cap_charges_units_by_dataset
+    ON cap_charges (dataset, created_at, epsilon_units, delta_units);
+CREATE TABLE IF NOT EXISTS cap_buckets (
+    dataset       TEXT NOT NULL,
+    width         INTEGER NOT NULL,
+    bucket        INTEGER NOT NULL,
+    epsilon_units INTEGER NOT NULL,
+    delta_units   INTEGER NOT NULL,
+    charges       INTEGER NOT NULL,
+    PRIMARY KEY (dataset, width, bucket)
+) STRICT, WITHOUT ROWID;
 """
+_VERSION = 1  # 1: cap_buckets
+
+
+def _bucket_sql(prefix: str, sign: str) -> str:
+    out = []
+    for width, bucket in BUCKET_SQL.items():
+        b = bucket.format(p=prefix)
+        if sign == "+":
+            out.append(
+                "INSERT INTO cap_buckets (dataset, width, bucket, epsilon_units, delta_units, charges)"
+                f" VALUES ({prefix}dataset, {width}, {b}, {prefix}epsilon_units, {prefix}delta_units, 1)"
+                " ON CONFLICT (dataset, width, bucket) DO UPDATE SET"
+                " epsilon_units = epsilon_units + excluded.epsilon_units,"
+                " delta_units = delta_units + excluded.delta_units, charges = charges + 1;")
+        else:
+            out.append(
+                f"UPDATE cap_buckets SET epsilon_units = epsilon_units - {prefix}epsilon_units,"
+                f" delta_units = delta_units - {prefix}delta_units, charges = charges - 1"
+                f" WHERE dataset = {prefix}dataset AND width = {width} AND bucket = {b};")
+    return " ".join(out)
+
+
+_TRIGGERS = (
+    f"CREATE TRIGGER IF NOT EXISTS cap_buckets_insert AFTER INSERT ON cap_charges BEGIN {_bucket_sql('NEW.', '+')} END",
+    f"CREATE TRIGGER IF NOT EXISTS cap_buckets_delete AFTER DELETE ON cap_charges BEGIN {_bucket_sql('OLD.', '-')} END",
+    "CREATE TRIGGER IF NOT EXISTS cap_buckets_update AFTER UPDATE OF dataset, created_at, epsilon_units,"
+    f" delta_units ON cap_charges BEGIN {_bucket_sql('OLD.', '-')} {_bucket_sql('NEW.', '+')} END",
+)
 
 
 class CapLedger:
     """Durable per-dataset cap accounting; safe across threads and processes on one host."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        """Open (creating if needed) the cap ledger file."""
+        """Open (creating or upgrading if needed) the cap ledger file."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
-        conn = self._open()
+        self._conn = self._open()
+        conn = self._conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_SCHEMA)
-        finally:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for statement in (*(t for t in _SCHEMA.split(";") if t.strip()), *_TRIGGERS):
+                conn.execute(statement)
+            if version < 1:  # an earlier file: build its buckets from its charges (triggers keep them after)
+                conn.execute("DELETE FROM cap_buckets")
+                for width, bucket in BUCKET_SQL.items():
+                    conn.execute(
+                        "INSERT INTO cap_buckets (dataset, width, bucket, epsilon_units, delta_units, charges)"
+                        f" SELECT dataset, {width}, {bucket.format(p='')}, sum(epsilon_units), sum(delta_units),"
+                        " count(*) FROM cap_charges GROUP BY 1, 2, 3")
+                conn.execute(f"PRAGMA user_version = {_VERSION}")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
+            raise
+        conn.execute("COMMIT")
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
         conn.execute("PRAGMA synchronous = FULL")
         return conn
+
+    def close(self) -> None:
+        """Close the connection (later calls fail)."""
+        with self._lock:
+            self._conn.close()
+
+    def _window_units(self, conn: sqlite3.Connection, dataset: str, start: float | None,
+                      end: float | None) -> tuple[int, int]:
+        """Exact (epsilon, delta) units charged on `dataset` in [start, end)."""
+        eps = delta = 0
+        pieces = window_pieces(start, end)
+        rows: list[tuple[int, int]] = []
+        if pieces.lifetime:
+            rows.append(conn.execute(
+                "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0) FROM cap_buckets"
+                " WHERE dataset = ? AND width = 0 AND bucket = 0", (dataset,)).fetchone())
+        for lo, hi, minute in pieces.edges:
+            rows.append(conn.execute(
+                "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0) FROM cap_charges"
+                f" WHERE dataset = ? AND created_at >= ? AND created_at < ? AND {MINUTE_SQL} = ?",
+                (dataset, lo, hi, minute)).fetchone())
+        for width, first, stop in pieces.buckets:
+            rows.append(conn.execute(
+                "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0) FROM cap_buckets"
+                " WHERE dataset = ? AND width = ? AND bucket >= ? AND bucket < ?",
+                (dataset, width, first, stop)).fetchone())
+        for e, d in rows:
+            eps, delta = eps + int(e), delta + int(d)
+        return eps, delta
 
     def charge(
         self,
@@ -80,15 +171,8 @@ class CapLedger:
         """
         eps_u = to_units(epsilon, EPSILON_UNITS, up=True)
         delta_u = to_units(delta, DELTA_UNITS, up=True)
-        where, args = "dataset = ?", list[object]([dataset])
-        if window_start is not None:
-            where += " AND created_at >= ?"
-            args.append(window_start)
-        if window_end is not None:
-            where += " AND created_at < ?"
-            args.append(window_end)
-        conn = self._open()
-        try:
+        with self._lock:
+            conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if conn.execute(
@@ -96,11 +180,7 @@ class CapLedger:
                 ).fetchone():
                     conn.execute("ROLLBACK")
                     return "duplicate"
-                spent_e, spent_d = conn.execute(
-                    "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
-                    f" FROM cap_charges WHERE {where}",
-                    args,
-                ).fetchone()
+                spent_e, spent_d = self._window_units(conn, dataset, window_start, window_end)
                 if spent_e + eps_u > to_units(cap_epsilon, EPSILON_UNITS, up=False) or (
                     spent_d + delta_u > to_units(cap_delta, DELTA_UNITS, up=False)
                 ):
@@ -116,20 +196,9 @@ class CapLedger:
                 raise
             conn.execute("COMMIT")
             return "charged"
-        finally:
-            conn.close()
 
     def spent(self, dataset: str, window_start: float | None, window_end: float | None) -> float:
         """Epsilon charged on `dataset` in the window (for the data owner's inspection)."""
-        conn = self._open()
-        try:
-            q = "SELECT coalesce(sum(epsilon_units), 0) FROM cap_charges WHERE dataset = ?"
-            args: list[object] = [dataset]
-            if window_start is not None:
-                q, args = q + " AND created_at >= ?", [*args, window_start]
-            if window_end is not None:
-                q, args = q + " AND created_at < ?", [*args, window_end]
-            (units,) = conn.execute(q, args).fetchone()
-        finally:
-            conn.close()
-        return from_units(int(units), EPSILON_UNITS)
+        with self._lock:
+            units, _ = self._window_units(self._conn, dataset, window_start, window_end)
+        return from_units(units, EPSILON_UNITS)

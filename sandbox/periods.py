@@ -24,15 +24,19 @@ from typing import Any, Literal
 from sandbox.errors import ConfigError
 
 __all__ = [
+    "BUCKET_SQL",
     "DELTA_UNITS",
     "EPSILON_UNITS",
+    "MINUTE_SQL",
     "RHO_UNITS",
     "Period",
     "Window",
+    "WindowPieces",
     "from_units",
     "parse_period",
     "rfc3339",
     "to_units",
+    "window_pieces",
 ]
 
 EPSILON_UNITS = 10**9  # nano-epsilon
@@ -152,3 +156,53 @@ def parse_period(file: str, prefix: str, table: dict[str, Any]) -> Period:
     raise ConfigError(
         file, f"{prefix}period", f"must be one of month, week, day, rolling, lifetime; got {p!r}"
     )
+
+
+# -- windows as sums of time buckets (the gateway's ledger and the sandbox's cap ledger) ----------------
+
+MINUTE_SQL = "CAST(created_at / 60 AS INTEGER)"  # a charge's minute; its hour is minute / 60 (integer)
+BUCKET_SQL = {0: "0", 60: "CAST({p}created_at / 60 AS INTEGER)",
+              3600: "(CAST({p}created_at / 60 AS INTEGER) / 60)"}  # width (s; 0 = lifetime) -> bucket index
+_FAR_FUTURE = float(2**40)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPieces:
+    """A window [start, end) cut for bucketed sums (see `window_pieces`).
+
+    Attributes:
+        lifetime: The window has no bounds: read the lifetime bucket (width 0, bucket 0) only.
+        edges: (lo, hi, minute): the charges with lo <= created_at < hi in that minute (read from the
+            charges: the window's partial minutes, at most two).
+        buckets: (width, first, stop): the bucket rows of that width with first <= bucket < stop.
+    """
+
+    lifetime: bool
+    edges: tuple[tuple[float, float, int], ...]
+    buckets: tuple[tuple[int, int, int], ...]
+
+
+def window_pieces(start: float | None, end: float | None) -> WindowPieces:
+    """Cut [start, end) into its two partial minutes, its whole minutes and its whole hours.
+
+    Every charge in the window lands in exactly one piece: float division is monotonic, so a charge at
+    or after `start` has a minute index at or after start's, and the edge reads widen their time range
+    by a second and cut by the minute index the buckets use (`MINUTE_SQL`). A window inside one minute is
+    one edge. Callers sum the pieces with their own scope condition.
+    """
+    if start is None and end is None:
+        return WindowPieces(True, (), ())
+    lo = 0.0 if start is None else float(start)
+    hi = _FAR_FUTURE if end is None else float(end)
+    if not hi > lo:
+        return WindowPieces(False, (), ())
+    m_lo, m_hi = math.floor(lo / 60), math.floor(hi / 60)
+    if m_lo == m_hi:
+        return WindowPieces(False, ((lo, hi, m_lo),), ())
+    edges = ((lo, min(hi, (m_lo + 1) * 60.0 + 1.0), m_lo), (max(lo, m_hi * 60.0 - 1.0), hi, m_hi))
+    first, stop = m_lo + 1, m_hi  # whole minutes
+    h_first, h_stop = -(-first // 60), stop // 60  # hours whose 60 minutes are all whole minutes here
+    ranges: tuple[tuple[int, int, int], ...] = ((60, first, stop),)
+    if h_first < h_stop:
+        ranges = ((3600, h_first, h_stop), (60, first, h_first * 60), (60, h_stop * 60, stop))
+    return WindowPieces(False, edges, tuple(r for r in ranges if r[1] < r[2]))

@@ -165,3 +165,46 @@ def test_reservation_cost_does_not_grow_with_the_charges_in_the_window(tmp_path:
     assert fast == slow and fast[0] == 1000 * 20_000 - 1000  # every charge but the one before the start
     assert by_buckets * 20 < by_charges, (by_buckets, by_charges)  # measured: 15 against 2,600
     ledger.close()
+
+
+def test_data_owner_cap_ledger_sums_windows_from_buckets_exactly(tmp_path: Path) -> None:
+    """The sandbox's cap ledger: bucketed window sums equal the charge sums, also after opening a file
+    written before the buckets existed (version 0), whose buckets are then built from its charges."""
+    from sandbox.caps import CapLedger
+
+    path = tmp_path / "caps.sqlite3"
+    rng = random.Random(11)
+    caps = CapLedger(path)
+    times = []
+    for i in range(300):
+        t = T0 + rng.choice([0.0, 59.999, 3600.0]) + rng.random() * rng.choice([1.0, 120.0, 9000.0, 200000.0])
+        ds = rng.choice(["registry", "tax"])
+        assert caps.charge(f"r{i}", ds, rng.choice([1e-9, 0.01, 0.5]), rng.choice([0.0, 1e-9]), cap_epsilon=1e9,
+                           cap_delta=1.0, window_start=None, window_end=None, now=t) == "charged"
+        times.append(t)
+    assert caps.charge("r0", "registry", 0.1, 0.0, cap_epsilon=1e9, cap_delta=1.0, window_start=None,
+                       window_end=None, now=T0) == "duplicate"
+    caps.close()
+    con = sqlite3.connect(path, isolation_level=None)  # back to a file without buckets
+    for trigger in ("cap_buckets_insert", "cap_buckets_delete", "cap_buckets_update"):
+        con.execute(f"DROP TRIGGER {trigger}")
+    con.execute("DROP TABLE cap_buckets")
+    con.execute("PRAGMA user_version = 0")
+    con.close()
+    caps = CapLedger(path)
+    edges = [*times, T0, T0 + 60.0, T0 + 3600.0, T0 + 86400.0]
+    for _ in range(300):
+        a, b = sorted(rng.sample(edges, 2))
+        start = None if rng.random() < 0.15 else a
+        end = None if rng.random() < 0.3 else b + rng.choice([0.0, 0.5, 61.0])
+        for ds in ("registry", "tax"):
+            where, args = "dataset = ?", [ds]
+            if start is not None:
+                where, args = where + " AND created_at >= ?", [*args, start]
+            if end is not None:
+                where, args = where + " AND created_at < ?", [*args, end]
+            (brute,) = caps._conn.execute(
+                f"SELECT coalesce(sum(epsilon_units), 0) FROM cap_charges WHERE {where}", args).fetchone()
+            with caps._lock:
+                assert caps._window_units(caps._conn, ds, start, end)[0] == brute, (ds, start, end)
+    caps.close()
