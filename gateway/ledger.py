@@ -129,6 +129,7 @@ _SCOPE_COLUMNS = {
     "member": ("m", ("consumer", "dataset", "purpose")),
     "organization": ("o", ("organization", "dataset", "purpose")),
     "dataset_cap": ("d", ("dataset",)),
+    "organization_all": ("O", ("organization",)),  # every grant of an organisation (spend-rate alerts)
 }
 # The scope key of a charge row (columns prefixed with "NEW." / "OLD." in triggers).
 _SCOPES = {level: f"json_array('{tag}', " + ", ".join("{p}" + c for c in cols) + ")"
@@ -778,6 +779,13 @@ class Ledger:
             zcdp_u = max(zcdp_u, to_units(limit.budget.rho, RHO_UNITS, up=False))
         return eps, delta, zcdp_u
 
+    def organization_units(self, organization: str, start: float | None, end: float | None) -> int:
+        """Exact epsilon units an organisation was charged on all its grants in [start, end) (buckets)."""
+        with self._connection() as conn:
+            (scope,) = conn.execute("SELECT json_array('O', ?)", (organization,)).fetchone()
+            return _bucketed_sums(conn, scope, "organization = ?", [organization], start, end,
+                                  ("epsilon_units",))[0]
+
     def verify_buckets(self) -> None:
         """Checks every spending bucket against the charges it sums (recomputed from the charges table).
 
@@ -1011,9 +1019,7 @@ def _scope(limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[str, l
 def _window_sums(
     conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
 ) -> tuple[int, int, int, int, int]:
-    """Sum of (epsilon, delta, rho, zcdp units, no_zcdp) charged in ``limit``'s scope and window: the
-    window's whole hours and minutes from the spending buckets, its partial minutes from the charges
-    (`sandbox.periods.window_pieces`); no window at all is the lifetime bucket."""
+    """Sum of (epsilon, delta, rho, zcdp units, no_zcdp) charged in ``limit``'s scope and window."""
     level = limit.level if limit.level in _SCOPE_COLUMNS else "dataset_cap"
     tag, columns = _SCOPE_COLUMNS[level]
     values = {"consumer": key.consumer, "organization": organization, "dataset": key.dataset,
@@ -1021,26 +1027,37 @@ def _window_sums(
     # the same json_array the triggers compute, so the key matches byte for byte
     (scope,) = conn.execute(f"SELECT json_array('{tag}', {', '.join('?' for _ in columns)})",
                             [values[c] for c in columns]).fetchone()
-    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _UNIT_COLUMNS)
-    totals = [0] * len(_UNIT_COLUMNS)
-
-    def add(row: tuple[int, ...]) -> None:
-        for i, v in enumerate(row):
-            totals[i] += int(v)
-
-    pieces = window_pieces(limit.window.start, limit.window.end)
-    if pieces.lifetime:
-        add(conn.execute(f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = 0 AND bucket = 0",
-                         (scope,)).fetchone())
     where, args = _scope(BudgetLimit(limit.level, limit.budget, Window(None, None), limit.measure),
                          key, organization)
+    e, d, r, z, n = _bucketed_sums(conn, scope, where, args, limit.window.start, limit.window.end,
+                                   _UNIT_COLUMNS)
+    return e, d, r, z, min(n, 1)
+
+
+def _bucketed_sums(
+    conn: sqlite3.Connection, scope: str, where: str, args: list[object], start: float | None,
+    end: float | None, columns: Sequence[str],
+) -> list[int]:
+    """Sums of `columns` over the charges of one bucket scope (`where` selects the same charges) in
+    [start, end): the window's whole hours and minutes from the spending buckets, its partial minutes
+    from the charges (`sandbox.periods.window_pieces`); no window at all is the lifetime bucket."""
+    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in columns)
+    totals = [0] * len(columns)
+    reads: list[tuple[str, Sequence[object]]] = []
+    pieces = window_pieces(start, end)
+    if pieces.lifetime:
+        reads.append((f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = 0 AND bucket = 0",
+                      (scope,)))
     for lo, hi, minute in pieces.edges:
-        add(conn.execute(f"SELECT {sums} FROM charges WHERE {where} AND created_at >= ? AND created_at < ?"
-                         f" AND {MINUTE_SQL} = ?", [*args, lo, hi, minute]).fetchone())
+        reads.append((f"SELECT {sums} FROM charges WHERE {where} AND created_at >= ? AND created_at < ?"
+                      f" AND {MINUTE_SQL} = ?", [*args, lo, hi, minute]))
     for width, first, stop in pieces.buckets:
-        add(conn.execute(f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = ?"
-                         " AND bucket >= ? AND bucket < ?", (scope, width, first, stop)).fetchone())
-    return totals[0], totals[1], totals[2], totals[3], min(totals[4], 1)
+        reads.append((f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = ?"
+                      " AND bucket >= ? AND bucket < ?", (scope, width, first, stop)))
+    for sql, params in reads:
+        for i, v in enumerate(conn.execute(sql, params).fetchone()):
+            totals[i] += int(v)
+    return totals
 
 
 def _migrate_v3(conn: sqlite3.Connection) -> None:

@@ -214,3 +214,28 @@ def test_status_after_a_reservation_equals_a_fresh_read(tmp_path: Path) -> None:
                          request_units=1, now=now)
         assert isinstance(out, Reservation) and out.at == now and len(out.level_units) == 3
         assert gv.budget_status(key, after=out) == gv.budget_status(key, now)
+
+
+def test_unusual_spend_rate_fires_on_a_burst_and_not_on_steady_spending(tmp_path: Path) -> None:
+    """An organisation spending 50x its hourly baseline in the last hour fires `unusual_spend_rate`, read
+    from the ledger's organisation-wide buckets; steady spending does not, and neither does the same burst
+    measured against a baseline that already had it."""
+    from gateway.alerts import AlertEngine
+
+    text = BASE + '\n[[alerts]]\nrule = "unusual_spend_rate"\nfactor = 5\n'
+    gv = _governor(tmp_path, text)
+    engine = AlertEngine(gv)
+    start = ts("2026-03-10T00:00:00")
+    for h in range(7 * 24):  # a week of 0.001 per hour
+        _charge(gv, "analyst", f"steady{h}", 0.001, start + h * 3600.0 + 17.0)
+    now = start + 7 * 86400.0 + 1800.0
+    engine.check_spend_rate(now)
+    assert not [a for a in gv.state.alerts() if a[1] == "unusual_spend_rate"]
+    _charge(gv, "analyst", "burst", 0.05, now - 60.0)  # 50x the hourly baseline, within the last hour
+    engine.check_spend_rate(now, only="bank")
+    fired = [a for a in gv.state.alerts() if a[1] == "unusual_spend_rate"]
+    assert len(fired) == 1 and fired[0][2] == "bank" and fired[0][3].startswith("0.05 epsilon in 3600s, baseline 0.001")
+    later = now + 2 * 3600.0  # the burst is now in the baseline, and the last hour was quiet
+    engine.check_spend_rate(later)
+    assert len([a for a in gv.state.alerts() if a[1] == "unusual_spend_rate"]) == 1
+    assert gv.ledger.organization_units("bank", None, None) == (7 * 24 * 1_000_000 + 50_000_000)

@@ -128,7 +128,7 @@ def test_zcdp_columns_are_the_level_conversions() -> None:
     assert zcdp_columns(10**9, 0, 0) == (5 * 10**8, 0)     # pure eps 1: rho 1/2
     assert zcdp_columns(10**8, 10, 0) == (0, 1)            # approximate DP: no conversion
     assert zcdp_columns(0, 0, 0) == (0, 0)                 # a free replay
-    assert len(_SCOPES) == 3
+    assert len(_SCOPES) == 4  # member, organisation grant, dataset, organisation-wide
 
 
 def test_reservation_cost_does_not_grow_with_the_charges_in_the_window(tmp_path: Path) -> None:
