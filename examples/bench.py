@@ -881,6 +881,78 @@ def ledger_group(gw: GatewaySystem, reps: int) -> dict[str, Any]:
     return out
 
 
+def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300_000), reps: int = 30
+                   ) -> dict[str, Any]:
+    """A reservation's cost with N earlier charges in its windows (member, organisation and data owner's cap,
+    one calendar month): the ledger's bucketed sums, side by side with summing the charges of each window
+    (how every reservation read its windows before schema 4). Charges are bulk-inserted (one transaction)
+    into a fresh ledger under `root`."""
+    import sqlite3
+
+    from gateway.ledger import (
+        _UNIT_COLUMNS,
+        BudgetLimit,
+        GrantKey,
+        Ledger,
+        Metering,
+        PrivacyLoss,
+        _scope,
+        _window_sums,
+    )
+    from gateway.periods import Period
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "history.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    ledger = Ledger(path)
+    key, org = GrantKey("analyst", "registry", "research"), "bank"
+    now = dt.datetime(2026, 3, 28, 12, tzinfo=dt.UTC).timestamp()
+    window = Period("calendar", "month").window(now)
+    big = PrivacyLoss(1e9, 0.5)
+    limits = [BudgetLimit(level, big, window) for level in ("member", "organization", "dataset_cap")]  # type: ignore[arg-type]
+    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _UNIT_COLUMNS)
+    out: dict[str, Any] = {"sizes": {}}
+    done = 0
+    for n in sizes:
+        con = sqlite3.connect(path, isolation_level=None)
+        con.execute("BEGIN")
+        con.executemany(
+            "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon, delta, status,"
+            " created_at, updated_at, organization, epsilon_units, zcdp_units) VALUES"
+            " (?, ?, ?, ?, 'fp', 1e-6, 0, 'released', ?, ?, ?, 1000, 1)",
+            [(key.consumer, f"h{i}", key.dataset, key.purpose, window.start + 1 + (i % 2_000_000),
+              window.start + 1 + (i % 2_000_000), org) for i in range(done, n)])
+        con.execute("COMMIT")
+        con.close()
+        done = n
+        reserve, buckets, charges = [], [], []
+        for i in range(reps):
+            t0 = time.perf_counter()
+            ledger.reserve_nested(key, request_id=f"q{n}-{i}", fingerprint="fp", cost=PrivacyLoss(1e-6),
+                                  limits=limits, metering=Metering(org), now=now, durable=False)
+            reserve.append(time.perf_counter() - t0)
+            with ledger._connection() as conn:
+                t0 = time.perf_counter()
+                fast = [_window_sums(conn, lim, key, org) for lim in limits]
+                buckets.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                slow = []
+                for lim in limits:
+                    where, args = _scope(lim, key, org)
+                    row = conn.execute(f"SELECT {sums} FROM charges WHERE {where}", args).fetchone()
+                    slow.append((*row[:4], min(row[4], 1)))
+                charges.append(time.perf_counter() - t0)
+            assert fast == slow, "bucketed sums differ from the charge sums"
+        out["sizes"][str(n)] = {"reserve": summary(reserve), "window_sums_buckets": summary(buckets),
+                                "window_sums_charges": summary(charges)}
+        log(f"  ledger history {n:>7,} charges: reserve {ms(summary(reserve)['median'])} ms, "
+            f"windows from buckets {ms(summary(buckets)['median'])} ms, summing charges "
+            f"{ms(summary(charges)['median'])} ms")
+    ledger.close()
+    return out
+
+
 def floors(gw: GatewaySystem, reps: int = 200) -> dict[str, Any]:
     """What no request can go below on this machine: a gRPC round trip over the same mTLS channel (the
     standard health check: no work in the servicer), and one durable SQLite commit (WAL, synchronous=FULL,
@@ -1342,6 +1414,16 @@ def render(results: dict[str, Any]) -> str:
                   "", "The difference row subtracts the stand-in's median (p99) from the real gateway's; the paired "
                   "row takes the median (p99) of the per-round differences, which includes both requests' noise. "
                   + LEDGER_NOTE, ""]
+        hist = led.get("history")
+        if hist:
+            lines += ["### A reservation with a long history (one calendar month, three levels)", "",
+                      "| charges already in the month | reservation (median ms) | the three window sums from "
+                      "buckets | the same sums over the charges (before schema 4) |", "|---:|---:|---:|---:|"]
+            for n, x in hist["sizes"].items():
+                lines.append(f"| {int(n):,} | {ms(x['reserve']['median'])} | {ms(x['window_sums_buckets']['median'])} "
+                             f"| {ms(x['window_sums_charges']['median'])} |")
+            lines += ["", "Charges bulk-inserted into a fresh ledger (`ledger_history` in `examples/bench.py`); "
+                      "the bucketed sums are checked equal to the charge sums on every repetition.", ""]
     for size_key, size_res in results["sizes"].items():
         if size_res.get("sandbox_full_catalog_failure"):
             lines += [f"**At {int(size_key):,} people the sandbox could not load the full catalog** "
@@ -1456,6 +1538,8 @@ def main(argv: list[str] | None = None) -> int:
                 log("  ledger row group ...")
                 led = ledger_group(gw, args.ledger_reps)
                 led["people"] = size
+                log("  ledger history ...")
+                led["history"] = ledger_history(ROOT / ".bench" / "ledger-history")
                 results["ledger"] = led
         finally:
             if sn is not None:
