@@ -185,3 +185,14 @@ def test_approximate_dp_charges_exhaust_a_switched_rho_level(tmp_path: Path) -> 
     with pytest.raises(PrivacyBudgetExhaustedError) as info:  # the organisation's window holds it too
         _charge(gv, "analyst", "a", 1e-6)
     assert info.value.metadata["level"] == "organization"
+
+
+def test_zcdp_status_after_a_reservation_equals_a_fresh_read(tmp_path: Path) -> None:
+    """The rho status an answer carries (built from its reservation) equals reading every level again."""
+    gv = _governor(tmp_path, cap=50.0)
+    key = GrantKey("intern", "registry", "research")
+    for i, (rho, sel) in enumerate([(0.01, 0.0), (0.02, 1e-7), (0.005, 0.0)]):
+        out = gv.reserve(key, request_id=f"z{i}", fingerprint=f"fp{i}", cost=_cost(rho, sel), request_units=1,
+                         now=NOW)
+        assert isinstance(out, Reservation)
+        assert gv.budget_status(key, after=out) == gv.budget_status(key, now=NOW)
