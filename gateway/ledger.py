@@ -1064,11 +1064,10 @@ def _migrate_v3(conn: sqlite3.Connection) -> None:
     """Schema 3 -> 4: the zCDP columns of existing charges (buckets are filled after the schema)."""
     conn.execute("ALTER TABLE charges ADD COLUMN zcdp_units INTEGER NOT NULL DEFAULT 0 CHECK (zcdp_units >= 0)")
     conn.execute("ALTER TABLE charges ADD COLUMN no_zcdp INTEGER NOT NULL DEFAULT 0 CHECK (no_zcdp IN (0, 1))")
-    rows = conn.execute("SELECT rowid, epsilon_units, delta_units, rho_units FROM charges").fetchall()
-    for rowid, e, d, r in rows:
-        z, n = zcdp_columns(int(e), int(d), int(r))
-        if z or n:
-            conn.execute("UPDATE charges SET zcdp_units = ?, no_zcdp = ? WHERE rowid = ?", (z, n, rowid))
+    rows = conn.execute("SELECT rowid, epsilon_units, delta_units, rho_units FROM charges"
+                        " WHERE epsilon_units > 0 OR rho_units > 0")
+    conn.executemany("UPDATE charges SET zcdp_units = ?, no_zcdp = ? WHERE rowid = ?",
+                     ((*zcdp_columns(int(e), int(d), int(r)), rowid) for rowid, e, d, r in rows.fetchall()))
 
 
 def _fill_buckets(conn: sqlite3.Connection) -> None:
