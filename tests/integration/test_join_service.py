@@ -8,6 +8,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.client import error_details
+from gateway.server import Gateway
 from tests.helpers import Env, Stubs
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,19 @@ def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) 
             weights={"group_keys": 2.0}, privacy_loss=common_pb.PrivacyLoss(epsilon=1.0)))
     assert error_details(info.value).reason == "INVALID_WEIGHTS"
     assert "private group keys" in info.value.details()
+
+
+def test_cli_weight_option(env: Env, gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pgw explain --weight group_keys=3` moves epsilon to key selection; a malformed option is refused
+    before any call (exit 2)."""
+    from gateway import cli
+
+    sql = "SELECT g.name, COUNT(*) AS n FROM residents r JOIN regions g ON r.region = g.code GROUP BY g.name"
+    base = ["explain", "--target", f"127.0.0.1:{gateway.port}", "--tls-dir", str(env.tls_dir), "--as", "analyst",
+            "--dataset", "registry", "--purpose", "approx-testing", "--epsilon", "1", "--delta", "1e-6"]
+    assert cli.main([*base, "--weight", "group_keys=3", sql]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("group_keys ", "n "))}
+    assert float(rows["group_keys"][5]) == pytest.approx(0.75, rel=1e-6)
+    assert float(rows["n"][5]) == pytest.approx(0.25, rel=1e-6)
+    assert cli.main([*base, "--weight", "group_keys", sql]) == 2
