@@ -1,9 +1,9 @@
 """Bounded memo of the two pure, costly steps before a charge: SQL analysis and OpenDP pricing.
 
 `analyze_query(sql, dataset)` (sqlglot parse + plan, about 1.7 ms) and `mechanisms.price(plan, dataset,
-epsilon, delta)` (OpenDP calibration, 1-4 ms) are pure functions of their arguments: neither reads the
-policy, the budget or any data. So a hit returns exactly what a fresh call would, and no decision can
-change:
+epsilon, delta)` / `zcdp.price(plan, dataset, rho, delta)` (OpenDP calibration, 1-4 ms) are pure functions
+of their arguments: neither reads the policy, the budget or any data. So a hit returns exactly what a
+fresh call would, and no decision can change:
 
 * the grant, the per-query cap, the budget, revocations and the grade rules are checked on every
   request outside this memo, against the policy in force (a reload takes effect on the next request);
@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from gateway.sql.analyze import AnalyzedQuery, analyze_query
-from sandbox import mechanisms
+from sandbox import mechanisms, zcdp
 from sandbox.protocol import DatasetInfo, QueryPlan, ReleaseCost, plan_to_json
 
 __all__ = ["PlanCache"]
@@ -80,5 +80,16 @@ class PlanCache:
         hit = self._prices.get(key, dataset)
         if hit is None:
             hit = mechanisms.price(plan, dataset, epsilon, delta)
+            self._prices.put(key, dataset, hit)
+        return hit
+
+    def price_zcdp(
+        self, plan: QueryPlan, dataset: DatasetInfo, rho: float, delta: float = 0.0
+    ) -> tuple[ReleaseCost, ...]:
+        """`zcdp.price(plan, dataset, rho, delta)`, memoized like `price` (a zCDP key never meets a pure one)."""
+        key = ("zcdp " + json.dumps(plan_to_json(plan), sort_keys=True), repr(rho), repr(delta), id(dataset))
+        hit = self._prices.get(key, dataset)
+        if hit is None:
+            hit = zcdp.price(plan, dataset, rho, delta)
             self._prices.put(key, dataset, hit)
         return hit

@@ -501,7 +501,7 @@ class QueryService:
                     field="privacy_loss.delta",
                 )
             delta = req.delta
-        costs = _priced(plan, lambda: zcdp.price(plan, info, rho, delta))
+        costs = _priced(plan, lambda: self.plans.price_zcdp(plan, info, rho, delta))  # memoized: pure
         total_rho = zcdp.total_rho(costs)
         total_delta = mechanisms.total_delta(costs)
         if total_rho > rho or total_delta > delta:  # Tumult's re-check: never charge more than allowed

@@ -457,3 +457,22 @@ def test_new_aggregates_run_and_stay_in_bounds(engine: Engine) -> None:
     people = {0: 14, 1: 13, 2: 13}  # persons p with p % 3 == region index, 40 persons
     for n, row in enumerate(r.rows):
         assert abs(row.values[0].value - people[n]) <= 20 * r.costs[0].scale
+
+
+def test_sandbox_pricing_memo_hits_only_the_same_plan_and_loss(engine: Engine) -> None:
+    """The sandbox remembers a pricing for the exact plan and authorised loss: a repeat is the same costs
+    object (no OpenDP calls), another epsilon is priced anew, and a refusal is not remembered."""
+    from sandbox import mechanisms
+
+    info = engine.describe().dataset("reg")
+    assert info is not None
+    plan = _plan()
+    req = ExecuteRequest("memo/1", plan, 1.0, 0.0)
+    first = engine._price_memoized(req, info)
+    assert first[0] == mechanisms.price(plan, info, 1.0)
+    assert engine._price_memoized(ExecuteRequest("memo/2", plan, 1.0, 0.0), info) is first
+    other = engine._price_memoized(ExecuteRequest("memo/3", plan, 0.5, 0.0), info)
+    assert other is not first and other[0] == mechanisms.price(plan, info, 0.5)
+    with pytest.raises(PlanRejectedError):
+        engine._price_memoized(ExecuteRequest("memo/4", plan, float("nan"), 0.0), info)
+    assert len([k for k in engine._prices if k[1] == "nan"]) == 0

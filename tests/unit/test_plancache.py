@@ -71,3 +71,16 @@ def test_entries_are_bounded() -> None:
     cache.analyze("SELECT COUNT(*) AS n FROM residents", REGISTRY)
     cache.analyze("SELECT AVG(income) AS a FROM residents", REGISTRY)
     assert cache.analyze(SQL, REGISTRY) is not first
+
+
+def test_zcdp_pricing_is_memoized_apart_from_pure_pricing() -> None:
+    """zCDP costs equal OpenDP's for that exact rho; the same number as an epsilon is a different entry."""
+    from sandbox import zcdp
+
+    cache = PlanCache()
+    plan = cache.analyze(SQL, REGISTRY).plan
+    costs = cache.price_zcdp(plan, REGISTRY, 0.05)
+    assert costs == zcdp.price(plan, REGISTRY, 0.05)
+    assert cache.price_zcdp(plan, REGISTRY, 0.05) is costs
+    assert cache.price(plan, REGISTRY, 0.05) == mechanisms.price(plan, REGISTRY, 0.05) != costs
+    assert cache.price_zcdp(plan, REGISTRY, 0.04) == zcdp.price(plan, REGISTRY, 0.04)
