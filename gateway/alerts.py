@@ -104,7 +104,9 @@ class AlertEngine:
             subjects += [("member", f"{m.member}/{g.dataset}/{g.purpose}", m.member,
                           m.rho if g.zcdp else m.epsilon) for m in g.members]
             for level, subject, member, budget in subjects:
-                limit = BudgetLimit(level, PrivacyLoss(budget), window)  # type: ignore[arg-type]
+                # a zCDP level is read as the ledger checks it (earlier pure charges converted to rho)
+                limit = (BudgetLimit(level, PrivacyLoss(0.0, 0.0, budget), window, "rho")  # type: ignore[arg-type]
+                         if g.zcdp else BudgetLimit(level, PrivacyLoss(budget), window))  # type: ignore[arg-type]
                 spent_eps, _, spent_rho = self.governor.ledger.window_spent(
                     limit, GrantKey(member, g.dataset, g.purpose), g.organization)
                 spent = spent_rho if g.zcdp else spent_eps

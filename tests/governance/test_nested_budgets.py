@@ -239,3 +239,22 @@ def test_unusual_spend_rate_fires_on_a_burst_and_not_on_steady_spending(tmp_path
     engine.check_spend_rate(later)
     assert len([a for a in gv.state.alerts() if a[1] == "unusual_spend_rate"]) == 1
     assert gv.ledger.organization_units("bank", None, None) == (7 * 24 * 1_000_000 + 50_000_000)
+
+
+def test_grant_near_exhaustion_fires_once_per_period(tmp_path: Path) -> None:
+    """Half of the organisation's 3.0 spent fires the rule for the grant (once); the intern's own budget
+    below the threshold does not."""
+    from gateway.alerts import AlertEngine
+
+    gv = _governor(tmp_path, BASE + '\n[[alerts]]\nrule = "grant_near_exhaustion"\nthreshold = 0.5\n')
+    engine = AlertEngine(gv)
+    now = ts("2026-03-10T12:00:00")
+    _charge(gv, "analyst", "a0", 1.0, now)
+    _charge(gv, "intern", "i0", 0.4, now)
+    engine.check_exhaustion(now)
+    assert not [a for a in gv.state.alerts() if a[1] == "grant_near_exhaustion"]
+    _charge(gv, "analyst", "a1", 0.1, now)  # 1.5 of 3.0
+    engine.check_exhaustion(now)
+    engine.check_exhaustion(now + 60)
+    fired = [a for a in gv.state.alerts() if a[1] == "grant_near_exhaustion"]
+    assert [a[2] for a in fired] == ["bank/registry/credit"] and fired[0][3].startswith("50.0% of the budget")

@@ -196,3 +196,20 @@ def test_zcdp_status_after_a_reservation_equals_a_fresh_read(tmp_path: Path) -> 
                          now=NOW)
         assert isinstance(out, Reservation)
         assert gv.budget_status(key, after=out) == gv.budget_status(key, now=NOW)
+
+
+def test_grant_near_exhaustion_counts_rho_and_earlier_pure_charges(tmp_path: Path) -> None:
+    """On a zCDP grant the rule reads the rho level as the ledger checks it: pure charges made before the
+    switch count as epsilon^2 / 2."""
+    from gateway.alerts import AlertEngine
+
+    alert = '\n[[alerts]]\nrule = "grant_near_exhaustion"\nthreshold = 0.5\n'
+    pure = _governor_from(tmp_path, PURE_V2 + alert)
+    key = GrantKey("analyst", "registry", "research")
+    for i in range(4):  # rho 4 x 0.5^2 / 2 = 0.5 ... of the organisation's 0.5 after the switch
+        out = pure.reserve(key, request_id=f"p{i}", fingerprint="fp", cost=PrivacyLoss(0.5), request_units=1, now=NOW)
+        assert isinstance(out, Reservation)
+    gv = _governor_from(tmp_path, V2 + alert)
+    AlertEngine(gv).check_exhaustion(NOW)
+    fired = [a for a in gv.state.alerts() if a[1] == "grant_near_exhaustion"]
+    assert [a[2] for a in fired] == ["bank/registry/research"] and fired[0][3].startswith("100.0%")
