@@ -162,6 +162,22 @@ def test_compiled_sql_runs_and_clamps() -> None:
     assert con.execute(sql).fetchall() == [(150, 1.5, 2, 2)]
 
 
+def test_integer_avg_centred_sum_is_exact_without_a_per_row_subtraction() -> None:
+    """An integer AVG's centred sum is compiled as sum(x) - c * count(x) (in HUGEINT): exactly the sum of
+    (x - c) over the non-NULL values, also grouped, with NULLs and values clamped at both bounds."""
+    plan = _plan(agg(AggregateKind.AVG, "income"), group_by=("region",))
+    sql = _compile(plan)
+    assert "HUGEINT" in sql and '- 50)' not in sql  # centre 50 of [0, 100]
+    con = _con()
+    con.execute("INSERT INTO d__people (pid, region, income) VALUES (4, 'a', NULL), (5, 'b', 100), (6, 'b', 0)")
+    check_select(con, sql, {"d__people"})
+    got = {r[0]: r[1:] for r in con.execute(sql).fetchall()}
+    rows = con.execute("SELECT region, income FROM d__people").fetchall()
+    for region in ("a", "b", "c"):
+        xs = [x for k, x in rows if k == region and x is not None]
+        assert got[region] == (sum(x - 50 for x in xs), len(xs)), region
+
+
 def test_arithmetic_cannot_raise() -> None:
     """Arithmetic runs in DOUBLE: overflow and division by zero give no data-dependent error."""
     big = Binary("*", Binary("*", Column("income"), Literal(2**62)), Literal(2**62))
