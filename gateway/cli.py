@@ -138,11 +138,11 @@ def print_answer(resp: q_pb.RunQueryResponse) -> None:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """RunQuery or ExplainQuery."""
-    shares = _interval_shares(args.interval_share)
+    shares = _option_map(args.interval_share)
     if shares is None:
         print("--interval-share must be OUTPUT=F with F a number", file=sys.stderr)
         return 2
-    weights = _interval_shares(args.weight)
+    weights = _option_map(args.weight)
     if weights is None:
         print("--weight must be OUTPUT=W with W a number", file=sys.stderr)
         return 2
@@ -167,7 +167,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interval_shares(items: list[str]) -> dict[str, float] | None:
+def _option_map(items: list[str]) -> dict[str, float] | None:
     """`--interval-share OUTPUT=F` (or `--weight OUTPUT=W`) options as a map (None if one is malformed;
     the gateway checks the numbers)."""
     out: dict[str, float] = {}

@@ -43,7 +43,7 @@ from gateway.errors import (
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
 from gateway.storage import ConnectionPool, immediate
-from sandbox.periods import BUCKET_SQL, MINUTE_SQL, window_pieces
+from sandbox.periods import BUCKET_SQL, window_queries
 
 __all__ = [
     "BudgetLimit",
@@ -134,7 +134,6 @@ _SCOPE_COLUMNS = {
 # The scope key of a charge row (columns prefixed with "NEW." / "OLD." in triggers).
 _SCOPES = {level: f"json_array('{tag}', " + ", ".join("{p}" + c for c in cols) + ")"
            for level, (tag, cols) in _SCOPE_COLUMNS.items()}
-_BUCKET_OF = BUCKET_SQL
 _UNIT_COLUMNS = ("epsilon_units", "delta_units", "rho_units", "zcdp_units", "no_zcdp")
 
 
@@ -143,7 +142,7 @@ def _bucket_statements(prefix: str, sign: str) -> list[str]:
     out = []
     values = ", ".join(f"{prefix}{c}" for c in _UNIT_COLUMNS)
     for scope in _SCOPES.values():
-        for width, bucket in _BUCKET_OF.items():
+        for width, bucket in BUCKET_SQL.items():
             sc, b = scope.format(p=prefix), bucket.format(p=prefix)
             if sign == "+":
                 sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in (*_UNIT_COLUMNS, "charges"))
@@ -804,7 +803,7 @@ class Ledger:
                 }
                 expected = {}
                 for scope in _SCOPES.values():
-                    for width, bucket in _BUCKET_OF.items():
+                    for width, bucket in BUCKET_SQL.items():
                         sc, b = scope.format(p=""), bucket.format(p="")
                         for row in conn.execute(
                             f"SELECT {sc}, {width}, {b}, {cols}, count(*) FROM charges GROUP BY 1, 2, 3"
@@ -1036,25 +1035,14 @@ def _window_sums(
 
 def _bucketed_sums(
     conn: sqlite3.Connection, scope: str, where: str, args: list[object], start: float | None,
-    end: float | None, columns: Sequence[str],
+    end: float | None, columns: tuple[str, ...],
 ) -> list[int]:
     """Sums of `columns` over the charges of one bucket scope (`where` selects the same charges) in
-    [start, end): the window's whole hours and minutes from the spending buckets, its partial minutes
-    from the charges (`sandbox.periods.window_pieces`); no window at all is the lifetime bucket."""
-    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in columns)
+    [start, end) (`sandbox.periods.window_queries`)."""
     totals = [0] * len(columns)
-    reads: list[tuple[str, Sequence[object]]] = []
-    pieces = window_pieces(start, end)
-    if pieces.lifetime:
-        reads.append((f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = 0 AND bucket = 0",
-                      (scope,)))
-    for lo, hi, minute in pieces.edges:
-        reads.append((f"SELECT {sums} FROM charges WHERE {where} AND created_at >= ? AND created_at < ?"
-                      f" AND {MINUTE_SQL} = ?", [*args, lo, hi, minute]))
-    for width, first, stop in pieces.buckets:
-        reads.append((f"SELECT {sums} FROM spend_buckets WHERE scope = ? AND width = ?"
-                      " AND bucket >= ? AND bucket < ?", (scope, width, first, stop)))
-    for sql, params in reads:
+    for sql, params in window_queries(start, end, columns, buckets="spend_buckets", bucket_where="scope = ?",
+                                      bucket_args=(scope,), charges="charges", charge_where=where,
+                                      charge_args=tuple(args)):
         for i, v in enumerate(conn.execute(sql, params).fetchone()):
             totals[i] += int(v)
     return totals
@@ -1074,7 +1062,7 @@ def _fill_buckets(conn: sqlite3.Connection) -> None:
     """Build the spending buckets of a migrated ledger from its charges (the triggers keep them after)."""
     sums = ", ".join(f"sum({c})" for c in _UNIT_COLUMNS)
     for scope in _SCOPES.values():
-        for width, bucket in _BUCKET_OF.items():
+        for width, bucket in BUCKET_SQL.items():
             conn.execute(
                 f"INSERT INTO spend_buckets (scope, width, bucket, {', '.join(_UNIT_COLUMNS)}, charges)"
                 f" SELECT {scope.format(p='')}, {width}, {bucket.format(p='')}, {sums}, count(*)"

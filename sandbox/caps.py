@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from sandbox.errors import CAP_MESSAGE, DUPLICATE_MESSAGE
-from sandbox.periods import BUCKET_SQL, DELTA_UNITS, EPSILON_UNITS, MINUTE_SQL, from_units, to_units, window_pieces
+from sandbox.periods import BUCKET_SQL, DELTA_UNITS, EPSILON_UNITS, from_units, to_units, window_queries
 
 __all__ = ["CAP_MESSAGE", "DUPLICATE_MESSAGE", "CapLedger", "CapOutcome"]
 
@@ -130,23 +130,11 @@ class CapLedger:
                       end: float | None) -> tuple[int, int]:
         """Exact (epsilon, delta) units charged on `dataset` in [start, end)."""
         eps = delta = 0
-        pieces = window_pieces(start, end)
-        rows: list[tuple[int, int]] = []
-        if pieces.lifetime:
-            rows.append(conn.execute(
-                "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0) FROM cap_buckets"
-                " WHERE dataset = ? AND width = 0 AND bucket = 0", (dataset,)).fetchone())
-        for lo, hi, minute in pieces.edges:
-            rows.append(conn.execute(
-                "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0) FROM cap_charges"
-                f" WHERE dataset = ? AND created_at >= ? AND created_at < ? AND {MINUTE_SQL} = ?",
-                (dataset, lo, hi, minute)).fetchone())
-        for width, first, stop in pieces.buckets:
-            rows.append(conn.execute(
-                "SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0) FROM cap_buckets"
-                " WHERE dataset = ? AND width = ? AND bucket >= ? AND bucket < ?",
-                (dataset, width, first, stop)).fetchone())
-        for e, d in rows:
+        for sql, params in window_queries(start, end, ("epsilon_units", "delta_units"), buckets="cap_buckets",
+                                          bucket_where="dataset = ?", bucket_args=(dataset,),
+                                          charges="cap_charges", charge_where="dataset = ?",
+                                          charge_args=(dataset,)):
+            e, d = conn.execute(sql, params).fetchone()
             eps, delta = eps + int(e), delta + int(d)
         return eps, delta
 

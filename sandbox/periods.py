@@ -37,6 +37,7 @@ __all__ = [
     "rfc3339",
     "to_units",
     "window_pieces",
+    "window_queries",
 ]
 
 EPSILON_UNITS = 10**9  # nano-epsilon
@@ -206,3 +207,27 @@ def window_pieces(start: float | None, end: float | None) -> WindowPieces:
     if h_first < h_stop:
         ranges = ((3600, h_first, h_stop), (60, first, h_first * 60), (60, h_stop * 60, stop))
     return WindowPieces(False, edges, tuple(r for r in ranges if r[1] < r[2]))
+
+
+def window_queries(
+    start: float | None, end: float | None, columns: tuple[str, ...], *,
+    buckets: str, bucket_where: str, bucket_args: tuple[object, ...],
+    charges: str, charge_where: str, charge_args: tuple[object, ...],
+) -> list[tuple[str, tuple[object, ...]]]:
+    """The reads that sum `columns` over [start, end) (`window_pieces`): bucket rows of table `buckets`
+    selected by `bucket_where` (one scope), and the partial minutes from table `charges` selected by
+    `charge_where` (the same charges). The caller runs them in one transaction and adds the rows up;
+    building them is pure, so the gateway's ledger and the sandbox's cap ledger share it."""
+    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in columns)
+    pieces = window_pieces(start, end)
+    reads: list[tuple[str, tuple[object, ...]]] = []
+    if pieces.lifetime:
+        reads.append((f"SELECT {sums} FROM {buckets} WHERE {bucket_where} AND width = 0 AND bucket = 0",
+                      bucket_args))
+    for lo, hi, minute in pieces.edges:
+        reads.append((f"SELECT {sums} FROM {charges} WHERE {charge_where} AND created_at >= ?"
+                      f" AND created_at < ? AND {MINUTE_SQL} = ?", (*charge_args, lo, hi, minute)))
+    for width, first, stop in pieces.buckets:
+        reads.append((f"SELECT {sums} FROM {buckets} WHERE {bucket_where} AND width = ? AND bucket >= ?"
+                      " AND bucket < ?", (*bucket_args, width, first, stop)))
+    return reads
