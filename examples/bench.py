@@ -49,6 +49,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
+from examples.bench_floor import FloorSystem
 from examples.bench_standins import bare_gateway
 from examples.generate_data import generate
 from gateway import certs
@@ -392,6 +393,14 @@ def residents_only_catalog(root: Path) -> Path:
     path = root / "catalog-residents-only.toml"
     path.write_text("\n".join(keep) + "\n")
     return path
+
+
+def income_upper(catalog: Path = CATALOG) -> int:
+    """The catalog's upper bound on `residents.income` (the stack floor clamps to it, as the sandbox does)."""
+    import tomllib
+
+    cols = tomllib.loads(catalog.read_text())["datasets"][DATASET]["tables"]["residents"]["columns"]
+    return int(cols["income"]["upper"])
 
 
 def start_gateway_system(data_dir: Path, root: Path, threads: int) -> tuple[GatewaySystem, str | None]:
@@ -1199,15 +1208,19 @@ def render(results: dict[str, Any]) -> str:
         "catalog bounds, charges the durable ledger and adds OpenDP noise); `duckdb` = the same SQL in "
         "plain in-process DuckDB over in-memory tables from the same Parquet (exact, no bounding: the "
         "floor); `smartnoise` = SmartNoise SQL over the same kind of DuckDB tables, in its own venv, time "
-        f"measured inside its worker around `execute()`; run at sizes {cfg['smartnoise_sizes']} only.",
+        f"measured inside its worker around `execute()`; run at sizes {cfg['smartnoise_sizes']} only. "
+        "`stack floor` = the least a request must do on this stack (`examples/bench_floor.py`): an mTLS gRPC "
+        "call, a Unix-socket hop to a separate sandbox process that checks one OpenDP map per value, runs the "
+        "aggregate in DuckDB over the clamped INTEGER column and adds OpenDP noise, and one durable SQLite "
+        "commit; no policy, budgets, SQL analysis, audit, receipt or intervals. COUNT, SUM and AVG only.",
         "",
     ]
     if cfg.get("quick"):
         lines += ["**Quick (smoke) run**: 100k people and few repetitions; not a result.", ""]
     lines += ["## Latency", "",
               "| people | query | gateway median | p90 | duckdb median | p90 | smartnoise median | p90 "
-              "| gateway / duckdb | smartnoise / gateway |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| gateway / duckdb | smartnoise / gateway | stack floor median | stack floor / duckdb |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     missed: list[str] = []
     for size_key, size_res in results["sizes"].items():
         size = int(size_key)
@@ -1230,7 +1243,10 @@ def render(results: dict[str, Any]) -> str:
                 if not ok:
                     missed.append(f"{size:,} people, {q.id}: smartnoise/gateway {sg:.1f}x (target ≥ 10x)")
             cells = [*_lat(g), *_lat(d), *_lat(s)]
-            lines.append(f"| {size:,} | {q.title} | " + " | ".join(cells) + f" | {gd_txt} | {sg_txt} |")
+            f = r.get("stack_floor")
+            fm = f.get("median") if f else None
+            floor_txt = f"{ms(fm)} | {fmt_ratio(ratio(fm, dm))}" if fm is not None else "— | —"
+            lines.append(f"| {size:,} | {q.title} | " + " | ".join(cells) + f" | {gd_txt} | {sg_txt} | {floor_txt} |")
     lines += ["", "Queries (one list, `WORKLOAD` in `examples/bench.py`):", ""]
     for q in WORKLOAD:
         lines.append(f"* `{q.id}`: `{q.sql}`")
@@ -1239,7 +1255,7 @@ def render(results: dict[str, Any]) -> str:
     for size_key, size_res in results["sizes"].items():
         for q in WORKLOAD:
             for name, r in size_res["latency"][q.id].items():
-                if "unsupported" in r:
+                if "unsupported" in r and name != "stack_floor":  # by design: COUNT, SUM and AVG only
                     seen = True
                     lines.append(f"* {int(size_key):,} people, `{q.id}` on {name}: {r['unsupported']}")
     if not seen:
@@ -1502,6 +1518,7 @@ def main(argv: list[str] | None = None) -> int:
             + (", SmartNoise" if size in sn_sizes else ""))
         gw, load_failure = start_gateway_system(data_dir, root, args.threads)
         base = DuckDBSystem(data_dir, args.threads)
+        floor = FloorSystem(data_dir, root / "floor", args.threads, income_upper())
         sn = None
         if size in sn_sizes:
             try:
@@ -1511,7 +1528,7 @@ def main(argv: list[str] | None = None) -> int:
         if sn is not None:
             sn_versions = sn.versions
         try:
-            systems: dict[str, Any] = {"gateway": gw, "duckdb": base}
+            systems: dict[str, Any] = {"gateway": gw, "duckdb": base, "stack_floor": floor}
             if sn is not None:
                 systems["smartnoise"] = sn
             log(f"  loaded: sandbox {gw.sandbox_load_seconds:.1f} s, duckdb {base.load_seconds:.1f} s"
@@ -1544,6 +1561,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if sn is not None:
                 sn.close()
+            floor.close()
             base.close()
             gw.close()
             shutil.rmtree(root, ignore_errors=True)
