@@ -64,6 +64,7 @@ SN_REQUIREMENT = "smartnoise-sql==1.0.10"
 CATALOG = ROOT / "policies" / "catalog.toml"
 DATASET = "registry"
 EPSILON = 1.0
+SN_TARGET_SIZE = 1_000_000  # where "at least 10x faster than SmartNoise" is measured (issue #3)
 ACCURACY_EPSILONS = (1.0, 0.1)
 DELTA = 1e-6  # for the private-key grouped count only (partition selection needs delta > 0)
 
@@ -1208,7 +1209,9 @@ def render(results: dict[str, Any]) -> str:
         "catalog bounds, charges the durable ledger and adds OpenDP noise); `duckdb` = the same SQL in "
         "plain in-process DuckDB over in-memory tables from the same Parquet (exact, no bounding: the "
         "floor); `smartnoise` = SmartNoise SQL over the same kind of DuckDB tables, in its own venv, time "
-        f"measured inside its worker around `execute()`; run at sizes {cfg['smartnoise_sizes']} only. "
+        f"measured inside its worker around `execute()`; run at sizes {cfg['smartnoise_sizes']} only, "
+        f"interleaved with the others up to {SN_TARGET_SIZE:,} people and in a pass of its own above that "
+        "(its multi-second queries would skew the milliseconds the 10M target compares). "
         "`stack floor` = the least a request must do on this stack (`examples/bench_floor.py`): an mTLS gRPC "
         "call, a Unix-socket hop to a separate sandbox process that checks one OpenDP map per value, runs the "
         "aggregate in DuckDB over the clamped INTEGER column and adds OpenDP noise, and one durable SQLite "
@@ -1237,7 +1240,7 @@ def render(results: dict[str, Any]) -> str:
                 gd_txt += " ✅" if ok else " ❌ (target ≤ 1.5x)"
                 if not ok:
                     missed.append(f"{size:,} people, {q.id}: gateway/duckdb {gd:.1f}x (target ≤ 1.5x)")
-            if size == 1_000_000 and sg is not None:
+            if size == SN_TARGET_SIZE and sg is not None:
                 ok = sg >= 10
                 sg_txt += " ✅" if ok else " ❌ (target ≥ 10x)"
                 if not ok:
@@ -1529,11 +1532,19 @@ def main(argv: list[str] | None = None) -> int:
             sn_versions = sn.versions
         try:
             systems: dict[str, Any] = {"gateway": gw, "duckdb": base, "stack_floor": floor}
-            if sn is not None:
+            # SmartNoise joins the interleaving where its speed is a target (1M and below); above that its
+            # queries take seconds and its worker's memory traffic skews the milliseconds the 10M target
+            # compares, so it gets a pass of its own after the others.
+            separate_sn = sn is not None and size > SN_TARGET_SIZE
+            if sn is not None and not separate_sn:
                 systems["smartnoise"] = sn
             log(f"  loaded: sandbox {gw.sandbox_load_seconds:.1f} s, duckdb {base.load_seconds:.1f} s"
                 + (f", smartnoise {sn.load_seconds:.1f} s" if sn else ""))
             lat = latency(systems, args.reps, args.warmup)
+            if separate_sn:
+                log("  smartnoise on its own ...")
+                for qid, by_system in latency({"smartnoise": sn}, args.reps, args.warmup).items():
+                    lat[qid].update(by_system)
             size_res: dict[str, Any] = {
                 "data": data_info, "sandbox_load_seconds": gw.sandbox_load_seconds,
                 "duckdb_load_seconds": base.load_seconds,
