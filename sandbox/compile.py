@@ -48,6 +48,7 @@ from sandbox.protocol import (
     UnitOutput,
 )
 from sandbox.relation import Relation, key, source_relation
+from sandbox.storage import table_ref
 
 MAX_DEPTH = 64
 MAX_NODES = 4096
@@ -125,6 +126,11 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise PlanRejectedError("identifier contains NUL")
     return '"' + name.replace('"', '""') + '"'
+
+
+def table_sql(name: str, *, stored: bool) -> str:
+    """How SQL names the DuckDB table `name`: in the sandbox's store, or in the default database."""
+    return table_ref(name) if stored else quote_ident(name)
 
 
 def render_literal(value: Scalar) -> str:
@@ -347,7 +353,7 @@ class _Compiler:
         """SQL text of a FROM tree (every name quoted, every join on the unit or a unique key)."""
         match s:
             case TableSource(table, alias):
-                return f"{quote_ident(self.ctx.sql_table(table))} AS {quote_ident(alias)}"
+                return f"{self.ctx.sql_table(table)} AS {quote_ident(alias)}"
             case UnitJoin(left, right, kind):
                 lrel = self.ctx.sub(left)
                 lsql = _Compiler(lrel, self.ctx).source(left)
@@ -461,11 +467,13 @@ class _Context:
     unit: str
     qualified: bool
     nodes: int = 0
+    stored: bool = False
 
     def sql_table(self, table: str) -> str:
+        """The SQL reference of the DuckDB table holding catalog table `table`."""
         if table not in self.sql_tables:
             raise PlanRejectedError(f"unknown table {table!r}")
-        return self.sql_tables[table]
+        return table_sql(self.sql_tables[table], stored=self.stored)
 
     def sub(self, s: Source) -> Relation:
         return source_relation(s, self.dataset)
@@ -475,7 +483,7 @@ def replace_ctx(ctx: _Context, *, qualified: bool) -> _Context:
     """The same context (shared node budget) with another qualification mode, for subqueries."""
     if ctx.qualified == qualified:
         return ctx
-    out = _Context(ctx.dataset, ctx.sql_tables, ctx.unit, qualified, ctx.nodes)
+    out = _Context(ctx.dataset, ctx.sql_tables, ctx.unit, qualified, ctx.nodes, ctx.stored)
     return out
 
 
@@ -488,6 +496,7 @@ def compile_plan(
     max_cells: int,
     dataset: DatasetInfo | None = None,
     sql_tables: Mapping[str, str] | None = None,
+    stored: bool = False,
 ) -> CompiledPlan:
     """Type-check `plan` against the catalog `table` and render it as SELECTs.
 
@@ -499,6 +508,8 @@ def compile_plan(
         max_cells: most group-key combinations a plan may ask for.
         dataset: the catalog's dataset (needed for sources and semi-joins).
         sql_tables: DuckDB table of every catalog table of the dataset (for sources and semi-joins).
+        stored: the tables are in the sandbox's compressed store (`sandbox.storage.table_ref`), not in
+            the connection's default database.
 
     Raises:
         PlanRejectedError: unknown or identifier column, type error, key without domain, too many
@@ -506,7 +517,7 @@ def compile_plan(
     """
     ds = dataset or DatasetInfo("", unit, (table,), "")
     tables = dict(sql_tables or {}) | {table.name: sql_table}
-    ctx = _Context(ds, tables, unit, qualified=plan.source is not None)
+    ctx = _Context(ds, tables, unit, qualified=plan.source is not None, stored=stored)
     rel = _table_relation(table, unit) if plan.source is None else source_relation(plan.source, ds)
     c = _Compiler(rel, ctx)
     keys: list[str] = []
@@ -590,7 +601,7 @@ def compile_plan(
             continue
         select.append(f"coalesce({total}({value}), 0)")
         comps.append((i, "sum"))
-    frm = quote_ident(sql_table) if plan.source is None else c.source(plan.source)
+    frm = table_sql(sql_table, stored=stored) if plan.source is None else c.source(plan.source)
     source = f" FROM {frm}"
     if where:
         source += " WHERE " + " AND ".join(where)

@@ -51,6 +51,7 @@ from sandbox.protocol import (
     plan_to_json,
 )
 from sandbox.relation import Relation, plan_relation
+from sandbox.storage import compress, open_store, table_ref
 from sandbox.watchdog import Watchdog
 
 log = logging.getLogger("sandbox.engine")
@@ -161,6 +162,7 @@ class Engine:
         self.limits = limits or Limits()
         self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
         self._con = connect(self.limits)
+        open_store(self._con)  # tables are loaded into the compressed store (sandbox.storage)
         self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
         self._prices: OrderedDict[tuple[str, ...], tuple[tuple[ReleaseCost, ...], float]] = OrderedDict()
         self._price_lock = threading.Lock()
@@ -180,6 +182,7 @@ class Engine:
             salt = truncation_salt or secrets.token_hex(16)
             for t in ds.tables:
                 self._load(ds, t, salt)
+        compress(self._con)
         lock_down(self._con, self.limits)
         self.locked_down = True
         self._info = catalog.public(versions)
@@ -229,15 +232,15 @@ class Engine:
             f"SELECT count(*) FROM (SELECT {unit} FROM {src} GROUP BY {unit} HAVING count(*) > {k})"
         ).fetchone()
         if over is not None and int(over[0]) == 0:
-            self._con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM {src}")
+            self._con.execute(f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM {src}")
         else:
             self._con.execute(
-                f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM ("
+                f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM ("
                 f"SELECT *, row_number() OVER (PARTITION BY {unit} ORDER BY __pgw_h) AS __pgw_rn FROM ("
                 f"SELECT *, hash({render_literal(salt)}, {row}) AS __pgw_h FROM {src})"
                 f") WHERE __pgw_rn <= {k}"
             )
-        count = self._con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()
+        count = self._con.execute(f"SELECT count(*) FROM {table_ref(name)}").fetchone()
         self.row_counts[name] = int(count[0]) if count else 0
         log.info("loaded %s.%s: %d rows after truncation to %d per unit", ds.name, t.name,
                  self.row_counts[name], k)
@@ -248,11 +251,11 @@ class Engine:
         Uniqueness is what bounds a lookup join (each private row matches at most one public row),
         so a violation stops the sandbox at start-up (the data owner's error, before any query).
         """
-        self._con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT {cols} FROM {src}")
+        self._con.execute(f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM {src}")
         assert t.info.unique_key is not None
         k = quote_ident(t.info.unique_key)
         row = self._con.execute(
-            f"SELECT count(*), count(DISTINCT {k}), count({k}) FROM {quote_ident(name)}"
+            f"SELECT count(*), count(DISTINCT {k}), count({k}) FROM {table_ref(name)}"
         ).fetchone()
         assert row is not None
         if not int(row[0]) == int(row[1]) == int(row[2]):
@@ -332,6 +335,7 @@ class Engine:
                 max_cells=self.limits.max_groups,
                 dataset=info,
                 sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
+                stored=True,
             )
             rel = plan_relation(plan, info)
             costs, cap_epsilon = self._price_memoized(req, info)

@@ -21,13 +21,15 @@ from typing import Any
 import duckdb
 
 from sandbox.errors import PlanRejectedError
+from sandbox.storage import is_loaded_table
 
 _NODE_KEYS = frozenset(
     {"type", "cte_map", "select_list", "from_table", "where_clause", "group_expressions",
      "group_sets", "aggregate_handling", "query_location", "query_location_length"}
 )
 _TABLE_KEYS = frozenset(
-    {"type", "table_name", "qualified_name", "alias", "query_location", "query_location_length"}
+    {"type", "table_name", "schema_name", "catalog_name", "qualified_name", "alias", "query_location",
+     "query_location_length"}
 )
 _JOIN_KEYS = frozenset(
     {"type", "left", "right", "condition", "join_type", "ref_type", "is_implicit",
@@ -137,8 +139,7 @@ def _check_from(src: Any, tables: Set[str], depth: int) -> None:
     if kind == "BASE_TABLE":
         if not set(src) <= _TABLE_KEYS:
             raise _refuse("the source must be a loaded table")
-        name = src.get("table_name")
-        if name not in tables or src.get("qualified_name", {"path": [name]}) != {"path": [name]}:
+        if not is_loaded_table(src, tables):  # bare, or in the sandbox's store (sandbox.storage)
             raise _refuse("unknown table")
         return
     if kind == "JOIN":

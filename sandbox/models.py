@@ -56,6 +56,7 @@ from sandbox.model_protocol import (
     TrainResult,
 )
 from sandbox.protocol import ErrorReply, ReleaseCost
+from sandbox.storage import is_loaded_table, table_ref
 
 log = logging.getLogger("sandbox.models")
 
@@ -85,7 +86,8 @@ _NODE_KEYS = frozenset(
 
 
 _TABLE_KEYS = frozenset(
-    {"type", "table_name", "qualified_name", "query_location", "query_location_length"}
+    {"type", "table_name", "schema_name", "catalog_name", "qualified_name", "query_location",
+     "query_location_length"}
 )
 _SUBQUERY_KEYS = frozenset({"type", "alias", "subquery", "query_location", "query_location_length"})
 
@@ -108,7 +110,7 @@ def _check_node(node: Any, tables: frozenset[str], depth: int) -> None:
     src = node.get("from_table", {})
     if src.get("type") == "SUBQUERY" and depth < 4 and set(src) <= _SUBQUERY_KEYS:
         _check_node(src.get("subquery", {}).get("node"), tables, depth + 1)
-    elif src.get("type") != "BASE_TABLE" or src.get("table_name") not in tables or set(src) - _TABLE_KEYS:
+    elif src.get("type") != "BASE_TABLE" or not is_loaded_table(src, tables) or set(src) - _TABLE_KEYS:
         raise _refuse("the source must be one loaded table")
     for key in ("select_list", "where_clause", "group_expressions"):
         _walk(node.get(key), 0)
@@ -308,7 +310,7 @@ def linear_statistics_sql(d: mp.Design, sql_table: str) -> str:
     names = [str(mp.Q)] + [f"q{i + 1}" for i in range(len(inner))]
     items = [f"sum(CAST({names[i]} AS BIGINT) * {names[j]})"
              for i in range(len(names)) for j in range(i, len(names))]
-    return (f"SELECT {', '.join(items)} FROM (SELECT {cols} FROM {quote_ident(sql_table)} "
+    return (f"SELECT {', '.join(items)} FROM (SELECT {cols} FROM {table_ref(sql_table)} "
             f"WHERE {quote_ident(d.label.column)} IS NOT NULL) AS s")
 
 
@@ -414,7 +416,7 @@ def _step_levels(d: mp.Design, sql_table: str, theta: Sequence[float], clip: flo
     znames = ", ".join(names[1:])
     score = " + ".join(f"{_num(float(th))} * {z}" for th, z in zip(theta, names, strict=True))
     score = f"least(greatest({score}, -60.0), 60.0)"
-    level1 = (f"SELECT {zs}, {_label_sql(d.label)} AS y FROM {quote_ident(sql_table)} "
+    level1 = (f"SELECT {zs}, {_label_sql(d.label)} AS y FROM {table_ref(sql_table)} "
               f"WHERE {quote_ident(d.label.column)} IS NOT NULL")
     level2 = f"SELECT {znames}, y, 1.0 / (1.0 + exp(-({score}))) AS sg FROM ({level1}) AS s1"
     level3 = f"SELECT {znames}, sg - y AS e, sg * (1.0 - sg) AS w FROM ({level2}) AS s2"
@@ -497,7 +499,7 @@ def _train_logistic(engine: Engine, d: mp.Design, sql_table: str, costs: tuple[M
     clip = mp.clip_bound(d, req.clip)
     mult = mp.count_multiplier(d, req.clip)
     qh = mp.hessian_quantization(d, req.clip)
-    count_sql = (f"SELECT count(*) FROM {quote_ident(sql_table)} "
+    count_sql = (f"SELECT count(*) FROM {table_ref(sql_table)} "
                  f"WHERE {quote_ident(d.label.column)} IS NOT NULL")
     exact_n = _exact_ints(run_model_select(engine, count_sql)[0])
     noisy_count = _gaussian_release(scale, [min(exact_n[0] * mult, I64_LIMIT)])[0]
@@ -548,7 +550,7 @@ def _eval_linear(engine: Engine, d: mp.Design, sql_table: str, betas: Sequence[f
     r = f"least(greatest(({y} - {_prediction_sql(d, betas, req.intercept)}) / {_num(bound)}, -1.0), 1.0)"
     qr, qv = _quantize(r), _quantize(_scaled_label_sql(d.label))
     sql = (f"SELECT count(*), sum(CAST({qr} AS BIGINT) * {qr}), sum({qv}), sum(CAST({qv} AS BIGINT) * {qv}) "
-           f"FROM {quote_ident(sql_table)} WHERE {col} IS NOT NULL")
+           f"FROM {table_ref(sql_table)} WHERE {col} IS NOT NULL")
     exact = _exact_ints(run_model_select(engine, sql)[0])
     noisy = np.array([_laplace_release(c, [v])[0] for c, v in zip(costs, exact, strict=True)], dtype=float)
     del exact
@@ -591,7 +593,7 @@ def _eval_logistic(engine: Engine, d: mp.Design, sql_table: str, betas: Sequence
     b = mp.SCORE_BINS
     bin_sql = f"least(CAST(floor({b} / (1.0 + exp(-({s})))) AS BIGINT), {b - 1})"
     label = _label_sql(d.label)
-    sql = (f"SELECT {bin_sql}, CAST({label} AS BIGINT), count(*) FROM {quote_ident(sql_table)} "
+    sql = (f"SELECT {bin_sql}, CAST({label} AS BIGINT), count(*) FROM {table_ref(sql_table)} "
            f"WHERE {quote_ident(d.label.column)} IS NOT NULL GROUP BY 1, 2")
     cells = [0] * (2 * b)  # [neg bins..., pos bins...]: every cell released, also empty ones
     for bin_, lab, cnt in run_model_select(engine, sql):

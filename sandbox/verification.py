@@ -64,6 +64,7 @@ from sandbox.protocol import (
     Scalar,
     Unary,
 )
+from sandbox.storage import table_ref
 from sandbox.verification_protocol import (
     MATCH,
     NO_MATCH,
@@ -493,7 +494,7 @@ def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> tuple[_Compile
             rt = ds.table(rs.table)
             assert rt is not None
             where = " WHERE " + _Renderer(catalog, ds, tpl, "related", rt.name).bool(rs.where)
-        src = quote_ident(sql_table_name(ds.name, rs.table))
+        src = table_ref(sql_table_name(ds.name, rs.table))
         joins.append(
             f" LEFT JOIN (SELECT {quote_ident(rs.key)} AS k, {agg} AS v FROM {src}{where}"
             f" GROUP BY {quote_ident(rs.key)}) r{i} ON r{i}.k = t.{quote_ident(rs.key)}"
@@ -501,7 +502,7 @@ def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> tuple[_Compile
         select.append(f"coalesce(r{i}.v, 0) AS {quote_ident('__pgw_rel_' + rs.name)}")
     create = (
         f"CREATE TABLE {quote_ident(name)} AS SELECT {', '.join(select)} "
-        f"FROM {quote_ident(sql_table_name(ds.name, tpl.table))} t{''.join(joins)} "
+        f"FROM {table_ref(sql_table_name(ds.name, tpl.table))} t{''.join(joins)} "
         f"WHERE t.{quote_ident(tpl.subject_column)} IS NOT NULL ORDER BY {SUBJECT}"
     )
     # A claim whose subject has no row gets no row from the join (batch) / no row at all (single);

@@ -31,6 +31,7 @@ from sandbox.protocol import (
     QueryPlan,
     TableInfo,
 )
+from sandbox.storage import STORE, table_ref
 from tests.helpers import make_agg, make_keys
 
 pytestmark = pytest.mark.integration
@@ -133,7 +134,7 @@ def test_truncation_keeps_at_most_k_rows_per_unit(engine: Engine) -> None:
     con = engine._con
     assert engine.row_counts["reg__res"] == KEPT_ROWS < RAW_ROWS
     per_unit = con.execute(
-        "SELECT person_id, count(*) FROM reg__res GROUP BY ALL ORDER BY 1"
+        f"SELECT person_id, count(*) FROM {table_ref('reg__res')} GROUP BY ALL ORDER BY 1"
     ).fetchall()
     assert per_unit == [(p, min(p % 4 + 1, K)) for p in range(N_PERSONS)]
     assert engine.row_counts["reg__flat"] == 30
@@ -149,7 +150,7 @@ def test_truncation_is_stable_under_neighbouring_datasets(data_dir: Path, tmp_pa
     shutil.copytree(data_dir, neighbour)
     con.execute(f"COPY (SELECT * FROM '{src}' WHERE person_id <> {victim[0]}) TO '{neighbour / 'res.parquet'}'")
     con.close()
-    q = ("SELECT person_id, region, income, score::VARCHAR FROM reg__res "
+    q = (f"SELECT person_id, region, income, score::VARCHAR FROM {table_ref('reg__res')} "
          f"WHERE person_id <> {victim[0]} ORDER BY ALL")
     a = Engine(load_catalog(data_dir / "catalog.toml"), truncation_salt="s")
     b = Engine(load_catalog(neighbour / "catalog.toml"), truncation_salt="s")
@@ -309,7 +310,7 @@ def test_run_select_guard_refuses(engine: Engine, sql: str) -> None:
         ("SELECT * FROM read_parquet('{data}/res.parquet')", duckdb.PermissionException),
         ("SELECT * FROM read_text('/etc/passwd')", duckdb.PermissionException),
         ("SELECT * FROM glob('{data}/*')", duckdb.PermissionException),
-        ("COPY reg__res TO '{data}/leak.csv'", duckdb.PermissionException),
+        ("COPY pgw_store.main.reg__res TO '{data}/leak.csv'", duckdb.PermissionException),
         ("ATTACH '{data}/evil.db' AS evil", duckdb.PermissionException),
         ("INSTALL httpfs", duckdb.PermissionException),
         ("LOAD '{data}/evil.duckdb_extension'", duckdb.PermissionException),
@@ -476,3 +477,31 @@ def test_sandbox_pricing_memo_hits_only_the_same_plan_and_loss(engine: Engine) -
     with pytest.raises(PlanRejectedError):
         engine._price_memoized(ExecuteRequest("memo/4", plan, float("nan"), 0.0), info)
     assert len([k for k in engine._prices if k[1] == "nan"]) == 0
+
+
+def test_tables_live_compressed_in_the_store_and_only_there(engine: Engine) -> None:
+    """The loaded rows are in the attached store (sandbox.storage): string columns dictionary-encoded, numbers
+    in none of the disabled numeric codecs; the default database holds no copy, so a bare table name binds
+    to nothing; the guard accepts the store's qualified name for loaded tables only."""
+    con = engine._con
+    codecs = {
+        (col, str(comp)) for col, comp in con.execute(
+            f"SELECT column_name, compression FROM pragma_storage_info('{STORE}.main.reg__res') "
+            "WHERE segment_type <> 'VALIDITY'").fetchall()
+    }
+    by_col: dict[str, set[str]] = {}
+    for col, comp in codecs:
+        by_col.setdefault(col, set()).add(comp.upper())
+    assert by_col["region"] <= {"DICT_FSST", "DICTIONARY", "FSST", "CONSTANT"}, by_col
+    numeric_codecs = {"BITPACKING", "ALP", "ALPRD", "CHIMP", "PATAS", "ZSTD"}
+    for col in ("person_id", "income", "score"):
+        assert not by_col[col] & numeric_codecs, by_col
+    assert not con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name <> ?", [STORE]).fetchall()
+    with pytest.raises(duckdb.CatalogException):
+        con.execute("SELECT count(*) FROM reg__res")
+    assert engine.run_select(f"SELECT count(*) FROM {table_ref('reg__res')}") == [(KEPT_ROWS,)]
+    for sql in ("SELECT count(*) FROM memory.main.reg__res", f"SELECT count(*) FROM {STORE}.other.reg__res",
+                "SELECT count(*) FROM system.main.reg__res", f"SELECT count(*) FROM {table_ref('nope')}"):
+        with pytest.raises(PlanRejectedError):
+            engine.run_select(sql)

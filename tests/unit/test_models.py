@@ -16,6 +16,7 @@ from sandbox.catalog import load_catalog
 from sandbox.engine import Engine
 from sandbox.model_protocol import EvaluateRequest, TrainRequest, TrainResult
 from sandbox.protocol import ErrorReply, decode_body, encode_frame
+from sandbox.storage import table_ref
 
 dp.enable_features("contrib")
 
@@ -219,7 +220,8 @@ def test_newton_reaches_the_unpenalised_optimum_without_noise(engines: tuple[Eng
     d = _design(e0, "logistic")
     qh = mp.hessian_quantization(d, 0.0)
     x = np.array(e0._con.execute(
-        "SELECT x, cat = 'b', cat = 'c', flag FROM reg__t WHERE flag IS NOT NULL").fetchall(), dtype=float)
+        f"SELECT x, cat = 'b', cat = 'c', flag FROM {table_ref('reg__t')} WHERE flag IS NOT NULL").fetchall(),
+        dtype=float)
     z = np.column_stack([np.ones(len(x)), x[:, 0] / 5 - 1, x[:, 1], x[:, 2]])
     y = x[:, 3]
     ref = np.zeros(d.p)

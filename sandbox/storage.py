@@ -1,0 +1,56 @@
+"""Where the sandbox keeps the loaded tables: an attached in-memory database with lightweight compression.
+
+DuckDB compresses an in-memory database only when it is attached with `(COMPRESS)`, and only at a
+checkpoint; the default in-memory database is never compressed. The engine therefore loads every table
+into `STORE` and checkpoints it once, before the lock-down. Numeric codecs are disabled (`open_store`):
+strings get DuckDB's dictionary/FSST encoding, so a GROUP BY or a filter on a string column works on small
+dictionary codes (10M residents: GROUP BY region 150 -> 43 ms, WHERE region = ... 83 -> 17 ms), while
+integers and doubles stay plain arrays, which a SUM reads faster than bit-packed or ALP-coded ones (10M
+incomes: 8.3 ms bit-packed against 5.5 ms plain).
+
+Every SQL producer names a stored table with `table_ref` (a view in the default database would cost each
+query about 0.45 ms of binding), and the SQL guards accept exactly that qualification (`is_loaded_table`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from typing import Any
+
+import duckdb
+
+__all__ = ["STORE", "compress", "is_loaded_table", "open_store", "table_ref"]
+
+STORE = "pgw_store"
+# Disabled for the store: every codec that stores numbers other than as a plain array (see the docstring).
+_NUMERIC_CODECS = "bitpacking,alp,alprd,chimp,patas,zstd"
+
+
+def open_store(con: duckdb.DuckDBPyConnection) -> None:
+    """Attach the empty store to a connection that is still open for loading."""
+    con.execute(f"ATTACH ':memory:' AS {STORE} (COMPRESS)")
+    con.execute(f"SET disabled_compression_methods = '{_NUMERIC_CODECS}'")
+
+
+def compress(con: duckdb.DuckDBPyConnection) -> None:
+    """Write the loaded tables in compressed form (once, after the last load, before the lock-down)."""
+    con.execute(f"CHECKPOINT {STORE}")
+
+
+def table_ref(name: str) -> str:
+    """The SQL reference of the stored table `name`: `pgw_store.main."name"`."""
+    if "\x00" in name:
+        raise ValueError("table name contains NUL")
+    return f'{STORE}.main."' + name.replace('"', '""') + '"'
+
+
+def is_loaded_table(src: Mapping[str, Any], tables: Set[str]) -> bool:
+    """True when a parsed BASE_TABLE node names a table of `tables`, bare or as `table_ref` renders it."""
+    name = src.get("table_name")
+    if name not in tables:
+        return False
+    catalog, schema = src.get("catalog_name", ""), src.get("schema_name", "")
+    path = src.get("qualified_name", {"path": [name]})
+    if not catalog and not schema:
+        return bool(path == {"path": [name]})
+    return bool(catalog == STORE and schema == "main" and path == {"path": [STORE, "main", name]})
