@@ -216,7 +216,7 @@ class _Compiler:
                 q = self.ref(k)
                 kind = _KIND[col.type]
                 if clamp and kind == "num":
-                    # Stored clamped to the column's bounds with NaN as NULL (sandbox.engine._stored),
+                    # Stored clamped to the column's bounds with NaN as NULL (sandbox.engine.stored_column),
                     # and derived columns are clamped by construction: read as DOUBLE, which cannot raise.
                     return f"CAST({q} AS DOUBLE)", kind
                 return q, kind
@@ -435,7 +435,7 @@ class _Compiler:
             raise PlanRejectedError("the plan's bounds differ from the catalog's")
         if kind == "bool":
             sql = f"(CASE WHEN {sql} THEN 1.0 WHEN NOT {sql} THEN 0.0 END)"
-        # A bare column is stored clamped to exactly these bounds (sandbox.engine._stored): aggregate it
+        # A bare column is stored clamped to exactly these bounds (sandbox.engine.stored_column): aggregate it
         # as stored (BIGINT sums exactly). Anything else is clamped here.
         if isinstance(agg.arg, Column) and kind == "num":
             return self.ref(key(agg.arg)), lo, hi, integer

@@ -121,7 +121,7 @@ def _narrow_int(lo: int, hi: int) -> str:
     return "BIGINT"
 
 
-def _stored(c: ColumnInfo) -> str:
+def stored_column(c: ColumnInfo) -> str:
     """How a column is stored at load: cast to its type, clamped to its declared bounds, NaN as NULL.
 
     Clamping once per data version (instead of in every query) is the same per-row function the queries
@@ -215,7 +215,7 @@ class Engine:
                     f"{t.key}.columns.{c.name}.type",
                     f"declared {c.type} but {t.file} has {found[c.name]}",
                 )
-        cols = ", ".join(f"{_stored(c)} AS {quote_ident(c.name)}" for c in t.info.columns)
+        cols = ", ".join(f"{stored_column(c)} AS {quote_ident(c.name)}" for c in t.info.columns)
         row = ", ".join(quote_ident(c.name) for c in t.info.columns)
         unit = quote_ident(ds.privacy_unit)
         name = sql_table_name(ds.name, t.name)

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from sandbox.compile import compile_plan, quote_ident, render_literal
-from sandbox.engine import _stored
+from sandbox.engine import stored_column
 from sandbox.errors import PlanRejectedError
 from sandbox.guard import check_select
 from sandbox.protocol import (
@@ -83,7 +83,7 @@ def _con() -> duckdb.DuckDBPyConnection:
         [EVIL_STR],
     )
     # Store the table as the engine does at load: clamped to the catalog bounds, NaN as NULL.
-    stored = ", ".join(f"{_stored(c)} AS {quote_ident(c.name)}" for c in TABLE.columns)
+    stored = ", ".join(f"{stored_column(c)} AS {quote_ident(c.name)}" for c in TABLE.columns)
     con.execute(f'CREATE OR REPLACE TABLE "d__people" AS SELECT {stored} FROM "d__people"')
     return con
 
@@ -92,7 +92,7 @@ def test_known_plan_sql() -> None:
     """A plan with every aggregate, a group key and a filter compiles to the expected SQL.
 
     Bare bounded columns are aggregated as stored: the engine stores them clamped at load
-    (`sandbox.engine._stored`), so no per-row clamp or cast is compiled; rows whose key is outside the
+    (`sandbox.engine.stored_column`), so no per-row clamp or cast is compiled; rows whose key is outside the
     domain are not filtered in SQL but ignored by the engine.
     """
     plan = _plan(

@@ -13,7 +13,7 @@ from gateway.postprocess import OrderItem, PostProcess, apply
 from sandbox import mechanisms
 from sandbox.bounds import expression_bounds
 from sandbox.compile import compile_plan, quantile_candidates, quote_ident
-from sandbox.engine import _stored
+from sandbox.engine import stored_column
 from sandbox.errors import PlanRejectedError
 from sandbox.guard import check_select
 from sandbox.protocol import (
@@ -138,7 +138,7 @@ def _con() -> duckdb.DuckDBPyConnection:
         "(4, -5, 'nan', -2.0, '12', true)"
     )
     # Stored as the engine stores tables at load: clamped to the catalog bounds, NaN as NULL.
-    stored = ", ".join(f"{_stored(c)} AS {quote_ident(c.name)}" for c in TABLE.columns)
+    stored = ", ".join(f"{stored_column(c)} AS {quote_ident(c.name)}" for c in TABLE.columns)
     con.execute(f'CREATE OR REPLACE TABLE "d__t" AS SELECT {stored} FROM "d__t"')
     return con
 
