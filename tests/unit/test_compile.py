@@ -11,6 +11,7 @@ from sandbox.compile import compile_plan, quote_ident, render_literal
 from sandbox.engine import stored_column
 from sandbox.errors import PlanRejectedError
 from sandbox.guard import check_select
+from sandbox.models import check_model_select
 from sandbox.protocol import (
     Aggregate,
     AggregateKind,
@@ -245,3 +246,38 @@ def test_key_without_domain_compiles_for_partition_selection() -> None:
     assert compiled.cells == ()
     assert (-1, "select") in compiled.components
     assert 'GROUP BY "free"' in compiled.sql
+
+
+@pytest.mark.parametrize(
+    ("ref", "accepted"),
+    [
+        ('"d__people"', True),
+        ('pgw_store.main."d__people"', True),
+        ('"pgw_store"."main"."d__people"', True),
+        ('pgw_store.main."other"', False),  # not a loaded table
+        ('memory.main."d__people"', False),  # the default database
+        ('pgw_store.other."d__people"', False),  # another schema
+        ('pgw_store."d__people"', False),  # schema pgw_store: not how table_ref names it
+        ('system.main."d__people"', False),
+        ('temp.main."d__people"', False),
+    ],
+)
+def test_guards_accept_a_loaded_table_bare_or_in_the_store_only(ref: str, accepted: bool) -> None:
+    """Both SQL guards (plans and models) take a table of the loaded set either bare or qualified exactly as
+    `sandbox.storage.table_ref` writes it; any other catalog or schema is refused. Parsing only: no table
+    needs to exist."""
+    con = duckdb.connect()
+    for check in (check_select, check_model_select):
+        sql = f"SELECT count(*) FROM {ref}"
+        if accepted:
+            check(con, sql, frozenset({"d__people"}))
+        else:
+            with pytest.raises(PlanRejectedError):
+                check(con, sql, frozenset({"d__people"}))
+
+
+def test_stored_plans_name_the_store_and_pass_the_guard() -> None:
+    """With `stored=True` the compiled SQL reads `pgw_store.main."<table>"` and the guard accepts it."""
+    compiled = compile_plan(_plan(), TABLE, sql_table="d__people", unit="pid", max_cells=10, stored=True)
+    assert ' FROM pgw_store.main."d__people"' in compiled.sql
+    check_select(duckdb.connect(), compiled.sql, {"d__people"})
