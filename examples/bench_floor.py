@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from gateway import certs
+from sandbox.server import recv_exact
 
 # The floor answers these WORKLOAD ids: (sandbox SQL over the clamped INTEGER column, L1 sensitivity per value).
 _QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -43,23 +44,17 @@ _QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
 _METHOD = "/privacy_gateway.bench.Floor/Run"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        buf += chunk
-    return bytes(buf)
-
-
 def _send(sock: socket.socket, body: bytes) -> None:
     sock.sendall(struct.pack(">I", len(body)) + body)
 
 
 def _recv(sock: socket.socket) -> bytes:
-    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
-    return _recv_exact(sock, n)
+    """One length-prefixed frame, read with the sandbox server's own `recv_exact`."""
+    header = recv_exact(sock, 4)
+    body = recv_exact(sock, struct.unpack(">I", header)[0]) if header is not None else None
+    if body is None:
+        raise ConnectionError("peer closed")
+    return body
 
 
 def serve_sandbox(parquet: str, sock_path: str, threads: int, upper: int) -> None:
