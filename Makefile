@@ -6,20 +6,28 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
 
-.PHONY: help install demo serve test test-fast bench proto lint typecheck clean
+.PHONY: help install lock demo serve test test-fast bench proto lint typecheck clean
 
 help:        ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(STAMP): pyproject.toml
-	@echo ">> creating virtual environment in $(VENV) and installing the project (first run: about a minute)"
+LOCK   := requirements/dev.lock
+
+# Everything is installed from the lock file (exact versions, hashes checked), never resolved afresh,
+# so the same commit installs the same packages next month. `make lock` refreshes the lock.
+$(STAMP): pyproject.toml $(LOCK)
+	@echo ">> creating virtual environment in $(VENV) and installing from $(LOCK) (first run: about a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	@$(PY) -m pip install --quiet --progress-bar off --require-hashes --no-deps -r $(LOCK)
+	@$(PY) -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 	@echo ">> installed"
 
-install: $(STAMP)  ## create .venv and install the project with its dev tools
+install: $(STAMP)  ## create .venv and install the project with its dev tools, from the lock file
+
+lock: $(STAMP)  ## re-resolve requirements/dev.lock from pyproject.toml (then `make install` and commit both)
+	@$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev --generate-hashes \
+		--python-version 3.11 --universal --quiet -o $(LOCK)
 
 demo: $(STAMP)  ## generate example data, start sandbox + gateway (mTLS), run an example enterprise session, stop
 	@$(PY) -m gateway demo
