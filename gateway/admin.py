@@ -1,8 +1,9 @@
 """privacy_gateway.v1.AdminService: organisations, grant adjustments, revocation, reload, usage, spending.
 
 Operators (role `operator`) may call everything but ListDatasetSpending; data owners (role
-`data_owner`) may call ListDatasetSpending for the datasets their organisation owns. Everyone else gets
-PERMISSION_DENIED (reason ROLE_REQUIRED); revoked identities get PERMISSION_DENIED (reason REVOKED).
+`data_owner`) may call ListDatasetSpending and GetCapUsage for the datasets their organisation owns
+(operators GetCapUsage for every dataset). Everyone else gets PERMISSION_DENIED (reason ROLE_REQUIRED);
+revoked identities get PERMISSION_DENIED (reason REVOKED).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway.budgets import Governor, Level, rho_loss
 from gateway.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
 from gateway.governance import GrantOverride, OrgGrant
 from gateway.ledger import BudgetLimit, GrantKey, PrivacyLoss
+from gateway.owner_settings import CapSpent, CapView, OwnerReload, cap_usage, reload_owner_settings
 from gateway.periods import Period, rfc3339
 from gateway.queries import QueryService
 from gateway.service import _rpc
@@ -43,8 +45,10 @@ def parse_time(value: str, field: str) -> float | None:
     return t.timestamp()
 
 
-def reload_policy(core: QueryService, governor: Governor) -> None:
-    """Parse and validate the policy file; on success swap it in atomically (SIGHUP, ReloadPolicy).
+def reload_policy(core: QueryService, governor: Governor) -> OwnerReload:
+    """Parse and validate the policy file; on success swap it in atomically (SIGHUP, ReloadPolicy). Then
+    reload the data owner's settings from the sandbox (`gateway.owner_settings.reload_owner_settings`: caps,
+    grades and verification caps in both processes); its outcome is returned, a refusal is not an error.
 
     Raises:
         InvalidArgumentError: reason POLICY_INVALID with metadata file/key/problem; nothing changed.
@@ -57,6 +61,7 @@ def reload_policy(core: QueryService, governor: Governor) -> None:
             problem=exc.problem, field="policy",
         ) from exc
     log.info("policy reloaded from %s", governor.policy_path)
+    return reload_owner_settings(core.sandbox, core, governor)
 
 
 class AdminServicer(a_grpc.AdminServiceServicer):
@@ -215,10 +220,12 @@ class AdminServicer(a_grpc.AdminServiceServicer):
     ) -> a_pb.ReloadPolicyResponse:
         """Re-read the policy file; on error nothing changes."""
         self._caller(context, "operator")
-        reload_policy(self.core, self.governor)
+        owner = reload_policy(self.core, self.governor)
         gov = self.governor.governance
         return a_pb.ReloadPolicyResponse(source=gov.source, schema=gov.schema,
-                                         organizations=len(gov.organizations), grants=len(gov.grants))
+                                         organizations=len(gov.organizations), grants=len(gov.grants),
+                                         owner_settings_reloaded=owner.reloaded,
+                                         owner_settings_message=owner.message)
 
     @_rpc
     def GetUsage(self, request: a_pb.GetUsageRequest, context: grpc.ServicerContext) -> a_pb.GetUsageResponse:
@@ -252,6 +259,77 @@ class AdminServicer(a_grpc.AdminServiceServicer):
                                request_id=o.request_id, outcome=o.outcome, reason=o.reason, epsilon=o.epsilon)
             for o in rows
         ])
+
+
+    @_rpc
+    def GetCapUsage(self, request: a_pb.GetCapUsageRequest, context: grpc.ServicerContext
+                    ) -> a_pb.GetCapUsageResponse:
+        """Data owners (their datasets) and operators (all): each cap and its use in both ledgers."""
+        identity = authenticate_certificate(context)
+        self.core.policy = self.governor.current()
+        member = self.governor.member(identity)
+        roles = member.roles if member is not None else frozenset()
+        if "operator" in roles:
+            self.governor.require_role(identity, "operator")
+            visible = tuple(d.name for d in self.core.catalog.datasets)
+        else:
+            self.governor.require_role(identity, "data_owner")
+            owned = set(self.governor.governance.owned_datasets(identity))
+            visible = tuple(d.name for d in self.core.catalog.datasets if d.name in owned)
+        if request.dataset:
+            if request.dataset not in visible:
+                raise PermissionDeniedError("not a dataset you may see the caps of", dataset=request.dataset)
+            visible = (request.dataset,)
+        views = cap_usage(self.core.sandbox, self.governor, visible)
+        return a_pb.GetCapUsageResponse(datasets=[_cap_usage_pb(v) for v in views],
+                                        at=rfc3339(self.governor.clock()))
+
+
+def _amount(measure: str, amount: float, delta: float) -> a_pb.CapAmount:
+    if measure == "rho":
+        return a_pb.CapAmount(rho=amount, delta=delta)
+    return a_pb.CapAmount(epsilon=amount, delta=delta)
+
+
+def _spending(v: CapView, period: CapSpent | None, lifetime: CapSpent | None, error: str) -> a_pb.CapSpending:
+    if period is None or lifetime is None:
+        return a_pb.CapSpending(available=False, error=error)
+    cap = v.cap
+    measure = cap.measure if cap is not None else "epsilon"
+    out = a_pb.CapSpending(available=True, period_spent=_amount(measure, period.amount, period.delta),
+                           lifetime_spent=_amount(measure, lifetime.amount, lifetime.delta),
+                           period_uncounted=period.uncounted, lifetime_uncounted=lifetime.uncounted)
+    if cap is None:
+        return out
+
+    def left(budget: float, budget_delta: float, spent: CapSpent) -> a_pb.CapAmount:
+        if spent.uncounted:
+            return _amount(measure, 0.0, max(0.0, budget_delta - spent.delta))
+        return _amount(measure, max(0.0, budget - spent.amount), max(0.0, budget_delta - spent.delta))
+
+    out.period_remaining.CopyFrom(left(cap.amount, cap.delta, period))
+    if cap.lifetime_amount is not None and cap.lifetime_delta is not None:
+        out.lifetime_remaining.CopyFrom(left(cap.lifetime_amount, cap.lifetime_delta, lifetime))
+    return out
+
+
+def _cap_usage_pb(v: CapView) -> a_pb.DatasetCapUsage:
+    cap = v.cap
+    out = a_pb.DatasetCapUsage(
+        dataset=v.dataset, owner=v.owner, capped=cap is not None,
+        sandbox=_spending(v, v.sandbox_period, v.sandbox_lifetime, v.sandbox_error),
+        gateway=_spending(v, v.gateway_period, v.gateway_lifetime, ""),
+        period_start=rfc3339(v.period_start), period_end=rfc3339(v.period_end),
+    )
+    if cap is not None:
+        out.measure = cap.measure
+        out.per_period.CopyFrom(_amount(cap.measure, cap.amount, cap.delta))
+        out.period = cap.period.describe()
+        if cap.conversion_delta is not None:
+            out.conversion_delta = cap.conversion_delta
+        if cap.lifetime_amount is not None and cap.lifetime_delta is not None:
+            out.lifetime.CopyFrom(_amount(cap.measure, cap.lifetime_amount, cap.lifetime_delta))
+    return out
 
 
 def _level(governor: Governor, limit: BudgetLimit, period: Period, key: GrantKey, organization: str) -> Level:

@@ -1,14 +1,21 @@
 """The governance runtime: effective policy (file + overrides), revocation, nested limits, budget status.
 
 `Governor` is what the query path, the admin service and the alert rules share. It turns a member's
-grant into the list of limits one ledger transaction must check (member, organisation, data owner's
-cap, each for its current period), and renders budget status with the period and its refresh time.
+grant into the list of limits one ledger transaction must check (member, organisation, the data owner's
+cap for its current period and, when the owner sets one, its lifetime cap), and renders budget status with
+the period and its refresh time.
+
+The data owner's caps (`caps`) are mirrored from the sandbox's public catalog (`DatasetInfo.caps`, see
+`gateway.owner_settings`), never read from a file, so the gateway counts exactly what the sandbox enforces:
+each charge stores what it counts on the owner's cap in the owner's definition (`sandbox.cap_rules`), and a
+release the owner's definition cannot count is refused before anything is charged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,27 +25,55 @@ from pathlib import Path
 
 from privacy_gateway.v1 import common_pb2 as common_pb
 
-from gateway.errors import GatewayInternalError, InvalidArgumentError, PermissionDeniedError
+from gateway.errors import (
+    GatewayInternalError,
+    InvalidArgumentError,
+    OwnerCapIncompatibleError,
+    PermissionDeniedError,
+)
 from gateway.governance import Governance, GrantOverride, Member, OrgGrant
-from gateway.ledger import BudgetLimit, GrantKey, Metering, PriorRelease, PrivacyLoss, Reservation
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, from_units, rfc3339, to_units
+from gateway.ledger import (
+    BudgetLimit,
+    CapCounts,
+    GrantKey,
+    Metering,
+    PriorRelease,
+    PrivacyLoss,
+    Reservation,
+)
+from gateway.periods import (
+    DELTA_UNITS,
+    EPSILON_UNITS,
+    LIFETIME,
+    RHO_UNITS,
+    Period,
+    Window,
+    from_units,
+    rfc3339,
+    to_units,
+)
 from gateway.policy import Policy, load_policy
 from gateway.state import Outcome
 from gateway.stores import GovernanceStore, LedgerStore
 from sandbox import zcdp
+from sandbox.cap_rules import ReleaseLoss, counts, refusal
+from sandbox.owner_caps import OwnerCap
 
-__all__ = ["DatasetCapInfo", "Governor", "Level", "rho_loss", "sql_hash"]
+__all__ = ["Governor", "Level", "OwnerCap", "owner_limits", "rho_loss", "sql_hash"]
 
 log = logging.getLogger("gateway.budgets")
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetCapInfo:
-    """The data owner's cap on a dataset as the gateway knows it (from the public catalog file)."""
+def owner_limits(cap: OwnerCap, now: float) -> list[tuple[BudgetLimit, Period]]:
+    """The data owner's levels for `cap` at `now`: the periodic cap, and the lifetime cap if set."""
+    def budget(amount: float, delta: float) -> PrivacyLoss:
+        return PrivacyLoss(0.0, delta, amount) if cap.measure == "rho" else PrivacyLoss(amount, delta)
 
-    epsilon: float
-    delta: float
-    period: Period
+    out = [(BudgetLimit("dataset_cap", budget(cap.amount, cap.delta), cap.window(now), cap.measure), cap.period)]
+    if cap.lifetime_amount is not None and cap.lifetime_delta is not None:
+        out.append((BudgetLimit("dataset_cap_lifetime", budget(cap.lifetime_amount, cap.lifetime_delta),
+                                Window(None, None), cap.measure), LIFETIME))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +85,14 @@ class Level:
     spent_eps: int
     spent_delta: int
     spent_rho: int = 0
+
+    @property
+    def epsilon_left(self) -> float:
+        """The largest pure epsilon this level still admits: its remaining epsilon, or on a rho level the
+        epsilon whose epsilon^2 / 2 fits the remaining rho."""
+        if self.limit.measure == "rho":
+            return math.sqrt(2.0 * self.remaining.rho)
+        return self.remaining.epsilon
 
     @property
     def remaining(self) -> PrivacyLoss:
@@ -92,12 +135,13 @@ class Governor:
         policy: Policy,
         ledger: LedgerStore,
         state: GovernanceStore,
-        caps: Mapping[str, DatasetCapInfo],
+        caps: Mapping[str, OwnerCap],
         owners: Mapping[str, str],
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Wire the policy file, the loaded policy, the ledger, the state store and the catalog's caps."""
+        """Wire the policy file, the loaded policy, the ledger, the state store and the data owner's caps (from
+        the sandbox's public catalog: `gateway.owner_settings.owner_caps`)."""
         self.policy_path = policy_path
         self.ledger = ledger
         self.state = state
@@ -247,9 +291,25 @@ class Governor:
             limits.append((BudgetLimit("organization", PrivacyLoss(g.epsilon, g.delta), window), g.period))
         cap = self.caps.get(key.dataset)
         if cap is not None:
-            limits.append((BudgetLimit("dataset_cap", PrivacyLoss(cap.epsilon, cap.delta),
-                                       cap.period.window(now)), cap.period))
+            limits += owner_limits(cap, now)
         return g, m, limits
+
+    def set_caps(self, caps: Mapping[str, OwnerCap]) -> None:
+        """Swap in the data owner's caps (a reload of the sandbox's catalog); applies from the next charge."""
+        self.caps = dict(caps)
+
+    def owner_charge(self, dataset: str, cost: PrivacyLoss | ReleaseLoss
+                     ) -> tuple[CapCounts, OwnerCapIncompatibleError | None]:
+        """What a charge counts on the owner's cap of `dataset` in the owner's definition (`sandbox.cap_rules`,
+        converting zCDP at the owner's conversion_delta only), and the refusal to raise if the owner's
+        definition cannot count it. `cost` is a query charge (classified by `ReleaseLoss.of`) or a release's
+        loss in its own definition (model requests: `sandbox.model_pricing.owner_loss`)."""
+        cap = self.caps.get(dataset)
+        loss = cost if isinstance(cost, ReleaseLoss) else ReleaseLoss.of(cost.epsilon, cost.delta, cost.rho)
+        why = refusal(cap, loss, dataset)
+        error = None if why is None or cap is None else OwnerCapIncompatibleError(
+            f"{why}; nothing was charged", dataset=dataset, capMeasure=cap.measure, release=loss.kind)
+        return counts(loss, cap.conversion_delta if cap is not None else None), error
 
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
@@ -266,9 +326,11 @@ class Governor:
             price_per_request_unit=str(purpose.price_per_request_unit),
             price_per_epsilon=str(purpose.price_per_epsilon), currency=purpose.currency,
         )
+        owner, refuse = self.owner_charge(key.dataset, cost)
         return self.ledger.reserve_nested(
             key, request_id=request_id, fingerprint=fingerprint, cost=cost,
             limits=[lim for lim, _ in limits], metering=metering, now=now, durable=durable,
+            owner=owner, refuse=refuse,
         )
 
     def levels(self, key: GrantKey, now: float | None = None) -> list[Level]:
@@ -302,13 +364,14 @@ class Governor:
         shown = levels[0]  # the member's own budget if any, else the organisation's
         if g.zcdp:
             return self._zcdp_status(key, g, m, levels, now)
-        binding = min(levels, key=lambda lv: (lv.remaining.epsilon, lv.remaining.delta))
+        # an owner's rho cap binds a pure grant at the epsilon whose epsilon^2 / 2 fits its remaining rho
+        binding = min(levels, key=lambda lv: (lv.epsilon_left, lv.remaining.delta))
         remaining = binding.remaining
         return common_pb.BudgetStatus(
             dataset=key.dataset, purpose=key.purpose,
             budget=common_pb.PrivacyLoss(epsilon=shown.limit.budget.epsilon, delta=shown.limit.budget.delta),
             spent=common_pb.PrivacyLoss(epsilon=shown.spent.epsilon, delta=shown.spent.delta),
-            remaining=common_pb.PrivacyLoss(epsilon=remaining.epsilon, delta=remaining.delta),
+            remaining=common_pb.PrivacyLoss(epsilon=binding.epsilon_left, delta=remaining.delta),
             max_per_query=common_pb.PrivacyLoss(epsilon=min(g.max_epsilon_per_query, shown.limit.budget.epsilon)),
             privacy_definition=g.privacy_definition,
             organization=m.organization,
@@ -323,8 +386,9 @@ class Governor:
         grant's delta from OpenDP's conversion of the total (`sandbox.zcdp.to_approx_dp`).
 
         `remaining.rho` is the most one request may still spend: the smallest rho left at the member
-        and organisation levels, and at the data owner's cap the largest rho whose epsilon (at this
-        delta) still fits the cap's remaining epsilon.
+        and organisation levels and at an owner's rho cap, and at an owner's epsilon cap the largest rho
+        whose epsilon at the OWNER's conversion_delta still fits the cap's remaining epsilon (0 when the
+        cap's remaining delta cannot hold that conversion delta).
         """
         shown = levels[0]
         own = g.member_budget(m.identity)
@@ -335,9 +399,16 @@ class Governor:
         for lv in levels:
             if lv.limit.measure == "rho" and lv.remaining.rho < rho_left:
                 binding, rho_left = lv, lv.remaining.rho
+        cap = self.caps.get(key.dataset)
+        conversion = cap.conversion_delta if cap is not None else None
         for lv in levels:
-            if lv.limit.measure == "epsilon" and zcdp.rho_to_epsilon(rho_left, delta) > lv.remaining.epsilon:
-                binding, rho_left = lv, zcdp.epsilon_to_rho(lv.remaining.epsilon, delta)
+            if lv.limit.measure != "epsilon" or lv.limit.level not in ("dataset_cap", "dataset_cap_lifetime"):
+                continue
+            if conversion is None or lv.remaining.delta < conversion:
+                if rho_left > 0:
+                    binding, rho_left = lv, 0.0
+            elif zcdp.rho_to_epsilon(rho_left, conversion) > lv.remaining.epsilon:
+                binding, rho_left = lv, zcdp.epsilon_to_rho(lv.remaining.epsilon, conversion)
         delta_left = min(lv.remaining.delta for lv in levels)
         nothing = spent.rho == 0 and spent.delta == 0
         spent_eps, spent_delta = (0.0, 0.0) if nothing else zcdp.to_approx_dp(spent.rho, spent.delta, delta)

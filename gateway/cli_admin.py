@@ -1,4 +1,4 @@
-"""`pgw admin orgs|grants|adjust|revoke|reload|usage|spending`: the AdminService from the command line."""
+"""`pgw admin orgs|grants|adjust|revoke|reload|usage|spending|caps`: the AdminService from the command line."""
 
 from __future__ import annotations
 
@@ -115,10 +115,50 @@ def cmd_revoke(args: argparse.Namespace, stub: Any) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, stub: Any) -> int:
-    """ReloadPolicy."""
+    """ReloadPolicy (and the data owner's settings from the sandbox)."""
     resp = stub.ReloadPolicy(a_pb.ReloadPolicyRequest())
-    print(json_format.MessageToJson(resp) if args.json else
-          f"reloaded {resp.source} ({resp.schema}): {resp.organizations} organisations, {resp.grants} grants")
+    if args.json:
+        print(json_format.MessageToJson(resp))
+        return 0
+    print(f"reloaded {resp.source} ({resp.schema}): {resp.organizations} organisations, {resp.grants} grants")
+    print(f"data owner's settings: {resp.owner_settings_message}" if resp.owner_settings_reloaded else
+          f"data owner's settings NOT reloaded: {resp.owner_settings_message}")
+    return 0
+
+
+def _cap_amount(measure: str, a: Any) -> str:
+    return f"rho {a.rho:.6g} delta {a.delta:.3g}" if measure == "rho" else f"{a.epsilon:.6g} delta {a.delta:.3g}"
+
+
+def _cap_rows(datasets: Any) -> list[list[str]]:
+    rows = []
+    for d in datasets:
+        m = d.measure or "epsilon"
+        cap = (_cap_amount(m, d.per_period) + f" per {d.period}") if d.capped else "no cap"
+        if d.HasField("conversion_delta"):
+            cap += f" (conversion_delta {d.conversion_delta:.3g})"
+        for side, s in (("sandbox", d.sandbox), ("gateway", d.gateway)):
+            if not s.available:
+                rows.append([d.dataset, cap, side, "-", "-", "-", "-", s.error])
+                continue
+            life_left = _cap_amount(m, s.lifetime_remaining) if s.HasField("lifetime_remaining") else "-"
+            note = "uncounted release in window" if s.period_uncounted or s.lifetime_uncounted else ""
+            rows.append([d.dataset, cap, side, _cap_amount(m, s.period_spent),
+                         _cap_amount(m, s.period_remaining) if d.capped else "-",
+                         _cap_amount(m, s.lifetime_spent), life_left, note])
+            cap = ""
+    return rows
+
+
+def cmd_caps(args: argparse.Namespace, stub: Any) -> int:
+    """GetCapUsage (data owners: their datasets; operators: all)."""
+    resp = stub.GetCapUsage(a_pb.GetCapUsageRequest(dataset=args.dataset or ""))
+    if args.json:
+        print(json_format.MessageToJson(resp))
+        return 0
+    print(f"cap usage at {resp.at} (sandbox: the data owner's own ledger; gateway: its mirror)")
+    print(_table(["dataset", "cap", "ledger", "spent this period", "remaining this period", "spent lifetime",
+                  "remaining lifetime", "note"], _cap_rows(resp.datasets)))
     return 0
 
 
@@ -197,3 +237,6 @@ def register(subparsers: Any) -> None:
     s.add_argument("--start")
     s.add_argument("--end")
     s.set_defaults(admin_func=cmd_spending)
+    c = common(sub.add_parser("caps", help="data owners and operators: each cap, spent and remaining"))
+    c.add_argument("--dataset", help="one dataset (default: every one you may see)")
+    c.set_defaults(admin_func=cmd_caps)

@@ -6,6 +6,7 @@ GatewayError                         code                 ErrorInfo.reason
 ├── UnauthenticatedError             UNAUTHENTICATED      UNKNOWN_IDENTITY
 ├── PermissionDeniedError            PERMISSION_DENIED    DATASET_ACCESS_DENIED, PURPOSE_NOT_GRANTED
 ├── PrivacyBudgetExhaustedError      RESOURCE_EXHAUSTED   PRIVACY_BUDGET_EXHAUSTED
+├── OwnerCapIncompatibleError        FAILED_PRECONDITION  OWNER_CAP_INCOMPATIBLE
 ├── RequestIdConflictError           ALREADY_EXISTS       REQUEST_ID_REUSED
 ├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS
 ├── QueryExecutionError              ABORTED              QUERY_EXECUTION_FAILED (uniform; engine text never sent)
@@ -35,6 +36,7 @@ __all__ = [
     "GatewayInternalError",
     "InvalidArgumentError",
     "InvalidQueryError",
+    "OwnerCapIncompatibleError",
     "PermissionDeniedError",
     "PrivacyBudgetExhaustedError",
     "QueryExecutionError",
@@ -92,6 +94,15 @@ class PrivacyBudgetExhaustedError(GatewayError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "PRIVACY_BUDGET_EXHAUSTED"
+
+
+class OwnerCapIncompatibleError(GatewayError):
+    """The data owner's cap is stated in a privacy definition that cannot count this kind of release (a zCDP
+    release on an (epsilon, delta) cap without the owner's conversion_delta, an approximate-DP release on a
+    rho cap); nothing was charged. Only the data owner's catalog or the grant's definition can change that."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "OWNER_CAP_INCOMPATIBLE"
 
 
 class RequestIdConflictError(GatewayError):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from gateway.errors import (
+    GatewayError,
     GatewayInternalError,
     InvalidArgumentError,
     PrivacyBudgetExhaustedError,
@@ -43,10 +44,12 @@ from gateway.errors import (
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
 from gateway.storage import ConnectionPool, immediate
+from sandbox.cap_rules import CapCounts, CapSums, ReleaseLoss, counts, pure_to_rho_units
 from sandbox.periods import BUCKET_SQL, window_queries
 
 __all__ = [
     "BudgetLimit",
+    "CapCounts",
     "ChargeRecord",
     "ChargeStatus",
     "GrantKey",
@@ -55,13 +58,15 @@ __all__ = [
     "PriorRelease",
     "PrivacyLoss",
     "Reservation",
+    "pure_to_rho_units",
 ]
 
 ChargeStatus = Literal["reserved", "released", "failed"]
 
-# issue-gov: 2 adds exact units, organisation and metering columns; 3 adds rho_units; 4 adds zcdp_units,
-# no_zcdp and the per-minute/hour/lifetime spending buckets kept by triggers
-_SCHEMA_VERSION = 4
+# 2 adds exact units, organisation and metering columns; 3 adds rho_units; 4 adds zcdp_units, no_zcdp and
+# the per-minute/hour/lifetime spending buckets kept by triggers; 5 adds conversion_delta_units and the
+# counts on the data owner's cap (cap_*)
+_SCHEMA_VERSION = 5
 _VERIFY_RELATIVE_TOLERANCE = 1e-9
 
 _SCHEMA = """
@@ -101,6 +106,17 @@ CREATE TABLE IF NOT EXISTS charges (
     -- OpenDP's make_pureDP_to_zCDP (epsilon^2 / 2), and no_zcdp = 1 for an approximate-DP charge (no conversion)
     zcdp_units    INTEGER NOT NULL DEFAULT 0 CHECK (zcdp_units >= 0),
     no_zcdp       INTEGER NOT NULL DEFAULT 0 CHECK (no_zcdp IN (0, 1)),
+    -- schema 5: a zCDP charge's epsilon_units is the conversion of its rho at this delta (the grant's delta
+    -- less the selection delta), which an epsilon-measured grant level counts as delta with it
+    conversion_delta_units INTEGER NOT NULL DEFAULT 0 CHECK (conversion_delta_units >= 0),
+    -- schema 5: what the charge counts on the data owner's cap in each definition, from the owner's
+    -- conversion_delta at charge time (sandbox.cap_rules.CapCounts: the sandbox's cap ledger stores the same)
+    cap_epsilon_units   INTEGER NOT NULL DEFAULT 0 CHECK (cap_epsilon_units >= 0),
+    cap_delta_units     INTEGER NOT NULL DEFAULT 0 CHECK (cap_delta_units >= 0),
+    cap_rho_units       INTEGER NOT NULL DEFAULT 0 CHECK (cap_rho_units >= 0),
+    cap_rho_delta_units INTEGER NOT NULL DEFAULT 0 CHECK (cap_rho_delta_units >= 0),
+    cap_no_epsilon      INTEGER NOT NULL DEFAULT 0 CHECK (cap_no_epsilon IN (0, 1)),
+    cap_no_rho          INTEGER NOT NULL DEFAULT 0 CHECK (cap_no_rho IN (0, 1)),
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
@@ -128,13 +144,18 @@ CREATE INDEX IF NOT EXISTS charges_units_by_dataset
 _SCOPE_COLUMNS = {
     "member": ("m", ("consumer", "dataset", "purpose")),
     "organization": ("o", ("organization", "dataset", "purpose")),
-    "dataset_cap": ("d", ("dataset",)),
+    "dataset_cap": ("d", ("dataset",)),  # also the dataset_cap_lifetime level
     "organization_all": ("O", ("organization",)),  # every grant of an organisation (spend-rate alerts)
 }
 # The scope key of a charge row (columns prefixed with "NEW." / "OLD." in triggers).
 _SCOPES = {level: f"json_array('{tag}', " + ", ".join("{p}" + c for c in cols) + ")"
            for level, (tag, cols) in _SCOPE_COLUMNS.items()}
-_UNIT_COLUMNS = ("epsilon_units", "delta_units", "rho_units", "zcdp_units", "no_zcdp")
+# What a member or organisation level reads, and what the data owner's cap levels read (flags last in each).
+_GRANT_COLUMNS = ("epsilon_units", "delta_units", "rho_units", "zcdp_units", "conversion_delta_units", "no_zcdp")
+_CAP_COLUMNS = ("cap_epsilon_units", "cap_delta_units", "cap_rho_units", "cap_rho_delta_units", "cap_no_epsilon",
+                "cap_no_rho")
+_FLAG_COLUMNS = frozenset({"no_zcdp", "cap_no_epsilon", "cap_no_rho"})
+_UNIT_COLUMNS = _GRANT_COLUMNS + _CAP_COLUMNS
 
 
 def _bucket_statements(prefix: str, sign: str) -> list[str]:
@@ -158,8 +179,7 @@ def _bucket_statements(prefix: str, sign: str) -> list[str]:
 
 _BUCKETS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spend_buckets (scope TEXT NOT NULL, width INTEGER NOT NULL,"
-    " bucket INTEGER NOT NULL, epsilon_units INTEGER NOT NULL, delta_units INTEGER NOT NULL,"
-    " rho_units INTEGER NOT NULL, zcdp_units INTEGER NOT NULL, no_zcdp INTEGER NOT NULL,"
+    " bucket INTEGER NOT NULL, " + ", ".join(f"{c} INTEGER NOT NULL" for c in _UNIT_COLUMNS) + ","
     " charges INTEGER NOT NULL, PRIMARY KEY (scope, width, bucket)) STRICT, WITHOUT ROWID",
     "CREATE TRIGGER IF NOT EXISTS charges_buckets_insert AFTER INSERT ON charges BEGIN "
     + " ".join(_bucket_statements("NEW.", "+")) + " END",
@@ -169,6 +189,12 @@ _BUCKETS_SCHEMA = (
     " organization, created_at, " + ", ".join(_UNIT_COLUMNS) + " ON charges BEGIN "
     + " ".join(_bucket_statements("OLD.", "-") + _bucket_statements("NEW.", "+")) + " END",
 )
+
+
+def owner_counts(cost: PrivacyLoss, conversion_delta: float | None = None) -> CapCounts:
+    """What a charge of `cost` counts on the data owner's cap, converting zCDP at the owner's
+    `conversion_delta` (`sandbox.cap_rules.counts`; the governor passes the owner's, None: no epsilon count)."""
+    return counts(ReleaseLoss.of(cost.epsilon, cost.delta, cost.rho), conversion_delta)
 
 
 def zcdp_columns(epsilon_units: int, delta_units: int, rho_units: int) -> tuple[int, int]:
@@ -185,15 +211,19 @@ class PrivacyLoss:
     """An (epsilon, delta) privacy loss, or for zCDP grants a rho: all finite, >= 0, delta < 1.
 
     Attributes:
-        epsilon: The pure-DP part of the loss. For a zCDP charge: the epsilon it counts against the data
-            owner's cap (OpenDP's conversion of its rho at the grant's delta).
+        epsilon: The pure-DP part of the loss. For a zCDP charge: OpenDP's conversion of its rho at the
+            grant's delta less the selection delta (`conversion_delta`), as the API reports it and billing
+            prices it; what it counts on the data owner's cap follows the owner's rule (`sandbox.cap_rules`).
         delta: The approximate-DP part of the loss (zCDP: partition selection's delta).
         rho: zCDP charges only: the rho the grant's levels account.
+        conversion_delta: zCDP charges only: the delta at which `epsilon` converts rho; an epsilon-measured
+            grant level (a grant switched from zcdp) counts it as delta with the charge.
     """
 
     epsilon: float
     delta: float = 0.0
     rho: float = 0.0
+    conversion_delta: float = 0.0
 
     def __post_init__(self) -> None:
         """Validates and normalizes both fields to float.
@@ -201,7 +231,7 @@ class PrivacyLoss:
         Raises:
             ValueError: A field is not a real number, is not finite, or is out of range.
         """
-        for name in ("epsilon", "delta", "rho"):
+        for name in ("epsilon", "delta", "rho", "conversion_delta"):
             value: object = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
@@ -215,6 +245,8 @@ class PrivacyLoss:
             raise ValueError(f"rho must be >= 0, got {self.rho!r}")
         if not 0.0 <= self.delta < 1.0:
             raise ValueError(f"delta must be in [0, 1), got {self.delta!r}")
+        if not 0.0 <= self.conversion_delta < 1.0:
+            raise ValueError(f"conversion_delta must be in [0, 1), got {self.conversion_delta!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,13 +262,6 @@ class GrantKey:
     consumer: str
     dataset: str
     purpose: str
-
-
-def pure_to_rho_units(epsilon_units: int) -> int:
-    """The zCDP cost, in rho units rounded up, of a pure-DP charge of `epsilon_units`: rho = epsilon^2 / 2,
-    the map of OpenDP's `make_pureDP_to_zCDP` (exact integer arithmetic; a unit test checks it against
-    OpenDP)."""
-    return -(-epsilon_units * epsilon_units * RHO_UNITS // (2 * EPSILON_UNITS * EPSILON_UNITS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +384,7 @@ class Ledger:
         cost: PrivacyLoss,
         budget: PrivacyLoss,
         durable: bool = True,
+        owner: CapCounts | None = None,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` for a request, or returns the answer it already got.
 
@@ -371,6 +397,8 @@ class Ledger:
             budget: The total loss the grant allows.
             durable: False: commit without an fsync of its own; the caller's next ``complete``,
                 ``fail`` or ``release_unused`` makes it durable, and nothing may be released before.
+            owner: What the charge counts on the data owner's cap (stored with it, so the governor's cap
+                levels see it); default: ``owner_counts(cost)``.
 
         Returns:
             A ``Reservation`` once the charge is committed, or a ``PriorRelease`` if this
@@ -424,11 +452,13 @@ class Ledger:
                 )
 
             now = time.time()
+            cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
             conn.execute(
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint,"
                 " epsilon, delta, status, response, created_at, updated_at,"
-                " epsilon_units, delta_units, zcdp_units, no_zcdp)"  # issue-gov: exact units
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?)",
+                " epsilon_units, delta_units, rho_units, zcdp_units, no_zcdp, conversion_delta_units, "
+                + ", ".join(_CAP_COLUMNS) + ")"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.consumer,
                     request_id,
@@ -440,7 +470,10 @@ class Ledger:
                     now,
                     now,
                     *_units(cost),
-                    *zcdp_columns(*_units(cost), 0),
+                    cost_rho,
+                    *zcdp_columns(*_units(cost), cost_rho),
+                    to_units(cost.conversion_delta, DELTA_UNITS, up=True),
+                    *(owner or owner_counts(cost)).as_row(),
                 ),
             )
             conn.execute(
@@ -614,6 +647,8 @@ class Ledger:
         metering: Metering,
         now: float,
         durable: bool = True,
+        owner: CapCounts | None = None,
+        refuse: GatewayError | None = None,
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` if it fits every limit for its period, or replays a prior answer.
 
@@ -621,7 +656,9 @@ class Ledger:
         that limit's window (indexed ``SUM`` over integer units), checks ``spent + cost <= budget``
         for all of them, and writes the charge; so no thread or process can slip a charge in between
         the check and the write. Limits are checked in the given order (member, organisation,
-        data owner's cap) and the first one that cannot pay is named in the refusal.
+        data owner's cap, its lifetime cap) and the first one that cannot pay is named in the refusal.
+        What the charge costs at each level is `_level_cost`: the data owner's levels count ``owner``
+        (the owner's rule), the grant's levels ``cost``.
 
         Args:
             key: The member's grant (consumer = member identity).
@@ -632,6 +669,9 @@ class Ledger:
             metering: The organisation and what the charge is billed as (stored with the charge).
             now: The charge's time (seconds since the epoch); it decides which periods it counts in.
             durable: As for ``reserve``.
+            owner: What the charge counts on the data owner's cap (default ``owner_counts(cost)``).
+            refuse: Raised instead of charging when the request is not a replay (the owner's cap cannot
+                count this release: decided by the caller, which knows the owner's definition).
 
         Returns:
             A ``Reservation`` (``spent_after`` is the grant's lifetime total) or a ``PriorRelease``.
@@ -648,25 +688,35 @@ class Ledger:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
         cost_eps, cost_delta = _units(cost)
         cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
+        conversion = to_units(cost.conversion_delta, DELTA_UNITS, up=True)
+        owner = owner or owner_counts(cost)
         with self._transaction(durable=durable) as conn:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
+            if refuse is not None:
+                raise refuse
             after: list[tuple[int, int, int]] = []
             for limit in limits:
                 spent_eps, spent_delta, spent_rho = self._window_units(conn, limit, key, metering.organization)
-                after.append((spent_eps + cost_eps, spent_delta + cost_delta, spent_rho + cost_rho))
+                add_eps, add_delta, add_rho, uncounted = _level_cost(limit, cost_eps, cost_delta, cost_rho,
+                                                                     conversion, owner)
+                after.append((spent_eps + add_eps, spent_delta + add_delta, spent_rho + add_rho))
                 budget_delta = to_units(limit.budget.delta, DELTA_UNITS, up=False)
-                if limit.measure == "rho":  # a zCDP grant's level: rho and partition selection's delta
-                    spent_m, cost_m = spent_rho, cost_rho
+                if limit.measure == "rho":  # a zCDP level (grant or owner's cap): rho and its delta
+                    spent_m, cost_m = spent_rho, add_rho
                     budget_m = to_units(limit.budget.rho, RHO_UNITS, up=False)
                 else:
-                    spent_m, cost_m = spent_eps, cost_eps
+                    spent_m, cost_m = spent_eps, add_eps
                     budget_m = to_units(limit.budget.epsilon, EPSILON_UNITS, up=False)
-                if spent_m + cost_m > budget_m or spent_delta + cost_delta > budget_delta:
+                owner_level = limit.level in _OWNER_LEVELS
+                if uncounted:  # the caller refuses such a release first (`refuse`); never charge it
+                    cost_m = budget_m + 1
+                if spent_m + cost_m > budget_m or spent_delta + add_delta > budget_delta:
                     raise _nested_exhausted(
                         key, limit, cost, spent_m, spent_delta, budget_m, budget_delta,
                         epsilon_exceeded=spent_m + cost_m > budget_m,
+                        level_cost=(cost_m, add_delta) if owner_level else None,
                     )
             spent = self._read_spent(conn, key)
             new_epsilon, new_delta = spent.epsilon + cost.epsilon, spent.delta + cost.delta
@@ -674,13 +724,15 @@ class Ledger:
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon,"
                 " delta, status, response, created_at, updated_at, organization, epsilon_units,"
                 " delta_units, use_class, data_owner, request_units, price_per_request_unit,"
-                " price_per_epsilon, currency, rho_units, zcdp_units, no_zcdp)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " price_per_epsilon, currency, rho_units, zcdp_units, no_zcdp, conversion_delta_units, "
+                + ", ".join(_CAP_COLUMNS) + ")"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?, ?)",
                 (key.consumer, request_id, key.dataset, key.purpose, fingerprint, cost.epsilon,
                  cost.delta, now, now, metering.organization, cost_eps, cost_delta,
                  metering.use_class, metering.data_owner, metering.request_units,
                  metering.price_per_request_unit, metering.price_per_epsilon, metering.currency,
-                 cost_rho, *zcdp_columns(cost_eps, cost_delta, cost_rho)),
+                 cost_rho, *zcdp_columns(cost_eps, cost_delta, cost_rho), conversion, *owner.as_row()),
             )
             conn.execute(
                 "INSERT INTO spend (consumer, dataset, purpose, epsilon, delta) VALUES (?, ?, ?, ?, ?)"
@@ -764,19 +816,43 @@ class Ledger:
     def _window_units(
         conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
     ) -> tuple[int, int, int]:
-        """Exact units charged in ``limit``'s window at its level, from the spending buckets.
+        """Exact (epsilon, delta, rho) units charged in ``limit``'s window at its level, from the buckets,
+        as the level counts them (`_level_cost` is the same rule for one charge):
 
-        On a rho level the third number is what the level counts: zCDP charges' rho, plus earlier pure
-        charges (made before the operator switched the grant to zcdp) as epsilon^2 / 2 (OpenDP's
-        make_pureDP_to_zCDP, BS16 Prop. 1.4); an approximate-DP charge (epsilon, delta > 0) has no such
-        conversion in OpenDP, so while one is in the window the level counts as spent.
+        * a grant's epsilon level: epsilon, and delta with each zCDP charge's conversion delta (a charge made
+          while the grant was zcdp is (epsilon at that delta, the grant's delta)-DP);
+        * a grant's rho level: zCDP charges' rho, plus earlier pure charges (made before the operator
+          switched the grant to zcdp) as epsilon^2 / 2 (OpenDP's make_pureDP_to_zCDP, BS16 Prop. 1.4); an
+          approximate-DP charge (epsilon, delta > 0) has no such conversion in OpenDP, so while one is in the
+          window the level counts as spent;
+        * the data owner's levels: the charges' counts on the owner's cap in its measure (`cap_*`, from
+          `sandbox.cap_rules`); a charge with no count in that measure marks the window as spent.
         """
-        eps, delta, rho, zcdp_u, no_zcdp = _window_sums(conn, limit, key, organization)
-        if limit.measure != "rho":
+        sums = _window_sums(conn, limit, key, organization)
+        if limit.level in _OWNER_LEVELS:
+            eps, delta, rho = sums["cap_epsilon_units"], sums["cap_delta_units"], sums["cap_rho_units"]
+            if limit.measure == "rho":
+                delta = sums["cap_rho_delta_units"]
+                if sums["cap_no_rho"]:
+                    rho = max(rho, to_units(limit.budget.rho, RHO_UNITS, up=False))
+            elif sums["cap_no_epsilon"]:
+                eps = max(eps, to_units(limit.budget.epsilon, EPSILON_UNITS, up=False))
             return eps, delta, rho
-        if no_zcdp:
+        eps, delta = sums["epsilon_units"], sums["delta_units"]
+        if limit.measure != "rho":
+            return eps, delta + sums["conversion_delta_units"], sums["rho_units"]
+        zcdp_u = sums["zcdp_units"]
+        if sums["no_zcdp"]:
             zcdp_u = max(zcdp_u, to_units(limit.budget.rho, RHO_UNITS, up=False))
         return eps, delta, zcdp_u
+
+    def owner_sums(self, dataset: str, start: float | None, end: float | None) -> CapSums:
+        """What the charges on `dataset` in [start, end) count on the data owner's cap, in both definitions
+        (the same sums the sandbox's cap ledger keeps; `sandbox.cap_rules.CapSums`)."""
+        with self._connection() as conn:
+            (scope,) = conn.execute("SELECT json_array('d', ?)", (dataset,)).fetchone()
+            sums = _bucketed_sums(conn, scope, "dataset = ?", [dataset], start, end, _CAP_COLUMNS)
+        return CapSums(*sums)
 
     def organization_units(self, organization: str, start: float | None, end: float | None) -> int:
         """Exact epsilon units an organisation was charged on all its grants in [start, end) (buckets)."""
@@ -856,7 +932,7 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, 1, 2, 3, _SCHEMA_VERSION):
+            if version not in (0, 1, 2, 3, 4, _SCHEMA_VERSION):
                 raise GatewayInternalError("privacy ledger has an unknown schema version")
             if version == 1:
                 _migrate_v1(conn)  # issue-gov
@@ -865,12 +941,14 @@ class Ledger:
                              " CHECK (rho_units >= 0)")
             if version in (1, 2, 3):
                 _migrate_v3(conn)
+            if version in (1, 2, 3, 4):
+                _migrate_v4(conn)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             for statement in _BUCKETS_SCHEMA:
                 conn.execute(statement)
-            if version in (1, 2, 3):
+            if version in (1, 2, 3, 4):
                 _fill_buckets(conn)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except BaseException:
@@ -959,7 +1037,8 @@ def _exhausted(
 
 # -- issue-gov: nested, periodic budgets ------------------------------------------------------------
 
-BudgetLevel = Literal["member", "organization", "dataset_cap"]
+BudgetLevel = Literal["member", "organization", "dataset_cap", "dataset_cap_lifetime"]
+_OWNER_LEVELS = frozenset({"dataset_cap", "dataset_cap_lifetime"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -968,12 +1047,14 @@ class BudgetLimit:
 
     Attributes:
         level: 'member' (the member's own budget on the grant), 'organization' (all members of the
-            organisation on the grant) or 'dataset_cap' (the data owner's cap: everyone on the dataset).
+            organisation on the grant), 'dataset_cap' (the data owner's cap: everyone on the dataset) or
+            'dataset_cap_lifetime' (the owner's lifetime cap).
         budget: What the level allows per period.
         window: The charges that count now (from ``Period.window(now)``).
-        measure: What the level accounts: 'epsilon' (pure and approximate DP grants, and the data
-            owner's cap, which counts a zCDP charge as its epsilon) or 'rho' (a zCDP grant's member
-            and organisation levels: the sum of rho; delta is partition selection's).
+        measure: What the level accounts: 'epsilon' (pure and approximate DP grants; an owner's epsilon
+            cap) or 'rho' (a zCDP grant's member and organisation levels, an owner's rho cap: the sum of
+            rho; delta is partition selection's). The owner's levels read what each charge counts on the
+            owner's cap (`sandbox.cap_rules`), not the grant's numbers.
     """
 
     level: BudgetLevel
@@ -1017,9 +1098,11 @@ def _scope(limit: BudgetLimit, key: GrantKey, organization: str) -> tuple[str, l
 
 def _window_sums(
     conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey, organization: str
-) -> tuple[int, int, int, int, int]:
-    """Sum of (epsilon, delta, rho, zcdp units, no_zcdp) charged in ``limit``'s scope and window."""
+) -> dict[str, int]:
+    """The columns a level reads (`_GRANT_COLUMNS`, or `_CAP_COLUMNS` for the data owner's levels), summed
+    over ``limit``'s scope and window; flags as 0 or 1."""
     level = limit.level if limit.level in _SCOPE_COLUMNS else "dataset_cap"
+    summed: tuple[str, ...] = _CAP_COLUMNS if limit.level in _OWNER_LEVELS else _GRANT_COLUMNS
     tag, columns = _SCOPE_COLUMNS[level]
     values = {"consumer": key.consumer, "organization": organization, "dataset": key.dataset,
               "purpose": key.purpose}
@@ -1028,9 +1111,21 @@ def _window_sums(
                             [values[c] for c in columns]).fetchone()
     where, args = _scope(BudgetLimit(limit.level, limit.budget, Window(None, None), limit.measure),
                          key, organization)
-    e, d, r, z, n = _bucketed_sums(conn, scope, where, args, limit.window.start, limit.window.end,
-                                   _UNIT_COLUMNS)
-    return e, d, r, z, min(n, 1)
+    sums = _bucketed_sums(conn, scope, where, args, limit.window.start, limit.window.end, summed)
+    return {c: min(v, 1) if c in _FLAG_COLUMNS else v for c, v in zip(summed, sums, strict=True)}
+
+
+def _level_cost(limit: BudgetLimit, eps: int, delta: int, rho: int, conversion: int, owner: CapCounts
+                ) -> tuple[int, int, int, bool]:
+    """(epsilon, delta, rho units, has no count) one charge adds at ``limit``'s level (`Ledger._window_units`
+    reads the same for the charges in its window)."""
+    if limit.level in _OWNER_LEVELS:
+        if limit.measure == "rho":
+            return owner.epsilon_units, owner.rho_delta_units, owner.rho_units, owner.no_rho
+        return owner.epsilon_units, owner.delta_units, owner.rho_units, owner.no_epsilon
+    if limit.measure == "rho":
+        return eps, delta, rho, False
+    return eps, delta + conversion, rho, False
 
 
 def _bucketed_sums(
@@ -1056,6 +1151,30 @@ def _migrate_v3(conn: sqlite3.Connection) -> None:
                         " WHERE epsilon_units > 0 OR rho_units > 0")
     conn.executemany("UPDATE charges SET zcdp_units = ?, no_zcdp = ? WHERE rowid = ?",
                      ((*zcdp_columns(int(e), int(d), int(r)), rowid) for rowid, e, d, r in rows.fetchall()))
+
+
+def _migrate_v4(conn: sqlite3.Connection) -> None:
+    """Schema 4 -> 5: conversion_delta_units and the owner's-cap counts of existing charges; the buckets are
+    dropped here and rebuilt from the charges after the schema (they gain the new columns).
+
+    An earlier charge counts on the owner's cap as the old rule counted it: its (epsilon, delta) units (for a
+    zCDP charge: the epsilon at the grant's delta, without that delta, which is not recoverable), its rho as
+    for a grant level (rho, epsilon^2 / 2 for pure, none for approximate DP). Its conversion delta is unknown
+    and stays 0."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(charges)")}
+    for column in ("conversion_delta_units", *_CAP_COLUMNS):
+        if column in have:
+            continue
+        check = "IN (0, 1)" if column in _FLAG_COLUMNS else ">= 0"
+        conn.execute(f"ALTER TABLE charges ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0 CHECK ({column} {check})")
+    rows = conn.execute("SELECT rowid, epsilon_units, delta_units, rho_units, zcdp_units, no_zcdp FROM charges")
+    conn.executemany(
+        "UPDATE charges SET cap_epsilon_units = ?, cap_delta_units = ?, cap_rho_units = ?, cap_rho_delta_units = ?,"
+        " cap_no_rho = ? WHERE rowid = ?",
+        ((e, d, z, d if r > 0 else 0, n, rowid) for rowid, e, d, r, z, n in rows.fetchall()))
+    for trigger in ("charges_buckets_insert", "charges_buckets_delete", "charges_buckets_update"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    conn.execute("DROP TABLE IF EXISTS spend_buckets")
 
 
 def _fill_buckets(conn: sqlite3.Connection) -> None:
@@ -1103,21 +1222,29 @@ def _nested_exhausted(
     budget_delta: int,
     *,
     epsilon_exceeded: bool,
+    level_cost: tuple[int, int] | None = None,
 ) -> PrivacyBudgetExhaustedError:
+    """The refusal naming the level. ``level_cost``: what the charge counts at the level, (amount, delta)
+    units (the data owner's levels count the owner's rule, not the grant's numbers)."""
     rho = limit.measure == "rho"
+    per = RHO_UNITS if rho else EPSILON_UNITS
     # For a rho level, `spent_eps`/`budget_eps` are in rho units.
-    remaining_m = from_units(max(0, budget_eps - spent_eps), RHO_UNITS if rho else EPSILON_UNITS)
+    remaining_m = from_units(max(0, budget_eps - spent_eps), per)
     remaining_epsilon = 0.0 if rho else remaining_m
     remaining_delta = from_units(max(0, budget_delta - spent_delta), DELTA_UNITS)
     what = {"member": "your own budget", "organization": "your organisation's budget",
-            "dataset_cap": "the data owner's cap on the dataset"}[limit.level]
+            "dataset_cap": "the data owner's cap on the dataset",
+            "dataset_cap_lifetime": "the data owner's lifetime cap on the dataset"}[limit.level]
+    when = "over its lifetime" if limit.level == "dataset_cap_lifetime" else "this period"
     measure = ("rho" if rho else "epsilon") if epsilon_exceeded else "delta"
     requested = {"rho": cost.rho, "epsilon": cost.epsilon, "delta": cost.delta}[measure]
+    if level_cost is not None:
+        requested = from_units(level_cost[1], DELTA_UNITS) if measure == "delta" else from_units(level_cost[0], per)
     remaining = remaining_delta if measure == "delta" else remaining_m
     extra = {"requestedRho": repr(cost.rho), "remainingRho": repr(remaining_m)} if rho else {}
     return PrivacyBudgetExhaustedError(
         f"the request costs {measure} {requested!r} but only"
-        f" {remaining!r} remains of {what} this period on dataset {key.dataset}",
+        f" {remaining!r} remains of {what} {when} on dataset {key.dataset}",
         level=limit.level,
         **extra,
         requestedEpsilon=repr(cost.epsilon),

@@ -56,7 +56,7 @@ from gateway.errors import (
 )
 from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss
 from gateway.policy import Grant, Policy
-from gateway.queries import MAX_REQUEST_ID_LENGTH, QueryService, validate_privacy_loss
+from gateway.queries import MAX_REQUEST_ID_LENGTH, QueryService, owner_refusal, validate_privacy_loss
 from gateway.service import _rpc
 from sandbox import model_pricing as mp
 from sandbox.client import SandboxConnectionError
@@ -348,11 +348,17 @@ class ModelService:
         cost = PrivacyLoss(eps, delta)
         request_id = req.request_id or uuid.uuid4().hex
         key = grant.ledger_key
+        owner = None  # what the request counts on the data owner's cap (the sandbox enforces the cap)
+        if self.core.governor is not None:
+            owner, refuse = self.core.governor.owner_charge(req.dataset, mp.owner_loss(costs))
+            if refuse is not None:
+                raise refuse
         outcome = self.core.ledger.reserve(key, request_id=request_id, fingerprint=_fingerprint(what, req),
-                                           cost=cost, budget=PrivacyLoss(grant.epsilon, grant.delta))
+                                           cost=cost, budget=PrivacyLoss(grant.epsilon, grant.delta), owner=owner)
         if isinstance(outcome, PriorRelease):
             return outcome.response, True
-        sandbox_req = replace(request, request_id=request_id)
+        # Request ids are unique per consumer only; the sandbox's cap ledger keys every product by this.
+        sandbox_req = replace(request, request_id=f"{key.consumer}/{request_id}")
         try:
             reply = self.core.sandbox.call(sandbox_req, timeout_s=self.core.sandbox_timeout_s)
         except SandboxConnectionError as exc:
@@ -366,6 +372,8 @@ class ModelService:
                 self.core.ledger.fail(key, request_id)
                 raise QueryExecutionError()
             self.core.ledger.release_unused(key, request_id)
+            if reply.kind == "rejected":
+                owner_refusal(reply.message, req.dataset, req.purpose)  # the data owner's cap
             log.error("sandbox refused model request %s: %s", request_id, reply.message)
             raise GatewayInternalError("the sandbox refused the model request")
         if not isinstance(reply, TrainResult | EvaluateResult) or tuple(reply.costs) != costs:

@@ -38,6 +38,7 @@ from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
     InvalidQueryError,
+    OwnerCapIncompatibleError,
     PermissionDeniedError,
     PrivacyBudgetExhaustedError,
     QueryExecutionError,
@@ -56,7 +57,7 @@ from gateway.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms, zcdp
 from sandbox.client import SandboxClient, SandboxConnectionError
-from sandbox.errors import CAP_MESSAGE, PlanRejectedError
+from sandbox.errors import CAP_LIFETIME_MESSAGE, CAP_MESSAGE, INCOMPATIBLE_PREFIX, PlanRejectedError
 from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
 from sandbox.protocol import (
     AggregateKind,
@@ -304,6 +305,21 @@ def _replayed(prior: PriorRelease) -> q_pb.RunQueryResponse:
 _T = TypeVar("_T")
 
 
+def owner_refusal(message: str, dataset: str, purpose: str) -> None:
+    """Raise the client's error for a sandbox refusal by the data owner's cap (the gateway's mirror did not
+    refuse first: another gateway spent it, or the owner changed the cap); return for any other message."""
+    if message in (CAP_MESSAGE, CAP_LIFETIME_MESSAGE):
+        lifetime = message == CAP_LIFETIME_MESSAGE
+        raise PrivacyBudgetExhaustedError(
+            f"the data owner's {'lifetime cap' if lifetime else 'cap'} on this dataset is exhausted"
+            f"{'' if lifetime else ' for this period'}; nothing charged",
+            level="dataset_cap_lifetime" if lifetime else "dataset_cap", dataset=dataset, purpose=purpose,
+        )
+    if message.startswith(INCOMPATIBLE_PREFIX):
+        raise OwnerCapIncompatibleError(message[len(INCOMPATIBLE_PREFIX):] + "; nothing was charged",
+                                        dataset=dataset)
+
+
 def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
     """Run a pricing function; a delta too small for partition selection is the caller's error, any other
     refusal at this point is ours (the plan was already validated)."""
@@ -506,12 +522,15 @@ class QueryService:
         total_delta = mechanisms.total_delta(costs)
         if total_rho > rho or total_delta > delta:  # Tumult's re-check: never charge more than allowed
             raise GatewayInternalError("priced cost exceeds the requested privacy loss")
-        # What the data owner's epsilon cap counts: the epsilon of this query's own (rho, delta) at the
-        # grant's delta (the sandbox computes the same from the same numbers).
-        cap_epsilon, _ = zcdp.to_approx_dp(total_rho, total_delta, grant.delta)
+        # The charge: rho and selection delta, with the grant's (epsilon, delta) report (epsilon at the grant's
+        # delta less the selection delta). What it counts on the data owner's cap is the owner's rule, applied
+        # by the governor at the reservation from (rho, delta) and the owner's conversion_delta alone
+        # (`sandbox.cap_rules`); the sandbox derives the same from its own pricing.
+        conversion = grant.delta - total_delta
+        report_epsilon, _ = zcdp.to_approx_dp(total_rho, total_delta, grant.delta)
         return PricedQuery(
-            grant, info, plan, costs, PrivacyLoss(cap_epsilon, total_delta, total_rho), 0.0, delta,
-            analyzed.post, requested_rho=rho,
+            grant, info, plan, costs, PrivacyLoss(report_epsilon, total_delta, total_rho, conversion), 0.0,
+            delta, analyzed.post, requested_rho=rho,
         )
 
     def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
@@ -704,7 +723,7 @@ class QueryService:
         # Request ids are unique per consumer only; the sandbox keys its cap ledger by this.
         request = ExecuteRequest(
             f"{key.consumer}/{request_id}", priced.plan, priced.requested_epsilon,
-            priced.requested_delta, priced.requested_rho, priced.grant.delta if priced.grant.zcdp else 0.0,
+            priced.requested_delta, priced.requested_rho,
         )
         try:
             reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)
@@ -724,11 +743,8 @@ class QueryService:
             # 'rejected'/'bad_request' happen before the data is touched: refund; gateway and sandbox
             # disagree about the plan, which is a deployment bug.
             self.ledger.release_unused(key, request_id)
-            if reply.kind == "rejected" and reply.message == CAP_MESSAGE:  # issue-gov
-                raise PrivacyBudgetExhaustedError(
-                    "the data owner's cap on this dataset is exhausted for this period; nothing charged",
-                    level="dataset_cap", dataset=key.dataset, purpose=key.purpose,
-                )
+            if reply.kind == "rejected":
+                owner_refusal(reply.message, key.dataset, key.purpose)
             log.error("sandbox refused plan of request %s: %s", request_id, reply.message)
             raise GatewayInternalError("the sandbox refused the plan")
         if tuple(reply.costs) != priced.costs:

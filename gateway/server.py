@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,14 @@ from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from gateway.admin import AdminServicer, reload_policy
 from gateway.alerts import AlertEngine
-from gateway.budgets import DatasetCapInfo, Governor
+from gateway.budgets import Governor
 from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError, GatewayError
 from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
 from gateway.ledger import Ledger
 from gateway.models import MODEL_SERVICE, add_model_service
 from gateway.oversight import Oversight
+from gateway.owner_settings import grade_rules, owner_caps
 from gateway.policy import load_policy
 from gateway.queries import QueryService
 from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
@@ -36,9 +36,7 @@ from gateway.settings import Settings
 from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
 from gateway.verification import VerificationCore, VerificationServicer
-from sandbox.catalog import load_catalog
 from sandbox.client import SandboxClient, SandboxProcess
-from sandbox.grades import DEFAULT_GRADE_RULES
 
 log = logging.getLogger("gateway.server")
 
@@ -81,7 +79,8 @@ class Gateway:
     alerts: AlertEngine | None = None  # issue-gov
 
     def reload_policy(self) -> None:
-        """issue-gov: re-read the policy file (SIGHUP); on error log it and keep the running policy."""
+        """Re-read the policy file and the data owner's settings (SIGHUP); on error log it and keep the running
+        ones."""
         if self.governor is None:
             return
         try:
@@ -131,10 +130,9 @@ def start_gateway(settings: Settings) -> Gateway:
             metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
         )
         oversight.metrics.set_sandbox_up(True)
-        # -- governance state, nested budgets, the data owner's caps, alerts, admin --
+        # -- governance state, nested budgets, the data owner's caps (from the sandbox's catalog), alerts --
         governor = Governor(
-            settings.policy, policy, ledger, StateStore(settings.ledger_path),
-            load_caps(settings.catalog, settings.data_dir),
+            settings.policy, policy, ledger, StateStore(settings.ledger_path), owner_caps(catalog),
             {d.name: d.owner for d in catalog.datasets},
         )
         alerts = AlertEngine(governor)
@@ -146,7 +144,7 @@ def start_gateway(settings: Settings) -> Gateway:
             cache=ReleaseCache(settings.ledger_path, legacy=settings.state_dir / "cache.sqlite3"),
             oversight=oversight,
         )
-        core.grade_rules = load_grade_rules(settings.catalog, settings.data_dir)
+        core.grade_rules = grade_rules(catalog)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),
             options=[
@@ -185,30 +183,3 @@ def start_gateway(settings: Settings) -> Gateway:
     log.info("gateway serving on port %d", port)
     return Gateway(server, port, core, ledger, process, health=health_servicer, oversight=oversight,
                    governor=governor, alerts=alerts, verification=verification)
-
-
-def load_grade_rules(catalog_path: Path, data_dir: Path | None) -> Mapping[str, frozenset[str]]:
-    """The data owner's grade rules from the catalog file (the built-in rules if it cannot be read).
-
-    The sandbox enforces them either way; the gateway checks them only to refuse a query cleanly.
-    """
-    try:
-        return load_catalog(catalog_path, data_dir or catalog_path.parent).grades
-    except ConfigError as exc:
-        log.warning("grade rules not checked by the gateway: %s", exc)
-        return DEFAULT_GRADE_RULES
-
-
-def load_caps(catalog_path: Path, data_dir: Path | None) -> dict[str, DatasetCapInfo]:
-    """issue-gov: the data owner's caps from the catalog file, for the gateway's own (courtesy) check.
-
-    The sandbox enforces the caps itself; when the gateway cannot read the catalog (a sandbox run
-    elsewhere), it logs a warning and relies on the sandbox's refusal alone.
-    """
-    try:
-        cat = load_catalog(catalog_path, data_dir or catalog_path.parent)
-    except ConfigError as exc:
-        log.warning("data owner's caps not checked by the gateway: %s", exc)
-        return {}
-    return {d.name: DatasetCapInfo(d.cap.epsilon, d.cap.delta, d.cap.period) for d in cat.datasets
-            if d.cap is not None}

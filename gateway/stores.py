@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from gateway.errors import GatewayError
 from gateway.governance import GrantOverride
-from gateway.ledger import BudgetLimit, GrantKey, Metering, PriorRelease, PrivacyLoss, Reservation
+from gateway.ledger import BudgetLimit, CapCounts, GrantKey, Metering, PriorRelease, PrivacyLoss, Reservation
 from gateway.state import Outcome
+from sandbox.cap_rules import CapSums
 
 __all__ = ["GovernanceStore", "LedgerStore", "ReleaseStore", "TxWrite"]
 
@@ -35,12 +37,13 @@ class LedgerStore(Protocol):
 
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, budget: PrivacyLoss,
-        durable: bool = True,
+        durable: bool = True, owner: CapCounts | None = None,
     ) -> Reservation | PriorRelease: ...
 
     def reserve_nested(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss,
         limits: Sequence[BudgetLimit], metering: Metering, now: float, durable: bool = True,
+        owner: CapCounts | None = None, refuse: GatewayError | None = None,
     ) -> Reservation | PriorRelease: ...
 
     def complete(self, key: GrantKey, request_id: str, response: bytes, *, also: Sequence[TxWrite] = ()) -> None: ...
@@ -56,6 +59,8 @@ class LedgerStore(Protocol):
     def charges_between(self, start: float | None, end: float | None) -> list[dict[str, object]]: ...
 
     def organization_units(self, organization: str, start: float | None, end: float | None) -> int: ...
+
+    def owner_sums(self, dataset: str, start: float | None, end: float | None) -> CapSums: ...
 
     def close(self) -> None: ...
 

@@ -339,6 +339,7 @@ _CAP_MESSAGES = {
     "consumer": "the consumer's verification cap for this period is spent",
     "template": "the cap of checks with this template for this period is spent",
     "subject": "the cap of checks of this subject with this template for this period is spent",
+    "owner_subject": "the data owner's cap of checks of this subject with this template for this period is spent",
 }
 _FIELD_OF = {"INVALID_SUBJECT": "subject", "CASE_REFERENCE_REQUIRED": "case_reference"}
 
@@ -579,6 +580,10 @@ class VerificationCore:
                 if not chunk:
                     continue
                 result = future.result() if future is not None else evaluate(chunk)
+                if result.capped:  # the data owner's per-subject cap (all consumers), counted by the sandbox
+                    chunk, hashes = self._owner_capped(result, chunk, hashes, refusals, single, template)
+                    if not chunk:
+                        continue
                 t = time.perf_counter()
                 if not head:
                     head = json.dumps({"v": 1, "consumer": consumer, "dataset": dataset, "template": template,
@@ -615,6 +620,21 @@ class VerificationCore:
         clock.lap("receipts")
         return CheckAnswer(n, refusals, admitted, tuple(outcomes), bands, receipts, timings)
 
+    @staticmethod
+    def _owner_capped(result: VerifyClaimsResult, chunk: list[int], hashes: list[bytes],
+                      refusals: dict[int, tuple[str, str]], single: bool, template: str
+                      ) -> tuple[list[int], list[bytes]]:
+        """Refuse the claims the sandbox capped (per claim: CAP_EXHAUSTED; a single check raises), and return
+        the chunk's answered claims and their claim hashes, in order."""
+        capped = set(result.capped)
+        if single:
+            raise VerificationCapExhaustedError(_CAP_MESSAGES["owner_subject"], cap="owner_subject",
+                                                template=template)
+        for j in result.capped:
+            refusals[chunk[j]] = ("VERIFICATION_CAP_EXHAUSTED", _CAP_MESSAGES["owner_subject"])
+        return ([i for j, i in enumerate(chunk) if j not in capped],
+                [h for j, h in enumerate(hashes) if j not in capped])
+
     def _evaluate(self, info: TemplateInfo, claims: ClaimBatch, admitted: list[int]) -> VerifyClaimsResult:
         subjects, index, sets = claims.subjects, claims.param_index, claims.param_sets
         columns = []
@@ -631,7 +651,8 @@ class VerificationCore:
             if exc.before_send:
                 raise SandboxUnavailableError("the sandbox is not reachable; the checks stay charged") from exc
             raise QueryExecutionError() from exc
-        if isinstance(reply, VerifyClaimsResult) and len(reply.outcomes) == len(admitted):
+        if isinstance(reply, VerifyClaimsResult) and len(reply.outcomes) + len(reply.capped) == len(admitted) and all(
+                0 <= j < len(admitted) for j in reply.capped):
             return reply
         if isinstance(reply, ErrorReply) and reply.kind == "failed":
             raise QueryExecutionError()

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from sandbox.errors import ConfigError
 from sandbox.grades import DEFAULT_GRADE_RULES, USES
-from sandbox.periods import Period, parse_period
+from sandbox.owner_caps import OwnerCap, SubjectCap, parse_owner_cap, parse_subject_caps
 from sandbox.protocol import (
     CatalogInfo,
     ColumnInfo,
@@ -47,15 +47,6 @@ class TableSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class DatasetCap:
-    """issue-gov: the data owner's cap on a dataset per period, across all organisations."""
-
-    epsilon: float
-    delta: float
-    period: Period
-
-
-@dataclass(frozen=True, slots=True)
 class DatasetSpec:
     """One dataset: its privacy unit and tables (the data version is computed at load)."""
 
@@ -64,7 +55,12 @@ class DatasetSpec:
     description: str
     owner: str
     tables: tuple[TableSpec, ...]
-    cap: DatasetCap | None = None  # issue-gov: [datasets.X.caps]
+    cap: OwnerCap | None = None  # [datasets.X.caps] (sandbox.owner_caps)
+    subject_caps: tuple[SubjectCap, ...] = ()  # per-subject verification caps, by template
+
+    def subject_cap(self, template: str) -> SubjectCap | None:
+        """The owner's per-subject cap on checks with `template`, or None."""
+        return next((c for c in self.subject_caps if c.template == template), None)
 
     def table(self, name: str) -> TableSpec | None:
         """Return the table called `name`, or None."""
@@ -79,6 +75,8 @@ class DatasetSpec:
             version=version,
             description=self.description,
             owner=self.owner,
+            caps=self.cap,
+            subject_caps=self.subject_caps,
         )
 
 
@@ -91,6 +89,8 @@ class Catalog:
     datasets: tuple[DatasetSpec, ...]
     # issue-gov: what each column grade allows ([grades.X] allows = [...]); built-in rules if absent
     grades: Mapping[str, frozenset[str]] = field(default_factory=lambda: DEFAULT_GRADE_RULES)
+    # The file's data-defining part: everything but the owner's reloadable settings (`RELOADABLE`).
+    defining: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def dataset(self, name: str) -> DatasetSpec | None:
         """Return the dataset called `name`, or None."""
@@ -98,7 +98,19 @@ class Catalog:
 
     def public(self, versions: Mapping[str, str]) -> CatalogInfo:
         """The public part; each dataset carries its data version from `versions` (by name)."""
-        return CatalogInfo(tuple(d.public(versions[d.name]) for d in self.datasets))
+        grades = tuple((g, tuple(sorted(self.grades[g]))) for g in GRADES if g in self.grades)
+        return CatalogInfo(tuple(d.public(versions[d.name]) for d in self.datasets), grades)
+
+    def reload_problem(self, fresh: Catalog) -> str | None:
+        """Why `fresh` cannot replace this catalog without a restart (a data-defining part differs), or None.
+
+        Only the owner's settings in `RELOADABLE` may change: caps, grades and verification caps. Tables,
+        files, columns, types, bounds, domains, units, templates and everything else must be identical.
+        """
+        if fresh.data_dir != self.data_dir:
+            return "data_dir differs"
+        where = _first_difference(self.defining, fresh.defining, "")
+        return None if where is None else f"{where or 'the file'} differs (a data-defining part: restart needed)"
 
 
 class _Reader:
@@ -162,25 +174,53 @@ def load_catalog(path: Path, data_dir: Path | None = None) -> Catalog:
         _dataset(r, r.name(n, f"datasets.{n}"), d, data_dir.resolve()) for n, d in datasets.items()
     )
     grades = _grades(r, raw["grades"]) if "grades" in raw else DEFAULT_GRADE_RULES
-    return Catalog(path=path, data_dir=data_dir.resolve(), datasets=specs, grades=grades)
+    return Catalog(path=path, data_dir=data_dir.resolve(), datasets=specs, grades=grades,
+                   defining=_defining(raw))
 
 
-# -- issue-gov: the data owner's caps and grade rules ---------------------------------------------
+# What `Engine.reload` may change without a restart (the data owner's settings, not the data's definition):
+# the whole [grades] table, each dataset's [caps] and [verification_caps], and each verification template's
+# max_checks_per_subject_per_period.
+RELOADABLE = ("grades", "datasets.*.caps", "datasets.*.verification_caps",
+              "datasets.*.verifications.*.max_checks_per_subject_per_period")
 
 
-def _cap(r: _Reader, c: Any, key: str) -> DatasetCap:
-    r.table(c, key, {"epsilon_per_period", "delta_per_period", "period"}, {"window_days"})
-    values = []
-    for k in ("epsilon_per_period", "delta_per_period"):
-        v = c[k]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-            raise r.fail(f"{key}.{k}", "must be a finite, non-negative number")
-        values.append(float(v))
-    if values[0] <= 0:
-        raise r.fail(f"{key}.epsilon_per_period", "must be positive")
-    if values[1] >= 1:
-        raise r.fail(f"{key}.delta_per_period", "must be below 1")
-    return DatasetCap(values[0], values[1], parse_period(r.file, f"{key}.", c))
+def _defining(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` without the `RELOADABLE` keys."""
+    out = {k: v for k, v in raw.items() if k != "grades"}
+    datasets = {}
+    for name, d in (raw.get("datasets") or {}).items():
+        if not isinstance(d, dict):
+            datasets[name] = d
+            continue
+        d = {k: v for k, v in d.items() if k not in ("caps", "verification_caps")}
+        if isinstance(d.get("verifications"), dict):
+            d["verifications"] = {
+                t: ({k: v for k, v in body.items() if k != "max_checks_per_subject_per_period"}
+                    if isinstance(body, dict) else body)
+                for t, body in d["verifications"].items()}
+        datasets[name] = d
+    out["datasets"] = datasets
+    return out
+
+
+def _first_difference(a: Any, b: Any, key: str) -> str | None:
+    """The dotted key of the first difference between two TOML values, or None if equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in a or k not in b:
+                return sub
+            found = _first_difference(a[k], b[k], sub)
+            if found is not None:
+                return found
+        return None
+    if type(a) is not type(b) or a != b:
+        return key
+    return None
+
+
+# -- the data owner's grade rules -------------------------------------------------------------------
 
 
 def _grades(r: _Reader, g: Any) -> dict[str, frozenset[str]]:
@@ -201,7 +241,8 @@ def _grades(r: _Reader, g: Any) -> dict[str, frozenset[str]]:
 def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     key = f"datasets.{name}"
     # `verifications`: templates, validated by sandbox.verification (which reads this file itself).
-    r.table(d, key, {"privacy_unit", "tables"}, {"description", "owner", "caps", "verifications"})
+    r.table(d, key, {"privacy_unit", "tables"},
+            {"description", "owner", "caps", "verifications", "verification_caps"})
     unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
     tables = d["tables"]
     r.table(tables, f"{key}.tables", set(), set(tables) if isinstance(tables, dict) else set())
@@ -225,8 +266,17 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
         description=r.string(d, "description", f"{key}.description", ""),
         owner=r.string(d, "owner", f"{key}.owner", ""),
         tables=tuple(specs),
-        cap=_cap(r, d["caps"], f"{key}.caps") if "caps" in d else None,  # issue-gov
+        cap=parse_owner_cap(r.file, f"{key}.caps", d["caps"]) if "caps" in d else None,
+        subject_caps=parse_subject_caps(r.file, key, d, _templates(r, d, key)),
     )
+
+
+def _templates(r: _Reader, d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """The dataset's verification templates as written (validated by sandbox.verification)."""
+    v = d.get("verifications", {})
+    if not isinstance(v, dict):
+        raise r.fail(f"{key}.verifications", "must be a table")
+    return v
 
 
 def _table(r: _Reader, name: str, t: Any, key: str, data_dir: Path) -> TableSpec:

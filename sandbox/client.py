@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from sandbox.protocol import (
     MAX_FRAME_BYTES,
@@ -32,6 +32,9 @@ from sandbox.protocol import (
     decode_body,
     encode_frame,
 )
+
+if TYPE_CHECKING:
+    from sandbox.owner_protocol import CapUsageReply
 
 READY_PREFIX = "sandbox ready "
 
@@ -196,6 +199,26 @@ class SandboxClient:
         reply = self.call(DescribeRequest())
         if not isinstance(reply, CatalogInfo):
             raise SandboxConnectionError(f"unexpected reply to describe: {reply!r}")
+        return reply
+
+    def reload(self, timeout_s: float | None = None) -> CatalogInfo | ErrorReply:
+        """Ask the sandbox to re-read its catalog and swap in the owner's new caps, grades and verification
+        caps (`sandbox.owner_protocol.ReloadRequest`): the new public catalog, or the refusal (the sandbox
+        then keeps its settings)."""
+        from sandbox.owner_protocol import ReloadRequest
+
+        reply = self.call(ReloadRequest(), timeout_s)
+        if not isinstance(reply, CatalogInfo | ErrorReply):
+            raise SandboxConnectionError(f"unexpected reply to reload: {type(reply).__name__}")
+        return reply
+
+    def cap_usage(self, datasets: tuple[str, ...] = (), timeout_s: float | None = None) -> CapUsageReply | ErrorReply:
+        """The owner's caps and what the sandbox's cap ledger counts on them now (every dataset if empty)."""
+        from sandbox.owner_protocol import CapUsageReply, CapUsageRequest
+
+        reply = self.call(CapUsageRequest(datasets), timeout_s)
+        if not isinstance(reply, CapUsageReply | ErrorReply):
+            raise SandboxConnectionError(f"unexpected reply to cap usage: {type(reply).__name__}")
         return reply
 
     def health(self, timeout_s: float | None = None) -> HealthReply:

@@ -25,15 +25,17 @@ from typing import Any
 import duckdb
 
 from sandbox import mechanisms, quantiles, zcdp
-from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
-from sandbox.catalog import Catalog, DatasetSpec, TableSpec
+from sandbox.cap_rules import ReleaseLoss, counts, refusal
+from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger, Product
+from sandbox.catalog import Catalog, DatasetSpec, TableSpec, load_catalog
 from sandbox.compile import CompiledPlan, QuantileQuery, avg_centre, compile_plan, quote_ident, render_literal
 from sandbox.duckdb_config import connect, lock_down, verify_locked
-from sandbox.errors import ConfigError, PlanRejectedError
+from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
 from sandbox.keys import keyed_digest
 from sandbox.limits import Limits
+from sandbox.owner_protocol import RELOAD_REFUSED_PREFIX, CapUsage, CapUsageReply
 from sandbox.protocol import (
     VARIANCE_KINDS,
     Aggregate,
@@ -158,13 +160,14 @@ class Engine:
             ConfigError: a file is missing or unreadable, or its columns do not match the catalog.
             LockDownError: DuckDB did not reach the locked state.
         """
-        self.catalog = catalog
         self.limits = limits or Limits()
-        self.caps = caps  # issue-gov: the data owner's cap ledger (None: caps not enforced here)
+        self.caps = caps  # the data owner's cap ledger (None: caps not enforced here, embedded use)
+        self._view = (catalog, CatalogInfo(()))  # replaced below, once the data versions are known
+        self._reload_lock = threading.Lock()
         self._con = connect(self.limits)
         open_store(self._con)  # tables are loaded into the compressed store (sandbox.storage)
         self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
-        self._prices: OrderedDict[tuple[str, ...], tuple[tuple[ReleaseCost, ...], float]] = OrderedDict()
+        self._prices: OrderedDict[tuple[str, ...], tuple[tuple[ReleaseCost, ...], ReleaseLoss]] = OrderedDict()
         self._price_lock = threading.Lock()
         # Without a persisted key (tests, embedded use) the version is stable for this process only.
         version_key = version_key or secrets.token_bytes(32)
@@ -185,8 +188,20 @@ class Engine:
         compress(self._con)
         lock_down(self._con, self.limits)
         self.locked_down = True
-        self._info = catalog.public(versions)
+        self._versions = versions
+        # The catalog and its public description, swapped together by `reload` (one tuple: a request reads
+        # both from the same version).
+        self._view = (catalog, catalog.public(versions))
         self._tables = frozenset(self.row_counts)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog in force (the owner's settings as last loaded or reloaded)."""
+        return self._view[0]
+
+    @property
+    def _info(self) -> CatalogInfo:
+        return self._view[1]
 
     def _source(self, t: TableSpec) -> str:
         path = render_literal(str(t.file))
@@ -268,8 +283,73 @@ class Engine:
         log.info("loaded public table %s: %d rows", t.name, self.row_counts[name])
 
     def describe(self) -> CatalogInfo:
-        """The public catalog (names, grades, bounds, domains, data versions); no data."""
+        """The public catalog (names, grades, bounds, domains, data versions, the owner's caps); no data."""
         return self._info
+
+    # -- the data owner's settings: cap charges, reload, usage ---------------------------------------
+
+    def charge_release(self, request_id: str, dataset: str, product: Product, loss: ReleaseLoss,
+                       catalog: Catalog | None = None) -> ErrorReply | None:
+        """Charge one release on the owner's cap before any data is touched; None when it may run.
+
+        What it counts is derived from the sandbox's own pricing (`loss`) and the owner's cap in `catalog`
+        (default: the one in force) alone (`sandbox.cap_rules`); a release the cap's definition cannot count
+        is refused before anything is charged. Every product is recorded under its request id, with or
+        without a cap, so a repeated id is refused and never run again.
+        """
+        if self.caps is None:
+            return None
+        ds = (catalog or self.catalog).dataset(dataset)
+        cap = ds.cap if ds is not None else None
+        why = refusal(cap, loss, dataset)
+        if why is not None:
+            return ErrorReply("rejected", INCOMPATIBLE_PREFIX + why)
+        outcome = self.caps.charge(request_id, dataset, product,
+                                   counts(loss, cap.conversion_delta if cap else None), cap, now=time.time())
+        if outcome == "exceeded":
+            return ErrorReply("rejected", CAP_MESSAGE)
+        if outcome == "exceeded_lifetime":
+            return ErrorReply("rejected", CAP_LIFETIME_MESSAGE)
+        if outcome == "duplicate":
+            return ErrorReply("rejected", DUPLICATE_MESSAGE)
+        return None
+
+    def reload(self) -> CatalogInfo | ErrorReply:
+        """Re-read the catalog file; swap in the owner's new caps, grades and verification caps atomically.
+
+        Refused (nothing changes, the sandbox keeps serving as before) when the file is invalid or when a
+        data-defining part differs (`Catalog.reload_problem`): tables, files, columns, types, bounds,
+        domains, units and templates need a restart, which reloads and re-truncates the data.
+        """
+        with self._reload_lock:
+            current = self.catalog
+            try:
+                fresh = load_catalog(current.path, current.data_dir)
+            except ConfigError as exc:
+                return ErrorReply("rejected", f"{RELOAD_REFUSED_PREFIX}{exc}")
+            problem = current.reload_problem(fresh)
+            if problem is not None:
+                return ErrorReply("rejected", f"{RELOAD_REFUSED_PREFIX}{problem}")
+            self._view = (fresh, fresh.public(self._versions))
+            log.info("catalog reloaded from %s: the owner's caps, grades and verification caps", current.path)
+            return self._info
+
+    def cap_usage(self, datasets: tuple[str, ...] = ()) -> CapUsageReply | ErrorReply:
+        """The owner's caps and what the cap ledger counts on them now (every dataset if `datasets` is empty)."""
+        catalog = self.catalog
+        names = datasets or tuple(d.name for d in catalog.datasets)
+        now = time.time()
+        out = []
+        for name in names:
+            ds = catalog.dataset(name)
+            if ds is None:
+                return ErrorReply("rejected", "unknown dataset")
+            if self.caps is None:
+                return ErrorReply("rejected", "this sandbox keeps no cap ledger")
+            period, lifetime = self.caps.usage(name, ds.cap, now)
+            w = ds.cap.window(now) if ds.cap is not None else None
+            out.append(CapUsage(name, ds.cap, w.start if w else None, w.end if w else None, period, lifetime))
+        return CapUsageReply(tuple(out), now)
 
     def verify(self) -> bool:
         """True when the DuckDB connection is still locked down."""
@@ -321,8 +401,9 @@ class Engine:
         touching data is the uniform ErrorReply('failed', '') (engine text goes to stderr only).
         """
         plan = req.plan
-        ds = self.catalog.dataset(plan.dataset)
-        info = self._info.dataset(plan.dataset)
+        catalog, public = self._view
+        ds = catalog.dataset(plan.dataset)
+        info = public.dataset(plan.dataset)
         spec = ds.table(plan.table) if ds else None
         if ds is None or info is None or spec is None:
             return ErrorReply("rejected", "unknown dataset or table")
@@ -338,24 +419,14 @@ class Engine:
                 stored=True,
             )
             rel = plan_relation(plan, info)
-            costs, cap_epsilon = self._price_memoized(req, info)
-            check_plan_grades(plan, rel, self.catalog.grades)
+            costs, loss = self._price_memoized(req, info)
+            check_plan_grades(plan, rel, catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
-        # -- issue-gov: charge the data owner's cap before touching data (keyed by request id) --
-        if self.caps is not None and ds.cap is not None:
-            now = time.time()
-            window = ds.cap.period.window(now)
-            outcome = self.caps.charge(
-                req.request_id, ds.name, cap_epsilon,
-                sum(c.delta for c in costs), cap_epsilon=ds.cap.epsilon, cap_delta=ds.cap.delta,
-                window_start=window.start, window_end=window.end, now=now,
-            )
-            if outcome == "exceeded":
-                return ErrorReply("rejected", CAP_MESSAGE)
-            if outcome == "duplicate":
-                return ErrorReply("rejected", DUPLICATE_MESSAGE)
-        # -- end issue-gov --
+        # The data owner's cap, charged before touching data (keyed by request id).
+        refused = self.charge_release(req.request_id, ds.name, "query", loss, catalog)
+        if refused is not None:
+            return refused
         try:
             rows = self._release(req, compiled, costs, rel)
         except Exception:  # uniform failure; details stay in the sandbox log
@@ -363,12 +434,12 @@ class Engine:
             return ErrorReply("failed", "")
         return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
 
-    def _price_memoized(self, req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], float]:
+    def _price_memoized(self, req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], ReleaseLoss]:
         """`_price`, remembered for the last `_PRICE_MEMO` plans: a pure function of the plan, the authorised
         loss and this process's catalog, so a hit is exactly a fresh pricing (a repeated epsilon saves about
         0.5 ms of OpenDP calls). Refusals raise and are never remembered."""
         key = (json.dumps(plan_to_json(req.plan), sort_keys=True), repr(req.epsilon), repr(req.delta),
-               repr(req.rho), repr(req.report_delta))
+               repr(req.rho))
         with self._price_lock:
             hit = self._prices.get(key)
             if hit is not None:
@@ -382,12 +453,12 @@ class Engine:
         return priced
 
     @staticmethod
-    def _price(req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], float]:
-        """The plan's costs, priced by the sandbox itself, and the epsilon they count against the cap.
+    def _price(req: ExecuteRequest, info: DatasetInfo) -> tuple[tuple[ReleaseCost, ...], ReleaseLoss]:
+        """The plan's costs, priced by the sandbox itself, and the release's loss in its own definition.
 
-        Pure DP: the sum of the epsilons. zCDP (`req.rho` > 0): the Gaussian family priced in rho
-        (`sandbox.zcdp`); a zCDP release counts against the data owner's epsilon cap as the epsilon of
-        OpenDP's conversion of its (rho, delta) at the grant's delta (`req.report_delta`).
+        Pure DP: the sum of the epsilons (approximate DP with partition selection's delta). zCDP (`req.rho`
+        > 0): the Gaussian family priced in rho (`sandbox.zcdp`), approximate zCDP with partition
+        selection's delta. What that loss counts on the owner's cap is `sandbox.cap_rules`' business.
 
         Raises:
             PlanRejectedError: the plan costs more than authorised, or cannot be priced.
@@ -401,16 +472,13 @@ class Engine:
                 raise PlanRejectedError("the plan costs more than the authorised rho")
             if not mechanisms.total_delta(costs) <= req.delta:
                 raise PlanRejectedError("the plan costs more than the authorised delta")
-            cap_epsilon, _ = zcdp.to_approx_dp(rho, mechanisms.total_delta(costs), req.report_delta)
-            if not math.isfinite(cap_epsilon):
-                raise PlanRejectedError("the plan's delta leaves no room at the grant's delta")
-            return costs, cap_epsilon
+            return costs, ReleaseLoss("zcdp", 0.0, mechanisms.total_delta(costs), rho)
         costs = mechanisms.price(req.plan, info, req.epsilon, req.delta)
         if not mechanisms.total_epsilon(costs) <= req.epsilon:
             raise PlanRejectedError("the plan costs more than the authorised epsilon")
         if not mechanisms.total_delta(costs) <= req.delta:
             raise PlanRejectedError("the plan costs more than the authorised delta")
-        return costs, mechanisms.total_epsilon(costs)
+        return costs, ReleaseLoss.of(mechanisms.total_epsilon(costs), mechanisms.total_delta(costs), 0.0)
 
     def _exact(
         self, req: ExecuteRequest, compiled: CompiledPlan, costs: tuple[ReleaseCost, ...]

@@ -24,7 +24,11 @@ class ExecutionFailedError(Exception):
     """Execution failed after touching data (timeout, memory, engine error). Reported uniformly."""
 
 
-# issue-gov: the ErrorReply message of a plan refused by the data owner's cap (the gateway maps it to
-# RESOURCE_EXHAUSTED with level=dataset_cap), and of a request id the sandbox has already executed.
+# The ErrorReply messages of a request refused by the data owner's periodic cap and lifetime cap (the gateway
+# maps them to RESOURCE_EXHAUSTED with level dataset_cap / dataset_cap_lifetime), of a request id the sandbox
+# has already executed, and the prefix of a release the owner's cap cannot count in its definition (mapped to
+# FAILED_PRECONDITION, reason OWNER_CAP_INCOMPATIBLE; the rest of the message says why).
 CAP_MESSAGE = "data owner's cap"
+CAP_LIFETIME_MESSAGE = "data owner's lifetime cap"
 DUPLICATE_MESSAGE = "request id already executed"
+INCOMPATIBLE_PREFIX = "owner cap: "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import opendp.prelude as dp
 
 from sandbox import mechanisms
+from sandbox.cap_rules import ReleaseLoss
 from sandbox.errors import PlanRejectedError
 from sandbox.model_protocol import ModelCost, ModelKind
 from sandbox.protocol import ColumnInfo, DatasetInfo, TableInfo
@@ -410,6 +411,17 @@ def charged(costs: Sequence[ModelCost]) -> tuple[float, float]:
         if c.component == COMPOSITION:
             return c.epsilon, c.delta
     return math.fsum(c.epsilon for c in costs), 0.0
+
+
+def owner_loss(costs: Sequence[ModelCost]) -> ReleaseLoss:
+    """A model request's loss in its own definition, for the data owner's cap (`sandbox.cap_rules`): logistic
+    training is accounted in zCDP (the composed rho of its 2T + 1 Gaussian releases, OpenDP's
+    make_composition map, no selection delta); linear training and every evaluation are pure DP (the sum
+    of their discrete Laplace epsilons)."""
+    for c in costs:
+        if c.component == COMPOSITION:
+            return ReleaseLoss("zcdp", 0.0, 0.0, c.rho)
+    return ReleaseLoss.of(charged(costs)[0], 0.0, 0.0)
 
 
 def price_train(d: Design, kind: ModelKind, epsilon: float, delta: float, iterations: int,

@@ -246,7 +246,8 @@ def _context(engine: Engine, dataset: str, table: str) -> tuple[Any, str, str] |
 
 
 def train(engine: Engine, req: TrainRequest) -> TrainResult | ErrorReply:
-    """Fit the requested model, spending at most the authorised (epsilon, delta)."""
+    """Fit the requested model, spending at most the authorised (epsilon, delta); the owner's cap is
+    charged (and the request id recorded) before any data is touched."""
     ctx = _context(engine, req.dataset, req.table)
     if isinstance(ctx, ErrorReply):
         return ctx
@@ -260,6 +261,9 @@ def train(engine: Engine, req: TrainRequest) -> TrainResult | ErrorReply:
             raise PlanRejectedError("the model costs more than the authorised privacy loss")
     except PlanRejectedError as exc:
         return ErrorReply("rejected", str(exc))
+    refused = engine.charge_release(req.request_id, req.dataset, "train", mp.owner_loss(costs))
+    if refused is not None:
+        return refused
     try:
         if req.kind == "linear":
             coefs, intercept, metrics = _train_linear(engine, d, sql_table, costs[0], req.l2)
@@ -272,7 +276,8 @@ def train(engine: Engine, req: TrainRequest) -> TrainResult | ErrorReply:
 
 
 def evaluate(engine: Engine, req: EvaluateRequest) -> EvaluateResult | ErrorReply:
-    """DP metrics of the consumer's model, spending at most the authorised epsilon."""
+    """DP metrics of the consumer's model, spending at most the authorised epsilon (charged on the owner's
+    cap before any data is touched, like training)."""
     ctx = _context(engine, req.dataset, req.table)
     if isinstance(ctx, ErrorReply):
         return ctx
@@ -286,6 +291,9 @@ def evaluate(engine: Engine, req: EvaluateRequest) -> EvaluateResult | ErrorRepl
             raise PlanRejectedError("the evaluation costs more than the authorised privacy loss")
     except PlanRejectedError as exc:
         return ErrorReply("rejected", str(exc))
+    refused = engine.charge_release(req.request_id, req.dataset, "evaluate", mp.owner_loss(costs))
+    if refused is not None:
+        return refused
     try:
         confusion: tuple[ConfusionMatrix, ...] = ()
         if req.kind == "linear":

@@ -24,6 +24,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from typing import Literal as TypingLiteral
 
+from sandbox.owner_caps import (
+    OwnerCap,
+    SubjectCap,
+    cap_from_json,
+    cap_to_json,
+    subject_cap_from_json,
+    subject_cap_to_json,
+)
+
 if TYPE_CHECKING:  # the model messages live in sandbox.model_protocol, which imports this module
     from sandbox.model_protocol import ModelMessage
 
@@ -433,7 +442,9 @@ class TableInfo:
 
 @dataclass(frozen=True, slots=True)
 class DatasetInfo:
-    """A dataset's public description: its privacy unit, tables and data version."""
+    """A dataset's public description: its privacy unit, tables and data version, and the data owner's
+    public settings the sandbox enforces (its cap and per-subject verification caps), so the gateway mirrors
+    exactly what the sandbox applies."""
 
     name: str
     privacy_unit: str
@@ -441,6 +452,8 @@ class DatasetInfo:
     version: str
     description: str = ""
     owner: str = ""
+    caps: OwnerCap | None = None
+    subject_caps: tuple[SubjectCap, ...] = ()
 
     def table(self, name: str) -> TableInfo | None:
         """Return the table called `name`, or None."""
@@ -452,9 +465,15 @@ class DatasetInfo:
 
 @dataclass(frozen=True, slots=True)
 class CatalogInfo:
-    """Everything public about the data the sandbox holds."""
+    """Everything public about the data the sandbox holds; `grades` are the owner's column-grade rules
+    ((grade, allowed uses) pairs; empty: the built-in rules, `sandbox.grades.DEFAULT_GRADE_RULES`)."""
 
     datasets: tuple[DatasetInfo, ...]
+    grades: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def grade_rules(self) -> dict[str, frozenset[str]] | None:
+        """The grade rules as `check_plan_grades` takes them, or None for the built-in ones."""
+        return {g: frozenset(uses) for g, uses in self.grades} if self.grades else None
 
     def dataset(self, name: str) -> DatasetInfo | None:
         """Return the dataset called `name`, or None."""
@@ -515,8 +534,8 @@ class ExecuteRequest:
     """Run `plan`, spending at most `epsilon` and `delta` (the gateway has already charged them).
 
     zCDP grants (`rho` > 0): the plan is priced in rho with the Gaussian family (`sandbox.zcdp`) and
-    `epsilon` is 0; `report_delta` is the grant's delta, at which the sandbox converts the cost to the
-    epsilon it charges against the data owner's cap.
+    `epsilon` is 0. What the release counts on the data owner's cap the sandbox derives from its own
+    pricing and the owner's catalog alone (`sandbox.cap_rules`).
     """
 
     request_id: str
@@ -524,7 +543,6 @@ class ExecuteRequest:
     epsilon: float
     delta: float = 0.0
     rho: float = 0.0
-    report_delta: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -956,6 +974,8 @@ def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
                 "version": d.version,
                 "description": d.description,
                 "owner": d.owner,
+                "caps": None if d.caps is None else cap_to_json(d.caps),
+                "subject_caps": [subject_cap_to_json(c) for c in d.subject_caps],
                 "tables": [
                     {
                         "name": t.name,
@@ -979,7 +999,8 @@ def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
                 ],
             }
             for d in c.datasets
-        ]
+        ],
+        "grades": [[g, list(uses)] for g, uses in c.grades],
     }
 
 
@@ -992,6 +1013,8 @@ def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
                 version=ds["version"],
                 description=ds["description"],
                 owner=ds["owner"],
+                caps=None if ds.get("caps") is None else cap_from_json(ds["caps"]),
+                subject_caps=tuple(subject_cap_from_json(v) for v in ds.get("subject_caps", ())),
                 tables=tuple(
                     TableInfo(
                         name=t["name"],
@@ -1015,7 +1038,8 @@ def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
                 ),
             )
             for ds in d["datasets"]
-        )
+        ),
+        grades=tuple((str(g), tuple(str(u) for u in uses)) for g, uses in d.get("grades", ())),
     )
 
 
@@ -1039,7 +1063,6 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "epsilon": msg.epsilon,
                 "delta": msg.delta,
                 "rho": msg.rho,
-                "report_delta": msg.report_delta,
             }
         case ExecuteResult():
             return {
@@ -1086,15 +1109,13 @@ def from_json(d: Any) -> Message:
         return model_protocol.from_json(d)
     try:
         if t == "execute":
-            _keys(d, {"type", "request_id", "plan", "epsilon", "delta", "rho", "report_delta"})
-            eps, delta = d["epsilon"], d.get("delta", 0.0)
-            rho, report_delta = d.get("rho", 0.0), d.get("report_delta", 0.0)
-            for v in (eps, delta, rho, report_delta):
+            _keys(d, {"type", "request_id", "plan", "epsilon", "delta", "rho"})
+            eps, delta, rho = d["epsilon"], d.get("delta", 0.0), d.get("rho", 0.0)
+            for v in (eps, delta, rho):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                    raise ProtocolError("epsilon, delta, rho and report_delta must be finite numbers")
+                    raise ProtocolError("epsilon, delta and rho must be finite numbers")
             return ExecuteRequest(
-                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta),
-                float(rho), float(report_delta),
+                str(d["request_id"]), plan_from_json(d["plan"]), float(eps), float(delta), float(rho),
             )
         if t == "result":
             return ExecuteResult(

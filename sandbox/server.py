@@ -23,6 +23,7 @@ from types import FrameType
 from sandbox import models
 from sandbox.engine import Engine
 from sandbox.model_protocol import EvaluateRequest, TrainRequest
+from sandbox.owner_protocol import CapUsageRequest, ReloadRequest
 from sandbox.protocol import (
     MAX_FRAME_BYTES,
     DescribeRequest,
@@ -122,6 +123,10 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return models.evaluate(self.engine, msg)
         if isinstance(msg, DescribeRequest):
             return self.engine.describe()
+        if isinstance(msg, ReloadRequest):
+            return self.engine.reload()
+        if isinstance(msg, CapUsageRequest):
+            return self.engine.cap_usage(msg.datasets)
         if isinstance(msg, ExtensionMessage):
             return self.verifier.handle(msg)
         if isinstance(msg, HealthRequest):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ import pyarrow as pa
 
 from sandbox.catalog import Catalog, DatasetSpec
 from sandbox.compile import quote_ident, render_literal
-from sandbox.errors import ConfigError
+from sandbox.errors import DUPLICATE_MESSAGE, ConfigError
 from sandbox.protocol import (
     ARITHMETIC_OPS,
     COMPARISON_OPS,
@@ -241,9 +242,11 @@ class _Loader:
         key = f"datasets.{ds.name}.verifications.{name}"
         if not name or "__" in name or not name.replace("_", "").isalnum() or not name.isascii():
             raise self.fail(key, "template names are letters, digits and _ (no '__')")
+        # max_checks_per_subject_per_period: the owner's per-subject cap (sandbox.owner_caps, read by the
+        # catalog so a reload can change it)
         self.keys(d, key, {"table", "subject_column", "subject_format", "predicate"},
                   {"description", "parameters", "related", "band", "not_found_as_no_match",
-                   "requires_case_reference"})
+                   "requires_case_reference", "max_checks_per_subject_per_period"})
         table = ds.table(str(d["table"]))
         if table is None:
             raise self.fail(f"{key}.table", f"no table {d['table']!r} in dataset {ds.name!r}")
@@ -533,12 +536,16 @@ class Verifier:
     """Answers verification requests on the engine's locked connection."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, catalog: Catalog,
-                 versions: dict[str, str], timeout_ms: int) -> None:
+                 versions: dict[str, str], timeout_ms: int, engine: Any = None) -> None:
         """Load the templates, build each template's table (allowed after lock-down: in-memory only).
+
+        `engine` (sandbox.engine.Engine) supplies the owner's cap ledger and per-subject caps in force; without
+        it (embedded use) requests are neither recorded nor capped.
 
         Raises:
             ConfigError: a template is invalid.
         """
+        self._engine = engine
         self._con = con
         self._timeout_s = timeout_ms / 1000
         self._versions = versions
@@ -558,7 +565,7 @@ class Verifier:
     def for_engine(cls, engine: Any) -> Verifier:
         """A verifier on `engine`'s connection (sandbox.engine.Engine)."""
         versions = {d.name: d.version for d in engine.describe().datasets}
-        return cls(engine._con, engine.catalog, versions, engine.limits.query_timeout_ms)
+        return cls(engine._con, engine.catalog, versions, engine.limits.query_timeout_ms, engine)
 
     def handle(self, msg: object) -> VerifyClaimsResult | TemplatesInfo | ErrorReply:
         """Answer a DescribeTemplatesRequest or a VerifyClaimsRequest."""
@@ -589,12 +596,38 @@ class Verifier:
             return f"invalid subject: {problems[min(problems)]}"
         return c
 
+    def _admit(self, req: VerifyClaimsRequest) -> list[bool] | ErrorReply:
+        """Record the request id and count its claims on the owner's per-subject cap (`CapLedger.charge_checks`),
+        before any data is touched: which claims may be evaluated, or a refusal of a repeated request id."""
+        engine = self._engine
+        if engine is None or engine.caps is None:
+            return [True] * len(req.subjects)
+        ds = engine.catalog.dataset(req.dataset)
+        cap = ds.subject_cap(req.template) if ds is not None else None
+        admitted: list[bool] | None = engine.caps.charge_checks(
+            req.request_id, req.dataset, req.template, req.subjects, cap, now=time.time())
+        if admitted is None:
+            return ErrorReply("rejected", DUPLICATE_MESSAGE)
+        return admitted
+
     def verify(self, req: VerifyClaimsRequest) -> VerifyClaimsResult | ErrorReply:
-        """Evaluate the template for every claim; refusals depend only on the request and catalog."""
+        """Evaluate the template for every claim the owner's per-subject cap admits; refusals depend only on
+        the request, the catalog and the cap's counts, never on the data."""
         checked = self._check(req)
         if isinstance(checked, str):
             return ErrorReply("rejected", checked)
         info = checked.template.info
+        admitted = self._admit(req)
+        if isinstance(admitted, ErrorReply):
+            return admitted
+        capped = tuple(i for i, ok in enumerate(admitted) if not ok)
+        if capped:
+            if len(capped) == len(req.subjects):
+                return VerifyClaimsResult((), (), 0, self._versions.get(req.dataset, ""), capped)
+            keep = [i for i, ok in enumerate(admitted) if ok]
+            req = VerifyClaimsRequest(req.request_id, req.dataset, req.template,
+                                      tuple(req.subjects[i] for i in keep),
+                                      tuple((n, tuple(v[i] for i in keep)) for n, v in req.params))
         try:
             single = len(req.subjects) == 1
             rows = self._single(checked, req) if single else self._batch(checked, req)
@@ -610,7 +643,7 @@ class Verifier:
                 outcomes.append(MATCH if matched else NO_MATCH)
             bands.append(int(band or 0) if info.band_labels else -1)
         return VerifyClaimsResult(tuple(outcomes), tuple(bands), not_found,
-                                  self._versions.get(req.dataset, ""))
+                                  self._versions.get(req.dataset, ""), capped)
 
     def _run(self, cur: duckdb.DuckDBPyConnection, sql: str,
              params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

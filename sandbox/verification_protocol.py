@@ -366,11 +366,14 @@ def _verify_from_json(d: dict[str, Any]) -> VerifyClaimsRequest:
 
 @dataclass(frozen=True, slots=True)
 class VerifyClaimsResult(ExtensionMessage):
-    """One outcome per claim (NO_MATCH=0, MATCH=1, NOT_FOUND=2 only where the template allows it) and
-    one band index per claim (-1: the template has no band).
+    """One outcome per answered claim (NO_MATCH=0, MATCH=1, NOT_FOUND=2 only where the template allows it)
+    and one band index per answered claim (-1: the template has no band).
 
-    `not_found` counts claims whose subject is not in the data, including those reported as NO_MATCH;
-    the gateway uses it only for enumeration alerts and never forwards it.
+    `capped` lists the indices (into the request's claims, ascending) of the claims the data owner's
+    per-subject cap refused: they are not evaluated and have no outcome; the outcomes and bands belong to
+    the other claims, in order. `not_found` counts answered claims whose subject is not in the data,
+    including those reported as NO_MATCH; the gateway uses it only for enumeration alerts and never
+    forwards it.
     """
 
     TYPE: ClassVar[str] = "v_result"
@@ -378,23 +381,29 @@ class VerifyClaimsResult(ExtensionMessage):
     bands: tuple[int, ...]
     not_found: int
     dataset_version: str
+    capped: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.outcomes) != len(self.bands):
             raise ValueError("one band per outcome")
         if any(o not in OUTCOMES for o in self.outcomes):
             raise ValueError("unknown outcome")
+        if any(b <= a for a, b in zip(self.capped, self.capped[1:], strict=False)) or any(
+                i < 0 for i in self.capped):
+            raise ValueError("capped indices must be ascending and non-negative")
 
     def body_json(self) -> dict[str, Any]:
         """Serialize."""
         return {"outcomes": list(self.outcomes), "bands": list(self.bands),
-                "not_found": self.not_found, "dataset_version": self.dataset_version}
+                "not_found": self.not_found, "dataset_version": self.dataset_version,
+                "capped": list(self.capped)}
 
 
 def _result_from_json(d: dict[str, Any]) -> VerifyClaimsResult:
-    _keys(d, {"type", "outcomes", "bands", "not_found", "dataset_version"})
+    _keys(d, {"type", "outcomes", "bands", "not_found", "dataset_version", "capped"})
     return VerifyClaimsResult(tuple(int(o) for o in d["outcomes"]), tuple(int(b) for b in d["bands"]),
-                              int(d["not_found"]), str(d["dataset_version"]))
+                              int(d["not_found"]), str(d["dataset_version"]),
+                              tuple(int(i) for i in d.get("capped", ())))
 
 
 def _describe_from_json(d: dict[str, Any]) -> DescribeTemplatesRequest:

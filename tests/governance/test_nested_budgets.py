@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budgets import DatasetCapInfo, Governor
+from gateway.budgets import Governor, OwnerCap
 from gateway.errors import PrivacyBudgetExhaustedError
 from gateway.ledger import BudgetLimit, GrantKey, Ledger, Metering, PrivacyLoss, Reservation
 from gateway.periods import Period, Window
@@ -29,7 +29,7 @@ def _governor(tmp_path: Path, text: str = BASE, cap: float | None = None,
               cap_period: Period = MONTH) -> Governor:
     policy = parse_policy(tomllib.loads(text), "op.toml")
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    caps = {"registry": DatasetCapInfo(cap, 0.0, cap_period)} if cap is not None else {}
+    caps = {"registry": OwnerCap("epsilon", cap, 0.0, cap_period)} if cap is not None else {}
     return Governor(tmp_path / "op.toml", policy, ledger, StateStore(ledger.path), caps,
                     {"registry": "Bureau"})
 

@@ -70,7 +70,7 @@ def zcdp_cap_sandbox(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iter
     root = tmp_path_factory.mktemp("zcap")
     text = (ROOT / "policies" / "catalog.toml").read_text()
     catalog = root / "catalog.toml"
-    catalog.write_text(text.replace("epsilon_per_period = 1000.0", "epsilon_per_period = 1.0"))
+    catalog.write_text(text.replace("epsilon_per_period = 1000.0", "epsilon_per_period = 1.0\nconversion_delta = 1e-6"))
     import tempfile
     sock_dir = Path(tempfile.mkdtemp(prefix="pgw-zcap-"))
     proc = SandboxProcess.start(catalog, sock_dir / "s.sock", env.data_dir,
@@ -80,17 +80,16 @@ def zcdp_cap_sandbox(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.mark.integration
-def test_sandbox_counts_a_zcdp_release_as_its_converted_epsilon(zcdp_cap_sandbox: SandboxClient) -> None:
-    """A zCDP plan (rho, reported at the grant's delta) counts against the data owner's epsilon cap as
-    the epsilon of OpenDP's conversion of its own rho at that delta: with rho 0.001 at delta 1e-6 that
-    is about 0.18, so exactly 5 fit in a cap of 1.0, and the sandbox refuses the 6th itself."""
+def test_sandbox_counts_a_zcdp_release_at_the_owners_conversion_delta(zcdp_cap_sandbox: SandboxClient) -> None:
+    """A zCDP plan counts against the data owner's epsilon cap as the epsilon of OpenDP's conversion of its
+    own rho at the OWNER's conversion_delta (1e-6 here), whatever delta the gateway would report: with rho
+    0.001 that is about 0.18, so exactly 5 fit in a cap of 1.0, and the sandbox refuses the 6th itself."""
     from sandbox import zcdp
 
     c = zcdp_cap_sandbox
-    bad = c.execute(ExecuteRequest("z/0", COUNT, 0.1, rho=0.001, report_delta=1e-6), timeout_s=60)
+    bad = c.execute(ExecuteRequest("z/0", COUNT, 0.1, rho=0.001), timeout_s=60)
     assert isinstance(bad, ErrorReply) and bad.kind == "rejected"  # rho and epsilon at once
-    replies = [c.execute(ExecuteRequest(f"z/{i}", COUNT, 0.0, rho=0.001, report_delta=1e-6), timeout_s=60)
-               for i in range(1, 9)]
+    replies = [c.execute(ExecuteRequest(f"z/{i}", COUNT, 0.0, rho=0.001), timeout_s=60) for i in range(1, 9)]
     answered = [r for r in replies if isinstance(r, ExecuteResult)]
     cost = answered[0].costs[0]
     assert cost.mechanism == "discrete_gaussian" and cost.rho <= 0.001 and cost.epsilon == 0.0
@@ -101,14 +100,18 @@ def test_sandbox_counts_a_zcdp_release_as_its_converted_epsilon(zcdp_cap_sandbox
 
 def test_cap_ledger_is_exact_and_idempotent(tmp_path: Path) -> None:
     """Ten charges of 0.1 fill a cap of 1.0 exactly; windows bound what counts; duplicates are refused."""
+    from sandbox.cap_rules import ReleaseLoss, counts
+    from sandbox.owner_caps import OwnerCap
+    from sandbox.periods import Period
+
     led = CapLedger(tmp_path / "caps.sqlite3")
-    kw = {"cap_epsilon": 1.0, "cap_delta": 0.0, "window_start": 0.0, "window_end": 100.0}
-    assert [led.charge(f"r{i}", "d", 0.1, 0.0, now=1.0, **kw) for i in range(10)] == ["charged"] * 10
-    assert led.charge("r10", "d", 1e-9, 0.0, now=1.0, **kw) == "exceeded"
-    assert led.charge("r0", "d", 0.1, 0.0, now=1.0, **kw) == "duplicate"
-    kw2 = {**kw, "window_start": 100.0, "window_end": 200.0}
-    assert led.charge("r11", "d", 1.0, 0.0, now=150.0, **kw2) == "charged"
-    assert led.spent("d", 0.0, 100.0) == 1.0
+    cap = OwnerCap("epsilon", 1.0, 0.0, Period("calendar", "day"))
+    tenth = counts(ReleaseLoss("pure", 0.1), None)
+    assert [led.charge(f"r{i}", "d", "query", tenth, cap, now=1.0) for i in range(10)] == ["charged"] * 10
+    assert led.charge("r10", "d", "query", counts(ReleaseLoss("pure", 1e-9), None), cap, now=1.0) == "exceeded"
+    assert led.charge("r0", "d", "train", tenth, cap, now=1.0) == "duplicate"
+    assert led.charge("r11", "d", "query", counts(ReleaseLoss("pure", 1.0), None), cap, now=86400.0) == "charged"
+    assert led.sums("d", 0.0, 86400.0).epsilon_units == 10**9
 
 
 def test_grades_refuse_a_sensitive_group_key() -> None:

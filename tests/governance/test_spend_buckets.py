@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from gateway.ledger import (
+    _CAP_COLUMNS,
+    _FLAG_COLUMNS,
+    _GRANT_COLUMNS,
     _SCOPES,
-    _UNIT_COLUMNS,
     BudgetLimit,
     GrantKey,
     Ledger,
@@ -36,11 +38,12 @@ def _limit(level: str, start: float | None, end: float | None) -> BudgetLimit:
     return BudgetLimit(level, HUGE, Window(start, end))  # type: ignore[arg-type]
 
 
-def _brute(conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey) -> tuple[int, ...]:
+def _brute(conn: sqlite3.Connection, limit: BudgetLimit, key: GrantKey) -> dict[str, int]:
     where, args = _scope(limit, key, ORG[key.consumer])
-    row = conn.execute(f"SELECT {', '.join(f'coalesce(sum({c}), 0)' for c in _UNIT_COLUMNS)} FROM charges"
+    columns = _CAP_COLUMNS if limit.level.startswith("dataset_cap") else _GRANT_COLUMNS
+    row = conn.execute(f"SELECT {', '.join(f'coalesce(sum({c}), 0)' for c in columns)} FROM charges"
                        f" WHERE {where}", args).fetchone()
-    return (*row[:4], min(row[4], 1))
+    return {c: min(v, 1) if c in _FLAG_COLUMNS else v for c, v in zip(columns, row, strict=True)}
 
 
 def _random_ledger(path: Path, rng: random.Random, n: int = 400) -> tuple[Ledger, list[float]]:
@@ -57,7 +60,7 @@ def _random_ledger(path: Path, rng: random.Random, n: int = 400) -> tuple[Ledger
         elif kind < 0.8:
             cost = PrivacyLoss(0.1, 1e-8)  # approximate DP: no zCDP conversion
         else:
-            cost = PrivacyLoss(0.2, rng.choice([0.0, 1e-9]), rng.choice([0.001, 0.02]))
+            cost = PrivacyLoss(0.2, rng.choice([0.0, 1e-9]), rng.choice([0.001, 0.02]), rng.choice([0.0, 1e-7]))
         out = ledger.reserve_nested(key, request_id=f"r{i}", fingerprint="fp", cost=cost,
                                     limits=[_limit("member", None, None)],
                                     metering=Metering(ORG[key.consumer]), now=t, durable=False)
@@ -85,7 +88,7 @@ def test_window_sums_from_buckets_equal_the_charges(tmp_path: Path, seed: int) -
             b = b + rng.choice([0.0, 1e-6, 0.5, 61.0])
             start = None if rng.random() < 0.1 else a
             end = None if rng.random() < 0.3 else b
-            for level in ("member", "organization", "dataset_cap"):
+            for level in ("member", "organization", "dataset_cap", "dataset_cap_lifetime"):
                 for key in KEYS:
                     limit = _limit(level, start, end)
                     assert _window_sums(conn, limit, key, ORG[key.consumer]) == _brute(conn, limit, key), (
@@ -114,7 +117,7 @@ def test_buckets_stay_consistent_through_updates_and_a_migration(tmp_path: Path)
         got = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT request_id, zcdp_units, no_zcdp FROM charges")}
         assert got == expected
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        assert version == 4
+        assert version == 5
         # a direct edit of a charge's units (as a migration would make) moves its buckets too
         conn.execute("UPDATE charges SET epsilon_units = epsilon_units + 5, created_at = created_at + 7200"
                      " WHERE rowid IN (SELECT rowid FROM charges LIMIT 10)")
@@ -162,15 +165,17 @@ def test_reservation_cost_does_not_grow_with_the_charges_in_the_window(tmp_path:
         slow = _brute(conn, limit, key)
         by_charges = steps[0]
         conn.set_progress_handler(None, 100)
-    assert fast == slow and fast[0] == 1000 * 20_000 - 1000  # every charge but the one before the start
+    assert fast == slow and fast["epsilon_units"] == 1000 * 20_000 - 1000  # every charge but the one before the start
     assert by_buckets * 20 < by_charges, (by_buckets, by_charges)  # measured: 15 against 2,600
     ledger.close()
 
 
 def test_data_owner_cap_ledger_sums_windows_from_buckets_exactly(tmp_path: Path) -> None:
-    """The sandbox's cap ledger: bucketed window sums equal the charge sums, also after opening a file
-    written before the buckets existed (version 0), whose buckets are then built from its charges."""
-    from sandbox.caps import CapLedger
+    """The sandbox's cap ledger: bucketed window sums equal the charge sums in every column, also after
+    opening a file written before the buckets existed (version 0), whose buckets are then built from its
+    charges."""
+    from sandbox.cap_rules import ReleaseLoss, counts
+    from sandbox.caps import _COUNT_COLUMNS, CapLedger
 
     path = tmp_path / "caps.sqlite3"
     rng = random.Random(11)
@@ -179,11 +184,13 @@ def test_data_owner_cap_ledger_sums_windows_from_buckets_exactly(tmp_path: Path)
     for i in range(300):
         t = T0 + rng.choice([0.0, 59.999, 3600.0]) + rng.random() * rng.choice([1.0, 120.0, 9000.0, 200000.0])
         ds = rng.choice(["registry", "tax"])
-        assert caps.charge(f"r{i}", ds, rng.choice([1e-9, 0.01, 0.5]), rng.choice([0.0, 1e-9]), cap_epsilon=1e9,
-                           cap_delta=1.0, window_start=None, window_end=None, now=t) == "charged"
+        loss = rng.choice([ReleaseLoss.of(rng.choice([1e-9, 0.01, 0.5]), rng.choice([0.0, 1e-9]), 0.0),
+                           ReleaseLoss("zcdp", 0.0, rng.choice([0.0, 1e-9]), 0.01)])
+        assert caps.charge(f"r{i}", ds, "query", counts(loss, rng.choice([None, 1e-6])), None,
+                           now=t) == "charged"
         times.append(t)
-    assert caps.charge("r0", "registry", 0.1, 0.0, cap_epsilon=1e9, cap_delta=1.0, window_start=None,
-                       window_end=None, now=T0) == "duplicate"
+    assert caps.charge("r0", "registry", "query", counts(ReleaseLoss("pure", 0.1), None), None,
+                       now=T0) == "duplicate"
     caps.close()
     con = sqlite3.connect(path, isolation_level=None)  # back to a file without buckets
     for trigger in ("cap_buckets_insert", "cap_buckets_delete", "cap_buckets_update"):
@@ -203,8 +210,8 @@ def test_data_owner_cap_ledger_sums_windows_from_buckets_exactly(tmp_path: Path)
                 where, args = where + " AND created_at >= ?", [*args, start]
             if end is not None:
                 where, args = where + " AND created_at < ?", [*args, end]
-            (brute,) = caps._conn.execute(
-                f"SELECT coalesce(sum(epsilon_units), 0) FROM cap_charges WHERE {where}", args).fetchone()
-            with caps._lock:
-                assert caps._window_units(caps._conn, ds, start, end)[0] == brute, (ds, start, end)
+            brute = caps._conn.execute(
+                f"SELECT {', '.join(f'coalesce(sum({c}), 0)' for c in _COUNT_COLUMNS)} FROM cap_charges"
+                f" WHERE {where}", args).fetchone()
+            assert caps.sums(ds, start, end).to_json() == list(brute), (ds, start, end)
     caps.close()

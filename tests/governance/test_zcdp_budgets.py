@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budgets import DatasetCapInfo, Governor
+from gateway.budgets import Governor, OwnerCap
 from gateway.errors import PrivacyBudgetExhaustedError
 from gateway.ledger import GrantKey, Ledger, PrivacyLoss, Reservation
 from gateway.periods import Period
@@ -24,7 +24,9 @@ DELTA = 1e-6
 def _governor(tmp_path: Path, cap: float | None = None) -> Governor:
     policy = parse_policy(tomllib.loads(V2), "op.toml")
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    caps = {"registry": DatasetCapInfo(cap, 1e-4, Period("lifetime"))} if cap is not None else {}
+    # the owner converts zCDP releases at its own conversion_delta (here equal to the grant's delta)
+    caps = {"registry": OwnerCap("epsilon", cap, 1e-4, Period("lifetime"), conversion_delta=DELTA)
+            } if cap is not None else {}
     return Governor(tmp_path / "op.toml", policy, ledger, StateStore(ledger.path), caps, {"registry": "Bureau"})
 
 
@@ -82,7 +84,8 @@ def test_selection_delta_is_capped_at_half_the_grant_delta(tmp_path: Path) -> No
 
 
 def test_data_owner_cap_counts_the_converted_epsilon(tmp_path: Path) -> None:
-    """A cap of epsilon 1.0 holds floor(1 / eps(0.002)) releases of rho 0.002 whatever the rho budget."""
+    """A cap of epsilon 1.0 holds floor(1 / eps(0.002)) releases of rho 0.002 whatever the rho budget, each
+    converted at the owner's conversion_delta."""
     gv = _governor(tmp_path, cap=1.0)
     per = zcdp.rho_to_epsilon(0.002, DELTA)
     fits = int(1.0 / per)

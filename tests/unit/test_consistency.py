@@ -27,7 +27,9 @@ GATEWAY_MAY_IMPORT = {"sandbox.protocol", "sandbox.mechanisms", "sandbox.relatio
                       "sandbox.model_protocol", "sandbox.model_pricing",
                       "sandbox.catalog",
                       "sandbox.bounds", "sandbox.functions", "sandbox.compile",
-                      "sandbox.zcdp"}  # zCDP pricing and conversion (pure, like mechanisms)
+                      "sandbox.zcdp",  # zCDP pricing and conversion (pure, like mechanisms)
+                      # the data owner's cap definitions and counting rules, and their boundary messages (pure)
+                      "sandbox.owner_caps", "sandbox.cap_rules", "sandbox.owner_protocol"}
 
 
 def _imports(path: Path) -> set[str]:

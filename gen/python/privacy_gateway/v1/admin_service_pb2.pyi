@@ -132,16 +132,20 @@ class ReloadPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReloadPolicyResponse(_message.Message):
-    __slots__ = ("source", "schema", "organizations", "grants")
+    __slots__ = ("source", "schema", "organizations", "grants", "owner_settings_reloaded", "owner_settings_message")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SETTINGS_RELOADED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SETTINGS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     source: str
     schema: str
     organizations: int
     grants: int
-    def __init__(self, source: _Optional[str] = ..., schema: _Optional[str] = ..., organizations: _Optional[int] = ..., grants: _Optional[int] = ...) -> None: ...
+    owner_settings_reloaded: bool
+    owner_settings_message: str
+    def __init__(self, source: _Optional[str] = ..., schema: _Optional[str] = ..., organizations: _Optional[int] = ..., grants: _Optional[int] = ..., owner_settings_reloaded: _Optional[bool] = ..., owner_settings_message: _Optional[str] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("period_start", "period_end")
@@ -198,3 +202,75 @@ class ListDatasetSpendingResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[SpendingEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[SpendingEntry, _Mapping]]] = ...) -> None: ...
+
+class GetCapUsageRequest(_message.Message):
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
+
+class CapAmount(_message.Message):
+    __slots__ = ("epsilon", "delta", "rho")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    rho: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., rho: _Optional[float] = ...) -> None: ...
+
+class CapSpending(_message.Message):
+    __slots__ = ("available", "error", "period_spent", "period_remaining", "lifetime_spent", "lifetime_remaining", "period_uncounted", "lifetime_uncounted")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SPENT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_SPENT_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_UNCOUNTED_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_UNCOUNTED_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    error: str
+    period_spent: CapAmount
+    period_remaining: CapAmount
+    lifetime_spent: CapAmount
+    lifetime_remaining: CapAmount
+    period_uncounted: bool
+    lifetime_uncounted: bool
+    def __init__(self, available: _Optional[bool] = ..., error: _Optional[str] = ..., period_spent: _Optional[_Union[CapAmount, _Mapping]] = ..., period_remaining: _Optional[_Union[CapAmount, _Mapping]] = ..., lifetime_spent: _Optional[_Union[CapAmount, _Mapping]] = ..., lifetime_remaining: _Optional[_Union[CapAmount, _Mapping]] = ..., period_uncounted: _Optional[bool] = ..., lifetime_uncounted: _Optional[bool] = ...) -> None: ...
+
+class DatasetCapUsage(_message.Message):
+    __slots__ = ("dataset", "owner", "capped", "measure", "per_period", "period", "period_start", "period_end", "conversion_delta", "lifetime", "sandbox", "gateway")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CAPPED_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    PER_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_DELTA_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    owner: str
+    capped: bool
+    measure: str
+    per_period: CapAmount
+    period: str
+    period_start: str
+    period_end: str
+    conversion_delta: float
+    lifetime: CapAmount
+    sandbox: CapSpending
+    gateway: CapSpending
+    def __init__(self, dataset: _Optional[str] = ..., owner: _Optional[str] = ..., capped: _Optional[bool] = ..., measure: _Optional[str] = ..., per_period: _Optional[_Union[CapAmount, _Mapping]] = ..., period: _Optional[str] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., conversion_delta: _Optional[float] = ..., lifetime: _Optional[_Union[CapAmount, _Mapping]] = ..., sandbox: _Optional[_Union[CapSpending, _Mapping]] = ..., gateway: _Optional[_Union[CapSpending, _Mapping]] = ...) -> None: ...
+
+class GetCapUsageResponse(_message.Message):
+    __slots__ = ("datasets", "at")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetCapUsage]
+    at: str
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetCapUsage, _Mapping]]] = ..., at: _Optional[str] = ...) -> None: ...

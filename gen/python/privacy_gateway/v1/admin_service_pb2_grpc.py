@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """Administers organisations, grants and the operator policy (identities with role "operator"), and
-    shows data owners every request on their datasets (identities with role "data_owner").
-    Other callers get PERMISSION_DENIED.
+    shows data owners every request on their datasets and how much of their caps is spent (identities with
+    role "data_owner"). Other callers get PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -72,12 +72,17 @@ class AdminServiceStub:
                 request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListDatasetSpendingRequest.SerializeToString,
                 response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListDatasetSpendingResponse.FromString,
                 _registered_method=True)
+        self.GetCapUsage = channel.unary_unary(
+                '/privacy_gateway.v1.AdminService/GetCapUsage',
+                request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageRequest.SerializeToString,
+                response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
     """Administers organisations, grants and the operator policy (identities with role "operator"), and
-    shows data owners every request on their datasets (identities with role "data_owner").
-    Other callers get PERMISSION_DENIED.
+    shows data owners every request on their datasets and how much of their caps is spent (identities with
+    role "data_owner"). Other callers get PERMISSION_DENIED.
     """
 
     def ListOrganizations(self, request, context):
@@ -110,7 +115,9 @@ class AdminServiceServicer:
 
     def ReloadPolicy(self, request, context):
         """Re-reads the policy file atomically; on error the running policy is untouched and
-        INVALID_ARGUMENT (reason POLICY_INVALID, metadata file/key/problem) is returned.
+        INVALID_ARGUMENT (reason POLICY_INVALID, metadata file/key/problem) is returned. Then has the sandbox
+        re-read the data owner's catalog and applies its caps, grades and verification caps in both processes
+        (see owner_settings_reloaded: a refused catalog reload leaves the owner's settings as they were).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +132,15 @@ class AdminServiceServicer:
 
     def ListDatasetSpending(self, request, context):
         """Data owners: every charged, refused and failed request on their datasets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCapUsage(self, request, context):
+        """Data owners (their own datasets) and operators (every dataset): each dataset's cap, in the owner's
+        definition, and how much of it is spent and remains this period and over the lifetime, as the
+        sandbox's own cap ledger counts it (authoritative) and as the gateway's ledger counts it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +184,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListDatasetSpendingRequest.FromString,
                     response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListDatasetSpendingResponse.SerializeToString,
             ),
+            'GetCapUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCapUsage,
+                    request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageRequest.FromString,
+                    response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'privacy_gateway.v1.AdminService', rpc_method_handlers)
@@ -178,8 +199,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Administers organisations, grants and the operator policy (identities with role "operator"), and
-    shows data owners every request on their datasets (identities with role "data_owner").
-    Other callers get PERMISSION_DENIED.
+    shows data owners every request on their datasets and how much of their caps is spent (identities with
+    role "data_owner"). Other callers get PERMISSION_DENIED.
     """
 
     @staticmethod
@@ -361,6 +382,33 @@ class AdminService:
             '/privacy_gateway.v1.AdminService/ListDatasetSpending',
             privacy__gateway_dot_v1_dot_admin__service__pb2.ListDatasetSpendingRequest.SerializeToString,
             privacy__gateway_dot_v1_dot_admin__service__pb2.ListDatasetSpendingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCapUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privacy_gateway.v1.AdminService/GetCapUsage',
+            privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageRequest.SerializeToString,
+            privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
