@@ -70,7 +70,8 @@ def zcdp_cap_sandbox(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iter
     root = tmp_path_factory.mktemp("zcap")
     text = (ROOT / "policies" / "catalog.toml").read_text()
     catalog = root / "catalog.toml"
-    catalog.write_text(text.replace("epsilon_per_period = 1000.0", "epsilon_per_period = 1.0\nconversion_delta = 1e-6"))
+    catalog.write_text(text.replace("epsilon_per_period = 1000.0", "epsilon_per_period = 1.0")
+                       .replace("conversion_delta = 1e-7 ", "conversion_delta = 1e-6 "))
     import tempfile
     sock_dir = Path(tempfile.mkdtemp(prefix="pgw-zcap-"))
     proc = SandboxProcess.start(catalog, sock_dir / "s.sock", env.data_dir,

@@ -167,15 +167,16 @@ def test_oversized_frame_closes_connection(sandbox: SandboxProcess) -> None:
 
 
 def test_concurrent_clients(sandbox: SandboxProcess) -> None:
-    """Eight threads sharing one client all get answers."""
+    """Eight threads sharing one client all get answers (each request with its own id: the sandbox refuses a
+    request id it has already executed, whether or not the dataset has a cap)."""
     client = sandbox.client()
     results: list[object] = []
 
-    def work() -> None:
+    def work(t: int) -> None:
         for i in range(5):
-            results.append(client.execute(ExecuteRequest(f"c{i}", PLAN, 1.0)))
+            results.append(client.execute(ExecuteRequest(f"c{t}-{i}", PLAN, 1.0)))
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
     for t in threads:
         t.start()
     for t in threads:
