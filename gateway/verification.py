@@ -9,8 +9,10 @@ Order of decisions for a check (each before the data is touched, except the last
 5. the per-consumer, per-template and per-subject caps of the period are checked and charged in one
    `BEGIN IMMEDIATE` transaction of the state database per chunk of up to 25,000 claims, in claim order
    (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next);
-6. the sandbox evaluates the owner's template for the charged claims of a chunk (one set-wise join) and
-   returns the outcomes (and bands), while the next chunk is charged;
+6. the sandbox counts the chunk's claims on the data owner's per-subject cap (all consumers; it refuses a
+   claim over it before evaluating it: CAP_EXHAUSTED for that claim, cap "owner_subject"), evaluates the
+   owner's template for the other claims (one set-wise join) and returns their outcomes (and bands), while
+   the next chunk is charged;
 7. enumeration counters are updated (the same statements for found and not-found subjects), the receipts
    are issued (one Merkle tree and one signature per request, `gateway.verification_receipts`) and the
    request is audited (one entry committing to the tree's signed root) before any answer leaves.

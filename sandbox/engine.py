@@ -7,6 +7,10 @@ bounds `sandbox.bounds` derives for it, and group
 keys come only from declared domains (or from OpenDP's threshold mechanism under partition
 selection), so the L1 sensitivity of every released vector is what
 `mechanisms` assumes.
+
+The data owner's word: every release is charged on the owner's cap (`sandbox.caps`, counted by
+`sandbox.cap_rules` from the sandbox's own pricing, never from numbers the gateway reports) before any data
+is touched, and `reload` swaps in the owner's new caps, grades and verification caps without a restart.
 """
 
 from __future__ import annotations

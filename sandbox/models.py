@@ -3,7 +3,9 @@
 Only noisy aggregates leave DuckDB and only post-processed DP outputs leave this module (coefficients,
 metrics and costs; see `sandbox.model_protocol`). The designs, sensitivities and measurements are in
 `sandbox.model_pricing` (shared with the gateway); this module re-prices every request from the sandbox's
-own catalog and refuses it if it would spend more than the gateway charged.
+own catalog and refuses it if it would spend more than the gateway charged, then charges the data owner's
+cap (`Engine.charge_release`, with the request's loss in its own definition: `model_pricing.owner_loss`) before
+any data is touched; a request id is charged once, across all products.
 
 Algorithms and privacy arguments (README "Models" has the long form):
 

@@ -27,6 +27,11 @@ A template lives in the catalog under `[datasets.<ds>.verifications.<name>]` (co
     edges = [6, 12]                     # band i: edges[i-1] <= x < edges[i]; a missing value -> band 0
     labels = ["0-5", "6-11", "12"]
 
+Each request is recorded in the data owner's cap ledger under its request id before anything is evaluated
+(a repeated id is refused, never run again), and each claim is counted on the owner's per-subject cap
+(`max_checks_per_subject_per_period`, `sandbox.owner_caps`): a claim over it is not evaluated and is listed
+in the result's `capped`; the decision depends only on the requests counted, never on the data.
+
 The SQL of a template is compiled once, at load, from the catalog only. At run time the claims enter
 as data: a batch as an Arrow relation registered on the cursor and evaluated with ONE join against a
 per-template table (subject, the columns the template reads, the related aggregates), sorted by

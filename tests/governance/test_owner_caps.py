@@ -213,7 +213,7 @@ def test_zcdp_releases_count_at_the_owners_conversion_delta_never_the_grants(own
         err = fails(zquery, ch, 0.15)
     rho = answered[0].privacy_cost.rho
     assert 0.14 < rho <= 0.15 and answered[1].privacy_cost.rho == rho
-    per = zcdp.rho_to_epsilon(rho, 1e-6)  # about 3.03: two fit in 7, a third does not
+    per = zcdp.rho_to_epsilon(rho, 1e-6)  # about 2.67: two fit in 7, a third does not
     assert (err.code, err.metadata["level"]) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "dataset_cap")
     u = g.usage()
     for side in (u.sandbox, u.gateway):
