@@ -57,7 +57,7 @@ from gateway.supervisor import SandboxSupervisor
 from sandbox import mechanisms, zcdp
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import CAP_MESSAGE, PlanRejectedError
-from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
+from sandbox.grades import DEFAULT_GRADE_RULES, GradeError, check_plan_grades
 from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
@@ -68,7 +68,6 @@ from sandbox.protocol import (
     QueryPlan,
     ReleaseCost,
 )
-from sandbox.relation import plan_relation
 
 log = logging.getLogger("gateway.queries")
 
@@ -441,9 +440,12 @@ class QueryService:
         _require(req.sql, "sql")
         analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
-            check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
-        except PlanRejectedError as exc:
-            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED") from exc
+            check_plan_grades(analyzed.plan, info, self.grade_rules)
+        except GradeError as exc:
+            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED", column=exc.column,
+                                    use=exc.use) from exc
+        except PlanRejectedError as exc:  # the analyzer built a plan the sandbox's rules cannot read
+            raise GatewayInternalError("the query's plan could not be checked") from exc
         return analyzed, apply_interval_shares(apply_weights(analyzed.plan, req.weights), req.interval_shares)
 
     def _price_zcdp(self, req: QueryRequest, grant: Grant, info: DatasetInfo) -> PricedQuery:

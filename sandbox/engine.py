@@ -327,6 +327,9 @@ class Engine:
         if ds is None or info is None or spec is None:
             return ErrorReply("rejected", "unknown dataset or table")
         try:
+            # The data owner's grade rules on every column the plan reads, at any depth, first: a
+            # refusal depends only on the plan and the catalog, and reads the same nested or not.
+            check_plan_grades(plan, info, self.catalog.grades)
             compiled = compile_plan(
                 plan,
                 spec.info,
@@ -339,7 +342,6 @@ class Engine:
             )
             rel = plan_relation(plan, info)
             costs, cap_epsilon = self._price_memoized(req, info)
-            check_plan_grades(plan, rel, self.catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
         # -- issue-gov: charge the data owner's cap before touching data (keyed by request id) --
