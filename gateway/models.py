@@ -23,7 +23,8 @@ loss on a dataset is the sum (basic composition) of its query and model budgets;
 
 Order of decisions (request, policy and public catalog only; never data): privacy loss valid; model grant
 exists (PERMISSION_DENIED, same for unknown datasets); per-request cap; table/columns exist, no identifier
-(IDENTIFIER_COLUMN), every feature and the label granted (FEATURE_NOT_ALLOWED / LABEL_NOT_ALLOWED); price;
+(IDENTIFIER_COLUMN), every feature and the label granted (FEATURE_NOT_ALLOWED / LABEL_NOT_ALLOWED) and
+allowed by the data owner's grade rules (GRADE_NOT_ALLOWED, `sandbox.grades.check_model_grades`); price;
 reserve in the ledger (RESOURCE_EXHAUSTED, nothing charged; replay of a request id); sandbox; re-check costs.
 """
 
@@ -61,6 +62,7 @@ from gateway.service import _rpc
 from sandbox import model_pricing as mp
 from sandbox.client import SandboxConnectionError
 from sandbox.errors import PlanRejectedError
+from sandbox.grades import GradeError, check_model_grades
 from sandbox.model_protocol import (
     ConfusionMatrix,
     Estimate,
@@ -264,6 +266,20 @@ class ModelService:
             raise InvalidArgumentError(f"the model grant does not allow label {label!r}",
                                        reason="LABEL_NOT_ALLOWED", field="label", column=label)
 
+    def _graded(self, info: DatasetInfo, table: str, features: list[str], label: str) -> None:
+        """The data owner's grade rules on the features and label (`sandbox.grades.check_model_grades`,
+        which the sandbox applies too): GRADE_NOT_ALLOWED naming the column and the use."""
+        t = info.table(table)
+        if t is None:
+            return  # the design refuses an unknown table with its own reason
+        try:
+            check_model_grades(t, features, label, self.core.grade_rules)
+        except GradeError as exc:
+            name = exc.column.partition(".")[2]  # "table.column"; table names hold no dots
+            raise InvalidArgumentError(str(exc), reason="GRADE_NOT_ALLOWED",
+                                       field="features" if name in features else "label",
+                                       column=exc.column, use=exc.use) from exc
+
     @staticmethod
     def _spec_error(exc: PlanRejectedError) -> InvalidArgumentError:
         if isinstance(exc, mp.ModelSpecError):
@@ -276,6 +292,7 @@ class ModelService:
         grant, info, kind = self._common(consumer, req, loss.epsilon, loss.delta)
         features = list(req.features)
         self._allowed(grant, info, req.table, features, req.label)
+        self._graded(info, req.table, features, req.label)
         if req.iterations < 0 or req.learning_rate < 0 or req.clip < 0 or req.l2 < 0 or not all(
                 math.isfinite(x) for x in (req.learning_rate, req.clip, req.l2)):
             raise InvalidArgumentError("iterations, learning_rate, clip and l2 must be non-negative",
@@ -311,6 +328,7 @@ class ModelService:
         coefs = [(c.term, c.value) for c in req.coefficients]
         columns = list(dict.fromkeys(t.split("=", 1)[0] for t, _ in coefs))
         self._allowed(grant, info, req.table, columns, req.label)
+        self._graded(info, req.table, columns, req.label)
         values = [*(v for _, v in coefs), req.intercept, req.residual_bound, *req.thresholds]
         if not all(math.isfinite(v) for v in values) or req.residual_bound < 0 or not all(
                 0 <= t <= 1 for t in req.thresholds) or len(req.thresholds) > mp.MAX_THRESHOLDS:

@@ -2,8 +2,9 @@
 
 Only noisy aggregates leave DuckDB and only post-processed DP outputs leave this module (coefficients,
 metrics and costs; see `sandbox.model_protocol`). The designs, sensitivities and measurements are in
-`sandbox.model_pricing` (shared with the gateway); this module re-prices every request from the sandbox's
-own catalog and refuses it if it would spend more than the gateway charged.
+`sandbox.model_pricing` (shared with the gateway); this module checks the features and label against the
+data owner's grade rules (`sandbox.grades.check_model_grades`), re-prices every request from the sandbox's
+own catalog and refuses it if it would spend more than the gateway charged, all before touching data.
 
 Algorithms and privacy arguments (README "Models" has the long form):
 
@@ -45,6 +46,7 @@ from sandbox import model_pricing as mp
 from sandbox.compile import quote_ident, render_literal
 from sandbox.engine import Engine, sql_table_name
 from sandbox.errors import PlanRejectedError
+from sandbox.grades import check_model_grades
 from sandbox.guard import single_select_node
 from sandbox.model_protocol import (
     ConfusionMatrix,
@@ -252,6 +254,7 @@ def train(engine: Engine, req: TrainRequest) -> TrainResult | ErrorReply:
         return ctx
     info, sql_table, version = ctx
     try:
+        check_model_grades(info.table(req.table), req.features, req.label, engine.catalog.grades)
         d = mp.design(info, req.table, req.features, req.label, req.kind)
         iterations = req.iterations or DEFAULT_ITERATIONS
         costs = mp.price_train(d, req.kind, req.epsilon, req.delta, iterations, req.clip)
@@ -278,6 +281,8 @@ def evaluate(engine: Engine, req: EvaluateRequest) -> EvaluateResult | ErrorRepl
         return ctx
     info, sql_table, version = ctx
     try:
+        columns = list(dict.fromkeys(term.split("=", 1)[0] for term, _ in req.coefficients))
+        check_model_grades(info.table(req.table), columns, req.label, engine.catalog.grades)
         d, betas = mp.eval_design(info, req.table, req.coefficients, req.label, req.kind)
         if len(req.thresholds) > mp.MAX_THRESHOLDS:
             raise PlanRejectedError("too many thresholds")
