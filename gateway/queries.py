@@ -267,7 +267,7 @@ def solve_for_accuracy(
             "selection; ask with an epsilon instead",
             reason="ACCURACY_TARGET_UNSUPPORTED", field="accuracy")
     epsilons: dict[int, float] = {}
-    for c in mechanisms.components(plan, dataset):
+    for c in _priced(plan, lambda: mechanisms.components(plan, dataset)):
         agg = plan.aggregates[c.aggregate_index]
         if agg.kind not in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN, AggregateKind.SUM):
             raise InvalidArgumentError(
@@ -304,10 +304,14 @@ _T = TypeVar("_T")
 
 
 def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
-    """Run a pricing function; a delta too small for partition selection is the caller's error, any other
-    refusal at this point is ours (the plan was already validated)."""
+    """Run a pricing function; a delta too small for partition selection and an integer sensitivity
+    beyond OpenDP's i64 (UNBOUNDED_EXPRESSION) are the caller's errors, any other refusal at this point
+    is ours (the plan was already validated)."""
     try:
         return price()
+    except mechanisms.SensitivityTooLargeError as exc:  # decided from the plan and the catalog
+        raise InvalidQueryError(str(exc), reason="UNBOUNDED_EXPRESSION",
+                                construct="AGGREGATE_ARGUMENT") from exc
     except PlanRejectedError as exc:
         if plan.partition_selection and "delta" in str(exc):
             raise InvalidArgumentError(
