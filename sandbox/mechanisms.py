@@ -660,8 +660,10 @@ def stddev(cost: ReleaseCost) -> float:
     if cost.mechanism in GAUSSIAN_MECHANISMS:
         return cost.scale  # the discrete Gaussian's is at most its scale (CKS20, Prop. 19)
     if cost.mechanism == DISCRETE_LAPLACE:
+        # sqrt(2q) / (1 - q) with q = exp(-1/scale); 1 - q as -expm1(-1/scale), which stays positive at
+        # the scales of sensitivities near 2^53 (where 1 - exp(-1/scale) is 0 in floating point).
         q = math.exp(-1.0 / cost.scale)
-        return math.sqrt(2 * q) / (1 - q)
+        return math.sqrt(2 * q) / -math.expm1(-1.0 / cost.scale)
     return math.sqrt(2.0) * cost.scale
 
 
