@@ -60,7 +60,7 @@ from sandbox.protocol import (
     UnitAggregate,
     UnitJoin,
 )
-from sandbox.relation import key, plan_relation, source_relation
+from sandbox.relation import derived_column, key, plan_relation, source_relation
 
 __all__ = [
     "DEFAULT_GRADE_RULES",
@@ -166,18 +166,15 @@ class _Checker:
                 inner = self.source(inp)
                 if where is not None:
                     self.expr(where, "filter", inner)
-                rel = source_relation(s, self.dataset)  # the derived columns' own grades
+                inner_rel = source_relation(inp, self.dataset)  # for the derived columns' own grades
                 out: dict[str, tuple[_Origin, ...]] = {}
                 unit_name = f"{alias}.{self.dataset.privacy_unit}"
-                unit = rel.column(unit_name)
+                unit = inner_rel.column(inner_rel.unit)
                 assert unit is not None
-                inner_unit = inner.get(source_relation(inp, self.dataset).unit, ())
-                out[unit_name] = (*inner_unit, _Origin(unit_name, unit.grade))
+                out[unit_name] = (*inner.get(inner_rel.unit, ()), _Origin(unit_name, unit.grade))
                 for o in outputs:
                     name = f"{alias}.{o.name}"
-                    derived = rel.column(name)
-                    assert derived is not None
-                    own = _Origin(name, derived.grade)
+                    own = _Origin(name, derived_column(o.name, o.kind, o.column, inner_rel).grade)
                     if o.column is None:
                         out[name] = (own,)
                         continue
