@@ -63,6 +63,7 @@ from typing import Any
 import opendp.prelude as dp
 
 from sandbox import bounds, quantiles
+from sandbox.bounds import float_up as float_up  # re-exported: the rounding of float sensitivities
 from sandbox.compile import avg_centre, quantile_candidates
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
@@ -104,12 +105,6 @@ MAX_I64 = 2**63 - 1
 
 class SensitivityTooLargeError(PlanRejectedError):
     """An integer sensitivity beyond OpenDP's i64 (decided from the plan and the catalog only)."""
-
-
-def float_up(x: int | Fraction) -> float:
-    """The smallest float at or above the exact value `x` (a float product or conversion may round down)."""
-    f = float(x)
-    return math.nextafter(f, math.inf) if Fraction(f) < x else f
 
 
 def integer_sensitivity(x: int) -> int:

@@ -26,7 +26,7 @@ from fractions import Fraction
 
 import opendp.prelude as dp
 
-from sandbox import mechanisms
+from sandbox import bounds, mechanisms
 from sandbox.errors import PlanRejectedError
 from sandbox.model_protocol import ModelCost, ModelKind
 from sandbox.protocol import ColumnInfo, DatasetInfo, TableInfo
@@ -230,7 +230,7 @@ def price_linear(d: Design, epsilon: float) -> tuple[ModelCost, ...]:
     """
     sens = _i64(linear_sensitivity(d))
     scale, eps = mechanisms.calibrate(True, sens, epsilon)
-    return (ModelCost("sufficient_statistics", mechanisms.DISCRETE_LAPLACE, mechanisms.float_up(sens), scale,
+    return (ModelCost("sufficient_statistics", mechanisms.DISCRETE_LAPLACE, bounds.float_up(sens), scale,
                       eps),)
 
 
@@ -389,7 +389,7 @@ def price_logistic(d: Design, epsilon: float, delta: float, iterations: int, cli
     rho = float(gaussian_measurement(scale).map(sens))  # type: ignore[no-untyped-call]
     comp = dp.c.make_composition([gaussian_measurement(scale)] * releases)
     rho_total = float(comp.map(sens))  # type: ignore[no-untyped-call]
-    shown = mechanisms.float_up(sens)
+    shown = bounds.float_up(sens)
     return (
         ModelCost("count", DISCRETE_GAUSSIAN, shown, scale, 0.0, 0.0, rho, 1),
         ModelCost("gradient", DISCRETE_GAUSSIAN, shown, scale, 0.0, 0.0, rho, iterations),
@@ -419,12 +419,12 @@ def price_eval(d: Design, kind: ModelKind, epsilon: float) -> tuple[ModelCost, .
     """
     if kind == "logistic":
         scale, eps = mechanisms.calibrate(True, _i64(d.k), epsilon)
-        return (ModelCost("score_histogram", mechanisms.DISCRETE_LAPLACE, mechanisms.float_up(d.k), scale,
+        return (ModelCost("score_histogram", mechanisms.DISCRETE_LAPLACE, bounds.float_up(d.k), scale,
                           eps),)
     out = []
     for name, sens in zip(EVAL_LINEAR_PARTS, eval_linear_sensitivities(d), strict=True):
         scale, eps = mechanisms.calibrate(True, _i64(sens), epsilon / 4)
-        out.append(ModelCost(name, mechanisms.DISCRETE_LAPLACE, mechanisms.float_up(sens), scale, eps))
+        out.append(ModelCost(name, mechanisms.DISCRETE_LAPLACE, bounds.float_up(sens), scale, eps))
     return tuple(out)
 
 

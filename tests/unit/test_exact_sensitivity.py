@@ -232,3 +232,72 @@ v   = {{ type = "int64", grade = "sensitive", lower = 0, upper = {TOP} }}
     (cost,) = reply.costs
     assert cost.sensitivity == 3 * TOP and cost.mechanism == mechanisms.DISCRETE_LAPLACE
     assert cost.epsilon == dp.m.make_laplace(*I64, scale=cost.scale).map(3 * TOP) <= 1.0
+
+
+# -- derived bounds of per-unit subqueries ------------------------------------------------------------
+
+
+def _per_unit(kind: str, outer: AggregateKind, lo: float, hi: float) -> QueryPlan:
+    from sandbox.protocol import TableSource, UnitAggregate, UnitOutput
+
+    src = UnitAggregate(TableSource("t", "t"), None, (UnitOutput("x", kind, Column("v", "t")),), "u")
+    return QueryPlan("d", "t", (Aggregate(outer, Column("x", "u"), 1.0, lo, hi),), (), source=src)
+
+
+def test_per_unit_sum_bounds_are_exact_and_never_rounded_in() -> None:
+    """K * U of a per-unit SUM is the exact int; read as a float bound it is rounded outward, so an outer
+    SUM over it is priced on a bound at or above every per-unit value (here 2^53 + 1: refused as beyond
+    the exact range, where rounding to nearest gave 2^53 and under-priced it)."""
+    from sandbox.bounds import expression_bounds
+    from sandbox.errors import PlanRejectedError
+    from sandbox.relation import plan_relation
+
+    u = (2**53 + 1) // 3
+    assert 3 * u == 2**53 + 1 and float(3 * u) == 2.0**53
+    ds = _dataset(3, _int_col(0, u))
+    plan = _per_unit("sum", AggregateKind.SUM, 0.0, 2.0**53)
+    assert plan_relation(plan, ds).column("u.x") == ColumnInfo("x", "int64", "sensitive", lower=0, upper=3 * u)
+    assert expression_bounds(Column("x", "u"), plan_relation(plan, ds)) is None
+    with pytest.raises(PlanRejectedError, match="no finite bounds"):
+        components(plan, ds)
+    # a float column: K * 0.7 rounds down in floating point, the derived bound does not
+    col = ColumnInfo("v", "float64", "sensitive", lower=-0.7, upper=0.7)
+    x = plan_relation(plan, _dataset(3, col)).column("u.x")
+    assert x is not None and x.upper == math.nextafter(3 * 0.7, math.inf) and x.lower == -x.upper
+    assert Fraction(x.upper) >= 3 * Fraction(0.7)
+
+
+def test_per_unit_float_means_are_clamped_to_their_derived_bound(tmp_path: Path) -> None:
+    """DuckDB's mean of three 0.1s is 0.10000000000000002, above the bound [0, 0.1] the outer query is
+    priced on: the compiler clamps per-unit AVG (and float SUM) outputs to their derived bounds."""
+    from sandbox.compile import compile_plan
+    from sandbox.engine import sql_table_name
+    from sandbox.protocol import Binary, Literal, TableSource, UnitAggregate, UnitOutput
+
+    con = duckdb.connect()
+    assert con.execute("SELECT avg(x) FROM (VALUES (0.1::DOUBLE), (0.1), (0.1)) t(x)").fetchone() == (
+        0.10000000000000002,)
+    con.execute(f"COPY (SELECT p AS pid, 0.1::DOUBLE AS v FROM range(4) a(p), range(3) b(i)) "
+                f"TO '{tmp_path / 't.parquet'}' (FORMAT parquet)")
+    (tmp_path / "catalog.toml").write_text("""
+schema = "privacy_gateway.catalog.v1"
+data_dir = "."
+[datasets.d]
+privacy_unit = "pid"
+[datasets.d.tables.t]
+file = "t.parquet"
+max_rows_per_unit = 3
+[datasets.d.tables.t.columns]
+pid = { type = "int64", grade = "identifier" }
+v   = { type = "float64", grade = "sensitive", lower = 0.0, upper = 0.1 }
+""")
+    engine = Engine(load_catalog(tmp_path / "catalog.toml"))
+    info = engine.describe().dataset("d")
+    assert info is not None
+    src = UnitAggregate(TableSource("t", "t"), None, (UnitOutput("a", "avg", Column("v", "t")),), "u")
+    above = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (), source=src,
+                      where=Binary(">", Column("a", "u"), Literal(0.1)))
+    compiled = compile_plan(above, info.tables[0], sql_table=sql_table_name("d", "t"), unit="pid",
+                            max_cells=10, dataset=info, sql_tables={"t": sql_table_name("d", "t")},
+                            stored=True)
+    assert engine.run_select(compiled.sql) == [(0,)]  # no unit's mean reads above 0.1
