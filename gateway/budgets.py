@@ -109,6 +109,8 @@ class Governor:
         self._cache: tuple[object, Policy] | None = None
         self._pinned = threading.local()  # a request's snapshot of the effective policy (see `snapshot`)
         self.on_outcome: list[Callable[[Outcome], None]] = []  # alert rules, metrics, audit hooks
+        # Checks a reloaded policy must pass before it is swapped in (e.g. model grants against the catalog).
+        self.checks: list[Callable[[Policy], None]] = []
 
     # -- the effective policy ------------------------------------------------------------------
 
@@ -127,6 +129,16 @@ class Governor:
             yield policy
         finally:
             self._pinned.policy = None
+
+    def repin(self) -> None:
+        """Inside `snapshot`: replace this thread's snapshot with a fresh read (after this call changed it)."""
+        if getattr(self._pinned, "policy", None) is not None:
+            self._pinned.policy = self._fresh()
+
+    @property
+    def file_policy(self) -> Policy:
+        """The policy file as last loaded (without stored overrides): who the members are."""
+        return self._file_policy
 
     def current(self) -> Policy:
         """The file's policy with the stored overrides applied (re-read on every call: multi-process),
@@ -169,6 +181,8 @@ class Governor:
             ConfigError: the file is invalid; the running policy is untouched.
         """
         fresh = load_policy(self.policy_path)
+        for check in self.checks:
+            check(fresh)
         with self._lock:
             self._file_policy = fresh
             self._cache = None
