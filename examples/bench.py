@@ -831,21 +831,21 @@ def instrumented(gw: GatewaySystem) -> Iterator[StageTimer]:
     import gateway.convert
 
     timer = StageTimer()
-    core = gw.gw.core
-    timer.wrap(core, "run", "server: QueryService.run")
+    core, path = gw.gw.core, gw.gw.path
+    timer.wrap(path, "release", "server: GovernedPath.release")
     # Memoized (gateway/plancache.py): the analysis hits from the second request of a query on; the pricing
     # misses, because every benchmark request asks for a slightly different epsilon (see `run`).
     timer.wrap(core.plans, "analyze", STAGE_ANALYZE)
     timer.wrap(core.plans, "price", STAGE_PRICE)
     # The governor's reserve checks every nested level in the ledger's one transaction.
-    timer.wrap(core.governor if core.governor is not None else core.ledger, "reserve", STAGE_RESERVE)
-    if core.oversight is not None:
-        timer.wrap(core.oversight, "record_rpc", STAGE_AUDIT)
-    if core.cache is not None:
-        timer.wrap(core.cache, "get", "release cache lookup")
-        timer.wrap(core.cache, "put", "release cache store (own file)")  # only if not in the ledger's file
-    timer.wrap(core.ledger, "complete", STAGE_COMPLETE)
-    timer.wrap(core.sandbox, "execute", "sandbox round trip")
+    timer.wrap(path.governor, "reserve", STAGE_RESERVE)
+    if path.oversight is not None:
+        timer.wrap(path.oversight, "record_rpc", STAGE_AUDIT)
+    if path.cache is not None:
+        timer.wrap(path.cache, "get", "release cache lookup")
+        timer.wrap(path.cache, "put", "release cache store (own file)")  # only if not in the ledger's file
+    timer.wrap(path.ledger, "complete", STAGE_COMPLETE)
+    timer.wrap(path.sandbox, "call", "sandbox round trip")
     timer.wrap(gateway.convert, "answer", "response building")
     timer.wrap(gateway.convert, "plan_info", "response building")
     try:
@@ -1074,7 +1074,7 @@ def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Qu
         if "response building" in stages:
             med["response building"] = quantile(stages["response building"], 0.5) * 2
         wall = quantile(walls, 0.5)
-        server = med.get("server: QueryService.run", math.nan)
+        server = med.get("server: GovernedPath.release", math.nan)
         sandbox_rt = med.get("sandbox round trip", math.nan)
         d_med, n_med = quantile(duck, 0.5), quantile(noise, 0.5)
         audit = med.get(STAGE_AUDIT, math.nan)
@@ -1279,7 +1279,7 @@ def render(results: dict[str, Any]) -> str:
                 lines.append(f"| {v} | " + " | ".join(ms(prof["queries"][i]["sql_variants_median_s"][v])
                                                      for i in ids) + " |")
         lines += ["", "Stages are timed by wrapping the gateway's own functions in this process (server-side "
-                  "`QueryService.run`, analyzer, pricing, ledger calls, the sandbox client call, response "
+                  "`GovernedPath.release`, analyzer, pricing, ledger calls, the sandbox client call, response "
                   "building); the sandbox's DuckDB and OpenDP shares are the compiled plan's SQL run in-process "
                   "on a table stored as the sandbox stores it, and `release_vector` on its output; the rest of the "
                   "sandbox round trip is the Unix socket, message encoding and the sandbox's Python.", ""]

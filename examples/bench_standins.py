@@ -14,10 +14,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from gateway.ledger import GrantKey, PrivacyLoss, Reservation
+from gateway.budgets import Governor
+from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
 from gateway.server import Gateway, start_gateway
 from gateway.settings import Settings
+from gateway.state import Outcome
 
 
 class NoChargeLedger:
@@ -26,7 +28,7 @@ class NoChargeLedger:
     path = Path("/nonexistent/no-charge-ledger")
 
     def reserve(self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss,
-                budget: PrivacyLoss, durable: bool = True) -> Reservation:
+                budget: PrivacyLoss, durable: bool = True, owner: Any = None) -> Reservation:
         """A reservation that is not stored."""
         return Reservation(request_id=request_id, key=key, cost=cost, spent_after=PrivacyLoss(0.0, 0.0))
 
@@ -42,6 +44,25 @@ class NoChargeLedger:
     def spent(self, key: GrantKey) -> PrivacyLoss:
         """Always zero."""
         return PrivacyLoss(0.0, 0.0)
+
+
+class NoChargeGovernor(Governor):
+    """The real governor's policy and budget views, but reservations and outcomes are not stored."""
+
+    def __init__(self, real: Governor) -> None:  # shares the real governor's state
+        self.__dict__.update(real.__dict__)
+
+    def reserve(self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
+                now: float | None = None, durable: bool = True, loss: Any = None) -> Reservation | PriorRelease:
+        """A reservation that is not stored."""
+        return Reservation(request_id=request_id, key=key, cost=cost, spent_after=PrivacyLoss(0.0, 0.0))
+
+    def outcome(self, **kwargs: Any) -> Outcome | None:
+        """No outcome records."""
+        return None
+
+    def record_outcome(self, **kwargs: Any) -> None:
+        """No outcome records."""
 
 
 @dataclasses.dataclass
@@ -61,11 +82,12 @@ def bare_gateway(settings: Settings, state_dir: Path) -> Gateway:
     directory (its real ledger and audit files there stay empty) and a free port.
     """
     bare = start_gateway(dataclasses.replace(settings, state_dir=state_dir, listen="127.0.0.1:0"))
-    core = bare.core
-    real = core.oversight
-    assert real is not None
-    core.ledger = NoChargeLedger()  # type: ignore[assignment]
-    core.governor = None  # no nested budgets, no outcome records, no alert hooks
-    core.cache = None  # no charge-once release cache
-    core.oversight = NoAuditOversight(real.signer, real.audit, real.metrics, real.policy_version)
+    path = bare.path
+    real = path.oversight
+    assert real is not None and bare.gate is not None
+    path.ledger = NoChargeLedger()  # type: ignore[assignment]
+    path.governor = NoChargeGovernor(path.governor)  # no nested budgets, no outcome records, no alert hooks
+    path.cache = bare.core.cache = None  # no charge-once release cache
+    path.oversight = bare.gate.oversight = NoAuditOversight(real.signer, real.audit, real.metrics,
+                                                            real.policy_version)
     return bare

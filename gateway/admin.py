@@ -2,7 +2,8 @@
 
 Operators (role `operator`) may call everything but ListDatasetSpending; data owners (role
 `data_owner`) may call ListDatasetSpending and GetCapUsage for the datasets their organisation owns
-(operators GetCapUsage for every dataset). Everyone else gets PERMISSION_DENIED (reason ROLE_REQUIRED);
+(operators GetCapUsage for every dataset). The interceptor checks the roles (`gateway.rpc.methods`):
+everyone else gets PERMISSION_DENIED (reason ROLE_REQUIRED);
 revoked identities get PERMISSION_DENIED (reason REVOKED).
 """
 
@@ -11,20 +12,17 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-import grpc
 from privacy_gateway.v1 import admin_service_pb2 as a_pb
-from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 from privacy_gateway.v1 import common_pb2 as common_pb
 
-from gateway.auth import authenticate_certificate
 from gateway.budgets import Governor, Level, rho_loss
-from gateway.errors import ConfigError, InvalidArgumentError, PermissionDeniedError
+from gateway.errors import ConfigError, GatewayInternalError, InvalidArgumentError, PermissionDeniedError
 from gateway.governance import GrantOverride, OrgGrant
 from gateway.ledger import BudgetLimit, GrantKey, PrivacyLoss
-from gateway.owner_settings import CapSpent, CapView, OwnerReload, cap_usage, reload_owner_settings
+from gateway.owner_settings import CapSpent, CapView, OwnerReload, OwnerSettings, cap_usage, reload_owner_settings
 from gateway.periods import Period, rfc3339
-from gateway.queries import QueryService
-from gateway.service import _rpc
+from gateway.rpc.calls import Call
+from gateway.rpc.interceptor import Body
 from gateway.usage import build_report
 
 __all__ = ["AdminServicer", "parse_time", "reload_policy"]
@@ -45,8 +43,9 @@ def parse_time(value: str, field: str) -> float | None:
     return t.timestamp()
 
 
-def reload_policy(core: QueryService, governor: Governor) -> OwnerReload:
-    """Parse and validate the policy file; on success swap it in atomically (SIGHUP, ReloadPolicy). Then
+def reload_policy(governor: Governor, owner: OwnerSettings | None = None) -> OwnerReload | None:
+    """Parse and validate the policy file (grants of every product included); on success swap it in
+    atomically (SIGHUP, ReloadPolicy): every call from then on reads the new policy. Then, with `owner`,
     reload the data owner's settings from the sandbox (`gateway.owner_settings.reload_owner_settings`: caps,
     grades and verification caps in both processes); its outcome is returned, a refusal is not an error.
 
@@ -54,29 +53,31 @@ def reload_policy(core: QueryService, governor: Governor) -> OwnerReload:
         InvalidArgumentError: reason POLICY_INVALID with metadata file/key/problem; nothing changed.
     """
     try:
-        core.policy = governor.reload()
+        governor.reload()
     except ConfigError as exc:
         raise InvalidArgumentError(
             f"policy not reloaded: {exc}", reason="POLICY_INVALID", file=exc.file, key=exc.key,
             problem=exc.problem, field="policy",
         ) from exc
     log.info("policy reloaded from %s", governor.policy_path)
-    return reload_owner_settings(core.sandbox, core, governor)
+    return reload_owner_settings(owner) if owner is not None else None
 
 
-class AdminServicer(a_grpc.AdminServiceServicer):
+class AdminServicer:
     """privacy_gateway.v1.AdminService."""
 
-    def __init__(self, core: QueryService, governor: Governor) -> None:
-        """Serve `core` with `governor`."""
-        self.core = core
-        self.governor = governor
+    SERVICE = "AdminService"
+    METHODS = ("ListOrganizations", "AdjustGrant", "RevokeMember", "RevokeOrganization", "ReloadPolicy",
+               "GetUsage", "ListDatasetSpending", "GetCapUsage")
 
-    def _caller(self, context: grpc.ServicerContext, role: str) -> str:
-        identity = authenticate_certificate(context)
-        self.core.policy = self.governor.current()
-        self.governor.require_role(identity, role)
-        return identity
+    def __init__(self, governor: Governor, owner: OwnerSettings | None = None) -> None:
+        """Serve with `governor`; `owner`: the data owner's settings (reload, cap usage)."""
+        self.governor = governor
+        self.owner = owner
+
+    def bodies(self) -> dict[str, Body]:
+        """The method bodies."""
+        return {name: Body(getattr(self, name)) for name in self.METHODS}
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -149,12 +150,10 @@ class AdminServicer(a_grpc.AdminServiceServicer):
             use_class=gov.purposes[g.purpose].use_class, budget=status, members=members, adjusted=adjusted,
         )
 
-    @_rpc
     def ListOrganizations(
-        self, request: a_pb.ListOrganizationsRequest, context: grpc.ServicerContext
+        self, request: a_pb.ListOrganizationsRequest, call: Call
     ) -> a_pb.ListOrganizationsResponse:
         """Every organisation with members, roles and grants (spent and remaining this period)."""
-        self._caller(context, "operator")
         gov = self.governor.governance
         now = self.governor.clock()
         revoked = set(self.governor.state.revocations())
@@ -172,12 +171,11 @@ class AdminServicer(a_grpc.AdminServiceServicer):
 
     # -- changes ---------------------------------------------------------------------------------
 
-    @_rpc
     def AdjustGrant(
-        self, request: a_pb.AdjustGrantRequest, context: grpc.ServicerContext
+        self, request: a_pb.AdjustGrantRequest, call: Call
     ) -> a_pb.AdjustGrantResponse:
         """Store an override of a grant's budget or per-query maximum."""
-        caller = self._caller(context, "operator")
+        caller = call.identity
         fields = ("epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query")
         override = GrantOverride(*(getattr(request, f) if request.HasField(f) else None for f in fields))
         for name in fields:
@@ -186,51 +184,46 @@ class AdminServicer(a_grpc.AdminServiceServicer):
                 raise InvalidArgumentError(f"{name} must be a finite, non-negative number",
                                            reason="INVALID_ADJUSTMENT", field=name)
         self.governor.adjust(request.organization, request.dataset, request.purpose, override, caller)
-        self.core.policy = self.governor.current()
+        self.governor.repin()  # render the adjusted grant
         g = self.governor.governance.org_grant(request.organization, request.dataset, request.purpose)
         assert g is not None
         log.info("grant %s/%s/%s adjusted by %s", g.organization, g.dataset, g.purpose, caller)
         return a_pb.AdjustGrantResponse(grant=self._grant_summary(g, self.governor.clock()))
 
-    @_rpc
     def RevokeMember(
-        self, request: a_pb.RevokeMemberRequest, context: grpc.ServicerContext
+        self, request: a_pb.RevokeMemberRequest, call: Call
     ) -> a_pb.RevokeMemberResponse:
         """Revoke one member (effective for its next request)."""
-        caller = self._caller(context, "operator")
+        caller = call.identity
         if self.governor.member(request.identity) is None:
             raise InvalidArgumentError("unknown member", reason="UNKNOWN_SUBJECT", field="identity")
         self.governor.state.revoke("member", request.identity, caller, request.reason)
         return a_pb.RevokeMemberResponse(identity=request.identity)
 
-    @_rpc
     def RevokeOrganization(
-        self, request: a_pb.RevokeOrganizationRequest, context: grpc.ServicerContext
+        self, request: a_pb.RevokeOrganizationRequest, call: Call
     ) -> a_pb.RevokeOrganizationResponse:
         """Revoke an organisation (effective for its members' next requests)."""
-        caller = self._caller(context, "operator")
+        caller = call.identity
         if request.organization not in self.governor.governance.organizations:
             raise InvalidArgumentError("unknown organisation", reason="UNKNOWN_SUBJECT", field="organization")
         self.governor.state.revoke("organization", request.organization, caller, request.reason)
         return a_pb.RevokeOrganizationResponse(organization=request.organization)
 
-    @_rpc
     def ReloadPolicy(
-        self, request: a_pb.ReloadPolicyRequest, context: grpc.ServicerContext
+        self, request: a_pb.ReloadPolicyRequest, call: Call
     ) -> a_pb.ReloadPolicyResponse:
         """Re-read the policy file; on error nothing changes."""
-        self._caller(context, "operator")
-        owner = reload_policy(self.core, self.governor)
+        owner = reload_policy(self.governor, self.owner)
+        self.governor.repin()
         gov = self.governor.governance
         return a_pb.ReloadPolicyResponse(source=gov.source, schema=gov.schema,
                                          organizations=len(gov.organizations), grants=len(gov.grants),
-                                         owner_settings_reloaded=owner.reloaded,
-                                         owner_settings_message=owner.message)
+                                         owner_settings_reloaded=owner is not None and owner.reloaded,
+                                         owner_settings_message="" if owner is None else owner.message)
 
-    @_rpc
-    def GetUsage(self, request: a_pb.GetUsageRequest, context: grpc.ServicerContext) -> a_pb.GetUsageResponse:
+    def GetUsage(self, request: a_pb.GetUsageRequest, call: Call) -> a_pb.GetUsageResponse:
         """The usage report for a range (default: the current calendar month)."""
-        self._caller(context, "operator")
         start = parse_time(request.period_start, "period_start")
         end = parse_time(request.period_end, "period_end")
         if start is None and end is None:
@@ -239,12 +232,11 @@ class AdminServicer(a_grpc.AdminServiceServicer):
         report = build_report(self.governor.ledger.charges_between(start, end), start, end)
         return a_pb.GetUsageResponse(json=report.to_json(), csv=report.to_csv())
 
-    @_rpc
     def ListDatasetSpending(
-        self, request: a_pb.ListDatasetSpendingRequest, context: grpc.ServicerContext
+        self, request: a_pb.ListDatasetSpendingRequest, call: Call
     ) -> a_pb.ListDatasetSpendingResponse:
         """Data owners: every request on their datasets."""
-        caller = self._caller(context, "data_owner")
+        caller = call.identity
         owned = self.governor.governance.owned_datasets(caller)
         if request.dataset:
             if request.dataset not in owned:
@@ -261,26 +253,21 @@ class AdminServicer(a_grpc.AdminServiceServicer):
         ])
 
 
-    @_rpc
-    def GetCapUsage(self, request: a_pb.GetCapUsageRequest, context: grpc.ServicerContext
-                    ) -> a_pb.GetCapUsageResponse:
-        """Data owners (their datasets) and operators (all): each cap and its use in both ledgers."""
-        identity = authenticate_certificate(context)
-        self.core.policy = self.governor.current()
-        member = self.governor.member(identity)
-        roles = member.roles if member is not None else frozenset()
-        if "operator" in roles:
-            self.governor.require_role(identity, "operator")
-            visible = tuple(d.name for d in self.core.catalog.datasets)
-        else:
-            self.governor.require_role(identity, "data_owner")
-            owned = set(self.governor.governance.owned_datasets(identity))
-            visible = tuple(d.name for d in self.core.catalog.datasets if d.name in owned)
+    def GetCapUsage(self, request: a_pb.GetCapUsageRequest, call: Call) -> a_pb.GetCapUsageResponse:
+        """Data owners (their datasets) and operators (all): each cap and its use in both ledgers (the
+        interceptor admits only these two roles)."""
+        if self.owner is None or self.owner.catalog is None:
+            raise GatewayInternalError("the data owner's settings are not wired")
+        member = self.governor.member(call.identity)
+        names = tuple(d.name for d in self.owner.catalog.datasets)
+        if member is None or "operator" not in member.roles:  # a data owner: its organisation's datasets
+            owned = set(self.governor.governance.owned_datasets(call.identity))
+            names = tuple(n for n in names if n in owned)
         if request.dataset:
-            if request.dataset not in visible:
-                raise PermissionDeniedError("not a dataset you may see the caps of", dataset=request.dataset)
-            visible = (request.dataset,)
-        views = cap_usage(self.core.sandbox, self.governor, visible)
+            if request.dataset not in names:
+                raise PermissionDeniedError("not a dataset whose caps you may see", dataset=request.dataset)
+            names = (request.dataset,)
+        views = cap_usage(self.owner.client, self.governor, names)
         return a_pb.GetCapUsageResponse(datasets=[_cap_usage_pb(v) for v in views],
                                         at=rfc3339(self.governor.clock()))
 

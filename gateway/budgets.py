@@ -30,6 +30,7 @@ from gateway.errors import (
     InvalidArgumentError,
     OwnerCapIncompatibleError,
     PermissionDeniedError,
+    PrivacyBudgetExhaustedError,
 )
 from gateway.governance import Governance, GrantOverride, Member, OrgGrant
 from gateway.ledger import (
@@ -57,11 +58,27 @@ from gateway.state import Outcome
 from gateway.stores import GovernanceStore, LedgerStore
 from sandbox import zcdp
 from sandbox.cap_rules import ReleaseLoss, counts, refusal
+from sandbox.errors import CAP_LIFETIME_MESSAGE, CAP_MESSAGE, INCOMPATIBLE_PREFIX
 from sandbox.owner_caps import OwnerCap
 
-__all__ = ["Governor", "Level", "OwnerCap", "owner_limits", "rho_loss", "sql_hash"]
+__all__ = ["Governor", "Level", "OwnerCap", "owner_limits", "owner_refusal", "rho_loss", "sql_hash"]
 
 log = logging.getLogger("gateway.budgets")
+
+
+def owner_refusal(message: str, dataset: str, purpose: str) -> None:
+    """Raise the client's error for a sandbox refusal by the data owner's cap (the gateway's mirror did not
+    refuse first: another gateway spent it, or the owner changed the cap); return for any other message."""
+    if message in (CAP_MESSAGE, CAP_LIFETIME_MESSAGE):
+        lifetime = message == CAP_LIFETIME_MESSAGE
+        raise PrivacyBudgetExhaustedError(
+            f"the data owner's {'lifetime cap' if lifetime else 'cap'} on this dataset is exhausted"
+            f"{'' if lifetime else ' for this period'}; nothing charged",
+            level="dataset_cap_lifetime" if lifetime else "dataset_cap", dataset=dataset, purpose=purpose,
+        )
+    if message.startswith(INCOMPATIBLE_PREFIX):
+        raise OwnerCapIncompatibleError(message[len(INCOMPATIBLE_PREFIX):] + "; nothing was charged",
+                                        dataset=dataset)
 
 
 def owner_limits(cap: OwnerCap, now: float) -> list[tuple[BudgetLimit, Period]]:
@@ -153,6 +170,8 @@ class Governor:
         self._cache: tuple[object, Policy] | None = None
         self._pinned = threading.local()  # a request's snapshot of the effective policy (see `snapshot`)
         self.on_outcome: list[Callable[[Outcome], None]] = []  # alert rules, metrics, audit hooks
+        # Checks a reloaded policy must pass before it is swapped in (e.g. model grants against the catalog).
+        self.checks: list[Callable[[Policy], None]] = []
 
     # -- the effective policy ------------------------------------------------------------------
 
@@ -171,6 +190,16 @@ class Governor:
             yield policy
         finally:
             self._pinned.policy = None
+
+    def repin(self) -> None:
+        """Inside `snapshot`: replace this thread's snapshot with a fresh read (after this call changed it)."""
+        if getattr(self._pinned, "policy", None) is not None:
+            self._pinned.policy = self._fresh()
+
+    @property
+    def file_policy(self) -> Policy:
+        """The policy file as last loaded (without stored overrides): who the members are."""
+        return self._file_policy
 
     def current(self) -> Policy:
         """The file's policy with the stored overrides applied (re-read on every call: multi-process),
@@ -213,6 +242,8 @@ class Governor:
             ConfigError: the file is invalid; the running policy is untouched.
         """
         fresh = load_policy(self.policy_path)
+        for check in self.checks:
+            check(fresh)
         with self._lock:
             self._file_policy = fresh
             self._cache = None
@@ -313,10 +344,13 @@ class Governor:
 
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
-        now: float | None = None, durable: bool = True,
+        now: float | None = None, durable: bool = True, loss: ReleaseLoss | None = None,
     ) -> Reservation | PriorRelease:
         """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`;
-        `durable=False` defers its fsync to the caller's next completion, as `Ledger.reserve` explains)."""
+        `durable=False` defers its fsync to the caller's next completion, as `Ledger.reserve` explains). The
+        data owner's levels count the release's loss in the owner's definition: `loss` when given (a model's
+        own definition), else the loss `cost` states; a release the owner's cap cannot count is refused
+        before anything is charged (OWNER_CAP_INCOMPATIBLE)."""
         now = self.clock() if now is None else now
         g, m, limits = self.levels_for(key, now)
         purpose = self.governance.purposes[g.purpose]
@@ -326,7 +360,7 @@ class Governor:
             price_per_request_unit=str(purpose.price_per_request_unit),
             price_per_epsilon=str(purpose.price_per_epsilon), currency=purpose.currency,
         )
-        owner, refuse = self.owner_charge(key.dataset, cost)
+        owner, refuse = self.owner_charge(key.dataset, loss if loss is not None else cost)
         return self.ledger.reserve_nested(
             key, request_id=request_id, fingerprint=fingerprint, cost=cost,
             limits=[lim for lim, _ in limits], metering=metering, now=now, durable=durable,

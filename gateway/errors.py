@@ -10,7 +10,10 @@ GatewayError                         code                 ErrorInfo.reason
 ├── RequestIdConflictError           ALREADY_EXISTS       REQUEST_ID_REUSED
 ├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS
 ├── QueryExecutionError              ABORTED              QUERY_EXECUTION_FAILED (uniform; engine text never sent)
-├── SandboxUnavailableError          UNAVAILABLE          SANDBOX_UNAVAILABLE
+├── SandboxUnavailableError          UNAVAILABLE          SANDBOX_UNAVAILABLE (+ RetryInfo)
+├── OverloadedError                  RESOURCE_EXHAUSTED   TOO_MANY_CONCURRENT_CALLS, SERVER_BUSY (+ RetryInfo)
+├── DeadlineExceededError            DEADLINE_EXCEEDED    DEADLINE_EXCEEDED (refused before any charge)
+├── MethodNotAllowedError            UNIMPLEMENTED        METHOD_NOT_SERVED
 └── GatewayInternalError             INTERNAL             INTERNAL_ERROR ("probably a bug", with an incident id)
 
 ConfigError (not a gRPC error, defined in sandbox.errors): a policy or catalog file is invalid; its message
@@ -32,10 +35,13 @@ from sandbox.errors import ConfigError
 __all__ = [
     "ERROR_DOMAIN",
     "ConfigError",
+    "DeadlineExceededError",
     "GatewayError",
     "GatewayInternalError",
     "InvalidArgumentError",
     "InvalidQueryError",
+    "MethodNotAllowedError",
+    "OverloadedError",
     "OwnerCapIncompatibleError",
     "PermissionDeniedError",
     "PrivacyBudgetExhaustedError",
@@ -54,6 +60,8 @@ class GatewayError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     default_reason: ClassVar[str] = "INTERNAL_ERROR"
+    # Seconds after which a retry may succeed (sent as google.rpc.RetryInfo); None: do not retry as is.
+    retry_after_s: float | None = None
 
     def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
         super().__init__(message)
@@ -134,10 +142,37 @@ class QueryExecutionError(GatewayError):
 
 
 class SandboxUnavailableError(GatewayError):
-    """The sandbox process is not reachable; nothing was charged."""
+    """The sandbox process is not reachable; nothing was charged. A retry after a few seconds may succeed."""
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "SANDBOX_UNAVAILABLE"
+    retry_after_s = 2.0
+
+
+class OverloadedError(GatewayError):
+    """The caller has too many calls in flight, or the server's queue is full; nothing was done."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "SERVER_BUSY"
+
+    def __init__(self, message: str, *, reason: str | None = None, retry_after_s: float = 0.5,
+                 **metadata: str) -> None:
+        super().__init__(message, reason=reason, **metadata)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(GatewayError):
+    """The client's deadline passed before the call could be charged; nothing was charged."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class MethodNotAllowedError(GatewayError):
+    """The method has no access rule on this server (a method is served only with one)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "METHOD_NOT_SERVED"
 
 
 class GatewayInternalError(GatewayError):

@@ -59,11 +59,12 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
+from gateway.grants import ModelGrant, VerificationPolicy
 from gateway.periods import LIFETIME, Period, parse_period
 
 if TYPE_CHECKING:
@@ -213,6 +214,15 @@ class Governance:
     alerts: tuple[AlertRule, ...]
     source: str
     schema: str = SCHEMA_V2
+    verification: VerificationPolicy = field(default_factory=VerificationPolicy)  # [verification], grants
+    model_grants: tuple[ModelGrant, ...] = ()  # [[model_grants]]
+
+    def model_grant(self, consumer: str, dataset: str, purpose: str) -> ModelGrant | None:
+        """The consumer's model grant for (dataset, purpose), or None."""
+        for g in self.model_grants:
+            if (g.consumer, g.dataset, g.purpose) == (consumer, dataset, purpose):
+                return g
+        return None
 
     def member(self, identity: str) -> Member | None:
         """The member with this certificate identity, or None."""

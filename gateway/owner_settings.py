@@ -2,22 +2,24 @@
 
 The sandbox publishes the owner's caps, per-subject verification caps and grade rules in its public catalog
 (`sandbox.protocol.CatalogInfo`), so the gateway mirrors exactly what the sandbox enforces, also when the
-sandbox runs on another host and its catalog file is not readable here. `apply_catalog` puts a catalog's
-settings into the query service (catalog, grade rules) and the governor (caps); `reload_owner_settings` asks
-the sandbox to re-read its file (`sandbox.owner_protocol.ReloadRequest`) and applies the reply, which is what
-`gateway.admin.reload_policy` (SIGHUP, ReloadPolicy) calls; `cap_usage` reads how much of each cap is spent,
-as the sandbox's own cap ledger counts it (the authoritative figure) and as the gateway's ledger counts it.
+sandbox runs on another host and its catalog file is not readable here. `OwnerSettings` holds what uses them
+(the governor's caps; the catalog and grade rules of the query and model products); `reload_owner_settings`
+asks the sandbox to re-read its file (`sandbox.owner_protocol.ReloadRequest`) and applies the reply, which is
+what `gateway.admin.reload_policy` (SIGHUP, ReloadPolicy) calls; `cap_usage` reads how much of each cap is
+spent, as the sandbox's own cap ledger counts it (the authoritative figure) and as the gateway's ledger
+counts it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.budgets import Governor
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, from_units
-from gateway.queries import QueryService
 from sandbox.cap_rules import CapSums
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.grades import DEFAULT_GRADE_RULES
@@ -25,8 +27,8 @@ from sandbox.owner_caps import OwnerCap
 from sandbox.owner_protocol import CapUsageReply
 from sandbox.protocol import CatalogInfo, ErrorReply
 
-__all__ = ["CapSpent", "CapView", "OwnerReload", "apply_catalog", "cap_usage", "owner_caps",
-           "reload_owner_settings"]
+__all__ = ["CapSpent", "CapView", "CatalogHolder", "OwnerReload", "OwnerSettings", "cap_usage", "grade_rules",
+           "owner_caps", "reload_owner_settings"]
 
 log = logging.getLogger("gateway.owner_settings")
 
@@ -41,12 +43,12 @@ def grade_rules(catalog: CatalogInfo) -> Mapping[str, frozenset[str]]:
     return catalog.grade_rules() or DEFAULT_GRADE_RULES
 
 
-def apply_catalog(catalog: CatalogInfo, core: QueryService, governor: Governor | None) -> None:
-    """Make the gateway use `catalog` and the owner's settings in it from the next request on."""
-    core.catalog = catalog
-    core.grade_rules = grade_rules(catalog)
-    if governor is not None:
-        governor.set_caps(owner_caps(catalog))
+class CatalogHolder(Protocol):
+    """Something that prices or checks requests with the public catalog and the owner's grade rules (the
+    query product, the model products)."""
+
+    catalog: CatalogInfo
+    grade_rules: Mapping[str, frozenset[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,22 +60,44 @@ class OwnerReload:
     catalog: CatalogInfo | None = None
 
 
-def reload_owner_settings(client: SandboxClient, core: QueryService, governor: Governor | None) -> OwnerReload:
+class OwnerSettings:
+    """The data owner's settings as the gateway applies them, and the sandbox they come from."""
+
+    def __init__(self, client: SandboxClient, governor: Governor, holders: Sequence[CatalogHolder]) -> None:
+        """Apply the sandbox's settings to `governor` (caps) and `holders` (catalog and grade rules)."""
+        self.client = client
+        self.governor = governor
+        self.holders = tuple(holders)
+        self._lock = threading.Lock()
+        self.catalog: CatalogInfo | None = None
+
+    def apply(self, catalog: CatalogInfo) -> None:
+        """Make the gateway use `catalog` and the owner's settings in it from the next request on."""
+        rules = grade_rules(catalog)
+        with self._lock:
+            for h in self.holders:
+                h.catalog = catalog
+                h.grade_rules = rules
+            self.governor.set_caps(owner_caps(catalog))
+            self.catalog = catalog
+
+
+def reload_owner_settings(settings: OwnerSettings) -> OwnerReload:
     """Have the sandbox re-read its catalog and swap in the owner's caps, grades and verification caps, then
-    apply the same settings here (the governor's caps, the query service's catalog and grade rules).
+    apply the same settings here (the governor's caps, the products' catalog and grade rules).
 
     Never raises for a refusal: when the sandbox refuses (a data-defining part changed, or the file is
     invalid) or cannot be reached, both processes keep the settings they had and the outcome says why.
     """
     try:
-        reply = client.reload()
+        reply = settings.client.reload()
     except SandboxConnectionError as exc:
         log.error("data owner's settings not reloaded: the sandbox is not reachable: %s", exc)
         return OwnerReload(False, "the sandbox is not reachable; the owner's settings are unchanged")
     if isinstance(reply, ErrorReply):
         log.error("data owner's settings not reloaded: %s", reply.message)
         return OwnerReload(False, reply.message or "the sandbox refused the reload")
-    apply_catalog(reply, core, governor)
+    settings.apply(reply)
     capped = sorted(owner_caps(reply))
     log.info("data owner's settings reloaded; caps on %s", ", ".join(capped) or "no dataset")
     return OwnerReload(True, f"reloaded: caps on {len(capped)} dataset(s)", reply)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
+from gateway.grants import PRODUCT_KEYS, ModelGrant, VerificationPolicy, parse_model_grants, parse_verification_policy
 
 if TYPE_CHECKING:  # issue-gov: the v2 model (organisations, members, periods) lives in gateway.governance
     from gateway.governance import Governance
@@ -98,6 +99,16 @@ class Policy:
     governance: Governance | None = None
 
     @property
+    def verification(self) -> VerificationPolicy:
+        """The verification settings and grants."""
+        return self.governance.verification if self.governance is not None else VerificationPolicy()
+
+    @property
+    def model_grants(self) -> tuple[ModelGrant, ...]:
+        """The model grants."""
+        return self.governance.model_grants if self.governance is not None else ()
+
+    @property
     def identities(self) -> list[str]:
         """Every certificate identity the policy knows (consumers, operators, data owners), sorted."""
         if self.governance is None:
@@ -153,13 +164,15 @@ def _check_keys(file: str, prefix: str, table: dict[str, Any], allowed: set[str]
 
 
 def parse_policy(data: dict[str, Any], file: str) -> Policy:
-    """Validate a parsed TOML document as an operator policy (v2, or v1 converted to v2)."""
-    # Product grants are validated by their own modules (gateway/verification.py, gateway/models.py).
-    data = {k: v for k, v in data.items() if k not in ("verification", "verification_grants", "model_grants")}
+    """Validate a parsed TOML document as an operator policy (v2, or v1 converted to v2), with its product
+    grants (`gateway.grants`)."""
+    products = {k: data[k] for k in PRODUCT_KEYS if k in data}
+    data = {k: v for k, v in data.items() if k not in PRODUCT_KEYS}
     from gateway import governance
 
     if data.get("schema") == governance.SCHEMA_V2:
-        return governance.parse_governance(data, file).as_policy()
+        gov = governance.parse_governance(data, file)
+        return _with_products(gov, products, file).as_policy()
     _check_keys(file, "", data, {"schema", "consumers", "grants"})
     if data["schema"] != SCHEMA:
         raise ConfigError(
@@ -237,7 +250,21 @@ def parse_policy(data: dict[str, Any], file: str) -> Policy:
         seen.add(key)
         grants.append(grant)
     v1 = Policy(consumers=consumers, grants=tuple(grants), source=file)
-    return dataclasses.replace(v1, governance=governance.from_v1(v1))  # issue-gov
+    return dataclasses.replace(v1, governance=_with_products(governance.from_v1(v1), products, file))
+
+
+def _with_products(gov: Governance, products: dict[str, Any], file: str) -> Governance:
+    """`gov` with its verification and model grants; a model grant needs its organisation's grant."""
+    consumers = {m.identity for m in gov.members.values() if "consumer" in m.roles}
+    models = parse_model_grants(products, file, consumers)
+    for i, g in enumerate(models):
+        org = gov.members[g.consumer].organization
+        if gov.org_grant(org, g.dataset, g.purpose) is None:
+            raise ConfigError(file, f"model_grants[{i}]",
+                              f"organisation {org!r} has no grant for dataset {g.dataset!r} and purpose "
+                              f"{g.purpose!r}; models spend that grant")
+    return dataclasses.replace(gov, verification=parse_verification_policy(products, file, consumers),
+                               model_grants=models)
 
 
 def _zcdp_grant(file: str, prefix: str, g: dict[str, Any], consumer: str) -> Grant:

@@ -1,17 +1,15 @@
-"""The query path: authorise, analyze, price, charge durably, run in the sandbox, release.
+"""The query product: what a SQL query computes and how it is priced (`gateway.governed` runs the rest).
 
 Order of decisions (each depends only on the request, the policy and the public catalog, never on data):
 1. the privacy loss is finite and positive (INVALID_ARGUMENT) -- before anything else;
-2. the consumer has a grant for (dataset, purpose) (PERMISSION_DENIED; unknown datasets look the same);
+2. the consumer has a grant for (dataset, purpose) in the call's policy snapshot (PERMISSION_DENIED;
+   unknown datasets look the same);
 3. the privacy loss is within the grant's per-query cap (INVALID_ARGUMENT);
-4. the SQL is one allowed SELECT (INVALID_ARGUMENT) and is priced with OpenDP;
-5. the cost is reserved atomically in the ledger (RESOURCE_EXHAUSTED if it cannot be paid; replay if the
-   request_id was answered before); its fsync is shared with step 7's durable commit (or the durable
-   `fail`/`release_unused` of step 6), which always comes before anything is released;
-6. the sandbox runs the plan and adds the noise; a failure after this point keeps the charge and comes
-   back as one uniform error;
-7. the sandbox's reported costs are re-checked against the charged ones, the answer is stored in the ledger
-   (so a retry replays it), then released.
+4. the SQL is one allowed SELECT within the data owner's grade rules (INVALID_ARGUMENT) and is priced
+   with OpenDP;
+then the governed path charges every level, the sandbox runs the plan (re-pricing it from its own
+catalog) and adds the noise, the sandbox's reported costs are re-checked against the charged ones here
+(`respond`), and the answer is signed, stored for replay and released.
 """
 
 from __future__ import annotations
@@ -21,10 +19,9 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
@@ -34,42 +31,34 @@ from gateway.budgets import Governor, rho_loss
 from gateway.cache import cache_key
 from gateway.digests import normalize_sql
 from gateway.errors import (
-    GatewayError,
     GatewayInternalError,
     InvalidArgumentError,
     InvalidQueryError,
-    OwnerCapIncompatibleError,
     PermissionDeniedError,
-    PrivacyBudgetExhaustedError,
-    QueryExecutionError,
-    SandboxUnavailableError,
 )
+from gateway.governed import ChargePlan, Priced
 from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
-from gateway.oversight import Oversight
 from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess
 from gateway.postprocess import apply as postprocess
 from gateway.quantile_options import apply_interval_shares
-from gateway.receipts import attach_receipt
+from gateway.rpc.calls import Call
 from gateway.sql.analyze import AnalyzedQuery
-from gateway.stores import LedgerStore, ReleaseStore, TxWrite
-from gateway.supervisor import SandboxSupervisor
+from gateway.stores import ReleaseStore
 from sandbox import mechanisms, zcdp
-from sandbox.client import SandboxClient, SandboxConnectionError
-from sandbox.errors import CAP_LIFETIME_MESSAGE, CAP_MESSAGE, INCOMPATIBLE_PREFIX, PlanRejectedError
-from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
+from sandbox.errors import PlanRejectedError
+from sandbox.grades import DEFAULT_GRADE_RULES, GradeError, check_plan_grades
 from sandbox.protocol import (
     AggregateKind,
     CatalogInfo,
     DatasetInfo,
-    ErrorReply,
     ExecuteRequest,
     ExecuteResult,
     QueryPlan,
     ReleaseCost,
 )
-from sandbox.relation import plan_relation
+from sandbox.protocol import Message as SandboxMessage
 
 log = logging.getLogger("gateway.queries")
 
@@ -269,7 +258,7 @@ def solve_for_accuracy(
             "selection; ask with an epsilon instead",
             reason="ACCURACY_TARGET_UNSUPPORTED", field="accuracy")
     epsilons: dict[int, float] = {}
-    for c in mechanisms.components(plan, dataset):
+    for c in _priced(plan, lambda: mechanisms.components(plan, dataset)):
         agg = plan.aggregates[c.aggregate_index]
         if agg.kind not in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN, AggregateKind.SUM):
             raise InvalidArgumentError(
@@ -296,35 +285,18 @@ def _post_key(post: PostProcess) -> str:
     return "" if post == PostProcess() else repr(post)
 
 
-def _replayed(prior: PriorRelease) -> q_pb.RunQueryResponse:
-    replay = q_pb.RunQueryResponse.FromString(prior.response)
-    replay.replayed = True
-    return replay
-
-
 _T = TypeVar("_T")
 
 
-def owner_refusal(message: str, dataset: str, purpose: str) -> None:
-    """Raise the client's error for a sandbox refusal by the data owner's cap (the gateway's mirror did not
-    refuse first: another gateway spent it, or the owner changed the cap); return for any other message."""
-    if message in (CAP_MESSAGE, CAP_LIFETIME_MESSAGE):
-        lifetime = message == CAP_LIFETIME_MESSAGE
-        raise PrivacyBudgetExhaustedError(
-            f"the data owner's {'lifetime cap' if lifetime else 'cap'} on this dataset is exhausted"
-            f"{'' if lifetime else ' for this period'}; nothing charged",
-            level="dataset_cap_lifetime" if lifetime else "dataset_cap", dataset=dataset, purpose=purpose,
-        )
-    if message.startswith(INCOMPATIBLE_PREFIX):
-        raise OwnerCapIncompatibleError(message[len(INCOMPATIBLE_PREFIX):] + "; nothing was charged",
-                                        dataset=dataset)
-
-
 def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
-    """Run a pricing function; a delta too small for partition selection is the caller's error, any other
-    refusal at this point is ours (the plan was already validated)."""
+    """Run a pricing function; a delta too small for partition selection and an integer sensitivity
+    beyond OpenDP's i64 (UNBOUNDED_EXPRESSION) are the caller's errors, any other refusal at this point
+    is ours (the plan was already validated)."""
     try:
         return price()
+    except mechanisms.SensitivityTooLargeError as exc:  # decided from the plan and the catalog
+        raise InvalidQueryError(str(exc), reason="UNBOUNDED_EXPRESSION",
+                                construct="AGGREGATE_ARGUMENT") from exc
     except PlanRejectedError as exc:
         if plan.partition_selection and "delta" in str(exc):
             raise InvalidArgumentError(
@@ -336,33 +308,30 @@ def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
 
 
 class QueryService:
-    """The gateway's query logic, independent of gRPC."""
+    """The query product: how a SQL query is validated, authorised, priced, sent and rendered.
+
+    `GovernedPath.release` runs it (RunQuery); `explain` prices without charging (ExplainQuery). Grants
+    come from the call's live policy snapshot.
+    """
+
+    name: ClassVar[str] = "query"
 
     def __init__(
-        self, policy: Policy, catalog: CatalogInfo, ledger: LedgerStore, sandbox: SandboxClient,
-        *, sandbox_timeout_s: float, supervisor: SandboxSupervisor | None = None,
-        cache: ReleaseStore | None = None, oversight: Oversight | None = None,
-        governor: Governor | None = None,
+        self, catalog: CatalogInfo, governor: Governor, *, cache: ReleaseStore | None = None,
     ) -> None:
-        """Wire the policy, the public catalog, the ledger, the sandbox client and its supervisor."""
-        self.policy = policy
+        """Price against the public `catalog`; read budgets through `governor`."""
         self.catalog = catalog
-        self.ledger = ledger
-        self.sandbox = sandbox
-        self.sandbox_timeout_s = sandbox_timeout_s
-        self.supervisor = supervisor
+        self.governor = governor
         self.cache = cache
-        self.oversight = oversight
         # What each column grade allows (the data owner's [grades]); the sandbox enforces the same rules.
         self.grade_rules: Mapping[str, frozenset[str]] = DEFAULT_GRADE_RULES
-        self.governor = governor  # issue-gov: nested periodic budgets (None: per-consumer v1 ledger)
         self.plans = PlanCache()  # analysis and pricing memo (decisions are still made per request)
 
     # -- pre-execution checks ------------------------------------------------------------------
 
-    def grant_for(self, consumer: str, dataset: str, purpose: str) -> tuple[Grant, DatasetInfo]:
+    def grant_for(self, policy: Policy, consumer: str, dataset: str, purpose: str) -> tuple[Grant, DatasetInfo]:
         """The grant and the public dataset description, or PERMISSION_DENIED (same for unknown)."""
-        grant = self.policy.grant(consumer, dataset, purpose)
+        grant = policy.grant(consumer, dataset, purpose)
         info = self.catalog.dataset(dataset)
         if grant is None or info is None:
             raise PermissionDeniedError(
@@ -373,7 +342,7 @@ class QueryService:
             )
         return grant, info
 
-    def price(self, req: QueryRequest) -> PricedQuery:
+    def price_query(self, policy: Policy, req: QueryRequest) -> PricedQuery:
         """Run checks 1-4 and price the plan with OpenDP (epsilon-first or accuracy-first)."""
         if req.rho != 0:  # a zCDP request: rho instead of epsilon
             validate_rho(req.rho, req.epsilon)
@@ -384,7 +353,7 @@ class QueryService:
             validate_privacy_loss(1.0, req.delta)
         _require(req.dataset, "dataset")
         _require(req.purpose, "purpose")
-        grant, info = self.grant_for(req.consumer, req.dataset, req.purpose)
+        grant, info = self.grant_for(policy, req.consumer, req.dataset, req.purpose)
         if grant.zcdp:
             return self._price_zcdp(req, grant, info)
         if req.rho != 0:
@@ -457,9 +426,12 @@ class QueryService:
         _require(req.sql, "sql")
         analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
-            check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
-        except PlanRejectedError as exc:
-            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED") from exc
+            check_plan_grades(analyzed.plan, info, self.grade_rules)
+        except GradeError as exc:
+            raise InvalidQueryError(str(exc), reason="GRADE_NOT_ALLOWED", column=exc.column,
+                                    use=exc.use) from exc
+        except PlanRejectedError as exc:  # the analyzer built a plan the sandbox's rules cannot read
+            raise GatewayInternalError("the query's plan could not be checked") from exc
         return analyzed, apply_interval_shares(apply_weights(analyzed.plan, req.weights), req.interval_shares)
 
     def _price_zcdp(self, req: QueryRequest, grant: Grant, info: DatasetInfo) -> PricedQuery:
@@ -533,43 +505,11 @@ class QueryService:
             delta, analyzed.post, requested_rho=rho,
         )
 
-    def budget_response(self, grant: Grant) -> tuple[PrivacyLoss, Grant]:
-        """What a grant has spent."""
-        return self.ledger.spent(GrantKey(grant.consumer, grant.dataset, grant.purpose)), grant
+    # -- the Product parts (see gateway.governed) ----------------------------------------------
 
-    # -- RPC bodies -----------------------------------------------------------------------------
-
-    def explain(self, req: QueryRequest) -> q_pb.ExplainQueryResponse:
-        """ExplainQuery: the plan and its cost; touches neither data nor budget."""
-        priced = self.price(req)
-        key = GrantKey(req.consumer, req.dataset, req.purpose)
-        if self.governor is not None:  # issue-gov: every level, this period
-            status = self.governor.budget_status(key)
-            affordable = (priced.cost.rho <= status.remaining.rho if priced.grant.zcdp
-                          else priced.cost.epsilon <= status.remaining.epsilon)
-            return q_pb.ExplainQueryResponse(
-                plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
-                privacy_cost=priced.reported_cost,
-                budget=status,
-                affordable=affordable,
-            )
-        spent = self.ledger.spent(key)
-        remaining = priced.grant.epsilon - spent.epsilon
-        remaining_delta = priced.grant.delta - spent.delta
-        return q_pb.ExplainQueryResponse(
-            plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
-            privacy_cost=convert.privacy_loss(priced.cost),
-            budget=convert.budget_status(priced.grant, spent),
-            affordable=priced.cost.epsilon <= remaining and priced.cost.delta <= remaining_delta,
-        )
-
-    def run(self, req: QueryRequest) -> q_pb.RunQueryResponse:
-        """RunQuery: charge durably, run in the sandbox, store the release, return it.
-
-        Privacy: the charge is the sum of the OpenDP maps of the plan's measurements (`price`), reserved
-        before the sandbox runs; the sandbox recomputes the same costs from its own catalog and refuses
-        to spend more than the charged epsilon.
-        """
+    def price(self, call: Call, request: Any) -> Priced:
+        """RunQuery's checks and price; the charge plan and the charge-once cache's answer if any."""
+        req = query_request(call.identity, request, request.request_id)
         request_id = req.request_id or uuid.uuid4().hex
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidArgumentError(
@@ -577,178 +517,97 @@ class QueryService:
                 reason="INVALID_REQUEST_ID",
                 field="request_id",
             )
-        priced = self.price(req)
-        key = GrantKey(req.consumer, req.dataset, req.purpose)
+        call.audit.request_id = request_id
+        call.audit.query = normalize_sql(req.sql)
+        priced = self.price_query(call.require_policy(), req)
         post_key = _post_key(priced.post)
         if priced.grant.zcdp:  # a zCDP release is another release than a pure one at the same number
             post_key += f"|zcdp rho={priced.requested_rho!r} delta={priced.grant.delta!r}"
         ckey = cache_key(req.consumer, req.dataset, req.purpose, priced.dataset.version,
-                         priced.plan, priced.requested_epsilon, post_key,
-                         priced.requested_delta)
+                         priced.plan, priced.requested_epsilon, post_key, priced.requested_delta)
         cached = self.cache.get(ckey) if self.cache is not None else None
-        budget = PrivacyLoss(priced.grant.epsilon, priced.grant.delta)
-        if cached is not None:  # the same release again: post-processing, recorded at zero cost
-            prior = self._reserve(key, request_id, req, PrivacyLoss(0.0, 0.0), budget, units=0)
-            if isinstance(prior, PriorRelease):
-                return _replayed(prior)
-            with self._settled(key, request_id):
-                hit = q_pb.RunQueryResponse.FromString(cached)
-                hit.cached = True
-                hit.request_id = request_id
-                hit.budget.CopyFrom(self._budget_after(priced, key, prior))
-                hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
-                self._sign(req, hit)
-                self._complete(key, request_id, req, hit.SerializeToString(deterministic=True), epsilon=0.0)
-            return hit
-        outcome = self._reserve(key, request_id, req, priced.cost, budget, units=len(priced.costs))
-        if isinstance(outcome, PriorRelease):
-            return _replayed(outcome)
-        with self._settled(key, request_id):
-            # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
-            result = postprocess(priced.post, self._execute(key, request_id, priced))
-            columns, rows = convert.answer(priced.plan, priced.dataset, result)
-            response = q_pb.RunQueryResponse(
-                columns=columns,
-                rows=rows,
-                plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
-                privacy_cost=priced.reported_cost,
-                budget=(
-                    self._budget_after(priced, key, outcome)
-                ),
-                request_id=request_id,
-                dataset_version=result.dataset_version,
-            )
-            self._sign(req, response)
-            body = response.SerializeToString(deterministic=True)
-            self._complete(key, request_id, req, body, epsilon=response.privacy_cost.epsilon, cache_key=ckey)
-        return response
+        plan = ChargePlan(GrantKey(req.consumer, req.dataset, req.purpose), request_id, fingerprint(req),
+                          priced.cost, len(priced.costs), self.name)
+        return Priced(plan, priced, normalize_sql(req.sql), cached=cached, cache_key=ckey)
 
-    @contextmanager
-    def _settled(self, key: GrantKey, request_id: str) -> Iterator[None]:
-        """After a reservation: if the body fails, keep the charge and make it durable before the error leaves.
+    def sandbox_request(self, priced: Priced, sandbox_request_id: str) -> ExecuteRequest:
+        """The plan, with the loss the sandbox calibrates for and may not exceed."""
+        q: PricedQuery = priced.payload
+        return ExecuteRequest(sandbox_request_id, q.plan, q.requested_epsilon, q.requested_delta, q.requested_rho)
 
-        The reservation committed without an fsync of its own (`_reserve`); every planned exit commits
-        durably (`complete`, or `fail` / `release_unused` in `_execute`). An unplanned exception (our bug,
-        after the data may have been touched) marks the charge failed, durably, so no error is released
-        on a charge that a power loss could still take back.
-        """
-        try:
-            yield
-        except BaseException:
-            try:
-                self.ledger.fail(key, request_id)
-            except GatewayError:  # already failed, refunded or completed, each durably; or storage broke
-                log.debug("charge of request %s already settled", request_id)
-            raise
-
-    def _complete(
-        self, key: GrantKey, request_id: str, req: QueryRequest, body: bytes, *, epsilon: float,
-        cache_key: str | None = None,
-    ) -> None:
-        """Store the answer for replays, the release in the cache and the request's 'charged' outcome.
-
-        Where the cache and the governance state live in the ledger's database (as `start_gateway` wires
-        them), all three commit in the ledger's one transaction: one fsync instead of three. The
-        outcome hooks (alert rules) run after the commit.
-        """
-        joined: list[TxWrite] = []
-        cache_put = outcome_joined = None
-        if self.cache is not None and cache_key is not None:
-            cache_put = self.cache.joined_put(self.ledger, cache_key, req.consumer, body)
-            joined += [cache_put] if cache_put is not None else []
-        governor, outcome = self.governor, None
-        if governor is not None:
-            outcome = governor.outcome(
-                consumer=req.consumer, dataset=req.dataset, purpose=req.purpose, request_id=request_id,
-                outcome="charged", epsilon=epsilon, sql=req.sql,
-            )
-            if outcome is not None:
-                outcome_joined = governor.state.joined_outcome(self.ledger, outcome)
-                joined += [outcome_joined] if outcome_joined is not None else []
-        self.ledger.complete(key, request_id, body, also=joined)
-        if self.cache is not None and cache_key is not None and cache_put is None:
-            self.cache.put(cache_key, req.consumer, body)
-        if governor is not None and outcome is not None:
-            if outcome_joined is None:
-                governor.store_outcome(outcome)
-            governor.notify(outcome)
-
-    def _reserve(
-        self, key: GrantKey, request_id: str, req: QueryRequest, cost: PrivacyLoss, budget: PrivacyLoss,
-        *, units: int,
-    ) -> Reservation | PriorRelease:
-        """Charge atomically: through the governor (member, organisation, cap, period) when configured.
-
-        The commit does not wait for its own fsync (`durable=False`): the caller's next ledger commit,
-        which precedes any release (`_settled`), syncs the write-ahead log that holds it. One fsync per
-        answer instead of two; only a power loss before that commit can lose the charge, and then
-        nothing of the request has left.
-        """
-        if self.governor is not None:
-            return self.governor.reserve(
-                key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, request_units=units,
-                durable=False,
-            )
-        return self.ledger.reserve(
-            key, request_id=request_id, fingerprint=fingerprint(req), cost=cost, budget=budget, durable=False
-        )
-
-    def _budget_after(self, priced: PricedQuery, key: GrantKey, reservation: Reservation) -> common_pb.BudgetStatus:
-        if self.governor is not None:
-            return self.governor.budget_status(key, after=reservation)
-        return convert.budget_status(priced.grant, reservation.spent_after)
-
-    def _sign(self, req: QueryRequest, response: q_pb.RunQueryResponse) -> None:
-        """Attach the signed receipt (before the release is stored, so a replay returns the same one)."""
-        if self.oversight is None:
-            return
-        attach_receipt(
-            response, self.oversight.signer, consumer=req.consumer, dataset=req.dataset,
-            purpose=req.purpose, policy_version=self.oversight.policy_version,
-            normalized_query=normalize_sql(req.sql),
-        )
-        self.oversight.metrics.set_budget(
-            req.consumer, req.dataset, req.purpose,
-            spent=response.budget.spent.epsilon, remaining=response.budget.remaining.epsilon,
-        )
-
-    def _recover(self, *, hung: bool) -> None:
-        if self.supervisor is not None:
-            self.supervisor.recover_in_background(hung=hung)
-
-    def _execute(self, key: GrantKey, request_id: str, priced: PricedQuery) -> ExecuteResult:
-        """Run the charged plan in the sandbox; map every failure to the right ledger state."""
-        # The sandbox calibrates with the same epsilon (so it derives the same scales) and refuses
-        # to spend more than it.
-        # Request ids are unique per consumer only; the sandbox keys its cap ledger by this.
-        request = ExecuteRequest(
-            f"{key.consumer}/{request_id}", priced.plan, priced.requested_epsilon,
-            priced.requested_delta, priced.requested_rho,
-        )
-        try:
-            reply = self.sandbox.execute(request, timeout_s=self.sandbox_timeout_s)
-        except SandboxConnectionError as exc:
-            if exc.before_send:  # nothing reached the sandbox: data untouched, refund
-                self.ledger.release_unused(key, request_id)
-                self._recover(hung=False)
-                raise SandboxUnavailableError("the sandbox is not reachable; nothing was charged") from exc
-            log.warning("sandbox connection lost during request %s: %s", request_id, exc)
-            self.ledger.fail(key, request_id)
-            self._recover(hung=exc.timed_out)
-            raise QueryExecutionError(charged=priced.cost.epsilon) from exc
-        if isinstance(reply, ErrorReply):
-            if reply.kind == "failed":
-                self.ledger.fail(key, request_id)
-                raise QueryExecutionError(charged=priced.cost.epsilon)
-            # 'rejected'/'bad_request' happen before the data is touched: refund; gateway and sandbox
-            # disagree about the plan, which is a deployment bug.
-            self.ledger.release_unused(key, request_id)
-            if reply.kind == "rejected":
-                owner_refusal(reply.message, key.dataset, key.purpose)
-            log.error("sandbox refused plan of request %s: %s", request_id, reply.message)
-            raise GatewayInternalError("the sandbox refused the plan")
-        if tuple(reply.costs) != priced.costs:
-            self.ledger.fail(key, request_id)
-            log.error("sandbox costs differ from the charged ones for request %s", request_id)
+    def respond(self, call: Call, priced: Priced, reply: SandboxMessage, reservation: Reservation
+                ) -> q_pb.RunQueryResponse:
+        """The answer: the released rows, the plan with its costs, what was charged and the budget after."""
+        q: PricedQuery = priced.payload
+        if not isinstance(reply, ExecuteResult) or tuple(reply.costs) != q.costs:  # the path keeps the charge
+            log.error("sandbox costs differ from the charged ones for request %s", priced.charge.request_id)
             raise GatewayInternalError("the sandbox's costs differ from the charged ones")
-        return reply
+        # Post-processing of released values only (HAVING, ORDER BY, LIMIT): no extra privacy cost.
+        result = postprocess(q.post, reply)
+        columns, rows = convert.answer(q.plan, q.dataset, result)
+        return q_pb.RunQueryResponse(
+            columns=columns, rows=rows, plan=convert.plan_info(q.plan, q.dataset, q.costs),
+            privacy_cost=q.reported_cost, budget=self.governor.budget_status(priced.charge.key, after=reservation),
+            request_id=priced.charge.request_id, dataset_version=result.dataset_version,
+        )
+
+    def from_cache(self, call: Call, priced: Priced, reservation: Reservation) -> q_pb.RunQueryResponse:
+        """The same release made earlier, as post-processing at zero cost (marked `cached`)."""
+        assert priced.cached is not None
+        hit = q_pb.RunQueryResponse.FromString(priced.cached)
+        hit.cached = True
+        hit.request_id = priced.charge.request_id
+        hit.budget.CopyFrom(self.governor.budget_status(priced.charge.key, after=reservation))
+        hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
+        return hit
+
+    def replay(self, call: Call, prior: PriorRelease) -> q_pb.RunQueryResponse:
+        """The stored answer of the request id, marked `replayed`."""
+        replay = q_pb.RunQueryResponse.FromString(prior.response)
+        replay.replayed = True
+        return replay
+
+    # -- ExplainQuery -----------------------------------------------------------------------------
+
+    def explain(self, call: Call, request: Any) -> q_pb.ExplainQueryResponse:
+        """ExplainQuery: the plan and its cost; touches neither data nor budget."""
+        req = query_request(call.identity, request)
+        call.audit.query = normalize_sql(req.sql)
+        priced = self.price_query(call.require_policy(), req)
+        key = GrantKey(req.consumer, req.dataset, req.purpose)
+        status = self.governor.budget_status(key)
+        affordable = (priced.cost.rho <= status.remaining.rho if priced.grant.zcdp
+                      else priced.cost.epsilon <= status.remaining.epsilon)
+        return q_pb.ExplainQueryResponse(
+            plan=convert.plan_info(priced.plan, priced.dataset, priced.costs),
+            privacy_cost=priced.reported_cost,
+            budget=status,
+            affordable=affordable,
+        )
+
+
+def query_request(consumer: str, req: Any, request_id: str = "") -> QueryRequest:
+    """The validated-at-the-boundary form of a RunQuery/ExplainQuery request."""
+    accuracy = None
+    if req.HasField("accuracy"):
+        accuracy = AccuracyRequest(
+            half_width_95=req.accuracy.half_width_95 or float("nan"),
+            per_output=tuple(sorted(req.accuracy.per_output.items())),
+        )
+    has_loss = req.HasField("privacy_loss") and (accuracy is None or req.privacy_loss.epsilon != 0)
+    rho = req.privacy_loss.rho if req.HasField("privacy_loss") else 0.0
+    if rho != 0 and req.privacy_loss.epsilon == 0:  # zCDP: rho set, epsilon left unset
+        has_loss = False
+    return QueryRequest(
+        consumer=consumer,
+        dataset=req.dataset,
+        sql=req.sql,
+        purpose=req.purpose,
+        epsilon=req.privacy_loss.epsilon if has_loss else float("nan"),
+        delta=req.privacy_loss.delta if req.HasField("privacy_loss") else 0.0,
+        request_id=request_id,
+        weights=tuple(sorted(req.weights.items())),
+        accuracy=accuracy,
+        rho=rho,
+        interval_shares=tuple(sorted(req.interval_shares.items())),
+    )

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from google.protobuf.message import Message
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import receipt_pb2
 
@@ -231,21 +233,22 @@ def verify_receipt(receipt_json: bytes, signature: bytes, pub_pem: bytes | str) 
         return False
 
 
-def release_bytes(response: q_pb.RunQueryResponse) -> bytes:
+def release_bytes(response: Message) -> bytes:
     """The bytes a release digest covers: the response with ``receipt`` cleared and ``replayed`` false.
 
-    Deterministic serialization is stable for one protobuf version; clients in other languages should
-    compare the ``request_id`` and values rather than recompute this digest.
+    Any product's response (query, model) has these two fields. Deterministic serialization is stable for
+    one protobuf version; clients in other languages should compare the ``request_id`` and values rather
+    than recompute this digest.
     """
-    copy = q_pb.RunQueryResponse()
+    copy = type(response)()
     copy.CopyFrom(response)
     copy.ClearField("receipt")
-    copy.replayed = False
+    copy.replayed = False  # type: ignore[attr-defined]
     return copy.SerializeToString(deterministic=True)
 
 
 def attach_receipt(
-    response: q_pb.RunQueryResponse,
+    response: Any,
     signer: Signer,
     *,
     consumer: str,
@@ -255,7 +258,11 @@ def attach_receipt(
     normalized_query: str,
     time: str | None = None,
 ) -> Receipt:
-    """Signs a receipt for a fresh RunQueryResponse and sets ``response.receipt``; the one integration point.
+    """Signs a receipt for a fresh product response and sets ``response.receipt``; the one integration point.
+
+    ``response`` is a RunQueryResponse (its mechanisms are ``plan.releases``) or a Train/EvaluateModelResponse
+    (``releases``); every product response has ``request_id``, ``dataset_version``, ``privacy_cost``,
+    ``budget`` and ``receipt``.
 
     Call it after the response is complete and before ``Ledger.complete`` stores it, so a replay returns
     the same receipt.
@@ -282,10 +289,7 @@ def attach_receipt(
         dataset_version=response.dataset_version,
         policy_version=policy_version,
         query_digest=query_digest(normalized_query),
-        mechanisms=[
-            MechanismUse(r.output, r.component, r.mechanism, r.sensitivity, r.scale, r.privacy_loss.epsilon)
-            for r in response.plan.releases
-        ],
+        mechanisms=_mechanisms(response),
         epsilon=response.privacy_cost.epsilon,
         delta=response.privacy_cost.delta,
         remaining_epsilon=response.budget.remaining.epsilon,
@@ -295,3 +299,11 @@ def attach_receipt(
     )
     response.receipt.CopyFrom(receipt.to_proto())
     return receipt
+
+
+def _mechanisms(response: Any) -> list[MechanismUse]:
+    if isinstance(response, q_pb.RunQueryResponse):
+        return [MechanismUse(r.output, r.component, r.mechanism, r.sensitivity, r.scale, r.privacy_loss.epsilon)
+                for r in response.plan.releases]
+    return [MechanismUse("model", r.component, r.mechanism, r.sensitivity, r.scale, r.privacy_loss.epsilon)
+            for r in response.releases]

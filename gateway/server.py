@@ -1,37 +1,55 @@
-"""Wiring only: start (or reach) the sandbox, load policy and ledger, and serve gRPC over mTLS."""
+"""Wiring only: start (or reach) the sandbox, load policy and ledger, and serve gRPC over mTLS.
+
+The server is grpcio's asyncio server on an event loop thread of its own. Every method handler is
+wrapped by `gateway.rpc.interceptor.GovernanceInterceptor` (identity, role, revocation, deadline,
+admission, audit); method bodies run on a pool of `max_workers` threads, never the loop. HTTP/2 limits
+(`HTTP2_OPTIONS`) bound what one connection can hold. The health service reports NOT_SERVING while the
+sandbox is down or being replaced (`gateway.supervisor`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from concurrent import futures
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import _async as _aio_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from privacy_gateway.v1 import admin_service_pb2, budget_service_pb2, catalog_service_pb2, query_service_pb2
-from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
-from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
-from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
-from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
-from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
-from privacy_gateway.v1 import verification_service_pb2 as v_pb2
-from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
+from privacy_gateway.v1 import (
+    admin_service_pb2,
+    budget_service_pb2,
+    catalog_service_pb2,
+    model_service_pb2,
+    query_service_pb2,
+    receipt_pb2,
+    verification_service_pb2,
+)
 
 from gateway.admin import AdminServicer, reload_policy
 from gateway.alerts import AlertEngine
 from gateway.budgets import Governor
 from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError, GatewayError
-from gateway.key_service import KEY_SERVICE_NAME, KeyServicer
+from gateway.governed import GovernedPath
 from gateway.ledger import Ledger
-from gateway.models import MODEL_SERVICE, add_model_service
+from gateway.models import EvaluateProduct, TrainProduct, check_model_grants_against_catalog
 from gateway.oversight import Oversight
-from gateway.owner_settings import grade_rules, owner_caps
+from gateway.owner_settings import OwnerSettings, owner_caps
 from gateway.policy import load_policy
 from gateway.queries import QueryService
-from gateway.service import BudgetServicer, CatalogServicer, QueryServicer
+from gateway.rpc.admission import Admission, AdmissionLimits
+from gateway.rpc.gate import PolicyGate
+from gateway.rpc.interceptor import Body, GovernanceInterceptor, register
+from gateway.rpc.methods import PROTO_FILES, check_rules_cover
+from gateway.service import BudgetServicer, CatalogServicer, KeyServicer, ModelServicer, QueryServicer
 from gateway.settings import Settings
 from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
@@ -40,16 +58,46 @@ from sandbox.client import SandboxClient, SandboxProcess
 
 log = logging.getLogger("gateway.server")
 
-SERVICE_NAMES = (
-    query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
-    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
-    budget_service_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
-    KEY_SERVICE_NAME,
-    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,  # issue-gov
-    v_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
-    MODEL_SERVICE,
-)
+SERVICE_NAMES = tuple(s.full_name for f in PROTO_FILES for s in f.services_by_name.values())
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# HTTP/2 and connection limits: what one connection may hold, and when idle or abusive ones are closed.
+HTTP2_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_concurrent_streams", 100),  # streams per connection
+    ("grpc.max_connection_idle_ms", 5 * 60_000),  # close a connection with no call for 5 minutes
+    ("grpc.keepalive_time_ms", 60_000),  # ping an idle connection every minute ...
+    ("grpc.keepalive_timeout_ms", 20_000),  # ... and close it if the ping is not answered in 20 s
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # client pings more often are strikes
+    ("grpc.http2.max_ping_strikes", 2),  # ... and the third closes the connection (GOAWAY)
+    ("grpc.max_metadata_size", 16 * 1024),
+    ("grpc.server_handshake_timeout_ms", 10_000),
+)
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An asyncio event loop running on a daemon thread; `run` executes a coroutine on it and waits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
+        self.thread.start()
+
+    def run(self, make: Callable[[], Awaitable[T]], timeout_s: float | None = None) -> T:
+        async def go() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+def _service(module: Any, name: str) -> ServiceDescriptor:
+    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+    return service
 
 
 def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
@@ -65,18 +113,25 @@ def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
 
 @dataclass
 class Gateway:
-    """A running gateway: gRPC server, query service, ledger and (optionally) its sandbox process."""
+    """A running gateway: gRPC server, the governed path and its products, the ledger and the sandbox."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     core: QueryService
+    path: GovernedPath
     ledger: Ledger
     sandbox_process: SandboxProcess | None = None
     verification: VerificationCore | None = None
-    health: health.HealthServicer = field(default_factory=health.HealthServicer)
+    health: _aio_health.HealthServicer | None = None
     oversight: Oversight | None = None
-    governor: Governor | None = None  # issue-gov
-    alerts: AlertEngine | None = None  # issue-gov
+    governor: Governor | None = None
+    alerts: AlertEngine | None = None
+    admission: Admission | None = None
+    supervisor: SandboxSupervisor | None = None
+    pool: ThreadPoolExecutor | None = None
+    gate: PolicyGate | None = None
+    _loop: _LoopThread | None = field(default=None, repr=False)
+    owner: OwnerSettings | None = None  # the data owner's settings, mirrored from the sandbox
 
     def reload_policy(self) -> None:
         """Re-read the policy file and the data owner's settings (SIGHUP); on error log it and keep the running
@@ -84,22 +139,44 @@ class Gateway:
         if self.governor is None:
             return
         try:
-            reload_policy(self.core, self.governor)
+            reload_policy(self.governor, self.owner)
         except GatewayError as exc:
             log.error("policy reload refused: %s", exc.message)
 
+    def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for every service (the sandbox's health, see the supervisor)."""
+        if self.health is None or self._loop is None:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        hs = self.health
+
+        async def mark() -> None:
+            for name in (*SERVICE_NAMES, ""):
+                await hs.set(name, status)
+
+        try:
+            self._loop.run(mark, timeout_s=5)
+        except Exception:  # the loop is stopping
+            log.debug("health status not updated", exc_info=True)
+
     def stop(self, grace: float | None = 2.0) -> None:
-        """Stop serving, then stop the sandbox and close the ledger."""
-        for name in (*SERVICE_NAMES, ""):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.stop(grace).wait()
+        """Stop serving, then stop the supervisor and the sandbox, and close the stores."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self._loop is not None:
+            self.set_serving(False)
+            server = self.server
+            self._loop.run(lambda: server.stop(grace))
+            self._loop.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         if self.alerts is not None:
             self.alerts.stop()
         if self.sandbox_process is not None:
             self.sandbox_process.stop()
         self.ledger.close()
-        if self.core.cache is not None:
-            self.core.cache.close()
+        if self.path.cache is not None:
+            self.path.cache.close()
         if self.governor is not None:
             self.governor.state.close()
         if self.oversight is not None:
@@ -108,6 +185,7 @@ class Gateway:
 
 def start_gateway(settings: Settings) -> Gateway:
     """Start the sandbox (unless configured to reach a running one), then serve. Port 0 picks a port."""
+    check_rules_cover()
     policy = load_policy(settings.policy)
     creds = server_credentials(settings.tls_dir)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,68 +196,93 @@ def start_gateway(settings: Settings) -> Gateway:
             "--memory-limit", settings.sandbox_memory_limit,
             "--threads", str(settings.sandbox_threads),
         ]
-        process = SandboxProcess.start(
-            settings.catalog, settings.sandbox_socket, settings.data_dir, extra
-        )
+        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)
+    loop: _LoopThread | None = None
     try:
         client = SandboxClient(settings.sandbox_socket, timeout_s=settings.sandbox_timeout_s)
         catalog = client.describe()
+        check_model_grants_against_catalog(policy.model_grants, catalog, str(settings.policy))
         ledger = Ledger(settings.ledger_path)
         oversight = Oversight.open(
             settings.state_dir, settings.policy,
             metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
         )
         oversight.metrics.set_sandbox_up(True)
-        # -- governance state, nested budgets, the data owner's caps (from the sandbox's catalog), alerts --
         governor = Governor(
             settings.policy, policy, ledger, StateStore(settings.ledger_path), owner_caps(catalog),
             {d.name: d.owner for d in catalog.datasets},
         )
+        governor.checks.append(
+            lambda p: check_model_grants_against_catalog(p.model_grants, catalog, str(settings.policy)))
         alerts = AlertEngine(governor)
         governor.on_outcome.append(alerts.on_outcome)
-        core = QueryService(
-            policy, catalog, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
-            supervisor=SandboxSupervisor(process, client), governor=governor,
-            # In the ledger's file: a release is stored in the transaction that completes its charge.
-            cache=ReleaseCache(settings.ledger_path, legacy=settings.state_dir / "cache.sqlite3"),
-            oversight=oversight,
-        )
-        core.grade_rules = grade_rules(catalog)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        q_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
-        cat_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(core), server)
-        b_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(core), server)
-        key_grpc.add_KeyServiceServicer_to_server(KeyServicer(oversight.signer), server)
-        a_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, governor), server)  # issue-gov
-        verification = VerificationCore.start(policy, settings.policy, client, settings.state_dir,
+        # In the ledger's file: a release is stored in the transaction that completes its charge.
+        cache = ReleaseCache(settings.ledger_path, legacy=settings.state_dir / "cache.sqlite3")
+        supervisor = SandboxSupervisor(process, client)
+        path = GovernedPath(governor, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
+                            supervisor=supervisor, cache=cache, oversight=oversight)
+        queries = QueryService(catalog, governor, cache=cache)
+        train = TrainProduct(catalog, governor, queries.grade_rules)
+        evaluate = EvaluateProduct(catalog, governor, queries.grade_rules)
+        owner = OwnerSettings(client, governor, (queries, train, evaluate))
+        owner.apply(catalog)  # the caps and grade rules from the sandbox's catalog, never from the file
+        verification = VerificationCore.start(policy.verification, client, settings.state_dir,
                                               sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
-        v_grpc.add_VerificationServiceServicer_to_server(
-            VerificationServicer(verification), server)
-        add_model_service(server, core, settings.policy)
-        health_servicer = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server,
-        )
-        port = server.add_secure_port(settings.listen, creds)
-        if port == 0:
-            raise ConfigError("settings", "listen", f"cannot bind {settings.listen!r}")
-        server.start()
+        pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="pgw-worker")
+        admission = Admission(AdmissionLimits(
+            max_running=settings.max_workers, max_running_per_identity=settings.max_calls_per_identity,
+            max_queued=settings.max_queued_calls, max_queued_per_identity=settings.max_queued_calls,
+            queue_wait_s=settings.queue_wait_ms / 1000,
+        ))
+        gate = PolicyGate(governor, oversight)
+        interceptor = GovernanceInterceptor(gate, admission, pool,
+                                            message_timeout_s=settings.stream_message_timeout_ms / 1000)
+        loop = _LoopThread()
+        servicers: list[tuple[ServiceDescriptor, dict[str, Body]]] = [
+            (_service(query_service_pb2, "QueryService"), QueryServicer(path, queries).bodies()),
+            (_service(catalog_service_pb2, "CatalogService"), CatalogServicer(queries).bodies()),
+            (_service(budget_service_pb2, "BudgetService"), BudgetServicer(queries).bodies()),
+            (_service(receipt_pb2, "KeyService"), KeyServicer(oversight.signer).bodies()),
+            (_service(admin_service_pb2, "AdminService"), AdminServicer(governor, owner).bodies()),
+            (_service(verification_service_pb2, "VerificationService"), VerificationServicer(verification).bodies()),
+            (_service(model_service_pb2, "ModelService"),
+             ModelServicer(path, train, evaluate).bodies()),
+        ]
+
+        async def build() -> tuple[grpc.aio.Server, int, _aio_health.HealthServicer]:
+            server = grpc.aio.server(
+                interceptors=[interceptor],
+                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), *HTTP2_OPTIONS],
+                maximum_concurrent_rpcs=None,
+            )
+            for service, bodies in servicers:
+                register(server, service, bodies)
+            hs = _aio_health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME), server)
+            port = server.add_secure_port(settings.listen, creds)
+            if port == 0:
+                raise ConfigError("settings", "listen", f"cannot bind {settings.listen!r}")
+            await server.start()
+            for name in (*SERVICE_NAMES, ""):
+                await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+            return server, port, hs
+
+        server, port, hs = loop.run(build)
         alerts.start()
-        for name in (*SERVICE_NAMES, ""):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:
+        if loop is not None:
+            loop.close()
         if process is not None:
             process.stop()
         raise
+    gateway = Gateway(server, port, queries, path, ledger, process, verification, hs, oversight, governor,
+                      alerts, admission, supervisor, pool, gate, loop, owner)
+    supervisor.on_health.append(gateway.set_serving)
+    supervisor.on_health.append(oversight.metrics.set_sandbox_up)
+    supervisor.start_monitor(settings.health_interval_ms / 1000)
     log.info("gateway serving on port %d", port)
-    return Gateway(server, port, core, ledger, process, health=health_servicer, oversight=oversight,
-                   governor=governor, alerts=alerts, verification=verification)
+    return gateway

@@ -27,7 +27,12 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "query_timeout_ms": (10_000, "per-query time limit inside the sandbox, milliseconds"),
     "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
     "sandbox_threads": (2, "DuckDB threads inside the sandbox"),
-    "max_workers": (64, "gRPC worker threads"),
+    "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
+    "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
+    "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
+    "queue_wait_ms": (2000, "the longest a call waits for a free worker before RESOURCE_EXHAUSTED"),
+    "stream_message_timeout_ms": (10_000, "the longest a streaming call may wait for its client's next message"),
+    "health_interval_ms": (1000, "how often the sandbox's health is probed (NOT_SERVING while it is down)"),
     "metrics_port": (-1, "loopback port for Prometheus /metrics (0 picks one; -1 disables)"),
     "log_format": ("text", "log lines as `text` or `json` (structured, with request ids)"),
 }
@@ -49,6 +54,11 @@ class Settings:
     sandbox_memory_limit: str
     sandbox_threads: int
     max_workers: int
+    max_calls_per_identity: int
+    max_queued_calls: int
+    queue_wait_ms: int
+    stream_message_timeout_ms: int
+    health_interval_ms: int
     metrics_port: int
     log_format: str
 

@@ -1,13 +1,17 @@
-"""Verification service: grants, caps, enumeration alerts, signed receipts, and the gRPC servicer.
+"""The verification product: yes/no checks with the data owner's templates, caps, alerts, signed receipts.
 
-Order of decisions for a check (each before the data is touched, except the last two):
-1. the consumer holds a `[[verification_grants]]` entry for (dataset, template, purpose) -- otherwise
-   PERMISSION_DENIED / VERIFICATION_ACCESS_DENIED (unknown templates look the same);
+Verification walks the governed path (`gateway.governed`) with check caps in place of a privacy budget:
+identity, revocation and the live policy snapshot come from the interceptor; then, for a check (each
+before the data is touched, except the last two):
+1. the consumer holds a `[[verification_grants]]` entry (`gateway.grants`) for (dataset, template,
+   purpose) in the call's policy snapshot -- otherwise PERMISSION_DENIED / VERIFICATION_ACCESS_DENIED
+   (unknown templates look the same);
 2. the subject has the template's format, with valid check character and date (INVALID_SUBJECT);
 3. the parameters are exactly the declared ones, each from its list or ladder (INVALID_PARAMETER);
 4. a case reference is present where the template requires one (CASE_REFERENCE_REQUIRED);
-5. the per-consumer, per-template and per-subject caps of the period are checked and charged in one
-   `BEGIN IMMEDIATE` transaction of the state database per chunk of up to 25,000 claims, in claim order
+5. the client's deadline has not passed (DEADLINE_EXCEEDED, nothing charged); the per-consumer,
+   per-template and per-subject caps of the period are checked and charged in one `BEGIN IMMEDIATE`
+   transaction of the state database per chunk of up to 25,000 claims, in claim order
    (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next);
 6. the sandbox counts the chunk's claims on the data owner's per-subject cap (all consumers; it refuses a
    claim over it before evaluating it: CAP_EXHAUSTED for that claim, cap "owner_subject"), evaluates the
@@ -16,23 +20,6 @@ Order of decisions for a check (each before the data is touched, except the last
 7. enumeration counters are updated (the same statements for found and not-found subjects), the receipts
    are issued (one Merkle tree and one signature per request, `gateway.verification_receipts`) and the
    request is audited (one entry committing to the tree's signed root) before any answer leaves.
-
-The operator policy (`policies/operator.toml`) gains two optional parts, read here:
-
-    [verification]
-    period = "day"                                  # cap period: "day" or "hour" (UTC)
-    max_checks_per_consumer_per_period = 200000     # all templates together
-    alert_not_found_per_window = 50                 # alert: this many unknown subjects ...
-    alert_window_seconds = 3600                     # ... from one consumer within this window
-    alert_distinct_parameters_per_subject = 3       # alert: this many parameter sets on one subject
-
-    [[verification_grants]]
-    consumer = "acme-bank-analyst"
-    dataset = "registry"
-    template = "income_at_least"
-    purpose = "loan-application"
-    max_checks_per_period = 10000                   # this consumer x template
-    max_checks_per_subject_per_period = 3           # this consumer x template x subject
 """
 
 from __future__ import annotations
@@ -42,24 +29,18 @@ import json
 import logging
 import threading
 import time
-import tomllib
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
-from grpc_status import rpc_status
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
-from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from gateway.audit import AuditError
-from gateway.auth import authenticate
 from gateway.errors import (
-    ConfigError,
     GatewayError,
     GatewayInternalError,
     InvalidArgumentError,
@@ -67,9 +48,10 @@ from gateway.errors import (
     QueryExecutionError,
     SandboxUnavailableError,
 )
+from gateway.grants import VerificationGrant, VerificationPolicy
 from gateway.oversight import Oversight
-from gateway.policy import Policy
-from gateway.service import _caller, _rpc, status_for
+from gateway.rpc.calls import Call
+from gateway.rpc.interceptor import Body, Runner
 from gateway.verification_receipts import (
     ROOT_CONTEXT,
     Ed25519FileSigner,
@@ -111,7 +93,6 @@ __all__ = [
     "ReceiptData",
     "Signer",
     "VerificationCore",
-    "VerificationPolicy",
     "VerificationServicer",
     "VerificationState",
     "issue_receipts",
@@ -137,113 +118,6 @@ class VerificationCapExhaustedError(GatewayError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "VERIFICATION_CAP_EXHAUSTED"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Policy
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class VerificationGrant:
-    """A consumer may run one template of one dataset for one purpose, within caps."""
-
-    consumer: str
-    dataset: str
-    template: str
-    purpose: str
-    max_checks_per_period: int
-    max_checks_per_subject_per_period: int
-
-
-@dataclass(frozen=True, slots=True)
-class VerificationPolicy:
-    """The operator's verification settings and grants."""
-
-    grants: tuple[VerificationGrant, ...] = ()
-    period: str = "day"
-    max_checks_per_consumer_per_period: int = 100_000
-    alert_not_found_per_window: int = 50
-    alert_window_seconds: int = 3600
-    alert_distinct_parameters_per_subject: int = 3
-    cap_durability: str = "full"
-
-    def grant(self, consumer: str, dataset: str, template: str, purpose: str) -> VerificationGrant | None:
-        """The grant for exactly this combination, or None."""
-        for g in self.grants:
-            if (g.consumer, g.dataset, g.template, g.purpose) == (consumer, dataset, template, purpose):
-                return g
-        return None
-
-
-def _positive_int(file: str, key: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(file, key, "must be an integer >= 1")
-    return v
-
-
-def parse_verification_policy(data: dict[str, Any], file: str, policy: Policy) -> VerificationPolicy:
-    """Validate the `[verification]` table and `[[verification_grants]]` of a parsed operator policy."""
-    settings = data.get("verification", {})
-    if not isinstance(settings, dict):
-        raise ConfigError(file, "verification", "must be a table")
-    defaults = VerificationPolicy()
-    allowed = {"period", "max_checks_per_consumer_per_period", "alert_not_found_per_window",
-               "alert_window_seconds", "alert_distinct_parameters_per_subject", "cap_durability"}
-    for k in settings:
-        if k not in allowed:
-            raise ConfigError(file, f"verification.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    period = settings.get("period", defaults.period)
-    if period not in ("day", "hour"):
-        raise ConfigError(file, "verification.period", "must be 'day' or 'hour'")
-    durability = settings.get("cap_durability", defaults.cap_durability)
-    if durability not in ("full", "normal"):
-        raise ConfigError(file, "verification.cap_durability", "must be 'full' or 'normal'")
-    ints = {k: _positive_int(file, f"verification.{k}", settings.get(k, getattr(defaults, k)))
-            for k in sorted(allowed - {"period", "cap_durability"})}
-    raw = data.get("verification_grants", [])
-    if not isinstance(raw, list):
-        raise ConfigError(file, "verification_grants", "must be an array of tables ([[verification_grants]])")
-    grants: list[VerificationGrant] = []
-    seen: set[tuple[str, str, str, str]] = set()
-    keys = {"consumer", "dataset", "template", "purpose", "max_checks_per_period",
-            "max_checks_per_subject_per_period", "description"}
-    for i, g in enumerate(raw):
-        prefix = f"verification_grants[{i}]."
-        if not isinstance(g, dict):
-            raise ConfigError(file, f"verification_grants[{i}]", "must be a table")
-        for k in g:
-            if k not in keys:
-                raise ConfigError(file, prefix + k, f"unknown key (allowed: {', '.join(sorted(keys))})")
-        for k in keys - {"description"}:
-            if k not in g:
-                raise ConfigError(file, prefix + k, "is required")
-        for k in ("consumer", "dataset", "template", "purpose"):
-            if not isinstance(g[k], str) or not g[k]:
-                raise ConfigError(file, prefix + k, "must be a non-empty string")
-        if g["consumer"] not in policy.consumers:
-            raise ConfigError(file, prefix + "consumer", f"unknown consumer {g['consumer']!r}")
-        grant = VerificationGrant(
-            g["consumer"], g["dataset"], g["template"], g["purpose"],
-            _positive_int(file, prefix + "max_checks_per_period", g["max_checks_per_period"]),
-            _positive_int(file, prefix + "max_checks_per_subject_per_period",
-                          g["max_checks_per_subject_per_period"]),
-        )
-        key = (grant.consumer, grant.dataset, grant.template, grant.purpose)
-        if key in seen:
-            raise ConfigError(file, f"verification_grants[{i}]", f"duplicate grant for {key}")
-        seen.add(key)
-        grants.append(grant)
-    return VerificationPolicy(tuple(grants), period, cap_durability=durability, **ints)
-
-
-def load_verification_policy(path: Path, policy: Policy) -> VerificationPolicy:
-    """Read the verification parts of the operator policy file (the rest is `gateway.policy`'s)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(str(path), "-", f"cannot read: {exc}") from exc
-    return parse_verification_policy(data, str(path), policy)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -363,8 +237,6 @@ class _Stopwatch:
 class VerificationCore:
     """Everything a check needs; the servicer only converts."""
 
-    policy: Policy
-    vpolicy: VerificationPolicy
     client: SandboxClient
     templates: TemplatesInfo
     state: VerificationState
@@ -381,11 +253,10 @@ class VerificationCore:
     PIPELINE_CHUNK: ClassVar[int] = 25_000
 
     @classmethod
-    def start(cls, policy: Policy, policy_path: Path, client: SandboxClient, state_dir: Path,
+    def start(cls, vpolicy: VerificationPolicy, client: SandboxClient, state_dir: Path,
               signer: Signer | None = None, sandbox_timeout_s: float = 30.0,
               oversight: Oversight | None = None) -> VerificationCore:
-        """Load the verification policy and keys, fetch the templates from the sandbox."""
-        vpolicy = load_verification_policy(policy_path, policy)
+        """Open the cap state (with `vpolicy`'s durability) and the keys; fetch the templates from the sandbox."""
         reply = client.call(DescribeTemplatesRequest())
         if not isinstance(reply, TemplatesInfo):
             raise SandboxConnectionError(f"unexpected reply to describe-templates: {type(reply).__name__}")
@@ -394,16 +265,17 @@ class VerificationCore:
             file_signer = Ed25519FileSigner(state_dir / "verification-signing.key")
             pem, signer = file_signer.public_pem(), file_signer
         state = VerificationState(state_dir / "verification.sqlite3", durability=vpolicy.cap_durability)
-        return cls(policy, vpolicy, client, reply, state,
+        return cls(client, reply, state,
                    signer, KeyedHasher(state_dir / "verification-hmac.key"), pem,
                    sandbox_timeout_s=sandbox_timeout_s, oversight=oversight)
 
     # -- authorisation ------------------------------------------------------------------------------
 
-    def authorise(self, consumer: str, dataset: str, template: str, purpose: str
+    def authorise(self, vpolicy: VerificationPolicy, consumer: str, dataset: str, template: str, purpose: str
                   ) -> tuple[VerificationGrant, TemplateInfo]:
-        """The grant and template, or PERMISSION_DENIED (unknown templates look the same)."""
-        grant = self.vpolicy.grant(consumer, dataset, template, purpose)
+        """The grant (in the call's policy snapshot) and template, or PERMISSION_DENIED (unknown templates
+        look the same)."""
+        grant = vpolicy.grant(consumer, dataset, template, purpose)
         info = self.templates.template(dataset, template)
         if grant is None or info is None:
             raise PermissionDeniedError(
@@ -412,11 +284,12 @@ class VerificationCore:
                 purpose=purpose)
         return grant, info
 
-    def granted_templates(self, consumer: str) -> list[tuple[TemplateInfo, list[VerificationGrant]]]:
+    def granted_templates(self, vpolicy: VerificationPolicy, consumer: str
+                          ) -> list[tuple[TemplateInfo, list[VerificationGrant]]]:
         """The templates this consumer holds grants for, with the grants."""
         out = []
         for t in self.templates.templates:
-            gs = [g for g in self.vpolicy.grants
+            gs = [g for g in vpolicy.grants
                   if (g.consumer, g.dataset, g.template) == (consumer, t.dataset, t.name)]
             if gs:
                 out.append((t, gs))
@@ -464,14 +337,16 @@ class VerificationCore:
 
     # -- the check ----------------------------------------------------------------------------------
 
-    def check(self, consumer: str, dataset: str, template: str, purpose: str,
+    def check(self, vpolicy: VerificationPolicy, consumer: str, dataset: str, template: str, purpose: str,
               claims: list[ClaimIn], *, single: bool) -> list[ClaimOut]:
         """`check_batch` for a list of claims, one ClaimOut per claim (single checks, tests)."""
-        answer = self.check_batch(consumer, dataset, template, purpose, ClaimBatch.of(claims), single=single)
+        answer = self.check_batch(vpolicy, consumer, dataset, template, purpose, ClaimBatch.of(claims),
+                                  single=single)
         return [answer.claim(i) for i in range(answer.size)]
 
-    def check_batch(self, consumer: str, dataset: str, template: str, purpose: str, claims: ClaimBatch,
-                    *, single: bool) -> CheckAnswer:
+    def check_batch(self, vpolicy: VerificationPolicy, consumer: str, dataset: str, template: str, purpose: str,
+                    claims: ClaimBatch, *, single: bool, deadline: Callable[[str], None] | None = None
+                    ) -> CheckAnswer:
         """Validate, charge, evaluate, count, and sign; refusals of a single check raise.
 
         A batch runs as a pipeline of chunks of `PIPELINE_CHUNK` claims, in order: the caps of chunk j+1
@@ -489,7 +364,7 @@ class VerificationCore:
         (Merkle tree and signature).
         """
         clock = _Stopwatch()
-        grant, info = self.authorise(consumer, dataset, template, purpose)
+        grant, info = self.authorise(vpolicy, consumer, dataset, template, purpose)
         n = len(claims)
         if not 1 <= n <= MAX_BATCH:
             raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims",
@@ -515,6 +390,8 @@ class VerificationCore:
         clock.lap("hash")
         if not valid:
             return CheckAnswer(n, refusals, [], (), [], None, clock.timings)
+        if deadline is not None:
+            deadline("the checks are charged")
         batch_id = uuid.uuid4().hex
         head = ""  # the payloads' common part, once the sandbox has named the data version
         labels = info.band_labels
@@ -535,7 +412,7 @@ class VerificationCore:
             if failed.is_set():  # an earlier chunk failed: charge nothing more
                 raise QueryExecutionError()
             t = time.perf_counter()
-            out = self.state.charge(consumer=consumer, grant=grant, policy=self.vpolicy, subjects=subj[a:b],
+            out = self.state.charge(consumer=consumer, grant=grant, policy=vpolicy, subjects=subj[a:b],
                                     params=prm[a:b], case_references=None if case is None else case[a:b],
                                     now=now)
             timings["caps"] = timings.get("caps", 0.0) + time.perf_counter() - t
@@ -544,7 +421,7 @@ class VerificationCore:
         def evaluate(chunk: list[int]) -> VerifyClaimsResult:
             t = time.perf_counter()
             try:
-                return self._evaluate(info, claims, chunk)
+                return self._evaluate(consumer, info, claims, chunk)
             finally:
                 timings["sandbox"] = timings.get("sandbox", 0.0) + time.perf_counter() - t
 
@@ -569,7 +446,7 @@ class VerificationCore:
                         kept.append(pos)
                     elif single:
                         raise VerificationCapExhaustedError(_CAP_MESSAGES[cap], cap=cap, template=template,
-                                                            period=self.vpolicy.period)
+                                                            period=vpolicy.period)
                     else:
                         refusals[i] = ("VERIFICATION_CAP_EXHAUSTED", _CAP_MESSAGES[cap])
                 future = sandbox_pool.submit(evaluate, chunk) if sandbox_pool and chunk else None
@@ -615,8 +492,8 @@ class VerificationCore:
         if not admitted:
             return CheckAnswer(n, refusals, [], (), [], None, timings)
         self.state.record_not_found(consumer=consumer, dataset=dataset, template=template, not_found=not_found,
-                                    window_seconds=self.vpolicy.alert_window_seconds,
-                                    alert_limit=self.vpolicy.alert_not_found_per_window, now=now)
+                                    window_seconds=vpolicy.alert_window_seconds,
+                                    alert_limit=vpolicy.alert_not_found_per_window, now=now)
         clock.lap("alerts")
         receipts = issue_receipts(self.signer, payloads)
         clock.lap("receipts")
@@ -637,14 +514,15 @@ class VerificationCore:
         return ([i for j, i in enumerate(chunk) if j not in capped],
                 [h for j, h in enumerate(hashes) if j not in capped])
 
-    def _evaluate(self, info: TemplateInfo, claims: ClaimBatch, admitted: list[int]) -> VerifyClaimsResult:
+    def _evaluate(self, consumer: str, info: TemplateInfo, claims: ClaimBatch, admitted: list[int]
+                  ) -> VerifyClaimsResult:
         subjects, index, sets = claims.subjects, claims.param_index, claims.param_sets
         columns = []
         for p in info.parameters:
             per_set = [s[p.name] for s in sets]
             columns.append((p.name, tuple(per_set[index[i]] for i in admitted)))
         req = VerifyClaimsRequest(
-            request_id=uuid.uuid4().hex, dataset=info.dataset, template=info.name,
+            request_id=f"{consumer}/verify/{uuid.uuid4().hex}", dataset=info.dataset, template=info.name,
             subjects=tuple(subjects[i] for i in admitted), params=tuple(columns),
         )
         try:
@@ -776,13 +654,14 @@ def batch_responses(answer: CheckAnswer, chunk: int = RESPONSE_CHUNK) -> Iterato
         yield response
 
 
-class VerificationServicer(v_grpc.VerificationServiceServicer):
-    """privacy_gateway.v1.VerificationService.
+class VerificationServicer:
+    """privacy_gateway.v1.VerificationService: method bodies run by the governance interceptor.
 
-    Every Verify and VerifyBatch is audited (when the core has an `oversight`) before its answer leaves:
-    one entry per request, whose `released_digest` is the SHA-256 of the signed root message of the
-    request's receipt tree, so the audit log commits to every answered claim's receipt (a receipt's
-    payload and audit path lead to that root). Refusals and failures are audited too.
+    Every Verify and VerifyBatch is audited by the interceptor before its answer leaves: one entry per
+    request, whose released digest is the SHA-256 of the signed root message of the request's receipt tree,
+    so the audit log commits to every answered claim's receipt (a receipt's payload and audit path lead to
+    that root). Refusals and failures are audited too. Grants come from the call's policy snapshot, so a
+    reload or a revocation applies from the next call.
     """
 
     SERVICE: ClassVar[str] = "VerificationService"
@@ -791,13 +670,15 @@ class VerificationServicer(v_grpc.VerificationServiceServicer):
         """Serve `core`."""
         self.core = core
 
-    @_rpc
-    def ListTemplates(self, request: v_pb.ListTemplatesRequest, context: grpc.ServicerContext
-                      ) -> v_pb.ListTemplatesResponse:
-        """The caller's templates."""
-        consumer = authenticate(context, self.core.policy)
+    def bodies(self) -> dict[str, Body]:
+        """The method bodies."""
+        return {"ListTemplates": Body(self._list_templates), "Verify": Body(self._verify),
+                "VerifyBatch": Body(self._verify_batch, "stream")}
+
+    def _list_templates(self, request: v_pb.ListTemplatesRequest, call: Call) -> v_pb.ListTemplatesResponse:
+        vpolicy = call.require_policy().verification
         out = []
-        for t, grants in self.core.granted_templates(consumer):
+        for t, grants in self.core.granted_templates(vpolicy, call.identity):
             out.append(v_pb.Template(
                 dataset=t.dataset, name=t.name, description=t.description, subject_format=t.subject_format,
                 parameters=[v_pb.TemplateParameter(
@@ -809,107 +690,80 @@ class VerificationServicer(v_grpc.VerificationServiceServicer):
                 purposes=sorted(g.purpose for g in grants),
                 max_checks_per_period=min(g.max_checks_per_period for g in grants),
                 max_checks_per_subject_per_period=min(g.max_checks_per_subject_per_period for g in grants),
-                period=self.core.vpolicy.period))
+                period=vpolicy.period))
         return v_pb.ListTemplatesResponse(templates=out, receipt_public_key_pem=self.core.public_pem,
                                           receipt_key_id=self.core.signer.key_id)
 
-    def Verify(self, request: v_pb.VerifyRequest, context: grpc.ServicerContext) -> v_pb.VerifyResponse:
-        """One check."""
-        started = time.monotonic()
-        answer: CheckAnswer | None = None
-        try:
-            consumer = authenticate(context, self.core.policy)
-            claims = ClaimBatch([request.subject], [0], [_params(request.parameters)], [request.case_reference])
-            answer = self.core.check_batch(consumer, request.dataset, request.template, request.purpose,
-                                           claims, single=True)
-            error = None
-        except GatewayError as exc:
-            error = exc
-        except Exception:
-            error = GatewayInternalError()
-            log.exception("unexpected error in Verify (%s)", error.message)
-        error = self._audit("Verify", context, request, answer, error, started)
-        if error is None:
-            assert answer is not None and answer.receipts is not None
-            return v_pb.VerifyResponse(result=RESULT_PB[answer.outcomes[0]], band=answer.bands[0],
-                                       receipt=answer.receipts.receipt(0).to_pb())
-        context.abort_with_status(rpc_status.to_status(status_for(error)))
-        raise AssertionError("abort_with_status returned")  # pragma: no cover
+    def _verify(self, request: v_pb.VerifyRequest, call: Call) -> v_pb.VerifyResponse:
+        _audit_head(call, request.dataset, request.template, request.purpose)
+        claims = ClaimBatch([request.subject], [0], [_params(request.parameters)], [request.case_reference])
+        answer = self._check(call, (request.dataset, request.template, request.purpose), claims, single=True)
+        assert answer.receipts is not None
+        return v_pb.VerifyResponse(result=RESULT_PB[answer.outcomes[0]], band=answer.bands[0],
+                                   receipt=answer.receipts.receipt(0).to_pb())
 
-    def VerifyBatch(self, request_iterator: Iterable[v_pb.VerifyBatchRequest],
-                    context: grpc.ServicerContext) -> Iterator[v_pb.VerifyBatchResponse]:
-        """A batch: receive every chunk, check, audit, then answer in chunks."""
-        started = time.monotonic()
-        answer: CheckAnswer | None = None
-        head: tuple[str, str, str] = ("", "", "")
-        try:
-            head, answer = self._batch(request_iterator, context)
-            error = None
-        except GatewayError as exc:
-            error = exc
-        except Exception:
-            error = GatewayInternalError()
-            log.exception("unexpected error in VerifyBatch (%s)", error.message)
-        error = self._audit("VerifyBatch", context, v_pb.VerifyRequest(dataset=head[0], template=head[1],
-                                                                        purpose=head[2]), answer, error, started)
-        if error is None:
-            assert answer is not None
-            t = time.perf_counter()
-            yield from batch_responses(answer)
-            self.core.batch_timings.append({**answer.timings, "respond": time.perf_counter() - t})
-            return
-        context.abort_with_status(rpc_status.to_status(status_for(error)))
+    def _check(self, call: Call, head: tuple[str, str, str], claims: ClaimBatch, *, single: bool) -> CheckAnswer:
+        answer = self.core.check_batch(call.require_policy().verification, call.identity, *head, claims,
+                                       single=single, deadline=call.check_deadline)
+        answered = len(answer.admitted)
+        call.audit.query = f"VERIFY {head[1]} claims={answer.size} answered={answered}"
+        if answer.receipts is not None:
+            call.audit.released = answer.receipts.root_message()
+        return answer
 
-    def _batch(self, request_iterator: Iterable[v_pb.VerifyBatchRequest],
-               context: grpc.ServicerContext) -> tuple[tuple[str, str, str], CheckAnswer]:
+    async def _verify_batch(self, requests: AsyncIterator[v_pb.VerifyBatchRequest], call: Call,
+                            run: Runner) -> Iterator[v_pb.VerifyBatchResponse]:
+        """Receive every chunk (refused early if the first names no grant), check, then answer in chunks."""
         t = time.perf_counter()
-        consumer = authenticate(context, self.core.policy)
         head: tuple[str, str, str] | None = None
         reader: _BatchReader | None = None
-        for chunk in request_iterator:
+        chunks: list[Any] = []
+        count = 0
+        async for chunk in requests:
             this = (chunk.dataset, chunk.template, chunk.purpose)
             if head is None:
                 head = this
+                _audit_head(call, *head)
             elif any(this) and this != head:
                 raise InvalidArgumentError("dataset, template and purpose must not change within a batch",
                                            reason="INVALID_BATCH", field="template")
-            if reader is None:
-                _, info = self.core.authorise(consumer, *head)  # refuse early, before reading 100,000 claims
-                reader = _BatchReader(tuple(p.name for p in info.parameters))
-            reader.add(chunk.claims)
-            if len(reader) > MAX_BATCH:
+            if reader is None:  # refuse early, before reading 100,000 claims
+                reader = await run(self._reader, call, head)
+            count += len(chunk.claims)
+            if count > MAX_BATCH:
                 raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims",
                                            reason="BATCH_TOO_LARGE", field="claims")
-        if head is None or reader is None:
-            raise InvalidArgumentError("the batch is empty", reason="INVALID_BATCH", field="claims")
-        read = time.perf_counter() - t
-        answer = self.core.check_batch(consumer, *head, reader.batch(), single=False)
-        answer.timings["read"] = read
-        return head, answer
+            chunks.append(chunk.claims)
+        if head is None or reader is None or count == 0:
+            raise InvalidArgumentError("the batch carries no claims", reason="INVALID_BATCH", field="claims")
+        received = time.perf_counter() - t
+        answer: CheckAnswer = await run(self._read_and_check, call, head, reader, chunks)
+        answer.timings["read"] = received + answer.timings.get("read", 0.0)
+        return self._responses(answer)
 
-    def _audit(self, method: str, context: grpc.ServicerContext, request: v_pb.VerifyRequest,
-               answer: CheckAnswer | None, error: GatewayError | None, started: float) -> GatewayError | None:
-        """Append the request's audit entry; the error to send instead if it cannot be written (fail closed)."""
-        oversight = self.core.oversight
-        if oversight is None:
-            return error
+    def _reader(self, call: Call, head: tuple[str, str, str]) -> _BatchReader:
+        _, info = self.core.authorise(call.require_policy().verification, call.identity, *head)
+        return _BatchReader(tuple(p.name for p in info.parameters))
+
+    def _read_and_check(self, call: Call, head: tuple[str, str, str], reader: _BatchReader,
+                        chunks: list[Any]) -> CheckAnswer:
         t = time.perf_counter()
-        answered = 0 if answer is None else len(answer.admitted)
-        size = 0 if answer is None else answer.size
-        try:
-            oversight.record_rpc(
-                service=self.SERVICE, method=method, code="OK" if error is None else error.code.name,
-                reason="" if error is None else error.reason, duration_s=time.monotonic() - started,
-                consumer=_caller(context), dataset=request.dataset, purpose=request.purpose,
-                normalized_query=f"VERIFY {request.template} claims={size} answered={answered}",
-                released=None if answer is None or answer.receipts is None else answer.receipts.root_message(),
-            )
-        except AuditError:
-            log.critical("audit entry not written; withholding the answer of %s", method)
-            return GatewayInternalError("the request could not be audited")
-        if answer is not None:
-            answer.timings["audit"] = time.perf_counter() - t
-        return error
+        for claims in chunks:
+            reader.add(claims)
+        read = time.perf_counter() - t
+        answer = self._check(call, head, reader.batch(), single=False)
+        answer.timings["read"] = read
+        return answer
+
+    def _responses(self, answer: CheckAnswer) -> Iterator[v_pb.VerifyBatchResponse]:
+        t = time.perf_counter()
+        yield from batch_responses(answer)
+        self.core.batch_timings.append({**answer.timings, "respond": time.perf_counter() - t})
+
+
+def _audit_head(call: Call, dataset: str, template: str, purpose: str) -> None:
+    call.audit.dataset, call.audit.purpose = dataset, purpose
+    call.audit.query = f"VERIFY {template}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ rule here were loose; the rules only decide how much clamping changes the answer
 
 Rules (`Interval(lo, hi, integer)`; infinite ends mean "unbounded"):
 
-* column: its declared [lower, upper] (numeric), [0, 1] (bool), no interval (string), looked up by
-  its relation key (`sandbox.relation.key`) so joined tables and the derived columns of per-unit
-  subqueries (whose bounds `sandbox.relation.derived_column` derives) have bounds too;
+* column: its declared [lower, upper] (numeric, rounded outward to floats), [0, 1] (bool), no interval
+  (string), looked up by its relation key (`sandbox.relation.key`) so joined tables and the derived
+  columns of per-unit subqueries (whose bounds `sandbox.relation.derived_column` derives) have bounds too;
 * literal: [v, v]; booleans are 0/1 wherever they are aggregated;
 * `+ - *`: the usual interval arithmetic; `/` only by a non-zero literal; `%` by a literal c gives a
   value of the dividend's sign with |r| < |c|;
@@ -23,6 +23,7 @@ Rules (`Interval(lo, hi, integer)`; infinite ends mean "unbounded"):
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Protocol
 
 from sandbox.functions import UNBOUNDED, Interval, lookup
@@ -57,6 +58,19 @@ def column_key(col: Column) -> str:
 
 BOOL = Interval(0.0, 1.0, True)
 MAX_BOUND = 2.0**53  # beyond this the exact integer path and the noise calibration stop being exact
+
+
+def float_up(x: int | float | Fraction) -> float:
+    """The smallest float at or above the exact value `x` (a float product or an int's conversion to
+    float may round down)."""
+    f = float(x)
+    return math.nextafter(f, math.inf) if Fraction(f) < x else f
+
+
+def float_down(x: int | float | Fraction) -> float:
+    """The largest float at or below the exact value `x`."""
+    f = float(x)
+    return math.nextafter(f, -math.inf) if Fraction(f) > x else f
 
 
 def _mul(a: float, b: float) -> float:
@@ -112,7 +126,8 @@ def interval(e: Expr, table: Columns) -> Interval | None:
             integer = col.type == "int64"
             if col.lower is None or col.upper is None:
                 return Interval(-math.inf, math.inf, integer)
-            return Interval(float(col.lower), float(col.upper), integer)
+            # Rounded outward: a derived bound (K * U of a per-unit SUM) may be an int above 2^53.
+            return Interval(float_down(col.lower), float_up(col.upper), integer)
         case Literal(value):
             if isinstance(value, bool):
                 return Interval(float(value), float(value), True)

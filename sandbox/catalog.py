@@ -249,6 +249,7 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     if not tables:
         raise r.fail(f"{key}.tables", "at least one table is required")
     specs = []
+    unit_type: tuple[str, str] | None = None  # (type, table) of the first private table's unit column
     for tname, t in tables.items():
         tkey = f"{key}.tables.{r.name(tname, f'{key}.tables.{tname}')}"
         spec = _table(r, tname, t, tkey, data_dir)
@@ -257,8 +258,19 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
                 raise r.fail(f"{tkey}.public", f"a public table must not hold the unit {unit!r}")
             specs.append(spec)
             continue
-        if spec.info.column(unit) is None:
+        ucol = spec.info.column(unit)
+        if ucol is None:
             raise r.fail(f"{key}.privacy_unit", f"{unit!r} is not a column of table {tname!r}")
+        # Unit joins and semi-joins compare the unit columns of two tables: with different types the
+        # engine would cast one to the other and fail on some values only, an error that depends on data.
+        if unit_type is None:
+            unit_type = (ucol.type, tname)
+        elif ucol.type != unit_type[0]:
+            raise r.fail(
+                f"{tkey}.columns.{unit}.type",
+                f"the privacy unit {unit!r} is {ucol.type} here but {unit_type[0]} in table "
+                f"{unit_type[1]!r}; every table must declare it with the same type",
+            )
         specs.append(spec)
     return DatasetSpec(
         name=name,

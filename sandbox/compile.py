@@ -47,7 +47,7 @@ from sandbox.protocol import (
     UnitJoin,
     UnitOutput,
 )
-from sandbox.relation import Relation, key, source_relation
+from sandbox.relation import Relation, derived_column, key, source_relation
 from sandbox.storage import table_ref
 
 MAX_DEPTH = 64
@@ -400,11 +400,17 @@ class _Compiler:
         if o.kind == "count":
             return f"count({self.ref(k)})"
         value, integer = _clamped(col, self.ref(k))
-        if o.kind == "sum":
-            return f"{'sum' if integer else 'fsum'}({value})"
-        if o.kind == "avg":
-            return f"avg(CAST({value} AS DOUBLE))"
-        return f"{o.kind}({value})"  # min, max
+        if o.kind == "sum" and integer:
+            return f"sum({value})"  # exact (HUGEINT), within its exact derived bounds
+        if o.kind in ("sum", "avg"):
+            # A float sum or mean of values within [L, U] can round an ulp past its derived bound, and
+            # the outer query aggregates this column as bounded by it: clamp to the bound pricing uses.
+            agg = f"fsum({value})" if o.kind == "sum" else f"avg(CAST({value} AS DOUBLE))"
+            d = derived_column(o.name, o.kind, o.column, self.rel)
+            assert d.lower is not None and d.upper is not None
+            lo, hi = bounds.float_down(d.lower), bounds.float_up(d.upper)  # as `bounds.interval` reads them
+            return render_clamp(agg, render_literal(lo), render_literal(hi))
+        return f"{o.kind}({value})"  # min, max: one of the clamped values
 
     @staticmethod
     def _need(kind: str, want: str, op: str) -> None:

@@ -412,6 +412,9 @@ class Engine:
         if ds is None or info is None or spec is None:
             return ErrorReply("rejected", "unknown dataset or table")
         try:
+            # The data owner's grade rules on every column the plan reads, at any depth, first: a
+            # refusal depends only on the plan and the catalog, and reads the same nested or not.
+            check_plan_grades(plan, info, catalog.grades)
             compiled = compile_plan(
                 plan,
                 spec.info,
@@ -424,7 +427,6 @@ class Engine:
             )
             rel = plan_relation(plan, info)
             costs, loss = self._price_memoized(req, info)
-            check_plan_grades(plan, rel, catalog.grades)
         except PlanRejectedError as exc:
             return ErrorReply("rejected", str(exc))
         # The data owner's cap, charged before touching data (keyed by request id).

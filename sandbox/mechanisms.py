@@ -28,6 +28,12 @@ joined or derived) expression through that relation. Per aggregate kind:
   1 to each cell it has rows in, and has rows in at most K cells).
 * SUM(expr): one sum, K * max(|L|, |U|). AVG: a sum of (x - c) around the centre c of [L, U]
   (`avg_centre`), sensitivity K * max(c - L, U - c), and a count, half the share each.
+
+Sensitivity arithmetic. An integer component's sensitivity is a Python int computed exactly (K and
+integral bounds as ints; K * 2^53 exceeds what a float holds exactly) and passed to OpenDP's i64
+measurements as that int, which OpenDP converts to float rounding up; one that does not fit OpenDP's
+i64 (above 2^63 - 1) is refused (`SensitivityTooLargeError`). A float component's sensitivity is the
+smallest float at or above the exact product of K and the (float) bounds (`float_up`), never below it.
 * VAR/STDDEV: count, sum of z and sum of z^2 with z = (x - (L+U)/2) / ((U-L)/2) in [-1, 1]; each has
   sensitivity K and a third of the share; the variance is post-processing.
 * QUANTILE (MEDIAN, QUANTILE_CONT/DISC, PERCENTILE_*, MIN = alpha 0, MAX = alpha 1): the point is
@@ -51,11 +57,13 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import opendp.prelude as dp
 
 from sandbox import bounds, quantiles
+from sandbox.bounds import float_up as float_up  # re-exported: the rounding of float sensitivities
 from sandbox.compile import avg_centre, quantile_candidates
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
@@ -91,6 +99,31 @@ CONFIDENCE_LEVEL = 0.95
 ALPHA = 1.0 - CONFIDENCE_LEVEL
 # Largest exact integer aggregate the i64 path accepts; larger sums go through the float path.
 MAX_EXACT_INT = 2**53
+# Largest d_in OpenDP's i64 measurements accept.
+MAX_I64 = 2**63 - 1
+
+
+class SensitivityTooLargeError(PlanRejectedError):
+    """An integer sensitivity beyond OpenDP's i64 (decided from the plan and the catalog only)."""
+
+
+def integer_sensitivity(x: int) -> int:
+    """`x` as an i64 d_in for OpenDP, exactly.
+
+    Raises:
+        SensitivityTooLargeError: `x` exceeds 2^63 - 1 (OpenDP cannot represent it; rounding it down
+            would under-price the release).
+    """
+    if x > MAX_I64:
+        raise SensitivityTooLargeError(
+            f"the sensitivity {x} exceeds 2^63 - 1; narrow the aggregated expression's bounds "
+            "(for example with CLAMP) or read fewer rows per unit"
+        )
+    return x
+
+
+def _exact(x: float) -> Fraction:
+    return Fraction(x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +133,18 @@ class Component:
     aggregate_index: int
     component: str
     integer: bool
-    sensitivity: float
+    # The d_in: an exact int when `integer` (see the module docstring), else a float never below the exact bound.
+    sensitivity: int | float
     share: float  # fraction of the query's epsilon
     candidates: tuple[float, ...] = ()  # quantile components only
     alpha: float = 0.5  # quantile components only
     rows: int = 0  # quantile components only: K, the d_in of the whole chain
     # An L2 bound tighter than `sensitivity` (the L1 bound, always also an L2 bound), for zCDP's
     # Gaussian: COUNT(DISTINCT unit) moves each of at most m cells by 1, so ||v||_2 <= ceil(sqrt(m)).
-    l2_sensitivity: float | None = None
+    l2_sensitivity: int | float | None = None
 
     @property
-    def l2(self) -> float:
+    def l2(self) -> int | float:
         """The L2 sensitivity the Gaussian family is calibrated on."""
         return self.sensitivity if self.l2_sensitivity is None else self.l2_sensitivity
 
@@ -177,11 +211,11 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
             if key_col.type == "float64":
                 raise PlanRejectedError(f"group key {gk!r} is a float; select keys of it cannot")
         # d_in = (l0, l1, linf) = (K, K, K): one unit's <= K rows touch <= K keys, add <= K in all.
-        out.append(Component(-1, SELECT, True, float(k), selection_weight / total_weight))
+        out.append(Component(-1, SELECT, True, integer_sensitivity(k), selection_weight / total_weight))
     for i, agg in enumerate(plan.aggregates):
         share = agg.weight / total_weight
         if agg.kind in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN):
-            out.append(Component(i, "count", True, float(k), share))
+            out.append(Component(i, "count", True, integer_sensitivity(k), share))
             continue
         if agg.kind is AggregateKind.COUNT_DISTINCT_UNIT:
             # A unit adds at most 1 to each cell it has rows in, and it has at most K rows in the
@@ -189,7 +223,7 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
             m = min(k, plan_cells(plan, k))
             root = math.isqrt(m)
             l2 = root if root * root == m else root + 1  # ceil(sqrt(m)): OpenDP's i64 L2 distance is integral
-            out.append(Component(i, "count", True, float(m), share, l2_sensitivity=float(l2)))
+            out.append(Component(i, "count", True, integer_sensitivity(m), share, l2_sensitivity=l2))
             continue
         assert agg.kind in BOUNDED_KINDS
         lo, hi, integer = aggregate_bounds(agg, rel)
@@ -200,20 +234,41 @@ def components(plan: QueryPlan, dataset: DatasetInfo) -> tuple[Component, ...]:
             f = quantiles.DEFAULT_INTERVAL_SHARE if agg.interval_share is None else agg.interval_share
             out.append(Component(i, "quantile", True, d_score, share * (1.0 - f), cands, agg.quantile, k))
             if f > 0:  # the interval's ladder counts: every row in exactly one cell, L1 sensitivity K
-                out.append(Component(i, quantiles.INTERVAL, True, float(k), share * f))
+                out.append(Component(i, quantiles.INTERVAL, True, integer_sensitivity(k), share * f))
             continue
-        if agg.kind in VARIANCE_KINDS:
-            for comp in ("count", "sum", "sumsq"):
-                out.append(Component(i, comp, comp == "count", float(k), share / 3))
+        if agg.kind in VARIANCE_KINDS:  # z and z^2 in [-1, 1]: K per unit (the sums are floats)
+            out.append(Component(i, "count", True, integer_sensitivity(k), share / 3))
+            for comp in ("sum", "sumsq"):
+                out.append(Component(i, comp, False, float_up(k), share / 3))
             continue
-        bound = max(abs(lo), abs(hi))
         if agg.kind is AggregateKind.SUM:
-            out.append(Component(i, "sum", integer, k * bound, share))
+            out.append(Component(i, "sum", integer, sum_sensitivity(k, lo, hi, integer), share))
         else:  # AVG: a noisy centred sum and a noisy count, each with half of the aggregate's share
             centre = avg_centre(lo, hi, integer)
-            out.append(Component(i, "sum", integer, k * max(centre - lo, hi - centre), share / 2))
-            out.append(Component(i, "count", True, float(k), share / 2))
+            out.append(Component(i, "sum", integer, centred_sensitivity(k, lo, hi, centre, integer),
+                                 share / 2))
+            out.append(Component(i, "count", True, integer_sensitivity(k), share / 2))
     return tuple(out)
+
+
+def sum_sensitivity(k: int, lo: float, hi: float, integer: bool) -> int | float:
+    """L1 sensitivity of a sum of at most `k` values per unit in [lo, hi]: K * max(|L|, |U|).
+
+    Exact on ints when `integer` (the bounds are then integral); otherwise rounded up to a float.
+    """
+    if integer:
+        return integer_sensitivity(k * max(abs(int(lo)), abs(int(hi))))
+    return float_up(k * max(abs(_exact(lo)), abs(_exact(hi))))
+
+
+def centred_sensitivity(k: int, lo: float, hi: float, centre: float, integer: bool) -> int | float:
+    """L1 sensitivity of AVG's centred sum, sum(x - c) over at most `k` values per unit in [lo, hi]:
+    K * max(c - L, U - c), exact on ints when `integer`, otherwise rounded up to a float."""
+    if integer:
+        c = int(centre)
+        return integer_sensitivity(k * max(c - int(lo), int(hi) - c))
+    c_x = _exact(centre)
+    return float_up(k * max(c_x - _exact(lo), _exact(hi) - c_x))
 
 
 _F64 = dp.vector_domain(dp.atom_domain(T=float, nan=False))
@@ -338,24 +393,39 @@ def make_measurement(integer: bool, scale: float, *, gaussian: bool = False) -> 
     return dp.m.make_laplace(*_noise_space(integer, False), scale=scale)
 
 
-def _d_in(integer: bool, sensitivity: float) -> int | float:
-    return int(sensitivity) if integer else float(sensitivity)
-
-
-def calibrate(integer: bool, sensitivity: float, epsilon: float) -> tuple[float, float]:
-    """Smallest scale (to float precision) whose OpenDP map is at most `epsilon`; returns (scale, map).
+def d_in(integer: bool, sensitivity: int | float) -> int | float:
+    """The d_in OpenDP's measurement takes: the exact int on the integer path (a float sensitivity there
+    must be integral, and is read exactly), a float otherwise.
 
     Raises:
-        PlanRejectedError: epsilon is not finite and positive, or the scale is not usable.
+        SensitivityTooLargeError: an integer sensitivity beyond 2^63 - 1.
+        PlanRejectedError: a fractional sensitivity on the integer path.
+    """
+    if integer:
+        if isinstance(sensitivity, float):
+            if not (math.isfinite(sensitivity) and sensitivity.is_integer()):
+                raise PlanRejectedError("an integer mechanism needs an integral sensitivity")
+            sensitivity = int(sensitivity)
+        return integer_sensitivity(sensitivity)
+    return float_up(sensitivity) if isinstance(sensitivity, int) else float(sensitivity)
+
+
+def calibrate(integer: bool, sensitivity: int | float, epsilon: float) -> tuple[float, float]:
+    """Smallest scale (to float precision) whose OpenDP map at `d_in(integer, sensitivity)` is at most
+    `epsilon`; returns (scale, map).
+
+    Raises:
+        PlanRejectedError: epsilon is not finite and positive, the sensitivity is not usable
+            (`d_in`), or the scale is not usable.
     """
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise PlanRejectedError("epsilon must be finite and positive")
-    d_in = _d_in(integer, sensitivity)
-    scale = sensitivity / epsilon
+    d_in_ = d_in(integer, sensitivity)
+    scale = d_in_ / epsilon
     if not (math.isfinite(scale) and scale > 0):
         raise PlanRejectedError("noise scale is not a positive finite number")
     for _ in range(64):
-        cost = float(make_measurement(integer, scale).map(d_in))  # type: ignore[no-untyped-call]
+        cost = float(make_measurement(integer, scale).map(d_in_))  # type: ignore[no-untyped-call]
         if cost <= epsilon:
             return scale, cost
         scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
@@ -585,8 +655,10 @@ def stddev(cost: ReleaseCost) -> float:
     if cost.mechanism in GAUSSIAN_MECHANISMS:
         return cost.scale  # the discrete Gaussian's is at most its scale (CKS20, Prop. 19)
     if cost.mechanism == DISCRETE_LAPLACE:
+        # sqrt(2q) / (1 - q) with q = exp(-1/scale); 1 - q as -expm1(-1/scale), which stays positive at
+        # the scales of sensitivities near 2^53 (where 1 - exp(-1/scale) is 0 in floating point).
         q = math.exp(-1.0 / cost.scale)
-        return math.sqrt(2 * q) / (1 - q)
+        return math.sqrt(2 * q) / -math.expm1(-1.0 / cost.scale)
     return math.sqrt(2.0) * cost.scale
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import opendp.prelude as dp
 
-from sandbox import mechanisms
+from sandbox import bounds, mechanisms
 from sandbox.cap_rules import ReleaseLoss
 from sandbox.errors import PlanRejectedError
 from sandbox.model_protocol import ModelCost, ModelKind
@@ -214,14 +215,24 @@ def linear_sensitivity(d: Design) -> int:
     return d.k * Q * Q * (g * g + g) // 2
 
 
+def _i64(sens: int) -> int:
+    """An integer sensitivity as OpenDP's i64 d_in, exactly, or a refusal (never rounded down)."""
+    if sens > mechanisms.MAX_I64:
+        raise ModelSpecError(f"the model's sensitivity {sens} exceeds 2^63 - 1; use fewer features or a "
+                             "table with fewer rows per unit", "INVALID_FEATURES", field="features")
+    return sens
+
+
 def price_linear(d: Design, epsilon: float) -> tuple[ModelCost, ...]:
     """The one measurement of linear training: OpenDP discrete Laplace on i64 vectors, l1_distance.
 
-    Its cost is OpenDP's map at d_in = `linear_sensitivity`, calibrated to be at most `epsilon`.
+    Its cost is OpenDP's map at d_in = `linear_sensitivity` (the exact int), calibrated to be at most
+    `epsilon`. The cost's `sensitivity` (shown to the consumer) is that int as a float rounded up.
     """
-    sens = linear_sensitivity(d)
-    scale, eps = mechanisms.calibrate(True, float(sens), epsilon)
-    return (ModelCost("sufficient_statistics", mechanisms.DISCRETE_LAPLACE, float(sens), scale, eps),)
+    sens = _i64(linear_sensitivity(d))
+    scale, eps = mechanisms.calibrate(True, sens, epsilon)
+    return (ModelCost("sufficient_statistics", mechanisms.DISCRETE_LAPLACE, bounds.float_up(sens), scale,
+                      eps),)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,15 +250,25 @@ def clip_bound(d: Design, clip: float) -> float:
     return analytic if clip <= 0 else min(clip, analytic)
 
 
+def sqrt_up(n: int) -> Fraction:
+    """An exact rational at or above sqrt(n): the root itself for a perfect square, else the float just
+    above math.sqrt (which is correctly rounded, so within half an ulp of the root)."""
+    root = math.isqrt(n)
+    if root * root == n:
+        return Fraction(root)
+    return Fraction(math.nextafter(math.sqrt(n), math.inf))
+
+
 def logistic_sensitivity(d: Design, clip: float) -> int:
     """L2 sensitivity (integer, rounded up) of one quantized clipped gradient sum: the d_in of every
     logistic release.
 
     Per row the clipped gradient g has ||g||_2 <= C; quantized q_j = round(Q g_j) differs from Q g_j by
-    at most 1/2 per coordinate, so ||q||_2 <= C Q + sqrt(p) / 2. K rows per unit: times K.
+    at most 1/2 per coordinate, so ||q||_2 <= C Q + sqrt(p) / 2. K rows per unit: times K. Computed in
+    exact rational arithmetic (sqrt rounded up) before the ceiling, so no float product rounds it down.
     """
     c = clip_bound(d, clip)
-    return math.ceil(d.k * (c * Q + math.sqrt(d.p) / 2))
+    return math.ceil(d.k * (Fraction(c) * Q + sqrt_up(d.p) / 2))
 
 
 def count_multiplier(d: Design, clip: float) -> int:
@@ -274,9 +295,10 @@ def hessian_quantization(d: Design, clip: float) -> int:
         ModelSpecError: the clip is so small that no Q_H >= 16 fits (the Hessian would be too coarse).
     """
     sens = logistic_sensitivity(d, clip)
-    q = math.floor((sens / d.k - math.sqrt(hessian_entries(d)) / 2) * 4 / d.groups)
-    while q > 0 and d.k * (q * d.groups / 4 + math.sqrt(hessian_entries(d)) / 2) > sens:
-        q -= 1  # floating-point guard: the bound must hold exactly
+    root = sqrt_up(hessian_entries(d))  # exact rational arithmetic below: the bound holds exactly
+    q = math.floor((Fraction(sens, d.k) - root / 2) * 4 / d.groups)
+    while q > 0 and d.k * (q * Fraction(d.groups, 4) + root / 2) > sens:
+        q -= 1
     if q < 16:
         raise ModelSpecError("clip is too small for the Hessian release", "INVALID_MODEL_PARAMETER",
                              field="clip")
@@ -361,18 +383,19 @@ def price_logistic(d: Design, epsilon: float, delta: float, iterations: int, cli
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise ModelSpecError(f"iterations must be in [1, {MAX_ITERATIONS}]", "INVALID_MODEL_PARAMETER",
                              field="iterations")
-    sens = logistic_sensitivity(d, clip)
+    sens = _i64(logistic_sensitivity(d, clip))
     hessian_quantization(d, clip)  # refuses a clip too small for the Hessian before anything is charged
     releases = logistic_releases(iterations)
     scale, eps = calibrate_logistic(sens, releases, epsilon, delta)
     rho = float(gaussian_measurement(scale).map(sens))  # type: ignore[no-untyped-call]
     comp = dp.c.make_composition([gaussian_measurement(scale)] * releases)
     rho_total = float(comp.map(sens))  # type: ignore[no-untyped-call]
+    shown = bounds.float_up(sens)
     return (
-        ModelCost("count", DISCRETE_GAUSSIAN, float(sens), scale, 0.0, 0.0, rho, 1),
-        ModelCost("gradient", DISCRETE_GAUSSIAN, float(sens), scale, 0.0, 0.0, rho, iterations),
-        ModelCost("hessian", DISCRETE_GAUSSIAN, float(sens), scale, 0.0, 0.0, rho, iterations),
-        ModelCost(COMPOSITION, "zCDP->approxDP", float(sens), scale, eps, delta, rho_total, releases),
+        ModelCost("count", DISCRETE_GAUSSIAN, shown, scale, 0.0, 0.0, rho, 1),
+        ModelCost("gradient", DISCRETE_GAUSSIAN, shown, scale, 0.0, 0.0, rho, iterations),
+        ModelCost("hessian", DISCRETE_GAUSSIAN, shown, scale, 0.0, 0.0, rho, iterations),
+        ModelCost(COMPOSITION, "zCDP->approxDP", shown, scale, eps, delta, rho_total, releases),
     )
 
 
@@ -396,12 +419,13 @@ def price_eval(d: Design, kind: ModelKind, epsilon: float) -> tuple[ModelCost, .
     labels; each row falls in exactly one cell, so its L1 sensitivity is K.
     """
     if kind == "logistic":
-        scale, eps = mechanisms.calibrate(True, float(d.k), epsilon)
-        return (ModelCost("score_histogram", mechanisms.DISCRETE_LAPLACE, float(d.k), scale, eps),)
+        scale, eps = mechanisms.calibrate(True, _i64(d.k), epsilon)
+        return (ModelCost("score_histogram", mechanisms.DISCRETE_LAPLACE, bounds.float_up(d.k), scale,
+                          eps),)
     out = []
     for name, sens in zip(EVAL_LINEAR_PARTS, eval_linear_sensitivities(d), strict=True):
-        scale, eps = mechanisms.calibrate(True, float(sens), epsilon / 4)
-        out.append(ModelCost(name, mechanisms.DISCRETE_LAPLACE, float(sens), scale, eps))
+        scale, eps = mechanisms.calibrate(True, _i64(sens), epsilon / 4)
+        out.append(ModelCost(name, mechanisms.DISCRETE_LAPLACE, bounds.float_up(sens), scale, eps))
     return tuple(out)
 
 

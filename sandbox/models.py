@@ -2,10 +2,11 @@
 
 Only noisy aggregates leave DuckDB and only post-processed DP outputs leave this module (coefficients,
 metrics and costs; see `sandbox.model_protocol`). The designs, sensitivities and measurements are in
-`sandbox.model_pricing` (shared with the gateway); this module re-prices every request from the sandbox's
+`sandbox.model_pricing` (shared with the gateway); this module checks the features and label against the
+data owner's grade rules (`sandbox.grades.check_model_grades`), re-prices every request from the sandbox's
 own catalog and refuses it if it would spend more than the gateway charged, then charges the data owner's
-cap (`Engine.charge_release`, with the request's loss in its own definition: `model_pricing.owner_loss`) before
-any data is touched; a request id is charged once, across all products.
+cap (`Engine.charge_release`, with the request's loss in its own definition: `model_pricing.owner_loss`), all
+before touching data; a request id is charged once, across all products.
 
 Algorithms and privacy arguments (README "Models" has the long form):
 
@@ -47,6 +48,7 @@ from sandbox import model_pricing as mp
 from sandbox.compile import quote_ident, render_literal
 from sandbox.engine import Engine, sql_table_name
 from sandbox.errors import PlanRejectedError
+from sandbox.grades import check_model_grades
 from sandbox.guard import single_select_node
 from sandbox.model_protocol import (
     ConfusionMatrix,
@@ -255,6 +257,7 @@ def train(engine: Engine, req: TrainRequest) -> TrainResult | ErrorReply:
         return ctx
     info, sql_table, version = ctx
     try:
+        check_model_grades(info.table(req.table), req.features, req.label, engine.catalog.grades)
         d = mp.design(info, req.table, req.features, req.label, req.kind)
         iterations = req.iterations or DEFAULT_ITERATIONS
         costs = mp.price_train(d, req.kind, req.epsilon, req.delta, iterations, req.clip)
@@ -285,6 +288,8 @@ def evaluate(engine: Engine, req: EvaluateRequest) -> EvaluateResult | ErrorRepl
         return ctx
     info, sql_table, version = ctx
     try:
+        columns = list(dict.fromkeys(term.split("=", 1)[0] for term, _ in req.coefficients))
+        check_model_grades(info.table(req.table), columns, req.label, engine.catalog.grades)
         d, betas = mp.eval_design(info, req.table, req.coefficients, req.label, req.kind)
         if len(req.thresholds) > mp.MAX_THRESHOLDS:
             raise PlanRejectedError("too many thresholds")

@@ -521,7 +521,7 @@ class ReleaseCost:
     aggregate_index: int
     component: str  # "count" or "sum"
     mechanism: str
-    sensitivity: float
+    sensitivity: int | float  # the d_in: an exact int for the integer mechanisms (may exceed 2^53)
     scale: float
     epsilon: float
     delta: float = 0.0

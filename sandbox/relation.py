@@ -18,8 +18,10 @@ Sensitivity argument (THREATS.md 4). Neighbouring datasets differ by all rows of
   table holds no unit's data, so it is identical in neighbouring datasets.
 * `UnitAggregate` (GROUP BY the unit): one output row per unit, K = 1; each output is an aggregate
   over at most K_in clamped rows of that unit, so its value lies in derived bounds:
-  SUM of [L, U] over <= K rows in [K*min(L, 0), K*max(U, 0)]; COUNT in [0, K]; AVG/MIN/MAX in [L, U].
-  The outer query uses them as declared bounds (and the sandbox clamps to them again).
+  SUM of [L, U] over <= K rows in [K*min(L, 0), K*max(U, 0)] (exact, rounded outward for floats);
+  COUNT in [0, K]; AVG/MIN/MAX in [L, U]. The outer query uses them as declared bounds; the compiler
+  clamps the floating-point outputs (SUM of a float column, AVG) to them, since rounding can take a
+  float sum or mean of values within [L, U] an ulp outside it.
 * `InUnits` (semi-join) only removes rows, and whether a row of unit u stays depends only on u's
   own rows, so it never increases a contribution.
 """
@@ -27,7 +29,9 @@ Sensitivity argument (THREATS.md 4). Neighbouring datasets differ by all rows of
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
+from sandbox.bounds import float_down, float_up
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
     Column,
@@ -243,8 +247,11 @@ def derived_column(name: str, kind: str, column: Column | None, inner: Relation)
     if col.type not in ("int64", "float64") or col.lower is None or col.upper is None:
         raise PlanRejectedError(f"column {ck!r} has no declared numeric bounds")
     lo, hi = col.lower, col.upper
-    if kind == "sum":
-        return ColumnInfo(name, col.type, "sensitive", lower=k * min(lo, 0), upper=k * max(hi, 0))
+    if kind == "sum":  # computed exactly: an int for int64 (may exceed 2^53), else floats rounded outward
+        low, high = k * min(Fraction(lo), Fraction(0)), k * max(Fraction(hi), Fraction(0))
+        if col.type == "int64" and low.denominator == high.denominator == 1:
+            return ColumnInfo(name, col.type, "sensitive", lower=int(low), upper=int(high))
+        return ColumnInfo(name, col.type, "sensitive", lower=float_down(low), upper=float_up(high))
     if kind == "avg":
         return ColumnInfo(name, "float64", "sensitive", lower=float(lo), upper=float(hi))
     return ColumnInfo(name, col.type, "sensitive", lower=lo, upper=hi)  # min, max

@@ -7,7 +7,8 @@ OpenDP privacy map of the measurement that produces it:
 
 * counts and integer sums: `make_gaussian` on i64 vectors with `l2_distance` (OpenDP's discrete
   Gaussian, CKS20); float sums: `make_gaussian` on f64 vectors (OpenDP samples it exactly on a
-  lattice). map(d) = d^2 / (2 scale^2). d is the L2 bound of `components` (`Component.l2`): the L1
+  lattice). map(d) = d^2 / (2 scale^2). d is the L2 bound of `components` (`Component.l2`, an exact
+  int on the integer path, a float rounded up otherwise, as in `sandbox.mechanisms`): the L1
   bound, which is also an L2 bound (||v||_2 <= ||v||_1 for the change of one unit), except for
   COUNT(DISTINCT unit), where one unit moves each of at most m cells by 1: ||v||_2 <= ceil(sqrt(m)).
 * quantiles (MEDIAN, QUANTILE*, PERCENTILE*, MIN, MAX): `make_quantile_score_candidates` >>
@@ -76,15 +77,17 @@ def _nudge(scale: float) -> float:
     return math.nextafter(scale, math.inf) * (1 + 1e-15)
 
 
-def calibrate_gaussian(integer: bool, sensitivity: float, rho: float) -> tuple[float, float]:
-    """Smallest scale (to float precision) whose OpenDP Gaussian map is at most `rho`; (scale, map).
+def calibrate_gaussian(integer: bool, sensitivity: int | float, rho: float) -> tuple[float, float]:
+    """Smallest scale (to float precision) whose OpenDP Gaussian map at `mechanisms.d_in(integer,
+    sensitivity)` (the exact int on the integer path) is at most `rho`; (scale, map).
 
     Raises:
-        PlanRejectedError: rho is not finite and positive, or the scale is not usable.
+        PlanRejectedError: rho is not finite and positive, the sensitivity is not usable, or the scale
+            is not usable.
     """
     _check_rho(rho)
-    d_in: int | float = int(sensitivity) if integer else float(sensitivity)
-    scale = sensitivity / math.sqrt(2.0 * rho)
+    d_in = mechanisms.d_in(integer, sensitivity)
+    scale = d_in / math.sqrt(2.0 * rho)
     if not (math.isfinite(scale) and scale > 0):
         raise PlanRejectedError("noise scale is not a positive finite number")
     for _ in range(_NUDGE):

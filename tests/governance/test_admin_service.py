@@ -51,8 +51,12 @@ def gov(env: Env) -> Iterator[GovGateway]:
 
 
 def test_admin_rpcs_refuse_non_operators(gov: GovGateway) -> None:
-    """Consumers, data owners and unknown identities get PERMISSION_DENIED from operator RPCs."""
-    for name in ("analyst", "steward", "outsider"):
+    """Consumers and data owners get PERMISSION_DENIED from operator RPCs; a certificate whose name is in no
+    policy gets UNAUTHENTICATED (as on every RPC)."""
+    with gov.ch("outsider") as ch:
+        err = fails(admin(ch).ListOrganizations, a_pb.ListOrganizationsRequest())
+        assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_IDENTITY")
+    for name in ("analyst", "steward"):
         with gov.ch(name) as ch:
             for rpc, req in ((admin(ch).ListOrganizations, a_pb.ListOrganizationsRequest()),
                              (admin(ch).ReloadPolicy, a_pb.ReloadPolicyRequest()),

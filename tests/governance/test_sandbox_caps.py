@@ -18,6 +18,7 @@ from sandbox.protocol import (
     Binary,
     Column,
     ColumnInfo,
+    DatasetInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
@@ -122,19 +123,20 @@ def test_grades_refuse_a_sensitive_group_key() -> None:
         ColumnInfo("band", "string", "sensitive", domain=("a", "b")),
         ColumnInfo("income", "int64", "sensitive", lower=0, upper=10),
     ), 1)
+    dataset = DatasetInfo("d", "pid", (table,), "v1")
     rules = {**DEFAULT_GRADE_RULES, "sensitive": frozenset({"filter", "aggregate_input"})}
     ok = QueryPlan("d", "t", (Aggregate(AggregateKind.SUM, Column("income"), 1.0, 0.0, 10.0),), (),
                    where=Binary("=", Column("band"), Literal("a")))
-    check_plan_grades(ok, table, rules)
+    check_plan_grades(ok, dataset, rules)
     grouped = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (),
                         group_by=(GroupKey("band", Column("band"), ("a", "b")),))
     with pytest.raises(PlanRejectedError, match="group_key"):
-        check_plan_grades(grouped, table, rules)
+        check_plan_grades(grouped, dataset, rules)
     # issue-expr: every column inside a group-key expression is a group_key use
     expr_key = GroupKey("k", Func("lower", (Column("band"),)), ("a", "b"))
     grouped = QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (), group_by=(expr_key,))
     with pytest.raises(PlanRejectedError, match="group_key"):
-        check_plan_grades(grouped, table, rules)
+        check_plan_grades(grouped, dataset, rules)
     with pytest.raises(PlanRejectedError, match="filter"):
         check_plan_grades(QueryPlan("d", "t", (Aggregate(AggregateKind.COUNT),), (),
-                                    where=Binary(">", Column("pid"), Literal(3))), table, rules)
+                                    where=Binary(">", Column("pid"), Literal(3))), dataset, rules)

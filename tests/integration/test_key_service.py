@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from privacy_gateway.v1 import receipt_pb2
 from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
@@ -14,8 +15,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_get_public_key(env: Env, gateway: Gateway) -> None:
-    """GetPublicKey returns the key in <state_dir>/keys/signing.pub and its id; the audit log is open."""
-    channel = channel_for(env, gateway.port, "stranger")  # the key is public: any mTLS client may fetch it
+    """GetPublicKey returns the key in <state_dir>/keys/signing.pub and its id to any member of the policy
+    (whatever its role); a certificate of the CA whose name is in no policy is UNAUTHENTICATED, like on every
+    other RPC."""
+    channel = channel_for(env, gateway.port, "stranger")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            key_grpc.KeyServiceStub(channel).GetPublicKey(receipt_pb2.GetPublicKeyRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+    channel = channel_for(env, gateway.port, "planner")
     try:
         resp = key_grpc.KeyServiceStub(channel).GetPublicKey(receipt_pb2.GetPublicKeyRequest(), timeout=10)
     finally:

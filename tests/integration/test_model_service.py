@@ -12,6 +12,8 @@ import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import model_service_pb2 as m_pb
 from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
+from privacy_gateway.v1 import query_service_pb2 as q_pb
+from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.client import error_details
 from gateway.server import Gateway, start_gateway
@@ -27,8 +29,15 @@ purpose = "testing"
 table = "residents"
 features = ["birth_year", "employed", "sex", "region", "income"]
 labels = ["income", "employed"]
-epsilon = 1000.0
-delta = 1e-3
+max_epsilon_per_request = 100.0
+
+[[model_grants]]
+consumer = "analyst"
+dataset = "registry"
+purpose = "approx-testing"
+table = "residents"
+features = ["birth_year", "employed", "sex", "region", "income"]
+labels = ["income", "employed"]
 max_epsilon_per_request = 100.0
 
 [[model_grants]]
@@ -101,7 +110,7 @@ def test_train_logistic_end_to_end(env: Env, model_gateway: Gateway) -> None:
     stub = _stub(env, model_gateway, "analyst")
     resp = stub.TrainModel(_linear(
         kind=m_pb.MODEL_KIND_LOGISTIC, label="employed", features=["birth_year", "income", "sex"],
-        privacy_loss=common_pb.PrivacyLoss(epsilon=20.0, delta=1e-6), iterations=10))
+        privacy_loss=common_pb.PrivacyLoss(epsilon=20.0, delta=1e-6), iterations=10, purpose="approx-testing"))
     comp = next(r for r in resp.releases if r.component == "composition")
     assert comp.count == 21 and comp.privacy_loss.delta == 1e-6
     assert [(r.component, r.count) for r in resp.releases if r.component != "composition"] == [
@@ -132,21 +141,23 @@ def test_refusals(env: Env, model_gateway: Gateway) -> None:
         grpc.StatusCode.INVALID_ARGUMENT, "FEATURE_NOT_ALLOWED")
 
 
-def test_budget_exhaustion_charges_nothing(env: Env, model_gateway: Gateway) -> None:
-    """planner's model budget is 1.0: 0.6 fits, a second 0.6 is RESOURCE_EXHAUSTED and not charged."""
+def test_models_and_queries_share_the_grant(env: Env, model_gateway: Gateway) -> None:
+    """Models spend the organisation's grant for the dataset and purpose, like queries: planner's grant is
+    1.0 per period (0.5 per request). A model at 0.5 and a query at 0.5 use it up; the next model is
+    RESOURCE_EXHAUSTED and charges nothing; every level is charged once per answer."""
+    from gateway.ledger import GrantKey
+
     stub = _stub(env, model_gateway, "planner")
-    ok = stub.TrainModel(_linear(purpose="planning", privacy_loss=common_pb.PrivacyLoss(epsilon=0.6)))
-    spent = ok.budget.spent.epsilon
+    ok = stub.TrainModel(_linear(purpose="planning", privacy_loss=common_pb.PrivacyLoss(epsilon=0.5)))
+    assert ok.privacy_cost.epsilon == 0.5 and ok.budget.spent.epsilon == 0.5
+    assert ok.budget.organization and ok.receipt.signature
+    q = q_grpc.QueryServiceStub(channel_for(env, model_gateway.port, "planner"))
+    q.RunQuery(q_pb.RunQueryRequest(dataset="registry", purpose="planning", sql="SELECT COUNT(*) FROM residents",
+                                    privacy_loss=common_pb.PrivacyLoss(epsilon=0.5)))
     code, reason = _error(lambda: stub.TrainModel(
-        _linear(purpose="planning", privacy_loss=common_pb.PrivacyLoss(epsilon=0.6))))
+        _linear(purpose="planning", privacy_loss=common_pb.PrivacyLoss(epsilon=0.5))))
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "PRIVACY_BUDGET_EXHAUSTED")
-    key = model_gateway.core.ledger.spent(
-        __import__("gateway.ledger", fromlist=["GrantKey"]).GrantKey("planner", "registry", "planning#models"))
-    assert key.epsilon == spent
-    # the query grant of the same consumer/purpose is untouched (separate budgets)
-    assert model_gateway.core.ledger.spent(
-        __import__("gateway.ledger", fromlist=["GrantKey"]).GrantKey("planner", "registry", "planning")
-    ).epsilon == 0.0
+    assert model_gateway.ledger.spent(GrantKey("planner", "registry", "planning")).epsilon == 1.0
 
 
 def _evaluate(**kw: object) -> m_pb.EvaluateModelRequest:

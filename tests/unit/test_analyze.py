@@ -453,3 +453,22 @@ def test_having_and_order_by_on_a_partition_selection_key() -> None:
     assert q.plan.partition_selection and q.plan.group_by[0].domain is None
     assert q.plan.group_by[0].expr == Column("name", "g")
     assert q.post.limit == 5 and q.post.having is not None
+
+
+def test_lookup_join_keys_of_different_kinds_are_refused_from_the_catalog() -> None:
+    """A private column joined to a lookup key of another kind (number vs string) is refused before any
+    data is read: TYPE_MISMATCH by the analyzer, and by the sandbox's relation for a plan that reaches it
+    anyway (the engine would cast one side and fail on some values only). The catalog cannot refuse it at
+    load: any private column may be joined to a lookup. Numbers join numbers (int64 = float64 compares as
+    DOUBLE, which cannot fail)."""
+    from sandbox.errors import PlanRejectedError
+    from sandbox.protocol import PublicJoin, TableSource
+    from sandbox.relation import source_relation
+    from tests.corpus.test_corpus import REGISTRY
+
+    err = refused("SELECT COUNT(*) FROM residents r JOIN regions g ON r.birth_year = g.code", REGISTRY)
+    assert err.reason == "TYPE_MISMATCH"
+    join = PublicJoin(TableSource("residents", "r"), TableSource("regions", "g"), Column("birth_year", "r"),
+                      "code")
+    with pytest.raises(PlanRejectedError, match="different types"):
+        source_relation(join, REGISTRY)

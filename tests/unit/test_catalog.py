@@ -156,3 +156,36 @@ def test_data_dir_required_without_override(tmp_path: Path) -> None:
     """Without data_dir in the file or the argument, loading fails on key data_dir."""
     err = _error(tmp_path, GOOD.replace('data_dir = "data"\n', ""))
     assert err.key == "data_dir"
+
+
+SECOND_TABLE = """
+[datasets.registry.tables.insurance]
+file = "insurance.parquet"
+max_rows_per_unit = 12
+
+[datasets.registry.tables.insurance.columns]
+person_id = {{ type = "{unit_type}", grade = "identifier" }}
+amount    = {{ type = "int64", grade = "sensitive", lower = 0, upper = 100 }}
+"""
+
+
+def test_privacy_unit_has_one_type_across_tables(tmp_path: Path) -> None:
+    """A unit column declared int64 in one table and string in another is refused at load (a unit join
+    would cast one to the other and fail on some values only, an error that depends on the data)."""
+    err = _error(tmp_path, GOOD + SECOND_TABLE.format(unit_type="string"))
+    assert err.key == "datasets.registry.tables.insurance.columns.person_id.type"
+    assert err.problem == ("the privacy unit 'person_id' is string here but int64 in table 'residents'; "
+                           "every table must declare it with the same type")
+    cat = load_catalog(_write(tmp_path, GOOD + SECOND_TABLE.format(unit_type="int64")))
+    assert [t.name for t in cat.datasets[0].tables] == ["residents", "insurance"]
+
+
+def test_shipped_catalog_declares_one_unit_type_per_dataset() -> None:
+    """The shipped catalog loads, and each dataset's unit column has one type in all its private tables."""
+    from gateway.settings import ROOT
+
+    cat = load_catalog(ROOT / "policies" / "catalog.toml")
+    for ds in cat.datasets:
+        types = {t.info.column(ds.privacy_unit).type for t in ds.tables  # type: ignore[union-attr]
+                 if not t.info.public}
+        assert len(types) == 1, ds.name

@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 
 from gateway import errors
 from gateway.protogen import generate
-from gateway.service import status_for
+from gateway.rpc.status import status_for
 from gateway.settings import ROOT, SETTINGS
 
 README = (ROOT / "README.md").read_text()

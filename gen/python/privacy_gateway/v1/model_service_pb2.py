@@ -23,33 +23,34 @@ _sym_db = _symbol_database.Default()
 
 
 from privacy_gateway.v1 import common_pb2 as privacy__gateway_dot_v1_dot_common__pb2
+from privacy_gateway.v1 import receipt_pb2 as privacy__gateway_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/model_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\"\xa2\x02\n\x11TrainModelRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\r\n\x05table\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\r\n\x05label\x18\x07 \x01(\t\x12+\n\x04kind\x18\x08 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12\x12\n\niterations\x18\t \x01(\x05\x12\x15\n\rlearning_rate\x18\n \x01(\x01\x12\x0c\n\x04\x63lip\x18\x0b \x01(\x01\x12\n\n\x02l2\x18\x0c \x01(\x01\"o\n\x08\x45stimate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0chas_interval\x18\x03 \x01(\x08\x12\x10\n\x08\x63i_lower\x18\x04 \x01(\x01\x12\x10\n\x08\x63i_upper\x18\x05 \x01(\x01\x12\x0c\n\x04note\x18\x06 \x01(\t\"\xaf\x01\n\x10ModelReleaseCost\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\x12\x13\n\x0bsensitivity\x18\x03 \x01(\x01\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x35\n\x0cprivacy_loss\x18\x05 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0b\n\x03rho\x18\x06 \x01(\x01\x12\r\n\x05\x63ount\x18\x07 \x01(\x05\"\xb5\x03\n\x12TrainModelResponse\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12\x32\n\x0c\x63oefficients\x18\x02 \x03(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12/\n\tintercept\x18\x03 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12-\n\x07metrics\x18\x04 \x03(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12\x36\n\x08releases\x18\x05 \x03(\x0b\x32$.privacy_gateway.v1.ModelReleaseCost\x12\x35\n\x0cprivacy_cost\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x07 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\t \x01(\t\x12\x10\n\x08replayed\x18\n \x01(\x08\"*\n\x0b\x43oefficient\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xc4\x02\n\x14\x45valuateModelRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\r\n\x05table\x18\x05 \x01(\t\x12+\n\x04kind\x18\x06 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12\x35\n\x0c\x63oefficients\x18\x07 \x03(\x0b\x32\x1f.privacy_gateway.v1.Coefficient\x12\x11\n\tintercept\x18\x08 \x01(\x01\x12\r\n\x05label\x18\t \x01(\t\x12\x12\n\nthresholds\x18\n \x03(\x01\x12\x16\n\x0eresidual_bound\x18\x0b \x01(\x01\"\xcc\x01\n\x0f\x43onfusionMatrix\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12(\n\x02tp\x18\x02 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12(\n\x02\x66p\x18\x03 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12(\n\x02tn\x18\x04 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12(\n\x02\x66n\x18\x05 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\"\x8b\x03\n\x15\x45valuateModelResponse\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12-\n\x07metrics\x18\x02 \x03(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12\x36\n\tconfusion\x18\x03 \x03(\x0b\x32#.privacy_gateway.v1.ConfusionMatrix\x12\x36\n\x08releases\x18\x04 \x03(\x0b\x32$.privacy_gateway.v1.ModelReleaseCost\x12\x35\n\x0cprivacy_cost\x18\x05 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x06 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x08 \x01(\t\x12\x10\n\x08replayed\x18\t \x01(\x08*W\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_KIND_LINEAR\x10\x01\x12\x17\n\x13MODEL_KIND_LOGISTIC\x10\x02\x32\xd1\x01\n\x0cModelService\x12[\n\nTrainModel\x12%.privacy_gateway.v1.TrainModelRequest\x1a&.privacy_gateway.v1.TrainModelResponse\x12\x64\n\rEvaluateModel\x12(.privacy_gateway.v1.EvaluateModelRequest\x1a).privacy_gateway.v1.EvaluateModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/model_service.proto\x12\x12privacy_gateway.v1\x1a\x1fprivacy_gateway/v1/common.proto\x1a privacy_gateway/v1/receipt.proto\"\xa2\x02\n\x11TrainModelRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\r\n\x05table\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\r\n\x05label\x18\x07 \x01(\t\x12+\n\x04kind\x18\x08 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12\x12\n\niterations\x18\t \x01(\x05\x12\x15\n\rlearning_rate\x18\n \x01(\x01\x12\x0c\n\x04\x63lip\x18\x0b \x01(\x01\x12\n\n\x02l2\x18\x0c \x01(\x01\"o\n\x08\x45stimate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0chas_interval\x18\x03 \x01(\x08\x12\x10\n\x08\x63i_lower\x18\x04 \x01(\x01\x12\x10\n\x08\x63i_upper\x18\x05 \x01(\x01\x12\x0c\n\x04note\x18\x06 \x01(\t\"\xaf\x01\n\x10ModelReleaseCost\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\x12\x13\n\x0bsensitivity\x18\x03 \x01(\x01\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x35\n\x0cprivacy_loss\x18\x05 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x0b\n\x03rho\x18\x06 \x01(\x01\x12\r\n\x05\x63ount\x18\x07 \x01(\x05\"\xe3\x03\n\x12TrainModelResponse\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12\x32\n\x0c\x63oefficients\x18\x02 \x03(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12/\n\tintercept\x18\x03 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12-\n\x07metrics\x18\x04 \x03(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12\x36\n\x08releases\x18\x05 \x03(\x0b\x32$.privacy_gateway.v1.ModelReleaseCost\x12\x35\n\x0cprivacy_cost\x18\x06 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x07 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\t \x01(\t\x12\x10\n\x08replayed\x18\n \x01(\x08\x12,\n\x07receipt\x18\x0b \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt\"*\n\x0b\x43oefficient\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xc4\x02\n\x14\x45valuateModelRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x35\n\x0cprivacy_loss\x18\x04 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\r\n\x05table\x18\x05 \x01(\t\x12+\n\x04kind\x18\x06 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12\x35\n\x0c\x63oefficients\x18\x07 \x03(\x0b\x32\x1f.privacy_gateway.v1.Coefficient\x12\x11\n\tintercept\x18\x08 \x01(\x01\x12\r\n\x05label\x18\t \x01(\t\x12\x12\n\nthresholds\x18\n \x03(\x01\x12\x16\n\x0eresidual_bound\x18\x0b \x01(\x01\"\xcc\x01\n\x0f\x43onfusionMatrix\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12(\n\x02tp\x18\x02 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12(\n\x02\x66p\x18\x03 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12(\n\x02tn\x18\x04 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12(\n\x02\x66n\x18\x05 \x01(\x0b\x32\x1c.privacy_gateway.v1.Estimate\"\xb9\x03\n\x15\x45valuateModelResponse\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.privacy_gateway.v1.ModelKind\x12-\n\x07metrics\x18\x02 \x03(\x0b\x32\x1c.privacy_gateway.v1.Estimate\x12\x36\n\tconfusion\x18\x03 \x03(\x0b\x32#.privacy_gateway.v1.ConfusionMatrix\x12\x36\n\x08releases\x18\x04 \x03(\x0b\x32$.privacy_gateway.v1.ModelReleaseCost\x12\x35\n\x0cprivacy_cost\x18\x05 \x01(\x0b\x32\x1f.privacy_gateway.v1.PrivacyLoss\x12\x30\n\x06\x62udget\x18\x06 \x01(\x0b\x32 .privacy_gateway.v1.BudgetStatus\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x08 \x01(\t\x12\x10\n\x08replayed\x18\t \x01(\x08\x12,\n\x07receipt\x18\n \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt*W\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_KIND_LINEAR\x10\x01\x12\x17\n\x13MODEL_KIND_LOGISTIC\x10\x02\x32\xd1\x01\n\x0cModelService\x12[\n\nTrainModel\x12%.privacy_gateway.v1.TrainModelRequest\x1a&.privacy_gateway.v1.TrainModelResponse\x12\x64\n\rEvaluateModel\x12(.privacy_gateway.v1.EvaluateModelRequest\x1a).privacy_gateway.v1.EvaluateModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'privacy_gateway.v1.model_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELKIND']._serialized_start=2095
-  _globals['_MODELKIND']._serialized_end=2182
-  _globals['_TRAINMODELREQUEST']._serialized_start=96
-  _globals['_TRAINMODELREQUEST']._serialized_end=386
-  _globals['_ESTIMATE']._serialized_start=388
-  _globals['_ESTIMATE']._serialized_end=499
-  _globals['_MODELRELEASECOST']._serialized_start=502
-  _globals['_MODELRELEASECOST']._serialized_end=677
-  _globals['_TRAINMODELRESPONSE']._serialized_start=680
-  _globals['_TRAINMODELRESPONSE']._serialized_end=1117
-  _globals['_COEFFICIENT']._serialized_start=1119
-  _globals['_COEFFICIENT']._serialized_end=1161
-  _globals['_EVALUATEMODELREQUEST']._serialized_start=1164
-  _globals['_EVALUATEMODELREQUEST']._serialized_end=1488
-  _globals['_CONFUSIONMATRIX']._serialized_start=1491
-  _globals['_CONFUSIONMATRIX']._serialized_end=1695
-  _globals['_EVALUATEMODELRESPONSE']._serialized_start=1698
-  _globals['_EVALUATEMODELRESPONSE']._serialized_end=2093
-  _globals['_MODELSERVICE']._serialized_start=2185
-  _globals['_MODELSERVICE']._serialized_end=2394
+  _globals['_MODELKIND']._serialized_start=2221
+  _globals['_MODELKIND']._serialized_end=2308
+  _globals['_TRAINMODELREQUEST']._serialized_start=130
+  _globals['_TRAINMODELREQUEST']._serialized_end=420
+  _globals['_ESTIMATE']._serialized_start=422
+  _globals['_ESTIMATE']._serialized_end=533
+  _globals['_MODELRELEASECOST']._serialized_start=536
+  _globals['_MODELRELEASECOST']._serialized_end=711
+  _globals['_TRAINMODELRESPONSE']._serialized_start=714
+  _globals['_TRAINMODELRESPONSE']._serialized_end=1197
+  _globals['_COEFFICIENT']._serialized_start=1199
+  _globals['_COEFFICIENT']._serialized_end=1241
+  _globals['_EVALUATEMODELREQUEST']._serialized_start=1244
+  _globals['_EVALUATEMODELREQUEST']._serialized_end=1568
+  _globals['_CONFUSIONMATRIX']._serialized_start=1571
+  _globals['_CONFUSIONMATRIX']._serialized_end=1775
+  _globals['_EVALUATEMODELRESPONSE']._serialized_start=1778
+  _globals['_EVALUATEMODELRESPONSE']._serialized_end=2219
+  _globals['_MODELSERVICE']._serialized_start=2311
+  _globals['_MODELSERVICE']._serialized_end=2520
 # @@protoc_insertion_point(module_scope)

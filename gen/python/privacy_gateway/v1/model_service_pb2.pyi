@@ -1,4 +1,5 @@
 from privacy_gateway.v1 import common_pb2 as _common_pb2
+from privacy_gateway.v1 import receipt_pb2 as _receipt_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -80,7 +81,7 @@ class ModelReleaseCost(_message.Message):
     def __init__(self, component: _Optional[str] = ..., mechanism: _Optional[str] = ..., sensitivity: _Optional[float] = ..., scale: _Optional[float] = ..., privacy_loss: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., rho: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class TrainModelResponse(_message.Message):
-    __slots__ = ("kind", "coefficients", "intercept", "metrics", "releases", "privacy_cost", "budget", "request_id", "dataset_version", "replayed")
+    __slots__ = ("kind", "coefficients", "intercept", "metrics", "releases", "privacy_cost", "budget", "request_id", "dataset_version", "replayed", "receipt")
     KIND_FIELD_NUMBER: _ClassVar[int]
     COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
     INTERCEPT_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +92,7 @@ class TrainModelResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     kind: ModelKind
     coefficients: _containers.RepeatedCompositeFieldContainer[Estimate]
     intercept: Estimate
@@ -101,7 +103,8 @@ class TrainModelResponse(_message.Message):
     request_id: str
     dataset_version: str
     replayed: bool
-    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., coefficients: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., intercept: _Optional[_Union[Estimate, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., releases: _Optional[_Iterable[_Union[ModelReleaseCost, _Mapping]]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    receipt: _receipt_pb2.Receipt
+    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., coefficients: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., intercept: _Optional[_Union[Estimate, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., releases: _Optional[_Iterable[_Union[ModelReleaseCost, _Mapping]]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., receipt: _Optional[_Union[_receipt_pb2.Receipt, _Mapping]] = ...) -> None: ...
 
 class Coefficient(_message.Message):
     __slots__ = ("term", "value")
@@ -152,7 +155,7 @@ class ConfusionMatrix(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., tp: _Optional[_Union[Estimate, _Mapping]] = ..., fp: _Optional[_Union[Estimate, _Mapping]] = ..., tn: _Optional[_Union[Estimate, _Mapping]] = ..., fn: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
 
 class EvaluateModelResponse(_message.Message):
-    __slots__ = ("kind", "metrics", "confusion", "releases", "privacy_cost", "budget", "request_id", "dataset_version", "replayed")
+    __slots__ = ("kind", "metrics", "confusion", "releases", "privacy_cost", "budget", "request_id", "dataset_version", "replayed", "receipt")
     KIND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CONFUSION_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +165,7 @@ class EvaluateModelResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     kind: ModelKind
     metrics: _containers.RepeatedCompositeFieldContainer[Estimate]
     confusion: _containers.RepeatedCompositeFieldContainer[ConfusionMatrix]
@@ -171,4 +175,5 @@ class EvaluateModelResponse(_message.Message):
     request_id: str
     dataset_version: str
     replayed: bool
-    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., metrics: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., confusion: _Optional[_Iterable[_Union[ConfusionMatrix, _Mapping]]] = ..., releases: _Optional[_Iterable[_Union[ModelReleaseCost, _Mapping]]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    receipt: _receipt_pb2.Receipt
+    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., metrics: _Optional[_Iterable[_Union[Estimate, _Mapping]]] = ..., confusion: _Optional[_Iterable[_Union[ConfusionMatrix, _Mapping]]] = ..., releases: _Optional[_Iterable[_Union[ModelReleaseCost, _Mapping]]] = ..., privacy_cost: _Optional[_Union[_common_pb2.PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[_common_pb2.BudgetStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., receipt: _Optional[_Union[_receipt_pb2.Receipt, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,76 @@
+"""`Call`: one RPC's identity, policy snapshot, deadline, and the facts its audit entry records."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway.errors import DeadlineExceededError
+
+if TYPE_CHECKING:
+    from gateway.policy import Policy
+    from gateway.rpc.methods import MethodRule
+
+__all__ = ["CURRENT_CALL", "AuditFacts", "Call"]
+
+
+@dataclass
+class AuditFacts:
+    """What the call's audit entry records besides its outcome (filled in as the call proceeds).
+
+    `epsilon`, `delta` and `rho` are what THIS call charged (0 for a refusal, a cached answer or a
+    replay); `replay_of_cost` is the original cost of a replayed release.
+    """
+
+    request_id: str = ""
+    dataset: str = ""
+    purpose: str = ""
+    query: str = ""  # the normalised SQL or a description of the request (pseudonymised when stored)
+    epsilon: float = 0.0
+    delta: float = 0.0
+    rho: float = 0.0
+    released: bytes | None = None  # what `gateway.receipts.release_bytes` gives for a released answer
+    replayed: bool = False
+    cached: bool = False
+
+
+@dataclass
+class Call:
+    """One RPC as it walks the governed path.
+
+    `identity` is the verified certificate's common name (set by the interceptor, never from request
+    fields or metadata); `policy` is the live policy snapshot the whole call uses; `deadline` is on
+    `time.monotonic()`'s clock (None: the client set none).
+    """
+
+    rule: MethodRule
+    started: float = field(default_factory=time.monotonic)
+    deadline: float | None = None
+    identity: str = ""
+    policy: Policy | None = None
+    audit: AuditFacts = field(default_factory=AuditFacts)
+
+    @property
+    def method(self) -> str:
+        """`Service/Method`."""
+        return f"{self.rule.service}/{self.rule.method}"
+
+    def check_deadline(self, step: str) -> None:
+        """Refuse to go on with `step` once the client's deadline has passed (nothing charged yet).
+
+        Raises:
+            DeadlineExceededError: the deadline has passed.
+        """
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceededError(f"the call's deadline passed before {step}; nothing was charged")
+
+    def require_policy(self) -> Policy:
+        """The call's policy snapshot (set before any body runs)."""
+        assert self.policy is not None, "the governed path sets the policy snapshot first"
+        return self.policy
+
+
+# The call being served on this task/thread (the interceptor sets it; bodies receive it explicitly).
+CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("pgw_call", default=None)
