@@ -21,6 +21,8 @@ from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import common_pb2 as common_pb
+from privacy_gateway.v1 import model_service_pb2 as m_pb
+from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
@@ -70,6 +72,8 @@ use_class = "public_welfare"
 use_class = "public_welfare"
 [purposes.kyc]
 use_class = "public_welfare"
+[purposes.modeling]
+use_class = "public_welfare"
 
 [[grants]]
 organization = "bank"
@@ -90,6 +94,25 @@ epsilon = 100.0
 delta = 0.0
 max_epsilon_per_query = 5.0
 period = "month"
+
+[[grants]]
+organization = "bank"
+dataset = "registry"
+purpose = "modeling"
+privacy_definition = "approx_dp"
+epsilon = 100.0
+delta = 1e-5
+max_epsilon_per_query = 10.0
+period = "month"
+
+[[model_grants]]
+consumer = "analyst"
+dataset = "registry"
+purpose = "modeling"
+table = "residents"
+features = ["birth_year", "income"]
+labels = ["income", "employed"]
+max_epsilon_per_request = 10.0
 
 [[verification_grants]]
 consumer = "analyst"
@@ -258,6 +281,34 @@ def test_rho_cap_counts_rho_and_pure_releases_as_half_epsilon_squared(owner_gw: 
     assert u.sandbox.lifetime_remaining.rho == pytest.approx(0.1, abs=1e-9)
 
 
+def test_models_count_on_an_owner_rho_cap_in_their_own_definition(owner_gw: OwnerGateway) -> None:
+    """Model requests walk the governed path to the owner's cap too: a logistic fit (accounted in zCDP, charged
+    to an approx_dp grant as (epsilon, delta)) counts its composed rho, a linear fit (pure DP) epsilon^2 / 2,
+    exactly, in both ledgers; a model past the cap is refused with nothing charged."""
+    g = owner_gw
+    assert g.set_catalog(catalog_text('rho_per_period = 0.5\ndelta_per_period = 0.0\nperiod = "month"')
+                         ).owner_settings_reloaded
+    base = {"dataset": "registry", "purpose": "modeling", "table": "residents", "features": ["birth_year"]}
+    with g.ch("analyst") as ch:
+        stub = m_grpc.ModelServiceStub(ch)
+        logistic = stub.TrainModel(m_pb.TrainModelRequest(
+            **base, label="employed", kind=m_pb.MODEL_KIND_LOGISTIC, iterations=2,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
+        linear = stub.TrainModel(m_pb.TrainModelRequest(
+            **base, label="income", kind=m_pb.MODEL_KIND_LINEAR, privacy_loss=common_pb.PrivacyLoss(epsilon=0.5)))
+        err = fails(stub.TrainModel, m_pb.TrainModelRequest(
+            **base, label="employed", kind=m_pb.MODEL_KIND_LOGISTIC, iterations=2,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=10.0, delta=1e-6)))
+    assert (err.code, err.metadata["level"]) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "dataset_cap")
+    composed = next(r for r in logistic.releases if r.component == "composition")
+    assert composed.privacy_loss.delta == 1e-6 and composed.rho > 0
+    expected = (to_units(composed.rho, RHO_UNITS, up=True)
+                + pure_to_rho_units(eps_units(linear.privacy_cost.epsilon)))
+    u = g.usage()
+    for side in (u.sandbox, u.gateway):
+        assert side.period_spent.rho == from_units(expected, RHO_UNITS) and side.period_spent.delta == 0.0
+
+
 def test_owner_subject_cap_counts_checks_of_all_consumers(owner_gw: OwnerGateway, env: Env) -> None:
     """The owner caps checks of one subject at 3 per day across ALL consumers (each consumer's own cap is
     1000): analyst checks twice and temp1 once, temp1's next check is refused (cap owner_subject); in a batch
@@ -307,7 +358,7 @@ def test_reload_changes_caps_and_grades_in_both_processes_or_nothing(owner_gw: O
         '[grades.internal]\nallows = ["group_key", "filter", "aggregate_input"]',
         '[grades.internal]\nallows = ["filter", "aggregate_input"]')
     resp = g.set_catalog(strict)
-    assert resp.owner_settings_reloaded and resp.grants == 2
+    assert resp.owner_settings_reloaded and resp.grants == 3
     with g.ch("analyst") as ch:
         err = fails(q_grpc.QueryServiceStub(ch).RunQuery, q_pb.RunQueryRequest(
             dataset="registry", sql=grouped, purpose="credit", privacy_loss=common_pb.PrivacyLoss(epsilon=0.1)))
