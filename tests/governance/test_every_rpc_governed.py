@@ -264,6 +264,8 @@ CALLS: dict[tuple[str, str], Call] = {
         a_pb.GetUsageRequest(), timeout=60),
     ("AdminService", "ListDatasetSpending"): lambda ch, g: a_grpc.AdminServiceStub(ch).ListDatasetSpending(
         a_pb.ListDatasetSpendingRequest(dataset="registry"), timeout=60),
+    ("AdminService", "GetCapUsage"): lambda ch, g: a_grpc.AdminServiceStub(ch).GetCapUsage(
+        a_pb.GetCapUsageRequest(), timeout=60),
 }
 
 # who may call it, and the revoked member of the same role
@@ -285,6 +287,7 @@ LACKING: dict[tuple[str, str], tuple[str, str]] = {
     **{("AdminService", m): ("analyst", "ROLE_REQUIRED") for m in (
         "ListOrganizations", "AdjustGrant", "RevokeMember", "RevokeOrganization", "ReloadPolicy", "GetUsage")},
     ("AdminService", "ListDatasetSpending"): ("ops-admin", "ROLE_REQUIRED"),
+    ("AdminService", "GetCapUsage"): ("analyst", "ROLE_REQUIRED"),  # data owners and operators only
 }
 
 
