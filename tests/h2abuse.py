@@ -191,6 +191,7 @@ class H2AbuseClient:
         self.server_resets: Counter[str] = Counter()
         self.pings_received = 0
         self._trailers: dict[int, dict[bytes, bytes]] = {}
+        self.read_error: str | None = None  # why reading stopped, when not a clean end of stream
         self._raw: bytearray | None = None  # frames not yet parsed, once h2 is bypassed (see _go_raw)
         self._next_raw_id = 0
         self._reader_task: asyncio.Task[None] | None = None
@@ -236,6 +237,7 @@ class H2AbuseClient:
             self._writer.write(data)
 
     async def _read_loop(self) -> None:
+        pending = bytearray()
         try:
             while True:
                 data = await self._reader.read(_READ_CHUNK)
@@ -244,17 +246,45 @@ class H2AbuseClient:
                 if self._raw is not None:
                     self._receive_raw(data)
                     continue
-                try:
-                    events = self._conn.receive_data(data)
-                except h2.exceptions.ProtocolError:
-                    break
-                for event in events:
-                    self._on_event(event)
-                self._flush()
-        except (ConnectionError, OSError, ssl.SSLError):
-            pass
+                pending += data
+                self._receive_h2(pending)
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            self.read_error = f"{type(exc).__name__}: {exc}"
         finally:
             self._mark_closed()
+
+    def _receive_h2(self, pending: bytearray) -> None:
+        """Hand the complete frames in ``pending`` to ``h2`` one at a time (removing them from ``pending``).
+
+        ``h2`` closes its state machine at a GOAWAY and then refuses every frame, although a server keeps
+        serving open streams after a graceful GOAWAY (and pings to find out when to send the final one): after a
+        GOAWAY the frame ``h2`` refuses, and everything after it, goes to the raw reader instead.
+        """
+        i = 0
+        while i + 9 <= len(pending):
+            end = i + 9 + int.from_bytes(pending[i:i + 3], "big")
+            if end > len(pending):
+                break
+            try:
+                events = self._conn.receive_data(bytes(pending[i:end]))
+            except h2.exceptions.ProtocolError as exc:
+                if self.goaway is None:
+                    self.read_error = f"h2 refused the server's frames: {type(exc).__name__}: {exc}"
+                    self._conn.clear_outbound_data_buffer()
+                    self._writer.close()
+                    del pending[:]
+                    return
+                self._conn.clear_outbound_data_buffer()  # h2's own GOAWAY(PROTOCOL_ERROR): never sent
+                self._raw = bytearray()
+                self._next_raw_id = self._conn.highest_outbound_stream_id + 2
+                self._receive_raw(bytes(pending[i:]))
+                del pending[:]
+                return
+            for event in events:
+                self._on_event(event)
+            i = end
+        del pending[:i]
+        self._flush()
 
     def _mark_closed(self) -> None:
         if self.closed_at_s is None:
@@ -339,12 +369,18 @@ class H2AbuseClient:
     # -- abuse ------------------------------------------------------------------------------------------------
 
     async def open_idle_streams(self, n: int, path: str = DEFAULT_PATH, *, timeout: str | None = None,
-                                metadata: Sequence[tuple[str, str]] = ()) -> list[int]:
+                                metadata: Sequence[tuple[str, str]] = (), ignore_limit: bool = False) -> list[int]:
         """Open ``n`` streams that send HEADERS for ``path`` and never a DATA frame; return their stream ids.
 
-        The streams stay open until the server ends them (see :attr:`stream_ends`) or :meth:`close`. At most the
-        server's SETTINGS_MAX_CONCURRENT_STREAMS can be open at once; beyond that ``h2`` refuses to send.
+        The streams stay open until the server ends them (see :attr:`stream_ends`) or :meth:`close`. ``h2``
+        refuses to open more than the server's SETTINGS_MAX_CONCURRENT_STREAMS at once; ``ignore_limit`` makes it
+        believe the server allowed 2^31-1, to see what the server does with streams over its limit.
         """
+        if self._raw is not None:
+            raise RuntimeError("this connection bypasses h2 since a fast flood; open a new one")
+        if ignore_limit:
+            self._conn.remote_settings.update({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1})
+            self._conn.remote_settings.acknowledge()
         headers = grpc_request_headers(self.authority, path, timeout=timeout, metadata=metadata)
         ids = []
         for _ in range(n):
@@ -478,7 +514,7 @@ class H2AbuseClient:
     async def close(self) -> None:
         """Close the connection (without a GOAWAY: an abusive client would not send one)."""
         self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
         if self._reader_task is not None:
             self._reader_task.cancel()
@@ -490,8 +526,10 @@ class H2AbuseClient:
 class IdleStreamHolder:
     """Idle streams held open from a background thread, for synchronous tests.
 
-    ``connections`` connections each open ``streams_per_connection`` idle streams to ``path``; the thread keeps
-    reading (and acknowledging PINGs) until :meth:`stop`. :meth:`snapshot` tells what the server has done to them.
+    ``connections`` connections each open ``streams_per_connection`` idle streams to ``path``, ignoring the
+    server's SETTINGS_MAX_CONCURRENT_STREAMS as an attacker would (the server refuses the streams over it); the
+    thread keeps reading (and acknowledging PINGs) until :meth:`stop`. :meth:`snapshot` tells what the server
+    has done to them.
     """
 
     def __init__(self, host: str, port: int, tls: ClientTls, *, streams_per_connection: int,
@@ -511,7 +549,7 @@ class IdleStreamHolder:
     async def _open(self) -> None:
         for _ in range(self._conns):
             client = await H2AbuseClient.connect(*self._args)
-            await client.open_idle_streams(self._n, self._path, timeout=self._timeout)
+            await client.open_idle_streams(self._n, self._path, timeout=self._timeout, ignore_limit=True)
             self.clients.append(client)
 
     def snapshot(self) -> IdleSnapshot:
@@ -532,8 +570,7 @@ class IdleStreamHolder:
     def stop(self) -> None:
         """Close every connection and stop the thread."""
         async def close_all() -> None:
-            for c in self.clients:
-                await c.close()
+            await asyncio.gather(*(c.close() for c in self.clients))
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10.0)

@@ -109,8 +109,10 @@ class ServerProcess:
 
 @contextmanager
 def target_server(tls_dir: Path, kind: str = "aio", options: ServerOptions = (), *, work_ms: float = 1.0,
-                  threads: int = 16) -> Iterator[ServerProcess]:
-    """Run a target server (``aio``, ``aio-thread`` or ``sync``) in a child process for the ``with`` block."""
+                  threads: int = 64) -> Iterator[ServerProcess]:
+    """Run a target server (``aio``, ``aio-thread`` or ``sync``) in a child process for the ``with`` block.
+
+    ``threads`` sizes the pool of the ``sync`` and ``aio-thread`` kinds (64, as the gateway's ``max_workers``)."""
     cmd = [sys.executable, "-m", "tests.h2abuse_target", "serve", "--tls-dir", str(tls_dir), "--kind", kind,
            "--options", json.dumps(list(options)), "--work-ms", str(work_ms), "--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
@@ -217,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--kind", choices=["aio", "aio-thread", "sync"], default="aio")
     serve.add_argument("--options", default="[]", help="JSON list of [key, value] channel arguments")
     serve.add_argument("--work-ms", type=float, default=1.0)
-    serve.add_argument("--threads", type=int, default=16)
+    serve.add_argument("--threads", type=int, default=64)
     load = sub.add_parser("load")
     load.add_argument("--tls-dir", type=Path, required=True)
     load.add_argument("--port", type=int, required=True)
