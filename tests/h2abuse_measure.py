@@ -25,31 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import certs
-from tests.h2abuse import ClientTls, H2AbuseClient, IdleStreamHolder, flood
-from tests.h2abuse_target import ECHO_PATH, ServerOptions, ServerProcess, target_server
-
-#: The server options tests/h2abuse.md recommends (kept equal to the list there).
-RECOMMENDED: list[tuple[str, int | str]] = [
-    ("grpc.max_concurrent_streams", 32),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.max_connection_idle_ms", 300_000),
-    ("grpc.max_connection_age_ms", 1_800_000),
-    ("grpc.max_connection_age_grace_ms", 60_000),
-    ("grpc.server_handshake_timeout_ms", 10_000),
-    ("grpc.max_metadata_size", 16 * 1024),
-    ("grpc.absolute_max_metadata_size", 32 * 1024),
-]
+from tests.h2abuse import ClientTls, H2AbuseClient, IdleStreamHolder, flood, stalled_handshake
+from tests.h2abuse_target import ECHO_PATH, RECOMMENDED_OPTIONS, ServerOptions, ServerProcess, target_server
 
 
 def _options(text: str) -> ServerOptions:
     if text == "default":
         return []
     if text == "recommended":
-        return RECOMMENDED
+        return RECOMMENDED_OPTIONS
     return [(str(k), v) for k, v in json.loads(text)]
 
 
@@ -77,7 +61,9 @@ def _baseline(tls_dir: Path, srv: ServerProcess, clients: int, seconds: float) -
 def rapid(tls_dir: Path, kind: str, options: ServerOptions, clients: int, seconds: float) -> dict[str, object]:
     """One connection floods HEADERS+RST_STREAM while ``clients`` legitimate clients call on their own."""
     with target_server(tls_dir, kind, options) as srv:
+        cpu_base = srv.cpu_seconds()
         base = _baseline(tls_dir, srv, clients, seconds)
+        base["server_cpu_s"] = round(srv.cpu_seconds() - cpu_base, 2)
         cpu0 = srv.cpu_seconds()
         load = _load_proc(tls_dir, srv.port, clients, seconds)
         time.sleep(1.0)
@@ -161,10 +147,34 @@ def lifetime(tls_dir: Path, kind: str, options: ServerOptions, seconds: float, s
         return {"scenario": "lifetime", "kind": kind, "ack_pings": ack_pings, **asyncio.run(run())}
 
 
+def handshake(tls_dir: Path, kind: str, options: ServerOptions, seconds: float) -> dict[str, object]:
+    """How long the server keeps a connection that stalls before TLS, and one that stalls after TLS; and what it
+    does with a request whose headers exceed the metadata limits."""
+    tls = ClientTls.from_pki(tls_dir, "attacker")
+
+    async def run(port: int) -> dict[str, object]:
+        no_tls, no_preface = await asyncio.gather(stalled_handshake("127.0.0.1", port, None, seconds),
+                                                  stalled_handshake("127.0.0.1", port, tls, seconds))
+        client = await H2AbuseClient.connect("127.0.0.1", port, tls)
+        sizes = (4_000, 12_000, 20_000, 40_000)
+        ids = [(await client.open_idle_streams(1, ECHO_PATH, metadata=[("x-pad", "a" * n)]))[0] for n in sizes]
+        await asyncio.sleep(3.0)
+        ends = {n: client.stream_ends.get(sid) for n, sid in zip(sizes, ids, strict=True)}
+        closed = client.closed.is_set()
+        await client.close()
+        return {"stalled_before_tls_closed_after_s": no_tls, "stalled_after_tls_closed_after_s": no_preface,
+                "metadata": {str(n): None if e is None else [e.how, e.detail, round(e.at_s, 2)]
+                             for n, e in ends.items()},
+                "connection_closed_by_big_metadata": closed}
+
+    with target_server(tls_dir, kind, options) as srv:
+        return {"scenario": "handshake", "kind": kind, **asyncio.run(run(srv.port))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one scenario and print its JSON line."""
     parser = argparse.ArgumentParser(prog="python -m tests.h2abuse_measure")
-    parser.add_argument("scenario", choices=["rapid", "idle", "floods", "lifetime"])
+    parser.add_argument("scenario", choices=["rapid", "idle", "floods", "lifetime", "handshake"])
     parser.add_argument("--kind", choices=["aio", "aio-thread", "sync"], default="aio")
     parser.add_argument("--options", default="default", help="default, recommended, or a JSON list of pairs")
     parser.add_argument("--clients", type=int, default=32)
@@ -183,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = idle(tls_dir, args.kind, opts, args.clients, args.seconds, args.streams, args.connections)
         elif args.scenario == "floods":
             out = floods(tls_dir, args.kind, opts, args.seconds)
+        elif args.scenario == "handshake":
+            out = handshake(tls_dir, args.kind, opts, args.seconds)
         else:
             out = lifetime(tls_dir, args.kind, opts, args.seconds, args.streams, not args.no_ping_ack)
     print(json.dumps({"options": args.options, **out}))

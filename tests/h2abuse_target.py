@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -38,6 +38,38 @@ ECHO_PATH: Final = "/h2abuse.Probe/Echo"
 _SERVICE, _METHOD = ECHO_PATH.strip("/").split("/")
 ServerOptions = Sequence[tuple[str, int | str]]
 
+#: The gateway's recommended HTTP/2 server options (tests/h2abuse.md says what each bounds and what was measured).
+RECOMMENDED_OPTIONS: Final[list[tuple[str, int | str]]] = [
+    # At most 32 streams in flight per connection. With overload protection (on by default, stated here because
+    # it is what makes the cap hold against rapid reset) a stream the client reset still counts until the
+    # server has freed its call, so a HEADERS+RST_STREAM flood gets REFUSED_STREAM instead of filling the
+    # server-wide queue of calls not yet handed to the application.
+    ("grpc.max_concurrent_streams", 32),
+    ("grpc.http.overload_protection", 1),
+    # Client PINGs: at most one a minute while the server sends nothing; the third early one -> GOAWAY
+    # ENHANCE_YOUR_CALM "too_many_pings" and close.
+    ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    # Server keepalive: ping a connection with open calls every minute and close it (GOAWAY ENHANCE_YOUR_CALM
+    # "ping_timeout") when nothing arrives within 20 s. In grpcio 1.85 the server's wait is ping_timeout_ms;
+    # keepalive_timeout_ms is set for the day it takes effect again.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.http2.ping_timeout_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # A connection with no call for 5 minutes gets GOAWAY and is closed.
+    ("grpc.max_connection_idle_ms", 300_000),
+    # Every connection is recycled after 10 minutes (+-10 %): GOAWAY(NO_ERROR), then 60 s for calls in flight,
+    # then closed. This is the only server-side bound on how long an idle stream (HEADERS, no message, no
+    # deadline) lives.
+    ("grpc.max_connection_age_ms", 600_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+    # TLS and the HTTP/2 preface must be done within 10 s of the TCP accept (default 120 s).
+    ("grpc.server_handshake_timeout_ms", 10_000),
+    # Request headers: over 8 KiB may be refused, over 16 KiB are (RESOURCE_EXHAUSTED), per call (the defaults).
+    ("grpc.max_metadata_size", 8 * 1024),
+    ("grpc.absolute_max_metadata_size", 16 * 1024),
+]
+
 
 def _credentials(tls_dir: Path) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
@@ -45,7 +77,7 @@ def _credentials(tls_dir: Path) -> grpc.ServerCredentials:
         root_certificates=(tls_dir / "ca.crt").read_bytes(), require_client_auth=True)
 
 
-def _handlers(work_s: float, asynchronous: bool) -> grpc.GenericRpcHandler:
+def _handlers(work_s: float, asynchronous: bool) -> grpc.GenericRpcHandler[bytes, bytes]:
     async def echo_async(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         await asyncio.sleep(work_s)
         return request
@@ -181,11 +213,9 @@ def legit_load(tls_dir: Path, port: int, *, clients: int, seconds: float, client
     start = threading.Barrier(clients)
 
     def worker(ch: grpc.Channel) -> None:
-        call = ch.unary_unary(ECHO_PATH, _registered_method=True)
-        try:
+        call = ch.unary_unary(ECHO_PATH, request_serializer=None, response_deserializer=None)
+        with suppress(grpc.RpcError):
             call(payload, timeout=deadline_s)
-        except grpc.RpcError:
-            pass
         start.wait()
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -244,4 +274,6 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["ECHO_PATH", "LoadResult", "ServerProcess", "echo_channel", "legit_load", "target_server"]
+__all__ = [
+    "ECHO_PATH", "RECOMMENDED_OPTIONS", "LoadResult", "ServerProcess", "echo_channel", "legit_load", "target_server",
+]
