@@ -190,6 +190,9 @@ class H2AbuseClient:
         self.stream_ends: dict[int, StreamEnd] = {}
         self.server_resets: Counter[str] = Counter()
         self.pings_received = 0
+        self.pings_acked = 0  # ACKs of our PINGs
+        self.settings_acked = 0  # ACKs of our SETTINGS (the first is the handshake's)
+        self._progress = asyncio.Event()  # set whenever the reader has handled data
         self._trailers: dict[int, dict[bytes, bytes]] = {}
         self.read_error: str | None = None  # why reading stopped, when not a clean end of stream
         self._raw: bytearray | None = None  # frames not yet parsed, once h2 is bypassed (see _go_raw)
@@ -245,9 +248,10 @@ class H2AbuseClient:
                     break
                 if self._raw is not None:
                     self._receive_raw(data)
-                    continue
-                pending += data
-                self._receive_h2(pending)
+                else:
+                    pending += data
+                    self._receive_h2(pending)
+                self._progress.set()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             self.read_error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -292,6 +296,7 @@ class H2AbuseClient:
             for sid in self._open_ids():
                 self.stream_ends.setdefault(sid, StreamEnd("connection", "closed", self.closed_at_s))
         self.closed.set()
+        self._progress.set()
 
     def _open_ids(self) -> list[int]:
         return [sid for sid, s in self._conn.streams.items() if not s.closed and sid not in self.stream_ends]
@@ -323,6 +328,10 @@ class H2AbuseClient:
             self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.PingReceived):
             self.pings_received += 1
+        elif isinstance(event, h2.events.PingAckReceived):
+            self.pings_acked += 1
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            self.settings_acked += 1
 
     def _go_raw(self) -> None:
         """Stop using ``h2`` for this connection: from now on frames are written pre-encoded and read by
@@ -348,9 +357,13 @@ class H2AbuseClient:
             sid = int.from_bytes(buf[i + 5:i + 9], "big") & 0x7FFFFFFF
             payload = bytes(buf[i + 9:i + 9 + length])
             i += 9 + length
-            if ftype == _SETTINGS and not flags & _ACK:
+            if ftype == _SETTINGS and flags & _ACK:
+                self.settings_acked += 1
+            elif ftype == _SETTINGS:
                 out += _SETTINGS_ACK
-            elif ftype == _PING and not flags & _ACK:
+            elif ftype == _PING and flags & _ACK:
+                self.pings_acked += 1
+            elif ftype == _PING:
                 self.pings_received += 1
                 if self._ack_pings:
                     out += bytes.fromhex("000008060100000000") + payload
@@ -448,10 +461,14 @@ class H2AbuseClient:
 
         return await self._flood(report, one_batch, linger)
 
-    async def ping_flood(self, seconds: float, *, batch: int = 10, linger: float = 1.0) -> FloodReport:
-        """PING frames (not ACKs), ``batch`` per write, for ``seconds``; stops at GOAWAY or close."""
+    async def ping_flood(self, seconds: float, *, batch: int = 100, linger: float = 1.0) -> FloodReport:
+        """PING frames (not ACKs), ``batch`` per write, for ``seconds``; stops at GOAWAY or close.
+
+        Each batch waits for the server's ACKs of the one before (up to 1 s), so the flood never writes into a
+        connection the server has already closed (the write error would hide the GOAWAY still unread)."""
         report = FloodReport("ping_flood", seconds)
         counter = 0
+        base = self.pings_acked
 
         def one_batch() -> None:
             nonlocal counter
@@ -460,13 +477,14 @@ class H2AbuseClient:
                 self._conn.ping(counter.to_bytes(8, "big"))
                 report.sent += 1
 
-        return await self._flood(report, one_batch, linger)
+        return await self._flood(report, one_batch, linger, lambda: self.pings_acked - base)
 
-    async def settings_flood(self, seconds: float, *, batch: int = 10, linger: float = 1.0) -> FloodReport:
+    async def settings_flood(self, seconds: float, *, batch: int = 100, linger: float = 1.0) -> FloodReport:
         """SETTINGS frames (each one the server must ACK), ``batch`` per write, for ``seconds``; stops at GOAWAY
-        or close."""
+        or close. Like :meth:`ping_flood`, each batch waits for the ACKs of the one before."""
         report = FloodReport("settings_flood", seconds)
         window = 65535
+        base = self.settings_acked
 
         def one_batch() -> None:
             nonlocal window
@@ -475,9 +493,20 @@ class H2AbuseClient:
                 self._conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
                 report.sent += 1
 
-        return await self._flood(report, one_batch, linger)
+        return await self._flood(report, one_batch, linger, lambda: self.settings_acked - base)
 
-    async def _flood(self, report: FloodReport, one_batch: Callable[[], None], linger: float) -> FloodReport:
+    async def _await_acks(self, acked: Callable[[], int], wanted: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while acked() < wanted and not self.closed.is_set() and self.goaway is None:
+            self._progress.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+
+    async def _flood(self, report: FloodReport, one_batch: Callable[[], None], linger: float,
+                     acked: Callable[[], int] | None = None) -> FloodReport:
         t_start = self.now()
         had_goaway, had_closed = self.goaway is not None, self.closed.is_set()
         try:
@@ -487,11 +516,15 @@ class H2AbuseClient:
                 one_batch()
                 self._flush()
                 await self._writer.drain()
-                await asyncio.sleep(0)  # let the reader handle what the server sent
+                if acked is not None:
+                    await self._await_acks(acked, report.sent, 1.0)
+                else:
+                    await asyncio.sleep(0)  # let the reader handle what the server sent
                 if self.goaway is not None and not had_goaway and report.sent_at_goaway is None:
                     report.sent_at_goaway = report.sent
         except (ConnectionError, OSError, ssl.SSLError, h2.exceptions.ProtocolError) as exc:
             report.error = f"{type(exc).__name__}: {exc}"
+            await self.wait_closed(linger)  # what the server sent before the close may still be in flight
         report.seconds = self.now() - t_start
         if self.goaway is not None and not had_goaway:
             await self.wait_closed(linger)
