@@ -194,6 +194,7 @@ class H2AbuseClient:
         self.settings_acked = 0  # ACKs of our SETTINGS (the first is the handshake's)
         self._progress = asyncio.Event()  # set whenever the reader has handled data
         self._trailers: dict[int, dict[bytes, bytes]] = {}
+        self._rate: float | None = None  # streams per second the running flood may send (None: no cap)
         self.read_error: str | None = None  # why reading stopped, when not a clean end of stream
         self._raw: bytearray | None = None  # frames not yet parsed, once h2 is bypassed (see _go_raw)
         self._next_raw_id = 0
@@ -409,16 +410,18 @@ class H2AbuseClient:
         return len(self._open_ids())
 
     async def rapid_reset(self, seconds: float, path: str = DEFAULT_PATH, *, batch: int = 50, fast: bool = True,
-                          linger: float = 1.0) -> FloodReport:
+                          rate: float | None = None, linger: float = 1.0) -> FloodReport:
         """HEADERS immediately followed by RST_STREAM(CANCEL), ``batch`` streams per write, for ``seconds``.
 
         With ``fast`` (the default) the frames are pre-encoded and the connection stops using ``h2`` for good
         (:meth:`_go_raw`): a much faster flood, after which :meth:`open_idle_streams` is no longer available and
         :attr:`stream_ends` records only server resets. Stops early when the server sends GOAWAY or closes the
-        connection, then waits up to ``linger`` seconds for the close that follows a GOAWAY.
+        connection, then waits up to ``linger`` seconds for the close that follows a GOAWAY. ``rate`` caps the
+        streams per second (None: as fast as the connection takes them).
         """
         headers = grpc_request_headers(self.authority, path)
         report = FloodReport("rapid_reset", seconds)
+        self._rate = rate
         if not fast:
             def h2_batch() -> None:
                 for _ in range(batch):
@@ -518,6 +521,8 @@ class H2AbuseClient:
                 await self._writer.drain()
                 if acked is not None:
                     await self._await_acks(acked, report.sent, 1.0)
+                elif self._rate is not None:
+                    await asyncio.sleep(max(0.0, report.sent / self._rate - (self.now() - t_start)))
                 else:
                     await asyncio.sleep(0)  # let the reader handle what the server sent
                 if self.goaway is not None and not had_goaway and report.sent_at_goaway is None:
@@ -653,12 +658,13 @@ async def stalled_handshake(host: str, port: int, tls: ClientTls | None, timeout
 
 
 async def flood(host: str, port: int, tls: ClientTls, kind: str, seconds: float,
-                path: str = DEFAULT_PATH, *, ack_pings: bool = True) -> FloodReport:
-    """Connect, run one flood (``rapid_reset``, ``ping_flood`` or ``settings_flood``) and close."""
+                path: str = DEFAULT_PATH, *, ack_pings: bool = True, rate: float | None = None) -> FloodReport:
+    """Connect, run one flood (``rapid_reset``, ``ping_flood`` or ``settings_flood``) and close. ``rate`` caps
+    a rapid reset's streams per second."""
     client = await H2AbuseClient.connect(host, port, tls, ack_pings=ack_pings)
     try:
         if kind == "rapid_reset":
-            return await client.rapid_reset(seconds, path)
+            return await client.rapid_reset(seconds, path, rate=rate)
         if kind == "ping_flood":
             return await client.ping_flood(seconds)
         if kind == "settings_flood":
@@ -681,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=70, help="idle: streams per connection")
     parser.add_argument("--connections", type=int, default=1, help="idle: connections")
     parser.add_argument("--no-ping-ack", action="store_true", help="do not acknowledge the server's PINGs")
+    parser.add_argument("--rate", type=float, default=None, help="rapid_reset: streams per second (default: max)")
     args = parser.parse_args(argv)
     tls = ClientTls.from_pki(args.tls_dir, args.client)
     if args.kind == "idle":
@@ -690,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(asdict(holder.snapshot()), indent=2))
         return 0
     report = asyncio.run(flood(args.host, args.port, tls, args.kind, args.seconds, args.path,
-                               ack_pings=not args.no_ping_ack))
+                               ack_pings=not args.no_ping_ack, rate=args.rate))
     print(json.dumps(report.as_dict(), indent=2))
     return 0
 

@@ -58,8 +58,25 @@ def _baseline(tls_dir: Path, srv: ServerProcess, clients: int, seconds: float) -
     return _finish(_load_proc(tls_dir, srv.port, clients, seconds))
 
 
-def rapid(tls_dir: Path, kind: str, options: ServerOptions, clients: int, seconds: float) -> dict[str, object]:
-    """One connection floods HEADERS+RST_STREAM while ``clients`` legitimate clients call on their own."""
+async def _floods(port: int, tls: ClientTls, attackers: int, seconds: float,
+                  rate: float | None) -> dict[str, object]:
+    each = None if rate is None else rate / attackers
+    reports = await asyncio.gather(*(flood("127.0.0.1", port, tls, "rapid_reset", seconds, ECHO_PATH, rate=each)
+                                     for _ in range(attackers)))
+    if attackers == 1:
+        return reports[0].as_dict()
+    refused = sum(r.server_resets.get("REFUSED_STREAM", 0) for r in reports)
+    return {"kind": "rapid_reset", "connections": attackers, "sent": sum(r.sent for r in reports),
+            "rate": round(sum(r.rate for r in reports), 1), "server_resets": {"REFUSED_STREAM": refused},
+            "goaways": sum(r.goaway is not None for r in reports), "closed": sum(r.closed_at_s is not None
+                                                                              for r in reports),
+            "errors": [r.error for r in reports if r.error]}
+
+
+def rapid(tls_dir: Path, kind: str, options: ServerOptions, clients: int, seconds: float,
+          attackers: int = 1, rate: float | None = None) -> dict[str, object]:
+    """``attackers`` connections flood HEADERS+RST_STREAM while ``clients`` legitimate clients call on their
+    own connections."""
     with target_server(tls_dir, kind, options) as srv:
         cpu_base = srv.cpu_seconds()
         base = _baseline(tls_dir, srv, clients, seconds)
@@ -67,10 +84,10 @@ def rapid(tls_dir: Path, kind: str, options: ServerOptions, clients: int, second
         cpu0 = srv.cpu_seconds()
         load = _load_proc(tls_dir, srv.port, clients, seconds)
         time.sleep(1.0)
-        report = asyncio.run(flood("127.0.0.1", srv.port, ClientTls.from_pki(tls_dir, "attacker"), "rapid_reset",
-                                   seconds - 1.0, ECHO_PATH))
+        report = asyncio.run(_floods(srv.port, ClientTls.from_pki(tls_dir, "attacker"), attackers, seconds - 1.0,
+                                     rate))
         under = _finish(load)
-        return {"scenario": "rapid", "kind": kind, "flood": report.as_dict(), "baseline": base, "under": under,
+        return {"scenario": "rapid", "kind": kind, "flood": report, "baseline": base, "under": under,
                 **_server_stats(srv, cpu0)}
 
 
@@ -182,13 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=70)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--no-ping-ack", action="store_true")
+    parser.add_argument("--attackers", type=int, default=1, help="rapid: flooding connections")
+    parser.add_argument("--rate", type=float, default=None, help="rapid: total streams per second (default: max)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="h2m-") as tmp:
         tls_dir = Path(tmp)
         certs.write_dev_pki(tls_dir, clients=["analyst", "attacker"])
         opts = _options(args.options)
         if args.scenario == "rapid":
-            out = rapid(tls_dir, args.kind, opts, args.clients, args.seconds)
+            out = rapid(tls_dir, args.kind, opts, args.clients, args.seconds, args.attackers, args.rate)
         elif args.scenario == "idle":
             out = idle(tls_dir, args.kind, opts, args.clients, args.seconds, args.streams, args.connections)
         elif args.scenario == "floods":
