@@ -40,12 +40,16 @@ ServerOptions = Sequence[tuple[str, int | str]]
 
 #: The gateway's recommended HTTP/2 server options (tests/h2abuse.md says what each bounds and what was measured).
 RECOMMENDED_OPTIONS: Final[list[tuple[str, int | str]]] = [
-    # At most 32 streams in flight per connection. With overload protection (on by default, stated here because
-    # it is what makes the cap hold against rapid reset) a stream the client reset still counts until the
-    # server has freed its call, so a HEADERS+RST_STREAM flood gets REFUSED_STREAM instead of filling the
-    # server-wide queue of calls not yet handed to the application.
-    ("grpc.max_concurrent_streams", 32),
+    # At most 16 streams in flight per connection (a client's further calls wait in its own channel). With
+    # overload protection (on by default, stated here because it is what makes the cap hold against rapid
+    # reset) a stream the client reset still counts until the server has freed its call, so a HEADERS+RST_STREAM
+    # flood gets REFUSED_STREAM instead of filling the server-wide queue of calls not yet handed to the
+    # application. The cap is also the share of the server's call handling one connection can take.
+    # max_deallocating_streams lets 16 more streams count while the server frees calls that have finished:
+    # without that headroom a legitimate client that keeps 16 calls in flight gets some refused (UNAVAILABLE).
+    ("grpc.max_concurrent_streams", 16),
     ("grpc.http.overload_protection", 1),
+    ("grpc.http2.max_deallocating_streams", 16),
     # Client PINGs: at most one a minute while the server sends nothing; the third early one -> GOAWAY
     # ENHANCE_YOUR_CALM "too_many_pings" and close.
     ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
