@@ -98,7 +98,7 @@ def test_rapid_reset_is_refused_per_connection_and_legit_calls_succeed(
     with LegitCaller(tls_dir, server.port) as legit:
         report = asyncio.run(flood(HOST, server.port, attacker, "rapid_reset", 3.0, ECHO_PATH))
     assert report.error is None
-    assert report.sent > 10_000, report.as_dict()
+    assert report.sent > 1_000, report.as_dict()
     assert report.server_resets.get("REFUSED_STREAM", 0) > 0.9 * report.sent, report.as_dict()
     assert not legit.errors, dict(legit.errors)
     assert len(legit.latencies) > 20
