@@ -60,16 +60,42 @@ log = logging.getLogger("gateway.server")
 
 SERVICE_NAMES = tuple(s.full_name for f in PROTO_FILES for s in f.services_by_name.values())
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-# HTTP/2 and connection limits: what one connection may hold, and when idle or abusive ones are closed.
+# HTTP/2 and connection limits: what one connection may hold, and when idle or abusive ones are closed
+# (measured against grpcio 1.85 with the raw HTTP/2 client in tests/h2abuse.py; tests/h2abuse.md has the
+# figures). If an option is given twice, grpc uses the first value.
 HTTP2_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_concurrent_streams", 100),  # streams per connection
-    ("grpc.max_connection_idle_ms", 5 * 60_000),  # close a connection with no call for 5 minutes
-    ("grpc.keepalive_time_ms", 60_000),  # ping an idle connection every minute ...
-    ("grpc.keepalive_timeout_ms", 20_000),  # ... and close it if the ping is not answered in 20 s
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # client pings more often are strikes
-    ("grpc.http2.max_ping_strikes", 2),  # ... and the third closes the connection (GOAWAY)
-    ("grpc.max_metadata_size", 16 * 1024),
+    # At most 16 streams in flight per connection (a client's further calls wait in its own channel). With
+    # overload protection (on by default, stated here because it is what makes the cap hold against rapid
+    # reset) a stream the client reset still counts until the server has freed its call, so a HEADERS+RST_STREAM
+    # flood gets REFUSED_STREAM instead of filling the server-wide queue of calls not yet handed to the
+    # application. The cap is also the share of the server's call handling one connection can take.
+    # max_deallocating_streams lets 16 more streams count while the server frees calls that have finished:
+    # without that headroom a legitimate client that keeps 16 calls in flight gets some refused (UNAVAILABLE).
+    ("grpc.max_concurrent_streams", 16),
+    ("grpc.http.overload_protection", 1),
+    ("grpc.http2.max_deallocating_streams", 16),
+    # Client PINGs: at most one a minute while the server sends nothing; the third early one -> GOAWAY
+    # ENHANCE_YOUR_CALM "too_many_pings" and close.
+    ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    # Server keepalive: ping a connection with open calls every minute and close it (GOAWAY ENHANCE_YOUR_CALM
+    # "ping_timeout") when nothing arrives within 20 s. In grpcio 1.85 the server's wait is ping_timeout_ms;
+    # keepalive_timeout_ms is set for the day it takes effect again.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.http2.ping_timeout_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # A connection with no call for 5 minutes gets GOAWAY and is closed.
+    ("grpc.max_connection_idle_ms", 300_000),
+    # Every connection is recycled after 10 minutes (+-10 %): GOAWAY(NO_ERROR), then 60 s for calls in flight,
+    # then closed. This is the only server-side bound on how long an idle stream (HEADERS, no message, no
+    # deadline) lives.
+    ("grpc.max_connection_age_ms", 600_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+    # TLS and the HTTP/2 preface must be done within 10 s of the TCP accept (default 120 s).
     ("grpc.server_handshake_timeout_ms", 10_000),
+    # Request headers: over 8 KiB may be refused, over 16 KiB are (RESOURCE_EXHAUSTED), per call (the defaults).
+    ("grpc.max_metadata_size", 8 * 1024),
+    ("grpc.absolute_max_metadata_size", 16 * 1024),
 )
 T = TypeVar("T")
 

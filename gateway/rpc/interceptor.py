@@ -25,6 +25,7 @@ body reads its messages with a per-message timeout (`message_timeout_s`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -216,7 +217,15 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
             with self.gate.session(call), log_context(consumer=call.identity, rpc=call.method):
                 return fn(*args)
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, work)
+        future = asyncio.get_running_loop().run_in_executor(self.pool, work)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The client went away. The body runs to its end anyway (a thread cannot be stopped), and what
+            # it charged must reach the call's audit entry, so wait for it before the cancellation goes on.
+            with contextlib.suppress(BaseException):
+                await future
+            raise
 
     async def _audit(self, call: Call, error: GatewayError | None, answered: bool) -> GatewayError | None:
         if call.rule.any_certificate and error is None:

@@ -201,3 +201,40 @@ def test_health_follows_the_sandbox(env: Env, small_gateway: Gateway) -> None:
         q_grpc.QueryServiceStub(ch).RunQuery(q_pb.RunQueryRequest(
             dataset="registry", purpose="planning", sql="SELECT COUNT(*) FROM residents WHERE birth_year > 1",
             privacy_loss=common_pb.PrivacyLoss(epsilon=0.01)), timeout=30)
+
+
+def test_rapid_reset_flood_does_not_cancel_other_clients(env: Env, small_gateway: Gateway) -> None:
+    """A HEADERS + RST_STREAM flood from one connection (a valid certificate): the server refuses that
+    connection's new streams (REFUSED_STREAM) and another consumer's calls all succeed meanwhile. (grpcio has
+    no way to close the flooding connection itself; see tests/h2abuse.md.)"""
+    import asyncio
+
+    from tests.h2abuse import ClientTls, flood
+
+    errors: list[grpc.StatusCode] = []
+    served = 0
+    stop = threading.Event()
+
+    def legit() -> None:
+        nonlocal served
+        with channel_for(env, small_gateway.port, "planner") as ch:
+            stub = b_grpc.BudgetServiceStub(ch)
+            while not stop.is_set():
+                try:
+                    stub.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest(), timeout=30)
+                    served += 1
+                except grpc.RpcError as exc:
+                    errors.append(exc.code())
+
+    threads = [threading.Thread(target=legit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        report = asyncio.run(flood("127.0.0.1", small_gateway.port, ClientTls.from_pki(env.tls_dir, "analyst"),
+                                   "rapid_reset", 3.0, RUN_QUERY))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert report.sent > 1000 and report.server_resets.get("REFUSED_STREAM", 0) > 0
+    assert served > 0 and errors == []
