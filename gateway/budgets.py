@@ -345,14 +345,19 @@ class Governor:
     def reserve(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
         now: float | None = None, durable: bool = True, loss: ReleaseLoss | None = None,
+        product: str = "query", product_budget: PrivacyLoss | None = None,
     ) -> Reservation | PriorRelease:
         """Charge `cost` against every level in one ledger transaction (see `Ledger.reserve_nested`;
         `durable=False` defers its fsync to the caller's next completion, as `Ledger.reserve` explains). The
         data owner's levels count the release's loss in the owner's definition: `loss` when given (a model's
         own definition), else the loss `cost` states; a release the owner's cap cannot count is refused
-        before anything is charged (OWNER_CAP_INCOMPATIBLE)."""
+        before anything is charged (OWNER_CAP_INCOMPATIBLE). `product_budget`: the most this product may spend
+        of the grant per period (a model grant's limit), checked as one more level."""
         now = self.clock() if now is None else now
         g, m, limits = self.levels_for(key, now)
+        if product_budget is not None:
+            limits.append((BudgetLimit("member_product", product_budget, g.period.window(now), product=product),
+                           g.period))
         purpose = self.governance.purposes[g.purpose]
         metering = Metering(
             organization=m.organization, use_class=purpose.use_class,
@@ -364,7 +369,7 @@ class Governor:
         return self.ledger.reserve_nested(
             key, request_id=request_id, fingerprint=fingerprint, cost=cost,
             limits=[lim for lim, _ in limits], metering=metering, now=now, durable=durable,
-            owner=owner, refuse=refuse,
+            owner=owner, refuse=refuse, product=product,
         )
 
     def levels(self, key: GrantKey, now: float | None = None) -> list[Level]:

@@ -78,6 +78,7 @@ class ChargePlan:
     units: int
     product: str
     owner_loss: ReleaseLoss | None = None
+    product_budget: PrivacyLoss | None = None  # the most this product may spend of the grant (a model grant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,7 @@ class GovernedPath:
         outcome = self.governor.reserve(
             plan.key, request_id=plan.request_id, fingerprint=plan.fingerprint, cost=cost,
             request_units=0 if cached else plan.units, durable=False,
-            loss=None if cached else plan.owner_loss,
+            loss=None if cached else plan.owner_loss, product=plan.product, product_budget=plan.product_budget,
         )
         if isinstance(outcome, PriorRelease):
             response = product.replay(call, outcome)

@@ -66,7 +66,7 @@ ChargeStatus = Literal["reserved", "released", "failed"]
 # 2 adds exact units, organisation and metering columns; 3 adds rho_units; 4 adds zcdp_units, no_zcdp and
 # the per-minute/hour/lifetime spending buckets kept by triggers; 5 adds conversion_delta_units and the
 # counts on the data owner's cap (cap_*)
-_SCHEMA_VERSION = 5
+_SCHEMA_VERSION = 6
 _VERIFY_RELATIVE_TOLERANCE = 1e-9
 
 _SCHEMA = """
@@ -117,6 +117,8 @@ CREATE TABLE IF NOT EXISTS charges (
     cap_rho_delta_units INTEGER NOT NULL DEFAULT 0 CHECK (cap_rho_delta_units >= 0),
     cap_no_epsilon      INTEGER NOT NULL DEFAULT 0 CHECK (cap_no_epsilon IN (0, 1)),
     cap_no_rho          INTEGER NOT NULL DEFAULT 0 CHECK (cap_no_rho IN (0, 1)),
+    -- schema 6: the product that charged (query, model): a model grant's limit counts its own charges
+    product       TEXT NOT NULL DEFAULT 'query',
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
@@ -131,6 +133,8 @@ CREATE INDEX IF NOT EXISTS charges_units_by_key
     ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
 CREATE INDEX IF NOT EXISTS charges_units_by_org
     ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_units_by_product
+    ON charges (consumer, dataset, purpose, product, created_at, epsilon_units, delta_units);
 CREATE INDEX IF NOT EXISTS charges_units_by_dataset
     ON charges (dataset, created_at, epsilon_units, delta_units, rho_units);
 """
@@ -649,6 +653,7 @@ class Ledger:
         durable: bool = True,
         owner: CapCounts | None = None,
         refuse: GatewayError | None = None,
+        product: str = "query",
     ) -> Reservation | PriorRelease:
         """Durably charges ``cost`` if it fits every limit for its period, or replays a prior answer.
 
@@ -724,15 +729,15 @@ class Ledger:
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon,"
                 " delta, status, response, created_at, updated_at, organization, epsilon_units,"
                 " delta_units, use_class, data_owner, request_units, price_per_request_unit,"
-                " price_per_epsilon, currency, rho_units, zcdp_units, no_zcdp, conversion_delta_units, "
+                " price_per_epsilon, currency, rho_units, zcdp_units, no_zcdp, conversion_delta_units, product, "
                 + ", ".join(_CAP_COLUMNS) + ")"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, ?, ?, ?)",
+                " ?, ?, ?, ?, ?, ?, ?)",
                 (key.consumer, request_id, key.dataset, key.purpose, fingerprint, cost.epsilon,
                  cost.delta, now, now, metering.organization, cost_eps, cost_delta,
                  metering.use_class, metering.data_owner, metering.request_units,
                  metering.price_per_request_unit, metering.price_per_epsilon, metering.currency,
-                 cost_rho, *zcdp_columns(cost_eps, cost_delta, cost_rho), conversion, *owner.as_row()),
+                 cost_rho, *zcdp_columns(cost_eps, cost_delta, cost_rho), conversion, product, *owner.as_row()),
             )
             conn.execute(
                 "INSERT INTO spend (consumer, dataset, purpose, epsilon, delta) VALUES (?, ?, ?, ?, ?)"
@@ -828,6 +833,16 @@ class Ledger:
         * the data owner's levels: the charges' counts on the owner's cap in its measure (`cap_*`, from
           `sandbox.cap_rules`); a charge with no count in that measure marks the window as spent.
         """
+        if limit.level == "member_product":  # few charges (models): summed directly over the index
+            where = "consumer = ? AND dataset = ? AND purpose = ? AND product = ?"
+            args: list[object] = [key.consumer, key.dataset, key.purpose, limit.product]
+            if limit.window.start is not None:
+                where, args = where + " AND created_at >= ?", [*args, limit.window.start]
+            if limit.window.end is not None:
+                where, args = where + " AND created_at < ?", [*args, limit.window.end]
+            e, d = conn.execute(f"SELECT coalesce(sum(epsilon_units), 0), coalesce(sum(delta_units), 0)"
+                                f" FROM charges WHERE {where}", args).fetchone()
+            return int(e), int(d), 0
         sums = _window_sums(conn, limit, key, organization)
         if limit.level in _OWNER_LEVELS:
             eps, delta, rho = sums["cap_epsilon_units"], sums["cap_delta_units"], sums["cap_rho_units"]
@@ -932,7 +947,7 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, 1, 2, 3, 4, _SCHEMA_VERSION):
+            if version not in (0, 1, 2, 3, 4, 5, _SCHEMA_VERSION):
                 raise GatewayInternalError("privacy ledger has an unknown schema version")
             if version == 1:
                 _migrate_v1(conn)  # issue-gov
@@ -943,6 +958,9 @@ class Ledger:
                 _migrate_v3(conn)
             if version in (1, 2, 3, 4):
                 _migrate_v4(conn)
+            if version in (1, 2, 3, 4, 5) and "product" not in {
+                    row[1] for row in conn.execute("PRAGMA table_info(charges)")}:
+                conn.execute("ALTER TABLE charges ADD COLUMN product TEXT NOT NULL DEFAULT 'query'")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -1037,7 +1055,7 @@ def _exhausted(
 
 # -- issue-gov: nested, periodic budgets ------------------------------------------------------------
 
-BudgetLevel = Literal["member", "organization", "dataset_cap", "dataset_cap_lifetime"]
+BudgetLevel = Literal["member", "organization", "dataset_cap", "dataset_cap_lifetime", "member_product"]
 _OWNER_LEVELS = frozenset({"dataset_cap", "dataset_cap_lifetime"})
 
 
@@ -1048,7 +1066,8 @@ class BudgetLimit:
     Attributes:
         level: 'member' (the member's own budget on the grant), 'organization' (all members of the
             organisation on the grant), 'dataset_cap' (the data owner's cap: everyone on the dataset) or
-            'dataset_cap_lifetime' (the owner's lifetime cap).
+            'dataset_cap_lifetime' (the owner's lifetime cap), or 'member_product' (the member's charges of one
+            product on the grant: a model grant's limit inside the organisation's grant).
         budget: What the level allows per period.
         window: The charges that count now (from ``Period.window(now)``).
         measure: What the level accounts: 'epsilon' (pure and approximate DP grants; an owner's epsilon
@@ -1061,6 +1080,7 @@ class BudgetLimit:
     budget: PrivacyLoss
     window: Window
     measure: Literal["epsilon", "rho"] = "epsilon"
+    product: str = ""  # 'member_product': the product whose charges the level counts (a model grant's limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1234,7 +1254,8 @@ def _nested_exhausted(
     remaining_delta = from_units(max(0, budget_delta - spent_delta), DELTA_UNITS)
     what = {"member": "your own budget", "organization": "your organisation's budget",
             "dataset_cap": "the data owner's cap on the dataset",
-            "dataset_cap_lifetime": "the data owner's lifetime cap on the dataset"}[limit.level]
+            "dataset_cap_lifetime": "the data owner's lifetime cap on the dataset",
+            "member_product": f"your {limit.product} grant's limit"}[limit.level]
     when = "over its lifetime" if limit.level == "dataset_cap_lifetime" else "this period"
     measure = ("rho" if rho else "epsilon") if epsilon_exceeded else "delta"
     requested = {"rho": cost.rho, "epsilon": cost.epsilon, "delta": cost.delta}[measure]

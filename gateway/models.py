@@ -216,7 +216,9 @@ class _ModelProduct:
         # the composed rho), not the (epsilon, delta) the model grant is charged.
         plan = ChargePlan(GrantKey(call.identity, req.dataset, req.purpose), request_id,
                           hashlib.sha256(body.encode()).hexdigest(), cost, len(costs), self.name,
-                          owner_loss=mp.owner_loss(costs))
+                          owner_loss=mp.owner_loss(costs),
+                          product_budget=None if model_grant.epsilon is None
+                          else PrivacyLoss(model_grant.epsilon, model_grant.delta))
         return Priced(plan, _ModelPriced(grant, model_grant, info, kind, sandbox_req, costs, cost), description)
 
     def sandbox_request(self, priced: Priced, sandbox_request_id: str) -> SandboxMessage:

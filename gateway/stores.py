@@ -43,7 +43,7 @@ class LedgerStore(Protocol):
     def reserve_nested(
         self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss,
         limits: Sequence[BudgetLimit], metering: Metering, now: float, durable: bool = True,
-        owner: CapCounts | None = None, refuse: GatewayError | None = None,
+        owner: CapCounts | None = None, refuse: GatewayError | None = None, product: str = "query",
     ) -> Reservation | PriorRelease: ...
 
     def complete(self, key: GrantKey, request_id: str, response: bytes, *, also: Sequence[TxWrite] = ()) -> None: ...

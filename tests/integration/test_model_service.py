@@ -222,3 +222,42 @@ def test_linear_coefficients_close_at_high_epsilon(env: Env, model_gateway: Gate
     beta = np.linalg.lstsq(x, y, rcond=None)[0]
     dp_beta = np.array([resp.intercept.value, *(c.value for c in resp.coefficients)])
     assert abs(dp_beta[2] - beta[2]) < 0.5 * abs(beta[2])
+
+
+def test_a_model_grant_limit_caps_model_spending_inside_the_grant(env: Env) -> None:
+    """`epsilon` on a model grant is the most models may spend of the organisation's grant per period: analyst's
+    models may spend 1.0 of its 1000; a model at 0.8 fits, a second at 0.8 is RESOURCE_EXHAUSTED (level
+    member_product) and charges nothing; queries still spend the grant."""
+    from gateway.ledger import GrantKey
+
+    policy = env.root / "operator-model-limit.toml"
+    policy.write_text(TEST_POLICY + """
+[[model_grants]]
+consumer = "analyst"
+dataset = "registry"
+purpose = "testing"
+table = "residents"
+features = ["birth_year", "employed"]
+labels = ["income"]
+max_epsilon_per_request = 1.0
+epsilon = 1.0
+""")
+    state = env.root / "state-model-limit"
+    gw = start_gateway(replace(env.settings, policy=policy, state_dir=state, sandbox_socket=state / "sandbox.sock"))
+    try:
+        stub = _stub(env, gw, "analyst")
+        stub.TrainModel(_linear(privacy_loss=common_pb.PrivacyLoss(epsilon=0.8)))
+        key = GrantKey("analyst", "registry", "testing")
+        spent = gw.ledger.spent(key).epsilon
+        with pytest.raises(grpc.RpcError) as info:
+            stub.TrainModel(_linear(privacy_loss=common_pb.PrivacyLoss(epsilon=0.8)))
+        d = error_details(info.value)
+        assert (d.code, d.reason, d.metadata["level"]) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "PRIVACY_BUDGET_EXHAUSTED", "member_product")
+        assert gw.ledger.spent(key).epsilon == spent == pytest.approx(0.8)
+        q = q_grpc.QueryServiceStub(channel_for(env, gw.port, "analyst"))
+        q.RunQuery(q_pb.RunQueryRequest(dataset="registry", purpose="testing", sql="SELECT COUNT(*) FROM residents",
+                                        privacy_loss=common_pb.PrivacyLoss(epsilon=5.0)))
+        assert gw.ledger.spent(key).epsilon == pytest.approx(5.8)
+    finally:
+        gw.stop()
