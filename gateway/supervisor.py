@@ -8,8 +8,9 @@ sandbox:
     dead          the process has exited (killed, crashed, out of memory)
     unreachable   a fresh connection to the socket path fails (the socket file was deleted or replaced);
                   pooled connections cannot show this, so probes never use the pool
-    hung          a health probe is not answered in `probe_timeout_s`, twice (a stopped or wedged
-                  process), or a request gave up on it at its hard deadline
+    hung          a health probe is not answered in `probe_timeout_s`, twice (a wedged process; once
+                  for a process stopped by a signal, seen in /proc on Linux), or a request gave up on
+                  it at its hard deadline
     unlocked      it answers but does not report itself locked down
 
 and for any of these it reports NOT_SERVING (`on_health`), removes the old process (SIGKILL when hung: a
@@ -31,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sandbox.client import SandboxClient, SandboxConnectionError, SandboxProcess, SandboxStartError
 
@@ -108,8 +110,8 @@ class SandboxSupervisor:
             self._report(False)
             if self.process is None:
                 return
-            if time.monotonic() < self._next_attempt:
-                return  # backing off after a failed start
+            if time.monotonic() < self._next_attempt or self._stop.is_set():
+                return  # backing off after a failed start, or the gateway is stopping
             self._replace(self.process, cause, hung=hung or cause.startswith("hung"))
 
     def generation(self) -> int:
@@ -144,12 +146,15 @@ class SandboxSupervisor:
         self._monitor = threading.Thread(target=watch, name="sandbox-supervisor", daemon=True)
         self._monitor.start()
 
-    def stop(self) -> None:
-        """Stop the monitor thread."""
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the monitor thread and wait (up to `timeout_s`) for a replacement in progress; none starts
+        after this."""
         self._stop.set()
         self._wake.set()
         if self._monitor is not None:
-            self._monitor.join(10)
+            self._monitor.join(timeout_s)
+        if self._lock.acquire(timeout=timeout_s):
+            self._lock.release()
 
     # -- diagnosis and replacement ---------------------------------------------------------------------
 
@@ -168,6 +173,8 @@ class SandboxSupervisor:
                     problem = f"unreachable ({exc})"
                 elif exc.timed_out:
                     problem = f"hung (no answer to a health probe in {self.probe_timeout_s:g} s)"
+                    if process is not None and _stopped(process.pid):
+                        return f"{problem}, stopped by a signal"
                 else:
                     problem = f"broken ({exc})"
                 if process is not None and not process.alive:
@@ -209,3 +216,12 @@ class SandboxSupervisor:
             log.warning("the sandbox was replaced (new pid %d) %.2f s after it was found %s", process.pid,
                         recovery.seconds, recovery.cause)
             self._report(True)
+
+
+def _stopped(pid: int) -> bool:
+    """True if the process is stopped by a signal (SIGSTOP, SIGTSTP) or a tracer (Linux /proc; else False)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] in (["T"], ["t"])

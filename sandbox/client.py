@@ -243,23 +243,26 @@ class _Spawner:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._pid = 0  # the process whose thread serves `_jobs` (a forked child starts its own)
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
 
     def run(self, fn: Callable[[], T]) -> T:
         """`fn()` on the spawner thread; its result or exception."""
         future: Future[T] = Future()
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="sandbox-spawner", daemon=True)
-                self._thread.start()
-        self._jobs.put((fn, future))
+            if self._pid != os.getpid():
+                self._pid, self._jobs = os.getpid(), queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._jobs,), name="sandbox-spawner",
+                                 daemon=True).start()
+            jobs = self._jobs
+        jobs.put((fn, future))
         return future.result()
 
-    def _serve(self) -> None:
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
         while True:
-            fn, future = self._jobs.get()
+            fn, future = jobs.get()
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -398,7 +401,7 @@ class SandboxProcess:
         ready = threading.Event()
         assert proc.stdout is not None and proc.stderr is not None
         threading.Thread(target=self._drain_stdout, args=(proc.stdout, ready), daemon=True).start()
-        threading.Thread(target=self._drain_stderr, args=(proc.stderr, proc.pid), daemon=True).start()
+        threading.Thread(target=self._drain_stderr, args=(proc.stderr,), daemon=True).start()
         deadline = time.monotonic() + self.ready_timeout_s
         while not ready.wait(0.05):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -417,10 +420,10 @@ class SandboxProcess:
             if line.startswith(READY_PREFIX):
                 ready.set()
 
-    def _drain_stderr(self, stream: IO[str], pid: int) -> None:
+    def _drain_stderr(self, stream: IO[str]) -> None:
         for line in stream:
             self.stderr_tail.append(line)
-            forward_log_line(line, pid)
+            forward_log_line(line)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after `grace_s`; waits for the child."""
@@ -448,12 +451,12 @@ class SandboxProcess:
         self._spawn()
 
 
-def forward_log_line(line: str, pid: int) -> None:
+def forward_log_line(line: str) -> None:
     """Log one line the sandbox wrote to stderr on logger `sandbox` (see `SandboxProcess`)."""
     parsed = parse_line(line)
     if not parsed.message or not SANDBOX_LOG.isEnabledFor(parsed.level):
         return
-    extra: dict[str, object] = {"sandbox_pid": pid}
+    extra: dict[str, object] = {}
     if parsed.request_id is not None:
         consumer, sep, rest = parsed.request_id.partition("/")
         # The gateway names sandbox requests `consumer/request id`; consumer names never hold a slash.
