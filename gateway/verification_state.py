@@ -5,6 +5,8 @@ consumer's and the template's counters of the period (one row each), and one row
 A batch reads the rows of its subjects with one statement (the keys as one JSON array, `json_each`) and
 writes them back with one `INSERT ... SELECT ... ON CONFLICT DO UPDATE`, so the cost is SQLite's B-tree
 work, not 100,000 statement round trips from Python (`executemany` costs about 5 µs per row here).
+`charge_refundable` also returns what a charge took (`CapCharge`), and `refund` gives exactly that back
+in one transaction, for claims that never reached the sandbox.
 
 Subject rows are keyed compactly: `(scope, subject)` where `scope` is an integer naming (period,
 consumer, dataset, template) (`cap_scopes`) and `subject` is the first 16 bytes (hex) of the subject's

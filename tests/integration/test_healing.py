@@ -319,8 +319,9 @@ def test_sandbox_killed_during_verification(env: Env, healing_gateway: Gateway) 
     answered = sum(o.claims for o in batches.outcomes if o.code == OK)
     failed = sum(o.claims for o in batches.outcomes if o.code != OK)
     assert answered <= _counts(gw, "identity_match") <= answered + failed
-    print(f"single checks {by}; batches {len(batches.outcomes)} ({answered} claims answered, {failed} in "
-          f"failed batches, {_counts(gw, 'identity_match')} charged)")
+    batch_codes = sorted(o.code.name for o in batches.outcomes)
+    print(f"single checks {({c.name: n for c, n in by.items()})}; batches {batch_codes} ({answered} claims "
+          f"answered, {failed} in failed batches, {_counts(gw, 'identity_match')} charged)")
     _summary("sandbox SIGKILL during verification: service resumed after", times)
 
 
