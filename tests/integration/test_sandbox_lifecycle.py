@@ -303,3 +303,19 @@ def test_sigterm_stops_a_tied_sandbox_cleanly(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.proc.wait(10) == 0
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_a_sandbox_started_from_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
+    """Linux sends the parent-death signal when the forking THREAD exits: a sandbox started (or restarted)
+    from a recovery thread that then ends keeps serving, because every sandbox is forked by one
+    long-lived thread."""
+    box: list[SandboxProcess] = []
+    starter = threading.Thread(target=lambda: box.append(SandboxProcess.start(_catalog(tmp_path), tmp_path / "s.sock")))
+    starter.start()
+    starter.join(120)
+    proc = box[0]
+    try:
+        time.sleep(1.0)
+        assert proc.alive and proc.client().health(fresh=True).serving
+    finally:
+        proc.stop()
