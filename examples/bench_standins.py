@@ -53,7 +53,7 @@ class NoChargeGovernor(Governor):
         self.__dict__.update(real.__dict__)
 
     def reserve(self, key: GrantKey, *, request_id: str, fingerprint: str, cost: PrivacyLoss, request_units: int,
-                now: float | None = None, durable: bool = True, loss: Any = None) -> Reservation | PriorRelease:
+                **kwargs: Any) -> Reservation | PriorRelease:
         """A reservation that is not stored."""
         return Reservation(request_id=request_id, key=key, cost=cost, spent_after=PrivacyLoss(0.0, 0.0))
 

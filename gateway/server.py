@@ -254,6 +254,7 @@ def start_gateway(settings: Settings) -> Gateway:
         owner.apply(catalog)  # the caps and grade rules from the sandbox's catalog, never from the file
         verification = VerificationCore.start(policy.verification, client, settings.state_dir,
                                               sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
+        verification.supervisor = supervisor
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="pgw-worker")
         admission = Admission(AdmissionLimits(
             max_running=settings.max_workers, max_running_per_identity=settings.max_calls_per_identity,

@@ -12,11 +12,14 @@ before the data is touched, except the last two):
 5. the client's deadline has not passed (DEADLINE_EXCEEDED, nothing charged); the per-consumer,
    per-template and per-subject caps of the period are checked and charged in one `BEGIN IMMEDIATE`
    transaction of the state database per chunk of up to 25,000 claims, in claim order
-   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next);
+   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED);
 6. the sandbox counts the chunk's claims on the data owner's per-subject cap (all consumers; it refuses a
    claim over it before evaluating it: CAP_EXHAUSTED for that claim, cap "owner_subject"), evaluates the
    owner's template for the other claims (one set-wise join) and returns their outcomes (and bands), while
-   the next chunk is charged;
+   the next chunk is charged. A chunk that reached the sandbox stays charged whatever happens next (the data
+   may have been touched); when the request fails, every chunk that never reached it (its call failed
+   before sending, or it was never sent) is refunded exactly, durably (`VerificationState.refund`), and the
+   error is UNAVAILABLE;
 7. enumeration counters are updated (the same statements for found and not-found subjects), the receipts
    are issued (one Merkle tree and one signature per request, `gateway.verification_receipts`) and the
    request is audited (one entry committing to the tree's signed root) before any answer leaves.
@@ -52,6 +55,7 @@ from gateway.grants import VerificationGrant, VerificationPolicy
 from gateway.oversight import Oversight
 from gateway.rpc.calls import Call
 from gateway.rpc.interceptor import Body, Runner
+from gateway.supervisor import SandboxSupervisor
 from gateway.verification_receipts import (
     ROOT_CONTEXT,
     Ed25519FileSigner,
@@ -65,7 +69,7 @@ from gateway.verification_receipts import (
     root_message_of,
     verify_receipt,
 )
-from gateway.verification_state import Alert, VerificationState, period_key
+from gateway.verification_state import Alert, CapCharge, VerificationState, period_key
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.protocol import ErrorReply, Scalar
 from sandbox.verification_protocol import (
@@ -247,6 +251,7 @@ class VerificationCore:
     sandbox_timeout_s: float = 30.0
     oversight: Oversight | None = None
     batch_timings: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=32))  # recent batches' stages
+    supervisor: SandboxSupervisor | None = None  # told at once when the sandbox cannot be reached
     _hashes: dict[str, str] = field(default_factory=dict)
 
     MAX_PARAM_CACHE: ClassVar[int] = 10_000
@@ -354,7 +359,8 @@ class VerificationCore:
         while the sandbox evaluates chunk j (a second worker, waiting on the sandbox's socket) and this
         thread derives the keyed hashes and receipt payloads. Every claim is charged before the sandbox
         sees it, chunks are charged in claim order (so a subject repeated within a batch meets its cap
-        exactly as in one transaction), and each transaction is atomic against concurrent requests.
+        exactly as in one transaction), and each transaction is atomic against concurrent requests. If the
+        request fails, the chunks that never reached the sandbox are refunded (`_refund_unsent`).
         All answered claims then share one Merkle tree and one signature.
 
         Stages (seconds in `CheckAnswer.timings`; the middle ones overlap, `pipeline` is their wall time):
@@ -407,21 +413,27 @@ class VerificationCore:
         step = self.PIPELINE_CHUNK
         spans = [(a, min(len(valid), a + step)) for a in range(0, len(valid), step)]
         failed = threading.Event()
+        taken: dict[int, CapCharge] = {}  # chunk -> what its charge took
+        sent: set[int] = set()  # chunks whose claims may have reached the sandbox
 
-        def charge(a: int, b: int) -> list[str | None]:
+        def charge(j: int, a: int, b: int) -> list[str | None]:
             if failed.is_set():  # an earlier chunk failed: charge nothing more
                 raise QueryExecutionError()
             t = time.perf_counter()
-            out = self.state.charge(consumer=consumer, grant=grant, policy=vpolicy, subjects=subj[a:b],
-                                    params=prm[a:b], case_references=None if case is None else case[a:b],
-                                    now=now)
+            out, taken[j] = self.state.charge_refundable(
+                consumer=consumer, grant=grant, policy=vpolicy, subjects=subj[a:b], params=prm[a:b],
+                case_references=None if case is None else case[a:b], now=now)
             timings["caps"] = timings.get("caps", 0.0) + time.perf_counter() - t
             return out
 
-        def evaluate(chunk: list[int]) -> VerifyClaimsResult:
+        def evaluate(j: int, chunk: list[int]) -> VerifyClaimsResult:
             t = time.perf_counter()
+            sent.add(j)
             try:
-                return self._evaluate(consumer, info, claims, chunk)
+                return self._evaluate(consumer, info, claims, chunk, f"verify-{batch_id}-{j}")
+            except SandboxUnavailableError:
+                sent.discard(j)  # the call failed before sending: these claims never reached the sandbox
+                raise
             finally:
                 timings["sandbox"] = timings.get("sandbox", 0.0) + time.perf_counter() - t
 
@@ -431,13 +443,13 @@ class VerificationCore:
         try:
             t_pipe = time.perf_counter()
             charged = []
-            for a, b in spans:  # chunk j is charged (worker) while this thread hashes chunk j + 1
+            for j, (a, b) in enumerate(spans):  # chunk j is charged (worker) while this thread hashes chunk j + 1
                 hash_subjects(a, b)
                 if caps_pool is not None:
-                    charged.append(caps_pool.submit(charge, a, b))
-            pending: list[tuple[list[int], list[bytes], Future[VerifyClaimsResult] | None]] = []
+                    charged.append(caps_pool.submit(charge, j, a, b))
+            pending: list[tuple[int, list[int], list[bytes], Future[VerifyClaimsResult] | None]] = []
             for j, (a, b) in enumerate(spans):
-                why = charged[j].result() if caps_pool else charge(a, b)
+                why = charged[j].result() if caps_pool else charge(j, a, b)
                 chunk, kept = [], []
                 for pos, cap in enumerate(why, start=a):
                     i = valid[pos]
@@ -449,16 +461,16 @@ class VerificationCore:
                                                             period=vpolicy.period)
                     else:
                         refusals[i] = ("VERIFICATION_CAP_EXHAUSTED", _CAP_MESSAGES[cap])
-                future = sandbox_pool.submit(evaluate, chunk) if sandbox_pool and chunk else None
+                future = sandbox_pool.submit(evaluate, j, chunk) if sandbox_pool and chunk else None
                 t = time.perf_counter()
                 hashes = self.hasher.digests(
                     "claim", last=[f"{subj[pos]}\x00{prm[pos]}" for pos in kept])
                 timings["claims"] = timings.get("claims", 0.0) + time.perf_counter() - t
-                pending.append((chunk, hashes, future))
-            for chunk, hashes, future in pending:
+                pending.append((j, chunk, hashes, future))
+            for j, chunk, hashes, future in pending:
                 if not chunk:
                     continue
-                result = future.result() if future is not None else evaluate(chunk)
+                result = future.result() if future is not None else evaluate(j, chunk)
                 if result.capped:  # the data owner's per-subject cap (all consumers), counted by the sandbox
                     chunk, hashes = self._owner_capped(result, chunk, hashes, refusals, single, template)
                     if not chunk:
@@ -482,6 +494,10 @@ class VerificationCore:
             timings["pipeline"] = time.perf_counter() - t_pipe
         except BaseException:
             failed.set()
+            for pool in (caps_pool, sandbox_pool):  # every charge and call settled before the refunds
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+            self._refund_unsent(consumer, template, taken, sent)
             raise
         finally:
             for pool in (caps_pool, sandbox_pool):
@@ -514,22 +530,39 @@ class VerificationCore:
         return ([i for j, i in enumerate(chunk) if j not in capped],
                 [h for j, h in enumerate(hashes) if j not in capped])
 
-    def _evaluate(self, consumer: str, info: TemplateInfo, claims: ClaimBatch, admitted: list[int]
-                  ) -> VerifyClaimsResult:
+    def _refund_unsent(self, consumer: str, template: str, taken: dict[int, CapCharge], sent: set[int]) -> None:
+        """Refund every charged chunk of a failed request that never reached the sandbox."""
+        for j, took in sorted(taken.items()):
+            if j in sent or took.claims == 0:
+                continue
+            try:
+                self.state.refund(took)
+            except Exception:
+                log.exception("the refund of %d %s checks of %s failed; they stay charged", took.claims,
+                              template, consumer)
+                continue
+            log.info("refunded %d %s checks of %s that never reached the sandbox", took.claims, template,
+                     consumer)
+
+    def _evaluate(self, consumer: str, info: TemplateInfo, claims: ClaimBatch, admitted: list[int],
+                  request_id: str) -> VerifyClaimsResult:
         subjects, index, sets = claims.subjects, claims.param_index, claims.param_sets
         columns = []
         for p in info.parameters:
             per_set = [s[p.name] for s in sets]
             columns.append((p.name, tuple(per_set[index[i]] for i in admitted)))
         req = VerifyClaimsRequest(
-            request_id=f"{consumer}/verify/{uuid.uuid4().hex}", dataset=info.dataset, template=info.name,
+            request_id=f"{consumer}/{request_id}", dataset=info.dataset, template=info.name,
             subjects=tuple(subjects[i] for i in admitted), params=tuple(columns),
         )
         try:
             reply = self.client.call(req, self.sandbox_timeout_s)
         except SandboxConnectionError as exc:
+            if self.supervisor is not None:
+                self.supervisor.recover_in_background(hung=exc.timed_out)
             if exc.before_send:
-                raise SandboxUnavailableError("the sandbox is not reachable; the checks stay charged") from exc
+                raise SandboxUnavailableError(
+                    "the sandbox is not reachable; checks that never reached it were not charged") from exc
             raise QueryExecutionError() from exc
         if isinstance(reply, VerifyClaimsResult) and len(reply.outcomes) + len(reply.capped) == len(admitted) and all(
                 0 <= j < len(admitted) for j in reply.capped):

@@ -5,6 +5,8 @@ consumer's and the template's counters of the period (one row each), and one row
 A batch reads the rows of its subjects with one statement (the keys as one JSON array, `json_each`) and
 writes them back with one `INSERT ... SELECT ... ON CONFLICT DO UPDATE`, so the cost is SQLite's B-tree
 work, not 100,000 statement round trips from Python (`executemany` costs about 5 µs per row here).
+`charge_refundable` also returns what a charge took (`CapCharge`), and `refund` gives exactly that back
+in one transaction, for claims that never reached the sandbox.
 
 Subject rows are keyed compactly: `(scope, subject)` where `scope` is an integer naming (period,
 consumer, dataset, template) (`cap_scopes`) and `subject` is the first 16 bytes (hex) of the subject's
@@ -116,6 +118,21 @@ class Alert:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class CapCharge:
+    """What one charge took: `claims` charged in the period's counters of `consumer` and of `scope_key`
+    (period, consumer, dataset, template), per subject key (`subjects`), and the rowids (first, last] of
+    the case references it stored."""
+
+    period: str
+    consumer: str
+    scope_key: tuple[str, str, str, str]
+    scope: int
+    claims: int
+    subjects: dict[str, int]
+    case_references: tuple[int, int]
+
+
 def period_key(period: str, now: float) -> str:
     """The UTC period containing `now`: "YYYY-MM-DD" (day) or "YYYY-MM-DDTHH" (hour)."""
     t = dt.datetime.fromtimestamp(now, dt.UTC)
@@ -184,6 +201,13 @@ class VerificationState:
 
     def charge(self, *, consumer: str, grant: GrantLimits, policy: CapLimits, subjects: list[str],
                params: list[str], case_references: list[str] | None, now: float) -> list[str | None]:
+        """`charge_refundable` without the record of what was taken: per claim, None or the refusing cap."""
+        return self.charge_refundable(consumer=consumer, grant=grant, policy=policy, subjects=subjects,
+                                      params=params, case_references=case_references, now=now)[0]
+
+    def charge_refundable(self, *, consumer: str, grant: GrantLimits, policy: CapLimits, subjects: list[str],
+                          params: list[str], case_references: list[str] | None, now: float
+                          ) -> tuple[list[str | None], CapCharge]:
         """Check and charge every claim in order, in one transaction.
 
         Args:
@@ -196,8 +220,8 @@ class VerificationState:
             now: The time (period and records).
 
         Returns:
-            Per claim, None (charged) or which cap refused it ("consumer", "template", "subject"). A
-            refused claim is not charged.
+            Per claim, None (charged) or which cap refused it ("consumer", "template", "subject"), a
+            refused claim not being charged; and what was charged, for `refund`.
         """
         period = period_key(policy.period, now)
         ds, tp = grant.dataset, grant.template
@@ -268,10 +292,15 @@ class VerificationState:
                         "SELECT ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true "
                         "ON CONFLICT DO UPDATE SET n = excluded.n, params = excluded.params",
                         (scope, f"[{rows}]"))
+            first_ref = last_ref = 0
             if case_references is not None:
                 refs = [(consumer, ds, tp, s, c, now)
                         for s, c, r in zip(subjects, case_references, out, strict=True) if r is None and c]
-                con.executemany("INSERT INTO case_references VALUES (?, ?, ?, ?, ?, ?)", refs)
+                if refs:  # one transaction appends rowids in order: (first_ref, last_ref] are this charge's
+                    first_ref = int(con.execute("SELECT coalesce(max(rowid), 0) FROM case_references")
+                                    .fetchone()[0])
+                    con.executemany("INSERT INTO case_references VALUES (?, ?, ?, ?, ?, ?)", refs)
+                    last_ref = int(con.execute("SELECT max(rowid) FROM case_references").fetchone()[0])
             limit = policy.alert_distinct_parameters_per_subject
             probes = [k for k, old in grown.items() if len(seen[k]) // width >= limit > old]
             if probes:
@@ -281,7 +310,33 @@ class VerificationState:
                                 [(now, "parameter_probe", consumer, ds, tp, full[k], period, len(seen[k]) // width)
                                  for k in probes])
         self._scopes[scope_key] = scope  # committed: the id is durable now
-        return out
+        per_subject = counts if all(r is None for r in out) else Counter(
+            k for k, r in zip(keys, out, strict=True) if r is None)
+        taken = CapCharge(period, consumer, scope_key, scope, sum(per_subject.values()), dict(per_subject),
+                          (first_ref, last_ref))
+        return out, taken
+
+    def refund(self, taken: CapCharge) -> None:
+        """Give back exactly what one charge took (its claims never reached the sandbox), durably.
+
+        The counters of the charge's own period, consumer, template and subjects go down by what it
+        charged (never below zero), and the case references it stored are removed. The parameter sets it
+        recorded and any alert it raised stay: they describe what was asked, which the alerts are about.
+        """
+        if taken.claims == 0:
+            return
+        rows = json.dumps(sorted(taken.subjects.items()), separators=(",", ":"))
+        with self._tx() as con:
+            con.execute("UPDATE consumer_counts SET n = max(0, n - ?) WHERE period = ? AND consumer = ?",
+                        (taken.claims, taken.period, taken.consumer))
+            con.execute("UPDATE template_counts SET n = max(0, n - ?) WHERE period = ? AND consumer = ? AND "
+                        "dataset = ? AND template = ?", (taken.claims, *taken.scope_key))
+            con.execute("UPDATE subject_caps SET n = max(0, n - j.value ->> 1) FROM json_each(?) j "
+                        "WHERE subject_caps.scope = ? AND subject_caps.subject = j.value ->> 0",
+                        (rows, taken.scope))
+            first, last = taken.case_references
+            if last > first:
+                con.execute("DELETE FROM case_references WHERE rowid > ? AND rowid <= ?", (first, last))
 
     def record_not_found(self, *, consumer: str, dataset: str, template: str, not_found: int,
                          window_seconds: int, alert_limit: int, now: float) -> None:

@@ -1,20 +1,23 @@
 """`python -m sandbox --catalog FILE --socket PATH [...]`: run the sandbox process.
 
-Order: cap the address space, load and lock the engine, then bind the socket and print
-`sandbox ready socket=<path> pid=<pid>`. Nothing is served before the lock-down is verified.
+Order: tie this process to the gateway that started it (`--parent-pid`, see `sandbox.lifecycle`), cap
+the address space, load and lock the engine, then bind the socket and print
+`sandbox ready socket=<path> pid=<pid>`. Nothing is served before the lock-down is verified. Without
+`--parent-pid` the sandbox is tied to no one (run by hand, for a gateway with `start_sandbox = false`).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import resource
 import sys
 from pathlib import Path
 
 from sandbox.errors import ConfigError
+from sandbox.lifecycle import tie_to_parent
 from sandbox.limits import Limits
+from sandbox.logformat import configure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,17 +40,19 @@ def _parser() -> argparse.ArgumentParser:
         default=d.address_space_bytes,
         help="RLIMIT_AS for this process (0 = unlimited)",
     )
+    p.add_argument(
+        "--parent-pid", type=int, default=0,
+        help="die with this process (the gateway that starts the sandbox passes its pid); 0: tied to no one",
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="stderr log lines")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s sandbox %(levelname)s %(message)s",
-    )
+    tie = tie_to_parent(args.parent_pid)  # first: an orphan must not load the data
+    configure(args.log_format)
     try:
         limits = Limits(
             memory_limit=args.memory_limit,
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        server = SandboxServer(args.socket, engine)
+        server = SandboxServer(args.socket, engine, tie)
     except OSError as exc:
         print(f"sandbox: cannot bind {args.socket}: {exc}", file=sys.stderr)
         return 2

@@ -6,18 +6,25 @@ The gateway imports this module; it imports nothing of the engine (no DuckDB in 
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import queue
 import select
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from sandbox.lifecycle import ShutdownReply, ShutdownRequest
+from sandbox.logformat import parse_line
 from sandbox.protocol import (
     MAX_FRAME_BYTES,
     CatalogInfo,
@@ -37,6 +44,9 @@ if TYPE_CHECKING:
     from sandbox.owner_protocol import CapUsageReply
 
 READY_PREFIX = "sandbox ready "
+SANDBOX_LOG = logging.getLogger("sandbox")  # what the sandbox process writes to stderr
+log = logging.getLogger("sandbox.client")
+T = TypeVar("T")
 
 
 class SandboxConnectionError(OSError):
@@ -102,8 +112,11 @@ class SandboxClient:
         self._idle: list[tuple[float, socket.socket]] = []  # (when it went idle, connection)
         self._lock = threading.Lock()
 
-    def call(self, msg: Message, timeout_s: float | None = None) -> Message:
+    def call(self, msg: Message, timeout_s: float | None = None, *, fresh: bool = False) -> Message:
         """Send one message and return the reply.
+
+        `fresh`: on a new connection, closed afterwards (a probe that must see whether the socket path
+        still leads to a sandbox, which a pooled connection cannot tell).
 
         Raises:
             SandboxConnectionError: unreachable, closed, timed out, or a malformed reply.
@@ -111,7 +124,7 @@ class SandboxClient:
         budget = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + budget
         frame = encode_frame(msg)
-        sock = self._checkout()
+        sock = None if fresh else self._checkout()
         reused = sock is not None
         try:
             if sock is None:
@@ -142,7 +155,10 @@ class SandboxClient:
             if isinstance(exc, OSError):
                 raise SandboxConnectionError(f"sandbox unreachable: {exc}") from exc
             raise
-        self._checkin(sock)
+        if fresh:
+            sock.close()
+        else:
+            self._checkin(sock)
         return reply
 
     def close(self) -> None:
@@ -221,9 +237,9 @@ class SandboxClient:
             raise SandboxConnectionError(f"unexpected reply to cap usage: {type(reply).__name__}")
         return reply
 
-    def health(self, timeout_s: float | None = None) -> HealthReply:
-        """Liveness and lock-down state."""
-        reply = self.call(HealthRequest(), timeout_s)
+    def health(self, timeout_s: float | None = None, *, fresh: bool = False) -> HealthReply:
+        """Liveness, lock-down state and the sandbox's tie to its gateway (`fresh`: see `call`)."""
+        reply = self.call(HealthRequest(), timeout_s, fresh=fresh)
         if not isinstance(reply, HealthReply):
             raise SandboxConnectionError(f"unexpected reply to health: {reply!r}")
         return reply
@@ -241,8 +257,100 @@ class SandboxClient:
         return reply
 
 
+class _Spawner:
+    """Starts child processes from one thread that lives as long as this process.
+
+    Linux delivers a child's parent-death signal (`PR_SET_PDEATHSIG`) when the THREAD that forked it
+    exits, not the process; a sandbox forked by a short-lived recovery thread would be killed with that
+    thread. Every sandbox is therefore forked here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0  # the process whose thread serves `_jobs` (a forked child starts its own)
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the spawner thread; its result or exception."""
+        future: Future[T] = Future()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._jobs = os.getpid(), queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._jobs,), name="sandbox-spawner",
+                                 daemon=True).start()
+            jobs = self._jobs
+        jobs.put((fn, future))
+        return future.result()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        while True:
+            fn, future = jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller
+                future.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def reclaim_socket(path: Path, wait_s: float = 10.0) -> None:
+    """Make `path` free for a new sandbox, or refuse while another gateway's sandbox serves on it.
+
+    Nobody listening (or no file): nothing to do (the new sandbox removes a stale socket file itself). A
+    sandbox that answers and reports itself orphaned (the gateway that started it is gone) is asked to
+    stop (`ShutdownRequest`, which it honours only when orphaned), and the path is free once it has gone.
+    A socket that accepts but does not answer (a sandbox being torn down) is probed again until
+    `wait_s` has passed.
+
+    Raises:
+        SandboxStartError: a sandbox that is not orphaned (its gateway is alive, or it runs on its own)
+            answers on `path`, or the path is still held after `wait_s`.
+    """
+    deadline = time.monotonic() + wait_s
+    client = SandboxClient(path, timeout_s=2.0)
+    asked = False
+    while True:
+        if not os.path.lexists(path) or not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return  # gone, or a file the new sandbox refuses to replace with a clear error
+        try:
+            reply = client.health(min(2.0, max(deadline - time.monotonic(), 0.05)), fresh=True)
+        except SandboxConnectionError as exc:
+            if exc.before_send:
+                return  # nobody listens: a stale socket file
+            reply = None  # accepted, no answer: a process being torn down (or hung)
+        if reply is not None and not reply.orphaned:
+            owner = f"started by pid {reply.parent_pid}" if reply.parent_pid else "started on its own"
+            raise SandboxStartError(
+                f"another sandbox (pid {reply.pid}, {owner}) serves on {path}: stop it, or give this "
+                "gateway its own state directory / sandbox_socket")
+        if reply is not None and not asked:
+            log.warning("stopping the sandbox (pid %d) on %s: the gateway that started it (pid %d) is gone",
+                        reply.pid, path, reply.parent_pid)
+            try:
+                answer = client.call(ShutdownRequest(), 2.0, fresh=True)
+                asked = isinstance(answer, ShutdownReply) and answer.accepted
+            except SandboxConnectionError:
+                pass  # it went away meanwhile: probed again below
+        if time.monotonic() >= deadline:
+            raise SandboxStartError(f"the socket {path} is still held by a process that does not answer "
+                                    f"after {wait_s:.0f} s")
+        time.sleep(0.1)
+
+
 class SandboxProcess:
-    """A `python -m sandbox` child process owned by the caller."""
+    """A `python -m sandbox` child process owned by the caller, tied to this process's life.
+
+    The child gets `--parent-pid` (it dies with this process, `sandbox.lifecycle`) and `--log-format json`;
+    every line it writes to stderr is forwarded to this process's logger `sandbox` at the line's level,
+    with the sandbox's request id (`request_id`, and `consumer` for ids of the form `consumer/id`), and the
+    last `STDERR_TAIL` lines are kept for start-up errors.
+    """
+
+    STDERR_TAIL = 200
 
     def __init__(
         self,
@@ -259,7 +367,7 @@ class SandboxProcess:
         self.extra_args = list(extra_args or [])
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[str] | None = None
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=self.STDERR_TAIL)
 
     @classmethod
     def start(
@@ -273,7 +381,8 @@ class SandboxProcess:
         """Spawn the sandbox and wait for its ready line.
 
         Raises:
-            SandboxStartError: the child exited or did not print the ready line in time.
+            SandboxStartError: another gateway's sandbox holds the socket, or the child exited or did not
+                print the ready line in time.
         """
         p = cls(catalog, socket, data_dir, extra_args, ready_timeout_s)
         p._spawn()
@@ -293,19 +402,24 @@ class SandboxProcess:
         """A client for this process's socket."""
         return SandboxClient(self.socket_path, timeout_s)
 
-    def _spawn(self) -> None:
+    def command(self) -> list[str]:
+        """The child's command line."""
         cmd = [sys.executable, "-m", "sandbox", "--catalog", str(self.catalog)]
         cmd += ["--socket", str(self.socket_path)]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
-        cmd += self.extra_args
+        cmd += ["--parent-pid", str(os.getpid()), "--log-format", "json"]
+        return cmd + self.extra_args
+
+    def _spawn(self) -> None:
+        reclaim_socket(self.socket_path)
+        cmd = self.command()
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.stderr_tail.clear()
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, bufsize=1
-        )
+        proc = _SPAWNER.run(lambda: subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, bufsize=1))
         self.proc = proc
         ready = threading.Event()
         assert proc.stdout is not None and proc.stderr is not None
@@ -332,6 +446,7 @@ class SandboxProcess:
     def _drain_stderr(self, stream: IO[str]) -> None:
         for line in stream:
             self.stderr_tail.append(line)
+            forward_log_line(line)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after `grace_s`; waits for the child."""
@@ -345,7 +460,34 @@ class SandboxProcess:
             proc.kill()
             proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL (a hung or stopped process cannot act on SIGTERM); waits for the child."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait()
+
     def restart(self) -> None:
         """Stop the child (if running) and start a fresh one with the same arguments."""
         self.stop()
         self._spawn()
+
+
+def forward_log_line(line: str) -> None:
+    """Log one line the sandbox wrote to stderr on logger `sandbox` (see `SandboxProcess`)."""
+    parsed = parse_line(line)
+    if not parsed.message or not SANDBOX_LOG.isEnabledFor(parsed.level):
+        return
+    extra: dict[str, object] = {}
+    if parsed.request_id is not None:
+        consumer, sep, rest = parsed.request_id.partition("/")
+        # The gateway names sandbox requests `consumer/request id`; consumer names never hold a slash.
+        extra.update({"consumer": consumer, "request_id": rest} if sep and consumer and rest
+                     else {"request_id": parsed.request_id})
+    record = SANDBOX_LOG.makeRecord(SANDBOX_LOG.name, parsed.level, "(sandbox)", 0, parsed.message, (), None,
+                                    extra=extra)
+    if parsed.created is not None:
+        record.created = parsed.created
+        record.msecs = (parsed.created - int(parsed.created)) * 1000
+    SANDBOX_LOG.handle(record)

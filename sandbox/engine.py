@@ -261,8 +261,8 @@ class Engine:
             )
         count = self._con.execute(f"SELECT count(*) FROM {table_ref(name)}").fetchone()
         self.row_counts[name] = int(count[0]) if count else 0
-        log.info("loaded %s.%s: %d rows after truncation to %d per unit", ds.name, t.name,
-                 self.row_counts[name], k)
+        # Its row count is exact information about private data: it stays in this process.
+        log.info("loaded %s.%s, at most %d rows per unit", ds.name, t.name, k)
 
     def _load_public(self, t: TableSpec, name: str, cols: str, src: str) -> None:
         """Load a public lookup table whole, and check its declared unique key is unique.
@@ -436,7 +436,8 @@ class Engine:
         try:
             rows = self._release(req, compiled, costs, rel)
         except Exception:  # uniform failure; details stay in the sandbox log
-            log.exception("request %s failed after touching data", req.request_id)
+            log.exception("request %s failed after touching data", req.request_id,
+                          extra={"request_id": req.request_id})
             return ErrorReply("failed", "")
         return ExecuteResult(rows=rows, costs=costs, dataset_version=info.version)
 

@@ -275,7 +275,8 @@ def train(engine: Engine, req: TrainRequest) -> TrainResult | ErrorReply:
         else:
             coefs, intercept, metrics = _train_logistic(engine, d, sql_table, costs, req, iterations)
     except Exception:
-        log.exception("model request %s failed after touching data", req.request_id)
+        log.exception("model request %s failed after touching data", req.request_id,
+                      extra={"request_id": req.request_id})
         return ErrorReply("failed", "")
     return TrainResult(req.kind, coefs, intercept, metrics, costs, version)
 
@@ -308,7 +309,8 @@ def evaluate(engine: Engine, req: EvaluateRequest) -> EvaluateResult | ErrorRepl
         else:
             metrics, confusion = _eval_logistic(engine, d, sql_table, betas, req, costs[0])
     except Exception:
-        log.exception("evaluation %s failed after touching data", req.request_id)
+        log.exception("evaluation %s failed after touching data", req.request_id,
+                      extra={"request_id": req.request_id})
         return ErrorReply("failed", "")
     return EvaluateResult(req.kind, metrics, confusion, costs, version)
 

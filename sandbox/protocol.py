@@ -574,11 +574,17 @@ class HealthRequest:
 
 @dataclass(frozen=True, slots=True)
 class HealthReply:
-    """Liveness answer with the sandbox's lock-down state."""
+    """Liveness answer with the sandbox's lock-down state and its tie to the gateway that started it.
+
+    `parent_pid` is that gateway's pid (0: the sandbox was started on its own); `orphaned` is True once
+    that gateway is gone (`sandbox.lifecycle`).
+    """
 
     serving: bool
     locked_down: bool
     pid: int = field(default=0)
+    parent_pid: int = field(default=0)
+    orphaned: bool = field(default=False)
 
 
 class ExtensionMessage(abc.ABC):
@@ -1092,6 +1098,8 @@ def to_json(msg: Message) -> dict[str, Any]:
                 "serving": msg.serving,
                 "locked_down": msg.locked_down,
                 "pid": msg.pid,
+                "parent_pid": msg.parent_pid,
+                "orphaned": msg.orphaned,
             }
         case ExtensionMessage():
             return {"type": msg.TYPE, **msg.body_json()}
@@ -1141,7 +1149,8 @@ def from_json(d: Any) -> Message:
         if t == "health":
             return HealthRequest()
         if t == "health_reply":
-            return HealthReply(bool(d["serving"]), bool(d["locked_down"]), int(d["pid"]))
+            return HealthReply(bool(d["serving"]), bool(d["locked_down"]), int(d["pid"]),
+                               int(d.get("parent_pid", 0)), bool(d.get("orphaned", False)))
         if isinstance(t, str) and t in _EXTENSIONS:
             return _EXTENSIONS[t](d)
     except ProtocolError:

@@ -2,8 +2,12 @@
 per connection, several request/response frames per connection in sequence.
 
 The socket is created only after the engine has loaded the data and locked DuckDB, with mode 0600
-in a directory the data owner controls. A malformed frame gets ErrorReply('bad_request'); an
-oversized frame gets the same reply and closes the connection (its boundary is lost).
+in a directory the data owner controls. A starting server refuses a socket another server answers on
+(two gateways must never share a sandbox by accident); a gateway that finds the orphan of a dead gateway
+there asks it to stop first (`sandbox.lifecycle.ShutdownRequest`, honoured only by an orphan).
+
+A malformed frame gets ErrorReply('bad_request'); an oversized frame gets the same reply and closes the
+connection (its boundary is lost).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from types import FrameType
 
 from sandbox import models
 from sandbox.engine import Engine
+from sandbox.lifecycle import ParentTie, ShutdownReply, ShutdownRequest
 from sandbox.model_protocol import EvaluateRequest, TrainRequest
 from sandbox.owner_protocol import CapUsageRequest, ReloadRequest
 from sandbox.protocol import (
@@ -91,8 +96,8 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
 
-    def __init__(self, socket_path: Path, engine: Engine) -> None:
-        """Bind `socket_path` (mode 0600) for `engine`.
+    def __init__(self, socket_path: Path, engine: Engine, tie: ParentTie | None = None) -> None:
+        """Bind `socket_path` (mode 0600) for `engine`; `tie` names the gateway this sandbox belongs to.
 
         Raises:
             OSError: the parent directory is missing, the path is not a socket, or another server
@@ -101,6 +106,7 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.engine = engine
         self.verifier = Verifier.for_engine(engine)  # verification templates (sandbox/verification.py)
         self.socket_path = socket_path
+        self.tie = tie or ParentTie()
         _remove_stale(socket_path)
         old = os.umask(0o177)
         try:
@@ -108,6 +114,7 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old)
         os.chmod(socket_path, 0o600)
+        self._inode = socket_path.stat().st_ino
 
     def dispatch(self, body: bytes) -> Message:
         """Answer one frame body."""
@@ -127,17 +134,31 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return self.engine.reload()
         if isinstance(msg, CapUsageRequest):
             return self.engine.cap_usage(msg.datasets)
+        if isinstance(msg, ShutdownRequest):
+            return self._shutdown_if_orphaned()
         if isinstance(msg, ExtensionMessage):
             return self.verifier.handle(msg)
         if isinstance(msg, HealthRequest):
-            return HealthReply(serving=True, locked_down=self.engine.verify(), pid=os.getpid())
+            return HealthReply(serving=True, locked_down=self.engine.verify(), pid=os.getpid(),
+                               parent_pid=self.tie.parent_pid, orphaned=self.tie.orphaned)
         return ErrorReply("bad_request", f"unexpected message {type(msg).__name__}")
 
+    def _shutdown_if_orphaned(self) -> ShutdownReply:
+        """Stop serving if the gateway that started this sandbox is gone; refuse otherwise."""
+        if not self.tie.orphaned:
+            log.warning("shutdown request refused: the gateway (pid %d) is alive or none was named",
+                        self.tie.parent_pid)
+            return ShutdownReply(False)
+        log.warning("shutdown requested: the gateway (pid %d) is gone", self.tie.parent_pid)
+        threading.Thread(target=self.shutdown, daemon=True).start()
+        return ShutdownReply(True)
+
     def close_and_unlink(self) -> None:
-        """Close the listening socket and remove its file."""
+        """Close the listening socket and remove its file, unless the path is now another server's."""
         self.server_close()
         with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+            if self.socket_path.lstat().st_ino == self._inode:
+                self.socket_path.unlink()
 
 
 def _remove_stale(path: Path) -> None:

@@ -637,7 +637,8 @@ class Verifier:
             single = len(req.subjects) == 1
             rows = self._single(checked, req) if single else self._batch(checked, req)
         except Exception:  # uniform failure; details stay in the sandbox log
-            log.exception("verification %s failed after touching data", req.request_id)
+            log.exception("verification %s failed after touching data", req.request_id,
+                          extra={"request_id": req.request_id})
             return ErrorReply("failed", "")
         outcomes, bands, not_found = [], [], 0
         for matched, found, band in rows:

@@ -96,9 +96,10 @@ def _raw_call(sock: socket.socket, payload: bytes) -> object:
 
 
 def test_health_shows_locked_down(sandbox: SandboxProcess) -> None:
-    """The served process reports locked_down, its own pid, RLIMIT_AS and a 0600 socket."""
+    """The served process reports locked_down, its own pid, its gateway's pid (this process, alive: not
+    orphaned), RLIMIT_AS and a 0600 socket."""
     h = sandbox.client().health()
-    assert h == HealthReply(serving=True, locked_down=True, pid=sandbox.pid)
+    assert h == HealthReply(serving=True, locked_down=True, pid=sandbox.pid, parent_pid=os.getpid(), orphaned=False)
     assert stat.S_IMODE(os.stat(sandbox.socket_path).st_mode) == 0o600
     limits = Path(f"/proc/{sandbox.pid}/limits").read_text()
     line = next(x for x in limits.splitlines() if x.startswith("Max address space"))

@@ -56,3 +56,43 @@ def test_parameter_probe_alert_counts_distinct_sets_once(tmp_path: Path) -> None
     _charge(state, ["a", "a"], ["r", "s"], grant=grant)
     alerts = state.alerts()
     assert [(a.kind, a.subject, a.count) for a in alerts] == [("parameter_probe", _h("a"), 4)]
+
+
+def _counters(state: VerificationState) -> tuple[list[tuple[object, ...]], ...]:
+    con = state._open()
+    return tuple(con.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                 for t in ("consumer_counts", "template_counts"))
+
+
+def _subjects(state: VerificationState) -> dict[tuple[str, str], int]:
+    """(consumer, subject) -> checks charged (rows at zero left out)."""
+    rows = state._open().execute("SELECT c.consumer, s.subject, s.n FROM subject_caps s JOIN cap_scopes c "
+                                 "ON c.id = s.scope WHERE s.n > 0").fetchall()
+    return {(c, s): n for c, s, n in rows}
+
+
+def test_refund_gives_back_exactly_one_charge(tmp_path: Path) -> None:
+    """A refund undoes one charge exactly -- including a charge a cap cut short and the case references it
+    stored -- while another consumer's and another request's charges made in between stay; the claims it
+    gave back can be charged again (also after reopening the database)."""
+    state = VerificationState(tmp_path / "v.sqlite3")
+    args = {"grant": GRANT, "policy": POLICY, "now": NOW}
+    _charge(state, ["a", "b"], ["p", "p"], case_references=["r1", "r2"])
+    before, subjects_before = _counters(state), _subjects(state)
+    refs_before = state.case_reference_count()
+    out, taken = state.charge_refundable(consumer="c", subjects=[_h(s) for s in "aaab"], params=[_h("p")] * 4,
+                                         case_references=["x", "y", "z", "w"], **args)  # type: ignore[arg-type]
+    assert out == [None, None, "subject", None] and taken.claims == 3
+    _charge(state, ["a"], ["p"], consumer="other")  # in between: stays
+    state.refund(taken)
+    after = _counters(state)
+    assert [r for r in after[0] if r[1] == "c"] == [r for r in before[0] if r[1] == "c"]
+    assert [r for r in after[1] if r[1] == "c"] == [r for r in before[1] if r[1] == "c"]
+    assert any(r[1] == "other" and r[2] == 1 for r in after[0])
+    assert subjects_before == {("c", _h("a")[:32]): 1, ("c", _h("b")[:32]): 1}  # the stored key: 16 bytes
+    assert _subjects(state) == {**subjects_before, ("other", _h("a")[:32]): 1}
+    assert state.case_reference_count() == refs_before
+    reopened = VerificationState(tmp_path / "v.sqlite3")
+    assert _counters(reopened) == after
+    assert _charge(reopened, ["a", "a"], ["p", "p"]) == [None, None]  # a: 1 charged + 2 = its cap of 3
+    assert _charge(reopened, ["a"], ["p"]) == ["subject"]
