@@ -35,7 +35,7 @@ class NoChargeLedger:
     def complete(self, key: GrantKey, request_id: str, response: bytes, *, also: Any = ()) -> None:
         """Nothing stored (a retry would not be replayed)."""
 
-    def fail(self, key: GrantKey, request_id: str) -> None:
+    def fail(self, key: GrantKey, request_id: str, *, also: Any = ()) -> None:
         """Nothing stored."""
 
     def release_unused(self, key: GrantKey, request_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Append-only, hash-chained, signed audit log of every RPC, in its own SQLite file.
+"""Append-only, hash-chained, signed audit log of every RPC, in the ledger's SQLite database.
 
 Chain. Entry ``seq`` (1, 2, 3, ...) stores ``prev_hash`` (the previous entry's ``hash``; 64 zeros for
 entry 1) and ``hash = sha256(prev_hash_hex_ascii || canonical_json(body))``, where the body is every
@@ -82,11 +82,11 @@ log = logging.getLogger("gateway.audit")
 
 Outcome = Literal["answered", "refused", "failed"]
 OUTCOMES: tuple[str, ...] = ("answered", "refused", "failed")
+CHARGES: tuple[str, ...] = ("", "charged", "replay")
 GENESIS_HASH = "0" * 64
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 SEAL_TYPE = "privacy_gateway.audit.seal.v1"
 EXPORT_FORMAT = "privacy_gateway.audit.export.v1"
-_SCHEMA_VERSION = 1
 _MAC_CONTEXT = b"privacy_gateway.audit.entry-mac.v1"
 _INSERT_WINDOW = 4096  # recent hashes remembered to tell "inserted" from "chain break"
 
@@ -111,8 +111,12 @@ CREATE TABLE IF NOT EXISTS entries (
     identifiers     TEXT NOT NULL,
     prev_hash       TEXT NOT NULL,
     hash            TEXT NOT NULL,
-    mac             TEXT NOT NULL
+    mac             TEXT NOT NULL,
+    v               INTEGER NOT NULL DEFAULT 1,
+    rho             REAL NOT NULL DEFAULT 0,
+    charge          TEXT NOT NULL DEFAULT ''
 ) STRICT;
+CREATE INDEX IF NOT EXISTS entries_by_request ON entries (consumer, request_id);
 CREATE TABLE IF NOT EXISTS seals (
     seq       INTEGER PRIMARY KEY,
     head_hash TEXT NOT NULL,
@@ -132,7 +136,7 @@ CREATE TRIGGER IF NOT EXISTS seals_no_delete BEFORE DELETE ON seals
 
 _ENTRY_COLUMNS = (
     "seq, time, request_id, consumer, rpc, dataset, purpose, query, outcome, status_code, reason,"
-    " epsilon, delta, released_digest, identifiers, prev_hash, hash"
+    " epsilon, delta, released_digest, identifiers, prev_hash, hash, v, rho, charge"
 )
 
 
@@ -193,6 +197,10 @@ class AuditRecord:
         delta: The delta charged.
         released_digest: Hex SHA-256 of the released response ("" if nothing was released).
         identifiers: Caller-marked identifier fields; stored only as keyed hashes.
+        rho: The rho charged (zCDP grants; 0 otherwise).
+        charge: ``charged`` when this entry records the charge of its request (epsilon, delta and rho are what
+            was charged), ``replay`` when the call replayed the release of an earlier charged call with the same
+            request id (nothing charged again), "" when nothing was charged.
     """
 
     request_id: str
@@ -208,6 +216,8 @@ class AuditRecord:
     delta: float = 0.0
     released_digest: str = ""
     identifiers: Mapping[str, str] = field(default_factory=dict)
+    rho: float = 0.0
+    charge: str = ""
 
     def __post_init__(self) -> None:
         """Checks the outcome and the cost.
@@ -217,7 +227,9 @@ class AuditRecord:
         """
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
-        for name in ("epsilon", "delta"):
+        if self.charge not in CHARGES:
+            raise ValueError(f"charge must be one of {CHARGES}, got {self.charge!r}")
+        for name in ("epsilon", "delta", "rho"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
@@ -244,18 +256,24 @@ class AuditEntry:
     identifiers: Mapping[str, str]
     prev_hash: str
     hash: str
+    v: int = 1  # the entry format: 2 adds rho and charge to what the hash covers
+    rho: float = 0.0
+    charge: str = ""
 
     def to_json_obj(self) -> dict[str, object]:
         """The entry as an export record (``type`` = ``entry``)."""
         obj: dict[str, object] = {"type": "entry", **asdict(self)}
         obj["identifiers"] = dict(self.identifiers)
+        if self.v < 2:
+            for name in ("v", "rho", "charge"):
+                del obj[name]
         return obj
 
 
 def entry_body(entry: AuditEntry) -> dict[str, object]:
     """Everything the hash covers: all fields except ``hash``, plus the format version ``v``."""
-    return {
-        "v": ENTRY_VERSION,
+    body: dict[str, object] = {
+        "v": entry.v,
         "seq": entry.seq,
         "time": entry.time,
         "request_id": entry.request_id,
@@ -273,6 +291,10 @@ def entry_body(entry: AuditEntry) -> dict[str, object]:
         "identifiers": dict(entry.identifiers),
         "prev_hash": entry.prev_hash,
     }
+    if entry.v >= 2:
+        body["rho"] = float(entry.rho)
+        body["charge"] = entry.charge
+    return body
 
 
 def entry_hash(entry: AuditEntry) -> str:
@@ -490,7 +512,7 @@ class _ChainVerifier:
 
 def _entry_from_row(row: tuple[object, ...]) -> AuditEntry:
     (seq, time, request_id, consumer, rpc, dataset, purpose, query, outcome, status_code, reason,
-     epsilon, delta, released_digest, identifiers, prev_hash, hash_) = row
+     epsilon, delta, released_digest, identifiers, prev_hash, hash_, v, rho, charge) = row
     try:
         ids = json.loads(str(identifiers))
     except ValueError:
@@ -502,8 +524,9 @@ def _entry_from_row(row: tuple[object, ...]) -> AuditEntry:
         rpc=str(rpc), dataset=str(dataset), purpose=str(purpose), query=str(query),
         outcome=str(outcome), status_code=str(status_code), reason=str(reason),
         epsilon=float(cast(float, epsilon)), delta=float(cast(float, delta)),
-        released_digest=str(released_digest), identifiers={str(k): str(v) for k, v in ids.items()},
-        prev_hash=str(prev_hash), hash=str(hash_),
+        released_digest=str(released_digest), identifiers={str(k): str(x) for k, x in ids.items()},
+        prev_hash=str(prev_hash), hash=str(hash_), v=int(cast(int, v)), rho=float(cast(float, rho)),
+        charge=str(charge),
     )
 
 
@@ -523,7 +546,8 @@ class AuditLog:
         """Opens (creating if needed) the audit file and its schema.
 
         Args:
-            path: The SQLite file, normally ``<state_dir>/audit.sqlite3``.
+            path: The SQLite file, normally the ledger's database ``<state_dir>/ledger.sqlite3`` (the tables
+                share it so an entry can commit with the charge it records).
             signer: The gateway's signing key (seals).
             hmac_key: The pseudonymization key (at least 32 bytes).
             seal_every: Seal automatically every this many entries.
@@ -588,36 +612,62 @@ class AuditLog:
         Raises:
             AuditError: The log is closed or the storage failed.
         """
-        ids = {k: self.pseudonymize(v) for k, v in sorted(record.identifiers.items())}
         with self._transaction() as conn:
-            head = conn.execute("SELECT seq, hash, mac FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            if head is None:
-                seq, prev_hash = 1, GENESIS_HASH
-            else:
-                seq, prev_hash = int(head[0]) + 1, str(head[1])
-                if not hmac.compare_digest(str(head[2]), self._mac(prev_hash)):
-                    log.critical("audit log head entry %d has an invalid MAC (forged?)", head[0])
-            draft = AuditEntry(
-                seq=seq, time=self._clock(), request_id=record.request_id, consumer=record.consumer,
-                rpc=record.rpc, dataset=record.dataset, purpose=record.purpose,
-                query=pseudonymize_text(record.query, self._hmac_key), outcome=record.outcome,
-                status_code=record.status_code, reason=record.reason, epsilon=float(record.epsilon),
-                delta=float(record.delta), released_digest=record.released_digest, identifiers=ids,
-                prev_hash=prev_hash, hash="",
-            )
-            entry = replace(draft, hash=entry_hash(draft))
-            conn.execute(
-                f"INSERT INTO entries ({_ENTRY_COLUMNS}, mac)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.seq, entry.time, entry.request_id, entry.consumer, entry.rpc, entry.dataset,
-                 entry.purpose, entry.query, entry.outcome, entry.status_code, entry.reason,
-                 entry.epsilon, entry.delta, entry.released_digest,
-                 canonical_json(ids).decode("utf-8"), entry.prev_hash, entry.hash,
-                 self._mac(entry.hash)),
-            )
-            if seq % self._seal_every == 0:
-                self._insert_seal(conn, seq, entry.hash)
+            return self.append_in(conn, record)
+
+    def append_in(self, conn: sqlite3.Connection, record: AuditRecord) -> AuditEntry:
+        """`append` inside the caller's open write transaction on this log's database (the ledger's, where
+        the audit tables live): the entry commits atomically with whatever else the transaction writes (the
+        charge it records). The caller must hold a write transaction (BEGIN IMMEDIATE) on ``conn``.
+
+        Raises:
+            sqlite3.Error: the storage failed (the caller's transaction rolls back).
+        """
+        ids = {k: self.pseudonymize(v) for k, v in sorted(record.identifiers.items())}
+        head = conn.execute("SELECT seq, hash, mac FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        if head is None:
+            seq, prev_hash = 1, GENESIS_HASH
+        else:
+            seq, prev_hash = int(head[0]) + 1, str(head[1])
+            if not hmac.compare_digest(str(head[2]), self._mac(prev_hash)):
+                log.critical("audit log head entry %d has an invalid MAC (forged?)", head[0])
+        draft = AuditEntry(
+            seq=seq, time=self._clock(), request_id=record.request_id, consumer=record.consumer,
+            rpc=record.rpc, dataset=record.dataset, purpose=record.purpose,
+            query=pseudonymize_text(record.query, self._hmac_key), outcome=record.outcome,
+            status_code=record.status_code, reason=record.reason, epsilon=float(record.epsilon),
+            delta=float(record.delta), released_digest=record.released_digest, identifiers=ids,
+            prev_hash=prev_hash, hash="", v=ENTRY_VERSION, rho=float(record.rho), charge=record.charge,
+        )
+        entry = replace(draft, hash=entry_hash(draft))
+        conn.execute(
+            f"INSERT INTO entries ({_ENTRY_COLUMNS}, mac)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (entry.seq, entry.time, entry.request_id, entry.consumer, entry.rpc, entry.dataset,
+             entry.purpose, entry.query, entry.outcome, entry.status_code, entry.reason,
+             entry.epsilon, entry.delta, entry.released_digest,
+             canonical_json(ids).decode("utf-8"), entry.prev_hash, entry.hash, entry.v, entry.rho,
+             entry.charge, self._mac(entry.hash)),
+        )
+        if seq % self._seal_every == 0:
+            self._insert_seal(conn, seq, entry.hash)
         return entry
+
+    def import_rows(self, entries: list[tuple[object, ...]], seals: list[tuple[object, ...]]) -> None:
+        """Copy format-1 entries (with their MACs) and seals from another file into this empty log, unchanged.
+
+        Raises:
+            AuditError: this log already holds entries.
+        """
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone():
+                raise AuditError(f"{self._path} already holds audit entries; the old audit file is not merged")
+            conn.executemany(
+                "INSERT INTO entries (seq, time, request_id, consumer, rpc, dataset, purpose, query, outcome,"
+                " status_code, reason, epsilon, delta, released_digest, identifiers, prev_hash, hash, mac)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            conn.executemany("INSERT INTO seals (seq, head_hash, time, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+                             seals)
 
     def seal(self) -> Seal | None:
         """Seals the current head now; None if the log is empty or the head is already sealed.
@@ -800,13 +850,16 @@ class AuditLog:
                 raise AuditError("the audit log could not switch to WAL mode")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                (version,) = conn.execute("PRAGMA user_version").fetchone()
-                if version not in (0, _SCHEMA_VERSION):
-                    raise AuditError("the audit log has an unknown schema version")
+                # The audit tables may share their file with the ledger (which owns PRAGMA user_version), so
+                # the format is told by the columns: entry format 2 added v, rho and charge.
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+                if columns and "v" not in columns:
+                    for column in ("v INTEGER NOT NULL DEFAULT 1", "rho REAL NOT NULL DEFAULT 0",
+                                   "charge TEXT NOT NULL DEFAULT ''"):
+                        conn.execute(f"ALTER TABLE entries ADD COLUMN {column}")
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -844,10 +897,12 @@ _ENTRY_FIELDS = {
 }
 _SEAL_FIELDS = {"type", "seq", "head_hash", "time", "key_id", "signature"}
 _STR_ENTRY_FIELDS = _ENTRY_FIELDS - {"type", "seq", "epsilon", "delta", "identifiers"}
+_V2_FIELDS = {"v", "rho", "charge"}
 
 
 def _parse_entry(obj: dict[str, object]) -> AuditEntry:
-    if set(obj) != _ENTRY_FIELDS:
+    v2 = "v" in obj
+    if set(obj) != (_ENTRY_FIELDS | _V2_FIELDS if v2 else _ENTRY_FIELDS):
         raise ValueError("entry has missing or unexpected fields")
     seq, ids = obj["seq"], obj["identifiers"]
     if not isinstance(seq, int) or isinstance(seq, bool):
@@ -861,13 +916,17 @@ def _parse_entry(obj: dict[str, object]) -> AuditEntry:
     if not isinstance(eps, str) or not isinstance(delta, str):
         raise ValueError("epsilon and delta must be repr strings")
     text = {name: str(obj[name]) for name in _STR_ENTRY_FIELDS}
+    version, rho, charge = (obj["v"], obj["rho"], obj["charge"]) if v2 else (1, "0.0", "")
+    if not isinstance(version, int) or isinstance(version, bool) or not isinstance(rho, str) or not isinstance(
+            charge, str):
+        raise ValueError("v, rho and charge must be an integer, a repr string and a string")
     return AuditEntry(
         seq=seq, time=text["time"], request_id=text["request_id"], consumer=text["consumer"],
         rpc=text["rpc"], dataset=text["dataset"], purpose=text["purpose"], query=text["query"],
         outcome=text["outcome"], status_code=text["status_code"], reason=text["reason"],
         epsilon=float(eps), delta=float(delta), released_digest=text["released_digest"],
         identifiers={str(k): str(v) for k, v in ids.items()}, prev_hash=text["prev_hash"],
-        hash=text["hash"],
+        hash=text["hash"], v=version, rho=float(rho), charge=charge,
     )
 
 

@@ -48,6 +48,7 @@ from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
 from gateway.receipts import attach_receipt, release_bytes
 from gateway.rpc.calls import Call
+from gateway.rpc.gate import audit_fields
 from gateway.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.supervisor import SandboxSupervisor
 from sandbox.cap_rules import ReleaseLoss
@@ -166,38 +167,60 @@ class GovernedPath:
             call.audit.released = release_bytes(response)
             self._outcome(call, plan, "replayed", 0.0)
             return response
-        with self._settled(plan):
+        # From here the call's audit entry records the charge, and is written in the transaction that settles
+        # it (completed, failed), so the audit log accounts for every charge the ledger holds.
+        call.audit.charged, call.audit.cached = True, cached
+        call.audit.epsilon, call.audit.delta, call.audit.rho = cost.epsilon, cost.delta, cost.rho
+        with self._settled(call, plan):
             if cached:
                 response = product.from_cache(call, priced, outcome)
             else:
-                reply = self._sandbox(plan, product.sandbox_request(priced, f"{plan.key.consumer}/{plan.request_id}"))
+                reply = self._sandbox(call, plan,
+                                      product.sandbox_request(priced, f"{plan.key.consumer}/{plan.request_id}"))
                 response = product.respond(call, priced, reply, outcome)
             self._sign(call, plan, priced, response)
+            call.audit.released = release_bytes(response)
             body = response.SerializeToString(deterministic=True)
             self._complete(call, plan, body, None if cached else priced.cache_key)
-        call.audit.cached = cached
-        if not cached:
-            call.audit.epsilon, call.audit.delta, call.audit.rho = cost.epsilon, cost.delta, cost.rho
-        call.audit.released = release_bytes(response)
         return response
 
     # -- steps -----------------------------------------------------------------------------------------
 
     @contextmanager
-    def _settled(self, plan: ChargePlan) -> Iterator[None]:
-        """After the reservation: if anything below fails unplanned, keep the charge and make it durable
-        before the error leaves (the reservation committed without its own fsync; every planned exit --
-        `complete`, `fail`, `release_unused` -- commits durably)."""
+    def _settled(self, call: Call, plan: ChargePlan) -> Iterator[None]:
+        """After the reservation: if anything below fails unplanned, keep the charge and make it durable, with
+        the call's audit entry, before the error leaves (the reservation committed without its own fsync;
+        every planned exit -- `complete`, `fail`, `release_unused` -- commits durably)."""
         try:
             yield
-        except BaseException:
-            try:
-                self.ledger.fail(plan.key, plan.request_id)
-            except GatewayError:  # already failed, refunded or completed, each durably; or storage broke
-                log.debug("charge of request %s already settled", plan.request_id)
+        except BaseException as exc:
+            if not call.audit.written and call.audit.charged:
+                error = exc if isinstance(exc, GatewayError) else GatewayInternalError()
+                try:
+                    self._fail(call, plan, error)
+                except GatewayError:  # already failed, refunded or completed, each durably; or storage broke
+                    log.debug("charge of request %s already settled", plan.request_id)
             raise
 
-    def _sandbox(self, plan: ChargePlan, message: SandboxMessage) -> SandboxMessage:
+    def _fail(self, call: Call, plan: ChargePlan, error: GatewayError) -> None:
+        """Settle the charge as failed (it stays) with the call's audit entry, in one transaction."""
+        self.ledger.fail(plan.key, plan.request_id, also=self._audited(call, error))
+        call.audit.written = self.oversight is not None
+
+    def _refund(self, call: Call, plan: ChargePlan) -> None:
+        """Refund the charge (the sandbox never saw the request): the call's entry records no charge."""
+        self.ledger.release_unused(plan.key, plan.request_id)
+        call.audit.charged = False
+        call.audit.epsilon = call.audit.delta = call.audit.rho = 0.0
+
+    def _audited(self, call: Call, error: GatewayError | None) -> list[TxWrite]:
+        """The call's audit entry as a write joined to the settling transaction (none without an audit log)."""
+        if self.oversight is None:
+            return []
+        fields = audit_fields(call, "OK" if error is None else error.code.name, "" if error is None else error.reason)
+        return [self.oversight.joined_rpc(**fields)]
+
+    def _sandbox(self, call: Call, plan: ChargePlan, message: SandboxMessage) -> SandboxMessage:
         """Send the charged request to the sandbox; settle the charge of every failure.
 
         Nothing reached the sandbox: refund and UNAVAILABLE. Lost after sending, or a failure inside: the
@@ -210,18 +233,20 @@ class GovernedPath:
             reply = self.sandbox.call(message, timeout_s=self.sandbox_timeout_s)
         except SandboxConnectionError as exc:
             if exc.before_send:
-                self.ledger.release_unused(key, request_id)
+                self._refund(call, plan)
                 self._recover(hung=False)
                 raise SandboxUnavailableError("the sandbox is not reachable; nothing was charged") from exc
             log.warning("sandbox connection lost during request %s: %s", request_id, exc)
-            self.ledger.fail(key, request_id)
+            failure = QueryExecutionError(charged=plan.cost.epsilon)
+            self._fail(call, plan, failure)
             self._recover(hung=exc.timed_out)
-            raise QueryExecutionError(charged=plan.cost.epsilon) from exc
+            raise failure from exc
         if isinstance(reply, ErrorReply):
             if reply.kind == "failed":
-                self.ledger.fail(key, request_id)
-                raise QueryExecutionError(charged=plan.cost.epsilon)
-            self.ledger.release_unused(key, request_id)
+                failure = QueryExecutionError(charged=plan.cost.epsilon)
+                self._fail(call, plan, failure)
+                raise failure
+            self._refund(call, plan)
             if reply.kind == "rejected":  # the data owner's cap (periodic, lifetime, or its definition)
                 owner_refusal(reply.message, key.dataset, key.purpose)
             if reply.kind == "rejected" and reply.message == DUPLICATE_MESSAGE:
@@ -266,7 +291,9 @@ class GovernedPath:
         if outcome is not None:
             outcome_joined = governor.state.joined_outcome(self.ledger, outcome)
             joined += [outcome_joined] if outcome_joined is not None else []
+        joined += self._audited(call, None)
         self.ledger.complete(plan.key, plan.request_id, body, also=joined)
+        call.audit.written = self.oversight is not None
         if self.cache is not None and cache_key is not None and cache_put is None:
             self.cache.put(cache_key, plan.key.consumer, body)
         if outcome is not None:

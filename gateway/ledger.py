@@ -525,12 +525,14 @@ class Ledger:
             for write in also:
                 write(conn)
 
-    def fail(self, key: GrantKey, request_id: str) -> None:
+    def fail(self, key: GrantKey, request_id: str, *,
+             also: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> None:
         """Marks a reserved charge as failed; the data was touched, so the charge stays.
 
         Args:
             key: The grant the charge was made against.
             request_id: The request id of the reservation.
+            also: Writes to other tables of this database (the call's audit entry) that commit with it.
 
         Raises:
             GatewayInternalError: There is no reserved charge for this request.
@@ -542,6 +544,8 @@ class Ledger:
                 " WHERE consumer = ? AND request_id = ?",
                 (time.time(), key.consumer, request_id),
             )
+            for write in also:
+                write(conn)
 
     def release_unused(self, key: GrantKey, request_id: str) -> None:
         """Refunds a reserved charge whose query never touched the data (sandbox unreachable).

@@ -34,6 +34,8 @@ class AuditFacts:
     released: bytes | None = None  # what `gateway.receipts.release_bytes` gives for a released answer
     replayed: bool = False
     cached: bool = False
+    charged: bool = False  # this call's charge is recorded in its entry (epsilon, delta, rho)
+    written: bool = False  # the entry was written with the charge's settlement (`GovernedPath`): do not append
 
 
 @dataclass

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from gateway.budgets import Governor
 from gateway.errors import GatewayError, PermissionDeniedError, UnauthenticatedError
 from gateway.oversight import Oversight
 from gateway.rpc.calls import Call
 
-__all__ = ["PolicyGate"]
+__all__ = ["PolicyGate", "audit_fields"]
 
 
 class PolicyGate:
@@ -50,18 +51,29 @@ class PolicyGate:
             yield
 
     def audit(self, call: Call, error: GatewayError | None) -> None:
-        """Append the call's audit entry (see `Oversight.record_rpc`).
+        """Append the call's audit entry (see `Oversight.record_rpc`), unless the governed path already wrote it
+        in the transaction that settled the call's charge; count and log the call either way.
 
         Raises:
             AuditError: it could not be written.
         """
         if self.oversight is None:
             return
-        facts = call.audit
-        self.oversight.record_rpc(
-            service=call.rule.service, method=call.rule.method,
-            code="OK" if error is None else error.code.name, reason="" if error is None else error.reason,
-            duration_s=max(0.0, time.monotonic() - call.started), request_id=facts.request_id,
-            consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose, normalized_query=facts.query,
-            epsilon=facts.epsilon, delta=facts.delta, released=facts.released,
-        )
+        fields = audit_fields(call, "OK" if error is None else error.code.name,
+                              "" if error is None else error.reason)
+        if call.audit.written:
+            self.oversight.observe_rpc(self.oversight.audit_record(**fields), fields["duration_s"])
+            return
+        self.oversight.record_rpc(**fields)
+
+
+def audit_fields(call: Call, code: str, reason: str) -> dict[str, Any]:
+    """The keyword arguments of `Oversight.audit_record` for `call` with this outcome."""
+    facts = call.audit
+    return dict(
+        service=call.rule.service, method=call.rule.method, code=code, reason=reason,
+        duration_s=max(0.0, time.monotonic() - call.started), request_id=facts.request_id,
+        consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose, normalized_query=facts.query,
+        epsilon=facts.epsilon, delta=facts.delta, rho=facts.rho, released=facts.released,
+        charge="charged" if facts.charged else "replay" if facts.replayed else "",
+    )

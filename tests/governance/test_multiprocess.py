@@ -192,7 +192,7 @@ def test_sigkill_mid_load_loses_no_charge(cluster: Cluster) -> None:
         assert total == len(charges) * 10_000_000
     # The audit log agrees: every answer that reached a client was appended before it left, and the
     # chain (entries written up to the kill, then the restarted gateway's) still verifies.
-    audit = AuditLog(cluster.state / "audit.sqlite3", Signer.load_or_create(cluster.state),
+    audit = AuditLog(cluster.state / "ledger.sqlite3", Signer.load_or_create(cluster.state),
                      load_or_create_hmac_key(cluster.state))
     try:
         report = audit.verify()

@@ -35,5 +35,5 @@ def test_get_public_key(env: Env, gateway: Gateway) -> None:
     assert resp.key_id == public_key_id(pub) and resp.algorithm == "Ed25519"
     assert gateway.oversight is not None
     assert gateway.oversight.signer.key_id == resp.key_id
-    assert gateway.oversight.audit.path == env.settings.state_dir / "audit.sqlite3"
+    assert gateway.oversight.audit.path == env.settings.state_dir / "ledger.sqlite3"
     assert gateway.oversight.audit.verify().ok

@@ -200,9 +200,10 @@ def _forged(prev: AuditEntry, seq: int, consumer: str = "mallory") -> AuditEntry
 
 def _insert_sql(e: AuditEntry, mac: str = "0" * 64) -> tuple[str, tuple[object, ...]]:
     return (
-        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (e.seq, e.time, e.request_id, e.consumer, e.rpc, e.dataset, e.purpose, e.query, e.outcome,
-         e.status_code, e.reason, e.epsilon, e.delta, e.released_digest, "{}", e.prev_hash, e.hash, mac),
+         e.status_code, e.reason, e.epsilon, e.delta, e.released_digest, "{}", e.prev_hash, e.hash, mac,
+         e.v, e.rho, e.charge),
     )
 
 
@@ -264,6 +265,8 @@ def test_rehashed_export_is_caught_offline(log12: AuditLog, state: Path, tmp_pat
         rec["prev_hash"] = prev_hash or rec["prev_hash"]
         fields = {k: v for k, v in rec.items() if k != "type"}
         fields["epsilon"], fields["delta"] = float(fields["epsilon"]), float(fields["delta"])
+        if "rho" in fields:
+            fields["rho"] = float(fields["rho"])
         rec["hash"] = entry_hash(AuditEntry(**fields))
         prev_hash = rec["hash"]
     from gateway.signing import canonical_json
