@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gateway.audit import AuditEntry, AuditLog, AuditRecord, Outcome
 from gateway.digests import query_digest, release_digest
+from gateway.limits import digest_text
 from gateway.metrics import Metrics
 from gateway.receipts import policy_version
 from gateway.signing import Signer, load_or_create_hmac_key
@@ -96,6 +97,7 @@ class Oversight:
         delta: float = 0.0,
         released: bytes | None = None,
         identifiers: dict[str, str] | None = None,
+        keep_query_text: bool = True,
     ) -> AuditEntry:
         """Counts, audits and logs one RPC (call it once per request, after the outcome is known).
 
@@ -114,6 +116,8 @@ class Oversight:
             delta: The delta charged.
             released: ``receipts.release_bytes(response)`` of a released answer, else None.
             identifiers: Extra identifier fields to audit as keyed hashes.
+            keep_query_text: False (a call that was not answered): the entry keeps the query's SHA-256 and
+                size (``limits.digest_text``) instead of its text.
 
         Returns:
             The audit entry.
@@ -127,7 +131,8 @@ class Oversight:
             AuditRecord(
                 request_id=request_id, consumer=consumer, rpc=f"privacy_gateway.v1.{service}/{method}",
                 outcome=outcome, status_code=code, reason=reason, dataset=dataset, purpose=purpose,
-                query=normalized_query, epsilon=epsilon, delta=delta,
+                query=normalized_query if keep_query_text else digest_text(normalized_query),
+                epsilon=epsilon, delta=delta,
                 released_digest=release_digest(released) if released is not None else "",
                 identifiers=identifiers or {},
             )

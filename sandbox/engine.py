@@ -27,7 +27,14 @@ import duckdb
 from sandbox import mechanisms, quantiles, zcdp
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec
-from sandbox.compile import CompiledPlan, QuantileQuery, avg_centre, compile_plan, quote_ident, render_literal
+from sandbox.compile import (
+    CompiledPlan,
+    QuantileQuery,
+    avg_centre,
+    compile_dataset_plan,
+    quote_ident,
+    render_literal,
+)
 from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
@@ -51,7 +58,7 @@ from sandbox.protocol import (
     plan_to_json,
 )
 from sandbox.relation import Relation, plan_relation
-from sandbox.storage import compress, open_store, table_ref
+from sandbox.storage import compress, open_store, sql_table_name, table_ref
 from sandbox.watchdog import Watchdog
 
 log = logging.getLogger("sandbox.engine")
@@ -80,11 +87,6 @@ def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
         return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
     lim_f = 1e15 * (1 - 1e-9)
     return max(-lim_f, min(lim_f, float(v)))
-
-
-def sql_table_name(dataset: str, table: str) -> str:
-    """The DuckDB table holding `dataset.table` (names cannot contain '__', so this is unique)."""
-    return f"{dataset}__{table}"
 
 
 def data_version(ds: DatasetSpec, key: bytes) -> str:
@@ -327,16 +329,7 @@ class Engine:
         if ds is None or info is None or spec is None:
             return ErrorReply("rejected", "unknown dataset or table")
         try:
-            compiled = compile_plan(
-                plan,
-                spec.info,
-                sql_table=sql_table_name(ds.name, spec.name),
-                unit=ds.privacy_unit,
-                max_cells=self.limits.max_groups,
-                dataset=info,
-                sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
-                stored=True,
-            )
+            compiled = compile_dataset_plan(plan, info, max_cells=self.limits.max_groups)
             rel = plan_relation(plan, info)
             costs, cap_epsilon = self._price_memoized(req, info)
             check_plan_grades(plan, rel, self.catalog.grades)

@@ -586,7 +586,7 @@ def stddev(cost: ReleaseCost) -> float:
         return cost.scale  # the discrete Gaussian's is at most its scale (CKS20, Prop. 19)
     if cost.mechanism == DISCRETE_LAPLACE:
         q = math.exp(-1.0 / cost.scale)
-        return math.sqrt(2 * q) / (1 - q)
+        return math.sqrt(2 * q) / -math.expm1(-1.0 / cost.scale)  # 1 - q without cancellation at large scales
     return math.sqrt(2.0) * cost.scale
 
 

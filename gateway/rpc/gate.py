@@ -50,7 +50,8 @@ class PolicyGate:
             yield
 
     def audit(self, call: Call, error: GatewayError | None) -> None:
-        """Append the call's audit entry (see `Oversight.record_rpc`).
+        """Append the call's audit entry (see `Oversight.record_rpc`). A call that was not answered keeps
+        its request's text (the SQL, a model's design) only as its SHA-256 and size (`limits.digest_text`).
 
         Raises:
             AuditError: it could not be written.
@@ -62,6 +63,7 @@ class PolicyGate:
             service=call.rule.service, method=call.rule.method,
             code="OK" if error is None else error.code.name, reason="" if error is None else error.reason,
             duration_s=max(0.0, time.monotonic() - call.started), request_id=facts.request_id,
-            consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose, normalized_query=facts.query,
+            consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose,
+            normalized_query=facts.query, keep_query_text=error is None,
             epsilon=facts.epsilon, delta=facts.delta, released=facts.released,
         )
