@@ -21,12 +21,11 @@ compiler, `sandbox.compile`, which the gateway's analyzer runs before pricing).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from privacy_gateway.v1 import verification_service_pb2 as v_pb
 
 from gateway.digests import query_digest
 from gateway.errors import InvalidArgumentError
@@ -285,10 +284,12 @@ def _check(message: Any, prefix: str) -> None:
 
 def _check_map(fd: FieldDescriptor, value: Any, limit: Limit, path: str) -> None:
     _check_count(path, len(value), limit)
-    value_fd = fd.message_type.fields_by_name["value"]
+    entry = fd.message_type
+    assert entry is not None  # a map field
+    value_fd = entry.fields_by_name["value"]
     for key in value:
         if limit.key_chars is not None and isinstance(key, str) and len(key) > limit.key_chars:
-            raise _too_long(f"{path} (a key)", len(key), limit.key_chars)
+            raise _too_long(path, len(key), limit.key_chars, "a key of ")
     for key, item in value.items():
         where = f"{path}[{key}]"
         if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
@@ -304,10 +305,10 @@ def _check_count(path: str, n: int, limit: Limit) -> None:
             limit=str(limit.items), size=str(n))
 
 
-def _too_long(path: str, size: int, limit: int) -> InvalidArgumentError:
+def _too_long(path: str, size: int, limit: int, what: str = "") -> InvalidArgumentError:
     return InvalidArgumentError(
-        f"{path} is {size} characters long; the limit is {limit}", reason="FIELD_TOO_LONG",
-        field=path.partition(" ")[0], limit=str(limit), size=str(size))
+        f"{what}{path} is {size} characters long; the limit is {limit}", reason="FIELD_TOO_LONG",
+        field=path, limit=str(limit), size=str(size))
 
 
 def _scalar(fd: FieldDescriptor, value: Any, limit: Limit, path: str) -> None:
@@ -315,7 +316,7 @@ def _scalar(fd: FieldDescriptor, value: Any, limit: Limit, path: str) -> None:
         if limit.chars is not None and len(value) > limit.chars:
             raise _too_long(path, len(value), limit.chars)
     elif fd.type == FieldDescriptor.TYPE_ENUM:
-        if value not in fd.enum_type.values_by_number:
+        if fd.enum_type is not None and value not in fd.enum_type.values_by_number:
             raise InvalidArgumentError(f"{path} must be one of the declared values", field=path,
                                        reason="FIELD_OUT_OF_RANGE", value=str(int(value)))
     elif fd.type in _NUMBERS and (limit.low is not None or limit.high is not None):
@@ -351,17 +352,19 @@ def check_claims(subjects: list[str], case_references: list[str], offset: int = 
             raise _too_long(f"claims[{offset + i}].{name}", len(values[i]), chars)
 
 
-def check_claim_parameters(index: int, parameters: Any) -> None:
-    """The limits of claim `index`'s parameter map (a batch checks each distinct map once).
+def check_claim_parameters(index: int, parameters: Mapping[str, object]) -> None:
+    """The limits of claim `index`'s decoded parameter map (a batch checks each distinct map once).
 
     Raises:
         InvalidArgumentError: FIELD_TOO_LONG naming the claim's parameters.
     """
-    fd = _CLAIM_PARAMETERS
-    _check_map(fd, parameters, LIMITS[_key(fd)], f"claims[{index}].parameters")
-
-
-_CLAIM_PARAMETERS: FieldDescriptor = v_pb.Claim.DESCRIPTOR.fields_by_name["parameters"]
+    path = f"claims[{index}].parameters"
+    _check_count(path, len(parameters), LIMITS["Claim.parameters"])
+    for key, value in parameters.items():
+        if len(key) > NAME_CHARS:
+            raise _too_long(path, len(key), NAME_CHARS, "a key of ")
+        if isinstance(value, str) and len(value) > PARAM_STRING_CHARS:
+            raise _too_long(f"{path}[{key}].string_value", len(value), PARAM_STRING_CHARS)
 
 
 # -- what a refusal keeps of the request ---------------------------------------------------------------------

@@ -38,8 +38,8 @@ from gateway.errors import (
     PermissionDeniedError,
 )
 from gateway.governed import ChargePlan, Priced
-from gateway.limits import REQUEST_ID_CHARS
 from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
+from gateway.limits import REQUEST_ID_CHARS
 from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess

@@ -43,7 +43,7 @@ import opendp.prelude as dp
 from sandbox import mechanisms
 from sandbox import model_pricing as mp
 from sandbox.compile import quote_ident, render_literal
-from sandbox.engine import Engine, sql_table_name
+from sandbox.engine import Engine
 from sandbox.errors import PlanRejectedError
 from sandbox.guard import single_select_node
 from sandbox.model_protocol import (
@@ -56,7 +56,7 @@ from sandbox.model_protocol import (
     TrainResult,
 )
 from sandbox.protocol import ErrorReply, ReleaseCost
-from sandbox.storage import is_loaded_table, table_ref
+from sandbox.storage import is_loaded_table, sql_table_name, table_ref
 
 log = logging.getLogger("sandbox.models")
 
