@@ -317,8 +317,9 @@ def _scalar(fd: FieldDescriptor, value: Any, limit: Limit, path: str) -> None:
             raise _too_long(path, len(value), limit.chars)
     elif fd.type == FieldDescriptor.TYPE_ENUM:
         if fd.enum_type is not None and value not in fd.enum_type.values_by_number:
-            raise InvalidArgumentError(f"{path} must be one of the declared values", field=path,
-                                       reason="FIELD_OUT_OF_RANGE", value=str(int(value)))
+            declared = ", ".join(v.name for v in fd.enum_type.values)
+            raise InvalidArgumentError(f"{path} must be one of the declared values ({declared})", field=path,
+                                       reason="FIELD_OUT_OF_RANGE", limit=declared, value=str(int(value)))
     elif fd.type in _NUMBERS and (limit.low is not None or limit.high is not None):
         _check_number(value, limit, path)
 
