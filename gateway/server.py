@@ -40,6 +40,7 @@ from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError, GatewayError
 from gateway.governed import GovernedPath
 from gateway.ledger import Ledger
+from gateway.limits import MAX_MESSAGE_BYTES
 from gateway.models import EvaluateProduct, TrainProduct, check_model_grants_against_catalog
 from gateway.oversight import Oversight
 from gateway.policy import load_policy
@@ -60,7 +61,6 @@ from sandbox.grades import DEFAULT_GRADE_RULES
 log = logging.getLogger("gateway.server")
 
 SERVICE_NAMES = tuple(s.full_name for f in PROTO_FILES for s in f.services_by_name.values())
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # HTTP/2 and connection limits: what one connection may hold, and when idle or abusive ones are closed.
 HTTP2_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_concurrent_streams", 100),  # streams per connection

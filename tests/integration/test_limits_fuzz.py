@@ -439,7 +439,6 @@ def test_oversized_requests_leave_the_state_bounded(bounded: Bounded) -> None:
         d = error_details(_refused(bounded, method, request))
         assert (d.code, d.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_TOO_LONG")
     grown = bounded.state_bytes() - before
-    print("GROWTH", sent, grown)
     assert sent > 90_000_000 and grown < sent / 100, (sent, grown)
     assert bounded.charges() == charged
 
