@@ -447,7 +447,7 @@ class QueryService:
     def _analyze(self, req: QueryRequest, info: DatasetInfo) -> tuple[AnalyzedQuery, QueryPlan]:
         """Check 4: the SQL is one allowed SELECT within the data owner's grade rules; the weighted plan."""
         _require(req.sql, "sql")
-        analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
+        analyzed = self.plans.analyze(req.sql, info, self.catalog.max_cells)  # memoized: pure in its arguments
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
             check_plan_grades(analyzed.plan, plan_relation(analyzed.plan, info), self.grade_rules)
         except PlanRejectedError as exc:

@@ -68,6 +68,10 @@ class PlanTooComplexError(PlanRejectedError):
     """A plan over one of the compiler's size limits (depth, nodes, values, string length, rendered size)."""
 
 
+class TooManyCellsError(PlanTooComplexError):
+    """A plan whose group keys have more combinations than the sandbox answers (`Limits.max_groups`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPlan:
     """SQL for a plan and how to read its result.
@@ -549,7 +553,7 @@ def compile_plan(
             c._same(kkind, _lit_kind(v), "GROUP BY")
         n_cells *= len(g.domain)
         if n_cells > max_cells and not plan.partition_selection:
-            raise PlanRejectedError(f"the group keys have more than {max_cells} combinations")
+            raise TooManyCellsError(f"the group keys have more than {max_cells} combinations")
         domains.append(g.domain)
         # Keys in the answer come from the domain only: the engine releases exactly the domain cells and
         # ignores any other group (restricting the exact vector to fixed cells cannot raise sensitivity).

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import duckdb
@@ -187,7 +188,7 @@ class Engine:
         compress(self._con)
         lock_down(self._con, self.limits)
         self.locked_down = True
-        self._info = catalog.public(versions)
+        self._info = replace(catalog.public(versions), max_cells=self.limits.max_groups)
         self._tables = frozenset(self.row_counts)
 
     def _source(self, t: TableSpec) -> str:

@@ -452,9 +452,11 @@ class DatasetInfo:
 
 @dataclass(frozen=True, slots=True)
 class CatalogInfo:
-    """Everything public about the data the sandbox holds."""
+    """Everything public about the data the sandbox holds, and the most cells a plan may ask for there
+    (`Limits.max_groups`: the gateway's analyzer compiles every plan against the same limit)."""
 
     datasets: tuple[DatasetInfo, ...]
+    max_cells: int = 100_000
 
     def dataset(self, name: str) -> DatasetInfo | None:
         """Return the dataset called `name`, or None."""
@@ -979,12 +981,14 @@ def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
                 ],
             }
             for d in c.datasets
-        ]
+        ],
+        "max_cells": c.max_cells,
     }
 
 
 def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
     return CatalogInfo(
+        max_cells=int(d.get("max_cells", 100_000)),
         datasets=tuple(
             DatasetInfo(
                 name=ds["name"],

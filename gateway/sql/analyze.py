@@ -50,7 +50,7 @@ from gateway.sql.tree import (
     walk,
 )
 from sandbox.bounds import Columns, expression_bounds
-from sandbox.compile import PlanTooComplexError, compile_dataset_plan, render_expression
+from sandbox.compile import PlanTooComplexError, TooManyCellsError, compile_dataset_plan, render_expression
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
     BOUNDED_KINDS,
@@ -158,12 +158,13 @@ _TABLE_REFS = {
 }
 
 
-def analyze_query(sql: str, dataset: DatasetInfo) -> AnalyzedQuery:
+def analyze_query(sql: str, dataset: DatasetInfo, *, max_cells: int = MAX_GROUPS) -> AnalyzedQuery:
     """Validate `sql` against the allowlist and the dataset's public catalog; build plan and post.
 
     Args:
         sql: The consumer's query text (never executed).
         dataset: The public description of the dataset the query runs on.
+        max_cells: The most group-key combinations the sandbox answers (`CatalogInfo.max_cells`).
 
     Returns:
         The typed plan the sandbox will compile and run, and the gateway-side post-processing.
@@ -174,15 +175,18 @@ def analyze_query(sql: str, dataset: DatasetInfo) -> AnalyzedQuery:
     """
     node = parse_select(sql)
     analyzed = _Analyzer(dataset).query(node)
-    _check_compiles(analyzed.plan, dataset)
+    _check_compiles(analyzed.plan, dataset, max_cells)
     return analyzed
 
 
-def _check_compiles(plan: QueryPlan, dataset: DatasetInfo) -> None:
-    """The sandbox's own compiler accepts the plan (its limits on depth, nodes, values and rendered size are
-    the plan limits; one definition, `sandbox.compile`), so an accepted query never fails there."""
+def _check_compiles(plan: QueryPlan, dataset: DatasetInfo, max_cells: int) -> None:
+    """The sandbox's own compiler accepts the plan (its limits on depth, nodes, values, cells and rendered
+    size are the plan limits; one definition, `sandbox.compile`), so an accepted query never fails there."""
     try:
-        compile_dataset_plan(plan, dataset, max_cells=MAX_GROUPS)
+        compile_dataset_plan(plan, dataset, max_cells=max_cells)
+    except TooManyCellsError as exc:
+        raise reject("TOO_MANY_GROUPS", f"the sandbox answers at most {max_cells} groups: {exc}",
+                     limit=str(max_cells)) from exc
     except PlanTooComplexError as exc:
         raise reject("QUERY_TOO_COMPLEX", f"the query is too complex for the sandbox: {exc}") from exc
     except PlanRejectedError as exc:

@@ -453,3 +453,13 @@ def test_having_and_order_by_on_a_partition_selection_key() -> None:
     assert q.plan.partition_selection and q.plan.group_by[0].domain is None
     assert q.plan.group_by[0].expr == Column("name", "g")
     assert q.post.limit == 5 and q.post.having is not None
+
+
+def test_the_sandboxs_cell_limit_is_the_analyzers() -> None:
+    """A sandbox started with a lower --max-groups announces it (CatalogInfo.max_cells); the analyzer
+    compiles every plan against it, so the query is refused before pricing, not by the sandbox after."""
+    sql = "SELECT region, COUNT(*) FROM residents GROUP BY region"
+    assert analyze_query(sql, REGISTRY, max_cells=len(REGIONS)).plan.group_by
+    with pytest.raises(InvalidQueryError) as info:
+        analyze_query(sql, REGISTRY, max_cells=len(REGIONS) - 1)
+    assert (info.value.reason, info.value.metadata["limit"]) == ("TOO_MANY_GROUPS", str(len(REGIONS) - 1))
