@@ -12,7 +12,8 @@ before the data is touched, except the last two):
 5. the client's deadline has not passed (DEADLINE_EXCEEDED, nothing charged); the per-consumer,
    per-template and per-subject caps of the period are checked and charged in one `BEGIN IMMEDIATE`
    transaction of the state database per chunk of up to 25,000 claims, in claim order
-   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next);
+   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; the charge stays whatever happens next; a state that
+   cannot be written in time is UNAVAILABLE / STATE_UNAVAILABLE, saying how many checks stay charged);
 6. the sandbox evaluates the owner's template for the charged claims of a chunk (one set-wise join) and
    returns the outcomes (and bands), while the next chunk is charged;
 7. enumeration counters are updated (the same statements for found and not-found subjects), the receipts

@@ -169,7 +169,9 @@ def period_key(period: str, now: float) -> str:
 
 class VerificationState:
     """Caps and alerts, durable. Every change is one BEGIN IMMEDIATE transaction on this thread's
-    connection, so checks and charges are atomic across threads and processes."""
+    connection, so checks and charges are atomic across threads and processes; this process's writers take
+    their turns in arrival order (`FairLock`), and a write that cannot happen within the busy timeout raises
+    `StateUnavailableError` (rolled back, nothing changed)."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0, durability: str = "full") -> None:
         """Open (and create) the database at `path`.

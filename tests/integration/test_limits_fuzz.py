@@ -487,6 +487,8 @@ def test_a_body_that_cannot_be_decoded_is_refused_and_audited(bounded: Bounded, 
     entries = audit.entries()[before:]
     assert [(e.consumer, e.outcome, e.reason) for e in entries] == [(identity, "refused", "MALFORMED_MESSAGE")]
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert [r.getMessage() for r in caplog.records if method in r.getMessage()] == [
+        f"rpc {service}/{method} refused"]
     del base
 
 
