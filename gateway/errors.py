@@ -11,6 +11,7 @@ GatewayError                         code                 ErrorInfo.reason
 ├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS
 ├── QueryExecutionError              ABORTED              QUERY_EXECUTION_FAILED (uniform; engine text never sent)
 ├── SandboxUnavailableError          UNAVAILABLE          SANDBOX_UNAVAILABLE (+ RetryInfo)
+├── StateUnavailableError            UNAVAILABLE          STATE_UNAVAILABLE (+ RetryInfo)
 ├── OverloadedError                  RESOURCE_EXHAUSTED   TOO_MANY_CONCURRENT_CALLS, SERVER_BUSY (+ RetryInfo)
 ├── DeadlineExceededError            DEADLINE_EXCEEDED    DEADLINE_EXCEEDED (refused before any charge)
 ├── MethodNotAllowedError            UNIMPLEMENTED        METHOD_NOT_SERVED
@@ -49,6 +50,7 @@ __all__ = [
     "RequestIdConflictError",
     "RequestInProgressError",
     "SandboxUnavailableError",
+    "StateUnavailableError",
     "UnauthenticatedError",
 ]
 
@@ -147,6 +149,15 @@ class SandboxUnavailableError(GatewayError):
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "SANDBOX_UNAVAILABLE"
     retry_after_s = 2.0
+
+
+class StateUnavailableError(GatewayError):
+    """A state database could not be written in time (busy past its timeout, disk full, I/O error); the
+    message says what stays charged. A retry after a moment may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STATE_UNAVAILABLE"
+    retry_after_s = 1.0
 
 
 class OverloadedError(GatewayError):

@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.audit import AuditEntry, AuditLog, AuditRecord, Outcome
 from gateway.digests import query_digest, release_digest
+from gateway.limits import digest_text
 from gateway.metrics import Metrics
 from gateway.receipts import policy_version
 from gateway.signing import Signer, load_or_create_hmac_key
@@ -139,6 +140,7 @@ class Oversight:
         charge: str = "",
         released: bytes | None = None,
         identifiers: dict[str, str] | None = None,
+        keep_query_text: bool = True,
     ) -> AuditRecord:
         """The audit record of one RPC.
 
@@ -160,11 +162,14 @@ class Oversight:
                 release of the same request id), or "".
             released: ``receipts.release_bytes(response)`` of a released answer, else None.
             identifiers: Extra identifier fields to audit as keyed hashes.
+            keep_query_text: False (a call that was not answered): the entry keeps the query's SHA-256 and
+                size (``limits.digest_text``) instead of its text.
         """
         return AuditRecord(
             request_id=request_id, consumer=consumer, rpc=f"privacy_gateway.v1.{service}/{method}",
             outcome=outcome_for(code), status_code=code, reason=reason, dataset=dataset, purpose=purpose,
-            query=normalized_query, epsilon=epsilon, delta=delta, rho=rho, charge=charge,
+            query=normalized_query if keep_query_text else digest_text(normalized_query),
+            epsilon=epsilon, delta=delta, rho=rho, charge=charge,
             released_digest=release_digest(released) if released is not None else "",
             identifiers=identifiers or {},
         )

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from gateway.sql.analyze import AnalyzedQuery, analyze_query
+from gateway.sql.tree import MAX_GROUPS
 from sandbox import mechanisms, zcdp
 from sandbox.protocol import DatasetInfo, QueryPlan, ReleaseCost, plan_to_json
 
@@ -60,15 +61,15 @@ class PlanCache:
 
     def __init__(self, max_entries: int = 512) -> None:
         """At most `max_entries` analyses and as many pricings."""
-        self._analyses: _LRU[tuple[str, str, int], AnalyzedQuery] = _LRU(max_entries)
+        self._analyses: _LRU[tuple[str, str, int, int], AnalyzedQuery] = _LRU(max_entries)
         self._prices: _LRU[tuple[str, str, str, int], tuple[ReleaseCost, ...]] = _LRU(max_entries)
 
-    def analyze(self, sql: str, dataset: DatasetInfo) -> AnalyzedQuery:
-        """`analyze_query(sql, dataset)`; raises what it raises (refusals are not remembered)."""
-        key = (sql, dataset.name, id(dataset))
+    def analyze(self, sql: str, dataset: DatasetInfo, max_cells: int = MAX_GROUPS) -> AnalyzedQuery:
+        """`analyze_query(sql, dataset, max_cells=...)`; raises what it raises (refusals are not remembered)."""
+        key = (sql, dataset.name, id(dataset), max_cells)
         hit = self._analyses.get(key, dataset)
         if hit is None:
-            hit = analyze_query(sql, dataset)
+            hit = analyze_query(sql, dataset, max_cells=max_cells)
             self._analyses.put(key, dataset, hit)
         return hit
 

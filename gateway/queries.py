@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
+import opendp.prelude as dp
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
@@ -38,6 +39,7 @@ from gateway.errors import (
 )
 from gateway.governed import ChargePlan, Priced
 from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
+from gateway.limits import REQUEST_ID_CHARS
 from gateway.plancache import PlanCache
 from gateway.policy import Grant, Policy
 from gateway.postprocess import PostProcess
@@ -62,7 +64,7 @@ from sandbox.protocol import Message as SandboxMessage
 
 log = logging.getLogger("gateway.queries")
 
-MAX_REQUEST_ID_LENGTH = 128
+MAX_REQUEST_ID_LENGTH = REQUEST_ID_CHARS
 # Smaller epsilons give noise scales with no useful answer (and, below ~1e-308, infinite scales).
 MIN_EPSILON = 1e-6
 MIN_RHO = 1e-12  # zCDP: rho ~ epsilon^2 / 2
@@ -233,8 +235,9 @@ def solve_for_accuracy(
     `sandbox.zcdp.accuracy_to_scale`) and the total returned is rho = sum of d^2 / (2 s^2).
 
     Raises:
-        InvalidArgumentError: a target is not finite and positive, names no output, or an aggregate has
-            no closed-form accuracy (AVG and other derived values: ask with an epsilon instead).
+        InvalidArgumentError: a target is not finite and positive, names no output, is narrower than any
+            noise scale can give, or needs less than the minimum epsilon (rho); or an aggregate has no
+            closed-form accuracy (AVG and other derived values: ask with an epsilon instead).
     """
     targets = dict(accuracy.per_output)
     outputs = _output_aggregates(plan)
@@ -269,15 +272,30 @@ def solve_for_accuracy(
             raise InvalidArgumentError(
                 "accuracy: every aggregate output needs a target",
                 reason="INVALID_ACCURACY_TARGET", field="accuracy")
-        if zcdp_grant:  # a hair below OpenDP's scale, so calibration's upward nudges stay within the target
-            scale = zcdp.accuracy_to_scale(c.integer, wanted[c.aggregate_index]) * (1 - 1e-9)
-            cost = c.l2**2 / (2 * scale**2)
-        else:
-            scale = mechanisms.accuracy_to_scale(c.integer, wanted[c.aggregate_index])
-            cost = c.sensitivity / scale
+        target = wanted[c.aggregate_index]
+        try:
+            if zcdp_grant:  # a hair below OpenDP's scale, so calibration's upward nudges stay within the target
+                scale = zcdp.accuracy_to_scale(c.integer, target) * (1 - 1e-9)
+                cost = c.l2**2 / (2 * scale**2) if scale > 0 else math.inf
+            else:
+                scale = mechanisms.accuracy_to_scale(c.integer, target)
+                cost = c.sensitivity / scale if scale > 0 else math.inf
+        except (PlanRejectedError, ArithmeticError, ValueError, dp.OpenDPException):
+            cost = math.inf  # no noise scale gives so narrow an interval
+        if not math.isfinite(cost):
+            raise InvalidArgumentError(
+                f"accuracy: a half-width of {target!r} is narrower than any noise scale can give",
+                reason="INVALID_ACCURACY_TARGET", field="accuracy", halfWidth=repr(target))
         epsilons[c.aggregate_index] = epsilons.get(c.aggregate_index, 0.0) + cost
     aggregates = tuple(replace(a, weight=epsilons[i]) for i, a in enumerate(plan.aggregates))
-    return replace(plan, aggregates=aggregates), math.fsum(epsilons.values())
+    total = math.fsum(epsilons.values())
+    least, name = (MIN_RHO, "rho") if zcdp_grant else (MIN_EPSILON, "epsilon")
+    if not total >= least:  # so wide a target would be answered at a privacy loss below the minimum
+        raise InvalidArgumentError(
+            f"the accuracy target needs {name} {total:.3g}, below the minimum {least:g}: ask for a narrower "
+            "half-width",
+            reason="INVALID_ACCURACY_TARGET", field="accuracy", **{f"required{name.capitalize()}": repr(total)})
+    return replace(plan, aggregates=aggregates), total
 
 
 def _post_key(post: PostProcess) -> str:
@@ -289,9 +307,10 @@ _T = TypeVar("_T")
 
 
 def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
-    """Run a pricing function; a delta too small for partition selection and an integer sensitivity
-    beyond OpenDP's i64 (UNBOUNDED_EXPRESSION) are the caller's errors, any other refusal at this point
-    is ours (the plan was already validated)."""
+    """Run a pricing function. A delta too small for partition selection, a privacy loss whose share for some
+    output gives no finite noise scale (a tiny epsilon, extreme weights or interval shares), and an integer
+    sensitivity beyond OpenDP's i64 (UNBOUNDED_EXPRESSION) are the caller's errors; any other refusal at this
+    point is ours (the plan was already validated)."""
     try:
         return price()
     except mechanisms.SensitivityTooLargeError as exc:  # decided from the plan and the catalog
@@ -303,6 +322,13 @@ def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
                 "privacy_loss.delta is too small for partition selection",
                 reason="INVALID_PRIVACY_LOSS",
                 field="privacy_loss.delta",
+            ) from exc
+        if any(word in str(exc) for word in ("scale", "epsilon must", "rho must")):
+            raise InvalidArgumentError(
+                "the privacy loss cannot be priced: the share of some output gives no finite noise scale; "
+                "raise the privacy loss or make the weights and interval shares less extreme",
+                reason="INVALID_PRIVACY_LOSS",
+                field="privacy_loss",
             ) from exc
         raise GatewayInternalError("the query could not be priced") from exc  # our bug
 
@@ -424,7 +450,7 @@ class QueryService:
     def _analyze(self, req: QueryRequest, info: DatasetInfo) -> tuple[AnalyzedQuery, QueryPlan]:
         """Check 4: the SQL is one allowed SELECT within the data owner's grade rules; the weighted plan."""
         _require(req.sql, "sql")
-        analyzed = self.plans.analyze(req.sql, info)  # memoized: pure in (sql, dataset)
+        analyzed = self.plans.analyze(req.sql, info, self.catalog.max_cells)  # memoized: pure in its arguments
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
             check_plan_grades(analyzed.plan, info, self.grade_rules)
         except GradeError as exc:

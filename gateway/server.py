@@ -40,6 +40,7 @@ from gateway.cache import ReleaseCache
 from gateway.errors import ConfigError, GatewayError
 from gateway.governed import GovernedPath
 from gateway.ledger import Ledger
+from gateway.limits import MAX_MESSAGE_BYTES
 from gateway.models import EvaluateProduct, TrainProduct, check_model_grants_against_catalog
 from gateway.oversight import Oversight
 from gateway.owner_settings import OwnerSettings, owner_caps
@@ -59,7 +60,6 @@ from sandbox.client import SandboxClient, SandboxProcess
 log = logging.getLogger("gateway.server")
 
 SERVICE_NAMES = tuple(s.full_name for f in PROTO_FILES for s in f.services_by_name.values())
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # HTTP/2 and connection limits: what one connection may hold, and when idle or abusive ones are closed
 # (measured against grpcio 1.85 with the raw HTTP/2 client in tests/h2abuse.py; tests/h2abuse.md has the
 # figures). If an option is given twice, grpc uses the first value.

@@ -12,7 +12,8 @@ before the data is touched, except the last two):
 5. the client's deadline has not passed (DEADLINE_EXCEEDED, nothing charged); the per-consumer,
    per-template and per-subject caps of the period are checked and charged in one `BEGIN IMMEDIATE`
    transaction of the state database per chunk of up to 25,000 claims, in claim order
-   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED);
+   (RESOURCE_EXHAUSTED / VERIFICATION_CAP_EXHAUSTED; a state that cannot be written in time is
+   UNAVAILABLE / STATE_UNAVAILABLE, saying how many checks stay charged);
 6. the sandbox counts the chunk's claims on the data owner's per-subject cap (all consumers; it refuses a
    claim over it before evaluating it: CAP_EXHAUSTED for that claim, cap "owner_subject"), evaluates the
    owner's template for the other claims (one set-wise join) and returns their outcomes (and bands), while
@@ -50,8 +51,16 @@ from gateway.errors import (
     PermissionDeniedError,
     QueryExecutionError,
     SandboxUnavailableError,
+    StateUnavailableError,
 )
 from gateway.grants import VerificationGrant, VerificationPolicy
+from gateway.limits import (
+    CASE_REFERENCE_CHARS,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    check_claim_parameters,
+    check_claims,
+)
 from gateway.oversight import Oversight
 from gateway.rpc.calls import Call
 from gateway.rpc.interceptor import Body, Runner
@@ -114,7 +123,7 @@ RESULT_NAMES = {MATCH: "MATCH", NO_MATCH: "NO_MATCH", 2: "NOT_FOUND"}
 RESULT_PB = {MATCH: v_pb.VERIFICATION_RESULT_MATCH, NO_MATCH: v_pb.VERIFICATION_RESULT_NO_MATCH,
              2: v_pb.VERIFICATION_RESULT_NOT_FOUND}
 RESPONSE_CHUNK = 2000
-MAX_CASE_REFERENCE = 256
+MAX_CASE_REFERENCE = CASE_REFERENCE_CHARS
 
 
 class VerificationCapExhaustedError(GatewayError):
@@ -204,6 +213,13 @@ class ClaimOut:
     outcome: int = -1
     band: str = ""
     receipt: ReceiptData | None = None
+
+
+def _state_error(exc: StateUnavailableError, charged: int) -> StateUnavailableError:
+    """The state failure as the client sees it: what stays charged (a retry checks and charges again)."""
+    what = (f"{charged} checks of this request were charged before it and stay charged" if charged
+            else "nothing was charged")
+    return StateUnavailableError(f"{exc.message}; {what}", charged=str(charged))
 
 
 def _canonical_params(params: dict[str, Scalar]) -> str:
@@ -372,9 +388,11 @@ class VerificationCore:
         clock = _Stopwatch()
         grant, info = self.authorise(vpolicy, consumer, dataset, template, purpose)
         n = len(claims)
-        if not 1 <= n <= MAX_BATCH:
-            raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims",
-                                       reason="BATCH_TOO_LARGE", field="claims")
+        if n == 0:
+            raise InvalidArgumentError("the batch carries no claims", reason="INVALID_BATCH", field="claims")
+        if n > MAX_BATCH:
+            raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims", reason="BATCH_TOO_LARGE",
+                                       field="claims", limit=str(MAX_BATCH), size=str(n))
         refusals = self.problems(info, claims)
         if single and refusals:
             reason, message = refusals[0]
@@ -415,6 +433,7 @@ class VerificationCore:
         failed = threading.Event()
         taken: dict[int, CapCharge] = {}  # chunk -> what its charge took
         sent: set[int] = set()  # chunks whose claims may have reached the sandbox
+        charged_claims = [0]  # claims charged so far (by the caps worker, or this thread)
 
         def charge(j: int, a: int, b: int) -> list[str | None]:
             if failed.is_set():  # an earlier chunk failed: charge nothing more
@@ -423,6 +442,7 @@ class VerificationCore:
             out, taken[j] = self.state.charge_refundable(
                 consumer=consumer, grant=grant, policy=vpolicy, subjects=subj[a:b], params=prm[a:b],
                 case_references=None if case is None else case[a:b], now=now)
+            charged_claims[0] += out.count(None)
             timings["caps"] = timings.get("caps", 0.0) + time.perf_counter() - t
             return out
 
@@ -492,12 +512,14 @@ class VerificationCore:
                 bands += [labels[g] if labels and g >= 0 else "" for g in result.bands]
                 timings["claims"] = timings.get("claims", 0.0) + time.perf_counter() - t
             timings["pipeline"] = time.perf_counter() - t_pipe
-        except BaseException:
+        except BaseException as exc:
             failed.set()
             for pool in (caps_pool, sandbox_pool):  # every charge and call settled before the refunds
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-            self._refund_unsent(consumer, template, taken, sent)
+            refunded = self._refund_unsent(consumer, template, taken, sent)
+            if isinstance(exc, StateUnavailableError):
+                raise _state_error(exc, charged_claims[0] - refunded) from exc
             raise
         finally:
             for pool in (caps_pool, sandbox_pool):
@@ -507,9 +529,12 @@ class VerificationCore:
         timings.pop("", None)
         if not admitted:
             return CheckAnswer(n, refusals, [], (), [], None, timings)
-        self.state.record_not_found(consumer=consumer, dataset=dataset, template=template, not_found=not_found,
-                                    window_seconds=vpolicy.alert_window_seconds,
-                                    alert_limit=vpolicy.alert_not_found_per_window, now=now)
+        try:
+            self.state.record_not_found(consumer=consumer, dataset=dataset, template=template,
+                                        not_found=not_found, window_seconds=vpolicy.alert_window_seconds,
+                                        alert_limit=vpolicy.alert_not_found_per_window, now=now)
+        except StateUnavailableError as exc:
+            raise _state_error(exc, charged_claims[0]) from exc
         clock.lap("alerts")
         receipts = issue_receipts(self.signer, payloads)
         clock.lap("receipts")
@@ -530,8 +555,9 @@ class VerificationCore:
         return ([i for j, i in enumerate(chunk) if j not in capped],
                 [h for j, h in enumerate(hashes) if j not in capped])
 
-    def _refund_unsent(self, consumer: str, template: str, taken: dict[int, CapCharge], sent: set[int]) -> None:
-        """Refund every charged chunk of a failed request that never reached the sandbox."""
+    def _refund_unsent(self, consumer: str, template: str, taken: dict[int, CapCharge], sent: set[int]) -> int:
+        """Refund every charged chunk of a failed request that never reached the sandbox; the claims refunded."""
+        refunded = 0
         for j, took in sorted(taken.items()):
             if j in sent or took.claims == 0:
                 continue
@@ -541,8 +567,10 @@ class VerificationCore:
                 log.exception("the refund of %d %s checks of %s failed; they stay charged", took.claims,
                               template, consumer)
                 continue
+            refunded += took.claims
             log.info("refunded %d %s checks of %s that never reached the sandbox", took.claims, template,
                      consumer)
+        return refunded
 
     def _evaluate(self, consumer: str, info: TemplateInfo, claims: ClaimBatch, admitted: list[int],
                   request_id: str) -> VerifyClaimsResult:
@@ -618,9 +646,17 @@ class _BatchReader:
         self._sets: dict[Any, int] = {}
 
     def add(self, claims: Any) -> None:
-        """Append the claims of one request chunk."""
-        self.subjects.extend([c.subject for c in claims])
-        self.case_references.extend([c.case_reference for c in claims])
+        """Append the claims of one request chunk, after checking their limits (`gateway.limits`).
+
+        Raises:
+            InvalidArgumentError: FIELD_TOO_LONG naming the first claim over a limit.
+        """
+        start = len(self.subjects)
+        subjects = [c.subject for c in claims]
+        references = [c.case_reference for c in claims]
+        check_claims(subjects, references, start)
+        self.subjects.extend(subjects)
+        self.case_references.extend(references)
         names, sets, index = self.names, self._sets, self.param_index
         if len(names) == 1:
             name = names[0]
@@ -631,13 +667,15 @@ class _BatchReader:
                 keys.append(v.SerializeToString() if v is not None and len(m) == 1 else ("raw", id(c)))
         else:
             keys = [self._key(c.parameters) for c in claims]
-        for c, key in zip(claims, keys, strict=True):
+        for i, (c, key) in enumerate(zip(claims, keys, strict=True), start=start):
             k = sets.get(key)
             if k is None:
+                params = _params(c.parameters)
+                check_claim_parameters(i, params)  # each distinct set once
                 k = len(self.param_sets)
                 if not (isinstance(key, tuple) and key and key[0] == "raw"):  # never share an odd claim's key
                     sets[key] = k
-                self.param_sets.append(_params(c.parameters))
+                self.param_sets.append(params)
             index.append(k)
 
     def _key(self, m: Any) -> Any:
@@ -751,8 +789,15 @@ class VerificationServicer:
         head: tuple[str, str, str] | None = None
         reader: _BatchReader | None = None
         chunks: list[Any] = []
-        count = 0
-        async for chunk in requests:
+        count = messages = size = 0
+        async for chunk in requests:  # each checked against the request limits as it arrived (interceptor)
+            messages += 1
+            size += chunk.ByteSize()
+            if messages > MAX_BATCH_MESSAGES or size > MAX_BATCH_BYTES:
+                raise InvalidArgumentError(
+                    f"a batch is at most {MAX_BATCH_MESSAGES} messages and {MAX_BATCH_BYTES // 2**20} MiB",
+                    reason="BATCH_TOO_LARGE", field="claims", limit=f"{MAX_BATCH_MESSAGES} messages, "
+                    f"{MAX_BATCH_BYTES} bytes", size=f"{messages} messages, {size} bytes")
             this = (chunk.dataset, chunk.template, chunk.purpose)
             if head is None:
                 head = this
@@ -764,8 +809,8 @@ class VerificationServicer:
                 reader = await run(self._reader, call, head)
             count += len(chunk.claims)
             if count > MAX_BATCH:
-                raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims",
-                                           reason="BATCH_TOO_LARGE", field="claims")
+                raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims", reason="BATCH_TOO_LARGE",
+                                           field="claims", limit=str(MAX_BATCH), size=str(count))
             chunks.append(chunk.claims)
         if head is None or reader is None or count == 0:
             raise InvalidArgumentError("the batch carries no claims", reason="INVALID_BATCH", field="claims")

@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from gateway.errors import StateUnavailableError
+
+log = logging.getLogger("gateway.verification_state")
 
 SUBJECT_KEY_BYTES = 16
 PARAMS_KEY_BYTES = 8
@@ -133,6 +138,46 @@ class CapCharge:
     case_references: tuple[int, int]
 
 
+class FairLock:
+    """A lock granted in arrival order, with a timeout.
+
+    The state's writers queue here before SQLite's `BEGIN IMMEDIATE`: SQLite's own busy handler polls with
+    growing sleeps, so with dozens of threads waiting for its write lock a late arrival can win again and
+    again while an early one sleeps past its busy timeout ("database is locked"). In arrival order, a
+    writer waits for the transactions queued ahead of it, and SQLite's busy timeout is left to writers of
+    other processes.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._queue: deque[threading.Event] = deque()
+
+    def acquire(self, timeout: float) -> bool:
+        """True once held; False after `timeout` seconds in the queue (then not held)."""
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Event()
+            self._queue.append(turn)
+        if turn.wait(timeout):
+            return True
+        with self._mutex:
+            if turn.is_set():  # handed over just as the wait ended
+                return True
+            self._queue.remove(turn)
+            return False
+
+    def release(self) -> None:
+        """Hand the lock to the longest waiter, or free it."""
+        with self._mutex:
+            if self._queue:
+                self._queue.popleft().set()
+            else:
+                self._held = False
+
+
 def period_key(period: str, now: float) -> str:
     """The UTC period containing `now`: "YYYY-MM-DD" (day) or "YYYY-MM-DDTHH" (hour)."""
     t = dt.datetime.fromtimestamp(now, dt.UTC)
@@ -141,7 +186,9 @@ def period_key(period: str, now: float) -> str:
 
 class VerificationState:
     """Caps and alerts, durable. Every change is one BEGIN IMMEDIATE transaction on this thread's
-    connection, so checks and charges are atomic across threads and processes."""
+    connection, so checks and charges are atomic across threads and processes; this process's writers take
+    their turns in arrival order (`FairLock`), and a write that cannot happen within the busy timeout raises
+    `StateUnavailableError` (rolled back, nothing changed)."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0, durability: str = "full") -> None:
         """Open (and create) the database at `path`.
@@ -157,6 +204,7 @@ class VerificationState:
         self._busy = busy_timeout_s
         self._sync = durability.upper()
         self._local = threading.local()
+        self._write = FairLock()
         self._scopes: dict[tuple[str, str, str, str], int] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self._open().executescript(_SCHEMA)
@@ -179,14 +227,36 @@ class VerificationState:
 
     @contextmanager
     def _tx(self, sync: str | None = None) -> Iterator[sqlite3.Connection]:
-        con = self._open(sync)
-        con.execute("BEGIN IMMEDIATE")
+        """One write transaction, after the writers of this process queued ahead of it (`FairLock`).
+
+        Raises:
+            StateUnavailableError: the turn did not come within the busy timeout, or SQLite failed (busy
+                past its timeout across processes, disk full, I/O); the transaction was rolled back.
+        """
+        if not self._write.acquire(self._busy):
+            raise StateUnavailableError(
+                f"the verification state is busy (no write turn within {self._busy:g} s)")
+        con: sqlite3.Connection | None = None
         try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+            con = self._open(sync)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("verification state transaction failed: %s", exc)
+            try:
+                if con is not None and con.in_transaction:
+                    con.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.debug("rollback failed too", exc_info=True)
+            raise StateUnavailableError("the verification state could not be written") from exc
+        finally:
+            self._write.release()
 
     def _scope(self, con: sqlite3.Connection, key: tuple[str, str, str, str]) -> int:
         """The id of (period, consumer, dataset, template), created on first use (inside the caller's

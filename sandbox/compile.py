@@ -48,7 +48,7 @@ from sandbox.protocol import (
     UnitOutput,
 )
 from sandbox.relation import Relation, derived_column, key, source_relation
-from sandbox.storage import table_ref
+from sandbox.storage import sql_table_name, table_ref
 
 MAX_DEPTH = 64
 MAX_NODES = 4096
@@ -62,6 +62,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _KIND = {"int64": "num", "float64": "num", "string": "str", "bool": "bool"}
 _JOIN = {"inner": "INNER JOIN", "left": "LEFT JOIN"}
+
+
+class PlanTooComplexError(PlanRejectedError):
+    """A plan over one of the compiler's size limits (depth, nodes, values, string length, rendered size)."""
+
+
+class TooManyCellsError(PlanTooComplexError):
+    """A plan whose group keys have more combinations than the sandbox answers (`Limits.max_groups`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +213,7 @@ class _Compiler:
         """
         self.ctx.nodes += 1
         if depth > MAX_DEPTH or self.ctx.nodes > MAX_NODES:
-            raise PlanRejectedError(f"expression exceeds depth {MAX_DEPTH} or {MAX_NODES} nodes")
+            raise PlanTooComplexError(f"expression exceeds depth {MAX_DEPTH} or {MAX_NODES} nodes")
         d = depth + 1
         match e:
             case Column():
@@ -250,7 +258,7 @@ class _Compiler:
             case InList(operand, values, negated):
                 sql, kind = self.expr(operand, d, clamp)
                 if not values or len(values) > MAX_IN_VALUES:
-                    raise PlanRejectedError(f"IN needs 1 to {MAX_IN_VALUES} values")
+                    raise PlanTooComplexError(f"IN needs 1 to {MAX_IN_VALUES} values")
                 self.ctx.nodes += len(values)
                 items = []
                 for v in values:
@@ -551,7 +559,7 @@ def compile_plan(
             c._same(kkind, _lit_kind(v), "GROUP BY")
         n_cells *= len(g.domain)
         if n_cells > max_cells and not plan.partition_selection:
-            raise PlanRejectedError(f"the group keys have more than {max_cells} combinations")
+            raise TooManyCellsError(f"the group keys have more than {max_cells} combinations")
         domains.append(g.domain)
         # Keys in the answer come from the domain only: the engine releases exactly the domain cells and
         # ignores any other group (restricting the exact vector to fixed cells cannot raise sensitivity).
@@ -617,24 +625,42 @@ def compile_plan(
     for i, value, lo, hi, integer in quantiles:
         cands = quantile_candidates(lo, hi, integer)
         m = len(cands)
-        if m == 1:
-            idx = "0"
-        else:
-            step = render_literal((hi - lo) / (m - 1))
-            raw = f"round((CAST({value} AS DOUBLE) - {render_literal(lo)}) / {step})"
-            idx = f"least(greatest(TRY_CAST({raw} AS BIGINT), 0), {m - 1})"
+        if m == 1:  # its answer is the one candidate whatever the data (and `GROUP BY 0` is no grouping)
+            raise PlanRejectedError("a quantile of an expression with a constant range does not depend on the data")
+        step = render_literal((hi - lo) / (m - 1))
+        raw = f"round((CAST({value} AS DOUBLE) - {render_literal(lo)}) / {step})"
+        idx = f"least(greatest(TRY_CAST({raw} AS BIGINT), 0), {m - 1})"
         cond = f"({value}) IS NOT NULL"
         qsource = source + (" AND " if where else " WHERE ") + cond
         qsql = f"SELECT {', '.join([*keys, idx])}, count(*){qsource} GROUP BY {', '.join([*keys, idx])}"
-        exact = integer and (m == 1 or ((hi - lo) / (m - 1) == 1.0 and float(lo).is_integer()))
+        exact = integer and (hi - lo) / (m - 1) == 1.0 and float(lo).is_integer()
         qqueries.append(QuantileQuery(i, qsql, cands, exact))
     if max([len(sql), *(len(q.sql) for q in qqueries)]) > MAX_SQL_CHARS:
-        raise PlanRejectedError("the rendered query is too large")
+        raise PlanTooComplexError("the rendered query is too large")
     if plan.partition_selection:
         cells: tuple[tuple[Scalar, ...], ...] = ()
     else:
         cells = tuple(itertools.product(*domains)) if domains else ((),)
     return CompiledPlan(sql=sql, cells=cells, components=tuple(comps), quantiles=tuple(qqueries))
+
+
+def compile_dataset_plan(plan: QueryPlan, dataset: DatasetInfo, *, max_cells: int) -> CompiledPlan:
+    """`compile_plan` exactly as the engine runs it: the dataset's tables by their loaded names, in the store.
+
+    The gateway runs it too, before pricing, so a plan it accepts is one the sandbox compiles (every limit
+    here -- depth, nodes, IN lists, strings, cells, rendered size -- is checked once, by this function).
+
+    Raises:
+        PlanRejectedError: as `compile_plan` (`PlanTooComplexError` for the size limits).
+    """
+    table = dataset.table(plan.table)
+    if table is None:
+        raise PlanRejectedError(f"unknown table {plan.table!r}")
+    return compile_plan(
+        plan, table, sql_table=sql_table_name(dataset.name, table.name), unit=dataset.privacy_unit,
+        max_cells=max_cells, dataset=dataset,
+        sql_tables={t.name: sql_table_name(dataset.name, t.name) for t in dataset.tables}, stored=True,
+    )
 
 
 def plan_bounds(agg: Aggregate, table: bounds.Columns) -> tuple[float, float, bool] | None:

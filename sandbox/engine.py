@@ -24,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import duckdb
@@ -32,7 +33,14 @@ from sandbox import mechanisms, quantiles, zcdp
 from sandbox.cap_rules import ReleaseLoss, counts, refusal
 from sandbox.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger, Product
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec, load_catalog
-from sandbox.compile import CompiledPlan, QuantileQuery, avg_centre, compile_plan, quote_ident, render_literal
+from sandbox.compile import (
+    CompiledPlan,
+    QuantileQuery,
+    avg_centre,
+    compile_dataset_plan,
+    quote_ident,
+    render_literal,
+)
 from sandbox.duckdb_config import connect, lock_down, verify_locked
 from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
@@ -57,7 +65,7 @@ from sandbox.protocol import (
     plan_to_json,
 )
 from sandbox.relation import Relation, plan_relation
-from sandbox.storage import compress, open_store, table_ref
+from sandbox.storage import compress, open_store, sql_table_name, table_ref
 from sandbox.watchdog import Watchdog
 
 log = logging.getLogger("sandbox.engine")
@@ -86,11 +94,6 @@ def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
         return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
     lim_f = 1e15 * (1 - 1e-9)
     return max(-lim_f, min(lim_f, float(v)))
-
-
-def sql_table_name(dataset: str, table: str) -> str:
-    """The DuckDB table holding `dataset.table` (names cannot contain '__', so this is unique)."""
-    return f"{dataset}__{table}"
 
 
 def data_version(ds: DatasetSpec, key: bytes) -> str:
@@ -194,9 +197,14 @@ class Engine:
         self.locked_down = True
         self._versions = versions
         # The catalog and its public description, swapped together by `reload` (one tuple: a request reads
-        # both from the same version).
-        self._view = (catalog, catalog.public(versions))
+        # both from the same version). The public description carries the cell limit the gateway compiles
+        # against.
+        self._view = (catalog, self._public(catalog))
         self._tables = frozenset(self.row_counts)
+
+    def _public(self, catalog: Catalog) -> CatalogInfo:
+        """The public description of `catalog` at the loaded data versions, with the cell limit."""
+        return replace(catalog.public(self._versions), max_cells=self.limits.max_groups)
 
     @property
     def catalog(self) -> Catalog:
@@ -334,7 +342,7 @@ class Engine:
             problem = current.reload_problem(fresh)
             if problem is not None:
                 return ErrorReply("rejected", f"{RELOAD_REFUSED_PREFIX}{problem}")
-            self._view = (fresh, fresh.public(self._versions))
+            self._view = (fresh, self._public(fresh))
             log.info("catalog reloaded from %s: the owner's caps, grades and verification caps", current.path)
             return self._info
 
@@ -415,16 +423,7 @@ class Engine:
             # The data owner's grade rules on every column the plan reads, at any depth, first: a
             # refusal depends only on the plan and the catalog, and reads the same nested or not.
             check_plan_grades(plan, info, catalog.grades)
-            compiled = compile_plan(
-                plan,
-                spec.info,
-                sql_table=sql_table_name(ds.name, spec.name),
-                unit=ds.privacy_unit,
-                max_cells=self.limits.max_groups,
-                dataset=info,
-                sql_tables={t.name: sql_table_name(ds.name, t.name) for t in ds.tables},
-                stored=True,
-            )
+            compiled = compile_dataset_plan(plan, info, max_cells=self.limits.max_groups)
             rel = plan_relation(plan, info)
             costs, loss = self._price_memoized(req, info)
         except PlanRejectedError as exc:

@@ -46,7 +46,7 @@ import opendp.prelude as dp
 from sandbox import mechanisms
 from sandbox import model_pricing as mp
 from sandbox.compile import quote_ident, render_literal
-from sandbox.engine import Engine, sql_table_name
+from sandbox.engine import Engine
 from sandbox.errors import PlanRejectedError
 from sandbox.grades import check_model_grades
 from sandbox.guard import single_select_node
@@ -60,7 +60,7 @@ from sandbox.model_protocol import (
     TrainResult,
 )
 from sandbox.protocol import ErrorReply, ReleaseCost
-from sandbox.storage import is_loaded_table, table_ref
+from sandbox.storage import is_loaded_table, sql_table_name, table_ref
 
 log = logging.getLogger("sandbox.models")
 

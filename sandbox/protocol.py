@@ -466,10 +466,13 @@ class DatasetInfo:
 @dataclass(frozen=True, slots=True)
 class CatalogInfo:
     """Everything public about the data the sandbox holds; `grades` are the owner's column-grade rules
-    ((grade, allowed uses) pairs; empty: the built-in rules, `sandbox.grades.DEFAULT_GRADE_RULES`)."""
+    ((grade, allowed uses) pairs; empty: the built-in rules, `sandbox.grades.DEFAULT_GRADE_RULES`);
+    `max_cells` is the most cells a plan may ask for there (`Limits.max_groups`: the gateway's analyzer
+    compiles every plan against the same limit)."""
 
     datasets: tuple[DatasetInfo, ...]
     grades: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    max_cells: int = 100_000
 
     def grade_rules(self) -> dict[str, frozenset[str]] | None:
         """The grade rules as `check_plan_grades` takes them, or None for the built-in ones."""
@@ -1007,11 +1010,13 @@ def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
             for d in c.datasets
         ],
         "grades": [[g, list(uses)] for g, uses in c.grades],
+        "max_cells": c.max_cells,
     }
 
 
 def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
     return CatalogInfo(
+        max_cells=int(d.get("max_cells", 100_000)),
         datasets=tuple(
             DatasetInfo(
                 name=ds["name"],

@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["STORE", "compress", "is_loaded_table", "open_store", "table_ref"]
+__all__ = ["STORE", "compress", "is_loaded_table", "open_store", "sql_table_name", "table_ref"]
 
 STORE = "pgw_store"
 # Disabled for the store: every codec that stores numbers other than as a plain array (see the docstring).
@@ -35,6 +35,11 @@ def open_store(con: duckdb.DuckDBPyConnection) -> None:
 def compress(con: duckdb.DuckDBPyConnection) -> None:
     """Write the loaded tables in compressed form (once, after the last load, before the lock-down)."""
     con.execute(f"CHECKPOINT {STORE}")
+
+
+def sql_table_name(dataset: str, table: str) -> str:
+    """The DuckDB table holding `dataset.table` (names cannot contain '__', so this is unique)."""
+    return f"{dataset}__{table}"
 
 
 def table_ref(name: str) -> str:

@@ -481,7 +481,7 @@ class _Compiled:
 
 def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> tuple[_Compiled, str]:
     """The per-template table's CREATE statement, and the evaluation SQL in both modes."""
-    from sandbox.engine import sql_table_name  # the engine's naming of loaded tables
+    from sandbox.storage import sql_table_name  # the engine's naming of loaded tables
 
     batch = _Renderer(catalog, ds, tpl, "batch")
     single = _Renderer(catalog, ds, tpl, "single")

@@ -52,7 +52,9 @@ class PolicyGate:
 
     def audit(self, call: Call, error: GatewayError | None) -> None:
         """Append the call's audit entry (see `Oversight.record_rpc`), unless the governed path already wrote it
-        in the transaction that settled the call's charge; count and log the call either way.
+        in the transaction that settled the call's charge; count and log the call either way. A call that was
+        neither answered nor charged keeps its request's text (the SQL, a model's design) only as its SHA-256
+        and size (`limits.digest_text`).
 
         Raises:
             AuditError: it could not be written.
@@ -76,4 +78,5 @@ def audit_fields(call: Call, code: str, reason: str) -> dict[str, Any]:
         consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose, normalized_query=facts.query,
         epsilon=facts.epsilon, delta=facts.delta, rho=facts.rho, released=facts.released,
         charge="charged" if facts.charged else "replay" if facts.replayed else "",
+        keep_query_text=code == "OK" or facts.charged,
     )

@@ -10,8 +10,11 @@ the health service and reflection alike -- so no RPC reaches a handler without:
    is over its limits;
 4. authorisation on a worker thread, against the live policy snapshot the whole call then uses: one of the
    method's roles, and neither the member nor its organisation revoked (PERMISSION_DENIED otherwise);
-5. the handler (for the gateway's own methods a `Body`, run on a worker thread with the `Call`);
-6. one audit entry for the call, whatever its outcome, written before the answer leaves (if it cannot be
+5. the request's limits (`gateway.limits`): a message that cannot be decoded, or a field over its limit,
+   is INVALID_ARGUMENT (audited, one log line), checked before the handler sees it -- for a request
+   stream, each message as it arrives;
+6. the handler (for the gateway's own methods a `Body`, run on a worker thread with the `Call`);
+7. one audit entry for the call, whatever its outcome, written before the answer leaves (if it cannot be
    written the answer is withheld); successful health checks are counted in the metrics only.
 
 Errors leave as `google.rpc.Status` with ErrorInfo (`gateway.rpc.status`); anything unexpected is
@@ -46,6 +49,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     UnauthenticatedError,
 )
+from gateway.limits import check_request, lenient
 from gateway.logs import log_context
 from gateway.rpc.admission import Admission
 from gateway.rpc.calls import CURRENT_CALL, Call
@@ -131,11 +135,13 @@ class _Timed:
 
     async def __anext__(self) -> Any:
         try:
-            return await asyncio.wait_for(self._it.__anext__(), self._timeout_s)
+            message = await asyncio.wait_for(self._it.__anext__(), self._timeout_s)
         except TimeoutError:
             raise DeadlineExceededError(
                 f"no message on the request stream within {self._timeout_s:g} s", reason="STREAM_IDLE"
             ) from None
+        check_request(message)  # decodable and within the limits, before the body keeps it
+        return message
 
 
 class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -174,7 +180,8 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
         inner = (handler.stream_stream if streaming_in and streaming_out else handler.stream_unary
                  if streaming_in else handler.unary_stream if streaming_out else handler.unary_unary)
-        kwargs = {"request_deserializer": handler.request_deserializer,
+        # A body that cannot be decoded reaches the call as MalformedMessage: refused and audited there.
+        kwargs = {"request_deserializer": lenient(handler.request_deserializer),
                   "response_serializer": handler.response_serializer}
         if streaming_out:
             async def stream_out(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -238,7 +245,8 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         return error
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: GatewayError) -> None:
-        await context.abort(error.code, error.message, trailing_metadata(status_for(error)))
+        status = status_for(error)  # its message and metadata bounded
+        await context.abort(error.code, status.message, trailing_metadata(status))
 
     async def _serve_unary(self, inner: Any, rule: MethodRule, request: Any,
                            context: grpc.aio.ServicerContext[Any, Any], refuse: bool) -> Any:
@@ -255,9 +263,10 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
                                                    self._runner(call))
                         response = next(iter(responses))
                     else:
-                        response = await self._run(call, inner.fn, request, call)
+                        response = await self._run(call, _bounded, inner.fn, request, call)
                 else:
                     await self._run(call, _nothing)
+                    check_request(request)
                     response = await inner(request, context)
         except GatewayError as exc:
             error = exc
@@ -288,6 +297,10 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
                     responses = await inner.fn(requests, call, self._runner(call))
                 else:  # a library stream (health Watch, reflection): audited when it ends
                     await self._run(call, _nothing)
+                    if rule.client_streaming:
+                        request = _checked(request)
+                    else:
+                        check_request(request)
                     async for response in inner(request, context):
                         yield response
         except GatewayError as exc:
@@ -318,6 +331,19 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
 
 def _nothing() -> None:
     """The session alone (authorisation of a library method)."""
+
+
+def _bounded(fn: Callable[[Any, Call], T], request: Any, call: Call) -> T:
+    """A unary body, after its request passed `check_request` (decodable, every field within its limit)."""
+    check_request(request)
+    return fn(request, call)
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A library method's request stream, each message checked as it arrives."""
+    async for message in requests:
+        check_request(message)
+        yield message
 
 
 def _cancelled() -> GatewayError:

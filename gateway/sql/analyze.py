@@ -50,7 +50,7 @@ from gateway.sql.tree import (
     walk,
 )
 from sandbox.bounds import Columns, expression_bounds
-from sandbox.compile import render_expression
+from sandbox.compile import PlanTooComplexError, TooManyCellsError, compile_dataset_plan, render_expression
 from sandbox.errors import PlanRejectedError
 from sandbox.protocol import (
     BOUNDED_KINDS,
@@ -158,12 +158,13 @@ _TABLE_REFS = {
 }
 
 
-def analyze_query(sql: str, dataset: DatasetInfo) -> AnalyzedQuery:
+def analyze_query(sql: str, dataset: DatasetInfo, *, max_cells: int = MAX_GROUPS) -> AnalyzedQuery:
     """Validate `sql` against the allowlist and the dataset's public catalog; build plan and post.
 
     Args:
         sql: The consumer's query text (never executed).
         dataset: The public description of the dataset the query runs on.
+        max_cells: The most group-key combinations the sandbox answers (`CatalogInfo.max_cells`).
 
     Returns:
         The typed plan the sandbox will compile and run, and the gateway-side post-processing.
@@ -173,12 +174,44 @@ def analyze_query(sql: str, dataset: DatasetInfo) -> AnalyzedQuery:
             fragments and catalog names.
     """
     node = parse_select(sql)
-    return _Analyzer(dataset).query(node)
+    analyzed = _Analyzer(dataset).query(node)
+    _check_compiles(analyzed.plan, dataset, max_cells)
+    return analyzed
+
+
+def _check_compiles(plan: QueryPlan, dataset: DatasetInfo, max_cells: int) -> None:
+    """The sandbox's own compiler accepts the plan (its limits on depth, nodes, values, cells and rendered
+    size are the plan limits; one definition, `sandbox.compile`), so an accepted query never fails there."""
+    try:
+        compile_dataset_plan(plan, dataset, max_cells=max_cells)
+    except TooManyCellsError as exc:
+        raise reject("TOO_MANY_GROUPS", f"the sandbox answers at most {max_cells} groups: {exc}",
+                     limit=str(max_cells)) from exc
+    except PlanTooComplexError as exc:
+        raise reject("QUERY_TOO_COMPLEX", f"the query is too complex for the sandbox: {exc}") from exc
+    except PlanRejectedError as exc:
+        raise reject("QUERY_NOT_SUPPORTED", f"the sandbox cannot run this query: {exc}") from exc
 
 
 def analyze(sql: str, dataset: DatasetInfo) -> QueryPlan:
     """The plan of `analyze_query` (for callers that need no post-processing)."""
     return analyze_query(sql, dataset).plan
+
+
+def _refuse_constant(kind: AggregateKind, shown: str, lower: float, upper: float) -> None:
+    """Refuse an aggregate whose value is known without the data: the argument's bounds are one point, so
+    MEDIAN/QUANTILE/MIN/MAX and AVG are that point, VAR and STDDEV are 0, and SUM of a constant 0 is 0.
+    (SUM of another constant c is c times the row count: data, and priced like any sum.)"""
+    if lower != upper:
+        return
+    if kind is AggregateKind.SUM and lower != 0:
+        return
+    raise reject(
+        "CONSTANT_AGGREGATE",
+        f"the argument of {shown} is always {lower:g} (its bounds are [{lower:g}, {upper:g}]), so the "
+        "answer does not depend on the data; remove it, or aggregate an expression over a column",
+        construct="AGGREGATE_ARGUMENT",
+    )
 
 
 def _unsupported(construct: str, message: str) -> Exception:
@@ -803,6 +836,14 @@ class _Analyzer:
 
     def _group_key(self, node: Any, scope: Scope) -> GroupKey:
         if isinstance(node, dict) and node.get("type") == "VALUE_CONSTANT":
+            literal = node.get("literal")
+            if not (isinstance(literal, dict) and literal.get("kind") == "INTEGER"):
+                raise reject(
+                    "CONSTANT_GROUP_KEY",
+                    "GROUP BY a constant makes one group of every row; remove it (COUNT(*) without "
+                    "GROUP BY answers the same)",
+                    construct="GROUP_BY",
+                )
             raise reject(
                 "UNSUPPORTED_EXPRESSION",
                 "GROUP BY positions are not supported; name the key",
@@ -978,6 +1019,7 @@ class _Analyzer:
                     construct="AGGREGATE_ARGUMENT",
                 )
             lower, upper = derived[0], derived[1]
+            _refuse_constant(kind, shown, lower, upper)
         aggregate = Aggregate(kind, arg, 1.0, lower, upper, quantile)
         default = "count" if arg is None else _default_name(kind, arg, name)
         return self._add(aggregate), default

@@ -9,12 +9,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import duckdb
 import grpc
 import pytest
 
 from gateway.errors import InvalidQueryError
 from gateway.sql.analyze import analyze
+from gateway.sql.tree import MAX_GROUPS
+from sandbox.compile import compile_dataset_plan
+from sandbox.guard import check_select
 from sandbox.protocol import ColumnInfo, DatasetInfo, QueryPlan, TableInfo
+from sandbox.storage import sql_table_name
 
 HERE = Path(__file__).parent
 ACCEPT = sorted((HERE / "accept").glob("*.sql"))
@@ -89,6 +94,24 @@ def test_accepted(path: Path) -> None:
     assert isinstance(plan, QueryPlan)
     assert plan.dataset == "registry"
     assert plan.aggregates
+
+
+@pytest.fixture(scope="module")
+def parser() -> duckdb.DuckDBPyConnection:
+    """A data-free connection: the guard only parses."""
+    return duckdb.connect()
+
+
+@pytest.mark.parametrize("path", ACCEPT, ids=[p.name for p in ACCEPT])
+def test_accepted_plans_compile_and_pass_the_sandbox_guard(path: Path, parser: duckdb.DuckDBPyConnection) -> None:
+    """What the analyzer accepts, the sandbox runs: its compiler renders the plan and its SQL guard accepts
+    every statement (the aggregate query and each quantile's candidate counts), so no accepted query can
+    fail there after the charge."""
+    plan = analyze(path.read_text(encoding="utf-8"), REGISTRY)
+    compiled = compile_dataset_plan(plan, REGISTRY, max_cells=MAX_GROUPS)
+    tables = {sql_table_name(REGISTRY.name, t.name) for t in REGISTRY.tables}
+    for sql in (compiled.sql, *(q.sql for q in compiled.quantiles)):
+        check_select(parser, sql, tables)
 
 
 @pytest.mark.parametrize("path", REJECT, ids=[p.name for p in REJECT])

@@ -472,3 +472,13 @@ def test_lookup_join_keys_of_different_kinds_are_refused_from_the_catalog() -> N
                       "code")
     with pytest.raises(PlanRejectedError, match="different types"):
         source_relation(join, REGISTRY)
+
+
+def test_the_sandboxs_cell_limit_is_the_analyzers() -> None:
+    """A sandbox started with a lower --max-groups announces it (CatalogInfo.max_cells); the analyzer
+    compiles every plan against it, so the query is refused before pricing, not by the sandbox after."""
+    sql = "SELECT region, COUNT(*) FROM residents GROUP BY region"
+    assert analyze_query(sql, REGISTRY, max_cells=len(REGIONS)).plan.group_by
+    with pytest.raises(InvalidQueryError) as info:
+        analyze_query(sql, REGISTRY, max_cells=len(REGIONS) - 1)
+    assert (info.value.reason, info.value.metadata["limit"]) == ("TOO_MANY_GROUPS", str(len(REGIONS) - 1))

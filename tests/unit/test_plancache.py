@@ -39,9 +39,9 @@ def test_refusals_are_analyzed_every_time(monkeypatch: pytest.MonkeyPatch) -> No
     calls = []
     real = plancache.analyze_query
 
-    def counting(sql: str, dataset: object) -> object:
+    def counting(sql: str, dataset: object, **kw: int) -> object:
         calls.append(sql)
-        return real(sql, dataset)  # type: ignore[arg-type]
+        return real(sql, dataset, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(plancache, "analyze_query", counting)
     cache = PlanCache()

@@ -106,6 +106,7 @@ MESSAGES: list[Message] = [
     HealthRequest(),
     HealthReply(serving=True, locked_down=True, pid=42),
     CatalogInfo(
+        max_cells=5_000,
         datasets=(
             DatasetInfo(
                 name="registry",
