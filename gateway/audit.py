@@ -653,8 +653,10 @@ class AuditLog:
             self._insert_seal(conn, seq, entry.hash)
         return entry
 
-    def import_rows(self, entries: list[tuple[object, ...]], seals: list[tuple[object, ...]]) -> None:
-        """Copy format-1 entries (with their MACs) and seals from another file into this empty log, unchanged.
+    def import_rows(self, columns: list[str], entries: list[tuple[object, ...]], seals: list[tuple[object, ...]]
+                    ) -> None:
+        """Copy entries (``columns`` of the entries table, MACs included) and seals from another file into this
+        empty log, unchanged.
 
         Raises:
             AuditError: this log already holds entries.
@@ -662,10 +664,8 @@ class AuditLog:
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone():
                 raise AuditError(f"{self._path} already holds audit entries; the old audit file is not merged")
-            conn.executemany(
-                "INSERT INTO entries (seq, time, request_id, consumer, rpc, dataset, purpose, query, outcome,"
-                " status_code, reason, epsilon, delta, released_digest, identifiers, prev_hash, hash, mac)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            conn.executemany(f"INSERT INTO entries ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                             entries)
             conn.executemany("INSERT INTO seals (seq, head_hash, time, key_id, signature) VALUES (?, ?, ?, ?, ?)",
                              seals)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayInternalError
+from gateway.errors import StorageUnavailableError
 from gateway.ledger import Ledger
 from gateway.storage import ConnectionPool
 from sandbox.protocol import QueryPlan, plan_to_json
@@ -78,7 +78,8 @@ class ReleaseCache:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         # Pooled: a connection per call also checkpointed the WAL on every close (extra fsyncs).
-        self._pool = ConnectionPool(self._connect, lambda: GatewayInternalError("release cache storage error"))
+        self._pool = ConnectionPool(
+            self._connect, lambda: StorageUnavailableError("the release cache's storage failed; retry shortly"))
         with self._pool.connection() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting import reconcile
 from gateway.audit import AuditError, AuditLog, VerifyReport, verify_export
 from gateway.oversight import AUDIT_FILE
 from gateway.receipts import Receipt, verify_receipt
@@ -54,10 +55,35 @@ def _print_report(report: VerifyReport, as_json: bool) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Verify the whole audit log: chain, entry MACs and seals."""
+    """Verify the whole audit log: chain, entry MACs and seals; and that it accounts for every charge of the
+    ledger (one entry per settled charge, with its cost; totals per grant and month equal)."""
     with _open_audit(args) as audit:
         report = audit.verify(require_sealed=args.require_sealed)
-    return _print_report(report, args.json)
+        path = audit.path
+    accounts = reconcile(path)
+    if args.json:
+        print(json.dumps({**report.to_json_obj(), "ledger": accounts.to_json_obj()}, indent=2))
+        return 0 if report.ok and accounts.ok else 1
+    status = _print_report(report, False)
+    grants = len(accounts.grants)
+    charges = sum(g.charges for g in accounts.grants)
+    if accounts.ok:
+        print(f"OK: the audit log accounts for all {charges} settled charges of the ledger "
+              f"({grants} grant-months, totals equal; {accounts.in_flight} in flight)")
+        return status
+    print(f"FAILED: the audit log does not account for the ledger's charges ({accounts.in_flight} in flight)")
+    for what, items in (("charged, not audited", accounts.unaudited),
+                        ("audited, not in the ledger", accounts.unmatched),
+                        ("audited with another cost", accounts.different),
+                        ("audited twice", accounts.duplicated)):
+        if items:
+            print(f"  {what}: {len(items)} (e.g. {', '.join(items[:3])})")
+    for g in accounts.grants:
+        if not g.equal:
+            print(f"  {g.month} {g.consumer}/{g.dataset}/{g.purpose}: ledger epsilon {g.ledger_epsilon!r} "
+                  f"delta {g.ledger_delta!r} rho {g.ledger_rho!r}; audit epsilon {g.audit_epsilon!r} "
+                  f"delta {g.audit_delta!r} rho {g.audit_rho!r}")
+    return 1
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -136,7 +162,8 @@ def register(subparsers: Any) -> None:
 
     audit = subparsers.add_parser("audit", help="verify and export the signed audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    v = audit_sub.add_parser("verify", help="verify the hash chain, entry MACs and seals")
+    v = audit_sub.add_parser("verify", help="verify the hash chain, entry MACs and seals, and that the log accounts "
+                                            "for every charge of the ledger")
     common(v)
     v.add_argument("--require-sealed", action="store_true", help="treat unsealed entries as a failure")
     v.set_defaults(func=cmd_audit_verify)

@@ -8,7 +8,9 @@ GatewayError                         code                 ErrorInfo.reason
 ├── PrivacyBudgetExhaustedError      RESOURCE_EXHAUSTED   PRIVACY_BUDGET_EXHAUSTED
 ├── OwnerCapIncompatibleError        FAILED_PRECONDITION  OWNER_CAP_INCOMPATIBLE
 ├── RequestIdConflictError           ALREADY_EXISTS       REQUEST_ID_REUSED
-├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS
+├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS (+ RetryInfo)
+├── RequestFailedError               ABORTED              QUERY_EXECUTION_FAILED (final: charged, failed)
+├── StorageUnavailableError          UNAVAILABLE          STORAGE_UNAVAILABLE (+ RetryInfo)
 ├── QueryExecutionError              ABORTED              QUERY_EXECUTION_FAILED (uniform; engine text never sent)
 ├── SandboxUnavailableError          UNAVAILABLE          SANDBOX_UNAVAILABLE (+ RetryInfo)
 ├── StateUnavailableError            UNAVAILABLE          STATE_UNAVAILABLE (+ RetryInfo)
@@ -47,10 +49,12 @@ __all__ = [
     "PermissionDeniedError",
     "PrivacyBudgetExhaustedError",
     "QueryExecutionError",
+    "RequestFailedError",
     "RequestIdConflictError",
     "RequestInProgressError",
     "SandboxUnavailableError",
     "StateUnavailableError",
+    "StorageUnavailableError",
     "UnauthenticatedError",
 ]
 
@@ -123,10 +127,29 @@ class RequestIdConflictError(GatewayError):
 
 
 class RequestInProgressError(GatewayError):
-    """A request with this request_id is still running, or was charged but never completed."""
+    """A request with this request_id is still running: retry with the same id shortly (RetryInfo). A charge
+    whose gateway died is settled (failed) within seconds, after which the retry gets a final status."""
 
     code = grpc.StatusCode.ABORTED
     default_reason = "REQUEST_IN_PROGRESS"
+    retry_after_s = 1.0
+
+
+class RequestFailedError(GatewayError):
+    """The request with this request_id failed after it was charged: final; its cost stays charged."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "QUERY_EXECUTION_FAILED"
+
+
+class StorageUnavailableError(GatewayError):
+    """The gateway's state could not be read or written (disk full, locked past the busy timeout, I/O error).
+    Nothing was released; a charge already made is settled once storage recovers. Retry with the same
+    request id (RetryInfo)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STORAGE_UNAVAILABLE"
+    retry_after_s = 2.0
 
 
 class QueryExecutionError(GatewayError):

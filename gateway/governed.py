@@ -150,6 +150,7 @@ class GovernedPath:
         """
         call.audit.dataset = str(getattr(request, "dataset", ""))
         call.audit.purpose = str(getattr(request, "purpose", ""))
+        call.audit.request_id = str(getattr(request, "request_id", ""))  # bounded by gateway.limits
         priced = product.price(call, request)
         plan = priced.charge
         call.audit.request_id, call.audit.query = plan.request_id, priced.description

@@ -25,9 +25,12 @@ reports (e.g. ten charges of 0.1 fit a budget of 1.0, but three of 0.1 do not fi
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,8 +42,10 @@ from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
     PrivacyBudgetExhaustedError,
+    RequestFailedError,
     RequestIdConflictError,
     RequestInProgressError,
+    StorageUnavailableError,
 )
 from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
 from gateway.storage import ConnectionPool, immediate
@@ -66,7 +71,7 @@ ChargeStatus = Literal["reserved", "released", "failed"]
 # 2 adds exact units, organisation and metering columns; 3 adds rho_units; 4 adds zcdp_units, no_zcdp and
 # the per-minute/hour/lifetime spending buckets kept by triggers; 5 adds conversion_delta_units and the
 # counts on the data owner's cap (cap_*)
-_SCHEMA_VERSION = 6
+_SCHEMA_VERSION = 7
 _VERIFY_RELATIVE_TOLERANCE = 1e-9
 
 _SCHEMA = """
@@ -119,6 +124,9 @@ CREATE TABLE IF NOT EXISTS charges (
     cap_no_rho          INTEGER NOT NULL DEFAULT 0 CHECK (cap_no_rho IN (0, 1)),
     -- schema 6: the product that charged (query, model): a model grant's limit counts its own charges
     product       TEXT NOT NULL DEFAULT 'query',
+    -- schema 7: the gateway process that reserved the charge (`Ledger.holder`). While it holds a live lease
+    -- in `holders`, a reserved charge is in progress, after that it is settled (`Settler`)
+    holder        TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (consumer, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (created_at);
@@ -133,6 +141,13 @@ CREATE INDEX IF NOT EXISTS charges_units_by_key
     ON charges (consumer, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
 CREATE INDEX IF NOT EXISTS charges_units_by_org
     ON charges (organization, dataset, purpose, created_at, epsilon_units, delta_units, rho_units);
+CREATE INDEX IF NOT EXISTS charges_reserved ON charges (status, created_at) WHERE status = 'reserved';
+CREATE TABLE IF NOT EXISTS holders (
+    holder      TEXT PRIMARY KEY,
+    pid         INTEGER NOT NULL,
+    host        TEXT NOT NULL,
+    heartbeat   REAL NOT NULL
+) STRICT;
 CREATE INDEX IF NOT EXISTS charges_units_by_product
     ON charges (consumer, dataset, purpose, product, created_at, epsilon_units, delta_units);
 CREATE INDEX IF NOT EXISTS charges_units_by_dataset
@@ -347,10 +362,12 @@ class Ledger:
         self._busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.Lock()
         self._closed = False
+        # This process's lease on its reservations (see `heartbeat` and `gateway.settle`).
+        self.holder = uuid.uuid4().hex
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False),
-            lambda: GatewayInternalError("privacy ledger storage error"),
+            lambda: StorageUnavailableError("the privacy ledger's storage failed; retry with the same request id"),
         )
         # The anchor connection is never used for queries. Holding it open keeps the WAL and its
         # index alive, so closing a per-call connection does not checkpoint and delete the WAL.
@@ -366,6 +383,54 @@ class Ledger:
     def path(self) -> Path:
         """The SQLite file this ledger lives in."""
         return self._path
+
+    # -- leases and settlement (gateway.settle) ---------------------------------------------------
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """Renew this process's lease on its reservations (a reserved charge of a live holder is in progress)."""
+        with self._transaction(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO holders (holder, pid, host, heartbeat) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (holder) DO UPDATE SET heartbeat = excluded.heartbeat",
+                (self.holder, os.getpid(), socket.gethostname(), time.time() if now is None else now))
+
+    def release_lease(self) -> None:
+        """Drop this process's lease (clean shutdown: its reservations are all settled by then)."""
+        with self._transaction(durable=False) as conn:
+            conn.execute("DELETE FROM holders WHERE holder = ?", (self.holder,))
+
+    def stale_reservations(self, now: float, lease_s: float) -> list[StaleCharge]:
+        """Reserved charges whose holder holds no live lease (it died, or crashed before completing them)."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT consumer, request_id, dataset, purpose, epsilon, delta, rho_units, product, created_at"
+                " FROM charges c WHERE status = 'reserved' AND created_at < ? AND NOT EXISTS ("
+                "  SELECT 1 FROM holders h WHERE h.holder = c.holder AND h.heartbeat >= ?)",
+                (now - 1.0, now - lease_s)).fetchall()
+        return [_stale(r, "reserved") for r in rows]
+
+    def audit_unaudited(self, charge: StaleCharge, write: Callable[[sqlite3.Connection], None]) -> bool:
+        """Run `write` (the charge's audit entry) if the charge still has no audit entry, in one transaction
+        (several processes may find the same charge); True if it ran."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM entries WHERE consumer = ? AND request_id = ? AND charge = 'charged'",
+                            (charge.key.consumer, charge.request_id)).fetchone():
+                return False
+            write(conn)
+            return True
+
+    def unaudited_charges(self) -> list[StaleCharge]:
+        """Settled charges (released or failed) whose audit entry is missing (the audit tables share this
+        database: an entry that records a charge has its consumer, request id and ``charge = 'charged'``)."""
+        with self._connection() as conn:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'").fetchone():
+                return []
+            rows = conn.execute(
+                "SELECT consumer, request_id, dataset, purpose, epsilon, delta, rho_units, product, created_at,"
+                " status FROM charges c WHERE status IN ('released', 'failed') AND NOT EXISTS ("
+                "  SELECT 1 FROM entries e WHERE e.consumer = c.consumer AND e.request_id = c.request_id"
+                "  AND e.charge = 'charged')").fetchall()
+        return [_stale(r[:9], str(r[9])) for r in rows]
 
     def spent(self, key: GrantKey) -> PrivacyLoss:
         """Returns the total privacy loss charged on a grant (zero if nothing was charged).
@@ -733,15 +798,17 @@ class Ledger:
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint, epsilon,"
                 " delta, status, response, created_at, updated_at, organization, epsilon_units,"
                 " delta_units, use_class, data_owner, request_units, price_per_request_unit,"
-                " price_per_epsilon, currency, rho_units, zcdp_units, no_zcdp, conversion_delta_units, product, "
+                " price_per_epsilon, currency, rho_units, zcdp_units, no_zcdp, conversion_delta_units, product,"
+                " holder, "
                 + ", ".join(_CAP_COLUMNS) + ")"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, ?, ?, ?, ?)",
+                " ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.consumer, request_id, key.dataset, key.purpose, fingerprint, cost.epsilon,
                  cost.delta, now, now, metering.organization, cost_eps, cost_delta,
                  metering.use_class, metering.data_owner, metering.request_units,
                  metering.price_per_request_unit, metering.price_per_epsilon, metering.currency,
-                 cost_rho, *zcdp_columns(cost_eps, cost_delta, cost_rho), conversion, product, *owner.as_row()),
+                 cost_rho, *zcdp_columns(cost_eps, cost_delta, cost_rho), conversion, product, self.holder,
+                 *owner.as_row()),
             )
             conn.execute(
                 "INSERT INTO spend (consumer, dataset, purpose, epsilon, delta) VALUES (?, ?, ?, ?, ?)"
@@ -814,9 +881,14 @@ class Ledger:
             if not isinstance(response, bytes):
                 raise GatewayInternalError("released charge has no stored response")
             return PriorRelease(request_id=request_id, response=response)
+        if status == "failed":
+            raise RequestFailedError(
+                "the request with this request_id failed after it was charged; its cost stays charged;"
+                " a new request_id is needed",
+                requestId=request_id, status="failed",
+            )
         raise RequestInProgressError(
-            "the request with this request_id was charged and did not complete;"
-            " a new request_id is needed",
+            "the request with this request_id is in progress; retry with the same request_id shortly",
             requestId=request_id,
             status=str(status),
         )
@@ -951,7 +1023,7 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, 1, 2, 3, 4, 5, _SCHEMA_VERSION):
+            if version not in (0, 1, 2, 3, 4, 5, 6, _SCHEMA_VERSION):
                 raise GatewayInternalError("privacy ledger has an unknown schema version")
             if version == 1:
                 _migrate_v1(conn)  # issue-gov
@@ -962,9 +1034,11 @@ class Ledger:
                 _migrate_v3(conn)
             if version in (1, 2, 3, 4):
                 _migrate_v4(conn)
-            if version in (1, 2, 3, 4, 5) and "product" not in {
-                    row[1] for row in conn.execute("PRAGMA table_info(charges)")}:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(charges)")}
+            if version in (1, 2, 3, 4, 5) and "product" not in columns:
                 conn.execute("ALTER TABLE charges ADD COLUMN product TEXT NOT NULL DEFAULT 'query'")
+            if version in (1, 2, 3, 4, 5, 6) and "holder" not in columns:
+                conn.execute("ALTER TABLE charges ADD COLUMN holder TEXT NOT NULL DEFAULT ''")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -1025,6 +1099,26 @@ class Ledger:
         if row[2] != "reserved":
             raise GatewayInternalError(f"privacy ledger charge is {row[2]}, not reserved")
         return PrivacyLoss(row[3], row[4])
+
+
+@dataclass(frozen=True, slots=True)
+class StaleCharge:
+    """A charge the settler must settle or audit: its key, request id, cost and status."""
+
+    key: GrantKey
+    request_id: str
+    cost: PrivacyLoss
+    product: str
+    created_at: float
+    status: str
+
+
+def _stale(row: Sequence[object], status: str) -> StaleCharge:
+    consumer, request_id, dataset, purpose, eps, delta, rho_units, product, created = row
+    return StaleCharge(GrantKey(str(consumer), str(dataset), str(purpose)), str(request_id),
+                       PrivacyLoss(float(cast(float, eps)), float(cast(float, delta)),
+                                   from_units(int(cast(int, rho_units)), RHO_UNITS)),
+                       str(product), float(cast(float, created)), status)
 
 
 def _agrees(total: float, recomputed: float) -> bool:

@@ -213,11 +213,13 @@ def migrate_legacy_audit(state_dir: Path, audit: AuditLog) -> None:
         return
     src = sqlite3.connect(legacy, isolation_level=None)
     try:
-        entries = src.execute(f"SELECT {_LEGACY_COLUMNS} FROM entries ORDER BY seq").fetchall()
+        present = {row[1] for row in src.execute("PRAGMA table_info(entries)")}
+        columns = [c for c in (*_LEGACY_COLUMNS.split(", "), "v", "rho", "charge") if c in present]
+        entries = src.execute(f"SELECT {', '.join(columns)} FROM entries ORDER BY seq").fetchall()
         seals = src.execute("SELECT seq, head_hash, time, key_id, signature FROM seals ORDER BY seq").fetchall()
     finally:
         src.close()
-    audit.import_rows(entries, seals)
+    audit.import_rows(columns, entries, seals)
     legacy.rename(legacy.with_name(LEGACY_AUDIT_FILE + ".migrated"))
     log.warning("audit log moved from %s into %s (%d entries, %d seals)", legacy, audit.path, len(entries),
                 len(seals))

@@ -52,6 +52,7 @@ from gateway.rpc.interceptor import Body, GovernanceInterceptor, register
 from gateway.rpc.methods import PROTO_FILES, check_rules_cover
 from gateway.service import BudgetServicer, CatalogServicer, KeyServicer, ModelServicer, QueryServicer
 from gateway.settings import Settings
+from gateway.settle import Settler
 from gateway.state import StateStore
 from gateway.supervisor import SandboxSupervisor
 from gateway.verification import VerificationCore, VerificationServicer
@@ -156,6 +157,7 @@ class Gateway:
     supervisor: SandboxSupervisor | None = None
     pool: ThreadPoolExecutor | None = None
     gate: PolicyGate | None = None
+    settler: Settler | None = None
     _loop: _LoopThread | None = field(default=None, repr=False)
     owner: OwnerSettings | None = None  # the data owner's settings, mirrored from the sandbox
 
@@ -198,6 +200,8 @@ class Gateway:
             self.pool.shutdown(wait=True)
         if self.alerts is not None:
             self.alerts.stop()
+        if self.settler is not None:
+            self.settler.stop()
         if self.sandbox_process is not None:
             self.sandbox_process.stop()
         self.ledger.close()
@@ -224,6 +228,7 @@ def start_gateway(settings: Settings) -> Gateway:
         ]
         process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)
     loop: _LoopThread | None = None
+    settler: Settler | None = None
     try:
         client = SandboxClient(settings.sandbox_socket, timeout_s=settings.sandbox_timeout_s)
         catalog = client.describe()
@@ -234,6 +239,9 @@ def start_gateway(settings: Settings) -> Gateway:
             metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
         )
         oversight.metrics.set_sandbox_up(True)
+        # Before anything is served: settle what a previous process left reserved, audit what is unaudited.
+        settler = Settler(ledger, oversight)
+        settler.start()
         governor = Governor(
             settings.policy, policy, ledger, StateStore(settings.ledger_path), owner_caps(catalog),
             {d.name: d.owner for d in catalog.datasets},
@@ -303,11 +311,13 @@ def start_gateway(settings: Settings) -> Gateway:
     except BaseException:
         if loop is not None:
             loop.close()
+        if settler is not None:
+            settler.stop()
         if process is not None:
             process.stop()
         raise
     gateway = Gateway(server, port, queries, path, ledger, process, verification, hs, oversight, governor,
-                      alerts, admission, supervisor, pool, gate, loop, owner)
+                      alerts, admission, supervisor, pool, gate, settler, loop, owner)
     supervisor.on_health.append(gateway.set_serving)
     supervisor.on_health.append(oversight.metrics.set_sandbox_up)
     supervisor.start_monitor(settings.health_interval_ms / 1000)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayInternalError
+from gateway.errors import StorageUnavailableError
 from gateway.governance import GrantOverride
 from gateway.storage import ConnectionPool, immediate
 
@@ -99,7 +99,8 @@ class StateStore:
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pool = ConnectionPool(self._open, lambda: GatewayInternalError("governance state storage error"))
+        self._pool = ConnectionPool(
+            self._open, lambda: StorageUnavailableError("the governance state's storage failed; retry shortly"))
         with self._tx() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
@@ -47,6 +48,7 @@ from gateway.errors import (
     GatewayError,
     GatewayInternalError,
     MethodNotAllowedError,
+    StorageUnavailableError,
     UnauthenticatedError,
 )
 from gateway.limits import check_request, lenient
@@ -57,6 +59,8 @@ from gateway.rpc.methods import RULES, MethodRule
 from gateway.rpc.status import status_for, trailing_metadata
 
 __all__ = ["Body", "Gate", "GovernanceInterceptor", "Runner", "certificate_identity", "register"]
+
+MAX_NAME_CHARS = 128  # dataset, purpose and request_id (gateway.limits)
 
 log = logging.getLogger("gateway.rpc")
 
@@ -241,7 +245,10 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
             await asyncio.get_running_loop().run_in_executor(self.pool, self.gate.audit, call, error)
         except Exception:
             log.critical("audit entry not written; withholding the answer of %s", call.method, exc_info=True)
-            return GatewayInternalError("the request could not be audited") if answered or error is None else error
+            if answered or error is None:  # storage: nothing leaves; a retry with the same request id replays
+                return StorageUnavailableError("the call could not be audited; nothing was released; retry with "
+                                               "the same request id", reason="AUDIT_UNAVAILABLE")
+            return error
         return error
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: GatewayError) -> None:
@@ -273,6 +280,9 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         except (asyncio.CancelledError, grpc.aio.AbortError):
             await self._audit(call, _cancelled(), False)
             raise
+        except sqlite3.Error:
+            error = StorageUnavailableError("the gateway's storage failed; retry with the same request id")
+            log.exception("storage error in %s", call.method)
         except Exception:
             error = GatewayInternalError()
             log.exception("unexpected error in %s (%s)", call.method, error.message)
@@ -308,6 +318,9 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         except (asyncio.CancelledError, grpc.aio.AbortError):
             await self._audit(call, _cancelled(), False)
             raise
+        except sqlite3.Error:
+            error = StorageUnavailableError("the gateway's storage failed; retry with the same request id")
+            log.exception("storage error in %s", call.method)
         except Exception:
             error = GatewayInternalError()
             log.exception("unexpected error in %s (%s)", call.method, error.message)
@@ -334,7 +347,13 @@ def _nothing() -> None:
 
 
 def _bounded(fn: Callable[[Any, Call], T], request: Any, call: Call) -> T:
-    """A unary body, after its request passed `check_request` (decodable, every field within its limit)."""
+    """A unary body, after its request passed `check_request` (decodable, every field within its limit). The
+    call's audit entry names the request's dataset, purpose and request id even when a limit refuses it (each
+    only if it is within its own limit)."""
+    for name in ("dataset", "purpose", "request_id"):
+        value = getattr(request, name, None)
+        if isinstance(value, str) and len(value) <= MAX_NAME_CHARS:
+            setattr(call.audit, name, value)
     check_request(request)
     return fn(request, call)
 

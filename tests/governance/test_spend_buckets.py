@@ -117,7 +117,7 @@ def test_buckets_stay_consistent_through_updates_and_a_migration(tmp_path: Path)
         got = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT request_id, zcdp_units, no_zcdp FROM charges")}
         assert got == expected
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        assert version == 6
+        assert version == 7
         # a direct edit of a charge's units (as a migration would make) moves its buckets too
         conn.execute("UPDATE charges SET epsilon_units = epsilon_units + 5, created_at = created_at + 7200"
                      " WHERE rowid IN (SELECT rowid FROM charges LIMIT 10)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import GatewayInternalError, PrivacyBudgetExhaustedError
+from gateway.errors import GatewayInternalError, PrivacyBudgetExhaustedError, StorageUnavailableError
 from gateway.ledger import GrantKey, Ledger, PrivacyLoss
 from gateway.storage import ConnectionPool, immediate
 
@@ -93,7 +93,7 @@ def test_complete_commits_extra_writes_in_the_same_transaction(tmp_path: Path) -
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
     ledger.complete(key, "r1", b"answer", also=[lambda c: c.execute("INSERT INTO extra VALUES ('kept')")])
-    with pytest.raises(GatewayInternalError):
+    with pytest.raises(StorageUnavailableError):  # a storage failure: UNAVAILABLE, retry with the same id
         ledger.complete(key, "r2", b"answer", also=[fails])
     statuses = {r.request_id: r.status for r in ledger.history(key)}
     ledger.close()
