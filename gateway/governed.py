@@ -29,6 +29,7 @@ comes back as one uniform error.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,11 +39,13 @@ from google.protobuf.message import Message
 
 from gateway.budgets import Governor, owner_refusal
 from gateway.digests import normalize_sql
+from gateway.diskspace import DiskGuard
 from gateway.errors import (
     GatewayError,
     GatewayInternalError,
     QueryExecutionError,
     SandboxUnavailableError,
+    StorageUnavailableError,
 )
 from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
 from gateway.oversight import Oversight
@@ -53,7 +56,7 @@ from gateway.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.supervisor import SandboxSupervisor
 from sandbox.cap_rules import ReleaseLoss
 from sandbox.client import SandboxClient, SandboxConnectionError
-from sandbox.errors import DUPLICATE_MESSAGE
+from sandbox.errors import DUPLICATE_MESSAGE, STORAGE_MESSAGE
 from sandbox.protocol import ErrorReply
 from sandbox.protocol import Message as SandboxMessage
 
@@ -129,9 +132,10 @@ class GovernedPath:
     def __init__(
         self, governor: Governor, ledger: LedgerStore, sandbox: SandboxClient, *, sandbox_timeout_s: float,
         supervisor: SandboxSupervisor | None = None, cache: ReleaseStore | None = None,
-        oversight: Oversight | None = None,
+        oversight: Oversight | None = None, disk: DiskGuard | None = None,
     ) -> None:
-        """Charge through `governor` into `ledger`; answer through `sandbox`; sign with `oversight`'s key."""
+        """Charge through `governor` into `ledger`; answer through `sandbox`; sign with `oversight`'s key; refuse
+        new charges while `disk` is short of room to settle them."""
         self.governor = governor
         self.ledger = ledger
         self.sandbox = sandbox
@@ -139,6 +143,10 @@ class GovernedPath:
         self.supervisor = supervisor
         self.cache = cache
         self.oversight = oversight
+        self.disk = disk
+        # Charges whose settlement failed for want of storage: (key, request id, its audit entry), settled as
+        # failed by the settler once storage recovers (`gateway.settle`).
+        self.unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] = deque()
 
     def release(self, call: Call, product: Product, request: Any) -> Message:
         """Authorise, price, charge at every level, run in the sandbox, sign, store, and release.
@@ -155,6 +163,8 @@ class GovernedPath:
         plan = priced.charge
         call.audit.request_id, call.audit.query = plan.request_id, priced.description
         call.check_deadline("the charge")
+        if self.disk is not None:
+            self.disk.check()  # room to settle the charge, or STORAGE_LOW before anything is charged
         cached = priced.cached is not None
         cost = PrivacyLoss(0.0, 0.0) if cached else plan.cost
         outcome = self.governor.reserve(
@@ -199,7 +209,9 @@ class GovernedPath:
                 error = exc if isinstance(exc, GatewayError) else GatewayInternalError()
                 try:
                     self._fail(call, plan, error)
-                except GatewayError:  # already failed, refunded or completed, each durably; or storage broke
+                except StorageUnavailableError:  # storage broke: the settler retries until it recovers
+                    self.unsettled.append((plan.key, plan.request_id, self._audited(call, error)))
+                except GatewayError:  # already failed, refunded or completed, each durably
                     log.debug("charge of request %s already settled", plan.request_id)
             raise
 
@@ -250,6 +262,9 @@ class GovernedPath:
             self._refund(call, plan)
             if reply.kind == "rejected":  # the data owner's cap (periodic, lifetime, or its definition)
                 owner_refusal(reply.message, key.dataset, key.purpose)
+            if reply.kind == "rejected" and reply.message == STORAGE_MESSAGE:
+                raise StorageUnavailableError("the data owner's cap ledger is unavailable; nothing was charged; "
+                                              "retry with the same request id", reason="SANDBOX_STORAGE_UNAVAILABLE")
             if reply.kind == "rejected" and reply.message == DUPLICATE_MESSAGE:
                 log.error("the sandbox has already seen request %s", request_id)
                 raise GatewayInternalError("the sandbox refused a request id it had already answered")

@@ -37,6 +37,7 @@ from gateway.admin import AdminServicer, reload_policy
 from gateway.alerts import AlertEngine
 from gateway.budgets import Governor
 from gateway.cache import ReleaseCache
+from gateway.diskspace import DiskGuard
 from gateway.errors import ConfigError, GatewayError
 from gateway.governed import GovernedPath
 from gateway.ledger import Ledger
@@ -240,8 +241,7 @@ def start_gateway(settings: Settings) -> Gateway:
         )
         oversight.metrics.set_sandbox_up(True)
         # Before anything is served: settle what a previous process left reserved, audit what is unaudited.
-        settler = Settler(ledger, oversight)
-        settler.start()
+        disk = DiskGuard(settings.state_dir, settings.storage_reserve_mb * 1024 * 1024)
         governor = Governor(
             settings.policy, policy, ledger, StateStore(settings.ledger_path), owner_caps(catalog),
             {d.name: d.owner for d in catalog.datasets},
@@ -254,7 +254,9 @@ def start_gateway(settings: Settings) -> Gateway:
         cache = ReleaseCache(settings.ledger_path, legacy=settings.state_dir / "cache.sqlite3")
         supervisor = SandboxSupervisor(process, client)
         path = GovernedPath(governor, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
-                            supervisor=supervisor, cache=cache, oversight=oversight)
+                            supervisor=supervisor, cache=cache, oversight=oversight, disk=disk)
+        settler = Settler(ledger, oversight, disk=disk, unsettled=path.unsettled)
+        settler.start()
         queries = QueryService(catalog, governor, cache=cache)
         train = TrainProduct(catalog, governor, queries.grade_rules)
         evaluate = EvaluateProduct(catalog, governor, queries.grade_rules)
@@ -279,7 +281,8 @@ def start_gateway(settings: Settings) -> Gateway:
             (_service(budget_service_pb2, "BudgetService"), BudgetServicer(queries).bodies()),
             (_service(receipt_pb2, "KeyService"), KeyServicer(oversight.signer).bodies()),
             (_service(admin_service_pb2, "AdminService"), AdminServicer(governor, owner).bodies()),
-            (_service(verification_service_pb2, "VerificationService"), VerificationServicer(verification).bodies()),
+            (_service(verification_service_pb2, "VerificationService"),
+             VerificationServicer(verification, disk).bodies()),
             (_service(model_service_pb2, "ModelService"),
              ModelServicer(path, train, evaluate).bodies()),
         ]

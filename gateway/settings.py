@@ -32,6 +32,7 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
     "queue_wait_ms": (2000, "the longest a call waits for a free worker before RESOURCE_EXHAUSTED"),
     "stream_message_timeout_ms": (10_000, "the longest a streaming call may wait for its client's next message"),
+    "storage_reserve_mb": (32, "MiB kept free for settling charges: new charged work is refused below twice this"),
     "health_interval_ms": (1000, "how often the sandbox's health is probed (NOT_SERVING while it is down)"),
     "metrics_port": (-1, "loopback port for Prometheus /metrics (0 picks one; -1 disables)"),
     "log_format": ("text", "log lines as `text` or `json` (structured, with request ids)"),
@@ -58,6 +59,7 @@ class Settings:
     max_queued_calls: int
     queue_wait_ms: int
     stream_message_timeout_ms: int
+    storage_reserve_mb: int
     health_interval_ms: int
     metrics_port: int
     log_format: str

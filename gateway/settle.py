@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
-from gateway.errors import GatewayError, RequestFailedError
-from gateway.ledger import Ledger, StaleCharge
+from gateway.diskspace import DiskGuard
+from gateway.errors import GatewayError, RequestFailedError, StorageUnavailableError
+from gateway.ledger import GrantKey, Ledger, StaleCharge
 from gateway.oversight import Oversight
+from gateway.stores import TxWrite
 
 __all__ = ["RECOVERY_SERVICE", "Settler"]
 
@@ -35,8 +38,12 @@ class Settler:
     """Settles the reservations of dead holders and audits unaudited charges (see the module docstring)."""
 
     def __init__(self, ledger: Ledger, oversight: Oversight | None, *, interval_s: float = 1.0,
-                 lease_s: float = 10.0, clock: Callable[[], float] = time.time) -> None:
-        """Settle `ledger`'s charges, auditing them in `oversight`'s log."""
+                 lease_s: float = 10.0, clock: Callable[[], float] = time.time, disk: DiskGuard | None = None,
+                 unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] | None = None) -> None:
+        """Settle `ledger`'s charges, auditing them in `oversight`'s log; keep `disk`'s reserve; retry the
+        settlements in `unsettled` (this process's charges whose settlement failed for want of storage)."""
+        self.disk = disk
+        self.unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] = unsettled if unsettled is not None else deque()
         self.ledger = ledger
         self.oversight = oversight
         self.interval_s = interval_s
@@ -49,8 +56,20 @@ class Settler:
 
     def run_once(self) -> None:
         """Renew the lease, settle stale reservations, audit unaudited charges (never raises)."""
+        if self.disk is not None:
+            self.disk.maintain()
         try:
             self.ledger.heartbeat(self.clock())
+            while self.unsettled:
+                key, request_id, also = self.unsettled[0]
+                try:
+                    self.ledger.fail(key, request_id, also=also)
+                    self.settled += 1
+                except StorageUnavailableError:
+                    raise
+                except GatewayError:  # settled meanwhile
+                    pass
+                self.unsettled.popleft()
             for charge in self.ledger.stale_reservations(self.clock(), self.lease_s):
                 self._settle(charge)
             for charge in self.ledger.unaudited_charges():

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 
+from gateway.diskspace import DiskGuard
 from gateway.errors import (
     GatewayError,
     GatewayInternalError,
@@ -80,6 +81,7 @@ from gateway.verification_receipts import (
 )
 from gateway.verification_state import Alert, CapCharge, VerificationState, period_key
 from sandbox.client import SandboxClient, SandboxConnectionError
+from sandbox.errors import STORAGE_MESSAGE
 from sandbox.protocol import ErrorReply, Scalar
 from sandbox.verification_protocol import (
     MATCH,
@@ -597,7 +599,11 @@ class VerificationCore:
             return reply
         if isinstance(reply, ErrorReply) and reply.kind == "failed":
             raise QueryExecutionError()
-        log.error("unexpected sandbox reply to a verification: %r", reply)
+        if isinstance(reply, ErrorReply) and reply.kind == "rejected" and reply.message == STORAGE_MESSAGE:
+            raise SandboxUnavailableError(  # refused before anything was touched: the chunk is refunded
+                "the data owner's cap ledger is unavailable; checks that never reached the data were not charged",
+                reason="SANDBOX_STORAGE_UNAVAILABLE")
+        log.error("unexpected sandbox reply to a verification: %s", type(reply).__name__)  # never its values
         raise GatewayInternalError()
 
 
@@ -737,9 +743,10 @@ class VerificationServicer:
 
     SERVICE: ClassVar[str] = "VerificationService"
 
-    def __init__(self, core: VerificationCore) -> None:
-        """Serve `core`."""
+    def __init__(self, core: VerificationCore, disk: DiskGuard | None = None) -> None:
+        """Serve `core`; refuse new checks while `disk` is short of room to record them."""
         self.core = core
+        self.disk = disk
 
     def bodies(self) -> dict[str, Body]:
         """The method bodies."""
@@ -773,9 +780,14 @@ class VerificationServicer:
         return v_pb.VerifyResponse(result=RESULT_PB[answer.outcomes[0]], band=answer.bands[0],
                                    receipt=answer.receipts.receipt(0).to_pb())
 
+    def _before_charge(self, call: Call, step: str) -> None:
+        call.check_deadline(step)
+        if self.disk is not None:
+            self.disk.check()
+
     def _check(self, call: Call, head: tuple[str, str, str], claims: ClaimBatch, *, single: bool) -> CheckAnswer:
         answer = self.core.check_batch(call.require_policy().verification, call.identity, *head, claims,
-                                       single=single, deadline=call.check_deadline)
+                                       single=single, deadline=lambda step: self._before_charge(call, step))
         answered = len(answer.admitted)
         call.audit.query = f"VERIFY {head[1]} claims={answer.size} answered={answered}"
         if answer.receipts is not None:

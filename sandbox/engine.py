@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import secrets
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -42,7 +43,7 @@ from sandbox.compile import (
     render_literal,
 )
 from sandbox.duckdb_config import connect, lock_down, verify_locked
-from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, ConfigError, PlanRejectedError
+from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, STORAGE_MESSAGE, ConfigError, PlanRejectedError
 from sandbox.grades import check_plan_grades
 from sandbox.guard import check_select
 from sandbox.keys import keyed_digest
@@ -316,8 +317,12 @@ class Engine:
         why = refusal(cap, loss, dataset)
         if why is not None:
             return ErrorReply("rejected", INCOMPATIBLE_PREFIX + why)
-        outcome = self.caps.charge(request_id, dataset, product,
-                                   counts(loss, cap.conversion_delta if cap else None), cap, now=time.time())
+        try:
+            outcome = self.caps.charge(request_id, dataset, product,
+                                       counts(loss, cap.conversion_delta if cap else None), cap, now=time.time())
+        except sqlite3.Error:  # nothing charged, nothing touched: the gateway refunds and answers UNAVAILABLE
+            log.exception("request %s: the cap ledger could not be written", request_id)
+            return ErrorReply("rejected", STORAGE_MESSAGE)
         if outcome == "exceeded":
             return ErrorReply("rejected", CAP_MESSAGE)
         if outcome == "exceeded_lifetime":

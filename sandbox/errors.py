@@ -31,4 +31,6 @@ class ExecutionFailedError(Exception):
 CAP_MESSAGE = "data owner's cap"
 CAP_LIFETIME_MESSAGE = "data owner's lifetime cap"
 DUPLICATE_MESSAGE = "request id already executed"
+# The owner's cap ledger could not be written (disk full, I/O error): refused before any data is touched.
+STORAGE_MESSAGE = "the data owner's cap ledger is unavailable"
 INCOMPATIBLE_PREFIX = "owner cap: "

@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sqlite3
 import time
 import tomllib
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ import pyarrow as pa
 
 from sandbox.catalog import Catalog, DatasetSpec
 from sandbox.compile import quote_ident, render_literal
-from sandbox.errors import DUPLICATE_MESSAGE, ConfigError
+from sandbox.errors import DUPLICATE_MESSAGE, STORAGE_MESSAGE, ConfigError
 from sandbox.protocol import (
     ARITHMETIC_OPS,
     COMPARISON_OPS,
@@ -609,8 +610,12 @@ class Verifier:
             return [True] * len(req.subjects)
         ds = engine.catalog.dataset(req.dataset)
         cap = ds.subject_cap(req.template) if ds is not None else None
-        admitted: list[bool] | None = engine.caps.charge_checks(
-            req.request_id, req.dataset, req.template, req.subjects, cap, now=time.time())
+        try:
+            admitted: list[bool] | None = engine.caps.charge_checks(
+                req.request_id, req.dataset, req.template, req.subjects, cap, now=time.time())
+        except sqlite3.Error:  # nothing counted, nothing touched: the gateway refunds the chunk
+            log.exception("verification %s: the cap ledger could not be written", req.request_id)
+            return ErrorReply("rejected", STORAGE_MESSAGE)
         if admitted is None:
             return ErrorReply("rejected", DUPLICATE_MESSAGE)
         return admitted

@@ -6,12 +6,16 @@ reservation, an audit file from before the audit log moved into the ledger's dat
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -205,3 +209,85 @@ def test_a_kill_loop_under_load_leaves_every_charge_accounted_for(env: Env, tmp_
           f"{sum(1 for s, _ in charges.values() if s == 'failed')} settled as failed, "
           f"ledger epsilon {sum(e for _, e in charges.values()):.2f} = audit "
           f"{sum(g.audit_epsilon for g in result.grants):.2f}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs for the gateway's state (skipped where this process may not mount one)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write `path` until the file system is full."""
+    with path.open("wb") as f:
+        block = b"\0" * (1 << 20)
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_refuses_early_and_every_charge_settles(env: Env, small_disk: Path) -> None:
+    """The state directory on a small tmpfs is filled to the last byte while two clients query: no call gets
+    INTERNAL (storage trouble is UNAVAILABLE with RetryInfo), new work is refused early (STORAGE_LOW); after the
+    filler is removed the gateway serves again unaided, and every charge has a definite outcome and exactly
+    one audit entry with its cost."""
+    settings = dataclasses.replace(isolated_settings(env, "disk"), state_dir=small_disk / "state",
+                                   sandbox_socket=small_disk / "state" / "sandbox.sock", storage_reserve_mb=4)
+    gw = start_gateway(settings)
+    codes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        i = 0
+        with channel_for(env, gw.port, "analyst") as ch:
+            stub = q_grpc.QueryServiceStub(ch)
+            while not stop.is_set():
+                i += 1
+                try:
+                    stub.RunQuery(_request(i * 10 + k, f"d{k}-{i}"), timeout=30)
+                    codes["OK"] += 1
+                except grpc.RpcError as exc:
+                    d = error_details(exc)
+                    codes[f"{d.code.name}/{d.reason}"] += 1
+                    time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        _fill(small_disk / "filler.bin")
+        time.sleep(5.0)
+        (small_disk / "filler.bin").unlink()
+        recovered = time.monotonic()
+        before = codes["OK"]
+        deadline = time.monotonic() + 60
+        while codes["OK"] == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        recovered = time.monotonic() - recovered
+        stop.set()
+        for t in threads:
+            t.join(60)
+        time.sleep(2.5)  # the settler's rounds
+    finally:
+        stop.set()
+        gw.stop()
+    assert not [c for c in codes if c.startswith(("INTERNAL", "UNKNOWN"))], codes
+    assert any(c.startswith("UNAVAILABLE/STORAGE") for c in codes), codes
+    assert codes["OK"] > before, f"not serving again after the disk was freed: {codes}"
+    result = reconcile(settings.ledger_path)
+    assert result.ok and result.in_flight == 0, result.to_json_obj()
+    print(f"disk full: {dict(codes)}; serving again {recovered:.2f} s after the filler was removed "
+          f"(load average {os.getloadavg()[0]:.2f})")
