@@ -47,7 +47,7 @@ bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md (ARGS=--quick for
 	@$(PY) -m examples.bench $(ARGS)
 
 proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
-	@$(PY) -m gateway.protogen
+	@$(PY) -m gateway.cli.protogen
 
 lint: $(STAMP)  ## ruff
 	@$(PY) -m ruff check gateway sandbox examples tests

@@ -52,8 +52,8 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from examples.bench_floor import FloorSystem
 from examples.bench_standins import bare_gateway
 from examples.generate_data import generate
-from gateway import certs
-from gateway.server import Gateway, start_gateway
+from gateway.identity import certs
+from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT, load_settings
 from sandbox.client import SandboxProcess, SandboxStartError
 
@@ -580,7 +580,7 @@ def bounded_tables(base: DuckDBSystem) -> None:
     start-up, so when a person has more than K rows this truth differs from the sandbox's in which rows are kept;
     on the example data nobody exceeds K, so it is exact."""
     from sandbox.catalog import load_catalog
-    from sandbox.compile import quote_ident, render_literal
+    from sandbox.plans.compile import quote_ident, render_literal
 
     catalog = load_catalog(CATALOG, base.data_dir)
     ds = catalog.dataset(DATASET)
@@ -828,12 +828,13 @@ class StageTimer:
 @contextmanager
 def instrumented(gw: GatewaySystem) -> Iterator[StageTimer]:
     """Time the stages of the gateway's request path in this process."""
-    import gateway.convert
+    import gateway.products.query.convert
 
     timer = StageTimer()
     core, path = gw.gw.core, gw.gw.path
     timer.wrap(path, "release", "server: GovernedPath.release")
-    # Memoized (gateway/plancache.py): the analysis hits from the second request of a query on; the pricing
+    # Memoized (gateway/products/query/plancache.py): the analysis hits from the second request of a query on;
+    # the pricing
     # misses, because every benchmark request asks for a slightly different epsilon (see `run`).
     timer.wrap(core.plans, "analyze", STAGE_ANALYZE)
     timer.wrap(core.plans, "price", STAGE_PRICE)
@@ -899,7 +900,7 @@ def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300
     into a fresh ledger under `root`."""
     import sqlite3
 
-    from gateway.ledger import (
+    from gateway.budgets.ledger import (
         _UNIT_COLUMNS,
         BudgetLimit,
         GrantKey,
@@ -909,7 +910,7 @@ def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300
         _scope,
         _window_sums,
     )
-    from gateway.periods import Period
+    from gateway.policy.periods import Period
 
     root.mkdir(parents=True, exist_ok=True)
     path = root / "history.sqlite3"
@@ -1010,12 +1011,12 @@ def floors(gw: GatewaySystem, reps: int = 200) -> dict[str, Any]:
 def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Query]) -> dict[str, Any]:
     """Per-stage breakdown of gateway requests: client wall time split into gRPC+TLS, analyzer, pricing,
     ledger, sandbox (its DuckDB query and OpenDP noise measured separately here), response building."""
-    from gateway.sql.analyze import analyze
-    from sandbox import mechanisms
+    from gateway.products.query.sql.analyze import analyze
     from sandbox.catalog import load_catalog
-    from sandbox.compile import compile_plan, quote_ident
-    from sandbox.engine import stored_column
-    from sandbox.storage import compress, open_store, table_ref
+    from sandbox.engine.engine import stored_column
+    from sandbox.engine.storage import compress, open_store, table_ref
+    from sandbox.plans.compile import compile_plan, quote_ident
+    from sandbox.pricing import mechanisms
 
     catalog = load_catalog(gw.catalog, base.data_dir)
     ds = catalog.dataset(DATASET)

@@ -26,8 +26,8 @@ import grpc
 
 from examples.bench import without_caps
 from examples.generate_data import generate
-from gateway import certs
-from gateway.server import start_gateway
+from gateway.identity import certs
+from gateway.rpc.server import start_gateway
 from gateway.settings import ROOT, load_settings
 
 RUN_QUERY = "/privacy_gateway.v1.QueryService/RunQuery"

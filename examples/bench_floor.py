@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from gateway import certs
+from gateway.identity import certs
 from sandbox.server import recv_exact
 
 # The floor answers these WORKLOAD ids: (sandbox SQL over the clamped INTEGER column, L1 sensitivity per value).

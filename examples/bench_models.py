@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from examples.generate_data import generate
-from sandbox import model_pricing as mp
-from sandbox import models
 from sandbox.catalog import load_catalog
-from sandbox.engine import Engine
-from sandbox.limits import Limits
-from sandbox.model_protocol import TrainRequest, TrainResult
+from sandbox.engine.engine import Engine
+from sandbox.engine.limits import Limits
+from sandbox.pricing import models as mp
+from sandbox.products import models
+from sandbox.protocol.models import TrainRequest, TrainResult
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"

@@ -14,12 +14,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from gateway.budgets import Governor
-from gateway.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
-from gateway.oversight import Oversight
-from gateway.server import Gateway, start_gateway
+from gateway.budgets.governor import Governor
+from gateway.budgets.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
+from gateway.release.oversight import Oversight
+from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import Settings
-from gateway.state import Outcome
+from gateway.storage.state import Outcome
 
 
 class NoChargeLedger:

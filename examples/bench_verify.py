@@ -29,10 +29,10 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from examples.generate_data import generate
-from gateway import certs
-from gateway.cli_verify import batch_requests
-from gateway.client import ClientIdentity, secure_channel
-from gateway.server import start_gateway
+from gateway.cli.client import ClientIdentity, secure_channel
+from gateway.cli.verify import batch_requests
+from gateway.identity import certs
+from gateway.rpc.server import start_gateway
 from gateway.settings import ROOT, load_settings
 
 POLICY = """

@@ -1,6 +1,6 @@
 """`python -m sandbox --catalog FILE --socket PATH [...]`: run the sandbox process.
 
-Order: tie this process to the gateway that started it (`--parent-pid`, see `sandbox.lifecycle`), cap
+Order: tie this process to the gateway that started it (`--parent-pid`, see `sandbox.process.lifecycle`), cap
 the address space, load and lock the engine, then bind the socket and print
 `sandbox ready socket=<path> pid=<pid>`. Nothing is served before the lock-down is verified. Without
 `--parent-pid` the sandbox is tied to no one (run by hand, for a gateway with `start_sandbox = false`).
@@ -14,10 +14,10 @@ import resource
 import sys
 from pathlib import Path
 
+from sandbox.engine.limits import Limits
 from sandbox.errors import ConfigError
-from sandbox.lifecycle import tie_to_parent
-from sandbox.limits import Limits
-from sandbox.logformat import configure
+from sandbox.process.lifecycle import tie_to_parent
+from sandbox.process.logformat import configure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes)
         )
     # Imported after the rlimit so that DuckDB and OpenDP start under it.
-    from sandbox.caps import CapLedger
     from sandbox.catalog import load_catalog
-    from sandbox.engine import Engine
-    from sandbox.keys import load_or_create_key
+    from sandbox.engine.caps import CapLedger
+    from sandbox.engine.engine import Engine
+    from sandbox.engine.keys import load_or_create_key
     from sandbox.server import SandboxServer, serve
 
     state_dir = args.state_dir or args.socket.parent / "data-owner"

@@ -15,9 +15,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from sandbox.errors import ConfigError
-from sandbox.grades import DEFAULT_GRADE_RULES, USES
 from sandbox.owner_caps import OwnerCap, SubjectCap, parse_owner_cap, parse_subject_caps
-from sandbox.protocol import (
+from sandbox.plans.grades import DEFAULT_GRADE_RULES, USES
+from sandbox.protocol.messages import (
     CatalogInfo,
     ColumnInfo,
     ColumnType,
@@ -240,7 +240,7 @@ def _grades(r: _Reader, g: Any) -> dict[str, frozenset[str]]:
 
 def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     key = f"datasets.{name}"
-    # `verifications`: templates, validated by sandbox.verification (which reads this file itself).
+    # `verifications`: templates, validated by sandbox.products.verification (which reads this file itself).
     r.table(d, key, {"privacy_unit", "tables"},
             {"description", "owner", "caps", "verifications", "verification_caps"})
     unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
@@ -284,7 +284,7 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
 
 
 def _templates(r: _Reader, d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """The dataset's verification templates as written (validated by sandbox.verification)."""
+    """The dataset's verification templates as written (validated by sandbox.products.verification)."""
     v = d.get("verifications", {})
     if not isinstance(v, dict):
         raise r.fail(f"{key}.verifications", "must be a table")

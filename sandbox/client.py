@@ -23,9 +23,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from sandbox.lifecycle import ShutdownReply, ShutdownRequest
-from sandbox.logformat import parse_line
-from sandbox.protocol import (
+from sandbox.process.lifecycle import ShutdownReply, ShutdownRequest
+from sandbox.process.logformat import parse_line
+from sandbox.protocol.messages import (
     MAX_FRAME_BYTES,
     CatalogInfo,
     DescribeRequest,
@@ -41,7 +41,7 @@ from sandbox.protocol import (
 )
 
 if TYPE_CHECKING:
-    from sandbox.owner_protocol import CapUsageReply
+    from sandbox.protocol.owner import CapUsageReply
 
 READY_PREFIX = "sandbox ready "
 SANDBOX_LOG = logging.getLogger("sandbox")  # what the sandbox process writes to stderr
@@ -219,9 +219,9 @@ class SandboxClient:
 
     def reload(self, timeout_s: float | None = None) -> CatalogInfo | ErrorReply:
         """Ask the sandbox to re-read its catalog and swap in the owner's new caps, grades and verification
-        caps (`sandbox.owner_protocol.ReloadRequest`): the new public catalog, or the refusal (the sandbox
+        caps (`sandbox.protocol.owner.ReloadRequest`): the new public catalog, or the refusal (the sandbox
         then keeps its settings)."""
-        from sandbox.owner_protocol import ReloadRequest
+        from sandbox.protocol.owner import ReloadRequest
 
         reply = self.call(ReloadRequest(), timeout_s)
         if not isinstance(reply, CatalogInfo | ErrorReply):
@@ -230,7 +230,7 @@ class SandboxClient:
 
     def cap_usage(self, datasets: tuple[str, ...] = (), timeout_s: float | None = None) -> CapUsageReply | ErrorReply:
         """The owner's caps and what the sandbox's cap ledger counts on them now (every dataset if empty)."""
-        from sandbox.owner_protocol import CapUsageReply, CapUsageRequest
+        from sandbox.protocol.owner import CapUsageReply, CapUsageRequest
 
         reply = self.call(CapUsageRequest(datasets), timeout_s)
         if not isinstance(reply, CapUsageReply | ErrorReply):
@@ -344,7 +344,7 @@ def reclaim_socket(path: Path, wait_s: float = 10.0) -> None:
 class SandboxProcess:
     """A `python -m sandbox` child process owned by the caller, tied to this process's life.
 
-    The child gets `--parent-pid` (it dies with this process, `sandbox.lifecycle`) and `--log-format json`;
+    The child gets `--parent-pid` (it dies with this process, `sandbox.process.lifecycle`) and `--log-format json`;
     every line it writes to stderr is forwarded to this process's logger `sandbox` at the line's level,
     with the sandbox's request id (`request_id`, and `consumer` for ids of the form `consumer/id`), and the
     last `STDERR_TAIL` lines are kept for start-up errors.

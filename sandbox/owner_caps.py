@@ -1,8 +1,8 @@
 """The data owner's caps as the catalog states them: per dataset, in the owner's privacy definition.
 
 Pure (no I/O, no data): parsed by the sandbox from its catalog (`sandbox.catalog`), published in the public
-catalog (`sandbox.protocol.DatasetInfo.caps`) so the gateway mirrors exactly what the sandbox enforces, and
-read by the gateway for its own courtesy check. What a release counts on a cap is in `sandbox.cap_rules`.
+catalog (`sandbox.protocol.messages.DatasetInfo.caps`) so the gateway mirrors exactly what the sandbox enforces, and
+read by the gateway for its own courtesy check. What a release counts on a cap is in `sandbox.pricing.cap_rules`.
 
 A dataset's cap (`[datasets.<d>.caps]`), every number written down (nothing has a default):
 
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sandbox.errors import ConfigError
-from sandbox.periods import (
+from sandbox.pricing.periods import (
     DELTA_UNITS,
     EPSILON_UNITS,
     RHO_UNITS,
@@ -244,7 +244,7 @@ def _count(file: str, key: str, v: Any) -> int:
     return int(v)
 
 
-# -- public JSON (sandbox.protocol) ------------------------------------------------------------------
+# -- public JSON (sandbox.protocol.messages) ------------------------------------------------------------------
 
 
 def _period_to_json(p: Period) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""The sandbox's Unix-socket server: length-prefixed JSON frames (`sandbox.protocol`), one thread
+"""The sandbox's Unix-socket server: length-prefixed JSON frames (`sandbox.protocol.messages`), one thread
 per connection, several request/response frames per connection in sequence.
 
 The socket is created only after the engine has loaded the data and locked DuckDB, with mode 0600
 in a directory the data owner controls. A starting server refuses a socket another server answers on
 (two gateways must never share a sandbox by accident); a gateway that finds the orphan of a dead gateway
-there asks it to stop first (`sandbox.lifecycle.ShutdownRequest`, honoured only by an orphan).
+there asks it to stop first (`sandbox.process.lifecycle.ShutdownRequest`, honoured only by an orphan).
 
 A malformed frame gets ErrorReply('bad_request'); an oversized frame gets the same reply and closes the
 connection (its boundary is lost).
@@ -24,12 +24,11 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from sandbox import models
-from sandbox.engine import Engine
-from sandbox.lifecycle import ParentTie, ShutdownReply, ShutdownRequest
-from sandbox.model_protocol import EvaluateRequest, TrainRequest
-from sandbox.owner_protocol import CapUsageRequest, ReloadRequest
-from sandbox.protocol import (
+from sandbox.engine.engine import Engine
+from sandbox.process.lifecycle import ParentTie, ShutdownReply, ShutdownRequest
+from sandbox.products import models
+from sandbox.products.verification import Verifier
+from sandbox.protocol.messages import (
     MAX_FRAME_BYTES,
     DescribeRequest,
     ErrorReply,
@@ -42,7 +41,8 @@ from sandbox.protocol import (
     decode_body,
     encode_frame,
 )
-from sandbox.verification import Verifier
+from sandbox.protocol.models import EvaluateRequest, TrainRequest
+from sandbox.protocol.owner import CapUsageRequest, ReloadRequest
 
 log = logging.getLogger("sandbox.server")
 IDLE_TIMEOUT_S = 300.0
@@ -104,7 +104,7 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 answers on it.
         """
         self.engine = engine
-        self.verifier = Verifier.for_engine(engine)  # verification templates (sandbox/verification.py)
+        self.verifier = Verifier.for_engine(engine)  # verification templates (sandbox/products/verification.py)
         self.socket_path = socket_path
         self.tie = tie or ParentTie()
         _remove_stale(socket_path)

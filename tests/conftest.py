@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from examples.generate_data import generate
-from gateway import certs
-from gateway.server import Gateway, start_gateway
+from gateway.identity import certs
+from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT, load_settings
 from tests.helpers import CLIENTS, PEOPLE, TEST_POLICY, Env, Stubs, channel_for, stubs_for
 

@@ -68,7 +68,7 @@ class ClientTls:
 
     @classmethod
     def from_pki(cls, tls_dir: Path, client: str) -> ClientTls:
-        """The identity of ``client`` in a directory written by :func:`gateway.certs.write_dev_pki`."""
+        """The identity of ``client`` in a directory written by :func:`gateway.identity.certs.write_dev_pki`."""
         return cls(tls_dir / "ca.crt", tls_dir / f"{client}.crt", tls_dir / f"{client}.key")
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -34,13 +34,14 @@ from typing import Final
 
 import grpc
 
-from gateway.server import HTTP2_OPTIONS
+from gateway.rpc.server import HTTP2_OPTIONS
 
 ECHO_PATH: Final = "/h2abuse.Probe/Echo"
 _SERVICE, _METHOD = ECHO_PATH.strip("/").split("/")
 ServerOptions = Sequence[tuple[str, int | str]]
 
-#: The gateway's HTTP/2 server options (gateway/server.py says what each bounds; tests/h2abuse.md what was measured).
+#: The gateway's HTTP/2 server options (gateway/rpc/server.py says what each bounds; tests/h2abuse.md what was
+#: measured).
 RECOMMENDED_OPTIONS: Final[list[tuple[str, int | str]]] = list(HTTP2_OPTIONS)
 
 

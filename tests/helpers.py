@@ -12,8 +12,8 @@ from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.settings import Settings
-from sandbox.bounds import expression_bounds
-from sandbox.protocol import (
+from sandbox.plans.bounds import expression_bounds
+from sandbox.protocol.messages import (
     BOUNDED_KINDS,
     Aggregate,
     AggregateKind,
@@ -248,7 +248,7 @@ def make_agg(
     weight: float = 1.0,
     quantile: float | None = None,
 ) -> Aggregate:
-    """An aggregate over a plain column with the bounds `sandbox.bounds` derives (or (0, 1) when there
+    """An aggregate over a plain column with the bounds `sandbox.plans.bounds` derives (or (0, 1) when there
     are none, for plans the sandbox must refuse)."""
     arg = None if column is None else Column(column)
     lower = upper = None

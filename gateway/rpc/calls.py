@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import DeadlineExceededError
 
 if TYPE_CHECKING:
-    from gateway.policy import Policy
+    from gateway.policy.policy import Policy
     from gateway.rpc.methods import MethodRule
 
 __all__ = ["CURRENT_CALL", "AuditFacts", "Call"]
@@ -31,7 +31,7 @@ class AuditFacts:
     epsilon: float = 0.0
     delta: float = 0.0
     rho: float = 0.0
-    released: bytes | None = None  # what `gateway.receipts.release_bytes` gives for a released answer
+    released: bytes | None = None  # what `gateway.release.receipts.release_bytes` gives for a released answer
     replayed: bool = False
     cached: bool = False
     charged: bool = False  # this call's charge is recorded in its entry (epsilon, delta, rho)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from gateway.budgets import Governor
+from gateway.budgets.governor import Governor
 from gateway.errors import GatewayError, PermissionDeniedError, UnauthenticatedError
-from gateway.oversight import Oversight
+from gateway.release.oversight import Oversight
 from gateway.rpc.calls import Call
 
 __all__ = ["PolicyGate", "audit_fields"]

@@ -10,7 +10,7 @@ the health service and reflection alike -- so no RPC reaches a handler without:
    is over its limits;
 4. authorisation on a worker thread, against the live policy snapshot the whole call then uses: one of the
    method's roles, and neither the member nor its organisation revoked (PERMISSION_DENIED otherwise);
-5. the request's limits (`gateway.limits`): a message that cannot be decoded, or a field over its limit,
+5. the request's limits (`gateway.rpc.limits`): a message that cannot be decoded, or a field over its limit,
    is INVALID_ARGUMENT (audited, one log line), checked before the handler sees it -- for a request
    stream, each message as it arrives;
 6. the handler (for the gateway's own methods a `Body`, run on a worker thread with the `Call`);
@@ -51,16 +51,16 @@ from gateway.errors import (
     StorageUnavailableError,
     UnauthenticatedError,
 )
-from gateway.limits import check_request, lenient
-from gateway.logs import log_context
+from gateway.release.logs import log_context
 from gateway.rpc.admission import Admission
 from gateway.rpc.calls import CURRENT_CALL, Call
+from gateway.rpc.limits import check_request, lenient
 from gateway.rpc.methods import RULES, MethodRule
 from gateway.rpc.status import status_for, trailing_metadata
 
 __all__ = ["Body", "Gate", "GovernanceInterceptor", "Runner", "certificate_identity", "register"]
 
-MAX_NAME_CHARS = 128  # dataset, purpose and request_id (gateway.limits)
+MAX_NAME_CHARS = 128  # dataset, purpose and request_id (gateway.rpc.limits)
 
 log = logging.getLogger("gateway.rpc")
 

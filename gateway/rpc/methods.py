@@ -8,7 +8,7 @@ which certificate identities may call the method:
   nor its organisation may be revoked. An empty set means any member (KeyService: the public key).
 - `any_certificate`: any certificate of the CA will do (the health check: it reveals only up or down).
 - `product`: the method releases something derived from data (a query answer, a verification result, a
-  model); it then walks the whole governed path (`gateway.governed`): grant, price, charge at every
+  model); it then walks the whole governed path (`gateway.path.governed`): grant, price, charge at every
   level, sandbox, receipt.
 """
 

@@ -32,8 +32,8 @@ import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.client import error_details
-from gateway.server import Gateway, start_gateway
+from gateway.cli.client import error_details
+from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env, Stubs, channel_for, stubs_for
 
 pytestmark = pytest.mark.integration

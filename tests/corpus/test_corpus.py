@@ -14,12 +14,12 @@ import grpc
 import pytest
 
 from gateway.errors import InvalidQueryError
-from gateway.sql.analyze import analyze
-from gateway.sql.tree import MAX_GROUPS
-from sandbox.compile import compile_dataset_plan
-from sandbox.guard import check_select
-from sandbox.protocol import ColumnInfo, DatasetInfo, QueryPlan, TableInfo
-from sandbox.storage import sql_table_name
+from gateway.products.query.sql.analyze import analyze
+from gateway.products.query.sql.tree import MAX_GROUPS
+from sandbox.engine.guard import check_select
+from sandbox.engine.storage import sql_table_name
+from sandbox.plans.compile import compile_dataset_plan
+from sandbox.protocol.messages import ColumnInfo, DatasetInfo, QueryPlan, TableInfo
 
 HERE = Path(__file__).parent
 ACCEPT = sorted((HERE / "accept").glob("*.sql"))

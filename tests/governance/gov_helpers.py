@@ -14,7 +14,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
-from gateway.client import ErrorDetails, error_details
+from gateway.cli.client import ErrorDetails, error_details
 
 POLICY_V2 = """
 schema = "privacy_gateway.operator.v2"

@@ -1,6 +1,6 @@
 """`pgw admin ...` and `pgw budget` against a real gateway, as an operator and a data owner type them.
 
-The CLI is called through its entry point (`gateway.cli.main`) with the same arguments a shell would pass; it
+The CLI is called through its entry point (`gateway.cli.main.main`) with the same arguments a shell would pass; it
 opens its own mTLS channel with the named certificate, so this exercises argument parsing, the AdminService,
 role checks and the table / JSON / CSV rendering together.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway import certs
-from gateway.cli import main
-from gateway.server import Gateway, start_gateway
+from gateway.cli.main import main
+from gateway.identity import certs
+from gateway.rpc.server import Gateway, start_gateway
 from tests.governance.gov_helpers import IDENTITIES, POLICY_V2, channel, fails, query
 from tests.helpers import Env
 

@@ -15,9 +15,9 @@ from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 
-from gateway import certs
-from gateway.alerts import alerts_total
-from gateway.server import Gateway, start_gateway
+from gateway.budgets.alerts import alerts_total
+from gateway.identity import certs
+from gateway.rpc.server import Gateway, start_gateway
 from tests.governance.gov_helpers import IDENTITIES, POLICY_V2, admin, channel, fails, query
 from tests.helpers import Env
 

@@ -41,11 +41,11 @@ from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from gateway import certs
-from gateway.client import error_details
-from gateway.ledger import GrantKey
+from gateway.budgets.ledger import GrantKey
+from gateway.cli.client import error_details
+from gateway.identity import certs
 from gateway.rpc.methods import RULES, proto_methods
-from gateway.server import Gateway, start_gateway
+from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,12 +18,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway import certs
-from gateway.audit import AuditLog
-from gateway.client import error_details
-from gateway.ledger import Ledger
+from gateway.budgets.ledger import Ledger
+from gateway.cli.client import error_details
+from gateway.identity import certs
+from gateway.release.audit import AuditLog
+from gateway.release.signing import Signer, load_or_create_hmac_key
 from gateway.settings import ROOT
-from gateway.signing import Signer, load_or_create_hmac_key
 from sandbox.client import SandboxProcess
 from tests.governance.gov_helpers import channel, query
 from tests.helpers import Env

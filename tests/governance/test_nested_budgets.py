@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budgets import Governor, OwnerCap
+from gateway.budgets.governor import Governor, OwnerCap
+from gateway.budgets.ledger import BudgetLimit, GrantKey, Ledger, Metering, PrivacyLoss, Reservation
 from gateway.errors import PrivacyBudgetExhaustedError
-from gateway.ledger import BudgetLimit, GrantKey, Ledger, Metering, PrivacyLoss, Reservation
-from gateway.periods import Period, Window
-from gateway.policy import parse_policy
-from gateway.state import StateStore
-from gateway.usage import build_report
+from gateway.policy.periods import Period, Window
+from gateway.policy.policy import parse_policy
+from gateway.release.usage import build_report
+from gateway.storage.state import StateStore
 from tests.governance.test_policy_v2 import BASE
 
 MONTH = Period("calendar", "month")
@@ -111,7 +111,7 @@ def test_calendar_period_refreshes_at_the_boundary(tmp_path: Path) -> None:
 ])
 def test_calendar_windows(unit: str, start: str, end: str) -> None:
     """Day, week and month windows in UTC."""
-    from gateway.periods import rfc3339
+    from gateway.policy.periods import rfc3339
     w = Period("calendar", unit).window(ts("2026-03-04T15:30:00"))
     assert (rfc3339(w.start), rfc3339(w.end)) == (start, end)
 
@@ -178,7 +178,7 @@ def test_policy_snapshot_reads_once_and_the_next_request_sees_an_adjustment(
 ) -> None:
     """Inside one request's snapshot the overrides are read once; an operator's adjustment made meanwhile
     applies from the next request's snapshot on."""
-    from gateway.governance import GrantOverride
+    from gateway.policy.governance import GrantOverride
 
     gv = _governor(tmp_path)
     org_grant = gv.governance.grants[0]
@@ -220,7 +220,7 @@ def test_unusual_spend_rate_fires_on_a_burst_and_not_on_steady_spending(tmp_path
     """An organisation spending 50x its hourly baseline in the last hour fires `unusual_spend_rate`, read
     from the ledger's organisation-wide buckets; steady spending does not, and neither does the same burst
     measured against a baseline that already had it."""
-    from gateway.alerts import AlertEngine
+    from gateway.budgets.alerts import AlertEngine
 
     text = BASE + '\n[[alerts]]\nrule = "unusual_spend_rate"\nfactor = 5\n'
     gv = _governor(tmp_path, text)
@@ -244,7 +244,7 @@ def test_unusual_spend_rate_fires_on_a_burst_and_not_on_steady_spending(tmp_path
 def test_grant_near_exhaustion_fires_once_per_period(tmp_path: Path) -> None:
     """Half of the organisation's 3.0 spent fires the rule for the grant (once); the intern's own budget
     below the threshold does not."""
-    from gateway.alerts import AlertEngine
+    from gateway.budgets.alerts import AlertEngine
 
     gv = _governor(tmp_path, BASE + '\n[[alerts]]\nrule = "grant_near_exhaustion"\nthreshold = 0.5\n')
     engine = AlertEngine(gv)

@@ -11,20 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budgets import Governor, OwnerCap
+from gateway.budgets.governor import Governor, OwnerCap
+from gateway.budgets.ledger import _CAP_COLUMNS, GrantKey, Ledger, PrivacyLoss, Reservation
 from gateway.errors import OwnerCapIncompatibleError, PrivacyBudgetExhaustedError
-from gateway.ledger import _CAP_COLUMNS, GrantKey, Ledger, PrivacyLoss, Reservation
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, to_units
-from gateway.policy import parse_policy
+from gateway.policy.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, to_units
+from gateway.policy.policy import parse_policy
 from gateway.settings import ROOT
-from gateway.state import StateStore
-from sandbox import zcdp
-from sandbox.cap_rules import pure_to_rho_units
+from gateway.storage.state import StateStore
 from sandbox.client import SandboxClient, SandboxProcess
 from sandbox.errors import CAP_LIFETIME_MESSAGE, CAP_MESSAGE, DUPLICATE_MESSAGE, INCOMPATIBLE_PREFIX
-from sandbox.model_protocol import EvaluateRequest, EvaluateResult, TrainRequest, TrainResult
-from sandbox.owner_protocol import CapUsageReply
-from sandbox.protocol import (
+from sandbox.pricing import zcdp
+from sandbox.pricing.cap_rules import pure_to_rho_units
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Column,
@@ -34,7 +32,9 @@ from sandbox.protocol import (
     GroupKey,
     QueryPlan,
 )
-from sandbox.verification_protocol import VerifyClaimsRequest, VerifyClaimsResult
+from sandbox.protocol.models import EvaluateRequest, EvaluateResult, TrainRequest, TrainResult
+from sandbox.protocol.owner import CapUsageReply
+from sandbox.protocol.verification import VerifyClaimsRequest, VerifyClaimsResult
 from tests.governance.test_owner_caps import catalog_text
 from tests.governance.test_policy_zcdp import V2
 from tests.governance.test_zcdp_budgets import PURE_V2

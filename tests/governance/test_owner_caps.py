@@ -28,15 +28,15 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from gateway import certs
-from gateway.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, from_units, to_units
-from gateway.server import Gateway, start_gateway
+from gateway.identity import certs
+from gateway.policy.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, from_units, to_units
+from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT
-from sandbox import zcdp
-from sandbox.cap_rules import pure_to_rho_units
 from sandbox.client import SandboxClient
 from sandbox.errors import INCOMPATIBLE_PREFIX
-from sandbox.protocol import Aggregate, AggregateKind, ErrorReply, ExecuteRequest, QueryPlan
+from sandbox.pricing import zcdp
+from sandbox.pricing.cap_rules import pure_to_rho_units
+from sandbox.protocol.messages import Aggregate, AggregateKind, ErrorReply, ExecuteRequest, QueryPlan
 from tests.governance.gov_helpers import admin, channel, distinct_count_sql, fails
 from tests.helpers import Env
 
@@ -364,7 +364,7 @@ def test_reload_changes_caps_and_grades_in_both_processes_or_nothing(owner_gw: O
             dataset="registry", sql=grouped, purpose="credit", privacy_loss=common_pb.PrivacyLoss(epsilon=0.1)))
         assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "GRADE_NOT_ALLOWED")
     # the sandbox applies the same rule to a plan sent straight to it
-    from sandbox.protocol import Column, GroupKey
+    from sandbox.protocol.messages import Column, GroupKey
 
     info = g.gw.core.catalog.dataset("registry")
     assert info is not None and info.caps is not None and info.caps.amount == 3.0
@@ -414,7 +414,7 @@ def test_pgw_admin_caps_prints_a_table_and_json(owner_gw: OwnerGateway, capsys: 
     """`pgw admin caps` as the data owner: one row per ledger, and the same as JSON."""
     import json
 
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     g = owner_gw
     base = ["admin", "caps", "--target", f"127.0.0.1:{g.gw.port}", "--tls-dir", str(g.tls), "--as", "steward"]

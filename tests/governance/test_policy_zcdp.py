@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.governance import GrantOverride, parse_governance
-from gateway.policy import load_policy, parse_policy
+from gateway.policy.governance import GrantOverride, parse_governance
+from gateway.policy.policy import load_policy, parse_policy
 from gateway.settings import ROOT
-from sandbox import zcdp
+from sandbox.pricing import zcdp
 
 V2 = """
 schema = "privacy_gateway.operator.v2"

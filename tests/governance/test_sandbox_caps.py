@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import ROOT
-from sandbox.caps import CapLedger
 from sandbox.client import SandboxClient, SandboxProcess
+from sandbox.engine.caps import CapLedger
 from sandbox.errors import CAP_MESSAGE, DUPLICATE_MESSAGE, PlanRejectedError
-from sandbox.grades import DEFAULT_GRADE_RULES, check_plan_grades
-from sandbox.protocol import (
+from sandbox.plans.grades import DEFAULT_GRADE_RULES, check_plan_grades
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Binary,
@@ -86,7 +86,7 @@ def test_sandbox_counts_a_zcdp_release_at_the_owners_conversion_delta(zcdp_cap_s
     """A zCDP plan counts against the data owner's epsilon cap as the epsilon of OpenDP's conversion of its
     own rho at the OWNER's conversion_delta (1e-6 here), whatever delta the gateway would report: with rho
     0.001 that is about 0.18, so exactly 5 fit in a cap of 1.0, and the sandbox refuses the 6th itself."""
-    from sandbox import zcdp
+    from sandbox.pricing import zcdp
 
     c = zcdp_cap_sandbox
     bad = c.execute(ExecuteRequest("z/0", COUNT, 0.1, rho=0.001), timeout_s=60)
@@ -102,9 +102,9 @@ def test_sandbox_counts_a_zcdp_release_at_the_owners_conversion_delta(zcdp_cap_s
 
 def test_cap_ledger_is_exact_and_idempotent(tmp_path: Path) -> None:
     """Ten charges of 0.1 fill a cap of 1.0 exactly; windows bound what counts; duplicates are refused."""
-    from sandbox.cap_rules import ReleaseLoss, counts
     from sandbox.owner_caps import OwnerCap
-    from sandbox.periods import Period
+    from sandbox.pricing.cap_rules import ReleaseLoss, counts
+    from sandbox.pricing.periods import Period
 
     led = CapLedger(tmp_path / "caps.sqlite3")
     cap = OwnerCap("epsilon", 1.0, 0.0, Period("calendar", "day"))

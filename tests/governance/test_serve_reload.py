@@ -23,7 +23,7 @@ import grpc
 import pytest
 from privacy_gateway.v1 import admin_service_pb2 as a_pb
 
-from gateway import certs
+from gateway.identity import certs
 from gateway.settings import ROOT
 from tests.governance.gov_helpers import IDENTITIES, POLICY_V2, admin, channel, fails, query
 from tests.helpers import Env

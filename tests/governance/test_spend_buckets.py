@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ledger import (
+from gateway.budgets.ledger import (
     _CAP_COLUMNS,
     _FLAG_COLUMNS,
     _GRANT_COLUMNS,
@@ -25,7 +25,7 @@ from gateway.ledger import (
     _window_sums,
     zcdp_columns,
 )
-from gateway.periods import Window
+from gateway.policy.periods import Window
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 HUGE = PrivacyLoss(1e6, 0.5, 1e6)
@@ -174,8 +174,8 @@ def test_data_owner_cap_ledger_sums_windows_from_buckets_exactly(tmp_path: Path)
     """The sandbox's cap ledger: bucketed window sums equal the charge sums in every column, also after
     opening a file written before the buckets existed (version 0), whose buckets are then built from its
     charges."""
-    from sandbox.cap_rules import ReleaseLoss, counts
-    from sandbox.caps import _COUNT_COLUMNS, CapLedger
+    from sandbox.engine.caps import _COUNT_COLUMNS, CapLedger
+    from sandbox.pricing.cap_rules import ReleaseLoss, counts
 
     path = tmp_path / "caps.sqlite3"
     rng = random.Random(11)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budgets import Governor, OwnerCap
+from gateway.budgets.governor import Governor, OwnerCap
+from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss, Reservation
 from gateway.errors import PrivacyBudgetExhaustedError
-from gateway.ledger import GrantKey, Ledger, PrivacyLoss, Reservation
-from gateway.periods import Period
-from gateway.policy import parse_policy
-from gateway.state import StateStore
-from sandbox import zcdp
+from gateway.policy.periods import Period
+from gateway.policy.policy import parse_policy
+from gateway.storage.state import StateStore
+from sandbox.pricing import zcdp
 from tests.governance.test_policy_zcdp import V2
 
 NOW = 1_750_000_000.0
@@ -104,7 +104,7 @@ def test_operator_adjusts_a_zcdp_grant_in_rho(tmp_path: Path) -> None:
     """AdjustGrant's rho and max_rho_per_query apply to a zcdp grant for the next charge, survive a restart
     of the governor (stored with the other overrides), and epsilon adjustments are refused on it."""
     from gateway.errors import InvalidArgumentError
-    from gateway.governance import GrantOverride
+    from gateway.policy.governance import GrantOverride
 
     gv = _governor(tmp_path)
     [g] = [g for g in gv.governance.grants if g.zcdp]
@@ -143,9 +143,9 @@ def test_pure_to_rho_units_is_opendps_conversion() -> None:
     """The ledger's integer epsilon^2 / 2 equals OpenDP's make_pureDP_to_zCDP map, in rho units rounded up."""
     import opendp.prelude as dp
 
-    from gateway.ledger import pure_to_rho_units
-    from gateway.periods import EPSILON_UNITS, RHO_UNITS, to_units
-    from sandbox import mechanisms
+    from gateway.budgets.ledger import pure_to_rho_units
+    from gateway.policy.periods import EPSILON_UNITS, RHO_UNITS, to_units
+    from sandbox.pricing import mechanisms
 
     for eps in (1e-9, 0.001, 0.05, 0.1, 0.3, 1.0, 2.5, 10.0):
         meas = mechanisms.make_measurement(True, 1.0 / eps)  # map(1) = eps up to OpenDP's rounding
@@ -204,7 +204,7 @@ def test_zcdp_status_after_a_reservation_equals_a_fresh_read(tmp_path: Path) -> 
 def test_grant_near_exhaustion_counts_rho_and_earlier_pure_charges(tmp_path: Path) -> None:
     """On a zCDP grant the rule reads the rho level as the ledger checks it: pure charges made before the
     switch count as epsilon^2 / 2."""
-    from gateway.alerts import AlertEngine
+    from gateway.budgets.alerts import AlertEngine
 
     alert = '\n[[alerts]]\nrule = "grant_near_exhaustion"\nthreshold = 0.5\n'
     pure = _governor_from(tmp_path, PURE_V2 + alert)

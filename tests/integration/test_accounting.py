@@ -24,14 +24,14 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
-from gateway.accounting import reconcile
-from gateway.audit import AuditLog, AuditRecord
-from gateway.client import error_details
-from gateway.ledger import GrantKey, Ledger, PrivacyLoss
-from gateway.oversight import Oversight
-from gateway.queries import QueryRequest, fingerprint
-from gateway.server import start_gateway
-from gateway.signing import Signer, load_or_create_hmac_key
+from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss
+from gateway.cli.client import error_details
+from gateway.products.query.service import QueryRequest, fingerprint
+from gateway.release.accounting import reconcile
+from gateway.release.audit import AuditLog, AuditRecord
+from gateway.release.oversight import Oversight
+from gateway.release.signing import Signer, load_or_create_hmac_key
+from gateway.rpc.server import start_gateway
 from tests.helpers import Env, channel_for, isolated_settings
 from tests.integration.test_healing import _serve
 

@@ -26,9 +26,9 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 
-from gateway.client import error_details
-from gateway.ledger import GrantKey
-from gateway.server import Gateway, start_gateway
+from gateway.budgets.ledger import GrantKey
+from gateway.cli.client import error_details
+from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env, channel_for, isolated_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,7 +11,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from examples.bench_standins import bare_gateway
-from gateway.server import Gateway
+from gateway.rpc.server import Gateway
 from tests.helpers import Env, channel_for, fresh, stubs_for
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import receipt_pb2
 from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 
-from gateway.receipts import verify_receipt
-from gateway.server import Gateway
+from gateway.release.receipts import verify_receipt
+from gateway.rpc.server import Gateway
 from tests.helpers import Stubs, fresh
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,7 @@ def test_a_bug_after_the_reservation_keeps_the_charge_durably(
 ) -> None:
     """An unexpected failure after the sandbox ran (here: building the response) is INTERNAL to the client,
     and the charge is kept and marked failed (a durable commit) before that error leaves."""
-    import gateway.queries as queries
+    import gateway.products.query.service as queries
 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("bug")

@@ -27,14 +27,14 @@ from privacy_gateway.v1 import model_service_pb2 as m_pb
 from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.client import ErrorDetails, error_details
-from gateway.server import Gateway, start_gateway
-from gateway.sql.analyze import analyze
-from sandbox import models
+from gateway.cli.client import ErrorDetails, error_details
+from gateway.products.query.sql.analyze import analyze
+from gateway.rpc.server import Gateway, start_gateway
 from sandbox.catalog import load_catalog
-from sandbox.engine import Engine
-from sandbox.model_protocol import EvaluateRequest, TrainRequest, TrainResult
-from sandbox.protocol import ErrorReply, ExecuteRequest, ExecuteResult
+from sandbox.engine.engine import Engine
+from sandbox.products import models
+from sandbox.protocol.messages import ErrorReply, ExecuteRequest, ExecuteResult
+from sandbox.protocol.models import EvaluateRequest, TrainRequest, TrainResult
 from tests.helpers import TEST_POLICY, VERIFICATION_POLICY, Env, Stubs, channel_for, stubs_for
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """HTTP/2 abuse against a real grpc.aio server with mutual TLS: what the recommended options bound, and what not.
 
-The server is :mod:`tests.h2abuse_target` in a child process (real certificates from ``gateway.certs``); the
+The server is :mod:`tests.h2abuse_target` in a child process (real certificates from ``gateway.identity.certs``); the
 attacker is :mod:`tests.h2abuse`. Findings and figures: tests/h2abuse.md.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway import certs
+from gateway.identity import certs
 from tests.h2abuse import ClientTls, H2AbuseClient, IdleStreamHolder, flood, stalled_handshake
 from tests.h2abuse_target import ECHO_PATH, RECOMMENDED_OPTIONS, ServerProcess, echo_channel, target_server
 

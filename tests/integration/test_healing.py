@@ -29,8 +29,8 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from gateway.ledger import GrantKey
-from gateway.server import Gateway, start_gateway
+from gateway.budgets.ledger import GrantKey
+from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT
 from sandbox.client import SandboxClient
 from tests.helpers import Env, channel_for, fresh, isolated_settings

@@ -11,13 +11,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.sql.analyze import analyze
-from sandbox import mechanisms
+from gateway.products.query.sql.analyze import analyze
 from sandbox.catalog import load_catalog
-from sandbox.engine import Engine
+from sandbox.engine.engine import Engine
 from sandbox.errors import ConfigError
-from sandbox.protocol import ExecuteRequest, ExecuteResult, QueryPlan
-from sandbox.relation import plan_relation
+from sandbox.plans.relation import plan_relation
+from sandbox.pricing import mechanisms
+from sandbox.protocol.messages import ExecuteRequest, ExecuteResult, QueryPlan
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.client import error_details
-from gateway.server import Gateway
+from gateway.cli.client import error_details
+from gateway.rpc.server import Gateway
 from tests.helpers import Env, Stubs
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) 
 def test_cli_weight_option(env: Env, gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
     """`pgw explain --weight group_keys=3` moves epsilon to key selection; a malformed option is refused
     before any call (exit 2)."""
-    from gateway import cli
+    from gateway.cli import main as cli
 
     sql = "SELECT g.name, COUNT(*) AS n FROM residents r JOIN regions g ON r.region = g.code GROUP BY g.name"
     base = ["explain", "--target", f"127.0.0.1:{gateway.port}", "--tls-dir", str(env.tls_dir), "--as", "analyst",

@@ -7,8 +7,8 @@ import pytest
 from privacy_gateway.v1 import receipt_pb2
 from privacy_gateway.v1 import receipt_pb2_grpc as key_grpc
 
-from gateway.server import Gateway
-from gateway.signing import public_key_id
+from gateway.release.signing import public_key_id
+from gateway.rpc.server import Gateway
 from tests.helpers import Env, channel_for
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
-from gateway.client import ErrorDetails, error_details
-from gateway.queries import MIN_EPSILON
-from gateway.server import Gateway
+from gateway.cli.client import ErrorDetails, error_details
+from gateway.products.query.service import MIN_EPSILON
+from gateway.rpc.server import Gateway
 from tests.helpers import Env, Stubs, channel_for, fresh
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Every request field's limit, fuzzed through the real server (mTLS, real sandbox, ledger and audit log).
 
-For every field of every request message (enumerated from the proto descriptors, `gateway.limits`), values
+For every field of every request message (enumerated from the proto descriptors, `gateway.rpc.limits`), values
 over its limit -- too long, too many entries, a key too long, a number out of range, NaN, infinite, an
 undeclared enum value -- get INVALID_ARGUMENT naming the field, with small trailing metadata, nothing
 charged and an audit entry that holds no more than the bounds. Oversized requests leave the state files
@@ -41,10 +41,11 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from examples.generate_data import resident_id_check_char
-from gateway import certs, limits
-from gateway.client import error_details
+from gateway.cli.client import error_details
+from gateway.identity import certs
+from gateway.rpc import limits
 from gateway.rpc.methods import PROTO_FILES
-from gateway.server import Gateway, start_gateway
+from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
-from gateway.client import error_details
-from gateway.server import Gateway, start_gateway
+from gateway.cli.client import error_details
+from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import TEST_POLICY, Env, channel_for
 
 pytestmark = pytest.mark.integration
@@ -145,7 +145,7 @@ def test_models_and_queries_share_the_grant(env: Env, model_gateway: Gateway) ->
     """Models spend the organisation's grant for the dataset and purpose, like queries: planner's grant is
     1.0 per period (0.5 per request). A model at 0.5 and a query at 0.5 use it up; the next model is
     RESOURCE_EXHAUSTED and charges nothing; every level is charged once per answer."""
-    from gateway.ledger import GrantKey
+    from gateway.budgets.ledger import GrantKey
 
     stub = _stub(env, model_gateway, "planner")
     ok = stub.TrainModel(_linear(purpose="planning", privacy_loss=common_pb.PrivacyLoss(epsilon=0.5)))
@@ -228,7 +228,7 @@ def test_a_model_grant_limit_caps_model_spending_inside_the_grant(env: Env) -> N
     """`epsilon` on a model grant is the most models may spend of the organisation's grant per period: analyst's
     models may spend 1.0 of its 1000; a model at 0.8 fits, a second at 0.8 is RESOURCE_EXHAUSTED (level
     member_product) and charges nothing; queries still spend the grant."""
-    from gateway.ledger import GrantKey
+    from gateway.budgets.ledger import GrantKey
 
     policy = env.root / "operator-model-limit.toml"
     policy.write_text(TEST_POLICY + """

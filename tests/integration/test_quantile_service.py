@@ -9,9 +9,9 @@ import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway import cli
-from gateway.client import error_details
-from gateway.server import Gateway
+from gateway.cli import main as cli
+from gateway.cli.client import error_details
+from gateway.rpc.server import Gateway
 from tests.helpers import Env, Stubs, channel_for, fresh, stubs_for
 
 pytestmark = pytest.mark.integration

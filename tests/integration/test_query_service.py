@@ -14,7 +14,7 @@ from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.client import error_details
+from gateway.cli.client import error_details
 from tests.helpers import Env, Stubs, channel_for, fresh, stubs_for
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.server import start_gateway
+from gateway.rpc.server import start_gateway
 from tests.helpers import Env, channel_for, fresh, isolated_settings, stubs_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

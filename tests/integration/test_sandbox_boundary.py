@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.server import Gateway
+from gateway.rpc.server import Gateway
 from sandbox.client import SandboxClient
-from sandbox.protocol import (
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Binary,

@@ -12,11 +12,12 @@ import duckdb
 import pytest
 
 from sandbox.catalog import load_catalog
-from sandbox.engine import Engine
+from sandbox.engine.engine import Engine
+from sandbox.engine.keys import keyed_digest, load_or_create_key
+from sandbox.engine.limits import Limits
+from sandbox.engine.storage import STORE, table_ref
 from sandbox.errors import ConfigError, PlanRejectedError
-from sandbox.keys import keyed_digest, load_or_create_key
-from sandbox.limits import Limits
-from sandbox.protocol import (
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Binary,
@@ -31,7 +32,6 @@ from sandbox.protocol import (
     QueryPlan,
     TableInfo,
 )
-from sandbox.storage import STORE, table_ref
 from tests.helpers import make_agg, make_keys
 
 pytestmark = pytest.mark.integration
@@ -434,7 +434,7 @@ def test_huge_sums_are_clamped_not_failed(tmp_path: Path) -> None:
 def test_new_aggregates_run_and_stay_in_bounds(engine: Engine) -> None:
     """VAR/STDDEV/quantiles/MIN/MAX/COUNT(DISTINCT unit)/expression SUM run on a float column holding
     NaN and inf; every value is finite and inside its bounds (NaN never reaches OpenDP)."""
-    from sandbox.protocol import Func, GroupKey
+    from sandbox.protocol.messages import Func, GroupKey
 
     clamp = Func("CLAMP", (Binary("*", Column("score"), Literal(2.0)), Literal(0), Literal(15)))
     aggs = (
@@ -463,7 +463,7 @@ def test_new_aggregates_run_and_stay_in_bounds(engine: Engine) -> None:
 def test_sandbox_pricing_memo_hits_only_the_same_plan_and_loss(engine: Engine) -> None:
     """The sandbox remembers a pricing for the exact plan and authorised loss: a repeat is the same costs
     object (no OpenDP calls), another epsilon is priced anew, and a refusal is not remembered."""
-    from sandbox import mechanisms
+    from sandbox.pricing import mechanisms
 
     info = engine.describe().dataset("reg")
     assert info is not None
@@ -480,7 +480,7 @@ def test_sandbox_pricing_memo_hits_only_the_same_plan_and_loss(engine: Engine) -
 
 
 def test_tables_live_compressed_in_the_store_and_only_there(engine: Engine) -> None:
-    """The loaded rows are in the attached store (sandbox.storage): string columns dictionary-encoded, numbers
+    """The loaded rows are in the attached store (sandbox.engine.storage): string columns dictionary-encoded, numbers
     in none of the disabled numeric codecs; the default database holds no copy, so a bare table name binds
     to nothing; the guard accepts the store's qualified name for loaded tables only."""
     con = engine._con

@@ -24,14 +24,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.logs import JsonFormatter
+from gateway.release.logs import JsonFormatter
 from sandbox.catalog import load_catalog
 from sandbox.client import SandboxClient, SandboxProcess, SandboxStartError, reclaim_socket
-from sandbox.engine import Engine
-from sandbox.lifecycle import EXIT_ORPHANED, ParentTie, ShutdownReply, ShutdownRequest
-from sandbox.limits import Limits
-from sandbox.logformat import parse_line, safe_exception
-from sandbox.protocol import (
+from sandbox.engine.engine import Engine
+from sandbox.engine.limits import Limits
+from sandbox.process.lifecycle import EXIT_ORPHANED, ParentTie, ShutdownReply, ShutdownRequest
+from sandbox.process.logformat import parse_line, safe_exception
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Binary,
@@ -101,7 +101,7 @@ _MIDDLE = textwrap.dedent("""
 """)
 _CHILD = textwrap.dedent("""
     import sys, time
-    import sandbox.lifecycle as lc
+    import sandbox.process.lifecycle as lc
     if sys.argv[2] == "0":
         lc._set_parent_death_signal = lambda: False
     tie = lc.tie_to_parent(int(sys.argv[1]))
@@ -132,7 +132,7 @@ def test_a_tied_process_dies_with_its_parent(prctl: str) -> None:
 
 def test_a_child_whose_parent_is_already_gone_exits_at_once() -> None:
     """A parent pid that is not the actual parent (it died during start-up): exit code EXIT_ORPHANED."""
-    code = "import os, sandbox.lifecycle as lc; lc.tie_to_parent(os.getpid())"  # never its own parent
+    code = "import os, sandbox.process.lifecycle as lc; lc.tie_to_parent(os.getpid())"  # never its own parent
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_ORPHANED and "is gone" in proc.stderr
@@ -220,7 +220,8 @@ def _heavy(depth: int, counter: list[int]) -> Expr:
 
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
-    """The gateway's JSON log lines (gateway.logs.JsonFormatter), as `pgw serve --log-format json` writes them."""
+    """The gateway's JSON log lines (gateway.release.logs.JsonFormatter), as `pgw serve --log-format json`
+    writes them."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter())
@@ -260,7 +261,7 @@ def test_sandbox_lines_reach_the_gateways_json_log(tmp_path: Path, json_log: io.
     line = failed[0]
     assert line["level"] == "ERROR" and line["consumer"] == "analyst"
     assert str(line["message"]).startswith("request analyst/req-42 failed after touching data [")
-    assert "duckdb.InterruptException at sandbox/engine.py:" in str(line["message"])
+    assert "duckdb.InterruptException at sandbox/engine/engine.py:" in str(line["message"])
     assert "Error:" not in str(line["message"])  # DuckDB's text ("INTERRUPT Error: Interrupted!") stays out
     assert any(x["message"] == "loaded reg.people, at most 1 rows per unit" and x["level"] == "INFO"
                for x in lines)
@@ -280,7 +281,7 @@ def test_start_up_errors_reach_the_log_and_the_error(tmp_path: Path, json_log: i
 def test_log_lines_parse_and_exceptions_keep_no_text() -> None:
     """The reader keeps level, request id and time of JSON lines, the level of text lines, and anything
     else verbatim at WARNING; an exception is rendered without its message."""
-    p = parse_line('{"time":1.5,"level":"ERROR","logger":"sandbox.engine","message":"m","request_id":"a/b"}\n')
+    p = parse_line('{"time":1.5,"level":"ERROR","logger":"sandbox.engine.engine","message":"m","request_id":"a/b"}\n')
     assert (p.level, p.message, p.request_id, p.created) == (logging.ERROR, "m", "a/b", 1.5)
     assert parse_line("2026-01-01 10:00:00,000 sandbox INFO hello").level == logging.INFO
     assert parse_line("Fatal Python error: x").level == logging.WARNING

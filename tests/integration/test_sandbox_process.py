@@ -21,7 +21,7 @@ from sandbox.client import (
     SandboxProcess,
     SandboxStartError,
 )
-from sandbox.protocol import (
+from sandbox.protocol.messages import (
     MAX_FRAME_BYTES,
     Aggregate,
     AggregateKind,

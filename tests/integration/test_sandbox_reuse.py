@@ -11,11 +11,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sandbox import guard
 from sandbox.client import SandboxClient, SandboxProcess
+from sandbox.engine import guard
+from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import PlanRejectedError
-from sandbox.protocol import ExecuteRequest, ExecuteResult
-from sandbox.watchdog import Watchdog
+from sandbox.protocol.messages import ExecuteRequest, ExecuteResult
 from tests.integration.test_sandbox_process import EXTRA, PLAN, _setup
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from examples.generate_data import credit_code_check_char, resident_id_check_char
-from gateway.client import error_details
-from gateway.server import Gateway
-from gateway.verification import ReceiptData, load_public_key, root_message_of, verify_receipt
+from gateway.cli.client import error_details
+from gateway.products.verification.service import ReceiptData, load_public_key, root_message_of, verify_receipt
+from gateway.rpc.server import Gateway
 from tests.helpers import Env, channel_for
 
 pytestmark = pytest.mark.integration

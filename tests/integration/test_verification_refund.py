@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SandboxUnavailableError
-from gateway.policy import load_policy
+from gateway.policy.policy import load_policy
+from gateway.products.verification.service import ClaimBatch, VerificationCore
 from gateway.settings import ROOT
-from gateway.verification import ClaimBatch, VerificationCore
 from sandbox.client import SandboxClient, SandboxProcess
 from tests.helpers import Env
 

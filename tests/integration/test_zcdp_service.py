@@ -17,9 +17,9 @@ from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.client import error_details
-from gateway.server import Gateway
-from sandbox import zcdp
+from gateway.cli.client import error_details
+from gateway.rpc.server import Gateway
+from sandbox.pricing import zcdp
 from tests.helpers import Env, Stubs, channel_for, fresh, stubs_for
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from sandbox import mechanisms, quantiles
-from sandbox.compile import quantile_candidates
-from sandbox.protocol import AggregateKind, ReleaseCost
+from sandbox.plans.compile import quantile_candidates
+from sandbox.pricing import mechanisms, quantiles
+from sandbox.protocol.messages import AggregateKind, ReleaseCost
 
 
 def _pmf(n: int, p: float, i: int) -> float:

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from sandbox import mechanisms, quantiles, zcdp
-from sandbox.compile import quantile_candidates
-from sandbox.protocol import ReleaseCost
+from sandbox.plans.compile import quantile_candidates
+from sandbox.pricing import mechanisms, quantiles, zcdp
+from sandbox.protocol.messages import ReleaseCost
 
 
 def _binom_upper_tail(n: int, p: float, k: int) -> float:

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from sandbox import mechanisms, zcdp
-from sandbox.protocol import ReleaseCost
+from sandbox.pricing import mechanisms, zcdp
+from sandbox.protocol.messages import ReleaseCost
 from tests.statistical.test_new_aggregates_statistics import _binom_tail_ge, _clopper_pearson
 
 pytestmark = pytest.mark.statistical

@@ -1,4 +1,4 @@
-"""Precise checks of the plans `gateway.sql.analyze` builds, and of its refusals."""
+"""Precise checks of the plans `gateway.products.query.sql.analyze` builds, and of its refusals."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from gateway.errors import InvalidQueryError
-from gateway.sql.analyze import analyze, analyze_query
-from gateway.sql.parse import MAX_SQL_CHARS, aggregate_function_names, parse_select
-from sandbox.protocol import (
+from gateway.products.query.sql.analyze import analyze, analyze_query
+from gateway.products.query.sql.parse import MAX_SQL_CHARS, aggregate_function_names, parse_select
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Between,
@@ -462,8 +462,8 @@ def test_lookup_join_keys_of_different_kinds_are_refused_from_the_catalog() -> N
     load: any private column may be joined to a lookup. Numbers join numbers (int64 = float64 compares as
     DOUBLE, which cannot fail)."""
     from sandbox.errors import PlanRejectedError
-    from sandbox.protocol import PublicJoin, TableSource
-    from sandbox.relation import source_relation
+    from sandbox.plans.relation import source_relation
+    from sandbox.protocol.messages import PublicJoin, TableSource
     from tests.corpus.test_corpus import REGISTRY
 
     err = refused("SELECT COUNT(*) FROM residents r JOIN regions g ON r.birth_year = g.code", REGISTRY)

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.audit: chain, seals, tamper detection, concurrency, export and offline verify."""
+"""Unit tests for gateway.release.audit: chain, seals, tamper detection, concurrency, export and offline verify."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import (
+from gateway.release.audit import (
     GENESIS_HASH,
     AuditEntry,
     AuditIntegrityError,
@@ -27,8 +27,8 @@ from gateway.audit import (
     pseudonymize_text,
     verify_export,
 )
+from gateway.release.signing import Signer, load_or_create_hmac_key
 from gateway.settings import ROOT
-from gateway.signing import Signer, load_or_create_hmac_key
 
 RESIDENT_ID = "11010519491231002X"
 CREDIT_CODE = "91350100M000100Y43"
@@ -269,7 +269,7 @@ def test_rehashed_export_is_caught_offline(log12: AuditLog, state: Path, tmp_pat
             fields["rho"] = float(fields["rho"])
         rec["hash"] = entry_hash(AuditEntry(**fields))
         prev_hash = rec["hash"]
-    from gateway.signing import canonical_json
+    from gateway.release.signing import canonical_json
 
     out.write_bytes(b"".join(canonical_json(r) + b"\n" for r in records))  # the trailer cannot be re-signed
     report = verify_export(out, (state / "keys" / "signing.pub").read_bytes())
@@ -291,7 +291,7 @@ def test_seal_signed_by_another_key_is_detected(log12: AuditLog, state: Path) ->
     """A seal made with an attacker's key (even with its own key id) does not count."""
     other = Signer.generate()
     entries = log12.entries()
-    from gateway.audit import seal_payload
+    from gateway.release.audit import seal_payload
 
     payload = seal_payload(13, entries[-1].hash, "2030-01-01T00:00:00.000000Z", log12.public_keys.popitem()[0])
     _tamper(log12.path, _insert_sql(_forged(entries[-1], 13)))
@@ -432,17 +432,17 @@ def test_export_refuses_a_tampered_log(log12: AuditLog, tmp_path: Path) -> None:
 
 
 def test_verify_export_runs_standalone(log12: AuditLog, state: Path, tmp_path: Path) -> None:
-    """`python -m gateway.audit verify-export` works and imports neither grpc nor duckdb."""
+    """`python -m gateway.release.audit verify-export` works and imports neither grpc nor duckdb."""
     out = log12.export(1, 12, tmp_path / "audit.jsonl")
     pub = state / "keys" / "signing.pub"
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.audit", "verify-export", str(out), "--public-key", str(pub)],
+        [sys.executable, "-m", "gateway.release.audit", "verify-export", str(out), "--public-key", str(pub)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: 12 entries")
     probe = (
-        "import sys; from gateway import audit;"
+        "import sys; from gateway.release import audit;"
         f"rc = audit.main(['verify-export', {str(out)!r}, '--public-key', {str(pub)!r}, '--json']);"
         "assert not {'grpc', 'duckdb', 'opendp'} & set(sys.modules), 'heavy import';"
         "sys.exit(rc)"

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.certs import (
+from gateway.identity.certs import (
     common_name_of,
     create_ca,
     issue_client_cert,

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.cli_governance and gateway.oversight: the operator and auditor commands."""
+"""Unit tests for gateway.cli.audit and gateway.release.oversight: the operator and auditor commands."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli_governance
-from gateway.oversight import Oversight, outcome_for
-from gateway.receipts import attach_receipt, release_bytes
+from gateway.cli import audit as cli_governance
+from gateway.release.oversight import Oversight, outcome_for
+from gateway.release.receipts import attach_receipt, release_bytes
 from tests.unit.test_receipts import _response
 
 

@@ -7,12 +7,12 @@ from dataclasses import replace
 import duckdb
 import pytest
 
-from sandbox.compile import compile_plan, quote_ident, render_literal
-from sandbox.engine import stored_column
+from sandbox.engine.engine import stored_column
+from sandbox.engine.guard import check_select
 from sandbox.errors import PlanRejectedError
-from sandbox.guard import check_select
-from sandbox.models import check_model_select
-from sandbox.protocol import (
+from sandbox.plans.compile import compile_plan, quote_ident, render_literal
+from sandbox.products.models import check_model_select
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Between,
@@ -93,7 +93,7 @@ def test_known_plan_sql() -> None:
     """A plan with every aggregate, a group key and a filter compiles to the expected SQL.
 
     Bare bounded columns are aggregated as stored: the engine stores them clamped at load
-    (`sandbox.engine.stored_column`), so no per-row clamp or cast is compiled; rows whose key is outside the
+    (`sandbox.engine.engine.stored_column`), so no per-row clamp or cast is compiled; rows whose key is outside the
     domain are not filtered in SQL but ignored by the engine.
     """
     plan = _plan(
@@ -264,7 +264,7 @@ def test_key_without_domain_compiles_for_partition_selection() -> None:
 )
 def test_guards_accept_a_loaded_table_bare_or_in_the_store_only(ref: str, accepted: bool) -> None:
     """Both SQL guards (plans and models) take a table of the loaded set either bare or qualified exactly as
-    `sandbox.storage.table_ref` writes it; any other catalog or schema is refused. Parsing only: no table
+    `sandbox.engine.storage.table_ref` writes it; any other catalog or schema is refused. Parsing only: no table
     needs to exist."""
     con = duckdb.connect()
     for check in (check_select, check_model_select):

@@ -17,14 +17,14 @@ import opendp.prelude as dp
 import pytest
 
 from gateway.errors import InvalidQueryError
-from gateway.queries import AccuracyRequest, _priced, solve_for_accuracy
-from sandbox import mechanisms, zcdp
-from sandbox import model_pricing as mp
+from gateway.products.query.service import AccuracyRequest, _priced, solve_for_accuracy
 from sandbox.catalog import load_catalog
-from sandbox.compile import avg_centre
-from sandbox.engine import Engine
-from sandbox.mechanisms import SensitivityTooLargeError, components, float_up
-from sandbox.protocol import (
+from sandbox.engine.engine import Engine
+from sandbox.plans.compile import avg_centre
+from sandbox.pricing import mechanisms, zcdp
+from sandbox.pricing import models as mp
+from sandbox.pricing.mechanisms import SensitivityTooLargeError, components, float_up
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Column,
@@ -152,7 +152,7 @@ def test_integer_sensitivity_beyond_i64_is_refused() -> None:
 
 
 def test_an_exact_int_sensitivity_survives_the_wire() -> None:
-    from sandbox.protocol import ExecuteResult as Result
+    from sandbox.protocol.messages import ExecuteResult as Result
 
     cost = ReleaseCost(0, "sum", mechanisms.DISCRETE_LAPLACE, 2**60 + 1, 1e18, 0.5)
     msg = Result((ReleaseRow((), (NoisyValue(1, "x", 1.0, 1.0, 0.0, 2.0),)),), (cost,), "v")
@@ -238,7 +238,7 @@ v   = {{ type = "int64", grade = "sensitive", lower = 0, upper = {TOP} }}
 
 
 def _per_unit(kind: str, outer: AggregateKind, lo: float, hi: float) -> QueryPlan:
-    from sandbox.protocol import TableSource, UnitAggregate, UnitOutput
+    from sandbox.protocol.messages import TableSource, UnitAggregate, UnitOutput
 
     src = UnitAggregate(TableSource("t", "t"), None, (UnitOutput("x", kind, Column("v", "t")),), "u")
     return QueryPlan("d", "t", (Aggregate(outer, Column("x", "u"), 1.0, lo, hi),), (), source=src)
@@ -248,9 +248,9 @@ def test_per_unit_sum_bounds_are_exact_and_never_rounded_in() -> None:
     """K * U of a per-unit SUM is the exact int; read as a float bound it is rounded outward, so an outer
     SUM over it is priced on a bound at or above every per-unit value (here 2^53 + 1: refused as beyond
     the exact range, where rounding to nearest gave 2^53 and under-priced it)."""
-    from sandbox.bounds import expression_bounds
     from sandbox.errors import PlanRejectedError
-    from sandbox.relation import plan_relation
+    from sandbox.plans.bounds import expression_bounds
+    from sandbox.plans.relation import plan_relation
 
     u = (2**53 + 1) // 3
     assert 3 * u == 2**53 + 1 and float(3 * u) == 2.0**53
@@ -270,9 +270,9 @@ def test_per_unit_sum_bounds_are_exact_and_never_rounded_in() -> None:
 def test_per_unit_float_means_are_clamped_to_their_derived_bound(tmp_path: Path) -> None:
     """DuckDB's mean of three 0.1s is 0.10000000000000002, above the bound [0, 0.1] the outer query is
     priced on: the compiler clamps per-unit AVG (and float SUM) outputs to their derived bounds."""
-    from sandbox.compile import compile_plan
-    from sandbox.engine import sql_table_name
-    from sandbox.protocol import Binary, Literal, TableSource, UnitAggregate, UnitOutput
+    from sandbox.engine.engine import sql_table_name
+    from sandbox.plans.compile import compile_plan
+    from sandbox.protocol.messages import Binary, Literal, TableSource, UnitAggregate, UnitOutput
 
     con = duckdb.connect()
     assert con.execute("SELECT avg(x) FROM (VALUES (0.1::DOUBLE), (0.1), (0.1)) t(x)").fetchone() == (

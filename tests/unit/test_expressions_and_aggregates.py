@@ -9,14 +9,14 @@ import duckdb
 import opendp.prelude as dp
 import pytest
 
-from gateway.postprocess import OrderItem, PostProcess, apply
-from sandbox import mechanisms
-from sandbox.bounds import expression_bounds
-from sandbox.compile import compile_plan, quantile_candidates, quote_ident
-from sandbox.engine import stored_column
+from gateway.products.query.postprocess import OrderItem, PostProcess, apply
+from sandbox.engine.engine import stored_column
+from sandbox.engine.guard import check_select
 from sandbox.errors import PlanRejectedError
-from sandbox.guard import check_select
-from sandbox.protocol import (
+from sandbox.plans.bounds import expression_bounds
+from sandbox.plans.compile import compile_plan, quantile_candidates, quote_ident
+from sandbox.pricing import mechanisms
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Binary,
@@ -291,7 +291,7 @@ def test_quantile_release_picks_from_the_grid() -> None:
     c = mechanisms.Component(0, "quantile", True, d, 1.0, cands, 0.5, 1)
     scale, eps = mechanisms.calibrate_quantile(c, 50.0)
     assert eps == mechanisms.quantile_measurement(cands, 0.5, scale).map(1) <= 50.0
-    from sandbox.protocol import ReleaseCost
+    from sandbox.protocol.messages import ReleaseCost
 
     cost = ReleaseCost(0, "quantile", mechanisms.NOISY_MAX, 0.0, scale, eps)
     counts = [0] * 11
@@ -303,7 +303,7 @@ def test_quantile_release_picks_from_the_grid() -> None:
 
 
 def _var_costs(scale: float) -> tuple[mechanisms.ReleaseCost, ...]:
-    from sandbox.protocol import ReleaseCost
+    from sandbox.protocol.messages import ReleaseCost
 
     return (
         ReleaseCost(0, "count", mechanisms.DISCRETE_LAPLACE, 1.0, scale, 1.0),

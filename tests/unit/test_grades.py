@@ -1,4 +1,4 @@
-"""`sandbox.grades` on hand-built plans: the positions the analyzer cannot produce, lineage, the unit's
+"""`sandbox.plans.grades` on hand-built plans: the positions the analyzer cannot produce, lineage, the unit's
 implied positions, and the model mapping."""
 
 from __future__ import annotations
@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 
 from sandbox.errors import PlanRejectedError
-from sandbox.grades import (
+from sandbox.plans.grades import (
     DEFAULT_GRADE_RULES,
     GradeError,
     check_model_grades,
     check_plan_grades,
     model_column_uses,
 )
-from sandbox.protocol import (
+from sandbox.plans.relation import leftmost_table
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Binary,
@@ -32,7 +33,6 @@ from sandbox.protocol import (
     UnitJoin,
     UnitOutput,
 )
-from sandbox.relation import leftmost_table
 
 A = TableInfo("a", (
     ColumnInfo("pid", "int64", "identifier"),

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.ledger: exact accounting, idempotency, durability and concurrency."""
+"""Unit tests for gateway.budgets.ledger: exact accounting, idempotency, durability and concurrency."""
 
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.errors import (
-    GatewayInternalError,
-    InvalidArgumentError,
-    PrivacyBudgetExhaustedError,
-    RequestIdConflictError,
-    RequestInProgressError,
-)
-from gateway.ledger import (
+from gateway.budgets.ledger import (
     ChargeRecord,
     GrantKey,
     Ledger,
     PriorRelease,
     PrivacyLoss,
     Reservation,
+)
+from gateway.errors import (
+    GatewayInternalError,
+    InvalidArgumentError,
+    PrivacyBudgetExhaustedError,
+    RequestIdConflictError,
+    RequestInProgressError,
 )
 
 KEY = GrantKey(consumer="alice", dataset="registry_a", purpose="research")

@@ -1,4 +1,4 @@
-"""The request limits (`gateway.limits`): every field has one, the README lists them all, the walker refuses
+"""The request limits (`gateway.rpc.limits`): every field has one, the README lists them all, the walker refuses
 exactly what is over them; errors stay small whatever raised them; the verification state's writers queue
 fairly and a state that cannot be written is UNAVAILABLE, never a bare SQLite error."""
 
@@ -19,13 +19,13 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 
-from gateway import limits
 from gateway.errors import GatewayError, InvalidArgumentError, PermissionDeniedError, StateUnavailableError
+from gateway.products.verification.state import FairLock, VerificationState
+from gateway.rpc import limits
 from gateway.rpc.status import MAX_MESSAGE_CHARS, MAX_METADATA_CHARS, status_for, trailing_metadata
 from gateway.settings import ROOT
-from gateway.verification_state import FairLock, VerificationState
-from sandbox import mechanisms
-from sandbox.protocol import ReleaseCost
+from sandbox.pricing import mechanisms
+from sandbox.protocol.messages import ReleaseCost
 
 README = (ROOT / "README.md").read_text()
 

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.logs: JSON lines, request context, no SQL literals or values."""
+"""Unit tests for gateway.release.logs: JSON lines, request context, no SQL literals or values."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.digests import normalize_sql, query_digest
-from gateway.logs import JsonFormatter, log_context, query_fields
+from gateway.release.digests import normalize_sql, query_digest
+from gateway.release.logs import JsonFormatter, log_context, query_fields
 
 SQL = "SELECT COUNT(*) FROM residents WHERE id_number = '11010519491231002X' AND income > 123456"
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from sandbox import mechanisms
 from sandbox.errors import PlanRejectedError
-from sandbox.protocol import (
+from sandbox.pricing import mechanisms
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     ColumnInfo,
@@ -179,7 +179,7 @@ def test_noisy_average_within_bounds() -> None:
 
 def test_smallest_true_finds_the_same_t_as_a_bisection_from_any_guess() -> None:
     """The galloping search returns the bisection's answer whatever the guess (only its cost differs)."""
-    from sandbox.mechanisms import smallest_true
+    from sandbox.pricing.mechanisms import smallest_true
 
     for answer in (0, 1, 2, 7, 100, 1023, 1024, 5000):
         for guess in (-5, 0, 1, answer - 3, answer, answer + 1, answer + 17, 10**6, 2**40):
@@ -194,7 +194,7 @@ def test_smallest_true_finds_the_same_t_as_a_bisection_from_any_guess() -> None:
 @pytest.mark.parametrize("k,epsilon,delta", [(1, 1.0, 1e-6), (12, 0.3, 1e-9), (3, 5.0, 1e-3), (1, 0.05, 1e-12)])
 def test_threshold_calibration_is_the_smallest_threshold_opendp_allows(k: int, epsilon: float, delta: float) -> None:
     """The threshold is the smallest t whose OpenDP map has delta <= the request's (checked at t and t - 1)."""
-    from sandbox.mechanisms import calibrate_threshold, make_threshold
+    from sandbox.pricing.mechanisms import calibrate_threshold, make_threshold
 
     scale, t, e, d = calibrate_threshold(k, epsilon, delta)
     assert e <= epsilon and d <= delta

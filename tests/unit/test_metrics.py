@@ -1,4 +1,4 @@
-"""Unit tests for gateway.metrics: exposition format (parsed by a small strict parser) and the HTTP endpoint."""
+"""Unit tests for gateway.release.metrics: exposition format (parsed by a small strict parser) and the HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from gateway.metrics import DURATION_BUCKETS, Metrics
+from gateway.release.metrics import DURATION_BUCKETS, Metrics
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)$")

@@ -10,13 +10,13 @@ import numpy as np
 import opendp.prelude as dp
 import pytest
 
-from sandbox import model_pricing as mp
-from sandbox import models
 from sandbox.catalog import load_catalog
-from sandbox.engine import Engine
-from sandbox.model_protocol import EvaluateRequest, TrainRequest, TrainResult
-from sandbox.protocol import ErrorReply, decode_body, encode_frame
-from sandbox.storage import table_ref
+from sandbox.engine.engine import Engine
+from sandbox.engine.storage import table_ref
+from sandbox.pricing import models as mp
+from sandbox.products import models
+from sandbox.protocol.messages import ErrorReply, decode_body, encode_frame
+from sandbox.protocol.models import EvaluateRequest, TrainRequest, TrainResult
 
 dp.enable_features("contrib")
 

@@ -11,13 +11,13 @@ import opendp.prelude as dp
 import pytest
 
 from gateway.settings import ROOT
-from sandbox.cap_rules import CapCounts, ReleaseLoss, counts, pure_to_rho_units, refusal
 from sandbox.catalog import load_catalog
 from sandbox.errors import ConfigError
 from sandbox.owner_caps import OwnerCap, SubjectCap, parse_owner_cap, parse_subject_caps
-from sandbox.owner_protocol import CapUsage, CapUsageReply, CapUsageRequest, ReloadRequest
-from sandbox.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, to_units
-from sandbox.protocol import decode_body, encode_frame
+from sandbox.pricing.cap_rules import CapCounts, ReleaseLoss, counts, pure_to_rho_units, refusal
+from sandbox.pricing.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Period, to_units
+from sandbox.protocol.messages import decode_body, encode_frame
+from sandbox.protocol.owner import CapUsage, CapUsageReply, CapUsageRequest, ReloadRequest
 
 dp.enable_features("contrib")
 
@@ -107,7 +107,7 @@ def test_subject_caps_default_and_override() -> None:
 
 def _gaussian_threshold(rho_target: float, delta_s: float) -> dp.Measurement:
     """An approximate-zCDP measurement (OpenDP's Gaussian threshold) with map about (rho_target, delta_s)."""
-    from sandbox import zcdp
+    from sandbox.pricing import zcdp
 
     scale, threshold, _, _ = zcdp.calibrate_gaussian_threshold(1, rho_target, delta_s)
     return zcdp.gaussian_threshold(scale, threshold)
@@ -132,7 +132,7 @@ def test_zcdp_counts_on_an_epsilon_cap_are_opendps_conversion_at_the_owners_delt
 
 
 def test_pure_counts_half_epsilon_squared_on_a_rho_cap_as_opendp_does() -> None:
-    from sandbox import mechanisms
+    from sandbox.pricing import mechanisms
 
     for eps in (1e-6, 0.05, 0.3, 1.0, 4.0):
         meas = mechanisms.make_measurement(True, 1.0 / eps)
@@ -178,7 +178,7 @@ def test_public_catalog_carries_caps_subject_caps_and_grades() -> None:
 
 
 def counts_sum() -> Any:
-    from sandbox.cap_rules import CapSums
+    from sandbox.pricing.cap_rules import CapSums
 
     return CapSums(1, 2, 3, 4, 0, 1)
 

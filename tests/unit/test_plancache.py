@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from gateway import plancache
 from gateway.errors import InvalidQueryError
-from gateway.plancache import PlanCache
-from gateway.sql.analyze import analyze_query
-from sandbox import mechanisms
+from gateway.products.query import plancache
+from gateway.products.query.plancache import PlanCache
+from gateway.products.query.sql.analyze import analyze_query
+from sandbox.pricing import mechanisms
 from tests.unit.test_analyze import REGISTRY
 
 SQL = "SELECT SUM(income) AS total FROM residents"
@@ -75,7 +75,7 @@ def test_entries_are_bounded() -> None:
 
 def test_zcdp_pricing_is_memoized_apart_from_pure_pricing() -> None:
     """zCDP costs equal OpenDP's for that exact rho; the same number as an epsilon is a different entry."""
-    from sandbox import zcdp
+    from sandbox.pricing import zcdp
 
     cache = PlanCache()
     plan = cache.analyze(SQL, REGISTRY).plan

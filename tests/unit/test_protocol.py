@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from sandbox.protocol import (
+from sandbox.protocol.messages import (
     MAX_FRAME_BYTES,
     Aggregate,
     AggregateKind,

@@ -9,10 +9,10 @@ import numpy as np
 import opendp.prelude as dp
 import pytest
 
-from sandbox import mechanisms, quantiles
-from sandbox.compile import compile_plan, quantile_candidates
 from sandbox.errors import PlanRejectedError
-from sandbox.protocol import (
+from sandbox.plans.compile import compile_plan, quantile_candidates
+from sandbox.pricing import mechanisms, quantiles
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Column,

@@ -1,4 +1,5 @@
-"""Unit tests for gateway.receipts and gateway.signing: signed receipts, keys on disk, canonical JSON."""
+"""Unit tests for gateway.release.receipts and gateway.release.signing: signed receipts, keys on disk, canonical
+JSON."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from gateway.audit import seal_payload
-from gateway.digests import normalize_sql, query_digest
 from gateway.errors import ConfigError
-from gateway.receipts import (
+from gateway.release.audit import seal_payload
+from gateway.release.digests import normalize_sql, query_digest
+from gateway.release.receipts import (
     MechanismUse,
     Receipt,
     attach_receipt,
@@ -25,7 +26,7 @@ from gateway.receipts import (
     release_bytes,
     verify_receipt,
 )
-from gateway.signing import Signer, canonical_json, load_or_create_hmac_key, verify
+from gateway.release.signing import Signer, canonical_json, load_or_create_hmac_key, verify
 
 SQL = "SELECT sex, AVG(income)\n  FROM residents  -- by sex\n GROUP BY sex"
 

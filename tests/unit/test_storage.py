@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss
 from gateway.errors import GatewayInternalError, PrivacyBudgetExhaustedError, StorageUnavailableError
-from gateway.ledger import GrantKey, Ledger, PrivacyLoss
-from gateway.storage import ConnectionPool, immediate
+from gateway.storage.sqlite import ConnectionPool, immediate
 
 
 def _pool(path: Path) -> tuple[ConnectionPool, list[sqlite3.Connection]]:
@@ -104,7 +104,7 @@ def test_complete_commits_extra_writes_in_the_same_transaction(tmp_path: Path) -
 
 def test_release_cache_imports_an_earlier_versions_file_once(tmp_path: Path) -> None:
     """Releases stored in the old cache.sqlite3 keep being served from the ledger's file after an upgrade."""
-    from gateway.cache import ReleaseCache
+    from gateway.products.query.cache import ReleaseCache
 
     legacy = tmp_path / "cache.sqlite3"
     conn = sqlite3.connect(legacy)
@@ -165,12 +165,12 @@ def test_window_sums_read_only_covering_indexes(tmp_path: Path) -> None:
 
 
 def test_sqlite_stores_satisfy_the_storage_protocols_and_join_only_their_own_file(tmp_path: Path) -> None:
-    """Callers program against gateway.stores; the SQLite classes satisfy it (also checked by mypy where
+    """Callers program against gateway.storage.stores; the SQLite classes satisfy it (also checked by mypy where
     start_gateway wires them). A release or outcome joins the ledger's completion transaction only when it
     lives in the ledger's file; elsewhere `joined_*` says no and the caller writes it separately."""
-    from gateway.cache import ReleaseCache
-    from gateway.state import Outcome, StateStore
-    from gateway.stores import GovernanceStore, LedgerStore, ReleaseStore
+    from gateway.products.query.cache import ReleaseCache
+    from gateway.storage.state import Outcome, StateStore
+    from gateway.storage.stores import GovernanceStore, LedgerStore, ReleaseStore
 
     ledger: LedgerStore = Ledger(tmp_path / "ledger.sqlite3")
     same: ReleaseStore = ReleaseCache(tmp_path / "ledger.sqlite3")

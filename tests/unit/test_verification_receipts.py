@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.verification_receipts import (
+from gateway.products.verification.receipts import (
     Ed25519FileSigner,
     ReceiptData,
     issue_receipts,

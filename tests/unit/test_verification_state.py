@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 
-from gateway.verification_state import VerificationState
+from gateway.products.verification.state import VerificationState
 
 
 def _h(x: str) -> str:

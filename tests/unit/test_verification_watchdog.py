@@ -7,7 +7,7 @@ import time
 import duckdb
 import pytest
 
-from sandbox.verification import _WATCHDOG
+from sandbox.products.verification import _WATCHDOG
 
 
 def test_verification_watchdog_interrupts_a_statement_past_its_deadline() -> None:

@@ -7,9 +7,9 @@ import math
 import opendp.prelude as dp
 import pytest
 
-from sandbox import mechanisms, zcdp
 from sandbox.errors import PlanRejectedError
-from sandbox.protocol import (
+from sandbox.pricing import mechanisms, zcdp
+from sandbox.protocol.messages import (
     Aggregate,
     AggregateKind,
     Column,
@@ -68,7 +68,7 @@ def test_derived_aggregates_split_rho(kind: AggregateKind) -> None:
 
 
 def test_quantile_rho_is_the_zcdp_noisy_max_map() -> None:
-    # two releases (sandbox.quantiles): the point (zCDP noisy max) and its interval's ladder counts
+    # two releases (sandbox.pricing.quantiles): the point (zCDP noisy max) and its interval's ladder counts
     # (discrete Gaussian), half of the rho each by default
     cost, interval = zcdp.price(_plan(agg(AggregateKind.QUANTILE, "income")), DATASET, 0.2)
     assert cost.mechanism == mechanisms.NOISY_MAX_ZCDP
@@ -179,7 +179,7 @@ def test_count_distinct_unit_is_calibrated_on_its_l2_bound(cells: int, l2: int) 
     """COUNT(DISTINCT unit) grouped over m cells: one unit adds at most 1 to each of min(K, m) cells, so
     the Gaussian is calibrated on ceil(sqrt(min(K, m))), not on the L1 bound min(K, m); the charged rho
     is OpenDP's map at that d_in (and the pure-DP Laplace keeps the L1 bound)."""
-    from sandbox.protocol import ColumnInfo, DatasetInfo, TableInfo
+    from sandbox.protocol.messages import ColumnInfo, DatasetInfo, TableInfo
 
     domain = tuple(f"v{i}" for i in range(cells))
     ds = DatasetInfo(name="d", privacy_unit="pid", version="v", tables=(TableInfo(

@@ -1,0 +1,1 @@
+"""`pgw`: the command line for consumers, operators, data owners and auditors."""

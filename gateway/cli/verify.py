@@ -1,0 +1,192 @@
+"""`pgw verify`, `pgw verify-batch`, `pgw templates` and `pgw verify-receipt` (offline)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from privacy_gateway.v1 import verification_service_pb2 as v_pb
+from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
+
+from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.products.verification.service import ReceiptData, param_to_pb, verify_receipt_file
+from gateway.settings import load_settings
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+CHUNK = 5000
+RESULT = {v_pb.VERIFICATION_RESULT_MATCH: "MATCH", v_pb.VERIFICATION_RESULT_NO_MATCH: "NO_MATCH",
+          v_pb.VERIFICATION_RESULT_NOT_FOUND: "NOT_FOUND", v_pb.VERIFICATION_RESULT_UNSPECIFIED: ""}
+
+
+def _stub(args: argparse.Namespace) -> v_grpc.VerificationServiceStub:
+    tls_dir = Path(args.tls_dir) if args.tls_dir else load_settings().tls_dir
+    return v_grpc.VerificationServiceStub(secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity)))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`name=value`: integers and booleans are typed, anything else is a string."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    typed: Any = value
+    if value in ("true", "false"):
+        typed = value == "true"
+    else:
+        try:
+            typed = int(value)
+        except ValueError:
+            try:
+                typed = float(value) if any(c in value for c in ".eE") else value
+            except ValueError:
+                typed = value
+    return name, typed
+
+
+def _receipt_out(receipt: v_pb.VerificationReceipt, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(ReceiptData.from_pb(receipt).to_json(), indent=2) + "\n")
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    """ListTemplates."""
+    try:
+        resp = _stub(args).ListTemplates(v_pb.ListTemplatesRequest())
+    except grpc.RpcError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        return 1
+    if args.public_key_out:
+        Path(args.public_key_out).write_text(resp.receipt_public_key_pem)
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(resp))
+        return 0
+    for t in resp.templates:
+        params = ", ".join(
+            f"{p.name}:{p.type}" + (f" in {[getattr(v, v.WhichOneof('value') or 'string_value') for v in p.ladder]}"
+                                    if p.ladder else f" (max {p.max_length} chars)" if p.max_length else "")
+            for p in t.parameters)
+        print(f"{t.dataset}.{t.name}  subject {t.subject_format}  params [{params}]  purposes "
+              f"{list(t.purposes)}  caps {t.max_checks_per_period}/{t.period}, "
+              f"{t.max_checks_per_subject_per_period}/subject/{t.period}"
+              f"{'  case reference required' if t.requires_case_reference else ''}")
+    print(f"receipts signed by {resp.receipt_key_id}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify: one check."""
+    params = dict(args.param or [])
+    try:
+        resp = _stub(args).Verify(v_pb.VerifyRequest(
+            dataset=args.dataset, template=args.template, purpose=args.purpose, subject=args.subject,
+            case_reference=args.case_reference or "",
+            parameters={k: param_to_pb(v) for k, v in params.items()}))
+    except grpc.RpcError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        return 1
+    _receipt_out(resp.receipt, args.receipt_out)
+    if args.json:
+        print(json.dumps({"result": RESULT[resp.result], "band": resp.band,
+                          "receipt": ReceiptData.from_pb(resp.receipt).to_json()}))
+    else:
+        print(RESULT[resp.result] + (f" ({resp.band})" if resp.band else ""))
+    return 0
+
+
+def read_claims(path: Path) -> list[v_pb.Claim]:
+    """claims.csv: a `subject` column, optional `case_reference`, every other column a parameter."""
+    claims = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            subject = row.pop("subject", "") or ""
+            case = row.pop("case_reference", "") or ""
+            params = dict(parse_param(f"{k}={v}") for k, v in row.items() if k)
+            claims.append(v_pb.Claim(subject=subject, case_reference=case,
+                                     parameters={k: param_to_pb(v) for k, v in params.items()}))
+    return claims
+
+
+def batch_requests(dataset: str, template: str, purpose: str,
+                   claims: list[v_pb.Claim]) -> Iterator[v_pb.VerifyBatchRequest]:
+    """The request stream of a batch, in chunks."""
+    for k in range(0, max(len(claims), 1), CHUNK):
+        yield v_pb.VerifyBatchRequest(dataset=dataset, template=template, purpose=purpose,
+                                      claims=claims[k:k + CHUNK])
+
+
+def cmd_verify_batch(args: argparse.Namespace) -> int:
+    """VerifyBatch from a CSV file; writes one CSV line per claim (and receipts as JSON lines)."""
+    claims = read_claims(Path(args.file))
+    try:
+        results = [r for resp in _stub(args).VerifyBatch(
+            batch_requests(args.dataset, args.template, args.purpose, claims)) for r in resp.results]
+    except grpc.RpcError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        return 1
+    out = csv.writer(sys.stdout)
+    out.writerow(["index", "status", "result", "band", "message"])
+    receipts = open(args.receipts_out, "w", encoding="utf-8") if args.receipts_out else None  # noqa: SIM115
+    try:
+        for r in results:
+            out.writerow([r.index, v_pb.ClaimStatus.Name(r.status)[13:], RESULT[r.result], r.band,
+                          r.status_message])
+            if receipts is not None and r.HasField("receipt"):
+                receipts.write(json.dumps({"index": r.index, **ReceiptData.from_pb(r.receipt).to_json()}) + "\n")
+    finally:
+        if receipts is not None:
+            receipts.close()
+    return 0
+
+
+def cmd_verify_receipt(args: argparse.Namespace) -> int:
+    """Offline: check a receipt file against a public key (exit 0 valid, 1 invalid)."""
+    ok, payload = verify_receipt_file(Path(args.receipt), Path(args.public_key))
+    print(("VALID " if ok else "INVALID ") + json.dumps(payload, ensure_ascii=False))
+    return 0 if ok else 1
+
+
+def register(sub: Any) -> None:
+    """Add the verification commands to `pgw`'s subparsers."""
+
+    def client_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--target", default=DEFAULT_TARGET)
+        sp.add_argument("--tls-dir", help="directory with ca.crt and <identity>.crt/.key")
+        sp.add_argument("--as", dest="identity", required=True, help="client certificate name")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+
+    t = sub.add_parser("templates", help="list the verification templates you may use")
+    client_args(t)
+    t.add_argument("--public-key-out", help="write the receipt public key (PEM) here")
+    t.set_defaults(func=cmd_templates)
+
+    v = sub.add_parser("verify", help="one yes/no check with a verification template")
+    client_args(v)
+    v.add_argument("--dataset", required=True)
+    v.add_argument("--template", required=True)
+    v.add_argument("--purpose", required=True)
+    v.add_argument("--subject", required=True, help="resident id number or credit code")
+    v.add_argument("--param", action="append", type=parse_param, help="name=value (repeatable)")
+    v.add_argument("--case-reference", help="consent or case reference, where the template needs one")
+    v.add_argument("--receipt-out", help="write the signed receipt (JSON) here")
+    v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("verify-batch", help="up to 100,000 checks from a CSV file")
+    client_args(b)
+    b.add_argument("--dataset", required=True)
+    b.add_argument("--template", required=True)
+    b.add_argument("--purpose", required=True)
+    b.add_argument("--file", required=True, help="CSV: subject[,case_reference],<parameter columns>")
+    b.add_argument("--receipts-out", help="write receipts as JSON lines here")
+    b.set_defaults(func=cmd_verify_batch)
+
+    r = sub.add_parser("verify-receipt", help="check a receipt offline with the public key")
+    r.add_argument("--public-key", required=True, help="PEM file (pgw templates --public-key-out)")
+    r.add_argument("receipt", help="receipt JSON (pgw verify --receipt-out)")
+    r.set_defaults(func=cmd_verify_receipt)

@@ -1,0 +1,1 @@
+"""Identity: who is calling, from the verified client certificate; development certificates."""

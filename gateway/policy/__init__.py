@@ -1,0 +1,1 @@
+"""The operator's policy: organisations, members, roles, purposes, grants of every product, periods."""

@@ -1,0 +1,1 @@
+"""The query product: SQL analysis, pricing, post-processing, the charge-once release cache."""

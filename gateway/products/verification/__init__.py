@@ -1,0 +1,1 @@
+"""The verification product: yes/no templates, check caps, Merkle-tree receipts."""

@@ -1,0 +1,1 @@
+"""Storage contracts and their SQLite implementation: ledger, governance state, the storage reserve."""

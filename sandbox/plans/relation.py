@@ -1,0 +1,257 @@
+"""The relation a plan reads: its columns, their public descriptions, and its per-unit bound K.
+
+Shared by the gateway (analyzer, pricing) and the sandbox (compile, pricing), so both derive the same
+sensitivities from their own catalog. Nothing here touches data.
+
+Sensitivity argument (THREATS.md 4). Neighbouring datasets differ by all rows of one privacy unit.
+
+* A private table t keeps at most K_t rows per unit (truncated once per data version at load, the
+  choice for a unit depending only on that unit's rows).
+* `UnitJoin` (equi-join on the privacy unit, INNER or LEFT): a row of unit u only ever joins rows of
+  the same unit u, so the joined relation holds at most K_left * K_right rows of u (LEFT: each left
+  row yields max(1, matches) <= K_right rows), and removing u removes exactly those rows and changes
+  no other unit's rows. Hence K_join = prod K_t; no extra truncation pass is needed because every
+  input is already truncated. Self-joins are refused (they are bounded too, but they square K and
+  are the classic way to amplify one person), and so is any other join condition.
+* `PublicJoin` with a public lookup table on its declared unique key: each private row matches at
+  most one public row (uniqueness is checked by the sandbox at load), so K is unchanged; the public
+  table holds no unit's data, so it is identical in neighbouring datasets.
+* `UnitAggregate` (GROUP BY the unit): one output row per unit, K = 1; each output is an aggregate
+  over at most K_in clamped rows of that unit, so its value lies in derived bounds:
+  SUM of [L, U] over <= K rows in [K*min(L, 0), K*max(U, 0)] (exact, rounded outward for floats);
+  COUNT in [0, K]; AVG/MIN/MAX in [L, U]. The outer query uses them as declared bounds; the compiler
+  clamps the floating-point outputs (SUM of a float column, AVG) to them, since rounding can take a
+  float sum or mean of values within [L, U] an ulp outside it.
+* `InUnits` (semi-join) only removes rows, and whether a row of unit u stays depends only on u's
+  own rows, so it never increases a contribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+
+from sandbox.errors import PlanRejectedError
+from sandbox.plans.bounds import float_down, float_up
+from sandbox.protocol.messages import (
+    Column,
+    ColumnInfo,
+    DatasetInfo,
+    PublicJoin,
+    QueryPlan,
+    Source,
+    TableInfo,
+    TableSource,
+    UnitAggregate,
+    UnitJoin,
+)
+
+MAX_TABLES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """The columns a plan can name (key -> public description) and the per-unit row bound `k`.
+
+    Keys are `name` for a plan without a source, `alias.name` otherwise. `units` are the keys of the
+    privacy-unit columns (usable only in join conditions and semi-joins); `unit` is the primary one
+    (the leftmost, never NULL-extended by a LEFT join).
+    """
+
+    k: int
+    columns: dict[str, ColumnInfo]
+    units: frozenset[str]
+    unit: str
+    aliases: frozenset[str]
+    tables: tuple[str, ...] = field(default=())
+    left_joined: frozenset[str] = frozenset()  # aliases NULL-extended by a LEFT join
+
+    def column(self, key: str) -> ColumnInfo | None:
+        """The column with this key, or None."""
+        return self.columns.get(key)
+
+
+def key(col: Column) -> str:
+    """The relation key of a plan column."""
+    return col.name if col.table is None else f"{col.table}.{col.name}"
+
+
+def _table(dataset: DatasetInfo, name: str) -> TableInfo:
+    t = dataset.table(name)
+    if t is None:
+        raise PlanRejectedError(f"unknown table {name!r}")
+    return t
+
+
+def plan_relation(plan: QueryPlan, dataset: DatasetInfo) -> Relation:
+    """The relation of a plan (its single table, or its source)."""
+    if plan.source is None:
+        t = _table(dataset, plan.table)
+        if t.public:
+            raise PlanRejectedError(f"table {t.name!r} is public; join it to a private table")
+        return Relation(
+            k=t.max_rows_per_unit,
+            columns={c.name: c for c in t.columns},
+            units=frozenset({dataset.privacy_unit}),
+            unit=dataset.privacy_unit,
+            aliases=frozenset({t.name}),
+            tables=(t.name,),
+        )
+    rel = source_relation(plan.source, dataset)
+    if leftmost_table(plan.source) != plan.table:
+        raise PlanRejectedError("the plan's table is not the leftmost table of its source")
+    return rel
+
+
+def leftmost_table(s: Source) -> str:
+    """The first table of a FROM tree (shown as the plan's table)."""
+    match s:
+        case TableSource(table, _):
+            return table
+        case UnitJoin(left, _, _) | PublicJoin(left, _, _, _, _):
+            return leftmost_table(left)
+        case UnitAggregate(inp, _, _, _):
+            return leftmost_table(inp)
+    raise PlanRejectedError("malformed source")  # pragma: no cover
+
+
+def _alias_ok(alias: str) -> None:
+    if not alias or "." in alias or '"' in alias or len(alias) > 64:
+        raise PlanRejectedError("malformed alias")
+
+
+def source_relation(s: Source, dataset: DatasetInfo) -> Relation:
+    """The relation produced by a FROM tree, or PlanRejectedError for a shape whose bound is unknown.
+
+    Raises:
+        PlanRejectedError: unknown table, self-join, alias clash, join on a non-unique public key,
+            more than MAX_TABLES tables, a public table without a private relation.
+    """
+    rel = _source(s, dataset)
+    if len(rel.tables) > MAX_TABLES:
+        raise PlanRejectedError(f"a query may read at most {MAX_TABLES} tables")
+    return rel
+
+
+def _merge_aliases(left: Relation, alias: str) -> frozenset[str]:
+    _alias_ok(alias)
+    if alias in left.aliases:
+        raise PlanRejectedError(f"alias {alias!r} is used twice")
+    return left.aliases | {alias}
+
+
+def _source(s: Source, dataset: DatasetInfo) -> Relation:
+    unit = dataset.privacy_unit
+    match s:
+        case TableSource(name, alias):
+            _alias_ok(alias)
+            t = _table(dataset, name)
+            if t.public:
+                raise PlanRejectedError(f"table {name!r} is public; join it to a private table")
+            return Relation(
+                k=t.max_rows_per_unit,
+                columns={f"{alias}.{c.name}": c for c in t.columns},
+                units=frozenset({f"{alias}.{unit}"}),
+                unit=f"{alias}.{unit}",
+                aliases=frozenset({alias}),
+                tables=(name,),
+            )
+        case UnitJoin(left_s, TableSource(name, alias), kind):
+            left = _source(left_s, dataset)
+            aliases = _merge_aliases(left, alias)
+            t = _table(dataset, name)
+            if t.public:
+                raise PlanRejectedError(f"table {name!r} is public and has no privacy unit")
+            if name in left.tables:
+                raise PlanRejectedError(f"table {name!r} is joined with itself")
+            return Relation(
+                k=left.k * t.max_rows_per_unit,
+                columns=left.columns | {f"{alias}.{c.name}": c for c in t.columns},
+                units=left.units | {f"{alias}.{unit}"},
+                unit=left.unit,
+                aliases=aliases,
+                tables=(*left.tables, name),
+                left_joined=left.left_joined | ({alias} if kind == "left" else set()),
+            )
+        case PublicJoin(left_s, TableSource(name, alias), left_key, right_key, kind):
+            left = _source(left_s, dataset)
+            aliases = _merge_aliases(left, alias)
+            t = _table(dataset, name)
+            if not t.public:
+                raise PlanRejectedError(f"table {name!r} is private; join it on the privacy unit")
+            if name in left.tables:
+                raise PlanRejectedError(f"table {name!r} is joined with itself")
+            if t.unique_key is None or right_key != t.unique_key:
+                raise PlanRejectedError(
+                    f"public table {name!r} may only be joined on its unique key"
+                )
+            if not isinstance(left_key, Column):
+                raise PlanRejectedError("a public join key must be a column")
+            lk = key(left_key)
+            lcol, rcol = left.column(lk), t.column(right_key)
+            if lcol is None or rcol is None:
+                raise PlanRejectedError("unknown join key column")
+            if lk in left.units or lcol.grade == "identifier":
+                raise PlanRejectedError("identifier columns cannot be join keys of a lookup")
+            if _kind(lcol) != _kind(rcol):
+                raise PlanRejectedError("the join keys have different types")
+            return Relation(
+                k=left.k,
+                columns=left.columns | {f"{alias}.{c.name}": c for c in t.columns},
+                units=left.units,
+                unit=left.unit,
+                aliases=aliases,
+                tables=(*left.tables, name),
+                left_joined=left.left_joined | ({alias} if kind == "left" else set()),
+            )
+        case UnitAggregate(inp, _, outputs, alias):
+            inner = _source(inp, dataset)
+            _alias_ok(alias)
+            cols: dict[str, ColumnInfo] = {}
+            unit_col = inner.column(inner.unit)
+            assert unit_col is not None
+            cols[f"{alias}.{unit}"] = replace(unit_col, name=unit)
+            for o in outputs:
+                if o.name == unit or f"{alias}.{o.name}" in cols:
+                    raise PlanRejectedError(f"duplicate per-unit output {o.name!r}")
+                cols[f"{alias}.{o.name}"] = derived_column(o.name, o.kind, o.column, inner)
+            return Relation(
+                k=1,
+                columns=cols,
+                units=frozenset({f"{alias}.{unit}"}),
+                unit=f"{alias}.{unit}",
+                aliases=frozenset({alias}),
+                tables=inner.tables,
+            )
+    raise PlanRejectedError("malformed source")
+
+
+def _kind(c: ColumnInfo) -> str:
+    return "num" if c.type in ("int64", "float64") else c.type
+
+
+def derived_column(name: str, kind: str, column: Column | None, inner: Relation) -> ColumnInfo:
+    """The public description of a per-unit aggregate over at most `inner.k` rows of one unit."""
+    k = inner.k
+    if kind == "count_star":
+        return ColumnInfo(name, "int64", "sensitive", lower=0, upper=k)
+    assert column is not None
+    ck = key(column)
+    col = inner.column(ck)
+    if col is None:
+        raise PlanRejectedError(f"unknown column {ck!r}")
+    if ck in inner.units or col.grade == "identifier":
+        raise PlanRejectedError(f"column {ck!r} is an identifier and cannot be aggregated")
+    if kind == "count":
+        return ColumnInfo(name, "int64", "sensitive", lower=0, upper=k)
+    if col.type not in ("int64", "float64") or col.lower is None or col.upper is None:
+        raise PlanRejectedError(f"column {ck!r} has no declared numeric bounds")
+    lo, hi = col.lower, col.upper
+    if kind == "sum":  # computed exactly: an int for int64 (may exceed 2^53), else floats rounded outward
+        low, high = k * min(Fraction(lo), Fraction(0)), k * max(Fraction(hi), Fraction(0))
+        if col.type == "int64" and low.denominator == high.denominator == 1:
+            return ColumnInfo(name, col.type, "sensitive", lower=int(low), upper=int(high))
+        return ColumnInfo(name, col.type, "sensitive", lower=float_down(low), upper=float_up(high))
+    if kind == "avg":
+        return ColumnInfo(name, "float64", "sensitive", lower=float(lo), upper=float(hi))
+    return ColumnInfo(name, col.type, "sensitive", lower=lo, upper=hi)  # min, max

@@ -1,0 +1,1 @@
+"""Pricing, pure: the OpenDP measurements behind every release, zCDP, quantiles, models, caps, periods."""

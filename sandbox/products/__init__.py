@@ -1,0 +1,1 @@
+"""The products executed in the sandbox: verification templates, model training and evaluation."""

@@ -1,0 +1,1 @@
+"""What crosses the trust boundary: the messages between gateway and sandbox, and their encoding."""
