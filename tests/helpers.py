@@ -24,7 +24,7 @@ from sandbox.protocol.messages import (
 
 PEOPLE = 3000
 
-# Verification grants of the test policy (tests/integration/test_verification.py).
+# Verification grants of the test policy (tests/gateway/products/verification/test_verification.py).
 VERIFICATION_POLICY = """
 [verification]
 period = "day"
