@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from gateway.products.query.postprocess import OrderItem, PostProcess, slot_key
 from gateway.products.query.sql.expressions import Converter, convert_expression, convert_filter
@@ -1285,8 +1287,8 @@ def _unqualified(e: Any) -> Any:
         return Column(e.name)
     if isinstance(e, tuple):
         return tuple(_unqualified(x) for x in e)
-    if hasattr(e, "__slots__") and hasattr(e, "__dataclass_fields__"):
-        return replace(e, **{f: _unqualified(getattr(e, f)) for f in e.__dataclass_fields__})
+    if isinstance(e, msgspec.Struct):
+        return msgspec.structs.replace(e, **{f: _unqualified(getattr(e, f)) for f in e.__struct_fields__})
     return e
 
 
