@@ -26,7 +26,7 @@ __all__ = [
     "MAX_NESTING", "NO_ARGUMENT_KINDS", "UNARY_OPS", "UNIT_AGGREGATES", "VARIANCE_KINDS", "Aggregate",
     "AggregateKind", "Between", "Binary", "Case", "Cast", "Column", "ColumnType", "Expr", "Func", "GroupKey",
     "InList", "InUnits", "IsNull", "Literal", "OutputColumn", "PlanNode", "PublicJoin", "QueryPlan", "Scalar",
-    "Source", "TableSource", "Unary", "UnitAggregate", "UnitJoin", "UnitOutput", "check_nesting",
+    "Source", "TableSource", "Unary", "UnitAggregate", "UnitJoin", "UnitOutput", "check_nesting", "finite_scalars",
     "plan_from_json", "plan_to_json",
 ]
 
@@ -41,6 +41,11 @@ UNARY_OPS = frozenset({"-", "NOT"})
 JOIN_KINDS = frozenset({"inner", "left"})
 UNIT_AGGREGATES = frozenset({"sum", "count", "count_star", "avg", "min", "max"})
 MAX_NESTING = 65  # the longest chain of nested plan nodes a decoded plan may have (depths 0 to 64)
+
+
+def finite_scalars(values: tuple[Scalar, ...]) -> bool:
+    """True when no value is a NaN or infinite float."""
+    return all(math.isfinite(v) for v in values if isinstance(v, float))
 
 
 class PlanNode(Strict, frozen=True, tag_field="t"):
@@ -315,6 +320,10 @@ class GroupKey(Strict, frozen=True):
     expr: Expr
     domain: tuple[Scalar, ...] | None
 
+    def __post_init__(self) -> None:
+        if self.domain is not None and not finite_scalars(self.domain):
+            raise ValueError("a group key's domain values must be finite")
+
 
 class OutputColumn(Strict, frozen=True):
     """A column of the answer: a group key (`group_index`) or an aggregate (`aggregate_index`)."""
@@ -369,11 +378,15 @@ class QueryPlan(Strict, frozen=True):
 
 def _depth(node: object) -> int:
     """The longest chain of nested plan nodes under `node` (an aggregate, key, node, tuple or leaf)."""
-    if isinstance(node, tuple):
-        return max((_depth(x) for x in node), default=0)
+    if isinstance(node, tuple):  # of nodes, of (condition, value) pairs, or of scalars (a domain)
+        return max(map(_depth, node)) if node and isinstance(node[0], Strict | tuple) else 0
     if not isinstance(node, Strict):
         return 0
-    below = max((_depth(getattr(node, f)) for f in node.__struct_fields__), default=0)
+    if isinstance(node, Column | Literal):
+        return 1
+    if isinstance(node, InList):  # its values are literals: one level, however many
+        return 1 + max(_depth(node.operand), 1 if node.values else 0)
+    below = max(_depth(getattr(node, f)) for f in node.__struct_fields__)
     return below + 1 if isinstance(node, PlanNode) else below
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 
 from sandbox.protocol.base import Envelope, Strict
-from sandbox.protocol.plan import Scalar
+from sandbox.protocol.plan import Scalar, finite_scalars
 
 __all__ = ["ExecuteResult", "NoisyValue", "ReleaseCost", "ReleaseRow"]
 
+_NUMBERS = ("value", "scale", "stddev", "ci_lower", "ci_upper")
 
-class NoisyValue(Strict, frozen=True):
-    """One released value with its noise description and a 95% confidence interval."""
+
+class NoisyValue(Strict, frozen=True, array_like=True):
+    """One released value with its noise description and a 95% confidence interval (on the wire: an
+    array in field order, the bulk of a large release)."""
 
     value: float | int
     mechanism: str
@@ -27,8 +30,8 @@ class NoisyValue(Strict, frozen=True):
     ci_upper: float
 
     def __post_init__(self) -> None:
-        for name in ("value", "scale", "stddev", "ci_lower", "ci_upper"):
-            v = getattr(self, name)
+        for name, v in zip(_NUMBERS, (self.value, self.scale, self.stddev, self.ci_lower, self.ci_upper),
+                           strict=True):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"NoisyValue.{name} must be a finite number")
 
@@ -39,6 +42,10 @@ class ReleaseRow(Strict, frozen=True):
 
     keys: tuple[Scalar, ...]
     values: tuple[NoisyValue, ...]
+
+    def __post_init__(self) -> None:
+        if not finite_scalars(self.keys):
+            raise ValueError("group keys must be finite")
 
 
 class ReleaseCost(Strict, frozen=True):

@@ -7,6 +7,10 @@ field, a missing required field, a value of the wrong type (a boolean or string 
 declared, a float where an integer is), a non-finite number, a number out of range, invalid UTF-8, and
 nesting deeper than the interpreter's recursion limit. A message's own checks (`__post_init__`, e.g. an
 aggregate's bounds) run while decoding and are refused the same way.
+
+JSON has no NaN or infinity (msgspec writes them as null), so the records whose floats are not otherwise
+checked refuse non-finite numbers when they are built (`Literal`, `GroupKey.domain`, `NoisyValue`,
+`ReleaseRow.keys`, the model estimates): a non-finite number never turns into a null on the other side.
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ from sandbox.protocol.base import MAX_FRAME_BYTES, Envelope, ProtocolError
 __all__ = ["HEADER", "Decoder", "encode_body", "encode_frame", "frame_length"]
 
 HEADER = struct.Struct(">I")
-_ENCODER = msgspec.json.Encoder()
+
+
+def _builtin_number(obj: Any) -> Any:
+    """Encode subclasses of int and float (e.g. numpy.float64) as the plain numbers they are."""
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    raise NotImplementedError(f"{type(obj).__name__} cannot cross the boundary")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_builtin_number)
 
 
 def encode_body(msg: Envelope) -> bytes:

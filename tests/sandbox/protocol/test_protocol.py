@@ -356,8 +356,12 @@ def test_unknown_fields_refused() -> None:
 def test_unknown_fields_refused_in_replies() -> None:
     """The gateway refuses a reply with a field the schema does not declare, at any depth."""
     d = _body(REPLY_EXAMPLES[0])
-    d["rows"][0]["values"][0]["exact"] = 12
+    d["rows"][0]["exact"] = [12]
     with pytest.raises(ProtocolError, match="unknown field `exact`"):
+        decode_reply(json.dumps(d).encode())
+    d = _body(REPLY_EXAMPLES[0])
+    d["rows"][0]["values"][0].append(12)  # a noisy value is an array in field order: no extra element either
+    with pytest.raises(ProtocolError, match="length"):
         decode_reply(json.dumps(d).encode())
     d = _body(next(m for m in REPLY_EXAMPLES if isinstance(m, CatalogInfo)))
     d["datasets"][0]["caps"]["period"]["secret"] = 1
@@ -459,3 +463,23 @@ def test_oversized_frame_refused_on_encode() -> None:
 def test_max_frame_constant_is_sane() -> None:
     """The frame limit fits the 4-byte length prefix."""
     assert 0 < MAX_FRAME_BYTES < 2**32
+
+
+def test_non_finite_values_cannot_turn_into_nulls() -> None:
+    """JSON has no NaN: the records whose scalars are not otherwise checked refuse non-finite floats when
+    built, so a NaN can never reach the other side as a null (a NULL group key, a missing domain value)."""
+    with pytest.raises(ValueError, match="finite"):
+        ReleaseRow((float("nan"),), ())
+    with pytest.raises(ValueError, match="finite"):
+        GroupKey("k", Column("income"), (1.0, float("inf")))
+    with pytest.raises(ValueError, match="finite"):
+        NoisyValue(float("nan"), "laplace", 1.0, 1.0, 0.0, 1.0)
+
+
+def test_number_subclasses_encode_as_numbers() -> None:
+    """A numpy float (a float subclass) in a reply encodes as the plain number it is."""
+    import numpy as np
+
+    msg = ExecuteResult((ReleaseRow(("a",), (NoisyValue(np.float64(1.5), "laplace", 1.0, 1.0, 0.5, 2.5),)),),
+                        (), "v")
+    assert decode_reply(_frame_body(msg)) == msg
