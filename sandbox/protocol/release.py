@@ -30,9 +30,12 @@ class NoisyValue(Strict, frozen=True, array_like=True):
     ci_upper: float
 
     def __post_init__(self) -> None:
-        for name, v in zip(_NUMBERS, (self.value, self.scale, self.stddev, self.ci_lower, self.ci_upper),
-                           strict=True):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        numbers = (self.value, self.scale, self.stddev, self.ci_lower, self.ci_upper)
+        for v in numbers:
+            # the common case (a float) first: this runs for every value of a release
+            if (v.__class__ is not float and (isinstance(v, bool) or not isinstance(v, int | float))) or (
+                    not math.isfinite(v)):
+                name = next(n for n, w in zip(_NUMBERS, numbers, strict=True) if w is v)
                 raise ValueError(f"NoisyValue.{name} must be a finite number")
 
 
