@@ -6,7 +6,7 @@ Format (TOML, `schema = "privacy_gateway.operator.v2"`; complete, commented exam
     [organizations.acme-bank]                  # organisation id
     name = "ACME Bank"
     [organizations.acme-bank.members.acme-bank-analyst]    # a client certificate common name
-    roles = ["consumer"]                       # consumer | operator | data_owner
+    roles = ["consumer"]                       # consumer | operator | data_owner | auditor
 
     [purposes.credit-risk]
     use_class = "commercial"                   # commercial (paid) | public_welfare (free)
@@ -88,7 +88,7 @@ __all__ = [
 ]
 
 SCHEMA_V2 = "privacy_gateway.operator.v2"
-ROLES = ("consumer", "operator", "data_owner")
+ROLES = ("consumer", "operator", "data_owner", "auditor")
 USE_CLASSES = ("public_welfare", "commercial")
 PRIVACY_DEFINITIONS = ("pure_dp", "approx_dp", "zcdp")
 ZCDP = "zcdp"

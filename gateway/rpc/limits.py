@@ -71,6 +71,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one message (grpc.max_receive_message_len
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # all messages of one VerifyBatch stream together
 MAX_BATCH_MESSAGES = MAX_BATCH + 1  # a header-only first message, then at least one claim per message
 MAX_COEFFICIENT = 1e12
+MAX_SEQ = 2**62  # audit sequence numbers and alert ids
+MAX_PAGE = 500  # audit entries per page
+RECEIPT_CHARS = 65_536  # a receipt file (a few KiB in practice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,23 @@ LIMITS: dict[str, Limit] = {
     "ListDatasetSpendingRequest.period_start": _TIMESTAMP,
     "ListDatasetSpendingRequest.period_end": _TIMESTAMP,
     "GetCapUsageRequest.dataset": _NAME,
+    "ReinstateMemberRequest.identity": _NAME,
+    "ReinstateMemberRequest.reason": _text(REASON_CHARS),
+    "ReinstateOrganizationRequest.organization": _NAME,
+    "ReinstateOrganizationRequest.reason": _text(REASON_CHARS),
+    "ListAlertsRequest.include_acknowledged": _FLAG,
+    "ListAlertsRequest.limit": _number(0, 1000, integer=True, what="; 0: 100"),
+    "AcknowledgeAlertRequest.id": _number(0, MAX_SEQ, integer=True),
+    "AcknowledgeAlertRequest.note": _text(REASON_CHARS),
+    # AuditService
+    **{f"{m}.before_seq": _number(0, MAX_SEQ, integer=True, what="; 0: from the newest")
+       for m in ("ListAuditEntriesRequest", "ListMyRequestsRequest")},
+    **{f"{m}.page_size": _number(0, MAX_PAGE, integer=True, what="; 0: 50")
+       for m in ("ListAuditEntriesRequest", "ListMyRequestsRequest")},
+    "ListAuditEntriesRequest.consumer": _NAME,
+    "VerifyAuditLogRequest.require_sealed": _FLAG,
+    "VerifyReceiptRequest.receipt_json": _text(RECEIPT_CHARS),
+    "GetMyReceiptRequest.request_id": _text(REQUEST_ID_CHARS),
     # VerificationService
     **{f"{m}.{f}": _NAME for m in ("VerifyRequest", "VerifyBatchRequest") for f in ("dataset", "template", "purpose")},
     **{f"{m}.subject": _text(SUBJECT_CHARS) for m in ("VerifyRequest", "Claim")},

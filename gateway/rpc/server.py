@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from privacy_gateway.v1 import (
     admin_service_pb2,
+    audit_service_pb2,
     budget_service_pb2,
     catalog_service_pb2,
     model_service_pb2,
@@ -49,9 +50,11 @@ from gateway.products.verification.service import VerificationCore, Verification
 from gateway.release.oversight import Oversight
 from gateway.rpc.admin import AdminServicer, reload_policy
 from gateway.rpc.admission import Admission, AdmissionLimits
+from gateway.rpc.auditing import AuditServicer
 from gateway.rpc.gate import PolicyGate
 from gateway.rpc.interceptor import Body, GovernanceInterceptor, register
 from gateway.rpc.limits import MAX_MESSAGE_BYTES
+from gateway.rpc.local import LocalCalls
 from gateway.rpc.methods import PROTO_FILES, check_rules_cover
 from gateway.rpc.services import BudgetServicer, CatalogServicer, KeyServicer, ModelServicer, QueryServicer
 from gateway.settings import Settings
@@ -161,6 +164,8 @@ class Gateway:
     settler: Settler | None = None
     _loop: _LoopThread | None = field(default=None, repr=False)
     owner: OwnerSettings | None = None  # the data owner's settings, mirrored from the sandbox
+    local: LocalCalls | None = None  # in-process calls through the same governance (the console's only way in)
+    console: Any = None  # gateway.console.server.ConsoleServer when console_listen is set
 
     def reload_policy(self) -> None:
         """Re-read the policy file and the data owner's settings (SIGHUP); on error log it and keep the running
@@ -190,6 +195,8 @@ class Gateway:
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Stop serving, then stop the supervisor and the sandbox, and close the stores."""
+        if self.console is not None:
+            self.console.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         if self._loop is not None:
@@ -285,7 +292,11 @@ def start_gateway(settings: Settings) -> Gateway:
              VerificationServicer(verification, disk).bodies()),
             (_service(model_service_pb2, "ModelService"),
              ModelServicer(path, train, evaluate).bodies()),
+            (_service(audit_service_pb2, "AuditService"),
+             AuditServicer(oversight, governor, lambda: queries.catalog,
+                           publish_organizations=settings.console_publish_organizations).bodies()),
         ]
+        oversight.metrics.unacknowledged_alerts = governor.state.unacknowledged_alerts
 
         async def build() -> tuple[grpc.aio.Server, int, _aio_health.HealthServicer]:
             server = grpc.aio.server(
@@ -310,6 +321,17 @@ def start_gateway(settings: Settings) -> Gateway:
             return server, port, hs
 
         server, port, hs = loop.run(build)
+        local = LocalCalls(interceptor, loop.loop, {(service.name, name): body
+                                                    for service, bodies in servicers for name, body in bodies.items()})
+        console = None
+        if settings.console_listen or settings.console_public_listen:
+            from gateway.console.server import ConsoleServer  # the web stack only when a listener is on
+
+            def roles_of(identity: str) -> frozenset[str]:
+                member = governor.member(identity)
+                return member.roles if member is not None else frozenset()
+
+            console = ConsoleServer.start(settings, local, roles_of=roles_of)
         alerts.start()
     except BaseException:
         if loop is not None:
@@ -320,7 +342,7 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     gateway = Gateway(server, port, queries, path, ledger, process, verification, hs, oversight, governor,
-                      alerts, admission, supervisor, pool, gate, settler, loop, owner)
+                      alerts, admission, supervisor, pool, gate, settler, loop, owner, local, console)
     supervisor.on_health.append(gateway.set_serving)
     supervisor.on_health.append(oversight.metrics.set_sandbox_up)
     supervisor.start_monitor(settings.health_interval_ms / 1000)
