@@ -135,6 +135,8 @@ async def query(console: Console, request: Request) -> Response:
                 ctx.update(result=resp, names=names, rows=rows, charts=charts, budget_after=_budget_view(resp.budget),
                            receipt=Receipt.from_proto(resp.receipt).to_client_json() if resp.receipt.signature else "")
                 ctx["request_id"] = new_request_id()  # the next run is a new request
+                after = await console.call(request, "BudgetService/GetPrivacyBudget", b_pb.GetPrivacyBudgetRequest())
+                ctx["budgets"] = [_budget_view(b) for b in after.grants]
             else:
                 ctx["explained"] = await console.call(request, "QueryService/ExplainQuery", q_pb.ExplainQueryRequest(
                     dataset=dataset, purpose=purpose, sql=sql, privacy_loss=loss))

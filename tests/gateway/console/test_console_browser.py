@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
@@ -108,7 +109,7 @@ def test_operator_revokes_reinstates_and_reviews_the_alert(browser: Any, console
     _shot(page, "operator-confirm")
     page.click("#confirm")
     assert "revoked" in page.locator("#member-intern .status").inner_text()
-    with pytest.raises(Exception, match="REVOKED|revoked"):
+    with pytest.raises(grpc.RpcError, match=r"REVOKED|revoked"):
         _query(e, "intern", "credit", 0.1)
     page.click("#member-intern >> text=Reinstate")
     page.click("#confirm")

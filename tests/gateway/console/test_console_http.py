@@ -157,7 +157,8 @@ def test_local_calls_govern_like_grpc(console_env: ConsoleEnv) -> None:
     entries = audit.page(0, 5)[::-1]
     assert [(x.seq, x.consumer, x.rpc.rpartition("/")[2], x.status_code) for x in entries] == [
         (seq + 1, "ops-admin", "ListAlerts", "OK"), (seq + 2, "ops-admin", "ListAlerts", "OK"),
-        (seq + 3, "analyst", "ListAlerts", "PERMISSION_DENIED"), (seq + 4, "ops-admin", "ListAlerts", "INVALID_ARGUMENT"),
+        (seq + 3, "analyst", "ListAlerts", "PERMISSION_DENIED"),
+        (seq + 4, "ops-admin", "ListAlerts", "INVALID_ARGUMENT"),
         (seq + 5, "", "ListAlerts", "UNAUTHENTICATED")]
 
 
