@@ -54,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "listen": args.listen, "policy": args.policy, "catalog": args.catalog,
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
         "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
-        "log_format": args.log_format,
+        "log_format": args.log_format, "console_listen": args.console_listen,
+        "console_public_listen": args.console_public_listen,
     }
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     if settings.log_format == "json":
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--query-timeout-ms")
     s.add_argument("--metrics-port", help="serve Prometheus /metrics on this loopback port")
     s.add_argument("--log-format", choices=["text", "json"])
+    s.add_argument("--console-listen", help="host:port of the web console (client certificates required)")
+    s.add_argument("--console-public-listen", help="host:port of the public transparency page (no certificate)")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
     s.set_defaults(func=cmd_serve)
