@@ -71,7 +71,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one message (grpc.max_receive_message_len
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # all messages of one VerifyBatch stream together
 MAX_BATCH_MESSAGES = MAX_BATCH + 1  # a header-only first message, then at least one claim per message
 MAX_COEFFICIENT = 1e12
-MAX_SEQ = 2**62  # audit sequence numbers and alert ids
+MAX_SEQ = 2_000_000_000  # audit sequence numbers and alert ids (far above any log this gateway keeps)
 MAX_PAGE = 500  # audit entries per page
 RECEIPT_CHARS = 65_536  # a receipt file (a few KiB in practice)
 
