@@ -828,7 +828,7 @@ class StageTimer:
 @contextmanager
 def instrumented(gw: GatewaySystem) -> Iterator[StageTimer]:
     """Time the stages of the gateway's request path in this process."""
-    import gateway.products.query.convert
+    from gateway.products.query import convert
 
     timer = StageTimer()
     core, path = gw.gw.core, gw.gw.path
@@ -847,8 +847,8 @@ def instrumented(gw: GatewaySystem) -> Iterator[StageTimer]:
         timer.wrap(path.cache, "put", "release cache store (own file)")  # only if not in the ledger's file
     timer.wrap(path.ledger, "complete", STAGE_COMPLETE)
     timer.wrap(path.sandbox, "call", "sandbox round trip")
-    timer.wrap(gateway.convert, "answer", "response building")
-    timer.wrap(gateway.convert, "plan_info", "response building")
+    timer.wrap(convert, "answer", "response building")
+    timer.wrap(convert, "plan_info", "response building")
     try:
         yield timer
     finally:
@@ -901,7 +901,7 @@ def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300
     import sqlite3
 
     from gateway.budgets.ledger import (
-        _UNIT_COLUMNS,
+        _FLAG_COLUMNS,
         BudgetLimit,
         GrantKey,
         Ledger,
@@ -922,7 +922,6 @@ def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300
     window = Period("calendar", "month").window(now)
     big = PrivacyLoss(1e9, 0.5)
     limits = [BudgetLimit(level, big, window) for level in ("member", "organization", "dataset_cap")]  # type: ignore[arg-type]
-    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _UNIT_COLUMNS)
     out: dict[str, Any] = {"sizes": {}}
     done = 0
     for n in sizes:
@@ -949,10 +948,11 @@ def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300
                 buckets.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 slow = []
-                for lim in limits:
+                for lim, got in zip(limits, fast, strict=True):  # the columns the level reads
                     where, args = _scope(lim, key, org)
+                    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in got)
                     row = conn.execute(f"SELECT {sums} FROM charges WHERE {where}", args).fetchone()
-                    slow.append((*row[:4], min(row[4], 1)))
+                    slow.append({c: min(v, 1) if c in _FLAG_COLUMNS else v for c, v in zip(got, row, strict=True)})
                 charges.append(time.perf_counter() - t0)
             assert fast == slow, "bucketed sums differ from the charge sums"
         out["sizes"][str(n)] = {"reserve": summary(reserve), "window_sums_buckets": summary(buckets),
