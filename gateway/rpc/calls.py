@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import DeadlineExceededError
 
 if TYPE_CHECKING:
-    from gateway.policy.policy import Policy
+    from gateway.policy.model import Policy
     from gateway.rpc.methods import MethodRule
 
 __all__ = ["CURRENT_CALL", "AuditFacts", "Call"]

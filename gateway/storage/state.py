@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StorageUnavailableError
-from gateway.policy.governance import GrantOverride
+from gateway.policy.model import GrantOverride
 from gateway.storage.sqlite import ConnectionPool, immediate
 
 __all__ = ["Outcome", "StateStore"]

@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.path.governed import ChargePlan, Priced
 from gateway.policy.grants import ModelGrant
-from gateway.policy.policy import Grant
+from gateway.policy.model import Grant
 from gateway.products.query import convert
 from gateway.products.query.service import MAX_REQUEST_ID_LENGTH, validate_privacy_loss
 from gateway.rpc.calls import Call

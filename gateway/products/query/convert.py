@@ -9,7 +9,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.budgets.ledger import PrivacyLoss
-from gateway.policy.policy import Grant
+from gateway.policy.model import Grant
 from sandbox.plans.compile import quantile_candidates
 from sandbox.plans.relation import key as relation_key
 from sandbox.plans.relation import plan_relation

@@ -36,7 +36,7 @@ from gateway.errors import (
     PermissionDeniedError,
 )
 from gateway.path.governed import ChargePlan, Priced
-from gateway.policy.policy import Grant, Policy
+from gateway.policy.model import Grant, Policy
 from gateway.products.query import convert
 from gateway.products.query.cache import cache_key
 from gateway.products.query.plancache import PlanCache
