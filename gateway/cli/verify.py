@@ -15,7 +15,8 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from gateway.cli.client import ClientIdentity, describe_error, secure_channel
-from gateway.products.verification.service import ReceiptData, param_to_pb, verify_receipt_file
+from gateway.products.verification.receipts import ReceiptData, verify_receipt_file
+from gateway.rpc.verification import param_to_pb
 from gateway.settings import load_settings
 
 DEFAULT_TARGET = "127.0.0.1:50051"

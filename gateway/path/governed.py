@@ -46,12 +46,11 @@ from gateway.errors import (
     SandboxUnavailableError,
     StorageUnavailableError,
 )
+from gateway.path.calls import Call, audit_fields
 from gateway.path.supervisor import SandboxSupervisor
 from gateway.release.digests import normalize_sql
 from gateway.release.oversight import Oversight
 from gateway.release.receipts import attach_receipt, release_bytes
-from gateway.rpc.calls import Call
-from gateway.rpc.gate import audit_fields
 from gateway.storage.diskspace import DiskGuard
 from gateway.storage.stores import LedgerStore, ReleaseStore, TxWrite
 from sandbox.client import SandboxClient, SandboxConnectionError

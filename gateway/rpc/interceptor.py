@@ -51,9 +51,9 @@ from gateway.errors import (
     StorageUnavailableError,
     UnauthenticatedError,
 )
+from gateway.path.calls import CURRENT_CALL, Call
 from gateway.release.logs import log_context
 from gateway.rpc.admission import Admission
-from gateway.rpc.calls import CURRENT_CALL, Call
 from gateway.rpc.limits import check_request, lenient
 from gateway.rpc.methods import RULES, MethodRule
 from gateway.rpc.status import status_for, trailing_metadata

@@ -45,16 +45,17 @@ from gateway.policy.policy import load_policy
 from gateway.products.models.service import EvaluateProduct, TrainProduct, check_model_grants_against_catalog
 from gateway.products.query.cache import ReleaseCache
 from gateway.products.query.service import QueryService
-from gateway.products.verification.service import VerificationCore, VerificationServicer
+from gateway.products.verification.service import VerificationCore
 from gateway.release.oversight import Oversight
 from gateway.rpc.admin import AdminServicer, reload_policy
 from gateway.rpc.admission import Admission, AdmissionLimits
 from gateway.rpc.gate import PolicyGate
 from gateway.rpc.interceptor import Body, GovernanceInterceptor, register
-from gateway.rpc.limits import MAX_MESSAGE_BYTES
 from gateway.rpc.methods import PROTO_FILES, check_rules_cover
 from gateway.rpc.services import BudgetServicer, CatalogServicer, KeyServicer, ModelServicer, QueryServicer
+from gateway.rpc.verification import VerificationServicer
 from gateway.settings import Settings
+from gateway.sizes import MAX_MESSAGE_BYTES
 from gateway.storage.diskspace import DiskGuard
 from gateway.storage.state import StateStore
 from sandbox.client import SandboxClient, SandboxProcess
@@ -262,7 +263,7 @@ def start_gateway(settings: Settings) -> Gateway:
         evaluate = EvaluateProduct(catalog, governor, queries.grade_rules)
         owner = OwnerSettings(client, governor, (queries, train, evaluate))
         owner.apply(catalog)  # the caps and grade rules from the sandbox's catalog, never from the file
-        verification = VerificationCore.start(policy.verification, client, settings.state_dir,
+        verification = VerificationCore.start(policy.verification, client, settings.state_dir, oversight.signer,
                                               sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
         verification.supervisor = supervisor
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="pgw-worker")

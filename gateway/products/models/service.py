@@ -34,12 +34,12 @@ from gateway.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
 )
+from gateway.path.calls import Call
 from gateway.path.governed import ChargePlan, Priced
 from gateway.policy.grants import ModelGrant
 from gateway.policy.model import Grant
 from gateway.products.query import convert
 from gateway.products.query.service import MAX_REQUEST_ID_LENGTH, validate_privacy_loss
-from gateway.rpc.calls import Call
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.grades import DEFAULT_GRADE_RULES, GradeError, check_model_grades
 from sandbox.pricing import models as mp

@@ -35,6 +35,7 @@ from gateway.errors import (
     InvalidQueryError,
     PermissionDeniedError,
 )
+from gateway.path.calls import Call
 from gateway.path.governed import ChargePlan, Priced
 from gateway.policy.model import Grant, Policy
 from gateway.products.query import convert
@@ -45,8 +46,7 @@ from gateway.products.query.postprocess import apply as postprocess
 from gateway.products.query.quantile_options import apply_interval_shares
 from gateway.products.query.sql.analyze import AnalyzedQuery
 from gateway.release.digests import normalize_sql
-from gateway.rpc.calls import Call
-from gateway.rpc.limits import REQUEST_ID_CHARS
+from gateway.sizes import REQUEST_ID_CHARS
 from gateway.storage.stores import ReleaseStore
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.grades import DEFAULT_GRADE_RULES, GradeError, check_plan_grades
