@@ -34,6 +34,7 @@ from gateway.budgets.ledger import (
     PrivacyLoss,
     Reservation,
 )
+from gateway.budgets.stores import GovernanceStore, LedgerStore
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
@@ -55,7 +56,6 @@ from gateway.policy.periods import (
 )
 from gateway.policy.policy import load_policy
 from gateway.storage.state import Outcome
-from gateway.storage.stores import GovernanceStore, LedgerStore
 from sandbox.errors import CAP_LIFETIME_MESSAGE, CAP_MESSAGE, INCOMPATIBLE_PREFIX
 from sandbox.owner_caps import OwnerCap
 from sandbox.pricing import zcdp

@@ -39,6 +39,7 @@ from google.protobuf.message import Message
 
 from gateway.budgets.governor import Governor, owner_refusal
 from gateway.budgets.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
+from gateway.budgets.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.errors import (
     GatewayError,
     GatewayInternalError,
@@ -52,7 +53,6 @@ from gateway.release.digests import normalize_sql
 from gateway.release.oversight import Oversight
 from gateway.release.receipts import attach_receipt, release_bytes
 from gateway.storage.diskspace import DiskGuard
-from gateway.storage.stores import LedgerStore, ReleaseStore, TxWrite
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import DUPLICATE_MESSAGE, STORAGE_MESSAGE
 from sandbox.pricing.cap_rules import ReleaseLoss
