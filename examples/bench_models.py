@@ -26,8 +26,9 @@ from examples.generate_data import generate
 from sandbox.catalog import load_catalog
 from sandbox.engine.engine import Engine
 from sandbox.engine.limits import Limits
+from sandbox.plans.compile import quote_ident
 from sandbox.pricing import models as mp
-from sandbox.products import models
+from sandbox.products import model_sql, models, regression
 from sandbox.protocol.models import TrainRequest, TrainResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,11 +63,11 @@ def _sklearn(engine: Engine, d: mp.Design, kind: str) -> dict[str, object] | Non
         subprocess.run([sys.executable, "-m", "venv", str(SK_VENV)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "scikit-learn", "pyarrow", "numpy"], check=True)
     out = BENCH / f"design-{kind}.parquet"
-    zs = ", ".join(f"{models.scaled_term_sql(t)} AS {models.quote_ident(t.name)}" for t in d.terms)
-    label = models._scaled_label_sql(d.label) if kind == "linear" else models._label_sql(d.label)
+    zs = ", ".join(f"{model_sql.scaled_term_sql(t)} AS {quote_ident(t.name)}" for t in d.terms)
+    label = model_sql.scaled_label_sql(d.label) if kind == "linear" else model_sql.label_sql(d.label)
     cur = engine._con.cursor()
     table = cur.execute(f"SELECT {zs}, {label} AS label FROM registry__residents "
-                        f"WHERE {models.quote_ident(d.label.column)} IS NOT NULL").to_arrow_table()
+                        f"WHERE {quote_ident(d.label.column)} IS NOT NULL").to_arrow_table()
     import pyarrow.parquet as pq
 
     pq.write_table(table, out)
@@ -133,8 +134,8 @@ def main() -> int:
 
     # -------- linear: income ~ birth_year + employed + region (one-hot)
     d = mp.design(info, "residents", LIN_FEATURES, "income", "linear")
-    exact = np.array(models.exact_linear_statistics(engine, d, "registry__residents"), dtype=float) / mp.Q**2
-    w_exact, n_exact, rmse_exact, r2_exact = models.solve_linear(exact, d, 0.0, 0.0)
+    exact = np.array(regression.exact_linear_statistics(engine, d, "registry__residents"), dtype=float) / mp.Q**2
+    w_exact, n_exact, rmse_exact, r2_exact = regression.solve_linear(exact, d, 0.0, 0.0)
     sk = _sklearn(engine, d, "linear")
     w_sk = np.array([sk["intercept"], *sk["coef"]]) if sk else None  # type: ignore[misc]
     s_y = (d.label.upper - d.label.lower) / 2
@@ -184,8 +185,8 @@ def main() -> int:
     t_def = mp.DEFAULT_LOGISTIC_ITERATIONS
     theta = np.zeros(d.p)  # the algorithm without noise: T exact Newton steps in SQL
     for _ in range(t_def):
-        g, h = models.exact_step(engine, d, "registry__residents", theta.tolist(), mp.clip_bound(d, 0.0), qh)
-        theta = theta - models.newton_direction(np.array(g, float) / mp.Q, np.array(h, float) / qh, d.p, 1e-9)
+        g, h = regression.exact_step(engine, d, "registry__residents", theta.tolist(), mp.clip_bound(d, 0.0), qh)
+        theta = theta - regression.newton_direction(np.array(g, float) / mp.Q, np.array(h, float) / qh, d.p, 1e-9)
     ref = w_sk if w_sk is not None else mle
     ref_name = "scikit-learn" if w_sk is not None else "the numpy maximum-likelihood fit"
     loss_ref = _log_loss(z, y, ref)
