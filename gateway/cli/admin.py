@@ -14,19 +14,12 @@ from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 
 from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.cli.tables import format_table
 from gateway.settings import load_settings
 
 __all__ = ["register"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def _stub(args: argparse.Namespace) -> Any:
@@ -68,7 +61,7 @@ def cmd_orgs(args: argparse.Namespace, stub: Any) -> int:
         return 0
     rows = [[o.id, o.name, m.identity, ",".join(m.roles), "REVOKED" if m.revoked else ""]
             for o in resp.organizations for m in o.members]
-    print(_table(["organization", "name", "member", "roles", "status"], rows))
+    print(format_table(["organization", "name", "member", "roles", "status"], rows))
     return 0
 
 
@@ -78,7 +71,7 @@ def cmd_grants(args: argparse.Namespace, stub: Any) -> int:
     if args.json:
         print(json_format.MessageToJson(resp))
         return 0
-    print(_table(["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
+    print(format_table(["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
                   "max ε/query", "refreshes at", "adjusted"], _grant_rows(resp.organizations)))
     if any(g.budget.budget.rho for o in resp.organizations for g in o.grants):
         print("rho: a zcdp grant, accounted in rho (--json shows its (epsilon, delta) conversion)")
@@ -92,7 +85,7 @@ def cmd_adjust(args: argparse.Namespace, stub: Any) -> int:
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))
     resp = stub.AdjustGrant(req)
-    print(json_format.MessageToJson(resp) if args.json else "adjusted:\n" + _table(
+    print(json_format.MessageToJson(resp) if args.json else "adjusted:\n" + format_table(
         ["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
          "max ε/query", "refreshes at", "adjusted"], _grant_rows([_Org(args.organization, [resp.grant])])))
     return 0
@@ -157,7 +150,7 @@ def cmd_caps(args: argparse.Namespace, stub: Any) -> int:
         print(json_format.MessageToJson(resp))
         return 0
     print(f"cap usage at {resp.at} (sandbox: the data owner's own ledger; gateway: its mirror)")
-    print(_table(["dataset", "cap", "ledger", "spent this period", "remaining this period", "spent lifetime",
+    print(format_table(["dataset", "cap", "ledger", "spent this period", "remaining this period", "spent lifetime",
                   "remaining lifetime", "note"], _cap_rows(resp.datasets)))
     return 0
 
@@ -175,9 +168,9 @@ def cmd_usage(args: argparse.Namespace, stub: Any) -> int:
     print(f"usage {report['period_start']} .. {report['period_end']}")
     cols = ["organization", "member", "purpose", "use_class", "dataset", "requests", "request_units",
             "epsilon", "currency", "price"]
-    print(_table(cols, [[str(r[c]) for c in cols] for r in report["rows"]]))
+    print(format_table(cols, [[str(r[c]) for c in cols] for r in report["rows"]]))
     owners = ["data_owner", "currency", "requests", "epsilon", "proceeds", "share"]
-    print(_table(owners, [[str(r[c]) for c in owners] for r in report["data_owners"]]))
+    print(format_table(owners, [[str(r[c]) for c in owners] for r in report["data_owners"]]))
     return 0
 
 
@@ -188,7 +181,7 @@ def cmd_spending(args: argparse.Namespace, stub: Any) -> int:
     if args.json:
         print(json_format.MessageToJson(resp))
         return 0
-    print(_table(["time", "organization", "member", "purpose", "dataset", "outcome", "reason", "epsilon"],
+    print(format_table(["time", "organization", "member", "purpose", "dataset", "outcome", "reason", "epsilon"],
                  [[e.time, e.organization, e.member, e.purpose, e.dataset, e.outcome, e.reason,
                    f"{e.epsilon:.4f}"] for e in resp.entries]))
     return 0

@@ -23,6 +23,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.cli import audit as cli_governance
 from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.cli.tables import format_table
 from gateway.errors import ConfigError
 from gateway.settings import ROOT, load_settings
 
@@ -112,16 +113,6 @@ def format_cell(cell: q_pb.Cell) -> str:
         ci = cell.confidence_interval
         return f"{value}  [{ci.lower:,.2f}, {ci.upper:,.2f}]"
     return str(value)
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain text table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def print_answer(resp: q_pb.RunQueryResponse) -> None:
