@@ -1,9 +1,9 @@
 """Benchmark of DP model training: accuracy of the DP fit against the non-private fit, over epsilon.
 
-    python -m examples.bench_models [--people 1000000] [--reps 5]
+    python -m examples.bench.models [--people 1000000] [--reps 5]
 
 Data: `examples.generate_data` with 1M people, cached in `.bench/data/1000000/seed7` (the layout of
-`examples/bench.py`). The sandbox engine runs
+`make bench`). The sandbox engine runs
 in-process (the same code the sandbox process runs). References: the exact least squares / logistic fit
 on the same bounded, scaled data (the DP algorithms' noiseless target), and scikit-learn's non-private fit
 (in its own venv `.bench/venv-sklearn`, run in a subprocess; never a project dependency). Writes
@@ -18,11 +18,11 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from examples.generate_data import generate
+from examples.bench.common import BENCH_DIR, ensure_data
+from gateway.settings import ROOT
 from sandbox.catalog import load_catalog
 from sandbox.engine.engine import Engine
 from sandbox.engine.limits import Limits
@@ -31,9 +31,7 @@ from sandbox.pricing import models as mp
 from sandbox.products import model_sql, models, regression
 from sandbox.protocol.models import TrainRequest, TrainResult
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / ".bench"
-SK_VENV = BENCH / "venv-sklearn"
+SK_VENV = BENCH_DIR / "venv-sklearn"
 warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
 EPSILONS = (0.1, 0.3, 1.0, 3.0, 10.0)
 LIN_FEATURES = ("birth_year", "employed", "region")
@@ -62,7 +60,7 @@ def _sklearn(engine: Engine, d: mp.Design, kind: str) -> dict[str, object] | Non
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(SK_VENV)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "scikit-learn", "pyarrow", "numpy"], check=True)
-    out = BENCH / f"design-{kind}.parquet"
+    out = BENCH_DIR / f"design-{kind}.parquet"
     zs = ", ".join(f"{model_sql.scaled_term_sql(t)} AS {quote_ident(t.name)}" for t in d.terms)
     label = model_sql.scaled_label_sql(d.label) if kind == "linear" else model_sql.label_sql(d.label)
     cur = engine._con.cursor()
@@ -123,14 +121,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--logistic-reps", type=int, default=5)
     args = ap.parse_args()
-    data = BENCH / "data" / str(args.people) / "seed7"
-    if not (data / "residents.parquet").exists():
-        generate(data, args.people, 7)
+    data, _ = ensure_data(args.people, 7)  # the example data `make bench` caches
     engine = Engine(load_catalog(ROOT / "policies" / "catalog.toml", data_dir=data),
                     Limits(memory_limit="8GiB", query_timeout_ms=300_000, address_space_bytes=0))
     info = engine.describe().dataset("registry")
     assert info is not None
-    lines = [f"# Model benchmarks ({args.people:,} people, `python -m examples.bench_models`)", ""]
+    lines = [f"# Model benchmarks ({args.people:,} people, `python -m examples.bench.models`)", ""]
 
     # -------- linear: income ~ birth_year + employed + region (one-hot)
     d = mp.design(info, "residents", LIN_FEATURES, "income", "linear")
@@ -176,7 +172,7 @@ def main() -> int:
     w_sk = np.array([sk["intercept"], *sk["coef"]]) if sk else None  # type: ignore[misc]
     import pyarrow.parquet as pq
 
-    table = pq.read_table(BENCH / "design-logistic.parquet")
+    table = pq.read_table(BENCH_DIR / "design-logistic.parquet")
     z = np.column_stack([np.ones(table.num_rows)] + [table.column(i).to_numpy().astype(float)
                                                       for i in range(table.num_columns - 1)])
     y = table.column("label").to_numpy().astype(float)
