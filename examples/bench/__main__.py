@@ -1,25 +1,4 @@
-"""`make bench` (`python -m examples.bench [--quick] [--sizes 1000000,10000000]`): latency, accuracy and
-ledger costs of the gateway, side by side with plain DuckDB (the floor) and SmartNoise SQL (a peer).
-
-Writes BENCHMARKS.md (table, exact command, machine facts) and bench-results.json (everything measured).
-
-* Data: `examples.generate_data` at each size, cached in `.bench/data/<size>/seed<seed>/` (git-ignored).
-* Systems, timed interleaved (every repetition runs every query on every system, in a rotating order,
-  so machine noise hits all of them alike):
-  - `gateway`: the real gRPC stubs over mTLS to a real gateway (started in this process) and its real
-    sandbox process, consumer `bench` with a large budget, epsilon 1.0 per query;
-  - `duckdb`: the same SQL text in an in-process DuckDB over in-memory tables loaded from the same Parquet
-    (no truncation, clamping or noise: the floor);
-  - `smartnoise`: SmartNoise SQL in its own venv (`.bench/venv-smartnoise`, created on first use) over the
-    same kind of DuckDB tables, in a worker subprocess (`examples/bench/smartnoise_worker.py`).
-* Accuracy at epsilon 1 and 0.1 (consumer `accuracy`, huge budget); the cost of charging and auditing per
-  request (median and p99: the real gateway side by side with a stand-in that skips both, defined only in
-  `examples/bench/standins.py`), with the machine's floors (mTLS round trip, durable commit, fsync); and a
-  per-stage profile of the gateway's request path.
-
-The workload is `WORKLOAD` (`examples/bench/queries.py`): re-run after other branches merge and the "unsupported"
-rows fill in.
-"""
+"""`make bench`: the command (flags below); what it measures is the package's docstring (`examples/bench/`)."""
 
 from __future__ import annotations
 
@@ -34,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import examples.bench as bench
 from examples.bench.accuracy import accuracy, selection_head_to_head
 from examples.bench.common import BENCH_DIR, ensure_data, log
 from examples.bench.floor import FloorSystem
@@ -48,7 +28,7 @@ from gateway.settings import ROOT
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m examples.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m examples.bench", description=bench.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000000,10000000", help="comma-separated numbers of people")
     p.add_argument("--quick", action="store_true", help="smoke run: 100k people, few repetitions (< 2 min)")

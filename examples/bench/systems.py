@@ -17,8 +17,6 @@ from typing import Any
 
 import duckdb
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
@@ -26,6 +24,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from examples.bench.common import BENCH_DIR, CATALOG, log
 from examples.bench.queries import DATASET, DELTA, EPSILON, Query
 from examples.bench.standins import bare_gateway
+from gateway.cli.client import describe_error
 from gateway.identity import certs
 from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import load_settings
@@ -83,19 +82,6 @@ class Outcome:
     seconds: float | None = None
     unsupported: str | None = None
     rows: list[tuple[tuple[Any, ...], list[float]]] = field(default_factory=list)  # (keys, values)
-
-
-def rpc_reason(error: grpc.RpcError) -> str:
-    """Status code, ErrorInfo reason and message of a failed call."""
-    reason = ""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-    return f"{error.code().name} {reason}: {error.details()}"  # type: ignore[attr-defined]
 
 
 def cell_value(cell: q_pb.Cell) -> Any:
@@ -175,7 +161,7 @@ class GatewaySystem:
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,  # type: ignore[attr-defined]
                               grpc.StatusCode.FAILED_PRECONDITION):
-                return Outcome(unsupported=rpc_reason(exc))
+                return Outcome(unsupported=describe_error(exc))
             raise
         elapsed = time.perf_counter() - t0
         rows = []

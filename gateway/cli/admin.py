@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 
-from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
 from gateway.cli.tables import format_table
 from gateway.settings import load_settings
 
@@ -27,12 +26,9 @@ def _stub(args: argparse.Namespace) -> Any:
     return a_grpc.AdminServiceStub(secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity)))
 
 
+@reports_rpc_errors
 def _run(args: argparse.Namespace) -> int:
-    try:
-        return int(args.admin_func(args, _stub(args)))
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    return int(args.admin_func(args, _stub(args)))
 
 
 def _amount(loss: Any, fmt: str) -> str:
