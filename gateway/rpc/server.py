@@ -16,22 +16,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import _async as _aio_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from privacy_gateway.v1 import (
-    admin_service_pb2,
-    budget_service_pb2,
-    catalog_service_pb2,
-    model_service_pb2,
-    query_service_pb2,
-    receipt_pb2,
-    verification_service_pb2,
-)
 
 from gateway.budgets.alerts import AlertEngine
 from gateway.budgets.governor import Governor
@@ -124,9 +115,9 @@ class _LoopThread:
             self.loop.close()
 
 
-def _service(module: Any, name: str) -> ServiceDescriptor:
-    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
-    return service
+def _service(name: str) -> ServiceDescriptor:
+    """The descriptor of the gateway's service `name` (declared in one of `PROTO_FILES`)."""
+    return next(f.services_by_name[name] for f in PROTO_FILES if name in f.services_by_name)
 
 
 def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
@@ -277,14 +268,14 @@ def start_gateway(settings: Settings) -> Gateway:
                                             message_timeout_s=settings.stream_message_timeout_ms / 1000)
         loop = _LoopThread()
         servicers: list[tuple[ServiceDescriptor, dict[str, Body]]] = [
-            (_service(query_service_pb2, "QueryService"), QueryServicer(path, queries).bodies()),
-            (_service(catalog_service_pb2, "CatalogService"), CatalogServicer(queries).bodies()),
-            (_service(budget_service_pb2, "BudgetService"), BudgetServicer(queries).bodies()),
-            (_service(receipt_pb2, "KeyService"), KeyServicer(oversight.signer).bodies()),
-            (_service(admin_service_pb2, "AdminService"), AdminServicer(governor, owner).bodies()),
-            (_service(verification_service_pb2, "VerificationService"),
+            (_service("QueryService"), QueryServicer(path, queries).bodies()),
+            (_service("CatalogService"), CatalogServicer(queries).bodies()),
+            (_service("BudgetService"), BudgetServicer(queries).bodies()),
+            (_service("KeyService"), KeyServicer(oversight.signer).bodies()),
+            (_service("AdminService"), AdminServicer(governor, owner).bodies()),
+            (_service("VerificationService"),
              VerificationServicer(verification, disk).bodies()),
-            (_service(model_service_pb2, "ModelService"),
+            (_service("ModelService"),
              ModelServicer(path, train, evaluate).bodies()),
         ]
 
