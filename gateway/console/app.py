@@ -29,7 +29,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.x509.oid import NameOID
 from google.protobuf.message import Message
-from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -41,7 +40,7 @@ from gateway.console import charts
 from gateway.errors import GatewayError
 from gateway.rpc.local import LocalCalls
 
-__all__ = ["CSP", "SECURITY_HEADERS", "Console", "console_app", "identity_of", "public_app"]
+__all__ = ["ASGI", "CSP", "SECURITY_HEADERS", "Console", "SecurityHeaders", "identity_of", "routes"]
 
 HERE = Path(__file__).resolve().parent
 CSRF_TTL_S = 8 * 3600
@@ -84,7 +83,7 @@ def identity_of(scope: Scope) -> str | None:
     return names[0].value
 
 
-class _SecurityHeaders:
+class SecurityHeaders:
     """Adds `SECURITY_HEADERS` to every response; `no-store` on every page but the static files."""
 
     def __init__(self, app: ASGI) -> None:
@@ -218,44 +217,11 @@ def _guarded(console: Console, handler: Callable[[Console, Request], Awaitable[R
     return endpoint
 
 
-def _routes(console: Console, table: list[tuple[str, Any, list[str]]], *, public: bool) -> list[BaseRoute]:
+def routes(console: Console, table: list[tuple[str, Any, list[str]]], *, public: bool) -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route(path, _guarded(console, handler, public=public), methods=methods)
                                for path, handler, methods in table]
     routes.append(Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"))
     return routes
-
-
-def console_app(local: LocalCalls, roles_of: Callable[[str], frozenset[str]], *, public: bool = False) -> ASGI:
-    """The console (client certificate required at the TLS layer): every role's pages and the public page."""
-    from gateway.console import analyst, auditor, operators, owner, public_page
-
-    console = Console(local, roles_of)
-    table = [("/", home, ["GET"]), *analyst.ROUTES, *operators.ROUTES, *owner.ROUTES, *auditor.ROUTES,
-             *public_page.ROUTES]
-    app = Starlette(routes=_routes(console, table, public=False))
-    return _SecurityHeaders(app)
-
-
-def public_app(local: LocalCalls) -> ASGI:
-    """The public listener: the transparency page and its JSON twin, nothing else."""
-    from gateway.console import public_page
-
-    console = Console(local, lambda identity: frozenset())
-    table = [("/", public_page.page, ["GET"]), *public_page.ROUTES]
-    app = Starlette(routes=_routes(console, table, public=True))
-    return _SecurityHeaders(app)
-
-
-ROLE_PAGES = (("consumer", "/analyst/datasets", "Analyst"), ("operator", "/operator/organizations", "Operator"),
-              ("data_owner", "/owner", "Data owner"), ("auditor", "/auditor/log", "Auditor"))
-
-
-async def home(console: Console, request: Request) -> Response:
-    """Who the certificate says you are, and your roles' pages."""
-    identity = console.identity(request) or ""
-    roles = console.roles_of(identity)
-    pages = [(label, href) for role, href, label in ROLE_PAGES if role in roles]
-    return console.page(request, "home.html", {"title": "Console", "pages": pages})
 
 
 def new_request_id() -> str:

@@ -105,7 +105,7 @@ class ConsoleServer:
         Raises:
             ConfigError: a listener cannot be bound or its TLS files are missing.
         """
-        from gateway.console.app import console_app, public_app
+        from gateway.console.routes import console_app, public_app
 
         tls = settings.tls_dir
         for name in ("ca.crt", "server.crt", "server.key"):

@@ -20,10 +20,10 @@ from gateway.budgets.governor import Governor, Level, rho_loss
 from gateway.budgets.ledger import BudgetLimit, GrantKey, PrivacyLoss
 from gateway.budgets.owner import CapSpent, CapView, OwnerReload, OwnerSettings, cap_usage, reload_owner_settings
 from gateway.errors import ConfigError, GatewayInternalError, InvalidArgumentError, PermissionDeniedError
-from gateway.policy.governance import GrantOverride, OrgGrant
+from gateway.path.calls import Call
+from gateway.policy.model import GrantOverride, OrgGrant
 from gateway.policy.periods import Period, rfc3339
 from gateway.release.usage import build_report
-from gateway.rpc.calls import Call
 from gateway.rpc.interceptor import Body
 from gateway.storage.state import StoredAlert
 

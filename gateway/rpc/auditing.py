@@ -25,13 +25,13 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.budgets.governor import Governor
 from gateway.errors import InvalidArgumentError, NotFoundError
+from gateway.path.calls import Call
 from gateway.policy.periods import RHO_UNITS, from_units, rfc3339
 from gateway.release.accounting import reconcile
 from gateway.release.audit import AuditEntry
 from gateway.release.oversight import Oversight
 from gateway.release.receipts import Receipt, verify_receipt
 from gateway.release.signing import public_key_id
-from gateway.rpc.calls import Call
 from gateway.rpc.interceptor import Body
 from sandbox.protocol.messages import CatalogInfo
 

@@ -51,9 +51,9 @@ from gateway.errors import (
     StorageUnavailableError,
     UnauthenticatedError,
 )
+from gateway.path.calls import CURRENT_CALL, Call
 from gateway.release.logs import log_context
 from gateway.rpc.admission import Admission
-from gateway.rpc.calls import CURRENT_CALL, Call
 from gateway.rpc.limits import check_request, lenient
 from gateway.rpc.methods import RULES, MethodRule
 from gateway.rpc.status import status_for, trailing_metadata
@@ -274,12 +274,8 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         except (asyncio.CancelledError, grpc.aio.AbortError):
             await self._audit(call, _cancelled(), False)
             raise
-        except sqlite3.Error:
-            error = StorageUnavailableError("the gateway's storage failed; retry with the same request id")
-            log.exception("storage error in %s", call.method)
-        except Exception:
-            error = GatewayInternalError()
-            log.exception("unexpected error in %s (%s)", call.method, error.message)
+        except Exception as exc:
+            error = _unexpected(exc, call)
         finally:
             CURRENT_CALL.reset(token)
         error = await self._audit(call, error, error is None)
@@ -357,12 +353,8 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         except (asyncio.CancelledError, grpc.aio.AbortError):
             await self._audit(call, _cancelled(), False)
             raise
-        except sqlite3.Error:
-            error = StorageUnavailableError("the gateway's storage failed; retry with the same request id")
-            log.exception("storage error in %s", call.method)
-        except Exception:
-            error = GatewayInternalError()
-            log.exception("unexpected error in %s (%s)", call.method, error.message)
+        except Exception as exc:
+            error = _unexpected(exc, call)
         finally:
             CURRENT_CALL.reset(token)
         error = await self._audit(call, error, responses is not None)
@@ -438,3 +430,15 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, bodies: Mappin
         handlers[m.name] = factory(body, request_deserializer=request.FromString,
                                    response_serializer=response.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _unexpected(exc: Exception, call: Call) -> GatewayError:
+    """What the client sees of an exception that is not a GatewayError (called while it is handled, so the log
+    line carries its traceback): a storage failure is UNAVAILABLE (retry with the same request id), anything else
+    an internal error."""
+    if isinstance(exc, sqlite3.Error):
+        log.exception("storage error in %s", call.method)
+        return StorageUnavailableError("the gateway's storage failed; retry with the same request id")
+    error = GatewayInternalError()
+    log.exception("unexpected error in %s (%s)", call.method, error.message)
+    return error

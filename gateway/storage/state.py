@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StorageUnavailableError
-from gateway.policy.governance import GrantOverride
+from gateway.policy.model import GrantOverride
 from gateway.storage.sqlite import ConnectionPool, immediate
 
 __all__ = ["Outcome", "StateStore", "StoredAlert"]
@@ -206,10 +206,10 @@ class StateStore:
             self.write_outcome(conn, o)
 
     def joined_outcome(self, ledger: object, o: Outcome) -> Callable[[Any], None] | None:
-        """`record_outcome` as a write in the ledger's completion transaction when both share one file."""
-        from gateway.budgets.ledger import Ledger
-
-        if not (isinstance(ledger, Ledger) and ledger.path == self.path):
+        """`record_outcome` as a write in the ledger's completion transaction when both share one file: the
+        ledger is the SQLite ledger of this file (its `path`; `gateway.budgets.ledger.Ledger`), whose completion
+        hands its transaction's connection to the write."""
+        if getattr(ledger, "path", None) != self.path:
             return None
         return functools.partial(self.write_outcome, o=o)
 

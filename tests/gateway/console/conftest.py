@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gateway.console import start_console
 from gateway.identity import certs
 from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env
@@ -119,9 +120,11 @@ def console_env(env: Env) -> Iterator[ConsoleEnv]:
     policy = root / "operator.toml"
     policy.write_text(POLICY)
     state = root / "state"
-    gw = start_gateway(dataclasses.replace(
+    settings = dataclasses.replace(
         env.settings, policy=policy, state_dir=state, tls_dir=tls, sandbox_socket=state / "sandbox.sock",
-        console_listen="127.0.0.1:0", console_public_listen="127.0.0.1:0"))
+        console_listen="127.0.0.1:0", console_public_listen="127.0.0.1:0")
+    gw = start_gateway(settings)
+    start_console(gw, settings)
     yield ConsoleEnv(gw, tls, root)
     gw.stop()
     shutil.rmtree(root, ignore_errors=True)

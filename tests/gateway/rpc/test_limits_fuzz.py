@@ -42,7 +42,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.generate_data import resident_id_check_char
+from examples.identifiers import resident_id_check_char
 from gateway.cli.client import error_details
 from gateway.identity import certs
 from gateway.rpc import limits

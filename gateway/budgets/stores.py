@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from gateway.budgets.ledger import BudgetLimit, CapCounts, GrantKey, Metering, PriorRelease, PrivacyLoss, Reservation
 from gateway.errors import GatewayError
-from gateway.policy.governance import GrantOverride
+from gateway.policy.model import GrantOverride
 from gateway.storage.state import Outcome, StoredAlert
 from sandbox.pricing.cap_rules import CapSums
 
