@@ -67,6 +67,7 @@ class DatasetInfo(Strict, frozen=True):
     owner: str = ""
     caps: OwnerCap | None = None
     subject_caps: tuple[SubjectCap, ...] = ()
+    published: bool = False  # the owner publishes this dataset's aggregate use (the transparency page)
 
     def table(self, name: str) -> TableInfo | None:
         """Return the table called `name`, or None."""

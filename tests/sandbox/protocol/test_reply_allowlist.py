@@ -92,6 +92,7 @@ ALLOWED: dict[str, set[str]] = {
         "DatasetInfo.tables: tuple[TableInfo, ...]",
         "DatasetInfo.description: str",
         "DatasetInfo.owner: str",
+        "DatasetInfo.published: bool",  # the owner's transparency setting, from the catalog file
         "TableInfo.name: str",
         "TableInfo.columns: tuple[ColumnInfo, ...]",
         "TableInfo.max_rows_per_unit: int",
