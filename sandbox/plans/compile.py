@@ -18,7 +18,8 @@ from sandbox.errors import PlanRejectedError
 from sandbox.plans import bounds
 from sandbox.plans.functions import lookup, render_clamp
 from sandbox.plans.relation import Relation, derived_column, key, source_relation
-from sandbox.protocol.messages import (
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
+from sandbox.protocol.plan import (
     ARITHMETIC_OPS,
     COMPARISON_OPS,
     LOGICAL_OPS,
@@ -30,8 +31,6 @@ from sandbox.protocol.messages import (
     Case,
     Cast,
     Column,
-    ColumnInfo,
-    DatasetInfo,
     Expr,
     Func,
     InList,
@@ -42,7 +41,6 @@ from sandbox.protocol.messages import (
     QueryPlan,
     Scalar,
     Source,
-    TableInfo,
     TableSource,
     Unary,
     UnitAggregate,

@@ -28,23 +28,15 @@ Sensitivity argument (THREATS.md 4). Neighbouring datasets differ by all rows of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
+
+from msgspec.structs import replace
 
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.bounds import float_down, float_up
-from sandbox.protocol.messages import (
-    Column,
-    ColumnInfo,
-    DatasetInfo,
-    PublicJoin,
-    QueryPlan,
-    Source,
-    TableInfo,
-    TableSource,
-    UnitAggregate,
-    UnitJoin,
-)
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
+from sandbox.protocol.plan import Column, PublicJoin, QueryPlan, Source, TableSource, UnitAggregate, UnitJoin
 
 MAX_TABLES = 3
 

@@ -68,18 +68,9 @@ from sandbox.plans.bounds import float_up as float_up  # re-exported: the roundi
 from sandbox.plans.compile import avg_centre, quantile_candidates
 from sandbox.plans.relation import key, plan_relation
 from sandbox.pricing import quantiles
-from sandbox.protocol.messages import (
-    BOUNDED_KINDS,
-    VARIANCE_KINDS,
-    Aggregate,
-    AggregateKind,
-    Column,
-    ColumnInfo,
-    DatasetInfo,
-    NoisyValue,
-    QueryPlan,
-    ReleaseCost,
-)
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo
+from sandbox.protocol.plan import BOUNDED_KINDS, VARIANCE_KINDS, Aggregate, AggregateKind, Column, QueryPlan
+from sandbox.protocol.release import NoisyValue, ReleaseCost
 
 dp.enable_features("contrib")
 

@@ -46,7 +46,9 @@ from sandbox.pricing.mechanisms import (
     SELECT,
     Component,
 )
-from sandbox.protocol.messages import DatasetInfo, QueryPlan, ReleaseCost
+from sandbox.protocol.catalog import DatasetInfo
+from sandbox.protocol.plan import QueryPlan
+from sandbox.protocol.release import ReleaseCost
 
 dp.enable_features("contrib")
 
