@@ -10,21 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budgets.ledger import (
-    _CAP_COLUMNS,
-    _FLAG_COLUMNS,
-    _GRANT_COLUMNS,
-    _SCOPES,
-    BudgetLimit,
-    GrantKey,
-    Ledger,
-    Metering,
-    PrivacyLoss,
-    Reservation,
-    _scope,
-    _window_sums,
-    zcdp_columns,
-)
+from gateway.budgets.ledger import BudgetLimit, GrantKey, Ledger, Metering, PrivacyLoss, Reservation
+from gateway.budgets.ledger_schema import _CAP_COLUMNS, _FLAG_COLUMNS, _GRANT_COLUMNS, _SCOPES
+from gateway.budgets.records import zcdp_columns
+from gateway.budgets.windows import _scope, _window_sums
 from gateway.policy.periods import Window
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
