@@ -44,6 +44,7 @@ from gateway.budgets.ledger_schema import (
     _migrate_v1,
     _migrate_v3,
     _migrate_v4,
+    postgres_statements,
 )
 from gateway.budgets.records import (
     _OWNER_LEVELS,
@@ -73,7 +74,8 @@ from gateway.errors import (
     StorageUnavailableError,
 )
 from gateway.policy.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, to_units
-from gateway.storage.sqlite import ConnectionPool, immediate
+from gateway.storage.pg import PgDatabase, ensure_schema
+from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location
 from sandbox.pricing.cap_rules import CapCounts, pure_to_rho_units
 
 __all__ = [
@@ -93,18 +95,19 @@ __all__ = [
 
 
 class Ledger(LedgerReads):
-    """The durable privacy-budget ledger in one SQLite file.
+    """The durable privacy-budget ledger in one SQLite file or one PostgreSQL database.
 
-    Safe to share between threads, and between processes on the same host that each open their
-    own ``Ledger`` on the same file (WAL needs a local filesystem, not NFS). Create it after any
-    ``fork``. Calls take a connection from a pool (a fresh one per call cost about 0.5 ms).
+    Safe to share between threads, and between processes that each open their own ``Ledger`` on the
+    same file on one host (WAL needs a local filesystem, not NFS) or on the same PostgreSQL database
+    from any host (`gateway.storage.pg`: write transactions hold one advisory lock). Create it after
+    any ``fork``. Calls take a connection from a pool (a fresh one per call cost about 0.5 ms).
     """
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path | PgDatabase, *, busy_timeout_s: float = 30.0) -> None:
         """Opens (creating if needed) the ledger file, its directories and its schema.
 
         Args:
-            path: The SQLite file, usually inside the gateway's state directory.
+            path: The SQLite file, usually inside the gateway's state directory, or a PostgreSQL database.
             busy_timeout_s: How long a call waits for another writer before it fails.
 
         Raises:
@@ -113,13 +116,13 @@ class Ledger(LedgerReads):
         """
         if not busy_timeout_s > 0:
             raise ValueError(f"busy_timeout_s must be > 0, got {busy_timeout_s!r}")
-        self._path = Path(path)
+        self._path = path if isinstance(path, PgDatabase) else Path(path)
         self._busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.Lock()
         self._closed = False
         # This process's lease on its reservations (see `heartbeat` and `gateway.path.settle`).
         self.holder = uuid.uuid4().hex
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_location(self._path)
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False),
             lambda: StorageUnavailableError("the privacy ledger's storage failed; retry with the same request id"),
@@ -135,8 +138,8 @@ class Ledger(LedgerReads):
             raise
 
     @property
-    def path(self) -> Path:
-        """The SQLite file this ledger lives in."""
+    def path(self) -> Path | PgDatabase:
+        """The SQLite file or PostgreSQL database this ledger lives in."""
         return self._path
 
     # -- leases and settlement (gateway.path.settle) ---------------------------------------------------
@@ -531,20 +534,12 @@ class Ledger(LedgerReads):
     # -- internals -------------------------------------------------------------------------
 
     def _open(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=check_same_thread,
-        )
-        try:
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_location(self._path, busy_timeout_s=self._busy_timeout_s)
 
     def _initialize(self, conn: sqlite3.Connection) -> None:
+        if isinstance(self._path, PgDatabase):
+            ensure_schema(conn, postgres_statements())
+            return
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(mode).lower() != "wal":
             raise GatewayInternalError("privacy ledger could not switch to WAL mode")

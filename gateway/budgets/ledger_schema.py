@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from gateway.budgets.records import PrivacyLoss, _units, zcdp_columns
+from gateway.storage.pg import ddl, json_array_functions, translate
 from sandbox.pricing.periods import BUCKET_SQL
 
 # 2 adds exact units, organisation and metering columns; 3 adds rho_units; 4 adds zcdp_units, no_zcdp and
@@ -133,15 +134,16 @@ _FLAG_COLUMNS = frozenset({"no_zcdp", "cap_no_epsilon", "cap_no_rho"})
 _UNIT_COLUMNS = _GRANT_COLUMNS + _CAP_COLUMNS
 
 
-def _bucket_statements(prefix: str, sign: str) -> list[str]:
-    """Add (sign '+') or subtract ('-') one charge row (`prefix` 'NEW.' or 'OLD.') to its buckets."""
+def _bucket_statements(prefix: str, sign: str, *, target: str = "") -> list[str]:
+    """Add (sign '+') or subtract ('-') one charge row (`prefix` 'NEW.' or 'OLD.') to its buckets; `target`
+    qualifies the stored value in an upsert (PostgreSQL needs ``spend_buckets.``)."""
     out = []
     values = ", ".join(f"{prefix}{c}" for c in _UNIT_COLUMNS)
     for scope in _SCOPES.values():
         for width, bucket in BUCKET_SQL.items():
             sc, b = scope.format(p=prefix), bucket.format(p=prefix)
             if sign == "+":
-                sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in (*_UNIT_COLUMNS, "charges"))
+                sets = ", ".join(f"{c} = {target}{c} + excluded.{c}" for c in (*_UNIT_COLUMNS, "charges"))
                 out.append(f"INSERT INTO spend_buckets (scope, width, bucket, {', '.join(_UNIT_COLUMNS)}, charges)"
                            f" VALUES ({sc}, {width}, {b}, {values}, 1)"
                            f" ON CONFLICT (scope, width, bucket) DO UPDATE SET {sets};")
@@ -233,3 +235,25 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
             "UPDATE charges SET epsilon_units = ?, delta_units = ?, organization = consumer WHERE rowid = ?",
             (eu, du, rowid),
         )
+
+
+def postgres_statements() -> list[str]:
+    """The ledger's PostgreSQL schema (current version; a new database needs no migrations): the same tables
+    (`gateway.storage.pg.ddl`), a ``rowid`` column on charges (the tie-break of the charge order, as SQLite's),
+    the scope-key function, and one trigger function keeping the spending buckets."""
+    def body(prefix: str, sign: str) -> str:
+        return translate(" ".join(_bucket_statements(prefix, sign, target="spend_buckets.")))
+    columns = ", ".join(("consumer", "dataset", "purpose", "organization", "created_at", *_UNIT_COLUMNS))
+    return [
+        *json_array_functions(),
+        *ddl(_SCHEMA),
+        "ALTER TABLE charges ADD COLUMN IF NOT EXISTS rowid BIGSERIAL",
+        *ddl(_BUCKETS_SCHEMA[0]),
+        "CREATE OR REPLACE FUNCTION pgw_charges_buckets() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF TG_OP IN ('UPDATE', 'DELETE') THEN {body('OLD.', '-')} END IF;"
+        f" IF TG_OP IN ('UPDATE', 'INSERT') THEN {body('NEW.', '+')} END IF;"
+        " RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS charges_buckets ON charges",
+        f"CREATE TRIGGER charges_buckets AFTER INSERT OR DELETE OR UPDATE OF {columns} ON charges"
+        " FOR EACH ROW EXECUTE FUNCTION pgw_charges_buckets()",
+    ]

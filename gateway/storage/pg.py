@@ -41,7 +41,8 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import Loader
 
-__all__ = ["WRITE_LOCK", "PgConnection", "PgCursor", "PgDatabase", "ddl", "is_postgres_url", "translate"]
+__all__ = ["WRITE_LOCK", "PgConnection", "PgCursor", "PgDatabase", "ddl", "ensure_schema", "is_postgres_url",
+           "translate"]
 
 WRITE_LOCK = 0x70677731  # the advisory lock every write transaction holds ("pgw1")
 
@@ -198,16 +199,17 @@ def ddl(sqlite_ddl: str) -> list[str]:
     return [s.strip() for s in out.split(";") if s.strip()]
 
 
-def ensure_schema(conn: PgConnection, statements: Sequence[str]) -> None:
-    """Run schema statements in one write transaction (replicas starting together create it once)."""
+def ensure_schema(conn: Any, statements: Sequence[str]) -> None:
+    """Run schema statements on a `PgConnection` in one write transaction (replicas starting together
+    create the schema once: the others wait on the write lock, then find it)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for statement in statements:
-            conn._conn.execute(statement)
+            conn.execute(statement)
     except BaseException:
-        conn._conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK")
         raise
-    conn._conn.execute("COMMIT")
+    conn.execute("COMMIT")
 
 
 APPEND_ONLY = """
