@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -21,6 +22,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "catalog": (ROOT / "policies" / "catalog.toml", "the data owner's catalog (read by the sandbox)"),
     "data_dir": (None, "directory of the catalog's data files (default: the catalog's data_dir)"),
     "state_dir": (ROOT / ".state", "durable state: ledger database, sandbox socket"),
+    "storage_url": ("", "PostgreSQL URL (postgresql://...) for the ledger, audit log, governance state, release "
+                        "cache and verification caps, shared by gateway replicas; empty: SQLite in state_dir"),
     "tls_dir": (None, "directory with ca.crt, server.crt, server.key (default: <state_dir>/certs)"),
     "sandbox_socket": (None, "Unix socket of the sandbox (default: <state_dir>/sandbox.sock)"),
     "start_sandbox": (True, "start the sandbox process (false: connect to a running one)"),
@@ -34,6 +37,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "stream_message_timeout_ms": (10_000, "the longest a streaming call may wait for its client's next message"),
     "storage_reserve_mb": (32, "MiB kept free for settling charges: new charged work is refused below twice this"),
     "health_interval_ms": (1000, "how often the sandbox's health is probed (NOT_SERVING while it is down)"),
+    "policy_poll_ms": (1000, "how often a gateway checks whether another replica on the same storage reloaded "
+                             "the policy"),
     "metrics_port": (-1, "loopback port for Prometheus /metrics (0 picks one; -1 disables)"),
     "log_format": ("text", "log lines as `text` or `json` (structured, with request ids)"),
     "console_listen": ("", "host:port of the web console (HTTPS, client certificates of the CA required); "
@@ -54,6 +59,7 @@ class Settings:
     catalog: Path
     data_dir: Path | None
     state_dir: Path
+    storage_url: str
     tls_dir: Path
     sandbox_socket: Path
     start_sandbox: bool
@@ -67,6 +73,7 @@ class Settings:
     stream_message_timeout_ms: int
     storage_reserve_mb: int
     health_interval_ms: int
+    policy_poll_ms: int
     metrics_port: int
     log_format: str
     console_listen: str
@@ -122,6 +129,9 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     state = Path(values["state_dir"])
     values["tls_dir"] = values["tls_dir"] or state / "certs"
     values["sandbox_socket"] = values["sandbox_socket"] or state / "sandbox.sock"
+    if values["storage_url"] and urlsplit(values["storage_url"]).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("settings", "storage_url", "is not a postgresql:// URL (leave it empty for SQLite in "
+                          "state_dir).")
     if values["log_format"] not in ("text", "json"):
         raise ConfigError("settings", "log_format", f"has value {values['log_format']!r}. Use text or json.")
     settings = Settings(**values)

@@ -17,6 +17,7 @@ from gateway.release.audit import AuditError, AuditLog, VerifyReport, verify_exp
 from gateway.release.oversight import AUDIT_FILE
 from gateway.release.receipts import Receipt, verify_receipt
 from gateway.release.signing import KEYS_DIR, PUBLIC_KEY_FILE, Signer, load_or_create_hmac_key, public_key_id
+from gateway.storage.pg import storage_location
 
 __all__ = ["register"]
 
@@ -30,11 +31,18 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _open_audit(args: argparse.Namespace) -> AuditLog:
+    """The audit log in the gateway's storage: `--storage-url` (or the storage_url setting), else the ledger
+    file in the state directory (whose keys check the MACs and seals either way)."""
     state = _state_dir(args)
-    path = state / AUDIT_FILE
-    if not path.exists():
-        raise SystemExit(f"no audit log at {path}")
-    return AuditLog(path, Signer.load_or_create(state), load_or_create_hmac_key(state))
+    url = getattr(args, "storage_url", None)
+    if url is None:
+        from gateway.settings import load_settings
+
+        url = load_settings().storage_url
+    location = storage_location(url, state / AUDIT_FILE)
+    if isinstance(location, Path) and not location.exists():
+        raise SystemExit(f"no audit log at {location}")
+    return AuditLog(location, Signer.load_or_create(state), load_or_create_hmac_key(state))
 
 
 def _print_report(report: VerifyReport, as_json: bool) -> int:
@@ -158,6 +166,8 @@ def register(subparsers: Any) -> None:
     def common(p: argparse.ArgumentParser, state: bool = True) -> None:
         if state:
             p.add_argument("--state-dir", help="the gateway's state directory (default: settings)")
+            p.add_argument("--storage-url", help="the gateway's PostgreSQL storage (default: the storage_url "
+                                                 "setting; empty: SQLite in the state directory)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     audit = subparsers.add_parser("audit", help="verify and export the signed audit log")

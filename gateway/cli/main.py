@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {
         "listen": args.listen, "policy": args.policy, "catalog": args.catalog,
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
+        "storage_url": args.storage_url,
         "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
         "log_format": args.log_format, "console_listen": args.console_listen,
         "console_public_listen": args.console_public_listen,
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog")
     s.add_argument("--data-dir")
     s.add_argument("--state-dir")
+    s.add_argument("--storage-url", help="postgresql://... URL of storage shared by replicas (default: SQLite in "
+                                         "the state directory)")
     s.add_argument("--tls-dir")
     s.add_argument("--query-timeout-ms")
     s.add_argument("--metrics-port", help="serve Prometheus /metrics on this loopback port")

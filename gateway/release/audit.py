@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Literal, cast
 
 from gateway.release.signing import Signer, canonical_json, public_key_id, verify
-from gateway.storage.sqlite import ConnectionPool, immediate
+from gateway.storage.pg import PgDatabase, append_only_trigger, ddl, ensure_schema
+from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -535,7 +536,7 @@ class AuditLog:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | PgDatabase,
         signer: Signer,
         hmac_key: bytes,
         *,
@@ -564,7 +565,7 @@ class AuditLog:
             raise ValueError(f"busy_timeout_s must be > 0, got {busy_timeout_s!r}")
         if len(hmac_key) < 32:
             raise ValueError("hmac_key must be at least 32 bytes")
-        self._path = Path(path)
+        self._path = path if isinstance(path, PgDatabase) else Path(path)
         self._signer = signer
         self._hmac_key = bytes(hmac_key)
         self._mac_key = hmac.new(self._hmac_key, _MAC_CONTEXT, hashlib.sha256).digest()
@@ -573,7 +574,7 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_location(self._path)
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False), lambda: AuditError("audit log storage error")
         )
@@ -587,8 +588,8 @@ class AuditLog:
             raise
 
     @property
-    def path(self) -> Path:
-        """The SQLite file."""
+    def path(self) -> Path | PgDatabase:
+        """The SQLite file or PostgreSQL database."""
         return self._path
 
     @property
@@ -857,18 +858,16 @@ class AuditLog:
         return seals
 
     def _open(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path, timeout=self._busy_timeout_s, isolation_level=None,
-            check_same_thread=check_same_thread,
-        )
-        try:
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_location(self._path, busy_timeout_s=self._busy_timeout_s)
 
     def _initialize(self, conn: sqlite3.Connection) -> None:
+        if isinstance(self._path, PgDatabase):
+            try:
+                ensure_schema(conn, [*ddl(_SCHEMA[:_SCHEMA.index("CREATE TRIGGER")]),
+                                     *append_only_trigger("entries"), *append_only_trigger("seals")])
+            except sqlite3.Error as exc:
+                raise AuditError("the audit log could not be opened") from exc
+            return
         try:
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if str(mode).lower() != "wal":

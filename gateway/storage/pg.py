@@ -34,6 +34,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,9 +43,14 @@ from psycopg import pq
 from psycopg.adapt import Loader
 
 __all__ = ["WRITE_LOCK", "PgConnection", "PgCursor", "PgDatabase", "ddl", "ensure_schema", "is_postgres_url",
-           "translate"]
+           "storage_location", "translate"]
 
 WRITE_LOCK = 0x70677731  # the advisory lock every write transaction holds ("pgw1")
+
+
+def storage_location(storage_url: str, sqlite_file: Path) -> Path | PgDatabase:
+    """Where the gateway's stores live: the PostgreSQL database of `storage_url`, else the SQLite file."""
+    return PgDatabase(storage_url) if storage_url else sqlite_file
 
 
 def is_postgres_url(url: str) -> bool:
