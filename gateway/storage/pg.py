@@ -220,7 +220,7 @@ def ensure_schema(conn: Any, statements: Sequence[str]) -> None:
 
 APPEND_ONLY = """
 CREATE OR REPLACE FUNCTION pgw_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only' USING ERRCODE = 'restrict_violation'; END $$
 """
 
 
