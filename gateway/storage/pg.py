@@ -99,11 +99,12 @@ class PgDatabase:
 class PgCursor:
     """The rows of one statement, read like a `sqlite3.Cursor`."""
 
-    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
-        """Rows already fetched (every statement's result is small or wanted whole)."""
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int, names: Sequence[str] = ()) -> None:
+        """Rows already fetched (every statement's result is small or wanted whole); `names`: the columns."""
         self._rows = rows
         self._next = 0
         self.rowcount = rowcount
+        self.description = tuple((name, None, None, None, None, None, None) for name in names) or None
 
     def fetchone(self) -> Any:
         """The next row, or None."""
@@ -150,8 +151,9 @@ class PgConnection:
                 return PgCursor([], -1)
             params = tuple(int(v) if isinstance(v, bool) else v for v in parameters)  # SQLite's booleans
             cur = self._conn.execute(translate(sql), params)
-            rows = cur.fetchall() if cur.description is not None else []
-            return PgCursor(rows, cur.rowcount)
+            if cur.description is None:
+                return PgCursor([], cur.rowcount)
+            return PgCursor(cur.fetchall(), cur.rowcount, [c.name for c in cur.description])
         except psycopg.errors.IntegrityError as exc:
             raise sqlite3.IntegrityError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
         except psycopg.Error as exc:
