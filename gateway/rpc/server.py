@@ -51,7 +51,7 @@ from gateway.rpc.verification import VerificationServicer
 from gateway.settings import Settings
 from gateway.sizes import MAX_MESSAGE_BYTES
 from gateway.storage.diskspace import DiskGuard
-from gateway.storage.pg import storage_location
+from gateway.storage.pg import PgDatabase, storage_location
 from gateway.storage.state import StateStore
 from sandbox.client import SandboxClient, SandboxProcess
 
@@ -277,8 +277,10 @@ def start_gateway(settings: Settings) -> Gateway:
         evaluate = EvaluateProduct(catalog, governor, queries.grade_rules)
         owner = OwnerSettings(client, governor, (queries, train, evaluate))
         owner.apply(catalog)  # the caps and grade rules from the sandbox's catalog, never from the file
-        verification = VerificationCore.start(policy.verification, client, settings.state_dir, oversight.signer,
-                                              sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
+        verification = VerificationCore.start(
+            policy.verification, client, settings.state_dir, oversight.signer,
+            sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight,
+            database=database if isinstance(database, PgDatabase) else None)
         verification.supervisor = supervisor
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="pgw-worker")
         admission = Admission(AdmissionLimits(

@@ -73,10 +73,12 @@ class PgDatabase:
     Attributes:
         url: ``postgresql://user@host:port/dbname?...`` (any libpq connection URL).
         lock_timeout_s: How long a statement waits for a lock (another replica's write transaction).
+        schema: A schema searched before ``public`` (the verification state's tables, whose names would clash).
     """
 
     url: str
     lock_timeout_s: float = field(default=30.0, compare=False)
+    schema: str = ""  # a schema searched before public (a store whose table names would clash)
 
     def connect(self) -> PgConnection:
         """A new connection in autocommit mode (transactions are explicit ``BEGIN``/``COMMIT``)."""
@@ -87,6 +89,8 @@ class PgDatabase:
         conn.adapters.register_loader("numeric", _NumberLoader)
         wrapped = PgConnection(conn)
         wrapped.execute(f"SET lock_timeout = {int(self.lock_timeout_s * 1000)}")
+        if self.schema:
+            wrapped.execute(f"SET search_path = {self.schema}, public")
         return wrapped
 
     def __str__(self) -> str:
