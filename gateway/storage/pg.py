@@ -147,8 +147,7 @@ class PgConnection:
             return PgCursor([], -1)  # durability and journal settings: PostgreSQL commits are durable
         try:
             if head.startswith("BEGIN IMMEDIATE"):
-                self._conn.execute("BEGIN")
-                self._conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+                self._conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")  # one round trip
                 return PgCursor([], -1)
             if head.rstrip() == "BEGIN":
                 self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
