@@ -129,7 +129,13 @@ class Ledger(LedgerReads):
         )
         # The anchor connection is never used for queries. Holding it open keeps the WAL and its
         # index alive, so closing a per-call connection does not checkpoint and delete the WAL.
-        self._anchor: sqlite3.Connection | None = self._open(check_same_thread=False)
+        # (PostgreSQL has no WAL to keep: its schema is created on a pooled connection, no anchor is held.)
+        self._anchor: sqlite3.Connection | None = None
+        if isinstance(self._path, PgDatabase):
+            with self._pool.connection() as conn:  # a storage failure: StorageUnavailableError
+                self._initialize(conn)
+            return
+        self._anchor = self._open(check_same_thread=False)
         try:
             self._initialize(self._anchor)
         except BaseException:

@@ -201,7 +201,12 @@ class AuditLog:
             lambda: self._open(check_same_thread=False), lambda: AuditError("audit log storage error")
         )
         # Held open so per-call connections closing do not checkpoint and delete the WAL (as the ledger).
-        self._anchor: sqlite3.Connection | None = self._open(check_same_thread=False)
+        self._anchor: sqlite3.Connection | None = None
+        if isinstance(self._path, PgDatabase):  # no WAL to keep; a storage failure is an AuditError
+            with self._pool.connection() as conn:
+                self._initialize(conn)
+            return
+        self._anchor = self._open(check_same_thread=False)
         try:
             self._initialize(self._anchor)
         except BaseException:

@@ -51,7 +51,7 @@ from gateway.rpc.verification import VerificationServicer
 from gateway.settings import Settings
 from gateway.sizes import MAX_MESSAGE_BYTES
 from gateway.storage.diskspace import DiskGuard
-from gateway.storage.pg import PgDatabase, storage_location
+from gateway.storage.pg import PgDatabase, check_reachable, storage_location
 from gateway.storage.state import StateStore
 from sandbox.client import SandboxClient, SandboxProcess
 
@@ -235,6 +235,8 @@ def start_gateway(settings: Settings) -> Gateway:
     creds = server_credentials(settings.tls_dir)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     database = storage_location(settings.storage_url, settings.ledger_path)
+    if isinstance(database, PgDatabase):
+        check_reachable(database)
     process: SandboxProcess | None = None
     if settings.start_sandbox:
         extra = [

@@ -42,8 +42,10 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import Loader
 
-__all__ = ["WRITE_LOCK", "PgConnection", "PgCursor", "PgDatabase", "ddl", "ensure_schema", "is_postgres_url",
-           "storage_location", "translate"]
+from gateway.errors import ConfigError
+
+__all__ = ["WRITE_LOCK", "PgConnection", "PgCursor", "PgDatabase", "check_reachable", "ddl", "ensure_schema",
+           "is_postgres_url", "storage_location", "translate"]
 
 WRITE_LOCK = 0x70677731  # the advisory lock every write transaction holds ("pgw1")
 
@@ -51,6 +53,16 @@ WRITE_LOCK = 0x70677731  # the advisory lock every write transaction holds ("pgw
 def storage_location(storage_url: str, sqlite_file: Path) -> Path | PgDatabase:
     """Where the gateway's stores live: the PostgreSQL database of `storage_url`, else the SQLite file."""
     return PgDatabase(storage_url) if storage_url else sqlite_file
+
+
+def check_reachable(database: PgDatabase) -> None:
+    """Connect once, or raise a `ConfigError` naming the storage_url setting (a replica refuses to start)."""
+    try:
+        database.connect().close()
+    except sqlite3.Error as exc:
+        cause = exc.__cause__
+        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else str(exc)
+        raise ConfigError("settings", "storage_url", f"cannot connect to {database}: {detail}") from exc
 
 
 def is_postgres_url(url: str) -> bool:

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss
-from gateway.errors import StorageUnavailableError
+from gateway.errors import ConfigError, StorageUnavailableError
 from gateway.policy.model import GrantOverride
 from gateway.products.query.cache import ReleaseCache
 from gateway.release.audit import AuditLog, AuditRecord
 from gateway.release.signing import Signer, load_or_create_hmac_key
-from gateway.storage.pg import PgDatabase, translate
+from gateway.settings import load_settings
+from gateway.storage.pg import PgDatabase, check_reachable, translate
 from gateway.storage.sqlite import open_location
 from gateway.storage.state import Outcome, StateStore
 
@@ -143,3 +144,24 @@ def test_audit_chain_is_one_chain_under_concurrent_completions(storage: Where, t
     assert n == 80
     ledger.close()
     audit.close()
+
+
+def test_storage_url_must_be_a_postgresql_url() -> None:
+    """storage_url is empty (SQLite) or a postgresql:// URL; anything else is refused naming the setting."""
+    assert load_settings({"storage_url": ""}).storage_url == ""
+    assert load_settings({"storage_url": "postgresql://db/gw"}).storage_url == "postgresql://db/gw"
+    with pytest.raises(ConfigError, match="storage_url"):
+        load_settings({"storage_url": "mysql://db/gw"})
+
+
+def test_an_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    """A replica whose database cannot be reached fails to open its ledger with the store's own error."""
+    with pytest.raises(StorageUnavailableError):
+        Ledger(PgDatabase(f"postgresql:///x?host={tmp_path}&port=1"))
+
+
+def test_a_replica_names_an_unreachable_storage_url(tmp_path: Path) -> None:
+    """The start-up check names the setting and the database, without its password."""
+    with pytest.raises(ConfigError, match="storage_url") as info:
+        check_reachable(PgDatabase(f"postgresql://pgw:secret@/x?host={tmp_path}&port=1"))
+    assert "secret" not in str(info.value)
