@@ -1,4 +1,8 @@
-"""The durable privacy-budget ledger: spend per (consumer, dataset, purpose) in WAL-mode SQLite.
+"""The durable privacy-budget ledger: spend per (consumer, dataset, purpose) in WAL-mode SQLite or PostgreSQL.
+
+On PostgreSQL (`gateway.storage.pg`, for gateway replicas) ``BEGIN IMMEDIATE`` takes the one write lock every
+replica's write transactions share, so everything below holds across replicas as it does across processes on
+one SQLite file; PostgreSQL commits are durable (``durable=False`` changes nothing there).
 
 Guarantees. Every state change runs in one ``BEGIN IMMEDIATE`` transaction on a connection opened
 for that call, so the check "spent + cost <= budget" and the write of the charge are atomic with
