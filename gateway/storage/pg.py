@@ -42,8 +42,6 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import Loader
 
-from gateway.errors import ConfigError
-
 __all__ = ["WRITE_LOCK", "PgConnection", "PgCursor", "PgDatabase", "check_reachable", "ddl", "ensure_schema",
            "is_postgres_url", "storage_location", "translate"]
 
@@ -57,6 +55,8 @@ def storage_location(storage_url: str, sqlite_file: Path) -> Path | PgDatabase:
 
 def check_reachable(database: PgDatabase) -> None:
     """Connect once, or raise a `ConfigError` naming the storage_url setting (a replica refuses to start)."""
+    from gateway.errors import ConfigError  # here: the audit log's offline tools must not load grpc (errors does)
+
     try:
         database.connect().close()
     except sqlite3.Error as exc:
