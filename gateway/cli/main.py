@@ -239,7 +239,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
     from gateway.identity import certs
 
     out = Path(args.out)
-    written = certs.write_dev_pki(out, clients=args.client, server_hosts=tuple(args.host))
+    if args.owner:
+        hosts = tuple(args.host or ["localhost", "127.0.0.1"])
+        written = certs.write_owner_pki(out, gateways=args.client, sandbox_hosts=hosts)
+    else:
+        written = certs.write_dev_pki(out, clients=args.client, server_hosts=("localhost", "127.0.0.1", *args.host))
     for name, path in sorted(written.items()):
         print(f"{name}: {path}")
     return 0
@@ -322,8 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("certs", help="create a development CA, server and client certificates")
     c.add_argument("--out", required=True)
-    c.add_argument("--client", action="append", default=[], help="client name (repeatable)")
-    c.add_argument("--host", action="append", default=["localhost", "127.0.0.1"])
+    c.add_argument("--client", action="append", default=[],
+                   help="client name (repeatable); with --owner: a gateway's name")
+    c.add_argument("--host", action="append", default=[],
+                   help="a name or address the server is reached by besides localhost and 127.0.0.1 "
+                        "(repeatable); with --owner: the sandbox's names and addresses (default localhost, "
+                        "127.0.0.1)")
+    c.add_argument("--owner", action="store_true",
+                   help="the data owner's PKI for the gateway-sandbox link over TCP: ca.crt/key, "
+                        "sandbox.crt/key, a client pair per gateway (see docs/deployment.md)")
     c.set_defaults(func=cmd_certs)
 
     k = sub.add_parser("check-policy", help="validate the policy and catalog files")
