@@ -57,7 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
         "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
         "log_format": args.log_format, "console_listen": args.console_listen,
-        "console_public_listen": args.console_public_listen,
+        "console_public_listen": args.console_public_listen, "sandbox_address": args.sandbox_address,
+        "sandbox_tls_ca": args.sandbox_tls_ca, "sandbox_tls_cert": args.sandbox_tls_cert,
+        "sandbox_tls_key": args.sandbox_tls_key,
     }
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     if settings.log_format == "json":
@@ -285,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", choices=["text", "json"])
     s.add_argument("--console-listen", help="host:port of the web console (client certificates required)")
     s.add_argument("--console-public-listen", help="host:port of the public transparency page (no certificate)")
+    s.add_argument("--sandbox-address",
+                   help="host:port of the sandbox on the data owner's host (mutual TLS; no local sandbox is started)")
+    s.add_argument("--sandbox-tls-ca", help="the data owner's CA certificate (trusted for the sandbox)")
+    s.add_argument("--sandbox-tls-cert", help="this gateway's client certificate from the owner's CA")
+    s.add_argument("--sandbox-tls-key", help="the key of --sandbox-tls-cert")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
     s.set_defaults(func=cmd_serve)

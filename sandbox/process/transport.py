@@ -14,8 +14,8 @@ gateway serves gRPC under):
 TLS 1.3 only, from Python's `ssl` module. In TLS 1.3 the client's handshake ends before the server has
 checked the client's certificate, so the sandbox writes `GREETING` once it has accepted the gateway, and the
 gateway sends nothing before it has read it: a refusal always reaches the gateway before its first request
-(nothing was sent, so nothing can have been charged). `GREETING` also names the link's protocol version. `tls_failure` turns a handshake failure into a sentence that
-says which side refused what.
+(nothing was sent, so nothing can have been charged). `GREETING` also names the link's protocol version.
+`tls_failure` turns a handshake failure into a sentence that says which side refused what.
 """
 
 from __future__ import annotations

@@ -77,9 +77,9 @@ def test_sandbox_refuses_plaintext_and_clients_without_an_owner_certificate(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(str(sandbox.tls / "ca.crt"))
     with socket.create_connection((sandbox.host, sandbox.port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=sandbox.host) as tls:
-        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
-            tls.recv(100)  # the sandbox's alert, never its greeting
+            ctx.wrap_socket(raw, server_hostname=sandbox.host) as tls, \
+            pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+        tls.recv(100)  # the sandbox's alert, never its greeting
     assert sandbox.log_has("presented no client certificate: one from the data owner's CA is required")
     assert sandbox.client().health().serving  # and it keeps serving its gateways
 
