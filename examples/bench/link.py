@@ -85,7 +85,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
-    print(f"| operation ({args.reps} each, interleaved) | " + " | ".join(f"{k} median / p90 ms" for k in clients) + " |")
+    heads = " | ".join(f"{k} median / p90 ms" for k in clients)
+    print(f"| operation ({args.reps} each, interleaved) | {heads} |")
     print("| --- | " + " | ".join("---" for _ in clients) + " |")
     for op in ops:
         cells = []
