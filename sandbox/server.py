@@ -4,7 +4,7 @@ single-host default) or on TCP with mutual TLS under the data owner's CA (`Sandb
 the owner's host serving one or more gateways elsewhere; `sandbox.process.transport`).
 
 Over TCP the TLS handshake runs on the connection's own thread (a slow or hostile peer never holds up
-accepting others), within `HANDSHAKE_TIMEOUT_S`; a peer without a client certificate from the owner's CA,
+accepting others), within `HANDSHAKE_TIMEOUT_S`, and at most `MAX_CONNECTIONS` connections are open at once; a peer without a client certificate from the owner's CA,
 with one from another CA, or speaking plaintext is refused there, logged with its address and the reason,
 before a byte of a request is read. Each accepted gateway is logged once with its certificate's common name.
 Several gateways may share one TLS sandbox: the owner's cap ledger serialises their charges
@@ -58,6 +58,7 @@ from sandbox.protocol.wire import encode_frame, frame_length
 log = logging.getLogger("sandbox.server")
 IDLE_TIMEOUT_S = 300.0
 HANDSHAKE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 512  # open TLS connections (each holds a thread); beyond it a new one is closed at once
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -223,6 +224,7 @@ class SandboxTlsServer(socketserver.ThreadingMixIn, socketserver.TCPServer, _Ser
         self.verifier = Verifier.for_engine(engine)
         self.tie = ParentTie()  # a networked sandbox is the owner's service, tied to no gateway
         self.context = server_context(tls)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -231,6 +233,22 @@ class SandboxTlsServer(socketserver.ThreadingMixIn, socketserver.TCPServer, _Ser
     def port(self) -> int:
         """The port bound."""
         return int(self.server_address[1])
+
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket],
+                        client_address: Any) -> None:
+        """Serve the connection on a thread of its own, unless `MAX_CONNECTIONS` are open: then close it."""
+        if not self._slots.acquire(blocking=False):
+            log.warning("refused a connection from %s: %d connections are open", client_address, MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket],
+                               client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def get_request(self) -> tuple[socket.socket, object]:
         """Accept, and wrap for TLS without handshaking (the handshake runs on the connection's thread)."""

@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run sandbox + gateway until SIGINT/SIGTERM."""
     from gateway.console import start_console
     from gateway.rpc.server import start_gateway
+    from sandbox.client import SandboxConnectionError, SandboxStartError
 
     overrides = {
         "listen": args.listen, "policy": args.policy, "catalog": args.catalog,
@@ -68,7 +69,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         install_json_logging()
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
-    gateway = start_gateway(settings)
+    try:
+        gateway = start_gateway(settings)
+    except (SandboxConnectionError, SandboxStartError) as exc:
+        where = settings.sandbox_address or str(settings.sandbox_socket)
+        print(f"the sandbox ({where}) is not available: {exc}", file=sys.stderr)
+        return 1
     try:
         start_console(gateway, settings)
     except BaseException:

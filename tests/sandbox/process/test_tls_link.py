@@ -9,6 +9,7 @@ import ssl
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -123,3 +124,38 @@ def test_start_gateway_names_a_missing_tls_file_and_refuses_a_foreign_sandbox(
     with pytest.raises(SandboxConnectionError, match="does not accept"):
         start_gateway(replace(settings, sandbox_tls_ca=foreign / "ca.crt"))
     assert not (tmp_path / "a" / "sandbox.sock").exists()
+
+
+def test_open_connections_are_bounded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Peers that connect and never finish a handshake hold at most MAX_CONNECTIONS slots: past that a new
+    connection is closed at once (logged), and a gateway connects again once the slots are free."""
+    from sandbox.catalog import load_catalog
+    from sandbox.engine.engine import Engine
+    from sandbox.engine.limits import Limits
+    from sandbox.server import SandboxTlsServer
+    from tests.sandbox.process.test_sandbox_lifecycle import _catalog
+
+    monkeypatch.setattr("sandbox.server.MAX_CONNECTIONS", 2)
+    tls = owner_pki(tmp_path)
+    engine = Engine(load_catalog(_catalog(tmp_path)), Limits(query_timeout_ms=5000, threads=1))
+    server = SandboxTlsServer(("127.0.0.1", 0), TlsFiles(tls / "ca.crt", tls / "sandbox.crt", tls / "sandbox.key"),
+                              engine)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    client = SandboxClient(TlsEndpoint("127.0.0.1", server.port, gateway_files(tls, "gw1")), 5.0)
+    try:
+        assert client.health(fresh=True).serving
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        with pytest.raises(SandboxConnectionError) as info, caplog.at_level("WARNING", "sandbox.server"):
+            for _ in range(20):  # until both idle peers hold their slots
+                client.health(fresh=True)
+        assert info.value.before_send
+        assert "2 connections are open" in caplog.text
+        for s in idle:
+            s.close()
+        time.sleep(0.5)
+        assert client.health(fresh=True).serving
+    finally:
+        server.shutdown()
+        server.server_close()
