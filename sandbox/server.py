@@ -4,10 +4,11 @@ single-host default) or on TCP with mutual TLS under the data owner's CA (`Sandb
 the owner's host serving one or more gateways elsewhere; `sandbox.process.transport`).
 
 Over TCP the TLS handshake runs on the connection's own thread (a slow or hostile peer never holds up
-accepting others), within `HANDSHAKE_TIMEOUT_S`, and at most `MAX_CONNECTIONS` connections are open at once; a peer without a client certificate from the owner's CA,
-with one from another CA, or speaking plaintext is refused there, logged with its address and the reason,
-before a byte of a request is read. Each accepted gateway is logged once with its certificate's common name.
-Several gateways may share one TLS sandbox: the owner's cap ledger serialises their charges
+accepting others), within `HANDSHAKE_TIMEOUT_S`, and at most `MAX_CONNECTIONS` connections are open at
+once. A peer without a client certificate from the owner's CA, with one from another CA, or speaking
+plaintext is refused there, logged with its address and the reason, before a byte of a request is read; an
+accepted one gets `GREETING` and is logged (debug) with its certificate's common name. Several gateways may
+share one TLS sandbox: the owner's cap ledger serialises their charges
 (`sandbox.engine.caps`).
 
 The socket is created only after the engine has loaded the data and locked DuckDB, with mode 0600
