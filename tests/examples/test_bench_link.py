@@ -19,5 +19,6 @@ def test_link_bench_times_both_links(monkeypatch: pytest.MonkeyPatch, capsys: py
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "ms" not in r[:12]]
     body = [r for r in rows if re.search(r"\d+\.\d{3} / \d+\.\d{3}", r)]
     assert [r.split(" | ")[0] for r in body] == [
-        "| health, pooled connection", "| noisy COUNT, pooled connection", "| health, new connection"]
+        "| health, pooled connection", "| noisy COUNT, pooled connection", "| health, new connection",
+        "| RunQuery through a gateway (gRPC, charge, sandbox, receipt, audit)"]
     assert all(len(re.findall(r"\d+\.\d{3} / \d+\.\d{3}", r)) == 2 for r in body)
