@@ -299,7 +299,7 @@ def e2e(args: argparse.Namespace) -> None:
     lat: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            env = dict(os.environ, PYTHONPATH=str(tree))
+            env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{tree / 'gen' / 'python'}")
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--e2e-worker", str(data_dir),
                                    "--reps", str(args.reps)], cwd=tree, env=env, capture_output=True, text=True,
                                   check=True)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         for c in contenders:
             tree = args.legacy_tree if c == "legacy" else ROOT
-            env = dict(os.environ, PYTHONPATH=str(tree))
+            env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{tree / 'gen' / 'python'}")
             script = str(Path(__file__).resolve())
             proc = subprocess.run([sys.executable, script, "--worker", c, "--reps", str(args.reps)],
                                   cwd=tree, env=env, capture_output=True, text=True, check=True)
