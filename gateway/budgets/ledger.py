@@ -39,17 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.budgets.ledger_reads import LedgerReads
-from gateway.budgets.ledger_schema import (
-    _BUCKETS_SCHEMA,
-    _CAP_COLUMNS,
-    _SCHEMA,
-    _SCHEMA_VERSION,
-    _fill_buckets,
-    _migrate_v1,
-    _migrate_v3,
-    _migrate_v4,
-    postgres_statements,
-)
+from gateway.budgets.ledger_schema import _CAP_COLUMNS, postgres_statements, sqlite_initialize
 from gateway.budgets.records import (
     _OWNER_LEVELS,
     BudgetLimit,
@@ -550,40 +540,7 @@ class Ledger(LedgerReads):
         if isinstance(self._path, PgDatabase):
             ensure_schema(conn, postgres_statements())
             return
-        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(mode).lower() != "wal":
-            raise GatewayInternalError("privacy ledger could not switch to WAL mode")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, 1, 2, 3, 4, 5, 6, _SCHEMA_VERSION):
-                raise GatewayInternalError("privacy ledger has an unknown schema version")
-            if version == 1:
-                _migrate_v1(conn)  # issue-gov
-            if version in (1, 2):
-                conn.execute("ALTER TABLE charges ADD COLUMN rho_units INTEGER NOT NULL DEFAULT 0"
-                             " CHECK (rho_units >= 0)")
-            if version in (1, 2, 3):
-                _migrate_v3(conn)
-            if version in (1, 2, 3, 4):
-                _migrate_v4(conn)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(charges)")}
-            if version in (1, 2, 3, 4, 5) and "product" not in columns:
-                conn.execute("ALTER TABLE charges ADD COLUMN product TEXT NOT NULL DEFAULT 'query'")
-            if version in (1, 2, 3, 4, 5, 6) and "holder" not in columns:
-                conn.execute("ALTER TABLE charges ADD COLUMN holder TEXT NOT NULL DEFAULT ''")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for statement in _BUCKETS_SCHEMA:
-                conn.execute(statement)
-            if version in (1, 2, 3, 4):
-                _fill_buckets(conn)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        sqlite_initialize(conn)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

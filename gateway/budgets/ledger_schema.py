@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from gateway.budgets.records import PrivacyLoss, _units, zcdp_columns
+from gateway.errors import GatewayInternalError
 from gateway.storage.pg import ddl, json_array_functions, translate
 from sandbox.pricing.periods import BUCKET_SQL
 
@@ -257,3 +258,45 @@ def postgres_statements() -> list[str]:
         f"CREATE TRIGGER charges_buckets AFTER INSERT OR DELETE OR UPDATE OF {columns} ON charges"
         " FOR EACH ROW EXECUTE FUNCTION pgw_charges_buckets()",
     ]
+
+
+def sqlite_initialize(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the ledger's SQLite schema to `_SCHEMA_VERSION` (WAL mode, one write transaction).
+
+    Raises:
+        GatewayInternalError: WAL mode is refused, or the file is a ledger of an unknown schema version.
+    """
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise GatewayInternalError("privacy ledger could not switch to WAL mode")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version not in (0, 1, 2, 3, 4, 5, 6, _SCHEMA_VERSION):
+            raise GatewayInternalError("privacy ledger has an unknown schema version")
+        if version == 1:
+            _migrate_v1(conn)  # issue-gov
+        if version in (1, 2):
+            conn.execute("ALTER TABLE charges ADD COLUMN rho_units INTEGER NOT NULL DEFAULT 0"
+                         " CHECK (rho_units >= 0)")
+        if version in (1, 2, 3):
+            _migrate_v3(conn)
+        if version in (1, 2, 3, 4):
+            _migrate_v4(conn)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(charges)")}
+        if version in (1, 2, 3, 4, 5) and "product" not in columns:
+            conn.execute("ALTER TABLE charges ADD COLUMN product TEXT NOT NULL DEFAULT 'query'")
+        if version in (1, 2, 3, 4, 5, 6) and "holder" not in columns:
+            conn.execute("ALTER TABLE charges ADD COLUMN holder TEXT NOT NULL DEFAULT ''")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for statement in _BUCKETS_SCHEMA:
+            conn.execute(statement)
+        if version in (1, 2, 3, 4):
+            _fill_buckets(conn)
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
