@@ -46,7 +46,7 @@ serve: $(STAMP)  ## run sandbox + gateway in the foreground with the example pol
 	@$(PY) -m gateway serve --dev
 
 test: $(STAMP) browser  ## what CI runs: lint, types, then every test (statistical and slow ones included)
-	@$(PY) -m ruff check gateway sandbox examples tests
+	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 	@$(PY) -m mypy
 	@$(PY) -m pytest -q
 
@@ -60,7 +60,7 @@ proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks 
 	@$(PY) -m gateway.cli.protogen
 
 lint: $(STAMP)  ## ruff
-	@$(PY) -m ruff check gateway sandbox examples tests
+	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 
 typecheck: $(STAMP)  ## mypy --strict on gateway/ and sandbox/
 	@$(PY) -m mypy
