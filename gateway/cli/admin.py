@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format
-from privacy_gateway.v1 import admin_service_pb2 as a_pb
-from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
-
-from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
+from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.lazy import lazy_module
 from gateway.cli.tables import format_table
-from gateway.settings import load_settings
+
+if TYPE_CHECKING:
+    from google.protobuf import json_format
+    from privacy_gateway.v1 import admin_service_pb2 as a_pb
+    from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
+else:
+    json_format = lazy_module("google.protobuf.json_format")
+    a_pb = lazy_module("privacy_gateway.v1.admin_service_pb2")
+    a_grpc = lazy_module("privacy_gateway.v1.admin_service_pb2_grpc")
 
 __all__ = ["register"]
 
@@ -22,8 +26,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def _stub(args: argparse.Namespace) -> Any:
-    tls_dir = Path(args.tls_dir) if args.tls_dir else load_settings().tls_dir
-    return a_grpc.AdminServiceStub(secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity)))
+    return a_grpc.AdminServiceStub(channel_for_args(args))
 
 
 @reports_rpc_errors
@@ -190,10 +193,7 @@ def register(subparsers: Any) -> None:
     sub = admin.add_subparsers(dest="admin_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--target", default=DEFAULT_TARGET)
-        p.add_argument("--tls-dir", help="directory with ca.crt and <identity>.crt/.key")
-        p.add_argument("--as", dest="identity", required=True, help="client certificate name")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        add_client_args(p)
         return p
 
     common(sub.add_parser("orgs", help="organisations, members, roles")).set_defaults(admin_func=cmd_orgs)
