@@ -66,6 +66,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         install_json_logging()
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
+    # The files are checked here, so a broken one is one line naming it, not the sandbox's start-up failure.
+    from gateway.policy.policy import load_policy
+    from sandbox.catalog import load_catalog
+
+    load_policy(settings.policy)
+    load_catalog(settings.catalog)
     gateway = start_gateway(settings)
     try:
         start_console(gateway, settings)
@@ -481,6 +487,10 @@ def report_failure(exc: BaseException, args: argparse.Namespace | None) -> tuple
         return f"error: {exc}", 2
     if isinstance(exc, OSError) and exc.filename:
         return f"error: {_missing_file_message(exc)}", 2
+    if type(exc).__name__ == "SandboxStartError":
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        return (f"the sandbox did not start: {lines[-1] if lines else exc}; fix what it names (pgw check-policy "
+                "checks the policy and catalog) or see the log above"), 2
     if "grpc" in sys.modules:
         import grpc
 
