@@ -230,11 +230,20 @@ def _option_map(items: list[str]) -> dict[str, float] | None:
     return out
 
 
+def _half_width_unit(r: q_pb.ReleaseCost) -> str:
+    """The unit of a release's ±95%: a quantile's selection is bounded in rank-score units and its interval's
+    ends in rows of rank; every other release is in the output's own units."""
+    if r.mechanism.startswith("noisy_max"):
+        return "rank score"
+    if r.component == "interval":
+        return "rows of rank"
+    return "output units"
+
+
 def _explain_text(ex: q_pb.ExplainQueryResponse) -> str:
     rows = [[r.output, r.component, r.mechanism, f"{r.sensitivity:g}", f"{r.scale:.4g}",
              f"rho {r.privacy_loss.rho:.6g}" if r.privacy_loss.rho else f"{r.privacy_loss.epsilon:.6f}",
-             f"{r.half_width_95:.4g}", "ranks" if "rank" in r.component or r.mechanism.endswith("rank") else
-             "rows" if r.component in ("count", "group_keys") else "value"] for r in ex.plan.releases]
+             f"{r.half_width_95:.4g}", _half_width_unit(r)] for r in ex.plan.releases]
     table = format_table(
         ["output", "component", "mechanism", "sensitivity", "scale", "epsilon", "±95%", "±95% in"], rows)
     per_unit = (f"at most {ex.plan.max_rows_per_unit} row(s) per {ex.plan.privacy_unit}"
