@@ -14,7 +14,7 @@ from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (default, help). Every setting is documented here and in the README (a test checks both).
+# name -> (default, help). Every setting is documented here and in docs/reference.md (a test checks both).
 SETTINGS: dict[str, tuple[Any, str]] = {
     "listen": ("127.0.0.1:50051", "host:port the gateway serves gRPC on (TLS, client certs required)"),
     "policy": (ROOT / "policies" / "operator.toml", "the operator's policy file"),
