@@ -124,23 +124,37 @@ def _number(value: Any, integral: bool) -> str:
 
 
 def format_cell(cell: q_pb.Cell, integral: bool = False) -> str:
-    """A cell for humans: the value, and for noisy values the 95% interval (whole numbers for counts)."""
+    """A cell's value for humans (whole numbers for integers and counts)."""
     kind = cell.WhichOneof("value")
     value: Any = "NULL" if kind in (None, "null_value") else getattr(cell, kind)
-    text = _number(value, integral or (isinstance(value, int) and not isinstance(value, bool)))
-    if cell.HasField("confidence_interval"):
-        ci = cell.confidence_interval
-        whole = integral or (isinstance(value, int) and not isinstance(value, bool))
-        return f"{text}  [{_number(ci.lower, whole)}, {_number(ci.upper, whole)}]"
-    return text
+    return _number(value, integral or (isinstance(value, int) and not isinstance(value, bool)))
+
+
+def format_interval(cell: q_pb.Cell, integral: bool = False) -> str:
+    """A noisy cell's 95% interval as ``[lower, upper]`` ("" for an exact cell)."""
+    if not cell.HasField("confidence_interval"):
+        return ""
+    kind = cell.WhichOneof("value")
+    whole = integral or kind == "int64_value"
+    ci = cell.confidence_interval
+    return f"[{_number(ci.lower, whole)}, {_number(ci.upper, whole)}]"
 
 
 def print_answer(resp: q_pb.RunQueryResponse) -> None:
     """Print a RunQueryResponse as a table, then what this request charged (a replay or a cached answer is
     marked and charges nothing; a replay's original cost is shown apart) and the budget left."""
-    header = [c.name for c in resp.columns]
+    header: list[str] = []
+    for c in resp.columns:
+        header += [c.name, f"{c.name} 95%"] if c.noisy else [c.name]
     counts = [c.aggregate.upper() == "COUNT" for c in resp.columns]
-    rows = [[format_cell(cell, counts[i]) for i, cell in enumerate(row.cells)] for row in resp.rows]
+    rows = []
+    for row in resp.rows:
+        cells: list[str] = []
+        for i, cell in enumerate(row.cells):
+            cells.append(format_cell(cell, counts[i]))
+            if resp.columns[i].noisy:
+                cells.append(format_interval(cell, counts[i]))
+        rows.append(cells)
     print(format_table(header, rows))
     mechs = {r.mechanism for r in resp.plan.releases}
     if resp.replayed:
@@ -232,12 +246,14 @@ def _option_map(items: list[str]) -> dict[str, float] | None:
 
 def _half_width_unit(r: q_pb.ReleaseCost) -> str:
     """The unit of a release's ±95%: a quantile's selection is bounded in rank-score units and its interval's
-    ends in rows of rank; every other release is in the output's own units."""
+    ends in rows of rank; a count in rows; a sum or other component in its own units."""
     if r.mechanism.startswith("noisy_max"):
         return "rank score"
     if r.component == "interval":
         return "rows of rank"
-    return "output units"
+    if r.component in ("count", "group_keys"):
+        return "rows"
+    return f"the {r.component}'s units"
 
 
 def _explain_text(ex: q_pb.ExplainQueryResponse) -> str:
