@@ -29,6 +29,7 @@ from pgw_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from pgw_client.models import Estimate, Model
 from pgw_client.receipts import Receipt, load_receipts
 from pgw_client.results import Budget, Column, Dataset, Noise, PrivacyLoss, Result
 from pgw_client.tls import Credentials
@@ -47,11 +48,13 @@ __all__ = [
     "Credentials",
     "Dataset",
     "DeadlineExceeded",
+    "Estimate",
     "Explanation",
     "GatewayError",
     "InternalError",
     "InvalidQuery",
     "InvalidRequest",
+    "Model",
     "Noise",
     "NotFound",
     "PermissionDenied",

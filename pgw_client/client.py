@@ -30,6 +30,8 @@ from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
 from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
 from privacy_gateway.v1 import common_pb2 as common_pb
+from privacy_gateway.v1 import model_service_pb2 as m_pb
+from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import receipt_pb2
@@ -38,6 +40,7 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from pgw_client.errors import GatewayError, Status, Unavailable, from_rpc_error
+from pgw_client.models import Model, model_from_proto
 from pgw_client.receipts import Receipt, key_id_of_pem
 from pgw_client.results import Budget, Dataset, PrivacyLoss, Result, result_from_proto
 from pgw_client.tls import ENV_TARGET, Credentials
@@ -126,6 +129,7 @@ class Client:
         self._catalog = cat_grpc.CatalogServiceStub(self._channel)
         self._keys = key_grpc.KeyServiceStub(self._channel)
         self._verification = v_grpc.VerificationServiceStub(self._channel)
+        self._models = m_grpc.ModelServiceStub(self._channel)
         self._public_key: tuple[str, str] | None = None
 
     @classmethod
@@ -222,6 +226,24 @@ class Client:
                           "rho": r.privacy_loss.rho, "half_width_95": r.half_width_95} for r in ex.plan.releases)
         return Explanation(releases, PrivacyLoss.from_proto(ex.privacy_cost), Budget.from_proto(ex.budget),
                            ex.affordable, ex.plan.table, tuple(ex.plan.group_by), ex.plan.privacy_unit)
+
+    def train(self, *, table: str, features: Iterable[str], label: str, dataset: str, purpose: str,
+              epsilon: float, delta: float = 0.0, kind: str = "linear", request_id: str | None = None,
+              iterations: int = 0, learning_rate: float = 0.0, clip: float = 0.0, l2: float = 0.0) -> Model:
+        """Train a DP ``linear`` or ``logistic`` regression of ``label`` on ``features`` (under the caller's model
+        grant); retried like a query, with one request id.
+
+        Raises:
+            InvalidRequest, PermissionDenied, BudgetExhausted, ...: see `pgw_client.errors`.
+        """
+        kinds = {"linear": m_pb.MODEL_KIND_LINEAR, "logistic": m_pb.MODEL_KIND_LOGISTIC}
+        if kind not in kinds:
+            raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
+        resp = self._call(self._models.TrainModel, m_pb.TrainModelRequest(
+            dataset=dataset, purpose=purpose, request_id=request_id or str(uuid.uuid4()), table=table,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon, delta=delta), features=list(features),
+            label=label, kind=kinds[kind], iterations=iterations, learning_rate=learning_rate, clip=clip, l2=l2))
+        return model_from_proto(resp)
 
     # -- budgets, catalog, keys -----------------------------------------------------------------------------
 
