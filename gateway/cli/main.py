@@ -355,14 +355,27 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_check_policy(args: argparse.Namespace) -> int:
-    """Validate the operator policy and the data owner's catalog files."""
+    """Validate the operator policy and the data owner's catalog files, and the catalog's data files (each
+    exists, is Parquet, has every declared column with a readable type); 2 if anything is wrong."""
+    from gateway.cli.datacheck import data_file_problems
     from gateway.policy.policy import load_policy
     from sandbox.catalog import load_catalog
 
     policy = load_policy(Path(args.policy))
-    catalog = load_catalog(Path(args.catalog))
+    data_dir = args.data_dir or os.environ.get("PRIVACY_GATEWAY_DATA_DIR")  # the serve setting of the same name
+    catalog = load_catalog(Path(args.catalog), Path(data_dir) if data_dir else None)
     print(f"{args.policy}: ok ({len(policy.consumers)} consumers, {len(policy.grants)} grants)")
-    print(f"{args.catalog}: ok ({len(catalog.datasets)} datasets)")
+    if args.no_data:
+        print(f"{args.catalog}: ok ({len(catalog.datasets)} datasets; data files not checked)")
+        return 0
+    problems = data_file_problems(catalog)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 2
+    tables = sum(len(d.tables) for d in catalog.datasets)
+    print(f"{args.catalog}: ok ({len(catalog.datasets)} datasets; {tables} data files in {catalog.data_dir} "
+          "have every declared column)")
     return 0
 
 
@@ -472,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check-policy", help="validate the policy and catalog files")
     k.add_argument("--policy", default=str(ROOT / "policies" / "operator.toml"))
     k.add_argument("--catalog", default=str(ROOT / "policies" / "catalog.toml"))
+    k.add_argument("--data-dir", help="where the catalog's files are (default: $PRIVACY_GATEWAY_DATA_DIR, "
+                                         "then the catalog's data_dir)")
+    k.add_argument("--no-data", action="store_true", help="check the files' syntax only, not the data files")
     k.set_defaults(func=cmd_check_policy)
 
     from gateway.cli import models as cli_models  # pgw train / pgw evaluate

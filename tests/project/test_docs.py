@@ -2,7 +2,8 @@
 in docs/analyst.md, docs/data-owner.md, docs/operator.md and docs/auditor.md is executed, in that order, in one
 working directory laid out like `make serve`'s (`.state/` with the gateway's state and `.state/certs`), against
 a real gateway started with the shipped policy and catalog. A block passes when it exits 0 without a traceback.
-`$PGW_TARGET` points the commands at the test gateway's port, as a user would for a gateway elsewhere."""
+`$PGW_TARGET` points the commands at the test gateway's port, as a user would for a gateway elsewhere, and
+`$PRIVACY_GATEWAY_DATA_DIR` at the test data (the setting `pgw serve` and `pgw check-policy` share)."""
 
 from __future__ import annotations
 
@@ -53,21 +54,22 @@ def served(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     gw.stop()
 
 
-def _run(lang: str, code: str, gw: Gateway, work: Path) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PGW_")}
-    environ.update(PGW_TARGET=f"127.0.0.1:{gw.port}", PYTHONPATH=str(ROOT),
+def _run(lang: str, code: str, gw: Gateway, work: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PGW_", "PRIVACY_GATEWAY_"))}
+    environ.update(PGW_TARGET=f"127.0.0.1:{gw.port}", PYTHONPATH=str(ROOT), PRIVACY_GATEWAY_DATA_DIR=str(data_dir),
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}")
     argv = ["bash", "-euo", "pipefail", "-c", code] if lang == "sh" else [sys.executable, "-c", code]
     return subprocess.run(argv, cwd=work, env=environ, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_guide_runs_as_written(page: str, served: tuple[Gateway, Path]) -> None:
+def test_guide_runs_as_written(page: str, served: tuple[Gateway, Path], env: Env) -> None:
     gw, work = served
     for k, (lang, code) in enumerate(blocks(page)):
-        out = _run(lang, code, gw, work)
+        out = _run(lang, code, gw, work, env.data_dir)
         if os.environ.get("PGW_DOCS_SHOW"):
             print(f"\n$ {code}\n{out.stdout}{out.stderr}")
-        where = f"docs/{page}.md tested block {k + 1} ({lang}):\n{code}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
+        where = (f"docs/{page}.md tested block {k + 1} ({lang}):\n{code}\n--- stdout\n{out.stdout}\n"
+                 f"--- stderr\n{out.stderr}")
         assert out.returncode == 0, where
         assert "Traceback" not in out.stderr, where

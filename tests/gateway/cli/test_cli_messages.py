@@ -176,3 +176,28 @@ def test_certs_show_expiry_and_renew(tmp_path: Path) -> None:
     assert (out / "alice.crt").read_bytes() == before  # kept: not expiring
     renewed = pgw("certs", "--out", str(out), "--client", "alice", "--renew", "--renew-days", "400")
     assert renewed.returncode == 0 and (out / "alice.crt").read_bytes() != before
+
+
+def test_check_policy_opens_the_data_files(env: Env, tmp_path: Path) -> None:
+    """A missing file, a missing column and a column of another type are each one line naming the catalog key;
+    the shipped catalog over the test data passes."""
+    ok = pgw("check-policy", "--data-dir", str(env.data_dir))
+    assert ok.returncode == 0 and "have every declared column" in ok.stdout, ok.stderr
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("social_insurance", "regions"):
+        shutil.copy(env.data_dir / f"{name}.parquet", data / f"{name}.parquet")
+    residents = pq.read_table(env.data_dir / "residents.parquet")
+    incomes = pa.array([str(v) for v in residents["income"].to_pylist()])
+    residents = residents.drop_columns(["employed"])
+    residents = residents.set_column(residents.schema.get_field_index("income"), "income", incomes)
+    pq.write_table(residents, data / "residents.parquet")
+    out = pgw("check-policy", "--data-dir", str(data))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "datasets.registry.tables.residents.columns.employed: no such column in residents.parquet" in out.stderr
+    assert "datasets.registry.tables.residents.columns.income: declared int64 but residents.parquet holds string" \
+        in out.stderr
+    assert "datasets.enterprises.tables.enterprises: file " in out.stderr and "does not exist" in out.stderr
