@@ -62,7 +62,7 @@ proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks 
 lint: $(STAMP)  ## ruff
 	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 
-typecheck: $(STAMP)  ## mypy --strict on gateway/ and sandbox/
+typecheck: $(STAMP)  ## mypy --strict on gateway/, sandbox/ and pgw_client/
 	@$(PY) -m mypy
 
 clean:  ## remove the venv, caches, demo state and generated example data
