@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.console import start_console
     from gateway.rpc.server import start_gateway
     from gateway.settings import load_settings
+    from sandbox.client import SandboxConnectionError, SandboxStartError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
@@ -57,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
         "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
         "log_format": args.log_format, "console_listen": args.console_listen,
-        "console_public_listen": args.console_public_listen,
+        "console_public_listen": args.console_public_listen, "sandbox_address": args.sandbox_address,
+        "sandbox_tls_ca": args.sandbox_tls_ca, "sandbox_tls_cert": args.sandbox_tls_cert,
+        "sandbox_tls_key": args.sandbox_tls_key,
     }
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     if settings.log_format == "json":
@@ -72,7 +75,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     load_policy(settings.policy)
     load_catalog(settings.catalog)
-    gateway = start_gateway(settings)
+    try:
+        gateway = start_gateway(settings)
+    except (SandboxConnectionError, SandboxStartError) as exc:
+        where = settings.sandbox_address or str(settings.sandbox_socket)
+        print(f"the sandbox ({where}) is not available: {exc}", file=sys.stderr)
+        return 1
     try:
         start_console(gateway, settings)
     except BaseException:
@@ -338,8 +346,12 @@ def cmd_certs(args: argparse.Namespace) -> int:
     from gateway.identity import certs
 
     out = Path(args.out)
-    written = certs.write_dev_pki(out, clients=args.client, server_hosts=tuple(args.host),
-                                  renew_within_days=args.renew_days if args.renew else None)
+    if args.owner:
+        hosts = tuple(args.host or ["localhost", "127.0.0.1"])
+        written = certs.write_owner_pki(out, gateways=args.client, sandbox_hosts=hosts)
+    else:
+        written = certs.write_dev_pki(out, clients=args.client, server_hosts=("localhost", "127.0.0.1", *args.host),
+                                      renew_within_days=args.renew_days if args.renew else None)
     now = datetime.now(UTC)
     rows = []
     for name, path in sorted(written.items()):
@@ -435,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", choices=["text", "json"])
     s.add_argument("--console-listen", help="host:port of the web console (client certificates required)")
     s.add_argument("--console-public-listen", help="host:port of the public transparency page (no certificate)")
+    s.add_argument("--sandbox-address",
+                   help="host:port of the sandbox on the data owner's host (mutual TLS; no local sandbox is started)")
+    s.add_argument("--sandbox-tls-ca", help="the data owner's CA certificate (trusted for the sandbox)")
+    s.add_argument("--sandbox-tls-cert", help="this gateway's client certificate from the owner's CA")
+    s.add_argument("--sandbox-tls-key", help="the key of --sandbox-tls-cert")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
     s.set_defaults(func=cmd_serve)
@@ -475,8 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("certs", help="create development certificates, show their expiry, renew them")
     c.add_argument("--out", required=True)
-    c.add_argument("--client", action="append", default=[], help="client name (repeatable)")
-    c.add_argument("--host", action="append", default=["localhost", "127.0.0.1"])
+    c.add_argument("--client", action="append", default=[],
+                   help="client name (repeatable); with --owner: a gateway's name")
+    c.add_argument("--host", action="append", default=[],
+                   help="a name or address the server is reached by besides localhost and 127.0.0.1 "
+                        "(repeatable); with --owner: the sandbox's names and addresses (default localhost, "
+                        "127.0.0.1)")
+    c.add_argument("--owner", action="store_true",
+                   help="the data owner's PKI for the gateway-sandbox link over TCP: ca.crt/key, "
+                        "sandbox.crt/key, a client pair per gateway (see docs/deployment.md)")
     c.add_argument("--renew", action="store_true",
                    help="re-issue the server and client certificates that expire within --renew-days")
     c.add_argument("--renew-days", type=int, default=30, help="with --renew (default 30)")
