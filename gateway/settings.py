@@ -26,6 +26,9 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "start_sandbox": (True, "start the sandbox process (false: connect to a running one)"),
     "query_timeout_ms": (10_000, "per-query time limit inside the sandbox, milliseconds"),
     "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
+    "sandbox_storage": ("disk", "where the sandbox keeps the loaded tables: `disk` (a DuckDB file in its state "
+                                "directory, built once per data version, opened read-only; data may exceed the "
+                                "memory limit) or `memory`"),
     "sandbox_threads": (2, "DuckDB threads inside the sandbox"),
     "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
     "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
@@ -59,6 +62,7 @@ class Settings:
     start_sandbox: bool
     query_timeout_ms: int
     sandbox_memory_limit: str
+    sandbox_storage: str
     sandbox_threads: int
     max_workers: int
     max_calls_per_identity: int
@@ -124,6 +128,9 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     values["sandbox_socket"] = values["sandbox_socket"] or state / "sandbox.sock"
     if values["log_format"] not in ("text", "json"):
         raise ConfigError("settings", "log_format", f"has value {values['log_format']!r}. Use text or json.")
+    if values["sandbox_storage"] not in ("disk", "memory"):
+        raise ConfigError("settings", "sandbox_storage",
+                          f"has value {values['sandbox_storage']!r}. Use disk or memory.")
     settings = Settings(**values)
     return replace(settings)
 

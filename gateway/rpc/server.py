@@ -234,6 +234,7 @@ def start_gateway(settings: Settings) -> Gateway:
         extra = [
             "--query-timeout-ms", str(settings.query_timeout_ms),
             "--memory-limit", settings.sandbox_memory_limit,
+            "--storage", settings.sandbox_storage,
             "--threads", str(settings.sandbox_threads),
         ]
         process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)

@@ -33,11 +33,11 @@ from msgspec.structs import replace
 
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec, load_catalog
 from sandbox.engine.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger, Product
+from sandbox.engine.disk_store import prepare_store, store_key, store_paths
 from sandbox.engine.duckdb_config import connect, lock_down, verify_locked
 from sandbox.engine.guard import check_select
 from sandbox.engine.keys import keyed_digest
 from sandbox.engine.limits import Limits
-from sandbox.engine.disk_store import prepare_store, store_key, store_paths
 from sandbox.engine.storage import attach_store, compress, open_store, sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, STORAGE_MESSAGE, ConfigError, PlanRejectedError
