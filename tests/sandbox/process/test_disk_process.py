@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from examples.bench.bigdata import generate as generate_big
 from examples.generate_data import generate
@@ -80,7 +81,8 @@ def test_memory_and_disk_sandboxes_answer_the_corpus_alike(tmp_path: Path) -> No
     try:
         cm, cd = mem.client(), disk.client()
         im, idisk = cm.describe().dataset("registry"), cd.describe().dataset("registry")
-        assert im is not None and im == idisk  # same data version, same public catalog
+        # the same public catalog (the data versions differ only because each state directory has its own key)
+        assert im is not None and idisk is not None and replace(im, version="") == replace(idisk, version="")
         compared = 0
         for n, path in enumerate(ACCEPT):
             sql = path.read_text(encoding="utf-8")
@@ -101,8 +103,8 @@ def test_memory_and_disk_sandboxes_answer_the_corpus_alike(tmp_path: Path) -> No
             for keys in rows_a.keys() & rows_b.keys():
                 for va, vb in zip(rows_a[keys], rows_b[keys], strict=True):
                     assert va.mechanism == vb.mechanism
-                    if "quantile" in va.mechanism or "exponential" in va.mechanism:
-                        continue  # stddev is a rank accuracy; the quantile SQL is compared exactly elsewhere
+                    if va.mechanism.startswith("noisy_max"):
+                        continue  # quantiles, MIN, MAX: stddev is a rank accuracy (their SQL is compared exactly elsewhere)
                     tol = 40 * max(va.stddev or 0.0, vb.stddev or 0.0) + 1e-6 * max(abs(va.value), abs(vb.value))
                     assert abs(float(va.value) - float(vb.value)) <= tol + 1e-9, (path.name, va, vb)
                     compared += 1
