@@ -183,10 +183,22 @@ def run(people: int, memory_limit: str, reps: int, warmup: int, threads: int, se
     }
 
 
+BIG_HEADING = "## Data beyond memory: the on-disk store against plain DuckDB"
+
+
+def section(text: str, heading: str) -> str:
+    """The `## ` section of markdown `text` that starts with `heading` (to the next `## `), or ''."""
+    at = text.find(heading)
+    if at < 0:
+        return ""
+    nxt = text.find("\n## ", at + len(heading))
+    return text[at:] if nxt < 0 else text[at : nxt + 1]
+
+
 def render(r: dict[str, Any], command: str) -> str:
     """The BENCHMARKS.md section for one run."""
     lines = [
-        "## Data beyond memory: the on-disk store against plain DuckDB",
+        BIG_HEADING,
         "",
         f"Command: `{command}`. {r['people']:,} people ({r['rows']['payments']:,} payment rows), "
         f"Parquet {r['parquet_bytes'] / 2**30:.2f} GiB (generated in {r['generate_s']} s), "
@@ -212,12 +224,9 @@ def render(r: dict[str, Any], command: str) -> str:
 
 def write_section(text: str, path: Path) -> None:
     """Replace (or append) the section in BENCHMARKS.md."""
-    head = text.splitlines()[0]
     old = path.read_text() if path.exists() else ""
-    if head in old:
-        before, _, rest = old.partition(head)
-        nxt = rest.find("\n## ")
-        old = before.rstrip("\n") + ("\n" + rest[nxt:] if nxt >= 0 else "")
+    current = section(old, BIG_HEADING)
+    old = old.replace(current, "") if current else old
     path.write_text(old.rstrip("\n") + "\n\n" + text)
 
 

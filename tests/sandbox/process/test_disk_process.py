@@ -64,6 +64,7 @@ def _store(state: Path) -> Path:
     return db
 
 
+@pytest.mark.slow
 @pytest.mark.statistical
 def test_memory_and_disk_sandboxes_answer_the_corpus_alike(tmp_path: Path) -> None:
     """Every accepted corpus query the real catalog accepts, sent to a memory-mode and a disk-mode sandbox on
@@ -104,7 +105,7 @@ def test_memory_and_disk_sandboxes_answer_the_corpus_alike(tmp_path: Path) -> No
                 for va, vb in zip(rows_a[keys], rows_b[keys], strict=True):
                     assert va.mechanism == vb.mechanism
                     if va.mechanism.startswith("noisy_max"):
-                        continue  # quantiles, MIN, MAX: stddev is a rank accuracy (their SQL is compared exactly elsewhere)
+                        continue  # quantiles, MIN, MAX: stddev is a rank accuracy (SQL compared exactly elsewhere)
                     tol = 40 * max(va.stddev or 0.0, vb.stddev or 0.0) + 1e-6 * max(abs(va.value), abs(vb.value))
                     assert abs(float(va.value) - float(vb.value)) <= tol + 1e-9, (path.name, va, vb)
                     compared += 1
@@ -120,6 +121,7 @@ def _big(tmp: Path, people: int) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_build_is_rebuilt_at_the_next_start(tmp_path: Path) -> None:
     """SIGKILL while the store is being written (its temp file exists), then a normal start: the leftovers are
     gone, a committed store is in place, and the sandbox answers the exact count (to within noise)."""
@@ -190,6 +192,7 @@ def test_the_serving_sandbox_holds_the_store_read_only(tmp_path: Path) -> None:
         proc.stop()
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_build_leaves_nothing_usable(tmp_path: Path) -> None:
     """A file-size limit (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk) stops the build: the sandbox
     exits with a configuration error naming the store directory, and no store file, manifest, temp file or
