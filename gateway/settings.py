@@ -30,6 +30,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
                                 "directory, built once per data version, opened read-only; data may exceed the "
                                 "memory limit) or `memory`"),
     "sandbox_threads": (2, "DuckDB threads inside the sandbox"),
+    "sandbox_ready_timeout_s": (1800, "the longest the gateway waits for a sandbox it starts to be ready (a first "
+                                      "start with sandbox_storage = disk builds the store: minutes for 100M people)"),
     "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
     "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
     "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
@@ -64,6 +66,7 @@ class Settings:
     sandbox_memory_limit: str
     sandbox_storage: str
     sandbox_threads: int
+    sandbox_ready_timeout_s: int
     max_workers: int
     max_calls_per_identity: int
     max_queued_calls: int

@@ -237,7 +237,8 @@ def start_gateway(settings: Settings) -> Gateway:
             "--storage", settings.sandbox_storage,
             "--threads", str(settings.sandbox_threads),
         ]
-        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)
+        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra,
+                                       ready_timeout_s=float(settings.sandbox_ready_timeout_s))
     loop: _LoopThread | None = None
     settler: Settler | None = None
     try:
