@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from sandbox.client import Endpoint, TlsEndpoint, TlsFiles, parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,13 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "tls_dir": (None, "directory with ca.crt, server.crt, server.key (default: <state_dir>/certs)"),
     "sandbox_socket": (None, "Unix socket of the sandbox (default: <state_dir>/sandbox.sock)"),
     "start_sandbox": (True, "start the sandbox process (false: connect to a running one)"),
+    "sandbox_address": ("", "host:port of a sandbox on the data owner's host, reached over TCP with mutual TLS "
+                            "under the owner's CA (the gateway then starts none); empty: the Unix socket"),
+    "sandbox_tls_ca": (None, "the data owner's CA certificate, trusted for the sandbox's certificate "
+                             "(default: <state_dir>/sandbox-tls/ca.crt)"),
+    "sandbox_tls_cert": (None, "this gateway's client certificate from the owner's CA "
+                               "(default: <state_dir>/sandbox-tls/gateway.crt)"),
+    "sandbox_tls_key": (None, "the key of sandbox_tls_cert (default: <state_dir>/sandbox-tls/gateway.key)"),
     "query_timeout_ms": (10_000, "per-query time limit inside the sandbox, milliseconds"),
     "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
     "sandbox_storage": ("disk", "where the sandbox keeps the loaded tables: `disk` (a DuckDB file in its state "
@@ -62,6 +70,10 @@ class Settings:
     tls_dir: Path
     sandbox_socket: Path
     start_sandbox: bool
+    sandbox_address: str
+    sandbox_tls_ca: Path
+    sandbox_tls_cert: Path
+    sandbox_tls_key: Path
     query_timeout_ms: int
     sandbox_memory_limit: str
     sandbox_storage: str
@@ -84,6 +96,19 @@ class Settings:
     def ledger_path(self) -> Path:
         """The ledger database."""
         return self.state_dir / "ledger.sqlite3"
+
+    @property
+    def spawns_sandbox(self) -> bool:
+        """True if this gateway starts its own sandbox (`start_sandbox` and no `sandbox_address`)."""
+        return self.start_sandbox and not self.sandbox_address
+
+    @property
+    def sandbox_endpoint(self) -> Endpoint:
+        """Where the sandbox is: the Unix socket, or `sandbox_address` with this gateway's TLS files."""
+        if not self.sandbox_address:
+            return self.sandbox_socket
+        host, port = parse_address(self.sandbox_address)
+        return TlsEndpoint(host, port, TlsFiles(self.sandbox_tls_ca, self.sandbox_tls_cert, self.sandbox_tls_key))
 
     @property
     def sandbox_timeout_s(self) -> float:
@@ -112,7 +137,8 @@ def _cast(name: str, default: Any, raw: Any) -> Any:
         if name == "metrics_port" and not -1 <= value <= 65535:
             raise ConfigError("settings", name, f"has value {raw!r}. Not a port (or -1).")
         return value
-    if isinstance(default, Path) or name in ("data_dir", "tls_dir", "sandbox_socket"):
+    if isinstance(default, Path) or name in ("data_dir", "tls_dir", "sandbox_socket", "sandbox_tls_ca",
+                                             "sandbox_tls_cert", "sandbox_tls_key"):
         return Path(raw)
     return str(raw)
 
@@ -129,6 +155,17 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     state = Path(values["state_dir"])
     values["tls_dir"] = values["tls_dir"] or state / "certs"
     values["sandbox_socket"] = values["sandbox_socket"] or state / "sandbox.sock"
+    for name, file in (("sandbox_tls_ca", "ca.crt"), ("sandbox_tls_cert", "gateway.crt"),
+                       ("sandbox_tls_key", "gateway.key")):
+        values[name] = values[name] or state / "sandbox-tls" / file
+    if values["sandbox_address"]:
+        try:
+            _host, port = parse_address(values["sandbox_address"])
+        except ValueError as exc:
+            raise ConfigError("settings", "sandbox_address", f"has value {values['sandbox_address']!r}. "
+                              "Use host:port.") from exc
+        if port == 0:
+            raise ConfigError("settings", "sandbox_address", "port 0: name the port the sandbox listens on")
     if values["log_format"] not in ("text", "json"):
         raise ConfigError("settings", "log_format", f"has value {values['log_format']!r}. Use text or json.")
     if values["sandbox_storage"] not in ("disk", "memory"):

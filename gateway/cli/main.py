@@ -51,13 +51,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run sandbox + gateway until SIGINT/SIGTERM."""
     from gateway.console import start_console
     from gateway.rpc.server import start_gateway
+    from sandbox.client import SandboxConnectionError, SandboxStartError
 
     overrides = {
         "listen": args.listen, "policy": args.policy, "catalog": args.catalog,
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
         "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
         "log_format": args.log_format, "console_listen": args.console_listen,
-        "console_public_listen": args.console_public_listen,
+        "console_public_listen": args.console_public_listen, "sandbox_address": args.sandbox_address,
+        "sandbox_tls_ca": args.sandbox_tls_ca, "sandbox_tls_cert": args.sandbox_tls_cert,
+        "sandbox_tls_key": args.sandbox_tls_key,
     }
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     if settings.log_format == "json":
@@ -66,7 +69,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         install_json_logging()
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
-    gateway = start_gateway(settings)
+    try:
+        gateway = start_gateway(settings)
+    except (SandboxConnectionError, SandboxStartError) as exc:
+        where = settings.sandbox_address or str(settings.sandbox_socket)
+        print(f"the sandbox ({where}) is not available: {exc}", file=sys.stderr)
+        return 1
     try:
         start_console(gateway, settings)
     except BaseException:
@@ -239,7 +247,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
     from gateway.identity import certs
 
     out = Path(args.out)
-    written = certs.write_dev_pki(out, clients=args.client, server_hosts=tuple(args.host))
+    if args.owner:
+        hosts = tuple(args.host or ["localhost", "127.0.0.1"])
+        written = certs.write_owner_pki(out, gateways=args.client, sandbox_hosts=hosts)
+    else:
+        written = certs.write_dev_pki(out, clients=args.client, server_hosts=("localhost", "127.0.0.1", *args.host))
     for name, path in sorted(written.items()):
         print(f"{name}: {path}")
     return 0
@@ -281,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", choices=["text", "json"])
     s.add_argument("--console-listen", help="host:port of the web console (client certificates required)")
     s.add_argument("--console-public-listen", help="host:port of the public transparency page (no certificate)")
+    s.add_argument("--sandbox-address",
+                   help="host:port of the sandbox on the data owner's host (mutual TLS; no local sandbox is started)")
+    s.add_argument("--sandbox-tls-ca", help="the data owner's CA certificate (trusted for the sandbox)")
+    s.add_argument("--sandbox-tls-cert", help="this gateway's client certificate from the owner's CA")
+    s.add_argument("--sandbox-tls-key", help="the key of --sandbox-tls-cert")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
     s.set_defaults(func=cmd_serve)
@@ -322,8 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("certs", help="create a development CA, server and client certificates")
     c.add_argument("--out", required=True)
-    c.add_argument("--client", action="append", default=[], help="client name (repeatable)")
-    c.add_argument("--host", action="append", default=["localhost", "127.0.0.1"])
+    c.add_argument("--client", action="append", default=[],
+                   help="client name (repeatable); with --owner: a gateway's name")
+    c.add_argument("--host", action="append", default=[],
+                   help="a name or address the server is reached by besides localhost and 127.0.0.1 "
+                        "(repeatable); with --owner: the sandbox's names and addresses (default localhost, "
+                        "127.0.0.1)")
+    c.add_argument("--owner", action="store_true",
+                   help="the data owner's PKI for the gateway-sandbox link over TCP: ca.crt/key, "
+                        "sandbox.crt/key, a client pair per gateway (see docs/deployment.md)")
     c.set_defaults(func=cmd_certs)
 
     k = sub.add_parser("check-policy", help="validate the policy and catalog files")

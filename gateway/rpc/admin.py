@@ -26,6 +26,7 @@ from gateway.policy.periods import Period, rfc3339
 from gateway.release.usage import build_report
 from gateway.rpc.interceptor import Body
 from gateway.storage.state import StoredAlert
+from sandbox.plans.grades import DEFAULT_GRADE_RULES, USES
 
 __all__ = ["AdminServicer", "parse_time", "reload_policy"]
 
@@ -309,8 +310,19 @@ class AdminServicer:
                 raise PermissionDeniedError("not a dataset whose caps you may see", dataset=request.dataset)
             names = (request.dataset,)
         views = cap_usage(self.owner.client, self.governor, names)
-        return a_pb.GetCapUsageResponse(datasets=[_cap_usage_pb(v) for v in views],
-                                        at=rfc3339(self.governor.clock()))
+        catalog = self.owner.catalog
+        datasets = []
+        for v in views:
+            out = _cap_usage_pb(v)
+            info = catalog.dataset(v.dataset)
+            if info is not None:
+                out.columns.extend(a_pb.ColumnGrade(table=t.name, column=c.name, grade=c.grade)
+                                   for t in info.tables for c in t.columns)
+            datasets.append(out)
+        rules = catalog.grade_rules() or DEFAULT_GRADE_RULES
+        return a_pb.GetCapUsageResponse(
+            datasets=datasets, at=rfc3339(self.governor.clock()),
+            grade_rules=[a_pb.GradeRule(grade=g, uses=[u for u in USES if u in uses]) for g, uses in rules.items()])
 
 
 def _alert_pb(r: StoredAlert) -> a_pb.Alert:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -223,14 +224,30 @@ class Gateway:
             self.oversight.close()  # seals the audit log
 
 
+def _sandbox_client(settings: Settings) -> SandboxClient:
+    """The client for the sandbox: on the Unix socket, or at `sandbox_address` over mutual TLS."""
+    try:
+        return SandboxClient(settings.sandbox_endpoint, timeout_s=settings.sandbox_timeout_s)
+    except FileNotFoundError as exc:
+        key = next((k for k in ("sandbox_tls_ca", "sandbox_tls_cert", "sandbox_tls_key")
+                    if str(getattr(settings, k)) in str(exc)), "sandbox_tls_ca")
+        raise ConfigError("settings", key, f"{exc} (the data owner issues it: `pgw certs --owner`)") from exc
+    except ssl.SSLError as exc:
+        raise ConfigError("settings", "sandbox_tls_cert",
+                          f"the TLS files for the sandbox are unusable ({exc.reason or exc}): "
+                          "sandbox_tls_ca must be a PEM CA certificate, sandbox_tls_cert/key a matching pair") from exc
+
+
 def start_gateway(settings: Settings) -> Gateway:
-    """Start the sandbox (unless configured to reach a running one), then serve. Port 0 picks a port."""
+    """Start the sandbox (unless configured to reach a running one: `start_sandbox = false`, or a remote
+    `sandbox_address`), then serve. Port 0 picks a port."""
     check_rules_cover()
     policy = load_policy(settings.policy)
     creds = server_credentials(settings.tls_dir)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     process: SandboxProcess | None = None
-    if settings.start_sandbox:
+    client = _sandbox_client(settings)
+    if settings.spawns_sandbox:
         extra = [
             "--query-timeout-ms", str(settings.query_timeout_ms),
             "--memory-limit", settings.sandbox_memory_limit,
@@ -242,7 +259,6 @@ def start_gateway(settings: Settings) -> Gateway:
     loop: _LoopThread | None = None
     settler: Settler | None = None
     try:
-        client = SandboxClient(settings.sandbox_socket, timeout_s=settings.sandbox_timeout_s)
         catalog = client.describe()
         check_model_grants_against_catalog(policy.model_grants, catalog, str(settings.policy))
         ledger = Ledger(settings.ledger_path)
