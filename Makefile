@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
 
-.PHONY: help install browser netns lock demo serve test test-fast bench proto lint typecheck clean
+.PHONY: help install browser netns lock demo serve test test-fast bench bench-big proto lint typecheck clean
 
 help:        ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -65,6 +65,9 @@ test-fast: $(STAMP)  ## the inner loop: skip slow and statistical tests
 
 bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000")
 	@$(PY) -m examples.bench $(ARGS)
+
+bench-big: $(STAMP)  ## out-of-memory benchmark (sandbox on-disk store vs plain DuckDB): PEOPLE=100000000 MEMORY=256MiB
+	@$(PY) -m examples.bench.bigdata --people $(or $(PEOPLE),100000000) --memory-limit $(or $(MEMORY),256MiB) $(ARGS)
 
 proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
 	@$(PY) -m gateway.cli.protogen
