@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
 
-.PHONY: help install browser postgres netns lock demo serve test test-fast bench proto lint typecheck clean
+.PHONY: help install browser postgres netns lock demo serve test test-fast bench bench-big proto lint typecheck clean
 
 help:        ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -67,7 +67,7 @@ serve: $(STAMP)  ## run sandbox + gateway in the foreground with the example pol
 	@$(PY) -m gateway serve --dev
 
 test: $(STAMP) browser postgres netns  ## what CI runs: lint, types, then every test (statistical and slow ones included)
-	@$(PY) -m ruff check gateway sandbox examples tests
+	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 	@$(PY) -m mypy
 	@$(PY) -m pytest -q
 
@@ -77,13 +77,16 @@ test-fast: $(STAMP)  ## the inner loop: skip slow and statistical tests
 bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000")
 	@$(PY) -m examples.bench $(ARGS)
 
+bench-big: $(STAMP)  ## out-of-memory benchmark (sandbox on-disk store vs plain DuckDB): PEOPLE=100000000 MEMORY=256MiB
+	@$(PY) -m examples.bench.bigdata --people $(or $(PEOPLE),100000000) --memory-limit $(or $(MEMORY),256MiB) $(ARGS)
+
 proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
 	@$(PY) -m gateway.cli.protogen
 
 lint: $(STAMP)  ## ruff
-	@$(PY) -m ruff check gateway sandbox examples tests
+	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 
-typecheck: $(STAMP)  ## mypy --strict on gateway/ and sandbox/
+typecheck: $(STAMP)  ## mypy --strict on gateway/, sandbox/ and pgw_client/
 	@$(PY) -m mypy
 
 clean:  ## remove the venv, caches, demo state and generated example data

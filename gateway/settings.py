@@ -16,7 +16,7 @@ from sandbox.client import Endpoint, TlsEndpoint, TlsFiles, parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (default, help). Every setting is documented here and in the README (a test checks both).
+# name -> (default, help). Every setting is documented here and in docs/reference.md (a test checks both).
 SETTINGS: dict[str, tuple[Any, str]] = {
     "listen": ("127.0.0.1:50051", "host:port the gateway serves gRPC on (TLS, client certs required)"),
     "policy": (ROOT / "policies" / "operator.toml", "the operator's policy file"),
@@ -37,7 +37,12 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "sandbox_tls_key": (None, "the key of sandbox_tls_cert (default: <state_dir>/sandbox-tls/gateway.key)"),
     "query_timeout_ms": (10_000, "per-query time limit inside the sandbox, milliseconds"),
     "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
+    "sandbox_storage": ("disk", "where the sandbox keeps the loaded tables: `disk` (a DuckDB file in its state "
+                                "directory, built once per data version, opened read-only; data may exceed the "
+                                "memory limit) or `memory`"),
     "sandbox_threads": (2, "DuckDB threads inside the sandbox"),
+    "sandbox_ready_timeout_s": (1800, "the longest the gateway waits for a sandbox it starts to be ready (a first "
+                                      "start with sandbox_storage = disk builds the store: minutes for 100M people)"),
     "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
     "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
     "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
@@ -77,7 +82,9 @@ class Settings:
     sandbox_tls_key: Path
     query_timeout_ms: int
     sandbox_memory_limit: str
+    sandbox_storage: str
     sandbox_threads: int
+    sandbox_ready_timeout_s: int
     max_workers: int
     max_calls_per_identity: int
     max_queued_calls: int
@@ -171,6 +178,9 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
             raise ConfigError("settings", "sandbox_address", "port 0: name the port the sandbox listens on")
     if values["log_format"] not in ("text", "json"):
         raise ConfigError("settings", "log_format", f"has value {values['log_format']!r}. Use text or json.")
+    if values["sandbox_storage"] not in ("disk", "memory"):
+        raise ConfigError("settings", "sandbox_storage",
+                          f"has value {values['sandbox_storage']!r}. Use disk or memory.")
     settings = Settings(**values)
     return replace(settings)
 

@@ -259,9 +259,11 @@ def start_gateway(settings: Settings) -> Gateway:
         extra = [
             "--query-timeout-ms", str(settings.query_timeout_ms),
             "--memory-limit", settings.sandbox_memory_limit,
+            "--storage", settings.sandbox_storage,
             "--threads", str(settings.sandbox_threads),
         ]
-        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)
+        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra,
+                                       ready_timeout_s=float(settings.sandbox_ready_timeout_s))
     loop: _LoopThread | None = None
     settler: Settler | None = None
     try:
