@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the data owner's state (cap ledger); default: <socket's directory>/data-owner; "
              "required with --listen",
     )
+    p.add_argument(
+        "--storage", choices=("disk", "memory"), default="disk",
+        help="where the loaded tables live: disk (a DuckDB file under <state-dir>/tables, built once per data "
+             "version, opened read-only; data may exceed --memory-limit) or memory",
+    )
     p.add_argument("--memory-limit", default=d.memory_limit, help="DuckDB memory_limit")
     p.add_argument("--threads", type=int, default=d.threads, help="DuckDB threads")
     p.add_argument("--query-timeout-ms", type=int, default=d.query_timeout_ms)
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         caps = CapLedger(state_dir / "caps.sqlite3")  # issue-gov: the data owner's cap ledger
         engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps,
-                        version_key=load_or_create_key(state_dir / "data-version.key"))
+                        version_key=load_or_create_key(state_dir / "data-version.key"),
+                        store_dir=state_dir / "tables" if args.storage == "disk" else None)
     except ConfigError as exc:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -304,8 +304,12 @@ def write_dev_pki(
     *,
     server_stem: str = "server",
     ca_name: str = "privacy-gateway dev CA",
+    renew_within_days: int | None = None,
 ) -> dict[str, Path]:
     """Write a development PKI to ``out_dir``, reusing whatever is already there.
+
+    With ``renew_within_days``, a server or client certificate that expires within that many days (or has
+    expired) is issued again with a new key, by the same CA.
 
     Files: ``ca.key``/``ca.crt``, ``server.key``/``server.crt`` and ``<client>.key``/
     ``<client>.crt`` for each client (common name ``<client>``, no organization). Key files
@@ -351,7 +355,11 @@ def write_dev_pki(
         key_path, cert_path = out_dir / f"{stem}.key", out_dir / f"{stem}.crt"
         paths[key_path.name], paths[cert_path.name] = key_path, cert_path
         if key_path.exists() and cert_path.exists():
-            return
+            if renew_within_days is None:
+                return
+            not_after = x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc
+            if not_after - dt.datetime.now(dt.UTC) > dt.timedelta(days=renew_within_days):
+                return
         if not ca_key_path.exists():
             raise FileNotFoundError(f"{ca_key_path} is missing; cannot issue {cert_path.name}")
         ca_key_pem, ca_cert_pem = ca_key_path.read_bytes(), ca_cert_path.read_bytes()

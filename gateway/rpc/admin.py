@@ -48,11 +48,14 @@ def parse_time(value: str, field: str) -> float | None:
     return t.timestamp()
 
 
-def reload_policy(governor: Governor, owner: OwnerSettings | None = None) -> OwnerReload | None:
+def reload_policy(governor: Governor, owner: OwnerSettings | None = None, *, announce: bool = True
+                  ) -> OwnerReload | None:
     """Parse and validate the policy file (grants of every product included); on success swap it in
     atomically (SIGHUP, ReloadPolicy): every call from then on reads the new policy. Then, with `owner`,
     reload the data owner's settings from the sandbox (`gateway.budgets.owner.reload_owner_settings`: caps,
     grades and verification caps in both processes); its outcome is returned, a refusal is not an error.
+    With `announce`, bump the shared "policy" generation so every other replica on the same storage reloads
+    too (`gateway.rpc.replicas.PolicyFollower`).
 
     Raises:
         InvalidArgumentError: reason POLICY_INVALID with metadata file/key/problem; nothing changed.
@@ -65,7 +68,13 @@ def reload_policy(governor: Governor, owner: OwnerSettings | None = None) -> Own
             problem=exc.problem, field="policy",
         ) from exc
     log.info("policy reloaded from %s", governor.policy_path)
-    return reload_owner_settings(owner) if owner is not None else None
+    outcome = reload_owner_settings(owner) if owner is not None else None
+    if announce:
+        governor.state.bump_generation(POLICY_GENERATION)
+    return outcome
+
+
+POLICY_GENERATION = "policy"  # the shared counter a reload bumps (GovernanceStore.generation)
 
 
 class AdminServicer:
