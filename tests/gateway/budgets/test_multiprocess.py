@@ -88,7 +88,8 @@ class Cluster:
         p = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--listen", "127.0.0.1:0", "--policy", str(self.policy),
              "--state-dir", str(self.state), "--tls-dir", str(self.tls), "--data-dir", str(self.env.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=(self.state / f"gateway-{len(self.procs)}.log").open("a"), text=True,
+            env=e, cwd=ROOT,
         )
         self.procs.append(p)
         assert p.stdout is not None
@@ -102,6 +103,13 @@ class Cluster:
             if not line and p.poll() is not None:
                 break
         raise RuntimeError("gateway did not start")
+
+    def problems(self) -> str:
+        """The gateways' log lines at ERROR or above (what a failed assertion shows)."""
+        lines = [line for log in sorted(self.state.glob("gateway-*.log"))
+                 for line in log.read_text(errors="replace").splitlines()
+                 if any(w in line for w in ("ERROR", "CRITICAL", "Traceback", "Error:"))]
+        return "\n".join(lines[-40:])
 
     def close(self) -> None:
         for p in self.procs:
@@ -139,8 +147,8 @@ def test_two_gateways_64_clients_never_overspend(cluster: Cluster) -> None:
 
         with ThreadPoolExecutor(64) as pool:
             results = list(pool.map(one, range(64)))
-        assert results.count("ok") == N, results
-        assert results.count("PRIVACY_BUDGET_EXHAUSTED") == 64 - N, results
+        assert results.count("ok") == N, (results, cluster.problems())
+        assert results.count("PRIVACY_BUDGET_EXHAUSTED") == 64 - N, (results, cluster.problems())
     with Ledger(cluster.state / "ledger.sqlite3") as ledger:
         ledger.verify()
         ledger.verify_units()
