@@ -1,0 +1,341 @@
+"""Throughput on one node: closed-loop clients (each its own process, certificate identity and gRPC channel)
+against one sandbox process and 1 or 2 gateway processes on one port, SQLite state.
+
+Each client sends RunQuery back to back (a fresh request id and a slightly different epsilon every call, so
+the charge-once release cache never answers). After a warm-up, a window of `seconds` is measured: the answers
+that arrived in it, their latencies, and the CPU seconds every process of the rig used in it (gateway
+processes, sandbox, clients; from /proc), per answer. Refusals (RESOURCE_EXHAUSTED from admission control)
+are counted apart and are not throughput.
+
+`python -m examples.bench.throughput` runs the table alone and replaces its section of BENCHMARKS.md;
+`make bench` runs it at the largest size. `storage_url` is where the gateway's state lives: None is SQLite
+in the rig's state directory (the only store this branch has); a rig for another store passes its URL in the
+gateway's settings the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from examples.bench.common import ensure_data, log, ms, quantile
+from gateway.settings import ROOT
+
+__all__ = ["CLIENT_COUNTS", "QUERIES", "Rig", "render_throughput", "run_table"]
+
+CLIENT_COUNTS = (1, 8, 32, 64)
+QUERIES = {
+    "count": "SELECT COUNT(*) AS n FROM residents",
+    "avg_by_region": "SELECT region, AVG(income) AS avg_income FROM residents GROUP BY region",
+}
+DATASET = "registry"
+SECTION_START = "<!-- throughput:start -->"
+SECTION_END = "<!-- throughput:end -->"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _policy(n: int) -> str:
+    parts = ['schema = "privacy_gateway.operator.v1"\n']
+    for i in range(n):
+        parts.append(f'[consumers.load{i:02d}]\norganization = "Benchmark (throughput)"\n')
+    for i in range(n):
+        parts.append(
+            f'[[grants]]\nconsumer = "load{i:02d}"\ndataset = "registry"\npurpose = "benchmark"\n'
+            'privacy_definition = "approx_dp"\nepsilon = 1000000000.0\ndelta = 0.5\nmax_epsilon_per_query = 1.0\n')
+    return "\n".join(parts)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Rig:
+    """A sandbox process and `gateways` gateway processes sharing one port and one state directory."""
+
+    data_dir: Path
+    root: Path
+    gateways: int = 1
+    threads: int = 2
+    max_clients: int = max(CLIENT_COUNTS)
+    storage_url: str | None = None
+    profile_dir: Path | None = None
+    port: int = 0
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the sandbox, then the gateway processes one after another (the first creates the keys)."""
+        from examples.bench.systems import without_caps
+        from gateway.identity import certs
+        from sandbox.client import SandboxProcess
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tls = self.root / "tls"
+        self.names = [f"load{i:02d}" for i in range(self.max_clients)]
+        certs.write_dev_pki(self.tls, clients=self.names)
+        policy = self.root / "operator.toml"
+        policy.write_text(_policy(self.max_clients))
+        catalog = without_caps(ROOT / "policies" / "catalog.toml", self.root)
+        state = self.root / "state"
+        state.mkdir(exist_ok=True)
+        sock = state / "sandbox.sock"
+        self.sandbox = SandboxProcess.start(
+            catalog, sock, self.data_dir,
+            ["--query-timeout-ms", "120000", "--memory-limit", "8GiB", "--threads", str(self.threads)],
+            ready_timeout_s=900.0)
+        self.pids = [self.sandbox.pid]
+        self.port = _free_port()
+        settings: dict[str, Any] = {
+            "listen": f"127.0.0.1:{self.port}", "policy": str(policy), "catalog": str(catalog),
+            "data_dir": str(self.data_dir), "state_dir": str(state), "tls_dir": str(self.tls),
+            "sandbox_socket": str(sock), "start_sandbox": "false", "query_timeout_ms": 120_000,
+            "max_calls_per_identity": 16,
+        }
+        if self.storage_url is not None:
+            settings["storage_url"] = self.storage_url
+        for i in range(self.gateways):
+            cmd = [sys.executable, "-m", "examples.bench.gwproc", json.dumps(settings)]
+            if self.profile_dir is not None:
+                cmd += ["--profile", str(self.profile_dir / f"gateway{i}.pstats")]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"gateway process {i} did not start (exit {proc.wait()})")
+            self.pids.append(int(line.split()[2]))
+
+    def cpu(self) -> list[float]:
+        """CPU seconds so far of the sandbox and each gateway process."""
+        return [cpu_seconds(p) for p in self.pids]
+
+    def close(self) -> None:
+        """Stop the gateway processes (SIGTERM: profiles are written), then the sandbox."""
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.sandbox.stop()
+
+
+def _client(name: str, tls: str, port: int, sql: str, start_at: float, measure_from: float, stop_at: float,
+            out: Any) -> None:
+    """One client process: RunQuery back to back until `stop_at`; sends (latencies in window, refused, cpu)."""
+    import grpc
+    from privacy_gateway.v1 import common_pb2 as common_pb
+    from privacy_gateway.v1 import query_service_pb2 as q_pb
+    from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
+
+    d = Path(tls)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(d / "ca.crt").read_bytes(), private_key=(d / f"{name}.key").read_bytes(),
+        certificate_chain=(d / f"{name}.crt").read_bytes())
+    ch = grpc.secure_channel(f"127.0.0.1:{port}", creds)
+    stub = q_grpc.QueryServiceStub(ch)
+    grpc.channel_ready_future(ch).result(timeout=60)
+    lat: list[float] = []
+    refused = failed = calls = 0
+    while time.time() < start_at:
+        time.sleep(0.005)
+    cpu0 = time.process_time()
+    cpu_in = 0.0
+    while True:
+        now = time.time()
+        if now >= stop_at:
+            break
+        calls += 1
+        req = q_pb.RunQueryRequest(
+            dataset=DATASET, sql=sql, purpose="benchmark", request_id=uuid.uuid4().hex,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=1.0 - 1e-9 * calls))
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        try:
+            stub.RunQuery(req, timeout=60)
+        except grpc.RpcError as exc:
+            if now >= measure_from:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+                    refused += 1
+                else:
+                    failed += 1
+            continue
+        if now >= measure_from and time.time() < stop_at:
+            lat.append(time.perf_counter() - t0)
+            cpu_in += time.process_time() - c0
+    ch.close()
+    out.put({"lat": lat, "refused": refused, "failed": failed, "cpu": cpu_in,
+             "cpu_total": time.process_time() - cpu0})
+
+
+def measure(rig: Rig, sql: str, clients: int, warmup_s: float, seconds: float) -> dict[str, Any]:
+    """`clients` closed-loop client processes; answers per second in the window, latency, CPU per answer."""
+    ctx = mp.get_context("spawn")
+    q: Any = ctx.Queue()
+    t_base = time.time() + 3.0 + 0.05 * clients  # spawning 64 interpreters takes a few seconds
+    start_at, measure_from = t_base, t_base + warmup_s
+    stop_at = measure_from + seconds
+    procs = [ctx.Process(target=_client, args=(rig.names[i], str(rig.tls), rig.port, sql, start_at,
+                                                measure_from, stop_at, q)) for i in range(clients)]
+    for p in procs:
+        p.start()
+    while time.time() < measure_from:
+        time.sleep(0.01)
+    cpu0 = rig.cpu()
+    load0 = os.getloadavg()[0]
+    while time.time() < stop_at:
+        time.sleep(0.01)
+    cpu1 = rig.cpu()
+    results = [q.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    lat = sorted(x for r in results for x in r["lat"])
+    n = len(lat)
+    per = (lambda c: c / n * 1000) if n else (lambda c: float("nan"))
+    return {
+        "clients": clients, "answers": n, "qps": n / seconds,
+        "p50": quantile(lat, 0.5), "p99": quantile(lat, 0.99),
+        "refused": sum(r["refused"] for r in results), "failed": sum(r["failed"] for r in results),
+        "cpu_ms_sandbox": per(cpu1[0] - cpu0[0]),
+        "cpu_ms_gateways": per(sum(cpu1[1:]) - sum(cpu0[1:])),
+        "cpu_ms_clients": per(sum(r["cpu"] for r in results)),
+        "load": round(load0, 2),
+    }
+
+
+def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tuple[int, ...] = CLIENT_COUNTS,
+              queries: tuple[str, ...] = tuple(QUERIES), warmup_s: float = 3.0, seconds: float = 10.0,
+              threads: int = 2, storage_url: str | None = None, profile_dir: Path | None = None
+              ) -> dict[str, Any]:
+    """Every (gateway processes, query, clients) cell. Each query's client counts run in one rig, in a rotating
+    order over the rigs so machine noise hits both rig sizes alike."""
+    cells: list[dict[str, Any]] = []
+    load_start = round(os.getloadavg()[0], 2)
+    for qid in queries:
+        for g in gateways:
+            root = Path(tempfile.mkdtemp(prefix="pgw-thru-"))
+            rig = Rig(data_dir, root, gateways=g, threads=threads, max_clients=max(clients),
+                      storage_url=storage_url,
+                      profile_dir=profile_dir / f"{qid}-g{g}" if profile_dir else None)
+            if rig.profile_dir is not None:
+                rig.profile_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                rig.start()
+                measure(rig, QUERIES[qid], 4, 1.0, 2.0)  # warm the plan caches and the sandbox
+                for c in clients:
+                    cell = measure(rig, QUERIES[qid], c, warmup_s, seconds)
+                    cell.update(query=qid, gateways=g, storage="sqlite" if storage_url is None else storage_url)
+                    cells.append(cell)
+                    log(f"  {qid:<14} gateways={g} clients={c:>2}: {cell['qps']:6.1f} q/s, p50 {ms(cell['p50'])} ms,"
+                        f" p99 {ms(cell['p99'])} ms, refused {cell['refused']}, cpu/answer gw"
+                        f" {cell['cpu_ms_gateways']:.1f} sb {cell['cpu_ms_sandbox']:.1f}"
+                        f" cl {cell['cpu_ms_clients']:.1f} ms, load {cell['load']}")
+            finally:
+                rig.close()
+                shutil.rmtree(root, ignore_errors=True)
+    return {"cells": cells, "load_start": load_start, "load_end": round(os.getloadavg()[0], 2),
+            "seconds": seconds, "warmup_s": warmup_s, "cores": os.cpu_count()}
+
+
+def render_throughput(res: dict[str, Any], people: int) -> str:
+    """The throughput section of BENCHMARKS.md (between markers, so a standalone run can replace it)."""
+    lines = [SECTION_START, f"## Throughput ({people:,} people, one node)", ""]
+    lines.append(
+        f"Closed-loop clients, each its own process, certificate identity and gRPC channel (mTLS), sending RunQuery "
+        f"back to back; {res['warmup_s']:.0f} s warm-up, then answers counted over {res['seconds']:.0f} s. One "
+        f"sandbox process; 1 or 2 gateway processes on one port (SO_REUSEPORT) sharing one SQLite state directory. "
+        f"The clients run on the same {res['cores']} cores as the rig, so they take CPU from it (their share is "
+        f"the `client CPU` column). 1-minute load average {res['load_start']} at the start, {res['load_end']} at "
+        f"the end; `load` is at the start of each window. CPU columns: CPU milliseconds per answer, from /proc.")
+    lines.append("")
+    lines.append("| query | storage | gateway processes | clients | answers/s | p50 ms | p99 ms | refused | "
+                 "gateway CPU | sandbox CPU | client CPU | load |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in res["cells"]:
+        lines.append(
+            f"| `{c['query']}` | {c['storage']} | {c['gateways']} | {c['clients']} | {c['qps']:.1f} | {ms(c['p50'])} | "
+            f"{ms(c['p99'])} | {c['refused']} | {c['cpu_ms_gateways']:.1f} | {c['cpu_ms_sandbox']:.1f} | "
+            f"{c['cpu_ms_clients']:.1f} | {c['load']} |")
+    lines.append("")
+    lines.append("Targets: `count` ≥ 400 answers/s and `avg_by_region` ≥ 150 answers/s at 32 clients; "
+                 "throughput never falls as clients are added; p99 at 32 clients ≤ 150 ms; "
+                 "single-client `count` p50 ≤ 6 ms.")
+    for q, target in (("count", 400.0), ("avg_by_region", 150.0)):
+        at32 = [c for c in res["cells"] if c["query"] == q and c["clients"] == 32]
+        if at32:
+            best = max(at32, key=lambda c: c["qps"])
+            mark = "✅" if best["qps"] >= target else "❌"
+            lines.append(f"* `{q}` at 32 clients: {best['qps']:.1f} answers/s with {best['gateways']} gateway "
+                         f"process(es), p99 {ms(best['p99'])} ms {mark}")
+    lines.append(SECTION_END)
+    return "\n".join(lines) + "\n"
+
+
+def splice(report: Path, section: str) -> None:
+    """Replace the throughput section of `report` (or append it)."""
+    text = report.read_text() if report.exists() else "# Benchmarks\n"
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    report.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the throughput table alone and write it into BENCHMARKS.md."""
+    p = argparse.ArgumentParser(prog="python -m examples.bench.throughput", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--people", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--clients", default=",".join(map(str, CLIENT_COUNTS)))
+    p.add_argument("--gateways", default="1,2")
+    p.add_argument("--queries", default=",".join(QUERIES))
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--storage-url", default=None, help="the gateway's state store (default: SQLite)")
+    p.add_argument("--profile-dir", type=Path, default=None,
+                   help="write each gateway process's per-thread CPU profile (pstats) here")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    data_dir, _ = ensure_data(args.people, args.seed)
+    res = run_table(
+        data_dir, gateways=tuple(int(x) for x in args.gateways.split(",")),
+        clients=tuple(int(x) for x in args.clients.split(",")), queries=tuple(args.queries.split(",")),
+        warmup_s=args.warmup, seconds=args.seconds, storage_url=args.storage_url, profile_dir=args.profile_dir)
+    res["people"] = args.people
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    if args.out.name != "-":
+        splice(args.out, render_throughput(res, args.people))
+        log(f"wrote the throughput section of {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
