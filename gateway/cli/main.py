@@ -66,6 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         install_json_logging()
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
+    if args.workers > 1:
+        from gateway.cli.workers import serve_workers, worker_argv
+
+        return serve_workers(settings, args.workers, worker_argv(args.argv))
     gateway = start_gateway(settings)
     try:
         start_console(gateway, settings)
@@ -264,6 +268,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The pgw argument parser."""
     p = argparse.ArgumentParser(prog="pgw", description=__doc__)
@@ -283,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--console-public-listen", help="host:port of the public transparency page (no certificate)")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
+    s.add_argument("--workers", type=_positive_int, default=1,
+                   help="gateway processes serving the port (one sandbox serves them all; default 1)")
     s.set_defaults(func=cmd_serve)
 
     def client_args(sp: argparse.ArgumentParser) -> None:
@@ -351,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `pgw` and `python -m gateway`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.argv = raw[raw.index("serve") + 1:] if args.command == "serve" else []
     try:
         return int(args.func(args))
     except ConfigError as exc:

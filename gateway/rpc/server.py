@@ -223,6 +223,12 @@ class Gateway:
             self.oversight.close()  # seals the audit log
 
 
+def sandbox_args(settings: Settings) -> list[str]:
+    """The sandbox process's flags from the gateway's settings."""
+    return ["--query-timeout-ms", str(settings.query_timeout_ms), "--memory-limit", settings.sandbox_memory_limit,
+            "--threads", str(settings.sandbox_threads)]
+
+
 def start_gateway(settings: Settings) -> Gateway:
     """Start the sandbox (unless configured to reach a running one), then serve. Port 0 picks a port."""
     check_rules_cover()
@@ -231,12 +237,8 @@ def start_gateway(settings: Settings) -> Gateway:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     process: SandboxProcess | None = None
     if settings.start_sandbox:
-        extra = [
-            "--query-timeout-ms", str(settings.query_timeout_ms),
-            "--memory-limit", settings.sandbox_memory_limit,
-            "--threads", str(settings.sandbox_threads),
-        ]
-        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)
+        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir,
+                                       sandbox_args(settings))
     loop: _LoopThread | None = None
     settler: Settler | None = None
     try:
