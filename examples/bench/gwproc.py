@@ -24,7 +24,7 @@ import time
 from types import FrameType
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["dump_profiles", "main"]
 
 _profiles: list[cProfile.Profile] = []
 _profiles_lock = threading.Lock()
@@ -38,6 +38,21 @@ def _start_thread_profile(frame: FrameType, event: str, arg: Any) -> None:
     prof.enable()  # replaces this hook for the thread
 
 
+def dump_profiles(path: str) -> None:
+    """Stop every thread's profiler and write their merged statistics to `path`."""
+    with _profiles_lock:
+        profs = list(_profiles)
+    stats: pstats.Stats | None = None
+    for prof in profs:
+        prof.disable()
+        try:
+            stats = pstats.Stats(prof) if stats is None else stats.add(prof)
+        except TypeError:  # a thread that recorded nothing
+            continue
+    if stats is not None:
+        stats.dump_stats(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the gateway, print `READY <port>`, serve until SIGTERM."""
     p = argparse.ArgumentParser(prog="python -m examples.bench.gwproc")
@@ -45,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None, help="write merged per-thread CPU profiles here at exit")
     args = p.parse_args(argv)
     if args.profile:
-        threading.setprofile(_start_thread_profile)  # type: ignore[arg-type]
+        threading.setprofile(_start_thread_profile)
         main_prof = cProfile.Profile(time.thread_time)
         _profiles.append(main_prof)
         main_prof.enable()
@@ -65,18 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"READY {gw.port} {os.getpid()}", flush=True)
     stop.wait()
     if args.profile:
-        with _profiles_lock:
-            profs = list(_profiles)
-        for prof in profs:
-            prof.disable()
-        stats: pstats.Stats | None = None
-        for prof in profs:
-            try:
-                stats = pstats.Stats(prof) if stats is None else stats.add(prof)
-            except TypeError:  # a thread that recorded nothing
-                continue
-        if stats is not None:
-            stats.dump_stats(args.profile)
+        dump_profiles(args.profile)
     gw.stop()
     return 0
 

@@ -24,12 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from examples.bench.common import ensure_data, log, ms, quantile
+from examples.bench.loadclient import client
 from gateway.settings import ROOT
 
 __all__ = ["CLIENT_COUNTS", "QUERIES", "Rig", "render_throughput", "run_table"]
@@ -101,7 +101,17 @@ class Rig:
         state = self.root / "state"
         state.mkdir(exist_ok=True)
         sock = state / "sandbox.sock"
-        self.sandbox = SandboxProcess.start(
+        process_type = SandboxProcess
+        if self.profile_dir is not None:
+            out = str(self.profile_dir / "sandbox.pstats")
+
+            class ProfiledSandbox(SandboxProcess):
+                def command(self) -> list[str]:
+                    cmd = super().command()
+                    return [cmd[0], "-m", "examples.bench.sbproc", out, *cmd[3:]]
+
+            process_type = ProfiledSandbox
+        self.sandbox = process_type.start(
             catalog, sock, self.data_dir,
             ["--query-timeout-ms", "120000", "--memory-limit", "8GiB", "--threads", str(self.threads)],
             ready_timeout_s=900.0)
@@ -143,65 +153,24 @@ class Rig:
         self.sandbox.stop()
 
 
-def _client(name: str, tls: str, port: int, sql: str, start_at: float, measure_from: float, stop_at: float,
-            out: Any) -> None:
-    """One client process: RunQuery back to back until `stop_at`; sends (latencies in window, refused, cpu)."""
-    import grpc
-    from privacy_gateway.v1 import common_pb2 as common_pb
-    from privacy_gateway.v1 import query_service_pb2 as q_pb
-    from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
-
-    d = Path(tls)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=(d / "ca.crt").read_bytes(), private_key=(d / f"{name}.key").read_bytes(),
-        certificate_chain=(d / f"{name}.crt").read_bytes())
-    ch = grpc.secure_channel(f"127.0.0.1:{port}", creds)
-    stub = q_grpc.QueryServiceStub(ch)
-    grpc.channel_ready_future(ch).result(timeout=60)
-    lat: list[float] = []
-    refused = failed = calls = 0
-    while time.time() < start_at:
-        time.sleep(0.005)
-    cpu0 = time.process_time()
-    cpu_in = 0.0
-    while True:
-        now = time.time()
-        if now >= stop_at:
-            break
-        calls += 1
-        req = q_pb.RunQueryRequest(
-            dataset=DATASET, sql=sql, purpose="benchmark", request_id=uuid.uuid4().hex,
-            privacy_loss=common_pb.PrivacyLoss(epsilon=1.0 - 1e-9 * calls))
-        t0 = time.perf_counter()
-        c0 = time.process_time()
-        try:
-            stub.RunQuery(req, timeout=60)
-        except grpc.RpcError as exc:
-            if now >= measure_from:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
-                    refused += 1
-                else:
-                    failed += 1
-            continue
-        if now >= measure_from and time.time() < stop_at:
-            lat.append(time.perf_counter() - t0)
-            cpu_in += time.process_time() - c0
-    ch.close()
-    out.put({"lat": lat, "refused": refused, "failed": failed, "cpu": cpu_in,
-             "cpu_total": time.process_time() - cpu0})
-
-
 def measure(rig: Rig, sql: str, clients: int, warmup_s: float, seconds: float) -> dict[str, Any]:
     """`clients` closed-loop client processes; answers per second in the window, latency, CPU per answer."""
     ctx = mp.get_context("spawn")
     q: Any = ctx.Queue()
-    t_base = time.time() + 3.0 + 0.05 * clients  # spawning 64 interpreters takes a few seconds
-    start_at, measure_from = t_base, t_base + warmup_s
-    stop_at = measure_from + seconds
-    procs = [ctx.Process(target=_client, args=(rig.names[i], str(rig.tls), rig.port, sql, start_at,
-                                                measure_from, stop_at, q)) for i in range(clients)]
+    ready: Any = ctx.Queue()
+    go = ctx.Event()
+    times = ctx.Array("d", 3)
+    procs = [ctx.Process(target=client, args=(i, rig.names[i], str(rig.tls), rig.port, sql, DATASET, ready, go,
+                                              times, q)) for i in range(clients)]
     for p in procs:
         p.start()
+    for _ in procs:  # every client connected (TLS handshake done) before the clock starts
+        ready.get(timeout=300)
+    start_at = time.time() + 0.2
+    measure_from = start_at + warmup_s
+    stop_at = measure_from + seconds
+    times[0], times[1], times[2] = start_at, measure_from, stop_at
+    go.set()
     while time.time() < measure_from:
         time.sleep(0.01)
     cpu0 = rig.cpu()
@@ -228,34 +197,44 @@ def measure(rig: Rig, sql: str, clients: int, warmup_s: float, seconds: float) -
 
 def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tuple[int, ...] = CLIENT_COUNTS,
               queries: tuple[str, ...] = tuple(QUERIES), warmup_s: float = 3.0, seconds: float = 10.0,
-              threads: int = 2, storage_url: str | None = None, profile_dir: Path | None = None
-              ) -> dict[str, Any]:
-    """Every (gateway processes, query, clients) cell. Each query's client counts run in one rig, in a rotating
-    order over the rigs so machine noise hits both rig sizes alike."""
+              threads: int = 2, storage_url: str | None = None, profile_dir: Path | None = None,
+              state_base: Path | None = None) -> dict[str, Any]:
+    """Every (gateway processes, query, clients) cell. For each query one rig per gateway count runs at once
+    (an idle rig costs next to nothing) and each client count is measured on every rig in turn, rotating which
+    goes first, so machine noise hits every rig size alike (A/B interleaved)."""
     cells: list[dict[str, Any]] = []
     load_start = round(os.getloadavg()[0], 2)
     for qid in queries:
-        for g in gateways:
-            root = Path(tempfile.mkdtemp(prefix="pgw-thru-"))
-            rig = Rig(data_dir, root, gateways=g, threads=threads, max_clients=max(clients),
-                      storage_url=storage_url,
-                      profile_dir=profile_dir / f"{qid}-g{g}" if profile_dir else None)
-            if rig.profile_dir is not None:
-                rig.profile_dir.mkdir(parents=True, exist_ok=True)
-            try:
+        rigs: dict[int, Rig] = {}
+        roots: list[Path] = []
+        try:
+            for g in gateways:
+                root = Path(tempfile.mkdtemp(prefix="pgw-thru-", dir=state_base))
+                roots.append(root)
+                rig = Rig(data_dir, root, gateways=g, threads=threads, max_clients=max(clients),
+                          storage_url=storage_url,
+                          profile_dir=profile_dir / f"{qid}-g{g}" if profile_dir else None)
+                if rig.profile_dir is not None:
+                    rig.profile_dir.mkdir(parents=True, exist_ok=True)
+                rigs[g] = rig
                 rig.start()
                 measure(rig, QUERIES[qid], 4, 1.0, 2.0)  # warm the plan caches and the sandbox
-                for c in clients:
-                    cell = measure(rig, QUERIES[qid], c, warmup_s, seconds)
+            for i, c in enumerate(clients):
+                order = list(gateways[i % len(gateways):]) + list(gateways[: i % len(gateways)])
+                for g in order:
+                    cell = measure(rigs[g], QUERIES[qid], c, warmup_s, seconds)
                     cell.update(query=qid, gateways=g, storage="sqlite" if storage_url is None else storage_url)
                     cells.append(cell)
                     log(f"  {qid:<14} gateways={g} clients={c:>2}: {cell['qps']:6.1f} q/s, p50 {ms(cell['p50'])} ms,"
-                        f" p99 {ms(cell['p99'])} ms, refused {cell['refused']}, cpu/answer gw"
+                        f" p99 {ms(cell['p99'])} ms, refused {cell['refused']} failed {cell['failed']}, cpu/answer gw"
                         f" {cell['cpu_ms_gateways']:.1f} sb {cell['cpu_ms_sandbox']:.1f}"
                         f" cl {cell['cpu_ms_clients']:.1f} ms, load {cell['load']}")
-            finally:
+        finally:
+            for rig in rigs.values():
                 rig.close()
+            for root in roots:
                 shutil.rmtree(root, ignore_errors=True)
+    cells.sort(key=lambda c: (list(queries).index(c["query"]), c["gateways"], c["clients"]))
     return {"cells": cells, "load_start": load_start, "load_end": round(os.getloadavg()[0], 2),
             "seconds": seconds, "warmup_s": warmup_s, "cores": os.cpu_count()}
 
@@ -320,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-url", default=None, help="the gateway's state store (default: SQLite)")
     p.add_argument("--profile-dir", type=Path, default=None,
                    help="write each gateway process's per-thread CPU profile (pstats) here")
+    p.add_argument("--state-base", type=Path, default=None,
+                   help="where the rigs' state directories go (default: the system's temporary directory;"
+                        " /dev/shm makes every fsync free, an upper bound on what batching commits can gain)")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -327,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_table(
         data_dir, gateways=tuple(int(x) for x in args.gateways.split(",")),
         clients=tuple(int(x) for x in args.clients.split(",")), queries=tuple(args.queries.split(",")),
-        warmup_s=args.warmup, seconds=args.seconds, storage_url=args.storage_url, profile_dir=args.profile_dir)
+        warmup_s=args.warmup, seconds=args.seconds, storage_url=args.storage_url, profile_dir=args.profile_dir,
+        state_base=args.state_base)
     res["people"] = args.people
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
