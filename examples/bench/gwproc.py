@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m examples.bench.gwproc")
     p.add_argument("settings", help="settings overrides as a JSON object")
     p.add_argument("--profile", default=None, help="write merged per-thread CPU profiles here at exit")
+    p.add_argument("--stages", default=None, help="write CPU seconds per request stage (JSON) here at exit")
+    p.add_argument("--sandbox-pool", type=int, default=None,
+                   help="idle sandbox connections kept for reuse (an experiment; default: the client's own)")
     args = p.parse_args(argv)
     if args.profile:
         threading.setprofile(_start_thread_profile)
@@ -69,7 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.settings import load_settings
 
     settings = load_settings(json.loads(args.settings))
+    if args.sandbox_pool is not None:
+        from sandbox.client import SandboxClient
+
+        SandboxClient.MAX_IDLE = args.sandbox_pool
     gw = start_gateway(settings)
+    stages = None
+    if args.stages:
+        from examples.bench.cpustages import instrument
+
+        stages = instrument(gw)
     stop = threading.Event()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -81,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     if args.profile:
         dump_profiles(args.profile)
+    if stages is not None:
+        from pathlib import Path
+
+        stages.write(Path(args.stages))
     gw.stop()
     return 0
 

@@ -81,6 +81,9 @@ class Rig:
     max_clients: int = max(CLIENT_COUNTS)
     storage_url: str | None = None
     profile_dir: Path | None = None
+    profile: str = "stages"  # with a profile_dir: "stages" (CPU per stage, cheap) or "cprofile" (every function)
+    gw_args: list[str] = field(default_factory=list)  # extra `examples.bench.gwproc` flags (experiments)
+    code_dir: Path | None = None  # run the gateway processes from this copy of the tree (A/B of a code change)
     port: int = 0
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
@@ -102,7 +105,7 @@ class Rig:
         state.mkdir(exist_ok=True)
         sock = state / "sandbox.sock"
         process_type = SandboxProcess
-        if self.profile_dir is not None:
+        if self.profile_dir is not None and self.profile == "cprofile":
             out = str(self.profile_dir / "sandbox.pstats")
 
             class ProfiledSandbox(SandboxProcess):
@@ -126,10 +129,15 @@ class Rig:
         if self.storage_url is not None:
             settings["storage_url"] = self.storage_url
         for i in range(self.gateways):
-            cmd = [sys.executable, "-m", "examples.bench.gwproc", json.dumps(settings)]
-            if self.profile_dir is not None:
+            cmd = [sys.executable, "-m", "examples.bench.gwproc", json.dumps(settings), *self.gw_args]
+            if self.profile_dir is not None and self.profile == "cprofile":
                 cmd += ["--profile", str(self.profile_dir / f"gateway{i}.pstats")]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            if self.profile_dir is not None and self.profile == "stages":
+                cmd += ["--stages", str(self.profile_dir / f"gateway{i}.stages.json")]
+            env = dict(os.environ)
+            if self.code_dir is not None:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code_dir), env.get("PYTHONPATH")]))
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=self.code_dir or ROOT, env=env)
             self.procs.append(proc)
             assert proc.stdout is not None
             line = proc.stdout.readline()
@@ -198,7 +206,7 @@ def measure(rig: Rig, sql: str, clients: int, warmup_s: float, seconds: float) -
 def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tuple[int, ...] = CLIENT_COUNTS,
               queries: tuple[str, ...] = tuple(QUERIES), warmup_s: float = 3.0, seconds: float = 10.0,
               threads: int = 2, storage_url: str | None = None, profile_dir: Path | None = None,
-              state_base: Path | None = None) -> dict[str, Any]:
+              state_base: Path | None = None, profile: str = "stages") -> dict[str, Any]:
     """Every (gateway processes, query, clients) cell. For each query one rig per gateway count runs at once
     (an idle rig costs next to nothing) and each client count is measured on every rig in turn, rotating which
     goes first, so machine noise hits every rig size alike (A/B interleaved)."""
@@ -213,7 +221,7 @@ def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tu
                 roots.append(root)
                 rig = Rig(data_dir, root, gateways=g, threads=threads, max_clients=max(clients),
                           storage_url=storage_url,
-                          profile_dir=profile_dir / f"{qid}-g{g}" if profile_dir else None)
+                          profile_dir=profile_dir / f"{qid}-g{g}" if profile_dir else None, profile=profile)
                 if rig.profile_dir is not None:
                     rig.profile_dir.mkdir(parents=True, exist_ok=True)
                 rigs[g] = rig
@@ -237,6 +245,44 @@ def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tu
     cells.sort(key=lambda c: (list(queries).index(c["query"]), c["gateways"], c["clients"]))
     return {"cells": cells, "load_start": load_start, "load_end": round(os.getloadavg()[0], 2),
             "seconds": seconds, "warmup_s": warmup_s, "cores": os.cpu_count()}
+
+
+def ab(data_dir: Path, variants: dict[str, dict[str, Any]], query: str, clients: tuple[int, ...],
+       warmup_s: float, seconds: float, rounds: int = 1) -> list[dict[str, Any]]:
+    """Experiments side by side: one rig per variant (`gateways`, `state_base`, `gw_args`), every client count
+    measured on every rig in turn, rotating which goes first, `rounds` times."""
+    rigs: dict[str, Rig] = {}
+    roots: list[Path] = []
+    cells: list[dict[str, Any]] = []
+    try:
+        for label, v in variants.items():
+            root = Path(tempfile.mkdtemp(prefix="pgw-ab-", dir=v.get("state_base")))
+            roots.append(root)
+            rig = Rig(data_dir, root, gateways=int(v.get("gateways", 1)), max_clients=max(clients),
+                      gw_args=list(v.get("gw_args", [])), profile_dir=v.get("profile_dir"),
+                      code_dir=v.get("code_dir"))
+            rigs[label] = rig
+            rig.start()
+            measure(rig, QUERIES[query], 4, 1.0, 2.0)
+        labels = list(rigs)
+        k = 0
+        for r in range(rounds):
+            for c in clients:
+                order = labels[k % len(labels):] + labels[: k % len(labels)]
+                k += 1
+                for label in order:
+                    cell = measure(rigs[label], QUERIES[query], c, warmup_s, seconds)
+                    cell.update(query=query, variant=label, round=r)
+                    cells.append(cell)
+                    log(f"  {label:<22} {query} clients={c:>2}: {cell['qps']:6.1f} q/s, p50 {ms(cell['p50'])} ms,"
+                        f" p99 {ms(cell['p99'])} ms, cpu/answer gw {cell['cpu_ms_gateways']:.2f}"
+                        f" sb {cell['cpu_ms_sandbox']:.2f} cl {cell['cpu_ms_clients']:.2f} ms, load {cell['load']}")
+    finally:
+        for rig in rigs.values():
+            rig.close()
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+    return cells
 
 
 def render_throughput(res: dict[str, Any], people: int) -> str:
@@ -298,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--storage-url", default=None, help="the gateway's state store (default: SQLite)")
     p.add_argument("--profile-dir", type=Path, default=None,
-                   help="write each gateway process's per-thread CPU profile (pstats) here")
+                   help="write each gateway process's CPU per request stage (or cProfile statistics) here")
+    p.add_argument("--profile-kind", choices=["stages", "cprofile"], default="stages",
+                   help="stages: the gateway's stages on a CPU clock (cheap); cprofile: every function of the"
+                        " gateway and sandbox processes (slows them about twofold)")
     p.add_argument("--state-base", type=Path, default=None,
                    help="where the rigs' state directories go (default: the system's temporary directory;"
                         " /dev/shm makes every fsync free, an upper bound on what batching commits can gain)")
@@ -310,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir, gateways=tuple(int(x) for x in args.gateways.split(",")),
         clients=tuple(int(x) for x in args.clients.split(",")), queries=tuple(args.queries.split(",")),
         warmup_s=args.warmup, seconds=args.seconds, storage_url=args.storage_url, profile_dir=args.profile_dir,
-        state_base=args.state_base)
+        state_base=args.state_base, profile=args.profile_kind)
     res["people"] = args.people
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))

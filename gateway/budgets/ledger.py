@@ -48,7 +48,7 @@ from gateway.errors import (
     StorageUnavailableError,
 )
 from gateway.policy.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, Window, from_units, rfc3339, to_units
-from gateway.storage.sqlite import ConnectionPool, immediate
+from gateway.storage.sqlite import ConnectionPool, immediate, writer_queue
 from sandbox.pricing.cap_rules import CapCounts, CapSums, ReleaseLoss, counts, pure_to_rho_units
 from sandbox.pricing.periods import BUCKET_SQL, window_queries
 
@@ -337,6 +337,11 @@ class ChargeRecord:
     created_at: float
 
 
+
+def _busy() -> StorageUnavailableError:
+    return StorageUnavailableError(
+        "the privacy ledger is busy (no write turn within the busy timeout); retry with the same request id")
+
 class Ledger:
     """The durable privacy-budget ledger in one SQLite file.
 
@@ -365,6 +370,7 @@ class Ledger:
         # This process's lease on its reservations (see `heartbeat` and `gateway.path.settle`).
         self.holder = uuid.uuid4().hex
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._writers = writer_queue(self._path)  # this process's writers of the file, in arrival order
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False),
             lambda: StorageUnavailableError("the privacy ledger's storage failed; retry with the same request id"),
@@ -1085,13 +1091,14 @@ class Ledger:
 
     @contextmanager
     def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception.
+        """Runs the body in BEGIN IMMEDIATE, after this process's writers of the file queued ahead of it
+        (`gateway.storage.sqlite.writer_queue`); commits on success, rolls back on any exception.
 
         Durable commits fsync the write-ahead log (``synchronous=FULL``, set on every transaction, so a
         pooled connection can never carry a lighter setting over); ``durable=False`` commits with
         ``synchronous=NORMAL`` (no fsync: see ``reserve``).
         """
-        with self._connection() as conn:
+        with self._writers.turn(self._busy_timeout_s, _busy), self._connection() as conn:
             conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
             try:
                 with immediate(conn):

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from gateway.release.signing import Signer, canonical_json, public_key_id, verify
-from gateway.storage.sqlite import ConnectionPool, immediate
+from gateway.storage.sqlite import ConnectionPool, immediate, writer_queue
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -570,6 +570,7 @@ class AuditLog:
         self._mac_key = hmac.new(self._hmac_key, _MAC_CONTEXT, hashlib.sha256).digest()
         self._seal_every = seal_every
         self._busy_timeout_s = float(busy_timeout_s)
+        self._writers = writer_queue(self._path)  # shared with the ledger when the tables share its file
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
@@ -902,7 +903,8 @@ class AuditLog:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn, immediate(conn):
+        busy = AuditError("the audit log is busy (no write turn within the busy timeout)")
+        with self._writers.turn(self._busy_timeout_s, lambda: busy), self._connection() as conn, immediate(conn):
             yield conn
 
     def __enter__(self) -> AuditLog:

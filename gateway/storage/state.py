@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.errors import StorageUnavailableError
 from gateway.policy.model import GrantOverride
-from gateway.storage.sqlite import ConnectionPool, immediate
+from gateway.storage.sqlite import ConnectionPool, immediate, writer_queue
 
 __all__ = ["Outcome", "StateStore", "StoredAlert"]
 
@@ -100,6 +100,7 @@ class StateStore:
         """Open the state database (the ledger's file) and create the governance tables."""
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
+        self._writers = writer_queue(self.path)  # shared with the ledger: the state lives in its file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pool = ConnectionPool(
             self._open, lambda: StorageUnavailableError("the governance state's storage failed; retry shortly"))
@@ -139,7 +140,10 @@ class StateStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._conn() as conn, immediate(conn):
+        def busy() -> StorageUnavailableError:
+            return StorageUnavailableError("the governance state is busy (no write turn within the busy timeout)")
+
+        with self._writers.turn(self._busy_timeout_s, busy), self._conn() as conn, immediate(conn):
             yield conn
 
     # -- overrides ---------------------------------------------------------------------------------
