@@ -294,16 +294,21 @@ def render_throughput(res: dict[str, Any], people: int) -> str:
         f"sandbox process; 1 or 2 gateway processes on one port (SO_REUSEPORT) sharing one SQLite state directory. "
         f"The clients run on the same {res['cores']} cores as the rig, so they take CPU from it (their share is "
         f"the `client CPU` column). 1-minute load average {res['load_start']} at the start, {res['load_end']} at "
-        f"the end; `load` is at the start of each window. CPU columns: CPU milliseconds per answer, from /proc.")
+        f"the end; `load` is at the start of each window. CPU columns: CPU milliseconds per answer, from /proc. "
+        f"`cores used` = answers/s x (gateway + sandbox + client CPU per answer): how much of the machine the run "
+        f"actually got; `2-core ceiling` = 2000 / (gateway + sandbox + client CPU per answer), the answers/s this "
+        f"CPU cost allows if the run had both cores to itself (an upper bound: it assumes the cost per answer "
+        f"stays as measured).")
     lines.append("")
     lines.append("| query | storage | gateway processes | clients | answers/s | p50 ms | p99 ms | refused | "
-                 "gateway CPU | sandbox CPU | client CPU | load |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "gateway CPU | sandbox CPU | client CPU | cores used | 2-core ceiling | load |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in res["cells"]:
+        total = c["cpu_ms_gateways"] + c["cpu_ms_sandbox"] + c["cpu_ms_clients"]
         lines.append(
             f"| `{c['query']}` | {c['storage']} | {c['gateways']} | {c['clients']} | {c['qps']:.1f} | {ms(c['p50'])} | "
             f"{ms(c['p99'])} | {c['refused']} | {c['cpu_ms_gateways']:.1f} | {c['cpu_ms_sandbox']:.1f} | "
-            f"{c['cpu_ms_clients']:.1f} | {c['load']} |")
+            f"{c['cpu_ms_clients']:.1f} | {c['qps'] * total / 1000:.2f} | {2000 / total:.0f} | {c['load']} |")
     lines.append("")
     lines.append("Targets: `count` ≥ 400 answers/s and `avg_by_region` ≥ 150 answers/s at 32 clients; "
                  "throughput never falls as clients are added; p99 at 32 clients ≤ 150 ms; "
