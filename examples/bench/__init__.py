@@ -27,7 +27,8 @@ The harness, one module per part: `queries.py` (the workload), `systems.py` (the
 SmartNoise; `floor.py` the stack floor; `standins.py` the stand-in gateway), `latency.py`, `accuracy.py`,
 `ledger.py` (the cost of charging and auditing, the machine's floors), `profile.py` (the gateway's stages),
 `report.py` (BENCHMARKS.md), `throughput.py` with `loadclient.py`, `gwproc.py`, `sbproc.py`, `cpustages.py` and
-`experiments.py` (throughput, its processes, CPU per stage, A/B of levers), `__main__.py` (the command). Other benchmarks: `python -m examples.bench.verify`
+`experiments.py` (throughput, its processes, CPU per stage, A/B of levers), `__main__.py` (the command).
+Other benchmarks: `python -m examples.bench.verify`
 (verification), `python -m examples.bench.models` (models), `python -m examples.bench.abuse` (misbehaving
 clients).
 """
