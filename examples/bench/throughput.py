@@ -226,7 +226,7 @@ def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tu
                     rig.profile_dir.mkdir(parents=True, exist_ok=True)
                 rigs[g] = rig
                 rig.start()
-                measure(rig, QUERIES[qid], 4, 1.0, 2.0)  # warm the plan caches and the sandbox
+                measure(rig, QUERIES[qid], min(4, rig.max_clients), 1.0, 2.0)  # warm the plan caches, the sandbox
             for i, c in enumerate(clients):
                 order = list(gateways[i % len(gateways):]) + list(gateways[: i % len(gateways)])
                 for g in order:
@@ -263,7 +263,7 @@ def ab(data_dir: Path, variants: dict[str, dict[str, Any]], query: str, clients:
                       code_dir=v.get("code_dir"))
             rigs[label] = rig
             rig.start()
-            measure(rig, QUERIES[query], 4, 1.0, 2.0)
+            measure(rig, QUERIES[query], min(4, rig.max_clients), 1.0, 2.0)
         labels = list(rigs)
         k = 0
         for r in range(rounds):
