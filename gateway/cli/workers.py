@@ -119,10 +119,11 @@ def serve_workers(settings: Settings, workers: int, worker_args: Sequence[str]) 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sandbox: SandboxProcess | None = None
     socket_path = settings.sandbox_socket
-    if settings.start_sandbox:
+    if settings.spawns_sandbox:  # a remote sandbox (`sandbox_address`): every worker dials it itself
         from gateway.rpc.server import sandbox_args
 
-        sandbox = SandboxProcess.start(settings.catalog, socket_path, settings.data_dir, sandbox_args(settings))
+        sandbox = SandboxProcess.start(settings.catalog, socket_path, settings.data_dir, sandbox_args(settings),
+                                       ready_timeout_s=float(settings.sandbox_ready_timeout_s))
     env = {**os.environ, "PRIVACY_GATEWAY_START_SANDBOX": "false",
            "PRIVACY_GATEWAY_SANDBOX_SOCKET": str(socket_path), "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "gateway", "serve", *worker_args, "--listen", listen]

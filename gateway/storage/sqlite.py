@@ -17,6 +17,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
+
+from gateway.storage.pg import PgDatabase
 
 
 @contextmanager
@@ -179,11 +182,33 @@ _queues: dict[str, WriterQueue] = {}
 _queues_lock = threading.Lock()
 
 
-def writer_queue(path: Path | str) -> WriterQueue:
-    """The one `WriterQueue` of this process for the database file at `path` (every store on the file shares it)."""
-    key = os.path.realpath(path)
+def writer_queue(location: Path | str | PgDatabase) -> WriterQueue:
+    """The one `WriterQueue` of this process for the database at `location` (every store on the file, or on
+    the PostgreSQL database, shares it)."""
+    key = location.url if isinstance(location, PgDatabase) else os.path.realpath(location)
     with _queues_lock:
         q = _queues.get(key)
         if q is None:
             q = _queues[key] = WriterQueue()
         return q
+
+
+def open_location(location: Path | PgDatabase, *, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection to a store's database: the SQLite file `location` (autocommit, ``synchronous=FULL``), or
+    a PostgreSQL database (`gateway.storage.pg.PgConnection`, which offers the part of `sqlite3.Connection`
+    the stores use and is typed as one for them)."""
+    if isinstance(location, PgDatabase):
+        return cast(sqlite3.Connection, location.connect())
+    conn = sqlite3.connect(location, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare_location(location: Path | PgDatabase) -> None:
+    """Create a SQLite file's directory (a PostgreSQL database needs nothing)."""
+    if isinstance(location, Path):
+        location.parent.mkdir(parents=True, exist_ok=True)
