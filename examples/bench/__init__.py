@@ -16,13 +16,19 @@ Writes BENCHMARKS.md (table, exact command, machine facts) and bench-results.jso
   request (median and p99: the real gateway side by side with a stand-in that skips both, defined only in
   `examples/bench/standins.py`), with the machine's floors (mTLS round trip, durable commit, fsync); and a
   per-stage profile of the gateway's request path.
+* Throughput on one node (`throughput.py`, at 1,000,000 people): closed-loop client processes (1, 8, 32, 64),
+  each with its own certificate identity and channel, against one sandbox and 1 or 2 gateway processes on one
+  port, COUNT and grouped AVG; answers/s, p50/p99 and CPU per answer of every process. Alone:
+  `python -m examples.bench.throughput`; levers side by side: `python -m examples.bench.experiments`.
 
 The workload is `WORKLOAD` (`queries.py`): re-run after other branches merge and the "unsupported" rows fill in.
 
 The harness, one module per part: `queries.py` (the workload), `systems.py` (the gateway, plain DuckDB,
 SmartNoise; `floor.py` the stack floor; `standins.py` the stand-in gateway), `latency.py`, `accuracy.py`,
 `ledger.py` (the cost of charging and auditing, the machine's floors), `profile.py` (the gateway's stages),
-`report.py` (BENCHMARKS.md), `__main__.py` (the command). Other benchmarks: `python -m examples.bench.verify`
+`report.py` (BENCHMARKS.md), `throughput.py` with `loadclient.py`, `gwproc.py`, `sbproc.py`, `cpustages.py` and
+`experiments.py` (throughput, its processes, CPU per stage, A/B of levers), `__main__.py` (the command).
+Other benchmarks: `python -m examples.bench.verify`
 (verification), `python -m examples.bench.models` (models), `python -m examples.bench.abuse` (misbehaving
 clients), `make bench-big` / `python -m examples.bench.bigdata --people 100000000 --memory-limit 256MiB`
 (data beyond memory: the sandbox's on-disk store against plain DuckDB on the same file; its section of

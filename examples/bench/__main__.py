@@ -24,6 +24,7 @@ from examples.bench.profile import profile
 from examples.bench.queries import DELTA, EPSILON, SN_TARGET_SIZE, WORKLOAD
 from examples.bench.report import machine_facts, render
 from examples.bench.systems import DuckDBSystem, SmartNoiseSystem, income_upper, start_gateway_system
+from examples.bench.throughput import render_throughput, run_table
 from gateway.settings import ROOT
 
 
@@ -42,6 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smartnoise-max", type=int, default=10_000_000,
                    help="largest size SmartNoise runs at (default 10M; 0 disables it)")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads for every system")
+    p.add_argument("--throughput-people", type=int, default=None,
+                   help="people for the throughput table (default 1,000,000; quick: the smallest size)")
+    p.add_argument("--throughput-clients", default=None,
+                   help="client processes per cell of the throughput table (default 1,8,32,64; quick 1,4; 0: skip)")
+    p.add_argument("--throughput-gateways", default="1,2", help="gateway processes per throughput rig")
+    p.add_argument("--throughput-seconds", type=float, default=None, help="measured seconds per cell (default 8)")
+    p.add_argument("--storage-url", default=None, help="the gateway's state store for the throughput table "
+                                                       "(default: SQLite in the rig's state directory)")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
     args = p.parse_args(argv)
@@ -52,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.accuracy_reps = args.accuracy_reps or (10 if args.quick else 50)
     args.ledger_reps = args.ledger_reps or (30 if args.quick else 200)
     args.profile_reps = args.profile_reps or (5 if args.quick else 20)
+    args.throughput_people = args.throughput_people or (min(args.size_list) if args.quick else 1_000_000)
+    args.throughput_clients = args.throughput_clients or ("1,4" if args.quick else "1,8,32,64")
+    args.throughput_seconds = args.throughput_seconds or (2.0 if args.quick else 8.0)
     return args
 
 
@@ -135,12 +147,25 @@ def main(argv: list[str] | None = None) -> int:
             base.close()
             gw.close()
             shutil.rmtree(root, ignore_errors=True)
+    clients = tuple(int(c) for c in args.throughput_clients.split(",") if int(c) > 0)
+    if clients:
+        log(f"== throughput, {args.throughput_people:,} people, clients {clients} ...")
+        thru_dir, _ = ensure_data(args.throughput_people, args.seed)
+        results["throughput"] = run_table(
+            thru_dir, gateways=tuple(int(g) for g in args.throughput_gateways.split(",")), clients=clients,
+            warmup_s=min(3.0, args.throughput_seconds), seconds=args.throughput_seconds, threads=args.threads,
+            storage_url=args.storage_url)
+        results["throughput"]["people"] = args.throughput_people
     results["machine"] = {**machine_facts(sn_versions), "load_average_start": load_start}
     results["total_seconds"] = time.perf_counter() - t_start
     args.json.write_text(json.dumps(results, indent=1, default=str))
+    report = render(results)
+    if "throughput" in results:
+        report = report.rstrip("\n") + "\n\n" + render_throughput(results["throughput"],
+                                                                   results["throughput"]["people"])
     # The out-of-memory section (`examples.bench.bigdata`, run separately: `make bench-big`) is kept.
     kept = section(args.out.read_text(), BIG_HEADING) if args.out.exists() else ""
-    args.out.write_text(render(results) + (f"\n{kept}" if kept else ""))
+    args.out.write_text(report + (f"\n{kept}" if kept else ""))
     log(f"wrote {args.out} and {args.json} in {results['total_seconds']:.0f} s")
     return 0
 

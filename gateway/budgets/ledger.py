@@ -69,7 +69,7 @@ from gateway.errors import (
 )
 from gateway.policy.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, to_units
 from gateway.storage.pg import PgDatabase, ensure_schema
-from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location
+from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location, writer_queue
 from sandbox.pricing.cap_rules import CapCounts, pure_to_rho_units
 
 __all__ = [
@@ -86,6 +86,11 @@ __all__ = [
     "StaleCharge",
     "pure_to_rho_units",
 ]
+
+
+def _busy() -> StorageUnavailableError:
+    return StorageUnavailableError(
+        "the privacy ledger is busy (no write turn within the busy timeout); retry with the same request id")
 
 
 class Ledger(LedgerReads):
@@ -117,6 +122,7 @@ class Ledger(LedgerReads):
         # This process's lease on its reservations (see `heartbeat` and `gateway.path.settle`).
         self.holder = uuid.uuid4().hex
         prepare_location(self._path)
+        self._writers = writer_queue(self._path)  # this process's writers of the database, in arrival order
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False),
             lambda: StorageUnavailableError("the privacy ledger's storage failed; retry with the same request id"),
@@ -558,7 +564,7 @@ class Ledger(LedgerReads):
         pooled connection can never carry a lighter setting over); ``durable=False`` commits with
         ``synchronous=NORMAL`` (no fsync: see ``reserve``).
         """
-        with self._connection() as conn:
+        with self._writers.turn(self._busy_timeout_s, _busy), self._connection() as conn:
             conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
             try:
                 with immediate(conn):

@@ -76,6 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     load_policy(settings.policy)
     load_catalog(settings.catalog)
+    if args.workers > 1:
+        from gateway.cli.workers import serve_workers, worker_argv
+
+        return serve_workers(settings, args.workers, worker_argv(args.argv))
     try:
         gateway = start_gateway(settings)
     except (SandboxConnectionError, SandboxStartError) as exc:
@@ -399,6 +403,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 EXIT_CODES = """exit status:
   0   success (a receipt: valid)
   1   the gateway refused or failed the request; a receipt is invalid
@@ -457,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sandbox-tls-key", help="the key of --sandbox-tls-cert")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
+    s.add_argument("--workers", type=_positive_int, default=1,
+                   help="gateway processes serving the port (one sandbox serves them all; default 1)")
     s.set_defaults(func=cmd_serve)
 
     for name in ("query", "explain"):
@@ -572,7 +589,9 @@ def report_failure(exc: BaseException, args: argparse.Namespace | None) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `pgw` and `python -m gateway`: every failure is one line on stderr (see EXIT_CODES)."""
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.argv = raw[raw.index("serve") + 1:] if args.command == "serve" else []  # `--workers` passes them on
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

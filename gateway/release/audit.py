@@ -79,7 +79,7 @@ from gateway.release.audit_records import (
 )
 from gateway.release.signing import Signer, canonical_json
 from gateway.storage.pg import PgDatabase, append_only_trigger, ddl, ensure_schema
-from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location
+from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location, writer_queue
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -197,6 +197,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._closed = False
         prepare_location(self._path)
+        self._writers = writer_queue(self._path)  # shared with the ledger when the tables share its database
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False), lambda: AuditError("audit log storage error")
         )
@@ -528,7 +529,8 @@ class AuditLog:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn, immediate(conn):
+        busy = AuditError("the audit log is busy (no write turn within the busy timeout)")
+        with self._writers.turn(self._busy_timeout_s, lambda: busy), self._connection() as conn, immediate(conn):
             yield conn
 
     def __enter__(self) -> AuditLog:

@@ -229,6 +229,13 @@ class Gateway:
             self.oversight.close()  # seals the audit log
 
 
+def sandbox_args(settings: Settings) -> list[str]:
+    """The sandbox process's flags from the gateway's settings."""
+    return ["--query-timeout-ms", str(settings.query_timeout_ms), "--memory-limit", settings.sandbox_memory_limit,
+            "--storage", settings.sandbox_storage,
+            "--threads", str(settings.sandbox_threads)]
+
+
 def _sandbox_client(settings: Settings) -> SandboxClient:
     """The client for the sandbox: on the Unix socket, or at `sandbox_address` over mutual TLS."""
     try:
@@ -256,14 +263,8 @@ def start_gateway(settings: Settings) -> Gateway:
     process: SandboxProcess | None = None
     client = _sandbox_client(settings)
     if settings.spawns_sandbox:
-        extra = [
-            "--query-timeout-ms", str(settings.query_timeout_ms),
-            "--memory-limit", settings.sandbox_memory_limit,
-            "--storage", settings.sandbox_storage,
-            "--threads", str(settings.sandbox_threads),
-        ]
-        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra,
-                                       ready_timeout_s=float(settings.sandbox_ready_timeout_s))
+        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir,
+                                       sandbox_args(settings), ready_timeout_s=float(settings.sandbox_ready_timeout_s))
     loop: _LoopThread | None = None
     settler: Settler | None = None
     try:

@@ -1,15 +1,19 @@
 """Shared SQLite helpers for the gateway's durable state (ledger, governance state, audit log, cache).
 
 Every state change runs in one `BEGIN IMMEDIATE` transaction on a pooled connection (`ConnectionPool`), so
-several threads and several gateway processes sharing a state directory serialise their writes. These
+several threads and several gateway processes sharing a state directory serialise their writes. The threads
+of one process queue for a file's write lock in arrival order first (`queued_writer`), so SQLite's own busy
+handler, which polls with growing sleeps, only arbitrates between processes. These
 helpers are SQLite's; callers program against the Protocols in `gateway/budgets/stores.py`, so another backend
 (PostgreSQL) brings its own helpers with its own store classes.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +111,86 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class FairLock:
+    """A lock granted in arrival order, with a timeout.
+
+    The state's writers queue here before SQLite's `BEGIN IMMEDIATE`: SQLite's own busy handler polls with
+    growing sleeps, so with dozens of threads waiting for its write lock a late arrival can win again and
+    again while an early one sleeps past its busy timeout ("database is locked"). In arrival order, a
+    writer waits for the transactions queued ahead of it, and SQLite's busy timeout is left to writers of
+    other processes.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._queue: deque[threading.Event] = deque()
+
+    def acquire(self, timeout: float) -> bool:
+        """True once held; False after `timeout` seconds in the queue (then not held)."""
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Event()
+            self._queue.append(turn)
+        if turn.wait(timeout):
+            return True
+        with self._mutex:
+            if turn.is_set():  # handed over just as the wait ended
+                return True
+            self._queue.remove(turn)
+            return False
+
+    def release(self) -> None:
+        """Hand the lock to the longest waiter, or free it."""
+        with self._mutex:
+            if self._queue:
+                self._queue.popleft().set()
+            else:
+                self._held = False
+
+
+class WriterQueue:
+    """The write turn of one database file among this process's threads: `FairLock` order, reentrant (a
+    thread that already holds the turn, inside one transaction, passes through: SQLite then decides as before)."""
+
+    def __init__(self) -> None:
+        self._lock = FairLock()
+        self._owner: int | None = None
+
+    @contextmanager
+    def turn(self, timeout: float, error: Callable[[], Exception]) -> Iterator[None]:
+        """Hold the file's write turn for the body; `error()` when it does not come within `timeout` seconds."""
+        me = threading.get_ident()
+        if self._owner == me:
+            yield
+            return
+        if not self._lock.acquire(timeout):
+            raise error()
+        self._owner = me
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
+
+
+_queues: dict[str, WriterQueue] = {}
+_queues_lock = threading.Lock()
+
+
+def writer_queue(location: Path | str | PgDatabase) -> WriterQueue:
+    """The one `WriterQueue` of this process for the database at `location` (every store on the file, or on
+    the PostgreSQL database, shares it)."""
+    key = location.url if isinstance(location, PgDatabase) else os.path.realpath(location)
+    with _queues_lock:
+        q = _queues.get(key)
+        if q is None:
+            q = _queues[key] = WriterQueue()
+        return q
 
 
 def open_location(location: Path | PgDatabase, *, busy_timeout_s: float) -> sqlite3.Connection:

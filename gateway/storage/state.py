@@ -20,7 +20,7 @@ from typing import Any
 from gateway.errors import StorageUnavailableError
 from gateway.policy.model import GrantOverride
 from gateway.storage.pg import PgDatabase, ddl, ensure_schema
-from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location
+from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location, writer_queue
 
 __all__ = ["Outcome", "StateStore", "StoredAlert"]
 
@@ -107,6 +107,7 @@ class StateStore:
         self.path = path if isinstance(path, PgDatabase) else Path(path)
         self._busy_timeout_s = busy_timeout_s
         prepare_location(self.path)
+        self._writers = writer_queue(self.path)  # shared with the ledger: the state lives in its database
         self._pool = ConnectionPool(
             self._open, lambda: StorageUnavailableError("the governance state's storage failed; retry shortly"))
         if isinstance(self.path, PgDatabase):
@@ -147,7 +148,10 @@ class StateStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._conn() as conn, immediate(conn):
+        def busy() -> StorageUnavailableError:
+            return StorageUnavailableError("the governance state is busy (no write turn within the busy timeout)")
+
+        with self._writers.turn(self._busy_timeout_s, busy), self._conn() as conn, immediate(conn):
             yield conn
 
     # -- overrides ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def test_a_small_run_measures_every_query_and_writes_the_report(tmp_path: Path,
     out, raw = tmp_path / "BENCHMARKS.md", tmp_path / "bench-results.json"
     assert bench_main.main(["--sizes", "20000", "--reps", "1", "--warmup", "1", "--accuracy-reps", "1",
                             "--ledger-reps", "2", "--profile-reps", "1", "--smartnoise-max", "0",
+                            "--throughput-people", "20000", "--throughput-clients", "2", "--throughput-seconds", "1",
                             "--out", str(out), "--json", str(raw)]) == 0
     results = json.loads(raw.read_text())
     latency = results["sizes"]["20000"]["latency"]
@@ -39,6 +40,10 @@ def test_a_small_run_measures_every_query_and_writes_the_report(tmp_path: Path,
     assert results["ledger"]["run_query"]["n"] == 2 and results["ledger"]["history"]["sizes"].keys() == {"0", "1000"}
     assert results["profile"]["queries"]
     report = out.read_text()
-    for heading in ("## Latency", "## Where the gateway's time goes", "## Accuracy", "## Cost of charging"):
+    cells = results["throughput"]["cells"]
+    assert {(c["query"], c["gateways"]) for c in cells} == {(q, g) for q in ("count", "avg_by_region") for g in (1, 2)}
+    assert all(c["answers"] > 0 and c["failed"] == 0 for c in cells), cells
+    for heading in ("## Latency", "## Where the gateway's time goes", "## Accuracy", "## Cost of charging",
+                    "## Throughput"):
         assert heading in report
     assert all(f"`{q.id}`: `{q.sql}`" in report for q in WORKLOAD)

@@ -31,7 +31,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from typing import Protocol, cast
 
 from gateway.errors import StateUnavailableError
 from gateway.storage.pg import PgDatabase, ddl, ensure_schema
+from gateway.storage.sqlite import FairLock
 
 log = logging.getLogger("gateway.products.verification.state")
 
@@ -142,46 +143,6 @@ class CapCharge:
     claims: int
     subjects: dict[str, int]
     case_references: tuple[int, int]
-
-
-class FairLock:
-    """A lock granted in arrival order, with a timeout.
-
-    The state's writers queue here before SQLite's `BEGIN IMMEDIATE`: SQLite's own busy handler polls with
-    growing sleeps, so with dozens of threads waiting for its write lock a late arrival can win again and
-    again while an early one sleeps past its busy timeout ("database is locked"). In arrival order, a
-    writer waits for the transactions queued ahead of it, and SQLite's busy timeout is left to writers of
-    other processes.
-    """
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._held = False
-        self._queue: deque[threading.Event] = deque()
-
-    def acquire(self, timeout: float) -> bool:
-        """True once held; False after `timeout` seconds in the queue (then not held)."""
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return True
-            turn = threading.Event()
-            self._queue.append(turn)
-        if turn.wait(timeout):
-            return True
-        with self._mutex:
-            if turn.is_set():  # handed over just as the wait ended
-                return True
-            self._queue.remove(turn)
-            return False
-
-    def release(self) -> None:
-        """Hand the lock to the longest waiter, or free it."""
-        with self._mutex:
-            if self._queue:
-                self._queue.popleft().set()
-            else:
-                self._held = False
 
 
 def period_key(period: str, now: float) -> str:
