@@ -11,7 +11,8 @@ smallest threshold) whose map fits the share of the loss, asking OpenDP's own ma
 * Partition selection: `make_laplace_threshold` (approximate DP) over a map key -> exact i64 count with
   `l01inf_distance`, whose d_in is (l0, l1, linf): how many keys one unit's rows can touch, by how much
   in all, and by how much in one key. OpenDP's map is (min(l1, l0 * linf) / scale, delta(threshold,
-  l0, linf)). Its zCDP sibling `make_gaussian_threshold` lives in `sandbox.pricing.zcdp`.
+  l0, linf)), charged at one below the threshold it runs at (`THRESHOLD_MARGIN`). Its zCDP sibling is
+  `make_gaussian_threshold`, priced in `sandbox.pricing.zcdp`.
 
 Sensitivity arithmetic. An integer d_in is a Python int computed exactly and passed to OpenDP's i64
 measurements as that int; one above 2^63 - 1 is refused (`SensitivityTooLargeError`). A float d_in is
@@ -56,6 +57,14 @@ MAX_I64 = 2**63 - 1
 
 # The d_in of a threshold mechanism: (l0, l1, linf) for the Laplace one, (l0, l2, linf) for the Gaussian.
 KeyBound = tuple[int, int, int]
+# OpenDP 0.16's threshold mechanisms keep a key when its noisy count is >= the threshold T, but their
+# privacy maps bound the probability that a key only one neighbour has passes by the noise's tail
+# P(Z > T - linf), one integer short of the P(Z >= T - linf) the mechanism has (opendp/opendp#2922;
+# the Laplace and the Gaussian alike, measured in tests/statistical/test_selection_audit.py). The map
+# OpenDP computes at T therefore bounds the delta of the mechanism run at T + 1 exactly: keys pass there
+# when Z >= T + 1 - linf, i.e. Z > T - linf. So every threshold mechanism runs at one above the threshold
+# whose OpenDP map is charged (`ReleaseCost.threshold` is the one run).
+THRESHOLD_MARGIN = 1
 
 
 class SensitivityTooLargeError(PlanRejectedError):
@@ -258,12 +267,12 @@ def gaussian_threshold(scale: float, threshold: int) -> dp.Measurement:
 
 
 def calibrate_threshold(d_in: int | KeyBound, epsilon: float, delta: float) -> tuple[float, int, float, float]:
-    """Scale and smallest threshold of the Laplace threshold mechanism at `d_in` = (l0, l1, linf) (an int k
-    means (k, k, k)).
+    """Scale and threshold of the Laplace threshold mechanism at `d_in` = (l0, l1, linf) (an int k means
+    (k, k, k)); returns (scale, threshold to run, charged epsilon, charged delta).
 
-    The scale is the smallest whose map has epsilon <= `epsilon`; the threshold the smallest integer
-    (>= linf) whose map has delta <= `delta` (a galloping search over OpenDP's own map; delta decreases with
-    the threshold). Returns (scale, threshold, map epsilon, map delta).
+    The scale is the smallest whose map has epsilon <= `epsilon`; t, the smallest integer (>= linf) whose
+    map has delta <= `delta` (a galloping search over OpenDP's own map; delta decreases with t). The
+    mechanism then runs at threshold t + 1 and is charged OpenDP's map at t (`THRESHOLD_MARGIN`).
 
     Raises:
         PlanRejectedError: epsilon or delta not usable (delta must be in (0, 1)), or delta too small.
@@ -294,9 +303,9 @@ def calibrate_threshold(d_in: int | KeyBound, epsilon: float, delta: float) -> t
     # delta(t) falls roughly like l0 exp(-(t - linf) / scale): start there, then gallop and bisect on
     # OpenDP's own map (about 6 maps instead of the 40 of a bisection over [linf, 2^40]; the same smallest t).
     guess = linf + math.ceil(scale * math.log(l0 / delta))
-    t = smallest_true(lambda t: cost(t)[1] <= delta, linf, MAX_THRESHOLD, guess)
+    t = smallest_true(lambda t: cost(t)[1] <= delta, linf, MAX_THRESHOLD - THRESHOLD_MARGIN, guess)
     e, d = cost(t)
-    return scale, t, e, d
+    return scale, t + THRESHOLD_MARGIN, e, d
 
 
 def key_bound(d_in: int | KeyBound) -> KeyBound:

@@ -45,6 +45,7 @@ from sandbox.pricing.measurements import MAX_I64 as MAX_I64
 from sandbox.pricing.measurements import MAX_THRESHOLD as MAX_THRESHOLD
 from sandbox.pricing.measurements import NOISY_MAX as NOISY_MAX
 from sandbox.pricing.measurements import NOISY_MAX_ZCDP as NOISY_MAX_ZCDP
+from sandbox.pricing.measurements import THRESHOLD_MARGIN as THRESHOLD_MARGIN
 from sandbox.pricing.measurements import THRESHOLD_MECHANISMS as THRESHOLD_MECHANISMS
 from sandbox.pricing.measurements import KeyBound as KeyBound
 from sandbox.pricing.measurements import SensitivityTooLargeError as SensitivityTooLargeError
@@ -89,7 +90,8 @@ def price(
     Privacy: the returned `epsilon` (and `delta`) of each cost is `measurement.map(d_in)` with d_in from
     `components`; their sum is the query's privacy loss under basic composition. Only partition selection
     spends delta (all of it): the component that carries `keys` is priced as OpenDP's Laplace threshold
-    mechanism at d_in = `keys` = (l0, l1, linf), with the smallest threshold whose map's delta fits.
+    mechanism at d_in = `keys` = (l0, l1, linf), with the smallest threshold whose map's delta fits, and
+    runs one above it (`THRESHOLD_MARGIN`).
     """
     out: list[ReleaseCost] = []
     for c in components(plan, dataset):

@@ -40,7 +40,7 @@ import opendp.prelude as dp
 from sandbox.errors import PlanRejectedError
 from sandbox.pricing import mechanisms
 from sandbox.pricing.measurements import gaussian_threshold as gaussian_threshold
-from sandbox.pricing.measurements import gaussian_threshold_space, key_bound
+from sandbox.pricing.measurements import THRESHOLD_MARGIN, gaussian_threshold_space, key_bound
 from sandbox.pricing.mechanisms import (
     ALPHA,
     DISCRETE_GAUSSIAN,
@@ -133,9 +133,10 @@ def calibrate_gaussian_threshold(d_in: int | KeyBound, rho: float, delta: float)
     """Scale and smallest threshold of the Gaussian threshold mechanism at `d_in` = (l0, l2, linf) (an int k
     means (k, k, k)).
 
-    Returns (scale, threshold, map rho, map delta): the scale is the smallest whose map has rho <= `rho`,
-    the threshold the smallest integer (>= linf) whose map has delta <= `delta` (a galloping search on
-    OpenDP's own map; its delta decreases with the threshold).
+    Returns (scale, threshold to run, charged rho, charged delta): the scale is the smallest whose map has
+    rho <= `rho`; t, the smallest integer (>= linf) whose map has delta <= `delta` (a galloping search on
+    OpenDP's own map; its delta decreases with t). The mechanism runs at t + 1 and is charged OpenDP's map
+    at t (`sandbox.pricing.measurements.THRESHOLD_MARGIN`: OpenDP's map is one integer short).
 
     Raises:
         PlanRejectedError: rho or delta not usable (delta must be in (0, 1)), or delta too small.
@@ -164,9 +165,9 @@ def calibrate_gaussian_threshold(d_in: int | KeyBound, rho: float, delta: float)
         raise PlanRejectedError("delta is too small for partition selection")
     # Gaussian tails: delta(t) falls roughly like l0 exp(-((t - linf) / scale)^2 / 2); gallop from there.
     guess = linf + math.ceil(scale * math.sqrt(2 * math.log(l0 / delta)))
-    t = mechanisms.smallest_true(lambda t: cost(t)[1] <= delta, linf, MAX_THRESHOLD, guess)
+    t = mechanisms.smallest_true(lambda t: cost(t)[1] <= delta, linf, MAX_THRESHOLD - THRESHOLD_MARGIN, guess)
     r, d = cost(t)
-    return scale, t, r, d
+    return scale, t + THRESHOLD_MARGIN, r, d
 
 
 def release_threshold(cost: ReleaseCost, counts: dict[str, int]) -> dict[str, int]:

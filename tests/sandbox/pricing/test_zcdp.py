@@ -102,14 +102,15 @@ def test_partition_selection_is_gaussian_threshold_with_its_map() -> None:
     (select,) = costs
     assert (select.aggregate_index, select.component) == (0, "count")
     assert select.mechanism == mechanisms.GAUSSIAN_THRESHOLD
-    meas = zcdp.gaussian_threshold(select.scale, select.threshold)
+    # charged: OpenDP's map one below the threshold it runs at (THRESHOLD_MARGIN)
+    meas = zcdp.gaussian_threshold(select.scale, select.threshold - 1)
     assert meas.output_measure == dp.approximate(dp.zero_concentrated_divergence())
     r, d = meas.map((K, K, K))  # type: ignore[no-untyped-call]
     assert (select.rho, select.delta) == (float(r), float(d))
     assert select.delta <= 1e-6
     assert select.rho == pytest.approx(0.5, rel=1e-9)
     # the threshold is the smallest that fits the delta
-    _, d_below = zcdp.gaussian_threshold(select.scale, select.threshold - 1).map((K, K, K))  # type: ignore[no-untyped-call]
+    _, d_below = zcdp.gaussian_threshold(select.scale, select.threshold - 2).map((K, K, K))  # type: ignore[no-untyped-call]
     assert float(d_below) > 1e-6
     assert zcdp.total_rho(costs) <= 0.5
     with pytest.raises(PlanRejectedError, match="delta"):
@@ -122,7 +123,7 @@ def test_separate_gaussian_selection_without_a_count() -> None:
     plan = _plan(agg(AggregateKind.SUM, "income"), group_by=(GroupKey("income", Column("income"), None),))
     select, total = zcdp.price(plan, DATASET, 0.5, 1e-6)
     assert (select.aggregate_index, select.component, select.mechanism) == (-1, "select", "gaussian_threshold")
-    r, d = zcdp.gaussian_threshold(select.scale, select.threshold).map((K, K, K))  # type: ignore[no-untyped-call]
+    r, d = zcdp.gaussian_threshold(select.scale, select.threshold - 1).map((K, K, K))  # type: ignore[no-untyped-call]
     assert (select.rho, select.delta) == (float(r), float(d))
     assert select.rho == pytest.approx(0.25, rel=1e-9) and total.rho == pytest.approx(0.25, rel=1e-9)
 
