@@ -39,8 +39,8 @@ import opendp.prelude as dp
 
 from sandbox.errors import PlanRejectedError
 from sandbox.pricing import mechanisms
-from sandbox.pricing.measurements import gaussian_threshold as gaussian_threshold
 from sandbox.pricing.measurements import THRESHOLD_MARGIN, gaussian_threshold_space, key_bound
+from sandbox.pricing.measurements import gaussian_threshold as gaussian_threshold
 from sandbox.pricing.mechanisms import (
     ALPHA,
     DISCRETE_GAUSSIAN,

@@ -116,7 +116,8 @@ def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) 
         privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
     assert resp.plan.threshold == heavy.plan.threshold
     avg = sql.replace("SUM(r.income) AS s", "AVG(r.income) AS a")
-    parts = {(r.component, r.mechanism): r.privacy_loss.epsilon for r in explain(avg, {"group_keys": 3.0}).plan.releases}
+    releases = explain(avg, {"group_keys": 3.0}).plan.releases
+    parts = {(r.component, r.mechanism): r.privacy_loss.epsilon for r in releases}
     assert parts[("count", "laplace_threshold")] == pytest.approx(0.75, rel=1e-9)
     assert parts[("sum", "discrete_laplace")] == pytest.approx(0.25, rel=1e-9)
     # without private keys there is no selection to weight
