@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
 
-.PHONY: help install lock demo serve test test-fast bench proto lint typecheck clean
+.PHONY: help install browser lock demo serve test test-fast bench proto lint typecheck clean
 
 help:        ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -23,7 +23,17 @@ $(STAMP): pyproject.toml $(LOCK)
 	@touch $(STAMP)
 	@echo ">> installed"
 
-install: $(STAMP)  ## create .venv and install the project with its dev tools, from the lock file
+install: $(STAMP) browser  ## create .venv and install the project with its dev tools, from the lock file
+
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser:  ## the system Chromium for the console's browser tests (apt-get as root when it is missing)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing Debian's chromium with apt-get (the console's browser tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	    echo ">> chromium could not be installed: the console's browser tests will be skipped"; \
+	  else echo ">> no chromium and not root: the console's browser tests will be skipped (apt-get install chromium)"; fi; }
 
 lock: $(STAMP)  ## re-resolve requirements/dev.lock from pyproject.toml (then `make install` and commit both)
 	@$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev --generate-hashes \
@@ -35,7 +45,7 @@ demo: $(STAMP)  ## generate example data, start sandbox + gateway (mTLS), run an
 serve: $(STAMP)  ## run sandbox + gateway in the foreground with the example policies (Ctrl-C stops)
 	@$(PY) -m gateway serve --dev
 
-test: $(STAMP)  ## what CI runs: lint, types, then every test (statistical and slow ones included)
+test: $(STAMP) browser  ## what CI runs: lint, types, then every test (statistical and slow ones included)
 	@$(PY) -m ruff check gateway sandbox examples tests
 	@$(PY) -m mypy
 	@$(PY) -m pytest -q

@@ -20,7 +20,7 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from gateway.cli.client import ClientIdentity, describe_error, secure_channel
-from gateway.products.verification.service import ReceiptData, load_public_key, verify_receipt
+from gateway.products.verification.receipts import ReceiptData, load_public_key, verify_receipt
 
 RESULT = {v_pb.VERIFICATION_RESULT_MATCH: "yes", v_pb.VERIFICATION_RESULT_NO_MATCH: "no",
           v_pb.VERIFICATION_RESULT_NOT_FOUND: "not found"}

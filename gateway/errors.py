@@ -44,6 +44,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidQueryError",
     "MethodNotAllowedError",
+    "NotFoundError",
     "OverloadedError",
     "OwnerCapIncompatibleError",
     "PermissionDeniedError",
@@ -87,6 +88,13 @@ class InvalidQueryError(InvalidArgumentError):
     """The SQL is not allowed; the message names the construct and depends only on the query text."""
 
     default_reason = "QUERY_NOT_SUPPORTED"
+
+
+class NotFoundError(GatewayError):
+    """Something of the caller's own that the request names does not exist (a receipt of theirs)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
 
 
 class UnauthenticatedError(GatewayError):

@@ -36,6 +36,12 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "health_interval_ms": (1000, "how often the sandbox's health is probed (NOT_SERVING while it is down)"),
     "metrics_port": (-1, "loopback port for Prometheus /metrics (0 picks one; -1 disables)"),
     "log_format": ("text", "log lines as `text` or `json` (structured, with request ids)"),
+    "console_listen": ("", "host:port of the web console (HTTPS, client certificates of the CA required); "
+                           "empty: no console"),
+    "console_public_listen": ("", "host:port of the public transparency page (HTTPS, no client certificate; "
+                                  "nothing else is served there); empty: none"),
+    "console_publish_organizations": (False, "list the organisations granted each published dataset on the "
+                                             "transparency page"),
 }
 
 
@@ -63,6 +69,9 @@ class Settings:
     health_interval_ms: int
     metrics_port: int
     log_format: str
+    console_listen: str
+    console_public_listen: str
+    console_publish_organizations: bool
 
     @property
     def ledger_path(self) -> Path:

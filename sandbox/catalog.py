@@ -57,6 +57,7 @@ class DatasetSpec:
     tables: tuple[TableSpec, ...]
     cap: OwnerCap | None = None  # [datasets.X.caps] (sandbox.owner_caps)
     subject_caps: tuple[SubjectCap, ...] = ()  # per-subject verification caps, by template
+    published: bool = False  # [datasets.X.transparency] publish: its aggregate use is public
 
     def subject_cap(self, template: str) -> SubjectCap | None:
         """The owner's per-subject cap on checks with `template`, or None."""
@@ -77,6 +78,7 @@ class DatasetSpec:
             owner=self.owner,
             caps=self.cap,
             subject_caps=self.subject_caps,
+            published=self.published,
         )
 
 
@@ -242,7 +244,7 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
     key = f"datasets.{name}"
     # `verifications`: templates, validated by sandbox.products.verification (which reads this file itself).
     r.table(d, key, {"privacy_unit", "tables"},
-            {"description", "owner", "caps", "verifications", "verification_caps"})
+            {"description", "owner", "caps", "verifications", "verification_caps", "transparency"})
     unit = r.string(d, "privacy_unit", f"{key}.privacy_unit")
     tables = d["tables"]
     r.table(tables, f"{key}.tables", set(), set(tables) if isinstance(tables, dict) else set())
@@ -280,7 +282,19 @@ def _dataset(r: _Reader, name: str, d: Any, data_dir: Path) -> DatasetSpec:
         tables=tuple(specs),
         cap=parse_owner_cap(r.file, f"{key}.caps", d["caps"]) if "caps" in d else None,
         subject_caps=parse_subject_caps(r.file, key, d, _templates(r, d, key)),
+        published=_published(r, d, key),
     )
+
+
+def _published(r: _Reader, d: Mapping[str, Any], key: str) -> bool:
+    """`[datasets.X.transparency] publish = true|false` (default false): the owner's choice to publish the
+    dataset's aggregate use (requests and privacy loss per month and purpose; never per consumer)."""
+    t = d.get("transparency", {})
+    r.table(t, f"{key}.transparency", set(), {"publish"})
+    publish = t.get("publish", False)
+    if not isinstance(publish, bool):
+        raise r.fail(f"{key}.transparency.publish", "must be true or false")
+    return publish
 
 
 def _templates(r: _Reader, d: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from gateway.budgets.governor import Governor
 from gateway.budgets.ledger import BudgetLimit, GrantKey, PrivacyLoss
-from gateway.policy.governance import AlertRule
+from gateway.policy.model import AlertRule
 from gateway.policy.periods import EPSILON_UNITS, rfc3339, to_units
 from gateway.storage.state import Outcome
 

@@ -34,6 +34,7 @@ from gateway.budgets.ledger import (
     PrivacyLoss,
     Reservation,
 )
+from gateway.budgets.stores import GovernanceStore, LedgerStore
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
@@ -41,7 +42,7 @@ from gateway.errors import (
     PermissionDeniedError,
     PrivacyBudgetExhaustedError,
 )
-from gateway.policy.governance import Governance, GrantOverride, Member, OrgGrant
+from gateway.policy.model import Governance, GrantOverride, Member, OrgGrant, Policy
 from gateway.policy.periods import (
     DELTA_UNITS,
     EPSILON_UNITS,
@@ -53,9 +54,8 @@ from gateway.policy.periods import (
     rfc3339,
     to_units,
 )
-from gateway.policy.policy import Policy, load_policy
+from gateway.policy.policy import load_policy
 from gateway.storage.state import Outcome
-from gateway.storage.stores import GovernanceStore, LedgerStore
 from sandbox.errors import CAP_LIFETIME_MESSAGE, CAP_MESSAGE, INCOMPATIBLE_PREFIX
 from sandbox.owner_caps import OwnerCap
 from sandbox.pricing import zcdp

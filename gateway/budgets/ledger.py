@@ -848,6 +848,29 @@ class Ledger:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    def use_by_month(self, datasets: Sequence[str]) -> list[tuple[str, str, str, str, int, float, float, int]]:
+        """Settled charges (released or failed) on `datasets` as (dataset, month 'YYYY-MM' UTC, purpose, status,
+        count, epsilon, delta, rho units), for the public transparency report (no consumer in it)."""
+        if not datasets:
+            return []
+        marks = ", ".join("?" for _ in datasets)
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT dataset, strftime('%Y-%m', created_at, 'unixepoch'), purpose, status, count(*),"
+                " total(epsilon), total(delta), total(rho_units) FROM charges"
+                f" WHERE status IN ('released', 'failed') AND dataset IN ({marks})"
+                " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", tuple(datasets)).fetchall()
+        return [(str(d), str(m), str(p), str(st), int(n), float(e), float(dl), int(r))
+                for d, m, p, st, n, e, dl, r in rows]
+
+    def stored_response(self, consumer: str, request_id: str) -> bytes | None:
+        """The answer stored for `consumer`'s released request `request_id` (None: no such release)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT response FROM charges WHERE consumer = ? AND request_id = ? AND status = 'released'",
+                (consumer, request_id)).fetchone()
+        return bytes(row[0]) if row is not None and isinstance(row[0], bytes) else None
+
     def verify_units(self) -> None:
         """Checks that every charge's exact units cover its float cost (they never round down).
 

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 
-from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
+from gateway.cli.tables import format_table
 from gateway.settings import load_settings
 
 __all__ = ["register"]
@@ -21,25 +21,14 @@ __all__ = ["register"]
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def _stub(args: argparse.Namespace) -> Any:
     tls_dir = Path(args.tls_dir) if args.tls_dir else load_settings().tls_dir
     return a_grpc.AdminServiceStub(secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity)))
 
 
+@reports_rpc_errors
 def _run(args: argparse.Namespace) -> int:
-    try:
-        return int(args.admin_func(args, _stub(args)))
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    return int(args.admin_func(args, _stub(args)))
 
 
 def _amount(loss: Any, fmt: str) -> str:
@@ -68,7 +57,7 @@ def cmd_orgs(args: argparse.Namespace, stub: Any) -> int:
         return 0
     rows = [[o.id, o.name, m.identity, ",".join(m.roles), "REVOKED" if m.revoked else ""]
             for o in resp.organizations for m in o.members]
-    print(_table(["organization", "name", "member", "roles", "status"], rows))
+    print(format_table(["organization", "name", "member", "roles", "status"], rows))
     return 0
 
 
@@ -78,7 +67,7 @@ def cmd_grants(args: argparse.Namespace, stub: Any) -> int:
     if args.json:
         print(json_format.MessageToJson(resp))
         return 0
-    print(_table(["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
+    print(format_table(["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
                   "max ε/query", "refreshes at", "adjusted"], _grant_rows(resp.organizations)))
     if any(g.budget.budget.rho for o in resp.organizations for g in o.grants):
         print("rho: a zcdp grant, accounted in rho (--json shows its (epsilon, delta) conversion)")
@@ -92,7 +81,7 @@ def cmd_adjust(args: argparse.Namespace, stub: Any) -> int:
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))
     resp = stub.AdjustGrant(req)
-    print(json_format.MessageToJson(resp) if args.json else "adjusted:\n" + _table(
+    print(json_format.MessageToJson(resp) if args.json else "adjusted:\n" + format_table(
         ["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
          "max ε/query", "refreshes at", "adjusted"], _grant_rows([_Org(args.organization, [resp.grant])])))
     return 0
@@ -157,7 +146,7 @@ def cmd_caps(args: argparse.Namespace, stub: Any) -> int:
         print(json_format.MessageToJson(resp))
         return 0
     print(f"cap usage at {resp.at} (sandbox: the data owner's own ledger; gateway: its mirror)")
-    print(_table(["dataset", "cap", "ledger", "spent this period", "remaining this period", "spent lifetime",
+    print(format_table(["dataset", "cap", "ledger", "spent this period", "remaining this period", "spent lifetime",
                   "remaining lifetime", "note"], _cap_rows(resp.datasets)))
     return 0
 
@@ -175,9 +164,9 @@ def cmd_usage(args: argparse.Namespace, stub: Any) -> int:
     print(f"usage {report['period_start']} .. {report['period_end']}")
     cols = ["organization", "member", "purpose", "use_class", "dataset", "requests", "request_units",
             "epsilon", "currency", "price"]
-    print(_table(cols, [[str(r[c]) for c in cols] for r in report["rows"]]))
+    print(format_table(cols, [[str(r[c]) for c in cols] for r in report["rows"]]))
     owners = ["data_owner", "currency", "requests", "epsilon", "proceeds", "share"]
-    print(_table(owners, [[str(r[c]) for c in owners] for r in report["data_owners"]]))
+    print(format_table(owners, [[str(r[c]) for c in owners] for r in report["data_owners"]]))
     return 0
 
 
@@ -188,7 +177,7 @@ def cmd_spending(args: argparse.Namespace, stub: Any) -> int:
     if args.json:
         print(json_format.MessageToJson(resp))
         return 0
-    print(_table(["time", "organization", "member", "purpose", "dataset", "outcome", "reason", "epsilon"],
+    print(format_table(["time", "organization", "member", "purpose", "dataset", "outcome", "reason", "epsilon"],
                  [[e.time, e.organization, e.member, e.purpose, e.dataset, e.outcome, e.reason,
                    f"{e.epsilon:.4f}"] for e in resp.entries]))
     return 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +69,17 @@ def describe_error(error: grpc.RpcError) -> str:
     d = error_details(error)
     reason = f" ({d.reason})" if d.reason else ""
     return f"{d.code.name}{reason}: {d.message}"
+
+
+def reports_rpc_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command whose failed RPC prints as a readable error on stderr (`describe_error`) and exits 1."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except grpc.RpcError as exc:
+            print(describe_error(exc), file=sys.stderr)
+            return 1
+
+    return run

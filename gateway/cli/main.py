@@ -22,7 +22,8 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.cli import audit as cli_governance
-from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
+from gateway.cli.tables import format_table
 from gateway.errors import ConfigError
 from gateway.settings import ROOT, load_settings
 
@@ -48,13 +49,15 @@ def _ensure_dev_assets(settings_tls: Path, policy_path: Path, data_dir: Path | N
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run sandbox + gateway until SIGINT/SIGTERM."""
+    from gateway.console import start_console
     from gateway.rpc.server import start_gateway
 
     overrides = {
         "listen": args.listen, "policy": args.policy, "catalog": args.catalog,
         "data_dir": args.data_dir, "state_dir": args.state_dir, "tls_dir": args.tls_dir,
         "query_timeout_ms": args.query_timeout_ms, "metrics_port": args.metrics_port,
-        "log_format": args.log_format,
+        "log_format": args.log_format, "console_listen": args.console_listen,
+        "console_public_listen": args.console_public_listen,
     }
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     if settings.log_format == "json":
@@ -64,6 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         _ensure_dev_assets(settings.tls_dir, settings.policy, settings.data_dir)
     gateway = start_gateway(settings)
+    try:
+        start_console(gateway, settings)
+    except BaseException:
+        gateway.stop()
+        raise
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -114,16 +122,6 @@ def format_cell(cell: q_pb.Cell) -> str:
     return str(value)
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain text table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def print_answer(resp: q_pb.RunQueryResponse) -> None:
     """Print a RunQueryResponse as a table with costs and budget."""
     header = [c.name for c in resp.columns]
@@ -136,6 +134,7 @@ def print_answer(resp: q_pb.RunQueryResponse) -> None:
           f"remaining {_cost_text(resp.budget.remaining)} of {_cost_text(resp.budget.budget)}")
 
 
+@reports_rpc_errors
 def cmd_query(args: argparse.Namespace) -> int:
     """RunQuery or ExplainQuery."""
     shares = _option_map(args.interval_share)
@@ -147,19 +146,15 @@ def cmd_query(args: argparse.Namespace) -> int:
         print("--weight must be OUTPUT=W with W a number", file=sys.stderr)
         return 2
     stub = q_grpc.QueryServiceStub(_channel(args))
-    try:
-        if args.command == "explain":
-            ex = stub.ExplainQuery(q_pb.ExplainQueryRequest(
-                dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
-                interval_shares=shares, weights=weights))
-            print(json_format.MessageToJson(ex) if args.json else _explain_text(ex))
-            return 0
-        resp = stub.RunQuery(q_pb.RunQueryRequest(
+    if args.command == "explain":
+        ex = stub.ExplainQuery(q_pb.ExplainQueryRequest(
             dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
-            request_id=args.request_id or "", interval_shares=shares, weights=weights))
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+            interval_shares=shares, weights=weights))
+        print(json_format.MessageToJson(ex) if args.json else _explain_text(ex))
+        return 0
+    resp = stub.RunQuery(q_pb.RunQueryRequest(
+        dataset=args.dataset, sql=args.sql, privacy_loss=_loss(args), purpose=args.purpose,
+        request_id=args.request_id or "", interval_shares=shares, weights=weights))
     if args.json:
         print(json_format.MessageToJson(resp))
     else:
@@ -195,14 +190,11 @@ def _explain_text(ex: q_pb.ExplainQueryResponse) -> str:
             f"{_cost_text(ex.budget.remaining)}; affordable: {ex.affordable}")
 
 
+@reports_rpc_errors
 def cmd_budget(args: argparse.Namespace) -> int:
     """GetPrivacyBudget."""
     stub = b_grpc.BudgetServiceStub(_channel(args))
-    try:
-        resp = stub.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest(dataset=args.dataset or ""))
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    resp = stub.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest(dataset=args.dataset or ""))
     if args.json:
         print(json_format.MessageToJson(resp))
         return 0
@@ -220,14 +212,11 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_rpc_errors
 def cmd_datasets(args: argparse.Namespace) -> int:
     """ListDatasets."""
     stub = cat_grpc.CatalogServiceStub(_channel(args))
-    try:
-        resp = stub.ListDatasets(cat_pb.ListDatasetsRequest())
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    resp = stub.ListDatasets(cat_pb.ListDatasetsRequest())
     if args.json:
         print(json_format.MessageToJson(resp))
         return 0
@@ -290,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--query-timeout-ms")
     s.add_argument("--metrics-port", help="serve Prometheus /metrics on this loopback port")
     s.add_argument("--log-format", choices=["text", "json"])
+    s.add_argument("--console-listen", help="host:port of the web console (client certificates required)")
+    s.add_argument("--console-public-listen", help="host:port of the public transparency page (no certificate)")
     s.add_argument("--dev", action="store_true",
                    help="create development certificates and example data if missing")
     s.set_defaults(func=cmd_serve)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import model_service_pb2 as m_pb
 from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
 
-from gateway.cli.client import ClientIdentity, describe_error, secure_channel
+from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
 from gateway.settings import load_settings
 
 _KIND = {"linear": m_pb.MODEL_KIND_LINEAR, "logistic": m_pb.MODEL_KIND_LOGISTIC}
@@ -49,6 +47,7 @@ def _print(resp: m_pb.TrainModelResponse | m_pb.EvaluateModelResponse) -> None:
           f"{' (replayed)' if resp.replayed else ''}; remaining {resp.budget.remaining.epsilon:.4f}")
 
 
+@reports_rpc_errors
 def cmd_train(args: argparse.Namespace) -> int:
     """TrainModel."""
     req = m_pb.TrainModelRequest(
@@ -56,15 +55,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         privacy_loss=common_pb.PrivacyLoss(epsilon=args.epsilon, delta=args.delta),
         features=args.features.split(","), label=args.label, kind=_KIND[args.kind],
         iterations=args.iterations, learning_rate=args.learning_rate, clip=args.clip, l2=args.l2)
-    try:
-        resp = _stub(args).TrainModel(req)
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    resp = _stub(args).TrainModel(req)
     print(json_format.MessageToJson(resp)) if args.json else _print(resp)
     return 0
 
 
+@reports_rpc_errors
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """EvaluateModel; coefficients as term=value pairs (term is `col` or `col=value`)."""
     coefs = []
@@ -76,11 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         privacy_loss=common_pb.PrivacyLoss(epsilon=args.epsilon), kind=_KIND[args.kind],
         coefficients=coefs, intercept=args.intercept, label=args.label, thresholds=args.threshold,
         residual_bound=args.residual_bound)
-    try:
-        resp = _stub(args).EvaluateModel(req)
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    resp = _stub(args).EvaluateModel(req)
     print(json_format.MessageToJson(resp)) if args.json else _print(resp)
     return 0
 

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from gateway.cli.client import ClientIdentity, describe_error, secure_channel
-from gateway.products.verification.service import ReceiptData, param_to_pb, verify_receipt_file
+from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
+from gateway.products.verification.receipts import ReceiptData, verify_receipt_file
+from gateway.rpc.verification import param_to_pb
 from gateway.settings import load_settings
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -53,13 +53,10 @@ def _receipt_out(receipt: v_pb.VerificationReceipt, path: str | None) -> None:
         Path(path).write_text(json.dumps(ReceiptData.from_pb(receipt).to_json(), indent=2) + "\n")
 
 
+@reports_rpc_errors
 def cmd_templates(args: argparse.Namespace) -> int:
     """ListTemplates."""
-    try:
-        resp = _stub(args).ListTemplates(v_pb.ListTemplatesRequest())
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    resp = _stub(args).ListTemplates(v_pb.ListTemplatesRequest())
     if args.public_key_out:
         Path(args.public_key_out).write_text(resp.receipt_public_key_pem)
     if args.json:
@@ -80,17 +77,14 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_rpc_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify: one check."""
     params = dict(args.param or [])
-    try:
-        resp = _stub(args).Verify(v_pb.VerifyRequest(
-            dataset=args.dataset, template=args.template, purpose=args.purpose, subject=args.subject,
-            case_reference=args.case_reference or "",
-            parameters={k: param_to_pb(v) for k, v in params.items()}))
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    resp = _stub(args).Verify(v_pb.VerifyRequest(
+        dataset=args.dataset, template=args.template, purpose=args.purpose, subject=args.subject,
+        case_reference=args.case_reference or "",
+        parameters={k: param_to_pb(v) for k, v in params.items()}))
     _receipt_out(resp.receipt, args.receipt_out)
     if args.json:
         print(json.dumps({"result": RESULT[resp.result], "band": resp.band,
@@ -121,15 +115,12 @@ def batch_requests(dataset: str, template: str, purpose: str,
                                       claims=claims[k:k + CHUNK])
 
 
+@reports_rpc_errors
 def cmd_verify_batch(args: argparse.Namespace) -> int:
     """VerifyBatch from a CSV file; writes one CSV line per claim (and receipts as JSON lines)."""
     claims = read_claims(Path(args.file))
-    try:
-        results = [r for resp in _stub(args).VerifyBatch(
-            batch_requests(args.dataset, args.template, args.purpose, claims)) for r in resp.results]
-    except grpc.RpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        return 1
+    results = [r for resp in _stub(args).VerifyBatch(
+        batch_requests(args.dataset, args.template, args.purpose, claims)) for r in resp.results]
     out = csv.writer(sys.stdout)
     out.writerow(["index", "status", "result", "band", "message"])
     receipts = open(args.receipts_out, "w", encoding="utf-8") if args.receipts_out else None  # noqa: SIM115

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from gateway.errors import UnauthenticatedError
-from gateway.policy.policy import Policy
+from gateway.policy.model import Policy
 
 
 def authenticate(context: grpc.ServicerContext, policy: Policy) -> str:

@@ -39,6 +39,7 @@ from google.protobuf.message import Message
 
 from gateway.budgets.governor import Governor, owner_refusal
 from gateway.budgets.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
+from gateway.budgets.stores import LedgerStore, ReleaseStore, TxWrite
 from gateway.errors import (
     GatewayError,
     GatewayInternalError,
@@ -46,14 +47,12 @@ from gateway.errors import (
     SandboxUnavailableError,
     StorageUnavailableError,
 )
+from gateway.path.calls import Call, audit_fields
 from gateway.path.supervisor import SandboxSupervisor
 from gateway.release.digests import normalize_sql
 from gateway.release.oversight import Oversight
 from gateway.release.receipts import attach_receipt, release_bytes
-from gateway.rpc.calls import Call
-from gateway.rpc.gate import audit_fields
 from gateway.storage.diskspace import DiskGuard
-from gateway.storage.stores import LedgerStore, ReleaseStore, TxWrite
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import DUPLICATE_MESSAGE, STORAGE_MESSAGE
 from sandbox.pricing.cap_rules import ReleaseLoss

@@ -22,10 +22,10 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.budgets.ledger import GrantKey, Ledger, StaleCharge
+from gateway.budgets.stores import TxWrite
 from gateway.errors import GatewayError, RequestFailedError, StorageUnavailableError
 from gateway.release.oversight import Oversight
 from gateway.storage.diskspace import DiskGuard
-from gateway.storage.stores import TxWrite
 
 __all__ = ["RECOVERY_SERVICE", "Settler"]
 

@@ -1,6 +1,6 @@
 """Budget periods and exact budget units for the gateway (the implementation is shared with the sandbox).
 
-The gateway may import this pure module from `sandbox` (see tests/project/test_consistency.py); it holds
+The gateway may import this pure module from `sandbox` (a boundary package: docs/architecture.md); it holds
 no data and no engine.
 """
 

@@ -1,4 +1,6 @@
-"""The operator's policy: which consumers (certificate identities) may spend what, on which dataset and purpose.
+"""Reading the operator's policy file (`load_policy`): version 2 (`gateway.policy.governance`), or version 1 converted.
+
+Version 1 names which consumers (certificate identities) may spend what, on which dataset and purpose.
 
 Format (TOML, `schema = "privacy_gateway.operator.v1"`), complete example in `policies/operator.toml`:
 
@@ -34,107 +36,19 @@ import dataclasses
 import math
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.errors import ConfigError
-from gateway.policy.grants import (
-    PRODUCT_KEYS,
-    ModelGrant,
-    VerificationPolicy,
-    parse_model_grants,
-    parse_verification_policy,
-)
+from gateway.policy import governance
+from gateway.policy.grants import PRODUCT_KEYS, parse_model_grants, parse_verification_policy
+from gateway.policy.model import SCHEMA_V2, ZCDP, Consumer, Governance, Grant, Policy, zcdp_equivalent
 
-if TYPE_CHECKING:  # issue-gov: the v2 model (organisations, members, periods) lives in gateway.policy.governance
-    from gateway.policy.governance import Governance
+__all__ = ["SCHEMA", "load_policy", "parse_policy"]
 
 SCHEMA = "privacy_gateway.operator.v1"
 PRIVACY_DEFINITIONS = frozenset({"pure_dp", "approx_dp", "zcdp"})
-ZCDP = "zcdp"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Consumer:
-    """A consumer identified by its client certificate's common name."""
-
-    identity: str
-    organization: str
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A consumer's budget on one dataset for one purpose."""
-
-    consumer: str
-    dataset: str
-    purpose: str
-    privacy_definition: str
-    epsilon: float
-    delta: float
-    max_epsilon_per_query: float
-    # zCDP grants: the budget and per-query maximum in rho; `epsilon` and `max_epsilon_per_query` are
-    # then their (epsilon, delta) equivalents at `delta` (OpenDP's conversion), for display only.
-    rho: float = 0.0
-    max_rho_per_query: float = 0.0
-
-    @property
-    def zcdp(self) -> bool:
-        """True when the grant is accounted in zero-concentrated DP (rho)."""
-        return self.privacy_definition == ZCDP
-
-
-def zcdp_equivalent(rho: float, delta: float) -> float:
-    """The epsilon of OpenDP's zCDP -> (epsilon, delta) conversion of `rho` at `delta` (display only)."""
-    from sandbox.pricing.zcdp import rho_to_epsilon
-
-    return rho_to_epsilon(rho, delta)
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """The validated operator policy."""
-
-    consumers: dict[str, Consumer]
-    grants: tuple[Grant, ...]
-    source: str
-    # issue-gov: the full v2 model (a converted one for v1 files); set by parse_policy.
-    governance: Governance | None = None
-
-    @property
-    def verification(self) -> VerificationPolicy:
-        """The verification settings and grants."""
-        return self.governance.verification if self.governance is not None else VerificationPolicy()
-
-    @property
-    def model_grants(self) -> tuple[ModelGrant, ...]:
-        """The model grants."""
-        return self.governance.model_grants if self.governance is not None else ()
-
-    @property
-    def identities(self) -> list[str]:
-        """Every certificate identity the policy knows (consumers, operators, data owners), sorted."""
-        if self.governance is None:
-            return sorted(self.consumers)
-        return sorted(self.governance.members)
-
-    def consumer(self, identity: str) -> Consumer | None:
-        """The consumer with this certificate identity, or None."""
-        return self.consumers.get(identity)
-
-    def grant(self, consumer: str, dataset: str, purpose: str) -> Grant | None:
-        """The grant for (consumer, dataset, purpose), or None."""
-        for g in self.grants:
-            if (g.consumer, g.dataset, g.purpose) == (consumer, dataset, purpose):
-                return g
-        return None
-
-    def grants_of(self, consumer: str) -> tuple[Grant, ...]:
-        """All grants of one consumer."""
-        return tuple(g for g in self.grants if g.consumer == consumer)
 
 
 def _number(file: str, key: str, value: Any, *, positive: bool, below_one: bool = False) -> float:
@@ -174,9 +88,7 @@ def parse_policy(data: dict[str, Any], file: str) -> Policy:
     grants (`gateway.policy.grants`)."""
     products = {k: data[k] for k in PRODUCT_KEYS if k in data}
     data = {k: v for k, v in data.items() if k not in PRODUCT_KEYS}
-    from gateway.policy import governance
-
-    if data.get("schema") == governance.SCHEMA_V2:
+    if data.get("schema") == SCHEMA_V2:
         gov = governance.parse_governance(data, file)
         return _with_products(gov, products, file).as_policy()
     _check_keys(file, "", data, {"schema", "consumers", "grants"})

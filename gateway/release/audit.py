@@ -688,6 +688,31 @@ class AuditLog:
         with self._connection() as conn:
             return list(self._iter_entries(conn, from_seq, to_seq))
 
+    def page(self, before_seq: int, limit: int, consumer: str | None = None) -> list[AuditEntry]:
+        """At most `limit` stored entries with ``seq < before_seq`` (0: no bound), newest first; only
+        `consumer`'s when given."""
+        upper = before_seq if before_seq > 0 else 2**62
+        where, args = "seq < ?", list[object]([upper])
+        if consumer is not None:
+            where, args = where + " AND consumer = ?", [*args, consumer]
+        with self._connection() as conn:
+            rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE {where} ORDER BY seq DESC LIMIT ?",
+                                (*args, limit)).fetchall()
+        return [_entry_from_row(tuple(r)) for r in rows]
+
+    def find(self, consumer: str, request_id: str) -> list[AuditEntry]:
+        """`consumer`'s entries with `request_id`, in seq order."""
+        with self._connection() as conn:
+            rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE consumer = ? AND request_id = ?"
+                                " ORDER BY seq", (consumer, request_id)).fetchall()
+        return [_entry_from_row(tuple(r)) for r in rows]
+
+    def last_seq(self) -> int:
+        """The newest entry's seq (0 when the log is empty)."""
+        with self._connection() as conn:
+            (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
+        return int(seq)
+
     def seals(self, from_seq: int = 1, to_seq: int | None = None) -> list[Seal]:
         """The stored seals with ``from_seq <= seq <= to_seq``, in seq order."""
         with self._connection() as conn:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-__all__ = ["normalize_sql", "query_digest", "release_digest", "sha256_hex"]
+__all__ = ["digest_text", "normalize_sql", "query_digest", "release_digest", "sha256_hex"]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -75,3 +75,8 @@ def query_digest(normalized_query: str) -> str:
 def release_digest(serialized_response: bytes) -> str:
     """Hex SHA-256 of a released answer's serialized bytes (see ``receipts.release_bytes``)."""
     return sha256_hex(serialized_response)
+
+
+def digest_text(text: str) -> str:
+    """What an unanswered call's audit entry keeps of its request text: its SHA-256 and size, not the text."""
+    return f"sha256={query_digest(text)} chars={len(text)}" if text else ""

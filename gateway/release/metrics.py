@@ -8,7 +8,9 @@ Metrics (exposition format 0.0.4):
 * ``pgw_budget_spent_epsilon{consumer,dataset,purpose}`` and ``pgw_budget_remaining_epsilon{...}`` gauges;
 * ``pgw_sandbox_up`` gauge (1 or 0);
 * ``pgw_alerts_total{rule}`` counter: alert rules that fired (``budget_nearly_exhausted`` is built in:
-  a grant's remaining epsilon fell to ``BUDGET_ALERT_FRACTION`` of its total or below).
+  a grant's remaining epsilon fell to ``BUDGET_ALERT_FRACTION`` of its total or below);
+* ``pgw_alerts_unacknowledged`` gauge: alerts in the state database no operator has acknowledged yet (read
+  when scraped, through ``Metrics.unacknowledged_alerts``).
 
 Labels never carry query text or values; consumers, datasets and purposes are operator-defined names.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __all__ = ["BUDGET_ALERT_FRACTION", "DURATION_BUCKETS", "Metrics", "escape_label_value"]
@@ -37,6 +39,7 @@ _HELP = {
     "pgw_budget_remaining_epsilon": ("gauge", "Epsilon remaining on a grant (consumer x dataset x purpose)."),
     "pgw_sandbox_up": ("gauge", "1 if the sandbox answered its last contact, else 0."),
     "pgw_alerts_total": ("counter", "Alert rules that fired."),
+    "pgw_alerts_unacknowledged": ("gauge", "Alerts no operator has acknowledged yet."),
 }
 
 
@@ -75,6 +78,7 @@ class Metrics:
         self._remaining: dict[tuple[str, str, str], float] = {}
         self._low_budget: set[tuple[str, str, str]] = set()
         self._sandbox_up = 0.0
+        self.unacknowledged_alerts: Callable[[], int] | None = None  # set by the server: the state database
         self._alerts: dict[str, int] = {}
 
     def observe_request(self, service: str, method: str, outcome: str, code: str, duration_s: float) -> None:
@@ -152,6 +156,14 @@ class Metrics:
         family("pgw_alerts_total")
         for rule, count in alerts:
             out.append(f"pgw_alerts_total{_labels(('rule',), (rule,))} {count}")
+        if self.unacknowledged_alerts is not None:
+            try:
+                pending = self.unacknowledged_alerts()
+            except Exception:  # the state database is unreadable: leave the gauge out of this scrape
+                log.warning("unacknowledged alerts not counted", exc_info=True)
+            else:
+                family("pgw_alerts_unacknowledged")
+                out.append(f"pgw_alerts_unacknowledged {pending}")
         return "\n".join(out) + "\n"
 
     def serve(self, port: int = 0, host: str = "127.0.0.1") -> tuple[ThreadingHTTPServer, int]:

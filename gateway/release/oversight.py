@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.release.audit import AuditEntry, AuditLog, AuditRecord, Outcome
-from gateway.release.digests import query_digest, release_digest
+from gateway.release.digests import digest_text, query_digest, release_digest
 from gateway.release.metrics import Metrics
 from gateway.release.receipts import policy_version
 from gateway.release.signing import Signer, load_or_create_hmac_key
-from gateway.rpc.limits import digest_text
 
 __all__ = ["AUDIT_FILE", "LEGACY_AUDIT_FILE", "REFUSED_CODES", "Oversight", "migrate_legacy_audit", "outcome_for"]
 
@@ -163,7 +162,7 @@ class Oversight:
             released: ``receipts.release_bytes(response)`` of a released answer, else None.
             identifiers: Extra identifier fields to audit as keyed hashes.
             keep_query_text: False (a call that was not answered): the entry keeps the query's SHA-256 and
-                size (``limits.digest_text``) instead of its text.
+                size (``digests.digest_text``) instead of its text.
         """
         return AuditRecord(
             request_id=request_id, consumer=consumer, rpc=f"privacy_gateway.v1.{service}/{method}",

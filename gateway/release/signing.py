@@ -42,6 +42,7 @@ __all__ = [
     "canonicalize",
     "key_id_of",
     "load_or_create_hmac_key",
+    "load_or_create_secret",
     "public_key_id",
     "verify",
 ]
@@ -185,19 +186,29 @@ def _keys_dir(state_dir: Path) -> Path:
     return keys
 
 
+def load_or_create_secret(path: Path, size: int) -> bytes:
+    """The secret key of `size` random bytes at `path` (mode 0600), created on first use; race-free between
+    processes (the first to link its file wins, the others read it).
+
+    Raises:
+        ConfigError: The file is readable by group/others or is not `size` bytes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        _write_new_file(path, secrets.token_bytes(size))
+    key = _read_private(path)
+    if len(key) != size:
+        raise ConfigError(str(path), "length", f"is {len(key)} bytes, expected {size}")
+    return key
+
+
 def load_or_create_hmac_key(state_dir: Path) -> bytes:
     """The audit pseudonymization key ``<state_dir>/keys/audit-hmac.key``, created on first use.
 
     Raises:
         ConfigError: The file is readable by group/others or is not 32 bytes.
     """
-    path = _keys_dir(state_dir) / HMAC_KEY_FILE
-    if not path.exists():
-        _write_new_file(path, secrets.token_bytes(HMAC_KEY_BYTES))
-    key = _read_private(path)
-    if len(key) != HMAC_KEY_BYTES:
-        raise ConfigError(str(path), "length", f"is {len(key)} bytes, expected {HMAC_KEY_BYTES}")
-    return key
+    return load_or_create_secret(_keys_dir(state_dir) / HMAC_KEY_FILE, HMAC_KEY_BYTES)
 
 
 class Signer:

@@ -1,6 +1,7 @@
 """privacy_gateway.v1.AdminService: organisations, grant adjustments, revocation, reload, usage, spending.
 
-Operators (role `operator`) may call everything but ListDatasetSpending; data owners (role
+Operators (role `operator`) may call everything but ListDatasetSpending (reinstatements and alert
+acknowledgements included); data owners (role
 `data_owner`) may call ListDatasetSpending and GetCapUsage for the datasets their organisation owns
 (operators GetCapUsage for every dataset). The interceptor checks the roles (`gateway.rpc.methods`):
 everyone else gets PERMISSION_DENIED (reason ROLE_REQUIRED);
@@ -19,15 +20,18 @@ from gateway.budgets.governor import Governor, Level, rho_loss
 from gateway.budgets.ledger import BudgetLimit, GrantKey, PrivacyLoss
 from gateway.budgets.owner import CapSpent, CapView, OwnerReload, OwnerSettings, cap_usage, reload_owner_settings
 from gateway.errors import ConfigError, GatewayInternalError, InvalidArgumentError, PermissionDeniedError
-from gateway.policy.governance import GrantOverride, OrgGrant
+from gateway.path.calls import Call
+from gateway.policy.model import GrantOverride, OrgGrant
 from gateway.policy.periods import Period, rfc3339
 from gateway.release.usage import build_report
-from gateway.rpc.calls import Call
 from gateway.rpc.interceptor import Body
+from gateway.storage.state import StoredAlert
 
 __all__ = ["AdminServicer", "parse_time", "reload_policy"]
 
 log = logging.getLogger("gateway.rpc.admin")
+
+MAX_ALERTS = 1000  # the most alerts one ListAlerts answer lists
 
 
 def parse_time(value: str, field: str) -> float | None:
@@ -68,7 +72,8 @@ class AdminServicer:
 
     SERVICE = "AdminService"
     METHODS = ("ListOrganizations", "AdjustGrant", "RevokeMember", "RevokeOrganization", "ReloadPolicy",
-               "GetUsage", "ListDatasetSpending", "GetCapUsage")
+               "GetUsage", "ListDatasetSpending", "GetCapUsage", "ReinstateMember", "ReinstateOrganization",
+               "ListAlerts", "AcknowledgeAlert")
 
     def __init__(self, governor: Governor, owner: OwnerSettings | None = None) -> None:
         """Serve with `governor`; `owner`: the data owner's settings (reload, cap usage)."""
@@ -210,6 +215,42 @@ class AdminServicer:
         self.governor.state.revoke("organization", request.organization, caller, request.reason)
         return a_pb.RevokeOrganizationResponse(organization=request.organization)
 
+    def ReinstateMember(
+        self, request: a_pb.ReinstateMemberRequest, call: Call
+    ) -> a_pb.ReinstateMemberResponse:
+        """Lift a member's revocation (effective for its next request; its organisation's still applies)."""
+        if self.governor.member(request.identity) is None:
+            raise InvalidArgumentError("unknown member", reason="UNKNOWN_SUBJECT", field="identity")
+        was = self.governor.state.reinstate("member", request.identity)
+        log.info("member %s reinstated by %s (%s)", request.identity, call.identity, request.reason)
+        return a_pb.ReinstateMemberResponse(identity=request.identity, was_revoked=was)
+
+    def ReinstateOrganization(
+        self, request: a_pb.ReinstateOrganizationRequest, call: Call
+    ) -> a_pb.ReinstateOrganizationResponse:
+        """Lift an organisation's revocation (effective for its members' next requests)."""
+        if request.organization not in self.governor.governance.organizations:
+            raise InvalidArgumentError("unknown organisation", reason="UNKNOWN_SUBJECT", field="organization")
+        was = self.governor.state.reinstate("organization", request.organization)
+        log.info("organisation %s reinstated by %s (%s)", request.organization, call.identity, request.reason)
+        return a_pb.ReinstateOrganizationResponse(organization=request.organization, was_revoked=was)
+
+    def ListAlerts(self, request: a_pb.ListAlertsRequest, call: Call) -> a_pb.ListAlertsResponse:
+        """The alerts the rules fired, newest first."""
+        if not 0 <= request.limit <= MAX_ALERTS:
+            raise InvalidArgumentError(f"limit must be between 0 and {MAX_ALERTS}", field="limit")
+        state = self.governor.state
+        rows = state.alert_rows(include_acknowledged=request.include_acknowledged, limit=request.limit or 100)
+        return a_pb.ListAlertsResponse(alerts=[_alert_pb(r) for r in rows],
+                                       unacknowledged=state.unacknowledged_alerts())
+
+    def AcknowledgeAlert(self, request: a_pb.AcknowledgeAlertRequest, call: Call) -> a_pb.AcknowledgeAlertResponse:
+        """Record that the caller reviewed an alert."""
+        row = self.governor.state.acknowledge_alert(request.id, call.identity, request.note, self.governor.clock())
+        if row is None:
+            raise InvalidArgumentError("no alert with this id", reason="UNKNOWN_SUBJECT", field="id")
+        return a_pb.AcknowledgeAlertResponse(alert=_alert_pb(row))
+
     def ReloadPolicy(
         self, request: a_pb.ReloadPolicyRequest, call: Call
     ) -> a_pb.ReloadPolicyResponse:
@@ -270,6 +311,13 @@ class AdminServicer:
         views = cap_usage(self.owner.client, self.governor, names)
         return a_pb.GetCapUsageResponse(datasets=[_cap_usage_pb(v) for v in views],
                                         at=rfc3339(self.governor.clock()))
+
+
+def _alert_pb(r: StoredAlert) -> a_pb.Alert:
+    return a_pb.Alert(id=r.id, time=rfc3339(r.created_at), rule=r.rule, subject=r.subject, detail=r.detail,
+                      acknowledged_by=r.acknowledged_by or "",
+                      acknowledged_at="" if r.acknowledged_at is None else rfc3339(r.acknowledged_at),
+                      note=r.note or "")
 
 
 def _amount(measure: str, amount: float, delta: float) -> a_pb.CapAmount:

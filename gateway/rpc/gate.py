@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from gateway.budgets.governor import Governor
 from gateway.errors import GatewayError, PermissionDeniedError, UnauthenticatedError
+from gateway.path.calls import Call, audit_fields
 from gateway.release.oversight import Oversight
-from gateway.rpc.calls import Call
 
-__all__ = ["PolicyGate", "audit_fields"]
+__all__ = ["PolicyGate"]
 
 
 class PolicyGate:
@@ -54,7 +52,7 @@ class PolicyGate:
         """Append the call's audit entry (see `Oversight.record_rpc`), unless the governed path already wrote it
         in the transaction that settled the call's charge; count and log the call either way. A call that was
         neither answered nor charged keeps its request's text (the SQL, a model's design) only as its SHA-256
-        and size (`limits.digest_text`).
+        and size (`gateway.release.digests.digest_text`).
 
         Raises:
             AuditError: it could not be written.
@@ -68,15 +66,3 @@ class PolicyGate:
             return
         self.oversight.record_rpc(**fields)
 
-
-def audit_fields(call: Call, code: str, reason: str) -> dict[str, Any]:
-    """The keyword arguments of `Oversight.audit_record` for `call` with this outcome."""
-    facts = call.audit
-    return dict(
-        service=call.rule.service, method=call.rule.method, code=code, reason=reason,
-        duration_s=max(0.0, time.monotonic() - call.started), request_id=facts.request_id,
-        consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose, normalized_query=facts.query,
-        epsilon=facts.epsilon, delta=facts.delta, rho=facts.rho, released=facts.released,
-        charge="charged" if facts.charged else "replay" if facts.replayed else "",
-        keep_query_text=code == "OK" or facts.charged,
-    )

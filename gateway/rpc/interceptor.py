@@ -51,9 +51,9 @@ from gateway.errors import (
     StorageUnavailableError,
     UnauthenticatedError,
 )
+from gateway.path.calls import CURRENT_CALL, Call
 from gateway.release.logs import log_context
 from gateway.rpc.admission import Admission
-from gateway.rpc.calls import CURRENT_CALL, Call
 from gateway.rpc.limits import check_request, lenient
 from gateway.rpc.methods import RULES, MethodRule
 from gateway.rpc.status import status_for, trailing_metadata
@@ -201,18 +201,18 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         factory = grpc.stream_unary_rpc_method_handler if streaming_in else grpc.unary_unary_rpc_method_handler
         return factory(unary_out, **kwargs)
 
-    def _begin(self, rule: MethodRule, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
-        remaining = context.time_remaining()
+    @staticmethod
+    def _begin(rule: MethodRule, remaining: float | None) -> Call:
         call = Call(rule)
         if remaining is not None:
             call.deadline = call.started + remaining
         return call
 
-    async def _admit(self, call: Call, context: grpc.aio.ServicerContext[Any, Any], refuse: bool) -> None:
-        """Steps 1-2 (in the event loop, no storage access)."""
+    async def _admit(self, call: Call, identify: Callable[[], str], refuse: bool) -> None:
+        """Steps 1-2 (in the event loop, no storage access); `identify` gives the verified certificate's name."""
         call.check_deadline("it was read")
         try:
-            call.identity = certificate_identity(context)
+            call.identity = identify()
         except UnauthenticatedError:
             if not call.rule.any_certificate:
                 raise
@@ -255,52 +255,87 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         status = status_for(error)  # its message and metadata bounded
         await context.abort(error.code, status.message, trailing_metadata(status))
 
-    async def _serve_unary(self, inner: Any, rule: MethodRule, request: Any,
-                           context: grpc.aio.ServicerContext[Any, Any], refuse: bool) -> Any:
-        call = self._begin(rule, context)
+    async def _govern_unary(self, call: Call, identify: Callable[[], str], refuse: bool,
+                            respond: Callable[[], Awaitable[Any]]) -> tuple[Any, GatewayError | None]:
+        """Steps 1-7 of a call with one answer: admit it, run `respond` in an admission slot, audit it.
+
+        Returns the response, or the error to send instead (audited either way). A cancelled call is audited
+        as CANCELLED and the cancellation goes on.
+        """
         token = CURRENT_CALL.set(call)
         response: Any = None
         error: GatewayError | None = None
         try:
-            await self._admit(call, context, refuse)
+            await self._admit(call, identify, refuse)
             async with self.admission.slot(call.identity):
-                if isinstance(inner, Body):
-                    if inner.kind == "stream":
-                        responses = await inner.fn(_Timed(request, self.message_timeout_s), call,
-                                                   self._runner(call))
-                        response = next(iter(responses))
-                    else:
-                        response = await self._run(call, _bounded, inner.fn, request, call)
-                else:
-                    await self._run(call, _nothing)
-                    check_request(request)
-                    response = await inner(request, context)
+                response = await respond()
         except GatewayError as exc:
             error = exc
         except (asyncio.CancelledError, grpc.aio.AbortError):
             await self._audit(call, _cancelled(), False)
             raise
-        except sqlite3.Error:
-            error = StorageUnavailableError("the gateway's storage failed; retry with the same request id")
-            log.exception("storage error in %s", call.method)
-        except Exception:
-            error = GatewayInternalError()
-            log.exception("unexpected error in %s (%s)", call.method, error.message)
+        except Exception as exc:
+            error = _unexpected(exc, call)
         finally:
             CURRENT_CALL.reset(token)
         error = await self._audit(call, error, error is None)
+        return (None, error) if error is not None else (response, None)
+
+    async def _serve_unary(self, inner: Any, rule: MethodRule, request: Any,
+                           context: grpc.aio.ServicerContext[Any, Any], refuse: bool) -> Any:
+        call = self._begin(rule, context.time_remaining())
+
+        async def respond() -> Any:
+            if isinstance(inner, Body):
+                if inner.kind == "stream":
+                    responses = await inner.fn(_Timed(request, self.message_timeout_s), call, self._runner(call))
+                    return next(iter(responses))
+                return await self._run(call, _bounded, inner.fn, request, call)
+            await self._run(call, _nothing)
+            check_request(request)
+            return await inner(request, context)
+
+        response, error = await self._govern_unary(call, lambda: certificate_identity(context), refuse, respond)
         if error is not None:
             await self._abort(context, error)
         return response
 
+    async def invoke(self, body: Body, rule: MethodRule, request: Any, identity: str | None,
+                     timeout_s: float | None) -> Any:
+        """One unary gateway method called in-process (`gateway.rpc.local`), exactly as a gRPC call of it is
+        served: deadline, identity, admission, policy session (live snapshot, role, revocation), request limits,
+        the body, one audit entry. `identity` is the verified client certificate's common name, taken by the
+        caller from its own TLS layer; None: no certificate (then only a method any certificate may call
+        runs). Must be awaited on the gRPC server's event loop.
+
+        Raises:
+            GatewayError: the call's error, after it was audited.
+        """
+        if body.kind != "unary" or rule.client_streaming or rule.server_streaming:
+            raise GatewayInternalError(f"{rule.method} is not a unary gateway method")
+        call = self._begin(rule, timeout_s)
+
+        def identify() -> str:
+            if identity is None:
+                raise UnauthenticatedError("a client certificate is required")
+            return identity
+
+        async def respond() -> Any:
+            return await self._run(call, _bounded, body.fn, request, call)
+
+        response, error = await self._govern_unary(call, identify, False, respond)
+        if error is not None:
+            raise error
+        return response
+
     async def _serve_stream(self, inner: Any, rule: MethodRule, request: Any,
                             context: grpc.aio.ServicerContext[Any, Any], refuse: bool) -> AsyncIterator[Any]:
-        call = self._begin(rule, context)
+        call = self._begin(rule, context.time_remaining())
         token = CURRENT_CALL.set(call)
         error: GatewayError | None = None
         responses: Iterator[Any] | None = None
         try:
-            await self._admit(call, context, refuse)
+            await self._admit(call, lambda: certificate_identity(context), refuse)
             async with self.admission.slot(call.identity):
                 if isinstance(inner, Body):
                     requests = _Timed(request, self.message_timeout_s) if rule.client_streaming else request
@@ -318,12 +353,8 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         except (asyncio.CancelledError, grpc.aio.AbortError):
             await self._audit(call, _cancelled(), False)
             raise
-        except sqlite3.Error:
-            error = StorageUnavailableError("the gateway's storage failed; retry with the same request id")
-            log.exception("storage error in %s", call.method)
-        except Exception:
-            error = GatewayInternalError()
-            log.exception("unexpected error in %s (%s)", call.method, error.message)
+        except Exception as exc:
+            error = _unexpected(exc, call)
         finally:
             CURRENT_CALL.reset(token)
         error = await self._audit(call, error, responses is not None)
@@ -399,3 +430,15 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, bodies: Mappin
         handlers[m.name] = factory(body, request_deserializer=request.FromString,
                                    response_serializer=response.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _unexpected(exc: Exception, call: Call) -> GatewayError:
+    """What the client sees of an exception that is not a GatewayError (called while it is handled, so the log
+    line carries its traceback): a storage failure is UNAVAILABLE (retry with the same request id), anything else
+    an internal error."""
+    if isinstance(exc, sqlite3.Error):
+        log.exception("storage error in %s", call.method)
+        return StorageUnavailableError("the gateway's storage failed; retry with the same request id")
+    error = GatewayInternalError()
+    log.exception("unexpected error in %s (%s)", call.method, error.message)
+    return error

@@ -28,50 +28,45 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.errors import InvalidArgumentError
-from gateway.release.digests import query_digest
+from gateway.sizes import (
+    CASE_REFERENCE_CHARS,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_COEFFICIENT,
+    MAX_EPSILON,
+    MAX_HALF_WIDTH,
+    MAX_OUTPUT_ENTRIES,
+    MAX_PAGE,
+    MAX_PARAMETERS,
+    MAX_RHO,
+    MAX_SEQ,
+    NAME_CHARS,
+    PARAM_STRING_CHARS,
+    REASON_CHARS,
+    RECEIPT_CHARS,
+    REQUEST_ID_CHARS,
+    SQL_CHARS,
+    SUBJECT_CHARS,
+    TERM_CHARS,
+    TIMESTAMP_CHARS,
+    WEIGHT_RANGE,
+)
 from sandbox.pricing import models as mp
 from sandbox.protocol.verification import MAX_BATCH
 
 __all__ = [
     "LIMITS",
-    "MAX_BATCH_BYTES",
-    "MAX_BATCH_MESSAGES",
-    "MAX_MESSAGE_BYTES",
     "Limit",
     "MalformedMessage",
     "check_claim_parameters",
     "check_claims",
     "check_request",
-    "digest_text",
     "lenient",
     "markdown_table",
     "request_fields",
 ]
 
 PACKAGE = "privacy_gateway.v1"
-
-# -- the numbers ------------------------------------------------------------------------------------------
-
-NAME_CHARS = 128  # datasets, purposes, organisations, identities, templates, tables, columns, outputs
-REQUEST_ID_CHARS = 128
-SQL_CHARS = 20_000
-SUBJECT_CHARS = 64  # resident ids and credit codes have 18
-CASE_REFERENCE_CHARS = 256
-PARAM_STRING_CHARS = 1_000  # the largest `max_length` a template may declare
-TERM_CHARS = 512  # "column=value" of a one-hot coefficient
-REASON_CHARS = 1_024
-TIMESTAMP_CHARS = 64
-MAX_OUTPUT_ENTRIES = 256  # weights, accuracy targets and interval shares per query
-MAX_PARAMETERS = 32
-MAX_EPSILON = 1e6  # per request, and in grant adjustments: far above any policy's per-query maximum
-MAX_RHO = 1e6
-WEIGHT_RANGE = (1e-6, 1e6)
-MAX_HALF_WIDTH = 1e18
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # one message (grpc.max_receive_message_length)
-MAX_BATCH_BYTES = 64 * 1024 * 1024  # all messages of one VerifyBatch stream together
-MAX_BATCH_MESSAGES = MAX_BATCH + 1  # a header-only first message, then at least one claim per message
-MAX_COEFFICIENT = 1e12
-
 
 @dataclass(frozen=True, slots=True)
 class Limit:
@@ -175,6 +170,23 @@ LIMITS: dict[str, Limit] = {
     "ListDatasetSpendingRequest.period_start": _TIMESTAMP,
     "ListDatasetSpendingRequest.period_end": _TIMESTAMP,
     "GetCapUsageRequest.dataset": _NAME,
+    "ReinstateMemberRequest.identity": _NAME,
+    "ReinstateMemberRequest.reason": _text(REASON_CHARS),
+    "ReinstateOrganizationRequest.organization": _NAME,
+    "ReinstateOrganizationRequest.reason": _text(REASON_CHARS),
+    "ListAlertsRequest.include_acknowledged": _FLAG,
+    "ListAlertsRequest.limit": _number(0, 1000, integer=True, what="; 0: 100"),
+    "AcknowledgeAlertRequest.id": _number(0, MAX_SEQ, integer=True),
+    "AcknowledgeAlertRequest.note": _text(REASON_CHARS),
+    # AuditService
+    **{f"{m}.before_seq": _number(0, MAX_SEQ, integer=True, what="; 0: from the newest")
+       for m in ("ListAuditEntriesRequest", "ListMyRequestsRequest")},
+    **{f"{m}.page_size": _number(0, MAX_PAGE, integer=True, what="; 0: 50")
+       for m in ("ListAuditEntriesRequest", "ListMyRequestsRequest")},
+    "ListAuditEntriesRequest.consumer": _NAME,
+    "VerifyAuditLogRequest.require_sealed": _FLAG,
+    "VerifyReceiptRequest.receipt_json": _text(RECEIPT_CHARS),
+    "GetMyReceiptRequest.request_id": _text(REQUEST_ID_CHARS),
     # VerificationService
     **{f"{m}.{f}": _NAME for m in ("VerifyRequest", "VerifyBatchRequest") for f in ("dataset", "template", "purpose")},
     **{f"{m}.subject": _text(SUBJECT_CHARS) for m in ("VerifyRequest", "Claim")},
@@ -367,14 +379,6 @@ def check_claim_parameters(index: int, parameters: Mapping[str, object]) -> None
             raise _too_long(path, len(key), NAME_CHARS, "a key of ")
         if isinstance(value, str) and len(value) > PARAM_STRING_CHARS:
             raise _too_long(f"{path}[{key}].string_value", len(value), PARAM_STRING_CHARS)
-
-
-# -- what a refusal keeps of the request ---------------------------------------------------------------------
-
-
-def digest_text(text: str) -> str:
-    """What an unanswered call's audit entry keeps of its request text: its SHA-256 and size, not the text."""
-    return f"sha256={query_digest(text)} chars={len(text)}" if text else ""
 
 
 # -- documentation -------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ which certificate identities may call the method:
 
 - `roles`: the caller must be a member of the operator's policy with one of these roles, and neither it
   nor its organisation may be revoked. An empty set means any member (KeyService: the public key).
-- `any_certificate`: any certificate of the CA will do (the health check: it reveals only up or down).
+- `any_certificate`: any certificate of the CA will do, and the console's public listener calls it with no
+  certificate at all (the health check: it reveals only up or down; the transparency report: the aggregate
+  use of the datasets whose owners publish it). Such a call is audited only when it is refused.
 - `product`: the method releases something derived from data (a query answer, a verification result, a
   model); it then walks the whole governed path (`gateway.path.governed`): grant, price, charge at every
   level, sandbox, receipt.
@@ -21,6 +23,7 @@ from typing import Literal
 from google.protobuf.descriptor import FileDescriptor
 from privacy_gateway.v1 import (
     admin_service_pb2,
+    audit_service_pb2,
     budget_service_pb2,
     catalog_service_pb2,
     model_service_pb2,
@@ -38,7 +41,7 @@ Product = Literal["query", "verification", "model"]
 PROTO_FILES: tuple[FileDescriptor, ...] = (
     query_service_pb2.DESCRIPTOR, catalog_service_pb2.DESCRIPTOR, budget_service_pb2.DESCRIPTOR,
     receipt_pb2.DESCRIPTOR, admin_service_pb2.DESCRIPTOR, verification_service_pb2.DESCRIPTOR,
-    model_service_pb2.DESCRIPTOR,
+    model_service_pb2.DESCRIPTOR, audit_service_pb2.DESCRIPTOR,
 )
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
@@ -67,6 +70,7 @@ class MethodRule:
 _CONSUMER = frozenset({"consumer"})
 _OPERATOR = frozenset({"operator"})
 _OWNER = frozenset({"data_owner"})
+_AUDITOR = frozenset({"auditor"})
 _ANY_MEMBER: frozenset[str] = frozenset()
 
 # (service, method) -> (roles, product)
@@ -90,7 +94,19 @@ _ACCESS: dict[tuple[str, str], tuple[frozenset[str], Product | None]] = {
     ("AdminService", "GetUsage"): (_OPERATOR, None),
     ("AdminService", "ListDatasetSpending"): (_OWNER, None),
     ("AdminService", "GetCapUsage"): (_OWNER | _OPERATOR, None),  # data owners: their own datasets only
+    ("AdminService", "ReinstateMember"): (_OPERATOR, None),
+    ("AdminService", "ReinstateOrganization"): (_OPERATOR, None),
+    ("AdminService", "ListAlerts"): (_OPERATOR, None),
+    ("AdminService", "AcknowledgeAlert"): (_OPERATOR, None),
+    ("AuditService", "ListAuditEntries"): (_AUDITOR, None),
+    ("AuditService", "VerifyAuditLog"): (_AUDITOR, None),
+    ("AuditService", "VerifyReceipt"): (_ANY_MEMBER, None),
+    ("AuditService", "ListMyRequests"): (_CONSUMER, None),
+    ("AuditService", "GetMyReceipt"): (_CONSUMER, None),
+    ("AuditService", "GetTransparencyReport"): (_ANY_MEMBER, None),  # any certificate, or none (_PUBLIC)
 }
+# Methods any certificate of the CA may call (and the console's public listener without one).
+_PUBLIC = frozenset({("AuditService", "GetTransparencyReport")})
 
 
 def proto_methods(files: Iterable[FileDescriptor] = PROTO_FILES) -> list[tuple[str, str, bool, bool]]:
@@ -109,7 +125,8 @@ def _rules() -> dict[str, MethodRule]:
         access = _ACCESS.get((service, method))
         if access is None:
             continue
-        rule = MethodRule(service, method, access[0], access[1], client_streaming=cs, server_streaming=ss)
+        rule = MethodRule(service, method, access[0], access[1], any_certificate=(service, method) in _PUBLIC,
+                          client_streaming=cs, server_streaming=ss)
         rules[rule.path] = rule
     for rule in (
         MethodRule("Health", "Check", any_certificate=True),

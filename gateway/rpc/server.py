@@ -16,22 +16,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import _async as _aio_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from privacy_gateway.v1 import (
-    admin_service_pb2,
-    budget_service_pb2,
-    catalog_service_pb2,
-    model_service_pb2,
-    query_service_pb2,
-    receipt_pb2,
-    verification_service_pb2,
-)
 
 from gateway.budgets.alerts import AlertEngine
 from gateway.budgets.governor import Governor
@@ -45,16 +36,19 @@ from gateway.policy.policy import load_policy
 from gateway.products.models.service import EvaluateProduct, TrainProduct, check_model_grants_against_catalog
 from gateway.products.query.cache import ReleaseCache
 from gateway.products.query.service import QueryService
-from gateway.products.verification.service import VerificationCore, VerificationServicer
+from gateway.products.verification.service import VerificationCore
 from gateway.release.oversight import Oversight
 from gateway.rpc.admin import AdminServicer, reload_policy
 from gateway.rpc.admission import Admission, AdmissionLimits
+from gateway.rpc.auditing import AuditServicer
 from gateway.rpc.gate import PolicyGate
 from gateway.rpc.interceptor import Body, GovernanceInterceptor, register
-from gateway.rpc.limits import MAX_MESSAGE_BYTES
+from gateway.rpc.local import LocalCalls
 from gateway.rpc.methods import PROTO_FILES, check_rules_cover
 from gateway.rpc.services import BudgetServicer, CatalogServicer, KeyServicer, ModelServicer, QueryServicer
+from gateway.rpc.verification import VerificationServicer
 from gateway.settings import Settings
+from gateway.sizes import MAX_MESSAGE_BYTES
 from gateway.storage.diskspace import DiskGuard
 from gateway.storage.state import StateStore
 from sandbox.client import SandboxClient, SandboxProcess
@@ -123,9 +117,9 @@ class _LoopThread:
             self.loop.close()
 
 
-def _service(module: Any, name: str) -> ServiceDescriptor:
-    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
-    return service
+def _service(name: str) -> ServiceDescriptor:
+    """The descriptor of the gateway's service `name` (declared in one of `PROTO_FILES`)."""
+    return next(f.services_by_name[name] for f in PROTO_FILES if name in f.services_by_name)
 
 
 def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
@@ -137,6 +131,12 @@ def server_credentials(tls_dir: Path) -> grpc.ServerCredentials:
     except FileNotFoundError as exc:
         raise ConfigError(str(exc.filename), "-", "TLS file not found (run `pgw certs`)") from exc
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+class Stoppable(Protocol):
+    """A front end started on top of the gateway (the web console), stopped before it."""
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -161,6 +161,13 @@ class Gateway:
     settler: Settler | None = None
     _loop: _LoopThread | None = field(default=None, repr=False)
     owner: OwnerSettings | None = None  # the data owner's settings, mirrored from the sandbox
+    local: LocalCalls | None = None  # in-process calls through the same governance (the console's only way in)
+    console: Stoppable | None = None  # the web console, when `gateway.console.start_console` started one
+
+    def roles_of(self, identity: str) -> frozenset[str]:
+        """The roles the live policy gives `identity` (none when it is not a member)."""
+        member = self.governor.member(identity) if self.governor is not None else None
+        return member.roles if member is not None else frozenset()
 
     def reload_policy(self) -> None:
         """Re-read the policy file and the data owner's settings (SIGHUP); on error log it and keep the running
@@ -190,6 +197,8 @@ class Gateway:
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Stop serving, then stop the supervisor and the sandbox, and close the stores."""
+        if self.console is not None:
+            self.console.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         if self._loop is not None:
@@ -262,7 +271,7 @@ def start_gateway(settings: Settings) -> Gateway:
         evaluate = EvaluateProduct(catalog, governor, queries.grade_rules)
         owner = OwnerSettings(client, governor, (queries, train, evaluate))
         owner.apply(catalog)  # the caps and grade rules from the sandbox's catalog, never from the file
-        verification = VerificationCore.start(policy.verification, client, settings.state_dir,
+        verification = VerificationCore.start(policy.verification, client, settings.state_dir, oversight.signer,
                                               sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
         verification.supervisor = supervisor
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="pgw-worker")
@@ -276,16 +285,20 @@ def start_gateway(settings: Settings) -> Gateway:
                                             message_timeout_s=settings.stream_message_timeout_ms / 1000)
         loop = _LoopThread()
         servicers: list[tuple[ServiceDescriptor, dict[str, Body]]] = [
-            (_service(query_service_pb2, "QueryService"), QueryServicer(path, queries).bodies()),
-            (_service(catalog_service_pb2, "CatalogService"), CatalogServicer(queries).bodies()),
-            (_service(budget_service_pb2, "BudgetService"), BudgetServicer(queries).bodies()),
-            (_service(receipt_pb2, "KeyService"), KeyServicer(oversight.signer).bodies()),
-            (_service(admin_service_pb2, "AdminService"), AdminServicer(governor, owner).bodies()),
-            (_service(verification_service_pb2, "VerificationService"),
+            (_service("QueryService"), QueryServicer(path, queries).bodies()),
+            (_service("CatalogService"), CatalogServicer(queries).bodies()),
+            (_service("BudgetService"), BudgetServicer(queries).bodies()),
+            (_service("KeyService"), KeyServicer(oversight.signer).bodies()),
+            (_service("AdminService"), AdminServicer(governor, owner).bodies()),
+            (_service("VerificationService"),
              VerificationServicer(verification, disk).bodies()),
-            (_service(model_service_pb2, "ModelService"),
+            (_service("ModelService"),
              ModelServicer(path, train, evaluate).bodies()),
+            (_service("AuditService"),
+             AuditServicer(oversight, governor, lambda: queries.catalog,
+                           publish_organizations=settings.console_publish_organizations).bodies()),
         ]
+        oversight.metrics.unacknowledged_alerts = governor.state.unacknowledged_alerts
 
         async def build() -> tuple[grpc.aio.Server, int, _aio_health.HealthServicer]:
             server = grpc.aio.server(
@@ -310,6 +323,8 @@ def start_gateway(settings: Settings) -> Gateway:
             return server, port, hs
 
         server, port, hs = loop.run(build)
+        local = LocalCalls(interceptor, loop.loop, {(service.name, name): body
+                                                    for service, bodies in servicers for name, body in bodies.items()})
         alerts.start()
     except BaseException:
         if loop is not None:
@@ -320,7 +335,7 @@ def start_gateway(settings: Settings) -> Gateway:
             process.stop()
         raise
     gateway = Gateway(server, port, queries, path, ledger, process, verification, hs, oversight, governor,
-                      alerts, admission, supervisor, pool, gate, settler, loop, owner)
+                      alerts, admission, supervisor, pool, gate, settler, loop, owner, local)
     supervisor.on_health.append(gateway.set_serving)
     supervisor.on_health.append(oversight.metrics.set_sandbox_up)
     supervisor.start_monitor(settings.health_interval_ms / 1000)

@@ -16,12 +16,12 @@ from privacy_gateway.v1 import receipt_pb2
 
 from gateway.budgets.ledger import GrantKey
 from gateway.errors import GatewayError, PermissionDeniedError
+from gateway.path.calls import Call
 from gateway.path.governed import GovernedPath, Product
 from gateway.products.models.service import EvaluateProduct, TrainProduct
 from gateway.products.query import convert
 from gateway.products.query.service import QueryService
 from gateway.release.signing import Signer
-from gateway.rpc.calls import Call
 from gateway.rpc.interceptor import Body
 
 __all__ = ["BudgetServicer", "CatalogServicer", "KeyServicer", "ModelServicer", "QueryServicer"]

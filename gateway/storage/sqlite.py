@@ -2,7 +2,7 @@
 
 Every state change runs in one `BEGIN IMMEDIATE` transaction on a pooled connection (`ConnectionPool`), so
 several threads and several gateway processes sharing a state directory serialise their writes. These
-helpers are SQLite's; callers program against the Protocols in `gateway/storage/stores.py`, so another backend
+helpers are SQLite's; callers program against the Protocols in `gateway/budgets/stores.py`, so another backend
 (PostgreSQL) brings its own helpers with its own store classes.
 """
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StorageUnavailableError
-from gateway.policy.governance import GrantOverride
+from gateway.policy.model import GrantOverride
 from gateway.storage.sqlite import ConnectionPool, immediate
 
-__all__ = ["Outcome", "StateStore"]
+__all__ = ["Outcome", "StateStore", "StoredAlert"]
 
 # The stored fields of a GrantOverride, in its field order.
 _OVERRIDE_COLUMNS = "epsilon, delta, max_epsilon_per_query, rho, max_rho_per_query"
@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS alerts (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS alerts_by_rule ON alerts (rule, subject, created_at);
 """
+# An alert's acknowledgement (who, when, a note): NULL while unacknowledged.
+_ALERT_ACK_COLUMNS = (("acknowledged_at", "REAL"), ("acknowledged_by", "TEXT"), ("note", "TEXT"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,10 @@ class StateStore:
             for column in ("rho", "max_rho_per_query"):  # state files written before zCDP grants
                 if column not in have:
                     conn.execute(f"ALTER TABLE grant_overrides ADD COLUMN {column} REAL")
+            have = {r[1] for r in conn.execute("PRAGMA table_info(alerts)")}
+            for column, kind in _ALERT_ACK_COLUMNS:  # state files written before acknowledgements
+                if column not in have:
+                    conn.execute(f"ALTER TABLE alerts ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the pooled connections (later calls still work, on a connection each)."""
@@ -171,6 +177,12 @@ class StateStore:
                 (kind, subject, time.time(), by, reason),
             )
 
+    def reinstate(self, kind: str, subject: str) -> bool:
+        """Lift a revocation (effective for the next request); False when there was none."""
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM revocations WHERE kind = ? AND subject = ?", (kind, subject))
+            return cur.rowcount > 0
+
     def revoked(self, identity: str, organization: str) -> str | None:
         """'member' or 'organization' when that is revoked, else None."""
         with self._conn() as conn:
@@ -194,10 +206,10 @@ class StateStore:
             self.write_outcome(conn, o)
 
     def joined_outcome(self, ledger: object, o: Outcome) -> Callable[[Any], None] | None:
-        """`record_outcome` as a write in the ledger's completion transaction when both share one file."""
-        from gateway.budgets.ledger import Ledger
-
-        if not (isinstance(ledger, Ledger) and ledger.path == self.path):
+        """`record_outcome` as a write in the ledger's completion transaction when both share one file: the
+        ledger is the SQLite ledger of this file (its `path`; `gateway.budgets.ledger.Ledger`), whose completion
+        hands its transaction's connection to the write."""
+        if getattr(ledger, "path", None) != self.path:
             return None
         return functools.partial(self.write_outcome, o=o)
 
@@ -210,6 +222,17 @@ class StateStore:
             (o.created_at, o.consumer, o.organization, o.dataset, o.purpose, o.use_class,
              o.request_id, o.outcome, o.reason, o.epsilon, o.sql_hash),
         )
+
+    def refusals_by_month(self, datasets: list[str]) -> dict[tuple[str, str], int]:
+        """Refused requests on `datasets` per (dataset, month 'YYYY-MM' UTC): the transparency report's count."""
+        if not datasets:
+            return {}
+        marks = ", ".join("?" for _ in datasets)
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT dataset, strftime('%Y-%m', created_at, 'unixepoch'), count(*) FROM requests"
+                f" WHERE outcome = 'refused' AND dataset IN ({marks}) GROUP BY 1, 2", tuple(datasets)).fetchall()
+        return {(str(d), str(m)): int(n) for d, m, n in rows}
 
     def outcomes(
         self, datasets: tuple[str, ...] | None, start: float | None = None, end: float | None = None
@@ -267,3 +290,44 @@ class StateStore:
                 "SELECT created_at, rule, subject, detail FROM alerts WHERE created_at >= ? ORDER BY id",
                 (since if since is not None else float("-inf"),),
             ))
+
+    def alert_rows(self, *, include_acknowledged: bool, limit: int) -> list[StoredAlert]:
+        """Alert firings, newest first, at most `limit`."""
+        where = "" if include_acknowledged else " WHERE acknowledged_at IS NULL"
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, created_at, rule, subject, detail, acknowledged_at, acknowledged_by, note"
+                f" FROM alerts{where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [StoredAlert(*r) for r in rows]
+
+    def unacknowledged_alerts(self) -> int:
+        """How many alerts nobody has acknowledged."""
+        with self._conn() as conn:
+            (n,) = conn.execute("SELECT count(*) FROM alerts WHERE acknowledged_at IS NULL").fetchone()
+        return int(n)
+
+    def acknowledge_alert(self, alert_id: int, by: str, note: str, now: float) -> StoredAlert | None:
+        """Record who acknowledged alert `alert_id` (once: a second acknowledgement keeps the first); None when
+        there is no such alert."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE alerts SET acknowledged_at = ?, acknowledged_by = ?, note = ?"
+                " WHERE id = ? AND acknowledged_at IS NULL", (now, by, note, alert_id))
+            row = conn.execute(
+                "SELECT id, created_at, rule, subject, detail, acknowledged_at, acknowledged_by, note"
+                " FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        return None if row is None else StoredAlert(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    """One alert firing and its acknowledgement (None while unacknowledged)."""
+
+    id: int
+    created_at: float
+    rule: str
+    subject: str
+    detail: str
+    acknowledged_at: float | None
+    acknowledged_by: str | None
+    note: str | None

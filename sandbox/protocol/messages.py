@@ -454,6 +454,7 @@ class DatasetInfo:
     owner: str = ""
     caps: OwnerCap | None = None
     subject_caps: tuple[SubjectCap, ...] = ()
+    published: bool = False  # the owner publishes this dataset's aggregate use (the transparency page)
 
     def table(self, name: str) -> TableInfo | None:
         """Return the table called `name`, or None."""
@@ -985,6 +986,7 @@ def _catalog_to_json(c: CatalogInfo) -> dict[str, Any]:
                 "owner": d.owner,
                 "caps": None if d.caps is None else cap_to_json(d.caps),
                 "subject_caps": [subject_cap_to_json(c) for c in d.subject_caps],
+                "published": d.published,
                 "tables": [
                     {
                         "name": t.name,
@@ -1026,6 +1028,7 @@ def _catalog_from_json(d: dict[str, Any]) -> CatalogInfo:
                 owner=ds["owner"],
                 caps=None if ds.get("caps") is None else cap_from_json(ds["caps"]),
                 subject_caps=tuple(subject_cap_from_json(v) for v in ds.get("subject_caps", ())),
+                published=bool(ds.get("published", False)),
                 tables=tuple(
                     TableInfo(
                         name=t["name"],

@@ -1,4 +1,4 @@
-"""The benchmark's stack floor (examples/bench_floor.py) does the minimal request's work and nothing else."""
+"""The benchmark's stack floor (examples/bench/floor.py) does the minimal request's work and nothing else."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from examples.bench import WORKLOAD, income_upper
-from examples.bench_floor import FloorSystem
+from examples.bench.floor import FloorSystem
+from examples.bench.queries import WORKLOAD
+from examples.bench.systems import income_upper
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The benchmark's stand-in gateway (examples/bench_standins.py) answers without charging or auditing."""
+"""The benchmark's stand-in gateway (examples/bench/standins.py) answers without charging or auditing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
-from examples.bench_standins import bare_gateway
+from examples.bench.standins import bare_gateway
 from gateway.rpc.server import Gateway
 from tests.helpers import Env, channel_for, fresh, stubs_for
 

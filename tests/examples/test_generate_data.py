@@ -7,14 +7,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from examples.generate_data import (
+from examples.generate_data import PROVINCES, generate, main
+from examples.identifiers import (
     CREDIT_CODE_CHARSET,
-    PROVINCES,
     credit_code_check_char,
-    generate,
     is_valid_credit_code,
     is_valid_resident_id,
-    main,
     org_code_check_char,
     resident_id_check_char,
 )

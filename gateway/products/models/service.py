@@ -34,12 +34,11 @@ from gateway.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
 )
+from gateway.path.calls import Call
 from gateway.path.governed import ChargePlan, Priced
 from gateway.policy.grants import ModelGrant
-from gateway.policy.policy import Grant
-from gateway.products.query import convert
-from gateway.products.query.service import MAX_REQUEST_ID_LENGTH, validate_privacy_loss
-from gateway.rpc.calls import Call
+from gateway.policy.model import Grant
+from gateway.products.common import check_request_id, privacy_loss, require, validate_privacy_loss
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.grades import DEFAULT_GRADE_RULES, GradeError, check_model_grades
 from sandbox.pricing import models as mp
@@ -130,13 +129,10 @@ class _ModelProduct:
                    ) -> tuple[Grant, ModelGrant, DatasetInfo, ModelKind]:
         validate_privacy_loss(epsilon, delta)
         for name in ("dataset", "purpose", "table"):
-            if not getattr(req, name).strip():
-                raise InvalidArgumentError(f"{name} is required", reason="MISSING_FIELD", field=name)
+            require(getattr(req, name), name)
         if req.kind not in _KINDS:
             raise InvalidArgumentError("kind must be LINEAR or LOGISTIC", reason="MISSING_FIELD", field="kind")
-        if len(req.request_id) > MAX_REQUEST_ID_LENGTH:
-            raise InvalidArgumentError(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters",
-                                       reason="INVALID_REQUEST_ID", field="request_id")
+        check_request_id(req.request_id)
         policy = call.require_policy()
         gov = policy.governance
         model_grant = gov.model_grant(call.identity, req.dataset, req.purpose) if gov is not None else None
@@ -274,7 +270,7 @@ class TrainProduct(_ModelProduct):
         return m_pb.TrainModelResponse(
             kind=_KIND_PB[result.kind], coefficients=[_estimate(e) for e in result.coefficients],
             intercept=_estimate(result.intercept), metrics=[_estimate(e) for e in result.metrics],
-            releases=[_cost(c) for c in result.costs], privacy_cost=convert.privacy_loss(m.cost),
+            releases=[_cost(c) for c in result.costs], privacy_cost=privacy_loss(m.cost),
             budget=self.governor.budget_status(priced.charge.key, after=reservation),
             request_id=priced.charge.request_id, dataset_version=result.dataset_version,
         )
@@ -324,7 +320,7 @@ class EvaluateProduct(_ModelProduct):
         return m_pb.EvaluateModelResponse(
             kind=_KIND_PB[result.kind], metrics=[_estimate(e) for e in result.metrics],
             confusion=[_confusion(c) for c in result.confusion],
-            releases=[_cost(c) for c in result.costs], privacy_cost=convert.privacy_loss(m.cost),
+            releases=[_cost(c) for c in result.costs], privacy_cost=privacy_loss(m.cost),
             budget=self.governor.budget_status(priced.charge.key, after=reservation),
             request_id=priced.charge.request_id, dataset_version=result.dataset_version,
         )

@@ -9,7 +9,8 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.budgets.ledger import PrivacyLoss
-from gateway.policy.policy import Grant
+from gateway.policy.model import Grant
+from gateway.products.common import privacy_loss
 from sandbox.plans.compile import quantile_candidates
 from sandbox.plans.relation import key as relation_key
 from sandbox.plans.relation import plan_relation
@@ -32,11 +33,6 @@ _COLUMN_TYPES = {
     "string": common_pb.COLUMN_TYPE_STRING,
     "bool": common_pb.COLUMN_TYPE_BOOL,
 }
-
-
-def privacy_loss(loss: PrivacyLoss) -> common_pb.PrivacyLoss:
-    """PrivacyLoss -> proto."""
-    return common_pb.PrivacyLoss(epsilon=loss.epsilon, delta=loss.delta)
 
 
 def budget_status(grant: Grant, spent: PrivacyLoss) -> common_pb.BudgetStatus:

@@ -14,45 +14,43 @@ catalog) and adds the noise, the sandbox's reported costs are re-checked against
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-import opendp.prelude as dp
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.budgets.governor import Governor, rho_loss
 from gateway.budgets.ledger import GrantKey, PriorRelease, PrivacyLoss, Reservation
+from gateway.budgets.stores import ReleaseStore
 from gateway.errors import (
     GatewayInternalError,
     InvalidArgumentError,
     InvalidQueryError,
     PermissionDeniedError,
 )
+from gateway.path.calls import Call
 from gateway.path.governed import ChargePlan, Priced
-from gateway.policy.policy import Grant, Policy
+from gateway.policy.model import Grant, Policy
+from gateway.products.common import check_request_id, privacy_loss, require, validate_privacy_loss, validate_rho
 from gateway.products.query import convert
 from gateway.products.query.cache import cache_key
 from gateway.products.query.plancache import PlanCache
 from gateway.products.query.postprocess import PostProcess
 from gateway.products.query.postprocess import apply as postprocess
 from gateway.products.query.quantile_options import apply_interval_shares
+from gateway.products.query.request import QueryRequest, fingerprint, query_request
 from gateway.products.query.sql.analyze import AnalyzedQuery
+from gateway.products.query.weights import apply_weights, priced, solve_for_accuracy
 from gateway.release.digests import normalize_sql
-from gateway.rpc.calls import Call
-from gateway.rpc.limits import REQUEST_ID_CHARS
-from gateway.storage.stores import ReleaseStore
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.grades import DEFAULT_GRADE_RULES, GradeError, check_plan_grades
 from sandbox.pricing import mechanisms, zcdp
 from sandbox.protocol.messages import (
-    AggregateKind,
     CatalogInfo,
     DatasetInfo,
     ExecuteRequest,
@@ -62,41 +60,9 @@ from sandbox.protocol.messages import (
 )
 from sandbox.protocol.messages import Message as SandboxMessage
 
+__all__ = ["PricedQuery", "QueryService"]
+
 log = logging.getLogger("gateway.products.query.service")
-
-MAX_REQUEST_ID_LENGTH = REQUEST_ID_CHARS
-# Smaller epsilons give noise scales with no useful answer (and, below ~1e-308, infinite scales).
-MIN_EPSILON = 1e-6
-MIN_RHO = 1e-12  # zCDP: rho ~ epsilon^2 / 2
-
-
-@dataclass(frozen=True, slots=True)
-class AccuracyRequest:
-    """Accuracy-first: wanted 95% half-widths (one for every COUNT/SUM output, or per output name)."""
-
-    half_width_95: float
-    per_output: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class QueryRequest:
-    """A validated-at-the-boundary query request (from RunQuery or ExplainQuery).
-
-    `epsilon` is NaN when the request carried no privacy loss (allowed only with `accuracy`).
-    """
-
-    consumer: str
-    dataset: str
-    sql: str
-    purpose: str
-    epsilon: float
-    delta: float
-    request_id: str = ""
-    weights: tuple[tuple[str, float], ...] = ()
-    accuracy: AccuracyRequest | None = None
-    rho: float = 0.0  # zCDP grants: the request's rho (0 when not set)
-    interval_shares: tuple[tuple[str, float], ...] = ()  # quantile output -> share of its loss on its interval
-
 
 @dataclass(frozen=True, slots=True)
 class PricedQuery:
@@ -117,220 +83,12 @@ class PricedQuery:
         """The cost as the API shows it: (epsilon, delta), plus rho and its equivalent for zCDP grants."""
         if self.grant.zcdp:
             return rho_loss(self.cost.rho, self.cost.delta, self.grant.delta)
-        return convert.privacy_loss(self.cost)
-
-
-def validate_privacy_loss(epsilon: float, delta: float) -> None:
-    """Refuse non-finite, zero or negative epsilon and delta outside [0, 1).
-
-    Raises:
-        InvalidArgumentError: reason INVALID_PRIVACY_LOSS, naming the field.
-    """
-    if not math.isfinite(epsilon) or epsilon < MIN_EPSILON:
-        raise InvalidArgumentError(
-            f"privacy_loss.epsilon must be a finite number of at least {MIN_EPSILON:g}, "
-            f"got {epsilon!r}",
-            reason="INVALID_PRIVACY_LOSS",
-            field="privacy_loss.epsilon",
-        )
-    if not math.isfinite(delta) or not 0 <= delta < 1:
-        raise InvalidArgumentError(
-            f"privacy_loss.delta must be a finite number in [0, 1), got {delta!r}",
-            reason="INVALID_PRIVACY_LOSS",
-            field="privacy_loss.delta",
-        )
-
-
-def validate_rho(rho: float, epsilon: float) -> None:
-    """Refuse a non-finite or too small rho, and a request that sets both rho and epsilon.
-
-    Raises:
-        InvalidArgumentError: reason INVALID_PRIVACY_LOSS, naming the field.
-    """
-    if not math.isnan(epsilon):
-        raise InvalidArgumentError(
-            "set either privacy_loss.epsilon (pure and approximate DP grants) or privacy_loss.rho "
-            "(zcdp grants), not both",
-            reason="INVALID_PRIVACY_LOSS",
-            field="privacy_loss",
-        )
-    if not math.isfinite(rho) or rho < MIN_RHO:
-        raise InvalidArgumentError(
-            f"privacy_loss.rho must be a finite number of at least {MIN_RHO:g}, got {rho!r}",
-            reason="INVALID_PRIVACY_LOSS",
-            field="privacy_loss.rho",
-        )
-
-
-def _require(value: str, field: str) -> None:
-    if not value.strip():
-        raise InvalidArgumentError(f"{field} is required", reason="MISSING_FIELD", field=field)
-
-
-def fingerprint(req: QueryRequest) -> str:
-    """What a request_id is bound to: a retry must repeat the same request."""
-    accuracy = None if req.accuracy is None else [
-        repr(req.accuracy.half_width_95), [[k, repr(v)] for k, v in req.accuracy.per_output]]
-    body = json.dumps(
-        [req.dataset, req.purpose, req.sql, repr(req.epsilon), repr(req.delta),
-         [[k, repr(v)] for k, v in req.weights], accuracy] + ([repr(req.rho)] if req.rho else [])
-        + ([[[k, repr(v)] for k, v in req.interval_shares]] if req.interval_shares else []),
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def _output_aggregates(plan: QueryPlan) -> dict[str, int]:
-    return {o.name: o.aggregate_index for o in plan.outputs if o.aggregate_index is not None}
-
-
-SELECTION_OUTPUT = "group_keys"  # the name the plan gives partition selection's release
-
-
-def apply_weights(plan: QueryPlan, weights: tuple[tuple[str, float], ...]) -> QueryPlan:
-    """Set each aggregate's epsilon weight from the caller's per-output weights (default 1).
-
-    `group_keys` (unless an output has that name) weights DP partition selection of private group keys:
-    more of the epsilon on selection lowers its threshold, so more (smaller) groups are released.
-
-    Raises:
-        InvalidArgumentError: a weight names no aggregate output (nor `group_keys` of a query that
-            selects its keys), or is not finite and positive.
-    """
-    if not weights:
-        return plan
-    outputs = _output_aggregates(plan)
-    new = list(plan.aggregates)
-    selection_weight = plan.selection_weight
-    for name, weight in weights:
-        selection = name == SELECTION_OUTPUT and name not in outputs
-        if name not in outputs and not (selection and plan.partition_selection):
-            known = "an aggregate output of the query" + (
-                " (it weights the selection of private group keys, and this query has none)"
-                if name == SELECTION_OUTPUT else "")
-            raise InvalidArgumentError(
-                f"weights: {name!r} is not {known}",
-                reason="INVALID_WEIGHTS", field="weights", output=name)
-        if not (math.isfinite(weight) and weight > 0):
-            raise InvalidArgumentError(
-                f"weights: the weight of {name!r} must be finite and positive, got {weight!r}",
-                reason="INVALID_WEIGHTS", field="weights", output=name)
-        if selection:
-            selection_weight = weight
-        else:
-            new[outputs[name]] = replace(new[outputs[name]], weight=weight)
-    return replace(plan, aggregates=tuple(new), selection_weight=selection_weight)
-
-
-def solve_for_accuracy(
-    plan: QueryPlan, dataset: DatasetInfo, accuracy: AccuracyRequest, *, zcdp_grant: bool = False
-) -> tuple[QueryPlan, float]:
-    """The plan re-weighted, and the total epsilon, that give every COUNT/SUM its target half-width.
-
-    For a component with L1 sensitivity d and target half-width a, OpenDP's accuracy function gives the
-    scale s (`accuracy_to_discrete_laplacian_scale` / `accuracy_to_laplacian_scale`, alpha = 0.05), and
-    epsilon = d / s. The plan's weights become these epsilons, so `mechanisms.price` at their sum
-    calibrates each component to (up to float rounding) exactly scale s. With `zcdp_grant` the noise is
-    Gaussian: s from `accuracy_to_discrete_gaussian_scale` / `accuracy_to_gaussian_scale` (via
-    `sandbox.pricing.zcdp.accuracy_to_scale`) and the total returned is rho = sum of d^2 / (2 s^2).
-
-    Raises:
-        InvalidArgumentError: a target is not finite and positive, names no output, is narrower than any
-            noise scale can give, or needs less than the minimum epsilon (rho); or an aggregate has no
-            closed-form accuracy (AVG and other derived values: ask with an epsilon instead).
-    """
-    targets = dict(accuracy.per_output)
-    outputs = _output_aggregates(plan)
-    for name, value in [("half_width_95", accuracy.half_width_95), *targets.items()]:
-        if not (math.isfinite(value) and value > 0) and not (name == "half_width_95" and targets):
-            raise InvalidArgumentError(
-                f"accuracy: {name} must be finite and positive, got {value!r}",
-                reason="INVALID_ACCURACY_TARGET", field="accuracy")
-        if name != "half_width_95" and name not in outputs:
-            raise InvalidArgumentError(
-                f"accuracy: {name!r} is not an aggregate output of the query",
-                reason="INVALID_ACCURACY_TARGET", field="accuracy", output=name)
-    wanted: dict[int, float] = {}
-    for name, index in outputs.items():
-        target = targets.get(name, accuracy.half_width_95)
-        if math.isfinite(target) and target > 0:
-            wanted[index] = min(target, wanted.get(index, math.inf))
-    if plan.partition_selection:
-        raise InvalidArgumentError(
-            "accuracy targets are not available when group keys are chosen by partition "
-            "selection; ask with an epsilon instead",
-            reason="ACCURACY_TARGET_UNSUPPORTED", field="accuracy")
-    epsilons: dict[int, float] = {}
-    for c in _priced(plan, lambda: mechanisms.components(plan, dataset)):
-        agg = plan.aggregates[c.aggregate_index]
-        if agg.kind not in (AggregateKind.COUNT, AggregateKind.COUNT_COLUMN, AggregateKind.SUM):
-            raise InvalidArgumentError(
-                "accuracy targets apply to COUNT and SUM outputs; ask for "
-                f"{agg.kind.value.upper()} with an epsilon instead",
-                reason="ACCURACY_TARGET_UNSUPPORTED", field="accuracy")
-        if c.aggregate_index not in wanted:
-            raise InvalidArgumentError(
-                "accuracy: every aggregate output needs a target",
-                reason="INVALID_ACCURACY_TARGET", field="accuracy")
-        target = wanted[c.aggregate_index]
-        try:
-            if zcdp_grant:  # a hair below OpenDP's scale, so calibration's upward nudges stay within the target
-                scale = zcdp.accuracy_to_scale(c.integer, target) * (1 - 1e-9)
-                cost = c.l2**2 / (2 * scale**2) if scale > 0 else math.inf
-            else:
-                scale = mechanisms.accuracy_to_scale(c.integer, target)
-                cost = c.sensitivity / scale if scale > 0 else math.inf
-        except (PlanRejectedError, ArithmeticError, ValueError, dp.OpenDPException):
-            cost = math.inf  # no noise scale gives so narrow an interval
-        if not math.isfinite(cost):
-            raise InvalidArgumentError(
-                f"accuracy: a half-width of {target!r} is narrower than any noise scale can give",
-                reason="INVALID_ACCURACY_TARGET", field="accuracy", halfWidth=repr(target))
-        epsilons[c.aggregate_index] = epsilons.get(c.aggregate_index, 0.0) + cost
-    aggregates = tuple(replace(a, weight=epsilons[i]) for i, a in enumerate(plan.aggregates))
-    total = math.fsum(epsilons.values())
-    least, name = (MIN_RHO, "rho") if zcdp_grant else (MIN_EPSILON, "epsilon")
-    if not total >= least:  # so wide a target would be answered at a privacy loss below the minimum
-        raise InvalidArgumentError(
-            f"the accuracy target needs {name} {total:.3g}, below the minimum {least:g}: ask for a narrower "
-            "half-width",
-            reason="INVALID_ACCURACY_TARGET", field="accuracy", **{f"required{name.capitalize()}": repr(total)})
-    return replace(plan, aggregates=aggregates), total
+        return privacy_loss(self.cost)
 
 
 def _post_key(post: PostProcess) -> str:
     """A canonical description of the post-processing ("" when there is none)."""
     return "" if post == PostProcess() else repr(post)
-
-
-_T = TypeVar("_T")
-
-
-def _priced(plan: QueryPlan, price: Callable[[], _T]) -> _T:
-    """Run a pricing function. A delta too small for partition selection, a privacy loss whose share for some
-    output gives no finite noise scale (a tiny epsilon, extreme weights or interval shares), and an integer
-    sensitivity beyond OpenDP's i64 (UNBOUNDED_EXPRESSION) are the caller's errors; any other refusal at this
-    point is ours (the plan was already validated)."""
-    try:
-        return price()
-    except mechanisms.SensitivityTooLargeError as exc:  # decided from the plan and the catalog
-        raise InvalidQueryError(str(exc), reason="UNBOUNDED_EXPRESSION",
-                                construct="AGGREGATE_ARGUMENT") from exc
-    except PlanRejectedError as exc:
-        if plan.partition_selection and "delta" in str(exc):
-            raise InvalidArgumentError(
-                "privacy_loss.delta is too small for partition selection",
-                reason="INVALID_PRIVACY_LOSS",
-                field="privacy_loss.delta",
-            ) from exc
-        if any(word in str(exc) for word in ("scale", "epsilon must", "rho must")):
-            raise InvalidArgumentError(
-                "the privacy loss cannot be priced: the share of some output gives no finite noise scale; "
-                "raise the privacy loss or make the weights and interval shares less extreme",
-                reason="INVALID_PRIVACY_LOSS",
-                field="privacy_loss",
-            ) from exc
-        raise GatewayInternalError("the query could not be priced") from exc  # our bug
 
 
 class QueryService:
@@ -377,8 +135,8 @@ class QueryService:
             validate_privacy_loss(req.epsilon, req.delta)
         elif not math.isfinite(req.delta) or not 0 <= req.delta < 1:
             validate_privacy_loss(1.0, req.delta)
-        _require(req.dataset, "dataset")
-        _require(req.purpose, "purpose")
+        require(req.dataset, "dataset")
+        require(req.purpose, "purpose")
         grant, info = self.grant_for(policy, req.consumer, req.dataset, req.purpose)
         if grant.zcdp:
             return self._price_zcdp(req, grant, info)
@@ -438,7 +196,7 @@ class QueryService:
                     field="privacy_loss.delta",
                 )
             delta = req.delta
-        costs = _priced(plan, lambda: self.plans.price(plan, info, epsilon, delta))  # memoized: pure
+        costs = priced(plan, lambda: self.plans.price(plan, info, epsilon, delta))  # memoized: pure
         total = mechanisms.total_epsilon(costs)
         total_delta = mechanisms.total_delta(costs)
         if total > epsilon or total_delta > delta:  # Tumult's re-check: never charge more than allowed
@@ -449,7 +207,7 @@ class QueryService:
 
     def _analyze(self, req: QueryRequest, info: DatasetInfo) -> tuple[AnalyzedQuery, QueryPlan]:
         """Check 4: the SQL is one allowed SELECT within the data owner's grade rules; the weighted plan."""
-        _require(req.sql, "sql")
+        require(req.sql, "sql")
         analyzed = self.plans.analyze(req.sql, info, self.catalog.max_cells)  # memoized: pure in its arguments
         try:  # the data owner's grade rules, checked here too so a refusal is INVALID_ARGUMENT, not INTERNAL
             check_plan_grades(analyzed.plan, info, self.grade_rules)
@@ -515,7 +273,7 @@ class QueryService:
                     field="privacy_loss.delta",
                 )
             delta = req.delta
-        costs = _priced(plan, lambda: self.plans.price_zcdp(plan, info, rho, delta))  # memoized: pure
+        costs = priced(plan, lambda: self.plans.price_zcdp(plan, info, rho, delta))  # memoized: pure
         total_rho = zcdp.total_rho(costs)
         total_delta = mechanisms.total_delta(costs)
         if total_rho > rho or total_delta > delta:  # Tumult's re-check: never charge more than allowed
@@ -537,12 +295,7 @@ class QueryService:
         """RunQuery's checks and price; the charge plan and the charge-once cache's answer if any."""
         req = query_request(call.identity, request, request.request_id)
         request_id = req.request_id or uuid.uuid4().hex
-        if len(request_id) > MAX_REQUEST_ID_LENGTH:
-            raise InvalidArgumentError(
-                f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters",
-                reason="INVALID_REQUEST_ID",
-                field="request_id",
-            )
+        check_request_id(request_id)
         call.audit.request_id = request_id
         call.audit.query = normalize_sql(req.sql)
         priced = self.price_query(call.require_policy(), req)
@@ -584,7 +337,7 @@ class QueryService:
         hit.cached = True
         hit.request_id = priced.charge.request_id
         hit.budget.CopyFrom(self.governor.budget_status(priced.charge.key, after=reservation))
-        hit.privacy_cost.CopyFrom(convert.privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
+        hit.privacy_cost.CopyFrom(privacy_loss(PrivacyLoss(0.0, 0.0)))  # rho 0 too
         return hit
 
     def replay(self, call: Call, prior: PriorRelease) -> q_pb.RunQueryResponse:
@@ -610,30 +363,3 @@ class QueryService:
             budget=status,
             affordable=affordable,
         )
-
-
-def query_request(consumer: str, req: Any, request_id: str = "") -> QueryRequest:
-    """The validated-at-the-boundary form of a RunQuery/ExplainQuery request."""
-    accuracy = None
-    if req.HasField("accuracy"):
-        accuracy = AccuracyRequest(
-            half_width_95=req.accuracy.half_width_95 or float("nan"),
-            per_output=tuple(sorted(req.accuracy.per_output.items())),
-        )
-    has_loss = req.HasField("privacy_loss") and (accuracy is None or req.privacy_loss.epsilon != 0)
-    rho = req.privacy_loss.rho if req.HasField("privacy_loss") else 0.0
-    if rho != 0 and req.privacy_loss.epsilon == 0:  # zCDP: rho set, epsilon left unset
-        has_loss = False
-    return QueryRequest(
-        consumer=consumer,
-        dataset=req.dataset,
-        sql=req.sql,
-        purpose=req.purpose,
-        epsilon=req.privacy_loss.epsilon if has_loss else float("nan"),
-        delta=req.privacy_loss.delta if req.HasField("privacy_loss") else 0.0,
-        request_id=request_id,
-        weights=tuple(sorted(req.weights.items())),
-        accuracy=accuracy,
-        rho=rho,
-        interval_shares=tuple(sorted(req.interval_shares.items())),
-    )

@@ -1,4 +1,4 @@
-"""The verification product: yes/no checks with the data owner's templates, caps, alerts, signed receipts.
+"""The verification product's check pipeline: yes/no checks with the owner's templates, caps, alerts, signed receipts.
 
 Verification walks the governed path (`gateway.path.governed`) with check caps in place of a privacy budget:
 identity, revocation and the live policy snapshot come from the interceptor; then, for a check (each
@@ -24,6 +24,9 @@ before the data is touched, except the last two):
 7. enumeration counters are updated (the same statements for found and not-found subjects), the receipts
    are issued (one Merkle tree and one signature per request, `gateway.products.verification.receipts`) and the
    request is audited (one entry committing to the tree's signed root) before any answer leaves.
+
+The method bodies that read the requests and stream the answers are `gateway.rpc.verification`; a request's
+claims and its answer are `gateway.products.verification.claims`.
 """
 
 from __future__ import annotations
@@ -35,14 +38,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import grpc
-from privacy_gateway.v1 import verification_service_pb2 as v_pb
 
 from gateway.errors import (
     GatewayError,
@@ -55,31 +57,12 @@ from gateway.errors import (
 )
 from gateway.path.supervisor import SandboxSupervisor
 from gateway.policy.grants import VerificationGrant, VerificationPolicy
-from gateway.products.verification.receipts import (
-    ROOT_CONTEXT,
-    Ed25519FileSigner,
-    KeyedHasher,
-    ReceiptBatch,
-    ReceiptData,
-    Signer,
-    issue_receipts,
-    key_id_of,
-    load_public_key,
-    root_message_of,
-    verify_receipt,
-)
-from gateway.products.verification.state import Alert, CapCharge, VerificationState, period_key
+from gateway.products.verification.claims import CheckAnswer, ClaimBatch, ClaimIn, ClaimOut, canonical_params
+from gateway.products.verification.receipts import KeyedHasher, issue_receipts
+from gateway.products.verification.state import CapCharge, VerificationState
 from gateway.release.oversight import Oversight
-from gateway.rpc.calls import Call
-from gateway.rpc.interceptor import Body, Runner
-from gateway.rpc.limits import (
-    CASE_REFERENCE_CHARS,
-    MAX_BATCH_BYTES,
-    MAX_BATCH_MESSAGES,
-    check_claim_parameters,
-    check_claims,
-)
-from gateway.storage.diskspace import DiskGuard
+from gateway.release.signing import Signer
+from gateway.sizes import CASE_REFERENCE_CHARS
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import STORAGE_MESSAGE
 from sandbox.protocol.messages import ErrorReply, Scalar
@@ -95,36 +78,11 @@ from sandbox.protocol.verification import (
     subject_problems,
 )
 
-__all__ = [
-    "ROOT_CONTEXT",
-    "Alert",
-    "CheckAnswer",
-    "ClaimBatch",
-    "ClaimIn",
-    "ClaimOut",
-    "Ed25519FileSigner",
-    "KeyedHasher",
-    "ReceiptBatch",
-    "ReceiptData",
-    "Signer",
-    "VerificationCore",
-    "VerificationServicer",
-    "VerificationState",
-    "issue_receipts",
-    "key_id_of",
-    "load_public_key",
-    "period_key",
-    "root_message_of",
-    "verify_receipt",
-    "verify_receipt_file",
-]
+__all__ = ["RESULT_NAMES", "VerificationCapExhaustedError", "VerificationCore"]
 
 log = logging.getLogger("gateway.products.verification.service")
 
 RESULT_NAMES = {MATCH: "MATCH", NO_MATCH: "NO_MATCH", 2: "NOT_FOUND"}
-RESULT_PB = {MATCH: v_pb.VERIFICATION_RESULT_MATCH, NO_MATCH: v_pb.VERIFICATION_RESULT_NO_MATCH,
-             2: v_pb.VERIFICATION_RESULT_NOT_FOUND}
-RESPONSE_CHUNK = 2000
 MAX_CASE_REFERENCE = CASE_REFERENCE_CHARS
 
 
@@ -135,97 +93,11 @@ class VerificationCapExhaustedError(GatewayError):
     default_reason = "VERIFICATION_CAP_EXHAUSTED"
 
 
-# ---------------------------------------------------------------------------------------------------
-# The service core
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimIn:
-    """A claim as received: subject, typed parameters, case reference."""
-
-    subject: str
-    params: dict[str, Scalar]
-    case_reference: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimBatch:
-    """Claims column-wise: claim i is (`subjects[i]`, `param_sets[param_index[i]]`, `case_references[i]`).
-
-    A batch repeats a few parameter sets (ladder rungs), so each distinct set is validated and hashed once.
-    """
-
-    subjects: list[str]
-    param_index: list[int]
-    param_sets: list[dict[str, Scalar]]
-    case_references: list[str]
-
-    def __len__(self) -> int:
-        """The number of claims."""
-        return len(self.subjects)
-
-    @classmethod
-    def of(cls, claims: list[ClaimIn]) -> ClaimBatch:
-        """Column-wise form of a list of claims."""
-        sets: dict[str, int] = {}
-        param_sets: list[dict[str, Scalar]] = []
-        index = []
-        for c in claims:
-            key = _canonical_params(c.params)
-            k = sets.get(key)
-            if k is None:
-                k = sets[key] = len(param_sets)
-                param_sets.append(c.params)
-            index.append(k)
-        return cls([c.subject for c in claims], index, param_sets, [c.case_reference for c in claims])
-
-
-@dataclass(frozen=True, slots=True)
-class CheckAnswer:
-    """The answer to a request: refusals by claim index, and the answered claims in order.
-
-    The k-th answered claim is claim `admitted[k]`, with `outcomes[k]`, `bands[k]` and leaf k of
-    `receipts`. `timings` holds the seconds spent per stage (for the benchmark and the logs).
-    """
-
-    size: int
-    refusals: dict[int, tuple[str, str]]
-    admitted: list[int]
-    outcomes: tuple[int, ...]
-    bands: list[str]
-    receipts: ReceiptBatch | None
-    timings: dict[str, float]
-
-    def claim(self, i: int) -> ClaimOut:
-        """Claim i's answer as one object (slow path: single checks, tests)."""
-        if i in self.refusals:
-            return ClaimOut(*self.refusals[i])
-        k = self.admitted.index(i)
-        assert self.receipts is not None
-        return ClaimOut("", "", self.outcomes[k], self.bands[k], self.receipts.receipt(k))
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimOut:
-    """A claim's answer, or its refusal (`status` is a reason, "" when answered)."""
-
-    status: str = ""
-    message: str = ""
-    outcome: int = -1
-    band: str = ""
-    receipt: ReceiptData | None = None
-
-
 def _state_error(exc: StateUnavailableError, charged: int) -> StateUnavailableError:
     """The state failure as the client sees it: what stays charged (a retry checks and charges again)."""
     what = (f"{charged} checks of this request were charged before it and stay charged" if charged
             else "nothing was charged")
     return StateUnavailableError(f"{exc.message}; {what}", charged=str(charged))
-
-
-def _canonical_params(params: dict[str, Scalar]) -> str:
-    return json.dumps(sorted(params.items()), separators=(",", ":"), ensure_ascii=False)
 
 
 def _issued_at(now: float) -> str:
@@ -276,21 +148,16 @@ class VerificationCore:
     PIPELINE_CHUNK: ClassVar[int] = 25_000
 
     @classmethod
-    def start(cls, vpolicy: VerificationPolicy, client: SandboxClient, state_dir: Path,
-              signer: Signer | None = None, sandbox_timeout_s: float = 30.0,
-              oversight: Oversight | None = None) -> VerificationCore:
-        """Open the cap state (with `vpolicy`'s durability) and the keys; fetch the templates from the sandbox."""
+    def start(cls, vpolicy: VerificationPolicy, client: SandboxClient, state_dir: Path, signer: Signer,
+              sandbox_timeout_s: float = 30.0, oversight: Oversight | None = None) -> VerificationCore:
+        """Open the cap state (with `vpolicy`'s durability) and the HMAC key; fetch the templates from the sandbox.
+        Receipts are signed by `signer`, the gateway's signing key (`KeyService` publishes it)."""
         reply = client.call(DescribeTemplatesRequest())
         if not isinstance(reply, TemplatesInfo):
             raise SandboxConnectionError(f"unexpected reply to describe-templates: {type(reply).__name__}")
-        pem = ""
-        if signer is None:
-            file_signer = Ed25519FileSigner(state_dir / "verification-signing.key")
-            pem, signer = file_signer.public_pem(), file_signer
         state = VerificationState(state_dir / "verification.sqlite3", durability=vpolicy.cap_durability)
-        return cls(client, reply, state,
-                   signer, KeyedHasher(state_dir / "verification-hmac.key"), pem,
-                   sandbox_timeout_s=sandbox_timeout_s, oversight=oversight)
+        return cls(client, reply, state, signer, KeyedHasher(state_dir / "verification-hmac.key"),
+                   signer.public_pem.decode("ascii"), sandbox_timeout_s=sandbox_timeout_s, oversight=oversight)
 
     # -- authorisation ------------------------------------------------------------------------------
 
@@ -350,7 +217,7 @@ class VerificationCore:
         return out
 
     def _params_hash(self, dataset: str, template: str, params: dict[str, Scalar]) -> str:
-        canon = _canonical_params(params)
+        canon = canonical_params(params)
         h = self._hashes.get(canon)
         if h is None:
             h = self.hasher.hex("params", dataset, template, canon)
@@ -605,268 +472,3 @@ class VerificationCore:
                 reason="SANDBOX_STORAGE_UNAVAILABLE")
         log.error("unexpected sandbox reply to a verification: %s", type(reply).__name__)  # never its values
         raise GatewayInternalError()
-
-
-# ---------------------------------------------------------------------------------------------------
-# gRPC
-# ---------------------------------------------------------------------------------------------------
-
-
-def param_from_pb(v: v_pb.ParamValue) -> Scalar:
-    """A typed parameter value from its proto form (unset: None, refused by validation)."""
-    kind = v.WhichOneof("value")
-    if kind is None:
-        return None
-    value: Scalar = getattr(v, kind)
-    return value
-
-
-def param_to_pb(v: Scalar) -> v_pb.ParamValue:
-    """The proto form of a parameter value."""
-    if isinstance(v, bool):
-        return v_pb.ParamValue(bool_value=v)
-    if isinstance(v, int):
-        return v_pb.ParamValue(int64_value=v)
-    if isinstance(v, float):
-        return v_pb.ParamValue(double_value=v)
-    return v_pb.ParamValue(string_value=str(v))
-
-
-def _params(parameters: Any) -> dict[str, Scalar]:
-    return {k: param_from_pb(v) for k, v in parameters.items()}
-
-
-class _BatchReader:
-    """Claims of a streamed batch, read column-wise straight from the protos.
-
-    A claim's parameter map is keyed by its serialized values (a batch repeats a few ladder rungs), so
-    each distinct set is decoded once; about 3 µs per claim instead of a dict of decoded values each.
-    """
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
-        self.subjects: list[str] = []
-        self.case_references: list[str] = []
-        self.param_index: list[int] = []
-        self.param_sets: list[dict[str, Scalar]] = []
-        self._sets: dict[Any, int] = {}
-
-    def add(self, claims: Any) -> None:
-        """Append the claims of one request chunk, after checking their limits (`gateway.rpc.limits`).
-
-        Raises:
-            InvalidArgumentError: FIELD_TOO_LONG naming the first claim over a limit.
-        """
-        start = len(self.subjects)
-        subjects = [c.subject for c in claims]
-        references = [c.case_reference for c in claims]
-        check_claims(subjects, references, start)
-        self.subjects.extend(subjects)
-        self.case_references.extend(references)
-        names, sets, index = self.names, self._sets, self.param_index
-        if len(names) == 1:
-            name = names[0]
-            keys: list[Any] = []
-            for c in claims:
-                m = c.parameters
-                v = m.get(name)
-                keys.append(v.SerializeToString() if v is not None and len(m) == 1 else ("raw", id(c)))
-        else:
-            keys = [self._key(c.parameters) for c in claims]
-        for i, (c, key) in enumerate(zip(claims, keys, strict=True), start=start):
-            k = sets.get(key)
-            if k is None:
-                params = _params(c.parameters)
-                check_claim_parameters(i, params)  # each distinct set once
-                k = len(self.param_sets)
-                if not (isinstance(key, tuple) and key and key[0] == "raw"):  # never share an odd claim's key
-                    sets[key] = k
-                self.param_sets.append(params)
-            index.append(k)
-
-    def _key(self, m: Any) -> Any:
-        values = [m.get(n) for n in self.names]
-        if len(m) != len(self.names) or any(v is None for v in values):
-            return ("raw", id(m))
-        return tuple(v.SerializeToString() for v in values)
-
-    def batch(self) -> ClaimBatch:
-        """The claims read so far."""
-        return ClaimBatch(self.subjects, self.param_index, self.param_sets, self.case_references)
-
-    def __len__(self) -> int:
-        return len(self.subjects)
-
-
-_STATUS_PB = {"INVALID_SUBJECT": v_pb.CLAIM_STATUS_INVALID_SUBJECT,
-              "INVALID_PARAMETER": v_pb.CLAIM_STATUS_INVALID_PARAMETER,
-              "CASE_REFERENCE_REQUIRED": v_pb.CLAIM_STATUS_CASE_REFERENCE_REQUIRED,
-              "VERIFICATION_CAP_EXHAUSTED": v_pb.CLAIM_STATUS_CAP_EXHAUSTED}
-
-
-def batch_responses(answer: CheckAnswer, chunk: int = RESPONSE_CHUNK) -> Iterator[v_pb.VerifyBatchResponse]:
-    """The response stream: one ClaimResult per claim, in order, `chunk` per message, built lazily (gRPC
-    sends a chunk while the next one is built)."""
-    receipts = answer.receipts
-    refusals = answer.refusals
-    position = {i: k for k, i in enumerate(answer.admitted)} if refusals else None
-    common = v_pb.VerificationReceipt()  # the fields every receipt of the tree shares, copied in C
-    if receipts is not None:
-        common.signature, common.key_id, common.tree_size = receipts.signature, receipts.key_id, receipts.size
-    for start in range(0, answer.size, chunk):
-        response = v_pb.VerifyBatchResponse()
-        add = response.results.add
-        for i in range(start, min(answer.size, start + chunk)):
-            refusal = refusals.get(i) if refusals else None
-            if refusal is not None:
-                add(index=i, status=_STATUS_PB[refusal[0]], status_message=refusal[1])
-                continue
-            k = i if position is None else position[i]
-            assert receipts is not None
-            r = add(index=i, result=RESULT_PB[answer.outcomes[k]], band=answer.bands[k]).receipt
-            r.CopyFrom(common)
-            r.payload = receipts.payloads[k]
-            r.leaf_index = k
-            r.audit_path = receipts.paths[k]
-        yield response
-
-
-class VerificationServicer:
-    """privacy_gateway.v1.VerificationService: method bodies run by the governance interceptor.
-
-    Every Verify and VerifyBatch is audited by the interceptor before its answer leaves: one entry per
-    request, whose released digest is the SHA-256 of the signed root message of the request's receipt tree,
-    so the audit log commits to every answered claim's receipt (a receipt's payload and audit path lead to
-    that root). Refusals and failures are audited too. Grants come from the call's policy snapshot, so a
-    reload or a revocation applies from the next call.
-    """
-
-    SERVICE: ClassVar[str] = "VerificationService"
-
-    def __init__(self, core: VerificationCore, disk: DiskGuard | None = None) -> None:
-        """Serve `core`; refuse new checks while `disk` is short of room to record them."""
-        self.core = core
-        self.disk = disk
-
-    def bodies(self) -> dict[str, Body]:
-        """The method bodies."""
-        return {"ListTemplates": Body(self._list_templates), "Verify": Body(self._verify),
-                "VerifyBatch": Body(self._verify_batch, "stream")}
-
-    def _list_templates(self, request: v_pb.ListTemplatesRequest, call: Call) -> v_pb.ListTemplatesResponse:
-        vpolicy = call.require_policy().verification
-        out = []
-        for t, grants in self.core.granted_templates(vpolicy, call.identity):
-            out.append(v_pb.Template(
-                dataset=t.dataset, name=t.name, description=t.description, subject_format=t.subject_format,
-                parameters=[v_pb.TemplateParameter(
-                    name=p.name, type=p.type, description=p.description, max_length=p.max_length or 0,
-                    allowed=[param_to_pb(v) for v in p.allowed or ()],
-                    ladder=[param_to_pb(v) for v in p.ladder or ()]) for p in t.parameters],
-                band_labels=list(t.band_labels), not_found_as_no_match=t.not_found_as_no_match,
-                requires_case_reference=t.requires_case_reference,
-                purposes=sorted(g.purpose for g in grants),
-                max_checks_per_period=min(g.max_checks_per_period for g in grants),
-                max_checks_per_subject_per_period=min(g.max_checks_per_subject_per_period for g in grants),
-                period=vpolicy.period))
-        return v_pb.ListTemplatesResponse(templates=out, receipt_public_key_pem=self.core.public_pem,
-                                          receipt_key_id=self.core.signer.key_id)
-
-    def _verify(self, request: v_pb.VerifyRequest, call: Call) -> v_pb.VerifyResponse:
-        _audit_head(call, request.dataset, request.template, request.purpose)
-        claims = ClaimBatch([request.subject], [0], [_params(request.parameters)], [request.case_reference])
-        answer = self._check(call, (request.dataset, request.template, request.purpose), claims, single=True)
-        assert answer.receipts is not None
-        return v_pb.VerifyResponse(result=RESULT_PB[answer.outcomes[0]], band=answer.bands[0],
-                                   receipt=answer.receipts.receipt(0).to_pb())
-
-    def _before_charge(self, call: Call, step: str) -> None:
-        call.check_deadline(step)
-        if self.disk is not None:
-            self.disk.check()
-
-    def _check(self, call: Call, head: tuple[str, str, str], claims: ClaimBatch, *, single: bool) -> CheckAnswer:
-        answer = self.core.check_batch(call.require_policy().verification, call.identity, *head, claims,
-                                       single=single, deadline=lambda step: self._before_charge(call, step))
-        answered = len(answer.admitted)
-        call.audit.query = f"VERIFY {head[1]} claims={answer.size} answered={answered}"
-        if answer.receipts is not None:
-            call.audit.released = answer.receipts.root_message()
-        return answer
-
-    async def _verify_batch(self, requests: AsyncIterator[v_pb.VerifyBatchRequest], call: Call,
-                            run: Runner) -> Iterator[v_pb.VerifyBatchResponse]:
-        """Receive every chunk (refused early if the first names no grant), check, then answer in chunks."""
-        t = time.perf_counter()
-        head: tuple[str, str, str] | None = None
-        reader: _BatchReader | None = None
-        chunks: list[Any] = []
-        count = messages = size = 0
-        async for chunk in requests:  # each checked against the request limits as it arrived (interceptor)
-            messages += 1
-            size += chunk.ByteSize()
-            if messages > MAX_BATCH_MESSAGES or size > MAX_BATCH_BYTES:
-                raise InvalidArgumentError(
-                    f"a batch is at most {MAX_BATCH_MESSAGES} messages and {MAX_BATCH_BYTES // 2**20} MiB",
-                    reason="BATCH_TOO_LARGE", field="claims", limit=f"{MAX_BATCH_MESSAGES} messages, "
-                    f"{MAX_BATCH_BYTES} bytes", size=f"{messages} messages, {size} bytes")
-            this = (chunk.dataset, chunk.template, chunk.purpose)
-            if head is None:
-                head = this
-                _audit_head(call, *head)
-            elif any(this) and this != head:
-                raise InvalidArgumentError("dataset, template and purpose must not change within a batch",
-                                           reason="INVALID_BATCH", field="template")
-            if reader is None:  # refuse early, before reading 100,000 claims
-                reader = await run(self._reader, call, head)
-            count += len(chunk.claims)
-            if count > MAX_BATCH:
-                raise InvalidArgumentError(f"a batch carries 1 to {MAX_BATCH} claims", reason="BATCH_TOO_LARGE",
-                                           field="claims", limit=str(MAX_BATCH), size=str(count))
-            chunks.append(chunk.claims)
-        if head is None or reader is None or count == 0:
-            raise InvalidArgumentError("the batch carries no claims", reason="INVALID_BATCH", field="claims")
-        received = time.perf_counter() - t
-        answer: CheckAnswer = await run(self._read_and_check, call, head, reader, chunks)
-        answer.timings["read"] = received + answer.timings.get("read", 0.0)
-        return self._responses(answer)
-
-    def _reader(self, call: Call, head: tuple[str, str, str]) -> _BatchReader:
-        _, info = self.core.authorise(call.require_policy().verification, call.identity, *head)
-        return _BatchReader(tuple(p.name for p in info.parameters))
-
-    def _read_and_check(self, call: Call, head: tuple[str, str, str], reader: _BatchReader,
-                        chunks: list[Any]) -> CheckAnswer:
-        t = time.perf_counter()
-        for claims in chunks:
-            reader.add(claims)
-        read = time.perf_counter() - t
-        answer = self._check(call, head, reader.batch(), single=False)
-        answer.timings["read"] = read
-        return answer
-
-    def _responses(self, answer: CheckAnswer) -> Iterator[v_pb.VerifyBatchResponse]:
-        t = time.perf_counter()
-        yield from batch_responses(answer)
-        self.core.batch_timings.append({**answer.timings, "respond": time.perf_counter() - t})
-
-
-def _audit_head(call: Call, dataset: str, template: str, purpose: str) -> None:
-    call.audit.dataset, call.audit.purpose = dataset, purpose
-    call.audit.query = f"VERIFY {template}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Offline verification CLI: python -m gateway.products.verification.service --public-key K.pem receipt.json
-# ---------------------------------------------------------------------------------------------------
-
-
-def verify_receipt_file(receipt_path: Path, public_key_path: Path) -> tuple[bool, dict[str, Any]]:
-    """(valid, payload) for a receipt JSON file (ReceiptData.to_json) and a PEM public key."""
-    receipt = ReceiptData.from_json(json.loads(receipt_path.read_text()))
-    ok = verify_receipt(receipt, load_public_key(public_key_path.read_bytes()))
-    try:
-        payload = json.loads(receipt.payload)
-    except ValueError:
-        payload = {}
-    return ok, payload if isinstance(payload, dict) else {}

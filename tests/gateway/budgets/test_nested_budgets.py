@@ -178,7 +178,7 @@ def test_policy_snapshot_reads_once_and_the_next_request_sees_an_adjustment(
 ) -> None:
     """Inside one request's snapshot the overrides are read once; an operator's adjustment made meanwhile
     applies from the next request's snapshot on."""
-    from gateway.policy.governance import GrantOverride
+    from gateway.policy.model import GrantOverride
 
     gv = _governor(tmp_path)
     org_grant = gv.governance.grants[0]

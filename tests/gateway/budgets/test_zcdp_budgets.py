@@ -104,7 +104,7 @@ def test_operator_adjusts_a_zcdp_grant_in_rho(tmp_path: Path) -> None:
     """AdjustGrant's rho and max_rho_per_query apply to a zcdp grant for the next charge, survive a restart
     of the governor (stored with the other overrides), and epsilon adjustments are refused on it."""
     from gateway.errors import InvalidArgumentError
-    from gateway.policy.governance import GrantOverride
+    from gateway.policy.model import GrantOverride
 
     gv = _governor(tmp_path)
     [g] = [g for g in gv.governance.grants if g.zcdp]

@@ -26,7 +26,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss
 from gateway.cli.client import error_details
-from gateway.products.query.service import QueryRequest, fingerprint
+from gateway.products.query.request import QueryRequest, fingerprint
 from gateway.release.accounting import reconcile
 from gateway.release.audit import AuditLog, AuditRecord
 from gateway.release.oversight import Oversight

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.policy.governance import GrantOverride, parse_governance
+from gateway.policy.governance import parse_governance
+from gateway.policy.model import GrantOverride
 from gateway.policy.policy import load_policy, parse_policy
 from gateway.settings import ROOT
 from tests.helpers import TEST_POLICY

@@ -27,6 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
+from privacy_gateway.v1 import audit_service_pb2 as au_pb
+from privacy_gateway.v1 import audit_service_pb2_grpc as au_grpc
 from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
@@ -82,6 +84,12 @@ datasets = ["registry"]
 roles = ["data_owner"]
 [organizations.bureau.members.gone-steward]
 roles = ["data_owner"]
+[organizations.audit]
+name = "Audit"
+[organizations.audit.members.auditor]
+roles = ["auditor"]
+[organizations.audit.members.gone-auditor]
+roles = ["auditor"]
 
 [purposes.credit]
 use_class = "commercial"
@@ -143,7 +151,8 @@ def policy_text(*, analyst: bool = True) -> str:
     return 'schema = "privacy_gateway.operator.v2"\n' + _MEMBERS + _grants(analyst=analyst)
 
 
-IDENTITIES = ["analyst", "gone", "small1", "loner", "temp1", "ops-admin", "gone-ops", "steward", "gone-steward"]
+IDENTITIES = ["analyst", "gone", "small1", "loner", "temp1", "ops-admin", "gone-ops", "steward", "gone-steward",
+              "auditor", "gone-auditor"]
 
 
 @dataclass
@@ -153,6 +162,7 @@ class Gov:
     policy: Path
     subject: str
     name: str
+    receipt_of: str = ""  # a released query of analyst's (GetMyReceipt)
 
     def channel(self, who: str) -> grpc.Channel:
         creds = grpc.ssl_channel_credentials(
@@ -186,8 +196,10 @@ def gov(env: Env) -> Iterator[Gov]:
     g = Gov(gw, tls, policy, subject, name)
     with g.channel("ops-admin") as ch:
         stub = a_grpc.AdminServiceStub(ch)
-        for who in ("gone", "gone-ops", "gone-steward"):
+        for who in ("gone", "gone-ops", "gone-steward", "gone-auditor"):
             stub.RevokeMember(a_pb.RevokeMemberRequest(identity=who, reason="test"), timeout=30)
+    with g.channel("analyst") as ch:
+        g.receipt_of = q_grpc.QueryServiceStub(ch).RunQuery(_query(g), timeout=60).request_id
     yield g
     gw.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -266,11 +278,48 @@ CALLS: dict[tuple[str, str], Call] = {
         a_pb.ListDatasetSpendingRequest(dataset="registry"), timeout=60),
     ("AdminService", "GetCapUsage"): lambda ch, g: a_grpc.AdminServiceStub(ch).GetCapUsage(
         a_pb.GetCapUsageRequest(), timeout=60),
+    ("AdminService", "ReinstateMember"): lambda ch, g: a_grpc.AdminServiceStub(ch).ReinstateMember(
+        a_pb.ReinstateMemberRequest(identity="temp1", reason="test"), timeout=60),
+    ("AdminService", "ReinstateOrganization"): lambda ch, g: a_grpc.AdminServiceStub(ch).ReinstateOrganization(
+        a_pb.ReinstateOrganizationRequest(organization="loners", reason="test"), timeout=60),
+    ("AdminService", "ListAlerts"): lambda ch, g: a_grpc.AdminServiceStub(ch).ListAlerts(
+        a_pb.ListAlertsRequest(include_acknowledged=True), timeout=60),
+    ("AdminService", "AcknowledgeAlert"): lambda ch, g: _acknowledge(ch, g),
+    ("AuditService", "ListAuditEntries"): lambda ch, g: au_grpc.AuditServiceStub(ch).ListAuditEntries(
+        au_pb.ListAuditEntriesRequest(page_size=5), timeout=60),
+    ("AuditService", "VerifyAuditLog"): lambda ch, g: au_grpc.AuditServiceStub(ch).VerifyAuditLog(
+        au_pb.VerifyAuditLogRequest(), timeout=60),
+    ("AuditService", "VerifyReceipt"): lambda ch, g: au_grpc.AuditServiceStub(ch).VerifyReceipt(
+        au_pb.VerifyReceiptRequest(receipt_json='{"payload_json": "{}", "signature_b64": "", "key_id": "x"}'),
+        timeout=60),
+    ("AuditService", "ListMyRequests"): lambda ch, g: au_grpc.AuditServiceStub(ch).ListMyRequests(
+        au_pb.ListMyRequestsRequest(), timeout=60),
+    ("AuditService", "GetMyReceipt"): lambda ch, g: _my_receipt(ch, g),
+    ("AuditService", "GetTransparencyReport"): lambda ch, g: au_grpc.AuditServiceStub(ch).GetTransparencyReport(
+        au_pb.GetTransparencyReportRequest(), timeout=60),
 }
+
+
+def _acknowledge(ch: grpc.Channel, g: Gov) -> Any:
+    """Acknowledge the newest alert (one is recorded first if the rules fired none)."""
+    state = g.gw.governor.state if g.gw.governor is not None else None
+    assert state is not None
+    if not state.alert_rows(include_acknowledged=True, limit=1):
+        state.record_alert("refusal_burst", "test", "recorded by the test", 0.0)
+    (newest,) = state.alert_rows(include_acknowledged=True, limit=1)
+    return a_grpc.AdminServiceStub(ch).AcknowledgeAlert(a_pb.AcknowledgeAlertRequest(id=newest.id), timeout=60)
+
+
+def _my_receipt(ch: grpc.Channel, g: Gov) -> Any:
+    """The receipt of analyst's query of the fixture (other callers are refused before the body runs)."""
+    return au_grpc.AuditServiceStub(ch).GetMyReceipt(au_pb.GetMyReceiptRequest(request_id=g.receipt_of), timeout=60)
 
 # who may call it, and the revoked member of the same role
 CALLER = {"consumer": ("analyst", "gone"), "operator": ("ops-admin", "gone-ops"),
-          "data_owner": ("steward", "gone-steward"), "": ("analyst", "gone")}
+          "data_owner": ("steward", "gone-steward"), "auditor": ("auditor", "gone-auditor"), "": ("analyst", "gone")}
+# Methods any certificate of the CA may call: answered for outsiders and revoked members alike, and audited
+# only when refused (like the health check).
+PUBLIC = [("AuditService", "GetTransparencyReport")]
 # an identity that lacks the grant or the role: what it gets ("empty" = a listing without entries)
 LACKING: dict[tuple[str, str], tuple[str, str]] = {
     ("QueryService", "RunQuery"): ("loner", "DATASET_ACCESS_DENIED"),
@@ -288,6 +337,14 @@ LACKING: dict[tuple[str, str], tuple[str, str]] = {
         "ListOrganizations", "AdjustGrant", "RevokeMember", "RevokeOrganization", "ReloadPolicy", "GetUsage")},
     ("AdminService", "ListDatasetSpending"): ("ops-admin", "ROLE_REQUIRED"),
     ("AdminService", "GetCapUsage"): ("analyst", "ROLE_REQUIRED"),  # data owners and operators only
+    **{("AdminService", m): ("analyst", "ROLE_REQUIRED") for m in (
+        "ReinstateMember", "ReinstateOrganization", "ListAlerts", "AcknowledgeAlert")},
+    ("AuditService", "ListAuditEntries"): ("ops-admin", "ROLE_REQUIRED"),  # auditors only
+    ("AuditService", "VerifyAuditLog"): ("ops-admin", "ROLE_REQUIRED"),
+    ("AuditService", "VerifyReceipt"): ("", ""),  # any member may verify a receipt
+    ("AuditService", "ListMyRequests"): ("ops-admin", "ROLE_REQUIRED"),  # consumers: their own
+    ("AuditService", "GetMyReceipt"): ("ops-admin", "ROLE_REQUIRED"),
+    ("AuditService", "GetTransparencyReport"): ("", ""),  # public (see test_public_method_needs_no_membership)
 }
 
 
@@ -313,7 +370,10 @@ def test_every_proto_method_has_a_case_and_a_rule() -> None:
         assert any((r.service, r.method) == (s, m) for r in RULES.values()), f"add an access rule for {s}.{m}"
 
 
-@pytest.mark.parametrize(("service", "method"), METHODS, ids=[f"{s}.{m}" for s, m in METHODS])
+GOVERNED = [m for m in METHODS if m not in PUBLIC]
+
+
+@pytest.mark.parametrize(("service", "method"), GOVERNED, ids=[f"{s}.{m}" for s, m in GOVERNED])
 def test_method_is_governed(gov: Gov, service: str, method: str) -> None:
     """Unknown identity, revoked member, lacking identity, allowed identity: one audit entry each."""
     call = CALLS[(service, method)]
@@ -339,6 +399,20 @@ def test_method_is_governed(gov: Gov, service: str, method: str) -> None:
     with gov.channel(allowed) as ch:
         call(ch, gov)
     assert gov.audit_size() == before + n + 1
+
+
+@pytest.mark.parametrize(("service", "method"), PUBLIC, ids=[f"{s}.{m}" for s, m in PUBLIC])
+def test_public_method_needs_no_membership(gov: Gov, service: str, method: str) -> None:
+    """Any certificate of the CA gets the public report (an outsider, a revoked member, a member), and the rule
+    says so; answers are counted in the metrics, not audited."""
+    (rule,) = [r for r in RULES.values() if (r.service, r.method) == (service, method)]
+    assert rule.any_certificate
+    before = gov.audit_size()
+    for who in ("outsider", "gone", "analyst"):
+        with gov.channel(who) as ch:
+            report = CALLS[(service, method)](ch, gov)
+        assert [d.name for d in report.datasets] == ["registry"]  # published in policies/catalog.toml
+    assert gov.audit_size() == before
 
 
 PRODUCTS = [("QueryService", "RunQuery"), ("VerificationService", "Verify"), ("VerificationService", "VerifyBatch"),

@@ -16,7 +16,7 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.cli.client import ErrorDetails, error_details
-from gateway.products.query.service import MIN_EPSILON
+from gateway.products.common import MIN_EPSILON
 from gateway.rpc.server import Gateway
 from tests.helpers import Env, Stubs, channel_for, fresh
 

@@ -28,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from privacy_gateway.v1 import admin_service_pb2 as a_pb
 from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
+from privacy_gateway.v1 import audit_service_pb2 as au_pb
+from privacy_gateway.v1 import audit_service_pb2_grpc as au_grpc
 from privacy_gateway.v1 import budget_service_pb2 as b_pb
 from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
@@ -40,7 +42,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.generate_data import resident_id_check_char
+from examples.identifiers import resident_id_check_char
 from gateway.cli.client import error_details
 from gateway.identity import certs
 from gateway.rpc import limits
@@ -66,6 +68,10 @@ name = "Bureau"
 datasets = ["registry"]
 [organizations.bureau.members.steward]
 roles = ["data_owner"]
+[organizations.audit]
+name = "Audit"
+[organizations.audit.members.auditor]
+roles = ["auditor"]
 
 [purposes.credit]
 use_class = "public_welfare"
@@ -103,7 +109,7 @@ purpose = "kyc"
 max_checks_per_period = 1000000
 max_checks_per_subject_per_period = 1000
 """
-IDENTITIES = ["analyst", "ops-admin", "steward"]
+IDENTITIES = ["analyst", "ops-admin", "steward", "auditor"]
 
 
 @dataclass
@@ -182,6 +188,24 @@ BASE: dict[str, tuple[str, Callable[[grpc.Channel], Any], Callable[[], Message]]
     "GetUsage": ("ops-admin", lambda ch: a_grpc.AdminServiceStub(ch).GetUsage, a_pb.GetUsageRequest),
     "ListDatasetSpending": ("steward", lambda ch: a_grpc.AdminServiceStub(ch).ListDatasetSpending,
                             lambda: a_pb.ListDatasetSpendingRequest(dataset="registry")),
+    "ReinstateMember": ("ops-admin", lambda ch: a_grpc.AdminServiceStub(ch).ReinstateMember,
+                        lambda: a_pb.ReinstateMemberRequest(identity="nobody", reason="test")),
+    "ReinstateOrganization": ("ops-admin", lambda ch: a_grpc.AdminServiceStub(ch).ReinstateOrganization,
+                              lambda: a_pb.ReinstateOrganizationRequest(organization="nobody", reason="test")),
+    "ListAlerts": ("ops-admin", lambda ch: a_grpc.AdminServiceStub(ch).ListAlerts,
+                   lambda: a_pb.ListAlertsRequest(limit=10)),
+    "AcknowledgeAlert": ("ops-admin", lambda ch: a_grpc.AdminServiceStub(ch).AcknowledgeAlert,
+                         lambda: a_pb.AcknowledgeAlertRequest(id=1, note="test")),
+    "ListAuditEntries": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).ListAuditEntries,
+                         lambda: au_pb.ListAuditEntriesRequest(page_size=5, consumer="analyst")),
+    "VerifyAuditLog": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).VerifyAuditLog,
+                       au_pb.VerifyAuditLogRequest),
+    "VerifyReceipt": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).VerifyReceipt,
+                      lambda: au_pb.VerifyReceiptRequest(receipt_json="{}")),
+    "ListMyRequests": ("analyst", lambda ch: au_grpc.AuditServiceStub(ch).ListMyRequests,
+                       lambda: au_pb.ListMyRequestsRequest(page_size=5)),
+    "GetMyReceipt": ("analyst", lambda ch: au_grpc.AuditServiceStub(ch).GetMyReceipt,
+                     lambda: au_pb.GetMyReceiptRequest(request_id="none")),
     "GetCapUsage": ("steward", lambda ch: a_grpc.AdminServiceStub(ch).GetCapUsage,
                     lambda: a_pb.GetCapUsageRequest(dataset="registry")),
     "Verify": ("analyst", lambda ch: v_grpc.VerificationServiceStub(ch).Verify, lambda: v_pb.VerifyRequest(

@@ -165,12 +165,12 @@ def test_window_sums_read_only_covering_indexes(tmp_path: Path) -> None:
 
 
 def test_sqlite_stores_satisfy_the_storage_protocols_and_join_only_their_own_file(tmp_path: Path) -> None:
-    """Callers program against gateway.storage.stores; the SQLite classes satisfy it (also checked by mypy where
+    """Callers program against gateway.budgets.stores; the SQLite classes satisfy it (also checked by mypy where
     start_gateway wires them). A release or outcome joins the ledger's completion transaction only when it
     lives in the ledger's file; elsewhere `joined_*` says no and the caller writes it separately."""
+    from gateway.budgets.stores import GovernanceStore, LedgerStore, ReleaseStore
     from gateway.products.query.cache import ReleaseCache
     from gateway.storage.state import Outcome, StateStore
-    from gateway.storage.stores import GovernanceStore, LedgerStore, ReleaseStore
 
     ledger: LedgerStore = Ledger(tmp_path / "ledger.sqlite3")
     same: ReleaseStore = ReleaseCache(tmp_path / "ledger.sqlite3")

@@ -17,7 +17,8 @@ import opendp.prelude as dp
 import pytest
 
 from gateway.errors import InvalidQueryError
-from gateway.products.query.service import AccuracyRequest, _priced, solve_for_accuracy
+from gateway.products.query.request import AccuracyRequest
+from gateway.products.query.weights import priced, solve_for_accuracy
 from sandbox.catalog import load_catalog
 from sandbox.engine.engine import Engine
 from sandbox.plans.compile import avg_centre
@@ -144,7 +145,7 @@ def test_integer_sensitivity_beyond_i64_is_refused() -> None:
     with pytest.raises(SensitivityTooLargeError):
         zcdp.price(plan, big, 0.5)
     with pytest.raises(InvalidQueryError) as info:
-        _priced(plan, lambda: mechanisms.price(plan, big, 1.0))
+        priced(plan, lambda: mechanisms.price(plan, big, 1.0))
     assert info.value.reason == "UNBOUNDED_EXPRESSION"
     with pytest.raises(InvalidQueryError) as info:
         solve_for_accuracy(plan, big, AccuracyRequest(1e20))

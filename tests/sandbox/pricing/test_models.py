@@ -14,7 +14,7 @@ from sandbox.catalog import load_catalog
 from sandbox.engine.engine import Engine
 from sandbox.engine.storage import table_ref
 from sandbox.pricing import models as mp
-from sandbox.products import models
+from sandbox.products import model_sql, models, regression
 from sandbox.protocol.messages import ErrorReply, decode_body, encode_frame
 from sandbox.protocol.models import EvaluateRequest, TrainRequest, TrainResult
 
@@ -150,8 +150,8 @@ def test_linear_statistics_move_at_most_the_sensitivity(engines: tuple[Engine, E
     """Noiseless statistics on neighbouring datasets (one extreme unit): L1 distance <= the bound."""
     e0, e1 = engines
     d = _design(e0)
-    s0 = np.array(models.exact_linear_statistics(e0, d, "reg__t"), dtype=object)
-    s1 = np.array(models.exact_linear_statistics(e1, d, "reg__t"), dtype=object)
+    s0 = np.array(regression.exact_linear_statistics(e0, d, "reg__t"), dtype=object)
+    s1 = np.array(regression.exact_linear_statistics(e1, d, "reg__t"), dtype=object)
     l1 = sum(abs(int(a) - int(b)) for a, b in zip(s0, s1, strict=True))
     assert 0 < l1 <= mp.linear_sensitivity(d)
     # the extreme unit is near the worst case for its groups: more than half the bound is used
@@ -168,8 +168,8 @@ def test_gradient_moves_at_most_the_sensitivity(engines: tuple[Engine, Engine], 
     bound = mp.logistic_sensitivity(d, clip)
     rng = np.random.default_rng(5)
     for theta in [np.zeros(d.p), np.full(d.p, 50.0), np.full(d.p, -50.0), *rng.normal(0, 3, (5, d.p))]:
-        g0 = models.exact_gradient(e0, d, "reg__t", theta.tolist(), c)
-        g1 = models.exact_gradient(e1, d, "reg__t", theta.tolist(), c)
+        g0 = regression.exact_gradient(e0, d, "reg__t", theta.tolist(), c)
+        g1 = regression.exact_gradient(e1, d, "reg__t", theta.tolist(), c)
         l2 = math.sqrt(sum((a - b) ** 2 for a, b in zip(g0, g1, strict=True)))
         assert l2 <= bound
 
@@ -205,9 +205,9 @@ def test_hessian_moves_at_most_the_sensitivity(engines: tuple[Engine, Engine], c
     bound = mp.logistic_sensitivity(d, clip)
     rng = np.random.default_rng(6)
     for theta in [np.zeros(d.p), np.full(d.p, 0.5), np.full(d.p, -2.0), *rng.normal(0, 1, (4, d.p))]:
-        g0, h0 = models.exact_step(e0, d, "reg__t", theta.tolist(), c, qh)
-        _, h1 = models.exact_step(e1, d, "reg__t", theta.tolist(), c, qh)
-        assert g0 == models.exact_gradient(e0, d, "reg__t", theta.tolist(), c)
+        g0, h0 = regression.exact_step(e0, d, "reg__t", theta.tolist(), c, qh)
+        _, h1 = regression.exact_step(e1, d, "reg__t", theta.tolist(), c, qh)
+        assert g0 == regression.exact_gradient(e0, d, "reg__t", theta.tolist(), c)
         assert len(h0) == mp.hessian_entries(d)
         l2 = math.sqrt(sum((a - b) ** 2 for a, b in zip(h0, h1, strict=True)))
         assert 0 < l2 <= bound
@@ -230,8 +230,8 @@ def test_newton_reaches_the_unpenalised_optimum_without_noise(engines: tuple[Eng
         ref = ref - np.linalg.solve((z * (s * (1 - s))[:, None]).T @ z, z.T @ (s - y))
     theta = np.zeros(d.p)
     for _ in range(25):
-        g, h = models.exact_step(e0, d, "reg__t", theta.tolist(), mp.clip_bound(d, 0.0), qh)
-        theta = theta - models.newton_direction(np.array(g) / mp.Q, np.array(h) / qh, d.p, 1e-9)
+        g, h = regression.exact_step(e0, d, "reg__t", theta.tolist(), mp.clip_bound(d, 0.0), qh)
+        theta = theta - regression.newton_direction(np.array(g) / mp.Q, np.array(h) / qh, d.p, 1e-9)
     assert np.linalg.norm(theta - ref) <= 1e-4 * np.linalg.norm(ref)
 
 
@@ -248,7 +248,7 @@ def test_extreme_unit_moves_logistic_coefficients_within_the_noise(engines: tupl
     def fits(e: Engine) -> np.ndarray:
         out = []
         for _ in range(30):
-            _, intercept, _ = models._train_logistic(e, d, "reg__t", costs, req, req.iterations)
+            _, intercept, _ = regression.train_logistic(e, d, "reg__t", costs, req, req.iterations)
             out.append(intercept.value)
         return np.array(out)
 
@@ -261,7 +261,7 @@ def test_extreme_unit_moves_logistic_coefficients_within_the_noise(engines: tupl
 def test_gaussian_noise_has_the_calibrated_scale() -> None:
     """2000 discrete Gaussian draws at scale 1000: sample sd within 10% of 1000 (false failure < 1e-6:
     the sd of a sample sd from 2000 normals is about 1.6%, so 10% is more than 6 standard errors)."""
-    draws = np.array([models._gaussian_release(1000.0, [0])[0] for _ in range(2000)], dtype=float)
+    draws = np.array([model_sql.gaussian_release(1000.0, [0])[0] for _ in range(2000)], dtype=float)
     assert abs(draws.std() - 1000.0) < 100.0
     assert abs(draws.mean()) < 6 * 1000.0 / math.sqrt(2000)
 

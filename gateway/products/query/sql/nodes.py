@@ -3,7 +3,8 @@
 `Scope.resolve` maps a column reference to its catalog column (refusing identifiers and unknown
 names); `literal` turns a constant into a typed plan `Literal`; `function_keys_ok` refuses DISTINCT,
 FILTER, ORDER BY, qualified names and named arguments on a function call the analyzer accepts;
-`describe` names a refused expression; `check_bounded` and `forbid_nested` are clause-level checks.
+`describe` names a refused expression; `check_bounded` and `forbid_nested` are clause-level checks;
+`scope_of` is the scope over a FROM clause's relation (joins, subqueries).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from gateway.products.query.sql.tree import (
     show,
     walk,
 )
-from sandbox.protocol.messages import ColumnInfo, Literal, TableInfo
+from sandbox.plans.relation import Relation, leftmost_table
+from sandbox.protocol.messages import ColumnInfo, DatasetInfo, Literal, Source, TableInfo
 
 __all__ = [
     "Kind",
@@ -36,6 +38,8 @@ __all__ = [
     "forbid_nested",
     "function_keys_ok",
     "literal",
+    "scope_entry",
+    "scope_of",
 ]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -410,3 +414,26 @@ def forbid_nested(part: Any, *, scalar: bool = False, allow_subqueries: bool = F
             raise reject(
                 "UNSUPPORTED_CONSTRUCT", "window functions are not supported", construct="WINDOW"
             )
+
+
+def scope_entry(alias: str, table: TableInfo, dataset: DatasetInfo) -> ScopeEntry:
+    """The scope entry of one table under `alias` (a public table has no unit)."""
+    unit = None if table.public else fold(dataset.privacy_unit)
+    return ScopeEntry(alias, {fold(c.name): c for c in table.columns}, unit)
+
+
+def scope_of(source: Source, rel: Relation, dataset: DatasetInfo) -> Scope:
+    """A qualified scope over a source's relation: one entry per alias."""
+    by_alias: dict[str, dict[str, ColumnInfo]] = {}
+    for k, col in rel.columns.items():
+        alias, _, _ = k.partition(".")
+        by_alias.setdefault(alias, {})[fold(col.name)] = col
+    unit = fold(dataset.privacy_unit)
+    entries = tuple(
+        ScopeEntry(a, cols, unit if f"{a}.{dataset.privacy_unit}" in rel.units else None)
+        for a, cols in by_alias.items()
+    )
+    first = dataset.table(leftmost_table(source))
+    assert first is not None
+    primary = rel.unit.partition(".")[0]
+    return Scope(first, primary, entries, True, primary)

@@ -274,3 +274,85 @@ class GetCapUsageResponse(_message.Message):
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetCapUsage]
     at: str
     def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetCapUsage, _Mapping]]] = ..., at: _Optional[str] = ...) -> None: ...
+
+class ReinstateMemberRequest(_message.Message):
+    __slots__ = ("identity", "reason")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    reason: str
+    def __init__(self, identity: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReinstateMemberResponse(_message.Message):
+    __slots__ = ("identity", "was_revoked")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    WAS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    was_revoked: bool
+    def __init__(self, identity: _Optional[str] = ..., was_revoked: _Optional[bool] = ...) -> None: ...
+
+class ReinstateOrganizationRequest(_message.Message):
+    __slots__ = ("organization", "reason")
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    reason: str
+    def __init__(self, organization: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReinstateOrganizationResponse(_message.Message):
+    __slots__ = ("organization", "was_revoked")
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    WAS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    was_revoked: bool
+    def __init__(self, organization: _Optional[str] = ..., was_revoked: _Optional[bool] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("include_acknowledged", "limit")
+    INCLUDE_ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    include_acknowledged: bool
+    limit: int
+    def __init__(self, include_acknowledged: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("id", "time", "rule", "subject", "detail", "acknowledged_by", "acknowledged_at", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    time: str
+    rule: str
+    subject: str
+    detail: str
+    acknowledged_by: str
+    acknowledged_at: str
+    note: str
+    def __init__(self, id: _Optional[int] = ..., time: _Optional[str] = ..., rule: _Optional[str] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ..., acknowledged_by: _Optional[str] = ..., acknowledged_at: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts", "unacknowledged")
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    UNACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    unacknowledged: int
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., unacknowledged: _Optional[int] = ...) -> None: ...
+
+class AcknowledgeAlertRequest(_message.Message):
+    __slots__ = ("id", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    note: str
+    def __init__(self, id: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+
+class AcknowledgeAlertResponse(_message.Message):
+    __slots__ = ("alert",)
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    alert: Alert
+    def __init__(self, alert: _Optional[_Union[Alert, _Mapping]] = ...) -> None: ...

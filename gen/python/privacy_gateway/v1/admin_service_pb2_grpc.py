@@ -77,6 +77,26 @@ class AdminServiceStub:
                 request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageRequest.SerializeToString,
                 response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageResponse.FromString,
                 _registered_method=True)
+        self.ReinstateMember = channel.unary_unary(
+                '/privacy_gateway.v1.AdminService/ReinstateMember',
+                request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateMemberRequest.SerializeToString,
+                response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateMemberResponse.FromString,
+                _registered_method=True)
+        self.ReinstateOrganization = channel.unary_unary(
+                '/privacy_gateway.v1.AdminService/ReinstateOrganization',
+                request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateOrganizationRequest.SerializeToString,
+                response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateOrganizationResponse.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/privacy_gateway.v1.AdminService/ListAlerts',
+                request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeAlert = channel.unary_unary(
+                '/privacy_gateway.v1.AdminService/AcknowledgeAlert',
+                request_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.AcknowledgeAlertRequest.SerializeToString,
+                response_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.AcknowledgeAlertResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -146,6 +166,35 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReinstateMember(self, request, context):
+        """Lifts a member's revocation; effective for its next request. A member whose organisation is revoked
+        stays refused until the organisation is reinstated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateOrganization(self, request, context):
+        """Lifts an organisation's revocation; effective for its members' next requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """The alerts the policy's rules fired (gateway/budgets/alerts.py), newest first, with who acknowledged them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeAlert(self, request, context):
+        """Marks one alert as reviewed (who and when are recorded; an alert is acknowledged once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +237,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetCapUsage,
                     request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageRequest.FromString,
                     response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageResponse.SerializeToString,
+            ),
+            'ReinstateMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateMember,
+                    request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateMemberRequest.FromString,
+                    response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateMemberResponse.SerializeToString,
+            ),
+            'ReinstateOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateOrganization,
+                    request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateOrganizationRequest.FromString,
+                    response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateOrganizationResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListAlertsRequest.FromString,
+                    response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'AcknowledgeAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeAlert,
+                    request_deserializer=privacy__gateway_dot_v1_dot_admin__service__pb2.AcknowledgeAlertRequest.FromString,
+                    response_serializer=privacy__gateway_dot_v1_dot_admin__service__pb2.AcknowledgeAlertResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -409,6 +478,114 @@ class AdminService:
             '/privacy_gateway.v1.AdminService/GetCapUsage',
             privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageRequest.SerializeToString,
             privacy__gateway_dot_v1_dot_admin__service__pb2.GetCapUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privacy_gateway.v1.AdminService/ReinstateMember',
+            privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateMemberRequest.SerializeToString,
+            privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privacy_gateway.v1.AdminService/ReinstateOrganization',
+            privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateOrganizationRequest.SerializeToString,
+            privacy__gateway_dot_v1_dot_admin__service__pb2.ReinstateOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privacy_gateway.v1.AdminService/ListAlerts',
+            privacy__gateway_dot_v1_dot_admin__service__pb2.ListAlertsRequest.SerializeToString,
+            privacy__gateway_dot_v1_dot_admin__service__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privacy_gateway.v1.AdminService/AcknowledgeAlert',
+            privacy__gateway_dot_v1_dot_admin__service__pb2.AcknowledgeAlertRequest.SerializeToString,
+            privacy__gateway_dot_v1_dot_admin__service__pb2.AcknowledgeAlertResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,9 +16,10 @@ import pytest
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.generate_data import credit_code_check_char, resident_id_check_char
+from examples.identifiers import credit_code_check_char, resident_id_check_char
 from gateway.cli.client import error_details
-from gateway.products.verification.service import ReceiptData, load_public_key, root_message_of, verify_receipt
+from gateway.products.verification.receipts import ReceiptData, load_public_key, root_message_of, verify_receipt
+from gateway.release.signing import public_key_id
 from gateway.rpc.server import Gateway
 from tests.helpers import Env, channel_for
 
@@ -80,7 +81,7 @@ def test_list_templates_and_public_key(verifier: v_grpc.VerificationServiceStub)
     income = next(t for t in resp.templates if t.name == "income_at_least")
     assert [v.int64_value for v in income.parameters[0].ladder] == [50000, 100000, 200000]
     assert income.requires_case_reference and income.max_checks_per_subject_per_period == 3
-    assert resp.receipt_key_id.startswith("ed25519:") and "PUBLIC KEY" in resp.receipt_public_key_pem
+    assert resp.receipt_key_id == public_key_id(resp.receipt_public_key_pem)  # the gateway's key: KeyService's
     assert "predicate" not in str(resp)
 
 

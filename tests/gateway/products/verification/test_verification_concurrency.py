@@ -22,7 +22,7 @@ import pytest
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.generate_data import resident_id_check_char
+from examples.identifiers import resident_id_check_char
 from gateway.cli.client import error_details
 from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env, channel_for

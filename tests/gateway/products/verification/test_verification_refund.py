@@ -18,7 +18,9 @@ import pytest
 
 from gateway.errors import SandboxUnavailableError
 from gateway.policy.policy import load_policy
-from gateway.products.verification.service import ClaimBatch, VerificationCore
+from gateway.products.verification.claims import ClaimBatch
+from gateway.products.verification.service import VerificationCore
+from gateway.release.signing import Signer
 from gateway.settings import ROOT
 from sandbox.client import SandboxClient, SandboxProcess
 from tests.helpers import Env
@@ -85,7 +87,8 @@ def sandbox(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sand
 
 
 def _core(env: Env, sandbox: SandboxProcess, state: Path, relay: Path) -> VerificationCore:
-    core = VerificationCore.start(load_policy(env.settings.policy).verification, sandbox.client(), state)
+    core = VerificationCore.start(load_policy(env.settings.policy).verification, sandbox.client(), state,
+                                  Signer.generate())
     core.client = SandboxClient(relay, 30.0)
     core.client.MAX_IDLE = 0  # a new connection per call: the call after the relay closes fails to connect
     core.PIPELINE_CHUNK = 100  # type: ignore[misc]

@@ -1,19 +1,45 @@
-"""`Call`: one RPC's identity, policy snapshot, deadline, and the facts its audit entry records."""
+"""`Call`: one RPC's identity, policy snapshot, deadline, and the facts its audit entry records.
+
+The interceptor (`gateway.rpc.interceptor`) makes one per RPC and hands it to the method body; the governed path,
+the products and the audit read and fill it in. What a call knows of its method's access rule is `CallRule`
+(`gateway.rpc.methods.MethodRule` is the one implementation).
+"""
 
 from __future__ import annotations
 
 import contextvars
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from gateway.errors import DeadlineExceededError
+from gateway.policy.model import Policy
 
-if TYPE_CHECKING:
-    from gateway.policy.policy import Policy
-    from gateway.rpc.methods import MethodRule
+__all__ = ["CURRENT_CALL", "AuditFacts", "Call", "CallRule", "audit_fields"]
 
-__all__ = ["CURRENT_CALL", "AuditFacts", "Call"]
+
+class CallRule(Protocol):
+    """What a call knows of its method's access rule."""
+
+    @property
+    def service(self) -> str:
+        """The short service name, e.g. `QueryService`."""
+        ...
+
+    @property
+    def method(self) -> str:
+        """The method name, e.g. `RunQuery`."""
+        ...
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles that may call it (empty: any member)."""
+        ...
+
+    @property
+    def any_certificate(self) -> bool:
+        """True when any certificate of the CA may call it (health checks), member or not."""
+        ...
 
 
 @dataclass
@@ -47,7 +73,7 @@ class Call:
     `time.monotonic()`'s clock (None: the client set none).
     """
 
-    rule: MethodRule
+    rule: CallRule
     started: float = field(default_factory=time.monotonic)
     deadline: float | None = None
     identity: str = ""
@@ -76,3 +102,16 @@ class Call:
 
 # The call being served on this task/thread (the interceptor sets it; bodies receive it explicitly).
 CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("pgw_call", default=None)
+
+
+def audit_fields(call: Call, code: str, reason: str) -> dict[str, Any]:
+    """The keyword arguments of `Oversight.audit_record` for `call` with this outcome."""
+    facts = call.audit
+    return dict(
+        service=call.rule.service, method=call.rule.method, code=code, reason=reason,
+        duration_s=max(0.0, time.monotonic() - call.started), request_id=facts.request_id,
+        consumer=call.identity, dataset=facts.dataset, purpose=facts.purpose, normalized_query=facts.query,
+        epsilon=facts.epsilon, delta=facts.delta, rho=facts.rho, released=facts.released,
+        charge="charged" if facts.charged else "replay" if facts.replayed else "",
+        keep_query_text=code == "OK" or facts.charged,
+    )

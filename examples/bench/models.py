@@ -1,9 +1,9 @@
 """Benchmark of DP model training: accuracy of the DP fit against the non-private fit, over epsilon.
 
-    python -m examples.bench_models [--people 1000000] [--reps 5]
+    python -m examples.bench.models [--people 1000000] [--reps 5]
 
 Data: `examples.generate_data` with 1M people, cached in `.bench/data/1000000/seed7` (the layout of
-`examples/bench.py`). The sandbox engine runs
+`make bench`). The sandbox engine runs
 in-process (the same code the sandbox process runs). References: the exact least squares / logistic fit
 on the same bounded, scaled data (the DP algorithms' noiseless target), and scikit-learn's non-private fit
 (in its own venv `.bench/venv-sklearn`, run in a subprocess; never a project dependency). Writes
@@ -18,21 +18,20 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from examples.generate_data import generate
+from examples.bench.common import BENCH_DIR, ensure_data
+from gateway.settings import ROOT
 from sandbox.catalog import load_catalog
 from sandbox.engine.engine import Engine
 from sandbox.engine.limits import Limits
+from sandbox.plans.compile import quote_ident
 from sandbox.pricing import models as mp
-from sandbox.products import models
+from sandbox.products import model_sql, models, regression
 from sandbox.protocol.models import TrainRequest, TrainResult
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / ".bench"
-SK_VENV = BENCH / "venv-sklearn"
+SK_VENV = BENCH_DIR / "venv-sklearn"
 warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
 EPSILONS = (0.1, 0.3, 1.0, 3.0, 10.0)
 LIN_FEATURES = ("birth_year", "employed", "region")
@@ -61,12 +60,12 @@ def _sklearn(engine: Engine, d: mp.Design, kind: str) -> dict[str, object] | Non
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(SK_VENV)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "scikit-learn", "pyarrow", "numpy"], check=True)
-    out = BENCH / f"design-{kind}.parquet"
-    zs = ", ".join(f"{models.scaled_term_sql(t)} AS {models.quote_ident(t.name)}" for t in d.terms)
-    label = models._scaled_label_sql(d.label) if kind == "linear" else models._label_sql(d.label)
+    out = BENCH_DIR / f"design-{kind}.parquet"
+    zs = ", ".join(f"{model_sql.scaled_term_sql(t)} AS {quote_ident(t.name)}" for t in d.terms)
+    label = model_sql.scaled_label_sql(d.label) if kind == "linear" else model_sql.label_sql(d.label)
     cur = engine._con.cursor()
     table = cur.execute(f"SELECT {zs}, {label} AS label FROM registry__residents "
-                        f"WHERE {models.quote_ident(d.label.column)} IS NOT NULL").to_arrow_table()
+                        f"WHERE {quote_ident(d.label.column)} IS NOT NULL").to_arrow_table()
     import pyarrow.parquet as pq
 
     pq.write_table(table, out)
@@ -122,19 +121,17 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--logistic-reps", type=int, default=5)
     args = ap.parse_args()
-    data = BENCH / "data" / str(args.people) / "seed7"
-    if not (data / "residents.parquet").exists():
-        generate(data, args.people, 7)
+    data, _ = ensure_data(args.people, 7)  # the example data `make bench` caches
     engine = Engine(load_catalog(ROOT / "policies" / "catalog.toml", data_dir=data),
                     Limits(memory_limit="8GiB", query_timeout_ms=300_000, address_space_bytes=0))
     info = engine.describe().dataset("registry")
     assert info is not None
-    lines = [f"# Model benchmarks ({args.people:,} people, `python -m examples.bench_models`)", ""]
+    lines = [f"# Model benchmarks ({args.people:,} people, `python -m examples.bench.models`)", ""]
 
     # -------- linear: income ~ birth_year + employed + region (one-hot)
     d = mp.design(info, "residents", LIN_FEATURES, "income", "linear")
-    exact = np.array(models.exact_linear_statistics(engine, d, "registry__residents"), dtype=float) / mp.Q**2
-    w_exact, n_exact, rmse_exact, r2_exact = models.solve_linear(exact, d, 0.0, 0.0)
+    exact = np.array(regression.exact_linear_statistics(engine, d, "registry__residents"), dtype=float) / mp.Q**2
+    w_exact, n_exact, rmse_exact, r2_exact = regression.solve_linear(exact, d, 0.0, 0.0)
     sk = _sklearn(engine, d, "linear")
     w_sk = np.array([sk["intercept"], *sk["coef"]]) if sk else None  # type: ignore[misc]
     s_y = (d.label.upper - d.label.lower) / 2
@@ -175,7 +172,7 @@ def main() -> int:
     w_sk = np.array([sk["intercept"], *sk["coef"]]) if sk else None  # type: ignore[misc]
     import pyarrow.parquet as pq
 
-    table = pq.read_table(BENCH / "design-logistic.parquet")
+    table = pq.read_table(BENCH_DIR / "design-logistic.parquet")
     z = np.column_stack([np.ones(table.num_rows)] + [table.column(i).to_numpy().astype(float)
                                                       for i in range(table.num_columns - 1)])
     y = table.column("label").to_numpy().astype(float)
@@ -184,8 +181,8 @@ def main() -> int:
     t_def = mp.DEFAULT_LOGISTIC_ITERATIONS
     theta = np.zeros(d.p)  # the algorithm without noise: T exact Newton steps in SQL
     for _ in range(t_def):
-        g, h = models.exact_step(engine, d, "registry__residents", theta.tolist(), mp.clip_bound(d, 0.0), qh)
-        theta = theta - models.newton_direction(np.array(g, float) / mp.Q, np.array(h, float) / qh, d.p, 1e-9)
+        g, h = regression.exact_step(engine, d, "registry__residents", theta.tolist(), mp.clip_bound(d, 0.0), qh)
+        theta = theta - regression.newton_direction(np.array(g, float) / mp.Q, np.array(h, float) / qh, d.p, 1e-9)
     ref = w_sk if w_sk is not None else mle
     ref_name = "scikit-learn" if w_sk is not None else "the numpy maximum-likelihood fit"
     loss_ref = _log_loss(z, y, ref)

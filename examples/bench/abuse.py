@@ -1,6 +1,6 @@
 """Misbehaving clients against the real gateway: does a well-behaved client keep its latency?
 
-`python -m examples.bench_abuse [--seconds 20] [--clients 32]` starts a real gateway and sandbox over a
+`python -m examples.bench.abuse [--seconds 20] [--clients 32]` starts a real gateway and sandbox over a
 generated registry (20,000 people), then runs the same legitimate load -- `--clients` processes, each its own
 certificate identity and channel, sending RunQuery back to back (COUNT, a fresh release each time) -- four
 times: alone; with 70 idle RunQuery streams (headers, never a message) from a certificate of the CA whose
@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from examples.bench import without_caps
+from examples.bench.systems import without_caps
 from examples.generate_data import generate
 from gateway.identity import certs
 from gateway.rpc.server import start_gateway
@@ -147,7 +147,7 @@ def _run(pool: Any, tls: Path, port: int, clients: int, seconds: float) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     """Run the four loads and print the table."""
-    parser = argparse.ArgumentParser(prog="python -m examples.bench_abuse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m examples.bench.abuse", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--people", type=int, default=20_000)

@@ -1,4 +1,4 @@
-"""SmartNoise SQL worker for `examples/bench.py`; runs in its OWN virtual environment.
+"""SmartNoise SQL worker for `make bench` (`examples/bench/systems.py`); runs in its OWN virtual environment.
 
 smartnoise-sql pins opendp<0.15 and pandas<3, so it cannot share the project's venv. The benchmark starts
 this file with `.bench/venv-smartnoise/bin/python` and talks to it with one JSON object per line:

@@ -32,7 +32,9 @@ from typing import Any
 
 import grpc
 
+from examples.bench.systems import Outcome
 from gateway.identity import certs
+from gateway.settings import ROOT
 from sandbox.server import recv_exact
 
 # The floor answers these WORKLOAD ids: (sandbox SQL over the clamped INTEGER column, L1 sensitivity per value).
@@ -104,9 +106,9 @@ class FloorSystem:
         sock_path = str(root / "floor.sock")
         t0 = time.perf_counter()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "examples.bench_floor", str(data_dir / "residents.parquet"), sock_path,
+            [sys.executable, "-m", "examples.bench.floor", str(data_dir / "residents.parquet"), sock_path,
              str(threads), str(income_upper)],
-            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
         assert self._proc.stdout is not None
         if self._proc.stdout.readline().strip() != "ready":
@@ -145,8 +147,6 @@ class FloorSystem:
 
     def run(self, q: Any) -> Any:
         """COUNT, SUM or AVG of residents end to end; anything else is "unsupported"."""
-        from examples.bench import Outcome
-
         if q.id not in _QUERIES:
             return Outcome(unsupported="not part of the stack floor (COUNT, SUM and AVG only)")
         self._calls += 1

@@ -1,6 +1,6 @@
 """Benchmark of the verification service at 1M subjects: single-check latency and batch throughput.
 
-    python -m examples.bench_verify [--people 1000000] [--checks 2000] [--batch 100000]
+    python -m examples.bench.verify [--people 1000000] [--checks 2000] [--batch 100000]
 
 Uses the example data cached by `make bench` (`.bench/data/<people>/seed7`; generated there if
 missing), starts the real sandbox + gateway with mTLS on loopback, and writes BENCHMARKS-verification.md
@@ -28,7 +28,7 @@ import duckdb
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.generate_data import generate
+from examples.bench.common import ensure_data
 from gateway.cli.client import ClientIdentity, secure_channel
 from gateway.cli.verify import batch_requests
 from gateway.identity import certs
@@ -105,10 +105,7 @@ def client(port: int, tls: Path, data: Path, checks: int, batch: int, reps: int)
 
 def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dict[str, Any]:
     """Start a gateway on the cached data, measure from a client process, stop."""
-    data = ROOT / ".bench" / "data" / str(people) / "seed7"  # the layout of examples/bench.py
-    if not (data / "residents.parquet").exists():
-        print(f">> generating {people:,} people into {data}", flush=True)
-        generate(data, people, 7)
+    data, _ = ensure_data(people, 7)  # the example data `make bench` caches
     root = Path(tempfile.mkdtemp(prefix="pgwb-"))
     certs.write_dev_pki(root / "tls", clients=["bench"])
     (root / "operator.toml").write_text(POLICY.replace("{durability}", durability))
@@ -122,7 +119,7 @@ def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dic
     startup = time.perf_counter() - t0
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "examples.bench_verify", "--client", str(gw.port), str(root / "tls"), str(data),
+            [sys.executable, "-m", "examples.bench.verify", "--client", str(gw.port), str(root / "tls"), str(data),
              "--checks", str(checks), "--batch", str(batch), "--reps", str(reps)],
             check=True, capture_output=True, text=True, cwd=ROOT).stdout
         res = json.loads(out.strip().splitlines()[-1])
@@ -140,7 +137,7 @@ def run(people: int, checks: int, batch: int, durability: str, reps: int) -> dic
 
 def main() -> int:
     """Run and write BENCHMARKS-verification.md."""
-    p = argparse.ArgumentParser(prog="python -m examples.bench_verify")
+    p = argparse.ArgumentParser(prog="python -m examples.bench.verify")
     p.add_argument("--people", type=int, default=1_000_000)
     p.add_argument("--checks", type=int, default=2000)
     p.add_argument("--batch", type=int, default=100_000)
@@ -155,7 +152,7 @@ def main() -> int:
     lines = [
         "# Verification benchmark",
         "",
-        f"`python -m examples.bench_verify` on {platform.machine()} {platform.system()}, "
+        f"`python -m examples.bench.verify` on {platform.machine()} {platform.system()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}. "
         f"{args.people:,} residents (example data, `.bench/data`), real sandbox process + gateway, mTLS on "
         "loopback, one client in its own process. Single checks: `identity_match`, sequential, "
