@@ -17,15 +17,8 @@ from typing import Any, cast
 from sandbox.errors import ConfigError
 from sandbox.owner_caps import OwnerCap, SubjectCap, parse_owner_cap, parse_subject_caps
 from sandbox.plans.grades import DEFAULT_GRADE_RULES, USES
-from sandbox.protocol.messages import (
-    CatalogInfo,
-    ColumnInfo,
-    ColumnType,
-    DatasetInfo,
-    Grade,
-    Scalar,
-    TableInfo,
-)
+from sandbox.protocol.catalog import CatalogInfo, ColumnInfo, DatasetInfo, Grade, TableInfo
+from sandbox.protocol.plan import ColumnType, Scalar
 
 SCHEMA = "privacy_gateway.catalog.v1"
 COLUMN_TYPES: tuple[ColumnType, ...] = ("int64", "float64", "string", "bool")

@@ -13,7 +13,6 @@ import select
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -21,12 +20,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from sandbox.process.lifecycle import ShutdownReply, ShutdownRequest
 from sandbox.process.logformat import parse_line
+from sandbox.protocol.base import MAX_FRAME_BYTES, ProtocolError
 from sandbox.protocol.messages import (
-    MAX_FRAME_BYTES,
     CatalogInfo,
     DescribeRequest,
     ErrorReply,
@@ -35,13 +34,11 @@ from sandbox.protocol.messages import (
     HealthReply,
     HealthRequest,
     Message,
-    ProtocolError,
-    decode_body,
-    encode_frame,
+    Reply,
+    decode_reply,
 )
-
-if TYPE_CHECKING:
-    from sandbox.protocol.owner import CapUsageReply
+from sandbox.protocol.owner import CapUsageReply, CapUsageRequest, ReloadRequest
+from sandbox.protocol.wire import encode_frame, frame_length
 
 READY_PREFIX = "sandbox ready "
 SANDBOX_LOG = logging.getLogger("sandbox")  # what the sandbox process writes to stderr
@@ -112,7 +109,7 @@ class SandboxClient:
         self._idle: list[tuple[float, socket.socket]] = []  # (when it went idle, connection)
         self._lock = threading.Lock()
 
-    def call(self, msg: Message, timeout_s: float | None = None, *, fresh: bool = False) -> Message:
+    def call(self, msg: Message, timeout_s: float | None = None, *, fresh: bool = False) -> Reply:
         """Send one message and return the reply.
 
         `fresh`: on a new connection, closed afterwards (a probe that must see whether the socket path
@@ -139,10 +136,10 @@ class SandboxClient:
                 sock = self._new_connection(deadline)
                 sock.settimeout(max(deadline - time.monotonic(), 1e-3))
                 sock.sendall(frame)
-            (length,) = struct.unpack(">I", _recv_exact(sock, 4, deadline))
+            length = frame_length(_recv_exact(sock, 4, deadline))
             if length > MAX_FRAME_BYTES:
                 raise SandboxConnectionError("reply frame too large")
-            reply = decode_body(_recv_exact(sock, length, deadline))
+            reply = decode_reply(_recv_exact(sock, length, deadline))
         except BaseException as exc:
             if sock is not None:
                 sock.close()
@@ -221,8 +218,6 @@ class SandboxClient:
         """Ask the sandbox to re-read its catalog and swap in the owner's new caps, grades and verification
         caps (`sandbox.protocol.owner.ReloadRequest`): the new public catalog, or the refusal (the sandbox
         then keeps its settings)."""
-        from sandbox.protocol.owner import ReloadRequest
-
         reply = self.call(ReloadRequest(), timeout_s)
         if not isinstance(reply, CatalogInfo | ErrorReply):
             raise SandboxConnectionError(f"unexpected reply to reload: {type(reply).__name__}")
@@ -230,8 +225,6 @@ class SandboxClient:
 
     def cap_usage(self, datasets: tuple[str, ...] = (), timeout_s: float | None = None) -> CapUsageReply | ErrorReply:
         """The owner's caps and what the sandbox's cap ledger counts on them now (every dataset if empty)."""
-        from sandbox.protocol.owner import CapUsageReply, CapUsageRequest
-
         reply = self.call(CapUsageRequest(datasets), timeout_s)
         if not isinstance(reply, CapUsageReply | ErrorReply):
             raise SandboxConnectionError(f"unexpected reply to cap usage: {type(reply).__name__}")

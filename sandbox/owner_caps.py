@@ -1,8 +1,9 @@
 """The data owner's caps as the catalog states them: per dataset, in the owner's privacy definition.
 
 Pure (no I/O, no data): parsed by the sandbox from its catalog (`sandbox.catalog`), published in the public
-catalog (`sandbox.protocol.messages.DatasetInfo.caps`) so the gateway mirrors exactly what the sandbox enforces, and
-read by the gateway for its own courtesy check. What a release counts on a cap is in `sandbox.pricing.cap_rules`.
+catalog (`sandbox.protocol.catalog.DatasetInfo.caps`; both types are records of the declared wire schema)
+so the gateway mirrors exactly what the sandbox enforces, and read by the gateway for its own courtesy check.
+What a release counts on a cap is in `sandbox.pricing.cap_rules`.
 
 A dataset's cap (`[datasets.<d>.caps]`), every number written down (nothing has a default):
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -39,18 +39,15 @@ from sandbox.pricing.periods import (
     parse_period,
     to_units,
 )
+from sandbox.protocol.base import Strict
 
 __all__ = [
     "SUBJECT_PERIODS",
     "CapMeasure",
     "OwnerCap",
     "SubjectCap",
-    "cap_from_json",
-    "cap_to_json",
     "parse_owner_cap",
     "parse_subject_caps",
-    "subject_cap_from_json",
-    "subject_cap_to_json",
 ]
 
 CapMeasure = Literal["epsilon", "rho"]
@@ -58,8 +55,7 @@ SUBJECT_PERIODS = ("day", "hour")
 MAX_SUBJECT_CHECKS = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class OwnerCap:
+class OwnerCap(Strict, frozen=True):
     """The data owner's cap on one dataset, in the owner's privacy definition.
 
     Attributes:
@@ -112,8 +108,7 @@ class OwnerCap:
         return text
 
 
-@dataclass(frozen=True, slots=True)
-class SubjectCap:
+class SubjectCap(Strict, frozen=True):
     """At most `max_checks` checks about one subject with `template`, per `period` (UTC), all consumers."""
 
     template: str
@@ -242,59 +237,3 @@ def _count(file: str, key: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SUBJECT_CHECKS:
         raise ConfigError(file, key, f"must be an integer in [1, {MAX_SUBJECT_CHECKS}]")
     return int(v)
-
-
-# -- public JSON (sandbox.protocol.messages) ------------------------------------------------------------------
-
-
-def _period_to_json(p: Period) -> dict[str, Any]:
-    return {"kind": p.kind, "unit": p.unit, "window_days": p.window_days}
-
-
-def _period_from_json(d: Mapping[str, Any]) -> Period:
-    kind = d["kind"]
-    if kind not in ("calendar", "rolling", "lifetime"):
-        raise ValueError("unknown period kind")
-    return Period(kind, str(d["unit"]), int(d["window_days"]))
-
-
-def _opt(v: Any) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ValueError("cap numbers must be finite")
-    return float(v)
-
-
-def cap_to_json(cap: OwnerCap) -> dict[str, Any]:
-    """The public JSON form of a cap."""
-    return {"measure": cap.measure, "amount": cap.amount, "delta": cap.delta,
-            "period": _period_to_json(cap.period), "conversion_delta": cap.conversion_delta,
-            "lifetime_amount": cap.lifetime_amount, "lifetime_delta": cap.lifetime_delta}
-
-
-def cap_from_json(d: Mapping[str, Any]) -> OwnerCap:
-    """Decode `cap_to_json` (strict; ValueError/KeyError/TypeError on a malformed value)."""
-    if set(d) != {"measure", "amount", "delta", "period", "conversion_delta", "lifetime_amount",
-                  "lifetime_delta"}:
-        raise ValueError("unexpected cap keys")
-    if d["measure"] not in ("epsilon", "rho"):
-        raise ValueError("unknown cap measure")
-    amount, delta = _opt(d["amount"]), _opt(d["delta"])
-    if amount is None or delta is None:
-        raise ValueError("cap amount and delta are required")
-    return OwnerCap(d["measure"], amount, delta, _period_from_json(d["period"]), _opt(d["conversion_delta"]),
-                    _opt(d["lifetime_amount"]), _opt(d["lifetime_delta"]))
-
-
-def subject_cap_to_json(s: SubjectCap) -> list[Any]:
-    """[template, max_checks, period]."""
-    return [s.template, s.max_checks, s.period]
-
-
-def subject_cap_from_json(v: Any) -> SubjectCap:
-    """Decode `subject_cap_to_json`."""
-    template, checks, period = v
-    if period not in SUBJECT_PERIODS or isinstance(checks, bool) or not isinstance(checks, int):
-        raise ValueError("malformed subject cap")
-    return SubjectCap(str(template), checks, period)

@@ -1,4 +1,4 @@
-"""The sandbox's Unix-socket server: length-prefixed JSON frames (`sandbox.protocol.messages`), one thread
+"""The sandbox's Unix-socket server: length-prefixed JSON frames (`sandbox.protocol.wire`), one thread
 per connection, several request/response frames per connection in sequence.
 
 The socket is created only after the engine has loaded the data and locked DuckDB, with mode 0600
@@ -6,8 +6,9 @@ in a directory the data owner controls. A starting server refuses a socket anoth
 (two gateways must never share a sandbox by accident); a gateway that finds the orphan of a dead gateway
 there asks it to stop first (`sandbox.process.lifecycle.ShutdownRequest`, honoured only by an orphan).
 
-A malformed frame gets ErrorReply('bad_request'); an oversized frame gets the same reply and closes the
-connection (its boundary is lost).
+The server decodes requests only (`sandbox.protocol.messages.decode_request`): a malformed frame, a reply type,
+an unknown type or field, or a value of the wrong type gets ErrorReply('bad_request'); an oversized frame
+gets the same reply and closes the connection (its boundary is lost).
 """
 
 from __future__ import annotations
@@ -19,30 +20,29 @@ import signal
 import socket
 import socketserver
 import stat
-import struct
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import assert_never
 
 from sandbox.engine.engine import Engine
 from sandbox.process.lifecycle import ParentTie, ShutdownReply, ShutdownRequest
 from sandbox.products import models
 from sandbox.products.verification import Verifier
+from sandbox.protocol.base import MAX_FRAME_BYTES, ProtocolError
 from sandbox.protocol.messages import (
-    MAX_FRAME_BYTES,
     DescribeRequest,
     ErrorReply,
     ExecuteRequest,
-    ExtensionMessage,
     HealthReply,
     HealthRequest,
-    Message,
-    ProtocolError,
-    decode_body,
-    encode_frame,
+    Reply,
+    decode_request,
 )
 from sandbox.protocol.models import EvaluateRequest, TrainRequest
 from sandbox.protocol.owner import CapUsageRequest, ReloadRequest
+from sandbox.protocol.verification import DescribeTemplatesRequest, VerifyClaimsRequest
+from sandbox.protocol.wire import encode_frame, frame_length
 
 log = logging.getLogger("sandbox.server")
 IDLE_TIMEOUT_S = 300.0
@@ -70,7 +70,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 header = recv_exact(sock, 4)
                 if header is None:
                     return
-                (length,) = struct.unpack(">I", header)
+                length = frame_length(header)
                 if length > MAX_FRAME_BYTES:
                     sock.sendall(encode_frame(ErrorReply("bad_request", "frame too large")))
                     return
@@ -78,11 +78,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 if body is None:
                     return
                 try:
-                    reply = self.server.dispatch(body)
+                    frame = encode_frame(self.server.dispatch(body))
                 except Exception:  # a bug must not leak engine text: uniform failure
                     log.exception("request handling failed")
-                    reply = ErrorReply("failed", "")
-                sock.sendall(encode_frame(reply))
+                    frame = encode_frame(ErrorReply("failed", ""))
+                sock.sendall(frame)
         except OSError as exc:  # timeouts, resets: drop this connection only
             log.info("connection closed: %s", exc)
 
@@ -116,10 +116,10 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(socket_path, 0o600)
         self._inode = socket_path.stat().st_ino
 
-    def dispatch(self, body: bytes) -> Message:
+    def dispatch(self, body: bytes) -> Reply:
         """Answer one frame body."""
         try:
-            msg = decode_body(body)
+            msg = decode_request(body)
         except ProtocolError as exc:
             return ErrorReply("bad_request", str(exc))
         if isinstance(msg, ExecuteRequest):
@@ -136,12 +136,12 @@ class SandboxServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return self.engine.cap_usage(msg.datasets)
         if isinstance(msg, ShutdownRequest):
             return self._shutdown_if_orphaned()
-        if isinstance(msg, ExtensionMessage):
+        if isinstance(msg, DescribeTemplatesRequest | VerifyClaimsRequest):
             return self.verifier.handle(msg)
         if isinstance(msg, HealthRequest):
             return HealthReply(serving=True, locked_down=self.engine.verify(), pid=os.getpid(),
                                parent_pid=self.tie.parent_pid, orphaned=self.tie.orphaned)
-        return ErrorReply("bad_request", f"unexpected message {type(msg).__name__}")
+        assert_never(msg)  # every request type is answered above (mypy checks it)
 
     def _shutdown_if_orphaned(self) -> ShutdownReply:
         """Stop serving if the gateway that started this sandbox is gone; refuse otherwise."""

@@ -25,10 +25,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import duckdb
+from msgspec.structs import replace
 
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec, load_catalog
 from sandbox.engine.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger, Product

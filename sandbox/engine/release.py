@@ -19,16 +19,8 @@ from typing import Any
 from sandbox.plans.compile import CompiledPlan, QuantileQuery, avg_centre
 from sandbox.plans.relation import Relation
 from sandbox.pricing import mechanisms, quantiles
-from sandbox.protocol.messages import (
-    VARIANCE_KINDS,
-    Aggregate,
-    AggregateKind,
-    NoisyValue,
-    QueryPlan,
-    ReleaseCost,
-    ReleaseRow,
-    Scalar,
-)
+from sandbox.protocol.plan import VARIANCE_KINDS, Aggregate, AggregateKind, QueryPlan, Scalar
+from sandbox.protocol.release import NoisyValue, ReleaseCost, ReleaseRow
 
 Cell = tuple[Scalar, ...]
 Rows = list[tuple[Any, ...]]

@@ -27,14 +27,14 @@ from fractions import Fraction
 from typing import Protocol
 
 from sandbox.plans.functions import UNBOUNDED, Interval, lookup
-from sandbox.protocol.messages import (
+from sandbox.protocol.catalog import ColumnInfo
+from sandbox.protocol.plan import (
     ARITHMETIC_OPS,
     Between,
     Binary,
     Case,
     Cast,
     Column,
-    ColumnInfo,
     Expr,
     Func,
     InList,

@@ -19,7 +19,8 @@ from sandbox.plans import bounds
 from sandbox.plans.functions import lookup, render_clamp
 from sandbox.plans.relation import Relation, derived_column, key, source_relation, table_relation
 from sandbox.plans.selection import key_count
-from sandbox.protocol.messages import (
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
+from sandbox.protocol.plan import (
     ARITHMETIC_OPS,
     COMPARISON_OPS,
     LOGICAL_OPS,
@@ -31,8 +32,6 @@ from sandbox.protocol.messages import (
     Case,
     Cast,
     Column,
-    ColumnInfo,
-    DatasetInfo,
     Expr,
     Func,
     InList,
@@ -43,7 +42,6 @@ from sandbox.protocol.messages import (
     QueryPlan,
     Scalar,
     Source,
-    TableInfo,
     TableSource,
     Unary,
     UnitAggregate,

@@ -47,16 +47,17 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.relation import derived_column, key, plan_relation, source_relation
-from sandbox.protocol.messages import (
+from sandbox.protocol.catalog import DatasetInfo, TableInfo
+from sandbox.protocol.plan import (
     Column,
-    DatasetInfo,
     InUnits,
     PublicJoin,
     QueryPlan,
     Source,
-    TableInfo,
     TableSource,
     UnitAggregate,
     UnitJoin,
@@ -135,7 +136,10 @@ class _Checker:
             for item in e:
                 self.expr(item, use, scope)
             return
-        if dataclasses.is_dataclass(e) and not isinstance(e, type):
+        if isinstance(e, msgspec.Struct):  # every plan node is a Struct (sandbox.protocol.plan)
+            for name in e.__struct_fields__:
+                self.expr(getattr(e, name), use, scope)
+        elif dataclasses.is_dataclass(e) and not isinstance(e, type):
             for f in dataclasses.fields(e):
                 self.expr(getattr(e, f.name), use, scope)
 

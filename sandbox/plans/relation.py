@@ -45,19 +45,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
+
+from msgspec.structs import replace
 
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.bounds import float_down, float_up
-from sandbox.protocol.messages import (
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
+from sandbox.protocol.plan import (
     Between,
     Binary,
     Case,
     Cast,
     Column,
-    ColumnInfo,
-    DatasetInfo,
     Expr,
     Func,
     InList,
@@ -66,7 +67,6 @@ from sandbox.protocol.messages import (
     PublicJoin,
     QueryPlan,
     Source,
-    TableInfo,
     TableSource,
     Unary,
     UnitAggregate,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 
-from sandbox.protocol.messages import VARIANCE_KINDS, Aggregate, AggregateKind, QueryPlan
+from sandbox.protocol.plan import VARIANCE_KINDS, Aggregate, AggregateKind, QueryPlan
 
 # Preference among counts of equal weight (higher first).
 _KIND_RANK = {

@@ -63,6 +63,7 @@ from typing import Literal
 from sandbox.owner_caps import OwnerCap
 from sandbox.pricing import zcdp
 from sandbox.pricing.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, to_units
+from sandbox.protocol.base import Strict
 
 __all__ = ["CapCounts", "CapSums", "ReleaseLoss", "counts", "pure_to_rho_units", "refusal"]
 
@@ -133,8 +134,7 @@ class CapCounts:
                 int(self.no_epsilon), int(self.no_rho))
 
 
-@dataclass(frozen=True, slots=True)
-class CapSums:
+class CapSums(Strict, frozen=True):  # a record of the wire schema (sandbox.protocol.base)
     """The sums of `CapCounts` over a window (flags: how many charges lack a count in that measure)."""
 
     epsilon_units: int = 0

@@ -57,17 +57,9 @@ from sandbox.plans.compile import avg_centre, quantile_candidates
 from sandbox.plans.relation import Relation, key, plan_reach, plan_relation
 from sandbox.plans.selection import boost, count_weight, key_count
 from sandbox.pricing import quantiles
-from sandbox.pricing.measurements import KeyBound, integer_sensitivity, score_transformation
-from sandbox.protocol.messages import (
-    BOUNDED_KINDS,
-    VARIANCE_KINDS,
-    Aggregate,
-    AggregateKind,
-    Column,
-    ColumnInfo,
-    DatasetInfo,
-    QueryPlan,
-)
+from sandbox.pricing.measurements import KeyBound, integer_sensitivity, quantile_measurement, score_transformation
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo
+from sandbox.protocol.plan import BOUNDED_KINDS, VARIANCE_KINDS, Aggregate, AggregateKind, Column, QueryPlan
 
 SELECT = "select"  # the separate partition-selection component (aggregate_index -1)
 
@@ -242,3 +234,16 @@ def centred_sensitivity(k: int, lo: float, hi: float, centre: float, integer: bo
     return float_up(k * max(c_x - _exact(lo), _exact(hi) - c_x))
 
 
+def calibrate_quantile(c: Component, epsilon: float) -> tuple[float, float]:
+    """Smallest scale whose chain map(K) is at most `epsilon`; returns (scale, map)."""
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise PlanRejectedError("epsilon must be finite and positive")
+    scale = 2.0 * c.sensitivity / epsilon
+    if not (math.isfinite(scale) and scale > 0):
+        raise PlanRejectedError("noise scale is not a positive finite number")
+    for _ in range(64):
+        cost = float(quantile_measurement(c.candidates, c.alpha, scale).map(c.rows))  # type: ignore[no-untyped-call]
+        if cost <= epsilon:
+            return scale, cost
+        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
+    raise PlanRejectedError("could not calibrate the noise scale")  # pragma: no cover

@@ -24,15 +24,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import opendp.prelude as dp
 
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.bounds import float_up
-
-if TYPE_CHECKING:  # components imports this module
-    from sandbox.pricing.components import Component
 
 dp.enable_features("contrib")
 
@@ -142,21 +139,6 @@ def quantile_scores(counts: list[int], alpha: float) -> list[int]:
         out.append(abs(den * below - num * (n - c)))
         below += c
     return out
-
-
-def calibrate_quantile(c: Component, epsilon: float) -> tuple[float, float]:
-    """Smallest scale whose chain map(K) is at most `epsilon`; returns (scale, map)."""
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise PlanRejectedError("epsilon must be finite and positive")
-    scale = 2.0 * c.sensitivity / epsilon
-    if not (math.isfinite(scale) and scale > 0):
-        raise PlanRejectedError("noise scale is not a positive finite number")
-    for _ in range(64):
-        cost = float(quantile_measurement(c.candidates, c.alpha, scale).map(c.rows))  # type: ignore[no-untyped-call]
-        if cost <= epsilon:
-            return scale, cost
-        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
-    raise PlanRejectedError("could not calibrate the noise scale")  # pragma: no cover
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from sandbox.plans.bounds import float_up as float_up  # the rounding of float s
 from sandbox.pricing.components import SELECT as SELECT
 from sandbox.pricing.components import Component as Component
 from sandbox.pricing.components import aggregate_bounds as aggregate_bounds
+from sandbox.pricing.components import calibrate_quantile as calibrate_quantile
 from sandbox.pricing.components import centred_sensitivity as centred_sensitivity
 from sandbox.pricing.components import components as components
 from sandbox.pricing.components import is_integer_sum as is_integer_sum
@@ -52,7 +53,6 @@ from sandbox.pricing.measurements import SensitivityTooLargeError as Sensitivity
 from sandbox.pricing.measurements import accuracy_to_scale as accuracy_to_scale
 from sandbox.pricing.measurements import alpha_fraction as alpha_fraction
 from sandbox.pricing.measurements import calibrate as calibrate
-from sandbox.pricing.measurements import calibrate_quantile as calibrate_quantile
 from sandbox.pricing.measurements import calibrate_threshold as calibrate_threshold
 from sandbox.pricing.measurements import d_in as d_in
 from sandbox.pricing.measurements import integer_sensitivity as integer_sensitivity
@@ -78,8 +78,9 @@ from sandbox.pricing.releases import release_quantile as release_quantile
 from sandbox.pricing.releases import release_threshold as release_threshold
 from sandbox.pricing.releases import release_vector as release_vector
 from sandbox.pricing.releases import stddev as stddev
-from sandbox.protocol.messages import DatasetInfo, QueryPlan
-from sandbox.protocol.messages import ReleaseCost as ReleaseCost
+from sandbox.protocol.catalog import DatasetInfo
+from sandbox.protocol.plan import QueryPlan
+from sandbox.protocol.release import ReleaseCost as ReleaseCost
 
 
 def price(

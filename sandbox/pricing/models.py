@@ -30,7 +30,7 @@ from sandbox.errors import PlanRejectedError
 from sandbox.plans import bounds
 from sandbox.pricing import mechanisms
 from sandbox.pricing.cap_rules import ReleaseLoss
-from sandbox.protocol.messages import ColumnInfo, DatasetInfo, TableInfo
+from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
 from sandbox.protocol.models import ModelCost, ModelKind
 
 dp.enable_features("contrib")

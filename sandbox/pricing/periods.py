@@ -22,6 +22,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Literal
 
 from sandbox.errors import ConfigError
+from sandbox.protocol.base import Strict
 
 __all__ = [
     "BUCKET_SQL",
@@ -80,8 +81,7 @@ class Window:
     end: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Period:
+class Period(Strict, frozen=True):  # a record of the wire schema (sandbox.protocol.base)
     """How a budget refreshes.
 
     Attributes:

@@ -39,7 +39,8 @@ from sandbox.pricing.measurements import (
     quantile_scores,
     score_transformation,
 )
-from sandbox.protocol.messages import AggregateKind, NoisyValue, ReleaseCost
+from sandbox.protocol.plan import AggregateKind
+from sandbox.protocol.release import NoisyValue, ReleaseCost
 
 dp.enable_features("contrib")
 

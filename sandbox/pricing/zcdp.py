@@ -51,7 +51,9 @@ from sandbox.pricing.mechanisms import (
     Component,
     KeyBound,
 )
-from sandbox.protocol.messages import DatasetInfo, QueryPlan, ReleaseCost
+from sandbox.protocol.catalog import DatasetInfo
+from sandbox.protocol.plan import QueryPlan
+from sandbox.protocol.release import ReleaseCost
 
 dp.enable_features("contrib")
 

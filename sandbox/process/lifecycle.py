@@ -26,9 +26,8 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
-from sandbox.protocol.messages import ExtensionMessage, ProtocolError, register_extension
+from sandbox.protocol.messages import ShutdownReply, ShutdownRequest
 
 __all__ = [
     "EXIT_ORPHANED",
@@ -98,47 +97,3 @@ def tie_to_parent(parent_pid: int, *, poll_s: float = PARENT_POLL_S) -> ParentTi
 
     threading.Thread(target=watch, name="sandbox-parent-watch", daemon=True).start()
     return tie
-
-
-# ---------------------------------------------------------------------------------------------------
-# Protocol: shutdown of an orphan
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequest(ExtensionMessage):
-    """Ask the sandbox to stop; honoured only when it is orphaned (its gateway is gone)."""
-
-    TYPE: ClassVar[str] = "shutdown"
-
-    def body_json(self) -> dict[str, Any]:
-        """No fields."""
-        return {}
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownReply(ExtensionMessage):
-    """`accepted`: the sandbox stops now (it closes its socket and removes the file)."""
-
-    TYPE: ClassVar[str] = "shutdown_reply"
-    accepted: bool
-
-    def body_json(self) -> dict[str, Any]:
-        """The decision."""
-        return {"accepted": self.accepted}
-
-
-def _shutdown_from_json(d: dict[str, Any]) -> ShutdownRequest:
-    if set(d) != {"type"}:
-        raise ProtocolError("malformed 'shutdown' message")
-    return ShutdownRequest()
-
-
-def _shutdown_reply_from_json(d: dict[str, Any]) -> ShutdownReply:
-    if set(d) != {"type", "accepted"} or not isinstance(d["accepted"], bool):
-        raise ProtocolError("malformed 'shutdown_reply' message")
-    return ShutdownReply(d["accepted"])
-
-
-register_extension(ShutdownRequest.TYPE, _shutdown_from_json)
-register_extension(ShutdownReply.TYPE, _shutdown_reply_from_json)

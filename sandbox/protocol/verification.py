@@ -6,7 +6,8 @@ claims (subject keys and parameter values, as typed data); the sandbox answers o
 one, the index of a coarse band. Also here: the public description of templates and the subject
 format checks both sides apply (the gateway to refuse early, the sandbox as the owner's last word).
 
-Messages are `ExtensionMessage`s of `sandbox.protocol.messages` (same frames, same strict decoding).
+Each type is a record of the declared wire schema (`sandbox.protocol.base`); the messages are envelopes
+listed in `sandbox.protocol.messages`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from sandbox.protocol.messages import ExtensionMessage, ProtocolError, Scalar, register_extension
+from sandbox.protocol.base import Envelope, Strict
+from sandbox.protocol.plan import Scalar
 
 SubjectFormat: TypeAlias = Literal["resident_id", "credit_code"]
 ParamType: TypeAlias = Literal["int64", "float64", "string", "bool"]
@@ -30,6 +31,7 @@ MAX_BATCH = 100_000
 
 NO_MATCH, MATCH, NOT_FOUND = 0, 1, 2
 OUTCOMES = (NO_MATCH, MATCH, NOT_FOUND)
+_OUTCOME_SET = frozenset(OUTCOMES)
 
 # ---------------------------------------------------------------------------------------------------
 # Subject formats (GB 11643-1999 resident identity numbers, GB 32100-2015 unified social credit codes)
@@ -160,8 +162,7 @@ def subject_problems(fmt: str, subjects: Sequence[str]) -> dict[int, str]:
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ParamSpec:
+class ParamSpec(Strict, frozen=True):
     """A template parameter: its type and what values a consumer may send.
 
     Exactly one of `allowed` (a closed list), `ladder` (ascending numeric thresholds) or
@@ -197,8 +198,7 @@ class ParamSpec:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class TemplateInfo:
+class TemplateInfo(Strict, frozen=True):
     """What a consumer (and the gateway) may know about a verification template: never its predicate."""
 
     dataset: str
@@ -233,55 +233,13 @@ class TemplateInfo:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _keys(d: dict[str, Any], allowed: set[str]) -> None:
-    extra = set(d) - allowed
-    if extra:
-        raise ProtocolError(f"unexpected keys {sorted(extra)}")
-
-
-def _scalar(v: Any) -> Scalar:
-    if v is None or isinstance(v, bool | int | str):
-        return v
-    if isinstance(v, float) and math.isfinite(v):
-        return v
-    raise ProtocolError("value must be a finite number, string, boolean or null")
-
-
-def _param_to_json(p: ParamSpec) -> dict[str, Any]:
-    return {"name": p.name, "type": p.type, "description": p.description,
-            "allowed": None if p.allowed is None else list(p.allowed),
-            "ladder": None if p.ladder is None else list(p.ladder), "max_length": p.max_length}
-
-
-def _param_from_json(d: dict[str, Any]) -> ParamSpec:
-    _keys(d, {"name", "type", "description", "allowed", "ladder", "max_length", "t"})
-    if d["type"] not in PARAM_TYPES:
-        raise ProtocolError("unknown parameter type")
-    return ParamSpec(
-        name=str(d["name"]), type=d["type"], description=str(d["description"]),
-        allowed=None if d["allowed"] is None else tuple(_scalar(v) for v in d["allowed"]),
-        ladder=None if d["ladder"] is None else tuple(
-            float(v) if isinstance(v, float) else int(v) for v in d["ladder"]),
-        max_length=None if d["max_length"] is None else int(d["max_length"]),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeTemplatesRequest(ExtensionMessage):
+class DescribeTemplatesRequest(Envelope, frozen=True, tag="v_describe"):
     """Ask for the public description of every verification template."""
 
-    TYPE: ClassVar[str] = "v_describe"
 
-    def body_json(self) -> dict[str, Any]:
-        """No fields."""
-        return {}
-
-
-@dataclass(frozen=True, slots=True)
-class TemplatesInfo(ExtensionMessage):
+class TemplatesInfo(Envelope, frozen=True, tag="v_templates"):
     """The public description of the templates, with each dataset's data version."""
 
-    TYPE: ClassVar[str] = "v_templates"
     templates: tuple[TemplateInfo, ...]
     versions: tuple[tuple[str, str], ...] = ()
 
@@ -289,51 +247,14 @@ class TemplatesInfo(ExtensionMessage):
         """The template `name` of `dataset`, or None."""
         return next((t for t in self.templates if (t.dataset, t.name) == (dataset, name)), None)
 
-    def body_json(self) -> dict[str, Any]:
-        """Serialize."""
-        return {
-            "versions": [list(v) for v in self.versions],
-            "templates": [
-                {"dataset": t.dataset, "name": t.name, "description": t.description,
-                 "subject_format": t.subject_format,
-                 "parameters": [_param_to_json(p) for p in t.parameters],
-                 "band_labels": list(t.band_labels),
-                 "not_found_as_no_match": t.not_found_as_no_match,
-                 "requires_case_reference": t.requires_case_reference}
-                for t in self.templates
-            ],
-        }
 
-
-def _templates_from_json(d: dict[str, Any]) -> TemplatesInfo:
-    _keys(d, {"type", "templates", "versions"})
-    out = []
-    for t in d["templates"]:
-        _keys(t, {"dataset", "name", "description", "subject_format", "parameters", "band_labels",
-                  "not_found_as_no_match", "requires_case_reference"})
-        if t["subject_format"] not in SUBJECT_FORMATS:
-            raise ProtocolError("unknown subject format")
-        out.append(TemplateInfo(
-            dataset=str(t["dataset"]), name=str(t["name"]), description=str(t["description"]),
-            subject_format=t["subject_format"],
-            parameters=tuple(_param_from_json(p) for p in t["parameters"]),
-            band_labels=tuple(str(b) for b in t["band_labels"]),
-            not_found_as_no_match=bool(t["not_found_as_no_match"]),
-            requires_case_reference=bool(t["requires_case_reference"]),
-        ))
-    versions = tuple((str(a), str(b)) for a, b in d["versions"])
-    return TemplatesInfo(tuple(out), versions)
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyClaimsRequest(ExtensionMessage):
+class VerifyClaimsRequest(Envelope, frozen=True, tag="v_verify"):
     """Evaluate template `template` of `dataset` for each claim (column-wise: subjects, parameters).
 
     `params` holds, per declared parameter, one value per claim. The sandbox binds them as typed data
     (an Arrow relation or prepared-statement parameters), never as SQL text.
     """
 
-    TYPE: ClassVar[str] = "v_verify"
     request_id: str
     dataset: str
     template: str
@@ -347,25 +268,8 @@ class VerifyClaimsRequest(ExtensionMessage):
             if len(values) != len(self.subjects):
                 raise ValueError(f"parameter {name!r} needs one value per claim")
 
-    def body_json(self) -> dict[str, Any]:
-        """Serialize."""
-        return {"request_id": self.request_id, "dataset": self.dataset, "template": self.template,
-                "subjects": list(self.subjects),
-                "params": [[n, list(v)] for n, v in self.params]}
 
-
-def _verify_from_json(d: dict[str, Any]) -> VerifyClaimsRequest:
-    _keys(d, {"type", "request_id", "dataset", "template", "subjects", "params"})
-    subjects = d["subjects"]
-    if not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
-        raise ProtocolError("subjects must be a list of strings")
-    params = tuple((str(n), tuple(_scalar(v) for v in vals)) for n, vals in d["params"])
-    return VerifyClaimsRequest(str(d["request_id"]), str(d["dataset"]), str(d["template"]),
-                               tuple(subjects), params)
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyClaimsResult(ExtensionMessage):
+class VerifyClaimsResult(Envelope, frozen=True, tag="v_result"):
     """One outcome per answered claim (NO_MATCH=0, MATCH=1, NOT_FOUND=2 only where the template allows it)
     and one band index per answered claim (-1: the template has no band).
 
@@ -376,7 +280,6 @@ class VerifyClaimsResult(ExtensionMessage):
     forwards it.
     """
 
-    TYPE: ClassVar[str] = "v_result"
     outcomes: tuple[int, ...]
     bands: tuple[int, ...]
     not_found: int
@@ -386,32 +289,8 @@ class VerifyClaimsResult(ExtensionMessage):
     def __post_init__(self) -> None:
         if len(self.outcomes) != len(self.bands):
             raise ValueError("one band per outcome")
-        if any(o not in OUTCOMES for o in self.outcomes):
+        if not _OUTCOME_SET.issuperset(self.outcomes):
             raise ValueError("unknown outcome")
         if any(b <= a for a, b in zip(self.capped, self.capped[1:], strict=False)) or any(
                 i < 0 for i in self.capped):
             raise ValueError("capped indices must be ascending and non-negative")
-
-    def body_json(self) -> dict[str, Any]:
-        """Serialize."""
-        return {"outcomes": list(self.outcomes), "bands": list(self.bands),
-                "not_found": self.not_found, "dataset_version": self.dataset_version,
-                "capped": list(self.capped)}
-
-
-def _result_from_json(d: dict[str, Any]) -> VerifyClaimsResult:
-    _keys(d, {"type", "outcomes", "bands", "not_found", "dataset_version", "capped"})
-    return VerifyClaimsResult(tuple(int(o) for o in d["outcomes"]), tuple(int(b) for b in d["bands"]),
-                              int(d["not_found"]), str(d["dataset_version"]),
-                              tuple(int(i) for i in d.get("capped", ())))
-
-
-def _describe_from_json(d: dict[str, Any]) -> DescribeTemplatesRequest:
-    _keys(d, {"type"})
-    return DescribeTemplatesRequest()
-
-
-register_extension(DescribeTemplatesRequest.TYPE, _describe_from_json)
-register_extension(TemplatesInfo.TYPE, _templates_from_json)
-register_extension(VerifyClaimsRequest.TYPE, _verify_from_json)
-register_extension(VerifyClaimsResult.TYPE, _result_from_json)

@@ -21,9 +21,10 @@ import logging
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from msgspec.structs import replace
 from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import model_service_pb2 as m_pb
 

@@ -13,8 +13,10 @@ filters the row out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+from msgspec.structs import replace
 
 from sandbox.protocol.messages import (
     Between,

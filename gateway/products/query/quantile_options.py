@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from gateway.errors import InvalidArgumentError
 from sandbox.protocol.messages import AggregateKind, QueryPlan

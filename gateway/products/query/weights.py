@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TypeVar
 
 import opendp.prelude as dp
+from msgspec.structs import replace
 
 from gateway.errors import GatewayInternalError, InvalidArgumentError, InvalidQueryError
 from gateway.products.common import MIN_EPSILON, MIN_RHO

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import duckdb
 import pytest
+from msgspec.structs import replace
 
 from sandbox.engine.engine import stored_column
 from sandbox.engine.guard import check_select

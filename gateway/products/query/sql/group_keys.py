@@ -5,8 +5,9 @@ WHERE clause's own literals."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
+
+import msgspec
 
 from gateway.products.query.sql.expressions import convert_expression
 from gateway.products.query.sql.nodes import Kind, Scope
@@ -157,8 +158,8 @@ def _unqualified(e: Any) -> Any:
         return Column(e.name)
     if isinstance(e, tuple):
         return tuple(_unqualified(x) for x in e)
-    if hasattr(e, "__slots__") and hasattr(e, "__dataclass_fields__"):
-        return replace(e, **{f: _unqualified(getattr(e, f)) for f in e.__dataclass_fields__})
+    if isinstance(e, msgspec.Struct):
+        return msgspec.structs.replace(e, **{f: _unqualified(getattr(e, f)) for f in e.__struct_fields__})
     return e
 
 

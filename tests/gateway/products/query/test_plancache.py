@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec.structs
 import pytest
 
 from gateway.errors import InvalidQueryError
@@ -28,7 +27,7 @@ def test_a_new_dataset_description_never_meets_an_old_entry() -> None:
     """A changed catalog (another DatasetInfo object, e.g. a new data version) is analyzed afresh."""
     cache = PlanCache()
     first = cache.analyze(SQL, REGISTRY)
-    newer = dataclasses.replace(REGISTRY, version="next")
+    newer = msgspec.structs.replace(REGISTRY, version="next")
     second = cache.analyze(SQL, newer)
     assert second is not first
     assert second == analyze_query(SQL, newer)
