@@ -53,8 +53,9 @@ test: $(STAMP) browser  ## what CI runs: lint, types, then every test (statistic
 test-fast: $(STAMP)  ## the inner loop: skip slow and statistical tests
 	@$(PY) -m pytest -q -m "not slow and not statistical"
 
-bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000")
+bench: $(STAMP)  ## run the benchmarks: BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000"), then BENCHMARKS-accuracy.md against OpenDP and SmartNoise (PEER_ARGS=--quick)
 	@$(PY) -m examples.bench $(ARGS)
+	@$(PY) -m examples.bench.peers $(PEER_ARGS)
 
 proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
 	@$(PY) -m gateway.cli.protogen
