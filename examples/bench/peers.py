@@ -5,7 +5,8 @@ Writes BENCHMARKS-accuracy.md (the table, machine facts, load average) and `.ben
 
 * Data: `examples.generate_data` at each size (the same cache as `examples.bench`).
 * Systems, each on the same Parquet files, each query released `--reps` times (fresh noise every time):
-  - `gateway`: real gRPC stubs over mTLS to a real gateway and sandbox process (`examples.bench.systems`), epsilon 1 per query, delta 1e-6 where keys are selected privately;
+  - `gateway`: real gRPC stubs over mTLS to a real gateway and sandbox process (`examples.bench.systems`),
+    epsilon 1 per query, delta 1e-6 where keys are selected privately;
   - `OpenDP`: the Context API (`dp.Context.compositor`, one query's loss, margins for what is public, as
     OpenDP's documentation recommends) in its own venv (`.bench/venv-opendp`, `opendp[polars]==0.16.0`,
     which needs polars 1.36.1), in a worker subprocess (`examples/bench/opendp_worker.py`): the
@@ -141,6 +142,7 @@ class Cell:
             return {"unsupported": self.unsupported}
         med, lo, hi = median_interval(self.errors)
         return {"median": med, "ci": [lo, hi], "predicted": self.predicted, "n": len(self.errors),
+                "mean": sum(self.errors) / len(self.errors) if self.errors else None,
                 "groups_median": sorted(self.groups)[len(self.groups) // 2] if self.groups else None,
                 "charged": self.charged}
 
