@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,13 +276,15 @@ def run_smartnoise(sn: SmartNoiseSystem, case: Case, truth: Truth, reps: int, ep
     return cell
 
 
-def run_size(size: int, args: argparse.Namespace, versions: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Every case on every system at one size."""
+def run_size(size: int, args: argparse.Namespace, versions: dict[str, dict[str, str]],
+             out: dict[str, Any], checkpoint: Callable[[], None]) -> None:
+    """Every case on every system at one size, into `out`; `checkpoint` after each case (a long run that is
+    stopped keeps the cells it measured)."""
     data_dir, data_info = ensure_data(size, args.seed)
     truth = Truth(data_dir)
     max_ids = truth.max_rows_per_person()
     root = Path(tempfile.mkdtemp(prefix="pgw-acc-"))  # fresh state: no charge-once cache hits across runs
-    out: dict[str, Any] = {"data": data_info, "cases": {}}
+    out.update({"data": data_info, "cases": {}})
     gw = GatewaySystem(data_dir, root / "gw", args.threads)
     od = OpenDPSystem(data_dir) if not args.no_opendp else None
     sn = SmartNoiseSystem(data_dir, args.threads) if not args.no_smartnoise else None
@@ -309,6 +312,7 @@ def run_size(size: int, args: argparse.Namespace, versions: dict[str, dict[str, 
                     res["smartnoise"] = run_smartnoise(sn, case, truth, args.reps, EPSILON / k, cache, ids).summary()
                     res["smartnoise"]["factor"] = k
             out["cases"][case.id] = res
+            checkpoint()
             log("    " + ", ".join(f"{name} {pct(r.get('median'))}" for name, r in res.items()))
     finally:
         if sn is not None:
@@ -318,7 +322,6 @@ def run_size(size: int, args: argparse.Namespace, versions: dict[str, dict[str, 
         gw.close()
         truth.con.close()
         shutil.rmtree(root, ignore_errors=True)
-    return out
 
 
 def machine_facts() -> dict[str, Any]:
@@ -354,6 +357,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 100k people, 5 releases")
     p.add_argument("--no-opendp", action="store_true")
     p.add_argument("--no-smartnoise", action="store_true")
+    p.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="measure nothing: write the report from these results files (their sizes merged)")
     p.add_argument("--cases", default="", help="comma-separated case ids (default: every case)")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS-accuracy.md")
     p.add_argument("--json", type=Path, default=BENCH_DIR / "accuracy-results.json")
@@ -368,9 +373,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write(args: argparse.Namespace, results: dict[str, Any], versions: dict[str, dict[str, str]],
+          load_start: float, t0: float) -> None:
+    """The JSON and the report as measured so far."""
+    results["machine"] = {**machine_facts(), **versions, "load_average_start": load_start}
+    results["analysis"] = ANALYSIS
+    results["total_seconds"] = time.perf_counter() - t0
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, default=str))
+    args.out.write_text(render(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every size and write the report."""
     args = parse_args(argv)
+    if args.render:
+        merged: dict[str, Any] = {}
+        for path in args.render:
+            part = json.loads(path.read_text())
+            sizes = {**merged.get("sizes", {}), **part["sizes"]}
+            merged = {**part, "sizes": sizes, "command": " and ".join(filter(None, (merged.get("command"),
+                                                                                     part["command"])))}
+        args.out.write_text(render(merged))
+        log(f"wrote {args.out} from {len(args.render)} results file(s)")
+        return 0
     t0 = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
     command = "python -m examples.bench.peers" + (f" {' '.join(sys.argv[1:])}" if argv is None and
@@ -381,13 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               "delta": DELTA}, "sizes": {}}
     for size in args.size_list:
         log(f"== accuracy at {size:,} people")
-        results["sizes"][str(size)] = run_size(size, args, versions)
-    results["machine"] = {**machine_facts(), **versions, "load_average_start": load_start}
-    results["analysis"] = ANALYSIS
-    results["total_seconds"] = time.perf_counter() - t0
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1, default=str))
-    args.out.write_text(render(results))
+        results["sizes"][str(size)] = {}
+        run_size(size, args, versions, results["sizes"][str(size)], lambda: write(args, results, versions, load_start,
+                                                                                   t0))
+    write(args, results, versions, load_start, t0)
     log(f"wrote {args.out} and {args.json} in {results['total_seconds']:.0f} s")
     return 0
 
