@@ -391,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         merged: dict[str, Any] = {}
         for path in args.render:
             part = json.loads(path.read_text())
-            sizes = {**merged.get("sizes", {}), **part["sizes"]}
+            sizes = merged.get("sizes", {})
+            for size, sres in part["sizes"].items():  # one size measured in parts: the cases merged
+                prev = sizes.get(size, {})
+                sizes[size] = {**prev, **sres, "cases": {**prev.get("cases", {}), **sres.get("cases", {})}}
             merged = {**part, "sizes": sizes, "command": " and ".join(filter(None, (merged.get("command"),
                                                                                      part["command"])))}
         args.out.write_text(render(merged))

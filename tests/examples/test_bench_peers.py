@@ -72,3 +72,26 @@ def test_a_small_gateway_only_run_writes_every_shared_query(tmp_path: Path, monk
     report = out.read_text()
     assert all(f"| {case.title} |" in report for case in CASES)
     assert "load average" in report
+
+
+def _results(size: str, case_ids: list[str], command: str) -> dict[str, object]:
+    cell = {"median": 1e-4, "ci": [9e-5, 1.1e-4], "predicted": 1e-4, "n": 60, "charged": "ε 1"}
+    return {"command": command, "config": {"reps": 60},
+            "machine": {"cores": 2, "cpu": "cpu", "python": "3.11", "versions": {}, "date": "d", "git_commit": "c",
+                        "load_average_start": 1.0, "load_average_end": 2.0},
+            "sizes": {size: {"cases": {c: {"gateway": cell, "opendp": cell} for c in case_ids}}}}
+
+
+def test_render_merges_runs_of_one_size_measured_in_parts(tmp_path: Path) -> None:
+    """Two processes measuring different cases of one size, and a third another size, make one report."""
+    ids = [c.id for c in CASES]
+    parts = [_results("1000000", ids[:3], "a"), _results("1000000", ids[3:], "b"), _results("100000", ids, "c")]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    out = tmp_path / "acc.md"
+    assert main(["--render", *map(str, paths), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "## 1,000,000 people" in report and "## 100,000 people" in report
+    assert report.count(f"| {CASES[0].title} |") == 2 and report.count(f"| {CASES[-1].title} |") == 2
