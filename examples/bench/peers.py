@@ -395,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             for size, sres in part["sizes"].items():  # one size measured in parts: the cases merged
                 prev = sizes.get(size, {})
                 sizes[size] = {**prev, **sres, "cases": {**prev.get("cases", {}), **sres.get("cases", {})}}
-            merged = {**part, "sizes": sizes, "command": " and ".join(filter(None, (merged.get("command"),
-                                                                                     part["command"])))}
+            loads = [*merged.get("machine", {}).get("load_averages", []),
+                     (part["machine"]["load_average_start"], part["machine"]["load_average_end"])]
+            merged = {**part, "sizes": sizes, "machine": {**part["machine"], "load_averages": loads},
+                      "command": " and ".join(filter(None, (merged.get("command"), part["command"])))}
         args.out.write_text(render(merged))
         log(f"wrote {args.out} from {len(args.render)} results file(s)")
         return 0
