@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PROTOS := $(wildcard proto/privacy_gateway/v1/*.proto)
 
-.PHONY: help install browser lock demo serve test test-fast bench proto lint typecheck clean
+.PHONY: help install browser postgres netns lock demo serve test test-fast bench bench-big proto lint typecheck clean
 
 help:        ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@touch $(STAMP)
 	@echo ">> installed"
 
-install: $(STAMP) browser  ## create .venv and install the project with its dev tools, from the lock file
+install: $(STAMP) browser postgres netns  ## create .venv and install the project with its dev tools, from the lock file
 
 # The console's browser tests drive Debian's Chromium (Playwright's own browser download is not used).
 browser:  ## the system Chromium for the console's browser tests (apt-get as root when it is missing)
@@ -35,6 +35,27 @@ browser:  ## the system Chromium for the console's browser tests (apt-get as roo
 	    echo ">> chromium could not be installed: the console's browser tests will be skipped"; \
 	  else echo ">> no chromium and not root: the console's browser tests will be skipped (apt-get install chromium)"; fi; }
 
+# The storage tests run every store against PostgreSQL too: they start a throwaway cluster with Debian's
+# server programs (initdb, pg_ctl; as the postgres user when run as root) and skip when there are none.
+postgres:  ## Debian's PostgreSQL server programs for the storage tests (apt-get as root when they are missing)
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing Debian's postgresql with apt-get (the PostgreSQL storage tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } || \
+	    echo ">> postgresql could not be installed: the PostgreSQL storage tests will be skipped"; \
+	  else echo ">> no PostgreSQL server and not root: the PostgreSQL storage tests will be skipped (apt-get install postgresql)"; fi; }
+
+# The multi-host test puts gateways, the sandbox and clients in network namespaces (`ip netns`, as root).
+netns:  ## iproute2 for the multi-host test (apt-get as root when `ip` is missing)
+	@command -v ip >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing iproute2 with apt-get (the multi-host test's network namespaces)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; } || \
+	    echo ">> iproute2 could not be installed: the multi-host test will be skipped"; \
+	  else echo ">> no ip command and not root: the multi-host test will be skipped (apt-get install iproute2)"; fi; }
+
 lock: $(STAMP)  ## re-resolve requirements/dev.lock from pyproject.toml (then `make install` and commit both)
 	@$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev --generate-hashes \
 		--python-version 3.11 --universal --quiet -o $(LOCK)
@@ -45,8 +66,8 @@ demo: $(STAMP)  ## generate example data, start sandbox + gateway (mTLS), run an
 serve: $(STAMP)  ## run sandbox + gateway in the foreground with the example policies (Ctrl-C stops)
 	@$(PY) -m gateway serve --dev
 
-test: $(STAMP) browser  ## what CI runs: lint, types, then every test (statistical and slow ones included)
-	@$(PY) -m ruff check gateway sandbox examples tests
+test: $(STAMP) browser postgres netns  ## what CI runs: lint, types, then every test (statistical and slow ones included)
+	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 	@$(PY) -m mypy
 	@$(PY) -m pytest -q
 
@@ -57,13 +78,16 @@ bench: $(STAMP)  ## run the benchmarks: BENCHMARKS.md (ARGS=--quick for a smoke 
 	@$(PY) -m examples.bench $(ARGS)
 	@$(PY) -m examples.bench.peers $(PEER_ARGS)
 
+bench-big: $(STAMP)  ## out-of-memory benchmark (sandbox on-disk store vs plain DuckDB): PEOPLE=100000000 MEMORY=256MiB
+	@$(PY) -m examples.bench.bigdata --people $(or $(PEOPLE),100000000) --memory-limit $(or $(MEMORY),256MiB) $(ARGS)
+
 proto: $(STAMP)  ## regenerate gen/python from proto/ (committed; a test checks it is fresh)
 	@$(PY) -m gateway.cli.protogen
 
 lint: $(STAMP)  ## ruff
-	@$(PY) -m ruff check gateway sandbox examples tests
+	@$(PY) -m ruff check gateway sandbox pgw_client examples tests
 
-typecheck: $(STAMP)  ## mypy --strict on gateway/ and sandbox/
+typecheck: $(STAMP)  ## mypy --strict on gateway/, sandbox/ and pgw_client/
 	@$(PY) -m mypy
 
 clean:  ## remove the venv, caches, demo state and generated example data

@@ -9,24 +9,40 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+from sandbox.client import Endpoint, TlsEndpoint, TlsFiles, parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (default, help). Every setting is documented here and in the README (a test checks both).
+# name -> (default, help). Every setting is documented here and in docs/reference.md (a test checks both).
 SETTINGS: dict[str, tuple[Any, str]] = {
     "listen": ("127.0.0.1:50051", "host:port the gateway serves gRPC on (TLS, client certs required)"),
     "policy": (ROOT / "policies" / "operator.toml", "the operator's policy file"),
     "catalog": (ROOT / "policies" / "catalog.toml", "the data owner's catalog (read by the sandbox)"),
     "data_dir": (None, "directory of the catalog's data files (default: the catalog's data_dir)"),
     "state_dir": (ROOT / ".state", "durable state: ledger database, sandbox socket"),
+    "storage_url": ("", "PostgreSQL URL (postgresql://...) for the ledger, audit log, governance state, release "
+                        "cache and verification caps, shared by gateway replicas; empty: SQLite in state_dir"),
     "tls_dir": (None, "directory with ca.crt, server.crt, server.key (default: <state_dir>/certs)"),
     "sandbox_socket": (None, "Unix socket of the sandbox (default: <state_dir>/sandbox.sock)"),
     "start_sandbox": (True, "start the sandbox process (false: connect to a running one)"),
+    "sandbox_address": ("", "host:port of a sandbox on the data owner's host, reached over TCP with mutual TLS "
+                            "under the owner's CA (the gateway then starts none); empty: the Unix socket"),
+    "sandbox_tls_ca": (None, "the data owner's CA certificate, trusted for the sandbox's certificate "
+                             "(default: <state_dir>/sandbox-tls/ca.crt)"),
+    "sandbox_tls_cert": (None, "this gateway's client certificate from the owner's CA "
+                               "(default: <state_dir>/sandbox-tls/gateway.crt)"),
+    "sandbox_tls_key": (None, "the key of sandbox_tls_cert (default: <state_dir>/sandbox-tls/gateway.key)"),
     "query_timeout_ms": (10_000, "per-query time limit inside the sandbox, milliseconds"),
     "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
+    "sandbox_storage": ("disk", "where the sandbox keeps the loaded tables: `disk` (a DuckDB file in its state "
+                                "directory, built once per data version, opened read-only; data may exceed the "
+                                "memory limit) or `memory`"),
     "sandbox_threads": (2, "DuckDB threads inside the sandbox"),
+    "sandbox_ready_timeout_s": (1800, "the longest the gateway waits for a sandbox it starts to be ready (a first "
+                                      "start with sandbox_storage = disk builds the store: minutes for 100M people)"),
     "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
     "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
     "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
@@ -34,6 +50,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "stream_message_timeout_ms": (10_000, "the longest a streaming call may wait for its client's next message"),
     "storage_reserve_mb": (32, "MiB kept free for settling charges: new charged work is refused below twice this"),
     "health_interval_ms": (1000, "how often the sandbox's health is probed (NOT_SERVING while it is down)"),
+    "policy_poll_ms": (1000, "how often a gateway checks whether another replica on the same storage reloaded "
+                             "the policy"),
     "metrics_port": (-1, "loopback port for Prometheus /metrics (0 picks one; -1 disables)"),
     "log_format": ("text", "log lines as `text` or `json` (structured, with request ids)"),
     "console_listen": ("", "host:port of the web console (HTTPS, client certificates of the CA required); "
@@ -54,12 +72,19 @@ class Settings:
     catalog: Path
     data_dir: Path | None
     state_dir: Path
+    storage_url: str
     tls_dir: Path
     sandbox_socket: Path
     start_sandbox: bool
+    sandbox_address: str
+    sandbox_tls_ca: Path
+    sandbox_tls_cert: Path
+    sandbox_tls_key: Path
     query_timeout_ms: int
     sandbox_memory_limit: str
+    sandbox_storage: str
     sandbox_threads: int
+    sandbox_ready_timeout_s: int
     max_workers: int
     max_calls_per_identity: int
     max_queued_calls: int
@@ -67,6 +92,7 @@ class Settings:
     stream_message_timeout_ms: int
     storage_reserve_mb: int
     health_interval_ms: int
+    policy_poll_ms: int
     metrics_port: int
     log_format: str
     console_listen: str
@@ -77,6 +103,19 @@ class Settings:
     def ledger_path(self) -> Path:
         """The ledger database."""
         return self.state_dir / "ledger.sqlite3"
+
+    @property
+    def spawns_sandbox(self) -> bool:
+        """True if this gateway starts its own sandbox (`start_sandbox` and no `sandbox_address`)."""
+        return self.start_sandbox and not self.sandbox_address
+
+    @property
+    def sandbox_endpoint(self) -> Endpoint:
+        """Where the sandbox is: the Unix socket, or `sandbox_address` with this gateway's TLS files."""
+        if not self.sandbox_address:
+            return self.sandbox_socket
+        host, port = parse_address(self.sandbox_address)
+        return TlsEndpoint(host, port, TlsFiles(self.sandbox_tls_ca, self.sandbox_tls_cert, self.sandbox_tls_key))
 
     @property
     def sandbox_timeout_s(self) -> float:
@@ -105,7 +144,8 @@ def _cast(name: str, default: Any, raw: Any) -> Any:
         if name == "metrics_port" and not -1 <= value <= 65535:
             raise ConfigError("settings", name, f"has value {raw!r}. Not a port (or -1).")
         return value
-    if isinstance(default, Path) or name in ("data_dir", "tls_dir", "sandbox_socket"):
+    if isinstance(default, Path) or name in ("data_dir", "tls_dir", "sandbox_socket", "sandbox_tls_ca",
+                                             "sandbox_tls_cert", "sandbox_tls_key"):
         return Path(raw)
     return str(raw)
 
@@ -122,8 +162,25 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     state = Path(values["state_dir"])
     values["tls_dir"] = values["tls_dir"] or state / "certs"
     values["sandbox_socket"] = values["sandbox_socket"] or state / "sandbox.sock"
+    if values["storage_url"] and urlsplit(values["storage_url"]).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("settings", "storage_url", "is not a postgresql:// URL (leave it empty for SQLite in "
+                          "state_dir).")
+    for name, file in (("sandbox_tls_ca", "ca.crt"), ("sandbox_tls_cert", "gateway.crt"),
+                       ("sandbox_tls_key", "gateway.key")):
+        values[name] = values[name] or state / "sandbox-tls" / file
+    if values["sandbox_address"]:
+        try:
+            _host, port = parse_address(values["sandbox_address"])
+        except ValueError as exc:
+            raise ConfigError("settings", "sandbox_address", f"has value {values['sandbox_address']!r}. "
+                              "Use host:port.") from exc
+        if port == 0:
+            raise ConfigError("settings", "sandbox_address", "port 0: name the port the sandbox listens on")
     if values["log_format"] not in ("text", "json"):
         raise ConfigError("settings", "log_format", f"has value {values['log_format']!r}. Use text or json.")
+    if values["sandbox_storage"] not in ("disk", "memory"):
+        raise ConfigError("settings", "sandbox_storage",
+                          f"has value {values['sandbox_storage']!r}. Use disk or memory.")
     settings = Settings(**values)
     return replace(settings)
 

@@ -2,7 +2,7 @@
 
 The request walker (`gateway.rpc.limits`) checks every field against these before a method body runs; the
 products check the few they decide on again where they decide (a request id's length, a case reference's).
-The README's limits table is generated from them (`gateway.rpc.limits.markdown_table`).
+docs/reference.md's limits table is generated from them (`gateway.rpc.limits.markdown_table`).
 """
 
 from __future__ import annotations

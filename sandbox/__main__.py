@@ -1,4 +1,11 @@
-"""`python -m sandbox --catalog FILE --socket PATH [...]`: run the sandbox process.
+"""`python -m sandbox --catalog FILE (--socket PATH | --listen HOST:PORT --tls-dir DIR) [...]`: run the sandbox.
+
+`--socket`: the single-host default, a Unix socket next to the gateway that usually starts this process.
+`--listen`: the sandbox on the data owner's host, serving gateways elsewhere over TCP with mutual TLS under
+the owner's CA (`sandbox.process.transport`): `--tls-dir` holds `ca.crt` (the owner's CA), `sandbox.crt`
+and `sandbox.key` (the files `pgw certs --owner` writes; `--tls-ca/--tls-cert/--tls-key` name them one by
+one). It then needs `--state-dir` (the owner's cap ledger). It prints `sandbox ready listen=<host>:<port>
+pid=<pid>` (port 0 picks a free port and prints it).
 
 Order: tie this process to the gateway that started it (`--parent-pid`, see `sandbox.process.lifecycle`), cap
 the address space, load and lock the engine, then bind the socket and print
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import ssl
 import sys
 from pathlib import Path
 
@@ -18,6 +26,7 @@ from sandbox.engine.limits import Limits
 from sandbox.errors import ConfigError
 from sandbox.process.lifecycle import tie_to_parent
 from sandbox.process.logformat import configure
+from sandbox.process.transport import TlsFiles, parse_address
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,10 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     p.add_argument("--catalog", type=Path, required=True, help="the data owner's catalog TOML")
     p.add_argument("--data-dir", type=Path, default=None, help="overrides the catalog's data_dir")
-    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to create")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", type=Path, help="Unix socket path to create")
+    where.add_argument("--listen", help="host:port to serve on over TCP with mutual TLS (owner's CA)")
+    p.add_argument("--tls-dir", type=Path, default=None,
+                   help="with --listen: directory with ca.crt, sandbox.crt, sandbox.key")
+    p.add_argument("--tls-ca", type=Path, default=None, help="the owner's CA certificate (default <tls-dir>/ca.crt)")
+    p.add_argument("--tls-cert", type=Path, default=None, help="default <tls-dir>/sandbox.crt")
+    p.add_argument("--tls-key", type=Path, default=None, help="default <tls-dir>/sandbox.key")
     p.add_argument(
         "--state-dir", type=Path, default=None,
-        help="the data owner's state (cap ledger); default: <socket's directory>/data-owner",
+        help="the data owner's state (cap ledger); default: <socket's directory>/data-owner; "
+             "required with --listen",
+    )
+    p.add_argument(
+        "--storage", choices=("disk", "memory"), default="disk",
+        help="where the loaded tables live: disk (a DuckDB file under <state-dir>/tables, built once per data "
+             "version, opened read-only; data may exceed --memory-limit) or memory",
     )
     p.add_argument("--memory-limit", default=d.memory_limit, help="DuckDB memory_limit")
     p.add_argument("--threads", type=int, default=d.threads, help="DuckDB threads")
@@ -48,9 +70,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tls_files(args: argparse.Namespace) -> TlsFiles | str:
+    """The TLS files for `--listen`, or what is missing."""
+    d = args.tls_dir
+    ca = args.tls_ca or (d / "ca.crt" if d else None)
+    cert = args.tls_cert or (d / "sandbox.crt" if d else None)
+    key = args.tls_key or (d / "sandbox.key" if d else None)
+    if ca is None or cert is None or key is None:
+        return "--listen needs --tls-dir (or --tls-ca, --tls-cert and --tls-key)"
+    return TlsFiles(ca, cert, key)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    tls: TlsFiles | None = None
+    address: tuple[str, int] | None = None
+    if args.listen is not None:
+        files = _tls_files(args)
+        if isinstance(files, str):
+            parser.error(files)
+        tls = files
+        if args.state_dir is None:
+            parser.error("--listen needs --state-dir (the data owner's cap ledger)")
+        if args.parent_pid:
+            parser.error("--listen serves gateways elsewhere: it cannot be tied to a parent (--parent-pid)")
+        try:
+            address = parse_address(args.listen)
+        except ValueError as exc:
+            parser.error(f"--listen: {exc}")
     tie = tie_to_parent(args.parent_pid)  # first: an orphan must not load the data
     configure(args.log_format)
     try:
@@ -73,16 +122,26 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.engine.caps import CapLedger
     from sandbox.engine.engine import Engine
     from sandbox.engine.keys import load_or_create_key
-    from sandbox.server import SandboxServer, serve
+    from sandbox.server import SandboxServer, SandboxTlsServer, serve
 
     state_dir = args.state_dir or args.socket.parent / "data-owner"
     try:
         caps = CapLedger(state_dir / "caps.sqlite3")  # issue-gov: the data owner's cap ledger
         engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps,
-                        version_key=load_or_create_key(state_dir / "data-version.key"))
+                        version_key=load_or_create_key(state_dir / "data-version.key"),
+                        store_dir=state_dir / "tables" if args.storage == "disk" else None)
     except ConfigError as exc:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2
+    if address is not None and tls is not None:
+        try:
+            tcp = SandboxTlsServer(address, tls, engine)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"sandbox: cannot serve on {args.listen}: {exc}", file=sys.stderr)
+            return 2
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        serve(tcp, f"sandbox ready listen={host}:{tcp.port} pid={os.getpid()}")
+        return 0
     try:
         server = SandboxServer(args.socket, engine, tie)
     except OSError as exc:

@@ -1,5 +1,8 @@
 """Talking to the sandbox process: `SandboxClient` (pooled connections) and `SandboxProcess`.
 
+The client reaches the sandbox on a Unix socket (the single-host default) or over TCP with mutual TLS under
+the data owner's CA (`sandbox.process.transport.TlsEndpoint`, a sandbox on the owner's host).
+
 The gateway imports this module; it imports nothing of the engine (no DuckDB in the gateway).
 """
 
@@ -12,6 +15,7 @@ import queue
 import select
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -24,6 +28,15 @@ from typing import IO, Any, TypeVar
 
 from sandbox.process.lifecycle import ShutdownReply, ShutdownRequest
 from sandbox.process.logformat import parse_line
+from sandbox.process.transport import (
+    GREETING,
+    Endpoint,
+    TlsEndpoint,
+    TlsFiles,
+    client_context,
+    parse_address,
+    tls_failure,
+)
 from sandbox.protocol.base import MAX_FRAME_BYTES, ProtocolError
 from sandbox.protocol.messages import (
     CatalogInfo,
@@ -39,6 +52,18 @@ from sandbox.protocol.messages import (
 )
 from sandbox.protocol.owner import CapUsageReply, CapUsageRequest, ReloadRequest
 from sandbox.protocol.wire import encode_frame, frame_length
+
+__all__ = [
+    "Endpoint",
+    "SandboxClient",
+    "SandboxConnectionError",
+    "SandboxProcess",
+    "SandboxStartError",
+    "TlsEndpoint",
+    "TlsFiles",
+    "parse_address",
+    "reclaim_socket",
+]
 
 READY_PREFIX = "sandbox ready "
 SANDBOX_LOG = logging.getLogger("sandbox")  # what the sandbox process writes to stderr
@@ -102,10 +127,16 @@ class SandboxClient:
     MAX_IDLE = 8
     MAX_IDLE_S = 60.0
 
-    def __init__(self, socket_path: Path, timeout_s: float = 30.0) -> None:
-        """Client for the sandbox on `socket_path`; `timeout_s` is the default deadline."""
-        self.socket_path = socket_path
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 30.0) -> None:
+        """Client for the sandbox at `endpoint` (a Unix socket path, or host:port with TLS); `timeout_s` is the
+        default deadline.
+
+        Raises:
+            FileNotFoundError, ssl.SSLError: a TLS file of `endpoint` is missing or unusable.
+        """
+        self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._tls = client_context(endpoint.tls) if isinstance(endpoint, TlsEndpoint) else None
         self._idle: list[tuple[float, socket.socket]] = []  # (when it went idle, connection)
         self._lock = threading.Lock()
 
@@ -183,6 +214,8 @@ class SandboxClient:
         sock.close()
 
     def _new_connection(self, deadline: float) -> socket.socket:
+        if isinstance(self.endpoint, TlsEndpoint):
+            return self._new_tls_connection(self.endpoint, deadline)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(max(deadline - time.monotonic(), 1e-3))
@@ -192,12 +225,54 @@ class SandboxClient:
             raise
         return sock
 
+    def _new_tls_connection(self, endpoint: TlsEndpoint, deadline: float) -> socket.socket:
+        """Connect over TCP and complete the TLS handshake within the deadline (nothing sent yet)."""
+        assert self._tls is not None
+        try:
+            raw = socket.create_connection((endpoint.host, endpoint.port),
+                                           timeout=max(deadline - time.monotonic(), 1e-3))
+        except OSError as exc:
+            raise SandboxConnectionError(f"sandbox at {endpoint} unreachable: {exc}", before_send=True) from exc
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            raw.settimeout(max(deadline - time.monotonic(), 1e-3))
+            sock = self._tls.wrap_socket(raw, server_hostname=endpoint.host)
+        except ssl.SSLError as exc:
+            raw.close()
+            raise SandboxConnectionError(tls_failure(exc, side="gateway", peer=str(endpoint)),
+                                         before_send=True) from exc
+        except OSError as exc:
+            raw.close()
+            raise SandboxConnectionError(f"sandbox at {endpoint}: TLS handshake failed: {exc}",
+                                         before_send=True) from exc
+        try:  # the sandbox has accepted our certificate once it greets (sandbox.process.transport)
+            greeting = _recv_exact(sock, len(GREETING), deadline)
+        except SandboxConnectionError as exc:
+            sock.close()
+            raise SandboxConnectionError(f"sandbox at {endpoint}: no greeting after the TLS handshake ({exc})",
+                                         before_send=True, timed_out=exc.timed_out) from exc
+        except ssl.SSLError as exc:
+            sock.close()
+            message = (f"the sandbox at {endpoint} closed the connection before accepting this gateway (it "
+                       "refused the certificate, or it is stopping)" if isinstance(exc, ssl.SSLEOFError)
+                       else tls_failure(exc, side="gateway", peer=str(endpoint)))
+            raise SandboxConnectionError(message, before_send=True) from exc
+        except OSError as exc:
+            sock.close()
+            raise SandboxConnectionError(f"sandbox at {endpoint}: connection lost after the TLS handshake: {exc}",
+                                         before_send=True) from exc
+        if greeting != GREETING:
+            sock.close()
+            raise SandboxConnectionError(f"sandbox at {endpoint} greeted with {greeting!r}: not a sandbox of "
+                                         "this version", before_send=True)
+        return sock
+
     def _connect(self, sock: socket.socket, deadline: float) -> None:
         """Connect, retrying briefly while the listen backlog is full (EAGAIN) within the deadline."""
         delay = 0.005
         while True:
             try:
-                sock.connect(str(self.socket_path))
+                sock.connect(str(self.endpoint))
                 return
             except BlockingIOError as exc:
                 if time.monotonic() + delay >= deadline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,9 @@ from examples.generate_data import generate
 from gateway.identity import certs
 from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT, load_settings
+from gateway.storage.pg import PgDatabase
 from tests.helpers import CLIENTS, PEOPLE, TEST_POLICY, Env, Stubs, channel_for, stubs_for
+from tests.pgcluster import PgCluster, start_cluster
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +62,29 @@ def analyst(env: Env, gateway: Gateway) -> Iterator[Stubs]:
     ch.close()
 
 
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for the session (tests/pgcluster.py); skips when none can start."""
+    cluster = start_cluster()
+    if isinstance(cluster, str):
+        pytest.skip(f"PostgreSQL tests need a server: {cluster}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return pg_cluster.database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Path | PgDatabase]:
+    """Where a store lives, on each backend: a SQLite file under tmp_path (by name) or one fresh PostgreSQL
+    database per test (every name is the same database, as the gateway's stores share one)."""
+    if request.param == "sqlite":
+        return lambda name: tmp_path / name
+    db = PgDatabase(request.getfixturevalue("pg_url"))
+    return lambda name: db

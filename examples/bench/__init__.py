@@ -24,5 +24,7 @@ SmartNoise; `floor.py` the stack floor; `standins.py` the stand-in gateway), `la
 `ledger.py` (the cost of charging and auditing, the machine's floors), `profile.py` (the gateway's stages),
 `report.py` (BENCHMARKS.md), `__main__.py` (the command). Other benchmarks: `python -m examples.bench.verify`
 (verification), `python -m examples.bench.models` (models), `python -m examples.bench.abuse` (misbehaving
-clients).
+clients), `make bench-big` / `python -m examples.bench.bigdata --people 100000000 --memory-limit 256MiB`
+(data beyond memory: the sandbox's on-disk store against plain DuckDB on the same file; its section of
+BENCHMARKS.md is kept when `make bench` rewrites the rest).
 """

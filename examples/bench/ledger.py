@@ -63,16 +63,9 @@ def ledger_history(root: Path, sizes: tuple[int, ...] = (0, 10_000, 100_000, 300
     into a fresh ledger under `root`."""
     import sqlite3
 
-    from gateway.budgets.ledger import (
-        _FLAG_COLUMNS,
-        BudgetLimit,
-        GrantKey,
-        Ledger,
-        Metering,
-        PrivacyLoss,
-        _scope,
-        _window_sums,
-    )
+    from gateway.budgets.ledger import BudgetLimit, GrantKey, Ledger, Metering, PrivacyLoss
+    from gateway.budgets.ledger_schema import _FLAG_COLUMNS
+    from gateway.budgets.windows import _scope, _window_sums
     from gateway.policy.periods import Period
 
     root.mkdir(parents=True, exist_ok=True)

@@ -1,20 +1,25 @@
-"""`pgw admin orgs|grants|adjust|revoke|reload|usage|spending|caps`: the AdminService from the command line."""
+"""`pgw admin ...` (orgs, grants, adjust, revoke, reinstate, alerts, ack, reload, usage, spending, caps):
+the AdminService from the command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format
-from privacy_gateway.v1 import admin_service_pb2 as a_pb
-from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
-
-from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
+from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.lazy import lazy_module
 from gateway.cli.tables import format_table
-from gateway.settings import load_settings
+
+if TYPE_CHECKING:
+    from google.protobuf import json_format
+    from privacy_gateway.v1 import admin_service_pb2 as a_pb
+    from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
+else:
+    json_format = lazy_module("google.protobuf.json_format")
+    a_pb = lazy_module("privacy_gateway.v1.admin_service_pb2")
+    a_grpc = lazy_module("privacy_gateway.v1.admin_service_pb2_grpc")
 
 __all__ = ["register"]
 
@@ -22,8 +27,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def _stub(args: argparse.Namespace) -> Any:
-    tls_dir = Path(args.tls_dir) if args.tls_dir else load_settings().tls_dir
-    return a_grpc.AdminServiceStub(secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity)))
+    return a_grpc.AdminServiceStub(channel_for_args(args))
 
 
 @reports_rpc_errors
@@ -100,6 +104,42 @@ def cmd_revoke(args: argparse.Namespace, stub: Any) -> int:
     else:
         stub.RevokeMember(a_pb.RevokeMemberRequest(identity=args.member, reason=args.reason))
         print(f"revoked member {args.member}")
+    return 0
+
+
+def cmd_reinstate(args: argparse.Namespace, stub: Any) -> int:
+    """ReinstateMember or ReinstateOrganization: undo a revocation."""
+    if args.organization:
+        resp = stub.ReinstateOrganization(a_pb.ReinstateOrganizationRequest(organization=args.organization,
+                                                                            reason=args.reason))
+        who = f"organisation {args.organization}"
+    else:
+        resp = stub.ReinstateMember(a_pb.ReinstateMemberRequest(identity=args.member, reason=args.reason))
+        who = f"member {args.member}"
+    print(f"reinstated {who}" if resp.was_revoked else f"{who} was not revoked; nothing changed")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace, stub: Any) -> int:
+    """ListAlerts: the oversight alerts, newest first (unacknowledged only unless --all)."""
+    resp = stub.ListAlerts(a_pb.ListAlertsRequest(include_acknowledged=args.all, limit=args.limit))
+    if args.json:
+        print(json_format.MessageToJson(resp))
+        return 0
+    print(format_table(["id", "time", "rule", "subject", "detail", "acknowledged"],
+                       [[str(a.id), a.time, a.rule, a.subject, a.detail,
+                         f"{a.acknowledged_by} {a.acknowledged_at}".strip() or "-"] for a in resp.alerts]))
+    print(f"{resp.unacknowledged} unacknowledged")
+    return 0
+
+
+def cmd_ack(args: argparse.Namespace, stub: Any) -> int:
+    """AcknowledgeAlert."""
+    resp = stub.AcknowledgeAlert(a_pb.AcknowledgeAlertRequest(id=args.id, note=args.note))
+    if args.json:
+        print(json_format.MessageToJson(resp))
+    else:
+        print(f"acknowledged alert {resp.alert.id} ({resp.alert.rule}) as {resp.alert.acknowledged_by}")
     return 0
 
 
@@ -190,10 +230,7 @@ def register(subparsers: Any) -> None:
     sub = admin.add_subparsers(dest="admin_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--target", default=DEFAULT_TARGET)
-        p.add_argument("--tls-dir", help="directory with ca.crt and <identity>.crt/.key")
-        p.add_argument("--as", dest="identity", required=True, help="client certificate name")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        add_client_args(p)
         return p
 
     common(sub.add_parser("orgs", help="organisations, members, roles")).set_defaults(admin_func=cmd_orgs)
@@ -215,6 +252,20 @@ def register(subparsers: Any) -> None:
     who.add_argument("--organization")
     r.add_argument("--reason", default="")
     r.set_defaults(admin_func=cmd_revoke)
+    ri = common(sub.add_parser("reinstate", help="undo the revocation of a member or an organisation"))
+    who = ri.add_mutually_exclusive_group(required=True)
+    who.add_argument("--member")
+    who.add_argument("--organization")
+    ri.add_argument("--reason", default="")
+    ri.set_defaults(admin_func=cmd_reinstate)
+    al = common(sub.add_parser("alerts", help="oversight alerts (unacknowledged; --all for every one)"))
+    al.add_argument("--all", action="store_true")
+    al.add_argument("--limit", type=int, default=100)
+    al.set_defaults(admin_func=cmd_alerts)
+    ak = common(sub.add_parser("ack", help="acknowledge an alert"))
+    ak.add_argument("id", type=int)
+    ak.add_argument("--note", default="")
+    ak.set_defaults(admin_func=cmd_ack)
     common(sub.add_parser("reload", help="re-read the policy file")).set_defaults(admin_func=cmd_reload)
     u = common(sub.add_parser("usage", help="usage report (default: this calendar month)"))
     u.add_argument("--start", help="RFC 3339")

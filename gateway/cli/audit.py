@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.release.accounting import reconcile
-from gateway.release.audit import AuditError, AuditLog, VerifyReport, verify_export
-from gateway.release.oversight import AUDIT_FILE
-from gateway.release.receipts import Receipt, verify_receipt
-from gateway.release.signing import KEYS_DIR, PUBLIC_KEY_FILE, Signer, load_or_create_hmac_key, public_key_id
+from gateway.cli.client import add_client_args
+
+if TYPE_CHECKING:
+    from gateway.release.audit import AuditLog, VerifyReport
 
 __all__ = ["register"]
 
@@ -30,11 +30,23 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _open_audit(args: argparse.Namespace) -> AuditLog:
+    """The audit log in the gateway's storage: `--storage-url` (or the storage_url setting), else the ledger
+    file in the state directory (whose keys check the MACs and seals either way)."""
+    from gateway.release.audit import AuditLog
+    from gateway.release.oversight import AUDIT_FILE
+    from gateway.release.signing import Signer, load_or_create_hmac_key
+    from gateway.storage.pg import storage_location
+
     state = _state_dir(args)
-    path = state / AUDIT_FILE
-    if not path.exists():
-        raise SystemExit(f"no audit log at {path}")
-    return AuditLog(path, Signer.load_or_create(state), load_or_create_hmac_key(state))
+    url = getattr(args, "storage_url", None)
+    if url is None:
+        from gateway.settings import load_settings
+
+        url = load_settings().storage_url
+    location = storage_location(url, state / AUDIT_FILE)
+    if isinstance(location, Path) and not location.exists():
+        raise SystemExit(f"no audit log at {location}")
+    return AuditLog(location, Signer.load_or_create(state), load_or_create_hmac_key(state))
 
 
 def _print_report(report: VerifyReport, as_json: bool) -> int:
@@ -57,6 +69,8 @@ def _print_report(report: VerifyReport, as_json: bool) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify the whole audit log: chain, entry MACs and seals; and that it accounts for every charge of the
     ledger (one entry per settled charge, with its cost; totals per grant and month equal)."""
+    from gateway.release.accounting import reconcile
+
     with _open_audit(args) as audit:
         report = audit.verify(require_sealed=args.require_sealed)
         path = audit.path
@@ -88,6 +102,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     """Export a sealed range with the public key, for offline verification."""
+    from gateway.release.audit import AuditError
+
     with _open_audit(args) as audit:
         try:
             out = audit.export(args.from_seq, args.to_seq, Path(args.out))
@@ -103,43 +119,44 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     """Verify an export offline against a public key."""
+    from gateway.release.audit import verify_export
+
     return _print_report(verify_export(Path(args.file), Path(args.public_key).read_bytes()), args.json)
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
-    """Verify a receipt file (``{"payload_json", "signature_b64", "key_id"}``) against a public key."""
-    pub = Path(args.public_key).read_bytes()
-    try:
-        receipt = Receipt.from_client_json(Path(args.receipt).read_text(encoding="utf-8"))
-    except ValueError as exc:
-        print(f"receipt file is malformed: {exc}", file=sys.stderr)
-        return 1
-    valid = verify_receipt(receipt.payload_json.encode("utf-8"), receipt.signature, pub)
-    valid = valid and receipt.key_id == public_key_id(pub)
-    payload: dict[str, Any] = receipt.payload() if valid else {}
-    if args.json:
-        print(json.dumps({"valid": valid, "key_id": receipt.key_id, "payload": payload}, indent=2))
-    elif valid:
-        cost, left = payload["cost"], payload["budget_remaining"]
-        print(f"VALID receipt {payload['request_id']} signed by key {receipt.key_id}")
-        print(f"  consumer {payload['consumer']}, dataset {payload['dataset']} "
-              f"(version {payload['dataset_version']}), purpose {payload['purpose']}")
-        print(f"  policy {payload['policy_version']}, query digest {payload['query_digest']}")
-        print(f"  cost epsilon {cost['epsilon']} delta {cost['delta']}; remaining epsilon {left['epsilon']}")
-        for m in payload["mechanisms"]:
-            print(f"  {m['output']}/{m['component']}: {m['mechanism']} scale {m['scale']} epsilon {m['epsilon']}")
-        print(f"  time {payload['time']}")
-    else:
-        print("INVALID receipt: the signature, the key or the payload type does not verify")
-    return 0 if valid else 1
+    """Verify every receipt in a file, of any kind, with a PEM key file or the key fetched from the gateway."""
+    from gateway.cli.receipts import fetch_public_key, verify_receipt_file
+
+    path = Path(args.file or args.receipt or "")
+    if not (args.file or args.receipt):
+        print("name the receipt file: pgw receipt verify FILE", file=sys.stderr)
+        return 2
+    if args.public_key:
+        return verify_receipt_file(path, public_key=Path(args.public_key), as_json=args.json)
+    if not (args.identity or args.target or os.environ.get("PGW_IDENTITY")):
+        print("say which key to check against: --public-key PEM (pgw keys export), or the gateway to fetch it "
+              "from: --target/--tls-dir/--as (or PGW_TARGET, PGW_TLS_DIR, PGW_IDENTITY)", file=sys.stderr)
+        return 2
+    _, pem = fetch_public_key(args)
+    return verify_receipt_file(path, pem=pem, as_json=args.json)
 
 
 def cmd_keys_export(args: argparse.Namespace) -> int:
-    """Print or write the gateway's public key PEM (creating the key pair on first use)."""
-    state = _state_dir(args)
-    pub_path = state / KEYS_DIR / PUBLIC_KEY_FILE
-    pem = pub_path.read_bytes() if pub_path.exists() else Signer.load_or_create(state).public_pem
-    key_id = public_key_id(pem)
+    """Print or write the gateway's public key PEM: fetched from a gateway (KeyService) when client options
+    are given, else read from the local state directory (creating the key pair on first use)."""
+    if args.identity or args.target:
+        from gateway.cli.receipts import fetch_public_key
+
+        key_id, text = fetch_public_key(args)
+        pem = text.encode("ascii")
+    else:
+        from gateway.release.signing import KEYS_DIR, PUBLIC_KEY_FILE, Signer, public_key_id
+
+        state = _state_dir(args)
+        pub_path = state / KEYS_DIR / PUBLIC_KEY_FILE
+        pem = pub_path.read_bytes() if pub_path.exists() else Signer.load_or_create(state).public_pem
+        key_id = public_key_id(pem)
     if args.out:
         Path(args.out).write_bytes(pem)
     if args.json:
@@ -158,6 +175,8 @@ def register(subparsers: Any) -> None:
     def common(p: argparse.ArgumentParser, state: bool = True) -> None:
         if state:
             p.add_argument("--state-dir", help="the gateway's state directory (default: settings)")
+            p.add_argument("--storage-url", help="the gateway's PostgreSQL storage (default: the storage_url "
+                                                 "setting; empty: SQLite in the state directory)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     audit = subparsers.add_parser("audit", help="verify and export the signed audit log")
@@ -179,17 +198,23 @@ def register(subparsers: Any) -> None:
     x.add_argument("--public-key", required=True, help="PEM file of the gateway's public key")
     x.set_defaults(func=cmd_audit_verify_export)
 
-    receipt = subparsers.add_parser("receipt", help="verify a signed receipt")
+    receipt = subparsers.add_parser("receipt", help="verify signed receipts (queries, models, verification)")
     receipt_sub = receipt.add_subparsers(dest="receipt_command", required=True)
-    r = receipt_sub.add_parser("verify", help="verify a receipt file against a public key")
-    common(r, state=False)
-    r.add_argument("--receipt", required=True, help='JSON file {"payload_json", "signature_b64", "key_id"}')
-    r.add_argument("--public-key", required=True, help="PEM file of the gateway's public key")
+    r = receipt_sub.add_parser("verify", help="verify every receipt in a file with the gateway's key (a PEM "
+                                              "file, or fetched from the gateway)")
+    add_client_args(r, help_json="print JSON")
+    r.add_argument("file", nargs="?", help="a receipt file any command wrote (--receipt-out, --receipts-out, "
+                                           "pgw query --json)")
+    r.add_argument("--receipt", help=argparse.SUPPRESS)  # the file, as an option
+    r.add_argument("--public-key", help="PEM file of the gateway's public key (pgw keys export); without it "
+                                        "the key is fetched from the gateway")
     r.set_defaults(func=cmd_receipt_verify)
 
     keys = subparsers.add_parser("keys", help="the gateway's signing key")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    k = keys_sub.add_parser("export", help="print or write the public key PEM")
-    common(k)
+    k = keys_sub.add_parser("export", help="print or write the public key PEM (from a gateway with --target/"
+                                           "--as, else from the local state directory)")
+    k.add_argument("--state-dir", help="the gateway's state directory (default: settings)")
+    add_client_args(k)
     k.add_argument("--out", help="write the PEM to this file")
     k.set_defaults(func=cmd_keys_export)

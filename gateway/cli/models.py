@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from google.protobuf import json_format
-from privacy_gateway.v1 import common_pb2 as common_pb
-from privacy_gateway.v1 import model_service_pb2 as m_pb
-from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
+from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.lazy import lazy_module
 
-from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
-from gateway.settings import load_settings
+if TYPE_CHECKING:
+    from google.protobuf import json_format
+    from privacy_gateway.v1 import common_pb2 as common_pb
+    from privacy_gateway.v1 import model_service_pb2 as m_pb
+    from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
+else:
+    json_format = lazy_module("google.protobuf.json_format")
+    common_pb = lazy_module("privacy_gateway.v1.common_pb2")
+    m_pb = lazy_module("privacy_gateway.v1.model_service_pb2")
+    m_grpc = lazy_module("privacy_gateway.v1.model_service_pb2_grpc")
 
-_KIND = {"linear": m_pb.MODEL_KIND_LINEAR, "logistic": m_pb.MODEL_KIND_LOGISTIC}
+_KINDS = ("linear", "logistic")
+
+
+def _kind(name: str) -> m_pb.ModelKind:
+    return {"linear": m_pb.MODEL_KIND_LINEAR, "logistic": m_pb.MODEL_KIND_LOGISTIC}[name]
 
 
 def _stub(args: argparse.Namespace) -> m_grpc.ModelServiceStub:
-    tls_dir = Path(args.tls_dir) if args.tls_dir else load_settings().tls_dir
-    channel = secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity))
-    return m_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+    return m_grpc.ModelServiceStub(channel_for_args(args))  # type: ignore[no-untyped-call]
 
 
 def _est(e: m_pb.Estimate) -> str:
@@ -53,11 +61,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     req = m_pb.TrainModelRequest(
         dataset=args.dataset, purpose=args.purpose, request_id=args.request_id or "", table=args.table,
         privacy_loss=common_pb.PrivacyLoss(epsilon=args.epsilon, delta=args.delta),
-        features=args.features.split(","), label=args.label, kind=_KIND[args.kind],
+        features=args.features.split(","), label=args.label, kind=_kind(args.kind),
         iterations=args.iterations, learning_rate=args.learning_rate, clip=args.clip, l2=args.l2)
     resp = _stub(args).TrainModel(req)
+    _save_receipt(resp, args.receipt_out)
     print(json_format.MessageToJson(resp)) if args.json else _print(resp)
     return 0
+
+
+def _save_receipt(resp: m_pb.TrainModelResponse | m_pb.EvaluateModelResponse, path: str | None) -> None:
+    if path and resp.HasField("receipt"):
+        from pgw_client.receipts import Receipt
+
+        Receipt.from_proto(resp.receipt).save(path)
 
 
 @reports_rpc_errors
@@ -69,10 +85,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         coefs.append(m_pb.Coefficient(term=term, value=float(value)))
     req = m_pb.EvaluateModelRequest(
         dataset=args.dataset, purpose=args.purpose, request_id=args.request_id or "", table=args.table,
-        privacy_loss=common_pb.PrivacyLoss(epsilon=args.epsilon), kind=_KIND[args.kind],
+        privacy_loss=common_pb.PrivacyLoss(epsilon=args.epsilon), kind=_kind(args.kind),
         coefficients=coefs, intercept=args.intercept, label=args.label, thresholds=args.threshold,
         residual_bound=args.residual_bound)
     resp = _stub(args).EvaluateModel(req)
+    _save_receipt(resp, args.receipt_out)
     print(json_format.MessageToJson(resp)) if args.json else _print(resp)
     return 0
 
@@ -81,17 +98,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `train` and `evaluate` to the pgw subcommands."""
     for name in ("train", "evaluate"):
         p = sub.add_parser(name, help=f"{name} a DP model (ModelService)")
-        p.add_argument("--target", default="127.0.0.1:50051")
-        p.add_argument("--tls-dir")
-        p.add_argument("--as", dest="identity", required=True)
-        p.add_argument("--json", action="store_true")
+        add_client_args(p)
         p.add_argument("--dataset", required=True)
         p.add_argument("--purpose", required=True)
         p.add_argument("--table", required=True)
         p.add_argument("--label", required=True)
-        p.add_argument("--kind", choices=sorted(_KIND), required=True)
+        p.add_argument("--kind", choices=_KINDS, required=True)
         p.add_argument("--epsilon", type=float, required=True)
         p.add_argument("--request-id")
+        p.add_argument("--receipt-out", metavar="FILE", help="write the signed receipt here (pgw receipt verify)")
         if name == "train":
             p.add_argument("--features", required=True, help="comma-separated feature columns")
             p.add_argument("--delta", type=float, default=0.0)

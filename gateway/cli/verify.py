@@ -8,25 +8,43 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from privacy_gateway.v1 import verification_service_pb2 as v_pb
-from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
+from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.lazy import lazy_module
 
-from gateway.cli.client import ClientIdentity, reports_rpc_errors, secure_channel
-from gateway.products.verification.receipts import ReceiptData, verify_receipt_file
-from gateway.rpc.verification import param_to_pb
-from gateway.settings import load_settings
+if TYPE_CHECKING:
+    from privacy_gateway.v1 import verification_service_pb2 as v_pb
+    from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
+else:
+    v_pb = lazy_module("privacy_gateway.v1.verification_service_pb2")
+    v_grpc = lazy_module("privacy_gateway.v1.verification_service_pb2_grpc")
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 CHUNK = 5000
-RESULT = {v_pb.VERIFICATION_RESULT_MATCH: "MATCH", v_pb.VERIFICATION_RESULT_NO_MATCH: "NO_MATCH",
-          v_pb.VERIFICATION_RESULT_NOT_FOUND: "NOT_FOUND", v_pb.VERIFICATION_RESULT_UNSPECIFIED: ""}
+_RESULT_NAMES = {1: "MATCH", 2: "NO_MATCH", 3: "NOT_FOUND", 0: ""}  # VerificationResult's values
+
+
+class _Results:
+    def __getitem__(self, value: int) -> str:
+        return _RESULT_NAMES.get(int(value), "")
+
+
+RESULT = _Results()
+
+
+def param_to_pb(v: Any) -> v_pb.ParamValue:
+    """The proto form of a parameter value (what `gateway.rpc.verification.param_from_pb` reads back)."""
+    if isinstance(v, bool):
+        return v_pb.ParamValue(bool_value=v)
+    if isinstance(v, int):
+        return v_pb.ParamValue(int64_value=v)
+    if isinstance(v, float):
+        return v_pb.ParamValue(double_value=v)
+    return v_pb.ParamValue(string_value=str(v))
 
 
 def _stub(args: argparse.Namespace) -> v_grpc.VerificationServiceStub:
-    tls_dir = Path(args.tls_dir) if args.tls_dir else load_settings().tls_dir
-    return v_grpc.VerificationServiceStub(secure_channel(args.target, ClientIdentity.in_dir(tls_dir, args.identity)))
+    return v_grpc.VerificationServiceStub(channel_for_args(args))
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -48,9 +66,15 @@ def parse_param(text: str) -> tuple[str, Any]:
     return name, typed
 
 
+def _receipt_json(receipt: v_pb.VerificationReceipt) -> dict[str, Any]:
+    from pgw_client.receipts import Receipt
+
+    return Receipt.from_proto(receipt).to_json()
+
+
 def _receipt_out(receipt: v_pb.VerificationReceipt, path: str | None) -> None:
     if path:
-        Path(path).write_text(json.dumps(ReceiptData.from_pb(receipt).to_json(), indent=2) + "\n")
+        Path(path).write_text(json.dumps(_receipt_json(receipt), indent=2) + "\n")
 
 
 @reports_rpc_errors
@@ -88,7 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _receipt_out(resp.receipt, args.receipt_out)
     if args.json:
         print(json.dumps({"result": RESULT[resp.result], "band": resp.band,
-                          "receipt": ReceiptData.from_pb(resp.receipt).to_json()}))
+                          "receipt": _receipt_json(resp.receipt)}))
     else:
         print(RESULT[resp.result] + (f" ({resp.band})" if resp.band else ""))
     return 0
@@ -129,7 +153,7 @@ def cmd_verify_batch(args: argparse.Namespace) -> int:
             out.writerow([r.index, v_pb.ClaimStatus.Name(r.status)[13:], RESULT[r.result], r.band,
                           r.status_message])
             if receipts is not None and r.HasField("receipt"):
-                receipts.write(json.dumps({"index": r.index, **ReceiptData.from_pb(r.receipt).to_json()}) + "\n")
+                receipts.write(json.dumps({"index": r.index, **_receipt_json(r.receipt)}) + "\n")
     finally:
         if receipts is not None:
             receipts.close()
@@ -137,20 +161,18 @@ def cmd_verify_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_receipt(args: argparse.Namespace) -> int:
-    """Offline: check a receipt file against a public key (exit 0 valid, 1 invalid)."""
-    ok, payload = verify_receipt_file(Path(args.receipt), Path(args.public_key))
-    print(("VALID " if ok else "INVALID ") + json.dumps(payload, ensure_ascii=False))
-    return 0 if ok else 1
+    """Offline: check every receipt in a file (one receipt, or a batch's JSON lines) against a public key
+    (exit 0 all valid, 1 one invalid). The same as `pgw receipt verify FILE --public-key PEM`."""
+    from gateway.cli.receipts import verify_receipt_file
+
+    return verify_receipt_file(Path(args.receipt), public_key=Path(args.public_key), as_json=False)
 
 
 def register(sub: Any) -> None:
     """Add the verification commands to `pgw`'s subparsers."""
 
     def client_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--target", default=DEFAULT_TARGET)
-        sp.add_argument("--tls-dir", help="directory with ca.crt and <identity>.crt/.key")
-        sp.add_argument("--as", dest="identity", required=True, help="client certificate name")
-        sp.add_argument("--json", action="store_true", help="print JSON")
+        add_client_args(sp)
 
     t = sub.add_parser("templates", help="list the verification templates you may use")
     client_args(t)
@@ -179,5 +201,6 @@ def register(sub: Any) -> None:
 
     r = sub.add_parser("verify-receipt", help="check a receipt offline with the public key")
     r.add_argument("--public-key", required=True, help="PEM file (pgw templates --public-key-out)")
-    r.add_argument("receipt", help="receipt JSON (pgw verify --receipt-out)")
+    r.add_argument("receipt", help="a receipt file of any kind (pgw verify --receipt-out, pgw verify-batch "
+                                   "--receipts-out, pgw query --receipt-out)")
     r.set_defaults(func=cmd_verify_receipt)

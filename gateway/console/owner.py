@@ -1,5 +1,5 @@
 """Data owner pages (role `data_owner`): each owned dataset's cap and its use over time, spending per
-organisation and purpose, and every request on the owner's datasets.
+organisation and purpose, its columns by grade with the grade rules, and every request on the owner's datasets.
 
 The figures come from GetCapUsage (the sandbox's own cap ledger, the owner's word, beside the gateway's
 mirror) and ListDatasetSpending (every charged, refused and failed request on the owner's datasets).
@@ -53,7 +53,16 @@ def _cap_view(d: a_pb.DatasetCapUsage, entries: list[a_pb.SpendingEntry]) -> dic
                                 cap=cap if measure == "epsilon" else None),
         "by_org": bar_chart("Spending per organisation", sorted(orgs.items()), unit="ε"),
         "by_purpose": bar_chart("Spending per purpose", sorted(purposes.items()), unit="ε"),
+        "grades": _grades(d),
     }
+
+
+def _grades(d: a_pb.DatasetCapUsage) -> list[tuple[str, str]]:
+    """(grade, its columns as `table.column`) for the grades the dataset's columns carry, in catalog order."""
+    by_grade: dict[str, list[str]] = {}
+    for c in d.columns:
+        by_grade.setdefault(c.grade, []).append(f"{c.table}.{c.column}")
+    return [(g, ", ".join(cols)) for g, cols in by_grade.items()]
 
 
 async def overview(console: Console, request: Request) -> Response:
@@ -63,7 +72,8 @@ async def overview(console: Console, request: Request) -> Response:
     entries = list(spending.entries)
     return console.page(request, "owner.html", {
         "title": "My datasets", "datasets": [_cap_view(d, entries) for d in caps.datasets], "at": caps.at,
-        "recent": list(reversed(entries))[:50]})
+        "recent": list(reversed(entries))[:50],
+        "grade_rules": [(r.grade, ", ".join(r.uses).replace("_", " ") or "never usable") for r in caps.grade_rules]})
 
 
 ROUTES = [("/owner", overview, ["GET"])]

@@ -22,6 +22,7 @@ __all__ = [
     "issue_client_cert",
     "issue_server_cert",
     "write_dev_pki",
+    "write_owner_pki",
 ]
 
 #: Names a development server certificate is valid for unless told otherwise.
@@ -300,8 +301,15 @@ def write_dev_pki(
     out_dir: Path,
     clients: Sequence[str],
     server_hosts: Sequence[str] = DEFAULT_SERVER_HOSTS,
+    *,
+    server_stem: str = "server",
+    ca_name: str = "privacy-gateway dev CA",
+    renew_within_days: int | None = None,
 ) -> dict[str, Path]:
     """Write a development PKI to ``out_dir``, reusing whatever is already there.
+
+    With ``renew_within_days``, a server or client certificate that expires within that many days (or has
+    expired) is issued again with a new key, by the same CA.
 
     Files: ``ca.key``/``ca.crt``, ``server.key``/``server.crt`` and ``<client>.key``/
     ``<client>.crt`` for each client (common name ``<client>``, no organization). Key files
@@ -315,6 +323,8 @@ def write_dev_pki(
         clients: Client common names; see :func:`issue_client_cert` for the allowed form.
             ``ca`` and ``server`` are reserved.
         server_hosts: Host names and IP addresses for the server certificate.
+        server_stem: File stem of the server's pair (``sandbox`` in the data owner's PKI).
+        ca_name: The common name of a CA created here.
 
     Returns:
         Mapping from file name (e.g. ``"ca.crt"``, ``"alice.key"``) to its path.
@@ -327,7 +337,7 @@ def write_dev_pki(
     for name in clients:
         if not _CLIENT_NAME.fullmatch(name):
             raise ValueError(f"invalid client name {name!r}")
-        if name.lower() in _RESERVED_NAMES or name in seen:
+        if name.lower() in _RESERVED_NAMES | {server_stem} or name in seen:
             raise ValueError(f"client name {name!r} is reserved or repeated")
         seen.add(name)
 
@@ -336,7 +346,7 @@ def write_dev_pki(
     ca_key_path, ca_cert_path = out_dir / "ca.key", out_dir / "ca.crt"
     paths["ca.key"], paths["ca.crt"] = ca_key_path, ca_cert_path
     if not ca_cert_path.exists():
-        ca_key_pem, ca_cert_pem = create_ca("privacy-gateway dev CA")
+        ca_key_pem, ca_cert_pem = create_ca(ca_name)
         _write(ca_key_path, ca_key_pem, private=True)
         _write(ca_cert_path, ca_cert_pem, private=False)
 
@@ -345,18 +355,41 @@ def write_dev_pki(
         key_path, cert_path = out_dir / f"{stem}.key", out_dir / f"{stem}.crt"
         paths[key_path.name], paths[cert_path.name] = key_path, cert_path
         if key_path.exists() and cert_path.exists():
-            return
+            if renew_within_days is None:
+                return
+            not_after = x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc
+            if not_after - dt.datetime.now(dt.UTC) > dt.timedelta(days=renew_within_days):
+                return
         if not ca_key_path.exists():
             raise FileNotFoundError(f"{ca_key_path} is missing; cannot issue {cert_path.name}")
         ca_key_pem, ca_cert_pem = ca_key_path.read_bytes(), ca_cert_path.read_bytes()
-        if stem == "server":
+        if stem == server_stem:
             key_pem, cert_pem = issue_server_cert(ca_key_pem, ca_cert_pem, server_hosts)
         else:
             key_pem, cert_pem = issue_client_cert(ca_key_pem, ca_cert_pem, stem)
         _write(key_path, key_pem, private=True)
         _write(cert_path, cert_pem, private=False)
 
-    ensure_leaf("server")
+    ensure_leaf(server_stem)
     for name in clients:
         ensure_leaf(name)
     return paths
+
+
+def write_owner_pki(out_dir: Path, gateways: Sequence[str], sandbox_hosts: Sequence[str]) -> dict[str, Path]:
+    """Write the data owner's development PKI for the gateway-sandbox link to ``out_dir``.
+
+    A CA of the data owner's (``ca.key``/``ca.crt``; not the consumers' CA the gateway serves gRPC under),
+    ``sandbox.key``/``sandbox.crt`` valid for ``sandbox_hosts`` (the names and addresses gateways dial), and
+    a client pair ``<gateway>.key``/``<gateway>.crt`` for each gateway. Reuses what exists, like
+    :func:`write_dev_pki`. In production the owner keeps ``ca.key`` offline and hands each gateway host only
+    ``ca.crt`` and its own pair.
+
+    Raises:
+        ValueError: a gateway name is invalid, reserved (``ca``, ``server``, ``sandbox``) or repeated, or
+            ``sandbox_hosts`` is empty.
+    """
+    if not sandbox_hosts:
+        raise ValueError("the sandbox certificate needs at least one host name or address")
+    return write_dev_pki(out_dir, gateways, sandbox_hosts, server_stem="sandbox",
+                         ca_name="data owner dev CA (gateway-sandbox link)")

@@ -21,7 +21,11 @@ sandbox's last lines, NOT_SERVING all the while; it never gives up. Requests in 
 fail with it (charged if they reached it, refunded if not; see `gateway.path.governed`). Each recovery's
 duration, from the first failed diagnosis to SERVING, is kept in `recoveries` and logged.
 
-A sandbox someone else runs (`start_sandbox = false`) is probed and reported, never restarted.
+A sandbox someone else runs (`start_sandbox = false`, or a sandbox on the data owner's host reached at
+`sandbox_address` over mutual TLS) is probed and reported, never restarted: while it is down the gateway
+reports NOT_SERVING and probes it again with exponential backoff (`BACKOFF_S` doubling up to
+`REMOTE_MAX_BACKOFF_S`) on fresh connections; once it answers (restarted by its owner) the pooled
+connections are dropped, SERVING is reported and the outage is kept in `recoveries`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ HEALTH_PROBE_TIMEOUT_S = 2.0
 BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 STOP_GRACE_S = 2.0
+REMOTE_MAX_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +103,14 @@ class SandboxSupervisor:
         with self._lock:
             if hung and generation is not None and generation != self._generation:
                 hung = False  # that request was on a sandbox that has been replaced since
+            if self.process is None and not hung and time.monotonic() < self._next_attempt:
+                return  # a sandbox run by someone else is down: backing off before the next probe
             cause = "a request timed out on it" if hung else self._diagnose()
             if cause is None:
+                if self.process is None and self._down_since is not None:
+                    self._reconnected()
                 self._failures = 0
+                self._next_attempt = 0.0
                 self._down_since = None
                 self._report(True)
                 return
@@ -109,10 +119,23 @@ class SandboxSupervisor:
                 log.error("the sandbox is %s", cause)
             self._report(False)
             if self.process is None:
+                self._failures += 1
+                delay = min(REMOTE_MAX_BACKOFF_S, BACKOFF_S * 2 ** (self._failures - 1))
+                self._next_attempt = time.monotonic() + delay
+                log.warning("the sandbox is not answering (%s); probing again in %.1f s", cause, delay)
                 return
             if time.monotonic() < self._next_attempt or self._stop.is_set():
                 return  # backing off after a failed start, or the gateway is stopping
             self._replace(self.process, cause, hung=hung or cause.startswith("hung"))
+
+    def _reconnected(self) -> None:
+        """A sandbox run by someone else answers again: drop connections to its old process, keep the outage."""
+        self.client.close()
+        self._generation += 1
+        down = self._down_since if self._down_since is not None else time.monotonic()
+        recovery = Recovery(self._cause, time.monotonic() - down, self._failures, 0)
+        self.recoveries.append(recovery)
+        log.warning("the sandbox answers again %.2f s after it was found %s", recovery.seconds, recovery.cause)
 
     def generation(self) -> int:
         """Dates a failure: pass it back to `recover` with `hung`."""

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.policy.periods import RHO_UNITS, to_units
+from gateway.storage.pg import PgDatabase
+from gateway.storage.sqlite import open_location
 
 __all__ = ["GrantTotals", "Reconciliation", "reconcile"]
 
@@ -74,14 +76,15 @@ def _month(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m")
 
 
-def reconcile(database: Path) -> Reconciliation:
+def reconcile(database: Path | PgDatabase) -> Reconciliation:
     """Compare the ledger's settled charges with the audit entries that record charges, in one read snapshot.
 
     Raises:
         sqlite3.Error: the database cannot be read, or holds no ledger and audit tables.
     """
     out = Reconciliation()
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    conn = (open_location(database, busy_timeout_s=30.0) if isinstance(database, PgDatabase)
+            else sqlite3.connect(f"file:{database}?mode=ro", uri=True))
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not {"charges", "entries"} <= tables:  # an audit log without a ledger (an export's copy): nothing to do

@@ -27,6 +27,7 @@ from gateway.release.digests import digest_text, query_digest, release_digest
 from gateway.release.metrics import Metrics
 from gateway.release.receipts import policy_version
 from gateway.release.signing import Signer, load_or_create_hmac_key
+from gateway.storage.pg import PgDatabase
 
 __all__ = ["AUDIT_FILE", "LEGACY_AUDIT_FILE", "REFUSED_CODES", "Oversight", "migrate_legacy_audit", "outcome_for"]
 
@@ -67,6 +68,7 @@ class Oversight:
         seal_every: int = 100,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        database: Path | PgDatabase | None = None,
     ) -> Oversight:
         """Opens keys and the audit log under ``state_dir``; serves metrics if ``metrics_port`` is set.
 
@@ -76,13 +78,14 @@ class Oversight:
             seal_every: Seal the audit log every this many entries.
             metrics_port: Serve ``/metrics`` on this port (0 picks one); None: do not serve.
             metrics_host: The address to bind (loopback by default).
+            database: Where the audit tables live (the ledger's database); default ``<state_dir>/ledger.sqlite3``.
 
         Returns:
             The opened governance bundle.
         """
         signer = Signer.load_or_create(state_dir)
         audit = AuditLog(
-            Path(state_dir) / AUDIT_FILE, signer, load_or_create_hmac_key(state_dir), seal_every=seal_every
+            database or Path(state_dir) / AUDIT_FILE, signer, load_or_create_hmac_key(state_dir), seal_every=seal_every
         )
         try:
             migrate_legacy_audit(Path(state_dir), audit)
@@ -208,7 +211,7 @@ def migrate_legacy_audit(state_dir: Path, audit: AuditLog) -> None:
         AuditError: both the old file and the ledger's database hold entries (two chains cannot be joined).
     """
     legacy = state_dir / LEGACY_AUDIT_FILE
-    if not legacy.exists() or legacy.resolve() == audit.path.resolve():
+    if not legacy.exists() or (isinstance(audit.path, Path) and legacy.resolve() == audit.path.resolve()):
         return
     src = sqlite3.connect(legacy, isolation_level=None)
     try:

@@ -26,6 +26,7 @@ from gateway.policy.periods import Period, rfc3339
 from gateway.release.usage import build_report
 from gateway.rpc.interceptor import Body
 from gateway.storage.state import StoredAlert
+from sandbox.plans.grades import DEFAULT_GRADE_RULES, USES
 
 __all__ = ["AdminServicer", "parse_time", "reload_policy"]
 
@@ -47,11 +48,14 @@ def parse_time(value: str, field: str) -> float | None:
     return t.timestamp()
 
 
-def reload_policy(governor: Governor, owner: OwnerSettings | None = None) -> OwnerReload | None:
+def reload_policy(governor: Governor, owner: OwnerSettings | None = None, *, announce: bool = True
+                  ) -> OwnerReload | None:
     """Parse and validate the policy file (grants of every product included); on success swap it in
     atomically (SIGHUP, ReloadPolicy): every call from then on reads the new policy. Then, with `owner`,
     reload the data owner's settings from the sandbox (`gateway.budgets.owner.reload_owner_settings`: caps,
     grades and verification caps in both processes); its outcome is returned, a refusal is not an error.
+    With `announce`, bump the shared "policy" generation so every other replica on the same storage reloads
+    too (`gateway.rpc.replicas.PolicyFollower`).
 
     Raises:
         InvalidArgumentError: reason POLICY_INVALID with metadata file/key/problem; nothing changed.
@@ -64,7 +68,13 @@ def reload_policy(governor: Governor, owner: OwnerSettings | None = None) -> Own
             problem=exc.problem, field="policy",
         ) from exc
     log.info("policy reloaded from %s", governor.policy_path)
-    return reload_owner_settings(owner) if owner is not None else None
+    outcome = reload_owner_settings(owner) if owner is not None else None
+    if announce:
+        governor.state.bump_generation(POLICY_GENERATION)
+    return outcome
+
+
+POLICY_GENERATION = "policy"  # the shared counter a reload bumps (GovernanceStore.generation)
 
 
 class AdminServicer:
@@ -309,8 +319,19 @@ class AdminServicer:
                 raise PermissionDeniedError("not a dataset whose caps you may see", dataset=request.dataset)
             names = (request.dataset,)
         views = cap_usage(self.owner.client, self.governor, names)
-        return a_pb.GetCapUsageResponse(datasets=[_cap_usage_pb(v) for v in views],
-                                        at=rfc3339(self.governor.clock()))
+        catalog = self.owner.catalog
+        datasets = []
+        for v in views:
+            out = _cap_usage_pb(v)
+            info = catalog.dataset(v.dataset)
+            if info is not None:
+                out.columns.extend(a_pb.ColumnGrade(table=t.name, column=c.name, grade=c.grade)
+                                   for t in info.tables for c in t.columns)
+            datasets.append(out)
+        rules = catalog.grade_rules() or DEFAULT_GRADE_RULES
+        return a_pb.GetCapUsageResponse(
+            datasets=datasets, at=rfc3339(self.governor.clock()),
+            grade_rules=[a_pb.GradeRule(grade=g, uses=[u for u in USES if u in uses]) for g, uses in rules.items()])
 
 
 def _alert_pb(r: StoredAlert) -> a_pb.Alert:

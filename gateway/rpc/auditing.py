@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from privacy_gateway.v1 import audit_service_pb2 as au_pb
@@ -93,7 +92,7 @@ class AuditServicer:
         """The chain, MAC and seal check, then the accounting check against the ledger."""
         audit = self.oversight.audit
         report = audit.verify(require_sealed=request.require_sealed)
-        accounts = reconcile(Path(audit.path))
+        accounts = reconcile(audit.path)
         return au_pb.VerifyAuditLogResponse(
             chain_ok=report.ok, entries=report.entries, seals=report.seals,
             sealed_through=report.sealed_through or 0,

@@ -4,7 +4,7 @@
 text lengths in characters, entry counts of repeated fields and maps (and the length of map keys), and the
 range of numbers (finite, within bounds). The interceptor (`gateway.rpc.interceptor`) runs `check_request`
 on every request message before the method body sees it, and on every message of a request stream as it
-arrives; a test checks that every field of every request message has an entry and that the README's limits
+arrives; a test checks that every field of every request message has an entry and that docs/reference.md's limits
 table is `markdown_table()`. A violation is INVALID_ARGUMENT naming the field (ErrorInfo metadata `field`,
 `limit`, and `size` or `value`), with reason FIELD_TOO_LONG (text and entry counts) or the field's own
 range reason (INVALID_PRIVACY_LOSS, INVALID_WEIGHTS, ..., FIELD_OUT_OF_RANGE). Messages echo only the
@@ -76,7 +76,7 @@ class Limit:
     elements of a repeated field or entries of a map; `key_chars`: the longest map key. `low`/`high`: the
     range of a number (of each element or map value), `high_open` excluding `high`; numbers must always be
     finite. `reason`: the ErrorInfo reason of an out-of-range number. `deep`: elements of a repeated message
-    are checked here (False: the body checks them column-wise, `check_claims`). `text`: the README's words.
+    are checked here (False: the body checks them column-wise, `check_claims`). `text`: docs/reference.md's words.
     """
 
     text: str
@@ -91,7 +91,7 @@ class Limit:
 
 
 def _fmt(x: float) -> str:
-    """A bound as the README shows it: 1,000 or 1e6 or 1e-6."""
+    """A bound as docs/reference.md shows it: 1,000 or 1e6 or 1e-6."""
     if x == int(x) and abs(x) < 1e5:
         return f"{int(x):,}"
     return f"{x:g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
@@ -416,7 +416,7 @@ def request_fields(files: Iterable[Any] | None = None) -> Iterator[FieldDescript
 
 
 def markdown_table() -> str:
-    """The README's table of request limits (one row per field, in proto order)."""
+    """docs/reference.md's table of request limits (one row per field, in proto order)."""
     rows = ["| field | limit |", "| --- | --- |"]
     rows += [f"| `{_key(fd)}` | {LIMITS[_key(fd)].text} |" for fd in request_fields()]
     return "\n".join(rows)

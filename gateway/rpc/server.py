@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,11 +46,13 @@ from gateway.rpc.gate import PolicyGate
 from gateway.rpc.interceptor import Body, GovernanceInterceptor, register
 from gateway.rpc.local import LocalCalls
 from gateway.rpc.methods import PROTO_FILES, check_rules_cover
+from gateway.rpc.replicas import PolicyFollower
 from gateway.rpc.services import BudgetServicer, CatalogServicer, KeyServicer, ModelServicer, QueryServicer
 from gateway.rpc.verification import VerificationServicer
 from gateway.settings import Settings
 from gateway.sizes import MAX_MESSAGE_BYTES
 from gateway.storage.diskspace import DiskGuard
+from gateway.storage.pg import PgDatabase, check_reachable, storage_location
 from gateway.storage.state import StateStore
 from sandbox.client import SandboxClient, SandboxProcess
 
@@ -163,6 +166,7 @@ class Gateway:
     owner: OwnerSettings | None = None  # the data owner's settings, mirrored from the sandbox
     local: LocalCalls | None = None  # in-process calls through the same governance (the console's only way in)
     console: Stoppable | None = None  # the web console, when `gateway.console.start_console` started one
+    follower: Stoppable | None = None  # follows policy reloads of other replicas on the same storage
 
     def roles_of(self, identity: str) -> frozenset[str]:
         """The roles the live policy gives `identity` (none when it is not a member)."""
@@ -199,6 +203,8 @@ class Gateway:
         """Stop serving, then stop the supervisor and the sandbox, and close the stores."""
         if self.console is not None:
             self.console.stop()
+        if self.follower is not None:
+            self.follower.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         if self._loop is not None:
@@ -223,36 +229,56 @@ class Gateway:
             self.oversight.close()  # seals the audit log
 
 
+def _sandbox_client(settings: Settings) -> SandboxClient:
+    """The client for the sandbox: on the Unix socket, or at `sandbox_address` over mutual TLS."""
+    try:
+        return SandboxClient(settings.sandbox_endpoint, timeout_s=settings.sandbox_timeout_s)
+    except FileNotFoundError as exc:
+        key = next((k for k in ("sandbox_tls_ca", "sandbox_tls_cert", "sandbox_tls_key")
+                    if str(getattr(settings, k)) in str(exc)), "sandbox_tls_ca")
+        raise ConfigError("settings", key, f"{exc} (the data owner issues it: `pgw certs --owner`)") from exc
+    except ssl.SSLError as exc:
+        raise ConfigError("settings", "sandbox_tls_cert",
+                          f"the TLS files for the sandbox are unusable ({exc.reason or exc}): "
+                          "sandbox_tls_ca must be a PEM CA certificate, sandbox_tls_cert/key a matching pair") from exc
+
+
 def start_gateway(settings: Settings) -> Gateway:
-    """Start the sandbox (unless configured to reach a running one), then serve. Port 0 picks a port."""
+    """Start the sandbox (unless configured to reach a running one: `start_sandbox = false`, or a remote
+    `sandbox_address`), then serve. Port 0 picks a port."""
     check_rules_cover()
     policy = load_policy(settings.policy)
     creds = server_credentials(settings.tls_dir)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    database = storage_location(settings.storage_url, settings.ledger_path)
+    if isinstance(database, PgDatabase):
+        check_reachable(database)
     process: SandboxProcess | None = None
-    if settings.start_sandbox:
+    client = _sandbox_client(settings)
+    if settings.spawns_sandbox:
         extra = [
             "--query-timeout-ms", str(settings.query_timeout_ms),
             "--memory-limit", settings.sandbox_memory_limit,
+            "--storage", settings.sandbox_storage,
             "--threads", str(settings.sandbox_threads),
         ]
-        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra)
+        process = SandboxProcess.start(settings.catalog, settings.sandbox_socket, settings.data_dir, extra,
+                                       ready_timeout_s=float(settings.sandbox_ready_timeout_s))
     loop: _LoopThread | None = None
     settler: Settler | None = None
     try:
-        client = SandboxClient(settings.sandbox_socket, timeout_s=settings.sandbox_timeout_s)
         catalog = client.describe()
         check_model_grants_against_catalog(policy.model_grants, catalog, str(settings.policy))
-        ledger = Ledger(settings.ledger_path)
+        ledger = Ledger(database)
         oversight = Oversight.open(
             settings.state_dir, settings.policy,
-            metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None,
+            metrics_port=settings.metrics_port if settings.metrics_port >= 0 else None, database=database,
         )
         oversight.metrics.set_sandbox_up(True)
         # Before anything is served: settle what a previous process left reserved, audit what is unaudited.
         disk = DiskGuard(settings.state_dir, settings.storage_reserve_mb * 1024 * 1024)
         governor = Governor(
-            settings.policy, policy, ledger, StateStore(settings.ledger_path), owner_caps(catalog),
+            settings.policy, policy, ledger, StateStore(database), owner_caps(catalog),
             {d.name: d.owner for d in catalog.datasets},
         )
         governor.checks.append(
@@ -260,7 +286,7 @@ def start_gateway(settings: Settings) -> Gateway:
         alerts = AlertEngine(governor)
         governor.on_outcome.append(alerts.on_outcome)
         # In the ledger's file: a release is stored in the transaction that completes its charge.
-        cache = ReleaseCache(settings.ledger_path, legacy=settings.state_dir / "cache.sqlite3")
+        cache = ReleaseCache(database, legacy=settings.state_dir / "cache.sqlite3")
         supervisor = SandboxSupervisor(process, client)
         path = GovernedPath(governor, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
                             supervisor=supervisor, cache=cache, oversight=oversight, disk=disk)
@@ -271,8 +297,10 @@ def start_gateway(settings: Settings) -> Gateway:
         evaluate = EvaluateProduct(catalog, governor, queries.grade_rules)
         owner = OwnerSettings(client, governor, (queries, train, evaluate))
         owner.apply(catalog)  # the caps and grade rules from the sandbox's catalog, never from the file
-        verification = VerificationCore.start(policy.verification, client, settings.state_dir, oversight.signer,
-                                              sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight)
+        verification = VerificationCore.start(
+            policy.verification, client, settings.state_dir, oversight.signer,
+            sandbox_timeout_s=settings.sandbox_timeout_s, oversight=oversight,
+            database=database if isinstance(database, PgDatabase) else None)
         verification.supervisor = supervisor
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="pgw-worker")
         admission = Admission(AdmissionLimits(
@@ -336,6 +364,9 @@ def start_gateway(settings: Settings) -> Gateway:
         raise
     gateway = Gateway(server, port, queries, path, ledger, process, verification, hs, oversight, governor,
                       alerts, admission, supervisor, pool, gate, settler, loop, owner, local)
+    follower = PolicyFollower(governor, owner, interval_s=settings.policy_poll_ms / 1000)
+    follower.start()
+    gateway.follower = follower
     supervisor.on_health.append(gateway.set_serving)
     supervisor.on_health.append(oversight.metrics.set_sandbox_up)
     supervisor.start_monitor(settings.health_interval_ms / 1000)

@@ -12,6 +12,10 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import cast
+
+from gateway.storage.pg import PgDatabase
 
 
 @contextmanager
@@ -103,3 +107,24 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def open_location(location: Path | PgDatabase, *, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection to a store's database: the SQLite file `location` (autocommit, ``synchronous=FULL``), or
+    a PostgreSQL database (`gateway.storage.pg.PgConnection`, which offers the part of `sqlite3.Connection`
+    the stores use and is typed as one for them)."""
+    if isinstance(location, PgDatabase):
+        return cast(sqlite3.Connection, location.connect())
+    conn = sqlite3.connect(location, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare_location(location: Path | PgDatabase) -> None:
+    """Create a SQLite file's directory (a PostgreSQL database needs nothing)."""
+    if isinstance(location, Path):
+        location.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Governance state in the gateway's state database: grant overrides, revocations, request outcomes, alerts.
 
-These tables live in the ledger's SQLite file (WAL), so every gateway process sharing a state directory
-sees the same overrides and revocations on its next request. Calls take a connection from a pool.
+These tables live in the ledger's database (its SQLite file in WAL mode, or its PostgreSQL database), so every
+gateway process sharing it sees the same overrides and revocations on its next request. Calls take a connection
+from a pool.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 from gateway.errors import StorageUnavailableError
 from gateway.policy.model import GrantOverride
-from gateway.storage.sqlite import ConnectionPool, immediate
+from gateway.storage.pg import PgDatabase, ddl, ensure_schema
+from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location
 
 __all__ = ["Outcome", "StateStore", "StoredAlert"]
 
@@ -71,6 +73,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     detail     TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS alerts_by_rule ON alerts (rule, subject, created_at);
+CREATE TABLE IF NOT EXISTS generations (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
 """
 # An alert's acknowledgement (who, when, a note): NULL while unacknowledged.
 _ALERT_ACK_COLUMNS = (("acknowledged_at", "REAL"), ("acknowledged_by", "TEXT"), ("note", "TEXT"))
@@ -96,13 +102,18 @@ class Outcome:
 class StateStore:
     """Overrides, revocations, outcomes and alerts in the state database."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        """Open the state database (the ledger's file) and create the governance tables."""
-        self.path = Path(path)
+    def __init__(self, path: Path | PgDatabase, *, busy_timeout_s: float = 30.0) -> None:
+        """Open the state database (the ledger's file or PostgreSQL database) and create the governance tables."""
+        self.path = path if isinstance(path, PgDatabase) else Path(path)
         self._busy_timeout_s = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_location(self.path)
         self._pool = ConnectionPool(
             self._open, lambda: StorageUnavailableError("the governance state's storage failed; retry shortly"))
+        if isinstance(self.path, PgDatabase):
+            with self._conn() as conn:
+                ensure_schema(conn, [*ddl(_SCHEMA), *(f"ALTER TABLE alerts ADD COLUMN IF NOT EXISTS {c} {k}"
+                                                      for c, k in _ALERT_ACK_COLUMNS)])
+            return
         with self._tx() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -126,12 +137,9 @@ class StateStore:
             yield conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+        conn = open_location(self.path, busy_timeout_s=self._busy_timeout_s)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error:
             conn.close()
             raise
@@ -161,11 +169,31 @@ class StateStore:
                 " WHERE organization = ? AND dataset = ? AND purpose = ?", key,
             ).fetchone()
             merged = override.merged_onto(GrantOverride(*row) if row else GrantOverride())
+            updates = ", ".join(f"{c} = excluded.{c}" for c in (*_OVERRIDE_COLUMNS.split(", "), "updated_at",
+                                                                 "updated_by"))
             conn.execute(
-                "INSERT OR REPLACE INTO grant_overrides (organization, dataset, purpose, "
-                f"{_OVERRIDE_COLUMNS}, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO grant_overrides (organization, dataset, purpose, "
+                f"{_OVERRIDE_COLUMNS}, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT (organization, dataset, purpose) DO UPDATE SET {updates}",
                 (*key, *dataclasses.astuple(merged), time.time(), by),
             )
+
+    # -- generations (replicas follow each other's policy reloads) ---------------------------------------
+
+    def generation(self, name: str) -> int:
+        """The counter `name` (0 before its first bump)."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM generations WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def bump_generation(self, name: str) -> int:
+        """Add one to the counter `name`; its new value."""
+        with self._tx() as conn:
+            (value,) = conn.execute(
+                "INSERT INTO generations (name, value) VALUES (?, 1)"
+                " ON CONFLICT (name) DO UPDATE SET value = generations.value + 1 RETURNING value", (name,)
+            ).fetchone()
+        return int(value)
 
     # -- revocations -------------------------------------------------------------------------------
 
@@ -173,7 +201,9 @@ class StateStore:
         """Revoke a member or an organisation (effective for the next request)."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO revocations (kind, subject, revoked_at, revoked_by, reason) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at,"
+                " revoked_by = excluded.revoked_by, reason = excluded.reason",
                 (kind, subject, time.time(), by, reason),
             )
 

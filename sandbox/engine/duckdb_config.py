@@ -49,8 +49,13 @@ def connect(limits: Limits) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(":memory:", config=connect_config(limits))
 
 
-def lock_down(con: duckdb.DuckDBPyConnection, limits: Limits | None = None) -> None:
-    """Set the per-query deadline, switch external access off, lock, and verify the result.
+def lock_down(
+    con: duckdb.DuckDBPyConnection, limits: Limits | None = None, attached: tuple[str, ...] = (),
+) -> None:
+    """Set the per-query deadline, switch external access off and the local file system with it, lock, verify.
+
+    `attached` are the paths DuckDB allow-lists for a store file attached read-only before the lock-down
+    (`sandbox.engine.disk_store.store_paths`); they are the only allowed paths `verify_locked` accepts.
 
     Raises:
         LockDownError: a setting is not as required (then the sandbox must refuse to serve).
@@ -60,22 +65,28 @@ def lock_down(con: duckdb.DuckDBPyConnection, limits: Limits | None = None) -> N
         con.execute(f"SET max_execution_time = {int(limits.query_timeout_ms)}")
     # Threat 1: every file, network and extension operation now fails with PermissionException.
     con.execute("SET enable_external_access = false")
+    # Threat 1: DuckDB allow-lists an attached file's paths even with external access off (SQL could
+    # `read_blob` the store file). Disabling the local file system refuses every file operation SQL can
+    # name; blocks of an attached store are still read through the handle opened before. (It must be set
+    # after external access is off: the other order fails.)
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
     # Threat 1 / 3: no SET (limits, access, allowed paths, profiling) can change anything now.
     con.execute("SET lock_configuration = true")
-    verify_locked(con)
+    verify_locked(con, attached)
 
 
-def verify_locked(con: duckdb.DuckDBPyConnection) -> None:
-    """Check the settings `lock_down` established.
+def verify_locked(con: duckdb.DuckDBPyConnection, attached: tuple[str, ...] = ()) -> None:
+    """Check the settings `lock_down` established, and that no file can be listed (not even `attached`).
 
     Raises:
-        LockDownError: external access on, configuration unlocked, or a path allow-listed.
+        LockDownError: external access on, configuration unlocked, a path other than `attached`
+            allow-listed, or a file operation not refused.
     """
     expected: dict[str, object] = {
         "enable_external_access": False,
         "lock_configuration": True,
         "allowed_directories": [],
-        "allowed_paths": [],
+        "allowed_paths": sorted(attached),
         "temp_directory": "",
         "autoload_known_extensions": False,
         "autoinstall_known_extensions": False,
@@ -88,5 +99,14 @@ def verify_locked(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchone()
     for name, got in zip(names, row or [None] * len(names), strict=True):
         want = expected[name]
+        if name == "allowed_paths" and isinstance(got, list):
+            got = sorted(got)  # a set inside DuckDB: its order varies
         if got != want:
             raise LockDownError(f"DuckDB setting {name} is {got!r}, expected {want!r}")
+    # `disabled_filesystems` reads as '' even when in force, so it is checked by its effect: listing an
+    # allow-listed path (or the root) must be refused.
+    try:
+        con.execute("SELECT count(*) FROM glob(?)", [attached[-1] if attached else "/"]).fetchall()
+    except duckdb.PermissionException:
+        return
+    raise LockDownError("a file operation was not refused after the lock-down")

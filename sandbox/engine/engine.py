@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -32,12 +33,13 @@ from msgspec.structs import replace
 
 from sandbox.catalog import Catalog, DatasetSpec, TableSpec, load_catalog
 from sandbox.engine.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger, Product
+from sandbox.engine.disk_store import prepare_store, store_key, store_paths
 from sandbox.engine.duckdb_config import connect, lock_down, verify_locked
 from sandbox.engine.guard import check_select
 from sandbox.engine.keys import keyed_digest
 from sandbox.engine.limits import Limits
 from sandbox.engine.release import release_rows
-from sandbox.engine.storage import compress, open_store, sql_table_name, table_ref
+from sandbox.engine.storage import attach_store, compress, open_store, sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, STORAGE_MESSAGE, ConfigError, PlanRejectedError
 from sandbox.plans.compile import (
@@ -86,14 +88,23 @@ def data_version(ds: DatasetSpec, key: bytes) -> str:
     of the files would be a deterministic function of the private data released with every answer: someone
     who knows every other record could confirm a guess about one person's record against it.
     """
+    return data_digests(ds, key)[0]
+
+
+def data_digests(ds: DatasetSpec, key: bytes) -> tuple[str, dict[str, bytes]]:
+    """`data_version(ds, key)` and the SHA-256 of each table's file (by table key), in one read of the files."""
     h = hashlib.sha256()
+    per_table: dict[str, bytes] = {}
     for t in sorted(ds.tables, key=lambda t: t.name):
         h.update(f"{t.name}\x00{t.file.name}\x00".encode())
+        own = hashlib.sha256()
         with t.file.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
+                own.update(chunk)
         h.update(b"\x00")
-    return keyed_digest(key, h.digest())[:16]
+        per_table[t.key] = own.digest()
+    return keyed_digest(key, h.digest())[:16], per_table
 
 
 def _narrow_int(lo: int, hi: int) -> str:
@@ -141,12 +152,16 @@ class Engine:
 
     def __init__(
         self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None,
-        *, truncation_salt: str | None = None, version_key: bytes | None = None,
+        *, truncation_salt: str | None = None, version_key: bytes | None = None, store_dir: Path | None = None,
     ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
+        With `store_dir` the tables live in an on-disk store there (`sandbox.engine.disk_store`: built
+        once per data version, attached read-only); without it, in memory.
+
         Raises:
-            ConfigError: a file is missing or unreadable, or its columns do not match the catalog.
+            ConfigError: a file is missing or unreadable, its columns do not match the catalog, or the
+                on-disk store cannot be built.
             LockDownError: DuckDB did not reach the locked state.
         """
         self.limits = limits or Limits()
@@ -154,7 +169,6 @@ class Engine:
         self._view = (catalog, CatalogInfo(()))  # replaced below, once the data versions are known
         self._reload_lock = threading.Lock()
         self._con = connect(self.limits)
-        open_store(self._con)  # tables are loaded into the compressed store (sandbox.engine.storage)
         self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
         self._prices: OrderedDict[tuple[str, ...], tuple[tuple[ReleaseCost, ...], ReleaseLoss]] = OrderedDict()
         self._price_lock = threading.Lock()
@@ -162,20 +176,39 @@ class Engine:
         version_key = version_key or secrets.token_bytes(32)
         self.row_counts: dict[str, int] = {}
         versions: dict[str, str] = {}
+        digests: dict[str, bytes] = {}
         for ds in catalog.datasets:
             for t in ds.tables:
                 if not t.file.is_file():
                     raise ConfigError(str(catalog.path), f"{t.key}.file", f"no such file: {t.file}")
-            versions[ds.name] = data_version(ds, version_key)
-            # The truncation salt must not depend on the data: a salt derived from the files (as it
-            # once was) changes when one unit is added, which re-chooses the rows every OTHER unit keeps
-            # and breaks the neighbouring-dataset argument. A fresh secret per process is independent
-            # of the data; it is drawn once, so the truncation is fixed for the process's lifetime.
-            salt = truncation_salt or secrets.token_hex(16)
-            for t in ds.tables:
-                self._load(ds, t, salt)
-        compress(self._con)
-        lock_down(self._con, self.limits)
+            versions[ds.name], own = data_digests(ds, version_key)
+            digests.update(own)
+        # The truncation salt must not depend on the data: a salt derived from the files (as it once was)
+        # changes when one unit is added, which re-chooses the rows every OTHER unit keeps and breaks the
+        # neighbouring-dataset argument. A fresh secret (per dataset) is independent of the data; it is
+        # drawn once, so the truncation is fixed for the process's lifetime (for an on-disk store: for
+        # the store's lifetime, one data version).
+        salts = {ds.name: truncation_salt or secrets.token_hex(16) for ds in catalog.datasets}
+
+        def load(con: duckdb.DuckDBPyConnection) -> None:
+            for ds in catalog.datasets:
+                for t in ds.tables:
+                    self._load(con, ds, t, salts[ds.name])
+
+        attached: tuple[str, ...] = ()
+        if store_dir is None:
+            open_store(self._con)  # tables are loaded into the compressed store (sandbox.engine.storage)
+            load(self._con)
+            compress(self._con)
+        else:
+            key = store_key(catalog, digests, version_key, truncation_salt)
+            prepared = prepare_store(store_dir, key, self.limits, load)
+            attach_store(self._con, str(prepared.path))
+            attached = store_paths(prepared.path)
+            self.row_counts = self._stored_counts(catalog)
+        self.storage = "memory" if store_dir is None else "disk"
+        lock_down(self._con, self.limits, attached)
+        self._attached = attached
         self.locked_down = True
         self._versions = versions
         # The catalog and its public description, swapped together by `reload` (one tuple: a request reads
@@ -206,11 +239,22 @@ class Engine:
         )
         return f"read_csv({path}, header = true, types = {{{types}}})"
 
-    def _load(self, ds: DatasetSpec, t: TableSpec, salt: str) -> None:
+    def _stored_counts(self, catalog: Catalog) -> dict[str, int]:
+        """The row count of every table of `catalog` in the attached store (a missing table raises)."""
+        out: dict[str, int] = {}
+        for ds in catalog.datasets:
+            for t in ds.tables:
+                name = sql_table_name(ds.name, t.name)
+                row = self._con.execute(f"SELECT count(*) FROM {table_ref(name)}").fetchone()
+                out[name] = int(row[0]) if row else 0
+        return out
+
+    def _load(self, con: duckdb.DuckDBPyConnection, ds: DatasetSpec, t: TableSpec, salt: str) -> None:
+        """Load one table into the store attached to `con` (the engine's own, or an on-disk build's)."""
         src = self._source(t)
         cfile = str(self.catalog.path)
         try:
-            described = self._con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
+            described = con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
             found = {r[0]: r[1] for r in described}
         except duckdb.Error as exc:
             raise ConfigError(cfile, f"{t.key}.file", f"cannot read {t.file}: {exc}") from exc
@@ -229,7 +273,7 @@ class Engine:
         unit = quote_ident(ds.privacy_unit)
         name = sql_table_name(ds.name, t.name)
         if t.info.public:
-            self._load_public(t, name, cols, src)
+            self._load_public(con, t, name, cols, src)
             return
         k = t.info.max_rows_per_unit
         # Per-unit truncation: keep the K rows of each unit with the smallest salted row hash. The
@@ -237,33 +281,33 @@ class Engine:
         # adding or removing a unit changes no other unit's rows (stability).
         # Fast path: when no unit has more than K rows, truncation is the identity, and the window over
         # every row (about 12 GiB for 50M rows) is skipped; the result is the same table either way.
-        over = self._con.execute(
+        over = con.execute(
             f"SELECT count(*) FROM (SELECT {unit} FROM {src} GROUP BY {unit} HAVING count(*) > {k})"
         ).fetchone()
         if over is not None and int(over[0]) == 0:
-            self._con.execute(f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM {src}")
+            con.execute(f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM {src}")
         else:
-            self._con.execute(
+            con.execute(
                 f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM ("
                 f"SELECT *, row_number() OVER (PARTITION BY {unit} ORDER BY __pgw_h) AS __pgw_rn FROM ("
                 f"SELECT *, hash({render_literal(salt)}, {row}) AS __pgw_h FROM {src})"
                 f") WHERE __pgw_rn <= {k}"
             )
-        count = self._con.execute(f"SELECT count(*) FROM {table_ref(name)}").fetchone()
+        count = con.execute(f"SELECT count(*) FROM {table_ref(name)}").fetchone()
         self.row_counts[name] = int(count[0]) if count else 0
         # Its row count is exact information about private data: it stays in this process.
         log.info("loaded %s.%s, at most %d rows per unit", ds.name, t.name, k)
 
-    def _load_public(self, t: TableSpec, name: str, cols: str, src: str) -> None:
+    def _load_public(self, con: duckdb.DuckDBPyConnection, t: TableSpec, name: str, cols: str, src: str) -> None:
         """Load a public lookup table whole, and check its declared unique key is unique.
 
         Uniqueness is what bounds a lookup join (each private row matches at most one public row),
         so a violation stops the sandbox at start-up (the data owner's error, before any query).
         """
-        self._con.execute(f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM {src}")
+        con.execute(f"CREATE TABLE {table_ref(name)} AS SELECT {cols} FROM {src}")
         assert t.info.unique_key is not None
         k = quote_ident(t.info.unique_key)
-        row = self._con.execute(
+        row = con.execute(
             f"SELECT count(*), count(DISTINCT {k}), count({k}) FROM {table_ref(name)}"
         ).fetchone()
         assert row is not None
@@ -354,7 +398,7 @@ class Engine:
         try:
             cur = self._con.cursor()
             try:
-                verify_locked(cur)
+                verify_locked(cur, self._attached)
             finally:
                 cur.close()
         except Exception:  # any doubt means "not locked"

@@ -12,7 +12,8 @@ class Limits:
     """Limits the sandbox enforces on itself.
 
     Attributes:
-        memory_limit: DuckDB `memory_limit` (binary units, e.g. '2GiB'); nothing spills to disk.
+        memory_limit: DuckDB `memory_limit` (binary units, e.g. '2GiB'); nothing spills to disk while serving
+            (an on-disk store's build spills to its own private directory, `sandbox.engine.disk_store`).
         threads: DuckDB worker threads.
         query_timeout_ms: per-query deadline: DuckDB `max_execution_time` plus a watchdog interrupt.
         max_groups: most cells (product of group-key domain sizes) a plan may ask for.

@@ -19,7 +19,9 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["STORE", "compress", "is_loaded_table", "open_store", "sql_table_name", "table_ref"]
+__all__ = [
+    "STORE", "attach_store", "compress", "is_loaded_table", "open_store", "sql_table_name", "store_codecs", "table_ref",
+]
 
 STORE = "pgw_store"
 # Disabled for the store: every codec that stores numbers other than as a plain array (see the docstring).
@@ -30,6 +32,23 @@ def open_store(con: duckdb.DuckDBPyConnection) -> None:
     """Attach the empty store to a connection that is still open for loading."""
     con.execute(f"ATTACH ':memory:' AS {STORE} (COMPRESS)")
     con.execute(f"SET disabled_compression_methods = '{_NUMERIC_CODECS}'")
+
+
+def store_codecs() -> str:
+    """The compression methods disabled in the store (in memory or on disk): the numeric codecs."""
+    return _NUMERIC_CODECS
+
+
+def sql_path(path: str) -> str:
+    """`path` as a SQL string literal."""
+    if "\x00" in path:
+        raise ValueError("path contains NUL")
+    return "'" + path.replace("'", "''") + "'"
+
+
+def attach_store(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Attach the on-disk store file `path` read-only as the store (before the lock-down)."""
+    con.execute(f"ATTACH {sql_path(path)} AS {STORE} (READ_ONLY)")
 
 
 def compress(con: duckdb.DuckDBPyConnection) -> None:

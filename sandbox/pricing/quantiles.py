@@ -81,7 +81,7 @@ dp.enable_features("contrib")
 INTERVAL = "interval"  # component name of the interval release
 DISCRETE_LAPLACE = "discrete_laplace"  # the interval release's noise under pure DP (mechanisms.DISCRETE_LAPLACE)
 DISCRETE_GAUSSIAN = "discrete_gaussian"  # its noise on zCDP grants (priced by sandbox.pricing.zcdp)
-# Share of a quantile aggregate's loss spent on its interval by default. In simulation (README) 0.7
+# Share of a quantile aggregate's loss spent on its interval by default. In simulation (docs/reference.md) 0.7
 # narrowed the interval by ~20% but made the point ~4x worse, and 0.3 widened the interval ~2x.
 DEFAULT_INTERVAL_SHARE = 0.5
 # Each end of the interval may be wrong with probability at most this (union bound: 5% in all).

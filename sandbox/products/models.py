@@ -10,7 +10,7 @@ charged, then charges the data owner's cap (`Engine.charge_release`, with the re
 definition: `model_pricing.owner_loss`), all before touching data; a request id is charged once, across all
 products.
 
-Algorithms and privacy arguments (README "Models" has the long form):
+Algorithms and privacy arguments (docs/reference.md "Models" has the long form):
 
 * Linear regression (noisy sufficient statistics). With q = round(2^16 (1, z, v)) per row (z the scaled
   features, v the scaled label), DuckDB computes the upper triangle of sum_rows q q^T (exact HUGEINT

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from examples.bench_wire import build_plan, count_nodes, worker
+from examples.bench.wire import build_plan, count_nodes, worker
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.settings import ROOT
 
 PAGE = ROOT / "docs" / "architecture.md"
-TREES = ("gateway", "sandbox")
+TREES = ("gateway", "sandbox", "pgw_client")
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,9 @@ def _allowed(module: str, target: str) -> bool | None:
         return None
     if tree in TREES:
         if module.split(".")[0] != tree:  # across the boundary
-            return tree == "sandbox" and _within(target, BOUNDARY)
+            if tree == "sandbox":  # only the gateway crosses into the sandbox, and only to the boundary
+                return module.split(".")[0] == "gateway" and _within(target, BOUNDARY)
+            return tree == "pgw_client" and _within(target, RULES[own])
         other = _package(target)
         return None if other == own else other is not None and other in RULES[own]
     if tree in ("examples", "tests"):
@@ -210,7 +212,11 @@ def test_no_import_cycles() -> None:
                                                 ("gateway.storage.state", "gateway.budgets.ledger"),
                                                 ("sandbox.engine.engine", "gateway.errors"),
                                                 ("gateway.products.query.service", "sandbox.engine.engine"),
-                                                ("sandbox.plans.bounds", "sandbox.engine.guard")])
+                                                ("sandbox.plans.bounds", "sandbox.engine.guard"),
+                                                ("pgw_client.client", "gateway.errors"),
+                                                ("pgw_client.client", "sandbox.protocol.messages"),
+                                                ("gateway.rpc.server", "pgw_client.client")])
 def test_the_rules_refuse_what_they_forbid(importer: str, imported: str) -> None:
-    """The checker itself: an import upwards, out of the sandbox, or past the boundary is a violation."""
+    """The checker itself: an import upwards, out of the sandbox, past the boundary, from the client library into
+    the gateway or the sandbox, or of the client library by a package whose row does not name it is a violation."""
     assert _allowed(importer, imported) is False

@@ -1,17 +1,17 @@
 """The charge-once release cache: the same normalized query, caller and data version gets the same release.
 
-Returning an earlier release again is post-processing of an output the caller already paid for, so it
-costs nothing; and it takes away the cheapest way to average noise out (asking the same question again).
-Equivalent rewrites that normalize to the same plan hit the cache too, because the key is the analyzer's
-typed plan, not the SQL text. It is no substitute for charging every distinct release (THREATS.md 5).
+Returning an earlier release again is post-processing of an output the caller already paid for, so it costs
+nothing; and it takes away the cheapest way to average noise out (asking the same question again). Equivalent
+rewrites that normalize to the same plan hit the cache too, because the key is the analyzer's typed plan, not the
+SQL text. It is no substitute for charging every distinct release (THREATS.md 5).
 
-The key covers: consumer, dataset, purpose, dataset version, the canonical plan (JSON of the typed tree
-with its epsilon weights) and the epsilon the scales were calibrated for. Stored in table `releases` of the
-ledger's SQLite file (WAL) under the state directory, so it survives restarts, is shared by gateway
-processes, and a fresh release is stored in the same transaction (and fsync) that completes its charge
-(`Ledger.complete(..., also=...)`). Releases stored by earlier versions in `cache.sqlite3` are imported
-once at start-up. Two identical requests racing each other may both be charged; the first stored release
-wins for later ones.
+The key covers: consumer, dataset, purpose, dataset version, the canonical plan (JSON of the typed tree with its
+epsilon weights) and the epsilon the scales were calibrated for. Stored in table `releases` of the ledger's
+database (its SQLite file in WAL mode under the state directory, or its PostgreSQL database), so it survives
+restarts, is shared by gateway processes, and a fresh release is stored in the same transaction (and fsync) that
+completes its charge (`Ledger.complete(..., also=...)`). Releases stored by earlier versions in `cache.sqlite3`
+are imported once at start-up. Two identical requests racing each other may both be charged; the first stored
+release wins for later ones.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 
 from gateway.budgets.ledger import Ledger
 from gateway.errors import StorageUnavailableError
-from gateway.storage.sqlite import ConnectionPool
+from gateway.storage.pg import PgDatabase, ddl, ensure_schema
+from gateway.storage.sqlite import ConnectionPool, open_location, prepare_location
 from sandbox.protocol.messages import QueryPlan, plan_to_json
 
 _SCHEMA = """
@@ -68,33 +69,38 @@ def cache_key(
 class ReleaseCache:
     """Durable key -> serialized release."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0, legacy: Path | None = None) -> None:
-        """Open (and create) the cache table in the database at `path` (normally the ledger's file).
+    def __init__(self, path: Path | PgDatabase, *, busy_timeout_s: float = 30.0, legacy: Path | None = None
+                 ) -> None:
+        """Open (and create) the cache table in the database at `path` (normally the ledger's file or
+        PostgreSQL database).
 
         `legacy` is a cache file of an earlier version: its releases are copied in (the first stored
-        release still wins) and the file is renamed to `<name>.imported`.
+        release still wins) and the file is renamed to `<name>.imported` (SQLite only).
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_location(path)
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         # Pooled: a connection per call also checkpointed the WAL on every close (extra fsyncs).
         self._pool = ConnectionPool(
             self._connect, lambda: StorageUnavailableError("the release cache's storage failed; retry shortly"))
+        if isinstance(path, PgDatabase):
+            with self._pool.connection() as con:
+                ensure_schema(con, ddl(_SCHEMA))
+            return
         with self._pool.connection() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(_SCHEMA)
             if legacy is not None and legacy.is_file():
                 con.execute("ATTACH DATABASE ? AS legacy", (str(legacy),))
                 try:
-                    con.execute("INSERT OR IGNORE INTO main.releases SELECT * FROM legacy.releases")
+                    con.execute("INSERT INTO main.releases SELECT * FROM legacy.releases WHERE true"
+                                " ON CONFLICT DO NOTHING")
                 finally:
                     con.execute("DETACH DATABASE legacy")
                 legacy.replace(legacy.with_name(legacy.name + ".imported"))
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
-        con.execute("PRAGMA synchronous=FULL")
-        return con
+        return open_location(self.path, busy_timeout_s=self.busy_timeout_s)
 
     def get(self, key: str) -> bytes | None:
         """The stored release for `key`, if any."""
@@ -108,7 +114,7 @@ class ReleaseCache:
             self.write(con, key, consumer, response)
 
     def joined_put(self, ledger: object, key: str, consumer: str, response: bytes) -> Callable[[Any], None] | None:
-        """`put` as a write in the ledger's completion transaction when both live in one SQLite file."""
+        """`put` as a write in the ledger's completion transaction when both live in one database."""
         if not (isinstance(ledger, Ledger) and ledger.path == self.path):
             return None
         return functools.partial(self.write, key=key, consumer=consumer, response=response)
@@ -117,7 +123,7 @@ class ReleaseCache:
     def write(con: sqlite3.Connection, key: str, consumer: str, response: bytes) -> None:
         """`put` on a connection to the cache's database, inside the caller's transaction."""
         con.execute(
-            "INSERT OR IGNORE INTO releases (key, consumer, response, created_at) VALUES (?,?,?,?)",
+            "INSERT INTO releases (key, consumer, response, created_at) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
             (key, consumer, response, time.time()),
         )
 

@@ -63,6 +63,7 @@ from gateway.products.verification.state import CapCharge, VerificationState
 from gateway.release.oversight import Oversight
 from gateway.release.signing import Signer
 from gateway.sizes import CASE_REFERENCE_CHARS
+from gateway.storage.pg import PgDatabase
 from sandbox.client import SandboxClient, SandboxConnectionError
 from sandbox.errors import STORAGE_MESSAGE
 from sandbox.protocol.messages import ErrorReply, Scalar
@@ -149,13 +150,15 @@ class VerificationCore:
 
     @classmethod
     def start(cls, vpolicy: VerificationPolicy, client: SandboxClient, state_dir: Path, signer: Signer,
-              sandbox_timeout_s: float = 30.0, oversight: Oversight | None = None) -> VerificationCore:
-        """Open the cap state (with `vpolicy`'s durability) and the HMAC key; fetch the templates from the sandbox.
-        Receipts are signed by `signer`, the gateway's signing key (`KeyService` publishes it)."""
+              sandbox_timeout_s: float = 30.0, oversight: Oversight | None = None,
+              database: PgDatabase | None = None) -> VerificationCore:
+        """Open the cap state (with `vpolicy`'s durability: in `database`, else ``verification.sqlite3`` in
+        `state_dir`) and the HMAC key; fetch the templates from the sandbox. Receipts are signed by `signer`,
+        the gateway's signing key (`KeyService` publishes it)."""
         reply = client.call(DescribeTemplatesRequest())
         if not isinstance(reply, TemplatesInfo):
             raise SandboxConnectionError(f"unexpected reply to describe-templates: {type(reply).__name__}")
-        state = VerificationState(state_dir / "verification.sqlite3", durability=vpolicy.cap_durability)
+        state = VerificationState(database or state_dir / "verification.sqlite3", durability=vpolicy.cap_durability)
         return cls(client, reply, state, signer, KeyedHasher(state_dir / "verification-hmac.key"),
                    signer.public_pem.decode("ascii"), sandbox_timeout_s=sandbox_timeout_s, oversight=oversight)
 

@@ -1,4 +1,5 @@
-"""Verification caps, case references and enumeration alerts: durable state in SQLite, set-wise per batch.
+"""Verification caps, case references and enumeration alerts: durable state in SQLite or PostgreSQL, set-wise
+per batch.
 
 One `BEGIN IMMEDIATE` transaction checks and charges a whole request (one claim or 100,000): the
 consumer's and the template's counters of the period (one row each), and one row per distinct subject.
@@ -14,6 +15,10 @@ keyed hash (HMAC-SHA256 under the gateway's key; a collision of two subjects in 
 2^64 subjects, and would only make a cap stricter). The row also keeps the distinct parameter sets tried
 on that subject in the period (8-byte prefixes of their keyed hashes, hex, concatenated), which is what the
 `parameter_probe` alert counts. No identifier is ever stored in clear.
+
+On PostgreSQL (gateway replicas) the tables live in schema ``verification`` of the gateway's database, the
+JSON arrays are read with ``jsonb_array_elements``, and the write transaction holds the write lock of
+`gateway.storage.pg`, so the caps are exact across replicas.
 
 Measured (2-core machine, file on local disk): charging 100,000 distinct subjects takes about 0.3 s
 (the earlier one-row-per-(subject, parameters) table with six text key columns took about 4 s).
@@ -31,9 +36,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from gateway.errors import StateUnavailableError
+from gateway.storage.pg import PgDatabase, ddl, ensure_schema
 
 log = logging.getLogger("gateway.products.verification.state")
 
@@ -61,7 +67,7 @@ CREATE TABLE IF NOT EXISTS not_found_windows (
     PRIMARY KEY (consumer, window_start)) STRICT;
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY, created_at REAL NOT NULL, kind TEXT NOT NULL, consumer TEXT NOT NULL,
-    dataset TEXT NOT NULL, template TEXT NOT NULL, subject TEXT NOT NULL, window TEXT NOT NULL,
+    dataset TEXT NOT NULL, template TEXT NOT NULL, subject TEXT NOT NULL, "window" TEXT NOT NULL,
     count INTEGER NOT NULL) STRICT;
 """
 
@@ -184,14 +190,26 @@ def period_key(period: str, now: float) -> str:
     return t.strftime("%Y-%m-%d") if period == "day" else t.strftime("%Y-%m-%dT%H")
 
 
+PG_SCHEMA = "verification"  # on PostgreSQL: the schema of these tables in the gateway's database
+# The statements that read JSON arrays, in PostgreSQL's spelling (SQLite's are inline below).
+_PG_SUBJECTS = ("SELECT s.subject, s.n, s.params FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS j(value)"
+                " JOIN subject_caps s ON s.scope = ? AND s.subject = j.value")
+_PG_SUBJECT_ROWS = ("INSERT INTO subject_caps (scope, subject, n, params) SELECT CAST(? AS BIGINT), e ->> 0,"
+                    " CAST(e ->> 1 AS BIGINT), e ->> 2 FROM jsonb_array_elements(CAST(? AS jsonb)) AS j(e)"
+                    " ON CONFLICT (scope, subject) DO UPDATE SET n = excluded.n, params = excluded.params")
+_PG_REFUND = ("UPDATE subject_caps SET n = greatest(0, n - CAST(j.e ->> 1 AS BIGINT))"
+              " FROM jsonb_array_elements(CAST(? AS jsonb)) AS j(e)"
+              " WHERE subject_caps.scope = ? AND subject_caps.subject = j.e ->> 0")
+
+
 class VerificationState:
     """Caps and alerts, durable. Every change is one BEGIN IMMEDIATE transaction on this thread's
     connection, so checks and charges are atomic across threads and processes; this process's writers take
     their turns in arrival order (`FairLock`), and a write that cannot happen within the busy timeout raises
     `StateUnavailableError` (rolled back, nothing changed)."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0, durability: str = "full") -> None:
-        """Open (and create) the database at `path`.
+    def __init__(self, path: Path | PgDatabase, busy_timeout_s: float = 30.0, durability: str = "full") -> None:
+        """Open (and create) the database at `path` (a SQLite file, or the gateway's PostgreSQL database).
 
         `durability` "full" (synchronous=FULL: a charge survives power loss once committed) or
         "normal" (synchronous=NORMAL in WAL mode: survives a crash of the process, the last commits
@@ -206,6 +224,12 @@ class VerificationState:
         self._local = threading.local()
         self._write = FairLock()
         self._scopes: dict[tuple[str, str, str, str], int] = {}
+        self._pg = isinstance(path, PgDatabase)
+        if isinstance(path, PgDatabase):
+            self.path = PgDatabase(path.url, lock_timeout_s=busy_timeout_s, schema=PG_SCHEMA)
+            ensure_schema(self._open(), [f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}", *ddl(_SCHEMA),
+                                         "ALTER TABLE case_references ADD COLUMN IF NOT EXISTS rowid BIGSERIAL"])
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._open().executescript(_SCHEMA)
 
@@ -215,7 +239,9 @@ class VerificationState:
         level = sync or self._sync
         cons: dict[str, sqlite3.Connection] = self._local.__dict__.setdefault("cons", {})
         con = cons.get(level)
-        if con is None:
+        if con is None and isinstance(self.path, PgDatabase):
+            con = cons[level] = cast(sqlite3.Connection, self.path.connect())
+        elif con is None and isinstance(self.path, Path):
             con = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None,
                                   check_same_thread=True)
             con.execute("PRAGMA journal_mode = WAL")
@@ -223,6 +249,7 @@ class VerificationState:
             con.execute("PRAGMA cache_size = -65536")  # 64 MiB: a batch touches 100,000 random keys
             con.execute("PRAGMA temp_store = MEMORY")
             cons[level] = con
+        assert con is not None
         return con
 
     @contextmanager
@@ -263,8 +290,8 @@ class VerificationState:
         transaction; ids are never reused or deleted, so a cached id stays right)."""
         scope = self._scopes.get(key)
         if scope is None:
-            con.execute("INSERT OR IGNORE INTO cap_scopes (period, consumer, dataset, template) "
-                        "VALUES (?, ?, ?, ?)", key)
+            con.execute("INSERT INTO cap_scopes (period, consumer, dataset, template) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", key)
             scope = int(con.execute("SELECT id FROM cap_scopes WHERE period = ? AND consumer = ? AND "
                                     "dataset = ? AND template = ?", key).fetchone()[0])
         return scope
@@ -313,7 +340,7 @@ class VerificationState:
             seen = dict.fromkeys(counts, "")
             # The subjects' rows in one statement: the keys travel as one JSON array (CROSS JOIN keeps
             # json_each outside, so each key is one primary-key lookup).
-            for k, n, p in con.execute(
+            for k, n, p in con.execute(_PG_SUBJECTS if self._pg else
                     "SELECT s.subject, s.n, s.params FROM json_each(?) j CROSS JOIN subject_caps s "
                     "ON s.scope = ? AND s.subject = j.value", (json.dumps(list(counts)), scope)):
                 totals[k], seen[k] = n, p
@@ -352,13 +379,13 @@ class VerificationState:
                     continue
                 grown.setdefault(k, len(have) // width)
                 seen[k] = have + p
-            con.execute("INSERT INTO consumer_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = ?",
-                        (period, consumer, c_n, c_n))
-            con.execute("INSERT INTO template_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = ?",
-                        (*scope_key, t_n, t_n))
+            con.execute("INSERT INTO consumer_counts VALUES (?, ?, ?) ON CONFLICT (period, consumer)"
+                        " DO UPDATE SET n = ?", (period, consumer, c_n, c_n))
+            con.execute("INSERT INTO template_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (period, consumer, dataset,"
+                        " template) DO UPDATE SET n = ?", (*scope_key, t_n, t_n))
             # Every touched subject's new row in one statement (hex strings need no JSON escaping).
             rows = ",".join([f'["{k}",{totals[k]},"{seen[k]}"]' for k in sorted(touched)])
-            con.execute("INSERT INTO subject_caps (scope, subject, n, params) "
+            con.execute(_PG_SUBJECT_ROWS if self._pg else "INSERT INTO subject_caps (scope, subject, n, params) "
                         "SELECT ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true "
                         "ON CONFLICT DO UPDATE SET n = excluded.n, params = excluded.params",
                         (scope, f"[{rows}]"))
@@ -376,7 +403,7 @@ class VerificationState:
             if probes:
                 full = {s[:key_width]: s for s in subjects}
                 con.executemany("INSERT INTO alerts (created_at, kind, consumer, dataset, template, subject, "
-                                "window, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                '"window", count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
                                 [(now, "parameter_probe", consumer, ds, tp, full[k], period, len(seen[k]) // width)
                                  for k in probes])
         self._scopes[scope_key] = scope  # committed: the id is durable now
@@ -397,11 +424,13 @@ class VerificationState:
             return
         rows = json.dumps(sorted(taken.subjects.items()), separators=(",", ":"))
         with self._tx() as con:
-            con.execute("UPDATE consumer_counts SET n = max(0, n - ?) WHERE period = ? AND consumer = ?",
+            larger = "greatest" if self._pg else "max"  # the larger of two values, in each dialect
+            con.execute(f"UPDATE consumer_counts SET n = {larger}(0, n - ?) WHERE period = ? AND consumer = ?",
                         (taken.claims, taken.period, taken.consumer))
-            con.execute("UPDATE template_counts SET n = max(0, n - ?) WHERE period = ? AND consumer = ? AND "
+            con.execute(f"UPDATE template_counts SET n = {larger}(0, n - ?) WHERE period = ? AND consumer = ? AND "
                         "dataset = ? AND template = ?", (taken.claims, *taken.scope_key))
-            con.execute("UPDATE subject_caps SET n = max(0, n - j.value ->> 1) FROM json_each(?) j "
+            con.execute(_PG_REFUND if self._pg else
+                        "UPDATE subject_caps SET n = max(0, n - j.value ->> 1) FROM json_each(?) j "
                         "WHERE subject_caps.scope = ? AND subject_caps.subject = j.value ->> 0",
                         (rows, taken.scope))
             first, last = taken.case_references
@@ -417,19 +446,20 @@ class VerificationState:
         window = int(now // window_seconds) * window_seconds
         with self._tx("NORMAL") as con:
             row = con.execute(
-                "INSERT INTO not_found_windows VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE SET "
-                "checks = checks + 1, n = n + ? RETURNING n", (consumer, window, not_found, not_found)
+                "INSERT INTO not_found_windows VALUES (?, ?, 1, ?) ON CONFLICT (consumer, window_start) DO UPDATE SET "
+                "checks = not_found_windows.checks + 1, n = not_found_windows.n + ? RETURNING n",
+                (consumer, window, not_found, not_found)
             ).fetchone()
             total = int(row[0])
             crossed = total - not_found < alert_limit <= total
             con.executemany(
-                "INSERT INTO alerts (created_at, kind, consumer, dataset, template, subject, window, count) "
+                'INSERT INTO alerts (created_at, kind, consumer, dataset, template, subject, "window", count) '
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(now, "not_found_burst", consumer, dataset, template, "", str(window), total)] if crossed else [])
 
     def alerts(self, since: float = 0.0) -> list[Alert]:
         """Alerts recorded at or after `since`, oldest first."""
-        rows = self._open().execute("SELECT created_at, kind, consumer, dataset, template, subject, window, "
+        rows = self._open().execute('SELECT created_at, kind, consumer, dataset, template, subject, "window", '
                                     "count FROM alerts WHERE created_at >= ? ORDER BY id", (since,)).fetchall()
         return [Alert(*r) for r in rows]
 

@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import sqlite3
 import threading
+from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
@@ -29,15 +30,17 @@ from gateway.errors import (
     RequestIdConflictError,
     RequestInProgressError,
 )
+from gateway.storage.pg import PgDatabase, is_postgres_url
+from gateway.storage.sqlite import open_location
 
 KEY = GrantKey(consumer="alice", dataset="registry_a", purpose="research")
 FP = "fingerprint-1"
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    """A fresh ledger in a nested state directory that does not exist yet."""
-    return Ledger(tmp_path / "state" / "nested" / "ledger.sqlite3")
+def ledger(storage: Callable[[str], Path | PgDatabase]) -> Ledger:
+    """A fresh ledger on each backend (SQLite: in a nested state directory that does not exist yet)."""
+    return Ledger(storage("state/nested/ledger.sqlite3"))
 
 
 def _reserve(
@@ -302,9 +305,10 @@ def test_ledger_survives_restart(tmp_path: Path) -> None:
     second.close()
 
 
-def test_file_is_in_wal_mode_with_the_expected_tables(ledger: Ledger) -> None:
+def test_file_is_in_wal_mode_with_the_expected_tables(tmp_path: Path) -> None:
     """The ledger file is a WAL-mode SQLite database with the spend and charges tables."""
-    conn = sqlite3.connect(ledger.path)
+    Ledger(tmp_path / "ledger.sqlite3").close()
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -317,10 +321,9 @@ def test_verify_detects_a_total_that_disagrees_with_its_charges(ledger: Ledger) 
     """verify raises GatewayInternalError when the running total was tampered with."""
     _reserve(ledger, "q1", PrivacyLoss(0.25), PrivacyLoss(1.0))
     ledger.verify()
-    conn = sqlite3.connect(ledger.path)
+    conn = open_location(ledger.path, busy_timeout_s=5)
     try:
-        with conn:
-            conn.execute("UPDATE spend SET epsilon = 0.2500001")
+        conn.execute("UPDATE spend SET epsilon = 0.2500001")
     finally:
         conn.close()
     with pytest.raises(GatewayInternalError):
@@ -333,9 +336,9 @@ def _running_sums(cost: float, n: int) -> list[float]:
 
 
 @pytest.mark.parametrize("round_", range(5))
-def test_threads_never_overspend(tmp_path: Path, round_: int) -> None:
-    """32 racing threads charging 0.1 against 1.0 yield exactly 10 serialized reservations."""
-    ledger = Ledger(tmp_path / f"round{round_}" / "ledger.sqlite3")
+def test_threads_never_overspend(storage: Callable[[str], Path | PgDatabase], round_: int) -> None:
+    """32 racing threads charging 0.1 against 1.0 yield exactly 10 serialized reservations (both backends)."""
+    ledger = Ledger(storage(f"round{round_}/ledger.sqlite3"))
     budget, cost = PrivacyLoss(1.0), PrivacyLoss(0.1)
     start = threading.Barrier(32)
     results: list[Reservation] = []
@@ -383,7 +386,7 @@ def _process_worker(
     out: Queue[tuple[int, int, list[str]]],
 ) -> None:
     """Runs n_threads racing reservations in this process and reports (successes, refusals)."""
-    ledger = Ledger(Path(path))
+    ledger = Ledger(PgDatabase(path) if is_postgres_url(path) else Path(path))
     start = threading.Barrier(n_threads)
     counts = {"ok": 0, "refused": 0}
     errors: list[str] = []
@@ -420,15 +423,17 @@ def _process_worker(
     out.put((counts["ok"], counts["refused"], errors))
 
 
-def test_processes_never_overspend(tmp_path: Path) -> None:
-    """2 processes x 16 threads sharing one file get exactly 7 reservations of a 7-charge budget."""
-    path = tmp_path / "shared" / "ledger.sqlite3"
+def test_processes_never_overspend(storage: Callable[[str], Path | PgDatabase]) -> None:
+    """2 processes x 16 threads sharing one file (or one PostgreSQL database) get exactly 7 reservations of a
+    7-charge budget."""
+    path = storage("shared/ledger.sqlite3")
     Ledger(path).close()
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     out: Queue[tuple[int, int, list[str]]] = ctx.Queue()
     procs = [
-        ctx.Process(target=_process_worker, args=(str(path), i, 16, barrier, out)) for i in range(2)
+        ctx.Process(target=_process_worker, args=(path.url if isinstance(path, PgDatabase) else str(path), i, 16,
+                                                  barrier, out)) for i in range(2)
     ]
     for p in procs:
         p.start()

@@ -404,6 +404,10 @@ def test_cap_usage_is_for_data_owners_and_operators(owner_gw: OwnerGateway) -> N
     assert d.sandbox.period_spent.epsilon == pytest.approx(0.5, abs=1e-9)
     assert d.sandbox.period_remaining.epsilon == pytest.approx(999.5, abs=1e-9)
     assert d.period_start.endswith("-01T00:00:00Z") and d.owner == "Provincial Big Data Bureau"
+    grades = {(c.table, c.column): c.grade for c in d.columns}  # every column with the owner's grade
+    assert grades[("residents", "person_id")] == "identifier" and len(grades) == len(d.columns) > 5
+    rules = {r.grade: list(r.uses) for r in mine.grade_rules}
+    assert rules["identifier"] == [] and "group_key" not in rules["sensitive"] and rules["public"]
     with g.ch("ops-admin") as ch:
         every = admin(ch).GetCapUsage(a_pb.GetCapUsageRequest())
     assert [d.dataset for d in every.datasets] == ["registry", "enterprises"]

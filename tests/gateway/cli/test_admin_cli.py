@@ -197,3 +197,26 @@ def test_revoke_member_then_organisation(cli: Cli) -> None:
     rc, out, _ = cli.run("admin", "orgs")
     statuses = {r[2]: r[-1] for r in _rows(out)}
     assert statuses["temp1"] == "REVOKED" and statuses["temp2"] == "REVOKED"
+
+
+def test_reinstate_undoes_a_revocation(cli: Cli) -> None:
+    """After test_revoke_member_then_organisation: reinstating the organisation and then the member lets the
+    member query again; reinstating someone not revoked says so and changes nothing."""
+    rc, out, _ = cli.run("admin", "reinstate", "--organization", "temps")
+    assert rc == 0 and "reinstated organisation temps" in out
+    rc, out, _ = cli.run("admin", "reinstate", "--member", "temp2", "--reason", "back")
+    assert rc == 0 and "reinstated member temp2" in out
+    with cli.ch("temp2") as ch:
+        assert query(ch, 0.1, "work").HasField("budget")
+    rc, out, _ = cli.run("admin", "reinstate", "--member", "temp2")
+    assert rc == 0 and "was not revoked" in out
+
+
+def test_alerts_list_and_acknowledge(cli: Cli) -> None:
+    """The alert list is a table with its unacknowledged count; acknowledging an unknown id is one line."""
+    rc, out, _ = cli.run("admin", "alerts", "--all")
+    assert rc == 0 and out.splitlines()[0].split()[:3] == ["id", "time", "rule"] and "unacknowledged" in out
+    rc, out, _ = cli.run("admin", "alerts", "--json")
+    assert rc == 0 and isinstance(json.loads(out), dict)
+    rc, _, err = cli.run("admin", "ack", "999999")
+    assert rc == 1 and "no alert with this id" in err and len(err.strip().splitlines()) == 1

@@ -85,7 +85,8 @@ def test_receipt_verify_command(gov: Oversight, tmp_path: Path, capsys: pytest.C
     (tmp_path / "r.json").write_text(receipt.to_client_json())
     argv = ["receipt", "verify", "--receipt", str(tmp_path / "r.json"), "--public-key", str(tmp_path / "pub.pem")]
     code, out = run(argv, capsys)
-    assert code == 0 and out.startswith("VALID receipt r-9") and "discrete_laplace scale 2.0" in out
+    assert code == 0 and out.startswith("VALID release receipt, key ") and ": r-9: analyst" in out
+    assert "discrete_laplace scale 2.0" in out
     code, out = run([*argv, "--json"], capsys)
     assert code == 0 and json.loads(out)["payload"]["consumer"] == "analyst"
     forged = json.loads(receipt.to_client_json())

@@ -148,6 +148,9 @@ def test_data_owner_sees_cap_use_rise(browser: Any, console_env: ConsoleEnv) -> 
     assert _cap_spent(page) == pytest.approx(before + 0.7, abs=1e-6)
     assert page.locator("#cap-registry svg").count() >= 3  # cap bar, use over time, per organisation/purpose
     assert "City Institute" in page.content() or "city" in page.content()
+    rules = page.locator("table.grade-rules tbody tr").all_inner_texts()  # the grade rules, the columns by grade
+    assert len(rules) >= 4 and any(r.startswith("identifier") and "never usable" in r for r in rules), rules
+    assert "identifier" in page.locator("#cap-registry table.grades").inner_text()
     _shot(page, "owner")
     page.context.close()
 

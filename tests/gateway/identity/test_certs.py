@@ -19,6 +19,7 @@ from gateway.identity.certs import (
     issue_client_cert,
     issue_server_cert,
     write_dev_pki,
+    write_owner_pki,
 )
 
 
@@ -196,3 +197,28 @@ def test_write_dev_pki_rejects_bad_client_names(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             write_dev_pki(tmp_path / "pki", clients)
     assert not (tmp_path / "pki").exists()
+
+
+def test_owner_pki_is_a_ca_of_its_own_with_a_sandbox_server_and_gateway_clients(tmp_path: Path) -> None:
+    """`write_owner_pki`: the owner's CA (not the consumers'), `sandbox.crt` for the given hosts with
+    serverAuth, a clientAuth pair per gateway; `sandbox` is reserved; hosts are required."""
+    consumers = write_dev_pki(tmp_path / "consumers", clients=["alice"])
+    paths = write_owner_pki(tmp_path / "owner", ["gw1"], ["10.0.0.3", "sandbox.owner.example"])
+    assert set(paths) == {"ca.key", "ca.crt", "sandbox.key", "sandbox.crt", "gw1.key", "gw1.crt"}
+    ca = x509.load_pem_x509_certificate(paths["ca.crt"].read_bytes())
+    assert "data owner" in ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert ca.public_key() != x509.load_pem_x509_certificate(consumers["ca.crt"].read_bytes()).public_key()
+    server = x509.load_pem_x509_certificate(paths["sandbox.crt"].read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.3")]
+    assert san.get_values_for_type(x509.DNSName) == ["sandbox.owner.example"]
+    eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    client = x509.load_pem_x509_certificate(paths["gw1.crt"].read_bytes())
+    client.verify_directly_issued_by(ca)
+    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(ValueError, match="reserved"):
+        write_owner_pki(tmp_path / "o2", ["sandbox"], ["localhost"])
+    with pytest.raises(ValueError, match="at least one host"):
+        write_owner_pki(tmp_path / "o3", ["gw1"], [])

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
@@ -29,6 +30,8 @@ from gateway.release.audit import (
 )
 from gateway.release.signing import Signer, load_or_create_hmac_key
 from gateway.settings import ROOT
+from gateway.storage.pg import PgDatabase
+from gateway.storage.sqlite import open_location
 
 RESIDENT_ID = "11010519491231002X"
 CREDIT_CODE = "91350100M000100Y43"
@@ -50,15 +53,22 @@ def _record(i: int, **overrides: object) -> AuditRecord:
     return AuditRecord(**fields)  # type: ignore[arg-type]
 
 
+# state directory -> the PostgreSQL database its log lives in (the PostgreSQL runs of these tests)
+_DATABASES: dict[str, PgDatabase] = {}
+
+
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
-    """A state directory with the gateway's keys."""
+def state(tmp_path: Path, storage: Callable[[str], Path | PgDatabase]) -> Path:
+    """A state directory with the gateway's keys; the log lives in it (SQLite) or in a fresh PostgreSQL database."""
+    where = storage("audit.sqlite3")
+    if isinstance(where, PgDatabase):
+        _DATABASES[str(tmp_path / "state")] = where
     return tmp_path / "state"
 
 
 def _open(state: Path, seal_every: int = 5) -> AuditLog:
     return AuditLog(
-        state / "audit.sqlite3",
+        _DATABASES.get(str(state), state / "audit.sqlite3"),
         Signer.load_or_create(state),
         load_or_create_hmac_key(state),
         seal_every=seal_every,
@@ -75,11 +85,19 @@ def log12(state: Path) -> AuditLog:
     return audit
 
 
-def _tamper(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
-    """Edit the file as an attacker would: a separate connection, triggers dropped first."""
-    con = sqlite3.connect(path, isolation_level=None)
-    for trigger in ("entries_no_update", "entries_no_delete", "seals_no_update", "seals_no_delete"):
-        con.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+def _connect(path: Path | PgDatabase) -> sqlite3.Connection:
+    return open_location(path, busy_timeout_s=5.0)
+
+
+def _tamper(path: Path | PgDatabase, *statements: tuple[str, tuple[object, ...]]) -> None:
+    """Edit the file as an attacker would: a separate connection, triggers dropped first (PostgreSQL: a
+    superuser's session with triggers off)."""
+    con = _connect(path)
+    if isinstance(path, PgDatabase):
+        con.execute("SET session_replication_role = replica")
+    else:
+        for trigger in ("entries_no_update", "entries_no_delete", "seals_no_update", "seals_no_delete"):
+            con.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     for sql, params in statements:
         con.execute(sql, params)
     con.close()
@@ -129,8 +147,9 @@ def test_identifiers_are_pseudonymized(state: Path) -> None:
     assert audit.pseudonymize(CREDIT_CODE) in stored.query
     assert "registrationstatusx" in stored.query  # an 18-letter word is not an identifier
     assert stored.identifiers == {"subject": audit.pseudonymize(RESIDENT_ID)}
-    raw = (state / "audit.sqlite3").read_bytes()
-    assert RESIDENT_ID.encode() not in raw and CREDIT_CODE.encode() not in raw
+    if isinstance(audit.path, Path):  # the bytes on disk (PostgreSQL: the rows read back, above)
+        raw = audit.path.read_bytes()
+        assert RESIDENT_ID.encode() not in raw and CREDIT_CODE.encode() not in raw
     key_a, key_b = b"a" * 32, b"b" * 32
     assert keyed_hash(key_a, RESIDENT_ID) != keyed_hash(key_b, RESIDENT_ID)
     assert pseudonymize_text("x = 123456789012345678", key_a) == f"x = {keyed_hash(key_a, '123456789012345678')}"
@@ -171,7 +190,7 @@ def test_swapped_entries_are_detected(log12: AuditLog) -> None:
         "status_code", "reason", "epsilon", "delta", "released_digest", "identifiers", "prev_hash",
         "hash", "mac",
     ]
-    con = sqlite3.connect(log12.path)
+    con = _connect(log12.path)
     rows = {
         seq: con.execute(f"SELECT {', '.join(columns)} FROM entries WHERE seq = ?", (seq,)).fetchone()
         for seq in (4, 9)
@@ -279,7 +298,7 @@ def test_rehashed_export_is_caught_offline(log12: AuditLog, state: Path, tmp_pat
 
 def test_forged_seal_is_detected(log12: AuditLog) -> None:
     """A seal whose signature was changed is named at its seq."""
-    (sig,) = sqlite3.connect(log12.path).execute("SELECT signature FROM seals WHERE seq = 10").fetchone()
+    (sig,) = _connect(log12.path).execute("SELECT signature FROM seals WHERE seq = 10").fetchone()
     flipped = ("1" if sig[0] == "0" else "0") + sig[1:]
     _tamper(log12.path, ("UPDATE seals SET signature = ? WHERE seq = 10", (flipped,)))
     report = log12.verify()
@@ -305,7 +324,7 @@ def test_seal_signed_by_another_key_is_detected(log12: AuditLog, state: Path) ->
 
 def test_append_only_triggers(log12: AuditLog) -> None:
     """Ordinary UPDATE and DELETE are refused by triggers (defence against our own bugs)."""
-    con = sqlite3.connect(log12.path)
+    con = _connect(log12.path)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         con.execute("UPDATE entries SET consumer = 'x' WHERE seq = 1")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -314,8 +333,10 @@ def test_append_only_triggers(log12: AuditLog) -> None:
 
 
 def _process_worker(
-    state: str, n_threads: int, per_thread: int, barrier: ProcessBarrier, out: Queue[list[str]]
+    state: str, url: str, n_threads: int, per_thread: int, barrier: ProcessBarrier, out: Queue[list[str]]
 ) -> None:
+    if url:
+        _DATABASES[state] = PgDatabase(url)
     audit = _open(Path(state), seal_every=20)
     errors: list[str] = []
     guard = threading.Lock()
@@ -344,7 +365,8 @@ def test_concurrent_appends_keep_a_valid_chain(state: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     out: Queue[list[str]] = ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(str(state), 8, 10, barrier, out)) for _ in range(2)]
+    url = _DATABASES[str(state)].url if str(state) in _DATABASES else ""
+    procs = [ctx.Process(target=_process_worker, args=(str(state), url, 8, 10, barrier, out)) for _ in range(2)]
     for p in procs:
         p.start()
     reports = [out.get(timeout=120) for _ in procs]

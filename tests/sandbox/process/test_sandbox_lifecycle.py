@@ -106,6 +106,7 @@ _CHILD = textwrap.dedent("""
         lc._set_parent_death_signal = lambda: False
     tie = lc.tie_to_parent(int(sys.argv[1]))
     assert not tie.orphaned and tie.death_signal == (sys.argv[2] == "1")
+    print("tied", flush=True)
     time.sleep(600)
 """)
 
@@ -119,7 +120,7 @@ def test_a_tied_process_dies_with_its_parent(prctl: str) -> None:
     try:
         assert middle.stdout is not None
         child = int(middle.stdout.readline())
-        time.sleep(1.0)  # the child has tied itself
+        assert middle.stdout.readline().strip() == "tied"  # the child has tied itself (however loaded the machine)
         assert not _gone(child)
         middle.kill()
         middle.wait()

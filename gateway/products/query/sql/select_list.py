@@ -169,6 +169,7 @@ def aggregate(parts: PlanParts, item: dict[str, Any], scope: Scope) -> tuple[int
                 "UNBOUNDED_EXPRESSION",
                 f"the argument of {shown} has no finite bounds; add CLAMP(expr, lo, hi)",
                 construct="AGGREGATE_ARGUMENT",
+                suggestion="CLAMP(expr, lo, hi)",
             )
         lower, upper = derived[0], derived[1]
         _refuse_constant(kind, shown, lower, upper)

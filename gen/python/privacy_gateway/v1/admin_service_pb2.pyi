@@ -240,7 +240,7 @@ class CapSpending(_message.Message):
     def __init__(self, available: _Optional[bool] = ..., error: _Optional[str] = ..., period_spent: _Optional[_Union[CapAmount, _Mapping]] = ..., period_remaining: _Optional[_Union[CapAmount, _Mapping]] = ..., lifetime_spent: _Optional[_Union[CapAmount, _Mapping]] = ..., lifetime_remaining: _Optional[_Union[CapAmount, _Mapping]] = ..., period_uncounted: _Optional[bool] = ..., lifetime_uncounted: _Optional[bool] = ...) -> None: ...
 
 class DatasetCapUsage(_message.Message):
-    __slots__ = ("dataset", "owner", "capped", "measure", "per_period", "period", "period_start", "period_end", "conversion_delta", "lifetime", "sandbox", "gateway")
+    __slots__ = ("dataset", "owner", "capped", "measure", "per_period", "period", "period_start", "period_end", "conversion_delta", "lifetime", "sandbox", "gateway", "columns")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CAPPED_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class DatasetCapUsage(_message.Message):
     LIFETIME_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     owner: str
     capped: bool
@@ -265,15 +266,36 @@ class DatasetCapUsage(_message.Message):
     lifetime: CapAmount
     sandbox: CapSpending
     gateway: CapSpending
-    def __init__(self, dataset: _Optional[str] = ..., owner: _Optional[str] = ..., capped: _Optional[bool] = ..., measure: _Optional[str] = ..., per_period: _Optional[_Union[CapAmount, _Mapping]] = ..., period: _Optional[str] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., conversion_delta: _Optional[float] = ..., lifetime: _Optional[_Union[CapAmount, _Mapping]] = ..., sandbox: _Optional[_Union[CapSpending, _Mapping]] = ..., gateway: _Optional[_Union[CapSpending, _Mapping]] = ...) -> None: ...
+    columns: _containers.RepeatedCompositeFieldContainer[ColumnGrade]
+    def __init__(self, dataset: _Optional[str] = ..., owner: _Optional[str] = ..., capped: _Optional[bool] = ..., measure: _Optional[str] = ..., per_period: _Optional[_Union[CapAmount, _Mapping]] = ..., period: _Optional[str] = ..., period_start: _Optional[str] = ..., period_end: _Optional[str] = ..., conversion_delta: _Optional[float] = ..., lifetime: _Optional[_Union[CapAmount, _Mapping]] = ..., sandbox: _Optional[_Union[CapSpending, _Mapping]] = ..., gateway: _Optional[_Union[CapSpending, _Mapping]] = ..., columns: _Optional[_Iterable[_Union[ColumnGrade, _Mapping]]] = ...) -> None: ...
+
+class ColumnGrade(_message.Message):
+    __slots__ = ("table", "column", "grade")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    GRADE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    column: str
+    grade: str
+    def __init__(self, table: _Optional[str] = ..., column: _Optional[str] = ..., grade: _Optional[str] = ...) -> None: ...
+
+class GradeRule(_message.Message):
+    __slots__ = ("grade", "uses")
+    GRADE_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    grade: str
+    uses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, grade: _Optional[str] = ..., uses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetCapUsageResponse(_message.Message):
-    __slots__ = ("datasets", "at")
+    __slots__ = ("datasets", "at", "grade_rules")
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    GRADE_RULES_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetCapUsage]
     at: str
-    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetCapUsage, _Mapping]]] = ..., at: _Optional[str] = ...) -> None: ...
+    grade_rules: _containers.RepeatedCompositeFieldContainer[GradeRule]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetCapUsage, _Mapping]]] = ..., at: _Optional[str] = ..., grade_rules: _Optional[_Iterable[_Union[GradeRule, _Mapping]]] = ...) -> None: ...
 
 class ReinstateMemberRequest(_message.Message):
     __slots__ = ("identity", "reason")

@@ -1,12 +1,15 @@
-"""Verification caps in SQLite: charge order within and across requests, both code paths, probing alerts."""
+"""Verification caps in SQLite and PostgreSQL: charge order within and across requests, both code paths,
+probing alerts."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 from gateway.products.verification.state import VerificationState
+from gateway.storage.pg import PgDatabase
 
 
 def _h(x: str) -> str:
@@ -25,29 +28,29 @@ def _charge(state: VerificationState, subjects: list[str], params: list[str], **
     return state.charge(subjects=[_h(s) for s in subjects], params=[_h(p) for p in params], **args)  # type: ignore[arg-type]
 
 
-def test_caps_in_claim_order_across_requests(tmp_path: Path) -> None:
+def test_caps_in_claim_order_across_requests(storage: Callable[[str], Path | PgDatabase]) -> None:
     """A subject gets exactly its cap: within one request (the sequential path) and across requests
     (the bulk path, then the sequential path); refused claims are not charged."""
-    state = VerificationState(tmp_path / "v.sqlite3")
+    state = VerificationState(storage("v.sqlite3"))
     assert _charge(state, ["a", "b"], ["p", "p"]) == [None, None]  # bulk path: no cap binds
     out = _charge(state, ["a", "b", "a", "a", "b", "c"], ["p", "q", "p", "q", "p", "p"])
     assert out == [None, None, None, "subject", None, None]  # a: 1 + 2 = 3, then refused
     assert _charge(state, ["b", "c"], ["p", "p"]) == ["subject", None]
 
 
-def test_consumer_and_template_caps(tmp_path: Path) -> None:
+def test_consumer_and_template_caps(storage: Callable[[str], Path | PgDatabase]) -> None:
     """The consumer's and the template's caps of the period refuse with their own names."""
-    state = VerificationState(tmp_path / "v.sqlite3")
+    state = VerificationState(storage("v.sqlite3"))
     grant = SimpleNamespace(**{**vars(GRANT), "max_checks_per_period": 2})
     assert _charge(state, ["a", "b", "c"], ["p"] * 3, grant=grant) == [None, None, "template"]
     policy = SimpleNamespace(**{**vars(POLICY), "max_checks_per_consumer_per_period": 3})
     assert _charge(state, ["d", "e"], ["p"] * 2, policy=policy) == [None, "consumer"]
 
 
-def test_parameter_probe_alert_counts_distinct_sets_once(tmp_path: Path) -> None:
+def test_parameter_probe_alert_counts_distinct_sets_once(storage: Callable[[str], Path | PgDatabase]) -> None:
     """Three distinct parameter sets on one subject raise one alert when the third appears, whether they
     come in one request or several; repeating a set does not count."""
-    state = VerificationState(tmp_path / "v.sqlite3")
+    state = VerificationState(storage("v.sqlite3"))
     grant = SimpleNamespace(**{**vars(GRANT), "max_checks_per_subject_per_period": 100})
     _charge(state, ["a", "a", "a"], ["p", "q", "p"], grant=grant)
     assert state.alerts() == []
@@ -71,11 +74,11 @@ def _subjects(state: VerificationState) -> dict[tuple[str, str], int]:
     return {(c, s): n for c, s, n in rows}
 
 
-def test_refund_gives_back_exactly_one_charge(tmp_path: Path) -> None:
+def test_refund_gives_back_exactly_one_charge(storage: Callable[[str], Path | PgDatabase]) -> None:
     """A refund undoes one charge exactly -- including a charge a cap cut short and the case references it
     stored -- while another consumer's and another request's charges made in between stay; the claims it
     gave back can be charged again (also after reopening the database)."""
-    state = VerificationState(tmp_path / "v.sqlite3")
+    state = VerificationState(storage("v.sqlite3"))
     args = {"grant": GRANT, "policy": POLICY, "now": NOW}
     _charge(state, ["a", "b"], ["p", "p"], case_references=["r1", "r2"])
     before, subjects_before = _counters(state), _subjects(state)
@@ -92,7 +95,7 @@ def test_refund_gives_back_exactly_one_charge(tmp_path: Path) -> None:
     assert subjects_before == {("c", _h("a")[:32]): 1, ("c", _h("b")[:32]): 1}  # the stored key: 16 bytes
     assert _subjects(state) == {**subjects_before, ("other", _h("a")[:32]): 1}
     assert state.case_reference_count() == refs_before
-    reopened = VerificationState(tmp_path / "v.sqlite3")
+    reopened = VerificationState(storage("v.sqlite3"))
     assert _counters(reopened) == after
     assert _charge(reopened, ["a", "a"], ["p", "p"]) == [None, None]  # a: 1 charged + 2 = its cap of 3
     assert _charge(reopened, ["a"], ["p"]) == ["subject"]
