@@ -74,8 +74,9 @@ test: $(STAMP) browser postgres netns  ## what CI runs: lint, types, then every 
 test-fast: $(STAMP)  ## the inner loop: skip slow and statistical tests
 	@$(PY) -m pytest -q -m "not slow and not statistical"
 
-bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000")
+bench: $(STAMP)  ## run the benchmarks: BENCHMARKS.md (ARGS=--quick for a smoke run; ARGS="--sizes 1000000"), then BENCHMARKS-accuracy.md against OpenDP and SmartNoise (PEER_ARGS=--quick)
 	@$(PY) -m examples.bench $(ARGS)
+	@$(PY) -m examples.bench.peers $(PEER_ARGS)
 
 bench-big: $(STAMP)  ## out-of-memory benchmark (sandbox on-disk store vs plain DuckDB): PEOPLE=100000000 MEMORY=256MiB
 	@$(PY) -m examples.bench.bigdata --people $(or $(PEOPLE),100000000) --memory-limit $(or $(MEMORY),256MiB) $(ARGS)

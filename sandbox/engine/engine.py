@@ -38,35 +38,29 @@ from sandbox.engine.duckdb_config import connect, lock_down, verify_locked
 from sandbox.engine.guard import check_select
 from sandbox.engine.keys import keyed_digest
 from sandbox.engine.limits import Limits
+from sandbox.engine.release import release_rows
 from sandbox.engine.storage import attach_store, compress, open_store, sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, STORAGE_MESSAGE, ConfigError, PlanRejectedError
 from sandbox.plans.compile import (
     CompiledPlan,
-    QuantileQuery,
-    avg_centre,
     compile_dataset_plan,
     quote_ident,
     render_literal,
 )
 from sandbox.plans.grades import check_plan_grades
 from sandbox.plans.relation import Relation, plan_relation
-from sandbox.pricing import mechanisms, quantiles, zcdp
+from sandbox.pricing import mechanisms, zcdp
 from sandbox.pricing.cap_rules import ReleaseLoss, counts, refusal
 from sandbox.protocol.messages import (
-    VARIANCE_KINDS,
-    Aggregate,
-    AggregateKind,
     CatalogInfo,
     ColumnInfo,
     DatasetInfo,
     ErrorReply,
     ExecuteRequest,
     ExecuteResult,
-    NoisyValue,
     ReleaseCost,
     ReleaseRow,
-    Scalar,
     plan_to_json,
 )
 from sandbox.protocol.owner import RELOAD_REFUSED_PREFIX, CapUsage, CapUsageReply
@@ -84,19 +78,6 @@ _SQL_TYPE = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR", "bool"
 
 
 _PRICE_MEMO = 256  # plans whose sandbox pricing is remembered (see Engine._price_memoized)
-
-
-def _within_range(cost: ReleaseCost, v: int | float) -> int | float:
-    """Clamp an exact aggregate into the range `release_vector` accepts.
-
-    Clamping each coordinate is 1-Lipschitz, so the L1 sensitivity is unchanged; it replaces a
-    data-dependent failure (a sum beyond 2**53 or 1e15) by a biased but private answer.
-    """
-    if cost.mechanism in mechanisms.INTEGER_MECHANISMS:
-        lim_i = mechanisms.MAX_EXACT_INT - 1
-        return max(-lim_i, min(lim_i, v)) if isinstance(v, int) else v
-    lim_f = 1e15 * (1 - 1e-9)
-    return max(-lim_f, min(lim_f, float(v)))
 
 
 def data_version(ds: DatasetSpec, key: bytes) -> str:
@@ -535,45 +516,6 @@ class Engine:
             raise PlanRejectedError("the plan costs more than the authorised delta")
         return costs, ReleaseLoss.of(mechanisms.total_epsilon(costs), mechanisms.total_delta(costs), 0.0)
 
-    def _exact(
-        self, req: ExecuteRequest, compiled: CompiledPlan, costs: tuple[ReleaseCost, ...]
-    ) -> tuple[tuple[tuple[Scalar, ...], ...], dict[tuple[Scalar, ...], list[int | float]]]:
-        """Run the SQL; return the released cells and the exact aggregates of each.
-
-        With public domains the cells are every domain combination (empty ones are zero). Under
-        partition selection they are the keys OpenDP's threshold mechanism releases from the exact
-        per-key row counts, and nothing else: the number of released keys is exactly the
-        mechanism's output (sorted by their JSON text, so order reveals nothing).
-        """
-        n_keys = len(req.plan.group_by)
-        zeros: list[int | float] = [0] * len(compiled.components)
-        if not req.plan.partition_selection:
-            exact = {cell: list(zeros) for cell in compiled.cells}
-            rows = self.run_select(compiled.sql) if compiled.components else []
-            for r in rows:
-                cell = tuple(r[:n_keys])
-                if cell in exact:  # groups outside the declared domain (or NULL keys) are not released
-                    exact[cell] = list(r[n_keys:])
-            return compiled.cells, exact
-        rows = self.run_select(compiled.sql)
-        sel = compiled.components.index((-1, mechanisms.SELECT))
-        by_text: dict[str, tuple[Scalar, ...]] = {}
-        found: dict[tuple[Scalar, ...], list[int | float]] = {}
-        counts: dict[str, int] = {}
-        for r in rows:
-            cell = tuple(r[:n_keys])
-            text = json.dumps(list(cell), separators=(",", ":"), allow_nan=False, default=str)
-            by_text[text] = cell
-            found[cell] = list(r[n_keys:])
-            counts[text] = int(r[n_keys + sel])
-        cost = next(c for c in costs if c.component == mechanisms.SELECT)
-        if cost.mechanism == mechanisms.GAUSSIAN_THRESHOLD:
-            released = zcdp.release_threshold(cost, counts)
-        else:
-            released = mechanisms.release_threshold(cost, counts)
-        cells = tuple(by_text[t] for t in sorted(released))
-        return cells, {cell: found[cell] for cell in cells}
-
     def _release(
         self,
         req: ExecuteRequest,
@@ -581,147 +523,5 @@ class Engine:
         costs: tuple[ReleaseCost, ...],
         rel: Relation,
     ) -> tuple[ReleaseRow, ...]:
-        plan = req.plan
-        n_keys = len(plan.group_by)
-        cells, exact = self._exact(req, compiled, costs)
-        for row in exact.values():
-            for v in row:
-                if v is None or isinstance(v, bool) or not isinstance(v, int | float):
-                    raise RuntimeError("non-numeric exact aggregate")
-                if not math.isfinite(v):
-                    raise RuntimeError("non-finite exact aggregate")
-        column = {comp: j for j, comp in enumerate(compiled.components)}
-        by_comp = {(c.aggregate_index, c.component): c for c in costs}
-        noisy: dict[tuple[int, str], list[int | float]] = {}
-        for cost in costs:
-            if cost.component in (mechanisms.SELECT, "quantile", quantiles.INTERVAL):
-                continue
-            j = column[(cost.aggregate_index, cost.component)]
-            vector = [_within_range(cost, exact[cell][j]) for cell in cells]
-            # An empty key set (nothing passed the threshold) releases nothing; the noise is
-            # still charged, as the plan said.
-            noisy[(cost.aggregate_index, cost.component)] = (
-                mechanisms.release_vector(cost, vector) if vector else []
-            )
-        released: dict[int, list[NoisyValue]] = {}
-        for q in compiled.quantiles:
-            released[q.aggregate_index] = self._release_quantile(
-                plan.aggregates[q.aggregate_index], q, by_comp[(q.aggregate_index, "quantile")],
-                by_comp.get((q.aggregate_index, quantiles.INTERVAL)), cells, n_keys,
-            )
-        rows: list[ReleaseRow] = []
-        for n, cell in enumerate(cells):
-            values: list[NoisyValue] = []
-            for i, agg in enumerate(plan.aggregates):
-                values.append(self._value(i, agg, n, by_comp, noisy, released, rel))
-            rows.append(ReleaseRow(keys=cell, values=tuple(values)))
-        return tuple(rows)
-
-    def _release_quantile(
-        self,
-        agg: Aggregate,
-        q: QuantileQuery,
-        cost: ReleaseCost,
-        interval_cost: ReleaseCost | None,
-        cells: tuple[tuple[Scalar, ...], ...],
-        n_keys: int,
-    ) -> list[NoisyValue]:
-        """Per cell: the point (noisy max) and its 95% interval (noisy ladder counts), from per-candidate
-        counts computed in DuckDB.
-
-        Privacy: the point is `mechanisms.release_quantile` per cell (charged once: disjoint rows, map
-        linear in K). The ladder of each cell depends only on that cell's released point; all cells'
-        ladder counts are one vector discrete Laplace release at L1 sensitivity K (`interval_cost`),
-        each row being in exactly one cell of one ladder. The interval is post-processing of both
-        (`sandbox.pricing.quantiles.certified_interval`; the argument is in that module). Without an interval
-        release (the consumer's share 0) the interval is [L, U]. `stddev` carries the point's 95% rank
-        accuracy in rows (`mechanisms.quantile_rank_accuracy`).
-        """
-        assert agg.quantile is not None and agg.lower is not None and agg.upper is not None
-        m = len(q.candidates)
-        counts = {cell: [0] * m for cell in cells}
-        for r in self.run_select(q.sql):
-            cell, j, c = tuple(r[:n_keys]), r[n_keys], r[n_keys + 1]
-            if cell not in counts:  # outside the domain, or not released by partition selection
-                continue
-            if not isinstance(j, int) or not 0 <= j < m or not isinstance(c, int) or c < 0:
-                raise RuntimeError("bad quantile bucket")
-            counts[cell][j] += c
-        integer = all(v.is_integer() for v in q.candidates) and m > 1 and q.candidates[1] - q.candidates[0] == 1.0
-        rank = mechanisms.quantile_rank_accuracy(cost, m, agg.quantile)
-        release = mechanisms.quantile_releaser(cost, q.candidates, agg.quantile)
-        points = [release(counts[cell]) for cell in cells]
-        intervals = [(float(agg.lower), float(agg.upper))] * len(cells)
-        mechanism = cost.mechanism
-        if interval_cost is not None and cells:
-            ladders = [quantiles.ladder(p, m) for p in points]
-            exact: list[int] = []
-            for cell, steps in zip(cells, ladders, strict=True):
-                exact.extend(quantiles.ladder_counts(counts[cell], steps))
-            noisy = mechanisms.release_vector(interval_cost, exact)
-            intervals, at = [], 0
-            for steps in ladders:
-                part = noisy[at : at + len(steps) + 1]
-                at += len(steps) + 1
-                intervals.append(quantiles.certified_interval(
-                    part, steps, agg.quantile, interval_cost.scale, q.candidates, q.exact,
-                    interval_cost.mechanism))
-            mechanism = f"{cost.mechanism}/{interval_cost.mechanism}"
-        out: list[NoisyValue] = []
-        for p, (lo, hi) in zip(points, intervals, strict=True):
-            v = min(max(q.candidates[p], lo), hi)  # post-processing: the point clamped into its interval
-            out.append(
-                NoisyValue(
-                    value=int(v) if integer else float(v),
-                    mechanism=mechanism,
-                    scale=cost.scale,
-                    stddev=rank,
-                    ci_lower=lo,
-                    ci_upper=hi,
-                )
-            )
-        return out
-
-    @staticmethod
-    def _value(
-        i: int,
-        agg: Aggregate,
-        n: int,
-        by_comp: dict[tuple[int, str], ReleaseCost],
-        noisy: dict[tuple[int, str], list[int | float]],
-        released: dict[int, list[NoisyValue]],
-        rel: Relation,
-    ) -> NoisyValue:
-        if agg.kind is AggregateKind.QUANTILE:
-            return released[i][n]
-        if agg.kind is AggregateKind.AVG:
-            lo, hi, integer = mechanisms.aggregate_bounds(agg, rel)
-            return mechanisms.noisy_average(
-                by_comp[(i, "sum")],
-                by_comp[(i, "count")],
-                float(noisy[(i, "sum")][n]),
-                float(noisy[(i, "count")][n]),
-                lo,
-                hi,
-                avg_centre(lo, hi, integer),
-            )
-        if agg.kind in VARIANCE_KINDS:
-            lo, hi, _ = mechanisms.aggregate_bounds(agg, rel)
-            return mechanisms.noisy_variance(
-                agg.kind,
-                by_comp[(i, "count")],
-                by_comp[(i, "sum")],
-                by_comp[(i, "sumsq")],
-                float(noisy[(i, "count")][n]),
-                float(noisy[(i, "sum")][n]),
-                float(noisy[(i, "sumsq")][n]),
-                lo,
-                hi,
-            )
-        comp = "sum" if agg.kind is AggregateKind.SUM else "count"
-        # Post-processing: a count, or a sum of values clamped to [L >= 0, U], cannot be negative;
-        # clamping the noisy value and its interval at 0 keeps the truth inside.
-        nonnegative = comp == "count" or mechanisms.aggregate_bounds(agg, rel)[0] >= 0
-        return mechanisms.noisy_count_or_sum(
-            by_comp[(i, comp)], noisy[(i, comp)][n], nonnegative=nonnegative
-        )
+        """Run the plan and release its noisy rows (`sandbox.engine.release`)."""
+        return release_rows(req.plan, compiled, costs, rel, self.run_select)

@@ -17,7 +17,8 @@ from sandbox.engine.storage import sql_table_name, table_ref
 from sandbox.errors import PlanRejectedError
 from sandbox.plans import bounds
 from sandbox.plans.functions import lookup, render_clamp
-from sandbox.plans.relation import Relation, derived_column, key, source_relation
+from sandbox.plans.relation import Relation, derived_column, key, source_relation, table_relation
+from sandbox.plans.selection import key_count
 from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
 from sandbox.protocol.plan import (
     ARITHMETIC_OPS,
@@ -79,8 +80,8 @@ class CompiledPlan:
         cells: every group-key combination in domain order (`((),)` when ungrouped; `()` under
             partition selection, where the keys come from the data and the threshold mechanism).
         components: (aggregate_index, "count" | "sum" | "sumsq" | "select") of each SELECT column
-            after the group keys; "select" (index -1) is the per-key row count partition selection
-            uses.
+            after the group keys; "select" (index -1) is the per-key row count separate partition
+            selection uses (`sandbox.plans.selection`).
         quantiles: one per-cell candidate-count query per quantile aggregate.
     """
 
@@ -530,7 +531,7 @@ def compile_plan(
     ds = dataset or DatasetInfo("", unit, (table,), "")
     tables = dict(sql_tables or {}) | {table.name: sql_table}
     ctx = _Context(ds, tables, unit, qualified=plan.source is not None, stored=stored)
-    rel = _table_relation(table, unit) if plan.source is None else source_relation(plan.source, ds)
+    rel = table_relation(table, unit) if plan.source is None else source_relation(plan.source, ds)
     c = _Compiler(rel, ctx)
     keys: list[str] = []
     domains: list[tuple[Scalar, ...]] = []
@@ -567,7 +568,9 @@ def compile_plan(
         where.append(sql)
     select = list(keys)
     comps: list[tuple[int, str]] = []
-    if plan.partition_selection:
+    if plan.partition_selection and key_count(plan) is None:
+        # Separate selection: per-key row counts for the threshold mechanism (otherwise the threshold runs
+        # on one of the plan's own counts, `sandbox.plans.selection`).
         select.append("count(*)")
         comps.append((-1, "select"))
     quantiles: list[tuple[int, str, float, float, bool]] = []
@@ -675,19 +678,5 @@ def render_expression(e: Expr, table: TableInfo, unit: str) -> str:
     """
     ds = DatasetInfo("", unit, (table,), "")
     ctx = _Context(ds, {}, unit, qualified=False)
-    sql, _ = _Compiler(_table_relation(table, unit), ctx).expr(e)
+    sql, _ = _Compiler(table_relation(table, unit), ctx).expr(e)
     return sql
-
-
-def _table_relation(table: TableInfo, unit: str) -> Relation:
-    """The relation of a plan without a source: one private table, unqualified column names."""
-    if table.public:
-        raise PlanRejectedError(f"table {table.name!r} is public; join it to a private table")
-    return Relation(
-        k=table.max_rows_per_unit,
-        columns={col.name: col for col in table.columns},
-        units=frozenset({unit}),
-        unit=unit,
-        aliases=frozenset({table.name}),
-        tables=(table.name,),
-    )

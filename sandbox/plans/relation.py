@@ -24,10 +24,27 @@ Sensitivity argument (THREATS.md 4). Neighbouring datasets differ by all rows of
   float sum or mean of values within [L, U] an ulp outside it.
 * `InUnits` (semi-join) only removes rows, and whether a row of unit u stays depends only on u's
   own rows, so it never increases a contribution.
+
+Cells a unit can reach (`Relation.reach`). K bounds the rows of one unit; how many *cells* (group-key
+combinations) those rows fall into can be far smaller, and it is what bounds COUNT(DISTINCT unit) (each
+reached cell gains exactly 1) and the number of keys partition selection sees change (l0). Every column
+of the relation is a function of the rows of a set of *row sources* (its `origins`): a private table
+under its alias, or a per-unit subquery. In the relation, the rows of unit u are the combinations
+(r_1, ..., r_n) of one row of u from each source (a NULL row when a LEFT join finds none: the join is on
+the unit, so either every row of u finds its match in a source or none does); a source t has at most
+K_t rows of u (`row_bounds`: `max_rows_per_unit`, 1 for a per-unit subquery). A group key reads columns
+whose origins form a set S, so its value on a row of u is a function of that row's projection on S, and
+u's rows have at most prod_{t in S} K_t distinct projections. Hence u reaches at most
+min(K, prod_{t in S} K_t) cells, S the union over all group keys. A key from a table with one row per
+unit (residents) or from a per-unit subquery puts each unit in ONE cell, whatever the other tables' K. A
+column of a public lookup table is a function of the lookup key, so it has that key's origins. The
+reach is decided from the plan and the catalog only, like K.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -36,7 +53,25 @@ from msgspec.structs import replace
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.bounds import float_down, float_up
 from sandbox.protocol.catalog import ColumnInfo, DatasetInfo, TableInfo
-from sandbox.protocol.plan import Column, PublicJoin, QueryPlan, Source, TableSource, UnitAggregate, UnitJoin
+from sandbox.protocol.plan import (
+    Between,
+    Binary,
+    Case,
+    Cast,
+    Column,
+    Expr,
+    Func,
+    InList,
+    IsNull,
+    Literal,
+    PublicJoin,
+    QueryPlan,
+    Source,
+    TableSource,
+    Unary,
+    UnitAggregate,
+    UnitJoin,
+)
 
 MAX_TABLES = 3
 
@@ -57,10 +92,76 @@ class Relation:
     aliases: frozenset[str]
     tables: tuple[str, ...] = field(default=())
     left_joined: frozenset[str] = frozenset()  # aliases NULL-extended by a LEFT join
+    # Row sources (see the module docstring): the sources each column is a function of, and each
+    # source's bound on one unit's rows. Empty for a hand-built relation: `reach` is then K.
+    origins: dict[str, frozenset[str]] = field(default_factory=dict)
+    row_bounds: dict[str, int] = field(default_factory=dict)
 
     def column(self, key: str) -> ColumnInfo | None:
         """The column with this key, or None."""
         return self.columns.get(key)
+
+    def reach(self, exprs: Iterable[Expr]) -> int:
+        """At most how many distinct values of (exprs...) the rows of one unit take: the cells one unit
+        reaches when grouped by `exprs` (see the module docstring). Between 1 and K."""
+        sources: set[str] = set()
+        for e in exprs:
+            cols = expression_columns(e)
+            if cols is None:
+                return self.k
+            for c in cols:
+                origin = self.origins.get(c)
+                if origin is None:
+                    return self.k
+                sources |= origin
+        bound = math.prod(self.row_bounds[s] for s in sources)
+        return max(1, min(bound, self.k))
+
+
+def expression_columns(e: Expr) -> frozenset[str] | None:
+    """The relation keys of every column `e` reads; None for a node whose value may depend on more than
+    the row's own columns (a semi-join), or one this function does not know."""
+    match e:
+        case Column():
+            return frozenset({key(e)})
+        case Literal():
+            return frozenset()
+        case Unary(_, operand) | IsNull(operand, _) | Cast(operand, _, _):
+            return expression_columns(operand)
+        case Binary(_, left, right):
+            return _union(expression_columns(left), expression_columns(right))
+        case InList(operand, values, _):
+            return _union(expression_columns(operand), *(expression_columns(v) for v in values))
+        case Between(operand, low, high, _):
+            return _union(expression_columns(operand), expression_columns(low), expression_columns(high))
+        case Case(whens, else_):
+            parts = [expression_columns(x) for w in whens for x in w]
+            if else_ is not None:
+                parts.append(expression_columns(else_))
+            return _union(*parts)
+        case Func(_, args):
+            return _union(*(expression_columns(a) for a in args))
+    return None
+
+
+def _union(*parts: frozenset[str] | None) -> frozenset[str] | None:
+    out: frozenset[str] = frozenset()
+    for p in parts:
+        if p is None:
+            return None
+        out |= p
+    return out
+
+
+def plan_reach(plan: QueryPlan, rel: Relation) -> int:
+    """The most cells one unit's rows fall into: `Relation.reach` of the group keys, and never more than
+    the number of cells when every key has a public domain (1 when ungrouped)."""
+    if not plan.group_by:
+        return 1
+    reach = rel.reach(g.expr for g in plan.group_by)
+    if all(g.domain is not None for g in plan.group_by):
+        reach = min(reach, math.prod(len(g.domain or ()) for g in plan.group_by))
+    return max(1, reach)
 
 
 def key(col: Column) -> str:
@@ -81,18 +182,27 @@ def plan_relation(plan: QueryPlan, dataset: DatasetInfo) -> Relation:
         t = _table(dataset, plan.table)
         if t.public:
             raise PlanRejectedError(f"table {t.name!r} is public; join it to a private table")
-        return Relation(
-            k=t.max_rows_per_unit,
-            columns={c.name: c for c in t.columns},
-            units=frozenset({dataset.privacy_unit}),
-            unit=dataset.privacy_unit,
-            aliases=frozenset({t.name}),
-            tables=(t.name,),
-        )
+        return table_relation(t, dataset.privacy_unit)
     rel = source_relation(plan.source, dataset)
     if leftmost_table(plan.source) != plan.table:
         raise PlanRejectedError("the plan's table is not the leftmost table of its source")
     return rel
+
+
+def table_relation(t: TableInfo, unit: str) -> Relation:
+    """The relation of one private table read alone (unqualified column names): one row source."""
+    if t.public:
+        raise PlanRejectedError(f"table {t.name!r} is public; join it to a private table")
+    return Relation(
+        k=t.max_rows_per_unit,
+        columns={c.name: c for c in t.columns},
+        units=frozenset({unit}),
+        unit=unit,
+        aliases=frozenset({t.name}),
+        tables=(t.name,),
+        origins={c.name: frozenset({t.name}) for c in t.columns},
+        row_bounds={t.name: t.max_rows_per_unit},
+    )
 
 
 def leftmost_table(s: Source) -> str:
@@ -147,6 +257,8 @@ def _source(s: Source, dataset: DatasetInfo) -> Relation:
                 unit=f"{alias}.{unit}",
                 aliases=frozenset({alias}),
                 tables=(name,),
+                origins={f"{alias}.{c.name}": frozenset({alias}) for c in t.columns},
+                row_bounds={alias: t.max_rows_per_unit},
             )
         case UnitJoin(left_s, TableSource(name, alias), kind):
             left = _source(left_s, dataset)
@@ -164,6 +276,8 @@ def _source(s: Source, dataset: DatasetInfo) -> Relation:
                 aliases=aliases,
                 tables=(*left.tables, name),
                 left_joined=left.left_joined | ({alias} if kind == "left" else set()),
+                origins=left.origins | {f"{alias}.{c.name}": frozenset({alias}) for c in t.columns},
+                row_bounds=left.row_bounds | {alias: t.max_rows_per_unit},
             )
         case PublicJoin(left_s, TableSource(name, alias), left_key, right_key, kind):
             left = _source(left_s, dataset)
@@ -187,6 +301,9 @@ def _source(s: Source, dataset: DatasetInfo) -> Relation:
                 raise PlanRejectedError("identifier columns cannot be join keys of a lookup")
             if _kind(lcol) != _kind(rcol):
                 raise PlanRejectedError("the join keys have different types")
+            # Each lookup column is a function of the lookup key's value (the key is unique), so it has
+            # the key's origins.
+            looked_up = left.origins.get(lk)
             return Relation(
                 k=left.k,
                 columns=left.columns | {f"{alias}.{c.name}": c for c in t.columns},
@@ -195,6 +312,9 @@ def _source(s: Source, dataset: DatasetInfo) -> Relation:
                 aliases=aliases,
                 tables=(*left.tables, name),
                 left_joined=left.left_joined | ({alias} if kind == "left" else set()),
+                origins=left.origins if looked_up is None else
+                left.origins | {f"{alias}.{c.name}": looked_up for c in t.columns},
+                row_bounds=left.row_bounds,
             )
         case UnitAggregate(inp, _, outputs, alias):
             inner = _source(inp, dataset)
@@ -214,6 +334,8 @@ def _source(s: Source, dataset: DatasetInfo) -> Relation:
                 unit=f"{alias}.{unit}",
                 aliases=frozenset({alias}),
                 tables=inner.tables,
+                origins={c: frozenset({alias}) for c in cols},  # one row per unit
+                row_bounds={alias: 1},
             )
     raise PlanRejectedError("malformed source")
 

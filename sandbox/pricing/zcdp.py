@@ -16,8 +16,11 @@ OpenDP privacy map of the measurement that produces it:
   Gumbel noise, map (d/scale)^2 / 2 on these scores: a quarter of the rho that converting the pure-DP
   chain at the same scale with `make_pureDP_to_zCDP` gives, eps^2 / 2 with eps = 2d/scale).
 * partition selection (keys without a public domain): `make_gaussian_threshold` on per-key counts
-  with `l02inf_distance` at d_in = (K, K, K). Its output measure is approximate zCDP: its map is
-  (rho, delta); the threshold is the smallest whose delta fits the request's delta.
+  with `l02inf_distance` at d_in = (l0, l2, linf) (`Component.keys` with its L2 bound: (R, K, K) on row
+  counts, (R, ceil(sqrt(R)), 1) on counts of units; R the cells one unit reaches), either on one of the
+  plan's counts, whose released values are then the threshold's noisy counts, or as a separate release
+  (`sandbox.plans.selection`). Its output measure is approximate zCDP: its map is (rho, delta); the
+  threshold is the smallest whose delta fits the request's delta.
 
 Composition: rho adds up (the query's rho is the sum of the maps, and a grant's spending is the sum
 of its queries'); the deltas of partition selection add up too. Reporting as (epsilon, delta): the
@@ -36,6 +39,8 @@ import opendp.prelude as dp
 
 from sandbox.errors import PlanRejectedError
 from sandbox.pricing import mechanisms
+from sandbox.pricing.measurements import THRESHOLD_MARGIN, gaussian_threshold_space, key_bound
+from sandbox.pricing.measurements import gaussian_threshold as gaussian_threshold
 from sandbox.pricing.mechanisms import (
     ALPHA,
     DISCRETE_GAUSSIAN,
@@ -43,8 +48,8 @@ from sandbox.pricing.mechanisms import (
     GAUSSIAN_THRESHOLD,
     MAX_THRESHOLD,
     NOISY_MAX_ZCDP,
-    SELECT,
     Component,
+    KeyBound,
 )
 from sandbox.protocol.catalog import DatasetInfo
 from sandbox.protocol.plan import QueryPlan
@@ -123,23 +128,17 @@ def calibrate_quantile(c: Component, rho: float) -> tuple[float, float]:
 
 def threshold_space() -> tuple[Any, Any]:
     """Input space of zCDP partition selection: key (JSON text) -> exact i64 count, l02inf distance."""
-    return (
-        dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")),
-        dp.l02inf_distance(dp.absolute_distance(T="i64")),
-    )
+    return gaussian_threshold_space()
 
 
-def gaussian_threshold(scale: float, threshold: int) -> dp.Measurement:
-    """OpenDP's Gaussian threshold mechanism (approximate zCDP): noisy counts of the keys above it."""
-    return dp.m.make_gaussian_threshold(*threshold_space(), scale=scale, threshold=threshold)
+def calibrate_gaussian_threshold(d_in: int | KeyBound, rho: float, delta: float) -> tuple[float, int, float, float]:
+    """Scale and smallest threshold of the Gaussian threshold mechanism at `d_in` = (l0, l2, linf) (an int k
+    means (k, k, k)).
 
-
-def calibrate_gaussian_threshold(k: int, rho: float, delta: float) -> tuple[float, int, float, float]:
-    """Scale and smallest threshold of the Gaussian threshold mechanism at d_in = (k, k, k).
-
-    Returns (scale, threshold, map rho, map delta): the scale is the smallest whose map has rho <= `rho`,
-    the threshold the smallest integer (>= k) whose map has delta <= `delta` (binary search on OpenDP's
-    own map; its delta decreases with the threshold).
+    Returns (scale, threshold to run, charged rho, charged delta): the scale is the smallest whose map has
+    rho <= `rho`; t, the smallest integer (>= linf) whose map has delta <= `delta` (a galloping search on
+    OpenDP's own map; its delta decreases with t). The mechanism runs at t + 1 and is charged OpenDP's map
+    at t (`sandbox.pricing.measurements.THRESHOLD_MARGIN`: OpenDP's map is one integer short).
 
     Raises:
         PlanRejectedError: rho or delta not usable (delta must be in (0, 1)), or delta too small.
@@ -147,10 +146,13 @@ def calibrate_gaussian_threshold(k: int, rho: float, delta: float) -> tuple[floa
     _check_rho(rho)
     if not (math.isfinite(delta) and 0 < delta < 1):
         raise PlanRejectedError("partition selection needs a delta in (0, 1)")
-    d_in = (k, k, k)
-    scale = k / math.sqrt(2.0 * rho)
+    bound = key_bound(d_in)
+    l0, l2, linf = bound
+    scale = math.sqrt(min(l2 * l2, l0 * linf * linf) / (2.0 * rho))  # OpenDP's rho at this d_in
+    if not (math.isfinite(scale) and scale > 0):
+        raise PlanRejectedError("noise scale is not a positive finite number")
     for _ in range(_NUDGE):
-        r = float(gaussian_threshold(scale, MAX_THRESHOLD).map(d_in)[0])  # type: ignore[no-untyped-call]
+        r = float(gaussian_threshold(scale, MAX_THRESHOLD).map(bound)[0])  # type: ignore[no-untyped-call]
         if r <= rho:
             break
         scale = _nudge(scale)
@@ -158,25 +160,21 @@ def calibrate_gaussian_threshold(k: int, rho: float, delta: float) -> tuple[floa
         raise PlanRejectedError("could not calibrate the selection scale")
 
     def cost(t: int) -> tuple[float, float]:
-        r, d = gaussian_threshold(scale, t).map(d_in)  # type: ignore[no-untyped-call]
+        r, d = gaussian_threshold(scale, t).map(bound)  # type: ignore[no-untyped-call]
         return float(r), float(d)
 
     if cost(MAX_THRESHOLD)[1] > delta:
         raise PlanRejectedError("delta is too small for partition selection")
-    # Gaussian tails: delta(t) falls roughly like exp(-((t - k) / scale)^2 / 2); gallop from there.
-    guess = k + math.ceil(scale * math.sqrt(2 * math.log(1 / delta)))
-    t = mechanisms.smallest_true(lambda t: cost(t)[1] <= delta, k, MAX_THRESHOLD, guess)
+    # Gaussian tails: delta(t) falls roughly like l0 exp(-((t - linf) / scale)^2 / 2); gallop from there.
+    guess = linf + math.ceil(scale * math.sqrt(2 * math.log(l0 / delta)))
+    t = mechanisms.smallest_true(lambda t: cost(t)[1] <= delta, linf, MAX_THRESHOLD - THRESHOLD_MARGIN, guess)
     r, d = cost(t)
-    return scale, t, r, d
+    return scale, t + THRESHOLD_MARGIN, r, d
 
 
 def release_threshold(cost: ReleaseCost, counts: dict[str, int]) -> dict[str, int]:
     """Run the Gaussian threshold mechanism `cost` describes on exact per-key counts (sandbox only)."""
-    for v in counts.values():
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < mechanisms.MAX_EXACT_INT:
-            raise ValueError("exact key counts must be non-negative integers")
-    out = gaussian_threshold(cost.scale, cost.threshold)(counts)
-    return {str(k): int(v) for k, v in out.items()}
+    return mechanisms.release_threshold(cost, counts)
 
 
 def price(plan: QueryPlan, dataset: DatasetInfo, rho: float, delta: float = 0.0) -> tuple[ReleaseCost, ...]:
@@ -184,25 +182,27 @@ def price(plan: QueryPlan, dataset: DatasetInfo, rho: float, delta: float = 0.0)
 
     Privacy: each cost's `rho` (and `delta`) is `measurement.map(d_in)` with d_in from
     `mechanisms.components`; its `epsilon` is 0. The query's loss is (sum of rho, sum of delta): zCDP
-    composition. Only partition selection spends delta.
+    composition. Only partition selection spends delta: the component carrying `keys` is OpenDP's
+    Gaussian threshold at (l0, l2, linf).
     """
     out: list[ReleaseCost] = []
     for c in mechanisms.components(plan, dataset):
         share = rho * c.share
-        if c.component == SELECT:
-            k = int(c.sensitivity)
-            scale, threshold, r, d = calibrate_gaussian_threshold(k, share, delta)
-            out.append(ReleaseCost(-1, SELECT, GAUSSIAN_THRESHOLD, c.sensitivity, scale, 0.0, d, threshold, r))
+        if c.keys is not None:
+            l0, _, linf = c.keys
+            l2 = mechanisms.d_in(True, c.l2)
+            assert isinstance(l2, int)
+            scale, threshold, r, d = calibrate_gaussian_threshold((l0, l2, linf), share, delta)
+            out.append(ReleaseCost(c.aggregate_index, c.component, GAUSSIAN_THRESHOLD, c.l2, scale, 0.0, d,
+                                   threshold, r))
             continue
         if c.component == "quantile":
             scale, r = calibrate_quantile(c, share)
-            mechanism = NOISY_MAX_ZCDP
-        else:
-            scale, r = calibrate_gaussian(c.integer, c.l2, share)
-            mechanism = DISCRETE_GAUSSIAN if c.integer else GAUSSIAN
-            out.append(ReleaseCost(c.aggregate_index, c.component, mechanism, c.l2, scale, 0.0, rho=r))
+            out.append(ReleaseCost(c.aggregate_index, c.component, NOISY_MAX_ZCDP, c.sensitivity, scale, 0.0, rho=r))
             continue
-        out.append(ReleaseCost(c.aggregate_index, c.component, mechanism, c.sensitivity, scale, 0.0, rho=r))
+        scale, r = calibrate_gaussian(c.integer, c.l2, share)
+        mechanism = DISCRETE_GAUSSIAN if c.integer else GAUSSIAN
+        out.append(ReleaseCost(c.aggregate_index, c.component, mechanism, c.l2, scale, 0.0, rho=r))
     return tuple(out)
 
 

@@ -69,7 +69,8 @@ def plan_info(
     mode = "public_domain" if plan.group_by else "none"
     if plan.partition_selection:
         mode = "partition_selection"  # rows 0: the released keys are known only after the run
-    threshold = next((c.threshold for c in costs if c.component == mechanisms.SELECT), 0)
+    # the threshold of the release that selects the keys (a separate one, or one of the plan's counts)
+    threshold = next((c.threshold for c in costs if c.mechanism in mechanisms.THRESHOLD_MECHANISMS), 0)
     return q_pb.QueryPlanInfo(
         table=plan.table,
         group_by=[

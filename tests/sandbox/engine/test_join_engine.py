@@ -47,6 +47,7 @@ max_rows_per_unit = 12
 [datasets.reg.tables.si.columns]
 person_id = { type = "int64", grade = "identifier" }
 amount    = { type = "int64", grade = "sensitive", lower = 0, upper = 100 }
+month     = { type = "int64", grade = "public", lower = 0, upper = 11 }
 
 [datasets.reg.tables.lookup]
 file = "lookup.parquet"
@@ -68,7 +69,7 @@ def _write(d: Path, *, lookup_dup: bool = False, extra_person: int | None = None
     )
     # person p has p % 13 rows of amount 10 (person 12 has 12 rows; 13+ is cut to 12 by K)
     con.execute(
-        f"COPY (SELECT p AS person_id, 10::BIGINT AS amount FROM range({N}) r(p), range(20) c(i) "
+        f"COPY (SELECT p AS person_id, 10::BIGINT AS amount, i % 12 AS month FROM range({N}) r(p), range(20) c(i) "
         f"WHERE i < p % 13 + (CASE WHEN p = 25 THEN 10 ELSE 0 END)) TO '{d / 'si.parquet'}'"
     )
     dup = ", ('a', 'Y')" if lookup_dup else ""
@@ -180,14 +181,17 @@ def test_partition_selection_accounting_and_release(engine: Engine) -> None:
     plan = _plan(engine, sql)
     assert plan.partition_selection
     costs = mechanisms.price(plan, ds, 2.0, 1e-6)
-    sel = costs[0]
-    assert sel.component == "select" and sel.threshold >= 1
-    # charged (eps, delta) is exactly OpenDP's map of the threshold mechanism at d_in = (K, K, K)
-    e, d = mechanisms.make_threshold(sel.scale, sel.threshold).map((1, 1, 1))
+    # the COUNT itself is released by the threshold mechanism, at the whole epsilon: no separate selection
+    (sel,) = costs
+    assert (sel.aggregate_index, sel.component, sel.mechanism) == (0, "count", "laplace_threshold")
+    assert sel.threshold >= 1
+    # charged (eps, delta) is exactly OpenDP's map of the threshold mechanism at d_in = (K, K, K), one below
+    # the threshold it runs at (mechanisms.THRESHOLD_MARGIN)
+    e, d = mechanisms.make_threshold(sel.scale, sel.threshold - 1).map((1, 1, 1))
     assert (sel.epsilon, sel.delta) == (float(e), float(d))
     assert d <= 1e-6
     assert mechanisms.total_epsilon(costs) <= 2.0
-    # every age has 1 person: with eps 1 on selection nothing can pass a threshold for delta 1e-6
+    # every age has 1 person: with eps 2 nothing can pass a threshold for delta 1e-6
     r = engine.execute(ExecuteRequest("t", plan, 2.0, 1e-6))
     assert isinstance(r, ExecuteResult) and r.rows == ()
     # with a huge epsilon the threshold is small (>= K) and ages with one person can pass
@@ -260,12 +264,19 @@ def test_new_aggregates_over_a_join_use_the_joined_k_and_derived_bounds(engine: 
     assert 0 <= med.value <= 100
 
 
-def test_count_distinct_unit_over_a_grouped_join_is_capped_by_k(engine: Engine) -> None:
-    """With 3 x 2 cells and K = 12 a unit touches at most min(12, 6) = 6 cells."""
-    sql = ("SELECT r.region, g.macro, COUNT(DISTINCT r.person_id) FROM res r "
-           "JOIN si s USING (person_id) JOIN lookup g ON r.region = g.code GROUP BY r.region, g.macro")
+@pytest.mark.parametrize(("keys", "reach"), [
+    ("r.region, g.macro", 1),  # both from res (one row per person), the lookup through r.region
+    ("s.month", 12),  # from si: up to 12 rows per person, 12 months
+    ("r.region, s.month", 12),  # res x si: 1 x 12 combinations of one person's rows, 36 cells
+    ("g.macro, s.month", 12),
+])
+def test_count_distinct_unit_over_a_grouped_join_is_priced_by_reach(engine: Engine, keys: str, reach: int) -> None:
+    """COUNT(DISTINCT unit) over res JOIN si (K = 12) moves each cell a person reaches by 1: the cells
+    one person's rows can fall into, given which table each key comes from (sandbox.plans.relation)."""
+    sql = (f"SELECT {keys}, COUNT(DISTINCT r.person_id) FROM res r "
+           f"JOIN si s USING (person_id) JOIN lookup g ON r.region = g.code GROUP BY {keys}")
     costs = mechanisms.price(_plan(engine, sql), engine.describe().datasets[0], 1.0)
-    assert [c.sensitivity for c in costs] == [6.0]
+    assert [c.sensitivity for c in costs] == [reach]
 
 
 def test_derived_per_unit_columns_have_bounds_in_expressions(engine: Engine) -> None:
@@ -302,16 +313,18 @@ def test_expression_key_on_a_derived_column_has_a_public_domain(engine: Engine) 
 
 
 def test_partition_selection_with_new_aggregates(engine: Engine) -> None:
-    """Under partition selection quantiles, COUNT(DISTINCT unit) (sensitivity K) and variances are
-    released on the selected keys only; HAVING-style post-processing is not involved here."""
+    """Under partition selection quantiles, COUNT(DISTINCT unit) and variances are released on the
+    selected keys only; the keys are selected on COUNT(DISTINCT unit), which the threshold mechanism
+    releases (d_in (1, 1, 1): one row per person)."""
     sql = ("SELECT age, COUNT(DISTINCT person_id), MEDIAN(CLAMP(age, 0, 100)), VAR_POP(CLAMP(age, 0, 100)) "
            "FROM res GROUP BY age")
     ds = engine.describe().datasets[0]
     plan = _plan(engine, sql)
     assert plan.partition_selection
     costs = mechanisms.price(plan, ds, 100.0, 0.5)
-    assert costs[0].component == "select"
-    assert {(c.aggregate_index, c.component): c.sensitivity for c in costs}[(0, "count")] == 1.0
+    assert all(c.component != "select" for c in costs)
+    by = {(c.aggregate_index, c.component): c for c in costs}
+    assert by[(0, "count")].sensitivity == 1 and by[(0, "count")].mechanism == "laplace_threshold"
     r = engine.execute(ExecuteRequest("t", plan, 100.0, 0.5))
     assert isinstance(r, ExecuteResult)
     for row in r.rows:

@@ -237,14 +237,21 @@ def test_cells_are_the_domain_product_in_order() -> None:
 
 
 def test_key_without_domain_compiles_for_partition_selection() -> None:
-    """A key without a public domain (issue-join): no cells are enumerated; the per-key row count
-    for OpenDP's threshold mechanism is computed and the engine releases only the keys it selects."""
+    """A key without a public domain (issue-join): no cells are enumerated; the engine releases only the
+    keys OpenDP's threshold mechanism selects, on the plan's own COUNT(*) (no extra column)."""
     plan = _plan(group_by=("free",))
-    assert plan.partition_selection
+    assert plan.partition_selection and plan.aggregates[0].kind is AggregateKind.COUNT
     compiled = compile_plan(plan, TABLE, sql_table="d__people", unit="pid", max_cells=1000)
     assert compiled.cells == ()
-    assert (-1, "select") in compiled.components
+    assert compiled.components[0] == (0, "count") and (-1, "select") not in compiled.components
     assert 'GROUP BY "free"' in compiled.sql
+
+
+def test_key_without_domain_and_without_a_count_adds_a_row_count() -> None:
+    """A plan with no count (SUM alone) selects keys separately: the per-key row count is computed."""
+    plan = _plan(agg(AggregateKind.SUM, "income"), group_by=("free",))
+    compiled = compile_plan(plan, TABLE, sql_table="d__people", unit="pid", max_cells=1000)
+    assert compiled.components == ((-1, "select"), (0, "sum"))
 
 
 @pytest.mark.parametrize(

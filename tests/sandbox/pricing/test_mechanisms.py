@@ -193,11 +193,14 @@ def test_smallest_true_finds_the_same_t_as_a_bisection_from_any_guess() -> None:
 
 @pytest.mark.parametrize("k,epsilon,delta", [(1, 1.0, 1e-6), (12, 0.3, 1e-9), (3, 5.0, 1e-3), (1, 0.05, 1e-12)])
 def test_threshold_calibration_is_the_smallest_threshold_opendp_allows(k: int, epsilon: float, delta: float) -> None:
-    """The threshold is the smallest t whose OpenDP map has delta <= the request's (checked at t and t - 1)."""
-    from sandbox.pricing.mechanisms import calibrate_threshold, make_threshold
+    """The charged threshold t is the smallest whose OpenDP map has delta <= the request's (checked at t and
+    t - 1); the mechanism runs at t + 1 (THRESHOLD_MARGIN: OpenDP's map at t bounds the mechanism at t + 1)."""
+    from sandbox.pricing.mechanisms import THRESHOLD_MARGIN, calibrate_threshold, make_threshold
 
-    scale, t, e, d = calibrate_threshold(k, epsilon, delta)
+    scale, run, e, d = calibrate_threshold(k, epsilon, delta)
+    t = run - THRESHOLD_MARGIN
+    assert THRESHOLD_MARGIN == 1
     assert e <= epsilon and d <= delta
-    assert float(make_threshold(scale, t).map((k, k, k))[1]) == d
+    assert (float(e), float(d)) == tuple(float(x) for x in make_threshold(scale, t).map((k, k, k)))
     if t > k:
         assert float(make_threshold(scale, t - 1).map((k, k, k))[1]) > delta

@@ -94,21 +94,38 @@ def test_weights_split_rho() -> None:
 
 
 def test_partition_selection_is_gaussian_threshold_with_its_map() -> None:
+    """The COUNT itself is released by OpenDP's Gaussian threshold (the keys it keeps and their noisy
+    counts), at the whole rho: its (rho, delta) is exactly that measurement's map at (l0, l2, linf) =
+    (K, K, K), and the threshold is the smallest whose delta fits."""
     plan = _plan(Aggregate(AggregateKind.COUNT), group_by=(GroupKey("income", Column("income"), None),))
     costs = zcdp.price(plan, DATASET, 0.5, 1e-6)
-    select = next(c for c in costs if c.component == mechanisms.SELECT)
+    (select,) = costs
+    assert (select.aggregate_index, select.component) == (0, "count")
     assert select.mechanism == mechanisms.GAUSSIAN_THRESHOLD
-    meas = zcdp.gaussian_threshold(select.scale, select.threshold)
+    # charged: OpenDP's map one below the threshold it runs at (THRESHOLD_MARGIN)
+    meas = zcdp.gaussian_threshold(select.scale, select.threshold - 1)
     assert meas.output_measure == dp.approximate(dp.zero_concentrated_divergence())
     r, d = meas.map((K, K, K))  # type: ignore[no-untyped-call]
     assert (select.rho, select.delta) == (float(r), float(d))
     assert select.delta <= 1e-6
+    assert select.rho == pytest.approx(0.5, rel=1e-9)
     # the threshold is the smallest that fits the delta
-    _, d_below = zcdp.gaussian_threshold(select.scale, select.threshold - 1).map((K, K, K))  # type: ignore[no-untyped-call]
+    _, d_below = zcdp.gaussian_threshold(select.scale, select.threshold - 2).map((K, K, K))  # type: ignore[no-untyped-call]
     assert float(d_below) > 1e-6
     assert zcdp.total_rho(costs) <= 0.5
     with pytest.raises(PlanRejectedError, match="delta"):
         zcdp.price(plan, DATASET, 0.5, 0.0)
+
+
+def test_separate_gaussian_selection_without_a_count() -> None:
+    """A SUM alone has no count to threshold: a separate Gaussian threshold on row counts (index -1) takes
+    its share, and its map at (K, K, K) is what is charged."""
+    plan = _plan(agg(AggregateKind.SUM, "income"), group_by=(GroupKey("income", Column("income"), None),))
+    select, total = zcdp.price(plan, DATASET, 0.5, 1e-6)
+    assert (select.aggregate_index, select.component, select.mechanism) == (-1, "select", "gaussian_threshold")
+    r, d = zcdp.gaussian_threshold(select.scale, select.threshold - 1).map((K, K, K))  # type: ignore[no-untyped-call]
+    assert (select.rho, select.delta) == (float(r), float(d))
+    assert select.rho == pytest.approx(0.25, rel=1e-9) and total.rho == pytest.approx(0.25, rel=1e-9)
 
 
 @pytest.mark.parametrize("rho", [0.0, -1.0, math.nan, math.inf])

@@ -73,19 +73,41 @@ def test_partition_selection_needs_delta(analyst: Stubs) -> None:
     assert error_details(info.value).reason == "DELTA_REQUIRED"
 
 
-def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) -> None:
-    """`weights={"group_keys": w}` gives selection w / (w + 1) of epsilon: a lower threshold, more groups."""
+def test_the_count_selects_the_keys_at_the_whole_epsilon(analyst: Stubs) -> None:
+    """A COUNT with private keys is released by OpenDP's Laplace threshold itself: no separate selection,
+    the count's noise is the public-key count's at the same epsilon, and `weights={"group_keys": w}` asks
+    only that selection gets at least w / (w + 1), which the whole epsilon already is."""
     sql = ("SELECT g.name, COUNT(*) AS n FROM residents r JOIN regions g ON r.region = g.code "
            "GROUP BY g.name")
+    public = ("SELECT region, COUNT(*) AS n FROM residents GROUP BY region")
 
-    def explain(weights: dict[str, float]) -> q_pb.ExplainQueryResponse:
+    def explain(q: str, weights: dict[str, float], purpose: str = "approx-testing") -> q_pb.ExplainQueryResponse:
         return analyst.query.ExplainQuery(q_pb.ExplainQueryRequest(
-            dataset="registry", sql=sql, purpose="approx-testing", weights=weights,
+            dataset="registry", sql=q, purpose=purpose, weights=weights,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6 if purpose == "approx-testing" else 0.0)))
+
+    for weights in ({}, {"group_keys": 3.0}):
+        (n,) = explain(sql, weights).plan.releases
+        assert (n.output, n.mechanism) == ("n", "laplace_threshold")
+        assert n.privacy_loss.epsilon == pytest.approx(1.0, rel=1e-9) and 0 < n.privacy_loss.delta <= 1e-6
+        (pub,) = explain(public, {}, "testing").plan.releases
+        assert n.scale == pub.scale and n.half_width_95 == pub.half_width_95
+
+
+def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) -> None:
+    """`weights={"group_keys": w}`: a SUM has no count to select keys with, so a separate selection gets
+    w / (w + 1) of epsilon (a lower threshold, more groups); an AVG's count is raised to that share."""
+    sql = ("SELECT g.name, SUM(r.income) AS s FROM residents r JOIN regions g ON r.region = g.code "
+           "GROUP BY g.name")
+
+    def explain(q: str, weights: dict[str, float]) -> q_pb.ExplainQueryResponse:
+        return analyst.query.ExplainQuery(q_pb.ExplainQueryRequest(
+            dataset="registry", sql=q, purpose="approx-testing", weights=weights,
             privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
 
-    even, heavy = explain({}), explain({"group_keys": 3.0})
+    even, heavy = explain(sql, {}), explain(sql, {"group_keys": 3.0})
     eps = {r.output: r.privacy_loss.epsilon for r in heavy.plan.releases}
-    assert eps["group_keys"] == pytest.approx(0.75, rel=1e-9) and eps["n"] == pytest.approx(0.25, rel=1e-9)
+    assert eps["group_keys"] == pytest.approx(0.75, rel=1e-9) and eps["s"] == pytest.approx(0.25, rel=1e-9)
     assert {r.output: r.privacy_loss.epsilon for r in even.plan.releases}["group_keys"] == pytest.approx(0.5)
     assert heavy.plan.threshold < even.plan.threshold
     assert heavy.privacy_cost.epsilon <= 1.0
@@ -93,6 +115,11 @@ def test_group_keys_weight_moves_epsilon_to_partition_selection(analyst: Stubs) 
         dataset="registry", sql=sql, purpose="approx-testing", weights={"group_keys": 3.0},
         privacy_loss=common_pb.PrivacyLoss(epsilon=1.0, delta=1e-6)))
     assert resp.plan.threshold == heavy.plan.threshold
+    avg = sql.replace("SUM(r.income) AS s", "AVG(r.income) AS a")
+    releases = explain(avg, {"group_keys": 3.0}).plan.releases
+    parts = {(r.component, r.mechanism): r.privacy_loss.epsilon for r in releases}
+    assert parts[("count", "laplace_threshold")] == pytest.approx(0.75, rel=1e-9)
+    assert parts[("sum", "discrete_laplace")] == pytest.approx(0.25, rel=1e-9)
     # without private keys there is no selection to weight
     with pytest.raises(grpc.RpcError) as info:
         analyst.query.ExplainQuery(q_pb.ExplainQueryRequest(
@@ -107,7 +134,7 @@ def test_cli_weight_option(env: Env, gateway: Gateway, capsys: pytest.CaptureFix
     before any call (exit 2)."""
     from gateway.cli import main as cli
 
-    sql = "SELECT g.name, COUNT(*) AS n FROM residents r JOIN regions g ON r.region = g.code GROUP BY g.name"
+    sql = "SELECT g.name, SUM(r.income) AS n FROM residents r JOIN regions g ON r.region = g.code GROUP BY g.name"
     base = ["explain", "--target", f"127.0.0.1:{gateway.port}", "--tls-dir", str(env.tls_dir), "--as", "analyst",
             "--dataset", "registry", "--purpose", "approx-testing", "--epsilon", "1", "--delta", "1e-6"]
     assert cli.main([*base, "--weight", "group_keys=3", sql]) == 0

@@ -112,8 +112,9 @@ def test_partition_selection_is_gaussian_threshold(zanalyst: Stubs) -> None:
     assert d.reason == "PRIVACY_LOSS_ABOVE_QUERY_CAP"
     resp = run(zanalyst, sql, 0.1, delta=1e-8)
     assert resp.plan.group_by_mode == "partition_selection" and resp.plan.threshold > 0
-    select = next(r for r in resp.plan.releases if r.output == "group_keys")
-    assert select.mechanism == "gaussian_threshold"
+    # the COUNT itself is released by the Gaussian threshold (no separate selection)
+    (select,) = resp.plan.releases
+    assert (select.output, select.mechanism) == ("n", "gaussian_threshold")
     assert 0 < select.privacy_loss.delta <= 1e-8
     assert resp.privacy_cost.rho <= 0.1
     # the reported (epsilon, delta) accounts the selection's delta inside the grant's delta
