@@ -21,7 +21,7 @@ def bounded_tables(base: DuckDBSystem) -> None:
     start-up, so when a person has more than K rows this truth differs from the sandbox's in which rows are kept;
     on the example data nobody exceeds K, so it is exact."""
     from sandbox.catalog import load_catalog
-    from sandbox.plans.compile import quote_ident, render_literal
+    from sandbox.plans.render import quote_ident, render_literal
 
     catalog = load_catalog(CATALOG, base.data_dir)
     ds = catalog.dataset(DATASET)

@@ -26,7 +26,7 @@ from gateway.settings import ROOT
 from sandbox.catalog import load_catalog
 from sandbox.engine.engine import Engine
 from sandbox.engine.limits import Limits
-from sandbox.plans.compile import quote_ident
+from sandbox.plans.render import quote_ident
 from sandbox.pricing import models as mp
 from sandbox.products import model_sql, models, regression
 from sandbox.protocol.models import TrainRequest, TrainResult

@@ -108,7 +108,8 @@ def profile(gw: GatewaySystem, base: DuckDBSystem, reps: int, supported: list[Qu
     from sandbox.catalog import load_catalog
     from sandbox.engine.engine import stored_column
     from sandbox.engine.storage import compress, open_store, table_ref
-    from sandbox.plans.compile import compile_plan, quote_ident
+    from sandbox.plans.compile import compile_plan
+    from sandbox.plans.render import quote_ident
     from sandbox.pricing import mechanisms
 
     catalog = load_catalog(gw.catalog, base.data_dir)

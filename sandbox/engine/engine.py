@@ -42,14 +42,10 @@ from sandbox.engine.release import release_rows
 from sandbox.engine.storage import attach_store, compress, open_store, sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, STORAGE_MESSAGE, ConfigError, PlanRejectedError
-from sandbox.plans.compile import (
-    CompiledPlan,
-    compile_dataset_plan,
-    quote_ident,
-    render_literal,
-)
+from sandbox.plans.compile import CompiledPlan, compile_dataset_plan
 from sandbox.plans.grades import check_plan_grades
 from sandbox.plans.relation import Relation, plan_relation
+from sandbox.plans.render import quote_ident, render_literal
 from sandbox.pricing import mechanisms, zcdp
 from sandbox.pricing.cap_rules import ReleaseLoss, counts, refusal
 from sandbox.protocol.messages import (

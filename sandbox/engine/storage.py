@@ -19,11 +19,12 @@ from typing import Any
 
 import duckdb
 
+from sandbox.plans.names import STORE, sql_table_name, table_ref
+
 __all__ = [
     "STORE", "attach_store", "compress", "is_loaded_table", "open_store", "sql_table_name", "store_codecs", "table_ref",
 ]
 
-STORE = "pgw_store"
 # Disabled for the store: every codec that stores numbers other than as a plain array (see the docstring).
 _NUMERIC_CODECS = "bitpacking,alp,alprd,chimp,patas,zstd"
 
@@ -54,18 +55,6 @@ def attach_store(con: duckdb.DuckDBPyConnection, path: str) -> None:
 def compress(con: duckdb.DuckDBPyConnection) -> None:
     """Write the loaded tables in compressed form (once, after the last load, before the lock-down)."""
     con.execute(f"CHECKPOINT {STORE}")
-
-
-def sql_table_name(dataset: str, table: str) -> str:
-    """The DuckDB table holding `dataset.table` (names cannot contain '__', so this is unique)."""
-    return f"{dataset}__{table}"
-
-
-def table_ref(name: str) -> str:
-    """The SQL reference of the stored table `name`: `pgw_store.main."name"`."""
-    if "\x00" in name:
-        raise ValueError("table name contains NUL")
-    return f'{STORE}.main."' + name.replace('"', '""') + '"'
 
 
 def is_loaded_table(src: Mapping[str, Any], tables: Set[str]) -> bool:

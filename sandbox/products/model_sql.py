@@ -18,7 +18,7 @@ from sandbox.engine.engine import Engine
 from sandbox.engine.guard import single_select_node
 from sandbox.engine.storage import is_loaded_table
 from sandbox.errors import PlanRejectedError
-from sandbox.plans.compile import quote_ident, render_literal
+from sandbox.plans.render import quote_ident, render_literal
 from sandbox.pricing import mechanisms
 from sandbox.pricing import models as mp
 from sandbox.protocol.models import Estimate, ModelCost

@@ -45,8 +45,8 @@ import numpy as np
 from sandbox.engine.engine import Engine
 from sandbox.engine.storage import sql_table_name, table_ref
 from sandbox.errors import PlanRejectedError
-from sandbox.plans.compile import quote_ident
 from sandbox.plans.grades import check_model_grades
+from sandbox.plans.render import quote_ident
 from sandbox.pricing import mechanisms
 from sandbox.pricing import models as mp
 from sandbox.products.model_sql import (

@@ -11,7 +11,7 @@ import numpy as np
 
 from sandbox.engine.engine import Engine
 from sandbox.engine.storage import table_ref
-from sandbox.plans.compile import quote_ident
+from sandbox.plans.render import quote_ident
 from sandbox.pricing import mechanisms
 from sandbox.pricing import models as mp
 from sandbox.products.model_sql import (

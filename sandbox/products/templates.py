@@ -40,7 +40,7 @@ from typing import Any
 
 from sandbox.catalog import Catalog, DatasetSpec
 from sandbox.errors import ConfigError
-from sandbox.plans.compile import quote_ident, render_literal
+from sandbox.plans.render import quote_ident, render_literal
 from sandbox.protocol.messages import (
     ARITHMETIC_OPS,
     COMPARISON_OPS,

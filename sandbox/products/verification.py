@@ -29,7 +29,7 @@ from sandbox.catalog import Catalog, DatasetSpec
 from sandbox.engine.storage import sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import DUPLICATE_MESSAGE, STORAGE_MESSAGE
-from sandbox.plans.compile import quote_ident, render_literal
+from sandbox.plans.render import quote_ident, render_literal
 from sandbox.products.templates import RELATED_AGGREGATES, Renderer, Template, load_templates
 from sandbox.protocol.messages import (
     ErrorReply,

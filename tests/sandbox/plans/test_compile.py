@@ -9,7 +9,8 @@ from msgspec.structs import replace
 from sandbox.engine.engine import stored_column
 from sandbox.engine.guard import check_select
 from sandbox.errors import PlanRejectedError
-from sandbox.plans.compile import compile_plan, quote_ident, render_literal
+from sandbox.plans.compile import compile_plan
+from sandbox.plans.render import quote_ident, render_literal
 from sandbox.products.model_sql import check_model_select
 from sandbox.protocol.messages import (
     Aggregate,

@@ -48,8 +48,9 @@ from gateway.products.query.sql.statement import (
 from gateway.products.query.sql.subqueries import semi_join
 from gateway.products.query.sql.tree import MAX_GROUPS, check_keys, fold, reject, show
 from sandbox.errors import PlanRejectedError
-from sandbox.plans.compile import PlanTooComplexError, TooManyCellsError, compile_dataset_plan
+from sandbox.plans.compile import compile_dataset_plan
 from sandbox.plans.relation import leftmost_table
+from sandbox.plans.render import PlanTooComplexError, TooManyCellsError
 from sandbox.protocol.messages import DatasetInfo, QueryPlan
 
 __all__ = ["AnalyzedQuery", "analyze", "analyze_query"]

@@ -85,7 +85,7 @@ def evaluate_domain(
     Raises:
         InvalidQueryError: UNSUPPORTED_EXPRESSION if DuckDB cannot evaluate it.
     """
-    from sandbox.plans.compile import quote_ident, render_literal  # pure helpers, no engine
+    from sandbox.plans.render import quote_ident, render_literal  # pure helpers, no engine
 
     typ = _SQL_TYPES[column_type]
     rows = ", ".join(f"(CAST({render_literal(v)} AS {typ}))" for v in values)

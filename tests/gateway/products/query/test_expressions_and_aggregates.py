@@ -14,7 +14,8 @@ from sandbox.engine.engine import stored_column
 from sandbox.engine.guard import check_select
 from sandbox.errors import PlanRejectedError
 from sandbox.plans.bounds import expression_bounds
-from sandbox.plans.compile import compile_plan, quantile_candidates, quote_ident
+from sandbox.plans.compile import compile_plan, quantile_candidates
+from sandbox.plans.render import quote_ident
 from sandbox.pricing import mechanisms
 from sandbox.protocol.messages import (
     Aggregate,
