@@ -12,7 +12,7 @@ once their 10 s lease expires (the killed gateway is not restarted). Nothing is 
 received is a released charge in the shared ledger with its audit entry; every release is counted by the
 owner's cap ledger and everything that ledger counted stayed charged (never refunded); no reservation is left
 open; the owner's cap ledger holds exactly its cap; `pgw audit verify --storage-url` passes over the whole
-shared chain.
+shared chain. The clients' host cannot open the database (no pg_hba.conf entry for it).
 """
 
 from __future__ import annotations
@@ -107,6 +107,11 @@ def test_gateway_hosts_share_postgres_and_a_sigkill_mid_load_loses_nothing(
     local_url = pg_host.database()  # the test's own look at the rows, over the server's Unix socket
     dbname = local_url.partition("///")[2].partition("?")[0]
     url = f"postgresql://postgres@{hosts.addresses['pg']}:5432/{dbname}"  # what the gateway hosts use
+
+    refused = hosts.run("clients", [sys.executable, "-c", "import sys, psycopg; psycopg.connect(sys.argv[1], "
+                                    "connect_timeout=10)", url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert refused.wait(60) != 0, "the clients' host reached the gateways' database"
+    assert refused.stdout is not None and "no pg_hba.conf entry" in refused.stdout.read()
 
     sandbox = OwnerSandbox(catalog, env.data_dir, owner_tls, root / "owner-state", host=hosts.addresses["owner"],
                            port=7000, prefix=hosts.prefix("owner")).start()
