@@ -8,9 +8,9 @@ processes, sandbox, clients; from /proc), per answer. Refusals (RESOURCE_EXHAUST
 are counted apart and are not throughput.
 
 `python -m examples.bench.throughput` runs the table alone and replaces its section of BENCHMARKS.md;
-`make bench` runs it at the largest size. `storage_url` is where the gateway's state lives: None is SQLite
-in the rig's state directory (the only store this branch has); a rig for another store passes its URL in the
-gateway's settings the same way.
+`make bench` runs it at the largest size. `storage_urls` are where the gateway's state lives, one rig set
+each, measured side by side: None is SQLite in the rig's state directory; a PostgreSQL URL names a server
+(any database on it), and every rig gets a fresh database there (so rigs never share a ledger or a chain).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from examples.bench.common import ensure_data, log, ms, quantile
 from examples.bench.loadclient import client
@@ -203,37 +204,60 @@ def measure(rig: Rig, sql: str, clients: int, warmup_s: float, seconds: float) -
     }
 
 
+def storage_label(url: str | None) -> str:
+    """The table's name for a store: sqlite, or the URL's scheme (postgres)."""
+    return "sqlite" if url is None else "postgres" if url.startswith(("postgres:", "postgresql:")) else url
+
+
+def fresh_database(server_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of `server_url`; its URL (same host, port, options)."""
+    import psycopg
+
+    name = f"pgw_thru_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    parts = urlsplit(server_url)  # urlunsplit would drop an empty host's "//" (a Unix-socket URL)
+    return f"{parts.scheme}://{parts.netloc}/{name}" + (f"?{parts.query}" if parts.query else "")
+
+
 def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tuple[int, ...] = CLIENT_COUNTS,
               queries: tuple[str, ...] = tuple(QUERIES), warmup_s: float = 3.0, seconds: float = 10.0,
               threads: int = 2, storage_url: str | None = None, profile_dir: Path | None = None,
-              state_base: Path | None = None, profile: str = "stages") -> dict[str, Any]:
-    """Every (gateway processes, query, clients) cell. For each query one rig per gateway count runs at once
-    (an idle rig costs next to nothing) and each client count is measured on every rig in turn, rotating which
-    goes first, so machine noise hits every rig size alike (A/B interleaved)."""
+              state_base: Path | None = None, profile: str = "stages",
+              storage_urls: tuple[str | None, ...] | None = None) -> dict[str, Any]:
+    """Every (storage, gateway processes, query, clients) cell. For each query one rig per storage and gateway
+    count runs at once (an idle rig costs next to nothing) and each client count is measured on every rig in
+    turn, rotating which goes first, so machine noise hits every rig alike (A/B interleaved). `storage_urls`
+    (default: just `storage_url`) are the stores compared; a PostgreSQL one gets a fresh database per rig."""
+    stores = storage_urls if storage_urls is not None else (storage_url,)
+    keys = [(s, g) for s in range(len(stores)) for g in gateways]
     cells: list[dict[str, Any]] = []
     load_start = round(os.getloadavg()[0], 2)
     for qid in queries:
-        rigs: dict[int, Rig] = {}
+        rigs: dict[tuple[int, int], Rig] = {}
         roots: list[Path] = []
         try:
-            for g in gateways:
+            for s, g in keys:
                 root = Path(tempfile.mkdtemp(prefix="pgw-thru-", dir=state_base))
                 roots.append(root)
+                url = stores[s]
+                tag = f"{qid}-g{g}" if len(stores) == 1 else f"{qid}-{storage_label(url)}-g{g}"
                 rig = Rig(data_dir, root, gateways=g, threads=threads, max_clients=max(clients),
-                          storage_url=storage_url,
-                          profile_dir=profile_dir / f"{qid}-g{g}" if profile_dir else None, profile=profile)
+                          storage_url=None if url is None else fresh_database(url),
+                          profile_dir=profile_dir / tag if profile_dir else None, profile=profile)
                 if rig.profile_dir is not None:
                     rig.profile_dir.mkdir(parents=True, exist_ok=True)
-                rigs[g] = rig
+                rigs[s, g] = rig
                 rig.start()
                 measure(rig, QUERIES[qid], min(4, rig.max_clients), 1.0, 2.0)  # warm the plan caches, the sandbox
             for i, c in enumerate(clients):
-                order = list(gateways[i % len(gateways):]) + list(gateways[: i % len(gateways)])
-                for g in order:
-                    cell = measure(rigs[g], QUERIES[qid], c, warmup_s, seconds)
-                    cell.update(query=qid, gateways=g, storage="sqlite" if storage_url is None else storage_url)
+                order = keys[i % len(keys):] + keys[: i % len(keys)]
+                for s, g in order:
+                    cell = measure(rigs[s, g], QUERIES[qid], c, warmup_s, seconds)
+                    cell.update(query=qid, gateways=g, storage=storage_label(stores[s]))
                     cells.append(cell)
-                    log(f"  {qid:<14} gateways={g} clients={c:>2}: {cell['qps']:6.1f} q/s, p50 {ms(cell['p50'])} ms,"
+                    log(f"  {qid:<14} {cell['storage']} gateways={g} clients={c:>2}: {cell['qps']:6.1f} q/s,"
+                        f" p50 {ms(cell['p50'])} ms,"
                         f" p99 {ms(cell['p99'])} ms, refused {cell['refused']} failed {cell['failed']}, cpu/answer gw"
                         f" {cell['cpu_ms_gateways']:.1f} sb {cell['cpu_ms_sandbox']:.1f}"
                         f" cl {cell['cpu_ms_clients']:.1f} ms, load {cell['load']}")
@@ -242,7 +266,8 @@ def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tu
                 rig.close()
             for root in roots:
                 shutil.rmtree(root, ignore_errors=True)
-    cells.sort(key=lambda c: (list(queries).index(c["query"]), c["gateways"], c["clients"]))
+    cells.sort(key=lambda c: (list(queries).index(c["query"]), c["storage"] != "sqlite", c["storage"], c["gateways"],
+                              c["clients"]))
     return {"cells": cells, "load_start": load_start, "load_end": round(os.getloadavg()[0], 2),
             "seconds": seconds, "warmup_s": warmup_s, "cores": os.cpu_count()}
 
@@ -291,7 +316,9 @@ def render_throughput(res: dict[str, Any], people: int) -> str:
     lines.append(
         f"Closed-loop clients, each its own process, certificate identity and gRPC channel (mTLS), sending RunQuery "
         f"back to back; {res['warmup_s']:.0f} s warm-up, then answers counted over {res['seconds']:.0f} s. One "
-        f"sandbox process; 1 or 2 gateway processes on one port (SO_REUSEPORT) sharing one SQLite state directory. "
+        f"sandbox process; 1 or 2 gateway processes on one port (SO_REUSEPORT) sharing one state directory and "
+        f"one store: SQLite files in that directory, or a fresh database on a PostgreSQL server on the same "
+        f"machine (Unix socket). "
         f"The clients run on the same {res['cores']} cores as the rig, so they take CPU from it (their share is "
         f"the `client CPU` column). 1-minute load average {res['load_start']} at the start, {res['load_end']} at "
         f"the end; `load` is at the start of each window. CPU columns: CPU milliseconds per answer, from /proc. "
@@ -310,6 +337,11 @@ def render_throughput(res: dict[str, Any], people: int) -> str:
             f"{ms(c['p99'])} | {c['refused']} | {c['cpu_ms_gateways']:.1f} | {c['cpu_ms_sandbox']:.1f} | "
             f"{c['cpu_ms_clients']:.1f} | {c['qps'] * total / 1000:.2f} | {2000 / total:.0f} | {c['load']} |")
     lines.append("")
+    if any(c["storage"] == "postgres" for c in res["cells"]):
+        lines.append("The PostgreSQL server's own CPU (its backend processes) is not in the CPU columns: `gateway CPU` "
+                     "is the gateway processes' share only. Every rig has its own database; the SQLite and "
+                     "PostgreSQL rigs ran at once and took turns per cell, so both saw the same machine load.")
+        lines.append("")
     lines.append("Targets: `count` ≥ 400 answers/s and `avg_by_region` ≥ 150 answers/s at 32 clients; "
                  "throughput never falls as clients are added; p99 at 32 clients ≤ 150 ms; "
                  "single-client `count` p50 ≤ 6 ms.")
@@ -347,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", default=",".join(QUERIES))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--storage-url", default=None, help="the gateway's state store (default: SQLite)")
+    p.add_argument("--storage-url", action="append", default=None,
+                   help="the gateway's state store: `sqlite` or a PostgreSQL server's URL (each rig gets a fresh"
+                        " database on it); repeat to measure stores side by side (default: sqlite)")
     p.add_argument("--profile-dir", type=Path, default=None,
                    help="write each gateway process's CPU per request stage (or cProfile statistics) here")
     p.add_argument("--profile-kind", choices=["stages", "cprofile"], default="stages",
@@ -363,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_table(
         data_dir, gateways=tuple(int(x) for x in args.gateways.split(",")),
         clients=tuple(int(x) for x in args.clients.split(",")), queries=tuple(args.queries.split(",")),
-        warmup_s=args.warmup, seconds=args.seconds, storage_url=args.storage_url, profile_dir=args.profile_dir,
+        warmup_s=args.warmup, seconds=args.seconds, profile_dir=args.profile_dir,
+        storage_urls=tuple(None if u == "sqlite" else u for u in args.storage_url or ["sqlite"]),
         state_base=args.state_base, profile=args.profile_kind)
     res["people"] = args.people
     if args.json:

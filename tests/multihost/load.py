@@ -1,7 +1,8 @@
-"""`python -m tests.multihost.load`: a client host's load on one or more gateways (the multi-host test runs it in
+"""`python -m tests.multihost.load`: a client host's load on one or more gateways (the multi-host tests run it in
 the clients' network namespace). Each thread sends distinct pure-DP COUNTs with its own request ids, one after
-the other, until the stop file appears; every outcome is one JSON line in `--out`, written (and flushed) as the
-answer arrives, so what a client RECEIVED is on record even if a gateway dies a moment later."""
+the other, until the stop file appears (or `--count` requests each); every outcome is one JSON line in `--out`
+(a refusal with its status code and reason), written (and flushed) as the answer arrives, so what a client
+RECEIVED is on record even if a gateway dies a moment later."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
+from gateway.cli.client import error_details
 from tests.gov_helpers import distinct_count_sql
 
 
@@ -29,6 +31,8 @@ def main() -> None:
     p.add_argument("--purpose", default="credit")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stop", type=Path, required=True, help="stop once this file exists")
+    p.add_argument("--count", type=int, default=0, help="at most this many requests per thread (0: no limit)")
+    p.add_argument("--rid-prefix", default="", help="prefixed to every request id")
     args = p.parse_args()
     d = args.tls_dir
     creds = grpc.ssl_channel_credentials((d / "ca.crt").read_bytes(), (d / f"{args.identity}.key").read_bytes(),
@@ -39,8 +43,8 @@ def main() -> None:
     def run(target: str, t: int) -> None:
         stub = q_grpc.QueryServiceStub(grpc.secure_channel(target, creds))
         i = 0
-        while not args.stop.exists():
-            rid = f"{target.replace(':', '_')}-{t}-{i}"
+        while not args.stop.exists() and (args.count == 0 or i < args.count):
+            rid = f"{args.rid_prefix}{target.replace(':', '_')}-{t}-{i}"
             i += 1
             line: dict[str, object] = {"rid": rid, "target": target}
             try:
@@ -52,6 +56,7 @@ def main() -> None:
             except grpc.RpcError as exc:
                 line["ok"] = False
                 line["code"] = exc.code().name
+                line["reason"] = error_details(exc).reason
             with lock:
                 out.write(json.dumps(line) + "\n")
             if not line["ok"]:

@@ -7,7 +7,8 @@ settler gives the killed process's reservations their outcome) nothing is lost: 
 received is a released charge in the ledger of the gateway that answered and has its audit entry; every
 release is counted by the owner's cap ledger; everything the owner's cap ledger counted stayed charged in a
 gateway's ledger (never refunded); no reservation is left open; and the owner's cap ledger holds exactly
-its cap. A PostgreSQL host for shared gateway state is one more `Hosts.add` when that storage exists.
+its cap. Each gateway keeps its own SQLite state here; `test_netns_postgres.py` is the same topology with a
+PostgreSQL host holding the two gateways' shared state.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,8 @@ def _wait(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
 class GatewayHost:
     """`pgw serve` on one host, reaching the sandbox on the owner's host over mutual TLS."""
 
-    def __init__(self, hosts: Hosts, name: str, root: Path, owner_tls: Path, sandbox: str) -> None:
+    def __init__(self, hosts: Hosts, name: str, root: Path, owner_tls: Path, sandbox: str,
+                 extra: Sequence[str] = ()) -> None:
         self.hosts, self.name, self.root = hosts, name, root
         self.state = root / name
         self.address = hosts.addresses[name]
@@ -68,7 +70,7 @@ class GatewayHost:
                     "--policy", str(root / "operator.toml"), "--state-dir", str(self.state),
                     "--tls-dir", str(root / "tls"), "--sandbox-address", sandbox,
                     "--sandbox-tls-ca", str(owner_tls / "ca.crt"), "--sandbox-tls-cert", str(owner_tls / f"{name}.crt"),
-                    "--sandbox-tls-key", str(owner_tls / f"{name}.key")]
+                    "--sandbox-tls-key", str(owner_tls / f"{name}.key"), *extra]
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:

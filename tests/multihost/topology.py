@@ -1,9 +1,9 @@
 """Hosts on one machine: a network namespace per host, joined by a bridge in a switch namespace of its own.
 
 Each host gets `eth0` with an address in one /24 and a veth peer on the bridge; the root namespace gets no
-interface and no route, so traffic flows only between the hosts. `Hosts.add` makes one more host (a
-PostgreSQL host is one more `add` and a `run` of its server). Needs root and iproute2 (`ip`); `available`
-says why not otherwise.
+interface and no route, so traffic flows only between the hosts. `Hosts.add` makes one more host (the
+PostgreSQL host of `test_netns_postgres.py` is one more `add` and its server started
+under `prefix`). Needs root and iproute2 (`ip`); `available` says why not otherwise.
 """
 
 from __future__ import annotations
