@@ -6,7 +6,7 @@ Rules (configured as `[[alerts]]` in the operator policy):
   `threshold` of its budget this period; fires once per subject and period.
 * `refusal_burst` (count, window_s): one identity was refused `count` times within `window_s`.
 * `near_identical_queries` (count, window_s): one identity sent the same normalised SQL `count` times
-  within `window_s` (averaging attacks, THREATS §5).
+  within `window_s` (averaging attacks, docs/threats.md section 5).
 * `unusual_spend_rate` (factor, window_s = 3600, baseline_days = 7): an organisation spent more than
   `factor` x its average epsilon per window over the baseline days before.
 

@@ -1,4 +1,4 @@
-"""How the sandbox's DuckDB is opened and locked (FACTS.md A.1; THREATS.md section 1).
+"""How the sandbox's DuckDB is opened and locked (docs/threats.md, section 1).
 
 The connection is opened with resource limits and no extension loading, the data is loaded, and
 only then is external access switched off and the configuration locked (`lock_down`). After that,

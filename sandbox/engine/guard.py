@@ -1,8 +1,8 @@
 """Defence in depth: the only SQL shape the sandbox will run, checked on DuckDB's own parse tree.
 
 `compile.py` is the only producer of SQL, so this guard should never fire. It exists so that a
-bug there cannot become a file read, a metadata leak or a second statement (THREATS.md 1, FACTS.md
-A.2): exactly one SELECT statement over tables the engine loaded; no CTEs, table functions,
+bug there cannot become a file read, a metadata leak or a second statement (docs/threats.md,
+section 1): exactly one SELECT statement over tables the engine loaded; no CTEs, table functions,
 SHOW/SUMMARIZE, VALUES, samples, time travel, modifiers, windows or star; only the functions,
 operators and casts that `compile.py` emits. The shapes `compile.py` generates for sources are
 allowed and nothing wider: INNER/LEFT joins with an ON equality (no CROSS, NATURAL, USING, ASOF,

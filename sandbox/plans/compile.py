@@ -3,7 +3,7 @@
 Every identifier comes from the data owner's catalog and is double-quoted; every literal is rendered
 from its Python value. The plan is type-checked first, so no comparison needs a runtime cast from a
 string (DuckDB's cast errors quote data values), and arithmetic runs in DOUBLE, which cannot raise
-(overflow gives inf, division by zero inf or NaN): no error depends on the data (THREATS.md 3).
+(overflow gives inf, division by zero inf or NaN): no error depends on the data (docs/threats.md, section 3).
 """
 
 from __future__ import annotations

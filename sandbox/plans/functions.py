@@ -4,7 +4,7 @@ Each entry declares its name, arity, argument kinds (which positions must be lit
 how it renders to SQL, and its interval-arithmetic bound rule (used by `sandbox.plans.bounds`). Anything not
 listed is refused by the analyzer (`UNSUPPORTED_FUNCTION`) and by the compiler (PlanRejectedError).
 
-Safety rules for rendering (THREATS.md 3): no function may raise on data. DuckDB's math functions
+Safety rules for rendering (docs/threats.md, section 3): no function may raise on data. DuckDB's math functions
 return NaN/inf instead of raising (checked on DuckDB 2.0.1: sqrt(-1) = NaN, ln(0) = -inf,
 exp(1000) = inf), but we still guard SQRT/LN/EXP so that out-of-domain inputs give NULL. Arguments
 whose values could make DuckDB raise (SUBSTRING lengths beyond 2**32, for example) must be literals

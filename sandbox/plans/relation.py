@@ -3,7 +3,7 @@
 Shared by the gateway (analyzer, pricing) and the sandbox (compile, pricing), so both derive the same
 sensitivities from their own catalog. Nothing here touches data.
 
-Sensitivity argument (THREATS.md 4). Neighbouring datasets differ by all rows of one privacy unit.
+Sensitivity argument (docs/threats.md, section 4). Neighbouring datasets differ by all rows of one privacy unit.
 
 * A private table t keeps at most K_t rows per unit (truncated once per data version at load, the
   choice for a unit depending only on that unit's rows).

@@ -1,4 +1,4 @@
-"""Differential tests (THREATS.md): two gateways whose datasets differ in one person must look the same.
+"""Differential tests (docs/threats.md): two gateways whose datasets differ in one person must look the same.
 
 Dataset A holds a victim at every extreme the catalog allows (highest income, oldest birth year, twelve
 maximal contributions) and alone in one region; dataset B is A without the victim. Each gateway has its own
@@ -7,7 +7,7 @@ must be identical: status code, error reason and text, charged cost, budget left
 which cells are NULL, mechanisms and noise scales. Only the noisy numbers may differ, by what the mechanism
 allows (checked by the privacy audits in tests/statistical). Latency is compared with an interleaved run.
 
-The attack queries follow THREATS.md sections 2-4: conditional errors (a cast, a division or an overflow that
+The attack queries follow docs/threats.md, sections 2-4: conditional errors (a cast, a division or an overflow that
 fails only when the victim is present), empty versus one-person groups, a group key only the victim has,
 filters that isolate the victim, joins, pre-aggregation and semi-joins.
 """

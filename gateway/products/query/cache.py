@@ -3,7 +3,7 @@
 Returning an earlier release again is post-processing of an output the caller already paid for, so it costs
 nothing; and it takes away the cheapest way to average noise out (asking the same question again). Equivalent
 rewrites that normalize to the same plan hit the cache too, because the key is the analyzer's typed plan, not the
-SQL text. It is no substitute for charging every distinct release (THREATS.md 5).
+SQL text. It is no substitute for charging every distinct release (docs/threats.md, section 5).
 
 The key covers: consumer, dataset, purpose, dataset version, the canonical plan (JSON of the typed tree with its
 epsilon weights) and the epsilon the scales were calibrated for. Stored in table `releases` of the ledger's
