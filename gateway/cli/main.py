@@ -289,7 +289,10 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     policy = load_policy(Path(args.policy))
     data_dir = args.data_dir or os.environ.get("PRIVACY_GATEWAY_DATA_DIR")  # the serve setting of the same name
     catalog = load_catalog(Path(args.catalog), Path(data_dir) if data_dir else None)
-    print(f"{args.policy}: ok ({len(policy.consumers)} consumers, {len(policy.grants)} grants)")
+    gov = policy.governance  # counted as `pgw admin reload` counts the same file
+    counts = (f"{gov.schema}: {len(gov.organizations)} organisations, {len(gov.grants)} grants" if gov is not None
+              else f"{len(policy.consumers)} consumers, {len(policy.grants)} grants")
+    print(f"{args.policy}: ok ({counts})")
     if args.no_data:
         print(f"{args.catalog}: ok ({len(catalog.datasets)} datasets; data files not checked)")
         return 0

@@ -173,6 +173,9 @@ def test_reload_after_editing_the_file(cli: Cli) -> None:
     cli.policy.write_text(POLICY_V2.replace("epsilon = 3.0", "epsilon = 4.0", 1))
     rc, out, _ = cli.run("admin", "reload")
     assert rc == 0 and "reloaded" in out and "4 organisations" in out and "2 grants" in out
+    cli.capsys.readouterr()  # check-policy counts the same file the same way
+    assert main(["check-policy", "--policy", str(cli.policy), "--no-data"]) == 0
+    assert "4 organisations, 2 grants" in cli.capsys.readouterr().out
     assert bank_budget() == 4.0
     cli.policy.write_text(POLICY_V2.replace("epsilon = 3.0", "epsilon = -5", 1))
     rc, _, err = cli.run("admin", "reload")
