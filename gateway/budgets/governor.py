@@ -13,6 +13,7 @@ release the owner's definition cannot count is refused before anything is charge
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -269,6 +270,35 @@ class Governor:
         except ValueError as exc:
             raise InvalidArgumentError(f"adjustment refused: {exc}", reason="INVALID_ADJUSTMENT") from exc
         self.state.set_override(key, override, by)
+
+    def clear_adjustment(self, organization: str, dataset: str, purpose: str) -> bool:
+        """Remove the stored adjustment of a grant (the file's numbers apply again); False when there was none.
+
+        Raises:
+            InvalidArgumentError: no such grant.
+        """
+        if self.governance.org_grant(organization, dataset, purpose) is None:
+            raise InvalidArgumentError(
+                f"no grant for organisation {organization!r}, dataset {dataset!r}, purpose {purpose!r}",
+                reason="GRANT_NOT_FOUND", organization=organization, dataset=dataset, purpose=purpose,
+            )
+        return self.state.clear_override((organization, dataset, purpose))
+
+    def adjusted_grants(self) -> list[str]:
+        """Each stored adjustment that sets a number other than the policy file's, as
+        "org/dataset/purpose: epsilon 4 (file 3)" (what a reload keeps over the file)."""
+        file_gov = self._governance_of(self._file_policy)
+        out = []
+        for (org, ds, purpose), ov in sorted(self.state.overrides().items()):
+            g = file_gov.org_grant(org, ds, purpose)
+            if g is None:
+                continue
+            parts = [f"{name} {value:g} (file {getattr(g, name):g})"
+                     for name, value in dataclasses.asdict(ov).items()
+                     if value is not None and value != getattr(g, name)]
+            if parts:
+                out.append(f"{org}/{ds}/{purpose}: " + ", ".join(parts))
+        return out
 
     # -- identity ------------------------------------------------------------------------------
 

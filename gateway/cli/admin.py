@@ -80,12 +80,14 @@ def cmd_grants(args: argparse.Namespace, stub: Any) -> int:
 
 def cmd_adjust(args: argparse.Namespace, stub: Any) -> int:
     """AdjustGrant."""
-    req = a_pb.AdjustGrantRequest(organization=args.organization, dataset=args.dataset, purpose=args.purpose)
+    req = a_pb.AdjustGrantRequest(organization=args.organization, dataset=args.dataset, purpose=args.purpose,
+                                  clear=args.clear)
     for name in ("epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query"):
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))
     resp = stub.AdjustGrant(req)
-    print(json_format.MessageToJson(resp) if args.json else "adjusted:\n" + format_table(
+    done = "cleared" if args.clear else "adjusted"
+    print(json_format.MessageToJson(resp) if args.json else f"{done}:\n" + format_table(
         ["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
          "max ε/query", "refreshes at", "adjusted"], _grant_rows([_Org(args.organization, [resp.grant])])))
     return 0
@@ -152,6 +154,9 @@ def cmd_reload(args: argparse.Namespace, stub: Any) -> int:
     print(f"reloaded {resp.source} ({resp.schema}): {resp.organizations} organisations, {resp.grants} grants")
     print(f"data owner's settings: {resp.owner_settings_message}" if resp.owner_settings_reloaded else
           f"data owner's settings NOT reloaded: {resp.owner_settings_message}")
+    for line in resp.adjusted_grants:
+        print(f"warning: a stored adjustment applies instead of the file: {line} "
+              "(pgw admin adjust --clear ... to let the file apply)")
     return 0
 
 
@@ -245,6 +250,8 @@ def register(subparsers: Any) -> None:
     a.add_argument("--max-epsilon-per-query", dest="max_epsilon_per_query", type=float)
     a.add_argument("--rho", type=float, help="zcdp grants: the new rho budget")
     a.add_argument("--max-rho-per-query", dest="max_rho_per_query", type=float)
+    a.add_argument("--clear", action="store_true",
+                   help="remove the stored adjustment: the policy file's numbers apply again")
     a.set_defaults(admin_func=cmd_adjust)
     r = common(sub.add_parser("revoke", help="revoke a member or an organisation"))
     who = r.add_mutually_exclusive_group(required=True)

@@ -68,6 +68,8 @@ def reload_policy(governor: Governor, owner: OwnerSettings | None = None, *, ann
             problem=exc.problem, field="policy",
         ) from exc
     log.info("policy reloaded from %s", governor.policy_path)
+    for line in governor.adjusted_grants():  # SIGHUP has no reply: say in the log what the file does not decide
+        log.warning("stored adjustment kept over the policy file: %s (clear it: pgw admin adjust --clear)", line)
     outcome = reload_owner_settings(owner) if owner is not None else None
     if announce:
         governor.state.bump_generation(POLICY_GENERATION)
@@ -192,6 +194,17 @@ class AdminServicer:
         """Store an override of a grant's budget or per-query maximum."""
         caller = call.identity
         fields = ("epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query")
+        if request.clear:
+            if any(request.HasField(f) for f in fields):
+                raise InvalidArgumentError("clear removes the stored adjustment: set no number with it",
+                                           reason="INVALID_ADJUSTMENT", field="clear")
+            cleared = self.governor.clear_adjustment(request.organization, request.dataset, request.purpose)
+            self.governor.repin()
+            g = self.governor.governance.org_grant(request.organization, request.dataset, request.purpose)
+            assert g is not None
+            log.info("grant %s/%s/%s adjustment %s by %s", g.organization, g.dataset, g.purpose,
+                     "cleared" if cleared else "(none) cleared", caller)
+            return a_pb.AdjustGrantResponse(grant=self._grant_summary(g, self.governor.clock()))
         override = GrantOverride(*(getattr(request, f) if request.HasField(f) else None for f in fields))
         for name in fields:
             v = getattr(override, name)
@@ -271,7 +284,8 @@ class AdminServicer:
         return a_pb.ReloadPolicyResponse(source=gov.source, schema=gov.schema,
                                          organizations=len(gov.organizations), grants=len(gov.grants),
                                          owner_settings_reloaded=owner is not None and owner.reloaded,
-                                         owner_settings_message="" if owner is None else owner.message)
+                                         owner_settings_message="" if owner is None else owner.message,
+                                         adjusted_grants=self.governor.adjusted_grants())
 
     def GetUsage(self, request: a_pb.GetUsageRequest, call: Call) -> a_pb.GetUsageResponse:
         """The usage report for a range (default: the current calendar month)."""

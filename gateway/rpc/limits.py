@@ -160,6 +160,7 @@ LIMITS: dict[str, Limit] = {
     **{f"AdjustGrantRequest.{f}": _number(0.0, MAX_EPSILON, _ADJUST) for f in ("epsilon", "max_epsilon_per_query")},
     **{f"AdjustGrantRequest.{f}": _number(0.0, MAX_RHO, _ADJUST) for f in ("rho", "max_rho_per_query")},
     "AdjustGrantRequest.delta": _number(0.0, 1.0, _ADJUST, open_=True),
+    "AdjustGrantRequest.clear": _FLAG,
     "RevokeMemberRequest.identity": _NAME,
     "RevokeMemberRequest.reason": _text(REASON_CHARS),
     "RevokeOrganizationRequest.organization": _NAME,

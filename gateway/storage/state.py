@@ -182,6 +182,13 @@ class StateStore:
                 (*key, *dataclasses.astuple(merged), time.time(), by),
             )
 
+    def clear_override(self, key: tuple[str, str, str]) -> bool:
+        """Remove the stored adjustment of grant `key`; False when there was none."""
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM grant_overrides WHERE organization = ? AND dataset = ? AND purpose = ?",
+                               key)
+            return bool(cur.rowcount)
+
     # -- generations (replicas follow each other's policy reloads) ---------------------------------------
 
     def generation(self, name: str) -> int:

@@ -223,3 +223,23 @@ def test_alerts_list_and_acknowledge(cli: Cli) -> None:
     assert rc == 0 and isinstance(json.loads(out), dict)
     rc, _, err = cli.run("admin", "ack", "999999")
     assert rc == 1 and "no alert with this id" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_stored_adjustment_is_reported_on_reload_and_can_be_cleared(cli: Cli) -> None:
+    """A reload says which grants keep a stored adjustment over the file; `adjust --clear` lets the file apply."""
+    grant = ("--organization", "temps", "--dataset", "registry", "--purpose", "work")
+    cli.policy.write_text(POLICY_V2)  # a valid file (another test leaves a broken one)
+    rc, _, _ = cli.run("admin", "adjust", *grant, "--epsilon", "42")
+    assert rc == 0
+    rc, out, _ = cli.run("admin", "reload")
+    [warning] = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert "temps/registry/work: epsilon 42 (file " in warning and "--clear" in warning
+    file_epsilon = float(warning.split("(file ")[1].split(")")[0])
+    rc, _, err = cli.run("admin", "adjust", *grant, "--clear", "--epsilon", "1")
+    assert rc == 1 and "INVALID_ADJUSTMENT" in err
+    rc, out, _ = cli.run("admin", "adjust", *grant, "--clear")
+    assert rc == 0 and out.startswith("cleared:")
+    rc, out, _ = cli.run("budget", "--json", who="temp1")
+    assert rc == 0 and json.loads(out)["grants"][0]["budget"]["epsilon"] == file_epsilon
+    rc, out, _ = cli.run("admin", "reload")
+    assert rc == 0 and "temps/registry/work" not in out

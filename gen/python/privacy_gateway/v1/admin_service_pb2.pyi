@@ -74,7 +74,7 @@ class ListOrganizationsResponse(_message.Message):
     def __init__(self, organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ...) -> None: ...
 
 class AdjustGrantRequest(_message.Message):
-    __slots__ = ("organization", "dataset", "purpose", "epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query")
+    __slots__ = ("organization", "dataset", "purpose", "epsilon", "delta", "max_epsilon_per_query", "rho", "max_rho_per_query", "clear")
     ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class AdjustGrantRequest(_message.Message):
     MAX_EPSILON_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
     RHO_FIELD_NUMBER: _ClassVar[int]
     MAX_RHO_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
     organization: str
     dataset: str
     purpose: str
@@ -91,7 +92,8 @@ class AdjustGrantRequest(_message.Message):
     max_epsilon_per_query: float
     rho: float
     max_rho_per_query: float
-    def __init__(self, organization: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_epsilon_per_query: _Optional[float] = ..., rho: _Optional[float] = ..., max_rho_per_query: _Optional[float] = ...) -> None: ...
+    clear: bool
+    def __init__(self, organization: _Optional[str] = ..., dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_epsilon_per_query: _Optional[float] = ..., rho: _Optional[float] = ..., max_rho_per_query: _Optional[float] = ..., clear: _Optional[bool] = ...) -> None: ...
 
 class AdjustGrantResponse(_message.Message):
     __slots__ = ("grant",)
@@ -132,20 +134,22 @@ class ReloadPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReloadPolicyResponse(_message.Message):
-    __slots__ = ("source", "schema", "organizations", "grants", "owner_settings_reloaded", "owner_settings_message")
+    __slots__ = ("source", "schema", "organizations", "grants", "owner_settings_reloaded", "owner_settings_message", "adjusted_grants")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     OWNER_SETTINGS_RELOADED_FIELD_NUMBER: _ClassVar[int]
     OWNER_SETTINGS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTED_GRANTS_FIELD_NUMBER: _ClassVar[int]
     source: str
     schema: str
     organizations: int
     grants: int
     owner_settings_reloaded: bool
     owner_settings_message: str
-    def __init__(self, source: _Optional[str] = ..., schema: _Optional[str] = ..., organizations: _Optional[int] = ..., grants: _Optional[int] = ..., owner_settings_reloaded: _Optional[bool] = ..., owner_settings_message: _Optional[str] = ...) -> None: ...
+    adjusted_grants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source: _Optional[str] = ..., schema: _Optional[str] = ..., organizations: _Optional[int] = ..., grants: _Optional[int] = ..., owner_settings_reloaded: _Optional[bool] = ..., owner_settings_message: _Optional[str] = ..., adjusted_grants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("period_start", "period_end")
