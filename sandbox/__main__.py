@@ -22,7 +22,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from sandbox.engine.limits import Limits
+from sandbox.engine.limits import Limits, address_space_for, larger_memory_limit
 from sandbox.errors import ConfigError
 from sandbox.process.lifecycle import tie_to_parent
 from sandbox.process.logformat import configure
@@ -59,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address-space-bytes",
         type=int,
-        default=d.address_space_bytes,
-        help="RLIMIT_AS for this process (0 = unlimited)",
+        default=None,
+        help="RLIMIT_AS for this process (0 = unlimited; default: 8 GiB, or twice --memory-limit plus 2 GiB when "
+             "that is larger)",
     )
     p.add_argument(
         "--parent-pid", type=int, default=0,
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             query_timeout_ms=args.query_timeout_ms,
             max_groups=args.max_groups,
-            address_space_bytes=args.address_space_bytes,
+            address_space_bytes=(address_space_for(args.memory_limit, Limits().address_space_bytes)
+                                 if args.address_space_bytes is None else args.address_space_bytes),
         )
     except ValueError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes)
         )
     # Imported after the rlimit so that DuckDB and OpenDP start under it.
+    import duckdb
+
     from sandbox.catalog import load_catalog
     from sandbox.engine.caps import CapLedger
     from sandbox.engine.engine import Engine
@@ -125,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.server import SandboxServer, SandboxTlsServer, serve
 
     state_dir = args.state_dir or args.socket.parent / "data-owner"
+
+    def out_of_memory(exc: duckdb.OutOfMemoryException) -> int:
+        print(f"sandbox: the data does not fit in the memory limit {limits.memory_limit} (DuckDB ran out of memory "
+              f"while loading the tables and templates); raise it to {larger_memory_limit(limits.memory_limit)} "
+              "or more: the gateway's sandbox_memory_limit setting (PRIVACY_GATEWAY_SANDBOX_MEMORY_LIMIT), or "
+              "--memory-limit when the sandbox runs on its own", file=sys.stderr)
+        return 2
+
     try:
         caps = CapLedger(state_dir / "caps.sqlite3")  # issue-gov: the data owner's cap ledger
         engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps,
@@ -133,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2
+    except duckdb.OutOfMemoryException as exc:
+        return out_of_memory(exc)
     if address is not None and tls is not None:
         try:
             tcp = SandboxTlsServer(address, tls, engine)
+        except duckdb.OutOfMemoryException as exc:
+            return out_of_memory(exc)
         except (OSError, ssl.SSLError) as exc:
             print(f"sandbox: cannot serve on {args.listen}: {exc}", file=sys.stderr)
             return 2
@@ -144,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         server = SandboxServer(args.socket, engine, tie)
+    except duckdb.OutOfMemoryException as exc:
+        return out_of_memory(exc)
     except OSError as exc:
         print(f"sandbox: cannot bind {args.socket}: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GIB = 1024**3
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def size_bytes(text: str) -> int | None:
+    """`'2GiB'`, `'512MB'`, `'8 GiB'` in bytes (DuckDB's units); None for anything else (DuckDB decides)."""
+    t = text.strip().lower().replace(" ", "")
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if t.endswith(unit):
+            try:
+                return int(float(t[: -len(unit)]) * _UNITS[unit])
+            except ValueError:
+                return None
+    return None
+
+
+def address_space_for(memory_limit: str, default: int) -> int:
+    """The process's address-space limit for a DuckDB `memory_limit`: `default`, or twice the memory limit plus
+    2 GiB (OpenDP, Python, DuckDB's own overhead) when that is larger, so raising the memory limit alone works."""
+    limit = size_bytes(memory_limit)
+    return default if limit is None else max(default, 2 * limit + 2 * GIB)
+
+
+def larger_memory_limit(memory_limit: str) -> str:
+    """What to suggest when loading ran out of `memory_limit`: twice as much, in GiB."""
+    limit = size_bytes(memory_limit) or 2 * GIB
+    return f"{max(2, -(-2 * limit // GIB))}GiB"
 
 
 @dataclass(frozen=True, slots=True)
