@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.identity import certs
-from tests.h2abuse import ClientTls, H2AbuseClient, IdleStreamHolder, flood, stalled_handshake
+from tests.h2abuse import ClientTls, H2AbuseClient
+from tests.h2abuse_scenarios import IdleStreamHolder, flood, stalled_handshake
 from tests.h2abuse_target import ECHO_PATH, RECOMMENDED_OPTIONS, ServerOptions, ServerProcess, target_server
 
 

@@ -209,7 +209,8 @@ def test_rapid_reset_flood_does_not_cancel_other_clients(env: Env, small_gateway
     no way to close the flooding connection itself; see tests/h2abuse.md.)"""
     import asyncio
 
-    from tests.h2abuse import ClientTls, flood
+    from tests.h2abuse import ClientTls
+    from tests.h2abuse_scenarios import flood
 
     errors: list[grpc.StatusCode] = []
     served = 0

@@ -18,7 +18,8 @@ import grpc
 import pytest
 
 from gateway.identity import certs
-from tests.h2abuse import ClientTls, H2AbuseClient, IdleStreamHolder, flood, stalled_handshake
+from tests.h2abuse import ClientTls, H2AbuseClient
+from tests.h2abuse_scenarios import IdleStreamHolder, flood, stalled_handshake
 from tests.h2abuse_target import ECHO_PATH, RECOMMENDED_OPTIONS, ServerProcess, echo_channel, target_server
 
 pytestmark = pytest.mark.integration
