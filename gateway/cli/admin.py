@@ -23,7 +23,6 @@ else:
 
 __all__ = ["register"]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def _stub(args: argparse.Namespace) -> Any:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 # The repository root (policies/, examples/); gateway.settings says the same, but importing it costs grpc.
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TARGET = "127.0.0.1:50051"
 DEV_DATA_PEOPLE = 20_000
 DATA_FILES = ("residents.parquet", "enterprises.parquet", "social_insurance.parquet", "regions.parquet")
 
