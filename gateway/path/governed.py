@@ -146,6 +146,9 @@ class GovernedPath:
         # Charges whose settlement failed for want of storage: (key, request id, its audit entry), settled as
         # failed by the settler once storage recovers (`gateway.path.settle`).
         self.unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] = deque()
+        # (consumer, request id) of the charges this process's calls hold between reserve and settlement: the
+        # settler leaves them to their call even when this process's lease lapsed (storage was down).
+        self.in_flight: set[tuple[str, str]] = set()
 
     def release(self, call: Call, product: Product, request: Any) -> Message:
         """Authorise, price, charge at every level, run in the sandbox, sign, store, and release.
@@ -201,6 +204,8 @@ class GovernedPath:
         """After the reservation: if anything below fails unplanned, keep the charge and make it durable, with
         the call's audit entry, before the error leaves (the reservation committed without its own fsync;
         every planned exit -- `complete`, `fail`, `release_unused` -- commits durably)."""
+        held = (plan.key.consumer, plan.request_id)
+        self.in_flight.add(held)
         try:
             yield
         except BaseException as exc:
@@ -213,6 +218,8 @@ class GovernedPath:
                 except GatewayError:  # already failed, refunded or completed, each durably
                     log.debug("charge of request %s already settled", plan.request_id)
             raise
+        finally:
+            self.in_flight.discard(held)
 
     def _fail(self, call: Call, plan: ChargePlan, error: GatewayError) -> None:
         """Settle the charge as failed (it stays) with the call's audit entry, in one transaction."""

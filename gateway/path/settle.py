@@ -2,7 +2,8 @@
 
 Each gateway process holds a lease on the charges it reserves (`Ledger.holder`, renewed every
 `interval_s` in the ledger's `holders` table). A reserved charge whose holder's lease is older than
-`lease_s` belongs to a process that died, or that lost its storage between the charge and its completion;
+`lease_s` belongs to a process that died, or that lost its storage between the charge and its completion
+(a charge this process's running call still holds is left to that call, which settles it itself);
 the data may have been touched, so the settler marks it failed (it stays charged) and writes its audit
 entry in the same transaction -- a retry with that request id then gets a final QUERY_EXECUTION_FAILED
 instead of REQUEST_IN_PROGRESS. It also writes the missing audit entry of any settled charge that has none
@@ -39,9 +40,12 @@ class Settler:
 
     def __init__(self, ledger: Ledger, oversight: Oversight | None, *, interval_s: float = 1.0,
                  lease_s: float = 10.0, clock: Callable[[], float] = time.time, disk: DiskGuard | None = None,
-                 unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] | None = None) -> None:
+                 unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] | None = None,
+                 in_flight: set[tuple[str, str]] | None = None) -> None:
         """Settle `ledger`'s charges, auditing them in `oversight`'s log; keep `disk`'s reserve; retry the
-        settlements in `unsettled` (this process's charges whose settlement failed for want of storage)."""
+        settlements in `unsettled` (this process's charges whose settlement failed for want of storage); leave
+        the charges in `in_flight` ((consumer, request id) of this process's running calls) to their calls."""
+        self.in_flight: set[tuple[str, str]] = in_flight if in_flight is not None else set()
         self.disk = disk
         self.unsettled: deque[tuple[GrantKey, str, list[TxWrite]]] = unsettled if unsettled is not None else deque()
         self.ledger = ledger
@@ -71,7 +75,8 @@ class Settler:
                     pass
                 self.unsettled.popleft()
             for charge in self.ledger.stale_reservations(self.clock(), self.lease_s):
-                self._settle(charge)
+                if (charge.key.consumer, charge.request_id) not in self.in_flight:
+                    self._settle(charge)
             for charge in self.ledger.unaudited_charges():
                 self._audit(charge)
         except GatewayError as exc:

@@ -25,6 +25,11 @@ digits, at least 6 of them digits, not part of a longer word) is replaced by ``h
 HMAC-SHA256 under ``<state_dir>/keys/audit-hmac.key``: the same identifier always maps to the same
 pseudonym, and nobody without the key can test a guess.
 
+One entry per charge. An entry that records a charge (``charge = 'charged'``) is written only if its
+request has none yet, checked inside the appending transaction: when two writers settle the same charge
+(the settler and a call whose completion committed but reported a storage error), the later entry is
+stored with ``charge = ''`` and zero cost, so the audit log's totals stay equal to the ledger's.
+
 Concurrency. Every append runs in one ``BEGIN IMMEDIATE`` transaction (read the head, write the entry,
 maybe seal) on a per-call connection, WAL mode, ``synchronous=FULL``: safe across threads and across
 gateway processes sharing the file, and durable when ``append`` returns. On PostgreSQL the same
@@ -252,6 +257,13 @@ class AuditLog:
         Raises:
             sqlite3.Error: the storage failed (the caller's transaction rolls back).
         """
+        if record.charge == "charged" and conn.execute(
+                "SELECT 1 FROM entries WHERE consumer = ? AND request_id = ? AND charge = 'charged' LIMIT 1",
+                (record.consumer, record.request_id)).fetchone():
+            # The charge already has its entry (settled by another writer while this call ran: the settler,
+            # a peer replica, the call's own settlement that committed and then reported a storage error).
+            # Each charge is recorded exactly once; this call's entry says what happened, charging nothing.
+            record = replace(record, charge="", epsilon=0.0, delta=0.0, rho=0.0)
         ids = {k: self.pseudonymize(v) for k, v in sorted(record.identifiers.items())}
         head = conn.execute("SELECT seq, hash, mac FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         if head is None:

@@ -291,7 +291,7 @@ def start_gateway(settings: Settings) -> Gateway:
         supervisor = SandboxSupervisor(process, client)
         path = GovernedPath(governor, ledger, client, sandbox_timeout_s=settings.sandbox_timeout_s,
                             supervisor=supervisor, cache=cache, oversight=oversight, disk=disk)
-        settler = Settler(ledger, oversight, disk=disk, unsettled=path.unsettled)
+        settler = Settler(ledger, oversight, disk=disk, unsettled=path.unsettled, in_flight=path.in_flight)
         settler.start()
         queries = QueryService(catalog, governor, cache=cache)
         train = TrainProduct(catalog, governor, queries.grade_rules)

@@ -26,6 +26,7 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss
 from gateway.cli.client import error_details
+from gateway.path.settle import Settler
 from gateway.products.query.request import QueryRequest, fingerprint
 from gateway.release.accounting import reconcile
 from gateway.release.audit import AuditLog, AuditRecord
@@ -111,6 +112,60 @@ def test_a_dead_holders_reservation_is_settled_and_audited(env: Env) -> None:
     assert [e for e in _entries(settings.ledger_path) if e[1] == "dead-1" and e[2] == "charged"] == [
         ("analyst", "dead-1", "charged", 0.25, "privacy_gateway.v1.Recovery/SettleCharge")]
     assert reconcile(settings.ledger_path).ok
+
+
+def test_a_charge_is_audited_once_when_two_writers_settle_it(env: Env, tmp_path: Path) -> None:
+    """The settler settles a charge (its holder's lease lapsed) while the call that made it is still running;
+    the call then fails and its own entry arrives: the charge keeps exactly one entry recording it, the call's
+    entry records no cost, and the audit totals equal the ledger's."""
+    state = tmp_path / "state"
+    state.mkdir()
+    oversight = Oversight.open(state, env.settings.policy)
+    ledger = Ledger(state / "ledger.sqlite3")
+    try:
+        ledger.reserve(GrantKey("analyst", "registry", "testing"), request_id="twice", fingerprint="f",
+                       cost=PrivacyLoss(0.25), budget=PrivacyLoss(1000.0))
+        settler = Settler(Ledger(state / "ledger.sqlite3"), oversight, clock=lambda: time.time() + 60)
+        settler.run_once()  # the holder's lease lapsed: settled as failed, with its Recovery entry
+        assert settler.settled == 1
+        oversight.record_rpc(service="QueryService", method="RunQuery", code="ABORTED", request_id="twice",
+                             consumer="analyst", dataset="registry", purpose="testing", epsilon=0.25,
+                             charge="charged", reason="QUERY_EXECUTION_FAILED", duration_s=0.01)
+        entries = [e for e in _entries(state / "ledger.sqlite3") if e[1] == "twice"]
+        assert [(ch, eps, rpc.rsplit("/", 1)[1]) for _, _, ch, eps, rpc in entries] == [
+            ("charged", 0.25, "SettleCharge"), ("", 0.0, "RunQuery")]
+        result = reconcile(state / "ledger.sqlite3")
+        assert result.ok and not result.duplicated, result.to_json_obj()
+        assert oversight.audit.verify().ok
+    finally:
+        ledger.close()
+        oversight.close()
+
+
+def test_the_settler_leaves_a_running_calls_charge_to_that_call(env: Env, tmp_path: Path) -> None:
+    """A charge whose holder's lease lapsed (storage was down) but whose call is still running in this process
+    is not settled under it; once the call is gone it is."""
+    state = tmp_path / "state"
+    state.mkdir()
+    oversight = Oversight.open(state, env.settings.policy)
+    holder = Ledger(state / "ledger.sqlite3")
+    try:
+        holder.reserve(GrantKey("analyst", "registry", "testing"), request_id="running", fingerprint="f",
+                       cost=PrivacyLoss(0.5), budget=PrivacyLoss(1000.0))
+        in_flight = {("analyst", "running")}
+        settler = Settler(Ledger(state / "ledger.sqlite3"), oversight, clock=lambda: time.time() + 60,
+                          in_flight=in_flight)
+        settler.run_once()
+        assert settler.settled == 0
+        assert _charges(state / "ledger.sqlite3")[("analyst", "running")] == ("reserved", 0.5)
+        in_flight.clear()
+        settler.run_once()
+        assert settler.settled == 1
+        assert _charges(state / "ledger.sqlite3")[("analyst", "running")] == ("failed", 0.5)
+        assert reconcile(state / "ledger.sqlite3").ok
+    finally:
+        holder.close()
+        oversight.close()
 
 
 def test_an_audit_file_from_before_moves_into_the_ledger(env: Env, tmp_path: Path) -> None:
