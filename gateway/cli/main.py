@@ -142,7 +142,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
         Receipt.from_proto(resp.receipt).save(args.receipt_out)
     if args.json:
-        print(json_format.MessageToJson(resp))
+        import json
+
+        from pgw_client.results import result_from_proto
+
+        print(json.dumps(result_from_proto(resp).to_json_obj(), indent=2, ensure_ascii=False))
     else:
         print_answer(resp)
         if args.receipt_out:
@@ -389,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("query", "explain"):
         q = sub.add_parser(name, help=f"{'run' if name == 'query' else 'explain'} a DP SQL query")
-        add_client_args(q, help_json="print JSON instead of a table")
+        add_client_args(q, help_json=("print the answer as plain JSON (rows with value, _lower, _upper, _std; "
+                                      "charged, cached, replayed, receipt)" if name == "query"
+                                      else "print the plan as JSON"))
         q.add_argument("--dataset", required=True)
         q.add_argument("--purpose", required=True)
         loss = q.add_mutually_exclusive_group()

@@ -130,6 +130,39 @@ def test_query_receipt_round_trip_with_the_key_from_the_gateway(env: Env, gatewa
     assert pgw("receipt", "verify", str(as_json), *client(env, gateway)).returncode == 0
 
 
+def test_query_json_is_plain_json_in_the_client_librarys_shape(env: Env, gateway: Gateway) -> None:
+    """`pgw query --json`: numbers as numbers, one object per row (value, _lower, _upper, _std), the charge of this
+    request apart from the original cost, cached/replayed flags, the receipt; the keys are `Result.to_json_obj`'s
+    and a replay (same --request-id) says replayed with nothing charged."""
+    import json
+
+    from pgw_client import Client
+
+    rid = str(uuid.uuid4())
+    sql = fresh("SELECT sex, COUNT(*) AS n, AVG(income) AS mean FROM residents GROUP BY sex")
+    args = ["query", *client(env, gateway), "--dataset", "registry", "--purpose", "testing", "--epsilon", "0.4",
+            "--request-id", rid, "--json", sql]
+    first = pgw(*args)
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["request_id"] == rid and answer["cached"] is False and answer["replayed"] is False
+    assert answer["charged"]["epsilon"] == pytest.approx(0.4) == answer["original_cost"]["epsilon"]
+    assert [c["name"] for c in answer["columns"]] == ["sex", "n", "mean"]
+    assert {r["sex"] for r in answer["rows"]} == {"F", "M"}
+    for row in answer["rows"]:
+        assert set(row) == {"sex", "n", "n_lower", "n_upper", "n_std", "mean", "mean_lower", "mean_upper", "mean_std"}
+        assert isinstance(row["n"], int) and not isinstance(row["n"], bool)
+        assert all(isinstance(row[k], float) for k in ("n_lower", "n_upper", "n_std", "mean", "mean_std"))
+        assert row["n_lower"] <= row["n_upper"] and row["n_std"] > 0
+    assert answer["receipt"]["key_id"] and "payload_json" in answer["receipt"]
+    replay = json.loads(pgw(*args).stdout)
+    assert replay["replayed"] is True and replay["charged"]["epsilon"] == 0
+    assert replay["original_cost"]["epsilon"] == pytest.approx(0.4) and replay["rows"] == answer["rows"]
+    with Client(f"127.0.0.1:{gateway.port}", tls_dir=env.tls_dir, identity="analyst") as library:
+        same = library.query(sql, dataset="registry", purpose="testing", epsilon=0.4, request_id=rid)
+    assert json.loads(json.dumps(same.to_json_obj())) == replay
+
+
 @pytest.mark.slow
 def test_batch_receipts_verify_with_either_command(env: Env, gateway: Gateway, tmp_path: Path) -> None:
     """The JSON lines `verify-batch --receipts-out` writes are read by `pgw verify-receipt` and `pgw receipt
