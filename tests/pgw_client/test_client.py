@@ -54,8 +54,8 @@ max_epsilon_per_request = 10.0
 
 @pytest.fixture(scope="module")
 def gw(env: Env) -> Iterator[Gateway]:
-    """A gateway of its own: fresh budgets, a model grant, and one call at a time per identity (so a held call makes the next
-    one RESOURCE_EXHAUSTED with RetryInfo)."""
+    """A gateway of its own: fresh budgets, a model grant, and one call at a time per identity (so a held call makes
+    the next one RESOURCE_EXHAUSTED with RetryInfo)."""
     policy = env.root / "client-policy.toml"
     policy.write_text(TEST_POLICY + MODEL_GRANT)
     settings = dataclasses.replace(isolated_settings(env, "client"), max_calls_per_identity=1, queue_wait_ms=300,

@@ -42,8 +42,8 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.identifiers import resident_id_check_char
 from gateway.cli.client import error_details
+from gateway.exampledata.identifiers import resident_id_check_char
 from gateway.identity import certs
 from gateway.rpc import limits
 from gateway.rpc.methods import PROTO_FILES
