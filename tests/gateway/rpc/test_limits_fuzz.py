@@ -200,6 +200,8 @@ BASE: dict[str, tuple[str, Callable[[grpc.Channel], Any], Callable[[], Message]]
                          lambda: au_pb.ListAuditEntriesRequest(page_size=5, consumer="analyst")),
     "VerifyAuditLog": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).VerifyAuditLog,
                        au_pb.VerifyAuditLogRequest),
+    "ExportAuditLog": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).ExportAuditLog,
+                       lambda: au_pb.ExportAuditLogRequest(from_seq=1, max_entries=5)),
     "VerifyReceipt": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).VerifyReceipt,
                       lambda: au_pb.VerifyReceiptRequest(receipt_json="{}")),
     "ListMyRequests": ("analyst", lambda ch: au_grpc.AuditServiceStub(ch).ListMyRequests,
