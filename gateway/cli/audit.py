@@ -118,7 +118,7 @@ def _cmd_audit_verify_remote(args: argparse.Namespace) -> int:
     from gateway.cli.receipts import fetch_public_key
     from pgw_client.receipts import key_id_of_pem
 
-    stub = au_grpc.AuditServiceStub(channel_for_args(args))
+    stub = au_grpc.AuditServiceStub(channel_for_args(args))  # type: ignore[no-untyped-call]
     server = stub.VerifyAuditLog(au_pb.VerifyAuditLogRequest(require_sealed=args.require_sealed))
     if args.public_key:
         pem, source = Path(args.public_key).read_text(encoding="ascii"), f"pinned ({args.public_key})"

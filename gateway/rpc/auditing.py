@@ -64,8 +64,8 @@ class AuditServicer:
     """privacy_gateway.v1.AuditService."""
 
     SERVICE = "AuditService"
-    METHODS = ("ListAuditEntries", "VerifyAuditLog", "ExportAuditLog", "VerifyReceipt", "ListMyRequests", "GetMyReceipt",
-               "GetTransparencyReport")
+    METHODS = ("ListAuditEntries", "VerifyAuditLog", "ExportAuditLog", "VerifyReceipt", "ListMyRequests",
+               "GetMyReceipt", "GetTransparencyReport")
 
     def __init__(self, oversight: Oversight, governor: Governor, catalog: Callable[[], CatalogInfo], *,
                  publish_organizations: bool = False) -> None:
