@@ -7,6 +7,7 @@ GatewayError                         code                 ErrorInfo.reason
 ├── PermissionDeniedError            PERMISSION_DENIED    DATASET_ACCESS_DENIED, PURPOSE_NOT_GRANTED
 ├── PrivacyBudgetExhaustedError      RESOURCE_EXHAUSTED   PRIVACY_BUDGET_EXHAUSTED
 ├── OwnerCapIncompatibleError        FAILED_PRECONDITION  OWNER_CAP_INCOMPATIBLE
+├── AuditLogInvalidError             FAILED_PRECONDITION  AUDIT_LOG_INVALID (an export of a log that fails checks)
 ├── RequestIdConflictError           ALREADY_EXISTS       REQUEST_ID_REUSED
 ├── RequestInProgressError           ABORTED              REQUEST_IN_PROGRESS (+ RetryInfo)
 ├── RequestFailedError               ABORTED              QUERY_EXECUTION_FAILED (final: charged, failed)
@@ -37,6 +38,7 @@ from sandbox.errors import ConfigError
 
 __all__ = [
     "ERROR_DOMAIN",
+    "AuditLogInvalidError",
     "ConfigError",
     "DeadlineExceededError",
     "GatewayError",
@@ -125,6 +127,14 @@ class OwnerCapIncompatibleError(GatewayError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "OWNER_CAP_INCOMPATIBLE"
+
+
+class AuditLogInvalidError(GatewayError):
+    """The audit log fails verification within the range asked for: nothing is exported (VerifyAuditLog names
+    the problems)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "AUDIT_LOG_INVALID"
 
 
 class RequestIdConflictError(GatewayError):

@@ -11,18 +11,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway import assets
 from gateway.errors import ConfigError
 from sandbox.client import Endpoint, TlsEndpoint, TlsFiles, parse_address
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = assets.ROOT  # the repository in a source checkout (see gateway.assets)
 
 # name -> (default, help). Every setting is documented here and in docs/reference.md (a test checks both).
 SETTINGS: dict[str, tuple[Any, str]] = {
     "listen": ("127.0.0.1:50051", "host:port the gateway serves gRPC on (TLS, client certs required)"),
-    "policy": (ROOT / "policies" / "operator.toml", "the operator's policy file"),
-    "catalog": (ROOT / "policies" / "catalog.toml", "the data owner's catalog (read by the sandbox)"),
-    "data_dir": (None, "directory of the catalog's data files (default: the catalog's data_dir)"),
-    "state_dir": (ROOT / ".state", "durable state: ledger database, sandbox socket"),
+    "policy": (assets.policy_file(), "the operator's policy file (default: the shipped example)"),
+    "catalog": (assets.catalog_file(), "the data owner's catalog, read by the sandbox (default: the shipped example)"),
+    "data_dir": (None, "directory of the catalog's data files (default: the catalog's data_dir; for the shipped "
+                       "example catalog of an installed package, <home>/example-data)"),
+    "state_dir": (assets.default_state_dir(), "durable state: ledger database, sandbox socket (default: .state in "
+                                              "a source checkout; <home>/state when installed, see PGW_HOME)"),
     "storage_url": ("", "PostgreSQL URL (postgresql://...) for the ledger, audit log, governance state, release "
                         "cache and verification caps, shared by gateway replicas; empty: SQLite in state_dir"),
     "tls_dir": (None, "directory with ca.crt, server.crt, server.key (default: <state_dir>/certs)"),
@@ -160,6 +163,7 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
             raw = os.environ.get(f"PRIVACY_GATEWAY_{name.upper()}")
         values[name] = default if raw is None else _cast(name, default, raw)
     state = Path(values["state_dir"])
+    values["data_dir"] = values["data_dir"] or assets.data_dir_for(Path(values["catalog"]))
     values["tls_dir"] = values["tls_dir"] or state / "certs"
     values["sandbox_socket"] = values["sandbox_socket"] or state / "sandbox.sock"
     if values["storage_url"] and urlsplit(values["storage_url"]).scheme not in ("postgresql", "postgres"):

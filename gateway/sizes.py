@@ -15,6 +15,8 @@ __all__ = [
     "MAX_BATCH_MESSAGES",
     "MAX_COEFFICIENT",
     "MAX_EPSILON",
+    "MAX_EXPORT_BYTES",
+    "MAX_EXPORT_ENTRIES",
     "MAX_HALF_WIDTH",
     "MAX_MESSAGE_BYTES",
     "MAX_OUTPUT_ENTRIES",
@@ -55,4 +57,6 @@ MAX_BATCH_MESSAGES = MAX_BATCH + 1  # a header-only first message, then at least
 MAX_COEFFICIENT = 1e12
 MAX_SEQ = 2_000_000_000  # audit sequence numbers and alert ids (far above any log this gateway keeps)
 MAX_PAGE = 500  # audit entries per page
+MAX_EXPORT_ENTRIES = 10_000  # audit entries per ExportAuditLog page
+MAX_EXPORT_BYTES = MAX_MESSAGE_BYTES // 2  # an ExportAuditLog page's entries, so the whole page fits one message
 RECEIPT_CHARS = 65_536  # a receipt file (a few KiB in practice)

@@ -29,7 +29,7 @@ from pgw_client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pgw_client.models import Estimate, Model
+from pgw_client.models import Confusion, Estimate, Evaluation, Model
 from pgw_client.receipts import Receipt, load_receipts
 from pgw_client.results import Budget, Column, Dataset, Noise, PrivacyLoss, Result
 from pgw_client.tls import Credentials
@@ -45,10 +45,12 @@ __all__ = [
     "ClientSetupError",
     "Column",
     "Conflict",
+    "Confusion",
     "Credentials",
     "Dataset",
     "DeadlineExceeded",
     "Estimate",
+    "Evaluation",
     "Explanation",
     "GatewayError",
     "InternalError",

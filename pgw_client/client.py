@@ -40,7 +40,7 @@ from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
 from pgw_client.errors import GatewayError, Status, Unavailable, from_rpc_error
-from pgw_client.models import Model, model_from_proto
+from pgw_client.models import Evaluation, Model, evaluation_from_proto, model_from_proto
 from pgw_client.receipts import Receipt, key_id_of_pem
 from pgw_client.results import Budget, Dataset, PrivacyLoss, Result, result_from_proto
 from pgw_client.tls import ENV_TARGET, Credentials
@@ -90,6 +90,13 @@ class Check:
 
 def _loss(epsilon: float | None, delta: float, rho: float | None) -> common_pb.PrivacyLoss:
     return common_pb.PrivacyLoss(epsilon=epsilon or 0.0, delta=delta, rho=rho or 0.0)
+
+
+def _model_kind(kind: str) -> m_pb.ModelKind:
+    kinds = {"linear": m_pb.MODEL_KIND_LINEAR, "logistic": m_pb.MODEL_KIND_LOGISTIC}
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
+    return kinds[kind]
 
 
 def _param(v: Any) -> v_pb.ParamValue:
@@ -236,14 +243,40 @@ class Client:
         Raises:
             InvalidRequest, PermissionDenied, BudgetExhausted, ...: see `pgw_client.errors`.
         """
-        kinds = {"linear": m_pb.MODEL_KIND_LINEAR, "logistic": m_pb.MODEL_KIND_LOGISTIC}
-        if kind not in kinds:
-            raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
         resp = self._call(self._models.TrainModel, m_pb.TrainModelRequest(
             dataset=dataset, purpose=purpose, request_id=request_id or str(uuid.uuid4()), table=table,
             privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon, delta=delta), features=list(features),
-            label=label, kind=kinds[kind], iterations=iterations, learning_rate=learning_rate, clip=clip, l2=l2))
+            label=label, kind=_model_kind(kind), iterations=iterations, learning_rate=learning_rate, clip=clip,
+            l2=l2))
         return model_from_proto(resp)
+
+    def evaluate(self, model: Model | Mapping[str, float], *, table: str, label: str, dataset: str, purpose: str,
+                 epsilon: float, kind: str | None = None, intercept: float | None = None,
+                 thresholds: Iterable[float] = (), residual_bound: float = 0.0,
+                 request_id: str | None = None) -> Evaluation:
+        """DP metrics of a model on ``table`` inside the sandbox (EvaluateModel, under the caller's model grant,
+        charged ``epsilon`` and receipted like a query; retried with one request id).
+
+        ``model`` is a `Model` from ``train`` (its coefficients, intercept and kind are used) or the caller's own
+        coefficients by term (``"col"`` or ``"col=value"`` for a one-hot indicator) with ``kind`` and
+        ``intercept``. Linear: n, rmse, r2 (residuals clamped to ``residual_bound``, default the label's
+        range). Logistic: auc, n, positives and one confusion matrix per threshold.
+
+        Raises:
+            InvalidRequest, PermissionDenied, BudgetExhausted, ...: see `pgw_client.errors`.
+        """
+        if isinstance(model, Model):
+            coefficients = {term: e.value for term, e in model.coefficients.items()}
+            kind = kind or model.kind
+            intercept = model.intercept.value if intercept is None else intercept
+        else:
+            coefficients = dict(model)
+        resp = self._call(self._models.EvaluateModel, m_pb.EvaluateModelRequest(
+            dataset=dataset, purpose=purpose, request_id=request_id or str(uuid.uuid4()), table=table,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=epsilon), kind=_model_kind(kind or "linear"),
+            coefficients=[m_pb.Coefficient(term=t, value=float(v)) for t, v in coefficients.items()],
+            intercept=intercept or 0.0, label=label, thresholds=list(thresholds), residual_bound=residual_bound))
+        return evaluation_from_proto(resp)
 
     # -- budgets, catalog, keys -----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ budgets and datasets as plain records."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pgw_client.receipts import Receipt
@@ -108,6 +108,26 @@ class Result:
                     rec[f"{col.name}_std"] = n.std if n else None
             out.append(rec)
         return out
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The answer as plain JSON values (what ``pgw query --json`` prints): ``columns``; ``rows`` as
+        `records` (numbers as numbers; each noisy column followed by ``_lower``, ``_upper`` and ``_std``);
+        ``charged`` (this request) and ``original_cost``; the ``cached`` and ``replayed`` flags; ``request_id``,
+        ``dataset_version``, ``budget``, ``releases`` and the ``receipt`` as `Receipt.save` writes it (so
+        ``pgw receipt verify`` reads the whole output)."""
+        return {
+            "request_id": self.request_id,
+            "dataset_version": self.dataset_version,
+            "columns": [asdict(c) for c in self.columns],
+            "rows": self.records(),
+            "charged": asdict(self.charged),
+            "original_cost": asdict(self.original_cost),
+            "cached": self.cached,
+            "replayed": self.replayed,
+            "budget": asdict(self.budget),
+            "releases": [dict(r) for r in self.releases],
+            "receipt": self.receipt.to_json() if self.receipt is not None else None,
+        }
 
     def _flat_columns(self) -> list[tuple[str, str]]:
         cols = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.generate_data import generate
+from gateway.exampledata.generate import generate
 from gateway.identity import certs
 from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT, load_settings

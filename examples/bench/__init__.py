@@ -3,7 +3,7 @@ ledger costs of the gateway, side by side with plain DuckDB (the floor) and Smar
 
 Writes BENCHMARKS.md (table, exact command, machine facts) and bench-results.json (everything measured).
 
-* Data: `examples.generate_data` at each size, cached in `.bench/data/<size>/seed<seed>/` (git-ignored).
+* Data: `gateway.exampledata.generate` at each size, cached in `.bench/data/<size>/seed<seed>/` (git-ignored).
 * Systems, timed interleaved (every repetition runs every query on every system, in a rotating order,
   so machine noise hits all of them alike):
   - `gateway`: the real gRPC stubs over mTLS to a real gateway (started in this process) and its real

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from examples.bench.systems import without_caps
-from examples.generate_data import generate
+from gateway.exampledata.generate import generate
 from gateway.identity import certs
 from gateway.rpc.server import start_gateway
 from gateway.settings import ROOT, load_settings

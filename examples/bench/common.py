@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from examples.generate_data import generate
+from gateway.exampledata.generate import generate
 from gateway.settings import ROOT
 
 __all__ = ["BENCH_DIR", "CATALOG", "ensure_data", "fmt_ratio", "log", "ms", "pct", "quantile", "ratio", "summary"]

@@ -29,7 +29,7 @@ from privacy_gateway.v1 import common_pb2 as common_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
-from examples.generate_data import generate
+from gateway.exampledata.generate import generate
 from gateway.identity import certs
 from gateway.rpc.server import Gateway, start_gateway
 from gateway.settings import ROOT, load_settings

@@ -2,7 +2,7 @@
 
     python -m examples.bench.models [--people 1000000] [--reps 5]
 
-Data: `examples.generate_data` with 1M people, cached in `.bench/data/1000000/seed7` (the layout of
+Data: `gateway.exampledata.generate` with 1M people, cached in `.bench/data/1000000/seed7` (the layout of
 `make bench`). The sandbox engine runs
 in-process (the same code the sandbox process runs). References: the exact least squares / logistic fit
 on the same bounded, scaled data (the DP algorithms' noiseless target), and scikit-learn's non-private fit

@@ -3,7 +3,7 @@ the gateway's accuracy side by side with OpenDP's Context API and SmartNoise SQL
 
 Writes BENCHMARKS-accuracy.md (the table, machine facts, load average) and `.bench/accuracy-results.json`.
 
-* Data: `examples.generate_data` at each size (the same cache as `examples.bench`).
+* Data: `gateway.exampledata.generate` at each size (the same cache as `examples.bench`).
 * Systems, each on the same Parquet files, each query released `--reps` times (fresh noise every time):
   - `gateway`: real gRPC stubs over mTLS to a real gateway and sandbox process (`examples.bench.systems`),
     epsilon 1 per query, delta 1e-6 where keys are selected privately;

@@ -1,4 +1,5 @@
-"""`pgw audit ...`, `pgw receipt verify`, `pgw keys export`: operator and auditor commands (no gRPC).
+"""`pgw audit ...`, `pgw receipt verify`, `pgw keys export`: operator and auditor commands, on the gateway's state
+directory or, with client options (`--target`, `--as`), against a running gateway.
 
 ``register(subparsers)`` adds the commands to ``pgw``'s parser (wired in ``gateway/cli/main.py``). Every
 command prints readable text, or JSON with ``--json``; exit status 0 means valid, 1 invalid or failed.
@@ -66,10 +67,105 @@ def _print_report(report: VerifyReport, as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
+def _remote(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "identity", None) or getattr(args, "target", None))
+
+
+def _export_pages(args: argparse.Namespace, stub: Any, pem: str, workdir: Path) -> dict[str, Any]:
+    """Fetch the whole log as signed export pages (ExportAuditLog) and verify each one here, against ``pem``, and
+    that each page continues the chain of the one before it."""
+    from privacy_gateway.v1 import audit_service_pb2 as au_pb
+
+    from gateway.release.audit import verify_export
+
+    problems: list[str] = []
+    pages = entries = seals = 0
+    start, target, through, last_hash = 1, None, 0, None
+    while True:
+        resp = stub.ExportAuditLog(au_pb.ExportAuditLogRequest(from_seq=start, max_entries=args.page_entries))
+        target = resp.last_seq if target is None else target
+        if resp.to_seq == 0:
+            break
+        path = workdir / f"page-{pages + 1}.jsonl"
+        path.write_bytes(resp.export)
+        report = verify_export(path, pem)
+        pages, entries, seals = pages + 1, entries + report.entries, seals + report.seals
+        problems += [f"seq {p.seq if p.seq is not None else '-'}: {p.kind}: {p.detail}" for p in report.problems]
+        records = [json.loads(line) for line in resp.export.splitlines() if line.strip()]
+        chain = [r for r in records if r.get("type") == "entry"]
+        if chain and last_hash is not None and chain[0].get("prev_hash") != last_hash:
+            problems.append(f"seq {chain[0].get('seq')}: broken_chain: page {pages} does not continue page "
+                            f"{pages - 1}")
+        last_hash = chain[-1].get("hash") if chain else last_hash
+        through = resp.to_seq
+        if resp.to_seq >= target:
+            break
+        start = resp.to_seq + 1
+    return {"ok": not problems and entries == through, "entries": entries, "through_seq": through, "seals": seals,
+            "pages": pages, "problems": problems[:100]}
+
+
+def _cmd_audit_verify_remote(args: argparse.Namespace) -> int:
+    """VerifyAuditLog (the gateway's own check: chain, MACs, seals, ledger accounting), then the whole log fetched
+    as signed pages (ExportAuditLog) and verified here against the gateway's public key: pinned with
+    --public-key, else fetched from KeyService."""
+    import tempfile
+
+    from privacy_gateway.v1 import audit_service_pb2 as au_pb
+    from privacy_gateway.v1 import audit_service_pb2_grpc as au_grpc
+
+    from gateway.cli.client import channel_for_args
+    from gateway.cli.receipts import fetch_public_key
+    from pgw_client.receipts import key_id_of_pem
+
+    stub = au_grpc.AuditServiceStub(channel_for_args(args))  # type: ignore[no-untyped-call]
+    server = stub.VerifyAuditLog(au_pb.VerifyAuditLogRequest(require_sealed=args.require_sealed))
+    if args.public_key:
+        pem, source = Path(args.public_key).read_text(encoding="ascii"), f"pinned ({args.public_key})"
+        key_id = key_id_of_pem(pem)
+    else:
+        key_id, pem = fetch_public_key(args)
+        source = "fetched from the gateway (KeyService)"
+    local: dict[str, Any] = {"ok": False, "problems": ["not checked: the gateway reports problems"]}
+    if server.chain_ok:
+        with tempfile.TemporaryDirectory(prefix="pgw-audit-") as tmp:
+            local = _export_pages(args, stub, pem, Path(tmp))
+    local.update(key_id=key_id, key=source)
+    ok = server.chain_ok and server.accounts_ok and bool(local["ok"])
+    if args.json:
+        gateway: dict[str, Any] = {f.name: getattr(server, f.name) for f in server.DESCRIPTOR.fields}
+        gateway.update({k: list(gateway[k]) for k in ("unaudited", "unmatched", "different", "duplicated")})
+        gateway["problems"] = [{"seq": p.seq, "kind": p.kind, "detail": p.detail} for p in server.problems]
+        print(json.dumps({"ok": ok, "gateway": gateway, "independent": local}, indent=2))
+        return 0 if ok else 1
+    print(f"{'OK' if server.chain_ok else 'FAILED'}: the gateway's check of its log: {server.entries} entries, "
+          f"{server.seals} seals, sealed through seq {server.sealed_through}")
+    for p in server.problems:
+        print(f"  seq {p.seq or '-'}: {p.kind}: {p.detail}")
+    print(f"{'OK' if server.accounts_ok else 'FAILED'}: the log accounts for {server.charges} settled charges of "
+          f"the ledger ({server.grant_months} grant-months; {server.in_flight} in flight)")
+    for what, items in (("charged, not audited", server.unaudited), ("audited, not in the ledger", server.unmatched),
+                        ("audited with another cost", server.different), ("audited twice", server.duplicated)):
+        if items:
+            print(f"  {what}: {len(items)} (e.g. {', '.join(list(items)[:3])})")
+    if local["ok"]:
+        print(f"OK: verified here: entries 1..{local['through_seq']} in {local['pages']} signed page(s), "
+              f"{local['seals']} seals, under key {key_id} {source}")
+    else:
+        print(f"FAILED: verified here under key {key_id} {source}:")
+        for problem in local["problems"]:
+            print(f"  {problem}")
+    return 0 if ok else 1
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify the whole audit log: chain, entry MACs and seals; and that it accounts for every charge of the
-    ledger (one entry per settled charge, with its cost; totals per grant and month equal)."""
+    ledger (one entry per settled charge, with its cost; totals per grant and month equal). With client options,
+    against a running gateway (`_cmd_audit_verify_remote`)."""
     from gateway.release.accounting import reconcile
+
+    if _remote(args):
+        return _cmd_audit_verify_remote(args)
 
     with _open_audit(args) as audit:
         report = audit.verify(require_sealed=args.require_sealed)
@@ -172,18 +268,24 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Adds ``audit``, ``receipt`` and ``keys`` to pgw's subparsers (``parser.add_subparsers()``)."""
 
-    def common(p: argparse.ArgumentParser, state: bool = True) -> None:
+    def common(p: argparse.ArgumentParser, state: bool = True, json: bool = True) -> None:
         if state:
             p.add_argument("--state-dir", help="the gateway's state directory (default: settings)")
             p.add_argument("--storage-url", help="the gateway's PostgreSQL storage (default: the storage_url "
                                                  "setting; empty: SQLite in the state directory)")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        if json:
+            p.add_argument("--json", action="store_true", help="print JSON")
 
     audit = subparsers.add_parser("audit", help="verify and export the signed audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     v = audit_sub.add_parser("verify", help="verify the hash chain, entry MACs and seals, and that the log accounts "
-                                            "for every charge of the ledger")
-    common(v)
+                                            "for every charge of the ledger: in the state directory, or with "
+                                            "--target/--as against a running gateway (as an auditor)")
+    common(v, json=False)
+    add_client_args(v, help_json="print JSON")
+    v.add_argument("--public-key", help="with --target/--as: the gateway's public key PEM to verify the exported "
+                                        "log against (pgw keys export); default: fetched from the gateway")
+    v.add_argument("--page-entries", type=int, default=0, help=argparse.SUPPRESS)  # export page size (tests)
     v.add_argument("--require-sealed", action="store_true", help="treat unsealed entries as a failure")
     v.set_defaults(func=cmd_audit_verify)
     e = audit_sub.add_parser("export", help="export a range as JSONL with seals and the public key")

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
-from gateway.settings import ROOT
+from gateway import assets
 
+ROOT = assets.ROOT
 DEMO_DIR = ROOT / ".demo"
-DATA_DIR = ROOT / "examples" / "data"
+DATA_DIR = assets.example_data_dir()
 PEOPLE = 20_000
 DATA_FILES = ("residents.parquet", "enterprises.parquet", "social_insurance.parquet", "regions.parquet")
 READY_TIMEOUT_S = 120.0
@@ -22,9 +23,19 @@ def _step(text: str) -> None:
 
 
 def run_demo() -> int:
-    """Run the demo end to end; return the client's exit status."""
+    """Run the demo end to end; return the client's exit status.
+
+    Raises:
+        ClientSetupError: not a source checkout (the demo's client session is examples/client.py).
+    """
+    if not assets.SOURCE_CHECKOUT:
+        from pgw_client.errors import ClientSetupError
+
+        raise ClientSetupError("pgw demo runs examples/client.py, which only a source checkout has (git clone, then "
+                               "make demo); with the installed package: pgw serve --dev in one terminal, then "
+                               "pgw query --as acme-bank-analyst ... (docs/analyst.md)")
     started = time.monotonic()
-    from examples.generate_data import generate
+    from gateway.exampledata.generate import generate
     from gateway.identity import certs
     from gateway.policy.policy import load_policy
 
@@ -35,7 +46,7 @@ def run_demo() -> int:
     tls_dir = DEMO_DIR / "certs"
     state_dir = DEMO_DIR / "state"
     _step(f"development certificates (CA, server, one per consumer) in {tls_dir}")
-    policy = load_policy(ROOT / "policies" / "operator.toml")
+    policy = load_policy(assets.policy_file())
     certs.write_dev_pki(tls_dir, clients=policy.identities)  # issue-gov
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh ledger: the demo starts with full budgets
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import assets
 from gateway.cli import audit as cli_governance
 from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
-from gateway.cli.serve import ROOT, cmd_serve
+from gateway.cli.serve import DEV_DATA_PEOPLE, cmd_serve
 from gateway.cli.tables import format_table
 
 if TYPE_CHECKING:
@@ -142,7 +143,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
         Receipt.from_proto(resp.receipt).save(args.receipt_out)
     if args.json:
-        print(json_format.MessageToJson(resp))
+        import json
+
+        from pgw_client.results import result_from_proto
+
+        print(json.dumps(result_from_proto(resp).to_json_obj(), indent=2, ensure_ascii=False))
     else:
         print_answer(resp)
         if args.receipt_out:
@@ -288,7 +293,7 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
 
     policy = load_policy(Path(args.policy))
     data_dir = args.data_dir or os.environ.get("PRIVACY_GATEWAY_DATA_DIR")  # the serve setting of the same name
-    catalog = load_catalog(Path(args.catalog), Path(data_dir) if data_dir else None)
+    catalog = load_catalog(Path(args.catalog), Path(data_dir) if data_dir else assets.data_dir_for(Path(args.catalog)))
     gov = policy.governance  # counted as `pgw admin reload` counts the same file
     counts = (f"{gov.schema}: {len(gov.organizations)} organisations, {len(gov.grants)} grants" if gov is not None
               else f"{len(policy.consumers)} consumers, {len(policy.grants)} grants")
@@ -299,11 +304,25 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     problems = data_file_problems(catalog)
     for problem in problems:
         print(problem, file=sys.stderr)
+    if problems and not data_dir and Path(args.catalog).resolve() == assets.catalog_file().resolve():
+        print(f"the example catalog's data is generated, not shipped: pgw example-data (writes "
+              f"{catalog.data_dir}), or pgw serve --dev", file=sys.stderr)
     if problems:
         return 2
     tables = sum(len(d.tables) for d in catalog.datasets)
     print(f"{args.catalog}: ok ({len(catalog.datasets)} datasets; {tables} data files in {catalog.data_dir} "
           "have every declared column)")
+    return 0
+
+
+def cmd_example_data(args: argparse.Namespace) -> int:
+    """Generate the synthetic example registry (deterministic for a seed) as Parquet files."""
+    from gateway.exampledata.generate import generate
+
+    out = Path(args.out)
+    print(f"generating the example registry ({args.people:,} people, seed {args.seed}) in {out}", flush=True)
+    for name, rows in generate(out, args.people, seed=args.seed).items():
+        print(f"  {name}: {rows:,} rows")
     return 0
 
 
@@ -389,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("query", "explain"):
         q = sub.add_parser(name, help=f"{'run' if name == 'query' else 'explain'} a DP SQL query")
-        add_client_args(q, help_json="print JSON instead of a table")
+        add_client_args(q, help_json=("print the answer as plain JSON (rows with value, _lower, _upper, _std; "
+                                      "charged, cached, replayed, receipt)" if name == "query"
+                                      else "print the plan as JSON"))
         q.add_argument("--dataset", required=True)
         q.add_argument("--purpose", required=True)
         loss = q.add_mutually_exclusive_group()
@@ -438,15 +459,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_certs)
 
     k = sub.add_parser("check-policy", help="validate the policy and catalog files")
-    k.add_argument("--policy", default=str(ROOT / "policies" / "operator.toml"))
-    k.add_argument("--catalog", default=str(ROOT / "policies" / "catalog.toml"))
+    k.add_argument("--policy", default=str(assets.policy_file()), help="default: the shipped example")
+    k.add_argument("--catalog", default=str(assets.catalog_file()), help="default: the shipped example")
     k.add_argument("--data-dir", help="where the catalog's files are (default: $PRIVACY_GATEWAY_DATA_DIR, "
-                                         "then the catalog's data_dir)")
+                                         "then the catalog's data_dir; the shipped example catalog's data is where "
+                                         "pgw example-data writes it)")
     k.add_argument("--no-data", action="store_true", help="check the files' syntax only, not the data files")
     k.set_defaults(func=cmd_check_policy)
 
     from gateway.cli import models as cli_models  # pgw train / pgw evaluate
     cli_models.register(sub)
+
+    x = sub.add_parser("example-data", help="generate the synthetic registry the example catalog describes")
+    x.add_argument("--out", default=str(assets.example_data_dir()),
+                   help=f"the directory (default: where the example catalog looks, {assets.example_data_dir()})")
+    x.add_argument("--people", type=_positive_int, default=DEV_DATA_PEOPLE,
+                   help=f"residents to generate (default {DEV_DATA_PEOPLE:,}; 10,000,000 for a benchmark)")
+    x.add_argument("--seed", type=int, default=7)
+    x.set_defaults(func=cmd_example_data)
 
     m = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
     m.set_defaults(func=cmd_demo)

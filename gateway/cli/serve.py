@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-# The repository root (policies/, examples/); gateway.settings says the same, but importing it costs grpc.
-ROOT = Path(__file__).resolve().parents[2]
+from gateway import assets
+
 DEV_DATA_PEOPLE = 20_000
 DATA_FILES = ("residents.parquet", "enterprises.parquet", "social_insurance.parquet", "regions.parquet")
 
@@ -22,11 +22,11 @@ def _ensure_dev_assets(settings_tls: Path, policy_path: Path, data_dir: Path | N
 
     policy = load_policy(policy_path)
     certs.write_dev_pki(settings_tls, clients=policy.identities)  # issue-gov: operators too
-    target = data_dir or ROOT / "examples" / "data"
+    target = data_dir or assets.example_data_dir()
     if not all((target / f).exists() for f in DATA_FILES):
-        from examples.generate_data import generate
+        from gateway.exampledata.generate import generate
 
-        print(f">> generating example data ({DEV_DATA_PEOPLE} people) in {target}", flush=True)
+        print(f">> generating example data ({DEV_DATA_PEOPLE:,} people) in {target}", flush=True)
         generate(target, DEV_DATA_PEOPLE)
 
 

@@ -15,7 +15,9 @@ only when the operator publishes them (`publish_organizations`).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from privacy_gateway.v1 import audit_service_pb2 as au_pb
@@ -23,20 +25,22 @@ from privacy_gateway.v1 import model_service_pb2 as m_pb
 from privacy_gateway.v1 import query_service_pb2 as q_pb
 
 from gateway.budgets.governor import Governor
-from gateway.errors import InvalidArgumentError, NotFoundError
+from gateway.errors import AuditLogInvalidError, InvalidArgumentError, NotFoundError
 from gateway.path.calls import Call
 from gateway.policy.periods import RHO_UNITS, from_units, rfc3339
 from gateway.release.accounting import reconcile
-from gateway.release.audit import AuditEntry
+from gateway.release.audit import AuditEntry, AuditIntegrityError
 from gateway.release.oversight import Oversight
 from gateway.release.receipts import Receipt, verify_receipt
 from gateway.release.signing import public_key_id
 from gateway.rpc.interceptor import Body
+from gateway.sizes import MAX_EXPORT_BYTES
 from sandbox.protocol.messages import CatalogInfo
 
 __all__ = ["AuditServicer"]
 
 DEFAULT_PAGE = 50
+DEFAULT_EXPORT_ENTRIES = 1000
 MAX_LISTED = 20  # of each kind of accounting difference
 MAX_PROBLEMS = 100
 # The stored answer's message type, by the RPC that released it (for GetMyReceipt).
@@ -60,8 +64,8 @@ class AuditServicer:
     """privacy_gateway.v1.AuditService."""
 
     SERVICE = "AuditService"
-    METHODS = ("ListAuditEntries", "VerifyAuditLog", "VerifyReceipt", "ListMyRequests", "GetMyReceipt",
-               "GetTransparencyReport")
+    METHODS = ("ListAuditEntries", "VerifyAuditLog", "ExportAuditLog", "VerifyReceipt", "ListMyRequests",
+               "GetMyReceipt", "GetTransparencyReport")
 
     def __init__(self, oversight: Oversight, governor: Governor, catalog: Callable[[], CatalogInfo], *,
                  publish_organizations: bool = False) -> None:
@@ -102,6 +106,30 @@ class AuditServicer:
             grant_months=len(accounts.grants), in_flight=accounts.in_flight,
             unaudited=accounts.unaudited[:MAX_LISTED], unmatched=accounts.unmatched[:MAX_LISTED],
             different=accounts.different[:MAX_LISTED], duplicated=accounts.duplicated[:MAX_LISTED])
+
+    def ExportAuditLog(self, request: au_pb.ExportAuditLogRequest, call: Call) -> au_pb.ExportAuditLogResponse:
+        """A signed export of entries from ``from_seq`` on (sealed at its end), at most ``max_entries`` of them and
+        no more than fit one message."""
+        audit = self.oversight.audit
+        last = audit.last_seq()
+        first = max(request.from_seq, 1)
+        if first > last:
+            return au_pb.ExportAuditLogResponse(from_seq=first, to_seq=0, last_seq=last)
+        end = min(last, first + (request.max_entries or DEFAULT_EXPORT_ENTRIES) - 1)
+        size = 0
+        for entry in audit.entries(first, end):  # stop where the page would outgrow one message
+            size += len(json.dumps(entry.to_json_obj())) + 400  # the entry, and room for a seal line
+            if size > MAX_EXPORT_BYTES and entry.seq > first:
+                end = entry.seq - 1
+                break
+        with tempfile.TemporaryDirectory(prefix="pgw-audit-export-") as tmp:
+            try:
+                out = audit.export(first, end, Path(tmp) / "export.jsonl")
+            except AuditIntegrityError as exc:
+                raise AuditLogInvalidError(f"the audit log fails verification: {exc}; VerifyAuditLog names every "
+                                           "problem", toSeq=str(end)) from exc
+            data = out.read_bytes()
+        return au_pb.ExportAuditLogResponse(export=data, from_seq=first, to_seq=end, last_seq=last)
 
     # -- any member ---------------------------------------------------------------------------------
 

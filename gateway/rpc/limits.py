@@ -34,6 +34,7 @@ from gateway.sizes import (
     MAX_BATCH_MESSAGES,
     MAX_COEFFICIENT,
     MAX_EPSILON,
+    MAX_EXPORT_ENTRIES,
     MAX_HALF_WIDTH,
     MAX_OUTPUT_ENTRIES,
     MAX_PAGE,
@@ -186,6 +187,8 @@ LIMITS: dict[str, Limit] = {
        for m in ("ListAuditEntriesRequest", "ListMyRequestsRequest")},
     "ListAuditEntriesRequest.consumer": _NAME,
     "VerifyAuditLogRequest.require_sealed": _FLAG,
+    "ExportAuditLogRequest.from_seq": _number(0, MAX_SEQ, integer=True, what="; 0: the first"),
+    "ExportAuditLogRequest.max_entries": _number(0, MAX_EXPORT_ENTRIES, integer=True, what="; 0: 1000"),
     "VerifyReceiptRequest.receipt_json": _text(RECEIPT_CHARS),
     "GetMyReceiptRequest.request_id": _text(REQUEST_ID_CHARS),
     # VerificationService

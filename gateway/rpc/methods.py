@@ -100,6 +100,7 @@ _ACCESS: dict[tuple[str, str], tuple[frozenset[str], Product | None]] = {
     ("AdminService", "AcknowledgeAlert"): (_OPERATOR, None),
     ("AuditService", "ListAuditEntries"): (_AUDITOR, None),
     ("AuditService", "VerifyAuditLog"): (_AUDITOR, None),
+    ("AuditService", "ExportAuditLog"): (_AUDITOR, None),
     ("AuditService", "VerifyReceipt"): (_ANY_MEMBER, None),
     ("AuditService", "ListMyRequests"): (_CONSUMER, None),
     ("AuditService", "GetMyReceipt"): (_CONSUMER, None),

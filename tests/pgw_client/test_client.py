@@ -35,19 +35,31 @@ from pgw_client import (
     Unavailable,
     load_receipts,
 )
-from tests.helpers import Env, channel_for, fresh, isolated_settings
+from tests.helpers import TEST_POLICY, Env, channel_for, fresh, isolated_settings
 
 pytestmark = [pytest.mark.integration]
 
 COUNT = "SELECT COUNT(*) AS n FROM residents"
+MODEL_GRANT = """
+[[model_grants]]
+consumer = "analyst"
+dataset = "registry"
+purpose = "testing"
+table = "residents"
+features = ["birth_year", "employed"]
+labels = ["income"]
+max_epsilon_per_request = 10.0
+"""
 
 
 @pytest.fixture(scope="module")
 def gw(env: Env) -> Iterator[Gateway]:
-    """A gateway of its own: fresh budgets, and one call at a time per identity (so a held call makes the next
-    one RESOURCE_EXHAUSTED with RetryInfo)."""
+    """A gateway of its own: fresh budgets, a model grant, and one call at a time per identity (so a held call makes
+    the next one RESOURCE_EXHAUSTED with RetryInfo)."""
+    policy = env.root / "client-policy.toml"
+    policy.write_text(TEST_POLICY + MODEL_GRANT)
     settings = dataclasses.replace(isolated_settings(env, "client"), max_calls_per_identity=1, queue_wait_ms=300,
-                                   stream_message_timeout_ms=1500)
+                                   stream_message_timeout_ms=1500, policy=policy)
     g = start_gateway(settings)
     yield g
     g.stop()
@@ -148,6 +160,37 @@ def test_verification_receipts_of_one_check_and_a_batch_verify(client: Client, e
     assert len(loaded) == 4 and all(r.verify(pem) for r in loaded)
     bad = dataclasses.replace(loaded[1], leaf_index=2)
     assert not bad.verify(pem)
+
+
+def test_train_then_evaluate_through_the_model_grant(client: Client) -> None:
+    """evaluate() takes the Model train() returned (or coefficients by term): DP metrics from the sandbox, charged
+    exactly its epsilon to the model grant with a receipt that verifies; the same request id replays it without
+    a second charge; a term the grant does not allow is refused before any charge."""
+    model = client.train(table="residents", features=["birth_year", "employed"], label="income",
+                         dataset="registry", purpose="testing", epsilon=2.0)
+    assert set(model.coefficients) == {"birth_year", "employed"} and model.charged.epsilon == pytest.approx(2.0)
+    rid = str(uuid.uuid4())
+    first = client.evaluate(model, table="residents", label="income", dataset="registry", purpose="testing",
+                            epsilon=1.0, request_id=rid)
+    assert first.kind == "linear" and {"n", "rmse", "r2"} <= set(first.metrics)
+    assert first.metrics["n"].value > 0 and not first.replayed
+    assert first.charged.epsilon == pytest.approx(1.0)
+    assert first.budget.spent.epsilon - model.budget.spent.epsilon == pytest.approx(1.0)
+    assert first.receipt is not None and first.receipt.request_id == rid
+    assert first.receipt.verify(client.public_key()[1])
+    again = client.evaluate({t: e.value for t, e in model.coefficients.items()}, kind="linear",
+                            intercept=model.intercept.value, table="residents", label="income", dataset="registry",
+                            purpose="testing", epsilon=1.0, request_id=rid)
+    assert again.replayed and again.charged.epsilon == 0 and again.original_cost.epsilon == pytest.approx(1.0)
+    assert again.budget.spent.epsilon == pytest.approx(first.budget.spent.epsilon)
+    assert again.metrics == first.metrics
+    with pytest.raises(InvalidRequest) as info:
+        client.evaluate({"income": 1.0}, kind="linear", table="residents", label="income", dataset="registry",
+                        purpose="testing", epsilon=1.0)
+    assert info.value.reason == "FEATURE_NOT_ALLOWED", info.value
+    with pytest.raises(ValueError, match="kind must be one of"):
+        client.evaluate({"birth_year": 1.0}, kind="tree", table="residents", label="income", dataset="registry",
+                        purpose="testing", epsilon=1.0)
 
 
 def test_datasets_and_budget_are_plain_records(client: Client) -> None:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def test_a_foreign_certificate_is_refused_before_connecting(env: Env, tmp_path: 
                    "analyst.crt: the certificate was not issued by the CA")
 
 
-def test_an_expired_certificate_says_so_and_how_to_renew(env: Env, tmp_path: Path) -> None:
+def _expired_identity(env: Env, tmp_path: Path) -> Path:
+    """A TLS directory with the CA and a certificate `old` of that CA that expired yesterday."""
     ca_key = serialization.load_pem_private_key((env.tls_dir / "ca.key").read_bytes(), password=None)
     ca = x509.load_pem_x509_certificate((env.tls_dir / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
@@ -86,8 +88,43 @@ def test_an_expired_certificate_says_so_and_how_to_renew(env: Env, tmp_path: Pat
     (d / "old.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (d / "old.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
+    return d
+
+
+def test_an_expired_certificate_says_so_and_how_to_renew(env: Env, tmp_path: Path) -> None:
+    d = _expired_identity(env, tmp_path)
     one_line_error(pgw("budget", "--tls-dir", str(d), "--as", "old"), 2, "old.crt: the certificate expired on",
                    "pgw certs --renew")
+
+
+def test_the_server_logs_why_a_handshake_failed(env: Env, gateway: Gateway, tmp_path: Path,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """A client that skips the checks `pgw` makes (a certificate of another CA, an expired one) is refused in the
+    TLS handshake, and the server's log says why (gRPC's TLS layer writes the line to the server's stderr)."""
+    import ssl
+
+    expired = _expired_identity(env, tmp_path)
+    for cert, key, why in ((env.foreign_tls_dir / "analyst.crt", env.foreign_tls_dir / "analyst.key",
+                            "unable to get local issuer certificate"),
+                           (expired / "old.crt", expired / "old.key", "certificate has expired")):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(env.tls_dir / "ca.crt")
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+            try:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                    assert tls.recv(64) == b""  # TLS 1.3: the refusal arrives after the client's handshake ends
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                pass
+        logged = ""
+        for _ in range(50):
+            logged += capfd.readouterr().err
+            if why in logged:
+                break
+            time.sleep(0.1)
+        assert "Handshake failed" in logged and "CERTIFICATE_VERIFY_FAILED" in logged and why in logged, logged
 
 
 def test_an_unreachable_gateway_says_what_to_check(env: Env) -> None:
@@ -128,6 +165,83 @@ def test_query_receipt_round_trip_with_the_key_from_the_gateway(env: Env, gatewa
     as_json.write_text(pgw("query", *client(env, gateway), "--dataset", "registry", "--purpose", "testing",
                            "--epsilon", "0.1", "--json", fresh("SELECT COUNT(*) AS n FROM residents")).stdout)
     assert pgw("receipt", "verify", str(as_json), *client(env, gateway)).returncode == 0
+
+
+def test_query_json_is_plain_json_in_the_client_librarys_shape(env: Env, gateway: Gateway) -> None:
+    """`pgw query --json`: numbers as numbers, one object per row (value, _lower, _upper, _std), the charge of this
+    request apart from the original cost, cached/replayed flags, the receipt; the keys are `Result.to_json_obj`'s
+    and a replay (same --request-id) says replayed with nothing charged."""
+    import json
+
+    from pgw_client import Client
+
+    rid = str(uuid.uuid4())
+    sql = fresh("SELECT sex, COUNT(*) AS n, AVG(income) AS mean FROM residents GROUP BY sex")
+    args = ["query", *client(env, gateway), "--dataset", "registry", "--purpose", "testing", "--epsilon", "0.4",
+            "--request-id", rid, "--json", sql]
+    first = pgw(*args)
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["request_id"] == rid and answer["cached"] is False and answer["replayed"] is False
+    assert answer["charged"]["epsilon"] == pytest.approx(0.4) == answer["original_cost"]["epsilon"]
+    assert [c["name"] for c in answer["columns"]] == ["sex", "n", "mean"]
+    assert {r["sex"] for r in answer["rows"]} == {"F", "M"}
+    for row in answer["rows"]:
+        assert set(row) == {"sex", "n", "n_lower", "n_upper", "n_std", "mean", "mean_lower", "mean_upper", "mean_std"}
+        assert isinstance(row["n"], int) and not isinstance(row["n"], bool)
+        assert all(isinstance(row[k], float) for k in ("n_lower", "n_upper", "n_std", "mean", "mean_std"))
+        assert row["n_lower"] <= row["n_upper"] and row["n_std"] > 0
+    assert answer["receipt"]["key_id"] and "payload_json" in answer["receipt"]
+    replay = json.loads(pgw(*args).stdout)
+    assert replay["replayed"] is True and replay["charged"]["epsilon"] == 0
+    assert replay["original_cost"]["epsilon"] == pytest.approx(0.4) and replay["rows"] == answer["rows"]
+    with Client(f"127.0.0.1:{gateway.port}", tls_dir=env.tls_dir, identity="analyst") as library:
+        same = library.query(sql, dataset="registry", purpose="testing", epsilon=0.4, request_id=rid)
+    assert json.loads(json.dumps(same.to_json_obj())) == replay
+
+
+def test_cli_details_environment_sql_file_cached_counts_units_and_lookup_tables(env: Env, gateway: Gateway,
+                                                                              tmp_path: Path) -> None:
+    """The smaller friction points, through a shell's eyes: $PGW_TARGET/$PGW_TLS_DIR/$PGW_IDENTITY stand in for
+    the options; SQL from @FILE; count intervals are whole numbers, right-aligned; a repeated query is answered
+    from the cache and says it charged nothing; explain names the unit of each ±95% (with --accuracy); datasets
+    shows descriptions, bounds and domains, and a lookup table as such."""
+    import re
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PGW_")}
+    environ.update(PYTHONPATH=str(ROOT), PGW_TARGET=f"127.0.0.1:{gateway.port}", PGW_TLS_DIR=str(env.tls_dir),
+                   PGW_IDENTITY="analyst")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path, env=environ)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+        return out
+
+    sql = tmp_path / "count.sql"
+    sql.write_text(fresh("SELECT sex, COUNT(*) AS n FROM residents GROUP BY sex") + "\n")
+    first = run("query", "--dataset", "registry", "--purpose", "testing", "--epsilon", "0.5", f"@{sql}").stdout
+    lines = first.splitlines()
+    header = lines[0]
+    intervals = re.findall(r"\[(-?[\d,]+(?:\.\d+)?), (-?[\d,]+(?:\.\d+)?)\]", first)
+    assert len(intervals) == 2 and all("." not in a + b for a, b in intervals), first
+    ends = {len(line.split("[")[0].rstrip()) for line in lines[2:4]}  # the n column ends in one place
+    assert len(ends) == 1 and header.split()[:2] == ["sex", "n"], first
+    assert "charged epsilon 0.5000" in first
+    again = run("query", "--dataset", "registry", "--purpose", "testing", "--epsilon", "0.5", f"@{sql}").stdout
+    assert "charged nothing (cached: an earlier release of the same query)" in again, again
+
+    explained = run("explain", "--dataset", "registry", "--purpose", "testing", "--accuracy", "40",
+                    "SELECT COUNT(*) AS n FROM residents").stdout
+    assert "±95% in" in explained and re.search(r"\brows\b", explained), explained
+    units = run("explain", "--dataset", "registry", "--purpose", "testing", "--epsilon", "1",
+                "SELECT SUM(income) AS total FROM residents").stdout
+    assert "the sum's units" in units, units
+
+    listed = run("datasets").stdout
+    assert "public lookup table" in listed and "at most 0 row" not in listed, listed
+    assert "Resident registry" in listed and re.search(r"income .*\[0, \d", listed), listed
+    assert re.search(r"sex .*\bF, M\b", listed), listed
 
 
 @pytest.mark.slow

@@ -289,6 +289,8 @@ CALLS: dict[tuple[str, str], Call] = {
         au_pb.ListAuditEntriesRequest(page_size=5), timeout=60),
     ("AuditService", "VerifyAuditLog"): lambda ch, g: au_grpc.AuditServiceStub(ch).VerifyAuditLog(
         au_pb.VerifyAuditLogRequest(), timeout=60),
+    ("AuditService", "ExportAuditLog"): lambda ch, g: au_grpc.AuditServiceStub(ch).ExportAuditLog(
+        au_pb.ExportAuditLogRequest(max_entries=5), timeout=60),
     ("AuditService", "VerifyReceipt"): lambda ch, g: au_grpc.AuditServiceStub(ch).VerifyReceipt(
         au_pb.VerifyReceiptRequest(receipt_json='{"payload_json": "{}", "signature_b64": "", "key_id": "x"}'),
         timeout=60),
@@ -341,6 +343,7 @@ LACKING: dict[tuple[str, str], tuple[str, str]] = {
         "ReinstateMember", "ReinstateOrganization", "ListAlerts", "AcknowledgeAlert")},
     ("AuditService", "ListAuditEntries"): ("ops-admin", "ROLE_REQUIRED"),  # auditors only
     ("AuditService", "VerifyAuditLog"): ("ops-admin", "ROLE_REQUIRED"),
+    ("AuditService", "ExportAuditLog"): ("ops-admin", "ROLE_REQUIRED"),
     ("AuditService", "VerifyReceipt"): ("", ""),  # any member may verify a receipt
     ("AuditService", "ListMyRequests"): ("ops-admin", "ROLE_REQUIRED"),  # consumers: their own
     ("AuditService", "GetMyReceipt"): ("ops-admin", "ROLE_REQUIRED"),

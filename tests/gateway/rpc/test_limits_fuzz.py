@@ -42,8 +42,8 @@ from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.identifiers import resident_id_check_char
 from gateway.cli.client import error_details
+from gateway.exampledata.identifiers import resident_id_check_char
 from gateway.identity import certs
 from gateway.rpc import limits
 from gateway.rpc.methods import PROTO_FILES
@@ -200,6 +200,8 @@ BASE: dict[str, tuple[str, Callable[[grpc.Channel], Any], Callable[[], Message]]
                          lambda: au_pb.ListAuditEntriesRequest(page_size=5, consumer="analyst")),
     "VerifyAuditLog": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).VerifyAuditLog,
                        au_pb.VerifyAuditLogRequest),
+    "ExportAuditLog": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).ExportAuditLog,
+                       lambda: au_pb.ExportAuditLogRequest(from_seq=1, max_entries=5)),
     "VerifyReceipt": ("auditor", lambda ch: au_grpc.AuditServiceStub(ch).VerifyReceipt,
                       lambda: au_pb.VerifyReceiptRequest(receipt_json="{}")),
     "ListMyRequests": ("analyst", lambda ch: au_grpc.AuditServiceStub(ch).ListMyRequests,

@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from examples.generate_data import generate
 from gateway.errors import InvalidQueryError
+from gateway.exampledata.generate import generate
 from gateway.products.query.sql.analyze import analyze
 from sandbox.catalog import load_catalog
 from sandbox.engine.disk_store import FORMAT, prepare_store

@@ -17,8 +17,8 @@ import pytest
 from msgspec.structs import replace
 
 from examples.bench.bigdata import generate as generate_big
-from examples.generate_data import generate
 from gateway.errors import InvalidQueryError
+from gateway.exampledata.generate import generate
 from gateway.products.query.sql.analyze import analyze
 from sandbox.client import SandboxClient, SandboxProcess
 from sandbox.protocol.messages import DatasetInfo, ErrorReply, ExecuteRequest, ExecuteResult

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from examples.identifiers import credit_code_check_char, resident_id_check_char
+from gateway.exampledata.identifiers import credit_code_check_char, resident_id_check_char
 from sandbox.protocol.verification import (
     CREDIT_CODE_CHARSET,
     credit_code_problem,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from privacy_gateway.v1 import receipt_pb2 as privacy__gateway_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/audit_service.proto\x12\x12privacy_gateway.v1\x1a privacy_gateway/v1/receipt.proto\"\xa5\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\x12\x0b\n\x03rpc\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05query\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x13\n\x0bstatus_code\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0f\n\x07\x65psilon\x18\x0c \x01(\x01\x12\r\n\x05\x64\x65lta\x18\r \x01(\x01\x12\x0b\n\x03rho\x18\x0e \x01(\x01\x12\x0e\n\x06\x63harge\x18\x0f \x01(\t\x12\x17\n\x0freleased_digest\x18\x10 \x01(\t\x12\x0c\n\x04hash\x18\x11 \x01(\t\"R\n\x17ListAuditEntriesRequest\x12\x12\n\nbefore_seq\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\"v\n\x18ListAuditEntriesResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.privacy_gateway.v1.AuditEntry\x12\x17\n\x0fnext_before_seq\x18\x02 \x01(\x03\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\"/\n\x15VerifyAuditLogRequest\x12\x16\n\x0erequire_sealed\x18\x01 \x01(\x08\"9\n\x0c\x41uditProblem\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xb2\x02\n\x16VerifyAuditLogResponse\x12\x10\n\x08\x63hain_ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12\r\n\x05seals\x18\x03 \x01(\x03\x12\x16\n\x0esealed_through\x18\x04 \x01(\x03\x12\x32\n\x08problems\x18\x05 \x03(\x0b\x32 .privacy_gateway.v1.AuditProblem\x12\x13\n\x0b\x61\x63\x63ounts_ok\x18\x06 \x01(\x08\x12\x0f\n\x07\x63harges\x18\x07 \x01(\x03\x12\x14\n\x0cgrant_months\x18\x08 \x01(\x03\x12\x11\n\tin_flight\x18\t \x01(\x03\x12\x11\n\tunaudited\x18\n \x03(\t\x12\x11\n\tunmatched\x18\x0b \x03(\t\x12\x11\n\tdifferent\x18\x0c \x03(\t\x12\x12\n\nduplicated\x18\r \x03(\t\",\n\x14VerifyReceiptRequest\x12\x14\n\x0creceipt_json\x18\x01 \x01(\t\"]\n\x15VerifyReceiptResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\">\n\x15ListMyRequestsRequest\x12\x12\n\nbefore_seq\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"b\n\x16ListMyRequestsResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.privacy_gateway.v1.AuditEntry\x12\x17\n\x0fnext_before_seq\x18\x02 \x01(\x03\")\n\x13GetMyReceiptRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"D\n\x14GetMyReceiptResponse\x12,\n\x07receipt\x18\x01 \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt\"\x1e\n\x1cGetTransparencyReportRequest\"s\n\x12TransparencyPeriod\x12\r\n\x05month\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x03\x12\x0f\n\x07refused\x18\x03 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x0b\n\x03rho\x18\x06 \x01(\x01\"q\n\x13TransparencyPurpose\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x11\n\tuse_class\x18\x03 \x01(\t\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\"\xe2\x01\n\x13TransparencyDataset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06tables\x18\x04 \x03(\t\x12\x37\n\x07periods\x18\x05 \x03(\x0b\x32&.privacy_gateway.v1.TransparencyPeriod\x12\x39\n\x08purposes\x18\x06 \x03(\x0b\x32\'.privacy_gateway.v1.TransparencyPurpose\x12\x15\n\rorganizations\x18\x07 \x03(\t\"f\n\x1dGetTransparencyReportResponse\x12\x39\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\'.privacy_gateway.v1.TransparencyDataset\x12\n\n\x02\x61t\x18\x02 \x01(\t2\x96\x05\n\x0c\x41uditService\x12m\n\x10ListAuditEntries\x12+.privacy_gateway.v1.ListAuditEntriesRequest\x1a,.privacy_gateway.v1.ListAuditEntriesResponse\x12g\n\x0eVerifyAuditLog\x12).privacy_gateway.v1.VerifyAuditLogRequest\x1a*.privacy_gateway.v1.VerifyAuditLogResponse\x12\x64\n\rVerifyReceipt\x12(.privacy_gateway.v1.VerifyReceiptRequest\x1a).privacy_gateway.v1.VerifyReceiptResponse\x12g\n\x0eListMyRequests\x12).privacy_gateway.v1.ListMyRequestsRequest\x1a*.privacy_gateway.v1.ListMyRequestsResponse\x12\x61\n\x0cGetMyReceipt\x12\'.privacy_gateway.v1.GetMyReceiptRequest\x1a(.privacy_gateway.v1.GetMyReceiptResponse\x12|\n\x15GetTransparencyReport\x12\x30.privacy_gateway.v1.GetTransparencyReportRequest\x1a\x31.privacy_gateway.v1.GetTransparencyReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&privacy_gateway/v1/audit_service.proto\x12\x12privacy_gateway.v1\x1a privacy_gateway/v1/receipt.proto\"\xa5\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\x12\x0b\n\x03rpc\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\r\n\x05query\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x13\n\x0bstatus_code\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0f\n\x07\x65psilon\x18\x0c \x01(\x01\x12\r\n\x05\x64\x65lta\x18\r \x01(\x01\x12\x0b\n\x03rho\x18\x0e \x01(\x01\x12\x0e\n\x06\x63harge\x18\x0f \x01(\t\x12\x17\n\x0freleased_digest\x18\x10 \x01(\t\x12\x0c\n\x04hash\x18\x11 \x01(\t\"R\n\x17ListAuditEntriesRequest\x12\x12\n\nbefore_seq\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\"v\n\x18ListAuditEntriesResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.privacy_gateway.v1.AuditEntry\x12\x17\n\x0fnext_before_seq\x18\x02 \x01(\x03\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\"/\n\x15VerifyAuditLogRequest\x12\x16\n\x0erequire_sealed\x18\x01 \x01(\x08\"9\n\x0c\x41uditProblem\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xb2\x02\n\x16VerifyAuditLogResponse\x12\x10\n\x08\x63hain_ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12\r\n\x05seals\x18\x03 \x01(\x03\x12\x16\n\x0esealed_through\x18\x04 \x01(\x03\x12\x32\n\x08problems\x18\x05 \x03(\x0b\x32 .privacy_gateway.v1.AuditProblem\x12\x13\n\x0b\x61\x63\x63ounts_ok\x18\x06 \x01(\x08\x12\x0f\n\x07\x63harges\x18\x07 \x01(\x03\x12\x14\n\x0cgrant_months\x18\x08 \x01(\x03\x12\x11\n\tin_flight\x18\t \x01(\x03\x12\x11\n\tunaudited\x18\n \x03(\t\x12\x11\n\tunmatched\x18\x0b \x03(\t\x12\x11\n\tdifferent\x18\x0c \x03(\t\x12\x12\n\nduplicated\x18\r \x03(\t\">\n\x15\x45xportAuditLogRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\x12\x13\n\x0bmax_entries\x18\x02 \x01(\x05\"\\\n\x16\x45xportAuditLogResponse\x12\x0e\n\x06\x65xport\x18\x01 \x01(\x0c\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\x12\x0e\n\x06to_seq\x18\x03 \x01(\x03\x12\x10\n\x08last_seq\x18\x04 \x01(\x03\",\n\x14VerifyReceiptRequest\x12\x14\n\x0creceipt_json\x18\x01 \x01(\t\"]\n\x15VerifyReceiptResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\">\n\x15ListMyRequestsRequest\x12\x12\n\nbefore_seq\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"b\n\x16ListMyRequestsResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.privacy_gateway.v1.AuditEntry\x12\x17\n\x0fnext_before_seq\x18\x02 \x01(\x03\")\n\x13GetMyReceiptRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"D\n\x14GetMyReceiptResponse\x12,\n\x07receipt\x18\x01 \x01(\x0b\x32\x1b.privacy_gateway.v1.Receipt\"\x1e\n\x1cGetTransparencyReportRequest\"s\n\x12TransparencyPeriod\x12\r\n\x05month\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x03\x12\x0f\n\x07refused\x18\x03 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x0b\n\x03rho\x18\x06 \x01(\x01\"q\n\x13TransparencyPurpose\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x11\n\tuse_class\x18\x03 \x01(\t\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\"\xe2\x01\n\x13TransparencyDataset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06tables\x18\x04 \x03(\t\x12\x37\n\x07periods\x18\x05 \x03(\x0b\x32&.privacy_gateway.v1.TransparencyPeriod\x12\x39\n\x08purposes\x18\x06 \x03(\x0b\x32\'.privacy_gateway.v1.TransparencyPurpose\x12\x15\n\rorganizations\x18\x07 \x03(\t\"f\n\x1dGetTransparencyReportResponse\x12\x39\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\'.privacy_gateway.v1.TransparencyDataset\x12\n\n\x02\x61t\x18\x02 \x01(\t2\xff\x05\n\x0c\x41uditService\x12m\n\x10ListAuditEntries\x12+.privacy_gateway.v1.ListAuditEntriesRequest\x1a,.privacy_gateway.v1.ListAuditEntriesResponse\x12g\n\x0eVerifyAuditLog\x12).privacy_gateway.v1.VerifyAuditLogRequest\x1a*.privacy_gateway.v1.VerifyAuditLogResponse\x12g\n\x0e\x45xportAuditLog\x12).privacy_gateway.v1.ExportAuditLogRequest\x1a*.privacy_gateway.v1.ExportAuditLogResponse\x12\x64\n\rVerifyReceipt\x12(.privacy_gateway.v1.VerifyReceiptRequest\x1a).privacy_gateway.v1.VerifyReceiptResponse\x12g\n\x0eListMyRequests\x12).privacy_gateway.v1.ListMyRequestsRequest\x1a*.privacy_gateway.v1.ListMyRequestsResponse\x12\x61\n\x0cGetMyReceipt\x12\'.privacy_gateway.v1.GetMyReceiptRequest\x1a(.privacy_gateway.v1.GetMyReceiptResponse\x12|\n\x15GetTransparencyReport\x12\x30.privacy_gateway.v1.GetTransparencyReportRequest\x1a\x31.privacy_gateway.v1.GetTransparencyReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,28 +44,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITPROBLEM']._serialized_end=702
   _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=705
   _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=1011
-  _globals['_VERIFYRECEIPTREQUEST']._serialized_start=1013
-  _globals['_VERIFYRECEIPTREQUEST']._serialized_end=1057
-  _globals['_VERIFYRECEIPTRESPONSE']._serialized_start=1059
-  _globals['_VERIFYRECEIPTRESPONSE']._serialized_end=1152
-  _globals['_LISTMYREQUESTSREQUEST']._serialized_start=1154
-  _globals['_LISTMYREQUESTSREQUEST']._serialized_end=1216
-  _globals['_LISTMYREQUESTSRESPONSE']._serialized_start=1218
-  _globals['_LISTMYREQUESTSRESPONSE']._serialized_end=1316
-  _globals['_GETMYRECEIPTREQUEST']._serialized_start=1318
-  _globals['_GETMYRECEIPTREQUEST']._serialized_end=1359
-  _globals['_GETMYRECEIPTRESPONSE']._serialized_start=1361
-  _globals['_GETMYRECEIPTRESPONSE']._serialized_end=1429
-  _globals['_GETTRANSPARENCYREPORTREQUEST']._serialized_start=1431
-  _globals['_GETTRANSPARENCYREPORTREQUEST']._serialized_end=1461
-  _globals['_TRANSPARENCYPERIOD']._serialized_start=1463
-  _globals['_TRANSPARENCYPERIOD']._serialized_end=1578
-  _globals['_TRANSPARENCYPURPOSE']._serialized_start=1580
-  _globals['_TRANSPARENCYPURPOSE']._serialized_end=1693
-  _globals['_TRANSPARENCYDATASET']._serialized_start=1696
-  _globals['_TRANSPARENCYDATASET']._serialized_end=1922
-  _globals['_GETTRANSPARENCYREPORTRESPONSE']._serialized_start=1924
-  _globals['_GETTRANSPARENCYREPORTRESPONSE']._serialized_end=2026
-  _globals['_AUDITSERVICE']._serialized_start=2029
-  _globals['_AUDITSERVICE']._serialized_end=2691
+  _globals['_EXPORTAUDITLOGREQUEST']._serialized_start=1013
+  _globals['_EXPORTAUDITLOGREQUEST']._serialized_end=1075
+  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_start=1077
+  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_end=1169
+  _globals['_VERIFYRECEIPTREQUEST']._serialized_start=1171
+  _globals['_VERIFYRECEIPTREQUEST']._serialized_end=1215
+  _globals['_VERIFYRECEIPTRESPONSE']._serialized_start=1217
+  _globals['_VERIFYRECEIPTRESPONSE']._serialized_end=1310
+  _globals['_LISTMYREQUESTSREQUEST']._serialized_start=1312
+  _globals['_LISTMYREQUESTSREQUEST']._serialized_end=1374
+  _globals['_LISTMYREQUESTSRESPONSE']._serialized_start=1376
+  _globals['_LISTMYREQUESTSRESPONSE']._serialized_end=1474
+  _globals['_GETMYRECEIPTREQUEST']._serialized_start=1476
+  _globals['_GETMYRECEIPTREQUEST']._serialized_end=1517
+  _globals['_GETMYRECEIPTRESPONSE']._serialized_start=1519
+  _globals['_GETMYRECEIPTRESPONSE']._serialized_end=1587
+  _globals['_GETTRANSPARENCYREPORTREQUEST']._serialized_start=1589
+  _globals['_GETTRANSPARENCYREPORTREQUEST']._serialized_end=1619
+  _globals['_TRANSPARENCYPERIOD']._serialized_start=1621
+  _globals['_TRANSPARENCYPERIOD']._serialized_end=1736
+  _globals['_TRANSPARENCYPURPOSE']._serialized_start=1738
+  _globals['_TRANSPARENCYPURPOSE']._serialized_end=1851
+  _globals['_TRANSPARENCYDATASET']._serialized_start=1854
+  _globals['_TRANSPARENCYDATASET']._serialized_end=2080
+  _globals['_GETTRANSPARENCYREPORTRESPONSE']._serialized_start=2082
+  _globals['_GETTRANSPARENCYREPORTRESPONSE']._serialized_end=2184
+  _globals['_AUDITSERVICE']._serialized_start=2187
+  _globals['_AUDITSERVICE']._serialized_end=2954
 # @@protoc_insertion_point(module_scope)

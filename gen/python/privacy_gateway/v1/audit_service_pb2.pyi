@@ -111,6 +111,26 @@ class VerifyAuditLogResponse(_message.Message):
     duplicated: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, chain_ok: _Optional[bool] = ..., entries: _Optional[int] = ..., seals: _Optional[int] = ..., sealed_through: _Optional[int] = ..., problems: _Optional[_Iterable[_Union[AuditProblem, _Mapping]]] = ..., accounts_ok: _Optional[bool] = ..., charges: _Optional[int] = ..., grant_months: _Optional[int] = ..., in_flight: _Optional[int] = ..., unaudited: _Optional[_Iterable[str]] = ..., unmatched: _Optional[_Iterable[str]] = ..., different: _Optional[_Iterable[str]] = ..., duplicated: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ExportAuditLogRequest(_message.Message):
+    __slots__ = ("from_seq", "max_entries")
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    max_entries: int
+    def __init__(self, from_seq: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class ExportAuditLogResponse(_message.Message):
+    __slots__ = ("export", "from_seq", "to_seq", "last_seq")
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    export: bytes
+    from_seq: int
+    to_seq: int
+    last_seq: int
+    def __init__(self, export: _Optional[bytes] = ..., from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
 class VerifyReceiptRequest(_message.Message):
     __slots__ = ("receipt_json",)
     RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]

@@ -48,6 +48,11 @@ class AuditServiceStub:
                 request_serializer=privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyAuditLogRequest.SerializeToString,
                 response_deserializer=privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyAuditLogResponse.FromString,
                 _registered_method=True)
+        self.ExportAuditLog = channel.unary_unary(
+                '/privacy_gateway.v1.AuditService/ExportAuditLog',
+                request_serializer=privacy__gateway_dot_v1_dot_audit__service__pb2.ExportAuditLogRequest.SerializeToString,
+                response_deserializer=privacy__gateway_dot_v1_dot_audit__service__pb2.ExportAuditLogResponse.FromString,
+                _registered_method=True)
         self.VerifyReceipt = channel.unary_unary(
                 '/privacy_gateway.v1.AuditService/VerifyReceipt',
                 request_serializer=privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyReceiptRequest.SerializeToString,
@@ -87,6 +92,17 @@ class AuditServiceServicer:
     def VerifyAuditLog(self, request, context):
         """Auditors: verifies the whole chain, every entry MAC and seal, and that the audit log accounts for every
         settled charge of the ledger (totals per grant and month equal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAuditLog(self, request, context):
+        """Auditors: a signed export of entries from_seq.. with their seals and the gateway's public key (the file
+        `pgw audit export` writes; the range is sealed at its last entry first), for verification away from the
+        gateway against its public key (pinned, or from KeyService): `pgw audit verify --target`. A page holds at
+        most max_entries entries and fits one message; the next starts at to_seq + 1 while to_seq < last_seq.
+        FAILED_PRECONDITION AUDIT_LOG_INVALID when the log fails verification at or before the page's end.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +149,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyAuditLog,
                     request_deserializer=privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyAuditLogRequest.FromString,
                     response_serializer=privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyAuditLogResponse.SerializeToString,
+            ),
+            'ExportAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAuditLog,
+                    request_deserializer=privacy__gateway_dot_v1_dot_audit__service__pb2.ExportAuditLogRequest.FromString,
+                    response_serializer=privacy__gateway_dot_v1_dot_audit__service__pb2.ExportAuditLogResponse.SerializeToString,
             ),
             'VerifyReceipt': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyReceipt,
@@ -213,6 +234,33 @@ class AuditService:
             '/privacy_gateway.v1.AuditService/VerifyAuditLog',
             privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyAuditLogRequest.SerializeToString,
             privacy__gateway_dot_v1_dot_audit__service__pb2.VerifyAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privacy_gateway.v1.AuditService/ExportAuditLog',
+            privacy__gateway_dot_v1_dot_audit__service__pb2.ExportAuditLogRequest.SerializeToString,
+            privacy__gateway_dot_v1_dot_audit__service__pb2.ExportAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

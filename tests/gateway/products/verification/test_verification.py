@@ -16,8 +16,8 @@ import pytest
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.identifiers import credit_code_check_char, resident_id_check_char
 from gateway.cli.client import error_details
+from gateway.exampledata.identifiers import credit_code_check_char, resident_id_check_char
 from gateway.products.verification.receipts import ReceiptData, load_public_key, root_message_of, verify_receipt
 from gateway.release.signing import public_key_id
 from gateway.rpc.server import Gateway

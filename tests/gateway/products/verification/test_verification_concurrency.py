@@ -22,8 +22,8 @@ import pytest
 from privacy_gateway.v1 import verification_service_pb2 as v_pb
 from privacy_gateway.v1 import verification_service_pb2_grpc as v_grpc
 
-from examples.identifiers import resident_id_check_char
 from gateway.cli.client import error_details
+from gateway.exampledata.identifiers import resident_id_check_char
 from gateway.rpc.server import Gateway, start_gateway
 from tests.helpers import Env, channel_for
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from examples.generate_data import PROVINCES, generate, main
-from examples.identifiers import (
+from gateway.exampledata.generate import PROVINCES, generate, main
+from gateway.exampledata.identifiers import (
     CREDIT_CODE_CHARSET,
     credit_code_check_char,
     is_valid_credit_code,

@@ -16,7 +16,7 @@ from typing import Final
 
 import duckdb
 
-from examples.identifiers import (
+from gateway.exampledata.identifiers import (
     CREDIT_CODE_CHARSET,
     RESIDENT_CHECK,
     RESIDENT_WEIGHTS,
@@ -570,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m examples.generate_data",
+        prog="python -m gateway.exampledata.generate",
         description="Generate deterministic synthetic registries as Parquet files.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
