@@ -1,4 +1,5 @@
-"""PostgreSQL faults as the gateway's stores meet them, on a real server: a session that holds the write lock and
+"""PostgreSQL faults as the gateway's stores meet them, on a real server (and, where both backends share the
+path, on SQLite too): a session that holds the write lock and
 goes silent is ended within `PgDatabase.idle_in_transaction_s` (so it cannot stop the other replicas), and every
 fault -- lock timeout, a backend ended by the server, a database refusing connections, a settler settling a
 frozen process's charge -- reaches the caller as a `GatewayError` that says retry (StorageUnavailableError,
@@ -18,8 +19,7 @@ from gateway.budgets.ledger import GrantKey, Ledger, PrivacyLoss
 from gateway.errors import RequestFailedError, StorageUnavailableError
 from gateway.storage.pg import WRITE_LOCK, PgDatabase
 from gateway.storage.sqlite import open_location
-
-pytestmark = [pytest.mark.postgres]
+from tests.gateway.storage.test_backends import Where
 
 KEY = GrantKey("alice", "registry", "research")
 ME = f"pgw pid={os.getpid()}"  # the application_name of this process's sessions
@@ -33,6 +33,7 @@ def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(url, autocommit=True)
 
 
+@pytest.mark.postgres
 def test_a_silent_lock_holder_is_ended_within_the_idle_timeout(pg_url: str) -> None:
     """A session inside a write transaction that sends nothing (its process frozen, its host gone) is ended by
     the server after `idle_in_transaction_s`; a writer waiting for the lock gets it then, well inside its own
@@ -53,6 +54,7 @@ def test_a_silent_lock_holder_is_ended_within_the_idle_timeout(pg_url: str) -> N
         conn.close()
 
 
+@pytest.mark.postgres
 def test_sessions_are_named_and_carry_the_limits(pg_url: str) -> None:
     """Every session names its process (pg_stat_activity) and has the lock and idle-transaction limits set."""
     conn = open_location(PgDatabase(pg_url), busy_timeout_s=5)
@@ -62,6 +64,7 @@ def test_sessions_are_named_and_carry_the_limits(pg_url: str) -> None:
     conn.close()
 
 
+@pytest.mark.postgres
 def test_a_lock_timeout_is_storage_unavailable(pg_url: str) -> None:
     """Another session holding the write lock past `lock_timeout_s`: the reservation is refused as retryable."""
     ledger = Ledger(PgDatabase(pg_url, lock_timeout_s=0.5))
@@ -78,6 +81,7 @@ def test_a_lock_timeout_is_storage_unavailable(pg_url: str) -> None:
     ledger.close()
 
 
+@pytest.mark.postgres
 def test_backends_ended_by_the_server_are_storage_unavailable_then_replaced(pg_url: str) -> None:
     """pg_terminate_backend of the ledger's pooled sessions (an administrator, a failover, a restart): the
     next call is refused as retryable, and the one after it runs on a new session."""
@@ -95,6 +99,7 @@ def test_backends_ended_by_the_server_are_storage_unavailable_then_replaced(pg_u
     ledger.close()
 
 
+@pytest.mark.postgres
 def test_a_database_refusing_connections_is_storage_unavailable(pg_url: str) -> None:
     """The database stops accepting connections (too many clients, shutting down, locked by its administrator):
     a call that needs a new session is refused as retryable; once it accepts again, calls go through."""
@@ -112,11 +117,11 @@ def test_a_database_refusing_connections_is_storage_unavailable(pg_url: str) -> 
     ledger.close()
 
 
-def test_a_charge_settled_under_a_frozen_process_is_a_final_failure(pg_url: str) -> None:
+def test_a_charge_settled_under_a_frozen_process_is_a_final_failure(storage: Where) -> None:
     """A process whose lease expired (frozen, starved) finds its charge settled as failed by a settler when it
     comes back: completing, failing or refunding it is RequestFailedError (final, ABORTED), not an internal
-    error, and the charge stays as the settler left it."""
-    frozen, settler = Ledger(PgDatabase(pg_url)), Ledger(PgDatabase(pg_url))
+    error, and the charge stays as the settler left it (either backend)."""
+    frozen, settler = Ledger(storage("ledger.sqlite3")), Ledger(storage("ledger.sqlite3"))
     frozen.heartbeat(time.time() - 60)  # its lease: renewed a minute ago, then nothing
     for rid in ("r1", "r2", "r3"):
         _reserve(frozen, rid)
@@ -135,6 +140,7 @@ def test_a_charge_settled_under_a_frozen_process_is_a_final_failure(pg_url: str)
     settler.close()
 
 
+@pytest.mark.postgres
 def test_the_lease_is_renewed_while_the_write_lock_is_held_elsewhere(pg_url: str) -> None:
     """The heartbeat takes no write lock: it renews the lease while another session holds the lock (a queue of
     writers longer than the lease must not make a live process look dead)."""
