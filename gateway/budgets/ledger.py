@@ -173,7 +173,10 @@ class Ledger(LedgerReads):
                 return
             with immediate(conn):
                 conn.execute(upsert, row)
-        self._resolve_in_doubt()
+        try:
+            self._resolve_in_doubt()
+        except GatewayError as exc:
+            log.warning("reservations in doubt not resolved yet (%s); retrying at the next renewal", exc.message)
 
     def release_lease(self) -> None:
         """Drop this process's lease (clean shutdown: its reservations are all settled by then)."""
@@ -598,28 +601,24 @@ class Ledger(LedgerReads):
 
     @contextmanager
     def _charging(self, key: GrantKey, request_id: str, created_at: float) -> Iterator[None]:
-        """Around a reserving transaction. One that fails with a storage error may have committed all the same
-        (the connection was lost after COMMIT left), leaving a reservation that nothing goes on with and that
-        this live process's lease would keep open for ever (a retry gets REQUEST_IN_PROGRESS). So it is
-        refunded here, before the error reaches the client (no retry can have reserved the id anew), or, with
-        storage still down, at the next `heartbeat`; the charge's ``created_at`` tells it from a later one."""
+        """Around a reserving transaction. On PostgreSQL one that fails with a storage error may have committed
+        all the same (the connection was lost after COMMIT left), leaving a reservation that nothing goes on
+        with and that this live process's lease would keep open for ever (a retry gets REQUEST_IN_PROGRESS);
+        the next `heartbeat` refunds it if it is there. Its ``created_at`` tells it from a reservation a retry
+        made since (then it is left alone)."""
         try:
             yield
         except StorageUnavailableError:
-            with self._in_doubt_lock:
-                self._in_doubt.append((key, request_id, created_at))
-            try:
-                self._resolve_in_doubt((key, request_id, created_at))
-            except GatewayError:
-                log.warning("request %s may hold a reservation; refunded once storage recovers", request_id)
+            if isinstance(self._path, PgDatabase):
+                with self._in_doubt_lock:
+                    self._in_doubt.append((key, request_id, created_at))
             raise
 
-    def _resolve_in_doubt(self, only: tuple[GrantKey, str, float] | None = None) -> None:
-        """Refund the reservations of `_charging` that committed, forget those that did not (`only`: that one);
-        each is taken off the list by the thread resolving it, and put back if storage fails again."""
+    def _resolve_in_doubt(self) -> None:
+        """Refund the reservations of `_charging` that committed, forget those that did not (taken off the list
+        while being resolved, put back if storage fails again)."""
         with self._in_doubt_lock:
-            mine = [e for e in self._in_doubt if only is None or e == only]
-            self._in_doubt = [e for e in self._in_doubt if e not in mine]
+            mine, self._in_doubt = self._in_doubt, []
         try:
             while mine:
                 key, request_id, created_at = mine[0]
