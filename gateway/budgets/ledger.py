@@ -28,6 +28,7 @@ reports (e.g. ten charges of 0.1 fit a budget of 1.0, but three of 0.1 do not fi
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -87,6 +88,8 @@ __all__ = [
     "pure_to_rho_units",
 ]
 
+log = logging.getLogger("gateway.budgets.ledger")
+
 
 def _busy() -> StorageUnavailableError:
     return StorageUnavailableError(
@@ -121,6 +124,9 @@ class Ledger(LedgerReads):
         self._closed = False
         # This process's lease on its reservations (see `heartbeat` and `gateway.path.settle`).
         self.holder = uuid.uuid4().hex
+        # Reservations whose transaction failed with a storage error but may have committed (see `_charging`).
+        self._in_doubt: list[tuple[GrantKey, str, float]] = []
+        self._in_doubt_lock = threading.Lock()
         prepare_location(self._path)
         self._writers = writer_queue(self._path)  # this process's writers of the database, in arrival order
         self._pool = ConnectionPool(
@@ -151,12 +157,26 @@ class Ledger(LedgerReads):
     # -- leases and settlement (gateway.path.settle) ---------------------------------------------------
 
     def heartbeat(self, now: float | None = None) -> None:
-        """Renew this process's lease on its reservations (a reserved charge of a live holder is in progress)."""
-        with self._transaction(durable=False) as conn:
-            conn.execute(
-                "INSERT INTO holders (holder, pid, host, heartbeat) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (holder) DO UPDATE SET heartbeat = excluded.heartbeat",
-                (self.holder, os.getpid(), socket.gethostname(), time.time() if now is None else now))
+        """Renew this process's lease on its reservations (a reserved charge of a live holder is in progress).
+
+        The renewal does not queue behind this process's request writers (`_transaction`): under load that
+        queue can be longer than the lease, and a live process whose lease expired has its reservations
+        settled as failed under it. On PostgreSQL it is one autocommit statement on this process's own row
+        (no write lock); on SQLite its own short ``BEGIN IMMEDIATE``, which waits only for the file's lock.
+        """
+        row = (self.holder, os.getpid(), socket.gethostname(), time.time() if now is None else now)
+        upsert = ("INSERT INTO holders (holder, pid, host, heartbeat) VALUES (?, ?, ?, ?)"
+                  " ON CONFLICT (holder) DO UPDATE SET heartbeat = excluded.heartbeat")
+        with self._connection() as conn:
+            if isinstance(self._path, PgDatabase):
+                conn.execute(upsert, row)
+                return
+            with immediate(conn):
+                conn.execute(upsert, row)
+        try:
+            self._resolve_in_doubt()
+        except GatewayError as exc:
+            log.warning("reservations in doubt not resolved yet (%s); retrying at the next renewal", exc.message)
 
     def release_lease(self) -> None:
         """Drop this process's lease (clean shutdown: its reservations are all settled by then)."""
@@ -212,7 +232,8 @@ class Ledger(LedgerReads):
             raise InvalidArgumentError("request_id must not be empty", field="request_id")
         if not fingerprint:
             raise InvalidArgumentError("fingerprint must not be empty", field="fingerprint")
-        with self._transaction(durable=durable) as conn:
+        now = time.time()
+        with self._charging(key, request_id, now), self._transaction(durable=durable) as conn:
             row = conn.execute(
                 "SELECT dataset, purpose, fingerprint, status, response FROM charges"
                 " WHERE consumer = ? AND request_id = ?",
@@ -249,7 +270,6 @@ class Ledger(LedgerReads):
                     key, cost, spent, budget, epsilon_exceeded=new_epsilon > budget.epsilon
                 )
 
-            now = time.time()
             cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
             conn.execute(
                 "INSERT INTO charges (consumer, request_id, dataset, purpose, fingerprint,"
@@ -306,6 +326,7 @@ class Ledger(LedgerReads):
                 that commit in the same transaction, so one fsync makes all of them durable.
 
         Raises:
+            RequestFailedError: A settler settled the charge as failed (this process's lease expired).
             GatewayInternalError: There is no reserved charge for this request, or a write failed
                 (then nothing of the transaction is stored).
         """
@@ -329,6 +350,7 @@ class Ledger(LedgerReads):
             also: Writes to other tables of this database (the call's audit entry) that commit with it.
 
         Raises:
+            RequestFailedError: The charge is already settled as failed (by a settler).
             GatewayInternalError: There is no reserved charge for this request.
         """
         with self._transaction() as conn:
@@ -352,29 +374,33 @@ class Ledger(LedgerReads):
             request_id: The request id of the reservation.
 
         Raises:
+            RequestFailedError: The charge is already settled as failed (by a settler).
             GatewayInternalError: There is no reserved charge for this request.
         """
         with self._transaction() as conn:
-            cost = self._require_reserved(conn, key, request_id)
-            conn.execute(
-                "DELETE FROM charges WHERE consumer = ? AND request_id = ?",
-                (key.consumer, request_id),
-            )
-            (remaining,) = conn.execute(
-                "SELECT count(*) FROM charges WHERE consumer = ? AND dataset = ? AND purpose = ?",
-                (key.consumer, key.dataset, key.purpose),
-            ).fetchone()
-            spent = self._read_spent(conn, key)
-            if remaining == 0:
-                new_epsilon, new_delta = 0.0, 0.0
-            else:
-                new_epsilon = max(0.0, spent.epsilon - cost.epsilon)
-                new_delta = max(0.0, spent.delta - cost.delta)
-            conn.execute(
-                "UPDATE spend SET epsilon = ?, delta = ?"
-                " WHERE consumer = ? AND dataset = ? AND purpose = ?",
-                (new_epsilon, new_delta, key.consumer, key.dataset, key.purpose),
-            )
+            self._refund_in(conn, key, request_id, self._require_reserved(conn, key, request_id))
+
+    def _refund_in(self, conn: sqlite3.Connection, key: GrantKey, request_id: str, cost: PrivacyLoss) -> None:
+        """Delete a reserved charge and take its cost off the grant's running total, in the caller's transaction."""
+        conn.execute(
+            "DELETE FROM charges WHERE consumer = ? AND request_id = ?",
+            (key.consumer, request_id),
+        )
+        (remaining,) = conn.execute(
+            "SELECT count(*) FROM charges WHERE consumer = ? AND dataset = ? AND purpose = ?",
+            (key.consumer, key.dataset, key.purpose),
+        ).fetchone()
+        spent = self._read_spent(conn, key)
+        if remaining == 0:
+            new_epsilon, new_delta = 0.0, 0.0
+        else:
+            new_epsilon = max(0.0, spent.epsilon - cost.epsilon)
+            new_delta = max(0.0, spent.delta - cost.delta)
+        conn.execute(
+            "UPDATE spend SET epsilon = ?, delta = ?"
+            " WHERE consumer = ? AND dataset = ? AND purpose = ?",
+            (new_epsilon, new_delta, key.consumer, key.dataset, key.purpose),
+        )
 
     # -- issue-gov: nested, periodic budgets (member, organisation, data owner's cap) ------------
 
@@ -433,7 +459,7 @@ class Ledger(LedgerReads):
         cost_rho = to_units(cost.rho, RHO_UNITS, up=True)
         conversion = to_units(cost.conversion_delta, DELTA_UNITS, up=True)
         owner = owner or owner_counts(cost)
-        with self._transaction(durable=durable) as conn:
+        with self._charging(key, request_id, now), self._transaction(durable=durable) as conn:
             prior = self._prior(conn, key, request_id, fingerprint)
             if prior is not None:
                 return prior
@@ -573,6 +599,42 @@ class Ledger(LedgerReads):
                 if not durable:
                     conn.execute("PRAGMA synchronous = FULL")
 
+    @contextmanager
+    def _charging(self, key: GrantKey, request_id: str, created_at: float) -> Iterator[None]:
+        """Around a reserving transaction. On PostgreSQL one that fails with a storage error may have committed
+        all the same (the connection was lost after COMMIT left), leaving a reservation that nothing goes on
+        with and that this live process's lease would keep open for ever (a retry gets REQUEST_IN_PROGRESS);
+        the next `heartbeat` refunds it if it is there. Its ``created_at`` tells it from a reservation a retry
+        made since (then it is left alone)."""
+        try:
+            yield
+        except StorageUnavailableError:
+            if isinstance(self._path, PgDatabase):
+                with self._in_doubt_lock:
+                    self._in_doubt.append((key, request_id, created_at))
+            raise
+
+    def _resolve_in_doubt(self) -> None:
+        """Refund the reservations of `_charging` that committed, forget those that did not (taken off the list
+        while being resolved, put back if storage fails again)."""
+        with self._in_doubt_lock:
+            mine, self._in_doubt = self._in_doubt, []
+        try:
+            while mine:
+                key, request_id, created_at = mine[0]
+                with self._transaction() as conn:
+                    row = conn.execute("SELECT status, created_at, holder, epsilon, delta FROM charges"
+                                       " WHERE consumer = ? AND request_id = ? AND dataset = ? AND purpose = ?",
+                                       (key.consumer, request_id, key.dataset, key.purpose)).fetchone()
+                    if row is not None and (row[0], row[1], row[2]) == ("reserved", created_at, self.holder):
+                        self._refund_in(conn, key, request_id, PrivacyLoss(row[3], row[4]))
+                        log.warning("refunded request %s: its reservation committed, but the gateway saw it fail",
+                                    request_id)
+                mine.pop(0)
+        finally:
+            with self._in_doubt_lock:
+                self._in_doubt.extend(mine)
+
     @staticmethod
     def _require_reserved(conn: sqlite3.Connection, key: GrantKey, request_id: str) -> PrivacyLoss:
         row = conn.execute(
@@ -582,6 +644,13 @@ class Ledger(LedgerReads):
         ).fetchone()
         if row is None or (row[0], row[1]) != (key.dataset, key.purpose):
             raise GatewayInternalError("privacy ledger has no charge for this request")
+        if row[2] == "failed":
+            # A settler (this process's or another replica's) found this process's lease expired -- the
+            # process was frozen, starved or cut off from the storage for longer than the lease -- and
+            # settled the charge as failed. That outcome is final: the answer is not released.
+            raise RequestFailedError(
+                "the request was settled as failed while its gateway did not renew its lease in time; its"
+                " cost stays charged; a new request_id is needed", requestId=request_id, status="failed")
         if row[2] != "reserved":
             raise GatewayInternalError(f"privacy ledger charge is {row[2]}, not reserved")
         return PrivacyLoss(row[3], row[4])

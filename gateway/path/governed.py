@@ -215,8 +215,10 @@ class GovernedPath:
                     self._fail(call, plan, error)
                 except StorageUnavailableError:  # storage broke: the settler retries until it recovers
                     self.unsettled.append((plan.key, plan.request_id, self._audited(call, error)))
-                except GatewayError:  # already failed, refunded or completed, each durably
+                    call.audit.charged = False  # the entry settling the charge is the settler's to write
+                except GatewayError:  # already failed, refunded or completed, each durably with its entry
                     log.debug("charge of request %s already settled", plan.request_id)
+                    call.audit.charged = False  # the call's own entry must not count the charge a second time
             raise
         finally:
             self.in_flight.discard(held)

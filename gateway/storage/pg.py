@@ -21,14 +21,28 @@ that are not written to be re-run. Transactions are short (a few statements, no 
 Reads outside a transaction run in autocommit; ``BEGIN`` (a consistent multi-table read, e.g. `verify`)
 becomes ``BEGIN ISOLATION LEVEL REPEATABLE READ``.
 
+A replica that stops inside a write transaction must not stop the others. Each session is opened with
+``idle_in_transaction_session_timeout`` (`PgDatabase.idle_in_transaction_s`, 10 s): a session that holds the
+write lock and sends nothing for that long (its process frozen by SIGSTOP or a debugger, its host gone, its
+network partitioned) is ended by the server, which releases the lock; the other replicas' writers, waiting
+up to ``lock_timeout`` (30 s, longer on purpose), then go on. A killed process needs none of this (its
+kernel closes the connection), but a vanished host sends nothing at all. TCP keepalives on both ends
+(libpq's ``keepalives*``, the server's ``tcp_keepalives_*``) and ``tcp_user_timeout`` find a dead peer
+within about 20 s instead of the system's two hours (a gateway waiting for a vanished server's reply gets
+an error instead of waiting forever), and each session's ``application_name`` names the gateway process
+(``pgw pid=<pid>``, in ``pg_stat_activity``).
+
 Errors. psycopg errors are raised as `sqlite3.IntegrityError` (constraint violations) or
-`sqlite3.OperationalError` (everything else) with the psycopg error as the cause, so every store's
-existing error handling (storage failed -> its own `GatewayError`) applies unchanged.
+`sqlite3.OperationalError` (everything else: lock timeout, statement timeout, serialization failure,
+deadlock, a connection ended by the server or lost, too many connections, the server shutting down) with
+the psycopg error as the cause, so every store's existing error handling (storage failed -> its own
+`GatewayError`, UNAVAILABLE with RetryInfo) applies unchanged; a connection that raised is not reused.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -86,24 +100,40 @@ class PgDatabase:
         url: ``postgresql://user@host:port/dbname?...`` (any libpq connection URL).
         lock_timeout_s: How long a statement waits for a lock (another replica's write transaction).
         schema: A schema searched before ``public`` (the verification state's tables, whose names would clash).
+        idle_in_transaction_s: How long a session may hold a transaction open while sending nothing before
+            the server ends it (releasing the write lock); below `lock_timeout_s`, so waiters outlast it.
+        keepalive_s: Idle seconds before TCP keepalive probes, on both ends; a peer that answers none of
+            3 probes 5 s apart, or leaves sent data unacknowledged for `keepalive_s` + 15 s, is dead.
     """
 
     url: str
     lock_timeout_s: float = field(default=30.0, compare=False)
     schema: str = ""  # a schema searched before public (a store whose table names would clash)
+    idle_in_transaction_s: float = field(default=10.0, compare=False)
+    keepalive_s: int = field(default=5, compare=False)
 
     def connect(self) -> PgConnection:
-        """A new connection in autocommit mode (transactions are explicit ``BEGIN``/``COMMIT``)."""
+        """A new connection in autocommit mode (transactions are explicit ``BEGIN``/``COMMIT``), with the
+        session limits of the module docstring."""
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=10, application_name=f"pgw pid={os.getpid()}",
+                keepalives=1, keepalives_idle=self.keepalive_s, keepalives_interval=5, keepalives_count=3,
+                tcp_user_timeout=(self.keepalive_s + 15) * 1000)
         except psycopg.Error as exc:
             raise sqlite3.OperationalError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
         conn.adapters.register_loader("numeric", _NumberLoader)
-        wrapped = PgConnection(conn)
-        wrapped.execute(f"SET lock_timeout = {int(self.lock_timeout_s * 1000)}")
-        if self.schema:
-            wrapped.execute(f"SET search_path = {self.schema}, public")
-        return wrapped
+        try:
+            conn.execute(  # no parameters: one round trip for every statement
+                f"SET lock_timeout = {int(self.lock_timeout_s * 1000)};"
+                f" SET idle_in_transaction_session_timeout = {int(self.idle_in_transaction_s * 1000)};"
+                f" SET tcp_keepalives_idle = {self.keepalive_s}; SET tcp_keepalives_interval = 5;"
+                f" SET tcp_keepalives_count = 3; SET tcp_user_timeout = {(self.keepalive_s + 15) * 1000}"
+                + (f"; SET search_path = {self.schema}, public" if self.schema else ""))
+        except psycopg.Error as exc:
+            conn.close()
+            raise sqlite3.OperationalError(f"cannot set up the PostgreSQL session: {type(exc).__name__}") from exc
+        return PgConnection(conn)
 
     def __str__(self) -> str:
         """The URL without its password (for logs and errors)."""

@@ -88,7 +88,8 @@ class Replicas:
         p = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--listen", "127.0.0.1:0", "--policy", str(self.policy),
              "--state-dir", str(self.state), "--tls-dir", str(self.tls), "--data-dir", str(self.env.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=(self.state / f"gateway-{len(self.procs)}.log").open("a"), text=True,
+            env=e, cwd=ROOT,
         )
         self.procs.append(p)
         assert p.stdout is not None
@@ -102,6 +103,13 @@ class Replicas:
             if not line and p.poll() is not None:
                 break
         raise RuntimeError("gateway replica did not start")
+
+    def problems(self) -> str:
+        """The replicas' log lines at ERROR or above, with tracebacks (what a failed assertion shows)."""
+        lines = [line for log in sorted(self.state.glob("gateway-*.log"))
+                 for line in log.read_text(errors="replace").splitlines()
+                 if not line.startswith("20") or any(w in line for w in ("ERROR", "CRITICAL"))]
+        return "\n".join(lines[-80:])
 
     def audit_verify(self) -> subprocess.CompletedProcess[str]:
         """`pgw audit verify` on the shared storage, as an operator runs it."""
