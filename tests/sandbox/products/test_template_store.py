@@ -6,6 +6,8 @@ part of the store's key, and built by spilling when they do not fit the memory l
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -227,3 +229,20 @@ def test_a_template_table_beyond_the_memory_limit_is_built_by_spilling(tmp_path:
     memory = Engine(catalog, Limits(memory_limit="256MiB", query_timeout_ms=60_000), version_key=KEY)
     with pytest.raises(duckdb.OutOfMemoryException):
         Verifier.for_engine(memory)
+
+
+@pytest.mark.slow
+def test_a_store_build_that_cannot_fit_even_spilling_exits_with_the_memory_line(tmp_path: Path) -> None:
+    """The real sandbox process under a 16 MiB limit: its store build runs out of memory, it exits with status 2
+    and one line naming the limit, the setting and a larger value, and leaves no store file."""
+    catalog = _big(tmp_path / "data", 200_000)
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox", "--catalog", str(catalog), "--socket", str(tmp_path / "s.sock"),
+         "--storage", "disk", "--state-dir", str(state), "--memory-limit", "16MiB", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sandbox: the data does not fit in the memory limit 16MiB"), done.stderr
+    assert "raise it to 2GiB or more" in last and "sandbox_memory_limit" in last
+    assert not list((state / "tables").glob("*.duckdb"))
