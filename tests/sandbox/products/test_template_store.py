@@ -13,8 +13,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from examples.generate_data import generate
-from examples.identifiers import resident_id_check_char
+from gateway.exampledata.generate import generate
+from gateway.exampledata.identifiers import resident_id_check_char
 from sandbox.catalog import load_catalog
 from sandbox.engine.disk_store import store_key
 from sandbox.engine.engine import Engine
