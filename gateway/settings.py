@@ -39,7 +39,9 @@ SETTINGS: dict[str, tuple[Any, str]] = {
                                "(default: <state_dir>/sandbox-tls/gateway.crt)"),
     "sandbox_tls_key": (None, "the key of sandbox_tls_cert (default: <state_dir>/sandbox-tls/gateway.key)"),
     "query_timeout_ms": (10_000, "per-query time limit inside the sandbox, milliseconds"),
-    "sandbox_memory_limit": ("2GiB", "DuckDB memory limit inside the sandbox"),
+    "sandbox_memory_limit": ("auto", "DuckDB memory limit inside the sandbox, e.g. `4GiB`; `auto`: half of the "
+                                     "smaller of the sandbox machine's physical memory and its cgroup's memory "
+                                     "limit, rounded down to 64 MiB (the sandbox logs what it chose)"),
     "sandbox_storage": ("disk", "where the sandbox keeps the loaded tables: `disk` (a DuckDB file in its state "
                                 "directory, built once per data version, opened read-only; data may exceed the "
                                 "memory limit) or `memory`"),

@@ -16,13 +16,21 @@ the address space, load and lock the engine, then bind the socket and print
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import resource
 import ssl
 import sys
 from pathlib import Path
 
-from sandbox.engine.limits import Limits, address_space_for, larger_memory_limit
+from sandbox.engine.limits import (
+    AUTO,
+    Limits,
+    address_space_for,
+    human_bytes,
+    larger_memory_limit,
+    resolve_memory_limit,
+)
 from sandbox.errors import ConfigError
 from sandbox.process.lifecycle import tie_to_parent
 from sandbox.process.logformat import configure
@@ -52,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         help="where the loaded tables live: disk (a DuckDB file under <state-dir>/tables, built once per data "
              "version, opened read-only; data may exceed --memory-limit) or memory",
     )
-    p.add_argument("--memory-limit", default=d.memory_limit, help="DuckDB memory_limit")
+    p.add_argument("--memory-limit", default=AUTO,
+                   help="DuckDB memory_limit, e.g. 4GiB; auto (default): half of the smaller of physical memory "
+                        "and the cgroup's memory limit")
     p.add_argument("--threads", type=int, default=d.threads, help="DuckDB threads")
     p.add_argument("--query-timeout-ms", type=int, default=d.query_timeout_ms)
     p.add_argument("--max-groups", type=int, default=d.max_groups)
@@ -103,18 +113,23 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--listen: {exc}")
     tie = tie_to_parent(args.parent_pid)  # first: an orphan must not load the data
     configure(args.log_format)
+    memory = resolve_memory_limit(args.memory_limit)
     try:
         limits = Limits(
-            memory_limit=args.memory_limit,
+            memory_limit=memory.memory_limit,
             threads=args.threads,
             query_timeout_ms=args.query_timeout_ms,
             max_groups=args.max_groups,
-            address_space_bytes=(address_space_for(args.memory_limit, Limits().address_space_bytes)
+            address_space_bytes=(address_space_for(memory.memory_limit, Limits().address_space_bytes)
                                  if args.address_space_bytes is None else args.address_space_bytes),
         )
     except ValueError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
+    logging.getLogger("sandbox").info("memory limit %s (%s), %d threads, address space %s",
+                                      limits.memory_limit, memory.reason, limits.threads,
+                                      human_bytes(limits.address_space_bytes) if limits.address_space_bytes
+                                      else "unlimited")
     if limits.address_space_bytes:
         resource.setrlimit(
             resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes)
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.engine.caps import CapLedger
     from sandbox.engine.engine import Engine
     from sandbox.engine.keys import load_or_create_key
+    from sandbox.products.verification import template_tables
     from sandbox.server import SandboxServer, SandboxTlsServer, serve
 
     state_dir = args.state_dir or args.socket.parent / "data-owner"
@@ -139,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         caps = CapLedger(state_dir / "caps.sqlite3")  # issue-gov: the data owner's cap ledger
-        engine = Engine(load_catalog(args.catalog, args.data_dir), limits, caps,
+        catalog = load_catalog(args.catalog, args.data_dir)
+        disk = args.storage == "disk"
+        # With an on-disk store, the verification templates' tables are built into it before the lock-down.
+        engine = Engine(catalog, limits, caps,
                         version_key=load_or_create_key(state_dir / "data-version.key"),
-                        store_dir=state_dir / "tables" if args.storage == "disk" else None)
+                        store_dir=state_dir / "tables" if disk else None,
+                        derived=template_tables(catalog) if disk else ())
     except ConfigError as exc:
         print(f"sandbox: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -6,10 +6,14 @@ and answers: DuckDB's buffer manager reads blocks of the file on demand and evic
 
 Life of a store file (one directory, guarded by an exclusive `flock` on `.lock`):
 
+* It holds the loaded tables and the tables derived from them at load (the verification templates'
+  tables, `sandbox.products.verification.template_tables`), so both spill under the memory limit while
+  they are built, are built once per data version, and are reused on restart.
 * Its name is a key over everything that determines its contents (`store_key`): the store format, the
-  DuckDB version, each dataset's privacy unit, each table's public description and a SHA-256 of each
-  source file. The key is keyed with the sandbox's secret (`sandbox.engine.keys`), like the public data
-  version, so even the file name is no unkeyed function of the private data. A data-version change is a
+  DuckDB version, each dataset's privacy unit, each table's public description, a SHA-256 of each
+  source file and the SQL of each derived table. The key is keyed with the sandbox's secret
+  (`sandbox.engine.keys`), like the public data version, so even the file name is no unkeyed function
+  of the private data. A data-version change is a
   different key, hence a rebuild; files of other keys are removed once the current one is ready.
 * Built into `tmp-<random>.duckdb` by a separate, short-lived connection (`build`), with a private spill
   directory; then the file is fsynced, renamed to `<key>.duckdb`, and a manifest `<key>.json` carrying
@@ -31,7 +35,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +46,7 @@ import msgspec
 from sandbox.catalog import Catalog
 from sandbox.engine.keys import keyed_digest
 from sandbox.engine.limits import Limits
-from sandbox.engine.storage import STORE, sql_path, store_codecs
+from sandbox.engine.storage import STORE, DerivedTable, sql_path, store_codecs
 from sandbox.errors import ConfigError
 
 __all__ = ["FORMAT", "STORAGE_MODES", "PreparedStore", "prepare_store", "store_key", "store_paths"]
@@ -50,7 +54,7 @@ __all__ = ["FORMAT", "STORAGE_MODES", "PreparedStore", "prepare_store", "store_k
 log = logging.getLogger("sandbox.engine.disk_store")
 
 STORAGE_MODES = ("disk", "memory")
-FORMAT = 1  # bump when what a store file holds changes (stored_column, truncation, codecs)
+FORMAT = 2  # bump when what a store file holds changes (stored_column, truncation, codecs, derived tables)
 _CHUNK = 1 << 20
 
 
@@ -68,11 +72,13 @@ def store_paths(path: Path) -> tuple[str, ...]:
     return (p + ".wal.recovery", p + ".wal.checkpoint", p + ".wal", p)
 
 
-def store_key(catalog: Catalog, digests: Mapping[str, bytes], key: bytes, salt: str | None) -> str:
+def store_key(catalog: Catalog, digests: Mapping[str, bytes], key: bytes, salt: str | None,
+              derived: Sequence[DerivedTable] = ()) -> str:
     """The name of the store file for `catalog` over source files with SHA-256 `digests` (by table key).
 
     `salt` is the truncation salt when the caller fixed one (then it is part of what the file holds); a
-    salt drawn afresh is not, as every salt gives a valid truncation.
+    salt drawn afresh is not, as every salt gives a valid truncation. `derived` are the tables built from
+    the loaded ones (the verification templates' tables): their SQL is part of what the file holds.
     """
     parts: list[object] = [FORMAT, duckdb.__version__, salt]
     for ds in catalog.datasets:
@@ -80,6 +86,7 @@ def store_key(catalog: Catalog, digests: Mapping[str, bytes], key: bytes, salt: 
         for t in ds.tables:
             parts.append([t.name, t.file.name, digests[t.key].hex(),
                           msgspec.json.encode(t.info).decode()])
+    parts.extend(["derived", d.name, d.select] for d in derived)
     text = json.dumps(parts, separators=(",", ":"), sort_keys=True)
     return keyed_digest(key, text.encode())[:32]
 
@@ -176,6 +183,7 @@ def build(directory: Path, key: str, limits: Limits, load: Callable[[duckdb.Duck
 
     Raises:
         ConfigError: the build failed (a source file, or no space left); no file of it remains.
+        duckdb.OutOfMemoryException: even spilling, the build needed more than the memory limit; no file remains.
     """
     token = secrets.token_hex(8)
     tmp = directory / f"tmp-{token}.duckdb"
@@ -211,6 +219,8 @@ def build(directory: Path, key: str, limits: Limits, load: Callable[[duckdb.Duck
         committed = True
         log.info("built the on-disk store %s (%d bytes)", final.name, meta["size"])
         return final
+    except duckdb.OutOfMemoryException:
+        raise  # not a configuration fault of the files: the sandbox names the memory setting to raise
     except (duckdb.Error, OSError) as exc:
         raise ConfigError(str(directory), "storage", f"cannot build the on-disk tables: {exc}") from exc
     finally:

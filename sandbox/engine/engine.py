@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from sandbox.engine.guard import check_select
 from sandbox.engine.keys import keyed_digest
 from sandbox.engine.limits import Limits
 from sandbox.engine.release import release_rows
-from sandbox.engine.storage import attach_store, compress, open_store, sql_table_name, table_ref
+from sandbox.engine.storage import DerivedTable, attach_store, compress, open_store, sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import CAP_LIFETIME_MESSAGE, INCOMPATIBLE_PREFIX, STORAGE_MESSAGE, ConfigError, PlanRejectedError
 from sandbox.plans.compile import CompiledPlan, compile_dataset_plan
@@ -149,11 +149,14 @@ class Engine:
     def __init__(
         self, catalog: Catalog, limits: Limits | None = None, caps: CapLedger | None = None,
         *, truncation_salt: str | None = None, version_key: bytes | None = None, store_dir: Path | None = None,
+        derived: Sequence[DerivedTable] = (),
     ) -> None:
         """Load every table of `catalog`, truncate, validate types, then lock down.
 
         With `store_dir` the tables live in an on-disk store there (`sandbox.engine.disk_store`: built
-        once per data version, attached read-only); without it, in memory.
+        once per data version, attached read-only), together with the `derived` tables (the verification
+        templates' tables), built after the loaded ones with no query deadline (a load is not a query);
+        without it, in memory, and `derived` is not built here (`derived_tables` is then empty).
 
         Raises:
             ConfigError: a file is missing or unreadable, its columns do not match the catalog, or the
@@ -187,9 +190,20 @@ class Engine:
         salts = {ds.name: truncation_salt or secrets.token_hex(16) for ds in catalog.datasets}
 
         def load(con: duckdb.DuckDBPyConnection) -> None:
+            started = time.monotonic()
             for ds in catalog.datasets:
                 for t in ds.tables:
                     self._load(con, ds, t, salts[ds.name])
+            log.info("loaded the tables in %.1f s", time.monotonic() - started)
+
+        def load_with_derived(con: duckdb.DuckDBPyConnection) -> None:
+            load(con)
+            started = time.monotonic()
+            for d in derived:
+                con.execute(f"CREATE TABLE {table_ref(d.name)} AS {d.select}")
+            if derived:
+                log.info("built %d derived tables (verification templates) in %.1f s", len(derived),
+                         time.monotonic() - started)
 
         attached: tuple[str, ...] = ()
         if store_dir is None:
@@ -197,11 +211,18 @@ class Engine:
             load(self._con)
             compress(self._con)
         else:
-            key = store_key(catalog, digests, version_key, truncation_salt)
-            prepared = prepare_store(store_dir, key, self.limits, load)
+            key = store_key(catalog, digests, version_key, truncation_salt, derived)
+            prepared = prepare_store(store_dir, key, self.limits, load_with_derived)
             attach_store(self._con, str(prepared.path))
             attached = store_paths(prepared.path)
             self.row_counts = self._stored_counts(catalog)
+            for d in derived:  # a store without them would fail every check later: refuse it now
+                try:
+                    self._con.execute(f"SELECT 1 FROM {table_ref(d.name)} LIMIT 0")
+                except duckdb.CatalogException as exc:
+                    raise ConfigError(str(prepared.path), d.name, "the on-disk store lacks this table") from exc
+        # The derived tables the store holds (the verifier finds them there instead of building them).
+        self.derived_tables = frozenset(d.name for d in derived) if store_dir is not None else frozenset[str]()
         self.storage = "memory" if store_dir is None else "disk"
         lock_down(self._con, self.limits, attached)
         self._attached = attached

@@ -15,6 +15,7 @@ query about 0.45 ms of binding), and the SQL guards accept exactly that qualific
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -22,11 +23,24 @@ import duckdb
 from sandbox.plans.names import STORE, sql_table_name, table_ref
 
 __all__ = [
-    "STORE", "attach_store", "compress", "is_loaded_table", "open_store", "sql_table_name", "store_codecs", "table_ref",
+    "STORE", "DerivedTable", "attach_store", "compress", "is_loaded_table", "open_store", "sql_table_name",
+    "store_codecs", "table_ref",
 ]
 
 # Disabled for the store: every codec that stores numbers other than as a plain array (see the docstring).
 _NUMERIC_CODECS = "bitpacking,alp,alprd,chimp,patas,zstd"
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedTable:
+    """A table computed from the loaded tables at load (a verification template's table).
+
+    `select` reads the loaded tables through `table_ref` only, so it runs unchanged on the engine's
+    connection and on an on-disk store's build connection; `name` is a bare table name.
+    """
+
+    name: str
+    select: str
 
 
 def open_store(con: duckdb.DuckDBPyConnection) -> None:

@@ -10,6 +10,9 @@ The SQL of a template is compiled once, at load, from the catalog only. At run t
 as data: a batch as an Arrow relation registered on the cursor and evaluated with ONE join against a
 per-template table (subject, the columns the template reads, the related aggregates), sorted by
 subject; a single claim through the same tree rendered with DuckDB prepared-statement parameters.
+With an on-disk store the per-template tables are part of it (`template_tables`: built with the data
+tables, before the lock-down, spilling under the memory limit, once per data version); in memory they
+are built on the locked connection when the verifier starts.
 Nothing but the outcome (and band index) leaves.
 """
 
@@ -26,7 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from sandbox.catalog import Catalog, DatasetSpec
-from sandbox.engine.storage import sql_table_name, table_ref
+from sandbox.engine.storage import DerivedTable, sql_table_name, table_ref
 from sandbox.engine.watchdog import Watchdog
 from sandbox.errors import DUPLICATE_MESSAGE, STORAGE_MESSAGE
 from sandbox.plans.render import quote_ident, render_literal
@@ -60,13 +63,68 @@ def _band_sql(value: str, edges: tuple[float, ...]) -> str:
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     template: Template
-    table: str  # the per-template table (subject, columns read, related aggregates), sorted by subject
+    table: str  # SQL reference of the per-template table (subject, columns read, related aggregates), by subject
     batch_sql: str  # with {claims} standing for the registered relation's name
     single_sql: str
 
 
-def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> tuple[_Compiled, str]:
-    """The per-template table's CREATE statement, and the evaluation SQL in both modes."""
+def _table_name(ds: DatasetSpec, tpl: Template) -> str:
+    return f"__pgw_v_{ds.name}__{tpl.info.name}"
+
+
+def _table_select(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> str:
+    """The SELECT that fills the per-template table: subject, the columns read, the related aggregates."""
+    batch = Renderer(catalog, ds, tpl, "batch")
+    batch.bool(tpl.predicate)
+    if tpl.band_expr is not None:
+        batch.expr(tpl.band_expr)
+    cols = sorted(batch.columns)
+    select = [f"t.{quote_ident(tpl.subject_column)} AS {SUBJECT}"]
+    select += [f"t.{quote_ident(c)} AS {quote_ident(c)}" for c in cols]
+    joins = []
+    for i, rs in enumerate(tpl.related):
+        where = ""
+        if rs.where is not None:
+            rt = ds.table(rs.table)
+            assert rt is not None
+            where = Renderer(catalog, ds, tpl, "related", rt.name).bool(rs.where)
+        src = table_ref(sql_table_name(ds.name, rs.table))
+        key = quote_ident(rs.key)
+        if rs.aggregate == "count_distinct":
+            # count(DISTINCT c) per key as two plain aggregates: DuckDB spills these under the memory limit,
+            # while a grouped DISTINCT aggregate inside this join ran out of memory (1.5M keys, 64 MiB).
+            col = quote_ident(str(rs.column))
+            kept = f"{col} IS NOT NULL" + (f" AND {where}" if where else "")
+            per_key = (f"SELECT k, count(*) AS v FROM (SELECT DISTINCT {key} AS k, {col} AS c FROM {src} "
+                       f"WHERE {kept}) GROUP BY k")
+        else:
+            agg = RELATED_AGGREGATES[rs.aggregate].format(c="*" if rs.column is None else quote_ident(rs.column))
+            per_key = f"SELECT {key} AS k, {agg} AS v FROM {src}{' WHERE ' + where if where else ''} GROUP BY {key}"
+        joins.append(f" LEFT JOIN ({per_key}) r{i} ON r{i}.k = t.{key}")
+        select.append(f"coalesce(r{i}.v, 0) AS {quote_ident('__pgw_rel_' + rs.name)}")
+    return (
+        f"SELECT {', '.join(select)} "
+        f"FROM {table_ref(sql_table_name(ds.name, tpl.table))} t{''.join(joins)} "
+        f"WHERE t.{quote_ident(tpl.subject_column)} IS NOT NULL ORDER BY {SUBJECT}"
+    )
+
+
+def template_tables(catalog: Catalog) -> tuple[DerivedTable, ...]:
+    """Every verification template's table, as the engine builds it into an on-disk store before the lock-down.
+
+    Raises:
+        ConfigError: a template is invalid.
+    """
+    out = []
+    for tpl in load_templates(catalog):
+        ds = catalog.dataset(tpl.info.dataset)
+        assert ds is not None
+        out.append(DerivedTable(_table_name(ds, tpl), _table_select(catalog, ds, tpl)))
+    return tuple(out)
+
+
+def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template, ref: str) -> _Compiled:
+    """The evaluation SQL in both modes, over the per-template table named by the SQL reference `ref`."""
     batch = Renderer(catalog, ds, tpl, "batch")
     single = Renderer(catalog, ds, tpl, "single")
     pred_b, pred_s = batch.bool(tpl.predicate), single.bool(tpl.predicate)
@@ -74,43 +132,20 @@ def _compile(catalog: Catalog, ds: DatasetSpec, tpl: Template) -> tuple[_Compile
     if tpl.band_expr is not None:
         band_b = _band_sql(batch.expr(tpl.band_expr)[0], tpl.band_edges)
         band_s = _band_sql(single.expr(tpl.band_expr)[0], tpl.band_edges)
-    name = f"__pgw_v_{ds.name}__{tpl.info.name}"
-    cols = sorted(batch.columns)
-    select = [f"t.{quote_ident(tpl.subject_column)} AS {SUBJECT}"]
-    select += [f"t.{quote_ident(c)} AS {quote_ident(c)}" for c in cols]
-    joins = []
-    for i, rs in enumerate(tpl.related):
-        agg = RELATED_AGGREGATES[rs.aggregate].format(c="*" if rs.column is None else quote_ident(rs.column))
-        where = ""
-        if rs.where is not None:
-            rt = ds.table(rs.table)
-            assert rt is not None
-            where = " WHERE " + Renderer(catalog, ds, tpl, "related", rt.name).bool(rs.where)
-        src = table_ref(sql_table_name(ds.name, rs.table))
-        joins.append(
-            f" LEFT JOIN (SELECT {quote_ident(rs.key)} AS k, {agg} AS v FROM {src}{where}"
-            f" GROUP BY {quote_ident(rs.key)}) r{i} ON r{i}.k = t.{quote_ident(rs.key)}"
-        )
-        select.append(f"coalesce(r{i}.v, 0) AS {quote_ident('__pgw_rel_' + rs.name)}")
-    create = (
-        f"CREATE TABLE {quote_ident(name)} AS SELECT {', '.join(select)} "
-        f"FROM {table_ref(sql_table_name(ds.name, tpl.table))} t{''.join(joins)} "
-        f"WHERE t.{quote_ident(tpl.subject_column)} IS NOT NULL ORDER BY {SUBJECT}"
-    )
     # A claim whose subject has no row gets no row from the join (batch) / no row at all (single);
     # both yield matched = false, found = 0, band = 0 through the same aggregate.
     present = f"v.{SUBJECT} IS NOT NULL"
     batch_sql = (
         f"SELECT c.{INDEX}, bool_or(coalesce({present} AND {pred_b}, false)), count(v.{SUBJECT}), "
         f"max(CASE WHEN {present} THEN {band_b} END) "
-        f"FROM {{claims}} c LEFT JOIN {quote_ident(name)} v ON v.{SUBJECT} = c.{SUBJECT} "
+        f"FROM {{claims}} c LEFT JOIN {ref} v ON v.{SUBJECT} = c.{SUBJECT} "
         f"GROUP BY c.{INDEX}"
     )
     single_sql = (
         f"SELECT bool_or(coalesce({pred_s}, false)), count(v.{SUBJECT}), max({band_s}) "
-        f"FROM {quote_ident(name)} v WHERE v.{SUBJECT} = CAST($__pgw_subject AS VARCHAR)"
+        f"FROM {ref} v WHERE v.{SUBJECT} = CAST($__pgw_subject AS VARCHAR)"
     )
-    return _Compiled(tpl, name, batch_sql, single_sql), create
+    return _Compiled(tpl, ref, batch_sql, single_sql)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,11 +160,14 @@ class Verifier:
     """Answers verification requests on the engine's locked connection."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, catalog: Catalog,
-                 versions: dict[str, str], timeout_ms: int, engine: Any = None) -> None:
-        """Load the templates, build each template's table (allowed after lock-down: in-memory only).
+                 versions: dict[str, str], timeout_ms: int, engine: Any = None,
+                 stored: frozenset[str] = frozenset()) -> None:
+        """Load the templates and find or build each template's table.
 
-        `engine` (sandbox.engine.engine.Engine) supplies the owner's cap ledger and per-subject caps in force; without
-        it (embedded use) requests are neither recorded nor capped.
+        A table named in `stored` is already in the engine's store (an on-disk store builds them before the
+        lock-down, `template_tables`); any other is built now on `con`, in memory (allowed after lock-down),
+        under the query deadline. `engine` (sandbox.engine.engine.Engine) supplies the owner's cap ledger and
+        per-subject caps in force; without it (embedded use) requests are neither recorded nor capped.
 
         Raises:
             ConfigError: a template is invalid.
@@ -143,9 +181,13 @@ class Verifier:
         for tpl in load_templates(catalog):
             ds = catalog.dataset(tpl.info.dataset)
             assert ds is not None
-            compiled, create = _compile(catalog, ds, tpl)
-            con.execute(create)
-            self._compiled[(ds.name, tpl.info.name)] = compiled
+            name = _table_name(ds, tpl)
+            if name in stored:
+                ref = table_ref(name)
+            else:
+                ref = quote_ident(name)
+                con.execute(f"CREATE TABLE {ref} AS {_table_select(catalog, ds, tpl)}")
+            self._compiled[(ds.name, tpl.info.name)] = _compile(catalog, ds, tpl, ref)
             log.info("verification template %s.%s ready", ds.name, tpl.info.name)
         self.info = TemplatesInfo(
             tuple(c.template.info for c in self._compiled.values()), tuple(sorted(versions.items())))
@@ -154,7 +196,8 @@ class Verifier:
     def for_engine(cls, engine: Any) -> Verifier:
         """A verifier on `engine`'s connection (sandbox.engine.engine.Engine)."""
         versions = {d.name: d.version for d in engine.describe().datasets}
-        return cls(engine._con, engine.catalog, versions, engine.limits.query_timeout_ms, engine)
+        return cls(engine._con, engine.catalog, versions, engine.limits.query_timeout_ms, engine,
+                   engine.derived_tables)
 
     def handle(self, msg: object) -> VerifyClaimsResult | TemplatesInfo | ErrorReply:
         """Answer a DescribeTemplatesRequest or a VerifyClaimsRequest."""
