@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,10 +25,23 @@ from gateway.settings import ROOT
 pytestmark = [pytest.mark.slow]
 
 
+def _source(tmp_path: Path) -> Path:
+    """The working tree's tracked and untracked-but-not-ignored files, copied: a build reads none of the
+    checkout's leftovers (an old `build/` directory would put stale modules into the wheel)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, timeout=60).stdout.decode().split("\0")
+    src = tmp_path / "src"
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    return src
+
+
 def _build(tmp_path: Path) -> Path:
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(dist), str(ROOT)], check=True, timeout=300, capture_output=True)
+                    "--wheel-dir", str(dist), str(_source(tmp_path))], check=True, timeout=300, capture_output=True)
     (wheel,) = dist.glob("privacy_gateway-*.whl")
     return wheel
 
