@@ -199,8 +199,10 @@ def _kill_and_measure(load: _Load, pid_of: Callable[[], int], kills: int, sig: i
         pid = pid_of()
         if before is not None:
             before()
-        t_kill = time.monotonic()
         os.kill(pid, sig)
+        # After the signal, not before: a load thread may run between the two lines, and a call it starts
+        # there is served by the old process and must not count as service resumed.
+        t_kill = time.monotonic()
         times.append(_wait("service resumed", lambda: load.served_since(t_kill) >= 1, RECOVERY_LIMIT_S))  # noqa: B023
         assert pid_of() != pid
     return times
