@@ -85,6 +85,7 @@ class Rig:
     profile: str = "stages"  # with a profile_dir: "stages" (CPU per stage, cheap) or "cprofile" (every function)
     gw_args: list[str] = field(default_factory=list)  # extra `examples.bench.gwproc` flags (experiments)
     code_dir: Path | None = None  # run the gateway processes from this copy of the tree (A/B of a code change)
+    settings: dict[str, Any] = field(default_factory=dict)  # gateway settings over the rig's (experiments)
     port: int = 0
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
@@ -106,13 +107,14 @@ class Rig:
         state.mkdir(exist_ok=True)
         sock = state / "sandbox.sock"
         process_type = SandboxProcess
-        if self.profile_dir is not None and self.profile == "cprofile":
-            out = str(self.profile_dir / "sandbox.pstats")
+        if self.profile_dir is not None:
+            out = str(self.profile_dir / "sandbox.pstats") if self.profile == "cprofile" else "--stages"
+            tail = [] if self.profile == "cprofile" else [str(self.profile_dir / "sandbox.stages.json")]
 
             class ProfiledSandbox(SandboxProcess):
                 def command(self) -> list[str]:
                     cmd = super().command()
-                    return [cmd[0], "-m", "examples.bench.sbproc", out, *cmd[3:]]
+                    return [cmd[0], "-m", "examples.bench.sbproc", out, *tail, *cmd[3:]]
 
             process_type = ProfiledSandbox
         self.sandbox = process_type.start(
@@ -129,6 +131,7 @@ class Rig:
         }
         if self.storage_url is not None:
             settings["storage_url"] = self.storage_url
+        settings.update(self.settings)
         for i in range(self.gateways):
             cmd = [sys.executable, "-m", "examples.bench.gwproc", json.dumps(settings), *self.gw_args]
             if self.profile_dir is not None and self.profile == "cprofile":
@@ -145,6 +148,23 @@ class Rig:
             if not line.startswith("READY"):
                 raise RuntimeError(f"gateway process {i} did not start (exit {proc.wait()})")
             self.pids.append(int(line.split()[2]))
+
+    def stages_signal(self, sig: int) -> None:
+        """With per-stage figures on: SIGUSR1 (start counting afresh) or SIGUSR2 (write them) to every process."""
+        if self.profile_dir is not None and self.profile == "stages":
+            for pid in self.pids:
+                os.kill(pid, sig)
+
+    def stages_snapshot(self, tag: str) -> None:
+        """Write every process's per-stage figures and keep them as `<file>.<tag>` (one measured cell)."""
+        if self.profile_dir is None or self.profile != "stages":
+            return
+        import signal
+
+        self.stages_signal(signal.SIGUSR2)
+        time.sleep(1.0)  # the sandbox answers signals between its accept loop's polls (0.5 s)
+        for f in self.profile_dir.glob("*.stages.json"):
+            shutil.copy(f, f.with_name(f"{tag}.{f.name}"))
 
     def cpu(self) -> list[float]:
         """CPU seconds so far of the sandbox and each gateway process."""
@@ -182,11 +202,15 @@ def measure(rig: Rig, sql: str, clients: int, warmup_s: float, seconds: float) -
     go.set()
     while time.time() < measure_from:
         time.sleep(0.01)
+    import signal
+
+    rig.stages_signal(signal.SIGUSR1)
     cpu0 = rig.cpu()
     load0 = os.getloadavg()[0]
     while time.time() < stop_at:
         time.sleep(0.01)
     cpu1 = rig.cpu()
+    rig.stages_snapshot(f"c{clients}")
     results = [q.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(timeout=60)
@@ -285,6 +309,7 @@ def ab(data_dir: Path, variants: dict[str, dict[str, Any]], query: str, clients:
             roots.append(root)
             rig = Rig(data_dir, root, gateways=int(v.get("gateways", 1)), max_clients=max(clients),
                       gw_args=list(v.get("gw_args", [])), profile_dir=v.get("profile_dir"),
+                      settings=dict(v.get("settings", {})),
                       code_dir=v.get("code_dir"))
             rigs[label] = rig
             rig.start()
