@@ -135,7 +135,8 @@ def test_one_turn_serves_concurrent_clients_each_once(env: Env) -> None:
         def ask(i: int) -> bool:
             with channel_for(env, gw.port, "planner") as ch:
                 q_grpc.QueryServiceStub(ch).RunQuery(q_pb.RunQueryRequest(
-                    dataset="registry", sql=f"SELECT COUNT(*) AS n FROM residents WHERE birth_year > {1900 + i}", purpose="planning",
+                    dataset="registry", purpose="planning",
+                    sql=f"SELECT COUNT(*) AS n FROM residents WHERE birth_year > {1900 + i}",
                     request_id=uuid.uuid4().hex, privacy_loss=common_pb.PrivacyLoss(epsilon=0.01)), timeout=60)
                 return True
 
