@@ -7,7 +7,8 @@ Variants: `base` (one gateway process, as shipped); `workers2` (two gateway proc
 flight do not open a connection and a sandbox thread each); `tmpfs` (the state directory in /dev/shm, where
 fsync costs nothing: the most that batching commits, group commit, could gain); `run2`/`run4`/`run8` (at most
 2/4/8 calls run at once, `max_workers`; the rest wait in admission's queue on the event loop); `nogate`/`gate2`/
-`gate8` (`max_executing` 64/2/8 instead of twice the cores: how many calls' work runs on worker threads at once).
+`gate8` (`max_executing` 64/2/8 instead of twice the cores: how many calls' work runs on worker threads at once);
+`nocache` (the sandbox keeps no exact aggregates: every request runs DuckDB).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nogate": {"settings": {"max_executing": 64}},
     "gate2": {"settings": {"max_executing": 2}},
     "gate8": {"settings": {"max_executing": 8}},
+    "nocache": {"sandbox_args": ["--exact-cache-values", "0"]},
 }
 # `--baseline DIR` adds the variant `baseline`: the gateway processes run from DIR (a copy of another commit's
 # tree, e.g. `git archive main | tar -x -C DIR`), everything else as `base`.
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     known = dict(VARIANTS)
     if args.baseline is not None:
-        known["baseline"] = {"code_dir": args.baseline.resolve()}
+        # the sandbox runs from this tree: without its exact-aggregate cache it computes as the baseline did
+        known["baseline"] = {"code_dir": args.baseline.resolve(), "sandbox_args": ["--exact-cache-values", "0"]}
     for name in args.variants.split(","):
         v = dict(known[name])
         v["profile_dir"] = profile_dir / name

@@ -40,13 +40,16 @@ def client(index: int, name: str, tls: str, port: int, sql: str, dataset: str, r
     # Each process starts at its own random epsilon, so no two calls of one identity ask for the same release
     # (in this cell or an earlier one) and the charge-once release cache never answers.
     base = 1.0 - 1e-6 * random.random()
+    # A `{n}` in the SQL becomes a number no other call of this identity uses: every call another plan.
+    first_n = random.randrange(10**9) * 10**4
     while True:
         now = time.time()
         if now >= stop_at:
             break
         calls += 1
         req = q_pb.RunQueryRequest(
-            dataset=dataset, sql=sql, purpose="benchmark", request_id=uuid.uuid4().hex,
+            dataset=dataset, sql=sql.replace("{n}", str(first_n + calls)),
+            purpose="benchmark", request_id=uuid.uuid4().hex,
             privacy_loss=common_pb.PrivacyLoss(epsilon=base - 1e-12 * calls))
         t0 = time.perf_counter()
         c0 = time.process_time()

@@ -39,7 +39,12 @@ CLIENT_COUNTS = (1, 8, 32, 64)
 QUERIES = {
     "count": "SELECT COUNT(*) AS n FROM residents",
     "avg_by_region": "SELECT region, AVG(income) AS avg_income FROM residents GROUP BY region",
+    # `{n}` is a different number in every call of a client: each call is another plan, so the sandbox's exact
+    # aggregate cache never has it (misses); the two above repeat one plan per client (hits from its 2nd call).
+    "count_where": "SELECT COUNT(*) AS n FROM residents WHERE income > {n}",
+    "avg_by_region_where": "SELECT region, AVG(income) AS avg_income FROM residents WHERE income > {n} GROUP BY region",
 }
+DEFAULT_QUERIES = tuple(QUERIES)
 DATASET = "registry"
 SECTION_START = "<!-- throughput:start -->"
 SECTION_END = "<!-- throughput:end -->"
@@ -86,6 +91,7 @@ class Rig:
     gw_args: list[str] = field(default_factory=list)  # extra `examples.bench.gwproc` flags (experiments)
     code_dir: Path | None = None  # run the gateway processes from this copy of the tree (A/B of a code change)
     settings: dict[str, Any] = field(default_factory=dict)  # gateway settings over the rig's (experiments)
+    sandbox_args: list[str] = field(default_factory=list)  # extra sandbox flags (experiments)
     port: int = 0
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
@@ -119,7 +125,8 @@ class Rig:
             process_type = ProfiledSandbox
         self.sandbox = process_type.start(
             catalog, sock, self.data_dir,
-            ["--query-timeout-ms", "120000", "--memory-limit", "8GiB", "--threads", str(self.threads)],
+            ["--query-timeout-ms", "120000", "--memory-limit", "8GiB", "--threads", str(self.threads),
+             *self.sandbox_args],
             ready_timeout_s=900.0)
         self.pids = [self.sandbox.pid]
         self.port = _free_port()
@@ -245,7 +252,7 @@ def fresh_database(server_url: str) -> str:
 
 
 def run_table(data_dir: Path, *, gateways: tuple[int, ...] = (1, 2), clients: tuple[int, ...] = CLIENT_COUNTS,
-              queries: tuple[str, ...] = tuple(QUERIES), warmup_s: float = 3.0, seconds: float = 10.0,
+              queries: tuple[str, ...] = DEFAULT_QUERIES, warmup_s: float = 3.0, seconds: float = 10.0,
               threads: int = 2, storage_url: str | None = None, profile_dir: Path | None = None,
               state_base: Path | None = None, profile: str = "stages",
               storage_urls: tuple[str | None, ...] | None = None) -> dict[str, Any]:
@@ -309,7 +316,7 @@ def ab(data_dir: Path, variants: dict[str, dict[str, Any]], query: str, clients:
             roots.append(root)
             rig = Rig(data_dir, root, gateways=int(v.get("gateways", 1)), max_clients=max(clients),
                       gw_args=list(v.get("gw_args", [])), profile_dir=v.get("profile_dir"),
-                      settings=dict(v.get("settings", {})),
+                      settings=dict(v.get("settings", {})), sandbox_args=list(v.get("sandbox_args", [])),
                       code_dir=v.get("code_dir"))
             rigs[label] = rig
             rig.start()
@@ -367,10 +374,16 @@ def render_throughput(res: dict[str, Any], people: int) -> str:
                      "is the gateway processes' share only. Every rig has its own database; the SQLite and "
                      "PostgreSQL rigs ran at once and took turns per cell, so both saw the same machine load.")
         lines.append("")
+    lines.append("Queries: `count` and `avg_by_region` repeat one plan per client, so from each client's second "
+                 "call the sandbox answers from its exact-aggregate cache (fresh noise, same charge; **hits**); "
+                 "`count_where` and `avg_by_region_where` put a different number in the WHERE clause every call, "
+                 "so every call is a new plan that DuckDB runs (**misses**).")
+    lines.append("")
     lines.append("Targets: `count` ≥ 400 answers/s and `avg_by_region` ≥ 150 answers/s at 32 clients; "
                  "throughput never falls as clients are added; p99 at 32 clients ≤ 150 ms; "
-                 "single-client `count` p50 ≤ 6 ms.")
-    for q, target in (("count", 400.0), ("avg_by_region", 150.0)):
+                 "single-client `count` p50 ≤ 6 ms (the same targets applied to the misses below).")
+    for q, target in (("count", 400.0), ("avg_by_region", 150.0), ("count_where", 400.0),
+                      ("avg_by_region_where", 150.0)):
         at32 = [c for c in res["cells"] if c["query"] == q and c["clients"] == 32]
         if at32:
             best = max(at32, key=lambda c: c["qps"])
@@ -401,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--clients", default=",".join(map(str, CLIENT_COUNTS)))
     p.add_argument("--gateways", default="1,2")
-    p.add_argument("--queries", default=",".join(QUERIES))
+    p.add_argument("--queries", default=",".join(DEFAULT_QUERIES), help=f"of {', '.join(QUERIES)}")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--storage-url", action="append", default=None,
