@@ -8,8 +8,8 @@ busy identity cannot starve a quiet one. A call that finds the queue full, or wa
 with RESOURCE_EXHAUSTED and `google.rpc.RetryInfo` before anything is done for it.
 
 An admitted call's work on the worker threads passes one more gate (`Admission.executing`): at most
-`max_executing` steps run on worker threads at once (about twice the CPU cores), the others wait on the event
-loop, in arrival order, holding no thread. Python code holds the GIL, so more runnable threads than cores do
+`max_executing` steps run on worker threads at once (four per CPU core: a query's step waits for the sandbox
+and the disk about half its time), the others wait on the event loop, in arrival order, holding no thread. Python code holds the GIL, so more runnable threads than cores do
 not add throughput: they take turns on it every switch interval, and a thread holding the ledger's write lock
 waits for the GIL behind all the others, so everyone waits longer for the lock (a convoy; measured in
 BENCHMARKS.md "Throughput": the CPU per answer rose by half from 1 to 32 clients). A unary call's body that
