@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuStages", "instrument", "instrument_sandbox", "thread_groups"]
+__all__ = ["GATEWAY_STAGES", "SANDBOX_STAGES", "CpuStages", "instrument", "instrument_sandbox", "thread_groups"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -142,33 +142,73 @@ class CpuStages:
         path.write_text(json.dumps(data, indent=1))
 
 
+# The stages in the order they nest along a request (a deeper indent is a part of the stage above it).
+GATEWAY_STAGES = (
+    'interceptor: the whole unary call (wall, event loop)',
+    '  identity (certificate CN)',
+    '  admission slot wait (wall)',
+    '  policy session (live snapshot, role, revocation)',
+    '  GovernedPath.release (everything below)',
+    '    authorise + analyze + price (QueryService.price)',
+    '      analyzer (memoized)',
+    '      OpenDP pricing (memo misses: epsilon differs per call)',
+    '    ledger reserve (every level, BEGIN IMMEDIATE, no fsync)',
+    '    sandbox round trip (gateway side: encode, socket, decode)',
+    '    response building (QueryService.respond)',
+    '      budget status for the response',
+    '    receipt (canonical JSON + Ed25519)',
+    '    complete: charge + audit entry + release cache + outcome (one tx, fsync)',
+    '      ledger complete (wait for the write turn, the transaction, commit, fsync)',
+    '        ledger write turn wait (all ledger writes, wall)',
+    '        audit entry in it (pseudonymise, hash chain, MAC)',
+    '  interceptor audit step (gate.audit; entry already written on the charged path)',
+    '  worker-thread turn wait (max_executing, wall)',
+)
+SANDBOX_STAGES = (
+    'dispatch (decode + execute; excl. socket and encode)',
+    '  decode request (msgspec)',
+    '  Engine.execute (everything below)',
+    '    grade rules',
+    '    compile plan to SQL',
+    '    re-price (memoized)',
+    "    owner's cap ledger charge (SQLite, fsync)",
+    '    run + noise (release_rows)',
+    '      guard (parse + allowlist)',
+    '      DuckDB (guard + execute + fetch)',
+    '      OpenDP noise (release_vector)',
+    'encode reply frame (msgspec)',
+)
+
+
 def instrument(gw: Any) -> CpuStages:
     """Wrap the request path's stages of a running `gateway.rpc.server.Gateway`."""
     from gateway.rpc import interceptor as icpt
 
-    s = CpuStages()
+    s, G = CpuStages(), GATEWAY_STAGES
     core, path = gw.core, gw.path
     ic = gw.local.interceptor
-    s.wrap_async(ic, "_serve_unary", "interceptor: the whole unary call (wall, event loop)")
-    s.wrap(icpt, "certificate_identity", "  identity (certificate CN)")
-    s.wrap_context(gw.admission, "slot", "  admission slot wait (wall)", enter_only=True)
-    s.wrap_context(gw.gate, "session", "  policy session (live snapshot, role, revocation)")
-    s.wrap(gw.gate, "audit", "  interceptor audit step (gate.audit; entry already written on the charged path)")
-    s.wrap(path, "release", "  GovernedPath.release (everything below)")
-    s.wrap(core, "price", "    authorise + analyze + price (QueryService.price)")
-    s.wrap(core.plans, "analyze", "      analyzer (memoized)")
-    s.wrap(core.plans, "price", "      OpenDP pricing (memo misses: epsilon differs per call)")
-    s.wrap(path.governor, "reserve", "    ledger reserve (every level, BEGIN IMMEDIATE, no fsync)")
-    s.wrap(path.sandbox, "call", "    sandbox round trip (gateway side: encode, socket, decode)")
-    s.wrap(core, "respond", "    response building (QueryService.respond)")
-    s.wrap(path.governor, "budget_status", "      budget status for the response")
-    s.wrap(path, "_sign", "    receipt (canonical JSON + Ed25519)")
-    s.wrap(path, "_complete", "    complete: charge + audit entry + release cache + outcome (one tx, fsync)")
-    s.wrap(path.ledger, "complete", "      ledger complete (wait for the write turn, the transaction, commit, fsync)")
+    s.wrap_async(ic, "_serve_unary", G[0])
+    s.wrap(icpt, "certificate_identity", G[1])
+    s.wrap_context(gw.admission, "slot", G[2], enter_only=True)
+    if hasattr(gw.admission, "executing"):
+        s.wrap_context(gw.admission, "executing", G[18], enter_only=True)
+    s.wrap_context(gw.gate, "session", G[3])
+    s.wrap(gw.gate, "audit", G[17])
+    s.wrap(path, "release", G[4])
+    s.wrap(core, "price", G[5])
+    s.wrap(core.plans, "analyze", G[6])
+    s.wrap(core.plans, "price", G[7])
+    s.wrap(path.governor, "reserve", G[8])
+    s.wrap(path.sandbox, "call", G[9])
+    s.wrap(core, "respond", G[10])
+    s.wrap(path.governor, "budget_status", G[11])
+    s.wrap(path, "_sign", G[12])
+    s.wrap(path, "_complete", G[13])
+    s.wrap(path.ledger, "complete", G[14])
     writers = getattr(path.ledger, "_writers", None)
     if writers is not None:
-        s.wrap_context(writers, "turn", "        ledger write turn wait (all ledger writes, wall)", enter_only=True)
-    s.wrap(path.oversight.audit, "append_in", "        audit entry in it (pseudonymise, hash chain, MAC)")
+        s.wrap_context(writers, "turn", G[15], enter_only=True)
+    s.wrap(path.oversight.audit, "append_in", G[16])
     return s
 
 
@@ -177,17 +217,17 @@ def instrument_sandbox() -> CpuStages:
     from sandbox import server
     from sandbox.engine import engine, release
 
-    s = CpuStages()
-    s.wrap(server._Serving, "dispatch", "dispatch (decode + execute; excl. socket and encode)")
-    s.wrap(server, "decode_request", "  decode request (msgspec)")
-    s.wrap(engine.Engine, "execute", "  Engine.execute (everything below)")
-    s.wrap(engine, "check_plan_grades", "    grade rules")
-    s.wrap(engine, "compile_dataset_plan", "    compile plan to SQL")
-    s.wrap(engine.Engine, "_price_memoized", "    re-price (memoized)")
-    s.wrap(engine.Engine, "charge_release", "    owner's cap ledger charge (SQLite, fsync)")
-    s.wrap(engine.Engine, "_release", "    run + noise (release_rows)")
-    s.wrap(engine, "check_select", "      guard (parse + allowlist)")
-    s.wrap(engine.Engine, "run_guarded", "      DuckDB (guard + execute + fetch)")
-    s.wrap(release.mechanisms, "release_vector", "      OpenDP noise (release_vector)")
-    s.wrap(server, "encode_frame", "encode reply frame (msgspec)")
+    s, S = CpuStages(), SANDBOX_STAGES
+    s.wrap(server._Serving, "dispatch", S[0])
+    s.wrap(server, "decode_request", S[1])
+    s.wrap(engine.Engine, "execute", S[2])
+    s.wrap(engine, "check_plan_grades", S[3])
+    s.wrap(engine, "compile_dataset_plan", S[4])
+    s.wrap(engine.Engine, "_price_memoized", S[5])
+    s.wrap(engine.Engine, "charge_release", S[6])
+    s.wrap(engine.Engine, "_release", S[7])
+    s.wrap(engine, "check_select", S[8])
+    s.wrap(engine.Engine, "run_guarded", S[9])
+    s.wrap(release.mechanisms, "release_vector", S[10])
+    s.wrap(server, "encode_frame", S[11])
     return s

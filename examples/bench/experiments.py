@@ -7,7 +7,8 @@ Variants: `base` (one gateway process, as shipped); `workers2` (two gateway proc
 flight do not open a connection and a sandbox thread each); `tmpfs` (the state directory in /dev/shm, where
 fsync costs nothing: the most that batching commits, group commit, could gain); `run2`/`run4`/`run8` (at most
 2/4/8 calls run at once, `max_workers`; the rest wait in admission's queue on the event loop); `nogate`/`gate2`/
-`gate4`/`gate8` (`max_executing` 64/2/4/8 instead of four per core: how many calls' work runs on worker threads at once);
+`gate4`/`gate8` (`max_executing` 64/2/4/8 instead of four per core: how many calls' work runs on worker threads
+at once);
 `nocache` (the sandbox keeps no exact aggregates: every request runs DuckDB).
 """
 

@@ -9,12 +9,14 @@ with RESOURCE_EXHAUSTED and `google.rpc.RetryInfo` before anything is done for i
 
 An admitted call's work on the worker threads passes one more gate (`Admission.executing`): at most
 `max_executing` steps run on worker threads at once (four per CPU core: a query's step waits for the sandbox
-and the disk about half its time), the others wait on the event loop, in arrival order, holding no thread. Python code holds the GIL, so more runnable threads than cores do
-not add throughput: they take turns on it every switch interval, and a thread holding the ledger's write lock
-waits for the GIL behind all the others, so everyone waits longer for the lock (a convoy; measured in
-BENCHMARKS.md "Throughput": the CPU per answer rose by half from 1 to 32 clients). A unary call's body that
-waits longer than `queue_wait_s` there is refused like a queued call (nothing was done for it); the other
-steps (a policy session, a step of a streaming body, which may follow a charge) wait until their turn.
+and the disk about half its time), the others wait on the event loop, in arrival order, holding no thread.
+Python code holds the GIL, so more runnable threads than cores do not add throughput: they take turns on it
+every switch interval, and a thread holding the ledger's write lock waits for the GIL behind all the others,
+so everyone waits longer for the lock (a convoy: at 32 clients a query waited about 200 ms per answer for the
+ledger's write turn without the gate, about 10 ms with it; BENCHMARKS.md "Throughput before and after"). A
+unary call's body that waits longer than `queue_wait_s` there is refused like a queued call (nothing was done
+for it); the other steps (a policy session, a step of a streaming body, which may follow a charge) wait until
+their turn.
 
 Everything here runs on the server's event loop thread, so it needs no locks.
 """
