@@ -53,8 +53,8 @@ def _stage_rows(stages: dict[str, Any], clients: str) -> list[str]:
     return lines
 
 
-def render_ab(runs: list[dict[str, Any]]) -> str:
-    """The section's Markdown, between its markers."""
+def render_ab(runs: list[dict[str, Any]], note: str = "") -> str:
+    """The section's Markdown, between its markers (`note`: Markdown put after the figures)."""
     lines = [SECTION_START, "## Throughput before and after, side by side (1,000,000 people, one gateway process)", ""]
     loads = [c["load"] for r in runs for c in r["cells"]]
     lines.append(
@@ -92,6 +92,8 @@ def render_ab(runs: list[dict[str, Any]]) -> str:
         lines.append("")
         for clients in ("1", "32"):
             lines += _stage_rows(r.get("stages", {}), clients)
+    if note:
+        lines += [note.strip(), ""]
     lines.append(SECTION_END)
     return "\n".join(lines) + "\n"
 
@@ -116,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="`experiments --json` files, one per query")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--note", type=Path, default=None, help="Markdown to put after the figures (the analysis)")
     args = p.parse_args(argv)
-    section = render_ab([json.loads(f.read_text()) for f in args.runs])
+    section = render_ab([json.loads(f.read_text()) for f in args.runs],
+                        args.note.read_text() if args.note else "")
     if args.out.name == "-":
         print(section)
     else:

@@ -40,8 +40,9 @@ def client(index: int, name: str, tls: str, port: int, sql: str, dataset: str, r
     # Each process starts at its own random epsilon, so no two calls of one identity ask for the same release
     # (in this cell or an earlier one) and the charge-once release cache never answers.
     base = 1.0 - 1e-6 * random.random()
-    # A `{n}` in the SQL becomes a number no other call of this identity uses: every call another plan.
-    first_n = random.randrange(10**9) * 10**4
+    # A `{n}` in the SQL becomes a number no other call of this identity uses (every call another plan), above
+    # 10^12, so a filter `income < {n}` keeps every row: the work of the plan without the filter.
+    first_n = 10**12 + random.randrange(10**9) * 10**3
     while True:
         now = time.time()
         if now >= stop_at:

@@ -39,10 +39,11 @@ CLIENT_COUNTS = (1, 8, 32, 64)
 QUERIES = {
     "count": "SELECT COUNT(*) AS n FROM residents",
     "avg_by_region": "SELECT region, AVG(income) AS avg_income FROM residents GROUP BY region",
-    # `{n}` is a different number in every call of a client: each call is another plan, so the sandbox's exact
-    # aggregate cache never has it (misses); the two above repeat one plan per client (hits from its 2nd call).
-    "count_where": "SELECT COUNT(*) AS n FROM residents WHERE income > {n}",
-    "avg_by_region_where": "SELECT region, AVG(income) AS avg_income FROM residents WHERE income > {n} GROUP BY region",
+    # `{n}` is a different number above 10^12 in every call of a client (`loadclient`): each call is another
+    # plan, so the sandbox's exact-aggregate cache never has it (misses), and the filter keeps every row; the two
+    # above repeat one plan per client (hits from its 2nd call).
+    "count_where": "SELECT COUNT(*) AS n FROM residents WHERE income < {n}",
+    "avg_by_region_where": "SELECT region, AVG(income) AS avg_income FROM residents WHERE income < {n} GROUP BY region",
 }
 DEFAULT_QUERIES = tuple(QUERIES)
 DATASET = "registry"
