@@ -46,7 +46,7 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
     "max_executing": (max(4, 4 * (os.cpu_count() or 1)),
                       "the most calls whose work runs on worker threads at the same moment (default four per CPU "
-                      "core); the others wait their turn on the event loop, a unary call at most queue_wait_ms"),
+                      "core); the others wait their turn on the event loop"),
     "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
     "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
     "queue_wait_ms": (2000, "the longest a call waits for a free worker before RESOURCE_EXHAUSTED"),

@@ -12,11 +12,11 @@ An admitted call's work on the worker threads passes one more gate (`Admission.e
 and the disk about half its time), the others wait on the event loop, in arrival order, holding no thread.
 Python code holds the GIL, so more runnable threads than cores do not add throughput: they take turns on it
 every switch interval, and a thread holding the ledger's write lock waits for the GIL behind all the others,
-so everyone waits longer for the lock (a convoy: at 32 clients a query waited about 200 ms per answer for the
-ledger's write turn without the gate, about 10 ms with it; BENCHMARKS.md "Throughput before and after"). A
-unary call's body that waits longer than `queue_wait_s` there is refused like a queued call (nothing was done
-for it); the other steps (a policy session, a step of a streaming body, which may follow a charge) wait until
-their turn.
+so everyone waits longer for the lock (a convoy: at 32 clients a query waited about 300 ms per answer for the
+ledger's write turn without the gate, about 15 ms with it; BENCHMARKS.md "Throughput before and after"). The
+gate refuses nothing itself (overload is refused by the admission above, whose running calls are all that can
+wait here): a unary call's body waits at most until the call's deadline (then DEADLINE_EXCEEDED, nothing
+done), any other step (a policy session, a step of a streaming body, which may follow a charge) until its turn.
 
 Everything here runs on the server's event loop thread, so it needs no locks.
 """
@@ -24,12 +24,13 @@ Everything here runs on the server's event loop thread, so it needs no locks.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from gateway.errors import OverloadedError
+from gateway.errors import DeadlineExceededError, OverloadedError
 
 __all__ = ["Admission", "AdmissionLimits"]
 
@@ -145,11 +146,12 @@ class Admission:
             future.set_result(None)
 
     @asynccontextmanager
-    async def executing(self, *, refusable: bool) -> AsyncIterator[None]:
-        """Hold one of the `max_executing` turns on the worker threads for the body of the `async with`.
+    async def executing(self, *, deadline: float | None = None) -> AsyncIterator[None]:
+        """Hold one of the `max_executing` turns on the worker threads for the body of the `async with`, waiting
+        for one in arrival order; no longer than until `deadline` (`time.monotonic()`; None: as long as it takes).
 
         Raises:
-            OverloadedError: `refusable`, and no turn came within `queue_wait_s` (then nothing ran).
+            DeadlineExceededError: `deadline` passed before a turn came (then nothing ran).
         """
         if self.executing_now < self.limits.max_executing and not self._executing_queue:
             self.executing_now += 1
@@ -157,8 +159,8 @@ class Admission:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._executing_queue.append(future)
             try:
-                if refusable:
-                    await asyncio.wait_for(asyncio.shield(future), self.limits.queue_wait_s)
+                if deadline is not None:
+                    await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
                 else:
                     await asyncio.shield(future)
             except (TimeoutError, asyncio.CancelledError) as exc:
@@ -169,7 +171,8 @@ class Admission:
                     self._executing_queue.remove(future)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                raise self._refuse("the gateway is busy; retry shortly", "SERVER_BUSY") from None
+                raise DeadlineExceededError("the call's deadline passed while it waited for a worker; nothing "
+                                            "was charged") from None
         try:
             yield
         finally:

@@ -1,12 +1,13 @@
 """The admission's turns on the worker threads (`Admission.executing`): at most `max_executing` at once, handed
-on in arrival order; a refusable waiter is refused with RESOURCE_EXHAUSTED and RetryInfo after `queue_wait_s`
-and takes no turn; a waiter that may not be refused waits as long as it takes; a cancelled waiter leaves the
-queue; and a gateway limited to one turn still answers concurrent clients, each once."""
+on in arrival order; a waiter with a deadline gets DEADLINE_EXCEEDED when it passes and takes no turn; one
+without waits as long as it takes; a cancelled waiter leaves the queue; and a gateway limited to one turn still
+answers concurrent clients, each once, none refused."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,14 +18,14 @@ from privacy_gateway.v1 import query_service_pb2 as q_pb
 from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
 from gateway.budgets.ledger import GrantKey
-from gateway.errors import OverloadedError
+from gateway.errors import DeadlineExceededError
 from gateway.rpc.admission import Admission, AdmissionLimits
 from gateway.rpc.server import start_gateway
 from tests.helpers import Env, channel_for, isolated_settings
 
 
-def _admission(turns: int, wait_s: float = 5.0) -> Admission:
-    return Admission(AdmissionLimits(max_executing=turns, queue_wait_s=wait_s))
+def _admission(turns: int) -> Admission:
+    return Admission(AdmissionLimits(max_executing=turns))
 
 
 def test_at_most_max_executing_run_at_once_in_arrival_order() -> None:
@@ -37,7 +38,7 @@ def test_at_most_max_executing_run_at_once_in_arrival_order() -> None:
 
         async def step(i: int) -> None:
             nonlocal inside, peak
-            async with adm.executing(refusable=False):
+            async with adm.executing():
                 inside += 1
                 peak = max(peak, inside)
                 order.append(i)
@@ -57,31 +58,29 @@ def test_at_most_max_executing_run_at_once_in_arrival_order() -> None:
     assert order == [0, 1, 2, 3, 4, 5]
 
 
-def test_a_refusable_waiter_is_refused_after_queue_wait_and_others_wait_on() -> None:
-    """With the one turn held: a refusable step is refused (SERVER_BUSY, retry hint) after queue_wait_s, a
-    non-refusable one outlasts that wait and runs once the turn is free; the refused one never ran."""
+def test_a_waiter_past_its_deadline_gets_deadline_exceeded_and_others_wait_on() -> None:
+    """With the one turn held: a step whose deadline passes while it waits gets DEADLINE_EXCEEDED and never
+    runs; a step without a deadline outlasts it and runs once the turn is free."""
 
     async def main() -> None:
-        adm = _admission(1, wait_s=0.05)
+        adm = _admission(1)
         ran: list[str] = []
         hold = asyncio.Event()
 
         async def holder() -> None:
-            async with adm.executing(refusable=False):
+            async with adm.executing():
                 await hold.wait()
 
-        async def waiter(name: str, refusable: bool) -> None:
-            async with adm.executing(refusable=refusable):
+        async def waiter(name: str, deadline: float | None) -> None:
+            async with adm.executing(deadline=deadline):
                 ran.append(name)
 
         h = asyncio.create_task(holder())
         await asyncio.sleep(0)
-        patient = asyncio.create_task(waiter("patient", False))
-        with pytest.raises(OverloadedError) as refused:
-            await waiter("refusable", True)
-        assert refused.value.reason == "SERVER_BUSY"
-        assert refused.value.retry_after_s > 0
-        await asyncio.sleep(0.1)  # twice the queue wait: the patient one still waits
+        patient = asyncio.create_task(waiter("patient", None))
+        with pytest.raises(DeadlineExceededError):
+            await waiter("hurried", time.monotonic() + 0.05)
+        await asyncio.sleep(0.1)  # twice that wait: the patient one still waits
         assert ran == []
         hold.set()
         await asyncio.gather(h, patient)
@@ -100,11 +99,11 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
         ran: list[str] = []
 
         async def holder() -> None:
-            async with adm.executing(refusable=False):
+            async with adm.executing():
                 await hold.wait()
 
         async def waiter(name: str) -> None:
-            async with adm.executing(refusable=True):
+            async with adm.executing(deadline=time.monotonic() + 30):
                 ran.append(name)
 
         h = asyncio.create_task(holder())
@@ -129,7 +128,7 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
 def test_one_turn_serves_concurrent_clients_each_once(env: Env) -> None:
     """A real gateway with max_executing = 1: eight clients' queries at once are all answered, none refused,
     and the ledger holds exactly one charge each."""
-    settings = dataclasses.replace(isolated_settings(env, "one-turn"), max_executing=1, queue_wait_ms=30_000)
+    settings = dataclasses.replace(isolated_settings(env, "one-turn"), max_executing=1)
     gw = start_gateway(settings)
     try:
         def ask(i: int) -> bool:
