@@ -12,8 +12,8 @@ An admitted call's work on the worker threads passes one more gate (`Admission.e
 and the disk about half its time), the others wait on the event loop, in arrival order, holding no thread.
 Python code holds the GIL, so more runnable threads than cores do not add throughput: they take turns on it
 every switch interval, and a thread holding the ledger's write lock waits for the GIL behind all the others,
-so everyone waits longer for the lock (a convoy: at 32 clients a query waited about 300 ms per answer for the
-ledger's write turn without the gate, about 15 ms with it; BENCHMARKS.md "Throughput before and after"). The
+so everyone waits longer for the lock (a convoy: at 32 clients a query waited 300-670 ms per answer for the
+ledger's write turns without the gate, 13-16 ms with it; BENCHMARKS.md "Throughput before and after"). The
 gate refuses nothing itself (overload is refused by the admission above, whose running calls are all that can
 wait here): a unary call's body waits at most until the call's deadline (then DEADLINE_EXCEEDED, nothing
 done), any other step (a policy session, a step of a streaming body, which may follow a charge) until its turn.
