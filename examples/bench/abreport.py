@@ -69,10 +69,14 @@ def render_ab(runs: list[dict[str, Any]], note: str = "") -> str:
         "`ceiling` = 2000 / CPU ms per answer (gateway + sandbox + clients): the answers/s both cores could "
         "give at that cost.")
     lines.append("")
+    seen: dict[str, int] = {}
     for r in runs:
         cells = r["cells"]
         query = cells[0]["query"]
-        lines.append(f"### `{query}`")
+        seen[query] = seen.get(query, 0) + 1
+        run_loads = [c["load"] for c in cells]
+        again = f", run {seen[query]} (load {min(run_loads)} to {max(run_loads)})" if seen[query] > 1 else ""
+        lines.append(f"### `{query}`{again}")
         lines.append("")
         lines.append("| clients | before answers/s | after answers/s | before p50 / p99 ms | after p50 / p99 ms | "
                      "before CPU ms gw + sb + cl | after CPU ms gw + sb + cl | before ceiling | after ceiling | "
