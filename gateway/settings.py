@@ -49,6 +49,9 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "sandbox_ready_timeout_s": (1800, "the longest the gateway waits for a sandbox it starts to be ready (a first "
                                       "start with sandbox_storage = disk builds the store: minutes for 100M people)"),
     "max_workers": (64, "worker threads for request bodies; also the most calls that run at once"),
+    "max_executing": (max(4, 4 * (os.cpu_count() or 1)),
+                      "the most calls whose work runs on worker threads at the same moment (default four per CPU "
+                      "core); the others wait their turn on the event loop"),
     "max_calls_per_identity": (16, "the most calls one certificate identity may have running at once"),
     "max_queued_calls": (256, "calls that may wait for a free worker (beyond: RESOURCE_EXHAUSTED + RetryInfo)"),
     "queue_wait_ms": (2000, "the longest a call waits for a free worker before RESOURCE_EXHAUSTED"),
@@ -91,6 +94,7 @@ class Settings:
     sandbox_threads: int
     sandbox_ready_timeout_s: int
     max_workers: int
+    max_executing: int
     max_calls_per_identity: int
     max_queued_calls: int
     queue_wait_ms: int

@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
              "that is larger)",
     )
     p.add_argument(
+        "--exact-cache-values", type=int, default=d.exact_cache_values,
+        help="exact aggregate values kept in this process to re-noise repeated plans without running them again "
+             "(least recently used go first; 0: none)",
+    )
+    p.add_argument(
         "--parent-pid", type=int, default=0,
         help="die with this process (the gateway that starts the sandbox passes its pid); 0: tied to no one",
     )
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             query_timeout_ms=args.query_timeout_ms,
             max_groups=args.max_groups,
+            exact_cache_values=args.exact_cache_values,
             address_space_bytes=(address_space_for(memory.memory_limit, Limits().address_space_bytes)
                                  if args.address_space_bytes is None else args.address_space_bytes),
         )

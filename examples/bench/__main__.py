@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import examples.bench as bench
+from examples.bench.abreport import SECTION_END as AB_END
+from examples.bench.abreport import SECTION_START as AB_START
 from examples.bench.accuracy import accuracy, selection_head_to_head
 from examples.bench.bigdata import BIG_HEADING, section
 from examples.bench.common import BENCH_DIR, ensure_data, log
@@ -163,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" in results:
         report = report.rstrip("\n") + "\n\n" + render_throughput(results["throughput"],
                                                                    results["throughput"]["people"])
-    # The out-of-memory section (`examples.bench.bigdata`, run separately: `make bench-big`) is kept.
-    kept = section(args.out.read_text(), BIG_HEADING) if args.out.exists() else ""
+    # The out-of-memory section (`examples.bench.bigdata`, run separately: `make bench-big`) and the before/after
+    # throughput section (`examples.bench.abreport`, run against another commit's tree) are kept.
+    old = args.out.read_text() if args.out.exists() else ""
+    kept = section(old, BIG_HEADING) if old else ""
+    if AB_START in old and AB_END in old:
+        kept = AB_START + old.split(AB_START, 1)[1].split(AB_END, 1)[0] + AB_END + "\n" + (f"\n{kept}" if kept else "")
     args.out.write_text(report + (f"\n{kept}" if kept else ""))
     log(f"wrote {args.out} and {args.json} in {results['total_seconds']:.0f} s")
     return 0

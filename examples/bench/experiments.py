@@ -5,7 +5,11 @@ records its CPU per request stage (`cpustages.py`), printed per answer at the en
 Variants: `base` (one gateway process, as shipped); `workers2` (two gateway processes on the port);
 `pool64` (the gateway keeps up to 64 idle sandbox connections instead of 8, so that more than 8 requests in
 flight do not open a connection and a sandbox thread each); `tmpfs` (the state directory in /dev/shm, where
-fsync costs nothing: the most that batching commits, group commit, could gain).
+fsync costs nothing: the most that batching commits, group commit, could gain); `run2`/`run4`/`run8` (at most
+2/4/8 calls run at once, `max_workers`; the rest wait in admission's queue on the event loop); `nogate`/`gate2`/
+`gate4`/`gate8` (`max_executing` 64/2/4/8 instead of four per core: how many calls' work runs on worker threads
+at once);
+`nocache` (the sandbox keeps no exact aggregates: every request runs DuckDB).
 """
 
 from __future__ import annotations
@@ -19,35 +23,74 @@ from typing import Any
 from examples.bench.common import ensure_data, log
 from examples.bench.throughput import ab
 
-__all__ = ["VARIANTS", "main", "stage_table"]
+__all__ = ["VARIANTS", "log_stage_table", "main", "stage_table"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "workers2": {"gateways": 2},
     "pool64": {"gw_args": ["--sandbox-pool", "64"]},
     "tmpfs": {"state_base": Path("/dev/shm")},
+    "run2": {"settings": {"max_workers": 2}},
+    "run4": {"settings": {"max_workers": 4}},
+    "run8": {"settings": {"max_workers": 8}},
+    "nogate": {"settings": {"max_executing": 64}},
+    "gate2": {"settings": {"max_executing": 2}},
+    "gate4": {"settings": {"max_executing": 4}},
+    "gate8": {"settings": {"max_executing": 8}},
+    "nocache": {"sandbox_args": ["--exact-cache-values", "0"]},
 }
 # `--baseline DIR` adds the variant `baseline`: the gateway processes run from DIR (a copy of another commit's
 # tree, e.g. `git archive main | tar -x -C DIR`), everything else as `base`.
 
 
-def stage_table(profile_dir: Path) -> dict[str, dict[str, float]]:
-    """CPU milliseconds per GovernedPath.release, per stage, for each variant's gateway processes."""
-    out: dict[str, dict[str, float]] = {}
-    for vdir in sorted(p for p in profile_dir.iterdir() if p.is_dir()):
-        cpu: dict[str, float] = {}
-        calls: dict[str, int] = {}
-        for f in vdir.glob("gateway*.stages.json"):
-            data = json.loads(f.read_text())
-            for k, v in data["cpu"].items():
-                cpu[k] = cpu.get(k, 0.0) + v
-            for k, v in data["calls"].items():
-                calls[k] = calls.get(k, 0) + v
-        releases = next((n for k, n in calls.items() if k.startswith("GovernedPath.release")), 0)
-        if releases:
-            out[vdir.name] = {k: v / releases * 1000 for k, v in cpu.items()}
-            out[vdir.name]["releases"] = releases
+def _merged(files: list[Path]) -> dict[str, dict[str, float]]:
+    """The `cpustages` JSON files of one variant summed: {"cpu"|"wall"|"calls"|"threads": {stage: total}}."""
+    out: dict[str, dict[str, float]] = {"cpu": {}, "wall": {}, "calls": {}, "threads": {}}
+    for f in files:
+        data = json.loads(f.read_text())
+        for part, totals in out.items():
+            for k, v in data.get(part, {}).items():
+                totals[k] = totals.get(k, 0.0) + v
     return out
+
+
+def stage_table(profile_dir: Path, clients: int | None = None) -> dict[str, dict[str, Any]]:
+    """Milliseconds per answer (one GovernedPath.release), per stage, CPU and wall, for each variant's gateway
+    processes and its sandbox, with the CPU of each thread group of the processes: in the measured window of
+    the cell with `clients` clients (its last round), or over the processes' whole life (None)."""
+    prefix = "" if clients is None else f"c{clients}."
+    out: dict[str, dict[str, Any]] = {}
+    for vdir in sorted(p for p in profile_dir.iterdir() if p.is_dir()):
+        gw = _merged(list(vdir.glob(f"{prefix}gateway*.stages.json")))
+        releases = next((n for k, n in gw["calls"].items() if "GovernedPath.release" in k), 0)
+        if not releases:
+            continue
+        sb = _merged(list(vdir.glob(f"{prefix}sandbox.stages.json")))
+        per = 1000 / releases
+        out[vdir.name] = {
+            "releases": releases,
+            "gateway": {k: (gw["cpu"][k] * per, gw["wall"].get(k, 0.0) * per, gw["calls"].get(k, 0) / releases)
+                        for k in gw["cpu"]},
+            "gateway_threads": {k: v * per for k, v in sorted(gw["threads"].items(), key=lambda kv: -kv[1])},
+            "sandbox": {k: (sb["cpu"][k] * per, sb["wall"].get(k, 0.0) * per, sb["calls"].get(k, 0) / releases)
+                        for k in sb["cpu"]},
+            "sandbox_threads": {k: v * per for k, v in sorted(sb["threads"].items(), key=lambda kv: -kv[1])},
+        }
+    return out
+
+
+def log_stage_table(stages: dict[str, dict[str, Any]]) -> None:
+    """Print `stage_table`'s figures."""
+    for name, st in stages.items():
+        log(f"{name}: ms per answer by stage ({int(st['releases'])} answers; CPU / wall / calls per answer)")
+        for part in ("gateway", "sandbox"):
+            log(f"  {part}:")
+            for k, (cpu, wall, calls) in st[part].items():
+                log(f"    {cpu:7.3f} {wall:8.3f} {calls:5.2f}  {k}")
+            log(f"  {part} threads (CPU ms per answer):")
+            for k, v in st[f"{part}_threads"].items():
+                if v >= 0.01:
+                    log(f"    {v:7.3f}  {k}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     known = dict(VARIANTS)
     if args.baseline is not None:
-        known["baseline"] = {"code_dir": args.baseline.resolve()}
+        # the sandbox runs from this tree: without its exact-aggregate cache it computes as the baseline did
+        known["baseline"] = {"code_dir": args.baseline.resolve(), "sandbox_args": ["--exact-cache-values", "0"]}
     for name in args.variants.split(","):
         v = dict(known[name])
         v["profile_dir"] = profile_dir / name
@@ -77,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         variants[name] = v
     cells = ab(data_dir, variants, args.query, tuple(int(c) for c in args.clients.split(",")),
                args.warmup, args.seconds, args.rounds)
-    stages = stage_table(profile_dir)
-    for name, st in stages.items():
-        log(f"{name}: CPU ms per answer by stage ({int(st.pop('releases'))} answers)")
-        for k, v in st.items():
-            log(f"    {v:6.3f}  {k}")
+    stages = {}
+    for c in args.clients.split(","):
+        log(f"== {c} clients")
+        stages[c] = stage_table(profile_dir, int(c))
+        log_stage_table(stages[c])
     if args.json:
         args.json.write_text(json.dumps({"cells": cells, "stages": stages}, indent=1, default=str))
     return 0

@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         from examples.bench.cpustages import instrument
 
         stages = instrument(gw)
+        from pathlib import Path
+
+        stages.on_signals(Path(args.stages))
     stop = threading.Event()
 
     def on_term(signum: int, frame: FrameType | None) -> None:

@@ -15,6 +15,8 @@ def client(index: int, name: str, tls: str, port: int, sql: str, dataset: str, r
            times: Any, out: Any) -> None:
     """Connect as `name`, report ready, wait for `go`; then RunQuery back to back from times[0] until
     times[2], counting the answers and refusals of calls started at or after times[1]; put the result on `out`."""
+    import random
+
     import grpc
     from privacy_gateway.v1 import common_pb2 as common_pb
     from privacy_gateway.v1 import query_service_pb2 as q_pb
@@ -35,15 +37,21 @@ def client(index: int, name: str, tls: str, port: int, sql: str, dataset: str, r
     while time.time() < start_at:
         time.sleep(0.002)
     cpu_in = 0.0
+    # Each process starts at its own random epsilon, so no two calls of one identity ask for the same release
+    # (in this cell or an earlier one) and the charge-once release cache never answers.
+    base = 1.0 - 1e-6 * random.random()
+    # A `{n}` in the SQL becomes a number no other call of this identity uses (every call another plan), above
+    # 10^12, so a filter `income < {n}` keeps every row: the work of the plan without the filter.
+    first_n = 10**12 + random.randrange(10**9) * 10**3
     while True:
         now = time.time()
         if now >= stop_at:
             break
         calls += 1
         req = q_pb.RunQueryRequest(
-            dataset=dataset, sql=sql, purpose="benchmark", request_id=uuid.uuid4().hex,
-            # unique per call across all clients: the charge-once release cache must never answer
-            privacy_loss=common_pb.PrivacyLoss(epsilon=1.0 - 1e-12 * (calls * 128 + index)))
+            dataset=dataset, sql=sql.replace("{n}", str(first_n + calls)),
+            purpose="benchmark", request_id=uuid.uuid4().hex,
+            privacy_loss=common_pb.PrivacyLoss(epsilon=base - 1e-12 * calls))
         t0 = time.perf_counter()
         c0 = time.process_time()
         try:

@@ -8,11 +8,13 @@ Guarantees. Every state change runs in one ``BEGIN IMMEDIATE`` transaction on a 
 for that call, so the check "spent + cost <= budget" and the write of the charge are atomic with
 respect to every other thread and every other process that opens the same file (SQLite's write
 lock serializes them; waiting is bounded by ``busy_timeout_s``). ``reserve`` commits the charge
-with ``synchronous=FULL`` before it returns, so a caller that releases an answer only after
-``reserve`` returned has the charge on disk first, and it survives a crash or restart. With
+and has the write-ahead log fsynced before it returns (group commit: one fsync, run outside the write
+lock, covers every transaction committed before it began; `gateway.storage.sqlite.GroupSync`), so a
+caller that releases an answer only after ``reserve`` returned has the charge on disk first, and it
+survives a crash or restart. With
 ``durable=False`` (the query path) the reservation commits without its own fsync: it is visible to
 every thread and process at once (admission stays exact) and survives a process crash, and the next
-durable commit on this file (``complete``, ``fail``, ``release_unused``: each ``synchronous=FULL``)
+durable commit on this file (``complete``, ``fail``, ``release_unused``: each durable as ``reserve``)
 syncs the write-ahead log that holds it, so the caller must release nothing before one of those has
 returned. Only a power loss or kernel crash between the two commits can lose the reservation, and
 then nothing of that request has left the gateway. A request
@@ -70,7 +72,15 @@ from gateway.errors import (
 )
 from gateway.policy.periods import DELTA_UNITS, EPSILON_UNITS, RHO_UNITS, to_units
 from gateway.storage.pg import PgDatabase, ensure_schema
-from gateway.storage.sqlite import ConnectionPool, immediate, open_location, prepare_location, writer_queue
+from gateway.storage.sqlite import (
+    ConnectionPool,
+    GroupSync,
+    group_sync,
+    immediate,
+    open_location,
+    prepare_location,
+    writer_queue,
+)
 from sandbox.pricing.cap_rules import CapCounts, pure_to_rho_units
 
 __all__ = [
@@ -129,6 +139,8 @@ class Ledger(LedgerReads):
         self._in_doubt_lock = threading.Lock()
         prepare_location(self._path)
         self._writers = writer_queue(self._path)  # this process's writers of the database, in arrival order
+        # SQLite: durable commits share fsyncs of the WAL, outside the write lock (group commit).
+        self._sync: GroupSync | None = None if isinstance(self._path, PgDatabase) else group_sync(self._path)
         self._pool = ConnectionPool(
             lambda: self._open(check_same_thread=False),
             lambda: StorageUnavailableError("the privacy ledger's storage failed; retry with the same request id"),
@@ -586,18 +598,30 @@ class Ledger(LedgerReads):
     def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """Runs the body in BEGIN IMMEDIATE; commits on success, rolls back on any exception.
 
-        Durable commits fsync the write-ahead log (``synchronous=FULL``, set on every transaction, so a
-        pooled connection can never carry a lighter setting over); ``durable=False`` commits with
-        ``synchronous=NORMAL`` (no fsync: see ``reserve``).
+        A durable transaction is on disk before the ``with`` statement ends. On SQLite it commits with
+        ``synchronous=NORMAL`` (its frames written to the WAL, no fsync) and gives up the write lock; then one
+        fsync of the WAL covers it and every other transaction committed before that fsync began (`GroupSync`:
+        group commit), so concurrent writers neither fsync one by one nor hold the lock while the disk
+        syncs. ``durable=False`` skips that wait (see ``reserve``): the next durable commit's fsync covers it.
+        ``synchronous`` is set on every transaction, so a pooled connection never carries another setting over.
+
+        Raises:
+            StorageUnavailableError: the fsync failed (the commit is not known to be on disk).
         """
+        sync = self._sync if durable else None
         with self._writers.turn(self._busy_timeout_s, _busy), self._connection() as conn:
-            conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+            light = not durable or sync is not None
+            conn.execute("PRAGMA synchronous = NORMAL" if light else "PRAGMA synchronous = FULL")
             try:
                 with immediate(conn):
                     yield conn
             finally:
-                if not durable:
+                if light:
                     conn.execute("PRAGMA synchronous = FULL")
+            ticket = sync.committed() if sync is not None else 0
+        if sync is not None:
+            sync.wait(ticket, lambda: StorageUnavailableError(
+                "the privacy ledger's storage failed to sync; retry with the same request id"))
 
     @contextmanager
     def _charging(self, key: GrantKey, request_id: str, created_at: float) -> Iterator[None]:

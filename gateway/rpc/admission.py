@@ -7,18 +7,30 @@ when a slot frees, the longest-waiting call of the next identity in turn (round 
 busy identity cannot starve a quiet one. A call that finds the queue full, or waits too long, is refused
 with RESOURCE_EXHAUSTED and `google.rpc.RetryInfo` before anything is done for it.
 
+An admitted call's work on the worker threads passes one more gate (`Admission.executing`): at most
+`max_executing` steps run on worker threads at once (four per CPU core: a query's step waits for the sandbox
+and the disk about half its time), the others wait on the event loop, in arrival order, holding no thread.
+Python code holds the GIL, so more runnable threads than cores do not add throughput: they take turns on it
+every switch interval, and a thread holding the ledger's write lock waits for the GIL behind all the others,
+so everyone waits longer for the lock (a convoy: at 32 clients a query waited 300-670 ms per answer for the
+ledger's write turns without the gate, 13-16 ms with it; BENCHMARKS.md "Throughput before and after"). The
+gate refuses nothing itself (overload is refused by the admission above, whose running calls are all that can
+wait here): a unary call's body waits at most until the call's deadline (then DEADLINE_EXCEEDED, nothing
+done), any other step (a policy session, a step of a streaming body, which may follow a charge) until its turn.
+
 Everything here runs on the server's event loop thread, so it needs no locks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from gateway.errors import OverloadedError
+from gateway.errors import DeadlineExceededError, OverloadedError
 
 __all__ = ["Admission", "AdmissionLimits"]
 
@@ -32,6 +44,7 @@ class AdmissionLimits:
     max_queued: int = 256
     max_queued_per_identity: int = 64
     queue_wait_s: float = 2.0
+    max_executing: int = 64
 
 
 class Admission:
@@ -45,6 +58,8 @@ class Admission:
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._queued = 0
         self.refused = 0
+        self.executing_now = 0
+        self._executing_queue: deque[asyncio.Future[None]] = deque()
 
     def _can_run(self, identity: str) -> bool:
         return (self.running < self.limits.max_running
@@ -129,3 +144,45 @@ class Admission:
                 del self._waiting[identity]
             self._start(identity)
             future.set_result(None)
+
+    @asynccontextmanager
+    async def executing(self, *, deadline: float | None = None) -> AsyncIterator[None]:
+        """Hold one of the `max_executing` turns on the worker threads for the body of the `async with`, waiting
+        for one in arrival order; no longer than until `deadline` (`time.monotonic()`; None: as long as it takes).
+
+        Raises:
+            DeadlineExceededError: `deadline` passed before a turn came (then nothing ran).
+        """
+        if self.executing_now < self.limits.max_executing and not self._executing_queue:
+            self.executing_now += 1
+        else:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._executing_queue.append(future)
+            try:
+                if deadline is not None:
+                    await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+                else:
+                    await asyncio.shield(future)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                if future.done() and not future.cancelled():  # handed a turn just as we gave up: pass it on
+                    self._done_executing()
+                else:
+                    future.cancel()
+                    self._executing_queue.remove(future)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise DeadlineExceededError("the call's deadline passed while it waited for a worker; nothing "
+                                            "was charged") from None
+        try:
+            yield
+        finally:
+            self._done_executing()
+
+    def _done_executing(self) -> None:
+        """Hand the turn to the longest waiter, or free it."""
+        while self._executing_queue:
+            future = self._executing_queue.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.executing_now -= 1

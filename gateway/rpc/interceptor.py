@@ -221,22 +221,26 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         if not call.rule.any_certificate and not self.gate.is_member(call.identity):
             raise UnauthenticatedError("the client certificate does not identify a member of the policy")
 
-    async def _run(self, call: Call, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on a worker thread inside the call's policy session and log context."""
+    async def _run(self, call: Call, fn: Callable[..., T], *args: Any, first: bool = False) -> T:
+        """`fn(*args)` on a worker thread inside the call's policy session and log context, in one of the
+        admission's turns on the worker threads (`Admission.executing`; `first`: a unary body, which has done
+        nothing yet and waits for its turn at most until the call's deadline)."""
 
         def work() -> T:
             with self.gate.session(call), log_context(consumer=call.identity, rpc=call.method):
                 return fn(*args)
 
-        future = asyncio.get_running_loop().run_in_executor(self.pool, work)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The client went away. The body runs to its end anyway (a thread cannot be stopped), and what
-            # it charged must reach the call's audit entry, so wait for it before the cancellation goes on.
-            with contextlib.suppress(BaseException):
-                await future
-            raise
+        async with self.admission.executing(deadline=call.deadline if first else None):
+            future = asyncio.get_running_loop().run_in_executor(self.pool, work)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The client went away. The body runs to its end anyway (a thread cannot be stopped), and
+                # what it charged must reach the call's audit entry, so wait for it before the cancellation
+                # goes on.
+                with contextlib.suppress(BaseException):
+                    await future
+                raise
 
     async def _audit(self, call: Call, error: GatewayError | None, answered: bool) -> GatewayError | None:
         if call.rule.any_certificate and error is None:
@@ -290,7 +294,7 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
                 if inner.kind == "stream":
                     responses = await inner.fn(_Timed(request, self.message_timeout_s), call, self._runner(call))
                     return next(iter(responses))
-                return await self._run(call, _bounded, inner.fn, request, call)
+                return await self._run(call, _bounded, inner.fn, request, call, first=True)
             await self._run(call, _nothing)
             check_request(request)
             return await inner(request, context)
@@ -321,7 +325,7 @@ class GovernanceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
             return identity
 
         async def respond() -> Any:
-            return await self._run(call, _bounded, body.fn, request, call)
+            return await self._run(call, _bounded, body.fn, request, call, first=True)
 
         response, error = await self._govern_unary(call, identify, False, respond)
         if error is not None:

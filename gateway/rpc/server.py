@@ -307,7 +307,7 @@ def start_gateway(settings: Settings) -> Gateway:
         admission = Admission(AdmissionLimits(
             max_running=settings.max_workers, max_running_per_identity=settings.max_calls_per_identity,
             max_queued=settings.max_queued_calls, max_queued_per_identity=settings.max_queued_calls,
-            queue_wait_s=settings.queue_wait_ms / 1000,
+            queue_wait_s=settings.queue_wait_ms / 1000, max_executing=min(settings.max_executing, settings.max_workers),
         ))
         gate = PolicyGate(governor, oversight)
         interceptor = GovernanceInterceptor(gate, admission, pool,

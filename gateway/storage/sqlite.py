@@ -178,7 +178,83 @@ class WriterQueue:
             self._lock.release()
 
 
+class GroupSync:
+    """Group commit for one SQLite file in WAL mode: one fsync of the write-ahead log makes every transaction
+    committed before it durable, so the threads that commit while an fsync runs share the next one.
+
+    A writer commits with ``synchronous=NORMAL`` (SQLite writes the transaction's frames to the WAL without an
+    fsync), takes a ticket (`committed`) and gives up the file's write turn; then `wait(ticket)` returns once an
+    fsync that began after the ticket was taken has finished: one waiting thread runs it, the others wait for
+    it. Durability is what ``synchronous=FULL`` gives a WAL commit (the frames fsynced before the caller goes
+    on); the difference is that the fsync runs outside the write lock and covers every commit made before it
+    started, whichever thread or connection made it. fsync acts on the file, not the descriptor, so the
+    frames SQLite wrote through its own descriptor are flushed by ours. A WAL that is gone was checkpointed
+    into the database file (a checkpoint fsyncs both), and the database file is synced instead.
+
+    An fsync that fails leaves the state of the file unknown (the kernel may have dropped the unwritten
+    pages), so every later `wait` fails too, until the process restarts: nothing committed after an fsync
+    error is ever reported durable.
+    """
+
+    def __init__(self, database: Path) -> None:
+        """Group the commits to the SQLite file `database` (its WAL is `<database>-wal`)."""
+        self._database = database
+        self._wal = Path(f"{database}-wal")
+        self._cond = threading.Condition()
+        self._committed = 0
+        self._synced = 0
+        self._syncing = False
+        self._failed: OSError | None = None
+        self.fsyncs = 0
+
+    def committed(self) -> int:
+        """A ticket for a transaction that has just committed (its frames are written, not yet synced)."""
+        with self._cond:
+            self._committed += 1
+            return self._committed
+
+    def wait(self, ticket: int, error: Callable[[], Exception]) -> None:
+        """Return once the transaction of `ticket` is on disk; `error()` if an fsync failed."""
+        with self._cond:
+            while self._synced < ticket:
+                if self._failed is not None:
+                    raise error() from self._failed
+                if self._syncing:
+                    self._cond.wait()
+                    continue
+                self._syncing = True
+                target = self._committed
+                self._cond.release()
+                failure: OSError | None = None
+                try:
+                    self._fsync()
+                except OSError as exc:
+                    failure = exc
+                finally:
+                    self._cond.acquire()
+                    self._syncing = False
+                    self._cond.notify_all()
+                if failure is not None:
+                    self._failed = failure
+                    raise error() from failure
+                self._synced = max(self._synced, target)
+                self.fsyncs += 1
+            if self._failed is not None and self._synced < ticket:
+                raise error() from self._failed
+
+    def _fsync(self) -> None:
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = os.open(self._database, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 _queues: dict[str, WriterQueue] = {}
+_syncs: dict[str, GroupSync] = {}
 _queues_lock = threading.Lock()
 
 
@@ -191,6 +267,16 @@ def writer_queue(location: Path | str | PgDatabase) -> WriterQueue:
         if q is None:
             q = _queues[key] = WriterQueue()
         return q
+
+
+def group_sync(location: Path) -> GroupSync:
+    """The one `GroupSync` of this process for the SQLite file at `location`."""
+    key = os.path.realpath(location)
+    with _queues_lock:
+        g = _syncs.get(key)
+        if g is None:
+            g = _syncs[key] = GroupSync(Path(key))
+        return g
 
 
 def open_location(location: Path | PgDatabase, *, busy_timeout_s: float) -> sqlite3.Connection:

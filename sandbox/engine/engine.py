@@ -35,6 +35,7 @@ from sandbox.catalog import Catalog, DatasetSpec, TableSpec, load_catalog
 from sandbox.engine.caps import CAP_MESSAGE, DUPLICATE_MESSAGE, CapLedger, Product
 from sandbox.engine.disk_store import prepare_store, store_key, store_paths
 from sandbox.engine.duckdb_config import connect, lock_down, verify_locked
+from sandbox.engine.exact_cache import ExactCache
 from sandbox.engine.guard import check_select
 from sandbox.engine.keys import keyed_digest
 from sandbox.engine.limits import Limits
@@ -171,6 +172,7 @@ class Engine:
         self._watchdog = Watchdog()  # interrupts statements past their deadline (one thread)
         self._prices: OrderedDict[tuple[str, ...], tuple[tuple[ReleaseCost, ...], ReleaseLoss]] = OrderedDict()
         self._price_lock = threading.Lock()
+        self.exact = ExactCache(self.limits.exact_cache_values)  # exact rows of recent plans, re-noised per request
         # Without a persisted key (tests, embedded use) the version is stable for this process only.
         version_key = version_key or secrets.token_bytes(32)
         self.row_counts: dict[str, int] = {}
@@ -480,7 +482,7 @@ class Engine:
         if refused is not None:
             return refused
         try:
-            rows = self._release(req, compiled, costs, rel)
+            rows = self._release(req, compiled, costs, rel, info.version)
         except Exception:  # uniform failure; details stay in the sandbox log
             log.exception("request %s failed after touching data", req.request_id,
                           extra={"request_id": req.request_id})
@@ -539,6 +541,13 @@ class Engine:
         compiled: CompiledPlan,
         costs: tuple[ReleaseCost, ...],
         rel: Relation,
+        version: str,
     ) -> tuple[ReleaseRow, ...]:
-        """Run the plan and release its noisy rows (`sandbox.engine.release`)."""
-        return release_rows(req.plan, compiled, costs, rel, self.run_select)
+        """Run the plan (or take its exact rows from `self.exact`) and release its noisy rows, noise drawn
+        afresh either way (`sandbox.engine.release`)."""
+        consumer = req.request_id.partition("/")[0]
+
+        def run(sql: str) -> list[tuple[Any, ...]]:
+            return self.exact.rows(consumer, version, sql, self.run_select)
+
+        return release_rows(req.plan, compiled, costs, rel, run)

@@ -144,6 +144,8 @@ class Limits:
         query_timeout_ms: per-query deadline: DuckDB `max_execution_time` plus a watchdog interrupt.
         max_groups: most cells (product of group-key domain sizes) a plan may ask for.
         address_space_bytes: RLIMIT_AS for the whole sandbox process; 0 leaves it unset.
+        exact_cache_values: most exact aggregate values kept for re-noising repeated plans
+            (`sandbox.engine.exact_cache`); 0 disables it.
     """
 
     memory_limit: str = "2GiB"
@@ -151,6 +153,7 @@ class Limits:
     query_timeout_ms: int = 10_000
     max_groups: int = 100_000
     address_space_bytes: int = 8 * GIB
+    exact_cache_values: int = 1_000_000
 
     def __post_init__(self) -> None:
         if not self.memory_limit or any(c in self.memory_limit for c in "'\"\\;\x00"):
@@ -161,5 +164,7 @@ class Limits:
             raise ValueError("query_timeout_ms must be at least 1")
         if self.max_groups < 1:
             raise ValueError("max_groups must be at least 1")
+        if self.exact_cache_values < 0:
+            raise ValueError("exact_cache_values must be >= 0 (0 = no cache)")
         if self.address_space_bytes < 0:
             raise ValueError("address_space_bytes must be >= 0 (0 = no limit)")

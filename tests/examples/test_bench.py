@@ -12,6 +12,7 @@ import examples.bench.__main__ as bench_main
 from examples.bench import common
 from examples.bench.ledger import ledger_history
 from examples.bench.queries import WORKLOAD
+from examples.bench.throughput import QUERIES
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_a_small_run_measures_every_query_and_writes_the_report(tmp_path: Path,
     assert results["profile"]["queries"]
     report = out.read_text()
     cells = results["throughput"]["cells"]
-    assert {(c["query"], c["gateways"]) for c in cells} == {(q, g) for q in ("count", "avg_by_region") for g in (1, 2)}
+    assert {(c["query"], c["gateways"]) for c in cells} == {(q, g) for q in QUERIES for g in (1, 2)}
     assert all(c["answers"] > 0 and c["failed"] == 0 for c in cells), cells
     for heading in ("## Latency", "## Where the gateway's time goes", "## Accuracy", "## Cost of charging",
                     "## Throughput"):

@@ -9,8 +9,8 @@ directory; its state lives in `$PGW_HOME`, never in the installed package."""
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
