@@ -11,14 +11,13 @@ lock serializes them; waiting is bounded by ``busy_timeout_s``). ``reserve`` com
 and has the write-ahead log fsynced before it returns (group commit: one fsync, run outside the write
 lock, covers every transaction committed before it began; `gateway.storage.sqlite.GroupSync`), so a
 caller that releases an answer only after ``reserve`` returned has the charge on disk first, and it
-survives a crash or restart. With
-``durable=False`` (the query path) the reservation commits without its own fsync: it is visible to
-every thread and process at once (admission stays exact) and survives a process crash, and the next
-durable commit on this file (``complete``, ``fail``, ``release_unused``: each durable as ``reserve``)
+survives a crash or restart. With ``durable=False`` (the query path) the reservation commits without its
+own fsync: it is visible to every thread and process at once (admission stays exact) and survives a
+process crash, and the next durable commit on this file (``complete``, ``fail``, ``release_unused``)
 syncs the write-ahead log that holds it, so the caller must release nothing before one of those has
-returned. Only a power loss or kernel crash between the two commits can lose the reservation, and
-then nothing of that request has left the gateway. A request
-that would exceed the budget is refused and writes nothing. Request ids are scoped per consumer;
+returned. Only a power loss or kernel crash between the two commits can lose the reservation, and then
+nothing of that request has left the gateway. A request that would exceed the budget is refused and
+writes nothing. Request ids are scoped per consumer;
 a retried id with the same fingerprint replays the stored response (noise is never re-drawn), a
 reused id with a different fingerprint is a conflict, and an id that was charged but never
 completed cannot be retried. A charge is refunded only by ``release_unused`` (the data was never
@@ -31,8 +30,6 @@ reports (e.g. ten charges of 0.1 fit a budget of 1.0, but three of 0.1 do not fi
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -41,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from gateway.budgets.leases import LedgerLeases
 from gateway.budgets.ledger_reads import LedgerReads
 from gateway.budgets.ledger_schema import _CAP_COLUMNS, postgres_statements, sqlite_initialize
 from gateway.budgets.records import (
@@ -106,7 +104,7 @@ def _busy() -> StorageUnavailableError:
         "the privacy ledger is busy (no write turn within the busy timeout); retry with the same request id")
 
 
-class Ledger(LedgerReads):
+class Ledger(LedgerLeases, LedgerReads):
     """The durable privacy-budget ledger in one SQLite file or one PostgreSQL database.
 
     Safe to share between threads, and between processes that each open their own ``Ledger`` on the
@@ -165,45 +163,6 @@ class Ledger(LedgerReads):
     def path(self) -> Path | PgDatabase:
         """The SQLite file or PostgreSQL database this ledger lives in."""
         return self._path
-
-    # -- leases and settlement (gateway.path.settle) ---------------------------------------------------
-
-    def heartbeat(self, now: float | None = None) -> None:
-        """Renew this process's lease on its reservations (a reserved charge of a live holder is in progress).
-
-        The renewal does not queue behind this process's request writers (`_transaction`): under load that
-        queue can be longer than the lease, and a live process whose lease expired has its reservations
-        settled as failed under it. On PostgreSQL it is one autocommit statement on this process's own row
-        (no write lock); on SQLite its own short ``BEGIN IMMEDIATE``, which waits only for the file's lock.
-        """
-        row = (self.holder, os.getpid(), socket.gethostname(), time.time() if now is None else now)
-        upsert = ("INSERT INTO holders (holder, pid, host, heartbeat) VALUES (?, ?, ?, ?)"
-                  " ON CONFLICT (holder) DO UPDATE SET heartbeat = excluded.heartbeat")
-        with self._connection() as conn:
-            if isinstance(self._path, PgDatabase):
-                conn.execute(upsert, row)
-                return
-            with immediate(conn):
-                conn.execute(upsert, row)
-        try:
-            self._resolve_in_doubt()
-        except GatewayError as exc:
-            log.warning("reservations in doubt not resolved yet (%s); retrying at the next renewal", exc.message)
-
-    def release_lease(self) -> None:
-        """Drop this process's lease (clean shutdown: its reservations are all settled by then)."""
-        with self._transaction(durable=False) as conn:
-            conn.execute("DELETE FROM holders WHERE holder = ?", (self.holder,))
-
-    def audit_unaudited(self, charge: StaleCharge, write: Callable[[sqlite3.Connection], None]) -> bool:
-        """Run `write` (the charge's audit entry) if the charge still has no audit entry, in one transaction
-        (several processes may find the same charge); True if it ran."""
-        with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM entries WHERE consumer = ? AND request_id = ? AND charge = 'charged'",
-                            (charge.key.consumer, charge.request_id)).fetchone():
-                return False
-            write(conn)
-            return True
 
     def reserve(
         self,
@@ -622,59 +581,3 @@ class Ledger(LedgerReads):
         if sync is not None:
             sync.wait(ticket, lambda: StorageUnavailableError(
                 "the privacy ledger's storage failed to sync; retry with the same request id"))
-
-    @contextmanager
-    def _charging(self, key: GrantKey, request_id: str, created_at: float) -> Iterator[None]:
-        """Around a reserving transaction. On PostgreSQL one that fails with a storage error may have committed
-        all the same (the connection was lost after COMMIT left), leaving a reservation that nothing goes on
-        with and that this live process's lease would keep open for ever (a retry gets REQUEST_IN_PROGRESS);
-        the next `heartbeat` refunds it if it is there. Its ``created_at`` tells it from a reservation a retry
-        made since (then it is left alone)."""
-        try:
-            yield
-        except StorageUnavailableError:
-            if isinstance(self._path, PgDatabase):
-                with self._in_doubt_lock:
-                    self._in_doubt.append((key, request_id, created_at))
-            raise
-
-    def _resolve_in_doubt(self) -> None:
-        """Refund the reservations of `_charging` that committed, forget those that did not (taken off the list
-        while being resolved, put back if storage fails again)."""
-        with self._in_doubt_lock:
-            mine, self._in_doubt = self._in_doubt, []
-        try:
-            while mine:
-                key, request_id, created_at = mine[0]
-                with self._transaction() as conn:
-                    row = conn.execute("SELECT status, created_at, holder, epsilon, delta FROM charges"
-                                       " WHERE consumer = ? AND request_id = ? AND dataset = ? AND purpose = ?",
-                                       (key.consumer, request_id, key.dataset, key.purpose)).fetchone()
-                    if row is not None and (row[0], row[1], row[2]) == ("reserved", created_at, self.holder):
-                        self._refund_in(conn, key, request_id, PrivacyLoss(row[3], row[4]))
-                        log.warning("refunded request %s: its reservation committed, but the gateway saw it fail",
-                                    request_id)
-                mine.pop(0)
-        finally:
-            with self._in_doubt_lock:
-                self._in_doubt.extend(mine)
-
-    @staticmethod
-    def _require_reserved(conn: sqlite3.Connection, key: GrantKey, request_id: str) -> PrivacyLoss:
-        row = conn.execute(
-            "SELECT dataset, purpose, status, epsilon, delta FROM charges"
-            " WHERE consumer = ? AND request_id = ?",
-            (key.consumer, request_id),
-        ).fetchone()
-        if row is None or (row[0], row[1]) != (key.dataset, key.purpose):
-            raise GatewayInternalError("privacy ledger has no charge for this request")
-        if row[2] == "failed":
-            # A settler (this process's or another replica's) found this process's lease expired -- the
-            # process was frozen, starved or cut off from the storage for longer than the lease -- and
-            # settled the charge as failed. That outcome is final: the answer is not released.
-            raise RequestFailedError(
-                "the request was settled as failed while its gateway did not renew its lease in time; its"
-                " cost stays charged; a new request_id is needed", requestId=request_id, status="failed")
-        if row[2] != "reserved":
-            raise GatewayInternalError(f"privacy ledger charge is {row[2]}, not reserved")
-        return PrivacyLoss(row[3], row[4])
