@@ -110,7 +110,7 @@ def test_adjust_changes_what_the_consumer_sees(cli: Cli) -> None:
     rc, out, _ = cli.run("budget", "--json", who="temp1")
     assert rc == 0
     [g] = json.loads(out)["grants"]
-    assert g["budget"]["epsilon"] == 42 and g["maxPerQuery"]["epsilon"] == 0.5
+    assert g["budget"]["epsilon"] == 42 and g["max_per_query"]["epsilon"] == 0.5
     with cli.ch("temp1") as ch:
         err = fails(query, ch, 0.75, "work")
     assert err.reason == "PRIVACY_LOSS_ABOVE_QUERY_CAP" and "0.5" in err.message
