@@ -124,3 +124,19 @@ def test_well_known_types_inside_a_message() -> None:
     event.total.value = BIG
     assert _round_trip(event) == {"at": "2023-11-14T22:13:20Z", "total": BIG, "seqs": [MOST_NEGATIVE, BIG]}
     assert _round_trip(event_cls()) == {"at": None, "total": None, "seqs": []}
+
+
+def test_a_printed_model_answer_is_still_a_receipt_file() -> None:
+    """`pgw train --json > f.json; pgw receipt verify f.json`: the receipt reader takes the snake_case shape."""
+    from privacy_gateway.v1 import model_service_pb2 as m_pb
+    from privacy_gateway.v1 import receipt_pb2
+
+    from pgw_client.receipts import Receipt
+
+    signed = receipt_pb2.Receipt(payload_json='{"type":"privacy_gateway.receipt"}', signature=b"\x01\x02",
+                                 key_id="abcd")
+    doc = _round_trip(m_pb.TrainModelResponse(receipt=signed))
+    assert doc["receipt"] == {"payload_json": signed.payload_json, "signature": "AQI=", "key_id": "abcd"}
+    back = Receipt.from_json(doc)
+    assert (back.kind, back.payload_bytes, back.signature, back.key_id) == (
+        "release", signed.payload_json.encode(), b"\x01\x02", "abcd")
