@@ -6,8 +6,9 @@ Two kinds, one key (the gateway's Ed25519 signing key; key id = the first 16 hex
 
 - ``release``: a query or model answer. Ed25519 over the UTF-8 bytes of ``payload_json`` (canonical JSON with
   ``"type": "privacy_gateway.receipt"``). Files: ``{"payload_json", "signature_b64", "key_id"}`` (what
-  ``Receipt.save`` and ``pgw query --receipt-out`` write), or protobuf JSON (``pgw query --json``: a
-  ``receipt`` object with ``payloadJson``, ``signature``, ``keyId``).
+  ``Receipt.save`` and ``pgw query --receipt-out`` write; ``pgw query --json`` and ``pgw train --json`` carry
+  one as their ``receipt`` object), or a response in protobuf's JSON mapping (a ``receipt`` object with
+  ``payloadJson``, ``signature``, ``keyId``).
 - ``verification``: a yes/no check. The payload is a leaf of a Merkle tree (``leaf = SHA-256(0x00 ||
   payload)``, ``node = SHA-256(0x01 || left || right)``, an odd node carried up unchanged); the key signs
   ``"privacy-gateway/receipt-root/v1" NUL || root || tree size (8 bytes, big endian)`` once per batch. Files:

@@ -9,15 +9,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.jsonout import message_to_json
 from gateway.cli.lazy import lazy_module
 from gateway.cli.tables import format_table
 
 if TYPE_CHECKING:
-    from google.protobuf import json_format
     from privacy_gateway.v1 import admin_service_pb2 as a_pb
     from privacy_gateway.v1 import admin_service_pb2_grpc as a_grpc
 else:
-    json_format = lazy_module("google.protobuf.json_format")
     a_pb = lazy_module("privacy_gateway.v1.admin_service_pb2")
     a_grpc = lazy_module("privacy_gateway.v1.admin_service_pb2_grpc")
 
@@ -56,7 +55,7 @@ def cmd_orgs(args: argparse.Namespace, stub: Any) -> int:
     """Organisations, members and roles."""
     resp = stub.ListOrganizations(a_pb.ListOrganizationsRequest())
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     rows = [[o.id, o.name, m.identity, ",".join(m.roles), "REVOKED" if m.revoked else ""]
             for o in resp.organizations for m in o.members]
@@ -68,7 +67,7 @@ def cmd_grants(args: argparse.Namespace, stub: Any) -> int:
     """Grants with spent and remaining this period."""
     resp = stub.ListOrganizations(a_pb.ListOrganizationsRequest())
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     print(format_table(["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
                   "max ε/query", "refreshes at", "adjusted"], _grant_rows(resp.organizations)))
@@ -86,7 +85,7 @@ def cmd_adjust(args: argparse.Namespace, stub: Any) -> int:
             setattr(req, name, getattr(args, name))
     resp = stub.AdjustGrant(req)
     done = "cleared" if args.clear else "adjusted"
-    print(json_format.MessageToJson(resp) if args.json else f"{done}:\n" + format_table(
+    print(message_to_json(resp) if args.json else f"{done}:\n" + format_table(
         ["organization", "dataset", "purpose", "use", "period", "budget ε", "spent ε", "remaining ε",
          "max ε/query", "refreshes at", "adjusted"], _grant_rows([_Org(args.organization, [resp.grant])])))
     return 0
@@ -125,7 +124,7 @@ def cmd_alerts(args: argparse.Namespace, stub: Any) -> int:
     """ListAlerts: the oversight alerts, newest first (unacknowledged only unless --all)."""
     resp = stub.ListAlerts(a_pb.ListAlertsRequest(include_acknowledged=args.all, limit=args.limit))
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     print(format_table(["id", "time", "rule", "subject", "detail", "acknowledged"],
                        [[str(a.id), a.time, a.rule, a.subject, a.detail,
@@ -138,7 +137,7 @@ def cmd_ack(args: argparse.Namespace, stub: Any) -> int:
     """AcknowledgeAlert."""
     resp = stub.AcknowledgeAlert(a_pb.AcknowledgeAlertRequest(id=args.id, note=args.note))
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
     else:
         print(f"acknowledged alert {resp.alert.id} ({resp.alert.rule}) as {resp.alert.acknowledged_by}")
     return 0
@@ -148,7 +147,7 @@ def cmd_reload(args: argparse.Namespace, stub: Any) -> int:
     """ReloadPolicy (and the data owner's settings from the sandbox)."""
     resp = stub.ReloadPolicy(a_pb.ReloadPolicyRequest())
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     print(f"reloaded {resp.source} ({resp.schema}): {resp.organizations} organisations, {resp.grants} grants")
     print(f"data owner's settings: {resp.owner_settings_message}" if resp.owner_settings_reloaded else
@@ -187,7 +186,7 @@ def cmd_caps(args: argparse.Namespace, stub: Any) -> int:
     """GetCapUsage (data owners: their datasets; operators: all)."""
     resp = stub.GetCapUsage(a_pb.GetCapUsageRequest(dataset=args.dataset or ""))
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     print(f"cap usage at {resp.at} (sandbox: the data owner's own ledger; gateway: its mirror)")
     print(format_table(["dataset", "cap", "ledger", "spent this period", "remaining this period", "spent lifetime",
@@ -219,7 +218,7 @@ def cmd_spending(args: argparse.Namespace, stub: Any) -> int:
     resp = stub.ListDatasetSpending(a_pb.ListDatasetSpendingRequest(
         dataset=args.dataset or "", period_start=args.start or "", period_end=args.end or ""))
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     print(format_table(["time", "organization", "member", "purpose", "dataset", "outcome", "reason", "epsilon"],
                  [[e.time, e.organization, e.member, e.purpose, e.dataset, e.outcome, e.reason,

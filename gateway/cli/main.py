@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import assets
 from gateway.cli import audit as cli_governance
 from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.jsonout import message_to_json
 from gateway.cli.serve import DEV_DATA_PEOPLE, cmd_serve
 from gateway.cli.tables import format_table
 
@@ -108,7 +109,6 @@ def _read_sql(text: str) -> str:
 @reports_rpc_errors
 def cmd_query(args: argparse.Namespace) -> int:
     """RunQuery or ExplainQuery."""
-    from google.protobuf import json_format
     from privacy_gateway.v1 import query_service_pb2 as q_pb
     from privacy_gateway.v1 import query_service_pb2_grpc as q_grpc
 
@@ -130,7 +130,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         ex = stub.ExplainQuery(q_pb.ExplainQueryRequest(
             dataset=args.dataset, sql=sql, privacy_loss=_loss(args), purpose=args.purpose,
             interval_shares=shares, weights=weights, accuracy=accuracy))
-        print(json_format.MessageToJson(ex) if args.json else _explain_text(ex))
+        print(message_to_json(ex) if args.json else _explain_text(ex))
         return 0
     import uuid
 
@@ -199,14 +199,13 @@ def _explain_text(ex: q_pb.ExplainQueryResponse) -> str:
 @reports_rpc_errors
 def cmd_budget(args: argparse.Namespace) -> int:
     """GetPrivacyBudget."""
-    from google.protobuf import json_format
     from privacy_gateway.v1 import budget_service_pb2 as b_pb
     from privacy_gateway.v1 import budget_service_pb2_grpc as b_grpc
 
     stub = b_grpc.BudgetServiceStub(_channel(args))
     resp = stub.GetPrivacyBudget(b_pb.GetPrivacyBudgetRequest(dataset=args.dataset or ""))
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     print(f"consumer {resp.consumer}")
     print(format_table(
@@ -226,7 +225,6 @@ def cmd_budget(args: argparse.Namespace) -> int:
 @reports_rpc_errors
 def cmd_datasets(args: argparse.Namespace) -> int:
     """ListDatasets: each dataset, table and column with its description, bounds and domain."""
-    from google.protobuf import json_format
     from privacy_gateway.v1 import catalog_service_pb2 as cat_pb
     from privacy_gateway.v1 import catalog_service_pb2_grpc as cat_grpc
     from privacy_gateway.v1 import common_pb2 as common_pb
@@ -234,7 +232,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     stub = cat_grpc.CatalogServiceStub(_channel(args))
     resp = stub.ListDatasets(cat_pb.ListDatasetsRequest())
     if args.json:
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     for d in resp.datasets:
         print(f"dataset {d.name}: {d.description or '-'}")

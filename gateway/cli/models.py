@@ -6,15 +6,14 @@ import argparse
 from typing import TYPE_CHECKING
 
 from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.jsonout import message_to_json
 from gateway.cli.lazy import lazy_module
 
 if TYPE_CHECKING:
-    from google.protobuf import json_format
     from privacy_gateway.v1 import common_pb2 as common_pb
     from privacy_gateway.v1 import model_service_pb2 as m_pb
     from privacy_gateway.v1 import model_service_pb2_grpc as m_grpc
 else:
-    json_format = lazy_module("google.protobuf.json_format")
     common_pb = lazy_module("privacy_gateway.v1.common_pb2")
     m_pb = lazy_module("privacy_gateway.v1.model_service_pb2")
     m_grpc = lazy_module("privacy_gateway.v1.model_service_pb2_grpc")
@@ -65,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations, learning_rate=args.learning_rate, clip=args.clip, l2=args.l2)
     resp = _stub(args).TrainModel(req)
     _save_receipt(resp, args.receipt_out)
-    print(json_format.MessageToJson(resp)) if args.json else _print(resp)
+    print(message_to_json(resp)) if args.json else _print(resp)
     return 0
 
 
@@ -90,7 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         residual_bound=args.residual_bound)
     resp = _stub(args).EvaluateModel(req)
     _save_receipt(resp, args.receipt_out)
-    print(json_format.MessageToJson(resp)) if args.json else _print(resp)
+    print(message_to_json(resp)) if args.json else _print(resp)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.client import add_client_args, channel_for_args, reports_rpc_errors
+from gateway.cli.jsonout import message_to_json
 from gateway.cli.lazy import lazy_module
 
 if TYPE_CHECKING:
@@ -84,9 +85,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
     if args.public_key_out:
         Path(args.public_key_out).write_text(resp.receipt_public_key_pem)
     if args.json:
-        from google.protobuf import json_format
-
-        print(json_format.MessageToJson(resp))
+        print(message_to_json(resp))
         return 0
     for t in resp.templates:
         params = ", ".join(
