@@ -280,9 +280,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _usage(mount: Path) -> str:
+    """What fills `mount`: free bytes and the largest files (printed, shown when the test fails)."""
+    st = os.statvfs(mount)
+    files = sorted(((p.stat().st_size, str(p.relative_to(mount))) for p in mount.rglob("*") if p.is_file()),
+                   reverse=True)[:8]
+    return f"{st.f_bavail * st.f_frsize} bytes free; largest files: {files}"
+
+
 def _fill(path: Path) -> None:
-    """Write `path` until the file system is full."""
-    with path.open("wb") as f:
+    """Append to `path` (created before the gateway started, so no new inode is needed now) until the file
+    system is full."""
+    print(f"before filling: {_usage(path.parent)}")
+    with path.open("ab") as f:
         block = b"\0" * (1 << 20)
         try:
             while True:
@@ -300,6 +310,7 @@ def test_a_full_disk_refuses_early_and_every_charge_settles(env: Env, small_disk
     one audit entry with its cost."""
     settings = dataclasses.replace(isolated_settings(env, "disk"), state_dir=small_disk / "state",
                                    sandbox_socket=small_disk / "state" / "sandbox.sock", storage_reserve_mb=4)
+    (small_disk / "filler.bin").touch()
     gw = start_gateway(settings)
     codes: Counter[str] = Counter()
     stop = threading.Event()
